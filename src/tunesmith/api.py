@@ -1,0 +1,48 @@
+"""The Python API: the same steps as the CLI, taking a RunConfig (or a YAML path) and returning plain results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .config import RunConfig, load_config
+
+
+def _as_config(config: RunConfig | str | Path | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    return load_config(config)
+
+
+def prepare(config: RunConfig | str | Path | None = None):
+    """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
+    from .data import prepare_data
+    from .models import load_tokenizer, resolve_model, tunesmith_home
+
+    cfg = _as_config(config)
+    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
+    return prepare_data(cfg.data, load_tokenizer(resolved), tunesmith_home())
+
+
+def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None) -> dict:
+    """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json)."""
+    from .training import train_run
+
+    return train_run(_as_config(config), resume=resume, console=console)
+
+
+def evaluate(model: str, data: str | list[str], config: RunConfig | str | Path | None = None):
+    """Loss and perplexity of `model` (spec, .gguf or run directory) on `data`; returns an EvalResult."""
+    from .evaluation import evaluate_model
+
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    return evaluate_model(model, [str(p) for p in paths], _as_config(config))
+
+
+def generate(model: str, prompt: str, **options) -> str:
+    """The continuation of `prompt`; options are those of SamplingOptions (max_new_tokens, temperature, ...)."""
+    from .generation import SamplingOptions, generate_text, load_generator
+
+    loaded, tokenizer = load_generator(model)
+    return generate_text(loaded, tokenizer, prompt, SamplingOptions(**options))

@@ -1,0 +1,208 @@
+"""The `tunesmith` command: parse arguments, build the config, call the library, turn user errors into exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import load_config, parse_override, starter_yaml
+from .errors import UserError
+
+# flag -> config key; every command takes these
+COMMON_FLAGS: dict[str, tuple[str, type]] = {
+    "--model": ("model.name", str),
+    "--data": ("data.train", str),
+    "--val-data": ("data.val", str),
+    "--out": ("output.dir", str),
+    "--lr": ("train.lr", float),
+    "--epochs": ("train.epochs", float),
+    "--max-steps": ("train.max_steps", int),
+    "--batch-size": ("train.micro_batch_size", int),
+    "--block-size": ("data.block_size", int),
+    "--seed": ("train.seed", int),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
+    if with_config:
+        parser.add_argument("config", nargs="?", help="YAML run config (optional: flags alone make a run)")
+    group = parser.add_argument_group("settings (override the config file)")
+    for flag, (key, kind) in COMMON_FLAGS.items():
+        many = flag in ("--data", "--val-data")
+        group.add_argument(flag, dest=key, type=kind, action="append" if many else "store", help=f"sets {key}")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="set any config key, e.g. --set train.grad_accum=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained GPT-style language models on your own text.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="write a commented starter config")
+    init.add_argument("path", nargs="?", default="tunesmith.yaml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    prepare = commands.add_parser("prepare", help="read, clean, split, tokenize and pack the data")
+    _add_common(prepare)
+
+    train = commands.add_parser("train", help="fine-tune a model")
+    _add_common(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+
+    evaluate = commands.add_parser("eval", help="loss and perplexity of a model or run on a data file")
+    evaluate.add_argument("model_or_run")
+    evaluate.add_argument("--compare", metavar="OTHER", help="a second model or run to put side by side")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(evaluate, with_config=False)
+
+    generate = commands.add_parser("generate", help="continue a prompt with a model or run")
+    generate.add_argument("model_or_run")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=100)
+    generate.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    _add_common(generate, with_config=False)
+
+    quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")
+    _add_common(quickstart, with_config=False)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    pairs = [(key, getattr(args, key)) for key, _ in COMMON_FLAGS.values() if getattr(args, key, None) is not None]
+    return pairs + [parse_override(text) for text in args.overrides]
+
+
+def _config(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """Config file (or, for --resume, the run's saved config), then flags, then --set, in that order."""
+    path = getattr(args, "config", None)
+    overrides = _overrides(args)
+    if getattr(args, "resume", False) and not path:
+        out = dict(overrides).get("output.dir")
+        if not out:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        path = Path(out) / "config.yaml"
+        if not path.is_file():
+            raise UserError(f"--resume: {path} not found; is {out} a tunesmith run directory?")
+    base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
+    return load_config(path, base_pairs + overrides)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _run_init(args) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(starter_yaml())
+    print(f"wrote {path}; edit it, then run: tunesmith train {path}")
+    return 0
+
+
+def _run_prepare(args) -> int:
+    from .api import prepare
+
+    prepared = prepare(_config(args))
+    for line in prepared.summary_lines():
+        print(line)
+    print(f"token files: {prepared.directory}")
+    return 0
+
+
+def _run_train(args) -> int:
+    from .api import train
+
+    summary = train(_config(args), resume=args.resume, console=_console())
+    print(
+        f"validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
+        f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}\n"
+        f"model: {summary['final_dir']}"
+    )
+    return 0
+
+
+def _run_eval(args) -> int:
+    from .evaluation import evaluate_model
+
+    cfg = _config(args)
+    if not cfg.data.train:
+        raise UserError("eval needs --data FILE")
+    log = (lambda _msg: None) if args.json else print
+    results = [evaluate_model(spec, cfg.data.train, cfg, log=log) for spec in [args.model_or_run, args.compare] if spec]
+    if args.json:
+        payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
+        print(json.dumps(payload))
+        return 0
+    for result in results:
+        print(f"{result.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  ({result.tokens:,} tokens)")
+    if len(results) == 2:
+        change = results[1].perplexity / results[0].perplexity - 1
+        print(f"perplexity change from {results[0].model} to {results[1].model}: {change:+.1%}")
+    return 0
+
+
+def _run_generate(args) -> int:
+    from .generation import SamplingOptions, generate_text, load_generator
+
+    cfg = _config(args)
+    model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat)
+    print(generate_text(model, tokenizer, args.prompt, options))
+    return 0
+
+
+def _run_quickstart(args) -> int:
+    from .quickstart import QUICKSTART_SETTINGS, run_quickstart
+
+    run_quickstart(_config(args, base=QUICKSTART_SETTINGS), console=_console())
+    return 0
+
+
+HANDLERS = {
+    "init": _run_init,
+    "prepare": _run_prepare,
+    "train": _run_train,
+    "eval": _run_eval,
+    "generate": _run_generate,
+    "quickstart": _run_quickstart,
+}
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advisory warnings would bury tunesmith's own lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "init":
+        _quiet_libraries()
+    try:
+        return HANDLERS[args.command](args)
+    except UserError as exc:
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        print("error: out of memory; lower --batch-size (raise train.grad_accum to keep the batch) or --block-size", file=sys.stderr)
+        return 2

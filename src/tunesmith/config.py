@@ -1,0 +1,207 @@
+"""The run config: one typed, validated object built from YAML, flags and `--set key=value` overrides.
+
+Defaults live here and nowhere else; `tunesmith init` and the README's key reference are generated
+from these classes, so documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(DEFAULT_MODEL, description="smollm2-135m (embedded), a hub id, a local HF directory or a .gguf file")
+    method: Literal["full", "freeze"] = Field("full", description="full: all weights train; freeze: embeddings and the first freeze_layers blocks stay fixed")
+    freeze_layers: int = Field(0, ge=0, description="with method freeze: how many transformer blocks from the bottom stay fixed")
+    trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run (off unless you trust it)")
+
+
+class DataConfig(_Section):
+    train: list[str] = Field(default_factory=list, description="files, folders or globs of training text (.txt .md .jsonl .csv)")
+    val: list[str] = Field(default_factory=list, description="optional validation files; when empty, val_fraction of the documents is held out")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation (at least one document)")
+    text_field: str = Field("text", description="JSONL field or CSV column that holds the text")
+    txt_documents: Literal["blank_line", "file"] = Field("blank_line", description=".txt/.md: documents are separated by blank lines, or each file is one document")
+    block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length)")
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):
+            return [str(value)]
+        return value
+
+
+class TrainConfig(_Section):
+    lr: float = Field(5e-5, gt=0, le=1, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps before the cosine decay")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decay ends at lr * min_lr_ratio")
+    epochs: float = Field(3.0, gt=0, description="passes over the training blocks")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (with epochs: whichever ends first)")
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass on each device")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (null: no clipping)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported, fp16 with loss scaling on older CUDA, else fp32")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    seed: int = Field(42, description="seed for data order, dropout and initialisation; CPU runs repeat exactly")
+    eval_every: int = Field(50, ge=1, description="evaluate on the validation split every this many steps")
+    eval_max_blocks: int | None = Field(None, ge=1, description="cap on validation blocks per evaluation (null: all)")
+    patience: int | None = Field(3, ge=1, description="stop after this many evaluations without improvement (null: never)")
+    log_every: int = Field(10, ge=1, description="print a progress line every this many steps when not on a terminal")
+    save_every: int | None = Field(None, ge=1, description="write a resumable checkpoint every this many steps (null: at each evaluation)")
+    keep_last: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
+
+
+class OutputConfig(_Section):
+    dir: str | None = Field(None, description="run directory (default: runs/<name>)")
+    name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def run_dir(self) -> Path:
+        if self.output.dir:
+            return Path(self.output.dir)
+        name = self.output.name or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+        return Path("runs") / name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "output": OutputConfig,
+}
+
+
+def _describe_error(err: dict) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = str(err["loc"][0])
+        allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else SECTIONS
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    message = err["msg"]
+    if kind == "literal_error":
+        message = message.replace("Input should be", "must be")
+    else:
+        message = message.replace("Input should be", "must be").replace("Input ", "")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{key}: {message}{shown}"
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a RunConfig, reporting every problem at once."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe_error(e) for e in exc.errors()]) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` with the value read as YAML, so numbers, booleans and lists work."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError([f"--set {text}: expected section.key=value, e.g. train.lr=1e-4"])
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    section, _, field = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError([f"{key}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"])
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ConfigError([f"{section}: must be a mapping of keys"])
+    target[field] = value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {path}: not found; create one with `tunesmith init {path}`"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"config file {path}: not valid YAML{where}; check indentation and colons"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config file {path}: must be a mapping with sections {', '.join(SECTIONS)}"])
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> RunConfig:
+    """The one way a RunConfig is made: an optional YAML file, then overrides in order."""
+    raw = read_config_file(path) if path else {}
+    for key, value in overrides or []:
+        apply_override(raw, key, value)
+    return build_config(raw)
+
+
+def check_block_size(block_size: int, context_length: int | None) -> None:
+    if context_length and block_size > context_length:
+        raise ConfigError(
+            [f"data.block_size: {block_size} is above the model's context of {context_length} tokens; use at most {context_length}"]
+        )
+
+
+def _field_default(field) -> Any:
+    if field.default_factory is not None:
+        return field.default_factory()
+    return field.default
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def starter_yaml() -> str:
+    """The commented config that `tunesmith init` writes: every key, its default and its meaning."""
+    lines = ["# tunesmith run config. Every key is optional; flags and --set section.key=value override it.", ""]
+    for section, cls in SECTIONS.items():
+        lines.append(f"{section}:")
+        for name, field in cls.model_fields.items():
+            lines.append(f"  # {field.description}")
+            lines.append(f"  {name}: {_yaml_value(_field_default(field))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The README's table of config keys."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for section, cls in SECTIONS.items():
+        for name, field in cls.model_fields.items():
+            default = _yaml_value(_field_default(field))
+            rows.append(f"| `{section}.{name}` | `{default}` | {field.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,46 @@
+"""Fixed-length token blocks over a memory-mapped token file, the unit that training and evaluation consume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class TokenBlocks:
+    """Consecutive, non-overlapping blocks of `block_size` tokens.
+
+    With `keep_tail`, the tokens after the last full block form one shorter block, so a small
+    validation split is still measured in full; training drops the tail for equal-length batches.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, block_size: int, keep_tail: bool):
+        size = path.stat().st_size // np.dtype(dtype).itemsize if path.exists() else 0
+        self.tokens = np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+        self.block_size = block_size
+        full = len(self.tokens) // block_size
+        self.bounds = [(i * block_size, (i + 1) * block_size) for i in range(full)]
+        tail = len(self.tokens) - full * block_size
+        if keep_tail and tail >= 2:
+            self.bounds.append((full * block_size, len(self.tokens)))
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(end - start for start, end in self.bounds)
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        """A (B, T) int64 batch; the blocks must have equal length."""
+        rows = [self.tokens[start:end] for start, end in (self.bounds[i] for i in indices)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
+        """Index batches for evaluation, never mixing a short tail block with full blocks."""
+        chosen = list(range(len(self)))[: limit or None]
+        full = [i for i in chosen if self.bounds[i][1] - self.bounds[i][0] == self.block_size]
+        short = [i for i in chosen if self.bounds[i][1] - self.bounds[i][0] != self.block_size]
+        batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+        return batches + [[i] for i in short]

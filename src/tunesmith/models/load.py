@@ -1,0 +1,63 @@
+"""Load a resolved model and its tokenizer with plain transformers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UserError
+from .resolve import ResolvedModel
+
+
+def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> Any:
+    try:
+        return factory.from_pretrained(
+            resolved.path,
+            local_files_only=resolved.local_files_only,
+            trust_remote_code=resolved.trust_remote_code,
+            **kwargs,
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"model {resolved.spec} needs its own code; set model.trust_remote_code=true if you trust it") from None
+        raise UserError(f"model {resolved.spec}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
+
+
+def load_model_config(resolved: ResolvedModel):
+    """The model's config alone (no weights): enough to check settings against the architecture early."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, resolved)
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, resolved)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"model {resolved.spec}: its tokenizer has no end-of-sequence token to separate documents")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(resolved: ResolvedModel, dtype: Any = None):
+    """Load weights in float32 by default: autocast does the low-precision math and keeps fp32 master weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(
+        AutoModelForCausalLM,
+        resolved,
+        dtype=dtype or torch.float32,
+        attn_implementation="sdpa",
+    )
+
+
+def context_length(config: Any) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -1,0 +1,116 @@
+"""Resumable checkpoints and Hugging Face model directories, written so that a crash never leaves one half-written.
+
+Everything is written into a `.partial` directory and renamed into place; a rename is atomic on
+POSIX file systems, so the latest complete checkpoint is always readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+CHECKPOINTS = "checkpoints"
+
+
+def _replace_dir(partial: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fresh_partial(target: Path) -> Path:
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep_last: int) -> Path:
+    """Model weights, optimizer, scheduler, loss scaler, RNG states and the loop's own state."""
+    target = run_dir / CHECKPOINTS / f"step-{step:07d}"
+    partial = _fresh_partial(target)
+    save_model(model, str(partial / "model.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_states(),
+        },
+        partial / "training_state.pt",
+    )
+    (partial / "state.json").write_text(json.dumps(state, indent=2))
+    _replace_dir(partial, target)
+    for stale in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and "." not in p.name]
+    return sorted(p for p in done if (p / "state.json").is_file())
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
+    load_model(model, str(path / "model.safetensors"))
+    saved = torch.load(path / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    restore_rng_states(saved["rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+def save_hf_model(model, tokenizer, target: Path) -> None:
+    """A plain Hugging Face directory (safetensors, config, tokenizer, generation config)."""
+    partial = _fresh_partial(target)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    _replace_dir(partial, target)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    """Hard links where the file system allows: `final/` costs no extra disk beside `best/`.
+
+    Safe because model directories are never modified in place, only replaced whole.
+    """
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, copy_function=_link_or_copy)
+    _replace_dir(partial, target)

@@ -1,0 +1,59 @@
+"""Next-token cross-entropy over packed blocks, and the validation pass built on it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data import TokenBlocks
+from .hardware import autocast
+
+
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Each position predicts the next token of the same block; the loss is computed in fp32."""
+    logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        tokens[:, 1:].flatten(),
+        reduction=reduction,
+    )
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # capped: a diverged loss must not overflow the log
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.loss)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module,
+    blocks: TokenBlocks,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    max_blocks: int | None = None,
+) -> Validation:
+    """Token-weighted mean loss over the validation blocks (a shorter tail block included)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for indices in blocks.batches_by_length(batch_size, max_blocks):
+        tokens = blocks.batch(indices).to(device, non_blocking=True)
+        with autocast(device, precision):
+            total += next_token_loss(model, tokens, reduction="sum").double()
+        count += tokens[:, 1:].numel()
+    model.train(was_training)
+    return Validation(loss=total.item() / max(count, 1), tokens=count)

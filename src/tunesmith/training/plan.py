@@ -1,0 +1,56 @@
+"""How many steps a run takes and which blocks each step reads.
+
+The order is a function of (seed, epoch) only, so the data position after a resume follows from the
+step number alone: no iterator state to save, and exact resume across epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StepPlan:
+    num_blocks: int
+    micro_batch_size: int
+    grad_accum: int
+    epochs: float
+    max_steps: int | None
+    seed: int
+    _orders: dict[int, list[int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def blocks_per_step(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.num_blocks / self.blocks_per_step))
+
+    @property
+    def total_steps(self) -> int:
+        by_epochs = max(1, math.ceil(self.epochs * self.steps_per_epoch))
+        return min(by_epochs, self.max_steps) if self.max_steps else by_epochs
+
+    def ends_by(self) -> str:
+        by_epochs = max(1, math.ceil(self.epochs * self.steps_per_epoch))
+        return "max_steps" if self.max_steps and self.max_steps < by_epochs else "epochs"
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._orders = {epoch: torch.randperm(self.num_blocks, generator=generator).tolist()}
+        return self._orders[epoch]
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """Block indices for the 0-based optimizer `step`, split into micro-batches."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.blocks_per_step
+        chosen = self._order(epoch)[start : start + self.blocks_per_step]
+        return [chosen[i : i + self.micro_batch_size] for i in range(0, len(chosen), self.micro_batch_size)]

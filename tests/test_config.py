@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from tunesmith.cli import main
+from tunesmith.config import RunConfig, load_config, parse_override, reference_markdown, starter_yaml
+from tunesmith.errors import ConfigError
+
+
+def test_starter_config_loads_to_the_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(starter_yaml())
+    assert load_config(path) == RunConfig()
+
+
+def test_flags_override_the_file_and_set_reads_yaml_values(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 0.001\n  epochs: 2\n")
+    cfg = load_config(path, [("train.lr", 0.01), parse_override("train.grad_accum=4"), parse_override("train.max_steps=null")])
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 2 and cfg.train.grad_accum == 4 and cfg.train.max_steps is None
+
+
+def test_every_problem_is_reported_with_its_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [("train.lr", -1), ("train.nope", 1), ("data.block_size", "big"), ("train.precision", "fp8")])
+    problems = err.value.lines()
+    assert len(problems) == 4
+    assert any(p.startswith("train.lr:") and "greater than 0" in p for p in problems)
+    assert any(p.startswith("train.nope: unknown key") and "grad_accum" in p for p in problems)
+    assert any(p.startswith("data.block_size:") for p in problems)
+    assert any(p.startswith("train.precision:") and "'bf16'" in p for p in problems)
+
+
+def test_cli_config_errors_exit_2_with_one_line_each(tmp_path, capsys):
+    code = main(["train", "--data", "x.jsonl", "--lr", "-1", "--set", "train.bogus=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "error: train.lr: must be greater than 0 (got -1.0)",
+        err[1],
+    ] and err[1].startswith("error: train.bogus: unknown key")
+
+
+def test_bad_yaml_and_missing_file_are_user_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert main(["prepare", str(bad)]) == 2
+    assert main(["prepare", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "not found" in err and "Traceback" not in err
+
+
+def test_init_writes_a_commented_starter(tmp_path, capsys):
+    target = tmp_path / "t.yaml"
+    assert main(["init", str(target)]) == 0
+    text = target.read_text()
+    assert "# peak learning rate of AdamW" in text and "block_size: 256" in text
+    assert main(["init", str(target)]) == 2  # refuses to overwrite
+
+
+def test_readme_documents_every_config_key():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert reference_markdown() in readme, "README's config table is stale: run `python -m tunesmith.config` to regenerate it"

@@ -1,0 +1,143 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith import load_config, train
+from tunesmith.errors import UserError
+from tunesmith.training.optim import lr_factor
+
+
+def run_config(model, data, out, **train_settings):
+    settings = {"lr": 3e-3, "max_steps": 12, "eval_every": 4, "micro_batch_size": 4, "warmup_steps": 2, "precision": "fp32", "patience": None}
+    settings.update(train_settings)
+    overrides = [("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 32), ("output.dir", str(out))]
+    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train_loss"] for row in rows if "train_loss" in row}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_loss_falls_and_final_model_loads_in_plain_transformers(kind, tiny_models, corpus_file, tmp_path):
+    summary = train(run_config(tiny_models[kind], corpus_file, tmp_path / "run", max_steps=30, eval_every=10))
+    assert summary["best_val_loss"] < summary["base_val_loss"] - 0.5
+    assert summary["steps"] == 30 and summary["stopped_because"] == "max_steps"
+    for key in ("base_val_ppl", "best_val_ppl", "best_step", "tokens_seen", "train_seconds", "eval_seconds", "tokens_per_s"):
+        assert key in summary
+    assert summary["tokens_seen"] == 30 * 4 * 32
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "epoch", "train_loss", "lr", "tokens_per_s"} <= set(rows[1])
+    assert [r["step"] for r in rows if "val_ppl" in r] == [0, 10, 20, 30]
+    final = tmp_path / "run" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert (final / "model.safetensors").is_file() and (final / "generation_config.json").is_file()
+    ids = tokenizer("reset the hub", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] == model.config.vocab_size
+
+
+def test_runs_repeat_exactly_on_cpu(tiny_gpt2, corpus_file, tmp_path):
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "a", max_steps=5))
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "b", max_steps=5))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_epochs_and_max_steps_whichever_ends_first(tiny_gpt2, corpus_file, tmp_path):
+    summary = train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=1000, epochs=1))
+    assert summary["stopped_because"] == "epochs" and summary["epochs"] == 1.0
+
+
+def test_early_stop_after_patience(tiny_gpt2, corpus_file, tmp_path):
+    summary = train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", lr=0.5, grad_clip=None, max_steps=60, eval_every=2, patience=2))
+    assert summary["stopped_because"] == "early_stop" and summary["steps"] < 60
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 4, 20, 0.1) for s in range(20)]
+    assert factors[0] < factors[3] < factors[4] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 15 / 16)).item()))
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_gpt2, corpus_file, tmp_path):
+    """Across an epoch boundary, with gradient accumulation and dropout (GPT-2 has dropout on)."""
+    settings = {"max_steps": 16, "eval_every": 3, "grad_accum": 2, "keep_last": 10}
+    whole = tmp_path / "whole"
+    train(run_config(tiny_gpt2, corpus_file, whole, **settings))
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    # as if killed at step 8: only checkpoints up to step 6 exist, the model dirs are gone
+    for ckpt in (cut / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 6:
+            shutil.rmtree(ckpt)
+    for name in ("final", "summary.json"):
+        path = cut / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    cfg = run_config(tiny_gpt2, corpus_file, cut, **settings)
+    summary = train(cfg, resume=True)
+    expected, got = losses(whole), losses(cut)
+    assert summary["steps"] == 16 and sorted(got) == list(range(1, 17))
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_resume_without_checkpoint_and_rerun_into_a_used_dir_are_user_errors(tiny_gpt2, corpus_file, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(run_config(tiny_gpt2, corpus_file, tmp_path / "none"), resume=True)
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=2))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=2))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "tunesmith", *map(str, args)]
+
+
+def _train_args(model, data, out, steps):
+    return ["train", "--model", model, "--data", data, "--out", out, "--block-size", 32, "--max-steps", steps, "--lr", 3e-3,
+            "--set", "train.precision=fp32", "--set", "train.eval_every=50", "--set", "train.save_every=5", "--set", "train.patience=null"]
+
+
+def _wait_for_checkpoint(process, run_dir, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if any((run_dir / "checkpoints").glob("step-*/state.json")):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_llama, corpus_file, tmp_path):
+    steps = 300
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_cli(*_train_args(tiny_llama, corpus_file, whole, steps)), check=True, capture_output=True)
+    process = subprocess.Popen(_cli(*_train_args(tiny_llama, corpus_file, killed, steps)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for_checkpoint(process, killed), "the run ended before a checkpoint could be awaited"
+    time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(losses(killed))
+    assert done_before < steps
+    subprocess.run(_cli(*_train_args(tiny_llama, corpus_file, killed, steps), "--resume"), check=True, capture_output=True)
+    assert losses(killed) == pytest.approx(losses(whole), abs=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_llama, corpus_file, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_cli(*_train_args(tiny_llama, corpus_file, run_dir, 100000)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert _wait_for_checkpoint(process, run_dir)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "--resume" in output
+    state = json.loads(sorted((run_dir / "checkpoints").glob("step-*/state.json"))[-1].read_text())
+    assert state["step"] == max(losses(run_dir))
