@@ -1,0 +1,87 @@
+"""Every README command, run through the CLI in-process on tiny models."""
+
+import json
+
+import pytest
+
+from tunesmith.cli import main
+
+
+@pytest.fixture
+def run_args(tiny_gpt2, corpus_file, tmp_path):
+    return ["--model", str(tiny_gpt2), "--data", str(corpus_file), "--block-size", "32", "--lr", "3e-3", "--out", str(tmp_path / "run")]
+
+
+def test_prepare_twice_uses_the_cache(run_args, capsys):
+    assert main(["prepare", *run_args]) == 0
+    first = capsys.readouterr().out
+    assert "documents: 120 read, 120 kept, 0 dropped" in first and "validation" in first and "cached" not in first
+    assert main(["prepare", *run_args]) == 0
+    assert "cached:" in capsys.readouterr().out
+
+
+def test_train_eval_generate(run_args, tmp_path, tiny_gpt2, corpus_file, capsys):
+    assert main(["train", *run_args, "--max-steps", "20", "--set", "train.eval_every=10"]) == 0
+    out = capsys.readouterr().out
+    assert "base model: validation loss" in out and "validation perplexity" in out
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "final" / "config.json").is_file()
+
+    assert main(["eval", str(run), "--data", str(corpus_file), "--block-size", "32", "--compare", str(tiny_gpt2), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    tuned, base = payload["results"]
+    assert tuned["perplexity"] < base["perplexity"] and tuned["tokens"] == base["tokens"] > 0
+
+    assert main(["generate", str(run), "--prompt", "reset the hub", "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    greedy = capsys.readouterr().out
+    assert main(["generate", str(run), "--prompt", "reset the hub", "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == greedy and greedy.strip()
+    sampled = []
+    for _ in range(2):
+        assert main(["generate", str(run), "--prompt", "reset", "--temperature", "1.0", "--seed", "3", "--max-new-tokens", "8"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1]
+
+
+def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys):
+    assert main(["train", *run_args, "--max-steps", "4"]) == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
+def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
+    assert main(["generate", str(tiny_gpt2), "--prompt", "hi", "--chat"]) == 2
+    assert "no chat template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "missing.jsonl"], "no file matches"),
+        (["train", "--model", "no/such/dir/model", "--data", "x"], "no such directory"),
+        (["prepare", "--model", "gpt2-unknown-model-id", "--data", "x"], "the Hugging Face hub cannot be reached"),
+        (["train", "--block-size", "4096"], "above the model's context of 128"),
+        (["train", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, message, tiny_gpt2, corpus_file, capsys):
+    full = list(args)
+    if "--model" not in full:
+        full += ["--model", str(tiny_gpt2)]
+    if "--data" not in full:
+        full += ["--data", str(corpus_file)]
+    if "--block-size" not in full:
+        full += ["--block-size", "32"]
+    assert main(full) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("error: ")
+
+
+def test_quickstart_runs_end_to_end_on_a_small_model(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--model", str(tiny_llama), "--out", str(out), "--block-size", "64", "--max-steps", "6", "--lr", "3e-3",
+                 "--set", "train.eval_every=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation perplexity: base" in printed and "before:" in printed and "after:" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_val_ppl"] < summary["base_val_ppl"]
