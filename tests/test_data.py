@@ -1,16 +1,20 @@
+"""prepare: formats, cleaning, de-duplication, the leak-free split, bad input and the report, on small files made here."""
+
+import gzip
 import json
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from tunesmith.config import DataConfig
+from tunesmith.config import CleanConfig, DataConfig
 from tunesmith.data import prepare_data
-from tunesmith.data.clean import normalize_text
-from tunesmith.data.split import split_documents
+from tunesmith.data.clean import mask_pii, normalize_text
 from tunesmith.errors import UserError
 
 from conftest import make_corpus, write_jsonl
+
+NO_FILTERS = CleanConfig(boilerplate=False, dedup_near=False)
 
 
 @pytest.fixture(scope="module")
@@ -18,85 +22,306 @@ def tokenizer(tiny_gpt2):
     return AutoTokenizer.from_pretrained(tiny_gpt2)
 
 
-def test_normalize_text_unicode_and_whitespace():
-    assert normalize_text("Cafe\u0301  \t bar \r\n\n\n\n  next\u00a0line  ") == "Caf\u00e9 bar\n\nnext line"
+@pytest.fixture
+def prep(tmp_path, tokenizer):
+    def run(train, clean=NO_FILTERS, block_size=8, **data):
+        paths = [str(p) for p in (train if isinstance(train, list) else [train])]
+        return prepare_data(DataConfig(train=paths, block_size=block_size, **data), clean, tokenizer, tmp_path / "cache")
+
+    return run
 
 
-def test_split_is_deterministic_and_stable_when_documents_are_added():
-    docs = make_corpus(300)
-    train, val = split_documents(docs, 0.1)
-    assert 15 <= len(val) <= 50 and len(train) + len(val) == 300
-    more_train, more_val = split_documents(docs + make_corpus(100, seed=9), 0.1)
-    assert set(val) <= set(more_val) and set(train) <= set(more_train)
+def texts_of(prepared, tokenizer):
+    """All documents' texts, both splits, decoded from the token files."""
+    docs = []
+    for split in ("train", "val"):
+        ids = np.fromfile(prepared.directory / f"{split}.bin", dtype=prepared.dtype)
+        for chunk in np.split(ids, np.flatnonzero(ids == tokenizer.eos_token_id) + 1):
+            if len(chunk):
+                docs.append(tokenizer.decode(chunk[:-1]))
+    return sorted(docs)
 
 
-def test_split_keeps_at_least_one_document_each_side():
-    train, val = split_documents(["only one", "and two"], 0.01)
-    assert len(train) == 1 and len(val) == 1
+# -- formats ---------------------------------------------------------------------------------------
+
+def test_every_format_in_one_mixed_folder(tmp_path, prep, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.txt").write_text("plain one\n\nplain two")
+    (folder / "b.md").write_text("# markdown doc")
+    write_jsonl(folder / "c.jsonl", ["jsonl doc"])
+    with gzip.open(folder / "d.jsonl.gz", "wt") as handle:
+        handle.write(json.dumps({"text": "gzipped jsonl doc"}) + "\n")
+    (folder / "e.json").write_text(json.dumps([{"text": "json array doc"}]))
+    (folder / "f.csv").write_text('text,label\n"csv doc, quoted",1\n')
+    (folder / "g.tsv").write_text("label\ttext\n1\ttsv doc\n")
+    with gzip.open(folder / "h.csv.gz", "wt") as handle:
+        handle.write("text\ngzipped csv doc\n")
+    pq.write_table(pa.table({"text": ["parquet doc"], "n": [1]}), folder / "i.parquet")
+    (folder / "j.html").write_text(
+        "<html><head><title>Page</title><style>p{color:red}</style><script>var x=1;</script></head>"
+        "<body><nav>Home | About</nav><p>html body &amp; text</p><footer>legal footer</footer></body></html>"
+    )
+    (folder / "ignored.bin").write_bytes(b"\x00\x01")
+    prepared = prep(folder)
+    docs = texts_of(prepared, tokenizer)
+    for expected in ["plain one", "plain two", "# markdown doc", "jsonl doc", "gzipped jsonl doc", "json array doc", "csv doc, quoted",
+                     "tsv doc", "gzipped csv doc", "parquet doc"]:
+        assert expected in docs
+    html = next(d for d in docs if "html body" in d)
+    assert "html body & text" in html and "Page" in html
+    assert "color" not in html and "var x" not in html and "Home" not in html and "legal footer" not in html
 
 
-def test_prepare_counts_drops_and_packs_with_eos(tmp_path, tokenizer):
-    docs = ["first doc", "first doc", "   ", "second doc"]
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + json.dumps({"other": "x"}) + "\n")
-    prepared = prepare_data(DataConfig(train=[str(path)], block_size=8), tokenizer, tmp_path / "cache")
-    counts = prepared.meta["documents"]
-    assert (counts["read"], counts["kept"], counts["dropped_duplicate"], counts["dropped_empty"], counts["dropped_missing_field"]) == (5, 2, 1, 1, 1)
-    assert prepared.dtype == np.uint16
-    tokens = np.concatenate([np.fromfile(prepared.directory / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
-    assert (tokens == tokenizer.eos_token_id).sum() == 2
-    assert prepared.meta["train"]["tokens"] + prepared.meta["val"]["tokens"] == len(tokens)
+def test_template_with_nested_fields(tmp_path, prep, tokenizer):
+    path = tmp_path / "n.jsonl"
+    path.write_text(json.dumps({"title": "Lamp", "meta": {"body": "Press twice."}}) + "\n"
+                    + json.dumps({"title": "Hub", "meta": {"body": "Hold ten seconds."}}) + "\n")
+    prepared = prep(path, template="{title}\\n\\n{meta.body}")
+    assert texts_of(prepared, tokenizer) == ["Hub\n\nHold ten seconds.", "Lamp\n\nPress twice."]
+    nested = prep(path, text_field="meta.body")
+    assert texts_of(nested, tokenizer) == ["Hold ten seconds.", "Press twice."]
 
 
-def test_text_files_split_on_blank_lines_or_per_file(tmp_path, tokenizer):
+def test_text_files_split_on_blank_lines_or_per_file(tmp_path, prep):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "a.txt").write_text("para one\n\npara two\n\n\npara three")
     (folder / "b.md").write_text("# title\n\nbody")
-    by_para = prepare_data(DataConfig(train=[str(folder)], block_size=8), tokenizer, tmp_path / "c")
-    by_file = prepare_data(DataConfig(train=[str(folder)], block_size=8, txt_documents="file"), tokenizer, tmp_path / "c")
-    assert by_para.meta["documents"]["kept"] == 5 and by_file.meta["documents"]["kept"] == 2
+    assert prep(folder).meta["train"]["documents"] + prep(folder).meta["val"]["documents"] == 5
+    per_file = prep(folder, txt_documents="file")
+    assert per_file.meta["train"]["documents"] + per_file.meta["val"]["documents"] == 2
 
 
-def test_csv_column_and_glob(tmp_path, tokenizer):
-    (tmp_path / "a.csv").write_text('id,review\n1,"great lamp, works"\n2,bad battery\n3,"multi\nline"\n')
-    prepared = prepare_data(DataConfig(train=[str(tmp_path / "*.csv")], text_field="review", block_size=8), tokenizer, tmp_path / "c")
-    assert prepared.meta["documents"]["kept"] == 3
-    with pytest.raises(UserError, match="no column 'text'"):
-        prepare_data(DataConfig(train=[str(tmp_path / "a.csv")], block_size=8), tokenizer, tmp_path / "c")
+# -- cleaning --------------------------------------------------------------------------------------
 
+def test_normalize_text_unicode_and_whitespace():
+    assert normalize_text("Cafe\u0301  \t bar \r\n\n\n\n  next\u00a0line  ") == "Caf\u00e9 bar\n\nnext line"
+
+
+def test_unicode_repair_control_characters_and_markup(tmp_path, prep, tokenizer):
+    path = write_jsonl(tmp_path / "u.jsonl", ["The caf\u00c3\u00a9 opens", "bell\x07 and\x00 nul", "<b>bold</b> &amp; <i>it</i>"])
+    prepared = prep(path)
+    assert texts_of(prepared, tokenizer) == ["The café opens", "bell and nul", "bold & it"]
+    changed = prepared.report["documents_changed"]
+    assert changed["fix_unicode"] == 1 and changed["strip_control"] == 1 and changed["strip_markup"] == 1
+
+
+def test_pii_masking():
+    text = "Mail jo.doe+x@example.co.uk or call +44 20 7946 0958, see https://ex.com/a?b=1 from 192.168.1.20."
+    assert mask_pii(text, ["email", "phone", "url", "ip"]) == "Mail <EMAIL> or call <PHONE>, see <URL> from <IP>."
+    assert mask_pii(text, ["email"]).startswith("Mail <EMAIL> or call +44")
+
+
+def test_boilerplate_lines_that_repeat_across_documents_are_removed(tmp_path, prep, tokenizer):
+    footer = "Copyright 2026 Lumora Inc. All rights reserved."
+    docs = [f"Article {i} about topic {i * 7}.\n{footer}" for i in range(40)]
+    prepared = prep(write_jsonl(tmp_path / "b.jsonl", docs), clean=CleanConfig(dedup_near=False))
+    assert all(footer not in d for d in texts_of(prepared, tokenizer))
+    report = prepared.report
+    assert report["boilerplate_lines"][0] == {"line": footer, "documents": 40}
+    assert report["documents_changed"]["boilerplate_lines"] == 40
+    rare = prep(write_jsonl(tmp_path / "r.jsonl", docs[:5]), clean=CleanConfig(dedup_near=False))
+    assert any(footer in d for d in texts_of(rare, tokenizer)), "a line in only 5 documents is below boilerplate_min_docs"
+
+
+def test_length_filters_in_characters_and_tokens(tmp_path, prep):
+    docs = ["tiny", "a medium sized document here", "another document of medium size", "a third medium document", "x" * 400]
+    path = write_jsonl(tmp_path / "l.jsonl", docs)
+    by_chars = prep(path, clean=NO_FILTERS.model_copy(update={"min_chars": 5, "max_chars": 100}))
+    assert by_chars.report["steps"][0]["step"] == "too_short_chars"
+    removed = {row["step"]: row["removed"] for row in by_chars.report["steps"]}
+    assert removed == {"too_short_chars": 1, "too_long_chars": 1}
+    by_tokens = prep(path, clean=NO_FILTERS.model_copy(update={"min_tokens": 6, "max_tokens": 50}))
+    removed = {row["step"]: row["removed"] for row in by_tokens.report["steps"]}
+    assert removed == {"too_short_tokens": 1, "too_long_tokens": 1}
+
+
+def test_exact_and_near_duplicates(tmp_path, prep):
+    base = make_corpus(30, seed=3, words_per_doc=80)
+    near = base[0].replace("Article 0.", "Article 0!")
+    path = write_jsonl(tmp_path / "d.jsonl", base + [base[1], base[2], near])
+    prepared = prep(path, clean=CleanConfig(boilerplate=False))
+    removed = {row["step"]: row["removed"] for row in prepared.report["steps"]}
+    assert removed == {"exact_duplicate": 2, "near_duplicate": 1}
+    assert prepared.report["steps"][-1]["examples"][0].startswith("Article 0! ")
+
+
+# -- split -----------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_and_stable_when_documents_are_added(tmp_path, prep, tokenizer):
+    docs = make_corpus(200, words_per_doc=24)
+    first = prep(write_jsonl(tmp_path / "a.jsonl", docs))
+    val_before = set(texts_of_split(first, tokenizer, "val"))
+    more = prep(write_jsonl(tmp_path / "b.jsonl", docs + make_corpus(100, seed=9, words_per_doc=24)))
+    assert 8 <= len(val_before) <= 35
+    assert val_before <= set(texts_of_split(more, tokenizer, "val"))
+    assert set(texts_of_split(first, tokenizer, "train")) <= set(texts_of_split(more, tokenizer, "train"))
+
+
+def texts_of_split(prepared, tokenizer, split):
+    ids = np.fromfile(prepared.directory / f"{split}.bin", dtype=prepared.dtype)
+    return [tokenizer.decode(c[:-1]) for c in np.split(ids, np.flatnonzero(ids == tokenizer.eos_token_id) + 1) if len(c)]
+
+
+def test_split_keeps_at_least_one_document_each_side(tmp_path, prep):
+    prepared = prep(write_jsonl(tmp_path / "two.jsonl", ["only one document", "and a second one"]), val_fraction=0.001)
+    assert prepared.meta["train"]["documents"] == 1 and prepared.meta["val"]["documents"] == 1
+
+
+def test_near_duplicate_clusters_stay_on_one_side(tmp_path, prep, tokenizer):
+    """With near-duplicate removal off, every near-copy follows its cluster: none crosses the split."""
+    originals = make_corpus(60, seed=5, words_per_doc=80)
+    copies = [doc.replace("Article", "Item", 1) for doc in originals]
+    path = write_jsonl(tmp_path / "c.jsonl", originals + copies)
+    prepared = prep(path, clean=CleanConfig(boilerplate=False, dedup_near=False), val_fraction=0.3)
+    train, val = set(texts_of_split(prepared, tokenizer, "train")), set(texts_of_split(prepared, tokenizer, "val"))
+    for original, copy in zip(originals, copies):
+        assert (original in val) == (copy in val) and (original in train) == (copy in train)
+    leakage = prepared.report["leakage"]
+    assert leakage["crossing_the_split"] == 0 and leakage["kept_with_their_cluster"] > 0
+
+
+def test_user_validation_file_is_checked_for_leakage(tmp_path, prep):
+    docs = make_corpus(50, seed=6, words_per_doc=80)
+    train = write_jsonl(tmp_path / "train.jsonl", docs)
+    val = write_jsonl(tmp_path / "val.jsonl", [docs[0], docs[1].replace("Article", "Item", 1), "a fresh validation document about lamps"])
+    prepared = prep(train, val=[str(val)], clean=CleanConfig(boilerplate=False))
+    assert prepared.meta["val"]["documents"] == 3 and prepared.meta["train"]["documents"] == 50
+    leakage = prepared.report["leakage"]
+    assert (leakage["exact_copies"], leakage["near_copies"]) == (1, 1)
+    assert any("appear (nearly) in training" in w for w in prepared.report["warnings"])
+
+
+# -- cache -----------------------------------------------------------------------------------------
 
 def test_cache_hits_and_changes_with_data_tokenizer_and_settings(tmp_path, tokenizer, tiny_llama):
     path = write_jsonl(tmp_path / "d.jsonl", make_corpus(40))
     cache = tmp_path / "cache"
-    first = prepare_data(DataConfig(train=[str(path)], block_size=16), tokenizer, cache)
-    again = prepare_data(DataConfig(train=[str(path)], block_size=16), tokenizer, cache)
+
+    def run(tok=tokenizer, block_size=16, clean=NO_FILTERS):
+        return prepare_data(DataConfig(train=[str(path)], block_size=block_size), clean, tok, cache)
+
+    first, again = run(), run()
     assert again.from_cache and again.directory == first.directory
-    other_settings = prepare_data(DataConfig(train=[str(path)], block_size=32), tokenizer, cache)
-    other_tokenizer = prepare_data(DataConfig(train=[str(path)], block_size=16), AutoTokenizer.from_pretrained(tiny_llama), cache)
+    other_settings = run(block_size=32)
+    other_clean = run(clean=CleanConfig())
+    other_tokenizer = run(tok=AutoTokenizer.from_pretrained(tiny_llama))
     write_jsonl(path, make_corpus(41))
-    other_data = prepare_data(DataConfig(train=[str(path)], block_size=16), tokenizer, cache)
-    keys = {first.directory, other_settings.directory, other_tokenizer.directory, other_data.directory}
-    assert len(keys) == 4 and not other_data.from_cache
+    other_data = run()
+    keys = {first.directory, other_settings.directory, other_clean.directory, other_tokenizer.directory, other_data.directory}
+    assert len(keys) == 5 and not other_data.from_cache
 
 
-def test_small_validation_split_gives_a_short_block(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "d.jsonl", make_corpus(30))
-    prepared = prepare_data(DataConfig(train=[str(path)], block_size=512), tokenizer, tmp_path / "c")
+def test_packing_uses_uint16_and_eos_separators(tmp_path, prep, tokenizer):
+    prepared = prep(write_jsonl(tmp_path / "d.jsonl", ["first doc", "second doc", "third doc"]))
+    assert prepared.dtype == np.uint16
+    tokens = np.concatenate([np.fromfile(prepared.directory / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert (tokens == tokenizer.eos_token_id).sum() == 3 and tokens[-1] == tokenizer.eos_token_id
+
+
+def test_small_validation_split_gives_a_short_block(tmp_path, prep):
+    prepared = prep(write_jsonl(tmp_path / "d.jsonl", make_corpus(30)), block_size=512)
     val = prepared.blocks("val")
     assert 2 <= prepared.meta["val"]["tokens"] < 512
     assert len(val) == 1 and val.num_tokens == prepared.meta["val"]["tokens"]
     assert val.batch(val.batches_by_length(4)[0]).shape == (1, prepared.meta["val"]["tokens"])
 
 
-def test_too_little_training_data_is_a_clear_error(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "d.jsonl", ["tiny", "text"])
-    with pytest.raises(UserError, match="fewer than one block"):
-        prepare_data(DataConfig(train=[str(path)], block_size=64), tokenizer, tmp_path / "c")
+# -- bad input -------------------------------------------------------------------------------------
 
-
-def test_bad_jsonl_names_the_line(tmp_path, tokenizer):
+def test_malformed_jsonl_names_the_line_or_is_skipped(tmp_path, prep):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"text": "ok"}\nnot json\n')
+    path.write_text('{"text": "the first line is fine"}\nnot json\n{"text": "the third line is fine too"}\n')
     with pytest.raises(UserError, match=r"d.jsonl:2: not valid JSON"):
-        prepare_data(DataConfig(train=[str(path)], block_size=8), tokenizer, tmp_path / "c")
+        prep(path)
+    skipped = prep(path, on_error="skip")
+    assert {r["step"]: r["removed"] for r in skipped.report["steps"]} == {"malformed_row": 1}
+
+
+def test_malformed_csv_and_json(tmp_path, prep):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('text,label\n"a fine row of text",1\n"too",many,fields\n"a second fine row",0\n')
+    with pytest.raises(UserError, match=r"d.csv:3: 3 fields where the header has 2"):
+        prep(csv_path)
+    assert prep(csv_path, on_error="skip").report["documents_kept"] == 2
+    json_path = tmp_path / "d.json"
+    json_path.write_text('[{"text": "a"},\n {"text": "b"')
+    with pytest.raises(UserError, match=r"d.json:2: not valid JSON"):
+        prep(json_path)
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path, prep):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("caf\u00e9 ok\n\n".encode() + b"na\xefve bytes\n")
+    prepared = prep(path)
+    assert prepared.report["lines_with_invalid_utf8"] == 1
+    assert any("not valid UTF-8" in w for w in prepared.report["warnings"])
+
+
+def test_binary_file_is_refused_by_name(tmp_path, prep):
+    path = tmp_path / "image.txt"
+    path.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(UserError, match="image.txt: looks like a binary file"):
+        prep(path)
+
+
+def test_missing_field_lists_the_fields_that_exist(tmp_path, prep):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"body": "x", "title": "y"}) + "\n")
+    with pytest.raises(UserError, match=r"no record has the field text \(fields found: body, title\)"):
+        prep(path)
+
+
+def test_empty_result_names_the_step_that_removed_everything(tmp_path, prep):
+    path = write_jsonl(tmp_path / "d.jsonl", ["short", "tiny"])
+    with pytest.raises(UserError, match="removed as too short chars"):
+        prep(path, clean=NO_FILTERS.model_copy(update={"min_chars": 50}))
+
+
+def test_empty_and_missing_files(tmp_path, prep):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="holds no documents"):
+        prep(empty)
+    with pytest.raises(UserError, match="no file matches"):
+        prep(tmp_path / "absent.jsonl")
+
+
+def test_a_100mb_line_is_dropped_with_a_reason_not_a_crash(tmp_path, prep):
+    path = tmp_path / "huge.txt"
+    with path.open("w") as handle:
+        handle.write("a small first document\n\nand a second small one\n\n")
+        handle.write("word " * 20_000_000 + "\n")
+    prepared = prep(path, clean=CleanConfig(boilerplate=False, dedup_near=False))
+    removed = {r["step"]: r["removed"] for r in prepared.report["steps"]}
+    assert removed == {"too_long_chars": 1}
+
+
+def test_too_little_training_data_is_a_clear_error(tmp_path, prep):
+    with pytest.raises(UserError, match="fewer than one block"):
+        prep(write_jsonl(tmp_path / "d.jsonl", ["tiny", "text"]), block_size=64)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def test_report_json_histogram_and_summary(tmp_path, prep):
+    docs = make_corpus(80, words_per_doc=40)
+    prepared = prep(write_jsonl(tmp_path / "d.jsonl", docs + docs[:5]), clean=CleanConfig(boilerplate=False))
+    report = json.loads((prepared.directory / "data_report.json").read_text())
+    assert report["documents_read"] == 85 and report["steps"][0]["step"] == "exact_duplicate"
+    assert report["steps"][0]["examples"] and report["document_tokens"]["histogram"]["counts"]
+    assert (prepared.directory / "doc_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = prepared.summary_lines()
+    assert lines[0] == "documents: 85 read, 80 kept, 5 dropped" and "5 exact duplicate" in lines[1]
+    assert any(line.startswith("leakage check: no near-duplicate crosses the split") for line in lines)
+
+
+def test_small_data_warns_with_numbers(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", make_corpus(40))
+    prepared = prepare_data(DataConfig(train=[str(path)], block_size=16), NO_FILTERS, tokenizer, tmp_path / "c", model_params=135_000_000)
+    warning = next(w for w in prepared.report["warnings"] if "memorize" in w)
+    assert f"train has {prepared.meta['train']['tokens']:,} tokens; a 135M-parameter model" in warning

@@ -18,11 +18,12 @@ def _as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
-    from .models import load_tokenizer, resolve_model, tunesmith_home
+    from .models import count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
 
     cfg = _as_config(config)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
-    return prepare_data(cfg.data, load_tokenizer(resolved), tunesmith_home())
+    params = count_parameters(load_model_config(resolved))
+    return prepare_data(cfg.data, cfg.clean, load_tokenizer(resolved), tunesmith_home(), model_params=params)
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None) -> dict:

@@ -114,7 +114,7 @@ def _run_prepare(args) -> int:
     prepared = prepare(_config(args))
     for line in prepared.summary_lines():
         print(line)
-    print(f"token files: {prepared.directory}")
+    print(f"token files and data_report.json (with doc_lengths.png): {prepared.directory}")
     return 0
 
 

@@ -30,10 +30,12 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: list[str] = Field(default_factory=list, description="files, folders or globs of training text (.txt .md .jsonl .csv)")
+    train: list[str] = Field(default_factory=list, description="files, folders or globs: .txt .md .jsonl .json .csv .tsv .parquet .html (and .gz of the line formats)")
     val: list[str] = Field(default_factory=list, description="optional validation files; when empty, val_fraction of the documents is held out")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation (at least one document)")
-    text_field: str = Field("text", description="JSONL field or CSV column that holds the text")
+    text_field: str = Field("text", description="field (JSON, Parquet; nested as meta.text) or column (CSV, TSV) that holds the text")
+    template: str | None = Field(None, description='build each document from several fields, e.g. "{title}\\n\\n{body}" (overrides text_field)')
+    on_error: Literal["fail", "skip"] = Field("fail", description="a malformed row stops prepare (fail) or is skipped and counted (skip)")
     txt_documents: Literal["blank_line", "file"] = Field("blank_line", description=".txt/.md: documents are separated by blank lines, or each file is one document")
     block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length)")
 
@@ -43,6 +45,24 @@ class DataConfig(_Section):
         if isinstance(value, (str, Path)):
             return [str(value)]
         return value
+
+
+class CleanConfig(_Section):
+    fix_unicode: bool = Field(True, description="repair mojibake with ftfy, then NFC-normalize")
+    strip_control: bool = Field(True, description="remove control characters (tabs and newlines stay)")
+    strip_markup: bool = Field(True, description="remove leftover HTML tags and decode entities")
+    normalize_whitespace: bool = Field(True, description="single spaces, no trailing spaces, at most one blank line in a row")
+    boilerplate: bool = Field(True, description="drop lines that repeat across many documents (signatures, navigation, footers)")
+    boilerplate_min_fraction: float = Field(0.05, gt=0, le=1, description="a line is boilerplate when this share of documents contains it ...")
+    boilerplate_min_docs: int = Field(10, ge=2, description="... and at least this many documents")
+    mask_pii: list[Literal["email", "phone", "url", "ip"]] = Field(default_factory=list, description="replace these with <EMAIL>, <PHONE>, <URL>, <IP>")
+    min_chars: int = Field(1, ge=0, description="drop documents shorter than this many characters")
+    max_chars: int | None = Field(1_000_000, ge=1, description="drop documents longer than this many characters (null: no limit)")
+    min_tokens: int = Field(0, ge=0, description="drop documents shorter than this many tokens")
+    max_tokens: int | None = Field(None, ge=1, description="drop documents longer than this many tokens (null: no limit)")
+    dedup_exact: bool = Field(True, description="drop documents whose normalized text was seen before")
+    dedup_near: bool = Field(True, description="drop near-duplicates (MinHash LSH over 5-token shingles)")
+    near_threshold: float = Field(0.85, gt=0, lt=1, description="Jaccard similarity above which two documents are near-duplicates")
 
 
 class TrainConfig(_Section):
@@ -75,6 +95,7 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -91,6 +112,7 @@ class RunConfig(_Section):
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
     "data": DataConfig,
+    "clean": CleanConfig,
     "train": TrainConfig,
     "output": OutputConfig,
 }

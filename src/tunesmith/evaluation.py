@@ -30,7 +30,7 @@ def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> Eva
     model = load_model(resolved)
     block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
     data_cfg = cfg.data.model_copy(update={"block_size": block_size})
-    prepared = prepare_eval_data(data, data_cfg, tokenizer, tunesmith_home())
+    prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home())
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
     model.to(device)

@@ -1,15 +1,28 @@
-"""Normalize documents and drop empty and exact-duplicate ones, counting what was dropped and why."""
+"""Per-document text transforms: Unicode repair, control characters, leftover markup, PII masking, whitespace."""
 
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import unicodedata
-from collections import Counter
-from typing import Iterable, Iterator
+from typing import Callable
 
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
+from ..config import CleanConfig
+
+_BLANKS = "\\t\\u00a0\\u2000-\\u200b\\u202f\\u205f\\u3000"
+# a run of horizontal whitespace other than one plain space: a lone space (the common case) never matches
+_SPACES = re.compile(f"[{_BLANKS}][ {_BLANKS}]*| [ {_BLANKS}]+")
 _MANY_BLANK_LINES = re.compile(r"\n{3,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\ufeff]")
+_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9:-]*(\s[^<>]*)?/?>|<!--.*?-->", re.DOTALL)
+_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")
+PII_PATTERNS = {
+    "email": (re.compile(r"\b[\w.+-]+@[\w-]+(\.[\w-]+)+\b"), "<EMAIL>"),
+    "url": (re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+"), "<URL>"),
+    "ip": (re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"), "<IP>"),
+    "phone": (re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,3}(?![\w.])"), "<PHONE>"),
+}
 
 
 def normalize_text(text: str) -> str:
@@ -19,26 +32,55 @@ def normalize_text(text: str) -> str:
     return _MANY_BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
+def fix_unicode(text: str) -> str:
+    """ftfy repairs mojibake; pure-ASCII text (most of a typical corpus) cannot need it and skips the cost."""
+    if text.isascii():
+        return text
+    import ftfy
+
+    return unicodedata.normalize("NFC", ftfy.fix_text(text, normalization="NFC"))
+
+
+def strip_control(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def strip_markup(text: str) -> str:
+    if "<" not in text and "&" not in text:
+        return text
+    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), _TAG.sub(" ", text))
+
+
+def mask_pii(text: str, kinds: list[str]) -> str:
+    for kind in ("email", "url", "ip", "phone"):  # e-mails and URLs first: they contain digit runs
+        if kind in kinds:
+            pattern, placeholder = PII_PATTERNS[kind]
+            text = pattern.sub(placeholder, text)
+    return text
+
+
 def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def clean_documents(raw: Iterable[str | None], counts: Counter) -> Iterator[str]:
-    """Normalize and de-duplicate; `counts` gets read, kept and one entry per drop reason."""
-    seen: set[bytes] = set()
-    for text in raw:
-        counts["read"] += 1
-        if text is None:
-            counts["dropped_missing_field"] += 1
-            continue
-        text = normalize_text(text)
-        if not text:
-            counts["dropped_empty"] += 1
-            continue
-        digest = text_digest(text)
-        if digest in seen:
-            counts["dropped_duplicate"] += 1
-            continue
-        seen.add(digest)
-        counts["kept"] += 1
-        yield text
+def line_digest(line: str) -> int:
+    return int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def transforms(cfg: CleanConfig) -> list[tuple[str, Callable[[str], str]]]:
+    """The enabled text transforms, in the order they run; each is counted in the report by name."""
+    steps: list[tuple[str, Callable[[str], str]]] = []
+    if cfg.fix_unicode:
+        steps.append(("fix_unicode", fix_unicode))
+    if cfg.strip_control:
+        steps.append(("strip_control", strip_control))
+    if cfg.strip_markup:
+        steps.append(("strip_markup", strip_markup))
+    if cfg.mask_pii:
+        kinds = list(cfg.mask_pii)
+        steps.append(("mask_pii", lambda text: mask_pii(text, kinds)))
+    if cfg.normalize_whitespace:
+        steps.append(("normalize_whitespace", normalize_text))
+    else:
+        steps.append(("strip", str.strip))
+    return steps

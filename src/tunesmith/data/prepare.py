@@ -1,4 +1,4 @@
-"""The `prepare` step: documents in, token files and meta.json out, cached by content, tokenizer and settings."""
+"""The `prepare` step: documents in; token files, meta.json and a data report out, cached by content, tokenizer and settings."""
 
 from __future__ import annotations
 
@@ -6,20 +6,24 @@ import hashlib
 import json
 import os
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
+
 import numpy as np
 
-from ..config import DataConfig
+from ..config import CleanConfig, DataConfig
 from ..errors import UserError
 from .blocks import TokenBlocks
-from .clean import clean_documents
-from .read import ReadOptions, expand_paths, read_documents
-from .split import split_documents
-from .tokens import token_dtype, tokenize_to_file, tokenizer_fingerprint
+from .clean import text_digest
+from .dedup import NearDuplicateIndex
+from .pipeline import (Splitter, TokenWriter, Tokenized, boilerplate_set, count_lines, exact_unique, tokenized, transformed,
+                       without_boilerplate, write_splits)
+from .read import DocumentReader, expand_paths
+from .report import DataReport, summary_lines
+from .tokens import token_dtype, tokenizer_fingerprint
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -32,19 +36,16 @@ class PreparedData:
     def dtype(self) -> np.dtype:
         return np.dtype(self.meta["dtype"])
 
+    @property
+    def report(self) -> dict:
+        return json.loads((self.directory / "data_report.json").read_text())
+
     def blocks(self, split: str, block_size: int | None = None) -> TokenBlocks:
         size = block_size or self.meta["settings"]["block_size"]
         return TokenBlocks(self.directory / f"{split}.bin", self.dtype, size, keep_tail=(split == "val"))
 
     def summary_lines(self) -> list[str]:
-        counts = self.meta["documents"]
-        drops = ", ".join(f"{n} {reason.removeprefix('dropped_').replace('_', ' ')}" for reason, n in counts.items() if reason.startswith("dropped_") and n)
-        lines = [
-            f"documents: {counts['read']} read, {counts['kept']} kept, {counts['read'] - counts['kept']} dropped" + (f" ({drops})" if drops else ""),
-            f"split: {self.meta['train']['documents']} train / {self.meta['val']['documents']} validation documents",
-            f"tokens: {self.meta['train']['tokens']:,} train / {self.meta['val']['tokens']:,} validation "
-            f"({self.meta['val']['blocks']} validation blocks of up to {self.meta['settings']['block_size']})",
-        ]
+        lines = summary_lines(self.report, self.meta)
         if self.from_cache:
             lines.append(f"cached: {self.directory} (unchanged inputs, tokenizer and settings)")
         return lines
@@ -66,28 +67,99 @@ def _cache_key(train_files: list[Path], val_files: list[Path], tokenizer_id: str
     return digest.hexdigest()[:20]
 
 
-def _read_clean(files: list[Path], options: ReadOptions, counts: Counter) -> list[str]:
-    return list(clean_documents(read_documents(files, options), counts))
+class _Preparer:
+    """One preparation run: the streams of train (and validation) documents into two token files."""
+
+    def __init__(self, cfg: DataConfig, clean: CleanConfig, tokenizer, directory: Path):
+        self.cfg, self.clean, self.tokenizer = cfg, clean, tokenizer
+        self.report = DataReport()
+        self.dtype = token_dtype(len(tokenizer))
+        self.train = TokenWriter(directory / "train.bin", self.dtype)
+        self.val = TokenWriter(directory / "val.bin", self.dtype)
+        self.seen: set[bytes] = set()
+        self.near = NearDuplicateIndex(clean.near_threshold)
+
+    def _reader(self, report: DataReport) -> DocumentReader:
+        return DocumentReader(self.cfg.text_field, self.cfg.template, self.cfg.txt_documents == "file", self.cfg.on_error, report)
+
+    def _documents(self, files: list[Path]) -> Iterator[Tokenized]:
+        texts: Iterable[str] = transformed(self._reader(self.report).read(files), self.clean, self.report)
+        if self.clean.boilerplate:
+            scratch = DataReport()
+            counts, documents = count_lines(transformed(self._reader(scratch).read(files), self.clean, scratch))
+            texts = without_boilerplate(texts, boilerplate_set(counts, documents, self.clean), counts, self.report)
+        if self.clean.dedup_exact:
+            unique = exact_unique(texts, self.seen, self.report)
+        else:
+            unique = ((text, text_digest(text)) for text in texts)
+        return tokenized(unique, self.tokenizer, self.clean, self.report)
+
+    def run_split(self, files: list[Path], val_fraction: float) -> Splitter:
+        splitter = Splitter(val_fraction, self.near, self.clean.dedup_near, self.report)
+        write_splits(self._documents(files), splitter, self.train, self.val)
+        return splitter
+
+    def run_user_val(self, files: list[Path]) -> dict:
+        """Validation documents from data.val, checked against the training data for exact and near copies."""
+        train_digests, self.seen = self.seen, set()
+        exact, near, examples = 0, 0, []
+        for doc in self._documents(files):
+            leaked_exactly = doc.digest in train_digests
+            leaked_nearly = not leaked_exactly and self.near.match(self.near.signature(doc.ids[:-1])) is not None
+            exact += leaked_exactly
+            near += leaked_nearly
+            if (leaked_exactly or leaked_nearly) and len(examples) < 3:
+                examples.append(" ".join(doc.text.split())[:160])
+            self.val.write(doc.ids)
+        total = self.val.documents
+        summary = (f"{exact} exact and {near} near copies of training documents among {total} validation documents"
+                   if exact or near else f"none of the {total} validation documents has an exact or near copy in training")
+        if exact or near:
+            self.report.warnings.append(f"data.val: {exact + near} of {total} validation documents also appear (nearly) in training; "
+                                        "their perplexity flatters the model: remove them from one side")
+        return {"method": "user validation file", "exact_copies": exact, "near_copies": near, "examples": examples, "summary": summary}
+
+    def balance(self) -> None:
+        """At least one document on each side, when there are two or more."""
+        if self.val.documents == 0 and self.train.documents >= 2:
+            self.val.write(self.train.take_last())
+        elif self.train.documents == 0 and self.val.documents >= 2:
+            self.train.write(self.val.take_last())
+
+    def close(self) -> None:
+        self.train.close()
+        self.val.close()
 
 
-def _check_sizes(train_tokens: int, val_tokens: int, block_size: int, eval_only: bool) -> None:
-    if val_tokens < 2:
-        what = "the data" if eval_only else "the validation split"
-        raise UserError(f"{what} has {val_tokens} tokens; at least 2 are needed to measure perplexity: add text or pass a larger data.val file")
-    if not eval_only and train_tokens < block_size:
-        raise UserError(
-            f"the training split has {train_tokens} tokens, fewer than one block of {block_size}; "
-            f"add more text or lower data.block_size to at most {max(8, train_tokens)}"
+def _nothing_left(report: DataReport) -> UserError:
+    if not report.read:
+        return UserError("the data holds no documents (empty files?); check data.train")
+    worst = max(report.removed.items(), key=lambda item: item[1])
+    return UserError(
+        f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; "
+        "check data.text_field/template or switch that clean.* step off"
+    )
+
+
+def _warn(report: DataReport, meta: dict, block_size: int, model_params: int | None) -> None:
+    for row in report.steps():
+        if row["in"] and row["removed"] / row["in"] > 0.5:
+            report.warnings.append(f"{row['step'].replace('_', ' ')} removed {row['removed']:,} of {row['in']:,} documents; check that step's settings")
+    if report.lines_with_bad_bytes:
+        report.warnings.append(f"{report.lines_with_bad_bytes:,} lines were not valid UTF-8 and were decoded with replacement characters")
+    train_tokens, val_tokens = meta["train"]["tokens"], meta["val"]["tokens"]
+    if model_params and train_tokens and train_tokens * 100 < model_params:
+        report.warnings.append(
+            f"train has {train_tokens:,} tokens; a {model_params / 1e6:.0f}M-parameter model will memorize this in a few epochs: "
+            "use model.method=freeze, fewer epochs or more data, and watch the validation loss"
         )
+    if 0 < val_tokens < max(2 * block_size, 2000):
+        report.warnings.append(f"validation has only {val_tokens:,} tokens; its perplexity will be noisy: raise data.val_fraction or add data")
 
 
-def prepare_data(
-    cfg: DataConfig,
-    tokenizer,
-    cache_root: Path,
-    eval_only: bool = False,
-) -> PreparedData:
-    """Read, clean, split, tokenize and pack `cfg.train` (and `cfg.val`); reuse the cache when nothing changed.
+def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path, eval_only: bool = False,
+                 model_params: int | None = None) -> PreparedData:
+    """Read, clean, de-duplicate, split, tokenize and pack `cfg.train` (and `cfg.val`); reuse the cache when nothing changed.
 
     With `eval_only`, every document of `cfg.train` goes to the validation split (for `tunesmith eval`).
     """
@@ -95,55 +167,20 @@ def prepare_data(
         raise UserError("data.train: no training data given; pass --data FILE (or a folder or glob)")
     train_files = expand_paths(cfg.train, "data.train")
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
-    settings = {
-        "block_size": cfg.block_size,
-        "val_fraction": cfg.val_fraction,
-        "text_field": cfg.text_field,
-        "txt_documents": cfg.txt_documents,
-        "eval_only": eval_only,
-    }
+    settings = {**cfg.model_dump(mode="json", exclude={"train", "val"}), "clean": clean.model_dump(mode="json"), "eval_only": eval_only}
     key = _cache_key(train_files, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / "meta.json").is_file():
-        meta = json.loads((directory / "meta.json").read_text())
-        return PreparedData(directory, meta, from_cache=True)
-
-    options = ReadOptions(text_field=cfg.text_field, txt_documents=cfg.txt_documents)
-    counts: Counter = Counter(read=0, kept=0, dropped_empty=0, dropped_duplicate=0, dropped_missing_field=0)
-    docs = _read_clean(train_files, options, counts)
-    if eval_only:
-        train_docs, val_docs = [], docs
-    elif val_files:
-        val_counts: Counter = Counter()
-        train_docs, val_docs = docs, _read_clean(val_files, options, val_counts)
-        counts["val_file_documents"] = val_counts["kept"]
-    else:
-        train_docs, val_docs = split_documents(docs, cfg.val_fraction)
+        return PreparedData(directory, json.loads((directory / "meta.json").read_text()), from_cache=True)
 
     partial = directory.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    dtype = token_dtype(len(tokenizer))
-    train_tokens = tokenize_to_file(train_docs, tokenizer, partial / "train.bin", dtype)
-    val_tokens = tokenize_to_file(val_docs, tokenizer, partial / "val.bin", dtype)
     try:
-        _check_sizes(train_tokens, val_tokens, cfg.block_size, eval_only)
-    except UserError:
+        meta = _prepare_into(partial, cfg, clean, tokenizer, train_files, val_files, eval_only, model_params, settings)
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    val_blocks = TokenBlocks(partial / "val.bin", dtype, cfg.block_size, keep_tail=True)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "dtype": dtype.name,
-        "vocab_size": len(tokenizer),
-        "eos_token_id": tokenizer.eos_token_id,
-        "settings": settings,
-        "sources": {"train": [str(p) for p in train_files], "val": [str(p) for p in val_files]},
-        "documents": dict(counts),
-        "train": {"documents": len(train_docs), "tokens": train_tokens, "blocks": train_tokens // cfg.block_size},
-        "val": {"documents": len(val_docs), "tokens": val_tokens, "blocks": len(val_blocks)},
-    }
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
     try:
         partial.rename(directory)
     except OSError:  # the same data was prepared concurrently
@@ -151,6 +188,65 @@ def prepare_data(
     return PreparedData(directory, meta, from_cache=False)
 
 
-def prepare_eval_data(paths: list[str], cfg: DataConfig, tokenizer, cache_root: Path) -> PreparedData:
+def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, tokenizer, train_files: list[Path], val_files: list[Path],
+                  eval_only: bool, model_params: int | None, settings: dict) -> dict:
+    job = _Preparer(cfg, clean, tokenizer, directory)
+    try:
+        if eval_only:
+            job.run_split(train_files, 1.0)
+        elif val_files:
+            job.run_split(train_files, 0.0)
+            job.report.leakage = job.run_user_val(val_files)
+        else:
+            splitter = job.run_split(train_files, cfg.val_fraction)
+            job.balance()
+            dropped = job.report.removed.get("near_duplicate", 0)
+            job.report.leakage = {
+                "method": "MinHash LSH clusters kept on one side",
+                "near_duplicates_removed": dropped,
+                "kept_with_their_cluster": splitter.moved,
+                "crossing_the_split": 0,
+                "summary": f"no near-duplicate crosses the split ({dropped} removed, {splitter.moved} kept on their cluster's side)",
+            }
+    finally:
+        job.close()
+    if job.train.documents + job.val.documents == 0:
+        raise _nothing_left(job.report)
+    _check_sizes(job.train.tokens, job.val.tokens, cfg.block_size, eval_only)
+    val_blocks = TokenBlocks(directory / "val.bin", job.dtype, cfg.block_size, keep_tail=True)
+    job.report.splits = {
+        "train": {"documents": job.train.documents, "tokens": job.train.tokens},
+        "val": {"documents": job.val.documents, "tokens": job.val.tokens},
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dtype": job.dtype.name,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "settings": settings,
+        "sources": {"train": [str(p) for p in train_files], "val": [str(p) for p in val_files]},
+        "train": {"documents": job.train.documents, "tokens": job.train.tokens, "blocks": job.train.tokens // cfg.block_size},
+        "val": {"documents": job.val.documents, "tokens": job.val.tokens, "blocks": len(val_blocks)},
+    }
+    _warn(job.report, meta, cfg.block_size, model_params)
+    job.report.write(directory)
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _check_sizes(train_tokens: int, val_tokens: int, block_size: int, eval_only: bool) -> None:
+    if val_tokens < 2:
+        if eval_only:
+            raise UserError(f"the data has {val_tokens} tokens after cleaning; at least 2 are needed to measure perplexity")
+        raise UserError(f"the validation split has {val_tokens} tokens (one document left after cleaning?); "
+                        "add documents or pass a validation file with --val-data")
+    if not eval_only and train_tokens < block_size:
+        raise UserError(
+            f"the training split has {train_tokens} tokens, fewer than one block of {block_size}; "
+            f"add more text or lower data.block_size to at most {max(8, train_tokens)}"
+        )
+
+
+def prepare_eval_data(paths: list[str], cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path) -> PreparedData:
     eval_cfg = cfg.model_copy(update={"train": paths, "val": []})
-    return prepare_data(eval_cfg, tokenizer, cache_root, eval_only=True)
+    return prepare_data(eval_cfg, clean, tokenizer, cache_root, eval_only=True)

@@ -1,27 +1,23 @@
-"""Read documents from text, Markdown, JSONL and CSV files, given as files, folders or globs."""
+"""Find input files (files, folders, globs) and turn their records into document texts (a field or a template)."""
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
-import re
-import sys
-from dataclasses import dataclass
+import string
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import UserError
+from .formats import SUFFIXES, DecodeStats, Record, RowError, check_not_binary, file_format, read_records
+from .report import DataReport
 
-TEXT_SUFFIXES = {".txt", ".md"}
-SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".csv"}
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_SUPPORTED = ", ".join(sorted(SUFFIXES - {s for s in SUFFIXES if s.endswith(".gz")})) + " (and .gz of the line formats)"
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    text_field: str = "text"
-    txt_documents: str = "blank_line"  # or "file"
+def _supported(path: Path) -> bool:
+    return file_format(path) in {s for s in SUFFIXES if not s.endswith(".gz")} and (
+        path.suffix.lower() != ".gz" or f"{file_format(path)}.gz" in SUFFIXES
+    )
 
 
 def expand_paths(patterns: list[str], key: str) -> list[Path]:
@@ -30,9 +26,9 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
             if not found:
-                raise UserError(f"{key}: folder {pattern} has no {'/'.join(sorted(SUFFIXES))} files")
+                raise UserError(f"{key}: folder {pattern} has no readable files; supported: {_SUPPORTED}")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -42,64 +38,84 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
                 raise UserError(f"{key}: no file matches {pattern}; check the path")
             files.extend(matched)
     for file in files:
-        if file.suffix.lower() not in SUFFIXES:
-            raise UserError(f"{key}: {file} has an unsupported type; use {', '.join(sorted(SUFFIXES))}")
+        if not _supported(file):
+            raise UserError(f"{key}: {file} has an unsupported type; supported: {_SUPPORTED}")
     return list(dict.fromkeys(files))
 
 
-def _read_text_file(path: Path, options: ReadOptions) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-    if options.txt_documents == "file":
-        yield text
-    else:
-        yield from _BLANK_LINE.split(text)
+def lookup(record: dict, dotted: str) -> Any:
+    """`meta.text` reads record["meta"]["text"]; None when any part is missing."""
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
-def _read_jsonl(path: Path, options: ReadOptions) -> Iterator[str | None]:
-    field = options.text_field
-    seen_field = False
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def render(record: dict, template: str, fields: list[str]) -> str | None:
+    values = {name: lookup(record, name) for name in fields}
+    if any(value is None for value in values.values()):
+        return None
+    text = template
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
+
+
+class DocumentReader:
+    """Yields each record's text; counts skipped rows, missing fields and invalid UTF-8 into the report."""
+
+    def __init__(self, text_field: str, template: str | None, per_file_text: bool, on_error: str, report: DataReport):
+        self.text_field = text_field
+        self.template = template.replace("\\n", "\n").replace("\\t", "\t") if template else None  # escapes typed on a command line
+        self.fields = template_fields(self.template) if self.template else [text_field]
+        self.per_file_text = per_file_text
+        self.on_error = on_error
+        self.report = report
+        self.seen_fields: set[str] = set()
+        self.structured_records = 0
+        self.structured_hits = 0
+
+    def _text(self, record: Record) -> str | None:
+        if isinstance(record.value, str):
+            return record.value
+        self.structured_records += 1
+        if len(self.seen_fields) < 50:
+            self.seen_fields.update(record.value)
+        text = render(record.value, self.template, self.fields) if self.template else lookup(record.value, self.text_field)
+        if text is None:
+            return None
+        self.structured_hits += 1
+        return text if isinstance(text, str) else str(text)
+
+    def read(self, files: list[Path]) -> Iterator[str]:
+        for path in files:
+            check_not_binary(path)
+            if path.stat().st_size == 0:
+                self.report.empty_files.append(str(path))
+                self.report.warnings.append(f"{path} is empty")
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{number}: not valid JSON; each line of a .jsonl file must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object with a '{field}' field")
-            value = record.get(field)
-            if value is None:
-                if number > 50 and not seen_field:
-                    break
-                yield None
-                continue
-            seen_field = True
-            yield str(value)
-    if not seen_field:
-        raise UserError(f"{path}: no record has the field '{field}'; set data.text_field to the field that holds the text")
-
-
-def _read_csv(path: Path, options: ReadOptions) -> Iterator[str | None]:
-    csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if options.text_field not in columns:
-            raise UserError(
-                f"{path}: no column '{options.text_field}' (columns: {', '.join(columns) or 'none'}); set data.text_field"
-            )
-        for row in reader:
-            yield row.get(options.text_field)
-
-
-def read_documents(files: list[Path], options: ReadOptions) -> Iterator[str | None]:
-    """Yield each document's raw text, or None for a record that lacks the text field."""
-    for path in files:
-        suffix = path.suffix.lower()
-        if suffix in TEXT_SUFFIXES:
-            yield from _read_text_file(path, options)
-        elif suffix == ".jsonl":
-            yield from _read_jsonl(path, options)
-        else:
-            yield from _read_csv(path, options)
+            self.report.files += 1
+            stats = DecodeStats()
+            for item in read_records(path, self.per_file_text, stats):
+                self.report.read += 1
+                if isinstance(item, RowError):
+                    if self.on_error == "fail":
+                        raise UserError(f"{item}; fix the row or set data.on_error=skip")
+                    self.report.remove("malformed_row", str(item))
+                    continue
+                text = self._text(item)
+                if text is None:
+                    self.report.remove("missing_field", str(item.value)[:200])
+                    continue
+                yield text
+            self.report.lines_with_bad_bytes += stats.lines_with_bad_bytes
+        if self.structured_records and not self.structured_hits:
+            wanted = ", ".join(self.fields)
+            existing = ", ".join(sorted(self.seen_fields)) or "none"
+            raise UserError(f"no record has the field {wanted} (fields found: {existing}); set data.text_field or data.template")

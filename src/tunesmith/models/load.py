@@ -61,3 +61,13 @@ def context_length(config: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def count_parameters(config) -> int:
+    """Parameters of the architecture, counted on the meta device: no weights are loaded or allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

@@ -14,7 +14,7 @@ from rich.console import Console
 from ..config import RunConfig, check_block_size
 from ..data import PreparedData, prepare_data
 from ..errors import UserError
-from ..models import ResolvedModel, context_length, load_model, load_model_config, load_tokenizer, resolve_model, tunesmith_home
+from ..models import ResolvedModel, context_length, count_parameters, load_model, load_model_config, load_tokenizer, resolve_model, tunesmith_home
 from .checkpoint import copy_dir, list_checkpoints, load_checkpoint, save_checkpoint, save_hf_model
 from .hardware import autocast, pick_device, pick_precision
 from .loss import next_token_loss, perplexity, validation_loss
@@ -94,9 +94,10 @@ def _count(n: int) -> str:
 
 def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, object, PreparedData]:
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
-    check_block_size(cfg.data.block_size, context_length(load_model_config(resolved)))
+    model_config = load_model_config(resolved)
+    check_block_size(cfg.data.block_size, context_length(model_config))
     tokenizer = load_tokenizer(resolved)
-    data = prepare_data(cfg.data, tokenizer, tunesmith_home())
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config))
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
     return resolved, tokenizer, data

@@ -1,0 +1,136 @@
+"""The data report: what each preparation step did, with counts, examples and warnings; JSON plus a histogram PNG."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = 3
+STEP_ORDER = ["malformed_row", "missing_field", "empty", "too_short_chars", "too_long_chars", "only_boilerplate",
+              "exact_duplicate", "too_short_tokens", "too_long_tokens", "near_duplicate"]
+EXAMPLE_CHARS = 160
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXAMPLE_CHARS else flat[: EXAMPLE_CHARS - 1] + "…"
+
+
+@dataclass
+class DataReport:
+    """Filled in while documents stream through prepare; `removed` and `changed` are per step name."""
+
+    read: int = 0
+    removed: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    files: int = 0
+    empty_files: list[str] = field(default_factory=list)
+    lines_with_bad_bytes: int = 0
+    boilerplate_lines: list[dict] = field(default_factory=list)
+    leakage: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
+    token_lengths: list[np.ndarray] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    def remove(self, step: str, text: str) -> None:
+        self.removed[step] = self.removed.get(step, 0) + 1
+        shown = self.examples.setdefault(step, [])
+        if len(shown) < EXAMPLES:
+            shown.append(_excerpt(text))
+
+    def change(self, step: str) -> None:
+        self.changed[step] = self.changed.get(step, 0) + 1
+
+    @property
+    def kept(self) -> int:
+        return self.splits.get("train", {}).get("documents", 0) + self.splits.get("val", {}).get("documents", 0)
+
+    def steps(self) -> list[dict]:
+        """Documents in and out at each step that removed any, in pipeline order."""
+        rows, remaining = [], self.read
+        for step, count in sorted(self.removed.items(), key=lambda item: STEP_ORDER.index(item[0])):
+            rows.append({"step": step, "in": remaining, "removed": count, "out": remaining - count, "examples": self.examples.get(step, [])})
+            remaining -= count
+        return rows
+
+    def length_histogram(self) -> tuple[list[int], list[float]]:
+        lengths = np.concatenate(self.token_lengths) if self.token_lengths else np.zeros(0)
+        if not len(lengths):
+            return [], []
+        edges = np.unique(np.geomspace(1, max(2, lengths.max() + 1), num=21).round())
+        counts, edges = np.histogram(lengths, bins=edges)
+        return counts.tolist(), edges.tolist()
+
+    def to_dict(self) -> dict:
+        lengths = np.concatenate(self.token_lengths) if self.token_lengths else np.zeros(0, dtype=np.int64)
+        counts, edges = self.length_histogram()
+        return {
+            "files": self.files,
+            "empty_files": self.empty_files,
+            "documents_read": self.read,
+            "documents_kept": self.kept,
+            "steps": self.steps(),
+            "documents_changed": self.changed,
+            "lines_with_invalid_utf8": self.lines_with_bad_bytes,
+            "boilerplate_lines": self.boilerplate_lines,
+            "splits": self.splits,
+            "leakage": self.leakage,
+            "document_tokens": {
+                "mean": float(lengths.mean()) if len(lengths) else 0.0,
+                "median": float(np.median(lengths)) if len(lengths) else 0.0,
+                "p95": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
+                "max": int(lengths.max()) if len(lengths) else 0,
+                "histogram": {"counts": counts, "edges": edges},
+            },
+            "warnings": self.warnings,
+        }
+
+    def write(self, directory: Path) -> None:
+        (directory / "data_report.json").write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        write_length_plot(self, directory / "doc_lengths.png")
+
+
+def write_length_plot(report: DataReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts, edges = report.length_histogram()
+    figure, axis = plt.subplots(figsize=(6, 3.2), dpi=100)
+    if counts:
+        axis.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white")
+        axis.set_xscale("log")
+    axis.set_xlabel("tokens per document")
+    axis.set_ylabel("documents")
+    axis.set_title(f"Document lengths ({report.kept:,} documents)")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def summary_lines(report: dict, meta: dict) -> list[str]:
+    """The printed summary of prepare, from data_report.json and meta.json."""
+    lines = [f"documents: {report['documents_read']:,} read, {report['documents_kept']:,} kept, "
+             f"{report['documents_read'] - report['documents_kept']:,} dropped"]
+    for row in report["steps"]:
+        example = f'  e.g. "{row["examples"][0]}"' if row["examples"] else ""
+        lines.append(f"  - {row['removed']:,} {row['step'].replace('_', ' ')}{example}")
+    if report["documents_changed"]:
+        changed = ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in report["documents_changed"].items())
+        lines.append(f"  documents changed by: {changed}")
+    if report["boilerplate_lines"]:
+        top = report["boilerplate_lines"][0]
+        lines.append(f"  boilerplate: {len(report['boilerplate_lines'])} repeated lines removed, most often \"{top['line'][:80]}\" ({top['documents']} documents)")
+    train, val = meta["train"], meta["val"]
+    lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation documents")
+    lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
+                 f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
+    if report["leakage"]:
+        lines.append(f"leakage check: {report['leakage']['summary']}")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return lines
