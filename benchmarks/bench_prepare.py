@@ -62,7 +62,10 @@ def run_tunesmith(corpus: Path, block_size: int, procs: int, work: Path) -> dict
 
 
 def run_datasets(corpus: Path, block_size: int, procs: int, work: Path) -> dict:
+    import datasets
     from datasets import load_dataset
+
+    datasets.disable_progress_bars()
 
     from tunesmith.models import load_tokenizer, resolve_model
 

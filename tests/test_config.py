@@ -60,4 +60,4 @@ def test_init_writes_a_commented_starter(tmp_path, capsys):
 
 def test_readme_documents_every_config_key():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert reference_markdown() in readme, "README's config table is stale: run `python -m tunesmith.config` to regenerate it"
+    assert reference_markdown() in readme, "README's config table is stale: run `python scripts/sync_readme_config.py`"

@@ -227,7 +227,3 @@ def reference_markdown() -> str:
             default = _yaml_value(_field_default(field))
             rows.append(f"| `{section}.{name}` | `{default}` | {field.description} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(reference_markdown())

@@ -7,6 +7,7 @@ de-duplication index (16 bytes per document, plus a MinHash signature) and the b
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..config import CleanConfig
 from .clean import line_digest, text_digest, transforms
-from .dedup import NearDuplicateIndex
+from .dedup import MinHasher, NearDuplicateIndex
 from .report import DataReport
 from .split import hash_bucket
 
@@ -44,13 +45,23 @@ def transformed(texts: Iterable[str], cfg: CleanConfig, report: DataReport) -> I
             yield text
 
 
+def _line_key(line: str) -> int | None:
+    """Lines compare with their whitespace folded, so raw and cleaned text give the same key."""
+    folded = " ".join(line.split())
+    return line_digest(folded) if folded else None
+
+
 def count_lines(texts: Iterable[str]) -> tuple[Counter, int]:
-    """How many documents contain each distinct non-blank line (by 8-byte hash)."""
+    """How many documents contain each distinct non-blank line (by 8-byte hash).
+
+    Runs over the raw texts, a cheap first pass: the full transforms run once, in the second pass.
+    """
     counts: Counter = Counter()
     documents = 0
     for text in texts:
         documents += 1
-        counts.update({line_digest(line) for line in text.split("\n") if line.strip()})
+        counts.update({key for key in map(_line_key, text.split("\n")) if key is not None})
+    counts.pop(None, None)
     return counts, documents
 
 
@@ -65,7 +76,7 @@ def without_boilerplate(texts: Iterable[str], boilerplate: set[int], counts: Cou
     for text in texts:
         kept_lines = []
         for line in text.split("\n"):
-            digest = line_digest(line) if line.strip() else None
+            digest = _line_key(line)
             if digest is not None and digest in boilerplate:
                 removed_lines += 1
                 if len(examples) < 20 and digest not in examples:
@@ -106,7 +117,9 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 class TokenWriter:
-    """Appends documents' ids (each followed by EOS) to one split's binary token file."""
+    """Appends documents' ids (each followed by EOS) to one split's binary token file, in large writes."""
+
+    FLUSH_TOKENS = 1 << 20
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path = path
@@ -114,26 +127,38 @@ class TokenWriter:
         self.handle = path.open("wb")
         self.tokens = 0
         self.documents = 0
-        self.last_document: np.ndarray | None = None
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
 
     def write(self, ids: np.ndarray) -> None:
-        ids.astype(self.dtype, copy=False).tofile(self.handle)
+        self.buffer.append(ids)
+        self.buffered += len(ids)
         self.tokens += len(ids)
         self.documents += 1
-        self.last_document = ids
+        if self.buffered >= self.FLUSH_TOKENS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            np.concatenate(self.buffer).astype(self.dtype).tofile(self.handle)
+            self.buffer, self.buffered = [], 0
 
     def take_last(self) -> np.ndarray:
         """Remove the last document written (to move it to the other split); returns its ids."""
-        ids = self.last_document
-        self.handle.flush()
-        self.handle.truncate(self.handle.tell() - len(ids) * self.dtype.itemsize)
-        self.handle.seek(0, 2)
-        self.tokens -= len(ids)
+        self.flush()
+        self.handle.close()
+        ids = np.fromfile(self.path, dtype=self.dtype)
+        last_eos = np.flatnonzero(ids[:-1] == ids[-1])
+        start = int(last_eos[-1]) + 1 if len(last_eos) else 0
+        with self.path.open("r+b") as handle:
+            handle.truncate(start * self.dtype.itemsize)
+        self.handle = self.path.open("ab")
+        self.tokens -= len(ids) - start
         self.documents -= 1
-        self.last_document = None
-        return ids
+        return ids[start:].astype(np.int64)
 
     def close(self) -> None:
+        self.flush()
         self.handle.close()
 
 
@@ -142,23 +167,50 @@ class Tokenized:
     text: str
     digest: bytes
     ids: np.ndarray  # with the trailing EOS
+    signature: np.ndarray | None = None  # MinHash over the ids
 
 
-def tokenized(docs: Iterable[tuple[str, bytes]], tokenizer, cfg: CleanConfig, report: DataReport) -> Iterator[Tokenized]:
-    """Batch tokenization (the fast tokenizer encodes a batch on all cores), then the token-length filters."""
-    eos = tokenizer.eos_token_id
-    for batch in batched(docs, BATCH_DOCUMENTS):
-        encoded = tokenizer([text for text, _ in batch], add_special_tokens=False)["input_ids"]
-        lengths = []
-        for (text, digest), ids in zip(batch, encoded):
-            if len(ids) < cfg.min_tokens:
-                report.remove("too_short_tokens", text)
-            elif cfg.max_tokens and len(ids) > cfg.max_tokens:
-                report.remove("too_long_tokens", text)
-            else:
-                lengths.append(len(ids))
-                yield Tokenized(text, digest, np.array(ids + [eos], dtype=np.int64))
-        report.token_lengths.append(np.array(lengths, dtype=np.int32))
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The Rust tokenizer's batch encoder on all cores; `encode_batch_fast` skips offsets nobody here needs."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def tokenized(docs: Iterable[tuple[str, bytes]], tokenizer, cfg: CleanConfig, hasher: MinHasher, report: DataReport) -> Iterator[Tokenized]:
+    """Batch tokenization, the token-length filters, and the batch's MinHash signatures.
+
+    The tokenizer (Rust, GIL released) encodes one batch in a worker thread while this thread reads
+    and cleans the next, so the two overlap.
+    """
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = None
+        for batch in batched(docs, BATCH_DOCUMENTS):
+            future = worker.submit(encode_batch, tokenizer, [text for text, _ in batch])
+            if pending is not None:
+                yield from _finish_batch(*pending, tokenizer.eos_token_id, cfg, hasher, report)
+            pending = (batch, future)
+        if pending is not None:
+            yield from _finish_batch(*pending, tokenizer.eos_token_id, cfg, hasher, report)
+
+
+def _finish_batch(batch, future, eos: int, cfg: CleanConfig, hasher: MinHasher, report: DataReport) -> Iterator[Tokenized]:
+    kept: list[Tokenized] = []
+    for (text, digest), ids in zip(batch, future.result()):
+        if len(ids) < cfg.min_tokens:
+            report.remove("too_short_tokens", text)
+        elif cfg.max_tokens and len(ids) > cfg.max_tokens:
+            report.remove("too_long_tokens", text)
+        else:
+            ids.append(eos)
+            kept.append(Tokenized(text, digest, np.array(ids, dtype=np.int64)))
+    if not kept:
+        return
+    report.token_lengths.append(np.array([len(doc.ids) - 1 for doc in kept], dtype=np.int32))
+    for doc, signature in zip(kept, hasher.signatures([doc.ids[:-1] for doc in kept])):
+        doc.signature = signature
+        yield doc
 
 
 class Splitter:
@@ -179,7 +231,7 @@ class Splitter:
 
     def assign(self, doc: Tokenized) -> bool | None:
         """True for validation, False for train, None when dropped as a near duplicate."""
-        minhash = self.near.signature(doc.ids[:-1])
+        minhash = self.near.minhash(doc.signature)
         match = self.near.match(minhash)
         if match is not None and self.drop_near:
             self.report.remove("near_duplicate", doc.text)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -24,6 +25,9 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 
 FORMAT_VERSION = 2
+# boilerplate lines are found in the first documents: a line common enough to be boilerplate shows up
+# there, and the first pass stays cheap and its memory bounded however large the corpus
+BOILERPLATE_SAMPLE = 20_000
 
 
 @dataclass
@@ -85,14 +89,13 @@ class _Preparer:
     def _documents(self, files: list[Path]) -> Iterator[Tokenized]:
         texts: Iterable[str] = transformed(self._reader(self.report).read(files), self.clean, self.report)
         if self.clean.boilerplate:
-            scratch = DataReport()
-            counts, documents = count_lines(transformed(self._reader(scratch).read(files), self.clean, scratch))
+            counts, documents = count_lines(islice(self._reader(DataReport()).read(files), BOILERPLATE_SAMPLE))
             texts = without_boilerplate(texts, boilerplate_set(counts, documents, self.clean), counts, self.report)
         if self.clean.dedup_exact:
             unique = exact_unique(texts, self.seen, self.report)
         else:
             unique = ((text, text_digest(text)) for text in texts)
-        return tokenized(unique, self.tokenizer, self.clean, self.report)
+        return tokenized(unique, self.tokenizer, self.clean, self.near.hasher, self.report)
 
     def run_split(self, files: list[Path], val_fraction: float) -> Splitter:
         splitter = Splitter(val_fraction, self.near, self.clean.dedup_near, self.report)
@@ -105,7 +108,7 @@ class _Preparer:
         exact, near, examples = 0, 0, []
         for doc in self._documents(files):
             leaked_exactly = doc.digest in train_digests
-            leaked_nearly = not leaked_exactly and self.near.match(self.near.signature(doc.ids[:-1])) is not None
+            leaked_nearly = not leaked_exactly and self.near.match(self.near.minhash(doc.signature)) is not None
             exact += leaked_exactly
             near += leaked_nearly
             if (leaked_exactly or leaked_nearly) and len(examples) < 3:
