@@ -69,10 +69,6 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def line_digest(line: str) -> int:
-    return int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 def transforms(cfg: CleanConfig) -> list[tuple[str, Callable[[str], str]]]:
     """The enabled text transforms, in the order they run; each is counted in the report by name."""
     steps: list[tuple[str, Callable[[str], str]]] = []

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..config import CleanConfig
-from .clean import line_digest, text_digest, transforms
+from .clean import text_digest, transforms
 from .dedup import MinHasher, NearDuplicateIndex
 from .report import DataReport
 from .split import hash_bucket
@@ -46,9 +46,12 @@ def transformed(texts: Iterable[str], cfg: CleanConfig, report: DataReport) -> I
 
 
 def _line_key(line: str) -> int | None:
-    """Lines compare with their whitespace folded, so raw and cleaned text give the same key."""
+    """Lines compare with their whitespace folded, so raw and cleaned text give the same key.
+
+    Python's own string hash: fast, and stable within the one process that runs both passes.
+    """
     folded = " ".join(line.split())
-    return line_digest(folded) if folded else None
+    return hash(folded) if folded else None
 
 
 def count_lines(texts: Iterable[str]) -> tuple[Counter, int]:
@@ -207,7 +210,6 @@ def _finish_batch(batch, future, eos: int, cfg: CleanConfig, hasher: MinHasher, 
             kept.append(Tokenized(text, digest, np.array(ids, dtype=np.int64)))
     if not kept:
         return
-    report.token_lengths.append(np.array([len(doc.ids) - 1 for doc in kept], dtype=np.int32))
     for doc, signature in zip(kept, hasher.signatures([doc.ids[:-1] for doc in kept])):
         doc.signature = signature
         yield doc
@@ -252,5 +254,6 @@ def write_splits(docs: Iterable[Tokenized], splitter: Splitter, train: TokenWrit
         if side is None:
             continue
         (val if side else train).write(doc.ids)
+        splitter.report.token_lengths.append(len(doc.ids) - 1)
         if side and on_val:
             on_val(doc)

@@ -27,7 +27,7 @@ from .tokens import token_dtype, tokenizer_fingerprint
 FORMAT_VERSION = 2
 # boilerplate lines are found in the first documents: a line common enough to be boilerplate shows up
 # there, and the first pass stays cheap and its memory bounded however large the corpus
-BOILERPLATE_SAMPLE = 20_000
+BOILERPLATE_SAMPLE = 10_000
 
 
 @dataclass
@@ -114,6 +114,7 @@ class _Preparer:
             if (leaked_exactly or leaked_nearly) and len(examples) < 3:
                 examples.append(" ".join(doc.text.split())[:160])
             self.val.write(doc.ids)
+            self.report.token_lengths.append(len(doc.ids) - 1)
         total = self.val.documents
         summary = (f"{exact} exact and {near} near copies of training documents among {total} validation documents"
                    if exact or near else f"none of the {total} validation documents has an exact or near copy in training")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class DataReport:
     boilerplate_lines: list[dict] = field(default_factory=list)
     leakage: dict = field(default_factory=dict)
     splits: dict = field(default_factory=dict)
-    token_lengths: list[np.ndarray] = field(default_factory=list, repr=False)
+    token_lengths: array = field(default_factory=lambda: array("q"), repr=False)  # one entry per kept document
     warnings: list[str] = field(default_factory=list)
 
     def remove(self, step: str, text: str) -> None:
@@ -58,15 +59,15 @@ class DataReport:
         return rows
 
     def length_histogram(self) -> tuple[list[int], list[float]]:
-        lengths = np.concatenate(self.token_lengths) if self.token_lengths else np.zeros(0)
+        lengths = np.frombuffer(self.token_lengths, dtype=np.int64) if self.token_lengths else np.zeros(0)
         if not len(lengths):
             return [], []
-        edges = np.unique(np.geomspace(1, max(2, lengths.max() + 1), num=21).round())
+        edges = np.unique(np.geomspace(max(1, lengths.min()), max(2, lengths.max() + 1), num=21).round())
         counts, edges = np.histogram(lengths, bins=edges)
         return counts.tolist(), edges.tolist()
 
     def to_dict(self) -> dict:
-        lengths = np.concatenate(self.token_lengths) if self.token_lengths else np.zeros(0, dtype=np.int64)
+        lengths = np.frombuffer(self.token_lengths, dtype=np.int64) if self.token_lengths else np.zeros(0, dtype=np.int64)
         counts, edges = self.length_histogram()
         return {
             "files": self.files,
