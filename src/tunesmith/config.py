@@ -24,8 +24,15 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field(DEFAULT_MODEL, description="smollm2-135m (embedded), a hub id, a local HF directory or a .gguf file")
-    method: Literal["full", "freeze"] = Field("full", description="full: all weights train; freeze: embeddings and the first freeze_layers blocks stay fixed")
-    freeze_layers: int = Field(0, ge=0, description="with method freeze: how many transformer blocks from the bottom stay fixed")
+    method: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="full: all weights; freeze: the top blocks only; lora: low-rank adapters; qlora: adapters on a 4-bit base (CUDA)")
+    freeze_layers: int = Field(0, ge=0, description="with freeze: how many blocks from the bottom stay fixed (the embeddings always do)")
+    train_last_layers: int | None = Field(None, ge=1, description="with freeze: train only this many top blocks and the head (overrides freeze_layers)")
+    lora_rank: int = Field(8, ge=1, description="with lora/qlora: rank of the adapters")
+    lora_alpha: float = Field(16.0, gt=0, description="with lora/qlora: scaling of the adapters (alpha / rank)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="with lora/qlora: dropout on the adapters' input")
+    lora_targets: list[str] | None = Field(None, description="with lora/qlora: module names to adapt (null: attention and MLP projections of the architecture)")
+    dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (GPT-2: residual, embedding, attention; Llama: attention); null keeps it")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about 30% slower")
     trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run (off unless you trust it)")
 
 
@@ -73,9 +80,14 @@ class TrainConfig(_Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decay ends at lr * min_lr_ratio")
     epochs: float = Field(3.0, gt=0, description="passes over the training blocks")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (with epochs: whichever ends first)")
-    micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass on each device")
+    micro_batch_size: int | Literal["auto"] = Field(4, description="sequences per forward pass on each device; auto: the largest that fits (GPU)")
+    eval_batch_size: int | None = Field(None, ge=1, description="sequences per evaluation forward pass (null: the micro-batch size)")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (null: no clipping)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training loss (validation loss stays plain)")
+    max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back to the last checkpoint with the lr halved")
+    loss_watchdog: float | None = Field(3.0, gt=1, description="abort when the training loss stays above this multiple of its first value for 20 steps (null: off)")
+    compile: bool = Field(False, description="torch.compile the model for training")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported, fp16 with loss scaling on older CUDA, else fp32")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     seed: int = Field(42, description="seed for data order, dropout and initialisation; CPU runs repeat exactly")
@@ -85,6 +97,13 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps when not on a terminal")
     save_every: int | None = Field(None, ge=1, description="write a resumable checkpoint every this many steps (null: at each evaluation)")
     keep_last: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
 
 
 class OutputConfig(_Section):
@@ -125,7 +144,7 @@ def _describe_error(err: dict) -> str:
         section = str(err["loc"][0])
         allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else SECTIONS
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         message = message.replace("Input should be", "must be")
     else:

@@ -42,17 +42,25 @@ def load_tokenizer(resolved: ResolvedModel):
     return tokenizer
 
 
-def load_model(resolved: ResolvedModel, dtype: Any = None):
-    """Load weights in float32 by default: autocast does the low-precision math and keeps fp32 master weights."""
+def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool = False, **config_overrides: Any):
+    """Load weights in float32 by default: autocast does the low-precision math and keeps fp32 master weights.
+
+    `quantize_4bit` loads an NF4 base through bitsandbytes (CUDA only) for QLoRA; `config_overrides`
+    change config fields such as dropout rates.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(
-        AutoModelForCausalLM,
-        resolved,
-        dtype=dtype or torch.float32,
-        attn_implementation="sdpa",
-    )
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "attn_implementation": "sdpa", **config_overrides}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        )
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return _from_pretrained(AutoModelForCausalLM, resolved, **kwargs)
 
 
 def context_length(config: Any) -> int | None:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
+
+from ..models.methods import load_trainable_state, trainable_state
 
 CHECKPOINTS = "checkpoints"
 
@@ -51,10 +53,14 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep_last: int) -> Path:
-    """Model weights, optimizer, scheduler, loss scaler, RNG states and the loop's own state."""
+    """Trainable weights, optimizer, scheduler, loss scaler, RNG states and the loop's own state.
+
+    Frozen weights are not saved: a resumed run reloads them from the base model, so a LoRA
+    checkpoint is megabytes, not the whole model.
+    """
     target = run_dir / CHECKPOINTS / f"step-{step:07d}"
     partial = _fresh_partial(target)
-    save_model(model, str(partial / "model.safetensors"))
+    save_trainable(model, partial / "trainable.safetensors")
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -80,7 +86,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    load_model(model, str(path / "model.safetensors"))
+    load_trainable(model, path / "trainable.safetensors")
     saved = torch.load(path / "training_state.pt", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -88,6 +94,17 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
         scaler.load_state_dict(saved["scaler"])
     restore_rng_states(saved["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def save_trainable(model, path: Path) -> None:
+    tensors = {name: t.contiguous() for name, t in trainable_state(model).items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial))
+    partial.replace(path)
+
+
+def load_trainable(model, path: Path) -> None:
+    load_trainable_state(model, load_file(str(path)))
 
 
 def save_hf_model(model, tokenizer, target: Path) -> None:

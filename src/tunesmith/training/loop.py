@@ -14,15 +14,19 @@ from rich.console import Console
 from ..config import RunConfig, check_block_size
 from ..data import PreparedData, prepare_data
 from ..errors import UserError
-from ..models import ResolvedModel, context_length, count_parameters, load_model, load_model_config, load_tokenizer, resolve_model, tunesmith_home
-from .checkpoint import copy_dir, list_checkpoints, load_checkpoint, save_checkpoint, save_hf_model
-from .hardware import autocast, pick_device, pick_precision
-from .loss import next_token_loss, perplexity, validation_loss
-from .methods import apply_method
+from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
+from ..models.methods import parameter_counts
+from .build import build_model, export_final
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_trainable
+from .hardware import pick_device, pick_precision
+from .loss import perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .progress import TrainProgress
 from .run_files import MetricsLog, write_config, write_summary
+from .step import StepRunner, largest_micro_batch
+
+WATCHDOG_STEPS = 20
 
 
 @dataclass
@@ -38,6 +42,11 @@ class LoopState:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     skipped_steps: int = 0
+    bad_in_a_row: int = 0
+    rollbacks: int = 0
+    first_loss: float | None = None
+    high_loss_steps: int = 0
+    micro_batch_size: int = 0
 
 
 class StopSignal:
@@ -63,31 +72,6 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def _train_step(model, optimizer, scheduler, scaler, blocks, micro_batches, device, precision, grad_clip) -> tuple[torch.Tensor, bool]:
-    """One optimizer step over `micro_batches`; returns the mean loss and whether the update was applied."""
-    blocks_in_step = sum(len(mb) for mb in micro_batches)
-    total = torch.zeros((), device=device)
-    for indices in micro_batches:
-        tokens = blocks.batch(indices).to(device, non_blocking=True)  # (B, T)
-        with autocast(device, precision):
-            loss = next_token_loss(model, tokens) * (len(indices) / blocks_in_step)
-        (scaler.scale(loss) if scaler else loss).backward()
-        total += loss.detach()
-    if scaler:
-        scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
-    finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    elif finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    return total, finite
-
-
 def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
@@ -101,6 +85,18 @@ def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, objec
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
     return resolved, tokenizer, data
+
+
+def _watch_loss(state: LoopState, loss: float, factor: float | None) -> None:
+    """Abort a run whose training loss stays far above where it started: it is diverging, not learning."""
+    if state.first_loss is None:
+        state.first_loss = loss
+    if factor is None or not math.isfinite(loss):
+        return
+    state.high_loss_steps = state.high_loss_steps + 1 if loss > factor * state.first_loss else 0
+    if state.high_loss_steps >= WATCHDOG_STEPS:
+        raise UserError(f"the training loss ({loss:.3f}) has stayed above {factor:g}x its first value ({state.first_loss:.3f}) "
+                        f"for {WATCHDOG_STEPS} steps: the run is diverging; lower train.lr or raise train.warmup_steps")
 
 
 def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict:
@@ -117,65 +113,100 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
     precision = pick_precision(cfg.train.precision, device)
 
     resolved, tokenizer, data = _load_inputs(cfg, console)
-    model = load_model(resolved)
-    trainable, total_params = apply_method(model, cfg.model)
+    model = build_model(resolved, cfg.model, device)
+    model.train()
+    trainable, total_params = parameter_counts(model)
     console.print(f"model {resolved.spec}: {_count(total_params)} parameters, {_count(trainable)} trainable ({cfg.model.method}); "
                   f"{device.type}, {precision}", highlight=False)
-    model.to(device)
-    model.train()
 
     train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
-    plan = StepPlan(len(train_blocks), cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed)
+    state = LoopState()
+    micro = cfg.train.micro_batch_size
+    if micro == "auto":
+        micro = largest_micro_batch(model, train_blocks, device, precision, 64, console.print)
+    plan = StepPlan(len(train_blocks), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed)
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
+                        cfg.train.label_smoothing, console.print)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = LoopState()
     if checkpoints:
         state = LoopState(**load_checkpoint(checkpoints[-1], model, optimizer, scheduler, scaler))
+        runner.micro_batch_size = state.micro_batch_size or micro
         console.print(f"resumed from {checkpoints[-1]} at step {state.step}", highlight=False)
     metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if checkpoints else None)
+    eval_batch = cfg.train.eval_batch_size or micro
 
     def evaluate() -> float:
         started = time.perf_counter()
-        result = validation_loss(model, val_blocks, cfg.train.micro_batch_size, device, precision, cfg.train.eval_max_blocks)
+        result = validation_loss_with_fallback(model, val_blocks, eval_batch, device, precision, cfg.train.eval_max_blocks, console.print)
         state.eval_seconds += time.perf_counter() - started
         return result.loss
 
     def save(step: int) -> None:
         started = time.perf_counter()
+        state.micro_batch_size = runner.micro_batch_size
         save_checkpoint(run_dir, step, model, optimizer, scheduler, scaler, asdict(state), cfg.train.keep_last)
         state.eval_seconds += time.perf_counter() - started
+
+    def keep_best() -> None:
+        started = time.perf_counter()
+        (run_dir / "best").mkdir(exist_ok=True)
+        save_trainable(model, run_dir / "best" / "trainable.safetensors")
+        state.eval_seconds += time.perf_counter() - started
+
+    def roll_back() -> None:
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise UserError(f"training diverged: {state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
+                            f"lower train.lr (now {optimizer.param_groups[0]['lr']:.3g})")
+        rollbacks = state.rollbacks + 1
+        state.__dict__.update(load_checkpoint(found[-1], model, optimizer, scheduler, scaler))
+        state.rollbacks, state.bad_in_a_row = rollbacks, 0
+        scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr / 2
+        console.print(f"{cfg.train.max_bad_steps} non-finite steps in a row: rolled back to step {state.step} "
+                      f"with the learning rate halved", highlight=False)
 
     if not checkpoints:
         write_config(run_dir, cfg)
         state.base_val_loss = state.best_val_loss = evaluate()
         console.print(f"base model: validation loss {state.base_val_loss:.4f}, perplexity {perplexity(state.base_val_loss):.2f} "
                       f"({len(val_blocks)} blocks, {val_blocks.num_tokens:,} tokens)", highlight=False)
-        save_hf_model(model, tokenizer, run_dir / "best")
+        keep_best()
         metrics.write({"step": 0, "epoch": 0.0, "val_loss": state.base_val_loss, "val_ppl": perplexity(state.base_val_loss)})
 
-    tokens_per_step = plan.blocks_per_step * cfg.data.block_size
     save_every = cfg.train.save_every or cfg.train.eval_every
     progress = TrainProgress(console, plan.total_steps, state.step, cfg.train.log_every)
     stopped_because = plan.ends_by()
     with StopSignal() as stop:
         try:
             while state.step < plan.total_steps:
-                micro_batches = plan.micro_batches(state.step)
+                indices = [i for mb in plan.micro_batches(state.step) for i in mb]
                 lr = optimizer.param_groups[0]["lr"]
                 started = time.perf_counter()
-                loss, applied = _train_step(model, optimizer, scheduler, scaler, train_blocks, micro_batches, device, precision, cfg.train.grad_clip)
-                loss_value = loss.item()  # one host sync per step, for the log line
+                loss, applied = runner.run(train_blocks, indices)
+                loss_value = loss.item()
                 elapsed = time.perf_counter() - started
-                step_tokens = sum(len(mb) for mb in micro_batches) * cfg.data.block_size
+                step_tokens = len(indices) * cfg.data.block_size
                 state.step += 1
                 state.train_seconds += elapsed
                 state.tokens_seen += step_tokens
                 state.skipped_steps += 0 if applied else 1
+                state.bad_in_a_row = 0 if applied else state.bad_in_a_row + 1
                 row = {"step": state.step, "epoch": round(plan.epoch_of(state.step), 4), "train_loss": loss_value,
                        "lr": lr, "tokens_per_s": step_tokens / elapsed}
+                if not applied:
+                    row["skipped"] = True
+                    if state.bad_in_a_row >= cfg.train.max_bad_steps:
+                        metrics.write(row)
+                        roll_back()
+                        metrics.truncate_after(state.step)
+                        continue
+                _watch_loss(state, loss_value, cfg.train.loss_watchdog)
                 last = state.step == plan.total_steps
                 if state.step % cfg.train.eval_every == 0 or last:
                     val_loss = evaluate()
@@ -183,13 +214,11 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
                     progress.evaluated(perplexity(val_loss))
                     if val_loss < state.best_val_loss:
                         state.best_val_loss, state.best_step, state.evals_since_best = val_loss, state.step, 0
-                        started = time.perf_counter()
-                        save_hf_model(model, tokenizer, run_dir / "best")
-                        state.eval_seconds += time.perf_counter() - started
+                        keep_best()
                     else:
                         state.evals_since_best += 1
                 metrics.write(row)
-                progress.step(state.step, loss_value, tokens_per_step / elapsed)
+                progress.step(state.step, loss_value, step_tokens / elapsed)
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
                     stopped_because = "early_stop"
                     progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")
@@ -201,11 +230,10 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
         finally:
             progress.close()
     if stop.received:
-        code = 128 + stop.received
         console.print(f"interrupted at step {state.step}; checkpoint saved. Resume with: tunesmith train --out {run_dir} --resume", highlight=False)
-        raise SystemExit(code)
+        raise SystemExit(128 + stop.received)
 
-    copy_dir(run_dir / "best", run_dir / "final")
+    export_final(model, tokenizer, run_dir, resolved, cfg.model)
     summary = {
         "model": cfg.model.name,
         "method": cfg.model.method,
@@ -221,11 +249,14 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
         "eval_seconds": round(state.eval_seconds, 3),
         "tokens_per_s": state.tokens_seen / state.train_seconds if state.train_seconds else 0.0,
         "skipped_steps": state.skipped_steps,
+        "rollbacks": state.rollbacks,
         "stopped_because": stopped_because,
+        "trainable_parameters": trainable,
         "val_tokens": val_blocks.num_tokens,
         "final_dir": str(run_dir / "final"),
         "device": device.type,
         "precision": precision,
+        "micro_batch_size": runner.micro_batch_size,
     }
     write_summary(run_dir, summary)
     return summary

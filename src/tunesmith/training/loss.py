@@ -36,6 +36,22 @@ class Validation:
         return perplexity(self.loss)
 
 
+def validation_loss_with_fallback(model, blocks: TokenBlocks, batch_size: int, device: torch.device, precision: str,
+                                  max_blocks: int | None = None, log=print) -> Validation:
+    """Out of memory during evaluation halves the evaluation batch and starts the pass again."""
+    from .step import free_memory, is_out_of_memory
+
+    while True:
+        try:
+            return validation_loss(model, blocks, batch_size, device, precision, max_blocks)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or batch_size == 1:
+                raise
+            free_memory(device)
+            batch_size //= 2
+            log(f"out of memory in evaluation: retrying with evaluation batch {batch_size}")
+
+
 @torch.no_grad()
 def validation_loss(
     model: torch.nn.Module,

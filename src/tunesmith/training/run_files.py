@@ -13,11 +13,15 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
+        if resume_step is None or not path.exists():
             path.write_text("")
+        else:
+            self.truncate_after(resume_step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past `step` (after a rollback replays those steps)."""
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as handle:

@@ -1,0 +1,112 @@
+"""Which weights train: all (`full`), the top of the network (`freeze`), or low-rank adapters (`lora`, `qlora`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+# attention and MLP projections per architecture, as named in transformers
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+for _llama_like in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "smollm3"):
+    LORA_TARGETS[_llama_like] = LORA_TARGETS["llama"]
+
+DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout", "dropout",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob", "summary_first_dropout")
+
+
+def dropout_overrides(config, value: float | None) -> dict:
+    """Config fields to set for a dropout override: every dropout the architecture has."""
+    if value is None:
+        return {}
+    found = {name: value for name in DROPOUT_FIELDS if isinstance(getattr(config, name, None), (int, float))}
+    if not found:
+        raise ConfigError([f"model.dropout: {config.model_type} has no dropout setting; remove model.dropout"])
+    return found
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of decoder blocks: the longest ModuleList (GPT-2's `h`, Llama's `layers`, ...)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ConfigError(["model.method: freeze needs a model with a stack of blocks; use method full or lora"])
+    return max(lists, key=len)
+
+
+def _freeze(model: torch.nn.Module, cfg: ModelConfig) -> None:
+    blocks = transformer_blocks(model)
+    frozen = len(blocks) - cfg.train_last_layers if cfg.train_last_layers else cfg.freeze_layers
+    if frozen >= len(blocks) or frozen < 0:
+        raise ConfigError([f"model.freeze_layers/train_last_layers: the model has {len(blocks)} blocks; "
+                           f"freeze at most {len(blocks) - 1} and train at least 1"])
+    model.get_input_embeddings().requires_grad_(False)
+    for block in blocks[:frozen]:
+        block.requires_grad_(False)
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        output.requires_grad_(True)  # an untied head trains with the top blocks
+
+
+def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> list[str] | str:
+    if cfg.lora_targets:
+        return cfg.lora_targets
+    return LORA_TARGETS.get(model.config.model_type, "all-linear")
+
+
+def _lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=lora_targets(model, cfg), bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError([f"model.lora_targets: {exc}"]) from None
+
+
+def apply_method(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Return the model to train (wrapped in a PEFT model for LoRA) with requires_grad set per the method."""
+    if cfg.method == "freeze":
+        _freeze(model, cfg)
+    elif cfg.method in ("lora", "qlora"):
+        model = _lora(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method in ("lora", "qlora", "freeze"):
+            model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return model
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: the trainable parameters only; the frozen rest is the base model's."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
+    unknown = [name for name in state if name not in params]
+    if missing or unknown:
+        raise ValueError(f"checkpoint does not match the model (missing {missing[:3]}, unknown {unknown[:3]})")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def export_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain transformers model to save as final/: LoRA adapters merged into the base weights."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model

@@ -1,0 +1,48 @@
+"""Build the model a run trains (weights, dropout override, method) and export the finished one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..models import ResolvedModel, load_model, load_model_config
+from ..models.methods import apply_method, dropout_overrides, export_model, load_trainable_state, trainable_state
+from .checkpoint import load_trainable, save_hf_model
+
+
+def check_qlora(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ConfigError([f"model.method: qlora needs a CUDA GPU with bitsandbytes (device is {device.type}); "
+                           "use lora (the same adapters on a 16/32-bit base) or freeze"])
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(["model.method: qlora needs the bitsandbytes package: pip install bitsandbytes"]) from None
+
+
+def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    if cfg.method == "qlora":
+        check_qlora(device)
+    overrides = dropout_overrides(load_model_config(resolved), cfg.dropout)
+    model = load_model(resolved, quantize_4bit=cfg.method == "qlora", **overrides)
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    model = apply_method(model, cfg)
+    return model.to(device) if cfg.method != "qlora" else model
+
+
+def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: ResolvedModel, cfg: ModelConfig) -> None:
+    """final/: the best weights as a plain transformers model (adapters merged); final-adapter/ for LoRA runs."""
+    load_trainable(model, run_dir / "best" / "trainable.safetensors")
+    if cfg.method in ("lora", "qlora"):
+        save_hf_model(model, tokenizer, run_dir / "final-adapter")
+    if cfg.method == "qlora":  # merge into a full-precision copy of the base, not into 4-bit weights
+        adapters = {name: t.float() for name, t in trainable_state(model).items()}
+        model = apply_method(load_model(resolved), cfg.model_copy(update={"method": "lora", "gradient_checkpointing": False}))
+        load_trainable_state(model, adapters)
+    save_hf_model(export_model(model), tokenizer, run_dir / "final")

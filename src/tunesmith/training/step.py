@@ -1,0 +1,118 @@
+"""One optimizer step: micro-batches, gradient accumulation, clipping, and the out-of-memory ladder.
+
+On out-of-memory the step is retried from scratch with half the micro-batch (and so twice the
+accumulation): the same blocks, the same loss weighting, the same update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..data import TokenBlocks
+from ..errors import UserError
+from .hardware import autocast
+
+OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
+              "or pick a smaller model")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def training_loss(model: torch.nn.Module, tokens: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), label_smoothing=label_smoothing)
+
+
+def forward_backward(model, tokens: torch.Tensor, weight: float, scaler, device, precision: str, label_smoothing: float) -> torch.Tensor:
+    """Loss of one micro-batch, scaled by its share of the step, with its gradients accumulated."""
+    with autocast(device, precision):
+        loss = training_loss(model, tokens, label_smoothing) * weight
+    (scaler.scale(loss) if scaler else loss).backward()
+    return loss.detach()
+
+
+class StepRunner:
+    def __init__(self, model, optimizer, scheduler, scaler, device, precision: str, micro_batch_size: int,
+                 grad_clip: float | None, label_smoothing: float, log: Callable[[str], None]):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.device, self.precision = device, precision
+        self.micro_batch_size = micro_batch_size
+        self.grad_clip, self.label_smoothing = grad_clip, label_smoothing
+        self.log = log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(indices), self.micro_batch_size):
+            chunk = indices[start : start + self.micro_batch_size]
+            tokens = blocks.batch(chunk).to(self.device, non_blocking=True)  # (B, T)
+            total += forward_backward(self.model, tokens, len(chunk) / len(indices), self.scaler, self.device,
+                                      self.precision, self.label_smoothing)
+        return total
+
+    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, bool]:
+        """One step over `indices`; returns the mean loss and whether the update was applied."""
+        while True:
+            try:
+                total = self._accumulate(blocks, indices)
+                break
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                free_memory(self.device)
+                if self.micro_batch_size == 1:
+                    raise UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}") from None
+                self.micro_batch_size = max(1, self.micro_batch_size // 2)
+                self.log(f"out of memory: retrying the step with micro-batch {self.micro_batch_size} "
+                         "and twice the accumulation (same effective batch)")
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf)
+        finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))  # the one host sync of a step
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total, finite
+
+
+def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
+    """Try micro-batches 1, 2, 4, ... up to `limit` on real blocks; the largest without out-of-memory wins."""
+    if device.type == "cpu":
+        log("train.micro_batch_size auto: 4 on CPU (memory does not limit it there)")
+        return min(4, limit)
+    best, size = 0, 1
+    while size <= limit:
+        try:
+            tokens = blocks.batch(list(range(min(size, len(blocks))))).to(device)
+            forward_backward(model, tokens, 1.0, None, device, precision, 0.0)
+            best = size
+            size *= 2
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            break
+        finally:
+            model.zero_grad(set_to_none=True)
+            free_memory(device)
+    if not best:
+        raise UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}")
+    log(f"train.micro_batch_size auto: {best}")
+    return best

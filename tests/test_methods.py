@@ -1,0 +1,121 @@
+"""Training methods (freeze, LoRA, QLoRA's refusal off CUDA) and the regularization knobs, on tiny models."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tunesmith import train
+from tunesmith.cli import main
+from tunesmith.errors import ConfigError
+from tunesmith.training.step import training_loss
+
+from test_train import losses, run_config
+
+
+def base_weights(path):
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+def test_freeze_keeps_embeddings_and_lower_blocks_fixed(tiny_gpt2, corpus_file, tmp_path, capsys):
+    cfg = run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=6)
+    cfg.model.method, cfg.model.freeze_layers = "freeze", 1
+    summary = train(cfg)
+    assert "trainable (freeze)" in capsys.readouterr().out
+    before, after = base_weights(tiny_gpt2), base_weights(tmp_path / "run" / "final")
+    assert torch.equal(before["transformer.wte.weight"], after["transformer.wte.weight"])
+    assert torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
+    assert not torch.equal(before["transformer.h.1.attn.c_attn.weight"], after["transformer.h.1.attn.c_attn.weight"])
+    assert 0 < summary["trainable_parameters"] < sum(v.numel() for k, v in before.items() if k != "lm_head.weight")
+
+
+def test_train_last_layers_and_impossible_freeze(tiny_llama, corpus_file, tmp_path):
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=2)
+    cfg.model.method, cfg.model.train_last_layers = "freeze", 1
+    train(cfg)
+    before, after = base_weights(tiny_llama), base_weights(tmp_path / "run" / "final")
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "bad", max_steps=2)
+    cfg.model.method, cfg.model.freeze_layers = "freeze", 2
+    with pytest.raises(ConfigError, match="the model has 2 blocks"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_lora_trains_small_checkpoints_and_exports_a_merged_model(kind, tiny_models, corpus_file, tmp_path):
+    cfg = run_config(tiny_models[kind], corpus_file, tmp_path / "run", max_steps=30, eval_every=10, lr=1e-2)
+    cfg.model.method, cfg.model.lora_rank = "lora", 4
+    summary = train(cfg)
+    assert summary["best_val_loss"] < summary["base_val_loss"] - 0.05
+    run = tmp_path / "run"
+    checkpoint = sorted((run / "checkpoints").glob("step-*"))[-1] / "trainable.safetensors"
+    assert all("lora_" in name for name in load_file(checkpoint))
+    assert json.loads((run / "final-adapter" / "adapter_config.json").read_text())["r"] == 4
+    merged = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert not any("lora" in name for name in merged.state_dict())
+    from tunesmith import evaluate, load_config
+
+    result = evaluate(str(run), str(corpus_file), load_config(None, [("data.block_size", 32), ("train.precision", "fp32")]))
+    assert result.loss < summary["base_val_loss"]
+
+
+def test_lora_resume_is_exact(tiny_llama, corpus_file, tmp_path):
+    import shutil
+
+    def config(out):
+        cfg = run_config(tiny_llama, corpus_file, out, max_steps=10, eval_every=3, keep_last=10, lr=1e-2)
+        cfg.model.method = "lora"
+        return cfg
+
+    train(config(tmp_path / "whole"))
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    for ckpt in (tmp_path / "cut" / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 3:
+            shutil.rmtree(ckpt)
+    train(config(tmp_path / "cut"), resume=True)
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
+
+
+def test_qlora_off_cuda_names_the_alternatives(tiny_llama, corpus_file, tmp_path, capsys):
+    code = main(["train", "--model", str(tiny_llama), "--data", str(corpus_file), "--block-size", "32", "--out", str(tmp_path / "q"),
+                 "--set", "model.method=qlora"])
+    err = capsys.readouterr().err
+    assert code == 2 and "qlora needs a CUDA GPU" in err and "use lora" in err
+
+
+def test_dropout_override_reaches_the_saved_config(tiny_models, corpus_file, tmp_path):
+    for kind, field in (("gpt2", "resid_pdrop"), ("llama", "attention_dropout")):
+        cfg = run_config(tiny_models[kind], corpus_file, tmp_path / kind, max_steps=2)
+        cfg.model.dropout = 0.3
+        train(cfg)
+        assert getattr(AutoConfig.from_pretrained(tmp_path / kind / "final"), field) == 0.3
+
+
+class ConfidentModel(torch.nn.Module):
+    """Predicts every next token with high confidence, where label smoothing shows clearly."""
+
+    def forward(self, input_ids, use_cache=False):
+        logits = torch.full((*input_ids.shape, 16), -5.0)
+        logits.scatter_(-1, input_ids.roll(-1, dims=1)[..., None], 5.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_label_smoothing_raises_the_training_loss_only(tiny_llama, corpus_file, tmp_path):
+    tokens = torch.randint(0, 16, (2, 12))
+    assert training_loss(ConfidentModel(), tokens, 0.2) > training_loss(ConfidentModel(), tokens, 0.0) + 1.0
+    plain = train(run_config(tiny_llama, corpus_file, tmp_path / "plain", max_steps=3))
+    smooth = train(run_config(tiny_llama, corpus_file, tmp_path / "smooth", max_steps=3, label_smoothing=0.2))
+    assert losses(tmp_path / "smooth") != losses(tmp_path / "plain")
+    assert smooth["base_val_loss"] == pytest.approx(plain["base_val_loss"])
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, corpus_file, tmp_path):
+    train(run_config(tiny_llama, corpus_file, tmp_path / "plain", max_steps=4))
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "ckpt", max_steps=4)
+    cfg.model.gradient_checkpointing = True
+    train(cfg)
+    assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)

@@ -1,0 +1,135 @@
+"""The loop survives: non-finite steps, divergence, out-of-memory, and a crash in the middle of a checkpoint write."""
+
+import json
+
+import pytest
+import torch
+
+import tunesmith.training.checkpoint as checkpoint_module
+import tunesmith.training.loss as loss_module
+import tunesmith.training.step as step_module
+from tunesmith import train
+from tunesmith.errors import UserError
+from tunesmith.training.checkpoint import list_checkpoints
+
+from test_train import losses, run_config
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class StepCounter:
+    """Counts optimizer steps through forward_backward calls (one micro-batch per step in these runs)."""
+
+    def __init__(self, monkeypatch, make_loss):
+        self.calls = 0
+        original = step_module.training_loss
+
+        def patched(model, tokens, label_smoothing):
+            self.calls += 1
+            return make_loss(self.calls, original(model, tokens, label_smoothing))
+
+        monkeypatch.setattr(step_module, "training_loss", patched)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    StepCounter(monkeypatch, lambda call, loss: loss * float("nan") if call in (3, 5) else loss)
+    summary = train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=8))
+    assert summary["skipped_steps"] == 2 and summary["steps"] == 8
+    assert [r["step"] for r in rows(tmp_path / "run") if r.get("skipped")] == [3, 5]
+
+
+def test_bad_steps_in_a_row_roll_back_with_half_the_learning_rate(tiny_gpt2, corpus_file, tmp_path, monkeypatch, capsys):
+    StepCounter(monkeypatch, lambda call, loss: loss * float("nan") if 6 <= call <= 8 else loss)
+    summary = train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=10, eval_every=4, max_bad_steps=3, warmup_steps=0))
+    assert "rolled back to step 4 with the learning rate halved" in capsys.readouterr().out
+    assert summary["rollbacks"] == 1 and summary["steps"] == 10
+    metric_rows = rows(tmp_path / "run")
+    assert [r["step"] for r in metric_rows if "train_loss" in r] == list(range(1, 11))
+    before = {r["step"]: r["lr"] for r in rows(tmp_path / "run") if "lr" in r}
+    plain = tmp_path / "plain"
+    monkeypatch.undo()
+    train(run_config(tiny_gpt2, corpus_file, plain, max_steps=10, eval_every=4, warmup_steps=0))
+    reference = {r["step"]: r["lr"] for r in rows(plain) if "lr" in r}
+    assert before[5] == pytest.approx(reference[5] / 2) and before[3] == pytest.approx(reference[3])
+
+
+def test_rollback_before_any_checkpoint_is_a_clear_error(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    StepCounter(monkeypatch, lambda call, loss: loss * float("inf"))
+    with pytest.raises(UserError, match="before the first checkpoint; lower train.lr"):
+        train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=10, eval_every=8, max_bad_steps=2))
+
+
+def test_loss_watchdog_aborts_a_diverging_run(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    StepCounter(monkeypatch, lambda call, loss: loss * (10.0 if call > 2 else 1.0))
+    with pytest.raises(UserError, match="stayed above 3x its first value"):
+        train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=60, eval_every=100))
+
+
+def test_out_of_memory_halves_the_micro_batch_with_the_same_math(tiny_llama, corpus_file, tmp_path, monkeypatch, capsys):
+    settings = {"max_steps": 6, "micro_batch_size": 4, "grad_accum": 2}
+    train(run_config(tiny_llama, corpus_file, tmp_path / "plain", **settings))
+    original = step_module.forward_backward
+    calls = {"n": 0}
+
+    def fault(model, tokens, *args):
+        calls["n"] += 1
+        if calls["n"] > 5 and tokens.shape[0] > 1:  # from the third step on, only micro-batches of 1 fit
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(model, tokens, *args)
+
+    monkeypatch.setattr(step_module, "forward_backward", fault)
+    summary = train(run_config(tiny_llama, corpus_file, tmp_path / "oom", **settings))
+    out = capsys.readouterr().out
+    assert "retrying the step with micro-batch 2" in out and "retrying the step with micro-batch 1" in out
+    assert summary["micro_batch_size"] == 1
+    assert losses(tmp_path / "oom") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+
+
+def test_out_of_memory_at_micro_batch_1_lists_the_options(tiny_llama, corpus_file, tmp_path, monkeypatch):
+    def always(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(step_module, "forward_backward", always)
+    with pytest.raises(UserError, match="gradient_checkpointing=true, use model.method=lora"):
+        train(run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=2))
+
+
+def test_evaluation_falls_back_to_a_smaller_batch(tiny_llama, corpus_file, tmp_path, monkeypatch, capsys):
+    reference = train(run_config(tiny_llama, corpus_file, tmp_path / "plain", max_steps=2))
+    original = loss_module.validation_loss
+
+    def fault(model, blocks, batch_size, *args):
+        if batch_size > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(model, blocks, batch_size, *args)
+
+    monkeypatch.setattr(loss_module, "validation_loss", fault)
+    summary = train(run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=2))
+    assert "retrying with evaluation batch 1" in capsys.readouterr().out
+    assert summary["base_val_loss"] == pytest.approx(reference["base_val_loss"], abs=1e-5)
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    original = checkpoint_module.torch.save
+    saves = {"n": 0}
+
+    def crash_on_second(obj, path, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            with open(path, "wb") as handle:
+                handle.write(b"half a file")
+            raise KeyboardInterrupt("killed mid-write")
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(tiny_gpt2, corpus_file, run_dir, max_steps=12, eval_every=4, keep_last=5))
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000004"]
+    assert (run_dir / "checkpoints" / "step-0000008.partial").exists()
+    summary = train(run_config(tiny_gpt2, corpus_file, run_dir, max_steps=12, eval_every=4, keep_last=5), resume=True)
+    assert summary["steps"] == 12
+    assert not (run_dir / "checkpoints" / "step-0000008.partial").exists()
