@@ -116,15 +116,15 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tin
     original = checkpoint_module.torch.save
     saves = {"n": 0}
 
-    def crash_on_second(obj, path, *args, **kwargs):
+    def crash_in_second_checkpoint(obj, path, *args, **kwargs):
         saves["n"] += 1
-        if saves["n"] == 2:
+        if saves["n"] == 4:  # each checkpoint saves an RNG file, then the training state
             with open(path, "wb") as handle:
                 handle.write(b"half a file")
             raise KeyboardInterrupt("killed mid-write")
         return original(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", crash_on_second)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_in_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(run_config(tiny_gpt2, corpus_file, run_dir, max_steps=12, eval_every=4, keep_last=5))
     monkeypatch.undo()

@@ -18,7 +18,7 @@ PROMPT = "Connect the Lumora Hub to a new Wi-Fi network\n\n"
 QUICKSTART_SETTINGS = {
     "model": {"name": "smollm2-135m"},
     "data": {"train": [str(EXAMPLE_CORPUS)], "block_size": 256},
-    "train": {"lr": 1e-4, "epochs": 1, "max_steps": 40, "warmup_steps": 4, "micro_batch_size": 4,
+    "train": {"lr": 1e-4, "epochs": 2, "max_steps": 40, "warmup_steps": 4, "micro_batch_size": 4,
               "eval_every": 10, "patience": 2, "save_every": 1000},
     "output": {"dir": f"runs/quickstart-{_dt.datetime.now():%Y%m%d-%H%M%S}"},
 }

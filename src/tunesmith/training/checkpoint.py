@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..models.methods import load_trainable_state, trainable_state
+from .distributed import Distributed
 
 CHECKPOINTS = "checkpoints"
 
@@ -52,28 +53,35 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep_last: int) -> Path:
-    """Trainable weights, optimizer, scheduler, loss scaler, RNG states and the loop's own state.
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep_last: int,
+                    context: Distributed = Distributed()) -> Path:
+    """Trainable weights, optimizer, scheduler, loss scaler, each rank's RNG states and the loop's own state.
 
     Frozen weights are not saved: a resumed run reloads them from the base model, so a LoRA
-    checkpoint is megabytes, not the whole model.
+    checkpoint is megabytes, not the whole model. Rank 0 writes everything but the other ranks' RNG.
     """
     target = run_dir / CHECKPOINTS / f"step-{step:07d}"
-    partial = _fresh_partial(target)
-    save_trainable(model, partial / "trainable.safetensors")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_states(),
-        },
-        partial / "training_state.pt",
-    )
-    (partial / "state.json").write_text(json.dumps(state, indent=2))
-    _replace_dir(partial, target)
-    for stale in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(stale, ignore_errors=True)
+    partial = target.with_name(target.name + ".partial")
+    if context.is_main:
+        _fresh_partial(target)
+    context.barrier()
+    torch.save(rng_states(), partial / f"rng-rank{context.rank}.pt")
+    context.barrier()
+    if context.is_main:
+        save_trainable(model, partial / "trainable.safetensors")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            },
+            partial / "training_state.pt",
+        )
+        (partial / "state.json").write_text(json.dumps(state, indent=2))
+        _replace_dir(partial, target)
+        for stale in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    context.barrier()
     return target
 
 
@@ -85,14 +93,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in done if (p / "state.json").is_file())
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, context: Distributed = Distributed()) -> dict:
     load_trainable(model, path / "trainable.safetensors")
     saved = torch.load(path / "training_state.pt", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
-    restore_rng_states(saved["rng"])
+    rng = path / f"rng-rank{context.rank}.pt"
+    if rng.is_file():  # absent when resuming with more processes than the run had
+        restore_rng_states(torch.load(rng, weights_only=False))
     return json.loads((path / "state.json").read_text())
 
 

@@ -18,6 +18,7 @@ from ..models import ResolvedModel, context_length, count_parameters, load_model
 from ..models.methods import parameter_counts
 from .build import build_model, export_final
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_trainable
+from .distributed import Distributed, setup_distributed, teardown_distributed, wrap_ddp
 from .hardware import pick_device, pick_precision
 from .loss import perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
@@ -100,19 +101,33 @@ def _watch_loss(state: LoopState, loss: float, factor: float | None) -> None:
 
 
 def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict:
-    """Fine-tune `cfg.model.name` on `cfg.data`; write the run directory and return summary.json's contents."""
-    console = console or Console(highlight=False, soft_wrap=True)
+    """Fine-tune `cfg.model.name` on `cfg.data`; write the run directory and return summary.json's contents.
+
+    Under torchrun every process runs this; rank 0 alone prints, evaluates and writes files.
+    """
+    context = setup_distributed(pick_device(cfg.train.device))
+    try:
+        if not context.is_main:
+            console = Console(quiet=True)
+        return _train(cfg, resume, console or Console(highlight=False, soft_wrap=True), context)
+    finally:
+        teardown_distributed(context)
+
+
+def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed) -> dict:
     run_dir = cfg.run_dir()
     checkpoints = list_checkpoints(run_dir) if resume else []
     if resume and not checkpoints:
         raise UserError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
-    torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
+    torch.manual_seed(cfg.train.seed + context.rank)
+    device = context.device(pick_device(cfg.train.device))
     precision = pick_precision(cfg.train.precision, device)
 
-    resolved, tokenizer, data = _load_inputs(cfg, console)
+    with context.main_first():
+        resolved, tokenizer, data = _load_inputs(cfg, console)
     model = build_model(resolved, cfg.model, device)
     model.train()
     trainable, total_params = parameter_counts(model)
@@ -124,38 +139,56 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
     micro = cfg.train.micro_batch_size
     if micro == "auto":
         micro = largest_micro_batch(model, train_blocks, device, precision, 64, console.print)
-    plan = StepPlan(len(train_blocks), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed)
+    plan = StepPlan(len(train_blocks), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
+                    context.world_size, context.rank)
+    if len(train_blocks) < plan.blocks_per_step and context.enabled:
+        raise UserError(f"{len(train_blocks)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
+                        f"{context.world_size} processes; use fewer processes, a smaller batch or more data")
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
-                        cfg.train.label_smoothing, console.print)
+                        cfg.train.label_smoothing, console.print, context)
+    if context.enabled:
+        runner.forward_model = wrap_ddp(model, context, device)
+    if cfg.train.compile:
+        runner.compile()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoints:
-        state = LoopState(**load_checkpoint(checkpoints[-1], model, optimizer, scheduler, scaler))
+        state = LoopState(**load_checkpoint(checkpoints[-1], model, optimizer, scheduler, scaler, context))
         runner.micro_batch_size = state.micro_batch_size or micro
         console.print(f"resumed from {checkpoints[-1]} at step {state.step}", highlight=False)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if checkpoints else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if checkpoints else None) if context.is_main else None
     eval_batch = cfg.train.eval_batch_size or micro
 
     def evaluate() -> float:
-        started = time.perf_counter()
-        result = validation_loss_with_fallback(model, val_blocks, eval_batch, device, precision, cfg.train.eval_max_blocks, console.print)
-        state.eval_seconds += time.perf_counter() - started
-        return result.loss
+        """On rank 0; the other ranks wait for its result."""
+        loss = None
+        if context.is_main:
+            started = time.perf_counter()
+            loss = validation_loss_with_fallback(model, val_blocks, eval_batch, device, precision, cfg.train.eval_max_blocks,
+                                                 console.print).loss
+            state.eval_seconds += time.perf_counter() - started
+        return context.share(loss)
+
+    def log_row(row: dict) -> None:
+        if metrics is not None:
+            metrics.write(row)
 
     def save(step: int) -> None:
         started = time.perf_counter()
         state.micro_batch_size = runner.micro_batch_size
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, scaler, asdict(state), cfg.train.keep_last)
+        save_checkpoint(run_dir, step, model, optimizer, scheduler, scaler, asdict(state), cfg.train.keep_last, context)
         state.eval_seconds += time.perf_counter() - started
 
     def keep_best() -> None:
-        started = time.perf_counter()
-        (run_dir / "best").mkdir(exist_ok=True)
-        save_trainable(model, run_dir / "best" / "trainable.safetensors")
-        state.eval_seconds += time.perf_counter() - started
+        if context.is_main:
+            started = time.perf_counter()
+            (run_dir / "best").mkdir(exist_ok=True)
+            save_trainable(model, run_dir / "best" / "trainable.safetensors")
+            state.eval_seconds += time.perf_counter() - started
 
     def roll_back() -> None:
         found = list_checkpoints(run_dir)
@@ -163,7 +196,7 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
             raise UserError(f"training diverged: {state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
                             f"lower train.lr (now {optimizer.param_groups[0]['lr']:.3g})")
         rollbacks = state.rollbacks + 1
-        state.__dict__.update(load_checkpoint(found[-1], model, optimizer, scheduler, scaler))
+        state.__dict__.update(load_checkpoint(found[-1], model, optimizer, scheduler, scaler, context))
         state.rollbacks, state.bad_in_a_row = rollbacks, 0
         scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
@@ -172,16 +205,18 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
                       f"with the learning rate halved", highlight=False)
 
     if not checkpoints:
-        write_config(run_dir, cfg)
+        if context.is_main:
+            write_config(run_dir, cfg)
         state.base_val_loss = state.best_val_loss = evaluate()
         console.print(f"base model: validation loss {state.base_val_loss:.4f}, perplexity {perplexity(state.base_val_loss):.2f} "
                       f"({len(val_blocks)} blocks, {val_blocks.num_tokens:,} tokens)", highlight=False)
         keep_best()
-        metrics.write({"step": 0, "epoch": 0.0, "val_loss": state.base_val_loss, "val_ppl": perplexity(state.base_val_loss)})
+        log_row({"step": 0, "epoch": 0.0, "val_loss": state.base_val_loss, "val_ppl": perplexity(state.base_val_loss)})
 
     save_every = cfg.train.save_every or cfg.train.eval_every
     progress = TrainProgress(console, plan.total_steps, state.step, cfg.train.log_every)
     stopped_because = plan.ends_by()
+    stopping = False
     with StopSignal() as stop:
         try:
             while state.step < plan.total_steps:
@@ -202,9 +237,10 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
                 if not applied:
                     row["skipped"] = True
                     if state.bad_in_a_row >= cfg.train.max_bad_steps:
-                        metrics.write(row)
+                        log_row(row)
                         roll_back()
-                        metrics.truncate_after(state.step)
+                        if metrics is not None:
+                            metrics.truncate_after(state.step)
                         continue
                 _watch_loss(state, loss_value, cfg.train.loss_watchdog)
                 last = state.step == plan.total_steps
@@ -217,23 +253,25 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
                         keep_best()
                     else:
                         state.evals_since_best += 1
-                metrics.write(row)
+                log_row(row)
                 progress.step(state.step, loss_value, step_tokens / elapsed)
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
                     stopped_because = "early_stop"
                     progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")
                     break
-                if stop.received or last or state.step % save_every == 0:
+                stopping = context.any(stop.received is not None)
+                if stopping or last or state.step % save_every == 0:
                     save(state.step)
-                if stop.received:
+                if stopping:
                     break
         finally:
             progress.close()
-    if stop.received:
+    if stopping:
         console.print(f"interrupted at step {state.step}; checkpoint saved. Resume with: tunesmith train --out {run_dir} --resume", highlight=False)
-        raise SystemExit(128 + stop.received)
+        raise SystemExit(128 + (stop.received or signal.SIGTERM))
 
-    export_final(model, tokenizer, run_dir, resolved, cfg.model)
+    if context.is_main:
+        export_final(model, tokenizer, run_dir, resolved, cfg.model)
     summary = {
         "model": cfg.model.name,
         "method": cfg.model.method,
@@ -258,5 +296,7 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
         "precision": precision,
         "micro_batch_size": runner.micro_batch_size,
     }
-    write_summary(run_dir, summary)
+    if context.is_main:
+        write_summary(run_dir, summary)
+    context.barrier()
     return summary

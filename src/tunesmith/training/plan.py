@@ -20,14 +20,24 @@ class StepPlan:
     epochs: float
     max_steps: int | None
     seed: int
+    world_size: int = 1
+    rank: int = 0
     _orders: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     @property
-    def blocks_per_step(self) -> int:
+    def blocks_per_rank(self) -> int:
         return self.micro_batch_size * self.grad_accum
 
     @property
+    def blocks_per_step(self) -> int:
+        """The global batch: every rank's micro-batches times accumulation."""
+        return self.blocks_per_rank * self.world_size
+
+    @property
     def steps_per_epoch(self) -> int:
+        """A single process keeps a last, smaller step; several drop it, so every rank gets equal shares."""
+        if self.world_size > 1:
+            return max(1, self.num_blocks // self.blocks_per_step)
         return max(1, math.ceil(self.num_blocks / self.blocks_per_step))
 
     @property
@@ -49,8 +59,8 @@ class StepPlan:
         return self._orders[epoch]
 
     def micro_batches(self, step: int) -> list[list[int]]:
-        """Block indices for the 0-based optimizer `step`, split into micro-batches."""
+        """This rank's block indices for the 0-based optimizer `step`, split into micro-batches."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        start = position * self.blocks_per_step
-        chosen = self._order(epoch)[start : start + self.blocks_per_step]
+        start = position * self.blocks_per_step + self.rank * self.blocks_per_rank
+        chosen = self._order(epoch)[start : start + self.blocks_per_rank]
         return [chosen[i : i + self.micro_batch_size] for i in range(0, len(chosen), self.micro_batch_size)]

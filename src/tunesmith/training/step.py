@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..data import TokenBlocks
 from ..errors import UserError
+from .distributed import Distributed, no_sync
 from .hardware import autocast
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
@@ -46,21 +47,30 @@ def forward_backward(model, tokens: torch.Tensor, weight: float, scaler, device,
 
 class StepRunner:
     def __init__(self, model, optimizer, scheduler, scaler, device, precision: str, micro_batch_size: int,
-                 grad_clip: float | None, label_smoothing: float, log: Callable[[str], None]):
+                 grad_clip: float | None, label_smoothing: float, log: Callable[[str], None],
+                 context: Distributed = Distributed()):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.device, self.precision = device, precision
         self.micro_batch_size = micro_batch_size
         self.grad_clip, self.label_smoothing = grad_clip, label_smoothing
         self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.context = context
+        self.forward_model = model  # the DDP-wrapped and/or compiled module that runs forward and backward
+
+    def compile(self) -> None:
+        """torch.compile the forward pass; if compilation fails at the first step, fall back to eager with a message."""
+        self.eager_model = self.forward_model
+        self.forward_model = torch.compile(self.forward_model)
 
     def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
-        for start in range(0, len(indices), self.micro_batch_size):
-            chunk = indices[start : start + self.micro_batch_size]
+        chunks = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
+        for number, chunk in enumerate(chunks):
             tokens = blocks.batch(chunk).to(self.device, non_blocking=True)  # (B, T)
-            total += forward_backward(self.model, tokens, len(chunk) / len(indices), self.scaler, self.device,
-                                      self.precision, self.label_smoothing)
+            with no_sync(self.forward_model, last_micro_batch=number == len(chunks) - 1):
+                total += forward_backward(self.forward_model, tokens, len(chunk) / len(indices), self.scaler, self.device,
+                                          self.precision, self.label_smoothing)
         return total
 
     def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, bool]:
@@ -70,6 +80,11 @@ class StepRunner:
                 total = self._accumulate(blocks, indices)
                 break
             except Exception as exc:
+                if getattr(self, "eager_model", None) is not None and not is_out_of_memory(exc):
+                    self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training without it")
+                    self.forward_model, self.eager_model = self.eager_model, None
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
                 if not is_out_of_memory(exc):
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
@@ -81,6 +96,7 @@ class StepRunner:
                          "and twice the accumulation (same effective batch)")
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
+        total = self.context.mean(total)  # the global loss: the same value, and the same skip decision, on every rank
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf)
         finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))  # the one host sync of a step
         if self.scaler:

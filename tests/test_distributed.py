@@ -1,0 +1,58 @@
+"""DDP under torchrun with 2 CPU processes (gloo): the same training as one process with twice the micro-batch, and resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+from test_train import losses
+
+
+def _launch(processes: int, model, data, out, micro: int, steps: int, *extra: str) -> None:
+    """Runs in the shared cache next to the run directories, so the two launches prepare the data once."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "tunesmith", "train"] if processes > 1 else [sys.executable, "-m", "tunesmith", "train"]
+    command += ["--model", str(model), "--data", str(data), "--out", str(out), "--block-size", "32", "--lr", "3e-3",
+                "--batch-size", str(micro), "--max-steps", str(steps), "--set", "train.precision=fp32", "--set", "model.dropout=0.0",
+                "--set", "train.eval_every=3", "--set", "train.patience=null", "--set", "train.keep_last=10", *extra]
+    env = dict(os.environ, TUNESMITH_HOME=str(Path(out).parent / "home"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_models, tmp_path_factory):
+    """One 2-process run shared by the tests below (process start-up dominates their cost)."""
+    from conftest import make_corpus, write_jsonl
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
+    _launch(2, tiny_models["llama"], data, root / "ddp", 2, 8)
+    return root, data
+
+
+def test_two_processes_match_one_process_with_twice_the_micro_batch(ddp_run, tiny_models):
+    root, data = ddp_run
+    _launch(1, tiny_models["llama"], data, root / "single", 4, 8)
+    assert losses(root / "ddp") == pytest.approx(losses(root / "single"), abs=1e-5)
+    ddp_rows = [json.loads(line) for line in (root / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(ddp_rows) == 9, "rank 0 alone writes metrics"
+    assert (root / "ddp" / "final" / "config.json").is_file()
+
+
+def test_a_ddp_run_resumes_exactly(ddp_run, tiny_models):
+    root, data = ddp_run
+    cut = root / "cut"
+    shutil.copytree(root / "ddp", cut)
+    for ckpt in (cut / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 3:
+            shutil.rmtree(ckpt)
+    assert sorted(p.name for p in (cut / "checkpoints" / "step-0000003").iterdir()) == [
+        "rng-rank0.pt", "rng-rank1.pt", "state.json", "trainable.safetensors", "training_state.pt"]
+    _launch(2, tiny_models["llama"], data, cut, 2, 8, "--resume")
+    assert losses(cut) == pytest.approx(losses(root / "ddp"), abs=1e-6)
