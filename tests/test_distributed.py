@@ -56,3 +56,22 @@ def test_a_ddp_run_resumes_exactly(ddp_run, tiny_models):
         "rng-rank0.pt", "rng-rank1.pt", "state.json", "trainable.safetensors", "training_state.pt"]
     _launch(2, tiny_models["llama"], data, cut, 2, 8, "--resume")
     assert losses(cut) == pytest.approx(losses(root / "ddp"), abs=1e-6)
+
+
+def test_fsdp_two_processes_match_one_process(ddp_run, tiny_models):
+    """FSDP2 shards every block's parameters across the 2 processes; the updates are the same as unsharded."""
+    root, data = ddp_run
+    _launch(2, tiny_models["llama"], data, root / "fsdp", 2, 8, "--set", "train.distributed=fsdp")
+    if not (root / "single").exists():
+        _launch(1, tiny_models["llama"], data, root / "single", 4, 8)
+    assert losses(root / "fsdp") == pytest.approx(losses(root / "single"), abs=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(root / "fsdp" / "final") is not None
+    cut = root / "fsdp-cut"
+    shutil.copytree(root / "fsdp", cut)
+    for ckpt in (cut / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 3:
+            shutil.rmtree(ckpt)
+    _launch(2, tiny_models["llama"], data, cut, 2, 8, "--set", "train.distributed=fsdp", "--resume")
+    assert losses(cut) == pytest.approx(losses(root / "fsdp"), abs=1e-6)

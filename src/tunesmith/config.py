@@ -88,6 +88,7 @@ class TrainConfig(_Section):
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back to the last checkpoint with the lr halved")
     loss_watchdog: float | None = Field(3.0, gt=1, description="abort when the training loss stays above this multiple of its first value for 20 steps (null: off)")
     compile: bool = Field(False, description="torch.compile the model for training")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate the model (ddp) or shard it across processes (fsdp)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported, fp16 with loss scaling on older CUDA, else fp32")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     seed: int = Field(42, description="seed for data order, dropout and initialisation; CPU runs repeat exactly")

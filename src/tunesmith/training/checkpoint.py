@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..models.methods import load_trainable_state, trainable_state
-from .distributed import Distributed
+from .distributed import Distributed, is_sharded
 
 CHECKPOINTS = "checkpoints"
 
@@ -53,6 +53,31 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _full_state_options(**extra):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
+
+
+def gather_trainable(model) -> dict[str, torch.Tensor] | None:
+    """The trainable parameters whole; with FSDP every rank must call this, and rank 0 gets the tensors."""
+    if not is_sharded(model):
+        return {name: t.contiguous() for name, t in trainable_state(model).items()}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    names = set(trainable_state(model))
+    full = get_model_state_dict(model, options=_full_state_options())
+    return {name: t.contiguous() for name, t in full.items() if name in names} or None
+
+
+def gather_optimizer(model, optimizer) -> dict:
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep_last: int,
                     context: Distributed = Distributed()) -> Path:
     """Trainable weights, optimizer, scheduler, loss scaler, each rank's RNG states and the loop's own state.
@@ -67,11 +92,12 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scale
     context.barrier()
     torch.save(rng_states(), partial / f"rng-rank{context.rank}.pt")
     context.barrier()
+    tensors, optimizer_state = gather_trainable(model), gather_optimizer(model, optimizer)
     if context.is_main:
-        save_trainable(model, partial / "trainable.safetensors")
+        write_tensors(tensors, partial / "trainable.safetensors")
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
             },
@@ -96,7 +122,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, context: Distributed = Distributed()) -> dict:
     load_trainable(model, path / "trainable.safetensors")
     saved = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, saved["optimizer"], options=_full_state_options())
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
@@ -106,15 +137,24 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, context: Di
     return json.loads((path / "state.json").read_text())
 
 
-def save_trainable(model, path: Path) -> None:
-    tensors = {name: t.contiguous() for name, t in trainable_state(model).items()}
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial))
     partial.replace(path)
 
 
+def save_trainable(model, path: Path) -> None:
+    write_tensors(gather_trainable(model), path)
+
+
 def load_trainable(model, path: Path) -> None:
-    load_trainable_state(model, load_file(str(path)))
+    state = load_file(str(path))
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, state, options=_full_state_options(strict=False))
+    else:
+        load_trainable_state(model, state)
 
 
 def save_hf_model(model, tokenizer, target: Path) -> None:

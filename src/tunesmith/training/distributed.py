@@ -94,6 +94,31 @@ def wrap_ddp(model: torch.nn.Module, context: Distributed, device: torch.device)
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def wrap_fsdp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each transformer block is its own shard group, then the rest of the model; parameters become DTensors."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from ..models.methods import transformer_blocks
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a shard) gathered whole; a plain tensor as it is."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
 def no_sync(model: torch.nn.Module, last_micro_batch: bool):
     """Gradient all-reduce once per optimizer step, on the last micro-batch, not on every one."""
     if last_micro_batch or not hasattr(model, "no_sync"):

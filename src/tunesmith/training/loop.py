@@ -17,8 +17,8 @@ from ..errors import UserError
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
 from ..models.methods import parameter_counts
 from .build import build_model, export_final
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_trainable
-from .distributed import Distributed, setup_distributed, teardown_distributed, wrap_ddp
+from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
+from .distributed import Distributed, setup_distributed, teardown_distributed, wrap_ddp, wrap_fsdp
 from .hardware import pick_device, pick_precision
 from .loss import perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
@@ -144,12 +144,15 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
     if len(train_blocks) < plan.blocks_per_step and context.enabled:
         raise UserError(f"{len(train_blocks)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
                         f"{context.world_size} processes; use fewer processes, a smaller batch or more data")
-    optimizer = build_optimizer(model, cfg.train, device)
+    sharded = context.enabled and cfg.train.distributed == "fsdp"
+    if sharded:
+        model = wrap_fsdp(model, device)
+    optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
                         cfg.train.label_smoothing, console.print, context)
-    if context.enabled:
+    if context.enabled and not sharded:
         runner.forward_model = wrap_ddp(model, context, device)
     if cfg.train.compile:
         runner.compile()
@@ -164,14 +167,14 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
     eval_batch = cfg.train.eval_batch_size or micro
 
     def evaluate() -> float:
-        """On rank 0; the other ranks wait for its result."""
+        """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
         loss = None
-        if context.is_main:
+        if context.is_main or sharded:
             started = time.perf_counter()
             loss = validation_loss_with_fallback(model, val_blocks, eval_batch, device, precision, cfg.train.eval_max_blocks,
                                                  console.print).loss
             state.eval_seconds += time.perf_counter() - started
-        return context.share(loss)
+        return loss if sharded else context.share(loss)
 
     def log_row(row: dict) -> None:
         if metrics is not None:
@@ -184,11 +187,12 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
         state.eval_seconds += time.perf_counter() - started
 
     def keep_best() -> None:
+        started = time.perf_counter()
+        tensors = gather_trainable(model) if sharded or context.is_main else None
         if context.is_main:
-            started = time.perf_counter()
             (run_dir / "best").mkdir(exist_ok=True)
-            save_trainable(model, run_dir / "best" / "trainable.safetensors")
-            state.eval_seconds += time.perf_counter() - started
+            write_tensors(tensors, run_dir / "best" / "trainable.safetensors")
+        state.eval_seconds += time.perf_counter() - started
 
     def roll_back() -> None:
         found = list_checkpoints(run_dir)
@@ -270,8 +274,8 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
         console.print(f"interrupted at step {state.step}; checkpoint saved. Resume with: tunesmith train --out {run_dir} --resume", highlight=False)
         raise SystemExit(128 + (stop.received or signal.SIGTERM))
 
-    if context.is_main:
-        export_final(model, tokenizer, run_dir, resolved, cfg.model)
+    if context.is_main:  # a sharded model is exported from a whole copy built on the CPU
+        export_final(build_model(resolved, cfg.model, torch.device("cpu")) if sharded else model, tokenizer, run_dir, resolved, cfg.model)
     summary = {
         "model": cfg.model.name,
         "method": cfg.model.method,

@@ -9,14 +9,17 @@ import torch
 from ..config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Biases and norm weights (1-D tensors) take no weight decay, as in GPT-2 and nanoGPT."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+    """Biases and norm weights (1-D tensors) take no weight decay, as in GPT-2 and nanoGPT.
+
+    The fused kernel on CUDA and CPU; the foreach one for sharded (DTensor) parameters.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    fused = device.type in ("cuda", "cpu")
+    fused = device.type in ("cuda", "cpu") and not sharded
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 

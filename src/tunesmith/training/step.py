@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..data import TokenBlocks
 from ..errors import UserError
-from .distributed import Distributed, no_sync
+from .distributed import Distributed, full_tensor, no_sync
 from .hardware import autocast
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
@@ -97,7 +97,7 @@ class StepRunner:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         total = self.context.mean(total)  # the global loss: the same value, and the same skip decision, on every rank
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf))
         finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))  # the one host sync of a step
         if self.scaler:
             self.scaler.step(self.optimizer)
