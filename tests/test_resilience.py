@@ -133,3 +133,23 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tin
     summary = train(run_config(tiny_gpt2, corpus_file, run_dir, max_steps=12, eval_every=4, keep_last=5), resume=True)
     assert summary["steps"] == 12
     assert not (run_dir / "checkpoints" / "step-0000008.partial").exists()
+
+
+def test_deferred_step_records_skips_and_bad_streaks():
+    """On a GPU results are read every log_every steps; the accounting must match reading them one by one."""
+    from tunesmith.config import RunConfig
+    from tunesmith.training.loop import LoopState, _record
+    from tunesmith.training.run_files import PendingSteps
+
+    pending = PendingSteps()
+    outcomes = [(2.0, True), (float("nan"), False), (1.9, True), (float("nan"), False), (float("inf"), False), (float("nan"), False), (1.5, True)]
+    for step, (loss, applied) in enumerate(outcomes, 1):
+        pending.add({"step": step}, torch.tensor(loss), torch.tensor(applied), 100)
+    rows = pending.flush()
+    assert [r["step"] for r in rows if r.get("skipped")] == [2, 4, 5, 6]
+    assert rows[0]["train_loss"] == 2.0 and rows[0]["tokens_per_s"] > 0
+    logged, state = [], LoopState()
+    cfg = RunConfig.model_validate({"train": {"max_bad_steps": 3}})
+    assert _record(rows, state, cfg, logged.append) is True
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6] and state.skipped_steps == 4 and state.bad_in_a_row == 3
+    assert pending.flush() == []

@@ -24,7 +24,7 @@ from .loss import perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .progress import TrainProgress
-from .run_files import MetricsLog, write_config, write_summary
+from .run_files import MetricsLog, PendingSteps, write_config, write_summary
 from .step import StepRunner, largest_micro_batch
 
 WATCHDOG_STEPS = 20
@@ -98,6 +98,24 @@ def _watch_loss(state: LoopState, loss: float, factor: float | None) -> None:
     if state.high_loss_steps >= WATCHDOG_STEPS:
         raise UserError(f"the training loss ({loss:.3f}) has stayed above {factor:g}x its first value ({state.first_loss:.3f}) "
                         f"for {WATCHDOG_STEPS} steps: the run is diverging; lower train.lr or raise train.warmup_steps")
+
+
+def _record(rows: list[dict], state: LoopState, cfg: RunConfig, log_row) -> bool:
+    """Account for flushed steps (skips, the watchdog) and log all but the last, which the caller may add to.
+
+    Returns True when `train.max_bad_steps` non-finite steps came in a row: the caller rolls back.
+    """
+    for number, row in enumerate(rows):
+        skipped = row.get("skipped", False)
+        state.skipped_steps += skipped
+        state.bad_in_a_row = state.bad_in_a_row + 1 if skipped else 0
+        if state.bad_in_a_row >= cfg.train.max_bad_steps:
+            log_row(row)
+            return True
+        _watch_loss(state, row["train_loss"], cfg.train.loss_watchdog)
+        if number < len(rows) - 1:
+            log_row(row)
+    return False
 
 
 def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict:
@@ -218,56 +236,54 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
         log_row({"step": 0, "epoch": 0.0, "val_loss": state.base_val_loss, "val_ppl": perplexity(state.base_val_loss)})
 
     save_every = cfg.train.save_every or cfg.train.eval_every
+    flush_every = 1 if device.type == "cpu" else cfg.train.log_every  # host syncs cost nothing on a CPU
     progress = TrainProgress(console, plan.total_steps, state.step, cfg.train.log_every)
+    pending = PendingSteps()
     stopped_because = plan.ends_by()
     stopping = False
     with StopSignal() as stop:
         try:
             while state.step < plan.total_steps:
                 indices = [i for mb in plan.micro_batches(state.step) for i in mb]
-                lr = optimizer.param_groups[0]["lr"]
-                started = time.perf_counter()
+                row = {"step": state.step + 1, "epoch": round(plan.epoch_of(state.step + 1), 4), "lr": optimizer.param_groups[0]["lr"]}
                 loss, applied = runner.run(train_blocks, indices)
-                loss_value = loss.item()
-                elapsed = time.perf_counter() - started
-                step_tokens = len(indices) * cfg.data.block_size
                 state.step += 1
-                state.train_seconds += elapsed
-                state.tokens_seen += step_tokens
-                state.skipped_steps += 0 if applied else 1
-                state.bad_in_a_row = 0 if applied else state.bad_in_a_row + 1
-                row = {"step": state.step, "epoch": round(plan.epoch_of(state.step), 4), "train_loss": loss_value,
-                       "lr": lr, "tokens_per_s": step_tokens / elapsed}
-                if not applied:
-                    row["skipped"] = True
-                    if state.bad_in_a_row >= cfg.train.max_bad_steps:
-                        log_row(row)
-                        roll_back()
-                        if metrics is not None:
-                            metrics.truncate_after(state.step)
-                        continue
-                _watch_loss(state, loss_value, cfg.train.loss_watchdog)
+                state.tokens_seen += len(indices) * cfg.data.block_size
+                pending.add(row, loss, applied, len(indices) * cfg.data.block_size)
                 last = state.step == plan.total_steps
-                if state.step % cfg.train.eval_every == 0 or last:
+                evaluating = state.step % cfg.train.eval_every == 0 or last
+                saving = last or state.step % save_every == 0
+                if not (evaluating or saving or state.step % flush_every == 0):
+                    continue
+                rows = pending.flush()
+                state.train_seconds += pending.last_elapsed
+                if _record(rows, state, cfg, log_row):
+                    roll_back()
+                    if metrics is not None:
+                        metrics.truncate_after(state.step)
+                    pending.restart_clock()
+                    continue
+                if evaluating:
                     val_loss = evaluate()
-                    row.update(val_loss=val_loss, val_ppl=perplexity(val_loss))
                     progress.evaluated(perplexity(val_loss))
                     if val_loss < state.best_val_loss:
                         state.best_val_loss, state.best_step, state.evals_since_best = val_loss, state.step, 0
                         keep_best()
                     else:
                         state.evals_since_best += 1
-                log_row(row)
-                progress.step(state.step, loss_value, step_tokens / elapsed)
+                    rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss))
+                log_row(rows[-1])
+                progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
                     stopped_because = "early_stop"
                     progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")
                     break
                 stopping = context.any(stop.received is not None)
-                if stopping or last or state.step % save_every == 0:
+                if stopping or saving:
                     save(state.step)
                 if stopping:
                     break
+                pending.restart_clock()
         finally:
             progress.close()
     if stopping:

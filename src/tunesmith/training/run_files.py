@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import torch
 
 from ..config import RunConfig
 
@@ -34,3 +37,37 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class PendingSteps:
+    """Per-step results kept on the device until a log point, then read in one host sync.
+
+    Reading a loss with .item() every step would stall a GPU's queue once a step; here that happens
+    once per flush, and tokens/s is measured over the steps since the last one.
+    """
+
+    def __init__(self):
+        self.items: list[tuple[dict, torch.Tensor, torch.Tensor, int]] = []
+        self.restart_clock()
+        self.last_elapsed = 0.0
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def add(self, row: dict, loss: torch.Tensor, applied: torch.Tensor, tokens: int) -> None:
+        self.items.append((row, loss.detach(), applied, tokens))
+
+    def flush(self) -> list[dict]:
+        if not self.items:
+            return []
+        values = torch.stack([torch.stack([loss.float(), applied.float()]) for _, loss, applied, _ in self.items]).tolist()
+        self.last_elapsed = time.perf_counter() - self.started
+        tokens_per_s = sum(tokens for *_, tokens in self.items) / max(self.last_elapsed, 1e-9)
+        rows = []
+        for (row, *_), (loss, applied) in zip(self.items, values):
+            row = {**row, "train_loss": loss, "tokens_per_s": tokens_per_s}
+            if not applied:
+                row["skipped"] = True
+            rows.append(row)
+        self.items = []
+        return rows

@@ -73,8 +73,8 @@ class StepRunner:
                                           self.precision, self.label_smoothing)
         return total
 
-    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, bool]:
-        """One step over `indices`; returns the mean loss and whether the update was applied."""
+    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step over `indices`; returns the mean loss and whether the update was applied, both still on the device."""
         while True:
             try:
                 total = self._accumulate(blocks, indices)
@@ -98,10 +98,13 @@ class StepRunner:
             self.scaler.unscale_(self.optimizer)
         total = self.context.mean(total)  # the global loss: the same value, and the same skip decision, on every rank
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf))
-        finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))  # the one host sync of a step
+        finite = torch.isfinite(total) & torch.isfinite(grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        elif self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = (~finite).float()  # the fused kernel skips the update on the device: no host sync
+            self.optimizer.step()
         elif finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
