@@ -1,0 +1,238 @@
+"""Everything a training run holds besides the loop itself: inputs, model, optimizer, and the run's file actions."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..config import RunConfig, check_block_size
+from ..data import PreparedData, TokenBlocks, prepare_data
+from ..errors import UserError
+from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
+from ..models.methods import parameter_counts
+from .build import build_model, export_final
+from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
+from .distributed import Distributed, wrap_ddp, wrap_fsdp
+from .hardware import pick_device, pick_precision
+from .loss import perplexity, validation_loss_with_fallback
+from .optim import build_optimizer, build_scheduler
+from .plan import StepPlan
+from .run_files import MetricsLog, write_config, write_summary
+from .step import StepRunner, largest_micro_batch
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a resumed run needs; saved as state.json in each checkpoint."""
+
+    step: int = 0
+    base_val_loss: float = math.nan
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    evals_since_best: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    skipped_steps: int = 0
+    bad_in_a_row: int = 0
+    rollbacks: int = 0
+    first_loss: float | None = None
+    high_loss_steps: int = 0
+    micro_batch_size: int = 0
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, object, PreparedData]:
+    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+    model_config = load_model_config(resolved)
+    check_block_size(cfg.data.block_size, context_length(model_config))
+    tokenizer = load_tokenizer(resolved)
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config))
+    for line in data.summary_lines():
+        console.print(f"data  {line}", highlight=False)
+    return resolved, tokenizer, data
+
+
+@dataclass
+class Session:
+    """One run's parts, built by `open_session`; its methods are the loop's leaf actions."""
+
+    cfg: RunConfig
+    console: Console
+    context: Distributed
+    run_dir: Path
+    device: torch.device
+    precision: str
+    resolved: ResolvedModel
+    tokenizer: object
+    model: torch.nn.Module
+    runner: StepRunner
+    plan: StepPlan
+    train_blocks: TokenBlocks
+    val_blocks: TokenBlocks
+    sharded: bool
+    trainable: int
+    state: LoopState = field(default_factory=LoopState)
+    metrics: MetricsLog | None = None
+
+    @property
+    def optimizer(self):
+        return self.runner.optimizer
+
+    def _timed(self, started: float) -> None:
+        self.state.eval_seconds += time.perf_counter() - started
+
+    def evaluate(self) -> float:
+        """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
+        loss = None
+        if self.context.is_main or self.sharded:
+            started = time.perf_counter()
+            batch = self.cfg.train.eval_batch_size or self.runner.micro_batch_size
+            loss = validation_loss_with_fallback(self.model, self.val_blocks, batch, self.device, self.precision,
+                                                 self.cfg.train.eval_max_blocks, self.console.print).loss
+            self._timed(started)
+        return loss if self.sharded else self.context.share(loss)
+
+    def log_row(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(row)
+
+    def save(self) -> None:
+        started = time.perf_counter()
+        self.state.micro_batch_size = self.runner.micro_batch_size
+        r = self.runner
+        save_checkpoint(self.run_dir, self.state.step, self.model, r.optimizer, r.scheduler, r.scaler, asdict(self.state),
+                        self.cfg.train.keep_last, self.context)
+        self._timed(started)
+
+    def keep_best(self) -> None:
+        started = time.perf_counter()
+        tensors = gather_trainable(self.model) if self.sharded or self.context.is_main else None
+        if self.context.is_main:
+            (self.run_dir / "best").mkdir(exist_ok=True)
+            write_tensors(tensors, self.run_dir / "best" / "trainable.safetensors")
+        self._timed(started)
+
+    def restore(self, checkpoint: Path) -> None:
+        r = self.runner
+        rollbacks = self.state.rollbacks
+        self.state = LoopState(**load_checkpoint(checkpoint, self.model, r.optimizer, r.scheduler, r.scaler, self.context))
+        self.state.rollbacks = max(self.state.rollbacks, rollbacks)
+        r.micro_batch_size = self.state.micro_batch_size or r.micro_batch_size
+
+    def roll_back(self) -> None:
+        """Back to the last checkpoint with the learning rate halved, after too many non-finite steps in a row."""
+        found = list_checkpoints(self.run_dir)
+        if not found:
+            raise UserError(f"training diverged: {self.state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
+                            f"lower train.lr (now {self.optimizer.param_groups[0]['lr']:.3g})")
+        self.restore(found[-1])
+        self.state.rollbacks += 1
+        scheduler = self.runner.scheduler
+        scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr / 2
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.state.step)
+        self.console.print(f"{self.cfg.train.max_bad_steps} non-finite steps in a row: rolled back to step {self.state.step} "
+                           "with the learning rate halved", highlight=False)
+
+    def start(self, checkpoint: Path | None) -> None:
+        """Resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is not None:
+            self.restore(checkpoint)
+            self.console.print(f"resumed from {checkpoint} at step {self.state.step}", highlight=False)
+        if self.context.is_main:
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if checkpoint else None)
+        if checkpoint is None:
+            if self.context.is_main:
+                write_config(self.run_dir, self.cfg)
+            base = self.state.base_val_loss = self.state.best_val_loss = self.evaluate()
+            self.console.print(f"base model: validation loss {base:.4f}, perplexity {perplexity(base):.2f} "
+                               f"({len(self.val_blocks)} blocks, {self.val_blocks.num_tokens:,} tokens)", highlight=False)
+            self.keep_best()
+            self.log_row({"step": 0, "epoch": 0.0, "val_loss": base, "val_ppl": perplexity(base)})
+
+    def finish(self, stopped_because: str) -> dict:
+        """Export final/ (rank 0; a sharded model from a whole copy built on the CPU) and write summary.json."""
+        state = self.state
+        if self.context.is_main:
+            model = build_model(self.resolved, self.cfg.model, torch.device("cpu")) if self.sharded else self.model
+            export_final(model, self.tokenizer, self.run_dir, self.resolved, self.cfg.model)
+        summary = {
+            "model": self.cfg.model.name,
+            "method": self.cfg.model.method,
+            "base_val_loss": state.base_val_loss,
+            "base_val_ppl": perplexity(state.base_val_loss),
+            "best_val_loss": state.best_val_loss,
+            "best_val_ppl": perplexity(state.best_val_loss),
+            "best_step": state.best_step,
+            "steps": state.step,
+            "epochs": round(self.plan.epoch_of(state.step), 4),
+            "tokens_seen": state.tokens_seen,
+            "train_seconds": round(state.train_seconds, 3),
+            "eval_seconds": round(state.eval_seconds, 3),
+            "tokens_per_s": state.tokens_seen / state.train_seconds if state.train_seconds else 0.0,
+            "skipped_steps": state.skipped_steps,
+            "rollbacks": state.rollbacks,
+            "stopped_because": stopped_because,
+            "trainable_parameters": self.trainable,
+            "val_tokens": self.val_blocks.num_tokens,
+            "final_dir": str(self.run_dir / "final"),
+            "device": self.device.type,
+            "precision": self.precision,
+            "micro_batch_size": self.runner.micro_batch_size,
+            "processes": self.context.world_size,
+        }
+        if self.context.is_main:
+            write_summary(self.run_dir, summary)
+        self.context.barrier()
+        return summary
+
+
+def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Session:
+    """Resolve and load the model, prepare the data, and build the optimizer and step runner."""
+    torch.manual_seed(cfg.train.seed + context.rank)
+    device = context.device(pick_device(cfg.train.device))
+    precision = pick_precision(cfg.train.precision, device)
+    with context.main_first():
+        resolved, tokenizer, data = _load_inputs(cfg, console)
+    model = build_model(resolved, cfg.model, device)
+    model.train()
+    trainable, total_params = parameter_counts(model)
+    console.print(f"model {resolved.spec}: {_count(total_params)} parameters, {_count(trainable)} trainable ({cfg.model.method}); "
+                  f"{device.type}, {precision}", highlight=False)
+
+    train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
+    micro = cfg.train.micro_batch_size
+    if micro == "auto":
+        micro = largest_micro_batch(model, train_blocks, device, precision, 64, console.print)
+    plan = StepPlan(len(train_blocks), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
+                    context.world_size, context.rank)
+    if len(train_blocks) < plan.blocks_per_step and context.enabled:
+        raise UserError(f"{len(train_blocks)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
+                        f"{context.world_size} processes; use fewer processes, a smaller batch or more data")
+    sharded = context.enabled and cfg.train.distributed == "fsdp"
+    if sharded:
+        model = wrap_fsdp(model, device)
+    optimizer = build_optimizer(model, cfg.train, device, sharded)
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
+                        cfg.train.label_smoothing, console.print, context)
+    if context.enabled and not sharded:
+        runner.forward_model = wrap_ddp(model, context, device)
+    if cfg.train.compile:
+        runner.compile()
+    return Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
+                   train_blocks, val_blocks, sharded, trainable)
