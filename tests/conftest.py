@@ -27,6 +27,23 @@ def make_corpus(n_docs: int, seed: int = 0, words_per_doc: int = 40) -> list[str
     return docs
 
 
+def cut_run(source: Path, target: Path, last_step: int) -> Path:
+    """A copy of a finished run as if it had been killed after the checkpoint at `last_step`."""
+    import shutil
+
+    shutil.copytree(source, target)
+    for checkpoint in (target / "checkpoints").iterdir():
+        if int(checkpoint.name.split("-")[1]) > last_step:
+            shutil.rmtree(checkpoint)
+    for name in ("final", "final-adapter", "summary.json"):
+        path = target / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return target
+
+
 def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
     path.write_text("".join(json.dumps({field: d}) + "\n" for d in docs))
     return path

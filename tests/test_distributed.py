@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cut_run
 from test_train import losses
 
 
@@ -47,11 +47,7 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(ddp_run, tin
 
 def test_a_ddp_run_resumes_exactly(ddp_run, tiny_models):
     root, data = ddp_run
-    cut = root / "cut"
-    shutil.copytree(root / "ddp", cut)
-    for ckpt in (cut / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 3:
-            shutil.rmtree(ckpt)
+    cut = cut_run(root / "ddp", root / "cut", last_step=3)
     assert sorted(p.name for p in (cut / "checkpoints" / "step-0000003").iterdir()) == [
         "rng-rank0.pt", "rng-rank1.pt", "state.json", "trainable.safetensors", "training_state.pt"]
     _launch(2, tiny_models["llama"], data, cut, 2, 8, "--resume")
@@ -68,10 +64,6 @@ def test_fsdp_two_processes_match_one_process(ddp_run, tiny_models):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(root / "fsdp" / "final") is not None
-    cut = root / "fsdp-cut"
-    shutil.copytree(root / "fsdp", cut)
-    for ckpt in (cut / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 3:
-            shutil.rmtree(ckpt)
+    cut = cut_run(root / "fsdp", root / "fsdp-cut", last_step=3)
     _launch(2, tiny_models["llama"], data, cut, 2, 8, "--set", "train.distributed=fsdp", "--resume")
     assert losses(cut) == pytest.approx(losses(root / "fsdp"), abs=1e-6)

@@ -13,6 +13,7 @@ from tunesmith.cli import main
 from tunesmith.errors import ConfigError
 from tunesmith.training.step import training_loss
 
+from conftest import cut_run
 from test_train import losses, run_config
 
 
@@ -64,18 +65,13 @@ def test_lora_trains_small_checkpoints_and_exports_a_merged_model(kind, tiny_mod
 
 
 def test_lora_resume_is_exact(tiny_llama, corpus_file, tmp_path):
-    import shutil
-
     def config(out):
         cfg = run_config(tiny_llama, corpus_file, out, max_steps=10, eval_every=3, keep_last=10, lr=1e-2)
         cfg.model.method = "lora"
         return cfg
 
     train(config(tmp_path / "whole"))
-    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
-    for ckpt in (tmp_path / "cut" / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 3:
-            shutil.rmtree(ckpt)
+    cut_run(tmp_path / "whole", tmp_path / "cut", last_step=3)
     train(config(tmp_path / "cut"), resume=True)
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
 

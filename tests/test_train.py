@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunesmith import load_config, train
 from tunesmith.errors import UserError
 from tunesmith.training.optim import lr_factor
+
+from conftest import cut_run
 
 
 def run_config(model, data, out, **train_settings):
@@ -74,15 +75,7 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_gpt2, co
     settings = {"max_steps": 16, "eval_every": 3, "grad_accum": 2, "keep_last": 10}
     whole = tmp_path / "whole"
     train(run_config(tiny_gpt2, corpus_file, whole, **settings))
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    # as if killed at step 8: only checkpoints up to step 6 exist, the model dirs are gone
-    for ckpt in (cut / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 6:
-            shutil.rmtree(ckpt)
-    for name in ("final", "summary.json"):
-        path = cut / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    cut = cut_run(whole, tmp_path / "cut", last_step=6)  # as if killed at step 8, after the checkpoint at step 6
     cfg = run_config(tiny_gpt2, corpus_file, cut, **settings)
     summary = train(cfg, resume=True)
     expected, got = losses(whole), losses(cut)

