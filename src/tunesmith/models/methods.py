@@ -78,8 +78,10 @@ def apply_method(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     elif cfg.method in ("lora", "qlora"):
         model = _lora(model, cfg)
     if cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable  # renamed in transformers 5
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method in ("lora", "qlora", "freeze"):
             model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return model
