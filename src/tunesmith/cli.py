@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     _add_common(generate, with_config=False)
 
+    diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
+    diagnose.add_argument("run")
+    diagnose.add_argument("--json", action="store_true", help="print the findings as one JSON object")
+
     quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")
     _add_common(quickstart, with_config=False)
     return parser
@@ -160,6 +164,21 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _run_diagnose(args) -> int:
+    from .diagnose import diagnose_run
+
+    findings = diagnose_run(Path(args.run))
+    if args.json:
+        print(json.dumps({"run": args.run, "findings": [f.as_dict() for f in findings]}))
+        return 0
+    for finding in findings:
+        print(f"[{finding.severity}] {finding.kind}: {finding.message}")
+        for advice in finding.advice:
+            setting = f"set {advice.key}={advice.value}: " if advice.key and advice.value is not None else ""
+            print(f"    - {setting}{advice.why}")
+    return 0
+
+
 def _run_quickstart(args) -> int:
     from .quickstart import QUICKSTART_SETTINGS, run_quickstart
 
@@ -173,6 +192,7 @@ HANDLERS = {
     "train": _run_train,
     "eval": _run_eval,
     "generate": _run_generate,
+    "diagnose": _run_diagnose,
     "quickstart": _run_quickstart,
 }
 

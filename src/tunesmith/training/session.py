@@ -180,6 +180,7 @@ class Session:
             "steps": state.step,
             "epochs": round(self.plan.epoch_of(state.step), 4),
             "tokens_seen": state.tokens_seen,
+            "train_tokens": self.train_blocks.num_tokens,
             "train_seconds": round(state.train_seconds, 3),
             "eval_seconds": round(state.eval_seconds, 3),
             "tokens_per_s": state.tokens_seen / state.train_seconds if state.train_seconds else 0.0,

@@ -1,0 +1,231 @@
+"""Diagnosis: pure functions from a run's metric history and facts to findings, each with its numbers and advice.
+
+Nothing here reads files or talks to the loop: `diagnose_run` loads a run directory (finished or
+crashed) and calls `diagnose`, and the loop may call `diagnose` on its history at any point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import median
+
+from .errors import UserError
+
+OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
+OVERFIT_RISE = 0.01  # relative rise of validation loss over its best that counts
+FLAT_CHANGE = 0.02  # relative change of the training loss under which it "hardly moves"
+LOW_LR = 1e-5
+SPIKE_FACTOR = 2.0
+TOKENS_PER_PARAMETER = 0.01
+
+
+@dataclass(frozen=True)
+class Advice:
+    key: str  # a config key, or "" for advice outside the config
+    value: object
+    why: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: str  # "info", "warning" or "error"
+    message: str
+    evidence: dict
+    advice: list[Advice] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What diagnosis needs to know besides the metric history."""
+
+    steps_per_epoch: float | None = None
+    train_tokens: int | None = None
+    trainable_parameters: int | None = None
+    method: str = "full"
+    lr: float | None = None
+    dropout: float | None = None
+    weight_decay: float | None = None
+    skipped_steps: int = 0
+    base_val_loss: float | None = None
+    best_val_loss: float | None = None
+
+
+def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
+    return [(row["step"], row["val_loss"]) for row in history if "val_loss" in row and math.isfinite(row["val_loss"])]
+
+
+def _train_losses(history: list[dict]) -> list[tuple[int, float]]:
+    return [(row["step"], row["train_loss"]) for row in history if "train_loss" in row and math.isfinite(row["train_loss"])]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _window_means(losses: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last tenth of a loss series (at least 3 values each)."""
+    width = max(3, len(losses) // 10)
+    return _mean(losses[:width]), _mean(losses[-width:])
+
+
+def overfitting(history: list[dict], facts: RunFacts) -> Finding | None:
+    evals = _evaluations(history)
+    if len(evals) < OVERFIT_EVALS + 2:
+        return None
+    best_index = min(range(len(evals)), key=lambda i: evals[i][1])
+    after = evals[best_index + 1 :]
+    best_step, best = evals[best_index]
+    if len(after) < OVERFIT_EVALS or not all(loss > best * (1 + OVERFIT_RISE) for _, loss in after[-OVERFIT_EVALS:]):
+        return None
+    train = _train_losses(history)
+    before_best = [loss for step, loss in train if step <= best_step]
+    since_best = [loss for step, loss in train if step > best_step]
+    if not before_best or not since_best or _mean(since_best) >= _mean(before_best[-len(since_best):]):
+        return None  # the training loss did not keep falling: this is not memorization
+    last_step, last = after[-1]
+    advice = []
+    if facts.steps_per_epoch:
+        advice.append(Advice("train.epochs", round(best_step / facts.steps_per_epoch, 2), "stop where validation loss was lowest"))
+    advice.append(Advice("model.dropout", round(min(0.5, (facts.dropout or 0.0) + 0.1), 2), "more dropout regularizes"))
+    advice.append(Advice("train.weight_decay", max(0.1, (facts.weight_decay or 0.0) * 2), "stronger weight decay"))
+    if facts.method == "full":
+        advice.append(Advice("model.method", "lora", "far fewer trainable parameters memorize less (or freeze)"))
+    advice.append(Advice("", None, "more training data"))
+    return Finding(
+        "overfitting", "warning",
+        f"validation loss rose from {best:.4f} at step {best_step} to {last:.4f} at step {last_step} "
+        f"(+{last / best - 1:.1%}) while the training loss kept falling: the model is memorizing the training data",
+        {"best_step": best_step, "best_val_loss": best, "last_step": last_step, "last_val_loss": last,
+         "train_loss_before_best": _mean(before_best[-len(since_best):]), "train_loss_since_best": _mean(since_best)},
+        advice,
+    )
+
+
+def _flat(history: list[dict]) -> tuple[float, float, float] | None:
+    losses = [loss for _, loss in _train_losses(history)]
+    if len(losses) < 20:
+        return None
+    first, last = _window_means(losses)
+    return first, last, (first - last) / first
+
+
+def learning_rate_too_low(history: list[dict], facts: RunFacts) -> Finding | None:
+    flat = _flat(history)
+    if flat is None or flat[2] >= FLAT_CHANGE or facts.lr is None or facts.lr >= LOW_LR:
+        return None
+    first, last, change = flat
+    return Finding("lr_too_low", "warning",
+                   f"the training loss hardly moved ({first:.4f} -> {last:.4f}, {change:.1%}) at a learning rate of {facts.lr:.2g}",
+                   {"first_loss": first, "last_loss": last, "relative_change": change, "lr": facts.lr},
+                   [Advice("train.lr", facts.lr * 10, "ten times the learning rate")])
+
+
+def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
+    flat = _flat(history)
+    if flat is None or flat[2] >= FLAT_CHANGE or (facts.lr is not None and facts.lr < LOW_LR):
+        return None
+    evals = _evaluations(history)
+    val_change = (evals[0][1] - min(loss for _, loss in evals)) / evals[0][1] if evals else 0.0
+    if val_change >= FLAT_CHANGE:
+        return None
+    first, last, change = flat
+    advice = [Advice("train.lr", (facts.lr or 5e-5) * 3, "a higher learning rate"),
+              Advice("train.epochs", None, "more steps: raise train.epochs or train.max_steps")]
+    if facts.method == "freeze":
+        advice.append(Advice("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"))
+    advice.append(Advice("model.name", None, "a bigger model"))
+    return Finding("underfitting", "warning",
+                   f"training ({first:.4f} -> {last:.4f}) and validation losses are both flat: the model is not learning the data",
+                   {"first_loss": first, "last_loss": last, "relative_change": change, "val_relative_change": val_change}, advice)
+
+
+def instability(history: list[dict], facts: RunFacts) -> Finding | None:
+    losses = _train_losses(history)
+    spikes = []
+    for index in range(5, len(losses)):
+        recent = median(loss for _, loss in losses[index - 5 : index])
+        if losses[index][1] > SPIKE_FACTOR * recent:
+            spikes.append({"step": losses[index][0], "loss": losses[index][1], "recent_median": recent})
+    skipped = facts.skipped_steps or sum(1 for row in history if row.get("skipped"))
+    if not spikes and not skipped:
+        return None
+    advice = [Advice("train.lr", (facts.lr or 5e-5) / 3, "a lower learning rate"),
+              Advice("train.warmup_steps", None, "a longer warmup"),
+              Advice("train.grad_clip", 1.0, "clip the gradient norm")]
+    return Finding("instability", "error" if skipped else "warning",
+                   f"{len(spikes)} loss spikes above {SPIKE_FACTOR:g}x the recent median and {skipped} non-finite steps",
+                   {"spikes": spikes[:5], "spike_count": len(spikes), "non_finite_steps": skipped}, advice)
+
+
+def too_little_data(history: list[dict], facts: RunFacts) -> Finding | None:
+    if not facts.train_tokens or not facts.trainable_parameters:
+        return None
+    ratio = facts.train_tokens / facts.trainable_parameters
+    if ratio >= TOKENS_PER_PARAMETER:
+        return None
+    advice = [Advice("model.method", "lora", "train far fewer parameters")] if facts.method == "full" else []
+    return Finding("too_little_data", "info",
+                   f"{facts.train_tokens:,} training tokens for {facts.trainable_parameters:,} trainable parameters "
+                   f"({ratio:.2g} tokens per parameter): expect memorization within a few epochs",
+                   {"train_tokens": facts.train_tokens, "trainable_parameters": facts.trainable_parameters, "tokens_per_parameter": ratio},
+                   advice + [Advice("", None, "more training data")])
+
+
+def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
+    evals = _evaluations(history)
+    base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
+    best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
+    if base is None or best is None:
+        return None
+    base_ppl, best_ppl = math.exp(min(base, 700)), math.exp(min(best, 700))
+    return Finding("transfer_gain", "info",
+                   f"validation perplexity {base_ppl:.2f} (base) -> {best_ppl:.2f} (best), {best_ppl / base_ppl - 1:+.1%}",
+                   {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
+
+
+CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, transfer_gain)
+
+
+def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
+    return [finding for check in CHECKS if (finding := check(history, facts)) is not None]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_facts(run_dir: Path) -> RunFacts:
+    """Facts from what a run directory holds, whether or not it finished."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    summary = _read_json(run_dir / "summary.json")
+    train_cfg, model_cfg = config.get("train", {}), config.get("model", {})
+    steps, epochs = summary.get("steps"), summary.get("epochs")
+    return RunFacts(
+        steps_per_epoch=steps / epochs if steps and epochs else None,
+        train_tokens=summary.get("train_tokens"),
+        trainable_parameters=summary.get("trainable_parameters"),
+        method=model_cfg.get("method", "full"),
+        lr=train_cfg.get("lr"),
+        dropout=model_cfg.get("dropout"),
+        weight_decay=train_cfg.get("weight_decay"),
+        skipped_steps=summary.get("skipped_steps", 0),
+        base_val_loss=summary.get("base_val_loss"),
+        best_val_loss=summary.get("best_val_loss"),
+    )
+
+
+def diagnose_run(run_dir: Path) -> list[Finding]:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return diagnose(history, run_facts(run_dir))

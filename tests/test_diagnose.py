@@ -1,0 +1,90 @@
+"""Each finding from a synthetic history made for it; none from a healthy one; overfitting in a real tiny run."""
+
+import json
+import math
+
+import pytest
+
+from tunesmith.cli import main
+from tunesmith.diagnose import RunFacts, diagnose, diagnose_run
+
+from test_train import run_config
+
+
+def history(train_losses, val_losses, eval_every=10, skipped=()):
+    rows = [{"step": 0, "val_loss": val_losses[0]}]
+    for step, loss in enumerate(train_losses, 1):
+        row = {"step": step, "train_loss": loss, "lr": 1e-4}
+        if step in skipped:
+            row.update(train_loss=float("nan"), skipped=True)
+        if step % eval_every == 0 and step // eval_every < len(val_losses):
+            row["val_loss"] = val_losses[step // eval_every]
+        rows.append(row)
+    return rows
+
+
+def kinds(findings, severity=None):
+    return [f.kind for f in findings if severity is None or f.severity == severity]
+
+
+FACTS = RunFacts(steps_per_epoch=20, lr=1e-4, weight_decay=0.01, dropout=0.1)
+FALLING = [3.0 - 1.5 * (1 - math.exp(-s / 30)) for s in range(1, 101)]
+
+
+def test_a_healthy_run_yields_no_warnings():
+    findings = diagnose(history(FALLING, [3.0, 2.6, 2.3, 2.1, 2.0, 1.95, 1.9, 1.88, 1.87, 1.86, 1.85]), FACTS)
+    assert kinds(findings) == ["transfer_gain"] and findings[0].severity == "info"
+    assert findings[0].evidence["relative_change"] == pytest.approx(math.exp(1.85) / math.exp(3.0) - 1)
+
+
+def test_overfitting_names_the_best_step_and_what_to_change():
+    findings = diagnose(history(FALLING, [3.0, 2.5, 2.2, 2.1, 2.2, 2.35, 2.5, 2.7]), FACTS)
+    finding = next(f for f in findings if f.kind == "overfitting")
+    assert finding.evidence["best_step"] == 30 and finding.evidence["last_val_loss"] == 2.7
+    advice = {a.key: a.value for a in finding.advice}
+    assert advice["train.epochs"] == 1.5 and advice["model.dropout"] == 0.2 and advice["model.method"] == "lora"
+
+
+def test_underfitting_when_both_losses_stay_high_and_flat():
+    flat = [3.0 + 0.01 * math.sin(s) for s in range(1, 101)]
+    findings = diagnose(history(flat, [3.0, 3.0, 2.99, 3.0, 2.995]), FACTS)
+    assert "underfitting" in kinds(findings, "warning") and "lr_too_low" not in kinds(findings)
+
+
+def test_learning_rate_too_low_when_the_loss_hardly_moves_at_a_tiny_lr():
+    flat = [3.0 - 0.0001 * s for s in range(1, 101)]
+    findings = diagnose(history(flat, [3.0, 3.0, 2.999]), RunFacts(lr=1e-7))
+    finding = next(f for f in findings if f.kind == "lr_too_low")
+    assert finding.advice[0].key == "train.lr" and finding.advice[0].value == pytest.approx(1e-6)
+    assert "underfitting" not in kinds(findings)
+
+
+def test_instability_from_spikes_and_non_finite_steps():
+    spiky = list(FALLING)
+    spiky[50] = 9.0
+    assert "instability" in kinds(diagnose(history(spiky, [3.0, 2.0]), FACTS), "warning")
+    finding = next(f for f in diagnose(history(FALLING, [3.0, 2.0], skipped=(40, 41)), FACTS) if f.kind == "instability")
+    assert finding.severity == "error" and finding.evidence["non_finite_steps"] == 2
+
+
+def test_too_little_data_in_tokens_per_parameter():
+    findings = diagnose(history(FALLING, [3.0, 2.0]), RunFacts(train_tokens=20_000, trainable_parameters=135_000_000))
+    finding = next(f for f in findings if f.kind == "too_little_data")
+    assert finding.evidence["tokens_per_parameter"] == pytest.approx(20_000 / 135_000_000)
+
+
+def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys):
+    from tunesmith import train
+
+    summary = train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=10, eval_every=5))
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "run"), "--json"]) == 0
+    findings = {f["kind"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert findings["transfer_gain"]["evidence"]["best_val_ppl"] == pytest.approx(summary["best_val_ppl"])
+    (tmp_path / "run" / "summary.json").unlink()  # as after a crash: the metric history alone still diagnoses
+    assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
+
+
+def test_diagnose_needs_a_run_directory(tmp_path, capsys):
+    assert main(["diagnose", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
