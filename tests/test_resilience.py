@@ -144,7 +144,7 @@ def test_deferred_step_records_skips_and_bad_streaks():
     pending = PendingSteps()
     outcomes = [(2.0, True), (float("nan"), False), (1.9, True), (float("nan"), False), (float("inf"), False), (float("nan"), False), (1.5, True)]
     for step, (loss, applied) in enumerate(outcomes, 1):
-        pending.add({"step": step}, torch.tensor(loss), torch.tensor(applied), 100)
+        pending.add({"step": step}, torch.tensor(loss), torch.tensor(applied), torch.tensor(1.0), 100)
     rows = pending.flush()
     assert [r["step"] for r in rows if r.get("skipped")] == [2, 4, 5, 6]
     assert rows[0]["train_loss"] == 2.0 and rows[0]["tokens_per_s"] > 0

@@ -147,7 +147,8 @@ def _run_eval(args) -> int:
         print(json.dumps(payload))
         return 0
     for result in results:
-        print(f"{result.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  ({result.tokens:,} tokens)")
+        print(f"{result.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
+              f"next-token accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)")
     if len(results) == 2:
         change = results[1].perplexity / results[0].perplexity - 1
         print(f"perplexity change from {results[0].model} to {results[1].model}: {change:+.1%}")

@@ -18,6 +18,7 @@ class EvalResult:
     perplexity: float
     tokens: int
     block_size: int
+    accuracy: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,4 +36,4 @@ def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> Eva
     precision = pick_precision(cfg.train.precision, device)
     model.to(device)
     result = validation_loss(model, prepared.blocks("val"), cfg.train.micro_batch_size, device, precision)
-    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size)
+    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy)

@@ -114,10 +114,10 @@ def _loop(session: Session) -> dict:
                 tokens = len(indices) * cfg.data.block_size
                 row = {"step": state.step + 1, "epoch": round(plan.epoch_of(state.step + 1), 4),
                        "lr": session.optimizer.param_groups[0]["lr"]}
-                loss, applied = session.runner.run(session.train_blocks, indices)  # both still on the device
+                loss, applied, grad_norm = session.runner.run(session.train_blocks, indices)  # still on the device
                 state.step += 1
                 state.tokens_seen += tokens
-                pending.add(row, loss, applied, tokens)
+                pending.add(row, loss, applied, grad_norm, tokens)
                 last = state.step == plan.total_steps
                 evaluating = state.step % cfg.train.eval_every == 0 or last
                 saving = last or state.step % save_every == 0
@@ -132,14 +132,15 @@ def _loop(session: Session) -> dict:
                     pending.restart_clock()
                     continue
                 if evaluating:
-                    val_loss = session.evaluate()
+                    result = session.evaluate()
+                    val_loss = result.loss
                     progress.evaluated(perplexity(val_loss))
                     if val_loss < state.best_val_loss:
                         state.best_val_loss, state.best_step, state.evals_since_best = val_loss, state.step, 0
                         session.keep_best()
                     else:
                         state.evals_since_best += 1
-                    rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss))
+                    rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_accuracy=result.accuracy)
                 session.log_row(rows[-1])
                 progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:

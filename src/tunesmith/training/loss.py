@@ -12,13 +12,16 @@ from ..data import TokenBlocks
 from .hardware import autocast
 
 
-def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean", label_smoothing: float = 0.0,
+                    logits: torch.Tensor | None = None) -> torch.Tensor:
     """Each position predicts the next token of the same block; the loss is computed in fp32."""
-    logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
+    if logits is None:
+        logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(),
         tokens[:, 1:].flatten(),
         reduction=reduction,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -30,10 +33,17 @@ def perplexity(loss: float) -> float:
 class Validation:
     loss: float
     tokens: int
+    accuracy: float = math.nan  # next-token top-1 accuracy
+    loss_std: float = math.nan  # spread of the per-token losses
 
     @property
     def perplexity(self) -> float:
         return perplexity(self.loss)
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of the mean loss, treating tokens as independent (so a lower bound)."""
+        return self.loss_std / math.sqrt(max(self.tokens, 1))
 
 
 def validation_loss_with_fallback(model, blocks: TokenBlocks, batch_size: int, device: torch.device, precision: str,
@@ -61,15 +71,19 @@ def validation_loss(
     precision: str,
     max_blocks: int | None = None,
 ) -> Validation:
-    """Token-weighted mean loss over the validation blocks (a shorter tail block included)."""
+    """Token-weighted mean loss over the validation blocks (a shorter tail block included), with accuracy and spread."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, squared loss, correct predictions
     count = 0
     for indices in blocks.batches_by_length(batch_size, max_blocks):
-        tokens = blocks.batch(indices).to(device, non_blocking=True)
+        tokens = blocks.batch(indices).to(device, non_blocking=True)  # (B, T)
         with autocast(device, precision):
-            total += next_token_loss(model, tokens, reduction="sum").double()
+            logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
+        losses = next_token_loss(model, tokens, reduction="none", logits=logits).double()
+        correct = (logits[:, :-1].argmax(-1) == tokens[:, 1:]).sum()
+        sums += torch.stack([losses.sum(), (losses**2).sum(), correct.double()])
         count += tokens[:, 1:].numel()
     model.train(was_training)
-    return Validation(loss=total.item() / max(count, 1), tokens=count)
+    total, squares, correct = (value / max(count, 1) for value in sums.tolist())
+    return Validation(loss=total, tokens=count, accuracy=correct, loss_std=math.sqrt(max(0.0, squares - total**2)))

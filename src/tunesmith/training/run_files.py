@@ -39,6 +39,16 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def memory_use() -> dict:
+    """Resident memory of this process, and the CUDA allocator's peak where there is a GPU, in MB."""
+    import psutil
+
+    usage = {"rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        usage["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return usage
+
+
 class PendingSteps:
     """Per-step results kept on the device until a log point, then read in one host sync.
 
@@ -47,25 +57,27 @@ class PendingSteps:
     """
 
     def __init__(self):
-        self.items: list[tuple[dict, torch.Tensor, torch.Tensor, int]] = []
+        self.items: list[tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self.restart_clock()
         self.last_elapsed = 0.0
 
     def restart_clock(self) -> None:
         self.started = time.perf_counter()
 
-    def add(self, row: dict, loss: torch.Tensor, applied: torch.Tensor, tokens: int) -> None:
-        self.items.append((row, loss.detach(), applied, tokens))
+    def add(self, row: dict, loss: torch.Tensor, applied: torch.Tensor, grad_norm: torch.Tensor, tokens: int) -> None:
+        self.items.append((row, loss.detach(), applied, grad_norm.detach(), tokens))
 
     def flush(self) -> list[dict]:
         if not self.items:
             return []
-        values = torch.stack([torch.stack([loss.float(), applied.float()]) for _, loss, applied, _ in self.items]).tolist()
+        values = torch.stack([torch.stack([loss.float(), applied.float(), norm.float()])
+                              for _, loss, applied, norm, _ in self.items]).tolist()
         self.last_elapsed = time.perf_counter() - self.started
         tokens_per_s = sum(tokens for *_, tokens in self.items) / max(self.last_elapsed, 1e-9)
+        memory = memory_use()
         rows = []
-        for (row, *_), (loss, applied) in zip(self.items, values):
-            row = {**row, "train_loss": loss, "tokens_per_s": tokens_per_s}
+        for (row, *_), (loss, applied, norm) in zip(self.items, values):
+            row = {**row, "train_loss": loss, "grad_norm": norm, "tokens_per_s": tokens_per_s, **memory}
             if not applied:
                 row["skipped"] = True
             rows.append(row)

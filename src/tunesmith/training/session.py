@@ -19,7 +19,7 @@ from .build import build_model, export_final
 from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
 from .hardware import pick_device, pick_precision
-from .loss import perplexity, validation_loss_with_fallback
+from .loss import Validation, perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .run_files import MetricsLog, write_config, write_summary
@@ -44,6 +44,7 @@ class LoopState:
     first_loss: float | None = None
     high_loss_steps: int = 0
     micro_batch_size: int = 0
+    val_loss_std: float = math.nan
 
 
 def _count(n: int) -> str:
@@ -90,16 +91,16 @@ class Session:
     def _timed(self, started: float) -> None:
         self.state.eval_seconds += time.perf_counter() - started
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> Validation:
         """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
-        loss = None
+        result = None
         if self.context.is_main or self.sharded:
             started = time.perf_counter()
             batch = self.cfg.train.eval_batch_size or self.runner.micro_batch_size
-            loss = validation_loss_with_fallback(self.model, self.val_blocks, batch, self.device, self.precision,
-                                                 self.cfg.train.eval_max_blocks, self.console.print).loss
+            result = validation_loss_with_fallback(self.model, self.val_blocks, batch, self.device, self.precision,
+                                                   self.cfg.train.eval_max_blocks, self.console.print)
             self._timed(started)
-        return loss if self.sharded else self.context.share(loss)
+        return result if self.sharded else self.context.share(result)
 
     def log_row(self, row: dict) -> None:
         if self.metrics is not None:
@@ -157,11 +158,13 @@ class Session:
         if checkpoint is None:
             if self.context.is_main:
                 write_config(self.run_dir, self.cfg)
-            base = self.state.base_val_loss = self.state.best_val_loss = self.evaluate()
+            result = self.evaluate()
+            base = self.state.base_val_loss = self.state.best_val_loss = result.loss
+            self.state.val_loss_std = result.loss_std
             self.console.print(f"base model: validation loss {base:.4f}, perplexity {perplexity(base):.2f} "
                                f"({len(self.val_blocks)} blocks, {self.val_blocks.num_tokens:,} tokens)", highlight=False)
             self.keep_best()
-            self.log_row({"step": 0, "epoch": 0.0, "val_loss": base, "val_ppl": perplexity(base)})
+            self.log_row({"step": 0, "epoch": 0.0, "val_loss": base, "val_ppl": perplexity(base), "val_accuracy": result.accuracy})
 
     def finish(self, stopped_because: str) -> dict:
         """Export final/ (rank 0; a sharded model from a whole copy built on the CPU) and write summary.json."""
@@ -189,6 +192,7 @@ class Session:
             "stopped_because": stopped_because,
             "trainable_parameters": self.trainable,
             "val_tokens": self.val_blocks.num_tokens,
+            "val_loss_std": state.val_loss_std,
             "final_dir": str(self.run_dir / "final"),
             "device": self.device.type,
             "precision": self.precision,

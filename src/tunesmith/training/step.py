@@ -10,12 +10,12 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..data import TokenBlocks
 from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
 from .hardware import autocast
+from .loss import next_token_loss
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
               "or pick a smaller model")
@@ -33,8 +33,7 @@ def free_memory(device: torch.device) -> None:
 
 
 def training_loss(model: torch.nn.Module, tokens: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), label_smoothing=label_smoothing)
+    return next_token_loss(model, tokens, label_smoothing=label_smoothing)
 
 
 def forward_backward(model, tokens: torch.Tensor, weight: float, scaler, device, precision: str, label_smoothing: float) -> torch.Tensor:
@@ -73,8 +72,8 @@ class StepRunner:
                                           self.precision, self.label_smoothing)
         return total
 
-    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step over `indices`; returns the mean loss and whether the update was applied, both still on the device."""
+    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step over `indices`; the mean loss, whether the update was applied, and the gradient norm, on the device."""
         while True:
             try:
                 total = self._accumulate(blocks, indices)
@@ -109,7 +108,7 @@ class StepRunner:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return total, finite
+        return total, finite, grad_norm
 
 
 def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
