@@ -107,6 +107,18 @@ class TrainConfig(_Section):
         return value
 
 
+class MonitorConfig(_Section):
+    tensorboard: bool = Field(True, description="write TensorBoard event files to <run>/tb")
+    mlflow: bool = Field(False, description="log to MLflow (needs the mlflow package)")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (null: a local file store in <run>/mlruns)")
+    wandb: bool = Field(False, description="log to Weights & Biases (needs the wandb package)")
+    wandb_mode: Literal["offline", "online"] = Field("offline", description="wandb stays offline unless set to online")
+    wandb_project: str = Field("tunesmith", description="wandb project name")
+    sample_prompts: list[str] | None = Field(None, description="prompts generated at each evaluation (null: beginnings of validation documents)")
+    sample_count: int = Field(3, ge=0, description="how many validation beginnings to use when sample_prompts is null (0: no samples)")
+    sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
@@ -117,6 +129,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def run_dir(self) -> Path:
@@ -134,6 +147,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "data": DataConfig,
     "clean": CleanConfig,
     "train": TrainConfig,
+    "monitor": MonitorConfig,
     "output": OutputConfig,
 }
 

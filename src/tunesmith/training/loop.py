@@ -13,6 +13,7 @@ from .checkpoint import list_checkpoints
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .hardware import pick_device
 from .loss import perplexity
+from .monitor import check_trackers
 from .progress import TrainProgress
 from .run_files import PendingSteps
 from .session import LoopState, Session, open_session
@@ -94,10 +95,14 @@ def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed)
         raise UserError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
+    check_trackers(cfg.monitor)
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     session = open_session(cfg, console, context)
-    session.start(checkpoints[-1] if checkpoints else None)
-    return _loop(session)
+    try:
+        session.start(checkpoints[-1] if checkpoints else None)
+        return _loop(session)
+    finally:
+        session.close()
 
 
 def _loop(session: Session) -> dict:
@@ -141,6 +146,7 @@ def _loop(session: Session) -> dict:
                     else:
                         state.evals_since_best += 1
                     rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_accuracy=result.accuracy)
+                    session.record_samples()
                 session.log_row(rows[-1])
                 progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:

@@ -22,7 +22,9 @@ from .hardware import pick_device, pick_precision
 from .loss import Validation, perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
+from .monitor import Trackers
 from .run_files import MetricsLog, write_config, write_summary
+from .samples import SampleLog
 from .step import StepRunner, largest_micro_batch
 
 
@@ -83,6 +85,8 @@ class Session:
     trainable: int
     state: LoopState = field(default_factory=LoopState)
     metrics: MetricsLog | None = None
+    trackers: Trackers | None = None
+    sample_log: SampleLog | None = None
 
     @property
     def optimizer(self):
@@ -105,6 +109,22 @@ class Session:
     def log_row(self, row: dict) -> None:
         if self.metrics is not None:
             self.metrics.write(row)
+        if self.trackers is not None:
+            self.trackers.log(row)
+
+    def record_samples(self) -> None:
+        """Greedy generations for the fixed prompts (rank 0; skipped when the model is sharded)."""
+        if self.sample_log is not None and not self.sharded:
+            started = time.perf_counter()
+            samples = self.sample_log.write(self.state.step, self.model, self.tokenizer, self.device)
+            if samples and self.trackers is not None:
+                self.trackers.samples(self.state.step, samples)
+            self._timed(started)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     def save(self) -> None:
         started = time.perf_counter()
@@ -153,8 +173,10 @@ class Session:
         if checkpoint is not None:
             self.restore(checkpoint)
             self.console.print(f"resumed from {checkpoint} at step {self.state.step}", highlight=False)
-        if self.context.is_main:
+        if self.context.is_main:  # trackers first: a missing tracker package must fail before any file is written
+            self.trackers = Trackers(self.cfg.monitor, self.run_dir, self.cfg, resume=checkpoint is not None)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if checkpoint else None)
+            self.sample_log = SampleLog(self.cfg.monitor, self.val_blocks, self.tokenizer, self.run_dir / "samples.jsonl")
         if checkpoint is None:
             if self.context.is_main:
                 write_config(self.run_dir, self.cfg)
@@ -164,6 +186,7 @@ class Session:
             self.console.print(f"base model: validation loss {base:.4f}, perplexity {perplexity(base):.2f} "
                                f"({len(self.val_blocks)} blocks, {self.val_blocks.num_tokens:,} tokens)", highlight=False)
             self.keep_best()
+            self.record_samples()
             self.log_row({"step": 0, "epoch": 0.0, "val_loss": base, "val_ppl": perplexity(base), "val_accuracy": result.accuracy})
 
     def finish(self, stopped_because: str) -> dict:
