@@ -88,3 +88,23 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_validation_too_small_gives_the_uncertainty_and_the_tokens_needed():
+    findings = diagnose(history(FALLING, [3.0, 2.0]), RunFacts(val_tokens=2_500, val_loss_std=2.5))
+    finding = next(f for f in findings if f.kind == "validation_too_small")
+    assert finding.evidence["relative_error"] == pytest.approx(0.05)
+    assert finding.evidence["tokens_needed"] == 15_625
+    assert "validation_too_small" not in kinds(diagnose(history(FALLING, [3.0, 2.0]), RunFacts(val_tokens=100_000, val_loss_std=2.5)))
+
+
+def test_memory_near_the_limit_and_room_for_a_larger_batch():
+    rows = history(FALLING, [3.0, 2.0])
+    for row in rows:
+        row["rss_mb"] = 7_600.0
+    tight = next(f for f in diagnose(rows, RunFacts(micro_batch_size=8, memory_before_training_mb=2_000, device_memory_mb=8_000))
+                 if f.kind == "memory")
+    assert tight.severity == "warning" and tight.advice[0].key == "train.micro_batch_size" and tight.advice[0].value == 6
+    roomy = next(f for f in diagnose(rows, RunFacts(micro_batch_size=4, memory_before_training_mb=2_000, device_memory_mb=80_000))
+                 if f.kind == "memory")
+    assert roomy.severity == "info" and roomy.evidence["micro_batch_that_fits"] == int((0.85 * 80_000 - 2_000) // 1_400)

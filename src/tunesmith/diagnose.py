@@ -55,6 +55,11 @@ class RunFacts:
     skipped_steps: int = 0
     base_val_loss: float | None = None
     best_val_loss: float | None = None
+    val_tokens: int | None = None
+    val_loss_std: float | None = None
+    micro_batch_size: int | None = None
+    memory_before_training_mb: float | None = None
+    device_memory_mb: float | None = None
 
 
 def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
@@ -178,6 +183,48 @@ def too_little_data(history: list[dict], facts: RunFacts) -> Finding | None:
                    advice + [Advice("", None, "more training data")])
 
 
+VAL_RELATIVE_ERROR = 0.02  # a perplexity uncertain by more than about 2% is not a trustworthy comparison
+MEMORY_HIGH, MEMORY_TARGET = 0.9, 0.85
+
+
+def validation_too_small(history: list[dict], facts: RunFacts) -> Finding | None:
+    if not facts.val_tokens or facts.val_loss_std is None or not math.isfinite(facts.val_loss_std):
+        return None
+    error = facts.val_loss_std / math.sqrt(facts.val_tokens)  # in nats: the relative error of the perplexity
+    if error < VAL_RELATIVE_ERROR:
+        return None
+    needed = int((facts.val_loss_std / VAL_RELATIVE_ERROR) ** 2)
+    return Finding("validation_too_small", "warning",
+                   f"the validation split has {facts.val_tokens:,} tokens: its perplexity is uncertain by at least "
+                   f"±{error:.1%}, too much to compare runs; about {needed:,} tokens would bring that under ±{VAL_RELATIVE_ERROR:.0%}",
+                   {"val_tokens": facts.val_tokens, "loss_std": facts.val_loss_std, "relative_error": error, "tokens_needed": needed},
+                   [Advice("data.val_fraction", None, "a larger share of the documents for validation"),
+                    Advice("data.val", None, "or a separate, larger validation file")])
+
+
+def memory(history: list[dict], facts: RunFacts) -> Finding | None:
+    """Peak memory against the device's, and how large a micro-batch would fit: 'reduce the batch size', made specific."""
+    peaks = [row.get("cuda_max_allocated_mb") or row.get("rss_mb") for row in history]
+    peaks = [p for p in peaks if p]
+    if not peaks or not facts.device_memory_mb or not facts.micro_batch_size or facts.memory_before_training_mb is None:
+        return None
+    peak, total, micro, base = max(peaks), facts.device_memory_mb, facts.micro_batch_size, facts.memory_before_training_mb
+    per_sequence = max(peak - base, 1.0) / micro
+    fits = int((MEMORY_TARGET * total - base) // per_sequence)
+    evidence = {"peak_mb": peak, "device_mb": total, "before_training_mb": base, "per_sequence_mb": per_sequence,
+                "micro_batch_size": micro, "micro_batch_that_fits": fits}
+    if peak > MEMORY_HIGH * total:
+        return Finding("memory", "warning", f"peak memory {peak:,.0f} MB is {peak / total:.0%} of the device's {total:,.0f} MB: "
+                       "close to running out", evidence,
+                       [Advice("train.micro_batch_size", max(1, fits), "a micro-batch that leaves headroom (raise train.grad_accum to keep the batch)"),
+                        Advice("model.gradient_checkpointing", True, "recompute activations instead of storing them")])
+    if fits >= 2 * micro:
+        return Finding("memory", "info", f"peak memory {peak:,.0f} MB of {total:,.0f} MB: a micro-batch of about {fits} would fit "
+                       f"(now {micro}), for more tokens per second", evidence,
+                       [Advice("train.micro_batch_size", fits, "use the memory that is there (lower train.grad_accum to keep the batch)")])
+    return None
+
+
 def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     evals = _evaluations(history)
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
@@ -190,7 +237,7 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
 
 
-CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, transfer_gain)
+CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, validation_too_small, memory, transfer_gain)
 
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
@@ -220,6 +267,11 @@ def run_facts(run_dir: Path) -> RunFacts:
         skipped_steps=summary.get("skipped_steps", 0),
         base_val_loss=summary.get("base_val_loss"),
         best_val_loss=summary.get("best_val_loss"),
+        val_tokens=summary.get("val_tokens"),
+        val_loss_std=summary.get("val_loss_std"),
+        micro_batch_size=summary.get("micro_batch_size"),
+        memory_before_training_mb=summary.get("memory_before_training_mb"),
+        device_memory_mb=summary.get("device_memory_mb"),
     )
 
 

@@ -147,6 +147,7 @@ def _loop(session: Session) -> dict:
                         state.evals_since_best += 1
                     rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_accuracy=result.accuracy)
                     session.record_samples()
+                    session.report_findings()
                 session.log_row(rows[-1])
                 progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
                 if cfg.train.patience and state.evals_since_best >= cfg.train.patience:

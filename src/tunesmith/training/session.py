@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig, check_block_size
+from ..diagnose import RunFacts, diagnose
 from ..data import PreparedData, TokenBlocks, prepare_data
 from ..errors import UserError
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
@@ -23,7 +24,7 @@ from .loss import Validation, perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .monitor import Trackers
-from .run_files import MetricsLog, write_config, write_summary
+from .run_files import MetricsLog, memory_use, write_config, write_summary
 from .samples import SampleLog
 from .step import StepRunner, largest_micro_batch
 
@@ -64,6 +65,14 @@ def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, objec
     return resolved, tokenizer, data
 
 
+def device_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    import psutil
+
+    return psutil.virtual_memory().total / 2**20
+
+
 @dataclass
 class Session:
     """One run's parts, built by `open_session`; its methods are the loop's leaf actions."""
@@ -87,6 +96,9 @@ class Session:
     metrics: MetricsLog | None = None
     trackers: Trackers | None = None
     sample_log: SampleLog | None = None
+    history: list[dict] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
+    memory_before_training_mb: float | None = None
 
     @property
     def optimizer(self):
@@ -107,6 +119,7 @@ class Session:
         return result if self.sharded else self.context.share(result)
 
     def log_row(self, row: dict) -> None:
+        self.history.append(row)
         if self.metrics is not None:
             self.metrics.write(row)
         if self.trackers is not None:
@@ -120,6 +133,24 @@ class Session:
             if samples and self.trackers is not None:
                 self.trackers.samples(self.state.step, samples)
             self._timed(started)
+
+    def facts(self) -> RunFacts:
+        state, cfg = self.state, self.cfg
+        return RunFacts(
+            steps_per_epoch=self.plan.steps_per_epoch, train_tokens=self.train_blocks.num_tokens, trainable_parameters=self.trainable,
+            method=cfg.model.method, lr=cfg.train.lr, dropout=cfg.model.dropout, weight_decay=cfg.train.weight_decay,
+            skipped_steps=state.skipped_steps, base_val_loss=state.base_val_loss, best_val_loss=state.best_val_loss,
+            val_tokens=self.val_blocks.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=self.runner.micro_batch_size,
+            memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(self.device),
+        )
+
+    def report_findings(self) -> None:
+        """Print each warning or error finding once, when it first appears."""
+        for finding in diagnose(self.history, self.facts()):
+            if finding.severity != "info" and finding.kind not in self.reported:
+                self.reported.add(finding.kind)
+                advice = "; ".join(f"{a.key}={a.value}" if a.key and a.value is not None else a.why for a in finding.advice[:3])
+                self.console.print(f"[{finding.severity}] {finding.kind}: {finding.message} (try: {advice})", highlight=False)
 
     def close(self) -> None:
         if self.trackers is not None:
@@ -170,6 +201,7 @@ class Session:
         """Resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.restore(checkpoint)
             self.console.print(f"resumed from {checkpoint} at step {self.state.step}", highlight=False)
@@ -221,6 +253,8 @@ class Session:
             "precision": self.precision,
             "micro_batch_size": self.runner.micro_batch_size,
             "processes": self.context.world_size,
+            "memory_before_training_mb": self.memory_before_training_mb,
+            "device_memory_mb": device_memory_mb(self.device),
         }
         if self.context.is_main:
             write_summary(self.run_dir, summary)
