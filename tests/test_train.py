@@ -110,7 +110,7 @@ def _wait_for_checkpoint(process, run_dir, timeout=120):
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_llama, corpus_file, tmp_path):
-    steps = 300
+    steps = 150
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_cli(*_train_args(tiny_llama, corpus_file, whole, steps)), check=True, capture_output=True)
     process = subprocess.Popen(_cli(*_train_args(tiny_llama, corpus_file, killed, steps)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
