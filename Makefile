@@ -6,13 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.tunesmith-ready
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup browser clean
 
 demo: $(READY)
 	$(BIN)/tunesmith quickstart
 
-test: $(READY)
+test: $(READY) browser
 	$(BIN)/python -m pytest
+
+# Debian's chromium, for the test that renders the run report in a real browser (skipped without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed: the browser check of the report will be skipped"
 
 setup: $(READY)
 

@@ -27,10 +27,17 @@ def prepare(config: RunConfig | str | Path | None = None):
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None) -> dict:
-    """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json)."""
+    """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json) and writes the report."""
+    import os
+
+    from .report import write_report
     from .training import train_run
 
-    return train_run(_as_config(config), resume=resume, console=console)
+    cfg = _as_config(config)
+    summary = train_run(cfg, resume=resume, console=console)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes files
+        write_report(cfg.run_dir())
+    return summary
 
 
 def evaluate(model: str, data: str | list[str], config: RunConfig | str | Path | None = None):

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("run")
     diagnose.add_argument("--json", action="store_true", help="print the findings as one JSON object")
 
+    report = commands.add_parser("report", help="write report.md and report.html for a run")
+    report.add_argument("run")
+
     quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")
     _add_common(quickstart, with_config=False)
     return parser
@@ -180,6 +183,14 @@ def _run_diagnose(args) -> int:
     return 0
 
 
+def _run_report(args) -> int:
+    from .report import write_report
+
+    markdown, page = write_report(Path(args.run))
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
 def _run_quickstart(args) -> int:
     from .quickstart import QUICKSTART_SETTINGS, run_quickstart
 
@@ -194,6 +205,7 @@ HANDLERS = {
     "eval": _run_eval,
     "generate": _run_generate,
     "diagnose": _run_diagnose,
+    "report": _run_report,
     "quickstart": _run_quickstart,
 }
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .config import RunConfig
 from .generation import SamplingOptions, generate_text, load_generator
-from .training import train_run
+from .api import train
 
 EXAMPLE_CORPUS = files("tunesmith") / "examples" / "lumora_support.jsonl"
 PROMPT = "Connect the Lumora Hub to a new Wi-Fi network\n\n"
@@ -35,7 +35,7 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
     started = time.perf_counter()
     console.print(f"tunesmith quickstart: fine-tune {cfg.model.name} on {len(cfg.data.train)} example file(s)")
     before = _continuation(cfg.model.name, cfg, console)
-    summary = train_run(cfg, console=console)
+    summary = train(cfg, console=console)
     after = _continuation(summary["final_dir"], cfg, console)
     change = summary["best_val_ppl"] / summary["base_val_ppl"] - 1
     prompt = PROMPT.strip()
@@ -45,7 +45,7 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
         f"prompt: {prompt}\n"
         f"  before: {before}\n"
         f"  after:  {after}\n"
-        f"run directory: {cfg.run_dir()} (final model in {summary['final_dir']})\n\n"
+        f"run directory: {cfg.run_dir()} (final model in {summary['final_dir']}, report in report.html)\n\n"
         "Next, on your own text:\n"
         "  tunesmith init my-run.yaml                      # a commented config\n"
         "  tunesmith prepare --data my_texts/              # check what the data becomes\n"

@@ -92,6 +92,7 @@ class Session:
     val_blocks: TokenBlocks
     sharded: bool
     trainable: int
+    data_dir: Path
     state: LoopState = field(default_factory=LoopState)
     metrics: MetricsLog | None = None
     trackers: Trackers | None = None
@@ -249,6 +250,7 @@ class Session:
             "val_tokens": self.val_blocks.num_tokens,
             "val_loss_std": state.val_loss_std,
             "final_dir": str(self.run_dir / "final"),
+            "data_dir": str(self.data_dir),
             "device": self.device.type,
             "precision": self.precision,
             "micro_batch_size": self.runner.micro_batch_size,
@@ -297,4 +299,4 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     if cfg.train.compile:
         runner.compile()
     return Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
-                   train_blocks, val_blocks, sharded, trainable)
+                   train_blocks, val_blocks, sharded, trainable, data.directory)

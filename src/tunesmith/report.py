@@ -1,0 +1,189 @@
+"""The run report: report.md and a self-contained report.html (plots embedded) from a run directory's files."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+from pathlib import Path
+
+from .diagnose import Finding, diagnose_run
+from .errors import UserError
+
+
+def _rows(run_dir: Path, name: str) -> list[dict]:
+    path = run_dir / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _figure_png(draw) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    draw(axis)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plots(metrics: list[dict]) -> dict[str, bytes]:
+    """Loss, perplexity and learning-rate curves as PNG bytes."""
+    train = [(r["step"], r["train_loss"]) for r in metrics if "train_loss" in r and r["train_loss"] == r["train_loss"]]
+    evals = [(r["step"], r["val_loss"], r["val_ppl"]) for r in metrics if "val_loss" in r]
+    lrs = [(r["step"], r["lr"]) for r in metrics if "lr" in r]
+
+    def losses(axis):
+        if train:
+            axis.plot(*zip(*train), label="train loss", linewidth=1)
+        if evals:
+            axis.plot([s for s, _, _ in evals], [v for _, v, _ in evals], "o-", label="validation loss")
+        axis.set_xlabel("step")
+        axis.legend()
+
+    def perplexity(axis):
+        if evals:
+            axis.plot([s for s, _, _ in evals], [p for _, _, p in evals], "o-", color="#c44e52")
+        axis.set_xlabel("step")
+        axis.set_ylabel("validation perplexity")
+
+    def learning_rate(axis):
+        if lrs:
+            axis.plot(*zip(*lrs), color="#55a868")
+        axis.set_xlabel("step")
+        axis.set_ylabel("learning rate")
+
+    return {"loss": _figure_png(losses), "perplexity": _figure_png(perplexity), "learning_rate": _figure_png(learning_rate)}
+
+
+def _samples_before_after(samples: list[dict], best_step: int | None) -> list[tuple[str, str, str]]:
+    if not samples:
+        return []
+    steps = sorted({s["step"] for s in samples})
+    after_step = best_step if best_step in steps else steps[-1]
+    before = {s["prompt"]: s["text"] for s in samples if s["step"] == steps[0]}
+    after = {s["prompt"]: s["text"] for s in samples if s["step"] == after_step}
+    return [(prompt, before[prompt], after.get(prompt, "")) for prompt in before]
+
+
+def report_sections(run_dir: Path) -> dict:
+    """Everything the report shows, gathered once for both formats."""
+    metrics = _rows(run_dir, "metrics.jsonl")
+    if not metrics:
+        raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
+    summary = _json(run_dir / "summary.json")
+    data_report = _json(Path(summary["data_dir"]) / "data_report.json") if summary.get("data_dir") else {}
+    base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
+    best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
+    return {
+        "run": run_dir.name,
+        "summary": summary,
+        "findings": diagnose_run(run_dir),
+        "plots": plots(metrics),
+        "comparison": [("validation loss", base.get("val_loss"), best.get("val_loss")),
+                       ("validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
+                       ("next-token accuracy", base.get("val_accuracy"), best.get("val_accuracy"))],
+        "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
+        "data": data_report,
+        "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "",
+        "platform": f"Python {platform.python_version()}, {platform.system()} {platform.machine()}",
+    }
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _finding_lines(finding: Finding) -> list[str]:
+    advice = [f"set `{a.key}` to `{a.value}`: {a.why}" if a.key and a.value is not None else a.why for a in finding.advice]
+    return [f"- **{finding.severity} · {finding.kind}**: {finding.message}"] + [f"  - {line}" for line in advice]
+
+
+def _timing(summary: dict) -> list[tuple[str, str]]:
+    keys = ["device", "precision", "processes", "method", "steps", "tokens_seen", "train_seconds", "eval_seconds", "tokens_per_s",
+            "stopped_because", "best_step"]
+    return [(key, _number(summary.get(key))) for key in keys if key in summary]
+
+
+def render_markdown(sections: dict, image_dir: Path) -> str:
+    image_dir.mkdir(exist_ok=True)
+    lines = [f"# tunesmith run report: {sections['run']}", "", "## Base against fine-tuned", "",
+             "| metric | base | fine-tuned |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {_number(a)} | {_number(b)} |" for name, a, b in sections["comparison"]]
+    lines += ["", "## Curves", ""]
+    for name, png in sections["plots"].items():
+        (image_dir / f"{name}.png").write_bytes(png)
+        lines.append(f"![{name}]({image_dir.name}/{name}.png)")
+    lines += ["", "## Findings", ""]
+    lines += [line for finding in sections["findings"] for line in _finding_lines(finding)] or ["No findings."]
+    if sections["samples"]:
+        lines += ["", "## Samples, before and after", ""]
+        for prompt, before, after in sections["samples"]:
+            lines += [f"**{prompt}**", "", f"- before: {before.strip()}", f"- after: {after.strip()}", ""]
+    data = sections["data"]
+    if data:
+        lines += ["", "## Data", "", f"{data['documents_read']:,} documents read, {data['documents_kept']:,} kept."]
+        lines += [f"- {row['removed']:,} removed as {row['step'].replace('_', ' ')}" for row in data.get("steps", [])]
+        lines += [f"- warning: {w}" for w in data.get("warnings", [])]
+    lines += ["", "## Hardware and timing", "", sections["platform"], ""]
+    lines += [f"- {key}: {value}" for key, value in _timing(sections["summary"])]
+    lines += ["", "## Config", "", "```yaml", sections["config"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def render_html(sections: dict) -> str:
+    def esc(value) -> str:
+        return html.escape(str(value))
+
+    parts = [f"<h1>tunesmith run report: {esc(sections['run'])}</h1>", "<h2>Base against fine-tuned</h2>",
+             "<table><tr><th>metric</th><th>base</th><th>fine-tuned</th></tr>"]
+    parts += [f"<tr><td>{esc(n)}</td><td>{_number(a)}</td><td>{_number(b)}</td></tr>" for n, a, b in sections["comparison"]]
+    parts += ["</table>", "<h2>Curves</h2>"]
+    for name, png in sections["plots"].items():
+        parts.append(f'<img class="plot" id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    parts.append('<h2>Findings</h2><ul id="findings">')
+    for finding in sections["findings"]:
+        advice = "".join(f"<li>{esc(line)}</li>" for line in (
+            f"set {a.key} to {a.value}: {a.why}" if a.key and a.value is not None else a.why for a in finding.advice))
+        parts.append(f'<li class="finding {esc(finding.severity)}" data-kind="{esc(finding.kind)}"><b>{esc(finding.severity)} · '
+                     f"{esc(finding.kind)}</b>: {esc(finding.message)}<ul>{advice}</ul></li>")
+    parts.append("</ul>")
+    if sections["samples"]:
+        parts.append("<h2>Samples, before and after</h2><table><tr><th>prompt</th><th>before</th><th>after</th></tr>")
+        parts += [f"<tr><td>{esc(p)}</td><td>{esc(b)}</td><td>{esc(a)}</td></tr>" for p, b, a in sections["samples"]]
+        parts.append("</table>")
+    data = sections["data"]
+    if data:
+        parts.append(f"<h2>Data</h2><p>{data['documents_read']:,} documents read, {data['documents_kept']:,} kept.</p><ul>")
+        parts += [f"<li>{row['removed']:,} removed as {esc(row['step'].replace('_', ' '))}</li>" for row in data.get("steps", [])]
+        parts += [f"<li>warning: {esc(w)}</li>" for w in data.get("warnings", [])]
+        parts.append("</ul>")
+    parts.append(f"<h2>Hardware and timing</h2><p>{esc(sections['platform'])}</p><table>")
+    parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in _timing(sections["summary"])]
+    parts.append(f"</table><h2>Config</h2><pre>{esc(sections['config'])}</pre>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             "img.plot{display:block;max-width:100%;margin:1em 0}li.warning b{color:#b35c00}li.error b{color:#c00}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith report: {esc(sections['run'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    sections = report_sections(run_dir)
+    markdown = run_dir / "report.md"
+    markdown.write_text(render_markdown(sections, run_dir / "report_files"))
+    page = run_dir / "report.html"
+    page.write_text(render_html(sections))
+    return markdown, page
