@@ -108,3 +108,4 @@ def test_memory_near_the_limit_and_room_for_a_larger_batch():
     roomy = next(f for f in diagnose(rows, RunFacts(micro_batch_size=4, memory_before_training_mb=2_000, device_memory_mb=80_000))
                  if f.kind == "memory")
     assert roomy.severity == "info" and roomy.evidence["micro_batch_that_fits"] == int((0.85 * 80_000 - 2_000) // 1_400)
+

@@ -103,7 +103,7 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None):
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def _run_init(args) -> int:

@@ -31,7 +31,7 @@ def _continuation(spec: str, cfg: RunConfig, console: Console) -> str:
 
 
 def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False, soft_wrap=True, markup=False)
     started = time.perf_counter()
     console.print(f"tunesmith quickstart: fine-tune {cfg.model.name} on {len(cfg.data.train)} example file(s)")
     before = _continuation(cfg.model.name, cfg, console)
@@ -40,7 +40,7 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
     change = summary["best_val_ppl"] / summary["base_val_ppl"] - 1
     prompt = PROMPT.strip()
     console.print(
-        f"\n[bold]Done in {time.perf_counter() - started:.0f}s.[/bold]\n"
+        f"\nDone in {time.perf_counter() - started:.0f}s.\n"
         f"validation perplexity: base {summary['base_val_ppl']:.2f} -> fine-tuned {summary['best_val_ppl']:.2f} ({change:+.0%})\n"
         f"prompt: {prompt}\n"
         f"  before: {before}\n"

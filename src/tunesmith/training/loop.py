@@ -83,7 +83,7 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
     try:
         if not context.is_main:
             console = Console(quiet=True)
-        return _train(cfg, resume, console or Console(highlight=False, soft_wrap=True), context)
+        return _train(cfg, resume, console or Console(highlight=False, soft_wrap=True, markup=False), context)
     finally:
         teardown_distributed(context)
 

@@ -151,7 +151,7 @@ class Session:
             if finding.severity != "info" and finding.kind not in self.reported:
                 self.reported.add(finding.kind)
                 advice = "; ".join(f"{a.key}={a.value}" if a.key and a.value is not None else a.why for a in finding.advice[:3])
-                self.console.print(f"[{finding.severity}] {finding.kind}: {finding.message} (try: {advice})", highlight=False)
+                self.console.print(f"[{finding.severity}] {finding.kind}: {finding.message} (try: {advice})", highlight=False, markup=False)
 
     def close(self) -> None:
         if self.trackers is not None:
