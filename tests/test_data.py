@@ -228,7 +228,7 @@ def test_small_validation_split_gives_a_short_block(tmp_path, prep):
     val = prepared.blocks("val")
     assert 2 <= prepared.meta["val"]["tokens"] < 512
     assert len(val) == 1 and val.num_tokens == prepared.meta["val"]["tokens"]
-    assert val.batch(val.batches_by_length(4)[0]).shape == (1, prepared.meta["val"]["tokens"])
+    assert val.batch(val.batches_by_length(4)[0]).input_ids.shape == (1, prepared.meta["val"]["tokens"])
 
 
 # -- bad input -------------------------------------------------------------------------------------

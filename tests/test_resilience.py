@@ -73,11 +73,11 @@ def test_out_of_memory_halves_the_micro_batch_with_the_same_math(tiny_llama, cor
     original = step_module.forward_backward
     calls = {"n": 0}
 
-    def fault(model, tokens, *args):
+    def fault(model, batch, *args):
         calls["n"] += 1
-        if calls["n"] > 5 and tokens.shape[0] > 1:  # from the third step on, only micro-batches of 1 fit
+        if calls["n"] > 5 and batch.size > 1:  # from the third step on, only micro-batches of 1 fit
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(model, tokens, *args)
+        return original(model, batch, *args)
 
     monkeypatch.setattr(step_module, "forward_backward", fault)
     summary = train(run_config(tiny_llama, corpus_file, tmp_path / "oom", **settings))

@@ -7,6 +7,7 @@ from these classes, so documentation cannot drift from the code.
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +45,8 @@ class DataConfig(_Section):
     template: str | None = Field(None, description='build each document from several fields, e.g. "{title}\\n\\n{body}" (overrides text_field)')
     on_error: Literal["fail", "skip"] = Field("fail", description="a malformed row stops prepare (fail) or is skipped and counted (skip)")
     txt_documents: Literal["blank_line", "file"] = Field("blank_line", description=".txt/.md: documents are separated by blank lines, or each file is one document")
-    block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length)")
+    block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length); chat and classify: the longest example")
+    label_field: str = Field("label", description="task classify: field or column that holds the label (a string or an integer)")
 
     @field_validator("train", "val", mode="before")
     @classmethod
@@ -119,18 +121,64 @@ class MonitorConfig(_Section):
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
 
 
+class ChatConfig(_Section):
+    format: Literal["auto", "messages", "sharegpt", "transcript", "table"] = Field("auto", description="messages (OpenAI), sharegpt, transcript (\"Name: text\" lines, blank line between conversations) or table (one row per turn); auto: detected")
+    roles: dict[str, Literal["system", "user", "assistant"]] = Field(default_factory=dict, description="speaker name -> role, e.g. {Customer: user, Agent: assistant}; the assistant is the one the model learns to be")
+    system_prompt: str | None = Field(None, description="system message put before every conversation that has none")
+    conversation_field: str = Field("conversation_id", description="format table: the column that groups rows into conversations")
+    speaker_field: str = Field("speaker", description="format table: the column that names the speaker (the text is in data.text_field)")
+
+
+class ClassifyConfig(_Section):
+    method: Literal["head", "generative"] = Field("head", description="head: a classification layer on the last token; generative: the model writes the label word")
+    prompt: str = Field("{text}\nLabel:", description="generative: the prompt; {text} is the example's text")
+    verbalizers: dict[str, str] = Field(default_factory=dict, description="generative: label -> the word the model writes, e.g. {0: negative, 1: positive} (default: the label itself)")
+    metric: Literal["macro_f1", "accuracy", "val_loss"] = Field("macro_f1", description="the evaluation metric that picks the best checkpoint and drives early stopping")
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency (for imbalanced labels)")
+
+    @field_validator("verbalizers", mode="before")
+    @classmethod
+    def _string_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """The task and its section, as the data preparation and the model build need them."""
+
+    name: str = "lm"
+    chat: ChatConfig = dataclass_field(default_factory=ChatConfig)
+    classify: ClassifyConfig = dataclass_field(default_factory=ClassifyConfig)
+
+    def cache_settings(self) -> dict:
+        if self.name == "chat":
+            return {"task": "chat", "chat": self.chat.model_dump(mode="json")}
+        if self.name == "classify":
+            return {"task": "classify", "classify": self.classify.model_dump(mode="json", exclude={"metric"})}
+        return {}
+
+
 class RunConfig(_Section):
+    task: Literal["lm", "chat", "classify"] = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations; classify: labels (sentiment, ...)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def task_settings(self) -> TaskSettings:
+        return TaskSettings(self.task, self.chat, self.classify)
 
     def run_dir(self) -> Path:
         if self.output.dir:
@@ -148,6 +196,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "clean": CleanConfig,
     "train": TrainConfig,
     "monitor": MonitorConfig,
+    "chat": ChatConfig,
+    "classify": ClassifyConfig,
     "output": OutputConfig,
 }
 
@@ -157,7 +207,7 @@ def _describe_error(err: dict) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         section = str(err["loc"][0])
-        allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else SECTIONS
+        allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else ["task", *SECTIONS]
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
@@ -178,8 +228,9 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`section.key=value` with the value read as YAML, so numbers, booleans and lists work."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
+    """`section.key=value` (or `task=chat`) with the value read as YAML, so numbers, booleans and lists work."""
+    name = text.split("=", 1)[0].strip()
+    if "=" not in text or ("." not in name and name != "task"):
         raise ConfigError([f"--set {text}: expected section.key=value, e.g. train.lr=1e-4"])
     key, value = text.split("=", 1)
     try:
@@ -190,6 +241,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    if key == "task":
+        raw["task"] = value
+        return
     section, _, field = key.partition(".")
     if section not in SECTIONS:
         raise ConfigError([f"{key}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"])
@@ -244,6 +298,8 @@ def _yaml_value(value: Any) -> str:
 def starter_yaml() -> str:
     """The commented config that `tunesmith init` writes: every key, its default and its meaning."""
     lines = ["# tunesmith run config. Every key is optional; flags and --set section.key=value override it.", ""]
+    task = RunConfig.model_fields["task"]
+    lines += [f"# {task.description}", f"task: {task.default}", ""]
     for section, cls in SECTIONS.items():
         lines.append(f"{section}:")
         for name, field in cls.model_fields.items():
@@ -256,6 +312,8 @@ def starter_yaml() -> str:
 def reference_markdown() -> str:
     """The README's table of config keys."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    task = RunConfig.model_fields["task"]
+    rows.append(f"| `task` | `{task.default}` | {task.description} |")
     for section, cls in SECTIONS.items():
         for name, field in cls.model_fields.items():
             default = _yaml_value(_field_default(field))

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .examples import Batch
+
 
 class TokenBlocks:
     """Consecutive, non-overlapping blocks of `block_size` tokens.
@@ -28,14 +30,18 @@ class TokenBlocks:
     def __len__(self) -> int:
         return len(self.bounds)
 
+    def length(self, index: int) -> int:
+        start, end = self.bounds[index]
+        return end - start
+
     @property
     def num_tokens(self) -> int:
         return sum(end - start for start, end in self.bounds)
 
-    def batch(self, indices: list[int]) -> torch.Tensor:
-        """A (B, T) int64 batch; the blocks must have equal length."""
+    def batch(self, indices: list[int]) -> Batch:
+        """A (B, T) batch where every next token is a target; the blocks must have equal length."""
         rows = [self.tokens[start:end] for start, end in (self.bounds[i] for i in indices)]
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        return Batch(torch.from_numpy(np.stack(rows).astype(np.int64)))
 
     def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
         """Index batches for evaluation, never mixing a short tail block with full blocks."""

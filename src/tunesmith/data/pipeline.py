@@ -30,11 +30,7 @@ def transformed(texts: Iterable[str], cfg: CleanConfig, report: DataReport) -> I
         if cfg.max_chars and len(text) > 2 * cfg.max_chars:  # far too long: drop before paying for the transforms
             report.remove("too_long_chars", text)
             continue
-        for name, transform in steps:
-            new = transform(text)
-            if new != text and name != "strip":
-                report.change(name)
-            text = new
+        text = clean_one(text, steps, report)
         if not text:
             report.remove("empty", text)
         elif len(text) < cfg.min_chars:
@@ -43,6 +39,16 @@ def transformed(texts: Iterable[str], cfg: CleanConfig, report: DataReport) -> I
             report.remove("too_long_chars", text)
         else:
             yield text
+
+
+def clean_one(text: str, steps: list, report: DataReport) -> str:
+    """One text through the transforms, counting the documents each transform changed."""
+    for name, transform in steps:
+        new = transform(text)
+        if new != text and name != "strip":
+            report.change(name)
+        text = new
+    return text
 
 
 def _line_key(line: str) -> int | None:

@@ -13,10 +13,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..config import CleanConfig, DataConfig
+from ..config import CleanConfig, DataConfig, TaskSettings
 from ..errors import UserError
 from ..fingerprint import file_sha256
 from .blocks import TokenBlocks
+from .examples import Examples
 from .clean import text_digest
 from .dedup import NearDuplicateIndex
 from .pipeline import (Splitter, TokenWriter, Tokenized, boilerplate_set, count_lines, exact_unique, tokenized, transformed,
@@ -45,7 +46,15 @@ class PreparedData:
     def report(self) -> dict:
         return json.loads((self.directory / "data_report.json").read_text())
 
-    def blocks(self, split: str, block_size: int | None = None) -> TokenBlocks:
+    @property
+    def task(self) -> str:
+        return self.meta.get("task", {}).get("task", "lm")
+
+    def blocks(self, split: str, block_size: int | None = None, class_weights=None) -> TokenBlocks | Examples:
+        """Packed blocks of text, or (chat, classify) the split's examples."""
+        if self.task != "lm":
+            head = self.task == "classify" and self.meta["task"]["coder"]["method"] == "head"
+            return Examples(self.directory, split, self.dtype, self.meta["pad_token_id"], use_classes=head, class_weights=class_weights)
         size = block_size or self.meta["settings"]["block_size"]
         return TokenBlocks(self.directory / f"{split}.bin", self.dtype, size, keep_tail=(split == "val"))
 
@@ -155,16 +164,21 @@ def _warn(report: DataReport, meta: dict, block_size: int, model_params: int | N
 
 
 def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path, eval_only: bool = False,
-                 model_params: int | None = None) -> PreparedData:
+                 model_params: int | None = None, task: TaskSettings = TaskSettings(), labels: list[str] | None = None) -> PreparedData:
     """Read, clean, de-duplicate, split, tokenize and pack `cfg.train` (and `cfg.val`); reuse the cache when nothing changed.
 
     With `eval_only`, every document of `cfg.train` goes to the validation split (for `tunesmith eval`).
+    Chat and classify tasks keep examples whole (with a loss mask) instead of packing text; `labels`
+    fixes the label set (a trained classifier's) instead of discovering it.
     """
     if not cfg.train:
         raise UserError("data.train: no training data given; pass --data FILE (or a folder or glob)")
     train_files = expand_paths(cfg.train, "data.train")
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
-    settings = {**cfg.model_dump(mode="json", exclude={"train", "val"}), "clean": clean.model_dump(mode="json"), "eval_only": eval_only}
+    settings = {**cfg.model_dump(mode="json", exclude={"train", "val"}), "clean": clean.model_dump(mode="json"), "eval_only": eval_only,
+                **task.cache_settings(), **({"labels": labels} if labels else {})}
+    if task.name == "lm":
+        settings.pop("label_field")  # plain-text caches do not depend on it
     key = _cache_key(train_files, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / "meta.json").is_file():
@@ -174,7 +188,10 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        meta = _prepare_into(partial, cfg, clean, tokenizer, train_files, val_files, eval_only, model_params, settings)
+        if task.name == "lm":
+            meta = _prepare_into(partial, cfg, clean, tokenizer, train_files, val_files, eval_only, model_params, settings)
+        else:
+            meta = _prepare_examples_into(partial, cfg, clean, task, tokenizer, train_files, val_files, eval_only, settings, labels)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -231,6 +248,41 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, tokenize
     return meta
 
 
+def _prepare_examples_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: TaskSettings, tokenizer,
+                           train_files: list[Path], val_files: list[Path], eval_only: bool, settings: dict, labels) -> dict:
+    from .structured import prepare_structured
+
+    dtype = token_dtype(len(tokenizer))
+    result = prepare_structured(directory, cfg, clean, task, tokenizer, train_files, val_files, eval_only, dtype, labels)
+    report, (train, val) = result["report"], result["counts"]
+    unit = "conversations" if task.name == "chat" else "examples"
+    if train.documents + val.documents == 0:
+        raise _nothing_left(report)
+    if val.documents == 0 or (train.documents == 0 and not eval_only):
+        raise UserError(f"{train.documents} training and {val.documents} validation {unit} after cleaning; "
+                        "at least one of each is needed: add data or pass a validation file with --val-data")
+    if task.name == "chat" and not result["task_meta"]["targets"]["val"]:
+        raise UserError("the validation conversations have no assistant tokens; check chat.roles")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype.name,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "settings": settings,
+        "sources": {"train": [str(p) for p in train_files], "val": [str(p) for p in val_files]},
+        "task": result["task_meta"],
+        "train": {"documents": train.documents, "tokens": train.tokens, "blocks": train.documents},
+        "val": {"documents": val.documents, "tokens": val.tokens, "blocks": val.documents},
+    }
+    report.leakage = {"method": "exact and MinHash near-duplicate checks; a near-duplicate stays on its cluster's side",
+                      "summary": f"no exact or near copy of an example crosses the split "
+                                 f"({report.removed.get('exact_duplicate', 0)} exact and {report.removed.get('near_duplicate', 0)} near duplicates removed)"}
+    report.write(directory)
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
 def _check_sizes(train_tokens: int, val_tokens: int, block_size: int, eval_only: bool) -> None:
     if val_tokens < 2:
         if eval_only:
@@ -244,6 +296,7 @@ def _check_sizes(train_tokens: int, val_tokens: int, block_size: int, eval_only:
         )
 
 
-def prepare_eval_data(paths: list[str], cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path) -> PreparedData:
+def prepare_eval_data(paths: list[str], cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path,
+                      task: TaskSettings = TaskSettings(), labels: list[str] | None = None) -> PreparedData:
     eval_cfg = cfg.model_copy(update={"train": paths, "val": []})
-    return prepare_data(eval_cfg, clean, tokenizer, cache_root, eval_only=True)
+    return prepare_data(eval_cfg, clean, tokenizer, cache_root, eval_only=True, task=task, labels=labels)

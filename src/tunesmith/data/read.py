@@ -93,7 +93,8 @@ class DocumentReader:
         self.structured_hits += 1
         return text if isinstance(text, str) else str(text)
 
-    def read(self, files: list[Path]) -> Iterator[str]:
+    def records(self, files: list[Path]) -> Iterator[Record]:
+        """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""
         for path in files:
             check_not_binary(path)
             if path.stat().st_size == 0:
@@ -109,13 +110,25 @@ class DocumentReader:
                         raise UserError(f"{item}; fix the row or set data.on_error=skip")
                     self.report.remove("malformed_row", str(item))
                     continue
-                text = self._text(item)
-                if text is None:
-                    self.report.remove("missing_field", str(item.value)[:200])
-                    continue
-                yield text
+                yield item
             self.report.lines_with_bad_bytes += stats.lines_with_bad_bytes
+
+    def text(self, record: Record) -> str | None:
+        """The record's text by data.text_field or data.template; None (counted as a missing field) when absent."""
+        text = self._text(record)
+        if text is None:
+            self.report.remove("missing_field", str(record.value)[:200])
+        return text
+
+    def check_fields_found(self) -> None:
         if self.structured_records and not self.structured_hits:
             wanted = ", ".join(self.fields)
             existing = ", ".join(sorted(self.seen_fields)) or "none"
             raise UserError(f"no record has the field {wanted} (fields found: {existing}); set data.text_field or data.template")
+
+    def read(self, files: list[Path]) -> Iterator[str]:
+        for record in self.records(files):
+            text = self.text(record)
+            if text is not None:
+                yield text
+        self.check_fields_found()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 EXAMPLES = 3
-STEP_ORDER = ["malformed_row", "missing_field", "empty", "too_short_chars", "too_long_chars", "only_boilerplate",
+STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "unknown_label", "empty", "no_assistant_turn", "too_short_chars", "too_long_chars", "only_boilerplate",
               "exact_duplicate", "too_short_tokens", "too_long_tokens", "near_duplicate"]
 EXAMPLE_CHARS = 160
 
@@ -35,6 +35,7 @@ class DataReport:
     leakage: dict = field(default_factory=dict)
     splits: dict = field(default_factory=dict)
     token_lengths: array = field(default_factory=lambda: array("q"), repr=False)  # one entry per kept document
+    task: dict = field(default_factory=dict)  # chat and classify: what the task's preparation found (classes, truncations)
     warnings: list[str] = field(default_factory=list)
 
     def remove(self, step: str, text: str) -> None:
@@ -80,6 +81,7 @@ class DataReport:
             "boilerplate_lines": self.boilerplate_lines,
             "splits": self.splits,
             "leakage": self.leakage,
+            "task": self.task,
             "document_tokens": {
                 "mean": float(lengths.mean()) if len(lengths) else 0.0,
                 "median": float(np.median(lengths)) if len(lengths) else 0.0,
@@ -131,6 +133,12 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation documents")
     lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
                  f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
+    task = report.get("task") or {}
+    if task.get("class_counts"):
+        counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())
+        lines.append(f"classes (train): {counts}")
+    if task.get("truncated"):
+        lines.append(f"  {task['truncated']:,} examples longer than a block were truncated")
     if report["leakage"]:
         lines.append(f"leakage check: {report['leakage']['summary']}")
     lines += [f"warning: {w}" for w in report["warnings"]]

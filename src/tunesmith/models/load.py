@@ -42,14 +42,16 @@ def load_tokenizer(resolved: ResolvedModel):
     return tokenizer
 
 
-def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool = False, **config_overrides: Any):
+def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool = False, classifier: bool = False,
+               **config_overrides: Any):
     """Load weights in float32 by default: autocast does the low-precision math and keeps fp32 master weights.
 
-    `quantize_4bit` loads an NF4 base through bitsandbytes (CUDA only) for QLoRA; `config_overrides`
-    change config fields such as dropout rates.
+    `quantize_4bit` loads an NF4 base through bitsandbytes (CUDA only) for QLoRA; `classifier` loads
+    the backbone with a sequence-classification head (new, sized by `num_labels`, or a trained one);
+    `config_overrides` change config fields such as dropout rates.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "attn_implementation": "sdpa", **config_overrides}
     if quantize_4bit:
@@ -60,7 +62,7 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
         )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    return _from_pretrained(AutoModelForCausalLM, resolved, **kwargs)
+    return _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved, **kwargs)
 
 
 def context_length(config: Any) -> int | None:

@@ -61,14 +61,21 @@ def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> list[str] | str:
 
 
 def _lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Adapters on the projections; a classification head (`score`) trains whole beside them."""
     from peft import LoraConfig, get_peft_model
 
+    task_type = "SEQ_CLS" if is_classifier(model) else "CAUSAL_LM"
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=lora_targets(model, cfg), bias="none", task_type="CAUSAL_LM")
+                        target_modules=lora_targets(model, cfg), bias="none", task_type=task_type)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError([f"model.lora_targets: {exc}"]) from None
+
+
+def is_classifier(model: torch.nn.Module) -> bool:
+    return any(name.endswith("ForSequenceClassification") for name in (getattr(model.config, "architectures", None) or [])) or \
+        type(model).__name__.endswith("ForSequenceClassification")
 
 
 def apply_method(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:

@@ -23,11 +23,24 @@ def check_qlora(device: torch.device) -> None:
         raise ConfigError(["model.method: qlora needs the bitsandbytes package: pip install bitsandbytes"]) from None
 
 
-def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels: list[str] | None = None,
+               quantize_4bit: bool = False) -> torch.nn.Module:
+    """The pre-trained model with the run's dropout, a new classification head for `labels`, and room for added tokens."""
+    overrides = dropout_overrides(load_model_config(resolved), cfg.dropout)
+    if labels:
+        overrides.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                         pad_token_id=tokenizer.pad_token_id)
+    model = load_model(resolved, quantize_4bit=quantize_4bit, classifier=bool(labels), **overrides)
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # the chat markers added to the tokenizer
+    return model
+
+
+def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device, tokenizer=None,
+                labels: list[str] | None = None) -> torch.nn.Module:
     if cfg.method == "qlora":
         check_qlora(device)
-    overrides = dropout_overrides(load_model_config(resolved), cfg.dropout)
-    model = load_model(resolved, quantize_4bit=cfg.method == "qlora", **overrides)
+    model = base_model(resolved, cfg, tokenizer, labels, quantize_4bit=cfg.method == "qlora")
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -36,13 +49,14 @@ def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device)
     return model.to(device) if cfg.method != "qlora" else model
 
 
-def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: ResolvedModel, cfg: ModelConfig) -> None:
+def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: ResolvedModel, cfg: ModelConfig,
+                 labels: list[str] | None = None) -> None:
     """final/: the best weights as a plain transformers model (adapters merged); final-adapter/ for LoRA runs."""
     load_trainable(model, run_dir / "best" / "trainable.safetensors")
     if cfg.method in ("lora", "qlora"):
         save_hf_model(model, tokenizer, run_dir / "final-adapter")
     if cfg.method == "qlora":  # merge into a full-precision copy of the base, not into 4-bit weights
         adapters = {name: t.float() for name, t in trainable_state(model).items()}
-        model = apply_method(load_model(resolved), cfg.model_copy(update={"method": "lora", "gradient_checkpointing": False}))
+        model = apply_method(base_model(resolved, cfg, tokenizer, labels), cfg.model_copy(update={"method": "lora", "gradient_checkpointing": False}))
         load_trainable_state(model, adapters)
     save_hf_model(export_model(model), tokenizer, run_dir / "final")

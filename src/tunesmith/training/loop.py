@@ -138,14 +138,9 @@ def _loop(session: Session) -> dict:
                     continue
                 if evaluating:
                     result = session.evaluate()
-                    val_loss = result.loss
-                    progress.evaluated(perplexity(val_loss))
-                    if val_loss < state.best_val_loss:
-                        state.best_val_loss, state.best_step, state.evals_since_best = val_loss, state.step, 0
-                        session.keep_best()
-                    else:
-                        state.evals_since_best += 1
-                    rows[-1].update(val_loss=val_loss, val_ppl=perplexity(val_loss), val_accuracy=result.accuracy)
+                    progress.evaluated(perplexity(result.loss), result.task)
+                    session.update_best(result)
+                    rows[-1].update(session.eval_row(result))
                     session.record_samples()
                     session.report_findings()
                 session.log_row(rows[-1])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..data import TokenBlocks
+from ..data.examples import IGNORE, Batch, Examples
 from .hardware import autocast
 
 
@@ -25,6 +26,52 @@ def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str
     )
 
 
+def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits: (B, T, vocab) for a language model, (B, classes) for a classification head."""
+    if batch.classes is not None:
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    if batch.attention_mask is None:  # packed blocks: no padding
+        return model(input_ids=batch.input_ids, use_cache=False).logits
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+
+
+def _targets(batch: Batch) -> torch.Tensor:
+    """(B, T-1) next-token targets, IGNORE where no loss falls; or (B,) classes."""
+    if batch.classes is not None:
+        return batch.classes
+    return (batch.labels if batch.labels is not None else batch.input_ids)[:, 1:]
+
+
+def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-term fp32 losses and their weights (0 where no loss falls), both (B,) or (B, T-1)."""
+    targets = _targets(batch)
+    if batch.classes is None:
+        logits = logits[:, :-1]
+    losses = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none", ignore_index=IGNORE,
+                             label_smoothing=label_smoothing).view(targets.shape)
+    weights = (targets != IGNORE).float()
+    if batch.weights is not None:
+        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
+    return losses, weights
+
+
+def target_weight(batch: Batch) -> float:
+    """The batch's total loss weight (its target count, class-weighted): its share of a step."""
+    targets = _targets(batch)
+    weights = (targets != IGNORE).float()
+    if batch.weights is not None:
+        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
+    return float(weights.sum())
+
+
+def batch_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The weighted mean loss over the batch's targets."""
+    if isinstance(batch, torch.Tensor):
+        batch = Batch(batch)
+    losses, weights = term_losses(forward(model, batch), batch, label_smoothing)
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-9)
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))  # capped: a diverged loss must not overflow the log
 
@@ -35,6 +82,7 @@ class Validation:
     tokens: int
     accuracy: float = math.nan  # next-token top-1 accuracy
     loss_std: float = math.nan  # spread of the per-token losses
+    task: dict = field(default_factory=dict)  # classification metrics (accuracy, macro-F1, per class, confusion)
 
     @property
     def perplexity(self) -> float:
@@ -65,25 +113,32 @@ def validation_loss_with_fallback(model, blocks: TokenBlocks, batch_size: int, d
 @torch.no_grad()
 def validation_loss(
     model: torch.nn.Module,
-    blocks: TokenBlocks,
+    blocks: TokenBlocks | Examples,
     batch_size: int,
     device: torch.device,
     precision: str,
     max_blocks: int | None = None,
 ) -> Validation:
-    """Token-weighted mean loss over the validation blocks (a shorter tail block included), with accuracy and spread."""
+    """Mean loss over the validation targets (every next token, the assistant tokens, or the classes), with accuracy and spread.
+
+    Class weights are left out: validation measures the plain loss.
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, squared loss, correct predictions
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=device)
     for indices in blocks.batches_by_length(batch_size, max_blocks):
-        tokens = blocks.batch(indices).to(device, non_blocking=True)  # (B, T)
+        batch = blocks.batch(indices).to(device)
+        batch.weights = None
         with autocast(device, precision):
-            logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
-        losses = next_token_loss(model, tokens, reduction="none", logits=logits).double()
-        correct = (logits[:, :-1].argmax(-1) == tokens[:, 1:]).sum()
-        sums += torch.stack([losses.sum(), (losses**2).sum(), correct.double()])
-        count += tokens[:, 1:].numel()
+            logits = forward(model, batch)
+        losses, weights = term_losses(logits, batch)
+        targets = _targets(batch)
+        predicted = (logits if batch.classes is not None else logits[:, :-1]).argmax(-1)
+        losses = losses.double() * weights
+        sums += torch.stack([losses.sum(), (losses * losses).sum(), ((predicted == targets).double() * weights).sum()])
+        count += weights.sum()
     model.train(was_training)
-    total, squares, correct = (value / max(count, 1) for value in sums.tolist())
-    return Validation(loss=total, tokens=count, accuracy=correct, loss_std=math.sqrt(max(0.0, squares - total**2)))
+    n = max(count.item(), 1.0)
+    total, squares, correct = (value / n for value in sums.tolist())
+    return Validation(loss=total, tokens=int(count.item()), accuracy=correct, loss_std=math.sqrt(max(0.0, squares - total**2)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,6 +16,9 @@ from ..data import PreparedData, TokenBlocks, prepare_data
 from ..errors import UserError
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
 from ..models.methods import parameter_counts
+from ..tasks import write_task
+from ..tasks.chat import end_of_turn, ensure_chat_template
+from ..tasks.classify import LabelCoder, class_weights, classification_metrics, majority_baseline, predict_examples
 from .build import build_model, export_final
 from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
@@ -48,6 +51,9 @@ class LoopState:
     high_loss_steps: int = 0
     micro_batch_size: int = 0
     val_loss_std: float = math.nan
+    best_score: float = math.inf  # the selection metric, lower is better (val_loss, or minus accuracy / macro-F1)
+    base_metrics: dict = field(default_factory=dict)  # classification metrics of the base model
+    best_metrics: dict = field(default_factory=dict)  # ... and at the best step
 
 
 def _count(n: int) -> str:
@@ -59,7 +65,11 @@ def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, objec
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
     tokenizer = load_tokenizer(resolved)
-    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config))
+    if cfg.task == "chat" and ensure_chat_template(tokenizer):
+        console.print("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens",
+                      highlight=False)
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
+                        task=cfg.task_settings)
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
     return resolved, tokenizer, data
@@ -93,6 +103,7 @@ class Session:
     sharded: bool
     trainable: int
     data_dir: Path
+    task_meta: dict = field(default_factory=dict)
     state: LoopState = field(default_factory=LoopState)
     metrics: MetricsLog | None = None
     trackers: Trackers | None = None
@@ -116,8 +127,43 @@ class Session:
             batch = self.cfg.train.eval_batch_size or self.runner.micro_batch_size
             result = validation_loss_with_fallback(self.model, self.val_blocks, batch, self.device, self.precision,
                                                    self.cfg.train.eval_max_blocks, self.console.print)
+            if self.coder is not None:
+                result = replace(result, task=self._classification(batch))
             self._timed(started)
         return result if self.sharded else self.context.share(result)
+
+    @property
+    def coder(self) -> LabelCoder | None:
+        return LabelCoder(**self.task_meta["coder"]) if self.cfg.task == "classify" else None
+
+    def _classification(self, batch_size: int) -> dict:
+        limit = self.cfg.train.eval_max_blocks
+        predicted, _ = predict_examples(self.model, self.val_blocks, self.coder, self.tokenizer, batch_size, self.device,
+                                        self.precision, limit)
+        truth = self.val_blocks.classes[: len(predicted)]
+        return classification_metrics(truth, predicted, self.coder.labels)
+
+    def score(self, result: Validation) -> float:
+        """What picks the best checkpoint and drives early stopping; lower is better."""
+        metric = self.cfg.classify.metric if self.cfg.task == "classify" else "val_loss"
+        return result.loss if metric == "val_loss" else -result.task[metric]
+
+    def eval_row(self, result: Validation) -> dict:
+        row = {"val_loss": result.loss, "val_ppl": perplexity(result.loss), "val_accuracy": result.accuracy}
+        if result.task:
+            row.update(accuracy=result.task["accuracy"], macro_f1=result.task["macro_f1"])
+        return row
+
+    def update_best(self, result: Validation) -> bool:
+        """Record a new best evaluation (and save its weights); False when this one is not better."""
+        state = self.state
+        if self.score(result) >= state.best_score:
+            state.evals_since_best += 1
+            return False
+        state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = self.score(result), result.loss, state.step, 0
+        state.best_metrics = result.task
+        self.keep_best()
+        return True
 
     def log_row(self, row: dict) -> None:
         self.history.append(row)
@@ -209,25 +255,64 @@ class Session:
         if self.context.is_main:  # trackers first: a missing tracker package must fail before any file is written
             self.trackers = Trackers(self.cfg.monitor, self.run_dir, self.cfg, resume=checkpoint is not None)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if checkpoint else None)
-            self.sample_log = SampleLog(self.cfg.monitor, self.val_blocks, self.tokenizer, self.run_dir / "samples.jsonl")
+            self.sample_log = SampleLog(self.cfg.monitor, self.val_blocks, self.tokenizer, self.run_dir / "samples.jsonl", self.cfg.task)
         if checkpoint is None:
             if self.context.is_main:
                 write_config(self.run_dir, self.cfg)
             result = self.evaluate()
             base = self.state.base_val_loss = self.state.best_val_loss = result.loss
+            self.state.best_score = self.score(result)
+            self.state.base_metrics = self.state.best_metrics = result.task
             self.state.val_loss_std = result.loss_std
+            unit = {"lm": "blocks", "chat": "conversations", "classify": "examples"}[self.cfg.task]
+            targets = {"lm": "tokens", "chat": "assistant tokens", "classify": "targets"}[self.cfg.task]
             self.console.print(f"base model: validation loss {base:.4f}, perplexity {perplexity(base):.2f} "
-                               f"({len(self.val_blocks)} blocks, {self.val_blocks.num_tokens:,} tokens)", highlight=False)
+                               f"({len(self.val_blocks)} {unit}, {self.val_blocks.num_tokens:,} {targets})", highlight=False)
+            if result.task:
+                self.console.print(f"base model: accuracy {result.task['accuracy']:.1%}, macro-F1 {result.task['macro_f1']:.3f}"
+                                   + (" (an untrained head)" if self.coder.method == "head" else " (zero-shot)"), highlight=False)
             self.keep_best()
             self.record_samples()
-            self.log_row({"step": 0, "epoch": 0.0, "val_loss": base, "val_ppl": perplexity(base), "val_accuracy": result.accuracy})
+            self.log_row({"step": 0, "epoch": 0.0, **self.eval_row(result)})
+
+    @property
+    def head_labels(self) -> list[str] | None:
+        coder = self.coder
+        return coder.labels if coder is not None and coder.method == "head" else None
+
+    def task_spec(self) -> dict:
+        """Saved as final/tunesmith_task.json: how `chat`, `predict` and `serve` use the model."""
+        if self.cfg.task == "chat":
+            return {"task": "chat", "end_of_turn": end_of_turn(self.tokenizer)}
+        if self.cfg.task == "classify":
+            return {"task": "classify", **self.coder.as_dict()}
+        return {"task": "lm"}
+
+    def _task_summary(self) -> dict:
+        state = self.state
+        if self.cfg.task != "classify":
+            return {"task": self.cfg.task}
+        coder = self.coder
+        truth = self.val_blocks.classes[: len(self.val_blocks)]
+        majority = majority_baseline(self.task_meta["class_counts"], truth, coder.labels)
+        baseline = state.base_metrics if coder.method == "generative" else majority
+        best = state.best_metrics or state.base_metrics
+        return {
+            "task": "classify", "classify_method": coder.method, "metric": self.cfg.classify.metric, "labels": coder.labels,
+            "accuracy": best["accuracy"], "macro_f1": best["macro_f1"], "per_class": best["per_class"], "confusion": best["confusion"],
+            "baseline": "zero-shot" if coder.method == "generative" else "majority class",
+            "base_accuracy": baseline["accuracy"], "base_macro_f1": baseline["macro_f1"],
+            "majority_accuracy": majority["accuracy"], "majority_macro_f1": majority["macro_f1"],
+        }
 
     def finish(self, stopped_because: str) -> dict:
         """Export final/ (rank 0; a sharded model from a whole copy built on the CPU) and write summary.json."""
         state = self.state
         if self.context.is_main:
-            model = build_model(self.resolved, self.cfg.model, torch.device("cpu")) if self.sharded else self.model
-            export_final(model, self.tokenizer, self.run_dir, self.resolved, self.cfg.model)
+            model = build_model(self.resolved, self.cfg.model, torch.device("cpu"), self.tokenizer, self.head_labels) \
+                if self.sharded else self.model
+            export_final(model, self.tokenizer, self.run_dir, self.resolved, self.cfg.model, self.head_labels)
+            write_task(self.run_dir / "final", self.task_spec())
         summary = {
             "model": self.cfg.model.name,
             "method": self.cfg.model.method,
@@ -258,6 +343,7 @@ class Session:
             "memory_before_training_mb": self.memory_before_training_mb,
             "device_memory_mb": device_memory_mb(self.device),
         }
+        summary.update(self._task_summary())
         if self.context.is_main:
             write_summary(self.run_dir, summary)
         self.context.barrier()
@@ -271,13 +357,17 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     precision = pick_precision(cfg.train.precision, device)
     with context.main_first():
         resolved, tokenizer, data = _load_inputs(cfg, console)
-    model = build_model(resolved, cfg.model, device)
+    head = data.meta["task"]["coder"]["labels"] if data.task == "classify" and cfg.classify.method == "head" else None
+    model = build_model(resolved, cfg.model, device, tokenizer, head)
     model.train()
     trainable, total_params = parameter_counts(model)
     console.print(f"model {resolved.spec}: {_count(total_params)} parameters, {_count(trainable)} trainable ({cfg.model.method}); "
                   f"{device.type}, {precision}", highlight=False)
 
-    train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
+    weights = None
+    if data.task == "classify" and cfg.classify.class_weights:
+        weights = class_weights(data.meta["task"]["class_counts"], data.meta["task"]["labels"])
+    train_blocks, val_blocks = data.blocks("train", class_weights=weights), data.blocks("val")
     micro = cfg.train.micro_batch_size
     if micro == "auto":
         micro = largest_micro_batch(model, train_blocks, device, precision, 64, console.print)
@@ -299,4 +389,4 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     if cfg.train.compile:
         runner.compile()
     return Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
-                   train_blocks, val_blocks, sharded, trainable, data.directory)
+                   train_blocks, val_blocks, sharded, trainable, data.directory, data.meta.get("task", {}))

@@ -15,7 +15,8 @@ from ..data import TokenBlocks
 from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
 from .hardware import autocast
-from .loss import next_token_loss
+from ..data.examples import Batch
+from .loss import batch_loss, target_weight
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
               "or pick a smaller model")
@@ -32,14 +33,14 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def training_loss(model: torch.nn.Module, tokens: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    return next_token_loss(model, tokens, label_smoothing=label_smoothing)
+def training_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    return batch_loss(model, batch, label_smoothing)
 
 
-def forward_backward(model, tokens: torch.Tensor, weight: float, scaler, device, precision: str, label_smoothing: float) -> torch.Tensor:
+def forward_backward(model, batch: Batch, weight: float, scaler, device, precision: str, label_smoothing: float) -> torch.Tensor:
     """Loss of one micro-batch, scaled by its share of the step, with its gradients accumulated."""
     with autocast(device, precision):
-        loss = training_loss(model, tokens, label_smoothing) * weight
+        loss = training_loss(model, batch, label_smoothing) * weight
     (scaler.scale(loss) if scaler else loss).backward()
     return loss.detach()
 
@@ -65,10 +66,12 @@ class StepRunner:
     def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
         chunks = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
-        for number, chunk in enumerate(chunks):
-            tokens = blocks.batch(chunk).to(self.device, non_blocking=True)  # (B, T)
+        batches = [blocks.batch(chunk) for chunk in chunks]
+        shares = [target_weight(batch) for batch in batches]  # each micro-batch weighs by its targets, so the step is their mean
+        whole = sum(shares) or 1.0
+        for number, (batch, share) in enumerate(zip(batches, shares)):
             with no_sync(self.forward_model, last_micro_batch=number == len(chunks) - 1):
-                total += forward_backward(self.forward_model, tokens, len(chunk) / len(indices), self.scaler, self.device,
+                total += forward_backward(self.forward_model, batch.to(self.device), share / whole, self.scaler, self.device,
                                           self.precision, self.label_smoothing)
         return total
 
@@ -119,8 +122,9 @@ def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precis
     best, size = 0, 1
     while size <= limit:
         try:
-            tokens = blocks.batch(list(range(min(size, len(blocks))))).to(device)
-            forward_backward(model, tokens, 1.0, None, device, precision, 0.0)
+            longest = sorted(range(len(blocks)), key=blocks.length, reverse=True)  # the worst case for memory
+            batch = blocks.batch(longest[:size]).to(device)
+            forward_backward(model, batch, 1.0, None, device, precision, 0.0)
             best = size
             size *= 2
         except Exception as exc:

@@ -1,0 +1,132 @@
+"""Variable-length examples (conversations, labelled texts): tokens, a loss mask and an optional class per example.
+
+Packed blocks suit plain text; a chat or classification example keeps its own boundaries, so its mask
+and label stay aligned. Batches are right-padded to their longest example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IGNORE = -100  # the label that carries no loss (PyTorch's cross-entropy ignore_index)
+
+
+@dataclass
+class Batch:
+    """One batch for the model: `labels` None means every next token is a target (packed text)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor | None = None  # (B, T) token ids where the loss falls, IGNORE elsewhere
+    attention_mask: torch.Tensor | None = None  # (B, T) 1 for real tokens, 0 for padding
+    classes: torch.Tensor | None = None  # (B,) class index, for a classification head
+    weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting)
+
+    def to(self, device: torch.device) -> "Batch":
+        moved = {name: (value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value)
+                 for name, value in self.__dict__.items()}
+        return replace(self, **moved)
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class ExampleWriter:
+    """Appends examples to `<split>.bin` (tokens), `<split>.mask.bin` (1 where the loss falls) and an offsets list."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype):
+        self.directory, self.split, self.dtype = directory, split, dtype
+        self.ids: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.classes: list[int] = []
+        self.tokens = 0
+        self.targets = 0
+
+    @property
+    def documents(self) -> int:
+        return len(self.ids)
+
+    def write(self, ids: np.ndarray, mask: np.ndarray, label: int = -1) -> None:
+        self.ids.append(np.asarray(ids, dtype=np.int64))
+        self.masks.append(np.asarray(mask, dtype=np.uint8))
+        self.classes.append(label)
+        self.tokens += len(ids)
+        self.targets += int(mask.sum())
+
+    def take_last(self) -> tuple[np.ndarray, np.ndarray, int]:
+        ids, mask, label = self.ids.pop(), self.masks.pop(), self.classes.pop()
+        self.tokens -= len(ids)
+        self.targets -= int(mask.sum())
+        return ids, mask, label
+
+    def close(self) -> None:
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
+        masks = np.concatenate(self.masks) if self.masks else np.zeros(0, dtype=np.uint8)
+        ids.astype(self.dtype).tofile(self.directory / f"{self.split}.bin")
+        masks.tofile(self.directory / f"{self.split}.mask.bin")
+        offsets = np.cumsum([0] + [len(x) for x in self.ids]).astype(np.int64)
+        np.save(self.directory / f"{self.split}.offsets.npy", offsets)
+        np.save(self.directory / f"{self.split}.classes.npy", np.asarray(self.classes, dtype=np.int64))
+
+
+class Examples:
+    """The examples of one split, memory-mapped; the same interface as TokenBlocks for the loop and evaluation."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, pad_id: int, use_classes: bool = False,
+                 class_weights: np.ndarray | None = None):
+        size = (directory / f"{split}.bin").stat().st_size
+        self.tokens = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+        self.mask = np.memmap(directory / f"{split}.mask.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
+        self.offsets = np.load(directory / f"{split}.offsets.npy")
+        self.classes = np.load(directory / f"{split}.classes.npy")
+        self.pad_id = pad_id
+        self.use_classes = use_classes
+        self.class_weights = class_weights
+        self.block_size = int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 0
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, index: int) -> int:
+        return int(self.offsets[index + 1] - self.offsets[index])
+
+    def ids(self, index: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]], dtype=np.int64)
+
+    def target_mask(self, index: int) -> np.ndarray:
+        return np.asarray(self.mask[self.offsets[index] : self.offsets[index + 1]], dtype=bool)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens that carry loss (assistant or label tokens; one per example with a classification head)."""
+        return len(self) if self.use_classes else int(np.asarray(self.mask).sum())
+
+    def prompt_ids(self, index: int) -> np.ndarray:
+        """The tokens before the first target: the prompt a sample generation continues."""
+        mask = self.target_mask(index)
+        first = int(np.argmax(mask)) if mask.any() else len(mask)
+        return self.ids(index)[:first]
+
+    def batch(self, indices: list[int]) -> Batch:
+        width = max(self.length(i) for i in indices)
+        input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(indices), width), IGNORE, dtype=np.int64)
+        attention = np.zeros((len(indices), width), dtype=np.int64)
+        for row, index in enumerate(indices):
+            ids, mask = self.ids(index), self.target_mask(index)
+            input_ids[row, : len(ids)] = ids
+            labels[row, : len(ids)] = np.where(mask, ids, IGNORE)
+            attention[row, : len(ids)] = 1
+        classes = torch.from_numpy(self.classes[indices]) if self.use_classes else None
+        weights = torch.from_numpy(self.class_weights[self.classes[indices]]).float() if self.class_weights is not None else None
+        return Batch(torch.from_numpy(input_ids), None if self.use_classes else torch.from_numpy(labels),
+                     torch.from_numpy(attention), classes, weights)
+
+    def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
+        """Evaluation batches of similar lengths, so little of each is padding."""
+        chosen = sorted(range(len(self))[: limit or None], key=self.length)
+        return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
