@@ -64,11 +64,11 @@ def _train_tokenizer(kind: str, corpus: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny_model(kind: str, directory: Path) -> Path:
+def build_tiny_model(kind: str, directory: Path, extra_corpus: list[str] | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-    corpus = make_corpus(200, seed=1) + ["Hello world, a paragraph of plain English text for the tokenizer."]
+    corpus = make_corpus(200, seed=1) + ["Hello world, a paragraph of plain English text for the tokenizer."] + (extra_corpus or [])
     tokenizer = _train_tokenizer(kind, corpus)
     vocab = len(tokenizer)
     if kind == "gpt2":

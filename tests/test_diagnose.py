@@ -109,3 +109,44 @@ def test_memory_near_the_limit_and_room_for_a_larger_batch():
                  if f.kind == "memory")
     assert roomy.severity == "info" and roomy.evidence["micro_batch_that_fits"] == int((0.85 * 80_000 - 2_000) // 1_400)
 
+
+
+def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_step(tiny_gpt2, tmp_path):
+    """Word salad: the order of words carries nothing to learn, so once the model knows which words are common,
+    every further step memorizes the few training documents and the validation loss climbs."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data import prepare_data
+    from tunesmith.models import load_tokenizer, resolve_model, tunesmith_home
+    from tunesmith.training.loss import validation_loss
+
+    from conftest import WORDS, write_jsonl
+
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(16)]
+    data = write_jsonl(tmp_path / "salad.jsonl", docs)
+    cfg = run_config(tiny_gpt2, data, tmp_path / "run", lr=1e-2, epochs=400, max_steps=None, eval_every=5, patience=4,
+                     micro_batch_size=8, warmup_steps=5, weight_decay=0.0)
+    cfg.data.val_fraction = 0.25
+    cfg.clean.dedup_near = False
+    from tunesmith import train
+
+    summary = train(cfg)
+    assert summary["stopped_because"] == "early_stop"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    assert summary["best_step"] == min(evals, key=evals.get) and summary["best_step"] < summary["steps"]
+    assert evals[summary["steps"]] > evals[summary["best_step"]]
+
+    findings = {f.kind: f for f in diagnose_run(tmp_path / "run")}
+    assert "overfitting" in findings and findings["overfitting"].severity == "warning"
+    assert findings["overfitting"].evidence["best_step"] == summary["best_step"]
+
+    resolved = resolve_model(str(tmp_path / "run"))
+    prepared = prepare_data(cfg.data, cfg.clean, load_tokenizer(resolved), tunesmith_home())
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    measured = validation_loss(final, prepared.blocks("val"), 4, torch.device("cpu"), "fp32")
+    assert measured.loss == pytest.approx(evals[summary["best_step"]], abs=1e-4)  # final/ is the best step, not the last

@@ -18,12 +18,25 @@ def _as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
-    from .models import count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
+    from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
+    from .tasks import task_tokenizer
 
     cfg = _as_config(config)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
     params = count_parameters(load_model_config(resolved))
-    return prepare_data(cfg.data, cfg.clean, load_tokenizer(resolved), tunesmith_home(), model_params=params)
+    tokenizer = task_tokenizer(resolved, cfg.task)
+    return prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=params, task=cfg.task_settings)
+
+
+def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:
+    """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
+    from .data.examples import marked_text
+    from .models import resolve_model
+    from .tasks import task_tokenizer
+
+    cfg = _as_config(config)
+    tokenizer = task_tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), cfg.task, log=lambda _: None)
+    return [marked_text(prepared.blocks("train"), i, tokenizer) for i in range(min(count, len(prepared.blocks("train"))))]
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None) -> dict:

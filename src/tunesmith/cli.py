@@ -13,6 +13,7 @@ from .errors import UserError
 
 # flag -> config key; every command takes these
 COMMON_FLAGS: dict[str, tuple[str, type]] = {
+    "--task": ("task", str),
     "--model": ("model.name", str),
     "--data": ("data.train", str),
     "--val-data": ("data.val", str),
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="read, clean, split, tokenize and pack the data")
     _add_common(prepare)
+    prepare.add_argument("--show", type=int, default=0, metavar="N", help="print N prepared training examples, trained spans marked")
 
     train = commands.add_parser("train", help="fine-tune a model")
     _add_common(train)
@@ -67,6 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=0.95)
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     _add_common(generate, with_config=False)
+
+    chat = commands.add_parser("chat", help="talk with a chat model or run in the terminal (/reset, /system TEXT, /exit)")
+    chat.add_argument("model_or_run")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=200)
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    chat.add_argument("--top-k", type=int, default=50)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--device", default="auto")
+    chat.add_argument("--seed", type=int, default=0)
+
+    predict = commands.add_parser("predict", help="label each row of a CSV/TSV/JSONL file with a trained classifier")
+    predict.add_argument("model_or_run")
+    predict.add_argument("--input", required=True, help="CSV, TSV or JSONL with a text column")
+    predict.add_argument("--output", required=True, help="CSV, TSV or JSONL: the input columns plus prediction and p_<label>")
+    predict.add_argument("--text-field", default="text", help="the column that holds the text")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--device", default="auto")
 
     diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
     diagnose.add_argument("run")
@@ -116,12 +136,17 @@ def _run_init(args) -> int:
 
 
 def _run_prepare(args) -> int:
-    from .api import prepare
+    from .api import prepare, preview
 
-    prepared = prepare(_config(args))
+    cfg = _config(args)
+    prepared = prepare(cfg)
     for line in prepared.summary_lines():
         print(line)
     print(f"token files and data_report.json (with doc_lengths.png): {prepared.directory}")
+    if args.show:
+        print("\ntrained spans are marked ⟦like this⟧:")
+        for number, text in enumerate(preview(cfg, prepared, args.show), 1):
+            print(f"--- example {number}\n{text}")
     return 0
 
 
@@ -129,11 +154,13 @@ def _run_train(args) -> int:
     from .api import train
 
     summary = train(_config(args), resume=args.resume, console=_console())
-    print(
-        f"validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
-        f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}\n"
-        f"model: {summary['final_dir']}"
-    )
+    scope = "assistant-token " if summary.get("task") == "chat" else ""
+    print(f"{scope}validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
+          f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}")
+    if summary.get("task") == "classify":
+        print(f"accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
+              f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})")
+    print(f"model: {summary['final_dir']}")
     return 0
 
 
@@ -165,6 +192,56 @@ def _run_generate(args) -> int:
     model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat)
     print(generate_text(model, tokenizer, args.prompt, options))
+    return 0
+
+
+def _run_chat(args) -> int:
+    from .generation import ChatSession, SamplingOptions, load_generator
+
+    model, tokenizer = load_generator(args.model_or_run, args.device)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    session = ChatSession(model, tokenizer, options, args.system)
+    torch_seed(args.seed)
+    if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
+        for line in sys.stdin:
+            if line.strip():
+                print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+        return 0
+    from transformers import TextStreamer
+
+    print("chat: type a message; /reset clears the history, /system TEXT sets the system prompt, /exit quits")
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)")
+        elif line.startswith("/system"):
+            session.system = line.removeprefix("/system").strip() or None
+            session.reset()
+            print(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)")
+        elif line:
+            print("bot> ", end="", flush=True)
+            session.reply(line, streamer)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _run_predict(args) -> int:
+    from .predict import predict_file
+
+    count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
+    print(f"wrote {count:,} rows with predictions to {args.output}")
     return 0
 
 
@@ -204,6 +281,8 @@ HANDLERS = {
     "train": _run_train,
     "eval": _run_eval,
     "generate": _run_generate,
+    "chat": _run_chat,
+    "predict": _run_predict,
     "diagnose": _run_diagnose,
     "report": _run_report,
     "quickstart": _run_quickstart,

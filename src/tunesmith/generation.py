@@ -58,3 +58,47 @@ def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = Samp
         eos_token_id=tokenizer.eos_token_id,
     )
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+
+
+class ChatSession:
+    """A conversation with a model through its chat template: the history grows with each exchange."""
+
+    def __init__(self, model, tokenizer, options: SamplingOptions, system: str | None = None):
+        from pathlib import Path
+
+        from .tasks import read_task
+        from .tasks.chat import end_of_turn
+
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("this model has no chat template; fine-tune it with --task chat, or use `tunesmith generate`")
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        saved = read_task(Path(getattr(model, "name_or_path", "") or ".")).get("end_of_turn")
+        self.stop_ids = list(dict.fromkeys([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(saved or end_of_turn(tokenizer))]))
+        self.system = system
+        self.history: list[dict] = []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    @torch.no_grad()
+    def reply(self, text: str, streamer=None) -> str:
+        """The assistant's answer to `text`, streamed token by token to `streamer` (a transformers streamer) if given."""
+        from .tasks.chat import render
+
+        self.history.append({"role": "user", "content": text})
+        prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
+        device = next(self.model.parameters()).device
+        input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+        sampling = self.options.temperature > 0
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=self.options.max_new_tokens,
+            do_sample=sampling, temperature=self.options.temperature if sampling else None,
+            top_k=self.options.top_k if sampling else None, top_p=self.options.top_p if sampling else None,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids, streamer=streamer,
+        )
+        answer = self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+        self.history.append({"role": "assistant", "content": answer})
+        return answer

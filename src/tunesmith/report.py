@@ -64,7 +64,31 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.set_xlabel("step")
         axis.set_ylabel("learning rate")
 
-    return {"loss": _figure_png(losses), "perplexity": _figure_png(perplexity), "learning_rate": _figure_png(learning_rate)}
+    scores = [(r["step"], r["accuracy"], r["macro_f1"]) for r in metrics if "macro_f1" in r]
+
+    def classification(axis):
+        axis.plot([s for s, _, _ in scores], [a for _, a, _ in scores], "o-", label="accuracy")
+        axis.plot([s for s, _, _ in scores], [f for _, _, f in scores], "s-", label="macro-F1")
+        axis.set_xlabel("step")
+        axis.set_ylim(0, 1)
+        axis.legend()
+
+    figures = {"loss": _figure_png(losses), "perplexity": _figure_png(perplexity), "learning_rate": _figure_png(learning_rate)}
+    if scores:
+        figures["classification"] = _figure_png(classification)
+    return figures
+
+
+def classification_tables(summary: dict) -> dict:
+    """Per-class precision/recall/F1 and the confusion matrix of a classification run's best step."""
+    if summary.get("task") != "classify":
+        return {}
+    labels = summary["labels"]
+    per_class = [[label, *(f"{summary['per_class'][label][k]:.3f}" for k in ("precision", "recall", "f1")),
+                  str(summary["per_class"][label]["support"])] for label in labels]
+    confusion = [[f"true {label}", *map(str, row)] for label, row in zip(labels, summary["confusion"])]
+    return {"per_class": [["label", "precision", "recall", "F1", "support"], *per_class],
+            "confusion": [["", *(f"predicted {label}" for label in labels)], *confusion]}
 
 
 def _samples_before_after(samples: list[dict], best_step: int | None) -> list[tuple[str, str, str]]:
@@ -86,14 +110,21 @@ def report_sections(run_dir: Path) -> dict:
     data_report = _json(Path(summary["data_dir"]) / "data_report.json") if summary.get("data_dir") else {}
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
+    task_rows = []
+    if summary.get("task") == "classify":
+        task_rows = [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
+                     (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
+    scope = "assistant-token " if summary.get("task") == "chat" else ""
     return {
         "run": run_dir.name,
         "summary": summary,
         "findings": diagnose_run(run_dir),
         "plots": plots(metrics),
-        "comparison": [("validation loss", base.get("val_loss"), best.get("val_loss")),
-                       ("validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
-                       ("next-token accuracy", base.get("val_accuracy"), best.get("val_accuracy"))],
+        "comparison": task_rows + [(f"{scope}validation loss", base.get("val_loss"), best.get("val_loss")),
+                                   (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
+                                   ("next-token accuracy" if not task_rows else "label-token accuracy",
+                                    base.get("val_accuracy"), best.get("val_accuracy"))],
+        "classes": classification_tables(summary),
         "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
         "data": data_report,
         "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "",
@@ -121,6 +152,10 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
     lines = [f"# tunesmith run report: {sections['run']}", "", "## Base against fine-tuned", "",
              "| metric | base | fine-tuned |", "| --- | --- | --- |"]
     lines += [f"| {name} | {_number(a)} | {_number(b)} |" for name, a, b in sections["comparison"]]
+    for title, table in sections["classes"].items():
+        lines += ["", f"### {'Per class' if title == 'per_class' else 'Confusion matrix'}", "",
+                  "| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0])]
+        lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     lines += ["", "## Curves", ""]
     for name, png in sections["plots"].items():
         (image_dir / f"{name}.png").write_bytes(png)
@@ -149,7 +184,13 @@ def render_html(sections: dict) -> str:
     parts = [f"<h1>tunesmith run report: {esc(sections['run'])}</h1>", "<h2>Base against fine-tuned</h2>",
              "<table><tr><th>metric</th><th>base</th><th>fine-tuned</th></tr>"]
     parts += [f"<tr><td>{esc(n)}</td><td>{_number(a)}</td><td>{_number(b)}</td></tr>" for n, a, b in sections["comparison"]]
-    parts += ["</table>", "<h2>Curves</h2>"]
+    parts.append("</table>")
+    for title, table in sections["classes"].items():
+        parts.append(f"<h3>{'Per class' if title == 'per_class' else 'Confusion matrix'}</h3><table id='{title}'>")
+        parts.append("<tr>" + "".join(f"<th>{esc(c)}</th>" for c in table[0]) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1:]]
+        parts.append("</table>")
+    parts.append("<h2>Curves</h2>")
     for name, png in sections["plots"].items():
         parts.append(f'<img class="plot" id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     parts.append('<h2>Findings</h2><ul id="findings">')

@@ -130,3 +130,21 @@ class Examples:
         """Evaluation batches of similar lengths, so little of each is padding."""
         chosen = sorted(range(len(self))[: limit or None], key=self.length)
         return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+
+
+def marked_text(dataset, index: int, tokenizer) -> str:
+    """One example decoded with its loss-carrying spans in ⟦ ⟧ (and its class, for a classification head)."""
+    batch = dataset.batch([index])
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()] if batch.attention_mask is not None else batch.input_ids[0]
+    if batch.classes is not None:
+        return f"{tokenizer.decode(ids.tolist())}\n  -> class {int(batch.classes[0])}"
+    if batch.labels is None:
+        return "⟦" + tokenizer.decode(ids.tolist()) + "⟧"
+    targets = (batch.labels[0][: len(ids)] != IGNORE).tolist()
+    parts, start = [], 0
+    for position in range(1, len(ids) + 1):
+        if position == len(ids) or targets[position] != targets[start]:
+            text = tokenizer.decode(ids[start:position].tolist())
+            parts.append(f"⟦{text}⟧" if targets[start] else text)
+            start = position
+    return "".join(parts)

@@ -275,9 +275,11 @@ def _prepare_examples_into(directory: Path, cfg: DataConfig, clean: CleanConfig,
         "train": {"documents": train.documents, "tokens": train.tokens, "blocks": train.documents},
         "val": {"documents": val.documents, "tokens": val.tokens, "blocks": val.documents},
     }
+    removed = f"{report.removed.get('exact_duplicate', 0)} exact and {report.removed.get('near_duplicate', 0)} near duplicates removed"
+    leaks = result["task_meta"].get("val_near_copies", 0)
     report.leakage = {"method": "exact and MinHash near-duplicate checks; a near-duplicate stays on its cluster's side",
-                      "summary": f"no exact or near copy of an example crosses the split "
-                                 f"({report.removed.get('exact_duplicate', 0)} exact and {report.removed.get('near_duplicate', 0)} near duplicates removed)"}
+                      "summary": f"{leaks} validation {unit} are near copies of training ones ({removed})" if leaks
+                      else f"no exact or near copy of an example crosses the split ({removed})"}
     report.write(directory)
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -130,10 +130,15 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
         top = report["boilerplate_lines"][0]
         lines.append(f"  boilerplate: {len(report['boilerplate_lines'])} repeated lines removed, most often \"{top['line'][:80]}\" ({top['documents']} documents)")
     train, val = meta["train"], meta["val"]
-    lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation documents")
-    lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
-                 f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
-    task = report.get("task") or {}
+    task = meta.get("task", {})
+    unit = {"chat": "examples (conversations or their pieces)", "classify": "examples"}.get(task.get("task"), "documents")
+    lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation {unit}")
+    if task.get("targets"):
+        lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation, of which "
+                     f"{task['targets']['train']:,} / {task['targets']['val']:,} carry the loss")
+    else:
+        lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
+                     f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())
         lines.append(f"classes (train): {counts}")

@@ -118,6 +118,7 @@ class StructuredPreparer:
         self.train = ExampleWriter(directory, "train", dtype)
         self.val = ExampleWriter(directory, "val", dtype)
         self.truncated = 0
+        self.near_leaks = 0
         self.coder = None
 
     def items(self, files: list[Path]) -> list[Item]:
@@ -162,16 +163,24 @@ class StructuredPreparer:
                 if item_pieces:
                     yield Tokenized(item.key_text, text_digest(item.key_text), ids, signature), item_pieces
 
-    def write(self, items: list[Item], val_fraction: float) -> Splitter:
+    def write(self, items: list[Item], val_fraction: float) -> None:
         splitter = Splitter(val_fraction, self.near, self.clean.dedup_near, self.report)
         for doc, pieces in self.encoded(items):
             side = splitter.assign(doc)
             if side is None:
                 continue
-            for ids, mask, label in pieces:
-                (self.val if side else self.train).write(ids, mask, label)
-                self.report.token_lengths.append(len(ids))
-        return splitter
+            self._write(side, pieces)
+
+    def write_user_val(self, items: list[Item]) -> None:
+        """A validation file stays validation; its near copies of training examples are counted, not moved."""
+        for doc, pieces in self.encoded(items):
+            self.near_leaks += self.near.match(self.near.minhash(doc.signature)) is not None
+            self._write(True, pieces)
+
+    def _write(self, side: bool, pieces: list) -> None:
+        for ids, mask, label in pieces:
+            (self.val if side else self.train).write(ids, mask, label)
+            self.report.token_lengths.append(len(ids))
 
     def balance(self) -> None:
         if self.val.documents == 0 and self.train.documents >= 2:
@@ -223,7 +232,11 @@ def prepare_structured(directory: Path, data: DataConfig, clean: CleanConfig, se
             job.write(train_items, 1.0)
         elif val_items:
             job.write(train_items, 0.0)
-            job.write(val_items, 1.0)
+            job.write_user_val(val_items)
+            task["val_near_copies"] = job.near_leaks
+            if job.near_leaks:
+                job.report.warnings.append(f"data.val: {job.near_leaks} validation examples are near copies of training examples; "
+                                           "their scores flatter the model: remove them from one side")
         else:
             job.write(train_items, data.val_fraction)
             job.balance()

@@ -16,3 +16,14 @@ def write_task(directory: Path, spec: dict) -> None:
 def read_task(directory: Path) -> dict:
     path = Path(directory) / TASK_FILE
     return json.loads(path.read_text()) if path.is_file() else {"task": "lm"}
+
+
+def task_tokenizer(resolved, task: str, log=print):
+    """The model's tokenizer, with a ChatML template added for a chat run on a model that has none."""
+    from ..models import load_tokenizer
+    from .chat import ensure_chat_template
+
+    tokenizer = load_tokenizer(resolved)
+    if task == "chat" and ensure_chat_template(tokenizer):
+        log("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens")
+    return tokenizer

@@ -114,7 +114,7 @@ def split_turns(tokenizer, messages: list[Message], block_size: int) -> Iterator
             if len(piece[0]) > block_size:
                 break
         end, (ids, mask) = best
-        if mask.any():
+        if mask[:block_size].any():  # a piece whose answer was cut off entirely teaches nothing
             yield ids[:block_size], mask[:block_size], len(ids) > block_size
         start = end
 

@@ -10,7 +10,6 @@ import torch
 
 from ..config import ClassifyConfig
 from ..data.examples import Batch, Examples
-from ..training.hardware import autocast
 
 
 def label_key(value) -> str:
@@ -76,6 +75,8 @@ class LabelCoder:
 def label_probabilities(model, batch: Batch, coder: LabelCoder, word_ids: list[list[int]], prompt_lengths: list[int],
                         device: torch.device, precision: str) -> torch.Tensor:
     """(B, labels) probabilities: the head's softmax, or a softmax over each label word's total log-likelihood."""
+    from ..training.hardware import autocast  # the training package imports this module
+
     if coder.method == "head":
         with autocast(device, precision):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -14,10 +14,10 @@ from ..config import RunConfig, check_block_size
 from ..diagnose import RunFacts, diagnose
 from ..data import PreparedData, TokenBlocks, prepare_data
 from ..errors import UserError
-from ..models import ResolvedModel, context_length, count_parameters, load_model_config, load_tokenizer, resolve_model, tunesmith_home
+from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..models.methods import parameter_counts
-from ..tasks import write_task
-from ..tasks.chat import end_of_turn, ensure_chat_template
+from ..tasks import task_tokenizer, write_task
+from ..tasks.chat import end_of_turn
 from ..tasks.classify import LabelCoder, class_weights, classification_metrics, majority_baseline, predict_examples
 from .build import build_model, export_final
 from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
@@ -64,10 +64,7 @@ def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, objec
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
-    tokenizer = load_tokenizer(resolved)
-    if cfg.task == "chat" and ensure_chat_template(tokenizer):
-        console.print("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens",
-                      highlight=False)
+    tokenizer = task_tokenizer(resolved, cfg.task, log=console.print)
     data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
                         task=cfg.task_settings)
     for line in data.summary_lines():
@@ -285,7 +282,7 @@ class Session:
         if self.cfg.task == "chat":
             return {"task": "chat", "end_of_turn": end_of_turn(self.tokenizer)}
         if self.cfg.task == "classify":
-            return {"task": "classify", **self.coder.as_dict()}
+            return {"task": "classify", **self.coder.as_dict(), "block_size": self.cfg.data.block_size}
         return {"task": "lm"}
 
     def _task_summary(self) -> dict:

@@ -1,0 +1,102 @@
+"""`tunesmith predict`: label every row of a CSV, TSV or JSONL file with a trained classifier, keeping all its columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.examples import Batch
+from .data.formats import DecodeStats, RowError, file_format, read_records
+from .data.read import lookup
+from .errors import UserError
+from .models import load_model, load_tokenizer, resolve_model
+from .tasks import read_task
+from .tasks.classify import LabelCoder, label_probabilities
+from .training.hardware import pick_device, pick_precision
+
+FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if file_format(path) not in FORMATS:
+        raise UserError(f"--input {path}: predict reads {', '.join(FORMATS)} files")
+    if not path.is_file():
+        raise UserError(f"--input {path}: not found")
+    rows = []
+    for record in read_records(path, False, DecodeStats()):
+        if isinstance(record, RowError):
+            raise UserError(f"{record}; fix the row and run predict again")
+        if not isinstance(record.value, dict):
+            raise UserError(f"{path}: every line must be a JSON object")
+        rows.append(record.value)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    fmt = file_format(path)
+    if fmt not in FORMATS:
+        raise UserError(f"--output {path}: predict writes {', '.join(FORMATS)} files")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == ".jsonl":
+        with path.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, delimiter="\t" if fmt == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_classifier(spec: str, device: torch.device, log=print):
+    resolved = resolve_model(spec, log=log)
+    task = read_task(Path(resolved.path))
+    if task.get("task") != "classify":
+        raise UserError(f"{spec} is not a classifier (trained with task {task.get('task', 'lm')}); train one with --task classify")
+    coder = LabelCoder(task["labels"], task["method"], task["prompt"], task["verbalizers"])
+    model = load_model(resolved, classifier=coder.method == "head").to(device).eval()
+    return model, load_tokenizer(resolved), coder, task.get("block_size", 256)
+
+
+@torch.no_grad()
+def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str = "text", batch_size: int = 16,
+                 device_name: str = "auto", log=print) -> int:
+    """Write every input row with `prediction` and `p_<label>` added, in the input's order; returns the row count."""
+    device = pick_device(device_name)
+    precision = pick_precision("auto", device)
+    model, tokenizer, coder, block_size = load_classifier(spec, device, log)
+    rows = _read_rows(input_path)
+    texts = [lookup(row, text_field) for row in rows]
+    if rows and all(text is None for text in texts):
+        raise UserError(f"--input {input_path}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
+    words = coder.word_ids(tokenizer)
+    room = block_size - max(map(len, words)) - 1
+    encoded = [coder.prompt_ids(tokenizer, str(text), room) if text is not None else None for text in texts]
+    order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+    probabilities: dict[int, np.ndarray] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for r, i in enumerate(chunk):
+            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+            attention[r, : len(encoded[i])] = 1
+        batch = Batch(ids.to(device), attention_mask=attention.to(device))
+        probs = label_probabilities(model, batch, coder, words, [len(encoded[i]) for i in chunk], device, precision)
+        for r, i in enumerate(chunk):
+            probabilities[i] = probs[r].float().cpu().numpy()
+    out = []
+    for index, row in enumerate(rows):
+        added = {"prediction": None, **{f"p_{label}": None for label in coder.labels}}
+        if index in probabilities:
+            p = probabilities[index]
+            added = {"prediction": coder.labels[int(p.argmax())], **{f"p_{label}": round(float(v), 6) for label, v in zip(coder.labels, p)}}
+        out.append({**row, **added})
+    _write_rows(output_path, out)
+    return len(out)

@@ -1,0 +1,263 @@
+"""Chat (assistant-only loss, every log format, the template) and classification (both methods, predict)."""
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith import load_config, prepare, train
+from tunesmith.data.examples import IGNORE
+from tunesmith.errors import UserError
+from tunesmith.tasks.chat import CHATML_TEMPLATE
+
+QUESTIONS = ["how do I reset the hub", "why does the light blink red", "how long does the battery last",
+             "which cable does the charger use", "how do I pair the lamp", "what does the green light mean"]
+ANSWERS = ["hold power for ten seconds then pair it again", "the sensor needs cleaning with a dry cloth",
+           "the battery lasts about six months", "the charger uses a standard cable",
+           "press the button twice and the app shows a green light", "the lamp glows when the hub is paired"]
+
+
+def conversations(n: int) -> list[list[tuple[str, str]]]:
+    """(speaker, text) turns: Customer asks, Agent answers, two exchanges each; every conversation distinct."""
+    convs = []
+    for i in range(n):
+        a, b = i % len(QUESTIONS), (i * 5 + 1) % len(QUESTIONS)
+        convs.append([("Customer", f"ticket {i}: {QUESTIONS[a]}"), ("Agent", f"{ANSWERS[a]} (case {i})"),
+                      ("Customer", QUESTIONS[b]), ("Agent", ANSWERS[b])])
+    return convs
+
+
+ROLE = {"Customer": "user", "Agent": "assistant"}
+
+
+def write_format(kind: str, path_dir, convs):
+    if kind == "messages":
+        path = path_dir / "chat.jsonl"
+        path.write_text("".join(json.dumps({"messages": [{"role": ROLE[s], "content": t} for s, t in c]}) + "\n" for c in convs))
+    elif kind == "sharegpt":
+        path = path_dir / "chat.jsonl"
+        names = {"Customer": "human", "Agent": "gpt"}
+        path.write_text("".join(json.dumps({"conversations": [{"from": names[s], "value": t} for s, t in c]}) + "\n" for c in convs))
+    elif kind == "transcript":
+        path = path_dir / "chat.txt"
+        path.write_text("\n\n".join("\n".join(f"{s}: {t}" for s, t in c) for c in convs) + "\n")
+    elif kind == "table_csv":
+        path = path_dir / "chat.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["conversation_id", "speaker", "text"])
+            for i, c in enumerate(convs):
+                writer.writerows([[f"c{i}", s, t] for s, t in c])
+    else:  # table_jsonl, rows of different conversations interleaved
+        path = path_dir / "chat.jsonl"
+        rows = [{"conversation_id": f"c{i}", "speaker": s, "text": t, "turn": k} for i, c in enumerate(convs) for k, (s, t) in enumerate(c)]
+        rows.sort(key=lambda r: (r["turn"], r["conversation_id"]))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chat_config(model, data, out, **train_settings):
+    settings = {"lr": 3e-3, "max_steps": 12, "eval_every": 6, "micro_batch_size": 4, "warmup_steps": 2, "precision": "fp32", "patience": None}
+    settings.update(train_settings)
+    overrides = [("task", "chat"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 128),
+                 ("output.dir", str(out)), ("chat.roles", {"Customer": "user", "Agent": "assistant"})]
+    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
+
+
+def target_spans(ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
+    spans, current = [], []
+    for token, on in zip(ids.tolist(), mask.tolist()):
+        if on:
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    return spans + ([current] if current else [])
+
+
+@pytest.mark.parametrize("kind", ["messages", "sharegpt", "transcript", "table_csv", "table_jsonl"])
+def test_assistant_only_mask_is_exact_for_every_format(kind, tiny_llama, tmp_path):
+    convs = conversations(12)
+    path = write_format(kind, tmp_path, convs)
+    cfg = chat_config(tiny_llama, path, tmp_path / "run")
+    cfg.clean.dedup_near = False
+    prepared = prepare(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]}, replace_extra_special_tokens=False)
+    expected = Counter(t for c in convs for s, t in c if s == "Agent")
+    found = Counter()
+    for split in ("train", "val"):
+        examples = prepared.blocks(split)
+        for i in range(len(examples)):
+            ids, mask = examples.ids(i), examples.target_mask(i)
+            answers = [tokenizer.decode(span) for span in target_spans(ids, mask)]
+            assert all(a.endswith("<|im_end|>") for a in answers)
+            found.update(a.removesuffix("<|im_end|>") for a in answers)
+            labels = examples.batch([i]).labels[0]
+            assert ((labels != IGNORE).numpy() == mask).all()
+    assert found == expected  # every assistant turn, nothing else, each exactly once (long ones split between turns)
+
+
+def test_long_conversations_split_at_turn_boundaries(tiny_llama, tmp_path):
+    long = [turn for c in conversations(6) for turn in c]  # one conversation of 24 turns
+    path = write_format("messages", tmp_path, [long] * 1 + conversations(4))
+    cfg = chat_config(tiny_llama, path, tmp_path / "run")
+    cfg.data.block_size = 96
+    cfg.clean.dedup_near = False
+    prepared = prepare(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]}, replace_extra_special_tokens=False)
+    lengths = []
+    for split in ("train", "val"):
+        examples = prepared.blocks(split)
+        for i in range(len(examples)):
+            lengths.append(examples.length(i))
+            assert tokenizer.decode(examples.ids(i)).startswith("<|im_start|>user\n")
+    assert max(lengths) <= 96 and len(lengths) > 5
+
+
+def test_chat_run_saves_its_template_and_learns_the_answers(tiny_llama, tmp_path):
+    path = write_format("transcript", tmp_path, conversations(40))
+    summary = train(chat_config(tiny_llama, path, tmp_path / "run", max_steps=40, eval_every=20))
+    assert summary["task"] == "chat" and summary["best_val_ppl"] < summary["base_val_ppl"] * 0.7
+    final = tmp_path / "run" / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert json.loads((final / "tunesmith_task.json").read_text())["end_of_turn"] == "<|im_end|>"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in tokenizer(text).input_ids
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and samples[0]["prompt"].rstrip().endswith("<|im_start|>assistant")
+
+    replies = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tmp_path / "run"), "--temperature", "0",
+                              "--max-new-tokens", "12"], input="how do I reset the hub\n\nwhy does the light blink red\n",
+                             capture_output=True, text=True, timeout=120)
+    assert replies.returncode == 0, replies.stderr
+    assert len(replies.stdout.strip().splitlines()) == 2
+
+
+def test_a_model_with_its_own_template_keeps_it(tiny_llama, tmp_path):
+    import shutil
+
+    own = tmp_path / "own"
+    shutil.copytree(tiny_llama, own)
+    template = ("{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '</s>' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '### assistant: ' }}{% endif %}")
+    config = json.loads((own / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (own / "tokenizer_config.json").write_text(json.dumps(config))
+    path = write_format("messages", tmp_path, conversations(12))
+    train(chat_config(own, path, tmp_path / "run", max_steps=2, eval_every=2))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
+    assert tokenizer.chat_template == template and "<|im_start|>" not in tokenizer.get_vocab()
+    assert json.loads((tmp_path / "run" / "final" / "tunesmith_task.json").read_text())["end_of_turn"] == "</s>"
+
+
+def test_unknown_speaker_names_the_fix(tiny_llama, tmp_path):
+    path = tmp_path / "chat.txt"
+    path.write_text("Alice: hello\nBob: hi there\n")
+    cfg = chat_config(tiny_llama, path, tmp_path / "run")
+    cfg.chat.roles = {}
+    with pytest.raises(UserError, match="speaker 'Alice' has no role; map it with chat.roles"):
+        prepare(cfg)
+
+
+POSITIVE = ["great", "love", "excellent", "perfect", "happy"]
+NEGATIVE = ["awful", "hate", "broken", "terrible", "sad"]
+FILLER = ["the", "lamp", "hub", "battery", "app", "light", "cable", "sensor", "phone", "button"]
+
+
+def labelled(n: int, seed: int = 0) -> list[dict]:
+    """Filler, then one sentiment word: trivially separable, never duplicated."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = ["negative", "positive"][i % 2]
+        word = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
+        filler = " ".join(rng.choice(FILLER, size=6))
+        rows.append({"id": i, "review": f"{i}: {filler} {word}", "sentiment": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_reviewer(tmp_path_factory):
+    """A tiny GPT-2 whose tokenizer knows the review words, so a word is a token (as in a real model's vocabulary)."""
+    from conftest import build_tiny_model
+
+    words = " ".join(POSITIVE + NEGATIVE + FILLER + ["positive", "negative", "mood"])
+    return build_tiny_model("gpt2", tmp_path_factory.mktemp("reviewer") / "gpt2", [words] * 50)
+
+
+def classify_config(model, data, out, method, **train_settings):
+    settings = {"lr": 3e-3, "epochs": 4, "eval_every": 25, "micro_batch_size": 8, "warmup_steps": 5, "precision": "fp32", "patience": None}
+    settings.update(train_settings)
+    overrides = [("task", "classify"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 64),
+                 ("data.text_field", "review"), ("data.label_field", "sentiment"), ("data.val_fraction", 0.3),
+                 ("output.dir", str(out)), ("classify.method", method), ("clean.dedup_near", False)]
+    if method == "generative":
+        overrides.append(("classify.prompt", "{text}\nmood:"))
+    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
+
+
+@pytest.mark.parametrize("method", ["head", "generative"])
+def test_separable_classification_reaches_95_percent(method, tiny_reviewer, tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(300)))
+    summary = train(classify_config(tiny_reviewer, path, tmp_path / "run", method, epochs=4 if method == "head" else 10))
+    assert summary["accuracy"] >= 0.95 and summary["macro_f1"] >= 0.95
+    assert summary["baseline"] == ("majority class" if method == "head" else "zero-shot")
+    assert summary["labels"] == ["negative", "positive"]
+    assert np.sum(summary["confusion"]) == summary["per_class"]["negative"]["support"] + summary["per_class"]["positive"]["support"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"accuracy", "macro_f1", "val_loss"} <= set(r) for r in rows if "val_loss" in r)
+
+    new = tmp_path / "new.csv"
+    fresh = labelled(40, seed=7)
+    with new.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "review", "sentiment"])
+        writer.writeheader()
+        writer.writerows(fresh)
+    out = tmp_path / "pred.csv"
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "predict", str(tmp_path / "run"), "--input", str(new), "--output", str(out),
+                           "--text-field", "review"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with out.open() as handle:
+        predicted = list(csv.DictReader(handle))
+    assert [r["id"] for r in predicted] == [str(r["id"]) for r in fresh]
+    assert set(predicted[0]) == {"id", "review", "sentiment", "prediction", "p_negative", "p_positive"}
+    assert all(abs(float(r["p_negative"]) + float(r["p_positive"]) - 1) < 1e-4 for r in predicted)
+    assert np.mean([r["prediction"] == r["sentiment"] for r in predicted]) >= 0.9
+
+
+def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(60)))
+    train(classify_config(tiny_reviewer, path, tmp_path / "run", "head", epochs=1))
+    rows = [{"review": "great lamp", "extra": {"k": 1}}, {"other": "no text here"}, {"review": "broken hub", "extra": None}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from tunesmith.predict import predict_file
+
+    assert predict_file(str(tmp_path / "run"), source, tmp_path / "out.jsonl", "review") == 3
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r.get("extra") for r in out] == [{"k": 1}, None, None] and out[1]["other"] == "no text here"
+    assert out[1]["prediction"] is None and out[0]["prediction"] in ("negative", "positive")
+
+
+def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):
+    rows = [r for r in labelled(200) if r["sentiment"] == "positive" or r["id"] % 10 == 0]
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = prepare(classify_config(tiny_gpt2, path, tmp_path / "run", "head"))
+    counts = prepared.meta["task"]["class_counts"]
+    assert counts["positive"] > 3 * counts["negative"] > 0
+    assert any("imbalanced" in w and "classify.class_weights=true" in w for w in prepared.report["warnings"])
