@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from peak_rss import run_with_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "src" / "tunesmith" / "examples" / "lumora_support.jsonl"
@@ -30,20 +28,13 @@ def run(name: str, extra: list[str], args, out: Path) -> dict:
     command = [sys.executable, "-m", "tunesmith", "train", "--data", str(CORPUS), "--out", str(out),
                "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--block-size", str(args.block_size),
                "--set", f"train.eval_every={args.steps}", "--set", "train.eval_max_blocks=4", "--set", "train.patience=null", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    handle, peak = psutil.Process(process.pid), 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, handle.memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    if process.returncode:
-        raise SystemExit(f"{name} failed: {process.stderr.read()[-2000:]}")
+    returncode, _, stderr, peak_mb = run_with_peak_rss(command, quiet_stdout=True)
+    if returncode:
+        raise SystemExit(f"{name} failed: {stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [row["train_loss"] for row in rows if "train_loss" in row]
-    return {"peak_rss_mb": peak / 2**20, "tokens_per_s": summary["tokens_per_s"], "trainable": summary["trainable_parameters"],
+    return {"peak_rss_mb": peak_mb, "tokens_per_s": summary["tokens_per_s"], "trainable": summary["trainable_parameters"],
             "first_loss": train_losses[0], "last_loss": train_losses[-1], "val_ppl": (summary["base_val_ppl"], summary["best_val_ppl"])}
 
 

@@ -16,13 +16,12 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from peak_rss import run_with_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data"
@@ -95,25 +94,13 @@ def measure(side: str, corpus: Path, block_size: int, procs: int) -> dict:
     """Run one side in a subprocess, sampling the RSS of its whole process tree."""
     with tempfile.TemporaryDirectory() as work:
         env = dict(os.environ, TUNESMITH_HOME=os.environ.get("TUNESMITH_HOME", str(Path.home() / ".cache" / "tunesmith")))
-        process = subprocess.Popen(
+        returncode, output, _, peak_mb = run_with_peak_rss(
             [sys.executable, __file__, "--side", side, "--corpus", str(corpus), "--block-size", str(block_size),
-             "--procs", str(procs), "--work", work],
-            stdout=subprocess.PIPE, env=env, text=True,
-        )
-        parent = psutil.Process(process.pid)
-        peak = 0
-        while process.poll() is None:
-            try:
-                tree = [parent] + parent.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-        output = process.stdout.read()
-        if process.returncode:
-            raise SystemExit(f"{side} failed with exit code {process.returncode}")
+             "--procs", str(procs), "--work", work], env=env)
+        if returncode:
+            raise SystemExit(f"{side} failed with exit code {returncode}")
     result = json.loads(output.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 2**20
+    result["peak_rss_mb"] = peak_mb
     return result
 
 

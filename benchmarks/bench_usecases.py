@@ -100,7 +100,7 @@ def main() -> None:
     one.add_argument("--work")
     two = commands.add_parser("dialog")
     two.add_argument("--data", default="../shared/data/chat-dailydialog")
-    two.add_argument("--steps", type=int, default=150)
+    two.add_argument("--steps", type=int, default=100)
     two.add_argument("--work")
     args = parser.parse_args()
     sentiment(args) if args.case == "sentiment" else dialog(args)

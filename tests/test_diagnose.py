@@ -65,6 +65,8 @@ def test_instability_from_spikes_and_non_finite_steps():
     assert "instability" in kinds(diagnose(history(spiky, [3.0, 2.0]), FACTS), "warning")
     finding = next(f for f in diagnose(history(FALLING, [3.0, 2.0], skipped=(40, 41)), FACTS) if f.kind == "instability")
     assert finding.severity == "error" and finding.evidence["non_finite_steps"] == 2
+    noisy = [0.05 + 0.1 * (step % 3 == 0) for step in range(100)]  # a classifier's small losses, doubling by noise
+    assert "instability" not in kinds(diagnose(history(noisy, [0.7, 0.2]), FACTS))
 
 
 def test_too_little_data_in_tokens_per_parameter():

@@ -177,8 +177,12 @@ def _run_eval(args) -> int:
         print(json.dumps(payload))
         return 0
     for result in results:
-        print(f"{result.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
-              f"next-token accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)")
+        scope = {"chat": "assistant-token ", "classify": "label-token "}.get(result.task, "")
+        print(f"{result.model}: {scope}loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
+              f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)")
+        if result.classification:
+            print(f"  classification: accuracy {result.classification['accuracy']:.1%}, "
+                  f"macro-F1 {result.classification['macro_f1']:.3f}")
     if len(results) == 2:
         change = results[1].perplexity / results[0].perplexity - 1
         print(f"perplexity change from {results[0].model} to {results[1].model}: {change:+.1%}")

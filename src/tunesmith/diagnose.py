@@ -19,6 +19,7 @@ OVERFIT_RISE = 0.01  # relative rise of validation loss over its best that count
 FLAT_CHANGE = 0.02  # relative change of the training loss under which it "hardly moves"
 LOW_LR = 1e-5
 SPIKE_FACTOR = 2.0
+SPIKE_MIN_NATS = 0.5  # and this far above: near-zero losses (a classifier's) double by noise alone
 TOKENS_PER_PARAMETER = 0.01
 
 
@@ -113,6 +114,11 @@ def overfitting(history: list[dict], facts: RunFacts) -> Finding | None:
     )
 
 
+def _round(value: float) -> float:
+    """Three significant digits: advice reads 0.009, not 0.009000000000000001."""
+    return float(f"{value:.3g}")
+
+
 def _flat(history: list[dict]) -> tuple[float, float, float] | None:
     losses = [loss for _, loss in _train_losses(history)]
     if len(losses) < 20:
@@ -129,7 +135,7 @@ def learning_rate_too_low(history: list[dict], facts: RunFacts) -> Finding | Non
     return Finding("lr_too_low", "warning",
                    f"the training loss hardly moved ({first:.4f} -> {last:.4f}, {change:.1%}) at a learning rate of {facts.lr:.2g}",
                    {"first_loss": first, "last_loss": last, "relative_change": change, "lr": facts.lr},
-                   [Advice("train.lr", facts.lr * 10, "ten times the learning rate")])
+                   [Advice("train.lr", _round(facts.lr * 10), "ten times the learning rate")])
 
 
 def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
@@ -141,7 +147,7 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
     if val_change >= FLAT_CHANGE:
         return None
     first, last, change = flat
-    advice = [Advice("train.lr", (facts.lr or 5e-5) * 3, "a higher learning rate"),
+    advice = [Advice("train.lr", _round((facts.lr or 5e-5) * 3), "a higher learning rate"),
               Advice("train.epochs", None, "more steps: raise train.epochs or train.max_steps")]
     if facts.method == "freeze":
         advice.append(Advice("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"))
@@ -156,12 +162,12 @@ def instability(history: list[dict], facts: RunFacts) -> Finding | None:
     spikes = []
     for index in range(5, len(losses)):
         recent = median(loss for _, loss in losses[index - 5 : index])
-        if losses[index][1] > SPIKE_FACTOR * recent:
+        if losses[index][1] > SPIKE_FACTOR * recent and losses[index][1] - recent > SPIKE_MIN_NATS:
             spikes.append({"step": losses[index][0], "loss": losses[index][1], "recent_median": recent})
     skipped = facts.skipped_steps or sum(1 for row in history if row.get("skipped"))
     if not spikes and not skipped:
         return None
-    advice = [Advice("train.lr", (facts.lr or 5e-5) / 3, "a lower learning rate"),
+    advice = [Advice("train.lr", _round((facts.lr or 5e-5) / 3), "a lower learning rate"),
               Advice("train.warmup_steps", None, "a longer warmup"),
               Advice("train.grad_clip", 1.0, "clip the gradient norm")]
     return Finding("instability", "error" if skipped else "warning",

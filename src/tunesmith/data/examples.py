@@ -26,9 +26,15 @@ class Batch:
     weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting)
 
     def to(self, device: torch.device) -> "Batch":
-        moved = {name: (value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value)
-                 for name, value in self.__dict__.items()}
-        return replace(self, **moved)
+        """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""
+        def move(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            if device.type == "cuda" and value.device.type == "cpu":
+                value = value.pin_memory()
+            return value.to(device, non_blocking=True)
+
+        return replace(self, **{name: move(value) for name, value in self.__dict__.items()})
 
     @property
     def size(self) -> int:

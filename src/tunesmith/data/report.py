@@ -133,7 +133,9 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     task = meta.get("task", {})
     unit = {"chat": "examples (conversations or their pieces)", "classify": "examples"}.get(task.get("task"), "documents")
     lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation {unit}")
-    if task.get("targets"):
+    if task.get("task") == "classify" and task.get("coder", {}).get("method") == "head":
+        lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation (the loss falls on one label per example)")
+    elif task.get("targets"):
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation, of which "
                      f"{task['targets']['train']:,} / {task['targets']['val']:,} carry the loss")
     else:

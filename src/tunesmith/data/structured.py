@@ -119,6 +119,7 @@ class StructuredPreparer:
         self.val = ExampleWriter(directory, "val", dtype)
         self.truncated = 0
         self.near_leaks = 0
+        self.kept = {False: 0, True: 0}  # items (conversations, labelled texts) per side; a long conversation makes several examples
         self.coder = None
 
     def items(self, files: list[Path]) -> list[Item]:
@@ -169,12 +170,14 @@ class StructuredPreparer:
             side = splitter.assign(doc)
             if side is None:
                 continue
+            self.kept[side] += 1
             self._write(side, pieces)
 
     def write_user_val(self, items: list[Item]) -> None:
         """A validation file stays validation; its near copies of training examples are counted, not moved."""
         for doc, pieces in self.encoded(items):
             self.near_leaks += self.near.match(self.near.minhash(doc.signature)) is not None
+            self.kept[True] += 1
             self._write(True, pieces)
 
     def _write(self, side: bool, pieces: list) -> None:
@@ -185,8 +188,10 @@ class StructuredPreparer:
     def balance(self) -> None:
         if self.val.documents == 0 and self.train.documents >= 2:
             self.val.write(*self.train.take_last())
+            self.kept = {False: self.kept[False] - 1, True: 1}
         elif self.train.documents == 0 and self.val.documents >= 2:
             self.train.write(*self.val.take_last())
+            self.kept = {False: 1, True: self.kept[True] - 1}
 
     def close(self) -> None:
         self.train.close()
@@ -251,7 +256,7 @@ def prepare_structured(directory: Path, data: DataConfig, clean: CleanConfig, se
     task["targets"] = {"train": job.train.targets, "val": job.val.targets}
     job.report.task = {k: v for k, v in task.items() if k != "coder"}
     job.report.splits = {
-        "train": {"documents": job.train.documents, "tokens": job.train.tokens},
-        "val": {"documents": job.val.documents, "tokens": job.val.tokens},
+        "train": {"documents": job.kept[False], "examples": job.train.documents, "tokens": job.train.tokens},
+        "val": {"documents": job.kept[True], "examples": job.val.documents, "tokens": job.val.tokens},
     }
     return {"task_meta": task, "report": job.report, "counts": (job.train, job.val)}

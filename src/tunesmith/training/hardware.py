@@ -26,6 +26,13 @@ def pick_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls outside autocast run on TF32 tensor cores (Ampere and later): the usual training trade."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 matmuls (AVX512-BF16 or AMX) make bf16 the fast path on CPU; without them it is emulated and slow."""
     try:
@@ -53,3 +60,31 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# peak dense bf16 tensor throughput (TFLOP/s) by GPU name, for model FLOPs utilization
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A800": 312.0,
+                    "L40S": 362.0, "L40": 181.0, "A10G": 70.0, "A10": 125.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0,
+                    "V100": 125.0, "T4": 65.0}
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """FLOP/s the device could do at best in bf16; None where unknown (CPUs, unlisted GPUs)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in sorted(PEAK_BF16_TFLOPS.items(), key=lambda item: -len(item[0])):
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def flops_per_token(config, parameters: int, sequence_length: int) -> float:
+    """Training FLOPs per token, 6N + 12·L·H·Q·T (weights forward and backward, plus attention scores)."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
+    return 6 * parameters + 12 * layers * heads * head_dim * sequence_length

@@ -11,7 +11,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from .checkpoint import list_checkpoints
 from .distributed import Distributed, setup_distributed, teardown_distributed
-from .hardware import pick_device
+from .hardware import peak_flops, pick_device
 from .loss import perplexity
 from .monitor import check_trackers
 from .progress import TrainProgress
@@ -110,13 +110,13 @@ def _loop(session: Session) -> dict:
     save_every = cfg.train.save_every or cfg.train.eval_every
     flush_every = 1 if session.device.type == "cpu" else cfg.train.log_every  # host syncs cost nothing on a CPU
     progress = TrainProgress(session.console, plan.total_steps, state.step, cfg.train.log_every)
-    pending = PendingSteps()
+    pending = PendingSteps(session.flops_per_token, peak_flops(session.device, cfg.train.peak_tflops))
     stopped_because, stopping = plan.ends_by(), False
     with StopSignal() as stop:
         try:
             while state.step < plan.total_steps:
                 indices = [i for mb in plan.micro_batches(state.step) for i in mb]  # this rank's blocks for the step
-                tokens = len(indices) * cfg.data.block_size
+                tokens = sum(map(session.train_blocks.length, indices))  # real tokens: examples are not all block-long
                 row = {"step": state.step + 1, "epoch": round(plan.epoch_of(state.step + 1), 4),
                        "lr": session.optimizer.param_groups[0]["lr"]}
                 loss, applied, grad_norm = session.runner.run(session.train_blocks, indices)  # still on the device

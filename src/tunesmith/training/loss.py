@@ -42,17 +42,27 @@ def _targets(batch: Batch) -> torch.Tensor:
     return (batch.labels if batch.labels is not None else batch.input_ids)[:, 1:]
 
 
-def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-term fp32 losses and their weights (0 where no loss falls), both (B,) or (B, T-1)."""
+def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0,
+                with_correct: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Flat fp32 losses of the terms that carry loss, their weights, and (optionally) whether each was predicted right.
+
+    With a loss mask only the targets' logits are upcast and scored: most of a conversation's
+    positions carry no loss, and the vocabulary-wide softmax is the costly part.
+    """
     targets = _targets(batch)
     if batch.classes is None:
         logits = logits[:, :-1]
-    losses = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none", ignore_index=IGNORE,
-                             label_smoothing=label_smoothing).view(targets.shape)
-    weights = (targets != IGNORE).float()
+    keep = targets != IGNORE
+    weights = keep.float()
     if batch.weights is not None:
         weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
-    return losses, weights
+    if batch.labels is not None:
+        logits, targets, weights = logits[keep], targets[keep], weights[keep]
+    else:
+        logits, targets, weights = logits.flatten(0, -2), targets.flatten(), weights.flatten()
+    losses = F.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE, label_smoothing=label_smoothing)
+    correct = (logits.argmax(-1) == targets) if with_correct else None
+    return losses, weights, correct
 
 
 def target_weight(batch: Batch) -> float:
@@ -68,7 +78,7 @@ def batch_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smooth
     """The weighted mean loss over the batch's targets."""
     if isinstance(batch, torch.Tensor):
         batch = Batch(batch)
-    losses, weights = term_losses(forward(model, batch), batch, label_smoothing)
+    losses, weights, _ = term_losses(forward(model, batch), batch, label_smoothing)
     return (losses * weights).sum() / weights.sum().clamp_min(1e-9)
 
 
@@ -132,11 +142,9 @@ def validation_loss(
         batch.weights = None
         with autocast(device, precision):
             logits = forward(model, batch)
-        losses, weights = term_losses(logits, batch)
-        targets = _targets(batch)
-        predicted = (logits if batch.classes is not None else logits[:, :-1]).argmax(-1)
+        losses, weights, correct = term_losses(logits, batch, with_correct=True)
         losses = losses.double() * weights
-        sums += torch.stack([losses.sum(), (losses * losses).sum(), ((predicted == targets).double() * weights).sum()])
+        sums += torch.stack([losses.sum(), (losses * losses).sum(), (correct.double() * weights).sum()])
         count += weights.sum()
     model.train(was_training)
     n = max(count.item(), 1.0)

@@ -22,6 +22,7 @@ class StepPlan:
     seed: int
     world_size: int = 1
     rank: int = 0
+    lengths: list[int] | None = None  # variable-length examples: steps are grouped by length, so little is padding
     _orders: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     @property
@@ -55,8 +56,20 @@ class StepPlan:
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._orders = {epoch: torch.randperm(self.num_blocks, generator=generator).tolist()}
+            order = torch.randperm(self.num_blocks, generator=generator).tolist()
+            if self.lengths is not None:
+                order = self._grouped_by_length(order)
+            self._orders = {epoch: order}
         return self._orders[epoch]
+
+    def _grouped_by_length(self, order: list[int]) -> list[int]:
+        """Within windows of 16 steps' worth of examples, longest first: each step's examples have similar
+        lengths (as with Hugging Face's length-grouped sampler), while the windows keep the order random."""
+        window = self.blocks_per_step * 16
+        grouped = []
+        for start in range(0, len(order), window):
+            grouped += sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+        return grouped
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """This rank's block indices for the 0-based optimizer `step`, split into micro-batches."""

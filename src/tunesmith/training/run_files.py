@@ -56,10 +56,11 @@ class PendingSteps:
     once per flush, and tokens/s is measured over the steps since the last one.
     """
 
-    def __init__(self):
+    def __init__(self, flops_per_token: float | None = None, peak_flops: float | None = None):
         self.items: list[tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self.restart_clock()
         self.last_elapsed = 0.0
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
 
     def restart_clock(self) -> None:
         self.started = time.perf_counter()
@@ -75,6 +76,8 @@ class PendingSteps:
         self.last_elapsed = time.perf_counter() - self.started
         tokens_per_s = sum(tokens for *_, tokens in self.items) / max(self.last_elapsed, 1e-9)
         memory = memory_use()
+        if self.flops_per_token and self.peak_flops:  # model FLOPs utilization, where the device's peak is known
+            memory["mfu"] = round(tokens_per_s * self.flops_per_token / self.peak_flops, 4)
         rows = []
         for (row, *_), (loss, applied, norm) in zip(self.items, values):
             row = {**row, "train_loss": loss, "grad_norm": norm, "tokens_per_s": tokens_per_s, **memory}

@@ -22,7 +22,7 @@ from ..tasks.classify import LabelCoder, class_weights, classification_metrics, 
 from .build import build_model, export_final
 from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
-from .hardware import pick_device, pick_precision
+from .hardware import enable_tf32, flops_per_token, pick_device, pick_precision
 from .loss import Validation, perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
@@ -108,6 +108,7 @@ class Session:
     history: list[dict] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
     memory_before_training_mb: float | None = None
+    flops_per_token: float | None = None
 
     @property
     def optimizer(self):
@@ -261,7 +262,7 @@ class Session:
             self.state.best_score = self.score(result)
             self.state.base_metrics = self.state.best_metrics = result.task
             self.state.val_loss_std = result.loss_std
-            unit = {"lm": "blocks", "chat": "conversations", "classify": "examples"}[self.cfg.task]
+            unit = {"lm": "blocks", "chat": "examples", "classify": "examples"}[self.cfg.task]
             targets = {"lm": "tokens", "chat": "assistant tokens", "classify": "targets"}[self.cfg.task]
             self.console.print(f"base model: validation loss {base:.4f}, perplexity {perplexity(base):.2f} "
                                f"({len(self.val_blocks)} {unit}, {self.val_blocks.num_tokens:,} {targets})", highlight=False)
@@ -352,6 +353,7 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     torch.manual_seed(cfg.train.seed + context.rank)
     device = context.device(pick_device(cfg.train.device))
     precision = pick_precision(cfg.train.precision, device)
+    enable_tf32(device)
     with context.main_first():
         resolved, tokenizer, data = _load_inputs(cfg, console)
     head = data.meta["task"]["coder"]["labels"] if data.task == "classify" and cfg.classify.method == "head" else None
@@ -368,8 +370,9 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     micro = cfg.train.micro_batch_size
     if micro == "auto":
         micro = largest_micro_batch(model, train_blocks, device, precision, 64, console.print)
+    lengths = [train_blocks.length(i) for i in range(len(train_blocks))] if data.task != "lm" else None
     plan = StepPlan(len(train_blocks), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
-                    context.world_size, context.rank)
+                    context.world_size, context.rank, lengths)
     if len(train_blocks) < plan.blocks_per_step and context.enabled:
         raise UserError(f"{len(train_blocks)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
                         f"{context.world_size} processes; use fewer processes, a smaller batch or more data")
@@ -383,7 +386,9 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
                         cfg.train.label_smoothing, console.print, context)
     if context.enabled and not sharded:
         runner.forward_model = wrap_ddp(model, context, device)
-    if cfg.train.compile:
+    if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
-    return Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
-                   train_blocks, val_blocks, sharded, trainable, data.directory, data.meta.get("task", {}))
+    session = Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
+                      train_blocks, val_blocks, sharded, trainable, data.directory, data.meta.get("task", {}))
+    session.flops_per_token = flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size)
+    return session
