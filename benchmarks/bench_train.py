@@ -67,7 +67,7 @@ def run_config(args, model: Path, out: Path):
     settings = {
         "model.name": str(model), "data.train": [str(args.data)], "data.block_size": args.block_size, "output.dir": str(out),
         "train.micro_batch_size": args.batch_size, "train.grad_accum": args.grad_accum, "train.max_steps": args.steps,
-        "train.epochs": 10**4, "train.lr": args.lr, "train.warmup_steps": 2, "train.precision": args.precision, "train.eval_every": 10**6,
+        "train.epochs": 10**4, "train.lr": args.lr, "train.warmup_steps": 0, "train.precision": args.precision, "train.eval_every": 10**6,
         "train.device": args.device, "train.compile": args.compile,
         "train.eval_max_blocks": 1, "train.patience": None, "train.log_every": 50, "monitor.sample_count": 0,
         "monitor.tensorboard": False, "clean.dedup_near": False, "train.save_every": 10**6,
@@ -133,7 +133,7 @@ def worker_trainer(args, model_dir: Path, out: Path) -> dict:
     training = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
-        warmup_steps=2, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, bf16=args.precision == "bf16",
+        warmup_steps=0, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, bf16=args.precision == "bf16",
         use_cpu=not on_gpu, optim="adamw_torch_fused", tf32=on_gpu or None, torch_compile=on_gpu and args.compile != False, logging_steps=50, save_strategy="no", report_to="none",
         dataloader_num_workers=0, seed=42, disable_tqdm=True,
     )
