@@ -130,7 +130,7 @@ def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_s
     rng = random.Random(0)
     docs = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(16)]
     data = write_jsonl(tmp_path / "salad.jsonl", docs)
-    cfg = run_config(tiny_gpt2, data, tmp_path / "run", lr=1e-2, epochs=400, max_steps=None, eval_every=5, patience=4,
+    cfg = run_config(tiny_gpt2, data, tmp_path / "run", lr=1e-2, epochs=400, max_steps=None, eval_every=5, patience=8,
                      micro_batch_size=8, warmup_steps=5, weight_decay=0.0)
     cfg.data.val_fraction = 0.25
     cfg.clean.dedup_near = False
