@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,14 +77,29 @@ def run_config(args, model: Path, out: Path):
     return load_config(None, list(settings.items()))
 
 
+def _seconds_since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def worker_tunesmith(args, model: Path, out: Path) -> dict:
     from tunesmith import train
+    from tunesmith.training import step as step_module
 
+    first: dict = {}
+    original = step_module.StepRunner.run
+
+    def clocked(self, *rest, **kwargs):  # the time to the first step: imports, load, data open, base evaluation
+        first.setdefault("seconds", _seconds_since_process_start())
+        return original(self, *rest, **kwargs)
+
+    step_module.StepRunner.run = clocked
     summary = train(run_config(args, model, out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "train_loss" in r][-1]
     return {"tokens_per_s": summary["tokens_per_s"], "loss": last["train_loss"], "seconds": summary["train_seconds"],
-            "cuda_peak_mb": last.get("cuda_max_allocated_mb")}
+            "cuda_peak_mb": last.get("cuda_max_allocated_mb"), "startup_s": first["seconds"]}
 
 
 def ordered_blocks(args, model: Path, out: Path):
@@ -106,12 +123,14 @@ def worker_trainer(args, model_dir: Path, out: Path) -> dict:
 
     data = [{"input_ids": ids, "labels": ids} for ids in ordered_blocks(args, model_dir, out)]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel gets none, and the Trainer would then divide by T, not the T-1 targets
     on_gpu = args.device != "cpu" and torch.cuda.is_available()
     timing: dict = {}
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args_, state, control, **kwargs):
             timing.setdefault("start", time.perf_counter())
+            timing.setdefault("startup", _seconds_since_process_start())
 
         def on_step_end(self, args_, state, control, **kwargs):
             timing["end"] = time.perf_counter()
@@ -142,13 +161,14 @@ def worker_trainer(args, model_dir: Path, out: Path) -> dict:
     seconds = timing["end"] - timing["start"]
     last = trainer.losses[-args.grad_accum:]
     return {"tokens_per_s": args.steps * args.grad_accum * args.batch_size * args.block_size / seconds,
-            "loss": sum(last) / len(last), "seconds": seconds,
+            "loss": sum(last) / len(last), "seconds": seconds, "startup_s": timing["startup"],
             "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
 
 
 def measure(framework: str, args, work: Path, turn: int) -> dict:
     """One run in its own process, its peak RSS sampled every 50 ms."""
     out = work / f"{framework}-{turn}"
+    shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--worker", framework, "--out", str(out), *sys.argv[1:]]
     returncode, stdout, stderr, peak_mb = run_with_peak_rss(command)
     if returncode != 0:
@@ -214,11 +234,14 @@ def main() -> None:
                   f"last loss {r['loss']:.4f}{gpu}", flush=True)
     best = {name: max(runs, key=lambda r: r["tokens_per_s"]) for name, runs in results.items()}
     ours, ref = best["tunesmith"], best["trainer"]
-    print(f"{'':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'last loss':>10s}")
+    print(f"{'':10s} {'tokens/s':>10s} {'peak RSS MB':>12s} {'last loss':>10s} {'to step 1 s':>12s}")
     for name, r in best.items():
-        print(f"{name:10s} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['loss']:10.4f}")
+        print(f"{name:10s} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['loss']:10.4f} {r['startup_s']:12.1f}")
     print(f"ratio      {ours['tokens_per_s'] / ref['tokens_per_s']:9.2f}x {ours['peak_rss_mb'] / ref['peak_rss_mb']:11.2f}x "
           f"{ours['loss'] / ref['loss'] - 1:+9.2%}")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tunesmith", "--help"], check=True, capture_output=True)
+    print(f"tunesmith --help: {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":

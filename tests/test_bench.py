@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_runs_on_cpu_and_prints_both_loops(tmp_path):
+def test_gpu_check_runs_on_cpu_and_both_loops_agree(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=env)
@@ -17,5 +17,5 @@ def test_gpu_check_runs_on_cpu_and_prints_both_loops(tmp_path):
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
     assert {"tunesmith", "trainer", "ratio"} <= set(lines)
     loss_gap = float(lines["ratio"][-1].rstrip("%")) / 100
-    assert abs(loss_gap) < 0.05, done.stdout  # the same model, blocks, order and schedule: losses close after 3 steps
+    assert abs(loss_gap) < 0.01, done.stdout  # the same model, blocks, order, schedule and precision: the same loss
     assert re.search(r"tunesmith\s+[\d.]+\s+\d+", done.stdout)
