@@ -1,0 +1,75 @@
+"""Where a training step's time goes: torch.profiler over tunesmith's own step on the benchmark's model and blocks.
+
+    python benchmarks/profile_step.py --model gpt2-small --steps 3
+
+Prints the operators by total CPU time (self time, so nothing is counted twice) and the share of the
+step that the matrix multiplications take: the part no training loop can make faster without
+changing the arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import bench_train
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "mkldnn", "aten::mkldnn")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["gpt2-small", "smollm2-135m", "tiny"], default="gpt2-small")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-bench-train")
+    args = parser.parse_args()
+    os.environ.setdefault("TUNESMITH_HOME", str(args.work / "home"))
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tunesmith.models import resolve_model
+    from tunesmith.training.build import build_model
+    from tunesmith.training.optim import build_optimizer, build_scheduler
+    from tunesmith.training.step import StepRunner
+
+    options = argparse.Namespace(model=args.model, data=bench_train.DEFAULT_DATA, block_size=args.block_size, batch_size=args.batch_size,
+                                 grad_accum=1, steps=args.steps + 1, lr=3e-4, precision="bf16", device="cpu", compile=False)
+    model_dir = bench_train.build_model(args.model, args.work, options.data)
+    cfg = bench_train.run_config(options, model_dir, args.work / "profile")
+    device = torch.device("cpu")
+    model = build_model(resolve_model(str(model_dir), log=lambda _: None), cfg.model, device)
+    optimizer = build_optimizer(model, cfg.train, device)
+    runner = StepRunner(model, optimizer, build_scheduler(optimizer, cfg.train, options.steps), None, device, "bf16", args.batch_size,
+                        cfg.train.grad_clip, 0.0, print)
+    blocks = bench_train.ordered_blocks(options, model_dir, args.work / "profile")
+
+    class Listed:  # the benchmark's blocks, in order, as the step runner reads them
+        def batch(self, indices):
+            from tunesmith.data.examples import Batch
+
+            return Batch(torch.stack([blocks[i] for i in indices]))
+
+        def length(self, index):
+            return len(blocks[index])
+
+    data = Listed()
+    runner.run(data, list(range(args.batch_size)))  # warm-up step, outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        for step in range(1, args.steps + 1):
+            runner.run(data, list(range(step * args.batch_size, (step + 1) * args.batch_size)))
+    events = trace.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMULS))
+    print(f"{args.steps} steps of {args.batch_size}x{args.block_size} on {args.model}: {total / 1e6 / args.steps:.2f} s of operator time per step")
+    print(f"matrix multiplications and attention kernels: {matmul / total:.0%} of it")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
