@@ -386,6 +386,8 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
                         cfg.train.label_smoothing, console.print, context)
     if context.enabled and not sharded:
         runner.forward_model = wrap_ddp(model, context, device)
+    elif cfg.train.fused_loss and not context.enabled and head is None:  # a classification head has no vocabulary to fuse
+        runner.fuse_output_loss()
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
     session = Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,

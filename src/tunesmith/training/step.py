@@ -16,6 +16,7 @@ from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
 from .hardware import autocast
 from ..data.examples import Batch
+from .fused_loss import FusedOutputLoss, output_parts
 from .loss import batch_loss, target_weight
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
@@ -33,7 +34,9 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def training_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def training_loss(model: torch.nn.Module | FusedOutputLoss, batch: Batch | torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    if isinstance(model, FusedOutputLoss):
+        return model.loss(batch, label_smoothing)
     return batch_loss(model, batch, label_smoothing)
 
 
@@ -58,10 +61,20 @@ class StepRunner:
         self.context = context
         self.forward_model = model  # the DDP-wrapped and/or compiled module that runs forward and backward
 
+    def fuse_output_loss(self) -> bool:
+        """Train through the decoder stack with the output layer fused into the loss, where the model allows it."""
+        parts = output_parts(self.model)
+        if parts is not None:
+            self.forward_model = FusedOutputLoss(*parts)
+        return parts is not None
+
     def compile(self) -> None:
         """torch.compile the forward pass; if compilation fails at the first step, fall back to eager with a message."""
         self.eager_model = self.forward_model
-        self.forward_model = torch.compile(self.forward_model)
+        if isinstance(self.forward_model, FusedOutputLoss):
+            self.forward_model = FusedOutputLoss(torch.compile(self.forward_model.backbone), self.forward_model.head)
+        else:
+            self.forward_model = torch.compile(self.forward_model)
 
     def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)

@@ -1,0 +1,98 @@
+"""The output layer and the cross-entropy in one pass over chunks of positions, so that the logits of a large
+vocabulary are never held whole (neither in bf16 nor in fp32).
+
+Each chunk's logits are made, turned into the loss and into the gradients of the hidden states and of the
+output weight, and dropped; backward only scales the saved gradients. The arithmetic is that of
+`F.linear` followed by `F.cross_entropy`: the matmuls in the autocast dtype, the softmax in fp32.
+Written by hand because PyTorch has no fused linear + cross-entropy; Liger-Kernel's is Triton-only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 50k-vocab fp32 logits are 800 MB, a tenth of a GPU step's activations
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(hidden_i @ weight.T, target_i) / sum_i w_i, with gradients for hidden and weight."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, weights, label_smoothing: float, compute_dtype):
+        total_weight = weights.sum().clamp_min(1e-9)
+        grad_hidden = torch.empty_like(hidden)
+        want_weight = weight.requires_grad  # a frozen output layer (freeze, LoRA) needs no weight gradient
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        w_matmul = weight.to(compute_dtype)
+        vocab = weight.shape[0]
+        for start in range(0, hidden.shape[0], CHUNK_TOKENS):
+            h = hidden[start : start + CHUNK_TOKENS].to(compute_dtype)
+            t, w = targets[start : start + CHUNK_TOKENS], weights[start : start + CHUNK_TOKENS] / total_weight
+            logits = (h @ w_matmul.T).float()
+            logprobs = logits.log_softmax(-1)
+            picked = logprobs.gather(1, t[:, None]).squeeze(1)
+            per_token = -(1 - label_smoothing) * picked - label_smoothing * logprobs.mean(-1)
+            loss += (per_token * w).sum()
+            grad = logprobs.exp_()  # softmax, reusing the buffer
+            grad.scatter_add_(1, t[:, None], torch.full_like(t[:, None], -(1 - label_smoothing), dtype=grad.dtype))
+            if label_smoothing:
+                grad -= label_smoothing / vocab
+            grad *= w[:, None]
+            grad_low = grad.to(compute_dtype)
+            grad_hidden[start : start + CHUNK_TOKENS] = (grad_low @ w_matmul).to(hidden.dtype)
+            if want_weight:
+                grad_weight += (grad_low.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, None if grad_weight is None else grad_weight * grad_output, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                         label_smoothing: float = 0.0) -> torch.Tensor:
+    """The weighted mean cross-entropy of `hidden` (N, H) through the output `weight` (V, H) against `targets` (N,)."""
+    compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else weight.dtype
+    if weights is None:
+        weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return LinearCrossEntropy.apply(hidden, weight, targets, weights.float(), label_smoothing, compute_dtype)
+
+
+def output_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """The decoder stack and the output layer of a plain (or LoRA-wrapped) causal LM, when the loss can be fused.
+
+    None for what the fused loss cannot reproduce: a classification head, an output layer with a bias
+    or a scaling of its own (logit soft-capping), or a model without the usual parts.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    config = getattr(inner, "config", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or backbone is None or backbone is inner:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) or type(head) is not torch.nn.Linear:
+        return None
+    return backbone, head
+
+
+class FusedOutputLoss:
+    """A causal LM trained through its decoder stack, with the output layer folded into the loss."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear):
+        self.backbone, self.head = backbone, head
+
+    def loss(self, batch, label_smoothing: float = 0.0) -> torch.Tensor:
+        from ..data.examples import IGNORE
+
+        kwargs = {"attention_mask": batch.attention_mask} if batch.attention_mask is not None else {}
+        hidden = self.backbone(input_ids=batch.input_ids, use_cache=False, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H)
+        if batch.labels is None:
+            return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, batch.input_ids[:, 1:].flatten(), None, label_smoothing)
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE
+        weights = batch.weights[:, None].expand_as(targets)[keep] if batch.weights is not None else None
+        return linear_cross_entropy(hidden[keep], self.head.weight, targets[keep], weights, label_smoothing)

@@ -1,0 +1,47 @@
+"""The fused output layer + cross-entropy gives the loss and the gradients of the plain computation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.training import fused_loss
+from tunesmith.training.fused_loss import linear_cross_entropy
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_linear_then_cross_entropy_across_chunks(smoothing, weighted, monkeypatch):
+    monkeypatch.setattr(fused_loss, "CHUNK_TOKENS", 7)  # several chunks, the last one short
+    torch.manual_seed(0)
+    hidden = torch.randn(30, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (30,))
+    weights = torch.rand(30) + 0.5 if weighted else None
+
+    fused = linear_cross_entropy(hidden, weight, targets, weights, smoothing)
+    fused.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+
+    terms = F.cross_entropy(hidden @ weight.T, targets, reduction="none", label_smoothing=smoothing)
+    w = weights if weighted else torch.ones(30)
+    plain = (terms * w).sum() / w.sum()
+    plain.backward()
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-5) and torch.allclose(grads[1], weight.grad, atol=1e-5)
+
+
+def test_training_with_and_without_fusion_gives_the_same_losses(tiny_gpt2, corpus_file, tmp_path):
+    import json
+
+    from tunesmith import train
+
+    from test_train import run_config
+
+    def losses(out, fused):
+        cfg = run_config(tiny_gpt2, corpus_file, out, max_steps=6)
+        cfg.train.fused_loss = fused
+        train(cfg)
+        return [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+
+    assert losses(tmp_path / "fused", True) == pytest.approx(losses(tmp_path / "plain", False), abs=1e-4)
