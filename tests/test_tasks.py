@@ -138,6 +138,12 @@ def test_chat_run_saves_its_template_and_learns_the_answers(tiny_llama, tmp_path
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and samples[0]["prompt"].rstrip().endswith("<|im_start|>assistant")
 
+    from tunesmith.evaluation import evaluate_model
+
+    scored = evaluate_model(str(tmp_path / "run"), [str(path)], load_config(None, [("chat.roles", {"Customer": "user", "Agent": "assistant"})]),
+                            log=lambda _: None)
+    assert scored.task == "chat" and scored.tokens < 40 * 200  # assistant tokens only
+
     replies = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tmp_path / "run"), "--temperature", "0",
                               "--max-new-tokens", "12"], input="how do I reset the hub\n\nwhy does the light blink red\n",
                              capture_output=True, text=True, timeout=120)
@@ -251,6 +257,11 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r.get("extra") for r in out] == [{"k": 1}, None, None] and out[1]["other"] == "no text here"
     assert out[1]["prediction"] is None and out[0]["prediction"] in ("negative", "positive")
+
+    from tunesmith.evaluation import evaluate_model
+
+    scored = evaluate_model(str(tmp_path / "run"), [str(path)], classify_config(tiny_reviewer, path, tmp_path / "x", "head"), log=lambda _: None)
+    assert scored.task == "classify" and 0 <= scored.classification["accuracy"] <= 1 and scored.tokens == 60
 
 
 def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):
