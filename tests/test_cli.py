@@ -85,3 +85,13 @@ def test_quickstart_runs_end_to_end_on_a_small_model(tiny_llama, tmp_path, capsy
     assert "validation perplexity: base" in printed and "before:" in printed and "after:" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_val_ppl"] < summary["base_val_ppl"]
+
+
+def test_doctor_shows_the_environment(capsys):
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert {"Python", "torch", "transformers", "peft", "CPU", "RAM", "cache", "Hugging Face hub", "embedded model"} <= set(checks)
+    assert checks["torch"]["ok"] and "GiB" in checks["RAM"]["value"] and "GiB free" in checks["cache"]["value"]
+    assert "not converted yet" in checks["embedded model"]["value"]  # each test has its own empty cache
+    assert main(["doctor"]) == 0 and "embedded model" in capsys.readouterr().out

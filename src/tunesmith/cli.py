@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto")
 
+    doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
     diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
     diagnose.add_argument("run")
     diagnose.add_argument("--json", action="store_true", help="print the findings as one JSON object")
@@ -249,6 +252,22 @@ def _run_predict(args) -> int:
     return 0
 
 
+def _run_doctor(args) -> int:
+    from .doctor import run_checks
+
+    report = run_checks()
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    width = max(len(check.name) for check in report.checks)
+    for check in report.checks:
+        mark = "ok " if check.ok else "!! "
+        print(f"{mark}{check.name:<{width}}  {check.value}")
+        if check.hint:
+            print(f"   {'':<{width}}  {check.hint}")
+    return 0
+
+
 def _run_diagnose(args) -> int:
     from .diagnose import diagnose_run
 
@@ -287,6 +306,7 @@ HANDLERS = {
     "generate": _run_generate,
     "chat": _run_chat,
     "predict": _run_predict,
+    "doctor": _run_doctor,
     "diagnose": _run_diagnose,
     "report": _run_report,
     "quickstart": _run_quickstart,
