@@ -95,3 +95,25 @@ def test_doctor_shows_the_environment(capsys):
     assert checks["torch"]["ok"] and "GiB" in checks["RAM"]["value"] and "GiB free" in checks["cache"]["value"]
     assert "not converted yet" in checks["embedded model"]["value"]  # each test has its own empty cache
     assert main(["doctor"]) == 0 and "embedded model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, tiny_gpt2, corpus_file, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith import train
+
+    from test_train import run_config
+
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=4))
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--dtype", dtype]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert exported.dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    ids = torch.arange(10)[None]
+    assert torch.allclose(exported(ids).logits.float(), final(ids).logits, atol=0.1 if dtype == "bf16" else 1e-6)
+    card = (tmp_path / "export" / "README.md").read_text()
+    for part in ("base_model:", "## Data", "## Results", "validation perplexity", "## Training config", "## Intended use and limits"):
+        assert part in card
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 2  # not empty: refused

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto")
 
+    export = commands.add_parser("export", help="a finished run as a plain Hugging Face directory with a model card")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="a new, empty folder")
+    export.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -252,6 +257,14 @@ def _run_predict(args) -> int:
     return 0
 
 
+def _run_export(args) -> int:
+    from .export import export_run
+
+    out = export_run(Path(args.run), Path(args.out), args.dtype)
+    print(f"wrote {out} ({args.dtype}): loads with transformers' from_pretrained; model card in {out / 'README.md'}")
+    return 0
+
+
 def _run_doctor(args) -> int:
     from .doctor import run_checks
 
@@ -306,6 +319,7 @@ HANDLERS = {
     "generate": _run_generate,
     "chat": _run_chat,
     "predict": _run_predict,
+    "export": _run_export,
     "doctor": _run_doctor,
     "diagnose": _run_diagnose,
     "report": _run_report,

@@ -1,0 +1,89 @@
+"""`tunesmith export`: a finished run as a plain Hugging Face directory (LoRA already merged) with a model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import UserError
+from .tasks import TASK_FILE, read_task
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
+    if not (run_dir / "final" / "config.json").is_file():
+        raise UserError(f"{run_dir}: no final/ model; export takes a finished tunesmith run directory")
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    data_dir = Path(summary.get("data_dir", ""))
+    data = json.loads((data_dir / "data_report.json").read_text()) if summary.get("data_dir") and (data_dir / "data_report.json").is_file() else {}
+    return summary, config, data
+
+
+def _metric_lines(summary: dict) -> list[str]:
+    lines = []
+    if "base_val_ppl" in summary:
+        scope = "assistant-token " if summary.get("task") == "chat" else ""
+        lines.append(f"- {scope}validation perplexity: {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
+                     f"(fine-tuned, step {summary.get('best_step')})")
+    if summary.get("task") == "classify":
+        lines.append(f"- accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
+                     f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%})")
+    for key in ("steps", "epochs", "tokens_seen", "train_seconds", "device", "precision"):
+        if key in summary:
+            lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
+    return lines or ["- no summary.json in the run"]
+
+
+def model_card(summary: dict, config: dict, data: dict, task: dict) -> str:
+    base = config.get("model", {}).get("name", summary.get("model", "unknown"))
+    method = config.get("model", {}).get("method", summary.get("method", "full"))
+    kind = {"chat": "a chat model (assistant turns learned)", "classify": f"a text classifier (labels: {', '.join(task.get('labels', []))})"}
+    splits = data.get("splits", {})
+    data_lines = [f"- {data.get('documents_read', 0):,} documents read, {data.get('documents_kept', 0):,} kept after cleaning "
+                  f"and de-duplication; {splits.get('train', {}).get('tokens', 0):,} training and "
+                  f"{splits.get('val', {}).get('tokens', 0):,} validation tokens"] if data else ["- no data report in the run"]
+    data_lines += [f"- warning: {w}" for w in data.get("warnings", [])]
+    return "\n".join([
+        "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
+        f"# Fine-tuned {base}", "",
+        f"{kind.get(task.get('task'), 'A causal language model')} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
+        "## Data", "", *data_lines, "",
+        "## Results", "", *_metric_lines(summary), "",
+        "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
+        "## Intended use and limits", "",
+        "Use it for text like the training data, in the same domain and style. It inherits the base model's "
+        "knowledge, biases and errors, and a small fine-tuning set can make it repeat that set's phrasing. "
+        "Its validation figures hold for data like the validation split, not beyond it; check its outputs "
+        "before relying on them, and do not use it for decisions about people without human review.", "",
+        "Load it with plain transformers: `AutoModelForCausalLM.from_pretrained(path)` "
+        "(`AutoModelForSequenceClassification` for a classifier with a head).", "",
+    ])
+
+
+def export_run(run_dir: Path, out: Path, dtype: str = "bf16") -> Path:
+    """Write `out`: the run's final weights in `dtype`, its tokenizer, its task file and README.md."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; pick a new folder")
+    summary, config, data = _run_files(run_dir)
+    final = run_dir / "final"
+    task = read_task(final)
+    head = task.get("task") == "classify" and task.get("method") == "head"
+    factory = AutoModelForSequenceClassification if head else AutoModelForCausalLM
+    model = factory.from_pretrained(final, dtype=DTYPES[dtype])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(final).save_pretrained(out)
+    if (final / TASK_FILE).is_file():
+        shutil.copy(final / TASK_FILE, out / TASK_FILE)
+    (out / "README.md").write_text(model_card(summary, config, data, task))
+    return out
