@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new, empty folder")
     export.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP API for a model or run")
+    serve.add_argument("model_or_run")
+    serve.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) unless you mean to expose it")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request (or set TUNESMITH_API_KEY)")
+    serve.add_argument("--max-tokens", type=int, default=512, help="the most tokens one request may ask for")
+    serve.add_argument("--max-prompt-tokens", type=int, default=2048)
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    serve.add_argument("--device", default="auto")
+
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -265,6 +275,21 @@ def _run_export(args) -> int:
     return 0
 
 
+def _run_serve(args) -> int:
+    import os
+
+    import uvicorn
+
+    from .serve import API_KEY_VARIABLE, Limits, create_app, load_generator_for_serving
+
+    generator = load_generator_for_serving(args.model_or_run, Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes),
+                                           args.device)
+    key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+    print(f"serving {generator.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'})")
+    uvicorn.run(create_app(generator, key), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _run_doctor(args) -> int:
     from .doctor import run_checks
 
@@ -320,6 +345,7 @@ HANDLERS = {
     "chat": _run_chat,
     "predict": _run_predict,
     "export": _run_export,
+    "serve": _run_serve,
     "doctor": _run_doctor,
     "diagnose": _run_diagnose,
     "report": _run_report,
