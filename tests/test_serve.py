@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, driven by the official openai client against a tiny chat model."""
 
-import json
 import socket
 import threading
 import time
