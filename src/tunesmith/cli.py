@@ -223,7 +223,6 @@ def _run_chat(args) -> int:
     model, tokenizer = load_generator(args.model_or_run, args.device)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     session = ChatSession(model, tokenizer, options, args.system)
-    torch_seed(args.seed)
     if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
         for line in sys.stdin:
             if line.strip():
@@ -251,12 +250,6 @@ def _run_chat(args) -> int:
         elif line:
             print("bot> ", end="", flush=True)
             session.reply(line, streamer)
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def _run_predict(args) -> int:

@@ -37,6 +37,16 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
     return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
 
+def generate_options(tokenizer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                     top_p: float | None, stop_ids: list[int] | int, streamer=None) -> dict:
+    """Keyword arguments for `model.generate`: greedy at temperature 0, sampling otherwise."""
+    sampling = temperature > 0
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": max_new_tokens,
+            "do_sample": sampling, "temperature": temperature if sampling else None, "top_k": top_k if sampling else None,
+            "top_p": top_p if sampling else None, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_ids,
+            "streamer": streamer}
+
+
 @torch.no_grad()
 def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> str:
     """The continuation of `prompt` only (the prompt itself is not repeated)."""
@@ -44,19 +54,9 @@ def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = Samp
         raise UserError("generation needs --temperature >= 0 and --max-new-tokens >= 1")
     device = next(model.parameters()).device
     input_ids = _prompt_ids(tokenizer, prompt, options.chat).to(device)
-    sampling = options.temperature > 0
     torch.manual_seed(options.seed)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=options.max_new_tokens,
-        do_sample=sampling,
-        temperature=options.temperature if sampling else None,
-        top_k=options.top_k if sampling else None,
-        top_p=options.top_p if sampling else None,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    output = model.generate(**generate_options(tokenizer, input_ids, options.max_new_tokens, options.temperature, options.top_k,
+                                               options.top_p, tokenizer.eos_token_id))
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
 
 
@@ -64,16 +64,13 @@ class ChatSession:
     """A conversation with a model through its chat template: the history grows with each exchange."""
 
     def __init__(self, model, tokenizer, options: SamplingOptions, system: str | None = None):
-        from pathlib import Path
-
-        from .tasks import read_task
-        from .tasks.chat import end_of_turn
+        from .tasks.chat import stop_token_ids
 
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("this model has no chat template; fine-tune it with --task chat, or use `tunesmith generate`")
         self.model, self.tokenizer, self.options = model, tokenizer, options
-        saved = read_task(Path(getattr(model, "name_or_path", "") or ".")).get("end_of_turn")
-        self.stop_ids = list(dict.fromkeys([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(saved or end_of_turn(tokenizer))]))
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "name_or_path", None))
+        torch.manual_seed(options.seed)
         self.system = system
         self.history: list[dict] = []
 
@@ -92,13 +89,9 @@ class ChatSession:
         prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
         device = next(self.model.parameters()).device
         input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
-        sampling = self.options.temperature > 0
-        output = self.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=self.options.max_new_tokens,
-            do_sample=sampling, temperature=self.options.temperature if sampling else None,
-            top_k=self.options.top_k if sampling else None, top_p=self.options.top_p if sampling else None,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids, streamer=streamer,
-        )
+        options = self.options
+        output = self.model.generate(**generate_options(self.tokenizer, input_ids, options.max_new_tokens, options.temperature,
+                                                        options.top_k, options.top_p, self.stop_ids, streamer))
         answer = self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
         self.history.append({"role": "assistant", "content": answer})
         return answer

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.examples import Batch
+from .data.examples import Batch, pad_rows
 from .data.formats import DecodeStats, RowError, file_format, read_records
 from .data.read import lookup
 from .errors import UserError
@@ -81,12 +81,7 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     probabilities: dict[int, np.ndarray] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for r, i in enumerate(chunk):
-            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
-            attention[r, : len(encoded[i])] = 1
+        ids, attention = pad_rows([encoded[i] for i in chunk], tokenizer.pad_token_id)
         batch = Batch(ids.to(device), attention_mask=attention.to(device))
         probs = label_probabilities(model, batch, coder, words, [len(encoded[i]) for i in chunk], device, precision)
         for r, i in enumerate(chunk):

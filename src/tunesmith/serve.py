@@ -71,13 +71,12 @@ class Generator:
         return ids.to(self.device)
 
     def _options(self, request: Sampling, input_ids: torch.Tensor, streamer=None) -> dict:
+        from .generation import generate_options
+
         if request.max_tokens > self.limits.max_tokens:
             raise RequestError(400, f"max_tokens is {request.max_tokens}; this server allows at most {self.limits.max_tokens}")
-        sampling = request.temperature > 0
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": request.max_tokens,
-                "do_sample": sampling, "temperature": request.temperature if sampling else None,
-                "top_p": request.top_p if sampling else None, "top_k": None, "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.stop_ids, "streamer": streamer}
+        return generate_options(self.tokenizer, input_ids, request.max_tokens, request.temperature, None, request.top_p,
+                                self.stop_ids, streamer)
 
     @torch.no_grad()
     def complete(self, request: Sampling, input_ids: torch.Tensor) -> tuple[str, str, int]:
@@ -193,12 +192,7 @@ def load_generator_for_serving(spec: str, limits: Limits, device: str = "auto") 
     from pathlib import Path
 
     from .generation import load_generator
-    from .tasks import read_task
-    from .tasks.chat import end_of_turn
+    from .tasks.chat import stop_token_ids
 
     model, tokenizer = load_generator(spec, device)
-    stop = [tokenizer.eos_token_id]
-    if getattr(tokenizer, "chat_template", None):
-        saved = read_task(Path(getattr(model, "name_or_path", "") or ".")).get("end_of_turn")
-        stop.append(tokenizer.convert_tokens_to_ids(saved or end_of_turn(tokenizer)))
-    return Generator(model, tokenizer, Path(spec).name or spec, limits, list(dict.fromkeys(stop)))
+    return Generator(model, tokenizer, Path(spec).name or spec, limits, stop_token_ids(tokenizer, getattr(model, "name_or_path", None)))

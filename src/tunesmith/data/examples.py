@@ -41,6 +41,17 @@ class Batch:
         return self.input_ids.shape[0]
 
 
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows right-padded to the longest: (B, T) ids and the attention mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        attention[r, : len(row)] = 1
+    return ids, attention
+
+
 class ExampleWriter:
     """Appends examples to `<split>.bin` (tokens), `<split>.mask.bin` (1 where the loss falls) and an offsets list."""
 

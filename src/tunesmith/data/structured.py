@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import CleanConfig, DataConfig, TaskSettings
 from ..errors import UserError
+from ..tasks.chat import merge_turns, parse_record, split_turns, with_system
 from .clean import text_digest, transforms
 from .dedup import NearDuplicateIndex
 from .examples import ExampleWriter
@@ -41,8 +42,6 @@ def _table_rows(value, cfg) -> bool:
 
 def chat_items(reader: DocumentReader, files: list[Path], settings: TaskSettings, data: DataConfig, report: DataReport,
                steps: list) -> Iterator[Item]:
-    from ..tasks.chat import _merge, parse_record, with_system
-
     cfg = settings.chat
     for path in files:
         tables: OrderedDict[str, list] = OrderedDict()
@@ -60,13 +59,13 @@ def chat_items(reader: DocumentReader, files: list[Path], settings: TaskSettings
             if messages is None:
                 report.remove("not_a_conversation", str(record.value)[:200])
                 continue
-            yield from _finish_conversation(messages, cfg.system_prompt, report, steps, with_system)
+            yield from _finish_conversation(messages, cfg.system_prompt, report, steps)
         for turns in tables.values():
-            messages = _merge(((speaker, text) for speaker, text, _ in turns), cfg.roles, turns[0][2])
-            yield from _finish_conversation(messages, cfg.system_prompt, report, steps, with_system)
+            messages = merge_turns(((speaker, text) for speaker, text, _ in turns), cfg.roles, turns[0][2])
+            yield from _finish_conversation(messages, cfg.system_prompt, report, steps)
 
 
-def _finish_conversation(messages: list[dict], system_prompt, report: DataReport, steps: list, with_system) -> Iterator[Item]:
+def _finish_conversation(messages: list[dict], system_prompt, report: DataReport, steps: list) -> Iterator[Item]:
     cleaned = []
     for message in with_system(messages, system_prompt):
         content = clean_one(str(message["content"]), steps, report)
@@ -145,8 +144,6 @@ class StructuredPreparer:
 
     def _encode(self, item: Item) -> list[tuple[np.ndarray, np.ndarray, int]]:
         if self.settings.name == "chat":
-            from ..tasks.chat import split_turns
-
             pieces = []
             for ids, mask, truncated in split_turns(self.tokenizer, item.messages, self.data.block_size):
                 self.truncated += truncated

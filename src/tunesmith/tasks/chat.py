@@ -48,6 +48,19 @@ def end_of_turn(tokenizer) -> str:
     return tokenizer.eos_token
 
 
+def stop_token_ids(tokenizer, model_dir=None) -> list[int]:
+    """What generation stops at: EOS, and for a chat model the end-of-turn marker (as saved with it, or found in its template)."""
+    from pathlib import Path
+
+    from . import read_task
+
+    stop = [tokenizer.eos_token_id]
+    if getattr(tokenizer, "chat_template", None):
+        saved = read_task(Path(model_dir)).get("end_of_turn") if model_dir else None
+        stop.append(tokenizer.convert_tokens_to_ids(saved or end_of_turn(tokenizer)))
+    return list(dict.fromkeys(stop))
+
+
 def render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -126,7 +139,7 @@ def _role(name: str, roles: dict[str, str]) -> str | None:
     return lowered.get(name.strip().lower(), KNOWN_ROLES.get(name.strip().lower()))
 
 
-def _merge(turns: Iterable[tuple[str, str]], roles: dict[str, str], where: str) -> list[Message]:
+def merge_turns(turns: Iterable[tuple[str, str]], roles: dict[str, str], where: str) -> list[Message]:
     """(speaker, text) pairs -> messages with roles; consecutive turns of one role become one message."""
     messages: list[Message] = []
     for speaker, text in turns:
@@ -155,7 +168,7 @@ def parse_transcript(text: str, roles: dict[str, str], where: str) -> list[Messa
         else:
             raise UserError(f"{where}: a transcript line must start with a speaker name and a colon (\"Agent: ...\"); "
                             f"got {line.strip()[:60]!r}")
-    return _merge(((speaker, text) for speaker, text in turns), roles, where)
+    return merge_turns(((speaker, text) for speaker, text in turns), roles, where)
 
 
 def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message] | None:
@@ -166,9 +179,9 @@ def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message
     if not isinstance(value, dict):
         return None
     if kind in ("auto", "messages") and isinstance(value.get("messages"), list):
-        return _merge(((m.get("role", ""), m.get("content", "")) for m in value["messages"] if isinstance(m, dict)), cfg.roles, where)
+        return merge_turns(((m.get("role", ""), m.get("content", "")) for m in value["messages"] if isinstance(m, dict)), cfg.roles, where)
     if kind in ("auto", "sharegpt") and isinstance(value.get("conversations"), list):
-        return _merge(((m.get("from", ""), m.get("value", "")) for m in value["conversations"] if isinstance(m, dict)), cfg.roles, where)
+        return merge_turns(((m.get("from", ""), m.get("value", "")) for m in value["conversations"] if isinstance(m, dict)), cfg.roles, where)
     return None
 
 

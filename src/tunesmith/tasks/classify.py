@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import ClassifyConfig
-from ..data.examples import Batch, Examples
+from ..data.examples import Batch, Examples, pad_rows
 
 
 def label_key(value) -> str:
@@ -90,13 +90,7 @@ def label_probabilities(model, batch: Batch, coder: LabelCoder, word_ids: list[l
     scores = torch.empty(batch.size, len(word_ids), device=device)
     for column, word in enumerate(word_ids):
         rows = [batch.input_ids[r, : prompt_lengths[r]].tolist() + word for r in range(batch.size)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), 0, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            attention[r, : len(row)] = 1
-        ids, attention = ids.to(device), attention.to(device)
+        ids, attention = (t.to(device) for t in pad_rows(rows, 0))
         with autocast(device, precision):
             logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
         logprobs = logits.float().log_softmax(-1)

@@ -42,6 +42,14 @@ def _targets(batch: Batch) -> torch.Tensor:
     return (batch.labels if batch.labels is not None else batch.input_ids)[:, 1:]
 
 
+def _term_weights(batch: Batch, targets: torch.Tensor) -> torch.Tensor:
+    """1 where a target carries loss (0 where it is IGNORE), times the example's class weight if any."""
+    weights = (targets != IGNORE).float()
+    if batch.weights is not None:
+        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
+    return weights
+
+
 def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0,
                 with_correct: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Flat fp32 losses of the terms that carry loss, their weights, and (optionally) whether each was predicted right.
@@ -53,9 +61,7 @@ def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0
     if batch.classes is None:
         logits = logits[:, :-1]
     keep = targets != IGNORE
-    weights = keep.float()
-    if batch.weights is not None:
-        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
+    weights = _term_weights(batch, targets)
     if batch.labels is not None:
         logits, targets, weights = logits[keep], targets[keep], weights[keep]
     else:
@@ -67,11 +73,7 @@ def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0
 
 def target_weight(batch: Batch) -> float:
     """The batch's total loss weight (its target count, class-weighted): its share of a step."""
-    targets = _targets(batch)
-    weights = (targets != IGNORE).float()
-    if batch.weights is not None:
-        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
-    return float(weights.sum())
+    return float(_term_weights(batch, _targets(batch)).sum())
 
 
 def batch_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -42,14 +42,12 @@ def chat_prompts(cfg: MonitorConfig, val_examples, tokenizer) -> list[str]:
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device: torch.device,
                      chat: bool = False) -> list[dict]:
     """Greedy continuations; chat prompts are already rendered, so no special tokens are added and a turn's end stops them."""
-    from ..tasks.chat import end_of_turn
+    from ..tasks.chat import stop_token_ids
 
     was_training = model.training
     model.eval()
     samples = []
-    stop = [tokenizer.eos_token_id]
-    if chat:
-        stop.append(tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer)))
+    stop = stop_token_ids(tokenizer) if chat else [tokenizer.eos_token_id]
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat).input_ids.to(device)
         output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
