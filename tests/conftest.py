@@ -113,3 +113,31 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def corpus_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "corpus.jsonl", make_corpus(120))
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory):
+    """The embedded default fine-tuned for two steps (full, micro-batch 2 of 128 tokens), with the measured peak of its
+    tensor memory; shared by the tests of memory estimates and of GGUF export, since one run costs about a minute."""
+    from types import SimpleNamespace
+
+    from tunesmith.api import prepare
+    from tunesmith.config import load_config
+    from tunesmith.planning.measure import peak_tensor_bytes
+    from tunesmith.training import train_run
+    from tunesmith.training.hardware import pick_device
+
+    from tunesmith.quickstart import EXAMPLE_CORPUS
+
+    root = tmp_path_factory.mktemp("embedded")
+    corpus = Path(str(EXAMPLE_CORPUS))  # English text: a model's perplexity on it is not oversensitive to rounding
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(root / "home"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        cfg = load_config(None, [("model.name", "smollm2-135m"), ("data.train", [str(corpus)]), ("data.block_size", 128),
+                                 ("train.micro_batch_size", 2), ("train.max_steps", 2), ("train.eval_every", 2),
+                                 ("train.eval_max_blocks", 8), ("monitor.sample_count", 0), ("monitor.tensorboard", False),
+                                 ("output.dir", str(root / "run"))])
+        prepare(cfg)  # the one-time conversion and the tokenizing stay outside the measured run
+        _, peak = peak_tensor_bytes(lambda: train_run(cfg), pick_device("auto"))
+    return SimpleNamespace(run=root / "run", corpus=corpus, peak=peak, micro_batch=2, block_size=128)

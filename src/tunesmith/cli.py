@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto")
 
-    export = commands.add_parser("export", help="a finished run as a plain Hugging Face directory with a model card")
+    export = commands.add_parser("export", help="a finished run as a plain Hugging Face directory (or a GGUF file) with a model card")
     export.add_argument("run")
     export.add_argument("--out", required=True, help="a new, empty folder")
     export.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family models)")
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP API for a model or run")
     serve.add_argument("model_or_run")
@@ -105,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
+    recommend = commands.add_parser("recommend", help="the model, method, batch and epochs that fit your data, memory and time; writes a config")
+    recommend.add_argument("config", nargs="?", help="YAML run config for the data settings (optional)")
+    recommend.add_argument("--data", dest="data.train", action="append", help="the training data")
+    recommend.add_argument("--task", dest="task", help="lm, chat or classify")
+    recommend.add_argument("--block-size", dest="data.block_size", type=int, help="tokens per training sequence")
+    recommend.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: the GPU's, or the free RAM)")
+    recommend.add_argument("--hours", type=float, default=1.0, help="time budget for training (default 1)")
+    recommend.add_argument("--candidate", action="append", default=[], metavar="MODEL",
+                           help="also consider this model: a local directory, run, .gguf file or hub id (repeatable)")
+    recommend.add_argument("--only", action="store_true", help="consider the --candidate models alone, not the built-in ones")
+    recommend.add_argument("--write", default="recommended.yaml", metavar="PATH", help="where to write the config")
+    recommend.add_argument("--force", action="store_true", help="overwrite --write if it exists")
+    recommend.add_argument("--json", action="store_true", help="print one JSON object")
+    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
     diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
     diagnose.add_argument("run")
@@ -263,8 +279,9 @@ def _run_predict(args) -> int:
 def _run_export(args) -> int:
     from .export import export_run
 
-    out = export_run(Path(args.run), Path(args.out), args.dtype)
-    print(f"wrote {out} ({args.dtype}): loads with transformers' from_pretrained; model card in {out / 'README.md'}")
+    written = export_run(Path(args.run), Path(args.out), args.dtype, gguf=args.gguf)
+    loads = "llama.cpp-family runtimes and transformers (gguf_file=...)" if args.gguf else "transformers' from_pretrained"
+    print(f"wrote {written} ({args.dtype}): loads in {loads}; model card in {Path(args.out) / 'README.md'}")
     return 0
 
 
@@ -296,6 +313,36 @@ def _run_doctor(args) -> int:
         print(f"{mark}{check.name:<{width}}  {check.value}")
         if check.hint:
             print(f"   {'':<{width}}  {check.hint}")
+    return 0
+
+
+def _run_recommend(args) -> int:
+    import yaml
+
+    from .planning.candidates import candidate, default_candidates
+    from .planning.recommend import make_plan, parse_size, plan_dict, recommended_config, summary_lines, table_lines
+
+    write = Path(args.write)
+    if write.exists() and not args.force:
+        raise UserError(f"{write} exists; pass --force to overwrite it or --write another path")
+    if args.only and not args.candidate:
+        raise UserError("--only needs at least one --candidate MODEL")
+    cfg = _config(args)
+    candidates = ([] if args.only else default_candidates()) + [candidate(spec) for spec in args.candidate]
+    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    plan = make_plan(cfg, candidates, parse_size(args.memory) if args.memory else None, args.hours, log)
+    raw = recommended_config(plan, cfg)
+    write.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if args.json:
+        print(json.dumps({**plan_dict(plan), "config": str(write)}))
+        return 0
+    print("\n".join(summary_lines(plan) + [""] + table_lines(plan) + [""]))
+    chosen = plan.chosen
+    print(f"recommended: {chosen.candidate.name}, method {chosen.method}, micro-batch {plan.micro_batch} x {plan.grad_accum} "
+          f"accumulated, {plan.epochs:g} epochs")
+    for reason in plan.reasons:
+        print(f"  - {reason}")
+    print(f"wrote {write}; run: tunesmith train {write}")
     return 0
 
 
@@ -340,6 +387,7 @@ HANDLERS = {
     "export": _run_export,
     "serve": _run_serve,
     "doctor": _run_doctor,
+    "recommend": _run_recommend,
     "diagnose": _run_diagnose,
     "report": _run_report,
     "quickstart": _run_quickstart,

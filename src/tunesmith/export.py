@@ -1,4 +1,4 @@
-"""`tunesmith export`: a finished run as a plain Hugging Face directory (LoRA already merged) with a model card."""
+"""`tunesmith export`: a finished run as a plain Hugging Face directory (LoRA already merged) or a GGUF file, with a model card."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _metric_lines(summary: dict) -> list[str]:
     return lines or ["- no summary.json in the run"]
 
 
-def model_card(summary: dict, config: dict, data: dict, task: dict) -> str:
+def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None) -> str:
     base = config.get("model", {}).get("name", summary.get("model", "unknown"))
     method = config.get("model", {}).get("method", summary.get("method", "full"))
     kind = {"chat": "a chat model (assistant turns learned)", "classify": f"a text classifier (labels: {', '.join(task.get('labels', []))})"}
@@ -61,15 +61,26 @@ def model_card(summary: dict, config: dict, data: dict, task: dict) -> str:
         "knowledge, biases and errors, and a small fine-tuning set can make it repeat that set's phrasing. "
         "Its validation figures hold for data like the validation split, not beyond it; check its outputs "
         "before relying on them, and do not use it for decisions about people without human review.", "",
-        "Load it with plain transformers: `AutoModelForCausalLM.from_pretrained(path)` "
-        "(`AutoModelForSequenceClassification` for a classifier with a head).", "",
+        _loading(gguf_file), "",
     ])
 
 
-def export_run(run_dir: Path, out: Path, dtype: str = "bf16") -> Path:
-    """Write `out`: the run's final weights in `dtype`, its tokenizer, its task file and README.md."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+def _loading(gguf_file: str | None) -> str:
+    if gguf_file:
+        return (f"`{gguf_file}` runs in llama.cpp-family runtimes (`llama-cli -m {gguf_file}`) and loads in transformers with "
+                f"`AutoModelForCausalLM.from_pretrained(folder, gguf_file=\"{gguf_file}\")`.")
+    return ("Load it with plain transformers: `AutoModelForCausalLM.from_pretrained(path)` "
+            "(`AutoModelForSequenceClassification` for a classifier with a head).")
 
+
+GGUF_SUFFIX = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+
+
+def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False) -> Path:
+    """Write `out`: the run's final weights in `dtype` (a Hugging Face directory, or one GGUF file), its tokenizer, task file and README.md.
+
+    Returns the folder, or with `gguf` the .gguf file in it.
+    """
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     if out.exists() and any(out.iterdir()):
@@ -77,13 +88,27 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16") -> Path:
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
     task = read_task(final)
+    if gguf and task.get("task") == "classify" and task.get("method") == "head":
+        raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
+    out.mkdir(parents=True, exist_ok=True)
+    if gguf:
+        from .export_gguf import export_gguf
+
+        base = config.get("model", {}).get("name", "")
+        written = export_gguf(final, out / f"model-{GGUF_SUFFIX[dtype]}.gguf", dtype, base, f"{run_dir.name} ({base})")
+    else:
+        written = out
+        _save_hf(final, out, dtype, task)
+    (out / "README.md").write_text(model_card(summary, config, data, task, gguf_file=written.name if gguf else None))
+    return written
+
+
+def _save_hf(final: Path, out: Path, dtype: str, task: dict) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
     head = task.get("task") == "classify" and task.get("method") == "head"
     factory = AutoModelForSequenceClassification if head else AutoModelForCausalLM
-    model = factory.from_pretrained(final, dtype=DTYPES[dtype])
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    factory.from_pretrained(final, dtype=DTYPES[dtype]).save_pretrained(out)
     AutoTokenizer.from_pretrained(final).save_pretrained(out)
     if (final / TASK_FILE).is_file():
         shutil.copy(final / TASK_FILE, out / TASK_FILE)
-    (out / "README.md").write_text(model_card(summary, config, data, task))
-    return out

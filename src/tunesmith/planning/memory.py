@@ -1,0 +1,226 @@
+"""Peak training memory of a model shape, found by running tunesmith's own training step on fake tensors.
+
+Fake tensors carry shapes, dtypes and devices but no data, so a step of GPT-2 XL costs seconds and no
+memory. Every storage the step creates is counted while it lives: the weights, the gradients, AdamW's
+state, the activations autograd saves and the temporaries of the fused loss, in the order they occur.
+The step is that of training (autocast, SDPA, the fused output loss, the method's frozen parts), so
+what the estimate counts is what the run allocates. Whole models are not simulated: the peak is
+linear in the number of blocks, in the micro-batch and in their product, so four steps of one- and
+two-block copies of the shape give it for any depth and micro-batch (six for `freeze`, whose frozen
+blocks cost less than trained ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..config import ModelConfig
+
+ADAMW_BYTES = 8  # exp_avg and exp_avg_sq in fp32 per trainable parameter
+NF4_BYTES = 0.5 + 0.127 / 8 * 4  # 4-bit weights plus double-quantized block constants (QLoRA paper: 0.127 bits/param)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of every storage created under it, from creation until it is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._refs:
+            return
+        size = storage.nbytes()
+
+        def freed(_ref, key=key, size=size) -> None:
+            self.live -= size
+            self._refs.pop(key, None)
+
+        self._refs[key] = weakref.ref(storage, freed)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.track(value)
+        return out
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What a simulated step needs besides the model config."""
+
+    method: str = "full"  # full, freeze, lora (qlora is derived from lora)
+    block_size: int = 256
+    precision: str = "bf16"  # the autocast dtype of training: bf16, fp16 or fp32
+    classifier_labels: int = 0  # a sequence-classification head with this many labels (task classify, method head)
+    gradient_checkpointing: bool = False
+    lora_rank: int = 8
+
+
+def _modules_stay():
+    """peft moves new adapters to their base layer's device with Module.to, which cannot swap fake parameters in place.
+    In a simulation every tensor is created on one device in float32 already, so moving is a no-op."""
+    return mock.patch.object(torch.nn.Module, "to", lambda self, *args, **kwargs: self)
+
+
+def _with_layers(config, layers: int):
+    """A copy of the config with `layers` blocks (and per-layer lists cut to match)."""
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    return config
+
+
+def _build(config, shape: StepShape):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if shape.classifier_labels:
+        config = copy.deepcopy(config)
+        config.num_labels = shape.classifier_labels
+        config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def _loss_model(model, shape: StepShape):
+    from ..training.fused_loss import FusedOutputLoss, output_parts
+
+    parts = None if shape.classifier_labels else output_parts(model)
+    return FusedOutputLoss(*parts) if parts else model
+
+
+def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, micro_batch: int) -> int:
+    """Peak bytes of two optimizer steps of a `layers`-block copy of the model (the top `trained_layers` trained with freeze)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ..data.examples import Batch
+    from ..models.methods import apply_method
+    from ..training.step import forward_backward
+
+    method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
+                         lora_rank=shape.lora_rank, gradient_checkpointing=shape.gradient_checkpointing)
+    counter = _LiveBytes()
+    with FakeTensorMode(allow_non_fake_inputs=True), _modules_stay(), warnings.catch_warnings(), counter:
+        warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
+        model = apply_method(_build(_with_layers(config, layers), shape), method)
+        model.train()
+        loss_model = _loss_model(model, shape)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+        ids = torch.zeros((micro_batch, shape.block_size), dtype=torch.long)
+        classes = torch.zeros((micro_batch,), dtype=torch.long) if shape.classifier_labels else None
+        mask = torch.ones_like(ids) if shape.classifier_labels else None
+        batch = Batch(ids, attention_mask=mask, classes=classes)
+        for _ in range(2):  # the second step holds AdamW's state besides everything the first one did
+            forward_backward(loss_model, batch, 1.0, None, torch.device("cpu"), shape.precision, 0.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return counter.peak
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of one training run's peak, by part."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # activations and temporaries at the peak: the rest of it
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """The simulated peak as a function of the micro-batch, with exact parameter counts."""
+
+    params: int
+    trainable: int
+    matrices: int  # parameters of the blocks' weight matrices (what a 4-bit base quantizes)
+    weights: int  # bytes of all weights as training holds them
+    fixed: float  # bytes that do not grow with the micro-batch (weights, gradients, optimizer state, ...)
+    per_sequence: float  # bytes each sequence of the micro-batch adds
+
+    def estimate(self, micro_batch: int) -> MemoryEstimate:
+        gradients = self.trainable * 4
+        optimizer = self.trainable * ADAMW_BYTES
+        rest = int(self.fixed + self.per_sequence * micro_batch) - self.weights - gradients - optimizer
+        return MemoryEstimate(self.weights, gradients, optimizer, max(rest, 0))
+
+    def largest_micro_batch(self, budget: float, limit: int) -> int:
+        """The largest power of two up to `limit` whose peak fits in `budget` bytes; 0 when not even 1 does."""
+        size = 0
+        while size * 2 <= limit and self.estimate(size * 2 if size else 1).total <= budget:
+            size = size * 2 if size else 1
+        return size
+
+
+def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, int, int]:
+    """(all, trainable, block matrices) parameters of the whole model, counted on the meta device."""
+    from ..models.methods import apply_method, transformer_blocks
+
+    method = ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank)
+    with torch.device("meta"), _modules_stay(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = apply_method(_build(config, shape), method)
+    matrices = sum(p.numel() for name, p in transformer_blocks(model).named_parameters() if p.ndim == 2 and "lora_" not in name)
+    return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad), matrices)
+
+
+def trained_layers(config, method: str) -> int | None:
+    """With freeze: the top quarter of the blocks (at least one) trains, as `recommend` configures it."""
+    return max(1, config.num_hidden_layers // 4) if method == "freeze" else None
+
+
+def fit_memory(config, shape: StepShape) -> MemoryModel:
+    """The peak for the whole depth, from steps of one- and two-block copies at micro-batches 1 and 2.
+
+    peak = fixed + s·B + trained·(b + d·B) + frozen·(f + g·B), with B the micro-batch: four steps give
+    fixed, s, b and d; for freeze two more (a frozen block under a trained one) give f and g.
+    """
+    method = "lora" if shape.method == "qlora" else shape.method
+    base = StepShape(method, shape.block_size, shape.precision, shape.classifier_labels, shape.gradient_checkpointing, shape.lora_rank)
+    s = {(layers, micro): simulate_peak(config, base, layers, layers, micro) for layers in (1, 2) for micro in (1, 2)}
+    d = (s[2, 2] - s[1, 2]) - (s[2, 1] - s[1, 1])
+    b = s[2, 1] - s[1, 1] - d
+    per_sequence = s[1, 2] - s[1, 1] - d
+    fixed = s[1, 1] - b - per_sequence - d
+    layers = config.num_hidden_layers
+    trained = trained_layers(config, method) or layers
+    fixed += trained * b
+    per_sequence += trained * d
+    if trained < layers:
+        one, two = simulate_peak(config, base, 2, 1, 1), simulate_peak(config, base, 2, 1, 2)
+        g = (two - one) - (s[1, 2] - s[1, 1])
+        f = one - s[1, 1] - g
+        fixed += (layers - trained) * f
+        per_sequence += (layers - trained) * g
+    params, trainable, matrices = _counts(config, base, trained_layers(config, method))
+    model = MemoryModel(params, trainable, matrices, params * 4, fixed, per_sequence)
+    return as_qlora(model) if shape.method == "qlora" else model
+
+
+def as_qlora(lora: MemoryModel) -> MemoryModel:
+    """QLoRA from the LoRA steps (bitsandbytes runs on CUDA only): the blocks' matrices in NF4, the rest in bf16,
+    and no bf16 copies of those matrices saved for backward (bitsandbytes dequantizes them on the fly)."""
+    weights = int(lora.matrices * NF4_BYTES + (lora.params - lora.matrices) * 2)
+    fixed = lora.fixed - lora.weights + weights - lora.matrices * 2
+    return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence)

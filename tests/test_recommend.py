@@ -1,0 +1,99 @@
+"""`tunesmith recommend`: memory estimates against measured peaks, and the plan and config it writes."""
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from tunesmith.api import prepare
+from tunesmith.cli import main
+from tunesmith.config import load_config
+from tunesmith.planning.measure import peak_tensor_bytes
+from tunesmith.planning.memory import StepShape, fit_memory, trained_layers
+from tunesmith.planning.recommend import parse_size
+from tunesmith.training import train_run
+from tunesmith.training.hardware import pick_device, pick_precision
+
+
+def measured_and_estimated(model: str, config, method: str, data, out, micro_batch: int, block_size: int) -> tuple[int, int]:
+    overrides = [("model.name", model), ("model.method", method), ("data.train", [str(data)]), ("data.block_size", block_size),
+                 ("train.micro_batch_size", micro_batch), ("train.max_steps", 2), ("train.eval_every", 2),
+                 ("monitor.sample_count", 0), ("monitor.tensorboard", False), ("output.dir", str(out))]
+    if method == "freeze":
+        overrides.append(("model.train_last_layers", trained_layers(config, "freeze")))
+    cfg = load_config(None, overrides)
+    prepare(cfg)  # tokenizing happens outside the measured run
+    device = pick_device("auto")
+    _, measured = peak_tensor_bytes(lambda: train_run(cfg), device)
+    shape = StepShape(method, block_size, pick_precision("auto", device))
+    return measured, fit_memory(config, shape).estimate(micro_batch).total
+
+
+@pytest.mark.parametrize("kind,method", [("gpt2", "full"), ("gpt2", "lora"), ("gpt2", "freeze"), ("llama", "full"), ("llama", "lora")])
+def test_estimate_is_within_25_percent_of_the_measured_peak_for_tiny_models(kind, method, tiny_models, corpus_file, tmp_path):
+    path = tiny_models[kind]
+    measured, estimated = measured_and_estimated(str(path), AutoConfig.from_pretrained(path), method, corpus_file, tmp_path / "run",
+                                                 micro_batch=4, block_size=64)
+    assert abs(estimated / measured - 1) <= 0.25, f"estimated {estimated:,} bytes, measured {measured:,}"
+
+
+def test_estimate_is_within_25_percent_of_the_measured_peak_for_the_embedded_default(embedded_run):
+    from tunesmith.planning.candidates import candidate
+
+    shape = candidate("smollm2-135m").config  # the built-in table, not the converted model's config
+    precision = pick_precision("auto", pick_device("auto"))
+    estimate = fit_memory(shape, StepShape("full", embedded_run.block_size, precision)).estimate(embedded_run.micro_batch)
+    measured = embedded_run.peak
+    assert measured > 1.5 * 2**30  # weights, gradients and AdamW state of 135M parameters in fp32 at least
+    assert estimate.weights == 134_515_008 * 4 and estimate.optimizer == 2 * estimate.weights
+    assert abs(estimate.total / measured - 1) <= 0.25, f"estimated {estimate.total:,} bytes, measured {measured:,}"
+
+
+def test_recommend_writes_a_config_that_trains(tiny_gpt2, corpus_file, tmp_path, capsys):
+    written = tmp_path / "recommended.yaml"
+    args = ["recommend", "--data", str(corpus_file), "--only", "--candidate", str(tiny_gpt2), "--memory", "8GB",
+            "--block-size", "32", "--write", str(written)]
+    assert main(args + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [o["method"] for o in plan["options"]] == ["full", "lora", "freeze"]
+    assert all(o["micro_batch"] == 4 and o["memory"]["total"] > o["memory"]["weights"] > 0 for o in plan["options"])
+    recommended = plan["recommended"]
+    assert recommended["model"] == str(tiny_gpt2) and recommended["method"] == "full"
+    cfg = load_config(written)
+    assert (cfg.model.name, cfg.model.method, cfg.data.block_size) == (str(tiny_gpt2), "full", 32)
+    assert cfg.train.micro_batch_size * cfg.train.grad_accum >= 1 and 3 <= cfg.train.epochs <= 10
+
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # never overwritten silently
+    assert main(args + ["--force"]) == 0
+    table = capsys.readouterr().out
+    assert "recommended:" in table and "tok/s" in table and "h/epoch" in table
+
+    assert main(["train", str(written), "--max-steps", "2", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_recommend_trades_method_and_epochs_for_memory_and_time(corpus_file, tmp_path, capsys):
+    """The embedded model's shape from the built-in table: full fine-tuning does not fit in 2 GB, LoRA does."""
+    args = ["recommend", "--data", str(corpus_file), "--only", "--candidate", "smollm2-135m", "--block-size", "128",
+            "--write", str(tmp_path / "r.yaml"), "--force", "--json"]
+    assert main(args + ["--memory", "2GB"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    full = next(o for o in plan["options"] if o["method"] == "full")
+    assert full["micro_batch"] == 0 and full["memory"]["total"] > 0.9 * 2 * 2**30
+    assert full["params"] == 134_515_008  # SmolLM2-135M, embeddings tied
+    assert plan["recommended"]["method"] != "full"
+    assert any("full fine-tuning needs" in reason for reason in plan["recommended"]["reasons"])
+
+    assert main(args + ["--memory", "16GB", "--hours", "0.0001"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["recommended"]["epochs"] < 1 and "does" in plan["recommended"]["reasons"][0]
+
+    assert main(args + ["--memory", "100MB"]) == 2
+    assert "no candidate fits" in capsys.readouterr().err
+
+
+def test_memory_sizes_parse():
+    assert parse_size("24GB") == parse_size("24 GiB") == parse_size("24g") == 24 * 2**30
+    assert parse_size("512MB") == 512 * 2**20
+    with pytest.raises(Exception, match="give a size"):
+        parse_size("lots")
