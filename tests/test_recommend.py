@@ -5,6 +5,7 @@ import json
 import pytest
 from transformers import AutoConfig
 
+from conftest import make_corpus
 from tunesmith.api import prepare
 from tunesmith.cli import main
 from tunesmith.config import load_config
@@ -15,8 +16,10 @@ from tunesmith.training import train_run
 from tunesmith.training.hardware import pick_device, pick_precision
 
 
-def measured_and_estimated(model: str, config, method: str, data, out, micro_batch: int, block_size: int) -> tuple[int, int]:
-    overrides = [("model.name", model), ("model.method", method), ("data.train", [str(data)]), ("data.block_size", block_size),
+def measured_and_estimated(model: str, config, method: str, data, out, micro_batch: int, block_size: int,
+                           labels: int = 0) -> tuple[int, int]:
+    overrides = [("task", "classify" if labels else "lm"), ("model.name", model), ("model.method", method),
+                 ("data.train", [str(data)]), ("data.block_size", block_size),
                  ("train.micro_batch_size", micro_batch), ("train.max_steps", 2), ("train.eval_every", 2),
                  ("monitor.sample_count", 0), ("monitor.tensorboard", False), ("output.dir", str(out))]
     if method == "freeze":
@@ -25,7 +28,7 @@ def measured_and_estimated(model: str, config, method: str, data, out, micro_bat
     prepare(cfg)  # tokenizing happens outside the measured run
     device = pick_device("auto")
     _, measured = peak_tensor_bytes(lambda: train_run(cfg), device)
-    shape = StepShape(method, block_size, pick_precision("auto", device))
+    shape = StepShape(method, block_size, pick_precision("auto", device), classifier_labels=labels)
     return measured, fit_memory(config, shape).estimate(micro_batch).total
 
 
@@ -34,6 +37,18 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_for_tiny_models(kind
     path = tiny_models[kind]
     measured, estimated = measured_and_estimated(str(path), AutoConfig.from_pretrained(path), method, corpus_file, tmp_path / "run",
                                                  micro_batch=4, block_size=64)
+    assert abs(estimated / measured - 1) <= 0.25, f"estimated {estimated:,} bytes, measured {measured:,}"
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_estimate_is_within_25_percent_for_a_classifier_with_a_head(method, tiny_llama, tmp_path):
+    """Texts longer than the block, so that every example is cut to it: the estimate is for examples of block size."""
+    filler = " ".join(make_corpus(1, words_per_doc=80))
+    rows = [f"{'good bright lamp' if i % 2 else 'bad broken hub'} {i} {filler},{'pos' if i % 2 else 'neg'}" for i in range(120)]
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    measured, estimated = measured_and_estimated(str(tiny_llama), AutoConfig.from_pretrained(tiny_llama), method, data,
+                                                 tmp_path / "run", micro_batch=4, block_size=32, labels=2)
     assert abs(estimated / measured - 1) <= 0.25, f"estimated {estimated:,} bytes, measured {measured:,}"
 
 
@@ -97,3 +112,19 @@ def test_memory_sizes_parse():
     assert parse_size("512MB") == 512 * 2**20
     with pytest.raises(Exception, match="give a size"):
         parse_size("lots")
+
+
+def test_qlora_is_lora_with_a_4_bit_base():
+    """QLoRA cannot run here (bitsandbytes needs CUDA): its figure is LoRA's, with the blocks' matrices in NF4."""
+    from tunesmith.planning.candidates import candidate
+    from tunesmith.planning.memory import NF4_BYTES, as_qlora
+
+    shape = candidate("smollm2-135m").config
+    lora = fit_memory(shape, StepShape("lora", 128, "bf16"))
+    qlora = as_qlora(lora)
+    # per block: q and o 576x576, k and v 192x576, gate, up and down 576x1536
+    assert lora.matrices == 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536)
+    assert qlora.weights == int(lora.matrices * NF4_BYTES + (lora.params - lora.matrices) * 2)
+    assert qlora.trainable == lora.trainable and qlora.per_sequence == lora.per_sequence
+    saved = lora.estimate(1).total - qlora.estimate(1).total
+    assert saved == pytest.approx(lora.weights - qlora.weights + 2 * lora.matrices, rel=1e-6)

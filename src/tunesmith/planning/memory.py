@@ -12,7 +12,9 @@ blocks cost less than trained ones).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import types
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -72,10 +74,24 @@ class StepShape:
     lora_rank: int = 8
 
 
-def _modules_stay():
-    """peft moves new adapters to their base layer's device with Module.to, which cannot swap fake parameters in place.
-    In a simulation every tensor is created on one device in float32 already, so moving is a no-op."""
-    return mock.patch.object(torch.nn.Module, "to", lambda self, *args, **kwargs: self)
+def _fresh_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module like `module` (a linear head), made rather than deep-copied: deepcopy reads fake tensors' data pointers."""
+    if isinstance(module, torch.nn.Linear):
+        return torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    return copy.copy(module)
+
+
+@contextlib.contextmanager
+def _peft_on_fake_tensors():
+    """peft moves new adapters to their base layer's device with Module.to, which cannot swap fake parameters in place,
+    and deep-copies a classification head to train beside the adapters. In a simulation every tensor is on one device
+    in float32 already, so moving is a no-op, and the head's copy is made new."""
+    import peft.utils.other
+
+    fresh = types.SimpleNamespace(deepcopy=_fresh_copy, copy=copy.copy)
+    with mock.patch.object(torch.nn.Module, "to", lambda self, *args, **kwargs: self), \
+            mock.patch.object(peft.utils.other, "copy", fresh):
+        yield
 
 
 def _with_layers(config, layers: int):
@@ -116,7 +132,9 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
                          lora_rank=shape.lora_rank, gradient_checkpointing=shape.gradient_checkpointing)
     counter = _LiveBytes()
-    with FakeTensorMode(allow_non_fake_inputs=True), _modules_stay(), warnings.catch_warnings(), counter:
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    fake.cache_enabled = False  # its dispatch cache can crash when one process simulates many models; it saves little here
+    with fake, _peft_on_fake_tensors(), warnings.catch_warnings(), counter:
         warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
         model = apply_method(_build(_with_layers(config, layers), shape), method)
         model.train()
@@ -178,7 +196,7 @@ def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, 
     from ..models.methods import apply_method, transformer_blocks
 
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank)
-    with torch.device("meta"), _modules_stay(), warnings.catch_warnings():
+    with torch.device("meta"), _peft_on_fake_tensors(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_method(_build(config, shape), method)
     matrices = sum(p.numel() for name, p in transformer_blocks(model).named_parameters() if p.ndim == 2 and "lora_" not in name)

@@ -278,18 +278,25 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
+def _memory_unit(plan: Plan) -> tuple[str, int]:
+    """GiB for real models, MiB when every option is under one GiB (small or test models)."""
+    return ("GiB", 2**30) if max(o.estimate.total for o in plan.options) >= 2**30 else ("MiB", 2**20)
+
+
 def table_lines(plan: Plan) -> list[str]:
     """The options side by side: memory by part at the micro-batch each would use, speed, and hours per epoch."""
+    _, unit = _memory_unit(plan)
     header = (f"{'model':<24} {'method':<7} {'trainable':>9} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>7} "
               f"{'total':>7} {'micro':>5} {'tok/s':>8} {'h/epoch':>8}  note")
     lines = [header, "-" * len(header)]
     for option in plan.options:
         e = option.estimate
+        parts = " ".join(f"{value / unit:>{width}.2f}" for value, width in
+                         ((e.weights, 8), (e.gradients, 7), (e.optimizer, 7), (e.activations, 7), (e.total, 7)))
         micro = str(option.micro_batch) if option.micro_batch else "-"
         note = option.note or ("" if option.micro_batch else "does not fit")
         mark = "*" if option is plan.chosen else " "
-        lines.append(f"{option.candidate.label:<24} {option.method:<7} {_count(option.memory.trainable):>9} {_gib(e.weights):>8} "
-                     f"{_gib(e.gradients):>7} {_gib(e.optimizer):>7} {_gib(e.activations):>7} {_gib(e.total):>7} {micro:>5} "
+        lines.append(f"{option.candidate.label:<24} {option.method:<7} {_count(option.memory.trainable):>9} {parts} {micro:>5} "
                      f"{option.tokens_per_second:>8,.0f} {option.hours_per_epoch:>8.2f} {mark}{note}")
     return lines
 
@@ -300,7 +307,8 @@ def summary_lines(plan: Plan) -> list[str]:
             f"(about {plan.data.tokens:,} tokens)",
             f"device: {plan.rate.name}, {rate}; memory budget {_gib(plan.memory_budget)} GiB "
             f"(plans use at most {HEADROOM:.0%}); time budget {plan.hours:g} h",
-            "memory in GiB at the micro-batch each option would use (activ.: activations and temporaries at the peak)"]
+            f"memory in {_memory_unit(plan)[0]} at the micro-batch each option would use "
+            "(activ.: activations and temporaries at the peak)"]
 
 
 def plan_dict(plan: Plan) -> dict:

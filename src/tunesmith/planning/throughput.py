@@ -13,9 +13,10 @@ import torch
 # GFLOP/s on the same 2 cores. CUDA: 0.40 of the table's peak, the usual MFU of a bf16 training loop.
 EFFICIENCY = {"cpu": 0.33, "cuda": 0.40, "mps": 0.30}
 # FLOPs per parameter per token, by method: forward 2, backward 4 (full); LoRA's backward skips the base weights'
-# gradients (4) but its small adapter matmuls and input dropouts run badly on CPU: 178 against 232 tok/s for full
-# on SmolLM2-135M (benchmarks/RESULTS.md), 7.8 in these units; QLoRA adds the dequantization of each weight
-LORA_COST = {"cpu": 7.8, "cuda": 5.0, "mps": 6.0}
+# gradients (4) but its small adapter matmuls and input dropouts run badly on CPU: on SmolLM2-135M it trains at
+# 0.68 and 0.60 of full fine-tuning's tokens/s (benchmarks/RESULTS.md), 9 in these units; QLoRA adds the
+# dequantization of each weight
+LORA_COST = {"cpu": 9.0, "cuda": 5.0, "mps": 6.0}
 QLORA_COST = 6.5
 
 
