@@ -87,11 +87,11 @@ def test_recommend_writes_a_config_that_trains(tiny_gpt2, corpus_file, tmp_path,
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-def test_recommend_trades_method_and_epochs_for_memory_and_time(corpus_file, tmp_path, capsys):
+def test_recommend_falls_back_to_a_method_that_fits(corpus_file, tmp_path, capsys):
     """The embedded model's shape from the built-in table: full fine-tuning does not fit in 2 GB, LoRA does."""
     args = ["recommend", "--data", str(corpus_file), "--only", "--candidate", "smollm2-135m", "--block-size", "128",
-            "--write", str(tmp_path / "r.yaml"), "--force", "--json"]
-    assert main(args + ["--memory", "2GB"]) == 0
+            "--write", str(tmp_path / "r.yaml"), "--memory", "2GB", "--json"]
+    assert main(args) == 0
     plan = json.loads(capsys.readouterr().out)
     full = next(o for o in plan["options"] if o["method"] == "full")
     assert full["micro_batch"] == 0 and full["memory"]["total"] > 0.9 * 2 * 2**30
@@ -99,11 +99,15 @@ def test_recommend_trades_method_and_epochs_for_memory_and_time(corpus_file, tmp
     assert plan["recommended"]["method"] != "full"
     assert any("full fine-tuning needs" in reason for reason in plan["recommended"]["reasons"])
 
-    assert main(args + ["--memory", "16GB", "--hours", "0.0001"]) == 0
+
+def test_recommend_cuts_epochs_to_the_hours_and_says_when_nothing_fits(tiny_gpt2, corpus_file, tmp_path, capsys):
+    args = ["recommend", "--data", str(corpus_file), "--only", "--candidate", str(tiny_gpt2), "--block-size", "32",
+            "--write", str(tmp_path / "r.yaml"), "--force", "--json"]
+    assert main(args + ["--memory", "8GB", "--hours", "0.0000001"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["recommended"]["epochs"] < 1 and "does" in plan["recommended"]["reasons"][0]
 
-    assert main(args + ["--memory", "100MB"]) == 2
+    assert main(args + ["--memory", "100KB"]) == 2
     assert "no candidate fits" in capsys.readouterr().err
 
 

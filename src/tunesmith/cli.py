@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="the model, method, batch and epochs that fit your data, memory and time; writes a config")
     recommend.add_argument("config", nargs="?", help="YAML run config for the data settings (optional)")
-    recommend.add_argument("--data", dest="data.train", action="append", help="the training data")
-    recommend.add_argument("--task", dest="task", help="lm, chat or classify")
-    recommend.add_argument("--block-size", dest="data.block_size", type=int, help="tokens per training sequence")
+    recommend.add_argument("--data", dest="data.train", action="append", metavar="FILE", help="the training data (repeatable)")
+    recommend.add_argument("--task", dest="task", choices=["lm", "chat", "classify"], help="what the run will learn (default lm)")
+    recommend.add_argument("--block-size", dest="data.block_size", type=int, metavar="N", help="tokens per training sequence")
     recommend.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: the GPU's, or the free RAM)")
     recommend.add_argument("--hours", type=float, default=1.0, help="time budget for training (default 1)")
     recommend.add_argument("--candidate", action="append", default=[], metavar="MODEL",
