@@ -111,6 +111,14 @@ def test_recommend_cuts_epochs_to_the_hours_and_says_when_nothing_fits(tiny_gpt2
     assert "no candidate fits" in capsys.readouterr().err
 
 
+def test_recommend_shows_but_never_chooses_a_model_it_cannot_load(corpus_file, tmp_path, capsys):
+    """Offline (the tests set HF_HUB_OFFLINE), GPT-2 is estimated from the built-in table but would need a download."""
+    args = ["recommend", "--data", str(corpus_file), "--only", "--candidate", "gpt2", "--write", str(tmp_path / "r.yaml")]
+    assert main(args) == 2
+    assert "no candidate can be used here (needs a download" in capsys.readouterr().err
+    assert not (tmp_path / "r.yaml").exists()
+
+
 def test_memory_sizes_parse():
     assert parse_size("24GB") == parse_size("24 GiB") == parse_size("24g") == 24 * 2**30
     assert parse_size("512MB") == 512 * 2**20

@@ -204,6 +204,9 @@ def choose(plan: Plan, cfg: RunConfig) -> Plan:
     batch = max(1, min(TARGET_BATCH, sequences // 20))  # at least 20 steps an epoch
     epochs = planned_epochs(plan.data, sequences, batch)
     fitting = [o for o in plan.options if o.fits]
+    if not fitting and all(o.note for o in plan.options):
+        raise UserError(f"no candidate can be used here ({plan.options[0].note}); add --candidate with a local model, "
+                        "a .gguf file or smollm2-135m")
     if not fitting:
         raise UserError(f"no candidate fits in {plan.memory_budget / 2**30:.1f} GiB at block size {cfg.data.block_size}; "
                         "lower --block-size, set model.gradient_checkpointing=true, or give --memory if more is free")
