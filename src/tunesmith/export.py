@@ -88,7 +88,8 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
     task = read_task(final)
-    if gguf and task.get("task") == "classify" and task.get("method") == "head":
+    head = task.get("task") == "classify" and task.get("method") == "head"
+    if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)
     if gguf:
@@ -98,15 +99,14 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         written = export_gguf(final, out / f"model-{GGUF_SUFFIX[dtype]}.gguf", dtype, base, f"{run_dir.name} ({base})")
     else:
         written = out
-        _save_hf(final, out, dtype, task)
+        _save_hf(final, out, dtype, head)
     (out / "README.md").write_text(model_card(summary, config, data, task, gguf_file=written.name if gguf else None))
     return written
 
 
-def _save_hf(final: Path, out: Path, dtype: str, task: dict) -> None:
+def _save_hf(final: Path, out: Path, dtype: str, head: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    head = task.get("task") == "classify" and task.get("method") == "head"
     factory = AutoModelForSequenceClassification if head else AutoModelForCausalLM
     factory.from_pretrained(final, dtype=DTYPES[dtype]).save_pretrained(out)
     AutoTokenizer.from_pretrained(final).save_pretrained(out)

@@ -47,11 +47,12 @@ ALIASES = {name.removeprefix("openai-community/"): name for name in BUILT_IN if 
 def _local_config(spec: str, path: Path):
     from transformers import AutoConfig
 
+    from ..models.resolve import _hf_directory
+
     try:
         if spec.endswith(".gguf"):
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        directory = path / "final" if (path / "final" / "config.json").is_file() else path
-        return AutoConfig.from_pretrained(directory, local_files_only=True)
+        return AutoConfig.from_pretrained(_hf_directory(path) or path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"--candidate {spec}: cannot read its config ({str(exc).splitlines()[0]}); "
                         "give a model directory, a tunesmith run, a .gguf file or a hub id") from None

@@ -17,7 +17,7 @@ import copy
 import types
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from unittest import mock
 
 import torch
@@ -215,7 +215,7 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
     fixed, s, b and d; for freeze two more (a frozen block under a trained one) give f and g.
     """
     method = "lora" if shape.method == "qlora" else shape.method
-    base = StepShape(method, shape.block_size, shape.precision, shape.classifier_labels, shape.gradient_checkpointing, shape.lora_rank)
+    base = replace(shape, method=method)
     s = {(layers, micro): simulate_peak(config, base, layers, layers, micro) for layers in (1, 2) for micro in (1, 2)}
     d = (s[2, 2] - s[1, 2]) - (s[2, 1] - s[1, 1])
     b = s[2, 1] - s[1, 1] - d
