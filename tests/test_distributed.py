@@ -13,26 +13,35 @@ from conftest import cut_run
 from test_train import losses
 
 
-def _launch(processes: int, model, data, out, micro: int, steps: int, *extra: str) -> None:
-    """Runs in the shared cache next to the run directories, so the two launches prepare the data once."""
+def _launch(processes: int, model, data, out, micro: int, steps: int, *extra: str, cwd: Path | None = None) -> None:
+    """Runs in the shared cache next to the run directories, so the two launches prepare the data once.
+
+    With `out` None the run takes its default directory under `cwd`/runs."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "tunesmith", "train"] if processes > 1 else [sys.executable, "-m", "tunesmith", "train"]
-    command += ["--model", str(model), "--data", str(data), "--out", str(out), "--block-size", "32", "--lr", "3e-3",
+    command += ["--out", str(out)] if out is not None else []
+    command += ["--model", str(model), "--data", str(data), "--block-size", "32", "--lr", "3e-3",
                 "--batch-size", str(micro), "--max-steps", str(steps), "--set", "train.precision=fp32", "--set", "model.dropout=0.0",
                 "--set", "train.eval_every=3", "--set", "train.patience=null", "--set", "train.keep_last=10", *extra]
-    env = dict(os.environ, TUNESMITH_HOME=str(Path(out).parent / "home"))
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    env = dict(os.environ, TUNESMITH_HOME=str((Path(out).parent if out is not None else cwd) / "home"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_models, tmp_path_factory):
-    """One 2-process run shared by the tests below (process start-up dominates their cost)."""
+    """One 2-process run shared by the tests below (process start-up dominates their cost).
+
+    It takes the default run directory: rank 0 names it and both ranks use it, so one folder holds the whole run.
+    """
     from conftest import make_corpus, write_jsonl
 
     root = tmp_path_factory.mktemp("ddp")
     data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
-    _launch(2, tiny_models["llama"], data, root / "ddp", 2, 8)
+    _launch(2, tiny_models["llama"], data, None, 2, 8, cwd=root)
+    runs = list((root / "runs").iterdir())
+    assert len(runs) == 1 and all((runs[0] / name).exists() for name in ("summary.json", "final", "report.html"))
+    runs[0].rename(root / "ddp")
     return root, data
 
 

@@ -39,17 +39,20 @@ def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list
     return [marked_text(prepared.blocks("train"), i, tokenizer) for i in range(min(count, len(prepared.blocks("train"))))]
 
 
-def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None) -> dict:
-    """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json) and writes the report."""
+def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None,
+          force: bool = False) -> dict:
+    """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json) and writes the report.
+
+    `force` writes the run into an `output.dir` that holds other files; without it such a folder is refused.
+    """
     import os
 
     from .report import write_report
     from .training import train_run
 
-    cfg = _as_config(config)
-    summary = train_run(cfg, resume=resume, console=console)
+    summary = train_run(_as_config(config), resume=resume, console=console, force=force)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes files
-        write_report(cfg.run_dir())
+        write_report(Path(summary["run_dir"]))
     return summary
 
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune a model")
     _add_common(train)
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest intact checkpoint")
+    train.add_argument("--force", action="store_true", help="write the run into an --out folder that holds other files")
 
     evaluate = commands.add_parser("eval", help="loss and perplexity of a model or run on a data file")
     evaluate.add_argument("model_or_run")
@@ -187,14 +188,14 @@ def _run_prepare(args) -> int:
 def _run_train(args) -> int:
     from .api import train
 
-    summary = train(_config(args), resume=args.resume, console=_console())
+    summary = train(_config(args), resume=args.resume, console=_console(), force=args.force)
     scope = "assistant-token " if summary.get("task") == "chat" else ""
     print(f"{scope}validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
           f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}")
     if summary.get("task") == "classify":
         print(f"accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
               f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})")
-    print(f"model: {summary['final_dir']}")
+    print(f"run: {summary['run_dir']} (report.html, summary.json); model: {summary['final_dir']}")
     return 0
 
 
@@ -242,7 +243,10 @@ def _run_chat(args) -> int:
     if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
         for line in sys.stdin:
             if line.strip():
-                print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+                try:
+                    print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+                except UserError as exc:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
         return 0
     from transformers import TextStreamer
 
@@ -265,7 +269,10 @@ def _run_chat(args) -> int:
             print(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)")
         elif line:
             print("bot> ", end="", flush=True)
-            session.reply(line, streamer)
+            try:
+                session.reply(line, streamer)
+            except UserError as exc:
+                print(f"\nerror: {exc}")
 
 
 def _run_predict(args) -> int:
@@ -376,6 +383,8 @@ def _run_quickstart(args) -> int:
     return 0
 
 
+OUT_OF_MEMORY = "out of memory; lower --batch-size (raise train.grad_accum to keep the batch) or --block-size"
+
 HANDLERS = {
     "init": _run_init,
     "prepare": _run_prepare,
@@ -408,6 +417,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for a failed file operation: the path, what the OS said, and what usually fixes it."""
+    import errno
+
+    path = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    fix = {errno.ENOSPC: "free some space or write to another disk", errno.EFBIG: "the file size limit (ulimit -f) was reached",
+           errno.EDQUOT: "the disk quota is full; free some space", errno.EACCES: "check the permissions, or pick another path",
+           errno.EPERM: "check the permissions, or pick another path", errno.EISDIR: "that path is a folder; name a file",
+           errno.ENOTDIR: "part of that path is a file, not a folder", errno.ENOENT: "check the path",
+           errno.EROFS: "that file system is read-only; pick another path"}.get(exc.errno, "check the path and the disk")
+    return f"{path}{reason}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "init":
@@ -418,8 +441,28 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
-    except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
-            raise
-        print("error: out of memory; lower --batch-size (raise train.grad_accum to keep the batch) or --block-size", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
+            return 2
+        from .durable import as_os_error
+
+        if as_os_error(exc) is not None:
+            print(f"error: {_os_error_line(as_os_error(exc))}", file=sys.stderr)
+            return 2
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: the traceback above is a bug in tunesmith, not a problem with your input ({type(exc).__name__}); "
+              "please report it on the tunesmith issue tracker with the traceback and the output of `tunesmith doctor`",
+              file=sys.stderr)
+        return 1

@@ -182,11 +182,22 @@ class RunConfig(_Section):
     def task_settings(self) -> TaskSettings:
         return TaskSettings(self.task, self.chat, self.classify)
 
+    def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
+        """This config with `output.dir` fixed: `run_dir`, the configured one, or a new default name.
+
+        The default name holds the start time, so it is picked once, when a run starts, and passed down.
+        """
+        if run_dir is None and self.output.dir:
+            return self
+        chosen = run_dir or Path("runs") / (self.output.name or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"))
+        return self.model_copy(update={"output": self.output.model_copy(update={"dir": str(chosen)})})
+
+    @property
     def run_dir(self) -> Path:
-        if self.output.dir:
-            return Path(self.output.dir)
-        name = self.output.name or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
-        return Path("runs") / name
+        """The run directory; only a config that went through `with_run_dir` has one."""
+        if not self.output.dir:
+            raise ValueError("output.dir is not set: call with_run_dir() once, when the run starts")
+        return Path(self.output.dir)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -261,6 +272,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path}: not found; create one with `tunesmith init {path}`"])
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                           "save it as UTF-8"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

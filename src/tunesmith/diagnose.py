@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import median
 
 from .errors import UserError
+from .run_directory import read_json_lines
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
 OVERFIT_RISE = 0.01  # relative rise of validation loss over its best that counts
@@ -285,5 +286,5 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    history, _ = read_json_lines(metrics)  # a line torn by a killed run is left out
     return diagnose(history, run_facts(run_dir))

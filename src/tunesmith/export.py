@@ -83,6 +83,8 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     """
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a new folder for the export")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; pick a new folder")
     summary, config, data = _run_files(run_dir)

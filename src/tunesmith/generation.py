@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .models import load_model, load_tokenizer, resolve_model
+from .models import context_length, load_model, load_tokenizer, resolve_model
 from .training.hardware import pick_device
 
 
@@ -47,6 +47,14 @@ def generate_options(tokenizer, input_ids: torch.Tensor, max_new_tokens: int, te
             "streamer": streamer}
 
 
+def check_fits_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """A prompt plus its continuation must fit the model's context; past it, positions have no embedding."""
+    context = context_length(model.config)
+    if context and prompt_tokens + max_new_tokens > context:
+        raise UserError(f"the prompt is {prompt_tokens:,} tokens and --max-new-tokens {max_new_tokens:,}: together past the model's "
+                        f"context of {context:,} tokens; shorten the prompt or lower --max-new-tokens")
+
+
 @torch.no_grad()
 def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> str:
     """The continuation of `prompt` only (the prompt itself is not repeated)."""
@@ -54,6 +62,7 @@ def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = Samp
         raise UserError("generation needs --temperature >= 0 and --max-new-tokens >= 1")
     device = next(model.parameters()).device
     input_ids = _prompt_ids(tokenizer, prompt, options.chat).to(device)
+    check_fits_context(model, input_ids.shape[1], options.max_new_tokens)
     torch.manual_seed(options.seed)
     output = model.generate(**generate_options(tokenizer, input_ids, options.max_new_tokens, options.temperature, options.top_k,
                                                options.top_p, tokenizer.eos_token_id))
@@ -83,15 +92,30 @@ class ChatSession:
     @torch.no_grad()
     def reply(self, text: str, streamer=None) -> str:
         """The assistant's answer to `text`, streamed token by token to `streamer` (a transformers streamer) if given."""
-        from .tasks.chat import render
-
         self.history.append({"role": "user", "content": text})
-        prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
-        device = next(self.model.parameters()).device
-        input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+        input_ids = self._prompt_ids()
         options = self.options
         output = self.model.generate(**generate_options(self.tokenizer, input_ids, options.max_new_tokens, options.temperature,
                                                         options.top_k, options.top_p, self.stop_ids, streamer))
         answer = self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
         self.history.append({"role": "assistant", "content": answer})
         return answer
+
+    def _prompt_ids(self) -> torch.Tensor:
+        """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
+        from .tasks.chat import render
+
+        device = next(self.model.parameters()).device
+        while True:
+            prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
+            input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+            context = context_length(self.model.config)
+            if not context or input_ids.shape[1] + self.options.max_new_tokens <= context or len(self.history) <= 1:
+                break
+            del self.history[:2]
+        try:
+            check_fits_context(self.model, input_ids.shape[1], self.options.max_new_tokens)
+        except UserError:
+            self.history.pop()
+            raise
+        return input_ids.to(device)

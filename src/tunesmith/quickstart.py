@@ -45,7 +45,7 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
         f"prompt: {prompt}\n"
         f"  before: {before}\n"
         f"  after:  {after}\n"
-        f"run directory: {cfg.run_dir()} (final model in {summary['final_dir']}, report in report.html)\n\n"
+        f"run directory: {summary['run_dir']} (final model in {summary['final_dir']}, report in report.html)\n\n"
         "Next, on your own text:\n"
         "  tunesmith init my-run.yaml                      # a commented config\n"
         "  tunesmith prepare --data my_texts/              # check what the data becomes\n"

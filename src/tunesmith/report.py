@@ -11,11 +11,11 @@ from pathlib import Path
 
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
+from .run_directory import read_json_lines
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
-    path = run_dir / name
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_json_lines(run_dir / name)[0]  # a line torn by a killed run is left out
 
 
 def _json(path: Path) -> dict:

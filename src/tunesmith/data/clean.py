@@ -9,13 +9,17 @@ import unicodedata
 from typing import Callable
 
 from ..config import CleanConfig
+from .html import ELEMENTS
 
 _BLANKS = "\\t\\u00a0\\u2000-\\u200b\\u202f\\u205f\\u3000"
 # a run of horizontal whitespace other than one plain space: a lone space (the common case) never matches
 _SPACES = re.compile(f"[{_BLANKS}][ {_BLANKS}]*| [ {_BLANKS}]+")
 _MANY_BLANK_LINES = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\ufeff]")
-_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9:-]*(\s[^<>]*)?/?>|<!--.*?-->", re.DOTALL)
+# a start or end tag with well-formed attributes; values are bounded and never span a `<`, so a stray `<a`
+# or an unclosed quote costs a short scan, not one to the end of the text
+_TAG = re.compile(r"""</?([a-zA-Z][a-zA-Z0-9]*)(?:\s+[a-zA-Z_:@][-\w:.@]*(?:\s*=\s*(?:"[^"<]{0,2000}"|'[^'<]{0,2000}'|[^\s"'=<>`]{1,2000}))?)*\s*/?>""")
+_DOCTYPE = re.compile(r"<!doctype\s[^<>]{0,200}>", re.IGNORECASE)
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")
 PII_PATTERNS = {
     "email": (re.compile(r"\b[\w.+-]+@[\w-]+(\.[\w-]+)+\b"), "<EMAIL>"),
@@ -51,10 +55,32 @@ def strip_control(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
+def _html_tag(match: re.Match) -> str:
+    """Only elements of the HTML standard count, written in one case as HTML is: `<unk>`, `<EMAIL>` and
+    `List<Map>` (a capitalized name is a type in code, not a tag) are text."""
+    name = match.group(1)
+    return " " if name.lower() in ELEMENTS and (name.islower() or name.isupper()) else match.group(0)
+
+
+def _strip_comments(text: str) -> str:
+    """`<!-- ... -->` removed in one left-to-right scan: an unclosed `<!--` ends the scan, it is not retried per start."""
+    parts, position = [], 0
+    while (start := text.find("<!--", position)) != -1:
+        end = text.find("-->", start + 4)
+        if end == -1:
+            break
+        parts.append(text[position:start] + " ")
+        position = end + 3
+    return "".join(parts) + text[position:] if parts else text
+
+
 def strip_markup(text: str) -> str:
+    """Leftover HTML (tags of the standard's elements, comments, doctype) removed and entities decoded; other text kept."""
     if "<" not in text and "&" not in text:
         return text
-    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), _TAG.sub(" ", text))
+    if "<" in text:
+        text = _TAG.sub(_html_tag, _DOCTYPE.sub(" ", _strip_comments(text)))
+    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), text) if "&" in text else text
 
 
 def mask_pii(text: str, kinds: list[str]) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import sys
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -19,6 +20,15 @@ LINE_FORMATS = {".txt", ".md", ".jsonl", ".csv", ".tsv"}
 WHOLE_FORMATS = {".json", ".parquet", ".html", ".htm"}
 SUFFIXES = LINE_FORMATS | WHOLE_FORMATS | {f"{s}.gz" for s in LINE_FORMATS}
 _SNIFF_BYTES = 8192
+_SKIP_CHUNK = 1 << 20
+# a record's raw bytes can hold a text of N characters only if they number at most 12 per character (a JSON
+# surrogate pair escape, \\ud83d\\ude00, spells one character in 12 bytes), plus room for its other fields
+BYTES_PER_CHAR, RECORD_SLACK_BYTES = 12, 1 << 16
+
+
+def record_byte_limit(max_chars: int | None) -> int | None:
+    """The most raw bytes a record may have before it is dropped unread as too long (None: no limit)."""
+    return BYTES_PER_CHAR * max_chars + RECORD_SLACK_BYTES if max_chars else None
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,19 @@ class Record:
 
 class RowError(Exception):
     """One malformed row; with data.on_error=skip it is counted instead of stopping prepare."""
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A record past the byte limit, skipped while reading so that it is never held whole; dropped as too long."""
+
+    source: str
+    line: int
+    size: int
+    head: str
+
+    def describe(self) -> str:
+        return f"{self.source}:{self.line}: {self.size:,} bytes or more, past the limit that clean.max_chars sets; it starts: {self.head}"
 
 
 @dataclass
@@ -67,38 +90,100 @@ def check_not_binary(path: Path) -> None:
         raise UserError(f"{path}: looks like a binary file, not text; remove it from data.train or convert it")
 
 
-def _lines(path: Path, stats: DecodeStats) -> Iterator[str]:
-    """Decoded lines; invalid UTF-8 is replaced (and counted) rather than fatal."""
-    with _open_binary(path) as handle:
-        for raw in handle:
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.lines_with_bad_bytes += 1
-                yield raw.decode("utf-8", errors="replace")
+@contextmanager
+def _damage_as_user_error(path: Path):
+    """A cut-short or corrupt .gz raises several types deep in a read; each becomes one line naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UserError(f"{path}: the compressed file is damaged or cut short ({exc}); re-create it or remove it "
+                        "from data.train") from None
 
 
-def read_text(path: Path, per_file: bool, stats: DecodeStats) -> Iterator[Record]:
+def _raw_lines(handle: IO[bytes], max_bytes: int | None) -> Iterator[bytes | int]:
+    """Lines as bytes; a line longer than `max_bytes` is read past in chunks and reported as its size alone."""
+    while True:
+        raw = handle.readline(max_bytes + 1) if max_bytes else handle.readline()
+        if not raw:
+            return
+        if max_bytes is None or len(raw) <= max_bytes or raw.endswith(b"\n"):
+            yield raw
+            continue
+        size, head = len(raw), raw[:200]
+        while not raw.endswith(b"\n"):
+            raw = handle.readline(_SKIP_CHUNK)
+            if not raw:
+                break
+            size += len(raw)
+        yield size
+        yield head  # the caller reads the head right after the size
+
+
+def _decode(raw: bytes, stats: DecodeStats) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.lines_with_bad_bytes += 1
+        return raw.decode("utf-8", errors="replace")
+
+
+def _lines(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[str | Oversized]:
+    """Decoded lines, and an `Oversized` for each line past `max_bytes`; invalid UTF-8 is replaced (and counted)."""
+    with _damage_as_user_error(path), _open_binary(path) as handle:
+        raw_lines = _raw_lines(handle, max_bytes)
+        for number, raw in enumerate(raw_lines, 1):
+            if isinstance(raw, int):
+                head = next(raw_lines)
+                yield Oversized(str(path), number, raw, head.decode("utf-8", errors="replace"))
+            else:
+                yield _decode(raw, stats)
+
+
+def _whole(path: Path, stats: DecodeStats, max_bytes: int | None) -> str | Oversized:
+    """A file read as one text, or an `Oversized` once it passes `max_bytes` (the rest is not read)."""
+    parts, size = [], 0
+    for line in _lines(path, stats, max_bytes):
+        size += line.size if isinstance(line, Oversized) else len(line)
+        if isinstance(line, Oversized) or (max_bytes and size > max_bytes):
+            return Oversized(str(path), 1, size, "".join(parts)[:200])
+        parts.append(line)
+    return "".join(parts)
+
+
+def read_text(path: Path, per_file: bool, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[Record | Oversized]:
     """Documents separated by blank lines, or the whole file as one document."""
     if per_file:
-        yield Record(str(path), 1, "".join(_lines(path, stats)))
+        text = _whole(path, stats, max_bytes)
+        yield text if isinstance(text, Oversized) else Record(str(path), 1, text)
         return
     buffer: list[str] = []
-    start = 1
-    for number, line in enumerate(_lines(path, stats), 1):
-        if line.strip():
-            if not buffer:
-                start = number
+    start, size = 1, 0
+    for number, line in enumerate(_lines(path, stats, max_bytes), 1):
+        if isinstance(line, str) and not line.strip():
+            if size:
+                yield _document(path, start, buffer, size, max_bytes)
+                buffer, size = [], 0
+            continue
+        if not size:
+            start = number
+        size += line.size if isinstance(line, Oversized) else len(line)
+        if isinstance(line, str) and not (max_bytes and size > max_bytes):  # past the limit the rest is counted, not kept
             buffer.append(line)
-        elif buffer:
-            yield Record(str(path), start, "".join(buffer))
-            buffer = []
-    if buffer:
-        yield Record(str(path), start, "".join(buffer))
+    if size:
+        yield _document(path, start, buffer, size, max_bytes)
 
 
-def read_jsonl(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
-    for number, line in enumerate(_lines(path, stats), 1):
+def _document(path: Path, start: int, buffer: list[str], size: int, max_bytes: int | None) -> Record | Oversized:
+    if max_bytes and size > max_bytes:
+        return Oversized(str(path), start, size, "".join(buffer)[:200])
+    return Record(str(path), start, "".join(buffer))
+
+
+def read_jsonl(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
+    for number, line in enumerate(_lines(path, stats, max_bytes), 1):
+        if isinstance(line, Oversized):
+            yield line
+            continue
         if not line.strip():
             continue
         try:
@@ -113,6 +198,7 @@ def read_jsonl(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
 
 
 def read_json(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
+    """An array of records: read whole, as the format requires (so no per-record byte limit applies)."""
     text = "".join(_lines(path, stats))
     try:
         value = json.loads(text)
@@ -129,9 +215,21 @@ def read_json(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
             yield RowError(f"{path}: item {index + 1} is a {type(item).__name__}, not an object")
 
 
-def read_delimited(path: Path, delimiter: str, stats: DecodeStats) -> Iterator[Record | RowError]:
-    csv.field_size_limit(sys.maxsize)
-    reader = csv.reader(_lines(path, stats), delimiter=delimiter)
+def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
+                   max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
+    """Rows of a CSV/TSV file; a line or a (multi-line) field past `max_bytes` drops its row as oversized."""
+    skipped: list[Oversized] = []
+
+    def lines() -> Iterator[str]:
+        for line in _lines(path, stats, max_bytes):
+            if isinstance(line, Oversized):
+                skipped.append(line)
+                yield "\n"  # an empty row in its place, which the reader skips
+            else:
+                yield line
+
+    csv.field_size_limit(max_bytes or 2**31 - 1)
+    reader = csv.reader(lines(), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -142,10 +240,16 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats) -> Iterator[R
         try:
             row = next(reader)
         except StopIteration:
+            yield from skipped
             return
         except csv.Error as exc:
-            yield RowError(f"{path}:{reader.line_num}: malformed row ({exc})")
+            if "field larger than field limit" in str(exc):
+                yield Oversized(str(path), reader.line_num, max_bytes or 0, "")
+            else:
+                yield RowError(f"{path}:{reader.line_num}: malformed row ({exc})")
             continue
+        yield from skipped
+        skipped.clear()
         if not row:
             continue
         if len(row) != len(header):
@@ -168,22 +272,25 @@ def read_parquet(path: Path) -> Iterator[Record]:
             yield Record(str(path), number, row)
 
 
-def read_html(path: Path, stats: DecodeStats) -> Iterator[Record]:
+def read_html(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[Record | Oversized]:
     from .html import html_to_text
 
-    yield Record(str(path), 1, html_to_text("".join(_lines(path, stats))))
+    page = _whole(path, stats, max_bytes)
+    yield page if isinstance(page, Oversized) else Record(str(path), 1, html_to_text(page))
 
 
-def read_records(path: Path, per_file_text: bool, stats: DecodeStats) -> Iterator[Record | RowError]:
+def read_records(path: Path, per_file_text: bool, stats: DecodeStats,
+                 max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
+    """Every record of one file; those past `max_bytes` come as `Oversized`, never read whole."""
     fmt = file_format(path)
     if fmt in (".txt", ".md"):
-        return read_text(path, per_file_text, stats)
+        return read_text(path, per_file_text, stats, max_bytes)
     if fmt == ".jsonl":
-        return read_jsonl(path, stats)
+        return read_jsonl(path, stats, max_bytes)
     if fmt == ".json":
         return read_json(path, stats)
     if fmt in (".csv", ".tsv"):
-        return read_delimited(path, "\t" if fmt == ".tsv" else ",", stats)
+        return read_delimited(path, "\t" if fmt == ".tsv" else ",", stats, max_bytes)
     if fmt == ".parquet":
         return read_parquet(path)
-    return read_html(path, stats)
+    return read_html(path, stats, max_bytes)

@@ -86,7 +86,7 @@ class _Preparer:
         self.near = NearDuplicateIndex(clean.near_threshold)
 
     def _reader(self, report: DataReport) -> DocumentReader:
-        return DocumentReader(self.cfg.text_field, self.cfg.template, self.cfg.txt_documents == "file", self.cfg.on_error, report)
+        return DocumentReader.for_data(self.cfg, self.clean, report)
 
     def _documents(self, files: list[Path]) -> Iterator[Tokenized]:
         texts: Iterable[str] = transformed(self._reader(self.report).read(files), self.clean, self.report)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
-from .formats import SUFFIXES, DecodeStats, Record, RowError, check_not_binary, file_format, read_records
+from ..config import CleanConfig, DataConfig
+from .formats import SUFFIXES, DecodeStats, Oversized, Record, RowError, check_not_binary, file_format, read_records, record_byte_limit
 from .report import DataReport
 
 _SUPPORTED = ", ".join(sorted(SUFFIXES - {s for s in SUFFIXES if s.endswith(".gz")})) + " (and .gz of the line formats)"
@@ -70,7 +71,9 @@ def render(record: dict, template: str, fields: list[str]) -> str | None:
 class DocumentReader:
     """Yields each record's text; counts skipped rows, missing fields and invalid UTF-8 into the report."""
 
-    def __init__(self, text_field: str, template: str | None, per_file_text: bool, on_error: str, report: DataReport):
+    def __init__(self, text_field: str, template: str | None, per_file_text: bool, on_error: str, report: DataReport,
+                 max_chars: int | None = None):
+        self.max_bytes = record_byte_limit(max_chars)
         self.text_field = text_field
         self.template = template.replace("\\n", "\n").replace("\\t", "\t") if template else None  # escapes typed on a command line
         self.fields = template_fields(self.template) if self.template else [text_field]
@@ -80,6 +83,10 @@ class DocumentReader:
         self.seen_fields: set[str] = set()
         self.structured_records = 0
         self.structured_hits = 0
+
+    @classmethod
+    def for_data(cls, data: DataConfig, clean: CleanConfig, report: DataReport, on_error: str | None = None) -> DocumentReader:
+        return cls(data.text_field, data.template, data.txt_documents == "file", on_error or data.on_error, report, clean.max_chars)
 
     def _text(self, record: Record) -> str | None:
         if isinstance(record.value, str):
@@ -103,8 +110,11 @@ class DocumentReader:
                 continue
             self.report.files += 1
             stats = DecodeStats()
-            for item in read_records(path, self.per_file_text, stats):
+            for item in read_records(path, self.per_file_text, stats, self.max_bytes):
                 self.report.read += 1
+                if isinstance(item, Oversized):
+                    self.report.remove("too_long_chars", item.describe())
+                    continue
                 if isinstance(item, RowError):
                     if self.on_error == "fail":
                         raise UserError(f"{item}; fix the row or set data.on_error=skip")

@@ -122,7 +122,7 @@ class StructuredPreparer:
         self.coder = None
 
     def items(self, files: list[Path]) -> list[Item]:
-        reader = DocumentReader(self.data.text_field, self.data.template, self.data.txt_documents == "file", self.data.on_error, self.report)
+        reader = DocumentReader.for_data(self.data, self.clean, self.report)
         if self.settings.name == "chat":
             found = chat_items(reader, files, self.settings, self.data, self.report, self.steps)
         else:

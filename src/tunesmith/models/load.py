@@ -9,6 +9,8 @@ from .resolve import ResolvedModel
 
 
 def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> Any:
+    from safetensors import SafetensorError
+
     try:
         return factory.from_pretrained(
             resolved.path,
@@ -22,6 +24,8 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
         raise UserError(f"model {resolved.spec}: {exc}") from None
     except OSError as exc:
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
+    except SafetensorError as exc:
+        raise UserError(f"model {resolved.spec}: a weights file is damaged or cut short ({exc}); copy or download it again") from None
 
 
 def load_model_config(resolved: ResolvedModel):

@@ -100,7 +100,7 @@ def measure_data(cfg: RunConfig) -> DataSize:
     if not cfg.data.train:
         raise UserError("recommend needs --data FILE (the training data, to size the epochs)")
     files = expand_paths(cfg.data.train, "data.train")
-    reader = DocumentReader(cfg.data.text_field, cfg.data.template, cfg.data.txt_documents == "file", "skip", DataReport())
+    reader = DocumentReader.for_data(cfg.data, cfg.clean, DataReport(), on_error="skip")
     records = characters = 0
     labels: set[str] = set()
     for record in reader.records(files):

@@ -9,7 +9,8 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from .checkpoint import list_checkpoints
+from ..run_directory import check_resume_settings, check_run_dir
+from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .hardware import peak_flops, pick_device
 from .loss import perplexity
@@ -74,32 +75,41 @@ def _record(rows: list[dict], state: LoopState, cfg: RunConfig, log_row) -> bool
     return False
 
 
-def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None) -> dict:
+def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None, force: bool = False) -> dict:
     """Fine-tune `cfg.model.name` on `cfg.data`; write the run directory and return summary.json's contents.
 
-    Under torchrun every process runs this; rank 0 alone prints, evaluates and writes files.
+    Under torchrun every process runs this; rank 0 alone prints, evaluates and writes files, and picks
+    the run directory's default name, which every rank then uses.
     """
     context = setup_distributed(pick_device(cfg.train.device))
     try:
         if not context.is_main:
             console = Console(quiet=True)
-        return _train(cfg, resume, console or Console(highlight=False, soft_wrap=True, markup=False), context)
+        cfg = cfg.with_run_dir(context.share(cfg.with_run_dir().run_dir if context.is_main else None))
+        return _train(cfg, resume, force, console or Console(highlight=False, soft_wrap=True, markup=False), context)
     finally:
         teardown_distributed(context)
 
 
-def _train(cfg: RunConfig, resume: bool, console: Console, context: Distributed) -> dict:
-    run_dir = cfg.run_dir()
-    checkpoints = list_checkpoints(run_dir) if resume else []
-    if resume and not checkpoints:
-        raise UserError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
+def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
+    run_dir = cfg.run_dir
+    check_run_dir(run_dir, resume, force)
+    saved, damaged = None, []
+    if resume:
+        if not list_checkpoints(run_dir):
+            raise UserError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
+        check_resume_settings(cfg.model_dump(mode="json"), run_dir)
+        saved, damaged = newest_intact_checkpoint(run_dir, context.rank, console.print)
+        if saved is None:
+            raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
+                            "start the run anew with another --out")
     check_trackers(cfg.monitor)
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
+    if context.is_main:
+        set_aside(damaged)
     session = open_session(cfg, console, context)
     try:
-        session.start(checkpoints[-1] if checkpoints else None)
+        session.start(saved)
         return _loop(session)
     finally:
         session.close()

@@ -9,22 +9,27 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..run_directory import read_json_lines
+from ..durable import write_atomically
 
 
 class MetricsLog:
     """Append-only metrics.jsonl; on resume, rows past the checkpoint's step are dropped first."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, log=print):
+        self.path, self.log = path, log
         if resume_step is None or not path.exists():
             path.write_text("")
         else:
             self.truncate_after(resume_step)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows past `step` (after a rollback replays those steps)."""
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """Drop rows past `step` (after a rollback replays those steps), and any line torn by a killed process."""
+        rows, torn = read_json_lines(self.path)
+        if torn:
+            self.log(f"{self.path}: dropped {torn} torn line{'s' if torn > 1 else ''} (the process was stopped mid-write)")
+        kept = [row for row in rows if isinstance(row.get("step"), int) and row["step"] <= step]
+        write_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as handle:
@@ -32,11 +37,11 @@ class MetricsLog:
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    write_atomically(run_dir / "config.yaml", cfg.to_yaml())
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def memory_use() -> dict:

@@ -20,7 +20,9 @@ from ..tasks import task_tokenizer, write_task
 from ..tasks.chat import end_of_turn
 from ..tasks.classify import LabelCoder, class_weights, classification_metrics, majority_baseline, predict_examples
 from .build import build_model, export_final
-from .checkpoint import gather_trainable, list_checkpoints, load_checkpoint, save_checkpoint, write_tensors
+from ..run_directory import mark_run_dir
+from .checkpoint import SavedCheckpoint, apply_checkpoint, gather_trainable, newest_intact_checkpoint, save_checkpoint, set_aside, \
+    write_tensors
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
 from .hardware import enable_tf32, flops_per_token, pick_device, pick_precision
 from .loss import Validation, perplexity, validation_loss_with_fallback
@@ -218,20 +220,23 @@ class Session:
             write_tensors(tensors, self.run_dir / "best" / "trainable.safetensors")
         self._timed(started)
 
-    def restore(self, checkpoint: Path) -> None:
+    def restore(self, saved: SavedCheckpoint) -> None:
         r = self.runner
         rollbacks = self.state.rollbacks
-        self.state = LoopState(**load_checkpoint(checkpoint, self.model, r.optimizer, r.scheduler, r.scaler, self.context))
+        self.state = LoopState(**apply_checkpoint(saved, self.model, r.optimizer, r.scheduler, r.scaler))
         self.state.rollbacks = max(self.state.rollbacks, rollbacks)
         r.micro_batch_size = self.state.micro_batch_size or r.micro_batch_size
 
     def roll_back(self) -> None:
         """Back to the last checkpoint with the learning rate halved, after too many non-finite steps in a row."""
-        found = list_checkpoints(self.run_dir)
-        if not found:
+        saved, damaged = newest_intact_checkpoint(self.run_dir, self.context.rank, self.console.print)
+        if saved is None:
             raise UserError(f"training diverged: {self.state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
                             f"lower train.lr (now {self.optimizer.param_groups[0]['lr']:.3g})")
-        self.restore(found[-1])
+        self.context.barrier()
+        if self.context.is_main:
+            set_aside(damaged)
+        self.restore(saved)
         self.state.rollbacks += 1
         scheduler = self.runner.scheduler
         scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
@@ -242,17 +247,17 @@ class Session:
         self.console.print(f"{self.cfg.train.max_bad_steps} non-finite steps in a row: rolled back to step {self.state.step} "
                            "with the learning rate halved", highlight=False)
 
-    def start(self, checkpoint: Path | None) -> None:
-        """Resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
+    def start(self, checkpoint: SavedCheckpoint | None) -> None:
+        """Resume from `checkpoint` (read and checked), or measure the base model: the transfer-learning starting point."""
         if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mark_run_dir(self.run_dir)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.restore(checkpoint)
-            self.console.print(f"resumed from {checkpoint} at step {self.state.step}", highlight=False)
+            self.console.print(f"resumed from {checkpoint.path} at step {self.state.step}", highlight=False)
         if self.context.is_main:  # trackers first: a missing tracker package must fail before any file is written
             self.trackers = Trackers(self.cfg.monitor, self.run_dir, self.cfg, resume=checkpoint is not None)
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if checkpoint else None)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if checkpoint else None, self.console.print)
             self.sample_log = SampleLog(self.cfg.monitor, self.val_blocks, self.tokenizer, self.run_dir / "samples.jsonl", self.cfg.task)
         if checkpoint is None:
             if self.context.is_main:
@@ -332,6 +337,7 @@ class Session:
             "trainable_parameters": self.trainable,
             "val_tokens": self.val_blocks.num_tokens,
             "val_loss_std": state.val_loss_std,
+            "run_dir": str(self.run_dir),
             "final_dir": str(self.run_dir / "final"),
             "data_dir": str(self.data_dir),
             "device": self.device.type,
@@ -390,7 +396,7 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
         runner.fuse_output_loss()
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
-    session = Session(cfg, console, context, cfg.run_dir(), device, precision, resolved, tokenizer, model, runner, plan,
+    session = Session(cfg, console, context, cfg.run_dir, device, precision, resolved, tokenizer, model, runner, plan,
                       train_blocks, val_blocks, sharded, trainable, data.directory, data.meta.get("task", {}))
     session.flops_per_token = flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size)
     return session

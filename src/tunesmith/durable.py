@@ -1,0 +1,89 @@
+"""Writing files so that a crash or a full disk never leaves one half-written in place.
+
+Each file is written beside its target, flushed to disk with fsync, then renamed over it; the folder is
+synced after the rename, so the rename itself survives a power cut. A rename is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a no-op where the OS refuses folders (Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        handle = os.open(path, flags)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file under `root`, then every folder, deepest first."""
+    folders = [root]
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            folders.append(path)
+        else:
+            fsync_path(path)
+    for folder in reversed(folders):
+        fsync_path(folder)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def fresh_partial(target: Path) -> Path:
+    """An empty `<target>.partial` folder to write into before `replace_dir`."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def replace_dir(partial: Path, target: Path) -> None:
+    """Put the finished folder `partial` in place of `target`, synced before and after the renames."""
+    fsync_tree(partial)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    partial.rename(target)
+    fsync_path(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def as_os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError inside a library's own exception, so that a full disk reads as one: safetensors says
+    `SafetensorError(... I/O error: No space left on device (os error 28))`, and torch.save into a Python file
+    raises a RuntimeError whose context is the file's OSError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+        if found:
+            return OSError(int(found.group(2)), found.group(1))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

@@ -1,0 +1,351 @@
+"""Never lose a user's work, never run code from a checkpoint, never show a traceback for what a user can cause."""
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tunesmith.training.checkpoint as checkpoint_module
+from tunesmith import train
+from tunesmith.cli import main
+from tunesmith.errors import UserError
+from tunesmith.run_directory import MARKER
+from tunesmith.training.checkpoint import list_checkpoints
+
+from conftest import cut_run
+from test_train import losses, run_config
+
+
+def cli_args(model, data, *extra):
+    return ["--model", str(model), "--data", str(data), "--block-size", "32", "--lr", "3e-3", "--set", "train.precision=fp32",
+            "--set", "monitor.sample_count=0", "--set", "monitor.tensorboard=false", *extra]
+
+
+def one_error_line(capsys, *expected):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for text in expected:
+        assert text in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_models, tmp_path_factory):
+    """A 12-step run with checkpoints at 4, 8 and 12, which each test copies and cuts back."""
+    from conftest import make_corpus, write_jsonl
+
+    root = tmp_path_factory.mktemp("safety")
+    data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(root / "home"))
+        cfg = run_config(tiny_models["gpt2"], data, root / "run", max_steps=12, eval_every=4, keep_last=5)
+        train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"sample_count": 0, "tensorboard": False})}))
+    return root / "run", data, tiny_models["gpt2"]
+
+
+def resume_args(run_dir):
+    return ["train", "--out", str(run_dir), "--resume"]
+
+
+# --- the default run directory --------------------------------------------------------------------------------------
+
+def test_a_run_without_out_uses_one_directory_to_the_end(tiny_gpt2, corpus_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *cli_args(tiny_gpt2, corpus_file, "--max-steps", "4", "--set", "train.eval_every=2")]) == 0
+    printed = capsys.readouterr().out
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and f"run: {Path('runs') / runs[0].name} " in printed
+    for name in ("summary.json", "final", "report.html", MARKER):
+        assert (runs[0] / name).exists(), name
+    assert json.loads((runs[0] / "summary.json").read_text())["run_dir"] == str(Path("runs") / runs[0].name)
+
+
+# --- work that must not be lost -------------------------------------------------------------------------------------
+
+def test_out_holding_the_users_own_files_is_refused_unless_forced(tiny_gpt2, corpus_file, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    (mine / "report.md").write_text("# my report\n")
+    args = ["train", *cli_args(tiny_gpt2, corpus_file, "--max-steps", "2", "--out", str(mine))]
+    assert main(args) == 2
+    one_error_line(capsys, str(mine), "not a tunesmith run", "--force")
+    assert (mine / "config.yaml").read_text() == "my own notes\n" and not (mine / MARKER).exists()
+    assert main([*args, "--force"]) == 0
+    assert (mine / MARKER).is_file() and (mine / "summary.json").is_file()
+
+
+def test_out_naming_a_file_is_refused_before_anything_loads(tiny_gpt2, corpus_file, tmp_path, monkeypatch, capsys):
+    import tunesmith.training.loop as loop_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the model and data were loaded")
+
+    monkeypatch.setattr(loop_module, "open_session", must_not_run)
+    target = tmp_path / "results.txt"
+    target.write_text("keep me\n")
+    assert main(["train", *cli_args(tiny_gpt2, corpus_file, "--out", str(target))]) == 2
+    one_error_line(capsys, str(target), "is a file")
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_finished_run_is_not_started_over(finished_run, tmp_path, capsys):
+    run, data, model = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["train", *cli_args(model, data, "--out", str(copy))]) == 2
+    one_error_line(capsys, "already holds a run", "--resume")
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    original, saves = checkpoint_module.save_file, {"n": 0}
+
+    def full_disk_in_the_second_checkpoint(tensors, path, *args, **kwargs):
+        if "checkpoints" in str(path):
+            saves["n"] += 1
+            if saves["n"] == 2:
+                with open(path, "wb") as handle:
+                    handle.write(b"\0" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+        return original(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full_disk_in_the_second_checkpoint)
+    cfg = run_config(tiny_gpt2, corpus_file, run_dir, max_steps=12, eval_every=4)
+    with pytest.raises(UserError, match="No space left on device") as caught:
+        train(cfg)
+    assert "step-0000004 is intact" in str(caught.value) and "--resume" in str(caught.value)
+    monkeypatch.undo()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000004"]  # no .partial left behind
+    summary = train(cfg, resume=True)
+    assert summary["steps"] == 12
+
+
+def test_a_file_size_limit_mid_run_is_one_line_and_exit_2(tiny_gpt2, corpus_file, tmp_path):
+    """`ulimit -f`: the best weights (about 160 kB) fit under 200 kB, the optimizer state (about 320 kB) does not."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, 200 * 1024))
+
+    command = [sys.executable, "-m", "tunesmith", "train", *cli_args(tiny_gpt2, corpus_file, "--max-steps", "4", "--out",
+                                                                     str(tmp_path / "run"), "--set", "train.eval_every=2")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write checkpoint")
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_checkpoint_files_and_folders_are_synced_around_the_rename(tmp_path, monkeypatch):
+    from tunesmith import durable
+
+    events = []
+    real_fsync, real_rename = os.fsync, Path.rename
+    monkeypatch.setattr(durable.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                         real_fsync(fd)))
+    monkeypatch.setattr(Path, "rename", lambda self, target: (events.append(("rename", str(target))), real_rename(self, target))[1])
+    partial = tmp_path / "step.partial"
+    partial.mkdir()
+    (partial / "state.json").write_text("{}")
+    durable.replace_dir(partial, tmp_path / "step")
+    rename = events.index(("rename", str(tmp_path / "step")))
+    synced_before = {path for kind, path in events[:rename] if kind == "fsync"}
+    assert {str(partial / "state.json"), str(partial)} <= synced_before
+    assert ("fsync", str(tmp_path)) in events[rename:]
+
+
+@pytest.mark.parametrize("damaged", ["trainable.safetensors", "training_state.pt", "state.json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(damaged, finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    path = cut / "checkpoints" / "step-0000008" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(resume_args(cut)) == 0
+    out = capsys.readouterr().out
+    assert f"step-0000008 is damaged: {damaged}" in out and "resumed from" in out and "step-0000004 at step 4" in out
+    assert losses(cut) == pytest.approx(losses(run), abs=1e-6)
+    assert (cut / "checkpoints" / "step-0000008.damaged").is_dir()
+
+
+def test_with_every_checkpoint_damaged_resume_is_one_line(finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    for checkpoint in list_checkpoints(cut):
+        (checkpoint / "state.json").write_text('{"step": ')
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, "every checkpoint", "damaged")
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_counted(finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    with (cut / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 9, "train_lo')
+    assert main(resume_args(cut)) == 0
+    assert "dropped 1 torn line" in capsys.readouterr().out
+    assert losses(cut) == pytest.approx(losses(run), abs=1e-6)
+
+
+def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    assert main([*resume_args(cut), "--set", "model.method=lora"]) == 2
+    one_error_line(capsys, "model.method is 'lora' here but 'full'", "config.yaml")
+
+
+# --- code that must not run -----------------------------------------------------------------------------------------
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("file", ["training_state.pt", "rng-rank0.pt"])
+def test_a_checkpoint_holding_a_pickle_payload_is_refused_and_never_runs(file, finished_run, tmp_path, capsys):
+    import torch
+
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    marker = tmp_path / "payload-ran"
+    torch.save({"optimizer": Payload(marker), "scheduler": {}, "scaler": None}, cut / "checkpoints" / "step-0000008" / file)
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, file, "refused")
+    assert not marker.exists()
+
+
+# --- one line and exit 2 --------------------------------------------------------------------------------------------
+
+def test_a_config_that_is_not_utf8(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_bytes("train:\n  lr: 1e-4  # d\xe9j\xe0 vu\n".encode("latin-1"))
+    assert main(["prepare", str(config)]) == 2
+    one_error_line(capsys, str(config), "not UTF-8")
+
+
+def test_a_truncated_gz(tiny_gpt2, tmp_path, capsys):
+    from conftest import make_corpus
+
+    packed = gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in make_corpus(200)).encode())
+    data = tmp_path / "corpus.jsonl.gz"
+    data.write_bytes(packed[: len(packed) // 2])
+    assert main(["prepare", "--model", str(tiny_gpt2), "--data", str(data), "--block-size", "32"]) == 2
+    one_error_line(capsys, str(data), "damaged or cut short")
+
+
+def test_a_model_with_a_truncated_weights_file(tiny_gpt2, tmp_path, capsys):
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_gpt2, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["generate", str(broken), "--prompt", "hello"]) == 2
+    one_error_line(capsys, "damaged or cut short")
+
+
+@pytest.mark.parametrize("prompt_words, new_tokens", [(200, 10), (2, 500)])
+def test_generate_past_the_context_says_how_long_it_is(prompt_words, new_tokens, tiny_gpt2, capsys):
+    prompt = " ".join(["lamp"] * prompt_words)
+    assert main(["generate", str(tiny_gpt2), "--prompt", prompt, "--max-new-tokens", str(new_tokens)]) == 2
+    one_error_line(capsys, "context of 128 tokens")
+
+
+def test_export_to_an_existing_file(finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    target = tmp_path / "model.bin"
+    target.write_text("keep me")
+    assert main(["export", str(run), "--out", str(target)]) == 2
+    one_error_line(capsys, str(target), "is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_an_os_error_anywhere_is_one_line_with_the_path(tmp_path, capsys):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["init", str(folder), "--force"]) == 2
+    one_error_line(capsys, str(folder), "folder")
+
+
+def test_an_unexpected_exception_keeps_its_traceback_under_a_bug_line(monkeypatch, capsys):
+    import tunesmith.cli as cli
+
+    monkeypatch.setitem(cli.HANDLERS, "doctor", lambda args: 1 / 0)
+    assert main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert err.strip().splitlines()[-1].startswith("error: the traceback above is a bug in tunesmith")
+
+
+# --- bounded memory on hostile input --------------------------------------------------------------------------------
+
+def test_one_huge_line_in_a_gz_is_dropped_without_being_held(tmp_path):
+    """A 60 MB line compresses to about 60 kB; reading it holds at most the byte limit (12 MB at the default)."""
+    import tracemalloc
+
+    from tunesmith.config import CleanConfig, DataConfig
+    from tunesmith.data.read import DocumentReader
+    from tunesmith.data.report import DataReport
+
+    data = tmp_path / "hostile.jsonl.gz"
+    with gzip.open(data, "wb", compresslevel=1) as handle:
+        handle.write(b'{"text": "first"}\n{"text": "' + b"a" * (60 << 20) + b'"}\n{"text": "last"}\n')
+    report = DataReport()
+    reader = DocumentReader.for_data(DataConfig(), CleanConfig(), report)
+    tracemalloc.start()
+    texts = list(reader.read([data]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert texts == ["first", "last"]
+    assert report.removed == {"too_long_chars": 1} and "62,914,5" in report.examples["too_long_chars"][0]
+    assert peak < 40 << 20, f"peak {peak / 2**20:.0f} MB"
+
+
+def test_a_long_text_document_over_the_limit_is_dropped_in_a_txt(tmp_path):
+    from tunesmith.config import CleanConfig, DataConfig
+    from tunesmith.data.read import DocumentReader
+    from tunesmith.data.report import DataReport
+
+    data = tmp_path / "notes.txt"
+    data.write_text("short one\n\n" + ("many words here\n" * 6000) + "\nshort two\n")
+    report = DataReport()
+    reader = DocumentReader.for_data(DataConfig(), CleanConfig(max_chars=100), report)
+    assert list(reader.read([data])) == ["short one\n", "short two\n"]
+    assert report.removed == {"too_long_chars": 1}
+
+
+# --- cleaning that keeps what is not markup -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["the <unk> sat", "a<x>c", "List<String>", "Map<String, List<Integer>>", "mail <EMAIL> now",
+                                  "I <3 you", "if a<b && c>d", "List<Map>"])
+def test_text_that_is_not_html_survives(text):
+    from tunesmith.data.clean import strip_markup
+
+    assert strip_markup(text) == text
+
+
+@pytest.mark.parametrize("text, cleaned", [("<div class=\"x\">hi</div>", " hi "), ("line<br/>next", "line next"),
+                                           ("a <!-- x --> b", "a   b"), ("Tom &amp; Jerry", "Tom & Jerry"),
+                                           ("<!DOCTYPE html><P>Hi</P>", "  Hi "), ("a<b>c</b>", "a c ")])
+def test_html_is_removed(text, cleaned):
+    from tunesmith.data.clean import strip_markup
+
+    assert strip_markup(text) == cleaned
+
+
+def test_an_unclosed_comment_cleans_in_linear_time():
+    import time
+
+    from tunesmith.data.clean import strip_markup
+
+    text = "<!--" * 250_000  # 1 MB
+    started = time.perf_counter()
+    assert strip_markup(text) == text
+    assert time.perf_counter() - started < 1.0
