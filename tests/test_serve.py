@@ -1,6 +1,12 @@
-"""The OpenAI-compatible server, driven by the official openai client against a tiny chat model."""
+"""The OpenAI-compatible server, driven by the official openai client (and raw HTTP) against a tiny chat model."""
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -8,8 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2 as httpx
 import openai
 import pytest
+import torch
 
-from tunesmith.serve import Generator, Limits, create_app
+from tunesmith.serve import Limits, ServedModel, create_app
+from tunesmith.serve.sampling import RowSampler, SamplingSettings
+from tunesmith.serve.worker import GenerationWorker, Job
+
+LIMITS = Limits(max_tokens=32, max_prompt_tokens=100, max_body_bytes=4000, max_n=3, max_batch=8, queue_size=64)
 
 
 def free_port() -> int:
@@ -31,75 +42,335 @@ def start(app) -> str:
     raise RuntimeError("server did not start")
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_llama):
+def load_chat_model(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.tasks.chat import ensure_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_chat_template(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(path)
     model.resize_token_embeddings(len(tokenizer))
     stop = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    return Generator(model.eval(), tokenizer, "tiny", Limits(max_tokens=32, max_prompt_tokens=100, max_body_bytes=4000), stop)
+    return ServedModel(model.eval(), tokenizer, "tiny", stop)
 
 
 @pytest.fixture(scope="module")
-def server(generator):
-    return start(create_app(generator))
+def served(tiny_llama):
+    return load_chat_model(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    return create_app(served, LIMITS)
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    return start(app)
 
 
 def client(url, key="unused"):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
-def test_completions_chat_streaming_and_models(server):
+def chat(api, content, **options):
+    return api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], **options)
+
+
+@pytest.fixture
+def slow_steps(app, monkeypatch):
+    """Each decoding step takes 20 ms, so that streams are still running when clients act on them."""
+    batch = app.worker.batch
+    original = batch.step
+
+    def slow():
+        time.sleep(0.02)
+        return original()
+
+    monkeypatch.setattr(batch, "step", slow)
+
+
+def test_completions_chat_streaming_models_and_health(server):
     api = client(server)
     done = api.completions.create(model="tiny", prompt="reset the hub", max_tokens=8, temperature=0)
-    assert done.choices[0].finish_reason in ("stop", "length") and done.usage.completion_tokens <= 8
-    chat = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0)
-    assert chat.choices[0].message.role == "assistant"
-    pieces = [c.choices[0].delta.content or "" for c in api.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0, stream=True)]
-    assert "".join(pieces).strip() == chat.choices[0].message.content
+    assert done.choices[0].finish_reason in ("stop", "length") and 0 < done.usage.completion_tokens <= 8
+    answer = chat(api, "hello", max_tokens=8, temperature=0)
+    assert answer.choices[0].message.role == "assistant"
+    chunks = list(chat(api, "hello", max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == answer.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens and not chunks[-1].choices
+    streamed = "".join(c.choices[0].text for c in api.completions.create(model="tiny", prompt="reset the hub", max_tokens=8,
+                                                                          temperature=0, stream=True) if c.choices)
+    assert streamed == done.choices[0].text
     assert [m.id for m in api.models.list().data] == ["tiny"]
-    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["worker_alive"] and health["queued"] == 0
 
 
-def test_bad_requests_get_a_4xx_with_a_message_and_the_server_stays_up(server):
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_batched_greedy_decoding_matches_generate_one_prompt_at_a_time(kind, tiny_models):
+    """Prompts of different lengths, left-padded into one batch and joined mid-decoding, give generate()'s tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[kind])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[kind]).eval()
+    prompts = ["the lamp", "reset the hub by holding power for ten seconds then", "battery lasts", "if the light blinks red the"]
+    worker = GenerationWorker(model, tokenizer, [tokenizer.eos_token_id], max_batch=8)
+    texts = {i: "" for i in range(len(prompts))}
+    jobs = []
+    for number, prompt in enumerate(prompts):
+        def send(event, number=number):
+            if event[0] == "text":
+                texts[number] += event[2]
+        jobs.append(Job(tokenizer(prompt).input_ids, SamplingSettings(temperature=0), 12, send))
+    for job in jobs[:2]:
+        worker.submit(job)
+    worker.start()
+    time.sleep(0.05)
+    for job in jobs[2:]:  # these join a batch already decoding
+        worker.submit(job)
+    deadline = time.time() + 30
+    while not all(job.closed for job in jobs) and time.time() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    for number, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                  pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        assert texts[number] == tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True), prompt
+
+
+def test_fifty_streaming_clients_half_leaving_mid_stream_do_not_stop_the_server(server, app, slow_steps):
+    def one(number):
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"question {number}"}], "max_tokens": 32,
+                "temperature": 0.8, "seed": number, "stream": True}
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{server}/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            if number % 2:
+                for _ in range(3):
+                    next(lines)
+                return "left"
+            return [line for line in lines if line.startswith("data: ")][-1]
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert results.count("left") == 25 and all(r == "data: [DONE]" for r in results if r != "left")
+    started = time.time()
+    assert chat(client(server), "after the storm", max_tokens=4).choices
+    assert time.time() - started < 10
+    assert httpx.get(f"{server}/health").status_code == 200
+    for _ in range(100):
+        if app.worker.health()["rows"] == 0:
+            break
+        time.sleep(0.05)
+    assert app.worker.health()["rows"] == 0, "rows of clients that left are still being decoded"
+
+
+def test_an_error_in_generation_ends_that_stream_and_the_next_request_works(server, app, monkeypatch):
+    batch = app.worker.batch
+    original, calls = batch.step, {"n": 0}
+
+    def fails_once():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected failure")
+        return original()
+
+    monkeypatch.setattr(batch, "step", fails_once)
+    api = client(server)
+    with pytest.raises(openai.APIError, match="injected failure"):
+        for _ in chat(api, "hello", max_tokens=16, temperature=0, stream=True):
+            pass
+    assert chat(api, "hello again", max_tokens=4).choices[0].message.content is not None
+
+
+def test_n_seed_stop_and_penalties(server):
+    api = client(server)
+    two = chat(api, "hello", max_tokens=12, temperature=1.0, seed=7, n=2)
+    assert [c.index for c in two.choices] == [0, 1]
+    again = chat(api, "hello", max_tokens=12, temperature=1.0, seed=7, n=2)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in two.choices]
+    assert two.usage.completion_tokens > 0 and two.usage.prompt_tokens == again.usage.prompt_tokens
+    greedy = api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0).choices[0]
+    assert len(greedy.text) > 6
+    stop = greedy.text[3:6]
+    stopped = api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0, stop=[stop]).choices[0]
+    assert stopped.text == greedy.text[: greedy.text.index(stop)] and stopped.finish_reason == "stop"
+    pieces = [c.choices[0].text for c in api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0,
+                                                                 stop=stop, stream=True) if c.choices]
+    assert "".join(pieces) == stopped.text
+    penalized = api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0,
+                                       presence_penalty=2.0, frequency_penalty=2.0).choices[0]
+    assert penalized.text != greedy.text
+
+
+def test_penalties_follow_openais_definition():
+    sampler = RowSampler([SamplingSettings(temperature=0, frequency_penalty=0.5, presence_penalty=1.0)], [None], 4, torch.device("cpu"))
+    logits = torch.zeros(1, 4)
+    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0]])
+    assert sampler.penalize(logits, counts).tolist() == [[0.0, -1.5, -2.5, 0.0]]
+
+
+def test_bad_requests_get_openai_errors_before_any_response_starts(server):
     api = client(server)
     cases = [
-        (lambda: httpx.post(f"{server}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400),
-        (lambda: httpx.post(f"{server}/v1/completions", json={"prompt": "x", "max_tokens": "many"}), 400),
-        (lambda: httpx.post(f"{server}/v1/chat/completions", json={"messages": "hello"}), 400),
-        (lambda: httpx.post(f"{server}/v1/completions", json={"prompt": "x", "max_tokens": 1000}), 400),
-        (lambda: httpx.post(f"{server}/v1/completions", json={"prompt": "reset the hub " * 50}), 400),
-        (lambda: httpx.post(f"{server}/v1/completions", json={"prompt": "x" * 5000}), 413),
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), "/v1/completions", 400, "JSON"),
+        (dict(json={"prompt": "x", "max_tokens": "many"}), "/v1/completions", 400, "max_tokens"),
+        (dict(json={"messages": "hello"}), "/v1/chat/completions", 400, "messages"),
+        (dict(json={"prompt": "x", "max_tokens": 1000}), "/v1/completions", 400, "max_tokens"),
+        (dict(json={"prompt": "x", "max_tokens": 100000, "stream": True}), "/v1/completions", 400, "max_tokens"),
+        (dict(json={"prompt": "reset the hub " * 50}), "/v1/completions", 400, "at most 100"),
+        (dict(json={"prompt": "the lamp " * 24, "max_tokens": 32}), "/v1/completions", 400, "context of 128"),
+        (dict(json={"prompt": "x", "logprobs": 2}), "/v1/completions", 400, "logprobs: this server does not support"),
+        (dict(json={"prompt": "x", "n": 9}), "/v1/completions", 400, "at most 3 choices"),
+        (dict(json={"prompt": "x" * 5000}), "/v1/completions", 413, "at most 4,000"),
+        (dict(json={"prompt": "x"}), "/v1/nowhere", 404, "Not Found"),
     ]
-    for send, status in cases:
-        response = send()
+    for request, path, status, words in cases:
+        response = httpx.post(f"{server}{path}", **request)
         assert response.status_code == status, response.text
-        assert response.json()["error"]["message"]
-    with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        api.completions.create(model="tiny", prompt="x", max_tokens=1000)
-    assert api.completions.create(model="tiny", prompt="still up", max_tokens=2).choices
+        error = response.json()["error"]
+        assert words in error["message"] and error["type"] and error["code"] == status
+    with pytest.raises(openai.BadRequestError, match="user_tag"):
+        api.completions.create(model="tiny", prompt="x", extra_body={"user_tag": 1})
+    assert api.completions.create(model="tiny", prompt="still up", max_tokens=2, user="someone").choices
 
 
-def test_twenty_concurrent_clients_all_get_answers(server):
-    def ask(number):
-        api = client(server)
-        return api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"question {number}"}],
-                                           max_tokens=6, temperature=0).choices[0].message.content
+def test_a_chunked_body_past_the_limit_is_413_while_it_is_read(server):
+    def ten_megabytes():
+        yield b'{"prompt": "'
+        for _ in range(10 * 1024):
+            yield b"x" * 1024
+        yield b'"}'
 
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(ask, range(20)))
-    assert len(answers) == 20 and all(isinstance(a, str) for a in answers)
+    response = httpx.post(f"{server}/v1/completions", content=ten_megabytes(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "at most 4,000" in response.json()["error"]["message"]
 
 
-def test_an_api_key_is_required_when_set(generator):
-    url = start(create_app(generator, api_key="sesame"))
+def test_a_chat_template_that_rejects_a_role_is_a_400(tiny_llama):
+    served = load_chat_model(tiny_llama)
+    served.tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                      "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    url = start(create_app(served, LIMITS))
+    with pytest.raises(openai.BadRequestError, match="System role not supported"):
+        client(url).chat.completions.create(model="tiny", messages=[{"role": "system", "content": "be brief"},
+                                                                    {"role": "user", "content": "hi"}])
+
+
+def test_a_full_queue_answers_503_with_retry_after(served, monkeypatch):
+    app = create_app(served, Limits(max_tokens=8, max_prompt_tokens=100, queue_size=2))
+    url = start(app)
+    monkeypatch.setattr(app.worker, "_admit", lambda: time.sleep(0.02) or [])  # the worker takes nothing for now
+    time.sleep(0.5)  # past the worker's idle wait, so the patched admission is the one running
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
+                   for _ in range(2)]
+        for _ in range(500):
+            if app.worker.health()["queued"] == 2:
+                break
+            time.sleep(0.01)
+        refused = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert httpx.get(f"{url}/health").json()["queued"] == 2
+        monkeypatch.undo()
+        assert [w.result().status_code for w in waiting] == [200, 200]
+
+
+def test_a_request_past_its_time_limit_ends_with_an_error(served):
+    url = start(create_app(served, Limits(max_tokens=8, max_prompt_tokens=100, request_seconds=0.0)))
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 4})
+    assert response.status_code == 504 and "time limit" in response.json()["error"]["message"]
+
+
+def test_the_api_key_compares_in_constant_time_and_bearer_in_any_case(served):
+    url = start(create_app(served, LIMITS, api_key="sesame"))
     with pytest.raises(openai.AuthenticationError):
         client(url, "wrong").models.list()
-    assert httpx.get(f"{url}/health").status_code == 401
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "bearer sesame"}).status_code == 200
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "BEARER sesame"}).status_code == 200
     assert [m.id for m in client(url, "sesame").models.list().data] == ["tiny"]
+    assert httpx.get(f"{url}/health").status_code == 200  # for load balancers: no key, nothing but the state
+
+
+SERVER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_serve import load_chat_model
+    from tunesmith.serve import Limits, create_app, run_server
+    app = create_app(load_chat_model({model!r}), Limits(max_tokens=100, max_prompt_tokens=20))
+    step = app.worker.batch.step
+    app.worker.batch.step = lambda: (time.sleep(0.2), step())[1]  # slow enough to be mid-generation for 20 s
+    print("ready", flush=True)
+    run_server(app, "127.0.0.1", {port})
+""")
+
+
+def test_sigterm_mid_generation_exits_within_5_seconds(tiny_llama):
+    port = free_port()
+    script = SERVER_SCRIPT.format(tests=os.path.dirname(__file__), model=str(tiny_llama), port=port)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        for _ in range(200):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        received = []
+
+        def listen():
+            body = {"prompt": "x", "max_tokens": 100, "stream": True}
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as response:
+                received.extend(response.iter_lines())
+
+        reader = threading.Thread(target=listen)
+        reader.start()
+        time.sleep(1.5)
+        started = time.time()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert time.time() - started < 5
+        reader.join(10)
+        assert any("shutting down" in line for line in received), received[-3:]
+    finally:
+        process.kill()
+
+
+def test_a_stuck_worker_makes_health_fail(served, monkeypatch):
+    app = create_app(served, Limits(max_tokens=8, max_prompt_tokens=100, stall_seconds=0.3))
+    url = start(app)
+    release = threading.Event()
+    original = app.worker.batch.step
+    monkeypatch.setattr(app.worker.batch, "step", lambda: (release.wait(20), original())[1])
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=30)
+        time.sleep(1.0)
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and health.json()["stuck"] and health.json()["running"] == 1
+        release.set()
+        assert answer.result().status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(served, monkeypatch):
+    app = create_app(served, Limits(max_tokens=32, max_prompt_tokens=100, max_batch=1))
+    url = start(app)
+    original = app.worker.batch.step
+    monkeypatch.setattr(app.worker.batch, "step", lambda: (time.sleep(0.1), original())[1])
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 32, "temperature": 0},
+                              timeout=30)
+        while app.worker.health()["running"] == 0:
+            time.sleep(0.01)
+        with pytest.raises(httpx.TimeoutException):  # this client gives up while it waits its turn
+            httpx.post(f"{url}/v1/completions", json={"prompt": "y", "max_tokens": 32}, timeout=0.5)
+        for _ in range(100):
+            if app.worker.health()["queued"] == 0:
+                break
+            time.sleep(0.02)
+        assert app.worker.health()["queued"] == 0 and app.worker.health()["running"] == 1
+        assert running.result().status_code == 200

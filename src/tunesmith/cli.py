@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, default=512, help="the most tokens one request may ask for")
     serve.add_argument("--max-prompt-tokens", type=int, default=2048)
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    serve.add_argument("--max-n", type=int, default=4, help="the most choices (n) one request may ask for")
+    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together; requests join between steps")
+    serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait; past it the answer is 503")
+    serve.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one request")
     serve.add_argument("--device", default="auto")
 
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
@@ -295,15 +299,17 @@ def _run_export(args) -> int:
 def _run_serve(args) -> int:
     import os
 
-    import uvicorn
+    from .serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
 
-    from .serve import API_KEY_VARIABLE, Limits, create_app, load_generator_for_serving
-
-    generator = load_generator_for_serving(args.model_or_run, Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes),
-                                           args.device)
+    if args.max_batch < args.max_n:
+        raise UserError(f"--max-batch {args.max_batch} is below --max-n {args.max_n}: a request's choices must fit one batch")
+    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes, args.max_n, args.max_batch, args.queue_size,
+                    args.request_timeout)
+    served = load_for_serving(args.model_or_run, args.device)
     key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-    print(f"serving {generator.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'})")
-    uvicorn.run(create_app(generator, key), host=args.host, port=args.port, log_level="warning")
+    print(f"serving {served.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'}; "
+          f"up to {limits.max_batch} sequences decoded together)", flush=True)
+    run_server(create_app(served, limits, key), args.host, args.port)
     return 0
 
 

@@ -1,0 +1,333 @@
+"""The HTTP side of `tunesmith serve`: OpenAI's completions, chat completions (both streaming), models and health.
+
+Handlers are coroutines that check every limit, tokenize (in a worker thread), hand a `Job` to the one
+generation worker and relay its events; none of them blocks a thread while it waits. The body is counted
+while it is read, by an ASGI middleware that also checks the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from fastapi import Request
+
+from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
+from .worker import GenerationWorker, Job, QueueFull, ShuttingDown
+from .sampling import SamplingSettings
+
+API_KEY_VARIABLE = "TUNESMITH_API_KEY"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 512
+    max_prompt_tokens: int = 2048
+    max_body_bytes: int = 1_000_000
+    max_n: int = 4
+    max_batch: int = 16
+    queue_size: int = 64
+    request_seconds: float = 300.0
+    stall_seconds: float = 120.0
+
+
+class ServedModel:
+    """The model and tokenizer, with what the limits need to know about them, read once."""
+
+    def __init__(self, model, tokenizer, name: str, stop_ids: list[int]):
+        from ..models import context_length
+
+        self.model, self.tokenizer, self.name, self.stop_ids = model, tokenizer, name, stop_ids
+        self.context = context_length(model.config)
+        # every token spells at most this many characters, so a longer prompt is refused before it is tokenized
+        self.longest_token = max(map(len, tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))) or 1
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
+
+
+def _authorized(header: str, key: str) -> bool:
+    scheme, _, token = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+class Guard:
+    """ASGI middleware: the API key, then the body read with a running count, refused past `limit` bytes with 413."""
+
+    def __init__(self, app, limit: int, api_key: str | None):
+        self.app, self.limit, self.api_key = app, limit, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.api_key and scope["path"] != "/health" and not _authorized(headers.get("authorization", ""), self.api_key):
+            return await _send_error(send, RequestError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                                                        "authentication_error"))
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await _send_error(send, self._too_large(int(declared)))
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _send_error(send, self._too_large(len(body), so_far=True))
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, size: int, so_far: bool = False) -> RequestError:
+        return RequestError(413, f"the request body is {'over ' if so_far else ''}{size:,} bytes; this server takes at most "
+                                 f"{self.limit:,}")
+
+
+async def _send_error(send, error: RequestError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *((k.lower().encode(), str(v).encode()) for k, v in error.headers.items())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Relay:
+    """One request's events from the worker thread, read on the event loop; notices the client leaving."""
+
+    def __init__(self, request):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.request = request
+        self.watcher: asyncio.Task | None = None
+
+    def put(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop has closed: the server is gone
+            pass
+
+    async def _disconnected(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def next(self):
+        if self.watcher is None:
+            self.watcher = asyncio.ensure_future(self._disconnected())
+        getting = asyncio.ensure_future(self.queue.get())
+        await asyncio.wait({getting, self.watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            return getting.result()
+        getting.cancel()
+        raise ClientGone()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | None = None):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    worker = GenerationWorker(served.model, served.tokenizer, served.stop_ids, limits.max_batch, limits.queue_size,
+                              limits.stall_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.worker = worker
+
+    def error(exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return error(RequestError(400, describe_validation(exc.errors())))
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError):
+        return error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error(RequestError(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        return error(RequestError(500, f"internal error: {type(exc).__name__}", "server_error"))
+
+    @app.get("/health")
+    async def health():
+        state = worker.health()
+        return JSONResponse({"status": "ok" if state["ok"] else "unavailable", "model": served.name, **state},
+                            status_code=200 if state["ok"] else 503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "tunesmith"}]}
+
+    async def start_job(body: Sampling, text: str, add_special_tokens: bool, wanted: int | None, request) -> tuple[Job, Relay]:
+        """Check every limit, tokenize, and queue the job: all before any byte of the answer is sent."""
+        if body.n > limits.max_n:
+            raise RequestError(400, f"n is {body.n}; this server returns at most {limits.max_n} choices")
+        if len(text) > limits.max_prompt_tokens * served.longest_token:
+            raise RequestError(400, f"the prompt is {len(text):,} characters, more than {limits.max_prompt_tokens:,} tokens "
+                                    "can spell; shorten it")
+        prompt = await run_in_threadpool(served.encode, text, add_special_tokens)
+        if len(prompt) > limits.max_prompt_tokens:
+            raise RequestError(400, f"the prompt has {len(prompt):,} tokens; this server takes at most {limits.max_prompt_tokens:,}")
+        if wanted is not None and wanted > limits.max_tokens:
+            raise RequestError(400, f"max_tokens is {wanted:,}; this server allows at most {limits.max_tokens:,}")
+        room = served.context - len(prompt) if served.context else limits.max_tokens
+        max_tokens = wanted or min(limits.max_tokens, room)
+        if max_tokens > room or max_tokens < 1:
+            raise RequestError(400, f"the prompt ({len(prompt):,} tokens) and max_tokens ({max_tokens:,}) do not fit the "
+                                    f"model's context of {served.context:,} tokens; shorten the prompt or lower max_tokens")
+        relay = Relay(request)
+        settings = SamplingSettings(body.temperature, body.top_p, body.top_k, body.frequency_penalty, body.presence_penalty)
+        job = Job(prompt, settings, max_tokens, relay.put, body.n, body.stops, body.seed,
+                  time.monotonic() + limits.request_seconds)
+        try:
+            worker.submit(job)
+        except QueueFull:
+            seconds = max(1, round(worker.health()["queued"] * 0.5))
+            raise RequestError(503, f"the server is busy ({limits.queue_size} requests waiting); retry in {seconds} s",
+                               "server_busy", {"Retry-After": str(seconds)}) from None
+        except ShuttingDown:
+            raise RequestError(503, "the server is shutting down", "server_busy") from None
+        return job, relay
+
+    async def collect(job: Job, relay: Relay) -> tuple[list[str], list[str], dict]:
+        texts, reasons = [""] * job.n, ["length"] * job.n
+        try:
+            while True:
+                event = await relay.next()
+                if event[0] == "text":
+                    texts[event[1]] += event[2]
+                elif event[0] == "end":
+                    reasons[event[1]] = event[2]
+                elif event[0] == "error":
+                    raise RequestError(event[1], event[2], "server_error")
+                elif event[0] == "done":
+                    return texts, reasons, _usage(event[1], event[2])
+        except ClientGone:
+            job.cancelled = True
+            raise RequestError(499, "the client closed the request") from None
+        finally:
+            relay.close()
+
+    def stream(job: Job, relay: Relay, body: Sampling, chunk) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            try:
+                for index in range(job.n):
+                    first = chunk(index, "", None, True)
+                    if first:
+                        yield first
+                while True:
+                    event = await relay.next()
+                    if event[0] == "text":
+                        yield chunk(event[1], event[2], None, False)
+                    elif event[0] == "end":
+                        yield chunk(event[1], "", event[2], False)
+                    elif event[0] == "error":
+                        yield _sse({"error": RequestError(event[1], event[2], "server_error").body()["error"]})
+                        return
+                    elif event[0] == "done":
+                        if body.include_usage:
+                            yield chunk(None, "", None, False, _usage(event[1], event[2]))
+                        yield "data: [DONE]\n\n"
+                        return
+            except ClientGone:
+                return
+            finally:
+                job.cancelled = job.cancelled or not job.closed
+                relay.close()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        job, relay = await start_job(body, body.prompt, True, body.max_tokens, request)
+        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(index, text, finish, opening, usage=None):
+            if opening:
+                return ""
+            choices = [] if index is None else [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]
+            return _sse({"id": ident, "object": "text_completion", "created": created, "model": served.name, "choices": choices,
+                         **({"usage": usage} if usage else {})})
+
+        if body.stream:
+            return stream(job, relay, body, chunk)
+        texts, reasons, usage = await collect(job, relay)
+        return {"id": ident, "object": "text_completion", "created": created, "model": served.name, "usage": usage,
+                "choices": [{"index": i, "text": t, "finish_reason": r, "logprobs": None} for i, (t, r) in enumerate(zip(texts, reasons))]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        from ..errors import UserError
+        from ..tasks.chat import render
+
+        if not getattr(served.tokenizer, "chat_template", None):
+            raise RequestError(400, "this model has no chat template; use /v1/completions")
+        try:
+            prompt = render(served.tokenizer, [m.as_dict() for m in body.messages], add_generation_prompt=True)
+        except UserError as exc:
+            raise RequestError(400, f"this model's chat template refused the messages: {exc}") from None
+        job, relay = await start_job(body, prompt, False, body.wanted_tokens, request)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(index, text, finish, opening, usage=None):
+            if index is None:
+                choices = []
+            else:
+                delta = {"role": "assistant", "content": ""} if opening else ({"content": text} if text else {})
+                choices = [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            return _sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                         "choices": choices, **({"usage": usage} if usage else {})})
+
+        if body.stream:
+            return stream(job, relay, body, chunk)
+        texts, reasons, usage = await collect(job, relay)
+        return {"id": ident, "object": "chat.completion", "created": created, "model": served.name, "usage": usage,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+                            for i, (t, r) in enumerate(zip(texts, reasons))]}
+
+    guarded = Guard(app, limits.max_body_bytes, api_key)
+    guarded.worker = worker
+    return guarded
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,110 @@
+"""The request bodies the server takes, as OpenAI's API names them, and its error answers.
+
+Fields are forbidden unless listed: a request that relies on a field this server does not honour
+(`logprobs`, `tools`, `logit_bias`, ...) gets a 400 that names it rather than an answer that ignores it.
+`user` and `metadata` are informational only and are accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOPS = 4
+
+
+class RequestError(Exception):
+    """An answer other than 200, in OpenAI's error shape; raised before any part of a response is sent."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.status}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="not OpenAI's: keep the k likeliest tokens (0: all), as vLLM takes it")
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    metadata: dict | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        return stops
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(Sampling):
+    prompt: str
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def as_dict(self) -> dict:
+        """The message as a chat template takes it: `developer` is OpenAI's newer name for `system`."""
+        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+    @property
+    def wanted_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def describe_validation(errors: list[dict]) -> str:
+    """pydantic's errors as one sentence; an unknown field is named as one this server does not support."""
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: this server does not support that field; remove it")
+        elif error["type"] == "json_invalid":
+            problems.append("the body is not valid JSON")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return "invalid request: " + "; ".join(problems)
