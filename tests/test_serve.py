@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, driven by the official openai client (and raw HTTP) against a tiny chat model."""
 
-import json
 import os
 import signal
 import socket
