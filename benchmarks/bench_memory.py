@@ -31,7 +31,7 @@ def measure(model: str, shape, method: str, micro_batch: int, block_size: int, s
     from tunesmith.planning.memory import StepShape, fit_memory, trained_layers
     from tunesmith.planning.throughput import device_rate, tokens_per_second
     from tunesmith.training import train_run
-    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.runtime import pick_device, pick_precision
 
     overrides = [("model.name", model), ("model.method", method), ("data.train", [str(CORPUS)]), ("data.block_size", block_size),
                  ("train.micro_batch_size", micro_batch), ("train.max_steps", steps), ("train.eval_every", steps),

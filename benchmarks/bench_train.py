@@ -184,7 +184,7 @@ def _mfu(args, tokens_per_s: float) -> float | None:
     from transformers import AutoConfig
 
     from tunesmith.models import count_parameters
-    from tunesmith.training.hardware import flops_per_token, peak_flops, pick_device
+    from tunesmith.runtime import flops_per_token, peak_flops, pick_device
 
     device = pick_device(args.device)
     peak = peak_flops(device)

@@ -125,7 +125,7 @@ def embedded_run(tmp_path_factory):
     from tunesmith.config import load_config
     from tunesmith.planning.measure import peak_tensor_bytes
     from tunesmith.training import train_run
-    from tunesmith.training.hardware import pick_device
+    from tunesmith.runtime import pick_device
 
     from tunesmith.quickstart import EXAMPLE_CORPUS
 

@@ -13,7 +13,7 @@ from tunesmith.planning.measure import peak_tensor_bytes
 from tunesmith.planning.memory import StepShape, fit_memory, trained_layers
 from tunesmith.planning.recommend import parse_size
 from tunesmith.training import train_run
-from tunesmith.training.hardware import pick_device, pick_precision
+from tunesmith.runtime import pick_device, pick_precision
 
 
 def measured_and_estimated(model: str, config, method: str, data, out, micro_batch: int, block_size: int,

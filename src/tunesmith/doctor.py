@@ -40,7 +40,7 @@ def _version(package: str) -> str | None:
 def _device(report: Report) -> None:
     import torch
 
-    from .training.hardware import cpu_has_bf16
+    from .runtime import cpu_has_bf16
 
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

@@ -11,8 +11,8 @@ from .errors import UserError
 from .models import context_length, load_model, resolve_model, tunesmith_home
 from .tasks import read_task, task_tokenizer
 from .tasks.classify import LabelCoder, classification_metrics, predict_examples
-from .training.hardware import pick_device, pick_precision
-from .training.loss import validation_loss
+from .runtime import pick_device, pick_precision
+from .loss import validation_loss
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 
 from .errors import UserError
 from .models import context_length, load_model, load_tokenizer, resolve_model
-from .training.hardware import pick_device
+from .runtime import pick_device
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .errors import UserError
 from .models import load_model, load_tokenizer, resolve_model
 from .tasks import read_task
 from .tasks.classify import LabelCoder, label_probabilities
-from .training.hardware import pick_device, pick_precision
+from .runtime import pick_device, pick_precision
 
 FORMATS = (".csv", ".tsv", ".jsonl")
 

@@ -240,7 +240,7 @@ def choose(plan: Plan, cfg: RunConfig) -> Plan:
 
 def make_plan(cfg: RunConfig, candidates: list[Candidate], memory: int | None, hours: float, log=lambda _m: None) -> Plan:
     from ..models.resolve import _hub_reachable
-    from ..training.hardware import pick_device, pick_precision
+    from ..runtime import pick_device, pick_precision
     from .throughput import device_rate
 
     device = pick_device(cfg.train.device)

@@ -45,7 +45,7 @@ def _timed_matmul(device: torch.device, dtype: torch.dtype, size: int = 2048, re
 
 def device_rate(device: torch.device, precision: str, peak_tflops: float | None = None) -> DeviceRate:
     """The table's bf16 peak for a known GPU; otherwise a matmul timed here (a quarter of a second)."""
-    from ..training.hardware import peak_flops
+    from ..runtime import peak_flops
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
     peak = peak_flops(device, peak_tflops)
@@ -67,7 +67,7 @@ def cost_per_parameter(method: str, device: str, trainable_share: float) -> floa
 
 
 def tokens_per_second(config, params: int, trainable: int, method: str, block_size: int, rate: DeviceRate) -> float:
-    from ..training.hardware import flops_per_token
+    from ..runtime import flops_per_token
 
     per_parameter = cost_per_parameter(method, rate.device, trainable / max(params, 1))
     attention = flops_per_token(config, 0, block_size) * per_parameter / 6  # 12·L·H·Q·T scales with the same passes

@@ -10,6 +10,7 @@ import torch
 
 from ..config import ClassifyConfig
 from ..data.examples import Batch, Examples, pad_rows
+from ..runtime import autocast
 
 
 def label_key(value) -> str:
@@ -75,7 +76,6 @@ class LabelCoder:
 def label_probabilities(model, batch: Batch, coder: LabelCoder, word_ids: list[list[int]], prompt_lengths: list[int],
                         device: torch.device, precision: str) -> torch.Tensor:
     """(B, labels) probabilities: the head's softmax, or a softmax over each label word's total log-likelihood."""
-    from ..training.hardware import autocast  # the training package imports this module
 
     if coder.method == "head":
         with autocast(device, precision):

@@ -12,8 +12,8 @@ from ..errors import UserError
 from ..run_directory import check_resume_settings, check_run_dir
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
-from .hardware import peak_flops, pick_device
-from .loss import perplexity
+from ..runtime import peak_flops, pick_device
+from ..loss import perplexity
 from .monitor import check_trackers
 from .progress import TrainProgress
 from .run_files import PendingSteps

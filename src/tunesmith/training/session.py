@@ -24,8 +24,8 @@ from ..run_directory import mark_run_dir
 from .checkpoint import SavedCheckpoint, apply_checkpoint, gather_trainable, newest_intact_checkpoint, save_checkpoint, set_aside, \
     write_tensors
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
-from .hardware import enable_tf32, flops_per_token, pick_device, pick_precision
-from .loss import Validation, perplexity, validation_loss_with_fallback
+from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
+from ..loss import Validation, perplexity, validation_loss_with_fallback
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .monitor import Trackers

@@ -14,24 +14,13 @@ import torch
 from ..data import TokenBlocks
 from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
-from .hardware import autocast
+from ..runtime import autocast, free_memory, is_out_of_memory
 from ..data.examples import Batch
 from .fused_loss import FusedOutputLoss, output_parts
-from .loss import batch_loss, target_weight
+from ..loss import batch_loss, target_weight
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
               "or pick a smaller model")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def free_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 def training_loss(model: torch.nn.Module | FusedOutputLoss, batch: Batch | torch.Tensor, label_smoothing: float) -> torch.Tensor:

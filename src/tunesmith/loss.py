@@ -8,22 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..data import TokenBlocks
-from ..data.examples import IGNORE, Batch, Examples
-from .hardware import autocast
-
-
-def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean", label_smoothing: float = 0.0,
-                    logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Each position predicts the next token of the same block; the loss is computed in fp32."""
-    if logits is None:
-        logits = model(input_ids=tokens, use_cache=False).logits  # (B, T, vocab)
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        tokens[:, 1:].flatten(),
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-    )
+from .data import TokenBlocks
+from .data.examples import IGNORE, Batch, Examples
+from .runtime import autocast, free_memory, is_out_of_memory
 
 
 def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -100,16 +87,10 @@ class Validation:
     def perplexity(self) -> float:
         return perplexity(self.loss)
 
-    @property
-    def standard_error(self) -> float:
-        """Standard error of the mean loss, treating tokens as independent (so a lower bound)."""
-        return self.loss_std / math.sqrt(max(self.tokens, 1))
-
 
 def validation_loss_with_fallback(model, blocks: TokenBlocks, batch_size: int, device: torch.device, precision: str,
                                   max_blocks: int | None = None, log=print) -> Validation:
     """Out of memory during evaluation halves the evaluation batch and starts the pass again."""
-    from .step import free_memory, is_out_of_memory
 
     while True:
         try:

@@ -1,4 +1,5 @@
-"""Pick the device and the numeric precision, and make the matching autocast context."""
+"""The ground floor every side stands on: the device, the numeric precision and its autocast context, the device's
+speed, and out-of-memory detection. It imports no other part of tunesmith but its errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import warnings
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -88,3 +89,14 @@ def flops_per_token(config, parameters: int, sequence_length: int) -> float:
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
     return 6 * parameters + 12 * layers * heads * head_dim * sequence_length
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
