@@ -44,6 +44,18 @@ def cut_run(source: Path, target: Path, last_step: int) -> Path:
     return target
 
 
+def finished_run(model: Path, root: Path, **train_settings) -> tuple[Path, Path]:
+    """A finished tiny run, with its own corpus and cache under `root`, for a module's tests to share."""
+    from tunesmith import train
+    from test_train import run_config
+
+    data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(root / "home"))
+        train(run_config(model, data, root / "run", **train_settings))
+    return root / "run", data
+
+
 def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
     path.write_text("".join(json.dumps({field: d}) + "\n" for d in docs))
     return path

@@ -22,14 +22,9 @@ def loss_of(model, ids) -> float:
 
 @pytest.fixture(scope="module")
 def llama_run(tiny_llama, tmp_path_factory):
-    from conftest import make_corpus, write_jsonl
+    from conftest import finished_run
 
-    root = tmp_path_factory.mktemp("gguf")
-    corpus = write_jsonl(root / "corpus.jsonl", make_corpus(120))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNESMITH_HOME", str(root / "home"))
-        train(run_config(tiny_llama, corpus, root / "run", max_steps=10))
-    return root / "run"
+    return finished_run(tiny_llama, tmp_path_factory.mktemp("gguf"), max_steps=10)[0]
 
 
 @pytest.mark.parametrize("dtype,tolerance", [("fp32", 1e-6), ("fp16", 1e-3), ("bf16", 1e-2)])

@@ -38,15 +38,10 @@ def one_error_line(capsys, *expected):
 @pytest.fixture(scope="module")
 def finished_run(tiny_models, tmp_path_factory):
     """A 12-step run with checkpoints at 4, 8 and 12, which each test copies and cuts back."""
-    from conftest import make_corpus, write_jsonl
+    from conftest import finished_run as train_once
 
-    root = tmp_path_factory.mktemp("safety")
-    data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNESMITH_HOME", str(root / "home"))
-        cfg = run_config(tiny_models["gpt2"], data, root / "run", max_steps=12, eval_every=4, keep_last=5)
-        train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"sample_count": 0, "tensorboard": False})}))
-    return root / "run", data, tiny_models["gpt2"]
+    run, data = train_once(tiny_models["gpt2"], tmp_path_factory.mktemp("safety"), max_steps=12, eval_every=4, keep_last=5)
+    return run, data, tiny_models["gpt2"]
 
 
 def resume_args(run_dir):
