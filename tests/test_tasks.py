@@ -233,8 +233,8 @@ def test_separable_classification_reaches_95_percent(method, tiny_reviewer, tmp_
         writer.writeheader()
         writer.writerows(fresh)
     out = tmp_path / "pred.csv"
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "predict", str(tmp_path / "run"), "--input", str(new), "--output", str(out),
-                           "--text-field", "review"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "predict", str(tmp_path / "run"), "--input", str(new), "--output", str(out)],
+                          capture_output=True, text=True, timeout=120)  # the text column is the one the run was trained on
     assert done.returncode == 0, done.stderr
     with out.open() as handle:
         predicted = list(csv.DictReader(handle))

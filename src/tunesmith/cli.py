@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_or_run")
     predict.add_argument("--input", required=True, help="CSV, TSV or JSONL with a text column")
     predict.add_argument("--output", required=True, help="CSV, TSV or JSONL: the input columns plus prediction and p_<label>")
-    predict.add_argument("--text-field", default="text", help="the column that holds the text")
+    predict.add_argument("--text-field", help="the column that holds the text (default: the one the run was trained on)")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto")
 

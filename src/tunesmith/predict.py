@@ -60,16 +60,20 @@ def load_classifier(spec: str, device: torch.device, log=print):
         raise UserError(f"{spec} is not a classifier (trained with task {task.get('task', 'lm')}); train one with --task classify")
     coder = LabelCoder(task["labels"], task["method"], task["prompt"], task["verbalizers"])
     model = load_model(resolved, classifier=coder.method == "head").to(device).eval()
-    return model, load_tokenizer(resolved), coder, task.get("block_size", 256)
+    return model, load_tokenizer(resolved), coder, task
 
 
 @torch.no_grad()
-def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str = "text", batch_size: int = 16,
+def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str | None = None, batch_size: int = 16,
                  device_name: str = "auto", log=print) -> int:
-    """Write every input row with `prediction` and `p_<label>` added, in the input's order; returns the row count."""
+    """Write every input row with `prediction` and `p_<label>` added, in the input's order; returns the row count.
+
+    The text is read from `text_field`, by default the field the classifier was trained on.
+    """
     device = pick_device(device_name)
     precision = pick_precision("auto", device)
-    model, tokenizer, coder, block_size = load_classifier(spec, device, log)
+    model, tokenizer, coder, task = load_classifier(spec, device, log)
+    block_size, text_field = task.get("block_size", 256), text_field or task.get("text_field", "text")
     rows = _read_rows(input_path)
     texts = [lookup(row, text_field) for row in rows]
     if rows and all(text is None for text in texts):

@@ -10,7 +10,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -254,12 +254,10 @@ class Splitter:
         return side
 
 
-def write_splits(docs: Iterable[Tokenized], splitter: Splitter, train: TokenWriter, val: TokenWriter, on_val: Callable[[Tokenized], None] | None = None) -> None:
+def write_splits(docs: Iterable[Tokenized], splitter: Splitter, train: TokenWriter, val: TokenWriter) -> None:
     for doc in docs:
         side = splitter.assign(doc)
         if side is None:
             continue
         (val if side else train).write(doc.ids)
         splitter.report.token_lengths.append(len(doc.ids) - 1)
-        if side and on_val:
-            on_val(doc)

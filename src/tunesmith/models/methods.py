@@ -120,3 +120,8 @@ def export_model(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
+
+
+def short_count(n: int) -> str:
+    """A parameter count as people say it: 134.5M, 1.24B, 39.2k."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"

@@ -16,6 +16,7 @@ import torch
 from ..config import DataConfig, RunConfig, build_config
 from ..errors import UserError
 from .candidates import Candidate
+from ..models.methods import short_count
 from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, fit_memory, trained_layers
 from .throughput import DeviceRate, tokens_per_second
 
@@ -277,10 +278,6 @@ def _gib(value: float) -> str:
     return f"{value / 2**30:.2f}"
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
 def _memory_unit(plan: Plan) -> tuple[str, int]:
     """GiB for real models, MiB when every option is under one GiB (small or test models)."""
     return ("GiB", 2**30) if max(o.estimate.total for o in plan.options) >= 2**30 else ("MiB", 2**20)
@@ -299,7 +296,7 @@ def table_lines(plan: Plan) -> list[str]:
         micro = str(option.micro_batch) if option.micro_batch else "-"
         note = option.note or ("" if option.micro_batch else "does not fit")
         mark = "*" if option is plan.chosen else " "
-        lines.append(f"{option.candidate.label:<24} {option.method:<7} {_count(option.memory.trainable):>9} {parts} {micro:>5} "
+        lines.append(f"{option.candidate.label:<24} {option.method:<7} {short_count(option.memory.trainable):>9} {parts} {micro:>5} "
                      f"{option.tokens_per_second:>8,.0f} {option.hours_per_epoch:>8.2f} {mark}{note}")
     return lines
 

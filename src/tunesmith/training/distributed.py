@@ -87,7 +87,7 @@ def teardown_distributed(context: Distributed) -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(model: torch.nn.Module, context: Distributed, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None

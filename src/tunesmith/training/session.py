@@ -15,7 +15,7 @@ from ..diagnose import RunFacts, diagnose
 from ..data import PreparedData, TokenBlocks, prepare_data
 from ..errors import UserError
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
-from ..models.methods import parameter_counts
+from ..models.methods import parameter_counts, short_count
 from ..tasks import task_tokenizer, write_task
 from ..tasks.chat import end_of_turn
 from ..tasks.classify import LabelCoder, class_weights, classification_metrics, majority_baseline, predict_examples
@@ -56,10 +56,6 @@ class LoopState:
     best_score: float = math.inf  # the selection metric, lower is better (val_loss, or minus accuracy / macro-F1)
     base_metrics: dict = field(default_factory=dict)  # classification metrics of the base model
     best_metrics: dict = field(default_factory=dict)  # ... and at the best step
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
 def _load_inputs(cfg: RunConfig, console: Console) -> tuple[ResolvedModel, object, PreparedData]:
@@ -288,7 +284,8 @@ class Session:
         if self.cfg.task == "chat":
             return {"task": "chat", "end_of_turn": end_of_turn(self.tokenizer)}
         if self.cfg.task == "classify":
-            return {"task": "classify", **self.coder.as_dict(), "block_size": self.cfg.data.block_size}
+            return {"task": "classify", **self.coder.as_dict(), "block_size": self.cfg.data.block_size,
+                    "text_field": self.cfg.data.text_field, "label_field": self.cfg.data.label_field}
         return {"task": "lm"}
 
     def _task_summary(self) -> dict:
@@ -366,7 +363,7 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     model = build_model(resolved, cfg.model, device, tokenizer, head)
     model.train()
     trainable, total_params = parameter_counts(model)
-    console.print(f"model {resolved.spec}: {_count(total_params)} parameters, {_count(trainable)} trainable ({cfg.model.method}); "
+    console.print(f"model {resolved.spec}: {short_count(total_params)} parameters, {short_count(trainable)} trainable ({cfg.model.method}); "
                   f"{device.type}, {precision}", highlight=False)
 
     weights = None
@@ -391,7 +388,7 @@ def open_session(cfg: RunConfig, console: Console, context: Distributed) -> Sess
     runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
                         cfg.train.label_smoothing, console.print, context)
     if context.enabled and not sharded:
-        runner.forward_model = wrap_ddp(model, context, device)
+        runner.forward_model = wrap_ddp(model, device)
     elif cfg.train.fused_loss and not context.enabled and head is None:  # a classification head has no vocabulary to fuse
         runner.fuse_output_loss()
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
