@@ -450,19 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":
-            print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
-            return 2
         from .durable import as_os_error
 
-        if as_os_error(exc) is not None:
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
+            return 2
+        if as_os_error(exc) is not None:  # an OSError, or one a library wrapped (a full disk under safetensors)
             print(f"error: {_os_error_line(as_os_error(exc))}", file=sys.stderr)
             return 2
         import traceback

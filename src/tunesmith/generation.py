@@ -105,11 +105,10 @@ class ChatSession:
         """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
         from .tasks.chat import render
 
-        device = next(self.model.parameters()).device
+        device, context = next(self.model.parameters()).device, context_length(self.model.config)
         while True:
             prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
             input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-            context = context_length(self.model.config)
             if not context or input_ids.shape[1] + self.options.max_new_tokens <= context or len(self.history) <= 1:
                 break
             del self.history[:2]

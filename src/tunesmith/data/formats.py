@@ -100,8 +100,8 @@ def _damage_as_user_error(path: Path):
                         "from data.train") from None
 
 
-def _raw_lines(handle: IO[bytes], max_bytes: int | None) -> Iterator[bytes | int]:
-    """Lines as bytes; a line longer than `max_bytes` is read past in chunks and reported as its size alone."""
+def _raw_lines(handle: IO[bytes], max_bytes: int | None) -> Iterator[bytes | tuple[int, bytes]]:
+    """Lines as bytes; a line longer than `max_bytes` is read past in chunks and reported as (its size, its start)."""
     while True:
         raw = handle.readline(max_bytes + 1) if max_bytes else handle.readline()
         if not raw:
@@ -115,8 +115,7 @@ def _raw_lines(handle: IO[bytes], max_bytes: int | None) -> Iterator[bytes | int
             if not raw:
                 break
             size += len(raw)
-        yield size
-        yield head  # the caller reads the head right after the size
+        yield size, head
 
 
 def _decode(raw: bytes, stats: DecodeStats) -> str:
@@ -130,11 +129,9 @@ def _decode(raw: bytes, stats: DecodeStats) -> str:
 def _lines(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[str | Oversized]:
     """Decoded lines, and an `Oversized` for each line past `max_bytes`; invalid UTF-8 is replaced (and counted)."""
     with _damage_as_user_error(path), _open_binary(path) as handle:
-        raw_lines = _raw_lines(handle, max_bytes)
-        for number, raw in enumerate(raw_lines, 1):
-            if isinstance(raw, int):
-                head = next(raw_lines)
-                yield Oversized(str(path), number, raw, head.decode("utf-8", errors="replace"))
+        for number, raw in enumerate(_raw_lines(handle, max_bytes), 1):
+            if isinstance(raw, tuple):
+                yield Oversized(str(path), number, raw[0], raw[1].decode("utf-8", errors="replace"))
             else:
                 yield _decode(raw, stats)
 
