@@ -97,13 +97,15 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
     saved, damaged = None, []
     if resume:
         if not list_checkpoints(run_dir):
-            raise UserError(f"--resume: no checkpoint in {run_dir}; start the run without --resume")
+            raise UserError(f"--resume: no checkpoint in {run_dir} yet (the run stopped before its first); start it again "
+                            f"without --resume: tunesmith train --out {run_dir} ...")
         check_resume_settings(cfg.model_dump(mode="json"), run_dir)
         saved, damaged = newest_intact_checkpoint(run_dir, context.rank, console.print)
         if saved is None:
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
     check_trackers(cfg.monitor)
+    console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
