@@ -1,11 +1,15 @@
 """Benchmark: tunesmith `prepare` against the Hugging Face `datasets` recipe of run_clm.py, in one run.
 
-Both tokenize the same >= 50 MB JSONL corpus with the embedded model's tokenizer and pack it into
-blocks of the same size with the same number of processes. Each side runs in its own subprocess so
-that its peak RSS (summed over its process tree) is measured alone.
+Both tokenize the same corpus with the embedded model's tokenizer and pack it into blocks of the same
+size with the same number of processes. Each side runs in its own subprocess, timed as a whole process
+(interpreter start-up, imports and tokenizer loading included) with the peak RSS of its process tree.
 
-    python benchmarks/bench_prepare.py [--mb 50] [--block-size 1024] [--procs 2]
+    python benchmarks/bench_prepare.py [--corpus paragraphs|jsonl] [--mb 50] [--block-size 1024] [--procs 2]
+    python benchmarks/bench_prepare.py --corpus paragraphs --profile    # where tunesmith's time goes
+    python benchmarks/bench_prepare.py --chat-mb 50 200                  # peak memory preparing chat JSONL
 
+`paragraphs` is a .txt of long English paragraphs, one per line with blank lines between, read by the
+recipe with load_dataset("text"); `jsonl` is short documents, read with load_dataset("json").
 Needs `datasets` (pip install -r requirements/bench.txt) and ../shared/data (or --source DIR).
 """
 
@@ -27,33 +31,63 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data"
 
 
-def build_corpus(source: Path, target: Path, megabytes: int, seed: int = 0) -> int:
-    """Documents of 4-12 sentences drawn at random from every text in `source`: unique, real English."""
+def _sentences(source: Path) -> list[str]:
     sentences: list[str] = []
     for path in sorted(source.rglob("*")):
         if path.is_file() and path.name != "SOURCE.txt" and path.stat().st_size < 20_000_000:
             text = path.read_text(encoding="utf-8", errors="replace")
-            sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 400]
+            sentences += [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 400]
+    return sentences
+
+
+def build_corpus(source: Path, target: Path, megabytes: int, kind: str, seed: int = 0) -> int:
+    """Documents drawn at random from every text in `source`: unique, real English.
+
+    jsonl: 4-12 sentences each, one JSON object per line; paragraphs: 20-60 sentences each (2-8 KB),
+    one paragraph per line of a .txt with a blank line between.
+    """
+    sentences = _sentences(source)
     rng = random.Random(seed)
+    low, high = (4, 12) if kind == "jsonl" else (20, 60)
     written, docs = 0, 0
     with target.open("w") as handle:
         while written < megabytes * 1_000_000:
-            doc = " ".join(rng.choice(sentences) for _ in range(rng.randint(4, 12)))
-            line = json.dumps({"text": doc}) + "\n"
+            doc = " ".join(rng.choice(sentences) for _ in range(rng.randint(low, high)))
+            line = json.dumps({"text": doc}) + "\n" if kind == "jsonl" else doc + "\n\n"
             handle.write(line)
             written += len(line.encode())
             docs += 1
     return docs
 
 
-def run_tunesmith(corpus: Path, block_size: int, procs: int, work: Path) -> dict:
-    from tunesmith.config import CleanConfig, DataConfig
-    from tunesmith.data import prepare_data
-    from tunesmith.models import load_tokenizer, resolve_model
+def build_chat_corpus(source: Path, target: Path, megabytes: int, seed: int = 0) -> int:
+    """Conversations of 4-12 turns drawn from the DailyDialog utterances, as OpenAI-style messages lines."""
+    utterances = [u.strip() for path in sorted((source / "chat-dailydialog").glob("dialogues_*.txt")) if "topic" not in path.name
+                  for line in path.read_text(encoding="utf-8").splitlines() for u in line.split("__eou__") if u.strip()]
+    rng = random.Random(seed)
+    written, conversations = 0, 0
+    with target.open("w") as handle:
+        while written < megabytes * 1_000_000:
+            turns = rng.randint(4, 12)
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": rng.choice(utterances)} for i in range(turns)]
+            line = json.dumps({"messages": messages}) + "\n"
+            handle.write(line)
+            written += len(line.encode())
+            conversations += 1
+    return conversations
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m", log=lambda _m: None))
+
+def run_tunesmith(corpus: Path, block_size: int, procs: int, work: Path, task: str = "lm") -> dict:
+    from tunesmith.config import RunConfig
+    from tunesmith.data import prepare_data
+    from tunesmith.models import resolve_model
+    from tunesmith.tasks import build_task
+
+    cfg = RunConfig.model_validate({"task": task, "data": {"train": [str(corpus)], "block_size": block_size}})
+    task_object = build_task(cfg)
+    tokenizer = task_object.tokenizer(resolve_model("smollm2-135m", log=lambda _m: None), log=lambda _m: None)
     started = time.perf_counter()
-    prepared = prepare_data(DataConfig(train=[str(corpus)], block_size=block_size), CleanConfig(), tokenizer, work)
+    prepared = prepare_data(cfg.data, cfg.clean, tokenizer, work, task=task_object)
     seconds = time.perf_counter() - started
     tokens = prepared.meta["train"]["tokens"] + prepared.meta["val"]["tokens"]
     return {"seconds": seconds, "tokens_out": tokens, "documents": prepared.report["documents_read"],
@@ -70,7 +104,8 @@ def run_datasets(corpus: Path, block_size: int, procs: int, work: Path) -> dict:
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m", log=lambda _m: None))
     started = time.perf_counter()
-    raw = load_dataset("json", data_files=str(corpus), split="train", cache_dir=str(work))
+    loader = "text" if corpus.suffix == ".txt" else "json"
+    raw = load_dataset(loader, data_files=str(corpus), split="train", cache_dir=str(work))
 
     def tokenize(batch):
         return tokenizer(batch["text"])
@@ -90,54 +125,115 @@ def run_datasets(corpus: Path, block_size: int, procs: int, work: Path) -> dict:
     return {"seconds": seconds, "tokens_out": tokens, "blocks": len(grouped)}
 
 
-def measure(side: str, corpus: Path, block_size: int, procs: int) -> dict:
-    """Run one side in a subprocess, sampling the RSS of its whole process tree."""
+def measure(side: str, corpus: Path, block_size: int, procs: int, task: str = "lm", profile: bool = False) -> dict:
+    """Run one side in a subprocess, timing the whole process and sampling the RSS of its process tree."""
     with tempfile.TemporaryDirectory() as work:
         env = dict(os.environ, TUNESMITH_HOME=os.environ.get("TUNESMITH_HOME", str(Path.home() / ".cache" / "tunesmith")))
-        returncode, output, _, peak_mb = run_with_peak_rss(
-            [sys.executable, __file__, "--side", side, "--corpus", str(corpus), "--block-size", str(block_size),
-             "--procs", str(procs), "--work", work], env=env)
+        command = [sys.executable, __file__, "--side", side, "--corpus-path", str(corpus), "--block-size", str(block_size),
+                   "--procs", str(procs), "--work", work, "--task", task] + (["--profile"] if profile else [])
+        started = time.perf_counter()
+        returncode, output, errors, peak_mb = run_with_peak_rss(command, env=env)
+        process_seconds = time.perf_counter() - started
         if returncode:
-            raise SystemExit(f"{side} failed with exit code {returncode}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak_mb
+            raise SystemExit(f"{side} failed with exit code {returncode}:\n{errors[-2000:]}")
+    lines = output.strip().splitlines()
+    result = json.loads(lines[-1])
+    result.update(peak_rss_mb=peak_mb, process_seconds=process_seconds, printed=lines[:-1])
     return result
+
+
+PROFILE_GROUPS = {  # where a function's own time goes, by the file it is in
+    "Unicode repair (ftfy)": ("ftfy",),
+    "tokenizer (Rust, in the worker thread's wait)": ("tokenization_utils", "tokenizers", "encode_batch", "pipeline.py:encode_batch"),
+    "MinHash signatures": ("dedup.py:signatures", "dedup.py:_hash", "dedup.py"),
+    "LSH index (datasketch)": ("datasketch",),
+    "boilerplate lines": ("pipeline.py:count_lines", "pipeline.py:without_boilerplate", "pipeline.py:_line_key"),
+    "other cleaning (normalize, markup, PII)": ("clean.py",),
+    "reading and decoding files": ("formats.py", "read.py", "codecs", "json"),
+}
+
+
+def profile_tunesmith(corpus: Path, block_size: int, work: Path) -> list[str]:
+    """Run prepare under cProfile and add up each function's own time by stage."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_tunesmith(corpus, block_size, 1, work)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    totals: dict[str, float] = {}
+    for (filename, _line, function), (_cc, _nc, own, _cum, _callers) in stats.stats.items():
+        where = f"{Path(filename).name}:{function}"
+        group = next((name for name, keys in PROFILE_GROUPS.items() if any(k in filename or k in where for k in keys)), "other")
+        totals[group] = totals.get(group, 0.0) + own
+    whole = sum(totals.values())
+    return [f"{name:52} {seconds:7.1f} s {seconds / whole:6.1%}" for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", dest="kind", choices=["paragraphs", "jsonl"], default="paragraphs")
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--profile", action="store_true", help="profile tunesmith's side instead of comparing")
+    parser.add_argument("--chat-mb", type=int, nargs="+", help="measure peak memory preparing chat JSONL of these sizes")
     parser.add_argument("--side", choices=["tunesmith", "datasets"], help=argparse.SUPPRESS)
-    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--task", default="lm", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--corpus-path", dest="corpus_path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:
         os.environ.setdefault("HF_DATASETS_CACHE", str(args.work))
+        if args.profile:
+            print("\n".join(profile_tunesmith(args.corpus_path, args.block_size, args.work)))
+            print(json.dumps({}))
+            return
         runner = run_tunesmith if args.side == "tunesmith" else run_datasets
-        print(json.dumps(runner(args.corpus, args.block_size, args.procs, args.work)))
+        extra = {"task": args.task} if args.side == "tunesmith" else {}
+        print(json.dumps(runner(args.corpus_path, args.block_size, args.procs, args.work, **extra)))
         return
+    if args.chat_mb:
+        return chat_memory(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.jsonl"
-        docs = build_corpus(args.source, corpus, args.mb)
+        corpus = Path(tmp) / ("corpus.txt" if args.kind == "paragraphs" else "corpus.jsonl")
+        docs = build_corpus(args.source, corpus, args.mb, args.kind)
         size_mb = corpus.stat().st_size / 1e6
-        print(f"corpus: {size_mb:.1f} MB, {docs:,} documents; block size {args.block_size}; {args.procs} processes; cpu count {os.cpu_count()}")
+        print(f"corpus ({args.kind}): {size_mb:.1f} MB, {docs:,} documents; block size {args.block_size}; {args.procs} processes; "
+              f"cpu count {os.cpu_count()}")
+        if args.profile:
+            result = measure("tunesmith", corpus, args.block_size, args.procs, profile=True)
+            print("tunesmith prepare, own time by stage (cProfile):")
+            print("\n".join(result["printed"]))
+            return
         reference = measure("datasets", corpus, args.block_size, args.procs)
         ours = measure("tunesmith", corpus, args.block_size, args.procs)
     tokens = reference["tokens_out"]  # the corpus's token count; tunesmith writes fewer where it drops duplicates
-    rows = [("datasets recipe (load_dataset + map tokenize + map group_texts)", reference),
-            ("tunesmith prepare (clean, exact + near dedup, split, pack)", ours)]
-    print(f"{'':64} {'seconds':>8} {'Mtok/s':>8} {'peak RSS MB':>12}")
+    rows = [(f"datasets recipe (load_dataset {'text' if args.kind == 'paragraphs' else 'json'} + map tokenize + map group_texts)",
+             reference), ("tunesmith prepare (clean, exact + near dedup, split, pack)", ours)]
+    print(f"{'':72} {'process s':>9} {'work s':>7} {'Mtok/s':>7} {'peak RSS MB':>12}")
     for name, result in rows:
-        print(f"{name:64} {result['seconds']:8.1f} {tokens / result['seconds'] / 1e6:8.3f} {result['peak_rss_mb']:12.0f}")
-    print(f"tunesmith / datasets: {reference['seconds'] / ours['seconds']:.2f}x tokens/s, "
-          f"{ours['peak_rss_mb'] / reference['peak_rss_mb']:.2f}x peak RSS "
-          f"(targets: >= 3x tokens/s, <= 0.5x RSS, >= 0.75 Mtok/s)")
+        print(f"{name:72} {result['process_seconds']:9.1f} {result['seconds']:7.1f} {tokens / result['process_seconds'] / 1e6:7.3f} "
+              f"{result['peak_rss_mb']:12.0f}")
+    print(f"tunesmith / datasets, whole processes: {reference['process_seconds'] / ours['process_seconds']:.2f}x speed, "
+          f"{ours['peak_rss_mb'] / reference['peak_rss_mb']:.2f}x peak RSS (target: >= 1x speed)")
     print(f"tunesmith kept {ours['tokens_out']:,} of {tokens:,} tokens ({ours['near_duplicates']} near-duplicates removed)")
+
+
+def chat_memory(args) -> None:
+    """Peak RSS of `prepare --task chat` on chat JSONL of each size: flat, apart from the de-duplication index, if it streams."""
+    print(f"{'chat JSONL':>10} {'conversations':>14} {'process s':>10} {'peak RSS MB':>12}")
+    for megabytes in args.chat_mb:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = Path(tmp) / "chat.jsonl"
+            conversations = build_chat_corpus(args.source, corpus, megabytes)
+            result = measure("tunesmith", corpus, args.block_size, args.procs, task="chat")
+        print(f"{megabytes:>7} MB {conversations:>14,} {result['process_seconds']:>10.1f} {result['peak_rss_mb']:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tin
 def test_deferred_step_records_skips_and_bad_streaks():
     """On a GPU results are read every log_every steps; the accounting must match reading them one by one."""
     from tunesmith.config import RunConfig
-    from tunesmith.training.loop import LoopState, _record
+    from tunesmith.training.loop import LoopState, account
     from tunesmith.training.run_files import PendingSteps
 
     pending = PendingSteps()
@@ -150,6 +150,6 @@ def test_deferred_step_records_skips_and_bad_streaks():
     assert rows[0]["train_loss"] == 2.0 and rows[0]["tokens_per_s"] > 0
     logged, state = [], LoopState()
     cfg = RunConfig.model_validate({"train": {"max_bad_steps": 3}})
-    assert _record(rows, state, cfg, logged.append) is True
+    assert account(rows, state, cfg, logged.append) is True
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6] and state.skipped_steps == 4 and state.bad_in_a_row == 3
     assert pending.flush() == []

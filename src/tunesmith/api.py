@@ -19,24 +19,27 @@ def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
-    from .tasks import task_tokenizer
+    from .tasks import build_task
 
     cfg = _as_config(config)
+    task = build_task(cfg)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
     params = count_parameters(load_model_config(resolved))
-    tokenizer = task_tokenizer(resolved, cfg.task)
-    return prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=params, task=cfg.task_settings)
+    return prepare_data(cfg.data, cfg.clean, task.tokenizer(resolved), tunesmith_home(), model_params=params, task=task)
 
 
 def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:
     """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
     from .data.examples import marked_text
     from .models import resolve_model
-    from .tasks import task_tokenizer
+    from .tasks import build_task
 
     cfg = _as_config(config)
-    tokenizer = task_tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), cfg.task, log=lambda _: None)
-    return [marked_text(prepared.blocks("train"), i, tokenizer) for i in range(min(count, len(prepared.blocks("train"))))]
+    task = build_task(cfg)
+    tokenizer = task.tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
+    task.bind(prepared.meta)
+    train = task.dataset(prepared, "train")
+    return [marked_text(train, i, tokenizer) for i in range(min(count, len(train)))]
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None,

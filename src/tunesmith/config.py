@@ -7,9 +7,8 @@ from these classes, so documentation cannot drift from the code.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -151,24 +150,13 @@ class OutputConfig(_Section):
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
 
 
-@dataclass(frozen=True)
-class TaskSettings:
-    """The task and its section, as the data preparation and the model build need them."""
-
-    name: str = "lm"
-    chat: ChatConfig = dataclass_field(default_factory=ChatConfig)
-    classify: ClassifyConfig = dataclass_field(default_factory=ClassifyConfig)
-
-    def cache_settings(self) -> dict:
-        if self.name == "chat":
-            return {"task": "chat", "chat": self.chat.model_dump(mode="json")}
-        if self.name == "classify":
-            return {"task": "classify", "classify": self.classify.model_dump(mode="json", exclude={"metric"})}
-        return {}
+# the kinds of fine-tuning; each is a Task in tunesmith.tasks
+TaskName = Literal["lm", "chat", "classify"]
+TASK_NAMES = get_args(TaskName)
 
 
 class RunConfig(_Section):
-    task: Literal["lm", "chat", "classify"] = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations; classify: labels (sentiment, ...)")
+    task: TaskName = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations; classify: labels (sentiment, ...)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
@@ -177,10 +165,6 @@ class RunConfig(_Section):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
-
-    @property
-    def task_settings(self) -> TaskSettings:
-        return TaskSettings(self.task, self.chat, self.classify)
 
     def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
         """This config with `output.dir` fixed: `run_dir`, the configured one, or a new default name.

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from .errors import UserError
-from .tasks import TASK_FILE, read_task
+from .tasks import TASK_FILE, read_task, task_kind
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -28,12 +28,7 @@ def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
 def _metric_lines(summary: dict) -> list[str]:
     lines = []
     if "base_val_ppl" in summary:
-        scope = "assistant-token " if summary.get("task") == "chat" else ""
-        lines.append(f"- {scope}validation perplexity: {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
-                     f"(fine-tuned, step {summary.get('best_step')})")
-    if summary.get("task") == "classify":
-        lines.append(f"- accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
-                     f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%})")
+        lines += [f"- {line}" for line in task_kind(summary.get("task")).result_lines(summary)]
     for key in ("steps", "epochs", "tokens_seen", "train_seconds", "device", "precision"):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
@@ -43,7 +38,6 @@ def _metric_lines(summary: dict) -> list[str]:
 def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None) -> str:
     base = config.get("model", {}).get("name", summary.get("model", "unknown"))
     method = config.get("model", {}).get("method", summary.get("method", "full"))
-    kind = {"chat": "a chat model (assistant turns learned)", "classify": f"a text classifier (labels: {', '.join(task.get('labels', []))})"}
     splits = data.get("splits", {})
     data_lines = [f"- {data.get('documents_read', 0):,} documents read, {data.get('documents_kept', 0):,} kept after cleaning "
                   f"and de-duplication; {splits.get('train', {}).get('tokens', 0):,} training and "
@@ -52,7 +46,7 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
     return "\n".join([
         "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
         f"# Fine-tuned {base}", "",
-        f"{kind.get(task.get('task'), 'A causal language model')} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
+        f"{task_kind(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
         "## Data", "", *data_lines, "",
         "## Results", "", *_metric_lines(summary), "",
         "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
@@ -90,7 +84,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
     task = read_task(final)
-    head = task.get("task") == "classify" and task.get("method") == "head"
+    head = task.get("method") == "head"
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)

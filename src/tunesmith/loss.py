@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .data import TokenBlocks
 from .data.examples import IGNORE, Batch, Examples
-from .runtime import autocast, free_memory, is_out_of_memory
+from .errors import UserError
+from .runtime import autocast, with_oom_backoff
 
 
 def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -91,16 +92,10 @@ class Validation:
 def validation_loss_with_fallback(model, blocks: TokenBlocks, batch_size: int, device: torch.device, precision: str,
                                   max_blocks: int | None = None, log=print) -> Validation:
     """Out of memory during evaluation halves the evaluation batch and starts the pass again."""
-
-    while True:
-        try:
-            return validation_loss(model, blocks, batch_size, device, precision, max_blocks)
-        except Exception as exc:
-            if not is_out_of_memory(exc) or batch_size == 1:
-                raise
-            free_memory(device)
-            batch_size //= 2
-            log(f"out of memory in evaluation: retrying with evaluation batch {batch_size}")
+    result, _ = with_oom_backoff(lambda size: validation_loss(model, blocks, size, device, precision, max_blocks), batch_size,
+                                 device, lambda size: log(f"out of memory in evaluation: retrying with evaluation batch {size}"),
+                                 lambda: UserError("out of memory in evaluation at batch 1; lower train.eval_max_blocks or data.block_size"))
+    return result
 
 
 @torch.no_grad()

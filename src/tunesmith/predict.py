@@ -56,10 +56,10 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 def load_classifier(spec: str, device: torch.device, log=print):
     resolved = resolve_model(spec, log=log)
     task = read_task(Path(resolved.path))
-    if task.get("task") != "classify":
+    if "verbalizers" not in task:
         raise UserError(f"{spec} is not a classifier (trained with task {task.get('task', 'lm')}); train one with --task classify")
     coder = LabelCoder(task["labels"], task["method"], task["prompt"], task["verbalizers"])
-    model = load_model(resolved, classifier=coder.method == "head").to(device).eval()
+    model = load_model(resolved, classifier=coder.has_head).to(device).eval()
     return model, load_tokenizer(resolved), coder, task
 
 

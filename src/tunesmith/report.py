@@ -12,6 +12,7 @@ from pathlib import Path
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
 from .run_directory import read_json_lines
+from .tasks import task_kind
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
@@ -81,7 +82,7 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
 
 def classification_tables(summary: dict) -> dict:
     """Per-class precision/recall/F1 and the confusion matrix of a classification run's best step."""
-    if summary.get("task") != "classify":
+    if "per_class" not in summary:
         return {}
     labels = summary["labels"]
     per_class = [[label, *(f"{summary['per_class'][label][k]:.3f}" for k in ("precision", "recall", "f1")),
@@ -110,11 +111,9 @@ def report_sections(run_dir: Path) -> dict:
     data_report = _json(Path(summary["data_dir"]) / "data_report.json") if summary.get("data_dir") else {}
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
-    task_rows = []
-    if summary.get("task") == "classify":
-        task_rows = [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
-                     (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
-    scope = "assistant-token " if summary.get("task") == "chat" else ""
+    kind = task_kind(summary.get("task"))
+    task_rows = kind.comparison_rows(summary)
+    scope = kind.loss_scope
     return {
         "run": run_dir.name,
         "summary": summary,

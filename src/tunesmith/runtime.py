@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Callable, TypeVar
 
 import torch
 
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -100,3 +103,24 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def with_oom_backoff(attempt: Callable[[int], T], size: int, device: torch.device, on_retry: Callable[[int], None],
+                     on_floor: Callable[[], Exception], cleanup: Callable[[], None] = lambda: None) -> tuple[T, int]:
+    """`attempt(size)`, halving `size` after each out-of-memory until it fits; the result and the size that fit.
+
+    `cleanup` runs after every failed attempt (dropping half-made gradients), then the device's cache
+    is freed; at size 1 the error `on_floor()` returns is raised. Other errors pass through.
+    """
+    while True:
+        try:
+            return attempt(size), size
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            cleanup()
+            free_memory(device)
+            if size == 1:
+                raise on_floor() from None
+            size = max(1, size // 2)
+            on_retry(size)

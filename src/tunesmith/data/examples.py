@@ -6,6 +6,7 @@ and label stay aligned. Batches are right-padded to their longest example.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,40 +54,55 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 class ExampleWriter:
-    """Appends examples to `<split>.bin` (tokens), `<split>.mask.bin` (1 where the loss falls) and an offsets list."""
+    """Streams examples to `<split>.bin` (tokens) and `<split>.mask.bin` (1 where the loss falls); offsets and classes at close.
+
+    Memory holds 16 bytes per example (its offset and class), not the examples.
+    """
 
     def __init__(self, directory: Path, split: str, dtype: np.dtype):
-        self.directory, self.split, self.dtype = directory, split, dtype
-        self.ids: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
-        self.classes: list[int] = []
+        self.directory, self.split, self.dtype = directory, split, np.dtype(dtype)
+        self.ids_path, self.mask_path = directory / f"{split}.bin", directory / f"{split}.mask.bin"
+        self.ids_handle, self.mask_handle = self.ids_path.open("wb"), self.mask_path.open("wb")
+        self.ends = array("q")
+        self.classes = array("q")
         self.tokens = 0
         self.targets = 0
 
     @property
     def documents(self) -> int:
-        return len(self.ids)
+        return len(self.ends)
 
     def write(self, ids: np.ndarray, mask: np.ndarray, label: int = -1) -> None:
-        self.ids.append(np.asarray(ids, dtype=np.int64))
-        self.masks.append(np.asarray(mask, dtype=np.uint8))
-        self.classes.append(label)
+        np.asarray(ids).astype(self.dtype).tofile(self.ids_handle)
+        np.asarray(mask, dtype=np.uint8).tofile(self.mask_handle)
         self.tokens += len(ids)
-        self.targets += int(mask.sum())
+        self.ends.append(self.tokens)
+        self.classes.append(label)
+        self.targets += int(np.asarray(mask).sum())
 
     def take_last(self) -> tuple[np.ndarray, np.ndarray, int]:
-        ids, mask, label = self.ids.pop(), self.masks.pop(), self.classes.pop()
-        self.tokens -= len(ids)
+        """Remove the last example written (to move it to the other split); returns it."""
+        self.ids_handle.flush()
+        self.mask_handle.flush()
+        start = self.ends[-2] if len(self.ends) > 1 else 0
+        ids = np.fromfile(self.ids_path, dtype=self.dtype)[start:].astype(np.int64)
+        mask = np.fromfile(self.mask_path, dtype=np.uint8)[start:]
+        for handle in (self.ids_handle, self.mask_handle):
+            handle.truncate(start * (self.dtype.itemsize if handle is self.ids_handle else 1))
+            handle.seek(0, 2)
+        label = self.classes.pop()
+        self.ends.pop()
+        self.tokens = start
         self.targets -= int(mask.sum())
         return ids, mask, label
 
+    def blocks(self, block_size: int, keep_tail: bool = False) -> int:
+        return self.documents
+
     def close(self) -> None:
-        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
-        masks = np.concatenate(self.masks) if self.masks else np.zeros(0, dtype=np.uint8)
-        ids.astype(self.dtype).tofile(self.directory / f"{self.split}.bin")
-        masks.tofile(self.directory / f"{self.split}.mask.bin")
-        offsets = np.cumsum([0] + [len(x) for x in self.ids]).astype(np.int64)
-        np.save(self.directory / f"{self.split}.offsets.npy", offsets)
+        self.ids_handle.close()
+        self.mask_handle.close()
+        np.save(self.directory / f"{self.split}.offsets.npy", np.r_[0, np.asarray(self.ends, dtype=np.int64)].astype(np.int64))
         np.save(self.directory / f"{self.split}.classes.npy", np.asarray(self.classes, dtype=np.int64))
 
 

@@ -1,4 +1,4 @@
-"""The streaming document pipeline of `prepare`: clean, drop boilerplate, de-duplicate, tokenize, split, write.
+"""The streaming steps of `prepare`: clean, drop boilerplate, tokenize, split, write.
 
 Documents flow through generators and their tokens go straight to disk, so memory holds only the
 de-duplication index (16 bytes per document, plus a MinHash signature) and the boilerplate line counts.
@@ -7,16 +7,14 @@ de-duplication index (16 bytes per document, plus a MinHash signature) and the b
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..config import CleanConfig
-from .clean import text_digest, transforms
-from .dedup import MinHasher, NearDuplicateIndex
+from .clean import transforms
+from .dedup import NearDuplicateIndex
 from .report import DataReport
 from .split import hash_bucket
 
@@ -104,16 +102,6 @@ def without_boilerplate(texts: Iterable[str], boilerplate: set[int], counts: Cou
     )[:10]
 
 
-def exact_unique(texts: Iterable[str], seen: set[bytes], report: DataReport) -> Iterator[tuple[str, bytes]]:
-    for text in texts:
-        digest = text_digest(text)
-        if digest in seen:
-            report.remove("exact_duplicate", text)
-            continue
-        seen.add(digest)
-        yield text, digest
-
-
 def batched(items: Iterable, size: int) -> Iterator[list]:
     batch: list = []
     for item in items:
@@ -152,7 +140,7 @@ class TokenWriter:
             np.concatenate(self.buffer).astype(self.dtype).tofile(self.handle)
             self.buffer, self.buffered = [], 0
 
-    def take_last(self) -> np.ndarray:
+    def take_last(self) -> tuple[np.ndarray]:
         """Remove the last document written (to move it to the other split); returns its ids."""
         self.flush()
         self.handle.close()
@@ -164,19 +152,16 @@ class TokenWriter:
         self.handle = self.path.open("ab")
         self.tokens -= len(ids) - start
         self.documents -= 1
-        return ids[start:].astype(np.int64)
+        return (ids[start:].astype(np.int64),)
+
+    def blocks(self, block_size: int, keep_tail: bool = False) -> int:
+        """How many blocks TokenBlocks will cut (see its `keep_tail`)."""
+        full = self.tokens // block_size
+        return full + (keep_tail and self.tokens - full * block_size >= 2)
 
     def close(self) -> None:
         self.flush()
         self.handle.close()
-
-
-@dataclass
-class Tokenized:
-    text: str
-    digest: bytes
-    ids: np.ndarray  # with the trailing EOS
-    signature: np.ndarray | None = None  # MinHash over the ids
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -185,40 +170,6 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def tokenized(docs: Iterable[tuple[str, bytes]], tokenizer, cfg: CleanConfig, hasher: MinHasher, report: DataReport) -> Iterator[Tokenized]:
-    """Batch tokenization, the token-length filters, and the batch's MinHash signatures.
-
-    The tokenizer (Rust, GIL released) encodes one batch in a worker thread while this thread reads
-    and cleans the next, so the two overlap.
-    """
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = None
-        for batch in batched(docs, BATCH_DOCUMENTS):
-            future = worker.submit(encode_batch, tokenizer, [text for text, _ in batch])
-            if pending is not None:
-                yield from _finish_batch(*pending, tokenizer.eos_token_id, cfg, hasher, report)
-            pending = (batch, future)
-        if pending is not None:
-            yield from _finish_batch(*pending, tokenizer.eos_token_id, cfg, hasher, report)
-
-
-def _finish_batch(batch, future, eos: int, cfg: CleanConfig, hasher: MinHasher, report: DataReport) -> Iterator[Tokenized]:
-    kept: list[Tokenized] = []
-    for (text, digest), ids in zip(batch, future.result()):
-        if len(ids) < cfg.min_tokens:
-            report.remove("too_short_tokens", text)
-        elif cfg.max_tokens and len(ids) > cfg.max_tokens:
-            report.remove("too_long_tokens", text)
-        else:
-            ids.append(eos)
-            kept.append(Tokenized(text, digest, np.array(ids, dtype=np.int64)))
-    if not kept:
-        return
-    for doc, signature in zip(kept, hasher.signatures([doc.ids[:-1] for doc in kept])):
-        doc.signature = signature
-        yield doc
 
 
 class Splitter:
@@ -237,12 +188,12 @@ class Splitter:
         self.next_key = 0
         self.moved = 0
 
-    def assign(self, doc: Tokenized) -> bool | None:
+    def assign(self, doc) -> bool | None:
         """True for validation, False for train, None when dropped as a near duplicate."""
         minhash = self.near.minhash(doc.signature)
         match = self.near.match(minhash)
         if match is not None and self.drop_near:
-            self.report.remove("near_duplicate", doc.text)
+            self.report.remove("near_duplicate", doc.unit.key)
             return None
         own_side = hash_bucket(doc.digest) < self.val_fraction
         side = own_side if match is None else self.side_of[match]
@@ -252,12 +203,3 @@ class Splitter:
         self.side_of[key] = side
         self.near.add(key, minhash)
         return side
-
-
-def write_splits(docs: Iterable[Tokenized], splitter: Splitter, train: TokenWriter, val: TokenWriter) -> None:
-    for doc in docs:
-        side = splitter.assign(doc)
-        if side is None:
-            continue
-        (val if side else train).write(doc.ids)
-        splitter.report.token_lengths.append(len(doc.ids) - 1)

@@ -131,10 +131,10 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
         lines.append(f"  boilerplate: {len(report['boilerplate_lines'])} repeated lines removed, most often \"{top['line'][:80]}\" ({top['documents']} documents)")
     train, val = meta["train"], meta["val"]
     task = meta.get("task", {})
-    unit = {"chat": "examples (conversations or their pieces)", "classify": "examples"}.get(task.get("task"), "documents")
+    unit = "documents" if meta["layout"] == "packed" else f"examples{task.get('examples_are', '')}"
     lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation {unit}")
-    if task.get("task") == "classify" and task.get("coder", {}).get("method") == "head":
-        lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation (the loss falls on one label per example)")
+    if task.get("loss_falls_on"):
+        lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation (the loss falls on {task['loss_falls_on']})")
     elif task.get("targets"):
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation, of which "
                      f"{task['targets']['train']:,} / {task['targets']['val']:,} carry the loss")

@@ -12,13 +12,10 @@ blocks cost less than trained ones).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import types
 import warnings
 import weakref
 from dataclasses import dataclass, replace
-from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -74,24 +71,20 @@ class StepShape:
     lora_rank: int = 8
 
 
-def _fresh_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A new module like `module` (a linear head), made rather than deep-copied: deepcopy reads fake tensors' data pointers."""
-    if isinstance(module, torch.nn.Linear):
-        return torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-    return copy.copy(module)
+def _on_fake_tensors(model: torch.nn.Module) -> None:
+    """Give every meta parameter and buffer a tensor made now: under the simulation's modes, a fake one that is counted.
 
-
-@contextlib.contextmanager
-def _peft_on_fake_tensors():
-    """peft moves new adapters to their base layer's device with Module.to, which cannot swap fake parameters in place,
-    and deep-copies a classification head to train beside the adapters. In a simulation every tensor is on one device
-    in float32 already, so moving is a no-op, and the head's copy is made new."""
-    import peft.utils.other
-
-    fresh = types.SimpleNamespace(deepcopy=_fresh_copy, copy=copy.copy)
-    with mock.patch.object(torch.nn.Module, "to", lambda self, *args, **kwargs: self), \
-            mock.patch.object(peft.utils.other, "copy", fresh):
-        yield
+    The model is built (and its adapters added) on the meta device first: peft moves and copies modules as it
+    adds adapters, which meta tensors allow and fake ones do not (a fake parameter cannot be swapped in place).
+    """
+    for module in model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is not None:
+                module._parameters[name] = torch.nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype),
+                                                              requires_grad=parameter.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.zeros(buffer.shape, dtype=buffer.dtype)
 
 
 def _with_layers(config, layers: int):
@@ -131,12 +124,15 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
 
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
                          lora_rank=shape.lora_rank, gradient_checkpointing=shape.gradient_checkpointing)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
+        model = apply_method(_build(_with_layers(config, layers), shape), method)
     counter = _LiveBytes()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     fake.cache_enabled = False  # its dispatch cache can crash when one process simulates many models; it saves little here
-    with fake, _peft_on_fake_tensors(), warnings.catch_warnings(), counter:
-        warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
-        model = apply_method(_build(_with_layers(config, layers), shape), method)
+    with fake, warnings.catch_warnings(), counter:
+        warnings.simplefilter("ignore")
+        _on_fake_tensors(model)
         model.train()
         loss_model = _loss_model(model, shape)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -196,7 +192,7 @@ def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, 
     from ..models.methods import apply_method, transformer_blocks
 
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank)
-    with torch.device("meta"), _peft_on_fake_tensors(), warnings.catch_warnings():
+    with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = apply_method(_build(config, shape), method)
     matrices = sum(p.numel() for name, p in transformer_blocks(model).named_parameters() if p.ndim == 2 and "lora_" not in name)

@@ -95,26 +95,25 @@ def _characters(value) -> int:
 
 def measure_data(cfg: RunConfig) -> DataSize:
     """Files, records and characters of the training data (the text field for lm; the whole record for chat and classify)."""
-    from ..data.read import DocumentReader, expand_paths, lookup
+    from ..data.read import DocumentReader, expand_paths
     from ..data.report import DataReport
+    from ..tasks import build_task
 
     if not cfg.data.train:
         raise UserError("recommend needs --data FILE (the training data, to size the epochs)")
     files = expand_paths(cfg.data.train, "data.train")
+    task = build_task(cfg)
+    packed = task.layout == "packed"
     reader = DocumentReader.for_data(cfg.data, cfg.clean, DataReport(), on_error="skip")
     records = characters = 0
     labels: set[str] = set()
     for record in reader.records(files):
         records += 1
-        if cfg.task == "lm":
-            characters += len(reader.text(record) or "")
-        else:
-            characters += _characters(record.value)
-        if cfg.task == "classify" and isinstance(record.value, dict):
-            label = lookup(record.value, cfg.data.label_field)
-            if label is not None:
-                labels.add(str(label))
-    if cfg.task == "lm":
+        characters += len(reader.text(record) or "") if packed else _characters(record.value)
+        label = task.record_label(record.value)
+        if label is not None:
+            labels.add(label)
+    if packed:
         reader.check_fields_found()
     if not characters:
         raise UserError(f"{', '.join(cfg.data.train)}: no text found; check data.text_field")
@@ -155,8 +154,9 @@ def _availability(candidate: Candidate, hub: bool) -> str:
 
 
 def _shape(cfg: RunConfig, method: str, precision: str, labels: int) -> StepShape:
-    head = cfg.task == "classify" and cfg.classify.method == "head"
-    return StepShape(method, cfg.data.block_size, precision, max(labels, 2) if head else 0,
+    from ..tasks import build_task
+
+    return StepShape(method, cfg.data.block_size, precision, build_task(cfg).head_classes(labels),
                      cfg.model.gradient_checkpointing, cfg.model.lora_rank)
 
 
@@ -195,7 +195,9 @@ def planned_epochs(data: DataSize, sequences: int, batch: int) -> float:
 
 def _sequences(cfg: RunConfig, data: DataSize) -> int:
     """Training sequences: packed blocks for lm, one per record for chat and classify (less the validation share)."""
-    whole = data.tokens // cfg.data.block_size if cfg.task == "lm" else data.records
+    from ..tasks import build_task
+
+    whole = data.tokens // cfg.data.block_size if build_task(cfg).layout == "packed" else data.records
     return max(1, int(whole * (1 - cfg.data.val_fraction)))
 
 
@@ -267,9 +269,11 @@ def recommended_config(plan: Plan, cfg: RunConfig) -> dict:
     raw = {"task": cfg.task, "model": model, "data": data,
            "train": {"lr": LEARNING_RATES[chosen.method], "epochs": plan.epochs, "micro_batch_size": plan.micro_batch,
                      "grad_accum": plan.grad_accum}}
-    for section in ("chat", "classify"):
-        if cfg.task == section:
-            raw[section] = cfg.model_dump(mode="json")[section]
+    from ..tasks import build_task
+
+    section = build_task(cfg).section
+    if section:
+        raw[section] = cfg.model_dump(mode="json")[section]
     build_config(raw)  # the written file must load
     return raw
 

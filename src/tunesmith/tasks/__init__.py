@@ -1,15 +1,35 @@
-"""The tasks beyond plain text: chat (assistant turns) and classification (labels), and the spec saved with a model."""
+"""The kinds of fine-tuning, each a `Task` (see `base.py`), and the spec saved with a model.
+
+A new task is one module with a Task subclass, and one line in `TASKS`.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..config import RunConfig
+from ..errors import UserError
+from .base import Task
+from .chat import ChatTask
+from .classify import ClassifyTask
+from .lm import LmTask
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (LmTask, ChatTask, ClassifyTask)}
 TASK_FILE = "tunesmith_task.json"
 
 
+def build_task(cfg: RunConfig) -> Task:
+    return TASKS[cfg.task](cfg)
+
+
+def task_kind(name: str | None) -> type[Task]:
+    """The Task class a summary or saved spec names (plain language modelling when it names none)."""
+    return TASKS.get(name or "lm", LmTask)
+
+
 def write_task(directory: Path, spec: dict) -> None:
-    """What a later `chat`, `predict` or `serve` needs to use the model the way it was trained."""
+    """What a later `chat`, `predict`, `serve` or `eval` needs to use the model the way it was trained."""
     (directory / TASK_FILE).write_text(json.dumps(spec, indent=2))
 
 
@@ -18,12 +38,19 @@ def read_task(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"task": "lm"}
 
 
-def task_tokenizer(resolved, task: str, log=print):
-    """The model's tokenizer, with a ChatML template added for a chat run on a model that has none."""
-    from ..models import load_tokenizer
-    from .chat import ensure_chat_template
+def task_for_model(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> Task:
+    """The task to evaluate a model with: the one it was trained for, or, for a plain model, the config's.
 
-    tokenizer = load_tokenizer(resolved)
-    if task == "chat" and ensure_chat_template(tokenizer):
-        log("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens")
-    return tokenizer
+    A model trained for a task keeps it (a chat model is measured on assistant turns); asking for a
+    task the saved model cannot do (classify with a language model) is a user error.
+    """
+    saved = read_task(model_dir) if model_dir is not None and Path(model_dir).is_dir() else {"task": "lm"}
+    if saved["task"] != "lm":
+        return task_kind(saved["task"]).for_saved(saved, cfg)
+    task = build_task(cfg)
+    if task.needs_saved_spec:
+        raise UserError(f"{spec_name} is not a trained {task.name} model; evaluate a run trained with --task {task.name}")
+    return task
+
+
+__all__ = ["TASKS", "TASK_FILE", "Task", "build_task", "read_task", "task_for_model", "task_kind", "write_task"]

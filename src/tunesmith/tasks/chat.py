@@ -1,14 +1,23 @@
-"""Chat: conversations from several log formats, the chat template, and the assistant-only loss mask."""
+"""Chat: the chat template, the assistant-only loss mask, the end-of-turn stop, and the chat task.
+
+The conversations themselves come from the chat log parsers in `data/conversations.py`.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ..config import ChatConfig
+from ..config import CleanConfig, DataConfig, MonitorConfig, RunConfig
+from ..data.clean import transforms
+from ..data.conversations import Message, conversation_units
+from ..data.report import DataReport
+from ..data.units import Encoded, Unit
 from ..errors import UserError
+from ..models import load_tokenizer
+from .base import Task, check_both_sides
 
 # used when the model has no template of its own; its two markers become special tokens
 CHATML_TEMPLATE = (
@@ -16,16 +25,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
-
-KNOWN_ROLES = {
-    "system": "system",
-    "user": "user", "human": "user", "customer": "user", "client": "user", "prompter": "user",
-    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "agent": "assistant", "model": "assistant",
-    "support": "assistant",
-}
-_SPEAKER_LINE = re.compile(r"^\s*([^:\n]{1,40}?)\s*:\s?(.*)$")
-
-Message = dict[str, str]
 
 
 def ensure_chat_template(tokenizer) -> bool:
@@ -132,60 +131,69 @@ def split_turns(tokenizer, messages: list[Message], block_size: int) -> Iterator
         start = end
 
 
-def _role(name: str, roles: dict[str, str]) -> str | None:
-    if name in roles:
-        return roles[name]
-    lowered = {key.lower(): value for key, value in roles.items()}
-    return lowered.get(name.strip().lower(), KNOWN_ROLES.get(name.strip().lower()))
+class ChatTask(Task):
+    """Conversations; the loss falls on the assistant turns, each ending at the template's end-of-turn marker."""
 
+    name = "chat"
+    unit_words = "conversations"
+    target_words = "assistant tokens"
+    loss_scope = "assistant-token "
+    prompts_rendered = True
+    description = "A chat model (assistant turns learned)"
 
-def merge_turns(turns: Iterable[tuple[str, str]], roles: dict[str, str], where: str) -> list[Message]:
-    """(speaker, text) pairs -> messages with roles; consecutive turns of one role become one message."""
-    messages: list[Message] = []
-    for speaker, text in turns:
-        role = _role(str(speaker), roles)
-        if role is None:
-            raise UserError(f"{where}: speaker '{speaker}' has no role; map it with chat.roles, "
-                            f"e.g. --set 'chat.roles={{{speaker}: assistant}}'")
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n" + str(text)
-        else:
-            messages.append({"role": role, "content": str(text)})
-    return messages
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.truncated = 0
 
+    def tokenizer(self, resolved, log=print):
+        tokenizer = load_tokenizer(resolved)
+        if ensure_chat_template(tokenizer):
+            log("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens")
+        return tokenizer
 
-def parse_transcript(text: str, roles: dict[str, str], where: str) -> list[Message]:
-    """`Name: text` lines; a line without a speaker continues the turn before it."""
-    turns: list[list[str]] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        found = _SPEAKER_LINE.match(line)
-        if found and (turns == [] or _role(found.group(1), roles) is not None):
-            turns.append([found.group(1), found.group(2).strip()])
-        elif turns:
-            turns[-1][1] += "\n" + line.strip()
-        else:
-            raise UserError(f"{where}: a transcript line must start with a speaker name and a colon (\"Agent: ...\"); "
-                            f"got {line.strip()[:60]!r}")
-    return merge_turns(((speaker, text) for speaker, text in turns), roles, where)
+    def cache_settings(self) -> dict:
+        return {"task": self.name, "chat": self.cfg.chat.model_dump(mode="json")}
 
+    def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
+        return conversation_units(reader(report), files, self.cfg.chat, data, report, transforms(clean))
 
-def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message] | None:
-    """One record in any of the formats -> messages; None when the record is not a conversation of that format."""
-    kind = cfg.format
-    if kind in ("auto", "transcript") and isinstance(value, str):
-        return parse_transcript(value, cfg.roles, where)
-    if not isinstance(value, dict):
-        return None
-    if kind in ("auto", "messages") and isinstance(value.get("messages"), list):
-        return merge_turns(((m.get("role", ""), m.get("content", "")) for m in value["messages"] if isinstance(m, dict)), cfg.roles, where)
-    if kind in ("auto", "sharegpt") and isinstance(value.get("conversations"), list):
-        return merge_turns(((m.get("from", ""), m.get("value", "")) for m in value["conversations"] if isinstance(m, dict)), cfg.roles, where)
-    return None
+    def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
+        encoded = []
+        for unit in units:
+            pieces = []
+            for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size):
+                self.truncated += truncated
+                pieces.append((ids, mask, -1))
+            if pieces:
+                encoded.append(Encoded(unit, np.concatenate([ids for ids, _, _ in pieces]), pieces, [len(p[0]) for p in pieces]))
+        return encoded
 
+    def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
+        check_both_sides(train, val, "conversations", eval_only)
+        if not val.targets:
+            raise UserError("the validation conversations have no assistant tokens; check chat.roles")
+        meta = {"task": self.name, "targets": {"train": train.targets, "val": val.targets},
+                "examples_are": " (conversations or their pieces)"}
+        if self.truncated:
+            meta["truncated"] = self.truncated
+            report.warnings.append(f"{self.truncated} examples were longer than data.block_size={data.block_size} "
+                                   "and were truncated; raise data.block_size to keep them whole")
+        return meta
 
-def with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
-    if system_prompt and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": system_prompt}] + messages
-    return messages
+    def spec(self, tokenizer) -> dict:
+        return {"task": self.name, "end_of_turn": end_of_turn(tokenizer)}
+
+    def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
+        """Configured prompts as one user turn each, or the validation conversations up to their first assistant turn."""
+        if monitor.sample_prompts is not None:
+            return [render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in monitor.sample_prompts]
+        count = min(monitor.sample_count, len(val_dataset))
+        return [tokenizer.decode(val_dataset.prompt_ids(i).tolist()) for i in range(count)]
+
+    def sample_stops(self, tokenizer) -> list[int]:
+        return stop_token_ids(tokenizer)
+
+    @property
+    def section(self) -> str:
+        return "chat"
+

@@ -1,33 +1,27 @@
-"""Classification: labels, how an example becomes tokens for each method, prediction, and the metrics."""
+"""Classification: how a labelled text becomes tokens for each method, prediction, the metrics, and the classify task."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..config import ClassifyConfig
+from ..config import ClassifyConfig, CleanConfig, DataConfig, RunConfig
+from ..data.clean import transforms
 from ..data.examples import Batch, Examples, pad_rows
+from ..data.labelled import label_key, label_set, labelled_units
+from ..data.read import lookup
+from ..data.report import DataReport
+from ..data.units import Encoded, Unit
+from ..loss import Validation
 from ..runtime import autocast
+from .base import Task, check_both_sides
 
-
-def label_key(value) -> str:
-    """Labels compare as text: 1, "1" and 1.0 from different files are the same class."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def sorted_labels(labels) -> list[str]:
-    """Numeric labels in numeric order, others alphabetically."""
-    def order(label: str):
-        try:
-            return (0, float(label), label)
-        except ValueError:
-            return (1, 0.0, label)
-    return sorted(set(labels), key=order)
+IMBALANCE_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +37,10 @@ class LabelCoder:
     def from_config(cls, labels: list[str], cfg: ClassifyConfig) -> "LabelCoder":
         words = {label: cfg.verbalizers.get(label, label) for label in labels}
         return cls(labels, cfg.method, cfg.prompt.replace("\\n", "\n"), words)
+
+    @property
+    def has_head(self) -> bool:
+        return self.method == "head"
 
     def as_dict(self) -> dict:
         return {"labels": self.labels, "method": self.method, "prompt": self.prompt, "verbalizers": self.verbalizers}
@@ -154,3 +152,142 @@ def class_weights(counts: dict[str, int], labels: list[str]) -> np.ndarray:
     n = np.asarray([counts.get(label, 0) for label in labels], dtype=np.float64)
     weights = np.where(n > 0, n.sum() / (len(labels) * np.maximum(n, 1)), 0.0)
     return weights.astype(np.float32)
+
+
+class ClassifyTask(Task):
+    """Labelled texts; a classification head or the label's words (generative) carry the loss, scored by accuracy or macro-F1."""
+
+    name = "classify"
+    target_words = "targets"
+    loss_scope = "label-token "
+    needs_saved_spec = True
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.coder: LabelCoder | None = None
+        self.class_counts: dict[str, int] = {}
+        self.fixed_labels: list[str] | None = None  # a trained classifier's label set, rather than the data's
+
+    @classmethod
+    def for_saved(cls, spec: dict, cfg: RunConfig) -> "ClassifyTask":
+        saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
+        task = cls(cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved)}))
+        task.fixed_labels = spec["labels"]
+        return task
+
+    @property
+    def has_head(self) -> bool:
+        return self.cfg.classify.method == "head"  # known before the coder is (a trained classifier's settings)
+
+    def head_labels(self) -> list[str] | None:
+        return self.coder.labels if self.has_head else None
+
+    def cache_settings(self) -> dict:
+        return {"task": self.name, "classify": self.cfg.classify.model_dump(mode="json", exclude={"metric"}),
+                "label_field": self.cfg.data.label_field, "labels": self.fixed_labels}
+
+    def begin(self, reader, files: list[Path]) -> None:
+        labels = self.fixed_labels or label_set(reader(DataReport()), files, self.cfg.data)
+        self.coder = LabelCoder.from_config(labels, self.cfg.classify)
+
+    def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
+        return labelled_units(reader(report), files, data, clean, report, transforms(clean), set(self.coder.labels))
+
+    def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
+        encoded = []
+        for unit in units:
+            ids, mask, index = self.coder.encode(tokenizer, *unit.value, data.block_size)
+            encoded.append(Encoded(unit, ids, [(ids, mask, index)], [len(ids)]))
+        return encoded
+
+    def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
+        check_both_sides(train, val, "examples", eval_only)
+        labels = self.coder.labels
+        counts = np.bincount(np.asarray(train.classes, dtype=np.int64), minlength=len(labels))
+        val_counts = np.bincount(np.asarray(val.classes, dtype=np.int64), minlength=len(labels))
+        class_counts = {label: int(n) for label, n in zip(labels, counts)}
+        present = [n for n in class_counts.values() if n]
+        if present and max(present) > IMBALANCE_RATIO * min(present):
+            report.warnings.append(
+                f"the classes are imbalanced ({', '.join(f'{k}: {v}' for k, v in class_counts.items())}); "
+                "accuracy flatters the majority class: watch macro-F1, or set classify.class_weights=true")
+        missing = [label for label, n in class_counts.items() if n == 0]
+        if missing and not eval_only:
+            report.warnings.append(f"no training example has the label {', '.join(missing)}")
+        meta = {"task": self.name, "coder": self.coder.as_dict(), "labels": labels, "class_counts": class_counts,
+                "val_class_counts": {label: int(n) for label, n in zip(labels, val_counts)},
+                "targets": {"train": train.targets, "val": val.targets}}
+        if self.has_head:
+            meta["loss_falls_on"] = "one label per example"
+        return meta
+
+    def bind(self, meta: dict) -> None:
+        self.coder = LabelCoder(**meta["task"]["coder"])
+        self.class_counts = meta["task"]["class_counts"]
+
+    def dataset(self, prepared, split: str, training: bool = False):
+        weights = class_weights(self.class_counts, self.coder.labels) if training and self.cfg.classify.class_weights else None
+        return prepared.blocks(split, use_classes=self.has_head, class_weights=weights)
+
+    def metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
+                limit: int | None = None) -> dict:
+        predicted, _ = predict_examples(model, dataset, self.coder, tokenizer, batch_size, device, precision, limit)
+        return classification_metrics(dataset.classes[: len(predicted)], predicted, self.coder.labels)
+
+    def score(self, result: Validation) -> float:
+        metric = self.cfg.classify.metric
+        return result.loss if metric == "val_loss" else -result.task[metric]
+
+    def eval_row(self, result: Validation) -> dict:
+        return {**super().eval_row(result), "accuracy": result.task["accuracy"], "macro_f1": result.task["macro_f1"]}
+
+    def base_lines(self, result: Validation, dataset) -> list[str]:
+        scores = result.task
+        return super().base_lines(result, dataset) + [
+            f"base model: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}"
+            + (" (an untrained head)" if self.has_head else " (zero-shot)")]
+
+    def spec(self, tokenizer) -> dict:
+        data = self.cfg.data
+        return {"task": self.name, **self.coder.as_dict(), "block_size": data.block_size, "text_field": data.text_field,
+                "label_field": data.label_field}
+
+    def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
+        coder = self.coder
+        truth = val_dataset.classes[: len(val_dataset)]
+        majority = majority_baseline(self.class_counts, truth, coder.labels)
+        baseline = majority if self.has_head else base_metrics
+        best = best_metrics or base_metrics
+        return {
+            "task": self.name, "classify_method": coder.method, "metric": self.cfg.classify.metric, "labels": coder.labels,
+            "accuracy": best["accuracy"], "macro_f1": best["macro_f1"], "per_class": best["per_class"], "confusion": best["confusion"],
+            "baseline": "majority class" if self.has_head else "zero-shot",
+            "base_accuracy": baseline["accuracy"], "base_macro_f1": baseline["macro_f1"],
+            "majority_accuracy": majority["accuracy"], "majority_macro_f1": majority["macro_f1"],
+        }
+
+    @classmethod
+    def result_lines(cls, summary: dict) -> list[str]:
+        return super().result_lines(summary) + [
+            f"accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
+            f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})"]
+
+    @classmethod
+    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
+        return [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
+                (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
+
+    @classmethod
+    def describe(cls, spec: dict) -> str:
+        return f"A text classifier (labels: {', '.join(spec.get('labels', []))})"
+
+    def record_label(self, record_value) -> str | None:
+        label = lookup(record_value, self.cfg.data.label_field) if isinstance(record_value, dict) else None
+        return None if label is None else label_key(label)
+
+    def head_classes(self, labels: int) -> int:
+        return max(labels, 2) if self.has_head else 0
+
+    @property
+    def section(self) -> str:
+        return "classify"

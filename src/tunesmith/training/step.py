@@ -14,7 +14,7 @@ import torch
 from ..data import TokenBlocks
 from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
-from ..runtime import autocast, free_memory, is_out_of_memory
+from ..runtime import autocast, free_memory, is_out_of_memory, with_oom_backoff
 from ..data.examples import Batch
 from .fused_loss import FusedOutputLoss, output_parts
 from ..loss import batch_loss, target_weight
@@ -49,6 +49,7 @@ class StepRunner:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.context = context
         self.forward_model = model  # the DDP-wrapped and/or compiled module that runs forward and backward
+        self.eager_model = None  # the uncompiled one, to fall back to if compilation fails
 
     def fuse_output_loss(self) -> bool:
         """Train through the decoder stack with the output layer fused into the loss, where the model allows it."""
@@ -77,27 +78,29 @@ class StepRunner:
                                           self.precision, self.label_smoothing)
         return total
 
+    def _accumulate_with_backoff(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
+        def attempt(size: int) -> torch.Tensor:
+            self.micro_batch_size = size
+            return self._accumulate(blocks, indices)
+
+        def retrying(size: int) -> None:
+            self.log(f"out of memory: retrying the step with micro-batch {size} and twice the accumulation (same effective batch)")
+
+        total, _ = with_oom_backoff(attempt, self.micro_batch_size, self.device, retrying, lambda: out_of_memory(blocks),
+                                    cleanup=lambda: self.optimizer.zero_grad(set_to_none=True))
+        return total
+
     def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step over `indices`; the mean loss, whether the update was applied, and the gradient norm, on the device."""
-        while True:
-            try:
-                total = self._accumulate(blocks, indices)
-                break
-            except Exception as exc:
-                if getattr(self, "eager_model", None) is not None and not is_out_of_memory(exc):
-                    self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training without it")
-                    self.forward_model, self.eager_model = self.eager_model, None
-                    self.optimizer.zero_grad(set_to_none=True)
-                    continue
-                if not is_out_of_memory(exc):
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                free_memory(self.device)
-                if self.micro_batch_size == 1:
-                    raise UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}") from None
-                self.micro_batch_size = max(1, self.micro_batch_size // 2)
-                self.log(f"out of memory: retrying the step with micro-batch {self.micro_batch_size} "
-                         "and twice the accumulation (same effective batch)")
+        try:
+            total = self._accumulate_with_backoff(blocks, indices)
+        except Exception as exc:
+            if self.eager_model is None or is_out_of_memory(exc) or isinstance(exc, UserError):
+                raise
+            self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training without it")
+            self.forward_model, self.eager_model = self.eager_model, None
+            self.optimizer.zero_grad(set_to_none=True)
+            total = self._accumulate_with_backoff(blocks, indices)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         total = self.context.mean(total)  # the global loss: the same value, and the same skip decision, on every rank
@@ -116,27 +119,24 @@ class StepRunner:
         return total, finite, grad_norm
 
 
+def out_of_memory(blocks: TokenBlocks) -> UserError:
+    return UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}")
+
+
 def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
-    """Try micro-batches 1, 2, 4, ... up to `limit` on real blocks; the largest without out-of-memory wins."""
+    """The largest power-of-two micro-batch up to `limit` that runs a step on the longest blocks without out-of-memory."""
     if device.type == "cpu":
         log("train.micro_batch_size auto: 4 on CPU (memory does not limit it there)")
         return min(4, limit)
-    best, size = 0, 1
-    while size <= limit:
+    longest = sorted(range(len(blocks)), key=blocks.length, reverse=True)  # the worst case for memory
+
+    def attempt(size: int) -> None:
         try:
-            longest = sorted(range(len(blocks)), key=blocks.length, reverse=True)  # the worst case for memory
-            batch = blocks.batch(longest[:size]).to(device)
-            forward_backward(model, batch, 1.0, None, device, precision, 0.0)
-            best = size
-            size *= 2
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            break
+            forward_backward(model, blocks.batch(longest[:size]).to(device), 1.0, None, device, precision, 0.0)
         finally:
             model.zero_grad(set_to_none=True)
-            free_memory(device)
-    if not best:
-        raise UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}")
+
+    _, best = with_oom_backoff(attempt, 1 << (limit.bit_length() - 1), device, lambda _size: None, lambda: out_of_memory(blocks))
+    free_memory(device)
     log(f"train.micro_batch_size auto: {best}")
     return best

@@ -1,0 +1,258 @@
+"""What each `tunesmith` command does: build the config, call the library, print the outcome."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..config import starter_yaml
+from ..errors import UserError
+from .parser import config_of
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, markup=False)
+
+
+def _run_init(args) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(starter_yaml())
+    print(f"wrote {path}; edit it, then run: tunesmith train {path}")
+    return 0
+
+
+def _run_prepare(args) -> int:
+    from ..api import prepare, preview
+
+    cfg = config_of(args)
+    prepared = prepare(cfg)
+    for line in prepared.summary_lines():
+        print(line)
+    print(f"token files and data_report.json (with doc_lengths.png): {prepared.directory}")
+    if args.show:
+        print("\ntrained spans are marked ⟦like this⟧:")
+        for number, text in enumerate(preview(cfg, prepared, args.show), 1):
+            print(f"--- example {number}\n{text}")
+    return 0
+
+
+def _run_train(args) -> int:
+    from ..api import train
+
+    summary = train(config_of(args), resume=args.resume, console=_console(), force=args.force)
+    from ..tasks import task_kind
+
+    for line in task_kind(summary.get("task")).result_lines(summary):
+        print(line)
+    print(f"run: {summary['run_dir']} (report.html, summary.json); model: {summary['final_dir']}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from ..evaluation import evaluate_model
+    from ..tasks import task_kind
+
+    cfg = config_of(args)
+    if not cfg.data.train:
+        raise UserError("eval needs --data FILE")
+    log = (lambda _msg: None) if args.json else print
+    results = [evaluate_model(spec, cfg.data.train, cfg, log=log) for spec in [args.model_or_run, args.compare] if spec]
+    if args.json:
+        payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
+        print(json.dumps(payload))
+        return 0
+    for result in results:
+        scope = task_kind(result.task).loss_scope
+        print(f"{result.model}: {scope}loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
+              f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)")
+        if result.classification:
+            print(f"  classification: accuracy {result.classification['accuracy']:.1%}, "
+                  f"macro-F1 {result.classification['macro_f1']:.3f}")
+    if len(results) == 2:
+        change = results[1].perplexity / results[0].perplexity - 1
+        print(f"perplexity change from {results[0].model} to {results[1].model}: {change:+.1%}")
+    return 0
+
+
+def _run_generate(args) -> int:
+    from ..generation import SamplingOptions, generate_text, load_generator
+
+    cfg = config_of(args)
+    model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat)
+    print(generate_text(model, tokenizer, args.prompt, options))
+    return 0
+
+
+def _run_chat(args) -> int:
+    from ..generation import ChatSession, SamplingOptions, load_generator
+
+    model, tokenizer = load_generator(args.model_or_run, args.device)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    session = ChatSession(model, tokenizer, options, args.system)
+    if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
+        for line in sys.stdin:
+            if line.strip():
+                try:
+                    print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+                except UserError as exc:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 0
+    from transformers import TextStreamer
+
+    print("chat: type a message; /reset clears the history, /system TEXT sets the system prompt, /exit quits")
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)")
+        elif line.startswith("/system"):
+            session.system = line.removeprefix("/system").strip() or None
+            session.reset()
+            print(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)")
+        elif line:
+            print("bot> ", end="", flush=True)
+            try:
+                session.reply(line, streamer)
+            except UserError as exc:
+                print(f"\nerror: {exc}")
+
+
+def _run_predict(args) -> int:
+    from ..predict import predict_file
+
+    count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
+    print(f"wrote {count:,} rows with predictions to {args.output}")
+    return 0
+
+
+def _run_export(args) -> int:
+    from ..export import export_run
+
+    written = export_run(Path(args.run), Path(args.out), args.dtype, gguf=args.gguf)
+    loads = "llama.cpp-family runtimes and transformers (gguf_file=...)" if args.gguf else "transformers' from_pretrained"
+    print(f"wrote {written} ({args.dtype}): loads in {loads}; model card in {Path(args.out) / 'README.md'}")
+    return 0
+
+
+def _run_serve(args) -> int:
+    import os
+
+    from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
+
+    if args.max_batch < args.max_n:
+        raise UserError(f"--max-batch {args.max_batch} is below --max-n {args.max_n}: a request's choices must fit one batch")
+    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes, args.max_n, args.max_batch, args.queue_size,
+                    args.request_timeout)
+    served = load_for_serving(args.model_or_run, args.device)
+    key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+    print(f"serving {served.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'}; "
+          f"up to {limits.max_batch} sequences decoded together)", flush=True)
+    run_server(create_app(served, limits, key), args.host, args.port)
+    return 0
+
+
+def _run_doctor(args) -> int:
+    from ..doctor import run_checks
+
+    report = run_checks()
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    width = max(len(check.name) for check in report.checks)
+    for check in report.checks:
+        mark = "ok " if check.ok else "!! "
+        print(f"{mark}{check.name:<{width}}  {check.value}")
+        if check.hint:
+            print(f"   {'':<{width}}  {check.hint}")
+    return 0
+
+
+def _run_recommend(args) -> int:
+    import yaml
+
+    from ..planning.candidates import candidate, default_candidates
+    from ..planning.recommend import make_plan, parse_size, plan_dict, recommended_config, summary_lines, table_lines
+
+    write = Path(args.write)
+    if write.exists() and not args.force:
+        raise UserError(f"{write} exists; pass --force to overwrite it or --write another path")
+    if args.only and not args.candidate:
+        raise UserError("--only needs at least one --candidate MODEL")
+    cfg = config_of(args)
+    candidates = ([] if args.only else default_candidates()) + [candidate(spec) for spec in args.candidate]
+    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    plan = make_plan(cfg, candidates, parse_size(args.memory) if args.memory else None, args.hours, log)
+    raw = recommended_config(plan, cfg)
+    write.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if args.json:
+        print(json.dumps({**plan_dict(plan), "config": str(write)}))
+        return 0
+    print("\n".join(summary_lines(plan) + [""] + table_lines(plan) + [""]))
+    chosen = plan.chosen
+    print(f"recommended: {chosen.candidate.name}, method {chosen.method}, micro-batch {plan.micro_batch} x {plan.grad_accum} "
+          f"accumulated, {plan.epochs:g} epochs")
+    for reason in plan.reasons:
+        print(f"  - {reason}")
+    print(f"wrote {write}; run: tunesmith train {write}")
+    return 0
+
+
+def _run_diagnose(args) -> int:
+    from ..diagnose import diagnose_run
+
+    findings = diagnose_run(Path(args.run))
+    if args.json:
+        print(json.dumps({"run": args.run, "findings": [f.as_dict() for f in findings]}))
+        return 0
+    for finding in findings:
+        print(f"[{finding.severity}] {finding.kind}: {finding.message}")
+        for advice in finding.advice:
+            setting = f"set {advice.key}={advice.value}: " if advice.key and advice.value is not None else ""
+            print(f"    - {setting}{advice.why}")
+    return 0
+
+
+def _run_report(args) -> int:
+    from ..report import write_report
+
+    markdown, page = write_report(Path(args.run))
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
+def _run_quickstart(args) -> int:
+    from ..quickstart import QUICKSTART_SETTINGS, run_quickstart
+
+    run_quickstart(config_of(args, base=QUICKSTART_SETTINGS), console=_console())
+    return 0
+
+
+HANDLERS = {
+    "init": _run_init,
+    "prepare": _run_prepare,
+    "train": _run_train,
+    "eval": _run_eval,
+    "generate": _run_generate,
+    "chat": _run_chat,
+    "predict": _run_predict,
+    "export": _run_export,
+    "serve": _run_serve,
+    "doctor": _run_doctor,
+    "recommend": _run_recommend,
+    "diagnose": _run_diagnose,
+    "report": _run_report,
+    "quickstart": _run_quickstart,
+}

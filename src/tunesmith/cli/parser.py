@@ -1,0 +1,157 @@
+"""The `tunesmith` command line: its parser, and the config built from a config file, flags and --set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import TASK_NAMES, load_config, parse_override
+from ..errors import UserError
+
+# flag -> config key; every command takes these
+COMMON_FLAGS: dict[str, tuple[str, type]] = {
+    "--task": ("task", str),
+    "--model": ("model.name", str),
+    "--data": ("data.train", str),
+    "--val-data": ("data.val", str),
+    "--out": ("output.dir", str),
+    "--lr": ("train.lr", float),
+    "--epochs": ("train.epochs", float),
+    "--max-steps": ("train.max_steps", int),
+    "--batch-size": ("train.micro_batch_size", int),
+    "--block-size": ("data.block_size", int),
+    "--seed": ("train.seed", int),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
+    if with_config:
+        parser.add_argument("config", nargs="?", help="YAML run config (optional: flags alone make a run)")
+    group = parser.add_argument_group("settings (override the config file)")
+    for flag, (key, kind) in COMMON_FLAGS.items():
+        many = flag in ("--data", "--val-data")
+        group.add_argument(flag, dest=key, type=kind, action="append" if many else "store", help=f"sets {key}")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="set any config key, e.g. --set train.grad_accum=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained GPT-style language models on your own text.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="write a commented starter config")
+    init.add_argument("path", nargs="?", default="tunesmith.yaml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    prepare = commands.add_parser("prepare", help="read, clean, split, tokenize and pack the data")
+    _add_common(prepare)
+    prepare.add_argument("--show", type=int, default=0, metavar="N", help="print N prepared training examples, trained spans marked")
+
+    train = commands.add_parser("train", help="fine-tune a model")
+    _add_common(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest intact checkpoint")
+    train.add_argument("--force", action="store_true", help="write the run into an --out folder that holds other files")
+
+    evaluate = commands.add_parser("eval", help="loss and perplexity of a model or run on a data file")
+    evaluate.add_argument("model_or_run")
+    evaluate.add_argument("--compare", metavar="OTHER", help="a second model or run to put side by side")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(evaluate, with_config=False)
+
+    generate = commands.add_parser("generate", help="continue a prompt with a model or run")
+    generate.add_argument("model_or_run")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=100)
+    generate.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    _add_common(generate, with_config=False)
+
+    chat = commands.add_parser("chat", help="talk with a chat model or run in the terminal (/reset, /system TEXT, /exit)")
+    chat.add_argument("model_or_run")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=200)
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
+    chat.add_argument("--top-k", type=int, default=50)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--device", default="auto")
+    chat.add_argument("--seed", type=int, default=0)
+
+    predict = commands.add_parser("predict", help="label each row of a CSV/TSV/JSONL file with a trained classifier")
+    predict.add_argument("model_or_run")
+    predict.add_argument("--input", required=True, help="CSV, TSV or JSONL with a text column")
+    predict.add_argument("--output", required=True, help="CSV, TSV or JSONL: the input columns plus prediction and p_<label>")
+    predict.add_argument("--text-field", help="the column that holds the text (default: the one the run was trained on)")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="a finished run as a plain Hugging Face directory (or a GGUF file) with a model card")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="a new, empty folder")
+    export.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family models)")
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP API for a model or run")
+    serve.add_argument("model_or_run")
+    serve.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) unless you mean to expose it")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request (or set TUNESMITH_API_KEY)")
+    serve.add_argument("--max-tokens", type=int, default=512, help="the most tokens one request may ask for")
+    serve.add_argument("--max-prompt-tokens", type=int, default=2048)
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    serve.add_argument("--max-n", type=int, default=4, help="the most choices (n) one request may ask for")
+    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together; requests join between steps")
+    serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait; past it the answer is 503")
+    serve.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one request")
+    serve.add_argument("--device", default="auto")
+
+    doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
+    recommend = commands.add_parser("recommend", help="the model, method, batch and epochs that fit your data, memory and time; writes a config")
+    recommend.add_argument("config", nargs="?", help="YAML run config for the data settings (optional)")
+    recommend.add_argument("--data", dest="data.train", action="append", metavar="FILE", help="the training data (repeatable)")
+    recommend.add_argument("--task", dest="task", choices=TASK_NAMES, help="what the run will learn (default lm)")
+    recommend.add_argument("--block-size", dest="data.block_size", type=int, metavar="N", help="tokens per training sequence")
+    recommend.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: the GPU's, or the free RAM)")
+    recommend.add_argument("--hours", type=float, default=1.0, help="time budget for training (default 1)")
+    recommend.add_argument("--candidate", action="append", default=[], metavar="MODEL",
+                           help="also consider this model: a local directory, run, .gguf file or hub id (repeatable)")
+    recommend.add_argument("--only", action="store_true", help="consider the --candidate models alone, not the built-in ones")
+    recommend.add_argument("--write", default="recommended.yaml", metavar="PATH", help="where to write the config")
+    recommend.add_argument("--force", action="store_true", help="overwrite --write if it exists")
+    recommend.add_argument("--json", action="store_true", help="print one JSON object")
+    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+    diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
+    diagnose.add_argument("run")
+    diagnose.add_argument("--json", action="store_true", help="print the findings as one JSON object")
+
+    report = commands.add_parser("report", help="write report.md and report.html for a run")
+    report.add_argument("run")
+
+    quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")
+    _add_common(quickstart, with_config=False)
+    return parser
+
+
+def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    pairs = [(key, getattr(args, key)) for key, _ in COMMON_FLAGS.values() if getattr(args, key, None) is not None]
+    return pairs + [parse_override(text) for text in args.overrides]
+
+
+def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """Config file (or, for --resume, the run's saved config), then flags, then --set, in that order."""
+    path = getattr(args, "config", None)
+    overrides = overrides_of(args)
+    if getattr(args, "resume", False) and not path:
+        out = dict(overrides).get("output.dir")
+        if not out:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        path = Path(out) / "config.yaml"
+        if not path.is_file():
+            raise UserError(f"--resume: {path} not found; is {out} a tunesmith run directory?")
+    base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
+    return load_config(path, base_pairs + overrides)

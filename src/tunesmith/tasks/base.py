@@ -1,0 +1,138 @@
+"""The Task: everything that differs between kinds of fine-tuning, in one object built once from the config.
+
+A task names its units and how they become tokens (the `data.units.UnitKind` side, which `prepare`
+drives), its dataset for a split, its metrics and the score that picks the best step, the spec saved
+with the model, its part of the summary, and its sample prompts. The run, evaluation and the CLI call
+these methods and never ask which task it is; a new task is a new subclass and one line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ..config import DataConfig, MonitorConfig, RunConfig
+from ..data.report import DataReport
+from ..errors import UserError
+from ..loss import Validation, perplexity
+from ..models import load_tokenizer
+
+
+class Task:
+    name: ClassVar[str]
+    layout: ClassVar[str] = "examples"
+    unit_words: ClassVar[str] = "examples"  # what the data report calls the units
+    eval_units: ClassVar[str] = "examples"  # what the validation set holds, as the run prints it
+    target_words: ClassVar[str] = "targets"  # what carries the loss
+    loss_scope: ClassVar[str] = ""  # how a printed loss or perplexity is qualified ("assistant-token ")
+    prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
+    description: ClassVar[str] = "A causal language model"  # the model card's first words
+    needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def for_saved(cls, spec: dict, cfg: RunConfig) -> "Task":
+        """The task that evaluates a model saved with `spec` (its tunesmith_task.json) on new data."""
+        return cls(cfg)
+
+    # the model
+    def tokenizer(self, resolved, log=print):
+        return load_tokenizer(resolved)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model is a classifier with a head rather than a language model."""
+        return False
+
+    def head_labels(self) -> list[str] | None:
+        """The classes of a classification head, when the model needs one instead of its language-model output."""
+        return None
+
+    # preparation (data.units.UnitKind); `bind` takes what the prepared data fixed, from its meta.json
+    def cache_settings(self) -> dict:
+        return {"task": self.name}
+
+    def begin(self, reader, files: list[Path]) -> None:
+        pass
+
+    def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
+        return {"task": self.name}
+
+    def bind(self, meta: dict) -> None:
+        pass
+
+    # datasets
+    def dataset(self, prepared, split: str, training: bool = False):
+        return prepared.blocks(split)
+
+    def example_lengths(self, dataset) -> list[int] | None:
+        """Each training example's length, for length-aware batching; None for equal-length packed blocks."""
+        return [dataset.length(i) for i in range(len(dataset))]
+
+    # evaluation
+    def metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
+                limit: int | None = None) -> dict:
+        """Task metrics beyond the loss (accuracy, macro-F1, ...), stored in `Validation.task`."""
+        return {}
+
+    def score(self, result: Validation) -> float:
+        """What picks the best step and drives early stopping; lower is better."""
+        return result.loss
+
+    def eval_row(self, result: Validation) -> dict:
+        return {"val_loss": result.loss, "val_ppl": perplexity(result.loss), "val_accuracy": result.accuracy}
+
+    def base_lines(self, result: Validation, dataset) -> list[str]:
+        return [f"base model: validation loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "
+                f"({len(dataset)} {self.eval_units}, {dataset.num_tokens:,} {self.target_words})"]
+
+    # what is saved and reported
+    def spec(self, tokenizer) -> dict:
+        """Saved as final/tunesmith_task.json: how `chat`, `predict`, `serve` and `eval` use the model."""
+        return {"task": self.name}
+
+    def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
+        return {"task": self.name}
+
+    @classmethod
+    def result_lines(cls, summary: dict) -> list[str]:
+        """The run's outcome in a few lines, from its summary.json."""
+        return [f"{cls.loss_scope}validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
+                f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}"]
+
+    @classmethod
+    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
+        """Rows (name, base, fine-tuned) the report puts above the loss."""
+        return []
+
+    @classmethod
+    def describe(cls, spec: dict) -> str:
+        return cls.description
+
+    def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
+        return []
+
+    def sample_stops(self, tokenizer) -> list[int]:
+        return [tokenizer.eos_token_id]
+
+    # planning (`recommend`), from raw records before any preparation
+    def record_label(self, record_value) -> str | None:
+        return None
+
+    def head_classes(self, labels: int) -> int:
+        return 0
+
+    @property
+    def section(self) -> str | None:
+        """The config section of the task's own settings, if it has one."""
+        return None
+
+
+def check_both_sides(train, val, words: str, eval_only: bool) -> None:
+    if val.documents == 0 or (train.documents == 0 and not eval_only):
+        raise UserError(f"{train.documents} training and {val.documents} validation {words} after cleaning; "
+                        "at least one of each is needed: add data or pass a validation file with --val-data")

@@ -1,0 +1,34 @@
+"""Plain language modelling: documents packed into blocks, every next token a target (domain adaptation, generation)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import MonitorConfig
+from ..data.units import TextUnits
+from .base import Task
+
+PROMPT_TOKENS = 16
+
+
+class LmTask(TextUnits, Task):
+    name = "lm"
+    eval_units = "blocks"
+    target_words = "tokens"
+
+    def example_lengths(self, dataset) -> None:
+        return None
+
+    def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
+        """The configured prompts, or the first tokens of the first validation documents (each ends with EOS)."""
+        if monitor.sample_prompts is not None:
+            return monitor.sample_prompts
+        tokens = np.asarray(val_dataset.tokens)
+        ends = np.flatnonzero(tokens == tokenizer.eos_token_id)
+        prompts = []
+        for start in np.r_[0, ends + 1][: monitor.sample_count]:
+            stop = min(start + PROMPT_TOKENS, ends[ends >= start][0] if (ends >= start).any() else len(tokens))
+            text = tokenizer.decode(tokens[start:stop].tolist()).strip()
+            if text:
+                prompts.append(text)
+        return prompts

@@ -1,0 +1,55 @@
+"""The run's checkpointer: save, restore, roll back after divergence, and keep the best weights.
+
+Restoring loads the checkpoint's loop state into the one `LoopState` the loop holds, in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .checkpoint import SavedCheckpoint, apply_checkpoint, gather_trainable, newest_intact_checkpoint, save_checkpoint, set_aside, \
+    write_tensors
+from .distributed import Distributed
+from .state import LoopState
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, parts, keep_last: int, context: Distributed, log):
+        self.run_dir, self.parts, self.keep_last, self.context, self.log = run_dir, parts, keep_last, context, log
+
+    def save(self, state: LoopState) -> None:
+        with state.timed():
+            runner = self.parts.runner
+            state.micro_batch_size = runner.micro_batch_size
+            save_checkpoint(self.run_dir, state.step, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler,
+                            state.as_dict(), self.keep_last, self.context)
+
+    def keep_best(self, state: LoopState) -> None:
+        """The trainable weights of the best evaluation so far, as best/trainable.safetensors."""
+        with state.timed():
+            tensors = gather_trainable(self.parts.model) if self.parts.sharded or self.context.is_main else None
+            if self.context.is_main:
+                (self.run_dir / "best").mkdir(exist_ok=True)
+                write_tensors(tensors, self.run_dir / "best" / "trainable.safetensors")
+
+    def restore(self, saved: SavedCheckpoint, state: LoopState) -> None:
+        runner = self.parts.runner
+        state.load(apply_checkpoint(saved, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler))
+        runner.micro_batch_size = state.micro_batch_size or runner.micro_batch_size
+
+    def roll_back(self, state: LoopState) -> None:
+        """Back to the last intact checkpoint with the learning rate halved."""
+        runner = self.parts.runner
+        saved, damaged = newest_intact_checkpoint(self.run_dir, self.context.rank, self.log)
+        if saved is None:
+            raise UserError(f"training diverged: {state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
+                            f"lower train.lr (now {runner.optimizer.param_groups[0]['lr']:.3g})")
+        self.context.barrier()
+        if self.context.is_main:
+            set_aside(damaged)
+        self.restore(saved, state)
+        state.rollbacks += 1
+        runner.scheduler.base_lrs = [lr / 2 for lr in runner.scheduler.base_lrs]
+        for group, lr in zip(runner.optimizer.param_groups, runner.scheduler.get_last_lr()):
+            group["lr"] = lr / 2

@@ -1,0 +1,41 @@
+"""The run's evaluator: `evaluation.evaluate` on the validation set at each evaluation point, the score, and the best step."""
+
+from __future__ import annotations
+
+from ..evaluation import evaluate
+from ..loss import Validation
+from ..tasks import Task
+from .distributed import Distributed
+from .state import LoopState
+
+
+class Evaluator:
+    def __init__(self, task: Task, parts, batch_size: int, max_blocks: int | None, context: Distributed, log):
+        self.task, self.parts, self.context, self.log = task, parts, context, log
+        self.batch_size, self.max_blocks = batch_size, max_blocks
+
+    def evaluate(self, state: LoopState) -> Validation:
+        """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
+        parts, result = self.parts, None
+        if self.context.is_main or parts.sharded:
+            with state.timed():
+                result = evaluate(self.task, parts.model, parts.val, parts.tokenizer, self.batch_size or parts.runner.micro_batch_size,
+                                  parts.device, parts.precision, self.max_blocks, self.log)
+        return result if parts.sharded else self.context.share(result)
+
+    def start(self, result: Validation, state: LoopState) -> None:
+        """The base model's evaluation: the starting point every later one is compared with."""
+        state.base_val_loss = state.best_val_loss = result.loss
+        state.best_score = self.task.score(result)
+        state.base_metrics = state.best_metrics = result.task
+        state.val_loss_std = result.loss_std
+
+    def update_best(self, result: Validation, state: LoopState) -> bool:
+        """Record a new best evaluation; False when this one is not better."""
+        score = self.task.score(result)
+        if score >= state.best_score:
+            state.evals_since_best += 1
+            return False
+        state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = score, result.loss, state.step, 0
+        state.best_metrics = result.task
+        return True

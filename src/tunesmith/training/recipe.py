@@ -1,0 +1,265 @@
+"""A fine-tuning run as a recipe: setup, train, save_checkpoint, finish, cleanup.
+
+The recipe holds the run's parts and one `LoopState`, and delegates: the task says what is measured
+and saved, the evaluator evaluates and picks the best step, the checkpointer saves, restores and rolls
+back, the recorder writes metrics, samples, findings and the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import torch
+from rich.console import Console
+
+from ..config import RunConfig
+from ..diagnose import RunFacts
+from ..errors import UserError
+from ..loss import perplexity
+from ..run_directory import mark_run_dir
+from ..runtime import peak_flops
+from ..tasks import Task, write_task
+from .build import build_model, export_final
+from .checkpoint import SavedCheckpoint
+from .checkpointer import Checkpointer
+from .distributed import Distributed
+from .evaluator import Evaluator
+from .progress import TrainProgress
+from .recorder import Recorder
+from .run_files import PendingSteps, memory_use, write_config
+from .setup import RunParts, setup
+from .state import LoopState
+
+WATCHDOG_STEPS = 20
+
+
+class StopSignal:
+    """SIGINT/SIGTERM finish the current step, then the loop saves a checkpoint and exits."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch_loss(state: LoopState, loss: float, factor: float | None) -> None:
+    """Abort a run whose training loss stays far above where it started: it is diverging, not learning."""
+    if state.first_loss is None:
+        state.first_loss = loss
+    if factor is None or not math.isfinite(loss):
+        return
+    state.high_loss_steps = state.high_loss_steps + 1 if loss > factor * state.first_loss else 0
+    if state.high_loss_steps >= WATCHDOG_STEPS:
+        raise UserError(f"the training loss ({loss:.3f}) has stayed above {factor:g}x its first value ({state.first_loss:.3f}) "
+                        f"for {WATCHDOG_STEPS} steps: the run is diverging; lower train.lr or raise train.warmup_steps")
+
+
+def account(rows: list[dict], state: LoopState, cfg: RunConfig, log_row) -> bool:
+    """Account for flushed steps (skips, the watchdog) and log all but the last, which the caller may add to.
+
+    Returns True when `train.max_bad_steps` non-finite steps came in a row: the caller rolls back.
+    """
+    for number, row in enumerate(rows):
+        skipped = row.get("skipped", False)
+        state.skipped_steps += skipped
+        state.bad_in_a_row = state.bad_in_a_row + 1 if skipped else 0
+        if state.bad_in_a_row >= cfg.train.max_bad_steps:
+            log_row(row)
+            return True
+        _watch_loss(state, row["train_loss"], cfg.train.loss_watchdog)
+        if number < len(rows) - 1:
+            log_row(row)
+    return False
+
+
+def device_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    import psutil
+
+    return psutil.virtual_memory().total / 2**20
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, task: Task, console: Console, context: Distributed):
+        self.cfg, self.task, self.console, self.context = cfg, task, console, context
+        self.state = LoopState()
+        self.recorder = Recorder(cfg, console, context.is_main)
+        self.parts: RunParts | None = None
+        self.memory_before_training_mb: float | None = None
+
+    def setup(self, checkpoint: SavedCheckpoint | None) -> None:
+        """Build the parts; resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
+        cfg, task, state = self.cfg, self.task, self.state
+        parts = self.parts = setup(cfg, task, self.console, self.context)
+        self.evaluator = Evaluator(task, parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
+        self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
+        if self.context.is_main:
+            mark_run_dir(cfg.run_dir)
+        self.memory_before_training_mb = max(memory_use().values())
+        if checkpoint is not None:
+            self.checkpointer.restore(checkpoint, state)
+            self.console.print(f"resumed from {checkpoint.path} at step {state.step}", highlight=False)
+        prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []
+        self.recorder.open(state.step if checkpoint else None, prompts, task.sample_stops(parts.tokenizer), task.prompts_rendered)
+        if checkpoint is not None:
+            return
+        if self.context.is_main:
+            write_config(cfg.run_dir, cfg)
+        result = self.evaluator.evaluate(state)
+        self.evaluator.start(result, state)
+        for line in task.base_lines(result, parts.val):
+            self.console.print(line, highlight=False)
+        self.checkpointer.keep_best(state)
+        self._samples()
+        self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result)})
+
+    def _samples(self) -> None:
+        if not self.parts.sharded:
+            with self.state.timed():
+                self.recorder.record_samples(self.state.step, self.parts.model, self.parts.tokenizer, self.parts.device)
+
+    def _evaluate(self, row: dict, progress: TrainProgress) -> None:
+        result = self.evaluator.evaluate(self.state)
+        progress.evaluated(perplexity(result.loss), result.task)
+        if self.evaluator.update_best(result, self.state):
+            self.checkpointer.keep_best(self.state)
+        row.update(self.task.eval_row(result))
+        self._samples()
+        self.recorder.report_findings(self.facts())
+
+    def _roll_back(self) -> None:
+        self.checkpointer.roll_back(self.state)
+        self.recorder.truncate_after(self.state.step)
+        self.console.print(f"{self.cfg.train.max_bad_steps} non-finite steps in a row: rolled back to step {self.state.step} "
+                           "with the learning rate halved", highlight=False)
+
+    def train(self) -> str:
+        """The loop; returns why it stopped. A stop signal saves a checkpoint and exits with 128 + the signal."""
+        cfg, state, parts, context = self.cfg, self.state, self.parts, self.context
+        plan, runner = parts.plan, parts.runner
+        save_every = cfg.train.save_every or cfg.train.eval_every
+        flush_every = 1 if parts.device.type == "cpu" else cfg.train.log_every  # host syncs cost nothing on a CPU
+        progress = TrainProgress(self.console, plan.total_steps, state.step, cfg.train.log_every)
+        pending = PendingSteps(parts.flops_per_token, peak_flops(parts.device, cfg.train.peak_tflops))
+        stopped_because, stopping = plan.ends_by(), False
+        with StopSignal() as stop:
+            try:
+                while state.step < plan.total_steps:
+                    indices = [i for mb in plan.micro_batches(state.step) for i in mb]  # this rank's blocks for the step
+                    tokens = sum(map(parts.train.length, indices))  # real tokens: examples are not all block-long
+                    row = {"step": state.step + 1, "epoch": round(plan.epoch_of(state.step + 1), 4),
+                           "lr": runner.optimizer.param_groups[0]["lr"]}
+                    loss, applied, grad_norm = runner.run(parts.train, indices)  # still on the device
+                    state.step += 1
+                    state.tokens_seen += tokens
+                    pending.add(row, loss, applied, grad_norm, tokens)
+                    last = state.step == plan.total_steps
+                    evaluating = state.step % cfg.train.eval_every == 0 or last
+                    saving = last or state.step % save_every == 0
+                    interrupted = stop.received is not None and not context.enabled  # ranks agree on stopping only at flushes
+                    if not (evaluating or saving or interrupted or state.step % flush_every == 0):
+                        continue
+                    rows = pending.flush()  # the host sync
+                    state.train_seconds += pending.last_elapsed
+                    if account(rows, state, cfg, self.recorder.log_row):
+                        self._roll_back()
+                        pending.restart_clock()
+                        continue
+                    if evaluating:
+                        self._evaluate(rows[-1], progress)
+                    self.recorder.log_row(rows[-1])
+                    progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
+                    if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
+                        stopped_because = "early_stop"
+                        progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")
+                        break
+                    stopping = context.any(stop.received is not None)
+                    if stopping or saving:
+                        self.save_checkpoint()
+                    if stopping:
+                        break
+                    pending.restart_clock()
+            finally:
+                progress.close()
+        if stopping:
+            self.console.print(f"interrupted at step {state.step}; checkpoint saved. "
+                               f"Resume with: tunesmith train --out {cfg.run_dir} --resume", highlight=False)
+            raise SystemExit(128 + (stop.received or signal.SIGTERM))
+        return stopped_because
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save(self.state)
+
+    def facts(self) -> RunFacts:
+        state, cfg, parts = self.state, self.cfg, self.parts
+        return RunFacts(
+            steps_per_epoch=parts.plan.steps_per_epoch, train_tokens=parts.train.num_tokens, trainable_parameters=parts.trainable,
+            method=cfg.model.method, lr=cfg.train.lr, dropout=cfg.model.dropout, weight_decay=cfg.train.weight_decay,
+            skipped_steps=state.skipped_steps, base_val_loss=state.base_val_loss, best_val_loss=state.best_val_loss,
+            val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
+            memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
+        )
+
+    def finish(self, stopped_because: str) -> dict:
+        """Export final/ (rank 0; a sharded model from a whole copy built on the CPU) and write summary.json."""
+        cfg, state, parts, task = self.cfg, self.state, self.parts, self.task
+        run_dir = cfg.run_dir
+        if self.context.is_main:
+            model = build_model(parts.resolved, cfg.model, torch.device("cpu"), parts.tokenizer, task.head_labels()) \
+                if parts.sharded else parts.model
+            export_final(model, parts.tokenizer, run_dir, parts.resolved, cfg.model, task.head_labels())
+            write_task(run_dir / "final", task.spec(parts.tokenizer))
+        summary = {
+            "model": cfg.model.name,
+            "method": cfg.model.method,
+            "base_val_loss": state.base_val_loss,
+            "base_val_ppl": perplexity(state.base_val_loss),
+            "best_val_loss": state.best_val_loss,
+            "best_val_ppl": perplexity(state.best_val_loss),
+            "best_step": state.best_step,
+            "steps": state.step,
+            "epochs": round(parts.plan.epoch_of(state.step), 4),
+            "tokens_seen": state.tokens_seen,
+            "train_tokens": parts.train.num_tokens,
+            "train_seconds": round(state.train_seconds, 3),
+            "eval_seconds": round(state.eval_seconds, 3),
+            "tokens_per_s": state.tokens_seen / state.train_seconds if state.train_seconds else 0.0,
+            "skipped_steps": state.skipped_steps,
+            "rollbacks": state.rollbacks,
+            "stopped_because": stopped_because,
+            "trainable_parameters": parts.trainable,
+            "val_tokens": parts.val.num_tokens,
+            "val_loss_std": state.val_loss_std,
+            "run_dir": str(run_dir),
+            "final_dir": str(run_dir / "final"),
+            "data_dir": str(parts.data_dir),
+            "device": parts.device.type,
+            "precision": parts.precision,
+            "micro_batch_size": parts.runner.micro_batch_size,
+            "processes": self.context.world_size,
+            "memory_before_training_mb": self.memory_before_training_mb,
+            "device_memory_mb": device_memory_mb(parts.device),
+            **task.summary(state.base_metrics, state.best_metrics, parts.val),
+        }
+        self.recorder.write_summary(summary)
+        self.context.barrier()
+        return summary
+
+    def cleanup(self) -> None:
+        self.recorder.close()

@@ -1,0 +1,97 @@
+"""Building a run's parts: the model and tokenizer, the prepared data as datasets, the step plan and the step runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..config import RunConfig, check_block_size
+from ..data import prepare_data
+from ..errors import UserError
+from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
+from ..models.methods import parameter_counts, short_count
+from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
+from ..tasks import Task
+from .build import build_model
+from .distributed import Distributed, wrap_ddp, wrap_fsdp
+from .optim import build_optimizer, build_scheduler
+from .plan import StepPlan
+from .step import StepRunner, largest_micro_batch
+
+
+@dataclass
+class RunParts:
+    device: torch.device
+    precision: str
+    resolved: ResolvedModel
+    tokenizer: object
+    model: torch.nn.Module
+    runner: StepRunner
+    plan: StepPlan
+    train: object  # TokenBlocks or Examples
+    val: object
+    sharded: bool
+    trainable: int
+    data_dir: Path
+    flops_per_token: float
+
+
+def _prepare(cfg: RunConfig, task: Task, console: Console):
+    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+    model_config = load_model_config(resolved)
+    check_block_size(cfg.data.block_size, context_length(model_config))
+    tokenizer = task.tokenizer(resolved, log=console.print)
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config), task=task)
+    for line in data.summary_lines():
+        console.print(f"data  {line}", highlight=False)
+    task.bind(data.meta)
+    return resolved, tokenizer, data
+
+
+def _runner(cfg: RunConfig, task: Task, model, device, precision: str, micro: int, total_steps: int, sharded: bool,
+            console: Console, context: Distributed) -> StepRunner:
+    optimizer = build_optimizer(model, cfg.train, device, sharded)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
+                        cfg.train.label_smoothing, console.print, context)
+    if context.enabled and not sharded:
+        runner.forward_model = wrap_ddp(model, device)
+    elif cfg.train.fused_loss and not context.enabled and not task.has_head:  # a head has no vocabulary to fuse
+        runner.fuse_output_loss()
+    if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
+        runner.compile()
+    return runner
+
+
+def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) -> RunParts:
+    """Resolve and load the model, prepare the data, and build the plan, optimizer and step runner."""
+    torch.manual_seed(cfg.train.seed + context.rank)
+    device = context.device(pick_device(cfg.train.device))
+    precision = pick_precision(cfg.train.precision, device)
+    enable_tf32(device)
+    with context.main_first():
+        resolved, tokenizer, data = _prepare(cfg, task, console)
+    model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels())
+    model.train()
+    trainable, total_params = parameter_counts(model)
+    console.print(f"model {resolved.spec}: {short_count(total_params)} parameters, {short_count(trainable)} trainable ({cfg.model.method}); "
+                  f"{device.type}, {precision}", highlight=False)
+    train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
+    micro = cfg.train.micro_batch_size
+    if micro == "auto":
+        micro = largest_micro_batch(model, train, device, precision, 64, console.print)
+    plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
+                    context.world_size, context.rank, task.example_lengths(train))
+    if len(train) < plan.blocks_per_step and context.enabled:
+        raise UserError(f"{len(train)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
+                        f"{context.world_size} processes; use fewer processes, a smaller batch or more data")
+    sharded = context.enabled and cfg.train.distributed == "fsdp"
+    if sharded:
+        model = wrap_fsdp(model, device)
+    runner = _runner(cfg, task, model, device, precision, micro, plan.total_steps, sharded, console, context)
+    return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
+                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size))

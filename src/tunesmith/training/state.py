@@ -1,0 +1,50 @@
+"""The loop's own state: everything besides tensors that a resumed run needs (saved as state.json in each checkpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    base_val_loss: float = math.nan
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    evals_since_best: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    skipped_steps: int = 0
+    bad_in_a_row: int = 0
+    rollbacks: int = 0
+    first_loss: float | None = None
+    high_loss_steps: int = 0
+    micro_batch_size: int = 0
+    val_loss_std: float = math.nan
+    best_score: float = math.inf  # the task's selection score, lower is better (val_loss, or minus accuracy / macro-F1)
+    base_metrics: dict = field(default_factory=dict)  # the task's metrics of the base model
+    best_metrics: dict = field(default_factory=dict)  # ... and at the best step
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def load(self, values: dict) -> None:
+        """Take a checkpoint's values in place, so every holder of this state sees them; rollbacks are never undone."""
+        rollbacks = self.rollbacks
+        known = {f.name for f in fields(self)}
+        fresh = LoopState(**{key: value for key, value in values.items() if key in known})
+        self.__dict__.update(fresh.__dict__)
+        self.rollbacks = max(self.rollbacks, rollbacks)
+
+    @contextlib.contextmanager
+    def timed(self):
+        """Time spent outside training steps (evaluation, samples, checkpoints), counted apart from tokens/s."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.eval_seconds += time.perf_counter() - started
