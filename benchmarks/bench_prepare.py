@@ -25,7 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_rss import run_with_peak_rss
+STARTED = time.perf_counter()  # noqa: E402  the whole process's clock starts at the top of the file
+
+import numpy as np  # noqa: E402
+from peak_rss import run_with_peak_rss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data"
@@ -142,34 +145,46 @@ def measure(side: str, corpus: Path, block_size: int, procs: int, task: str = "l
     return result
 
 
-PROFILE_GROUPS = {  # where a function's own time goes, by the file it is in
-    "Unicode repair (ftfy)": ("ftfy",),
-    "tokenizer (Rust, in the worker thread's wait)": ("tokenization_utils", "tokenizers", "encode_batch", "pipeline.py:encode_batch"),
-    "MinHash signatures": ("dedup.py:signatures", "dedup.py:_hash", "dedup.py"),
-    "LSH index (datasketch)": ("datasketch",),
-    "boilerplate lines": ("pipeline.py:count_lines", "pipeline.py:without_boilerplate", "pipeline.py:_line_key"),
-    "other cleaning (normalize, markup, PII)": ("clean.py",),
-    "reading and decoding files": ("formats.py", "read.py", "codecs", "json"),
-}
+def stage_times(corpus: Path, block_size: int, work: Path, started: float) -> list[str]:
+    """Each stage of `prepare` run alone over the whole corpus, in order; wall seconds, as the user waits for them."""
+    from tunesmith.config import CleanConfig, DataConfig
+    from tunesmith.data.clean import transforms
+    from tunesmith.data.dedup import NearDuplicateIndex
+    from tunesmith.data.pipeline import batched, boilerplate_set, count_lines, encode_batch, without_boilerplate
+    from tunesmith.data.read import DocumentReader
+    from tunesmith.data.report import DataReport
+    from tunesmith.models import load_tokenizer, resolve_model
 
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m", log=lambda _m: None))
+    rows = [("start-up: interpreter, imports, tokenizer load", time.perf_counter() - started)]
 
-def profile_tunesmith(corpus: Path, block_size: int, work: Path) -> list[str]:
-    """Run prepare under cProfile and add up each function's own time by stage."""
-    import cProfile
-    import pstats
+    def timed(name, work):
+        begun = time.perf_counter()
+        value = work()
+        rows.append((name, time.perf_counter() - begun))
+        return value
 
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run_tunesmith(corpus, block_size, 1, work)
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    totals: dict[str, float] = {}
-    for (filename, _line, function), (_cc, _nc, own, _cum, _callers) in stats.stats.items():
-        where = f"{Path(filename).name}:{function}"
-        group = next((name for name, keys in PROFILE_GROUPS.items() if any(k in filename or k in where for k in keys)), "other")
-        totals[group] = totals.get(group, 0.0) + own
-    whole = sum(totals.values())
-    return [f"{name:52} {seconds:7.1f} s {seconds / whole:6.1%}" for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
+    data, clean = DataConfig(train=[str(corpus)], block_size=block_size), CleanConfig()
+    texts = timed("reading and decoding the file", lambda: list(DocumentReader.for_data(data, clean, DataReport()).read([corpus])))
+    for name, transform in transforms(clean):
+        texts = timed(f"clean: {name.replace('_', ' ')}" + (" (ftfy)" if name == "fix_unicode" else ""),
+                      lambda: [transform(text) for text in texts])
+    counts, documents = timed("boilerplate: counting lines", lambda: count_lines(texts))
+    texts = timed("boilerplate: dropping lines", lambda: list(without_boilerplate(texts, boilerplate_set(counts, documents, clean),
+                                                                                   counts, DataReport())))
+    ids = timed("tokenizer (Rust, all cores)", lambda: [np.asarray(row, dtype=np.int64) for batch in batched(texts, 1024)
+                                                        for row in encode_batch(tokenizer, batch)])
+    index = NearDuplicateIndex(clean.near_threshold)
+    signatures = timed("MinHash signatures", lambda: [sig for batch in batched(ids, 1024) for sig in index.hasher.signatures(batch)])
+
+    def lsh():
+        for key, signature in enumerate(signatures):
+            minhash = index.minhash(signature)
+            index.match(minhash)
+            index.add(key, minhash)
+    timed("LSH index: query and insert (datasketch)", lsh)
+    total = sum(seconds for _, seconds in rows)
+    return [f"{name:52} {seconds:7.1f} s {seconds / total:6.1%}" for name, seconds in rows]
 
 
 def main() -> None:
@@ -190,7 +205,7 @@ def main() -> None:
     if args.side:
         os.environ.setdefault("HF_DATASETS_CACHE", str(args.work))
         if args.profile:
-            print("\n".join(profile_tunesmith(args.corpus_path, args.block_size, args.work)))
+            print("\n".join(stage_times(args.corpus_path, args.block_size, args.work, STARTED)))
             print(json.dumps({}))
             return
         runner = run_tunesmith if args.side == "tunesmith" else run_datasets
@@ -208,7 +223,7 @@ def main() -> None:
               f"cpu count {os.cpu_count()}")
         if args.profile:
             result = measure("tunesmith", corpus, args.block_size, args.procs, profile=True)
-            print("tunesmith prepare, own time by stage (cProfile):")
+            print("tunesmith prepare, each stage alone over the whole corpus:")
             print("\n".join(result["printed"]))
             return
         reference = measure("datasets", corpus, args.block_size, args.procs)

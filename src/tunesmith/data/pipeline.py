@@ -118,10 +118,10 @@ class TokenWriter:
 
     FLUSH_TOKENS = 1 << 20
 
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path = path
+    def __init__(self, directory: Path, split: str, dtype: np.dtype):
+        self.path = directory / f"{split}.bin"
         self.dtype = dtype
-        self.handle = path.open("wb")
+        self.handle = self.path.open("wb")
         self.tokens = 0
         self.documents = 0
         self.buffer: list[np.ndarray] = []

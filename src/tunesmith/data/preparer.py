@@ -32,8 +32,7 @@ class Preparer:
         self.seen: set[bytes] = set()
         self.near = NearDuplicateIndex(clean.near_threshold)
         writer = TokenWriter if kind.layout == "packed" else ExampleWriter
-        self.train, self.val = (writer(directory / f"{split}.bin", dtype) if writer is TokenWriter else writer(directory, split, dtype)
-                                for split in ("train", "val"))
+        self.train, self.val = writer(directory, "train", dtype), writer(directory, "val", dtype)
         self.units_kept = {False: 0, True: 0}  # a long conversation can make several examples on its side
 
     def reader(self, report: DataReport) -> DocumentReader:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 EXAMPLES = 3
-STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "unknown_label", "empty", "no_assistant_turn", "too_short_chars", "too_long_chars", "only_boilerplate",
+STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "empty", "no_assistant_turn", "too_short_chars", "too_long_chars",
+              "unknown_label", "only_boilerplate",
               "exact_duplicate", "too_short_tokens", "too_long_tokens", "near_duplicate"]
 EXAMPLE_CHARS = 160
 
