@@ -272,3 +272,14 @@ def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):
     counts = prepared.meta["task"]["class_counts"]
     assert counts["positive"] > 3 * counts["negative"] > 0
     assert any("imbalanced" in w and "classify.class_weights=true" in w for w in prepared.report["warnings"])
+
+
+def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
+    unlabelled = tmp_path / "reviews.jsonl"
+    unlabelled.write_text("".join(json.dumps({"review": r["review"]}) + "\n" for r in labelled(20)))
+    with pytest.raises(UserError, match="no record has a label in the field 'sentiment'; set data.label_field"):
+        prepare(classify_config(tiny_gpt2, unlabelled, tmp_path / "run", "head"))
+    plain = tmp_path / "notes.txt"
+    plain.write_text("a note\n\nanother note\n")
+    with pytest.raises(UserError, match="plain text has no labels"):
+        prepare(classify_config(tiny_gpt2, plain, tmp_path / "run", "head"))

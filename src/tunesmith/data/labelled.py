@@ -31,7 +31,10 @@ def sorted_labels(labels) -> list[str]:
 
 
 def _label(record, data: DataConfig) -> str | None:
-    label = lookup(record.value, data.label_field) if isinstance(record.value, dict) else None
+    if isinstance(record.value, str):
+        raise UserError(f"{record.source}: classification needs a table or JSON lines with a text and a label "
+                        f"(data.text_field, data.label_field); plain text has no labels")
+    label = lookup(record.value, data.label_field)
     return None if label is None or str(label).strip() == "" else label_key(label)
 
 
@@ -44,13 +47,10 @@ def labelled_units(reader: DocumentReader, files: list[Path], data: DataConfig, 
                    steps: list, known: set[str]) -> Iterator[Unit]:
     """(text, label) units, cleaned and length-filtered; rows whose label is not in `known` are counted and dropped."""
     for record in reader.records(files):
-        if isinstance(record.value, str):
-            raise UserError(f"{record.source}: classification needs a table or JSON lines with a text and a label "
-                            f"(data.text_field, data.label_field); plain text has no labels")
+        label = _label(record, data)
         text = reader.text(record)
         if text is None:
             continue
-        label = _label(record, data)
         if label is None:
             report.remove("missing_field", str(record.value)[:200])
             continue

@@ -17,6 +17,7 @@ from ..data.labelled import label_key, label_set, labelled_units
 from ..data.read import lookup
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
+from ..errors import UserError
 from ..loss import Validation
 from ..runtime import autocast
 from .base import Task, check_both_sides
@@ -188,6 +189,9 @@ class ClassifyTask(Task):
 
     def begin(self, reader, files: list[Path]) -> None:
         labels = self.fixed_labels or label_set(reader(DataReport()), files, self.cfg.data)
+        if not labels:
+            raise UserError(f"no record has a label in the field '{self.cfg.data.label_field}'; "
+                            "set data.label_field to the column that holds the labels")
         self.coder = LabelCoder.from_config(labels, self.cfg.classify)
 
     def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
