@@ -84,7 +84,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
     task = read_task(final)
-    head = task.get("method") == "head"
+    head = task_kind(task.get("task")).saved_with_head(task)
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)

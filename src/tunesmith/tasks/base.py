@@ -113,6 +113,11 @@ class Task:
     def describe(cls, spec: dict) -> str:
         return cls.description
 
+    @classmethod
+    def saved_with_head(cls, spec: dict) -> bool:
+        """Whether a model saved with `spec` is a classifier with a head (which has no GGUF form)."""
+        return False
+
     def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
         return []
 

@@ -282,6 +282,10 @@ class ClassifyTask(Task):
                 (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
 
     @classmethod
+    def saved_with_head(cls, spec: dict) -> bool:
+        return spec.get("method") == "head"
+
+    @classmethod
     def describe(cls, spec: dict) -> str:
         return f"A text classifier (labels: {', '.join(spec.get('labels', []))})"
 
