@@ -36,6 +36,7 @@ def main() -> None:
     from tunesmith.models import resolve_model
     from tunesmith.training.build import build_model
     from tunesmith.training.optim import build_optimizer, build_scheduler
+    from tunesmith.training.fused_loss import training_loss
     from tunesmith.training.step import StepRunner
 
     options = argparse.Namespace(model=args.model, data=bench_train.DEFAULT_DATA, block_size=args.block_size, batch_size=args.batch_size,
@@ -45,8 +46,8 @@ def main() -> None:
     device = torch.device("cpu")
     model = build_model(resolve_model(str(model_dir), log=lambda _: None), cfg.model, device)
     optimizer = build_optimizer(model, cfg.train, device)
-    runner = StepRunner(model, optimizer, build_scheduler(optimizer, cfg.train, options.steps), None, device, "bf16", args.batch_size,
-                        cfg.train.grad_clip, 0.0, print)
+    runner = StepRunner(model, training_loss(model, cfg.train.fused_loss), optimizer, build_scheduler(optimizer, cfg.train, options.steps),
+                        None, device, "bf16", args.batch_size, cfg.train.grad_clip, print)
     blocks = bench_train.ordered_blocks(options, model_dir, args.work / "profile")
 
     class Listed:  # the benchmark's blocks, in order, as the step runner reads them

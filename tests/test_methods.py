@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.errors import ConfigError
-from tunesmith.training.step import training_loss
+from tunesmith.training.fused_loss import training_loss
 
 from conftest import cut_run
 from test_train import losses, run_config
@@ -102,7 +102,7 @@ class ConfidentModel(torch.nn.Module):
 
 def test_label_smoothing_raises_the_training_loss_only(tiny_llama, corpus_file, tmp_path):
     tokens = torch.randint(0, 16, (2, 12))
-    assert training_loss(ConfidentModel(), tokens, 0.2) > training_loss(ConfidentModel(), tokens, 0.0) + 1.0
+    assert training_loss(ConfidentModel(), False, 0.2)(tokens) > training_loss(ConfidentModel(), False, 0.0)(tokens) + 1.0
     plain = train(run_config(tiny_llama, corpus_file, tmp_path / "plain", max_steps=3))
     smooth = train(run_config(tiny_llama, corpus_file, tmp_path / "smooth", max_steps=3, label_smoothing=0.2))
     assert losses(tmp_path / "smooth") != losses(tmp_path / "plain")

@@ -24,13 +24,16 @@ class StepCounter:
 
     def __init__(self, monkeypatch, make_loss):
         self.calls = 0
-        original = step_module.training_loss
+        original = step_module.forward_backward
 
-        def patched(model, tokens, label_smoothing):
-            self.calls += 1
-            return make_loss(self.calls, original(model, tokens, label_smoothing))
+        def counted(loss):
+            def patched(batch):
+                self.calls += 1
+                return make_loss(self.calls, loss(batch))
+            patched.module = loss.module
+            return patched
 
-        monkeypatch.setattr(step_module, "training_loss", patched)
+        monkeypatch.setattr(step_module, "forward_backward", lambda loss, *args: original(counted(loss), *args))
 
 
 def test_non_finite_steps_are_skipped_and_counted(tiny_gpt2, corpus_file, tmp_path, monkeypatch):

@@ -107,19 +107,13 @@ def _build(config, shape: StepShape):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def _loss_model(model, shape: StepShape):
-    from ..training.fused_loss import FusedOutputLoss, output_parts
-
-    parts = None if shape.classifier_labels else output_parts(model)
-    return FusedOutputLoss(*parts) if parts else model
-
-
 def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, micro_batch: int) -> int:
     """Peak bytes of two optimizer steps of a `layers`-block copy of the model (the top `trained_layers` trained with freeze)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..data.examples import Batch
     from ..models.methods import apply_method
+    from ..training.fused_loss import training_loss
     from ..training.step import forward_backward
 
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
@@ -134,7 +128,7 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
         warnings.simplefilter("ignore")
         _on_fake_tensors(model)
         model.train()
-        loss_model = _loss_model(model, shape)
+        loss = training_loss(model, fuse=not shape.classifier_labels)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
         ids = torch.zeros((micro_batch, shape.block_size), dtype=torch.long)
@@ -142,7 +136,7 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
         mask = torch.ones_like(ids) if shape.classifier_labels else None
         batch = Batch(ids, attention_mask=mask, classes=classes)
         for _ in range(2):  # the second step holds AdamW's state besides everything the first one did
-            forward_backward(loss_model, batch, 1.0, None, torch.device("cpu"), shape.precision, 0.0)
+            forward_backward(loss, batch, 1.0, None, torch.device("cpu"), shape.precision)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return counter.peak

@@ -1,4 +1,5 @@
-"""The output layer and the cross-entropy in one pass over chunks of positions, so that the logits of a large
+"""The training loss of a micro-batch (`training_loss`), which owns output fusion: where the model allows, the
+output layer and the cross-entropy run in one pass over chunks of positions, so that the logits of a large
 vocabulary are never held whole (neither in bf16 nor in fp32).
 
 Each chunk's logits are made, turned into the loss and into the gradients of the hidden states and of the
@@ -10,6 +11,8 @@ Written by hand because PyTorch has no fused linear + cross-entropy; Liger-Kerne
 from __future__ import annotations
 
 import torch
+
+from ..loss import batch_loss
 
 CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 50k-vocab fp32 logits are 800 MB, a tenth of a GPU step's activations
 
@@ -79,15 +82,36 @@ def output_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Line
     return backbone, head
 
 
+class ModelLoss:
+    """The loss through the model's own output layer: its logits, then `loss.batch_loss`."""
+
+    def __init__(self, module: torch.nn.Module, label_smoothing: float = 0.0):
+        self.module, self.label_smoothing = module, label_smoothing
+
+    def __call__(self, batch) -> torch.Tensor:
+        return batch_loss(self.module, batch, self.label_smoothing)
+
+    def compiled(self) -> "ModelLoss":
+        return ModelLoss(torch.compile(self.module), self.label_smoothing)
+
+
 class FusedOutputLoss:
     """A causal LM trained through its decoder stack, with the output layer folded into the loss."""
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear):
-        self.backbone, self.head = backbone, head
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear, label_smoothing: float = 0.0):
+        self.backbone, self.head, self.label_smoothing = backbone, head, label_smoothing
 
-    def loss(self, batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.backbone
+
+    def compiled(self) -> "FusedOutputLoss":
+        return FusedOutputLoss(torch.compile(self.backbone), self.head, self.label_smoothing)
+
+    def __call__(self, batch) -> torch.Tensor:
         from ..data.examples import IGNORE
 
+        label_smoothing = self.label_smoothing
         kwargs = {"attention_mask": batch.attention_mask} if batch.attention_mask is not None else {}
         hidden = self.backbone(input_ids=batch.input_ids, use_cache=False, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H)
         if batch.labels is None:
@@ -96,3 +120,10 @@ class FusedOutputLoss:
         keep = targets != IGNORE
         weights = batch.weights[:, None].expand_as(targets)[keep] if batch.weights is not None else None
         return linear_cross_entropy(hidden[keep], self.head.weight, targets[keep], weights, label_smoothing)
+
+
+def training_loss(model: torch.nn.Module, fuse: bool, label_smoothing: float = 0.0) -> ModelLoss | FusedOutputLoss:
+    """The loss a step calls on each micro-batch, `loss(batch)`: with the output layer fused in where asked and the
+    model allows it (see `output_parts`), else through the model's logits. `module` is what runs forward."""
+    parts = output_parts(model) if fuse else None
+    return FusedOutputLoss(*parts, label_smoothing) if parts else ModelLoss(model, label_smoothing)

@@ -17,6 +17,7 @@ from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
 from ..tasks import Task
 from .build import build_model
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
+from .fused_loss import training_loss
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .step import StepRunner, largest_micro_batch
@@ -51,17 +52,14 @@ def _prepare(cfg: RunConfig, task: Task, console: Console):
     return resolved, tokenizer, data
 
 
-def _runner(cfg: RunConfig, task: Task, model, device, precision: str, micro: int, total_steps: int, sharded: bool,
+def _runner(cfg: RunConfig, model, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
             console: Console, context: Distributed) -> StepRunner:
     optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    runner = StepRunner(model, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip,
-                        cfg.train.label_smoothing, console.print, context)
-    if context.enabled and not sharded:
-        runner.forward_model = wrap_ddp(model, device)
-    elif cfg.train.fused_loss and not context.enabled and not task.has_head:  # a head has no vocabulary to fuse
-        runner.fuse_output_loss()
+    forward = wrap_ddp(model, device) if context.enabled and not sharded else model
+    runner = StepRunner(model, training_loss(forward, fuse, cfg.train.label_smoothing), optimizer, scheduler, scaler, device,
+                        precision, micro, cfg.train.grad_clip, console.print, context)
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
     return runner
@@ -81,9 +79,10 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     console.print(f"model {resolved.spec}: {short_count(total_params)} parameters, {short_count(trainable)} trainable ({cfg.model.method}); "
                   f"{device.type}, {precision}", highlight=False)
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
+    fuse = cfg.train.fused_loss and not context.enabled and not task.has_head  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, train, device, precision, 64, console.print)
+        micro = largest_micro_batch(model, training_loss(model, fuse), train, device, precision, 64, console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train))
     if len(train) < plan.blocks_per_step and context.enabled:
@@ -92,6 +91,6 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     sharded = context.enabled and cfg.train.distributed == "fsdp"
     if sharded:
         model = wrap_fsdp(model, device)
-    runner = _runner(cfg, task, model, device, precision, micro, plan.total_steps, sharded, console, context)
+    runner = _runner(cfg, model, fuse, device, precision, micro, plan.total_steps, sharded, console, context)
     return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size))

@@ -16,55 +16,40 @@ from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
 from ..runtime import autocast, free_memory, is_out_of_memory, with_oom_backoff
 from ..data.examples import Batch
-from .fused_loss import FusedOutputLoss, output_parts
-from ..loss import batch_loss, target_weight
+from .fused_loss import FusedOutputLoss, ModelLoss
+from ..loss import target_weight
+
+Loss = ModelLoss | FusedOutputLoss
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
               "or pick a smaller model")
 
 
-def training_loss(model: torch.nn.Module | FusedOutputLoss, batch: Batch | torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    if isinstance(model, FusedOutputLoss):
-        return model.loss(batch, label_smoothing)
-    return batch_loss(model, batch, label_smoothing)
-
-
-def forward_backward(model, batch: Batch, weight: float, scaler, device, precision: str, label_smoothing: float) -> torch.Tensor:
+def forward_backward(loss: Loss, batch: Batch, weight: float, scaler, device, precision: str) -> torch.Tensor:
     """Loss of one micro-batch, scaled by its share of the step, with its gradients accumulated."""
     with autocast(device, precision):
-        loss = training_loss(model, batch, label_smoothing) * weight
-    (scaler.scale(loss) if scaler else loss).backward()
-    return loss.detach()
+        value = loss(batch) * weight
+    (scaler.scale(value) if scaler else value).backward()
+    return value.detach()
 
 
 class StepRunner:
-    def __init__(self, model, optimizer, scheduler, scaler, device, precision: str, micro_batch_size: int,
-                 grad_clip: float | None, label_smoothing: float, log: Callable[[str], None],
-                 context: Distributed = Distributed()):
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+    """Runs `loss` (see `fused_loss.training_loss`) over a step's micro-batches and applies the update."""
+
+    def __init__(self, model, loss: Loss, optimizer, scheduler, scaler, device, precision: str, micro_batch_size: int,
+                 grad_clip: float | None, log: Callable[[str], None], context: Distributed = Distributed()):
+        self.model, self.loss, self.optimizer, self.scheduler, self.scaler = model, loss, optimizer, scheduler, scaler
         self.device, self.precision = device, precision
         self.micro_batch_size = micro_batch_size
-        self.grad_clip, self.label_smoothing = grad_clip, label_smoothing
+        self.grad_clip = grad_clip
         self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.context = context
-        self.forward_model = model  # the DDP-wrapped and/or compiled module that runs forward and backward
-        self.eager_model = None  # the uncompiled one, to fall back to if compilation fails
-
-    def fuse_output_loss(self) -> bool:
-        """Train through the decoder stack with the output layer fused into the loss, where the model allows it."""
-        parts = output_parts(self.model)
-        if parts is not None:
-            self.forward_model = FusedOutputLoss(*parts)
-        return parts is not None
+        self.eager_loss = None  # the uncompiled loss, to fall back to if compilation fails
 
     def compile(self) -> None:
         """torch.compile the forward pass; if compilation fails at the first step, fall back to eager with a message."""
-        self.eager_model = self.forward_model
-        if isinstance(self.forward_model, FusedOutputLoss):
-            self.forward_model = FusedOutputLoss(torch.compile(self.forward_model.backbone), self.forward_model.head)
-        else:
-            self.forward_model = torch.compile(self.forward_model)
+        self.eager_loss, self.loss = self.loss, self.loss.compiled()
 
     def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
@@ -73,9 +58,8 @@ class StepRunner:
         shares = [target_weight(batch) for batch in batches]  # each micro-batch weighs by its targets, so the step is their mean
         whole = sum(shares) or 1.0
         for number, (batch, share) in enumerate(zip(batches, shares)):
-            with no_sync(self.forward_model, last_micro_batch=number == len(chunks) - 1):
-                total += forward_backward(self.forward_model, batch.to(self.device), share / whole, self.scaler, self.device,
-                                          self.precision, self.label_smoothing)
+            with no_sync(self.loss.module, last_micro_batch=number == len(chunks) - 1):
+                total += forward_backward(self.loss, batch.to(self.device), share / whole, self.scaler, self.device, self.precision)
         return total
 
     def _accumulate_with_backoff(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
@@ -95,10 +79,10 @@ class StepRunner:
         try:
             total = self._accumulate_with_backoff(blocks, indices)
         except Exception as exc:
-            if self.eager_model is None or is_out_of_memory(exc) or isinstance(exc, UserError):
+            if self.eager_loss is None or is_out_of_memory(exc) or isinstance(exc, UserError):
                 raise
             self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training without it")
-            self.forward_model, self.eager_model = self.eager_model, None
+            self.loss, self.eager_loss = self.eager_loss, None
             self.optimizer.zero_grad(set_to_none=True)
             total = self._accumulate_with_backoff(blocks, indices)
         if self.scaler:
@@ -123,7 +107,7 @@ def out_of_memory(blocks: TokenBlocks) -> UserError:
     return UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}")
 
 
-def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
+def largest_micro_batch(model, loss: Loss, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
     """The largest power-of-two micro-batch up to `limit` that runs a step on the longest blocks without out-of-memory."""
     if device.type == "cpu":
         log("train.micro_batch_size auto: 4 on CPU (memory does not limit it there)")
@@ -132,7 +116,7 @@ def largest_micro_batch(model, blocks: TokenBlocks, device: torch.device, precis
 
     def attempt(size: int) -> None:
         try:
-            forward_backward(model, blocks.batch(longest[:size]).to(device), 1.0, None, device, precision, 0.0)
+            forward_backward(loss, blocks.batch(longest[:size]).to(device), 1.0, None, device, precision)
         finally:
             model.zero_grad(set_to_none=True)
 
