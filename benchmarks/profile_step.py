@@ -52,7 +52,7 @@ def main() -> None:
 
     class Listed:  # the benchmark's blocks, in order, as the step runner reads them
         def batch(self, indices):
-            from tunesmith.data.examples import Batch
+            from tunesmith.batch import Batch
 
             return Batch(torch.stack([blocks[i] for i in indices]))
 

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith import load_config, prepare, train
-from tunesmith.data.examples import IGNORE
+from tunesmith.batch import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.tasks.chat import CHATML_TEMPLATE
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .batch import IGNORE, Batch
 from .data import TokenBlocks
-from .data.examples import IGNORE, Batch, Examples
+from .data.examples import Examples
 from .errors import UserError
 from .runtime import autocast, with_oom_backoff
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.examples import Batch, pad_rows
+from .batch import Batch, pad_rows
 from .data.formats import DecodeStats, RowError, file_format, read_records
 from .data.read import lookup
 from .errors import UserError

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .examples import Batch
+from ..batch import Batch
 
 
 class TokenBlocks:

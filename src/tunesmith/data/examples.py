@@ -7,51 +7,12 @@ and label stay aligned. Batches are right-padded to their longest example.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-IGNORE = -100  # the label that carries no loss (PyTorch's cross-entropy ignore_index)
-
-
-@dataclass
-class Batch:
-    """One batch for the model: `labels` None means every next token is a target (packed text)."""
-
-    input_ids: torch.Tensor  # (B, T)
-    labels: torch.Tensor | None = None  # (B, T) token ids where the loss falls, IGNORE elsewhere
-    attention_mask: torch.Tensor | None = None  # (B, T) 1 for real tokens, 0 for padding
-    classes: torch.Tensor | None = None  # (B,) class index, for a classification head
-    weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting)
-
-    def to(self, device: torch.device) -> "Batch":
-        """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""
-        def move(value):
-            if not isinstance(value, torch.Tensor):
-                return value
-            if device.type == "cuda" and value.device.type == "cpu":
-                value = value.pin_memory()
-            return value.to(device, non_blocking=True)
-
-        return replace(self, **{name: move(value) for name, value in self.__dict__.items()})
-
-    @property
-    def size(self) -> int:
-        return self.input_ids.shape[0]
-
-
-def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows right-padded to the longest: (B, T) ids and the attention mask."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        attention[r, : len(row)] = 1
-    return ids, attention
-
+from ..batch import IGNORE, Batch
 
 class ExampleWriter:
     """Streams examples to `<split>.bin` (tokens) and `<split>.mask.bin` (1 where the loss falls); offsets and classes at close.

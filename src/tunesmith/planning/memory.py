@@ -111,7 +111,7 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
     """Peak bytes of two optimizer steps of a `layers`-block copy of the model (the top `trained_layers` trained with freeze)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ..data.examples import Batch
+    from ..batch import Batch
     from ..models.methods import apply_method
     from ..training.fused_loss import training_loss
     from ..training.step import forward_backward

@@ -10,9 +10,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..batch import Batch, pad_rows
 from ..config import ClassifyConfig, CleanConfig, DataConfig, RunConfig
 from ..data.clean import transforms
-from ..data.examples import Batch, Examples, pad_rows
+from ..data.examples import Examples
 from ..data.labelled import label_key, label_set, labelled_units
 from ..data.read import lookup
 from ..data.report import DataReport

@@ -109,7 +109,7 @@ class FusedOutputLoss:
         return FusedOutputLoss(torch.compile(self.backbone), self.head, self.label_smoothing)
 
     def __call__(self, batch) -> torch.Tensor:
-        from ..data.examples import IGNORE
+        from ..batch import IGNORE
 
         label_smoothing = self.label_smoothing
         kwargs = {"attention_mask": batch.attention_mask} if batch.attention_mask is not None else {}

@@ -15,7 +15,7 @@ from ..data import TokenBlocks
 from ..errors import UserError
 from .distributed import Distributed, full_tensor, no_sync
 from ..runtime import autocast, free_memory, is_out_of_memory, with_oom_backoff
-from ..data.examples import Batch
+from ..batch import Batch
 from .fused_loss import FusedOutputLoss, ModelLoss
 from ..loss import target_weight
 
