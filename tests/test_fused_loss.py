@@ -11,7 +11,7 @@ from tunesmith.training.fused_loss import linear_cross_entropy
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_linear_then_cross_entropy_across_chunks(smoothing, weighted, monkeypatch):
-    monkeypatch.setattr(fused_loss, "CHUNK_TOKENS", 7)  # several chunks, the last one short
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 7 * 4 * 50)  # 7 positions of the 50-token vocabulary: several chunks, the last one short
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
@@ -45,3 +45,9 @@ def test_training_with_and_without_fusion_gives_the_same_losses(tiny_gpt2, corpu
         return [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
 
     assert losses(tmp_path / "fused", True) == pytest.approx(losses(tmp_path / "plain", False), abs=1e-4)
+
+
+def test_a_chunk_of_fp32_logits_stays_within_64_mb_whatever_the_vocabulary():
+    for vocab in (50, 49_152, 50_257, 128_256, 262_144):
+        positions = fused_loss.chunk_positions(vocab)
+        assert positions >= 1 and positions * vocab * 4 <= 64 * 2**20

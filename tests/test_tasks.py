@@ -204,7 +204,7 @@ def tiny_reviewer(tmp_path_factory):
 
 
 def classify_config(model, data, out, method, **train_settings):
-    settings = {"lr": 3e-3, "epochs": 4, "eval_every": 25, "micro_batch_size": 8, "warmup_steps": 5, "precision": "fp32", "patience": None}
+    settings = {"lr": 3e-3, "epochs": 4, "eval_every": 25, "micro_batch_size": 2, "warmup_steps": 5, "precision": "fp32", "patience": None}
     settings.update(train_settings)
     overrides = [("task", "classify"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 64),
                  ("data.text_field", "review"), ("data.label_field", "sentiment"), ("data.val_fraction", 0.3),

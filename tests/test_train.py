@@ -134,3 +134,24 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_llama, corpus_file, tmp_p
     assert "--resume" in output
     state = json.loads(sorted((run_dir / "checkpoints").glob("step-*/state.json"))[-1].read_text())
     assert state["step"] == max(losses(run_dir))
+
+
+def test_the_last_steps_tokens_per_second_counts_its_training_time_only(tiny_llama, corpus_file, tmp_path, monkeypatch, capsys):
+    """Evaluation, samples and checkpoints at the last step are timed apart, not charged to its tokens/s."""
+    import time
+
+    from tunesmith.training.evaluator import Evaluator
+
+    slow = Evaluator.evaluate
+
+    def evaluate_slowly(self, state):
+        time.sleep(0.5)
+        return slow(self, state)
+
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate_slowly)
+    train(run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=6, eval_every=3, log_every=1))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    speeds = [row["tokens_per_s"] for row in rows if "tokens_per_s" in row]
+    assert speeds[-1] > 0.2 * sorted(speeds)[len(speeds) // 2]  # half a second of evaluation would cut it a hundredfold
+    last_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 6/6")][-1]
+    assert f"{speeds[-1]:,.0f} tok/s" in last_line

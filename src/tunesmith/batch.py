@@ -21,7 +21,9 @@ class Batch:
     labels: torch.Tensor | None = None  # (B, T) token ids where the loss falls, IGNORE elsewhere
     attention_mask: torch.Tensor | None = None  # (B, T) 1 for real tokens, 0 for padding
     classes: torch.Tensor | None = None  # (B,) class index, for a classification head
-    weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting)
+    weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting); (B, T) per position when packed
+    position_ids: torch.Tensor | None = None  # (B, T) restarting at 0 where a packed document or example begins
+    ends: torch.Tensor | None = None  # (N,) flat (B*T) index of each packed example's last token, where its class is read
 
     def to(self, device: torch.device) -> "Batch":
         """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""
@@ -37,6 +39,21 @@ class Batch:
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
+
+    def target_weights(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """The loss weights of next-token `targets` (B, T-1): the row's weight, or the weight of each target's position."""
+        if self.weights is None:
+            return None
+        return self.weights[:, 1:] if self.weights.dim() == 2 else self.weights[:, None].expand_as(targets)
+
+    def model_inputs(self) -> dict:
+        """The keyword arguments of the model's forward: padding's attention mask, or packing's position ids."""
+        inputs = {"input_ids": self.input_ids}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return inputs
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

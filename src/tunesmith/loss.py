@@ -16,12 +16,12 @@ from .runtime import autocast, with_oom_backoff
 
 
 def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits: (B, T, vocab) for a language model, (B, classes) for a classification head."""
+    """Logits: (B, T, vocab) for a language model, (B, classes) for a classification head (N, classes packed)."""
+    if batch.ends is not None:
+        return model(**batch.model_inputs(), ends=batch.ends).logits
     if batch.classes is not None:
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    if batch.attention_mask is None:  # packed blocks: no padding
-        return model(input_ids=batch.input_ids, use_cache=False).logits
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return model(**batch.model_inputs()).logits
+    return model(**batch.model_inputs(), use_cache=False).logits
 
 
 def _targets(batch: Batch) -> torch.Tensor:
@@ -35,7 +35,7 @@ def _term_weights(batch: Batch, targets: torch.Tensor) -> torch.Tensor:
     """1 where a target carries loss (0 where it is IGNORE), times the example's class weight if any."""
     weights = (targets != IGNORE).float()
     if batch.weights is not None:
-        weights = weights * (batch.weights if weights.dim() == 1 else batch.weights[:, None])
+        weights = weights * (batch.weights if weights.dim() == 1 else batch.target_weights(targets))
     return weights
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..batch import Batch
+from ..batch import IGNORE, Batch
 
 
 class TokenBlocks:
@@ -15,9 +15,13 @@ class TokenBlocks:
 
     With `keep_tail`, the tokens after the last full block form one shorter block, so a small
     validation split is still measured in full; training drops the tail for equal-length batches.
+    With `document_end` (the EOS id that closes each document), the documents in a block are kept
+    apart: positions restart after each EOS, so the model attends within a document only, and the EOS
+    is not asked to predict the next document's first token.
     """
 
-    def __init__(self, path: Path, dtype: np.dtype, block_size: int, keep_tail: bool):
+    def __init__(self, path: Path, dtype: np.dtype, block_size: int, keep_tail: bool, document_end: int | None = None):
+        self.document_end = document_end
         size = path.stat().st_size // np.dtype(dtype).itemsize if path.exists() else 0
         self.tokens = np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
         self.block_size = block_size
@@ -41,7 +45,8 @@ class TokenBlocks:
     def batch(self, indices: list[int]) -> Batch:
         """A (B, T) batch where every next token is a target; the blocks must have equal length."""
         rows = [self.tokens[start:end] for start, end in (self.bounds[i] for i in indices)]
-        return Batch(torch.from_numpy(np.stack(rows).astype(np.int64)))
+        ids = torch.from_numpy(np.stack(rows).astype(np.int64))
+        return Batch(ids) if self.document_end is None else documents_apart(ids, self.document_end)
 
     def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
         """Index batches for evaluation, never mixing a short tail block with full blocks."""
@@ -50,3 +55,13 @@ class TokenBlocks:
         short = [i for i in chosen if self.bounds[i][1] - self.bounds[i][0] != self.block_size]
         batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
         return batches + [[i] for i in short]
+
+
+def documents_apart(ids: torch.Tensor, document_end: int) -> Batch:
+    """A batch of joined documents with position ids restarting after each `document_end`, and no target across one."""
+    index = torch.arange(ids.shape[1]).expand_as(ids)
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, 1:] = ids[:, :-1] == document_end
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    labels = ids.masked_fill(starts, IGNORE)
+    return Batch(ids, labels, position_ids=index - first)

@@ -1,11 +1,14 @@
 """Variable-length examples (conversations, labelled texts): tokens, a loss mask and an optional class per example.
 
-Packed blocks suit plain text; a chat or classification example keeps its own boundaries, so its mask
-and label stay aligned. Batches are right-padded to their longest example.
+A chat or classification example keeps its own boundaries, so its mask and label stay aligned. For
+evaluation, batches are right-padded to their longest example; for training, `PackedExamples` packs
+examples into rows with position ids that restart at each one, which transformers turns into attention
+confined to each example.
 """
 
 from __future__ import annotations
 
+import bisect
 from array import array
 from pathlib import Path
 
@@ -124,6 +127,100 @@ class Examples:
         """Evaluation batches of similar lengths, so little of each is padding."""
         chosen = sorted(range(len(self))[: limit or None], key=self.length)
         return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of examples grouped into rows of at most `capacity` tokens: best fit, longest first.
+
+    Each example goes to the fullest row it still fits in; this leaves a few percent of a row empty on
+    typical chat lengths (no library packs variable-length sequences without also collating them).
+    """
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row number), sorted
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        length = lengths[index]
+        at = bisect.bisect_left(free, (length, -1))
+        if at < len(free):
+            room, row = free.pop(at)
+        else:
+            room, row = capacity, len(rows)
+            rows.append([])
+        rows[row].append(index)
+        if room - length > 0:
+            bisect.insort(free, (room - length, row))
+    return rows
+
+
+class PackedExamples:
+    """Training examples packed into rows of up to `capacity` tokens, with no attention between them.
+
+    Every position of a row is an example's token except a row's short tail; each example's position ids
+    start at 0, and the target of its first token (predicted from the previous example's last) carries no
+    loss, so a packed example trains exactly as it would alone. A classification head reads each example's
+    class at its last token (`Batch.ends`).
+    """
+
+    def __init__(self, examples: Examples, capacity: int):
+        self.examples = examples
+        self.block_size = capacity
+        lengths = [examples.length(i) for i in range(len(examples))]
+        self.rows = pack_rows(lengths, max(capacity, max(lengths, default=1)))
+        self.row_lengths = [sum(lengths[i] for i in row) for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def length(self, index: int) -> int:
+        return self.row_lengths[index]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.examples.num_tokens
+
+    def batch(self, indices: list[int]) -> Batch:
+        examples = self.examples
+        width = max(self.row_lengths[i] for i in indices)
+        input_ids = np.full((len(indices), width), examples.pad_id, dtype=np.int64)
+        labels = np.full((len(indices), width), IGNORE, dtype=np.int64)
+        positions = np.zeros((len(indices), width), dtype=np.int64)
+        members = [e for i in indices for e in self.rows[i]]
+        ends = []
+        for r, index in enumerate(indices):
+            at = 0
+            for example in self.rows[index]:
+                ids, mask = examples.ids(example), examples.target_mask(example)
+                input_ids[r, at : at + len(ids)] = ids
+                labels[r, at + 1 : at + len(ids)] = np.where(mask, ids, IGNORE)[1:]
+                positions[r, at : at + len(ids)] = np.arange(len(ids))
+                at += len(ids)
+                ends.append(r * width + at - 1)
+            positions[r, at:] = np.arange(width - at)  # the padded tail: a sequence of its own, without targets
+        weights = None
+        if examples.class_weights is not None:
+            weights = torch.from_numpy(examples.class_weights[examples.classes[members]]).float()
+            if not examples.use_classes:  # each position weighs as its example's class
+                weights = _per_position(weights, indices, self.rows, width, [examples.length(e) for e in members])
+        if examples.use_classes:
+            return Batch(torch.from_numpy(input_ids), classes=torch.from_numpy(examples.classes[members]), weights=weights,
+                         position_ids=torch.from_numpy(positions), ends=torch.as_tensor(ends))
+        return Batch(torch.from_numpy(input_ids), torch.from_numpy(labels), weights=weights, position_ids=torch.from_numpy(positions))
+
+    def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
+        chosen = list(range(len(self)))[: limit or None]
+        return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+
+
+def _per_position(example_weights: torch.Tensor, indices: list[int], rows: list[list[int]], width: int,
+                  lengths: list[int]) -> torch.Tensor:
+    out = torch.zeros((len(indices), width))
+    number = 0
+    for r, index in enumerate(indices):
+        at = 0
+        for _ in rows[index]:
+            out[r, at : at + lengths[number]] = example_weights[number]
+            at += lengths[number]
+            number += 1
+    return out
 
 
 def marked_text(dataset, index: int, tokenizer) -> str:

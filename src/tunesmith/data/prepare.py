@@ -40,12 +40,14 @@ class PreparedData:
         return json.loads((self.directory / "data_report.json").read_text())
 
     def blocks(self, split: str, block_size: int | None = None, use_classes: bool = False,
-               class_weights=None) -> TokenBlocks | Examples:
-        """The split as packed blocks of text, or as whole examples (with their classes, for a classification head)."""
+               class_weights=None, documents_apart: bool = False) -> TokenBlocks | Examples:
+        """The split as packed blocks of text (`documents_apart`: see TokenBlocks), or as whole examples (with their
+        classes, for a classification head)."""
         if self.meta["layout"] == "examples":
             return Examples(self.directory, split, self.dtype, self.meta["pad_token_id"], use_classes, class_weights)
         size = block_size or self.meta["settings"]["block_size"]
-        return TokenBlocks(self.directory / f"{split}.bin", self.dtype, size, keep_tail=(split == "val"))
+        return TokenBlocks(self.directory / f"{split}.bin", self.dtype, size, keep_tail=(split == "val"),
+                           document_end=self.meta["eos_token_id"] if documents_apart else None)
 
     def summary_lines(self) -> list[str]:
         lines = summary_lines(self.report, self.meta)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..config import ModelConfig
@@ -60,6 +62,41 @@ def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> list[str] | str:
     return LORA_TARGETS.get(model.config.model_type, "all-linear")
 
 
+class SharedInputDropout(torch.nn.Module):
+    """Adapter dropout with one mask per input tensor, not one per adapter.
+
+    q, k and v (and gate and up) read the same hidden states; peft draws a mask for each of their adapters,
+    which costs three times the small projections it feeds. Here the adapters of a model share one memo: an
+    adapter called on the tensor the previous one saw reuses its mask, as one dropout in front of the three would.
+    """
+
+    def __init__(self, p: float, memo: dict):
+        super().__init__()
+        self.p, self.memo = p, memo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        seen = self.memo.get("input")
+        if seen is None or seen() is not x:
+            keep = torch.empty_like(x).bernoulli_(1 - self.p)
+            self.memo["input"], self.memo["scale"] = weakref.ref(x), keep.div_(1 - self.p)
+        return x * self.memo["scale"]
+
+
+def _lean_adapters(model: torch.nn.Module, dropout: float) -> None:
+    """Shared dropout masks, and no fp32 copy of each adapter's input: autocast casts for the adapter's matmuls."""
+    from peft.tuners.lora import LoraLayer
+
+    memo: dict = {}
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False
+            for adapter in list(module.lora_dropout.keys()):
+                if dropout > 0:
+                    module.lora_dropout[adapter] = SharedInputDropout(dropout, memo)
+
+
 def _lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     """Adapters on the projections; a classification head (`score`) trains whole beside them."""
     from peft import LoraConfig, get_peft_model
@@ -68,9 +105,27 @@ def _lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=lora_targets(model, cfg), bias="none", task_type=task_type)
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError([f"model.lora_targets: {exc}"]) from None
+    _lean_adapters(model, cfg.lora_dropout)
+    return model
+
+
+def keeps_packed_apart(model: torch.nn.Module) -> bool:
+    """Whether the model keeps sequences packed in one row apart when their position ids restart.
+
+    transformers' masking utilities (`create_causal_mask`) turn restarting position ids into attention
+    confined to each sequence, for SDPA, eager and flex attention (flash attention reads them directly);
+    architectures whose decoder stack is built on them and takes position ids can be fed packed rows.
+    """
+    import inspect
+    import sys
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None) or inner
+    source = sys.modules.get(type(backbone).__module__)
+    return hasattr(source, "create_causal_mask") and "position_ids" in inspect.signature(backbone.forward).parameters
 
 
 def is_classifier(model: torch.nn.Module) -> bool:
@@ -92,6 +147,30 @@ def apply_method(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         if cfg.method in ("lora", "qlora", "freeze"):
             model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return model
+
+
+def storage_dtypes(method: str, weights: str, precision: str) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """The dtypes to store (frozen, trainable) parameters in; None keeps fp32.
+
+    Under bf16 or fp16 autocast a frozen weight is only ever read in that dtype, so it is stored in it: autocast
+    then neither casts it at each forward nor holds the cast copy until backward. `weights: bf16` stores the
+    trained weights in bf16 too (the optimizer then rounds its fp32 updates stochastically; see `training/optim.py`).
+    """
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    frozen = low if method in ("lora", "freeze") or weights == "bf16" else None
+    return frozen, torch.bfloat16 if weights == "bf16" else None
+
+
+def store_weights(model: torch.nn.Module, frozen: torch.dtype | None, trainable: torch.dtype | None) -> None:
+    """Cast the floating-point parameters in place, frozen and trainable ones to their own dtype (buffers stay).
+
+    Frozen vectors (norm weights, biases) stay fp32 beside trained ones: a norm with a bf16 weight cannot take
+    an fp32 input on the CPU, and a frozen block may sit on a trained embedding (GPT-2's positions under freeze).
+    """
+    for parameter in model.parameters():
+        dtype = trainable if parameter.requires_grad else frozen if parameter.ndim >= 2 or trainable else None
+        if dtype is not None and parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

@@ -69,6 +69,7 @@ class StepShape:
     classifier_labels: int = 0  # a sequence-classification head with this many labels (task classify, method head)
     gradient_checkpointing: bool = False
     lora_rank: int = 8
+    weights: str = "fp32"  # train.weights: fp32 masters, or bf16 weights
 
 
 def _on_fake_tensors(model: torch.nn.Module) -> None:
@@ -107,20 +108,29 @@ def _build(config, shape: StepShape):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
+def _model_on_meta(config, shape: StepShape, method: ModelConfig) -> torch.nn.Module:
+    """The model as training holds it (the method applied, each parameter in its stored dtype), on the meta device."""
+    from ..models.methods import apply_method, storage_dtypes, store_weights
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
+        model = apply_method(_build(config, shape), method)
+    store_weights(model, *storage_dtypes(method.method, shape.weights, shape.precision))
+    return model
+
+
 def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, micro_batch: int) -> int:
     """Peak bytes of two optimizer steps of a `layers`-block copy of the model (the top `trained_layers` trained with freeze)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..batch import Batch
-    from ..models.methods import apply_method
     from ..training.fused_loss import training_loss
+    from ..training.optim import StochasticRoundingAdamW
     from ..training.step import forward_backward
 
     method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
                          lora_rank=shape.lora_rank, gradient_checkpointing=shape.gradient_checkpointing)
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
-        model = apply_method(_build(_with_layers(config, layers), shape), method)
+    model = _model_on_meta(_with_layers(config, layers), shape, method)
     counter = _LiveBytes()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     fake.cache_enabled = False  # its dispatch cache can crash when one process simulates many models; it saves little here
@@ -130,7 +140,7 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
         model.train()
         loss = training_loss(model, fuse=not shape.classifier_labels)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+        optimizer = StochasticRoundingAdamW(trainable, lr=1e-4) if shape.weights == "bf16" else torch.optim.AdamW(trainable, lr=1e-4, fused=True)
         ids = torch.zeros((micro_batch, shape.block_size), dtype=torch.long)
         classes = torch.zeros((micro_batch,), dtype=torch.long) if shape.classifier_labels else None
         mask = torch.ones_like(ids) if shape.classifier_labels else None
@@ -166,9 +176,10 @@ class MemoryModel:
     weights: int  # bytes of all weights as training holds them
     fixed: float  # bytes that do not grow with the micro-batch (weights, gradients, optimizer state, ...)
     per_sequence: float  # bytes each sequence of the micro-batch adds
+    gradient_bytes: int = 4  # per trainable parameter: its stored dtype's size
 
     def estimate(self, micro_batch: int) -> MemoryEstimate:
-        gradients = self.trainable * 4
+        gradients = self.trainable * self.gradient_bytes
         optimizer = self.trainable * ADAMW_BYTES
         rest = int(self.fixed + self.per_sequence * micro_batch) - self.weights - gradients - optimizer
         return MemoryEstimate(self.weights, gradients, optimizer, max(rest, 0))
@@ -181,16 +192,17 @@ class MemoryModel:
         return size
 
 
-def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, int, int]:
-    """(all, trainable, block matrices) parameters of the whole model, counted on the meta device."""
-    from ..models.methods import apply_method, transformer_blocks
+def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, int, int, int, int]:
+    """Parameters of the whole model, counted on the meta device: all, trainable, the blocks' matrices; the bytes
+    of all weights as stored, and of one trainable parameter."""
+    from ..models.methods import transformer_blocks
 
-    method = ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank)
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = apply_method(_build(config, shape), method)
+    model = _model_on_meta(config, shape, ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank))
     matrices = sum(p.numel() for name, p in transformer_blocks(model).named_parameters() if p.ndim == 2 and "lora_" not in name)
-    return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad), matrices)
+    params = list(model.parameters())
+    trained = [p for p in params if p.requires_grad]
+    return (sum(p.numel() for p in params), sum(p.numel() for p in trained), matrices,
+            sum(p.numel() * p.element_size() for p in params), trained[0].element_size() if trained else 4)
 
 
 def trained_layers(config, method: str) -> int | None:
@@ -221,14 +233,13 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
         f = one - s[1, 1] - g
         fixed += (layers - trained) * f
         per_sequence += (layers - trained) * g
-    params, trainable, matrices = _counts(config, base, trained_layers(config, method))
-    model = MemoryModel(params, trainable, matrices, params * 4, fixed, per_sequence)
+    params, trainable, matrices, weights, gradient_bytes = _counts(config, base, trained_layers(config, method))
+    model = MemoryModel(params, trainable, matrices, weights, fixed, per_sequence, gradient_bytes)
     return as_qlora(model) if shape.method == "qlora" else model
 
 
 def as_qlora(lora: MemoryModel) -> MemoryModel:
-    """QLoRA from the LoRA steps (bitsandbytes runs on CUDA only): the blocks' matrices in NF4, the rest in bf16,
-    and no bf16 copies of those matrices saved for backward (bitsandbytes dequantizes them on the fly)."""
+    """QLoRA from the LoRA steps (bitsandbytes runs on CUDA only): the blocks' matrices in NF4, the rest in bf16."""
     weights = int(lora.matrices * NF4_BYTES + (lora.params - lora.matrices) * 2)
-    fixed = lora.fixed - lora.weights + weights - lora.matrices * 2
-    return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence)
+    fixed = lora.fixed - lora.weights + weights
+    return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence, lora.gradient_bytes)

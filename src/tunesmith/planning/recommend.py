@@ -157,7 +157,7 @@ def _shape(cfg: RunConfig, method: str, precision: str, labels: int) -> StepShap
     from ..tasks import build_task
 
     return StepShape(method, cfg.data.block_size, precision, build_task(cfg).head_classes(labels),
-                     cfg.model.gradient_checkpointing, cfg.model.lora_rank)
+                     cfg.model.gradient_checkpointing, cfg.model.lora_rank, cfg.train.weights)
 
 
 def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, precision: str, budget: int, data: DataSize,
@@ -194,10 +194,11 @@ def planned_epochs(data: DataSize, sequences: int, batch: int) -> float:
 
 
 def _sequences(cfg: RunConfig, data: DataSize) -> int:
-    """Training sequences: packed blocks for lm, one per record for chat and classify (less the validation share)."""
+    """Training sequences: blocks of block_size tokens (packed text, or examples packed into rows), one per record
+    when examples are padded (less the validation share)."""
     from ..tasks import build_task
 
-    whole = data.tokens // cfg.data.block_size if build_task(cfg).layout == "packed" else data.records
+    whole = data.records if build_task(cfg).packing() == "padded" else max(1, data.tokens // cfg.data.block_size)
     return max(1, int(whole * (1 - cfg.data.val_fraction)))
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ..config import DataConfig, MonitorConfig, RunConfig
 from ..data.report import DataReport
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..loss import Validation, perplexity
 from ..models import load_tokenizer
 
@@ -30,9 +30,11 @@ class Task:
     prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
     description: ClassVar[str] = "A causal language model"  # the model card's first words
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
+    packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        self.packing()
 
     @classmethod
     def for_saved(cls, spec: dict, cfg: RunConfig) -> "Task":
@@ -66,8 +68,37 @@ class Task:
         pass
 
     # datasets
+    def packing(self) -> str:
+        """`data.packing` for this task: auto is the task's first choice; one it cannot use is a config error."""
+        chosen = self.cfg.data.packing
+        if chosen == "auto":
+            return self.packings[0]
+        if chosen not in self.packings:
+            raise ConfigError([f"data.packing: {chosen} does not apply to task {self.name}; use {' or '.join(self.packings)} (or auto)"])
+        return chosen
+
+    def confine(self, model_keeps_apart: bool, log=print) -> None:
+        """Before training: where the model cannot keep packed documents apart, auto falls back to padding."""
+        if model_keeps_apart or self.packing() != "documents":
+            return
+        if self.cfg.data.packing == "documents" or "padded" not in self.packings:
+            raise ConfigError(["data.packing: documents needs a model whose attention follows restarting position ids "
+                               f"(transformers' masking utilities); this one does not: use data.packing: {self.packings[0] if self.packings[0] != 'documents' else 'padded'}"])
+        log("data.packing auto: this model cannot keep packed examples apart; padding each example instead")
+        self.cfg = self.cfg.model_copy(update={"data": self.cfg.data.model_copy(update={"packing": "padded"})})
+
     def dataset(self, prepared, split: str, training: bool = False):
-        return prepared.blocks(split)
+        return self.packed(prepared.blocks(split), training)
+
+    def packed(self, examples, training: bool):
+        """Training examples packed into rows of data.block_size tokens (with packing documents); evaluation's stay padded."""
+        from ..data.examples import PackedExamples
+
+        return PackedExamples(examples, self.cfg.data.block_size) if training and self.packing() == "documents" else examples
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the training step calls: the model itself, unless the task's packed batches need a wrapper."""
+        return model
 
     def example_lengths(self, dataset) -> list[int] | None:
         """Each training example's length, for length-aware batching; None for equal-length packed blocks."""

@@ -101,6 +101,28 @@ def label_probabilities(model, batch: Batch, coder: LabelCoder, word_ids: list[l
     return scores.softmax(-1)
 
 
+class PackedClassifier(torch.nn.Module):
+    """A sequence classifier over packed rows: the decoder stack once per row, the head on each example's last token.
+
+    transformers' classifiers read one class per row, at its last non-padding token; packed, a row holds several
+    examples, so the head reads the hidden state at each example's end (`Batch.ends`). Wrapping the model (rather
+    than reaching into it from the loss) keeps one module for DistributedDataParallel to wrap.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.parts = (getattr(inner, inner.base_model_prefix), inner.score)  # a tuple: registered once, under `model`
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, ends: torch.Tensor, **_):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        backbone, head = self.parts
+        hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        return SequenceClassifierOutput(logits=head(hidden.flatten(0, 1)[ends]))
+
+
 @torch.no_grad()
 def predict_examples(model, examples: Examples, coder: LabelCoder, tokenizer, batch_size: int, device: torch.device,
                      precision: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +254,10 @@ class ClassifyTask(Task):
 
     def dataset(self, prepared, split: str, training: bool = False):
         weights = class_weights(self.class_counts, self.coder.labels) if training and self.cfg.classify.class_weights else None
-        return prepared.blocks(split, use_classes=self.has_head, class_weights=weights)
+        return self.packed(prepared.blocks(split, use_classes=self.has_head, class_weights=weights), training)
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        return PackedClassifier(model) if self.has_head and self.packing() == "documents" else model
 
     def metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
                 limit: int | None = None) -> dict:

@@ -15,6 +15,10 @@ class LmTask(TextUnits, Task):
     name = "lm"
     eval_units = "blocks"
     target_words = "tokens"
+    packings = ("joined", "documents")
+
+    def dataset(self, prepared, split: str, training: bool = False):
+        return prepared.blocks(split, documents_apart=self.packing() == "documents")
 
     def example_lengths(self, dataset) -> None:
         return None

@@ -9,7 +9,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..models import ResolvedModel, load_model, load_model_config
-from ..models.methods import apply_method, dropout_overrides, export_model, load_trainable_state, trainable_state
+from ..models.methods import apply_method, dropout_overrides, export_model, load_trainable_state, store_weights, trainable_state
 from .checkpoint import load_trainable, save_hf_model
 
 
@@ -37,7 +37,8 @@ def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels
 
 
 def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device, tokenizer=None,
-                labels: list[str] | None = None) -> torch.nn.Module:
+                labels: list[str] | None = None, storage: tuple[torch.dtype | None, torch.dtype | None] = (None, None)) -> torch.nn.Module:
+    """The model to train, its (frozen, trainable) parameters stored in `storage`'s dtypes (see `methods.storage_dtypes`)."""
     if cfg.method == "qlora":
         check_qlora(device)
     model = base_model(resolved, cfg, tokenizer, labels, quantize_4bit=cfg.method == "qlora")
@@ -46,17 +47,23 @@ def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device,
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     model = apply_method(model, cfg)
+    store_weights(model, *storage)
     return model.to(device) if cfg.method != "qlora" else model
 
 
 def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: ResolvedModel, cfg: ModelConfig,
                  labels: list[str] | None = None) -> None:
-    """final/: the best weights as a plain transformers model (adapters merged); final-adapter/ for LoRA runs."""
+    """final/: the best weights as a plain transformers model (adapters merged); final-adapter/ for LoRA runs.
+
+    A model trained over a 4-bit or a bf16 base is exported from a fresh fp32 copy of the base with the trained
+    weights put in: adapters merge into full-precision weights, and frozen weights keep every bit they had.
+    """
     load_trainable(model, run_dir / "best" / "trainable.safetensors")
     if cfg.method in ("lora", "qlora"):
         save_hf_model(model, tokenizer, run_dir / "final-adapter")
-    if cfg.method == "qlora":  # merge into a full-precision copy of the base, not into 4-bit weights
-        adapters = {name: t.float() for name, t in trainable_state(model).items()}
-        model = apply_method(base_model(resolved, cfg, tokenizer, labels), cfg.model_copy(update={"method": "lora", "gradient_checkpointing": False}))
-        load_trainable_state(model, adapters)
+    if cfg.method == "qlora" or any(p.dtype != torch.float32 for p in model.parameters() if not p.requires_grad):
+        trained = {name: t.float() for name, t in trainable_state(model).items()}
+        method = cfg.model_copy(update={"method": "lora" if cfg.method == "qlora" else cfg.method, "gradient_checkpointing": False})
+        model = apply_method(base_model(resolved, cfg, tokenizer, labels), method)
+        load_trainable_state(model, trained)
     save_hf_model(export_model(model), tokenizer, run_dir / "final")

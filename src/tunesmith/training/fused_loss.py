@@ -14,7 +14,12 @@ import torch
 
 from ..loss import batch_loss
 
-CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 50k-vocab fp32 logits are 800 MB, a tenth of a GPU step's activations
+CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
+
+
+def chunk_positions(vocab: int) -> int:
+    """Positions per chunk, so that a chunk's fp32 logits (and their softmax, made in place) stay within CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (4 * vocab))
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -29,9 +34,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         w_matmul = weight.to(compute_dtype)
         vocab = weight.shape[0]
-        for start in range(0, hidden.shape[0], CHUNK_TOKENS):
-            h = hidden[start : start + CHUNK_TOKENS].to(compute_dtype)
-            t, w = targets[start : start + CHUNK_TOKENS], weights[start : start + CHUNK_TOKENS] / total_weight
+        size = chunk_positions(vocab)
+        for start in range(0, hidden.shape[0], size):
+            h = hidden[start : start + size].to(compute_dtype)
+            t, w = targets[start : start + size], weights[start : start + size] / total_weight
             logits = (h @ w_matmul.T).float()
             logprobs = logits.log_softmax(-1)
             picked = logprobs.gather(1, t[:, None]).squeeze(1)
@@ -43,7 +49,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad -= label_smoothing / vocab
             grad *= w[:, None]
             grad_low = grad.to(compute_dtype)
-            grad_hidden[start : start + CHUNK_TOKENS] = (grad_low @ w_matmul).to(hidden.dtype)
+            grad_hidden[start : start + size] = (grad_low @ w_matmul).to(hidden.dtype)
             if want_weight:
                 grad_weight += (grad_low.T @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
@@ -112,13 +118,13 @@ class FusedOutputLoss:
         from ..batch import IGNORE
 
         label_smoothing = self.label_smoothing
-        kwargs = {"attention_mask": batch.attention_mask} if batch.attention_mask is not None else {}
-        hidden = self.backbone(input_ids=batch.input_ids, use_cache=False, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H)
+        hidden = self.backbone(**batch.model_inputs(), use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H)
         if batch.labels is None:
             return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, batch.input_ids[:, 1:].flatten(), None, label_smoothing)
         targets = batch.labels[:, 1:]
         keep = targets != IGNORE
-        weights = batch.weights[:, None].expand_as(targets)[keep] if batch.weights is not None else None
+        weights = batch.target_weights(targets)
+        weights = weights[keep] if weights is not None else None
         return linear_cross_entropy(hidden[keep], self.head.weight, targets[keep], weights, label_smoothing)
 
 

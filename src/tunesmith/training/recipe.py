@@ -23,6 +23,7 @@ from ..tasks import Task, write_task
 from .build import build_model, export_final
 from .checkpoint import SavedCheckpoint
 from .checkpointer import Checkpointer
+from .compiling import CompileWhenItRepays, cpu_compiler_available
 from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
@@ -132,7 +133,8 @@ class Recipe:
     def _samples(self) -> None:
         if not self.parts.sharded:
             with self.state.timed():
-                self.recorder.record_samples(self.state.step, self.parts.model, self.parts.tokenizer, self.parts.device)
+                self.recorder.record_samples(self.state.step, self.parts.model, self.parts.tokenizer, self.parts.device,
+                                             self.parts.precision)
 
     def _evaluate(self, row: dict, progress: TrainProgress) -> None:
         result = self.evaluator.evaluate(self.state)
@@ -158,6 +160,8 @@ class Recipe:
         progress = TrainProgress(self.console, plan.total_steps, state.step, cfg.train.log_every)
         pending = PendingSteps(parts.flops_per_token, peak_flops(parts.device, cfg.train.peak_tflops))
         stopped_because, stopping = plan.ends_by(), False
+        compile_later = cfg.train.compile == "auto" and parts.device.type == "cpu" and cpu_compiler_available()
+        watcher = CompileWhenItRepays(runner, plan.total_steps, self.console.print) if compile_later else None
         with StopSignal() as stop:
             try:
                 while state.step < plan.total_steps:
@@ -177,6 +181,8 @@ class Recipe:
                         continue
                     rows = pending.flush()  # the host sync
                     state.train_seconds += pending.last_elapsed
+                    if watcher is not None:
+                        watcher.step_done(state.step, pending.last_elapsed)
                     if account(rows, state, cfg, self.recorder.log_row):
                         self._roll_back()
                         pending.restart_clock()

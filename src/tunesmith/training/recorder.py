@@ -43,11 +43,11 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.truncate_after(step)
 
-    def record_samples(self, step: int, model, tokenizer, device: torch.device) -> None:
+    def record_samples(self, step: int, model, tokenizer, device: torch.device, precision: str) -> None:
         """Greedy generations for the fixed prompts (rank 0; the caller skips a sharded model)."""
         if self.samples is None:
             return
-        samples = self.samples.write(step, model, tokenizer, device)
+        samples = self.samples.write(step, model, tokenizer, device, precision)
         if samples and self.trackers is not None:
             self.trackers.samples(step, samples)
 

@@ -10,12 +10,13 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
-from ..models.methods import parameter_counts, short_count
+from ..models.methods import keeps_packed_apart, parameter_counts, short_count, storage_dtypes
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
 from ..tasks import Task
 from .build import build_model
+from .compiling import use_cache_under
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
 from .fused_loss import training_loss
 from .optim import build_optimizer, build_scheduler
@@ -52,17 +53,27 @@ def _prepare(cfg: RunConfig, task: Task, console: Console):
     return resolved, tokenizer, data
 
 
-def _runner(cfg: RunConfig, model, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
+def _runner(cfg: RunConfig, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
             console: Console, context: Distributed) -> StepRunner:
     optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    forward = wrap_ddp(model, device) if context.enabled and not sharded else model
+    forward = wrap_ddp(module, device) if context.enabled and not sharded else module
     runner = StepRunner(model, training_loss(forward, fuse, cfg.train.label_smoothing), optimizer, scheduler, scaler, device,
                         precision, micro, cfg.train.grad_clip, console.print, context)
+    use_cache_under(tunesmith_home())
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
     return runner
+
+
+def check_weights(cfg: RunConfig, precision: str, context: Distributed) -> None:
+    if cfg.train.weights != "bf16":
+        return
+    if precision != "bf16":
+        raise ConfigError([f"train.weights: bf16 needs train.precision bf16 (this run uses {precision}); use train.weights: fp32"])
+    if context.enabled and cfg.train.distributed == "fsdp":
+        raise ConfigError(["train.weights: bf16 runs with train.distributed: ddp, not fsdp; use ddp or train.weights: fp32"])
 
 
 def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) -> RunParts:
@@ -71,18 +82,23 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     device = context.device(pick_device(cfg.train.device))
     precision = pick_precision(cfg.train.precision, device)
     enable_tf32(device)
+    check_weights(cfg, precision, context)
     with context.main_first():
         resolved, tokenizer, data = _prepare(cfg, task, console)
-    model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels())
+    storage = storage_dtypes(cfg.model.method, cfg.train.weights, precision)
+    model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels(), storage)
     model.train()
     trainable, total_params = parameter_counts(model)
+    stored = "" if storage == (None, None) else f"; {'weights' if storage[1] else 'frozen weights'} in {precision}"
     console.print(f"model {resolved.spec}: {short_count(total_params)} parameters, {short_count(trainable)} trainable ({cfg.model.method}); "
-                  f"{device.type}, {precision}", highlight=False)
+                  f"{device.type}, {precision}{stored}", highlight=False)
+    task.confine(keeps_packed_apart(model), console.print)
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
+    module = task.training_module(model)
     fuse = cfg.train.fused_loss and not context.enabled and not task.has_head  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, training_loss(model, fuse), train, device, precision, 64, console.print)
+        micro = largest_micro_batch(model, training_loss(module, fuse), train, device, precision, 64, console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train))
     if len(train) < plan.blocks_per_step and context.enabled:
@@ -91,6 +107,7 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     sharded = context.enabled and cfg.train.distributed == "fsdp"
     if sharded:
         model = wrap_fsdp(model, device)
-    runner = _runner(cfg, model, fuse, device, precision, micro, plan.total_steps, sharded, console, context)
+    runner = _runner(cfg, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
+                     plan.total_steps, sharded, console, context)
     return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size))

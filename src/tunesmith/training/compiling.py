@@ -1,0 +1,57 @@
+"""When torch.compile repays itself, and where its cache lives.
+
+On a GPU compiling is nearly always worth it. On a CPU it costs a minute or two of C++ compilation and
+gains a few percent, so `train.compile: auto` measures the first eager steps and compiles only when the
+steps left would save more time than compiling takes (`benchmarks/bench_train.py --mode compile`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+# measured on SmolLM2-135M, 4x256 tokens, bf16, 2 cores (benchmarks/RESULTS.md): compiling the training step
+# costs about this much more than an eager first step, and the compiled steps then run this much faster
+CPU_COMPILE_SECONDS = 90.0
+CPU_COMPILE_GAIN = 1.06
+EAGER_STEPS = 3  # steps timed before deciding; the first one warms up and is not counted
+
+
+def use_cache_under(home: Path) -> None:
+    """Inductor's compiled kernels under $TUNESMITH_HOME, so a second run with the same shapes compiles from cache."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor"))
+
+
+def cpu_compiler_available() -> bool:
+    """Inductor turns the CPU graph into C++: without a compiler, compiling would only fail."""
+    return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++"))
+
+
+def repays_on_cpu(step_seconds: float, steps_left: int) -> bool:
+    return steps_left * step_seconds * (1 - 1 / CPU_COMPILE_GAIN) > CPU_COMPILE_SECONDS
+
+
+class CompileWhenItRepays:
+    """Times the first eager steps of a CPU run, then compiles once if the rest of the run repays it."""
+
+    def __init__(self, runner, total_steps: int, log):
+        self.runner, self.total_steps, self.log = runner, total_steps, log
+        self.seconds: list[float] = []
+        self.decided = False
+
+    def step_done(self, step: int, seconds: float) -> None:
+        if self.decided:
+            return
+        self.seconds.append(seconds)
+        if len(self.seconds) < EAGER_STEPS:
+            return
+        self.decided = True
+        step_seconds = statistics.median(self.seconds[1:])
+        steps_left = self.total_steps - step
+        saved = steps_left * step_seconds * (1 - 1 / CPU_COMPILE_GAIN)
+        if repays_on_cpu(step_seconds, steps_left):
+            self.log(f"train.compile auto: compiling the step ({steps_left} steps of {step_seconds:.1f} s left save about "
+                     f"{saved:.0f} s; compiling takes about {CPU_COMPILE_SECONDS:.0f} s)")
+            self.runner.compile()
