@@ -9,7 +9,7 @@ precision, each run in its own process on this machine.
         --data ../shared/data/chat-dailydialog                                      # (c) packed chat vs padded, vs the Trainer
     python benchmarks/bench_train.py --model smollm2-135m --mode weights --steps 40 \
         --data ../shared/data/text-tinyshakespeare/input.txt                        # (d) bf16 weights vs fp32 masters
-    python benchmarks/bench_train.py --model smollm2-135m --mode compile --steps 30 # torch.compile on the CPU: cost and gain
+    python benchmarks/bench_train.py --model smollm2-135m --mode compile --steps 30 # torch.compile on the CPU: cost and gain, full and LoRA
 
 The Trainer is set up fairly: bf16 where tunesmith uses it, SDPA attention, fused AdamW, logging every 50
 steps, no evaluation or saving inside the timed steps; for chat, `DataCollatorForSeq2Seq` padding and its own
@@ -293,14 +293,19 @@ def cpu_name() -> str:
 
 
 def report(args, runs: list[tuple[str, dict]]) -> None:
-    print(f"{'':26s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'last loss':>10s} {'last 5':>8s} {'val loss':>9s} {'to step 1 s':>12s}")
+    print(f"{'':26s} {'tokens/s':>9s} {'steps 2+':>9s} {'peak RSS MB':>12s} {'last loss':>10s} {'last 5':>8s} {'val loss':>9s} "
+          f"{'to step 1 s':>12s}")
     for label, r in runs:
         val = f"{r['val_loss']:9.4f}" if r.get("val_loss") is not None else f"{'-':>9s}"
-        print(f"{label:26s} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['loss']:10.4f} {r['loss_last5']:8.4f} {val} "
+        steady = f"{r['steady_tokens_per_s']:9.1f}" if r.get("steady_tokens_per_s") else f"{'-':>9s}"
+        print(f"{label:26s} {r['tokens_per_s']:9.1f} {steady} {r['peak_rss_mb']:12.0f} {r['loss']:10.4f} {r['loss_last5']:8.4f} {val} "
               f"{r['startup_s']:12.1f}")
-    first_label, first = runs[0]
-    for label, r in runs[1:]:
-        line = (f"{first_label} / {label}: {first['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s, "
+    pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs) - 1, 2)] if args.mode == "compile" else \
+        [(runs[0], other) for other in runs[1:]]
+    for (first_label, first), (label, r) in pairs:
+        steady = f" ({first['steady_tokens_per_s'] / r['steady_tokens_per_s']:.2f}x from step 2)" \
+            if first.get("steady_tokens_per_s") and r.get("steady_tokens_per_s") else ""
+        line = (f"{first_label} / {label}: {first['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s{steady}, "
                 f"{first['peak_rss_mb'] / r['peak_rss_mb']:.2f}x peak RSS, last-5 loss {first['loss_last5'] / r['loss_last5'] - 1:+.2%}")
         if first.get("val_loss") is not None and r.get("val_loss") is not None:
             line += f", held-out loss {first['val_loss'] / r['val_loss'] - 1:+.2%} (perplexity {math.exp(first['val_loss']):.2f} vs {math.exp(r['val_loss']):.2f})"

@@ -1,6 +1,7 @@
 """Where a training step's time goes: torch.profiler over tunesmith's own step on the benchmark's model and blocks.
 
     python benchmarks/profile_step.py --model gpt2-small --steps 3
+    python benchmarks/profile_step.py --model smollm2-135m --method lora
 
 Prints the operators by total CPU time (self time, so nothing is counted twice) and the share of the
 step that the matrix multiplications take: the part no training loop can make faster without
@@ -24,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["gpt2-small", "smollm2-135m", "tiny"], default="gpt2-small")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-bench-train")
@@ -34,30 +36,31 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from tunesmith.models import resolve_model
+    from tunesmith.models.methods import storage_dtypes
     from tunesmith.training.build import build_model
     from tunesmith.training.optim import build_optimizer, build_scheduler
     from tunesmith.training.fused_loss import training_loss
     from tunesmith.training.step import StepRunner
 
     options = argparse.Namespace(model=args.model, data=bench_train.DEFAULT_DATA, block_size=args.block_size, batch_size=args.batch_size,
-                                 grad_accum=1, steps=args.steps + 1, lr=3e-4, precision="bf16", device="cpu", compile=False)
+                                 grad_accum=1, steps=args.steps + 1, lr=3e-4, precision="bf16", device="cpu", compile=False,
+                                 mode=args.method, eval_blocks=1)
     model_dir = bench_train.build_model(args.model, args.work, options.data)
-    cfg = bench_train.run_config(options, model_dir, args.work / "profile")
+    cfg = bench_train.run_config(options, model_dir, args.work / "profile", {"model.method": args.method})
     device = torch.device("cpu")
-    model = build_model(resolve_model(str(model_dir), log=lambda _: None), cfg.model, device)
+    storage = storage_dtypes(cfg.model.method, cfg.train.weights, "bf16")
+    model = build_model(resolve_model(str(model_dir), log=lambda _: None), cfg.model, device, storage=storage)
     optimizer = build_optimizer(model, cfg.train, device)
     runner = StepRunner(model, training_loss(model, cfg.train.fused_loss), optimizer, build_scheduler(optimizer, cfg.train, options.steps),
                         None, device, "bf16", args.batch_size, cfg.train.grad_clip, print)
-    blocks = bench_train.ordered_blocks(options, model_dir, args.work / "profile")
+    blocks, order, _ = bench_train.prepared_split(options, model_dir, args.work / "profile")
 
     class Listed:  # the benchmark's blocks, in order, as the step runner reads them
         def batch(self, indices):
-            from tunesmith.batch import Batch
-
-            return Batch(torch.stack([blocks[i] for i in indices]))
+            return blocks.batch([order[i] for i in indices])
 
         def length(self, index):
-            return len(blocks[index])
+            return blocks.length(order[index])
 
     data = Listed()
     runner.run(data, list(range(args.batch_size)))  # warm-up step, outside the profile

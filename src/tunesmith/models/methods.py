@@ -48,7 +48,9 @@ def _freeze(model: torch.nn.Module, cfg: ModelConfig) -> None:
     if frozen >= len(blocks) or frozen < 0:
         raise ConfigError([f"model.freeze_layers/train_last_layers: the model has {len(blocks)} blocks; "
                            f"freeze at most {len(blocks) - 1} and train at least 1"])
-    model.get_input_embeddings().requires_grad_(False)
+    for module in model.modules():  # the token embeddings, and learned positions where the model has them (GPT-2's wpe)
+        if isinstance(module, torch.nn.Embedding):
+            module.requires_grad_(False)
     for block in blocks[:frozen]:
         block.requires_grad_(False)
     output = model.get_output_embeddings()
@@ -85,13 +87,17 @@ class SharedInputDropout(torch.nn.Module):
 
 
 def _lean_adapters(model: torch.nn.Module, dropout: float) -> None:
-    """Shared dropout masks, and no fp32 copy of each adapter's input: autocast casts for the adapter's matmuls."""
+    """Shared dropout masks, and no fp32 copy of each adapter's input: autocast casts for the adapter's matmuls.
+
+    (4-bit layers keep peft's casting: they also run outside autocast, where their input needs it.)
+    """
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora.layer import Linear
 
     memo: dict = {}
     for module in model.modules():
         if isinstance(module, LoraLayer):
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = not isinstance(module, Linear)
             for adapter in list(module.lora_dropout.keys()):
                 if dropout > 0:
                     module.lora_dropout[adapter] = SharedInputDropout(dropout, memo)
@@ -164,11 +170,11 @@ def storage_dtypes(method: str, weights: str, precision: str) -> tuple[torch.dty
 def store_weights(model: torch.nn.Module, frozen: torch.dtype | None, trainable: torch.dtype | None) -> None:
     """Cast the floating-point parameters in place, frozen and trainable ones to their own dtype (buffers stay).
 
-    Frozen vectors (norm weights, biases) stay fp32 beside trained ones: a norm with a bf16 weight cannot take
-    an fp32 input on the CPU, and a frozen block may sit on a trained embedding (GPT-2's positions under freeze).
+    Frozen norms go too: a norm with an fp32 weight turns its bf16 input into an fp32 output, which q, k and v
+    (or gate and up) would then each cast to bf16 again and each keep for backward.
     """
     for parameter in model.parameters():
-        dtype = trainable if parameter.requires_grad else frozen if parameter.ndim >= 2 or trainable else None
+        dtype = trainable if parameter.requires_grad else frozen
         if dtype is not None and parameter.is_floating_point() and parameter.dtype != dtype:
             parameter.data = parameter.data.to(dtype)
 

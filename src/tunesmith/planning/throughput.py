@@ -12,11 +12,11 @@ import torch
 # train at 239 and 225 GFLOP/s (benchmarks/RESULTS.md) where the 2048x2048 bf16 matmul below runs at about 700
 # GFLOP/s on the same 2 cores. CUDA: 0.40 of the table's peak, the usual MFU of a bf16 training loop.
 EFFICIENCY = {"cpu": 0.33, "cuda": 0.40, "mps": 0.30}
-# FLOPs per parameter per token, by method: forward 2, backward 4 (full); LoRA's backward skips the base weights'
-# gradients (4) but its small adapter matmuls and input dropouts run badly on CPU: on SmolLM2-135M it trains at
-# 0.68 and 0.60 of full fine-tuning's tokens/s (benchmarks/RESULTS.md), 9 in these units; QLoRA adds the
-# dequantization of each weight
-LORA_COST = {"cpu": 9.0, "cuda": 5.0, "mps": 6.0}
+# FLOPs per parameter per token, by method: forward 2, backward 4 (full). LoRA's backward skips the base weights'
+# gradients (2 of the 4), its base is stored in bf16 (no casts) and its small adapter matmuls cost little: on
+# SmolLM2-135M on 2 CPU cores it trains at 1.30-1.51x full fine-tuning's tokens/s, 1.44x on average over five
+# alternating runs (benchmarks/RESULTS.md), 4.2 in these units; QLoRA adds the dequantization of each weight
+LORA_COST = {"cpu": 4.2, "cuda": 5.0, "mps": 5.0}
 QLORA_COST = 6.5
 
 

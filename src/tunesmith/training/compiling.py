@@ -12,10 +12,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-# measured on SmolLM2-135M, 4x256 tokens, bf16, 2 cores (benchmarks/RESULTS.md): compiling the training step
-# costs about this much more than an eager first step, and the compiled steps then run this much faster
-CPU_COMPILE_SECONDS = 90.0
-CPU_COMPILE_GAIN = 1.06
+# by method: (seconds that compiling adds to the first step, speed-up of the steps after it), measured on
+# SmolLM2-135M at 4x256 tokens in bf16 on 2 cores (`bench_train.py --mode compile`, benchmarks/RESULTS.md);
+# freeze and qlora take full fine-tuning's figures, the least favourable
+CPU_COMPILE = {"full": (77.0, 1.02), "lora": (117.0, 1.14)}
 EAGER_STEPS = 3  # steps timed before deciding; the first one warms up and is not counted
 
 
@@ -29,15 +29,21 @@ def cpu_compiler_available() -> bool:
     return bool(shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++"))
 
 
-def repays_on_cpu(step_seconds: float, steps_left: int) -> bool:
-    return steps_left * step_seconds * (1 - 1 / CPU_COMPILE_GAIN) > CPU_COMPILE_SECONDS
+def compile_cost(method: str) -> tuple[float, float]:
+    return CPU_COMPILE.get(method, CPU_COMPILE["full"])
+
+
+def seconds_saved(method: str, step_seconds: float, steps_left: int) -> float:
+    """What compiling now would save on the rest of a CPU run, net of the compilation."""
+    seconds, gain = compile_cost(method)
+    return steps_left * step_seconds * (1 - 1 / gain) - seconds
 
 
 class CompileWhenItRepays:
     """Times the first eager steps of a CPU run, then compiles once if the rest of the run repays it."""
 
-    def __init__(self, runner, total_steps: int, log):
-        self.runner, self.total_steps, self.log = runner, total_steps, log
+    def __init__(self, runner, total_steps: int, method: str, log):
+        self.runner, self.total_steps, self.method, self.log = runner, total_steps, method, log
         self.seconds: list[float] = []
         self.decided = False
 
@@ -50,8 +56,8 @@ class CompileWhenItRepays:
         self.decided = True
         step_seconds = statistics.median(self.seconds[1:])
         steps_left = self.total_steps - step
-        saved = steps_left * step_seconds * (1 - 1 / CPU_COMPILE_GAIN)
-        if repays_on_cpu(step_seconds, steps_left):
-            self.log(f"train.compile auto: compiling the step ({steps_left} steps of {step_seconds:.1f} s left save about "
-                     f"{saved:.0f} s; compiling takes about {CPU_COMPILE_SECONDS:.0f} s)")
+        saved = seconds_saved(self.method, step_seconds, steps_left)
+        if saved > 0:
+            self.log(f"train.compile auto: compiling the step ({steps_left} steps of {step_seconds:.1f} s left; about "
+                     f"{saved:.0f} s saved after {compile_cost(self.method)[0]:.0f} s of compiling)")
             self.runner.compile()

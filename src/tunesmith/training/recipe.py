@@ -161,7 +161,7 @@ class Recipe:
         pending = PendingSteps(parts.flops_per_token, peak_flops(parts.device, cfg.train.peak_tflops))
         stopped_because, stopping = plan.ends_by(), False
         compile_later = cfg.train.compile == "auto" and parts.device.type == "cpu" and cpu_compiler_available()
-        watcher = CompileWhenItRepays(runner, plan.total_steps, self.console.print) if compile_later else None
+        watcher = CompileWhenItRepays(runner, plan.total_steps, cfg.model.method, self.console.print) if compile_later else None
         with StopSignal() as stop:
             try:
                 while state.step < plan.total_steps:
