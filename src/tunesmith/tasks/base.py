@@ -81,9 +81,10 @@ class Task:
         """Before training: where the model cannot keep packed documents apart, auto falls back to padding."""
         if model_keeps_apart or self.packing() != "documents":
             return
-        if self.cfg.data.packing == "documents" or "padded" not in self.packings:
+        fallback = "padded" if "padded" in self.packings else self.packings[0]
+        if self.cfg.data.packing == "documents" or fallback != "padded":
             raise ConfigError(["data.packing: documents needs a model whose attention follows restarting position ids "
-                               f"(transformers' masking utilities); this one does not: use data.packing: {self.packings[0] if self.packings[0] != 'documents' else 'padded'}"])
+                               f"(transformers' masking utilities); this one does not: use data.packing: {fallback}"])
         log("data.packing auto: this model cannot keep packed examples apart; padding each example instead")
         self.cfg = self.cfg.model_copy(update={"data": self.cfg.data.model_copy(update={"packing": "padded"})})
 
