@@ -89,3 +89,20 @@ def test_documents_apart_in_a_block_match_each_document_alone(kind, tiny_models)
         logits = forward(model, batch)[0]
         alone = model(input_ids=second[None]).logits[0]
     assert torch.allclose(logits[11:], alone, atol=1e-4)
+
+
+def test_auto_pads_for_a_model_that_cannot_keep_packed_examples_apart_and_an_explicit_choice_is_refused():
+    from tunesmith.config import load_config
+    from tunesmith.errors import ConfigError
+    from tunesmith.tasks import build_task
+
+    messages = []
+    chat = build_task(load_config(None, [("task", "chat")]))
+    chat.confine(False, messages.append)
+    assert chat.packing() == "padded" and "padding each example instead" in messages[0]
+    with pytest.raises(ConfigError, match="use data.packing: padded"):
+        build_task(load_config(None, [("task", "chat"), ("data.packing", "documents")])).confine(False)
+    with pytest.raises(ConfigError, match="use data.packing: joined"):
+        build_task(load_config(None, [("data.packing", "documents")])).confine(False)
+    with pytest.raises(ConfigError, match="does not apply to task lm"):
+        build_task(load_config(None, [("data.packing", "padded")]))
