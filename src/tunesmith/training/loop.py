@@ -48,11 +48,12 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
     check_trackers(cfg.monitor)
+    task = build_task(cfg)  # a setting the task cannot take fails here, before the run announces its folder
     console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
-    recipe = Recipe(cfg, build_task(cfg), console, context)
+    recipe = Recipe(cfg, task, console, context)
     try:
         recipe.setup(saved)
         return recipe.finish(recipe.train())
