@@ -24,6 +24,8 @@ class Batch:
     weights: torch.Tensor | None = None  # (B,) per-example loss weights (class weighting); (B, T) per position when packed
     position_ids: torch.Tensor | None = None  # (B, T) restarting at 0 where a packed document or example begins
     ends: torch.Tensor | None = None  # (N,) flat (B*T) index of each packed example's last token, where its class is read
+    preference: torch.Tensor | None = None  # (B,) what each row's answer is: chosen, rejected, desirable, undesirable, KL row
+    reference: torch.Tensor | None = None  # (B,) the reference model's log-probability of each row's answer, when precomputed
 
     def to(self, device: torch.device) -> "Batch":
         """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""

@@ -87,6 +87,7 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this value (null: no clipping)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training loss (validation loss stays plain)")
+    neftune_alpha: float = Field(0.0, ge=0, description="chat and instruction data: NEFTune noise on the input embeddings while training, uniform with scale alpha / sqrt(row length x width) (0: off; 5 is the paper's usual value)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back to the last checkpoint with the lr halved")
     loss_watchdog: float | None = Field(3.0, gt=1, description="abort when the training loss stays above this multiple of its first value for 20 steps (null: off)")
     fused_loss: bool = Field(True, description="fuse the output layer into the loss over chunks of positions: a large vocabulary's logits are never held whole (single process)")
@@ -125,7 +126,9 @@ class MonitorConfig(_Section):
 
 
 class ChatConfig(_Section):
-    format: Literal["auto", "messages", "sharegpt", "transcript", "table"] = Field("auto", description="messages (OpenAI), sharegpt, transcript (\"Name: text\" lines, blank line between conversations) or table (one row per turn); auto: detected")
+    format: Literal["auto", "messages", "sharegpt", "transcript", "table", "prompt_completion", "alpaca"] = Field("auto", description="messages (OpenAI), sharegpt, transcript (\"Name: text\" lines, blank line between conversations), table (one row per turn), prompt_completion ({prompt, completion}; the prompt may be a list of messages) or alpaca ({instruction, input, output}); auto: detected")
+    fields: dict[str, str] = Field(default_factory=dict, description="field names of instruction and preference records when they differ, e.g. {prompt: question, completion: answer}; the names: prompt, completion, instruction, input, output, chosen, rejected, label")
+    train_on_prompt: bool = Field(False, description="instruction and chat data: put the loss on the prompts and user turns too, not only on the answers")
     roles: dict[str, Literal["system", "user", "assistant"]] = Field(default_factory=dict, description="speaker name -> role, e.g. {Customer: user, Agent: assistant}; the assistant is the one the model learns to be")
     system_prompt: str | None = Field(None, description="system message put before every conversation that has none")
     conversation_field: str = Field("conversation_id", description="format table: the column that groups rows into conversations")
@@ -147,18 +150,27 @@ class ClassifyConfig(_Section):
         return value
 
 
+class PreferenceConfig(_Section):
+    method: Literal["dpo", "orpo", "kto"] = Field("dpo", description="dpo: chosen over rejected against a reference model; orpo: odds ratio plus the chosen answer's loss, no reference; kto: thumbs up or down on single answers (pairs are split)")
+    beta: float = Field(0.1, gt=0, description="dpo, kto: strength of the pull toward the reference model (higher: stays closer); also scales the reported rewards")
+    orpo_lambda: float = Field(0.1, gt=0, description="orpo: weight of the odds-ratio term beside the chosen answer's loss")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the loss on desirable (thumbs up) answers")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the loss on undesirable (thumbs down) answers")
+    precompute_reference: bool = Field(True, description="dpo, kto: compute the reference log-probabilities once before training and store them beside the token files, so no reference model is held (false: the base with the adapters switched off for lora, a frozen copy for full and freeze)")
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
 
 
 # the kinds of fine-tuning; each is a Task in tunesmith.tasks
-TaskName = Literal["lm", "chat", "classify"]
+TaskName = Literal["lm", "chat", "classify", "preference"]
 TASK_NAMES = get_args(TaskName)
 
 
 class RunConfig(_Section):
-    task: TaskName = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations; classify: labels (sentiment, ...)")
+    task: TaskName = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations and instructions; classify: labels (sentiment, ...); preference: tune a chat model from chosen and rejected answers or thumbs up and down")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
@@ -166,6 +178,7 @@ class RunConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
@@ -197,6 +210,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "monitor": MonitorConfig,
     "chat": ChatConfig,
     "classify": ClassifyConfig,
+    "preference": PreferenceConfig,
     "output": OutputConfig,
 }
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
 from .data import prepare_eval_data
-from .loss import Validation, validation_loss_with_fallback
+from .loss import Validation
 from .models import context_length, load_model, resolve_model, tunesmith_home
 from .runtime import pick_device, pick_precision
 from .tasks import Task, task_for_model
@@ -17,9 +17,8 @@ from .tasks import Task, task_for_model
 
 def evaluate(task: Task, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
              max_blocks: int | None = None, log=print) -> Validation:
-    """The validation loss (halving the batch on out-of-memory) and the task's metrics."""
-    result = validation_loss_with_fallback(model, dataset, batch_size, device, precision, max_blocks, log)
-    return replace(result, task=task.metrics(model, dataset, tokenizer, batch_size, device, precision, max_blocks))
+    """The task's validation: its loss and metrics."""
+    return task.validation(model, dataset, tokenizer, batch_size, device, precision, max_blocks, log)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _figure_png(draw) -> bytes:
 def plots(metrics: list[dict]) -> dict[str, bytes]:
     """Loss, perplexity and learning-rate curves as PNG bytes."""
     train = [(r["step"], r["train_loss"]) for r in metrics if "train_loss" in r and r["train_loss"] == r["train_loss"]]
-    evals = [(r["step"], r["val_loss"], r["val_ppl"]) for r in metrics if "val_loss" in r]
+    evals = [(r["step"], r["val_loss"], r.get("val_ppl")) for r in metrics if "val_loss" in r]
     lrs = [(r["step"], r["lr"]) for r in metrics if "lr" in r]
 
     def losses(axis):
@@ -55,7 +55,7 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
 
     def perplexity(axis):
         if evals:
-            axis.plot([s for s, _, _ in evals], [p for _, _, p in evals], "o-", color="#c44e52")
+            axis.plot([s for s, _, p in evals if p is not None], [p for _, _, p in evals if p is not None], "o-", color="#c44e52")
         axis.set_xlabel("step")
         axis.set_ylabel("validation perplexity")
 
@@ -74,9 +74,30 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.set_ylim(0, 1)
         axis.legend()
 
-    figures = {"loss": _figure_png(losses), "perplexity": _figure_png(perplexity), "learning_rate": _figure_png(learning_rate)}
+    preference = [(r["step"], r["chosen_logp"], r["rejected_logp"], r["likelihood_accuracy"]) for r in metrics if "chosen_logp" in r]
+
+    def log_probabilities(axis):
+        axis.plot([row[0] for row in preference], [row[1] for row in preference], "o-", label="chosen")
+        axis.plot([row[0] for row in preference], [row[2] for row in preference], "s-", label="rejected")
+        axis.set_xlabel("step")
+        axis.set_ylabel("answer log-prob (validation)")
+        axis.legend()
+
+    def preference_accuracy(axis):
+        axis.plot([row[0] for row in preference], [row[3] for row in preference], "o-", color="#8172b2")
+        axis.set_xlabel("step")
+        axis.set_ylabel("likelihood preference accuracy")
+        axis.set_ylim(0, 1)
+
+    figures = {"loss": _figure_png(losses)}
+    if any(p is not None for _, _, p in evals):
+        figures["perplexity"] = _figure_png(perplexity)
+    figures["learning_rate"] = _figure_png(learning_rate)
     if scores:
         figures["classification"] = _figure_png(classification)
+    if preference:
+        figures["log_probabilities"] = _figure_png(log_probabilities)
+        figures["preference_accuracy"] = _figure_png(preference_accuracy)
     return figures
 
 
@@ -119,10 +140,11 @@ def report_sections(run_dir: Path) -> dict:
         "summary": summary,
         "findings": diagnose_run(run_dir),
         "plots": plots(metrics),
-        "comparison": task_rows + [(f"{scope}validation loss", base.get("val_loss"), best.get("val_loss")),
-                                   (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
-                                   ("next-token accuracy" if not task_rows else "label-token accuracy",
-                                    base.get("val_accuracy"), best.get("val_accuracy"))],
+        "comparison": [row for row in task_rows + [
+            (f"{scope}validation loss", base.get("val_loss"), best.get("val_loss")),
+            (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
+            ("next-token accuracy" if not task_rows else "label-token accuracy", base.get("val_accuracy"), best.get("val_accuracy"))]
+            if row[1] is not None or row[2] is not None],
         "classes": classification_tables(summary),
         "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
         "data": data_report,

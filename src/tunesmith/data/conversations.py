@@ -1,4 +1,5 @@
-"""Conversations from chat logs: OpenAI-style messages, ShareGPT, `Name: text` transcripts and one-row-per-turn tables.
+"""Conversations from chat logs (OpenAI-style messages, ShareGPT, `Name: text` transcripts, one-row-per-turn tables)
+and from instruction data (prompt and completion pairs, Alpaca's instruction, input and output).
 
 Each becomes a list of {role, content} messages with consecutive turns of one role merged; the chat
 template, loss mask and stop tokens are the chat task's (`tasks/chat.py`).
@@ -68,6 +69,31 @@ def parse_transcript(text: str, roles: dict[str, str], where: str) -> list[Messa
     return merge_turns(((speaker, text) for speaker, text in turns), roles, where)
 
 
+def field_name(cfg: ChatConfig, name: str) -> str:
+    """The record's field for one of the standard names (prompt, completion, chosen, ...), as mapped in chat.fields."""
+    return cfg.fields.get(name, name)
+
+
+def as_messages(value, role: str, cfg: ChatConfig, where: str) -> list[Message]:
+    """A string as one turn of `role`, or a list of {role, content} messages as they are."""
+    if isinstance(value, list):
+        return merge_turns(((m.get("role", ""), m.get("content", "")) for m in value if isinstance(m, dict)), cfg.roles, where)
+    return [{"role": role, "content": "" if value is None else str(value)}]
+
+
+def instruction_prompt(value: dict, cfg: ChatConfig) -> str | None:
+    """Alpaca's user turn: the instruction, with the input (when there is one) under it."""
+    instruction = lookup(value, field_name(cfg, "instruction"))
+    if instruction is None:
+        return None
+    extra = lookup(value, field_name(cfg, "input"))
+    return str(instruction).strip() + (f"\n\n{str(extra).strip()}" if extra not in (None, "") and str(extra).strip() else "")
+
+
+def _has(value: dict, cfg: ChatConfig, *names: str) -> bool:
+    return all(lookup(value, field_name(cfg, name)) is not None for name in names)
+
+
 def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message] | None:
     """One record in any of the formats -> messages; None when the record is not a conversation of that format."""
     kind = cfg.format
@@ -79,6 +105,12 @@ def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message
         return merge_turns(((m.get("role", ""), m.get("content", "")) for m in value["messages"] if isinstance(m, dict)), cfg.roles, where)
     if kind in ("auto", "sharegpt") and isinstance(value.get("conversations"), list):
         return merge_turns(((m.get("from", ""), m.get("value", "")) for m in value["conversations"] if isinstance(m, dict)), cfg.roles, where)
+    if kind in ("auto", "prompt_completion") and _has(value, cfg, "prompt", "completion"):
+        prompt = as_messages(lookup(value, field_name(cfg, "prompt")), "user", cfg, where)
+        return prompt + as_messages(lookup(value, field_name(cfg, "completion")), "assistant", cfg, where)
+    if kind in ("auto", "alpaca") and _has(value, cfg, "instruction", "output"):
+        return [{"role": "user", "content": instruction_prompt(value, cfg)},
+                {"role": "assistant", "content": str(lookup(value, field_name(cfg, "output")))}]
     return None
 
 

@@ -29,6 +29,7 @@ class ExampleWriter:
         self.ids_handle, self.mask_handle = self.ids_path.open("wb"), self.mask_path.open("wb")
         self.ends = array("q")
         self.classes = array("q")
+        self.unit_starts = array("q")  # the first example of each unit (a conversation's pieces, a pair's two answers)
         self.tokens = 0
         self.targets = 0
 
@@ -36,29 +37,34 @@ class ExampleWriter:
     def documents(self) -> int:
         return len(self.ends)
 
+    def start_unit(self) -> None:
+        self.unit_starts.append(len(self.ends))
+
     def write(self, ids: np.ndarray, mask: np.ndarray, label: int = -1) -> None:
         np.asarray(ids).astype(self.dtype).tofile(self.ids_handle)
         np.asarray(mask, dtype=np.uint8).tofile(self.mask_handle)
         self.tokens += len(ids)
         self.ends.append(self.tokens)
         self.classes.append(label)
-        self.targets += int(np.asarray(mask).sum())
+        self.targets += int(np.count_nonzero(mask))
 
-    def take_last(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Remove the last example written (to move it to the other split); returns it."""
+    def take_last(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Remove the last unit written, all its examples (to move it to the other split); returns them."""
         self.ids_handle.flush()
         self.mask_handle.flush()
-        start = self.ends[-2] if len(self.ends) > 1 else 0
+        first = self.unit_starts.pop() if self.unit_starts else len(self.ends) - 1
+        start = self.ends[first - 1] if first else 0
         ids = np.fromfile(self.ids_path, dtype=self.dtype)[start:].astype(np.int64)
         mask = np.fromfile(self.mask_path, dtype=np.uint8)[start:]
         for handle in (self.ids_handle, self.mask_handle):
             handle.truncate(start * (self.dtype.itemsize if handle is self.ids_handle else 1))
             handle.seek(0, 2)
-        label = self.classes.pop()
-        self.ends.pop()
+        bounds = [0] + [end - start for end in self.ends[first:]]
+        pieces = [(ids[a:b], mask[a:b], label) for a, b, label in zip(bounds, bounds[1:], self.classes[first:])]
+        del self.ends[first:], self.classes[first:]
         self.tokens = start
-        self.targets -= int(mask.sum())
-        return ids, mask, label
+        self.targets -= int(np.count_nonzero(mask))
+        return pieces
 
     def blocks(self, block_size: int, keep_tail: bool = False) -> int:
         return self.documents
@@ -95,16 +101,16 @@ class Examples:
         return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]], dtype=np.int64)
 
     def target_mask(self, index: int) -> np.ndarray:
-        return np.asarray(self.mask[self.offsets[index] : self.offsets[index + 1]], dtype=bool)
+        return np.asarray(self.mask[self.offsets[index] : self.offsets[index + 1]]) != 0
 
     @property
     def num_tokens(self) -> int:
         """Tokens that carry loss (assistant or label tokens; one per example with a classification head)."""
-        return len(self) if self.use_classes else int(np.asarray(self.mask).sum())
+        return len(self) if self.use_classes else int(np.count_nonzero(self.mask))
 
     def prompt_ids(self, index: int) -> np.ndarray:
-        """The tokens before the first target: the prompt a sample generation continues."""
-        mask = self.target_mask(index)
+        """The tokens before the first answer token (mask 1): the prompt a sample generation continues."""
+        mask = np.asarray(self.mask[self.offsets[index] : self.offsets[index + 1]]) == 1
         first = int(np.argmax(mask)) if mask.any() else len(mask)
         return self.ids(index)[:first]
 

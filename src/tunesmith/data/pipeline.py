@@ -140,8 +140,11 @@ class TokenWriter:
             np.concatenate(self.buffer).astype(self.dtype).tofile(self.handle)
             self.buffer, self.buffered = [], 0
 
-    def take_last(self) -> tuple[np.ndarray]:
-        """Remove the last document written (to move it to the other split); returns its ids."""
+    def start_unit(self) -> None:
+        pass
+
+    def take_last(self) -> list[tuple[np.ndarray]]:
+        """Remove the last document written (to move it to the other split); returns it as the one piece of its unit."""
         self.flush()
         self.handle.close()
         ids = np.fromfile(self.path, dtype=self.dtype)
@@ -152,7 +155,7 @@ class TokenWriter:
         self.handle = self.path.open("ab")
         self.tokens -= len(ids) - start
         self.documents -= 1
-        return (ids[start:].astype(np.int64),)
+        return [(ids[start:].astype(np.int64),)]
 
     def blocks(self, block_size: int, keep_tail: bool = False) -> int:
         """How many blocks TokenBlocks will cut (see its `keep_tail`)."""

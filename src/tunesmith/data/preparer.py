@@ -76,8 +76,10 @@ class Preparer:
 
     def _write(self, side: bool, item: Encoded) -> None:
         self.units_kept[side] += 1
+        writer = self.val if side else self.train
+        writer.start_unit()
         for piece in item.pieces:
-            (self.val if side else self.train).write(*piece)
+            writer.write(*piece)
         self.report.token_lengths.extend(item.lengths)
 
     def split(self, files: list[Path], val_fraction: float) -> Splitter:
@@ -112,8 +114,10 @@ class Preparer:
     def balance(self) -> None:
         """At least one unit on each side, when there are two or more."""
         for source, target, side in ((self.train, self.val, True), (self.val, self.train, False)):
-            if target.documents == 0 and source.documents >= 2:
-                target.write(*source.take_last())
+            if target.documents == 0 and self.units_kept[not side] >= 2:
+                target.start_unit()
+                for piece in source.take_last():
+                    target.write(*piece)
                 self.units_kept[not side] -= 1
                 self.units_kept[side] += 1
                 return

@@ -14,8 +14,9 @@ from .base import Task
 from .chat import ChatTask
 from .classify import ClassifyTask
 from .lm import LmTask
+from .preference import PreferenceTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LmTask, ChatTask, ClassifyTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (LmTask, ChatTask, ClassifyTask, PreferenceTask)}
 TASK_FILE = "tunesmith_task.json"
 
 

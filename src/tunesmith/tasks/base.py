@@ -8,6 +8,7 @@ these methods and never ask which task it is; a new task is a new subclass and o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,7 +17,7 @@ import torch
 from ..config import DataConfig, MonitorConfig, RunConfig
 from ..data.report import DataReport
 from ..errors import ConfigError, UserError
-from ..loss import Validation, perplexity
+from ..loss import Validation, perplexity, validation_loss_with_fallback
 from ..models import load_tokenizer
 
 
@@ -31,10 +32,13 @@ class Task:
     description: ClassVar[str] = "A causal language model"  # the model card's first words
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
     packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
+    noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.packing()
+        if cfg.train.neftune_alpha and not self.noisy_embeddings:
+            raise ConfigError([f"train.neftune_alpha: NEFTune applies to chat and instruction data, not to task {self.name}; set it to 0"])
 
     @classmethod
     def for_saved(cls, spec: dict, cfg: RunConfig) -> "Task":
@@ -101,11 +105,25 @@ class Task:
         """What the training step calls: the model itself, unless the task's packed batches need a wrapper."""
         return model
 
+    def training_loss(self, module: torch.nn.Module):
+        """The task's own training loss on `module` (the training module, maybe wrapped for DDP); None: next-token cross-entropy."""
+        return None
+
+    def before_training(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
+                        log=print) -> None:
+        """What the task needs from the model before its weights change (a preference reference)."""
+
     def example_lengths(self, dataset) -> list[int] | None:
         """Each training example's length, for length-aware batching; None for equal-length packed blocks."""
         return [dataset.length(i) for i in range(len(dataset))]
 
     # evaluation
+    def validation(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
+                   max_blocks: int | None = None, log=print) -> Validation:
+        """The validation loss (halving the batch on out-of-memory) and the task's metrics."""
+        result = validation_loss_with_fallback(model, dataset, batch_size, device, precision, max_blocks, log)
+        return replace(result, task=self.metrics(model, dataset, tokenizer, batch_size, device, precision, max_blocks))
+
     def metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
                 limit: int | None = None) -> dict:
         """Task metrics beyond the loss (accuracy, macro-F1, ...), stored in `Validation.task`."""
@@ -117,6 +135,10 @@ class Task:
 
     def eval_row(self, result: Validation) -> dict:
         return {"val_loss": result.loss, "val_ppl": perplexity(result.loss), "val_accuracy": result.accuracy}
+
+    def progress_text(self, result: Validation) -> str:
+        """The last evaluation, as the progress line shows it."""
+        return f"val ppl {result.perplexity:.2f}"
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
         return [f"base model: validation loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "

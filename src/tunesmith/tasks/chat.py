@@ -88,19 +88,34 @@ def assistant_spans(tokenizer, messages: list[Message]) -> tuple[str, list[tuple
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[Message]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and the loss mask (1 on assistant tokens and their end marker)."""
-    text, spans = assistant_spans(tokenizer, messages)
+def _encode_spans(tokenizer, text: str, spans: list[tuple[int, int]], elsewhere: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `text`, and a mask that is 1 on the tokens starting inside `spans` and `elsewhere` on the others."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.int64)
     starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
-    mask = np.zeros(len(ids), dtype=np.uint8)
+    mask = np.full(len(ids), elsewhere, dtype=np.uint8)
     for begin, end in spans:
         mask[(starts >= begin) & (starts < end)] = 1
     return ids, mask
 
 
-def split_turns(tokenizer, messages: list[Message], block_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+def encode_conversation(tokenizer, messages: list[Message], train_on_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the loss mask: 1 on assistant tokens and their end marker; with `train_on_prompt`, 2 on the others.
+
+    Every non-zero position carries loss; the 1s still say where the answers are (what a sample prompt stops before).
+    """
+    text, spans = assistant_spans(tokenizer, messages)
+    return _encode_spans(tokenizer, text, spans, 2 if train_on_prompt else 0)
+
+
+def encode_answer(tokenizer, prompt: list[Message], answer: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prompt and one answer as the template renders them, the mask on that answer and its end marker only."""
+    text, spans = assistant_spans(tokenizer, prompt + [{"role": "assistant", "content": answer}])
+    return _encode_spans(tokenizer, text, spans[-1:])
+
+
+def split_turns(tokenizer, messages: list[Message], block_size: int,
+                train_on_prompt: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
     """Pieces of at most `block_size` tokens, cut where a new exchange (a non-assistant turn) begins.
 
     Each piece keeps the conversation's system message. An exchange longer than a block on its own
@@ -108,7 +123,7 @@ def split_turns(tokenizer, messages: list[Message], block_size: int) -> Iterator
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
-    ids, mask = encode_conversation(tokenizer, messages)
+    ids, mask = encode_conversation(tokenizer, messages, train_on_prompt)
     if len(ids) <= block_size:
         yield ids, mask, False
         return
@@ -119,14 +134,14 @@ def split_turns(tokenizer, messages: list[Message], block_size: int) -> Iterator
         for end in cuts:
             if end <= start:
                 continue
-            piece = encode_conversation(tokenizer, system + turns[start:end])
+            piece = encode_conversation(tokenizer, system + turns[start:end], train_on_prompt)
             if len(piece[0]) > block_size and best is not None:
                 break
             best = (end, piece)
             if len(piece[0]) > block_size:
                 break
         end, (ids, mask) = best
-        if mask[:block_size].any():  # a piece whose answer was cut off entirely teaches nothing
+        if (mask[:block_size] == 1).any():  # a piece whose answer was cut off entirely teaches nothing
             yield ids[:block_size], mask[:block_size], len(ids) > block_size
         start = end
 
@@ -140,6 +155,7 @@ class ChatTask(Task):
     loss_scope = "assistant-token "
     prompts_rendered = True
     description = "A chat model (assistant turns learned)"
+    noisy_embeddings = True
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
@@ -161,7 +177,7 @@ class ChatTask(Task):
         encoded = []
         for unit in units:
             pieces = []
-            for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size):
+            for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size, self.cfg.chat.train_on_prompt):
                 self.truncated += truncated
                 pieces.append((ids, mask, -1))
             if pieces:

@@ -271,6 +271,9 @@ class ClassifyTask(Task):
     def eval_row(self, result: Validation) -> dict:
         return {**super().eval_row(result), "accuracy": result.task["accuracy"], "macro_f1": result.task["macro_f1"]}
 
+    def progress_text(self, result: Validation) -> str:
+        return f"{super().progress_text(result)}  acc {result.task['accuracy']:.1%}  F1 {result.task['macro_f1']:.3f}"
+
     def base_lines(self, result: Validation, dataset) -> list[str]:
         scores = result.task
         return super().base_lines(result, dataset) + [

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..loss import batch_loss
+from ..loss import batch_loss, target_weight
+from ..models.parts import output_parts
 
 CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
 
@@ -71,23 +72,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return LinearCrossEntropy.apply(hidden, weight, targets, weights.float(), label_smoothing, compute_dtype)
 
 
-def output_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
-    """The decoder stack and the output layer of a plain (or LoRA-wrapped) causal LM, when the loss can be fused.
-
-    None for what the fused loss cannot reproduce: a classification head, an output layer with a bias
-    or a scaling of its own (logit soft-capping), or a model without the usual parts.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
-    config = getattr(inner, "config", None)
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None or backbone is None or backbone is inner:
-        return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) or type(head) is not torch.nn.Linear:
-        return None
-    return backbone, head
-
-
 class ModelLoss:
     """The loss through the model's own output layer: its logits, then `loss.batch_loss`."""
 
@@ -96,6 +80,10 @@ class ModelLoss:
 
     def __call__(self, batch) -> torch.Tensor:
         return batch_loss(self.module, batch, self.label_smoothing)
+
+    @staticmethod
+    def weight(batch) -> float:
+        return target_weight(batch)
 
     def compiled(self) -> "ModelLoss":
         return ModelLoss(torch.compile(self.module), self.label_smoothing)
@@ -110,6 +98,10 @@ class FusedOutputLoss:
     @property
     def module(self) -> torch.nn.Module:
         return self.backbone
+
+    @staticmethod
+    def weight(batch) -> float:
+        return target_weight(batch)
 
     def compiled(self) -> "FusedOutputLoss":
         return FusedOutputLoss(torch.compile(self.backbone), self.head, self.label_smoothing)

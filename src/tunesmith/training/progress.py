@@ -15,8 +15,7 @@ class TrainProgress:
         self.log_every = log_every
         self.started = time.perf_counter()
         self.start_step = start_step
-        self.val_ppl: float | None = None
-        self.val_task: dict = {}
+        self.evaluation = ""  # the task's summary of the last evaluation
         self.bar: Progress | None = None
         if console.is_terminal:
             self.bar = Progress(
@@ -33,10 +32,8 @@ class TrainProgress:
             self.bar.start()
 
     def _stats(self, loss: float, tokens_per_s: float) -> str:
-        ppl = f"  val ppl {self.val_ppl:.2f}" if self.val_ppl is not None else ""
-        if self.val_task:
-            ppl += f"  acc {self.val_task['accuracy']:.1%}  F1 {self.val_task['macro_f1']:.3f}"
-        return f"loss {loss:.4f}{ppl}  {tokens_per_s:,.0f} tok/s"
+        evaluation = f"  {self.evaluation}" if self.evaluation else ""
+        return f"loss {loss:.4f}{evaluation}  {tokens_per_s:,.0f} tok/s"
 
     def step(self, step: int, loss: float, tokens_per_s: float) -> None:
         stats = self._stats(loss, tokens_per_s)
@@ -51,9 +48,8 @@ class TrainProgress:
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False)
 
-    def evaluated(self, val_ppl: float, task: dict | None = None) -> None:
-        self.val_ppl = val_ppl
-        self.val_task = task or {}
+    def evaluated(self, text: str) -> None:
+        self.evaluation = text
 
     def close(self) -> None:
         if self.bar is not None:

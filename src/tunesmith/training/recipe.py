@@ -138,7 +138,7 @@ class Recipe:
 
     def _evaluate(self, row: dict, progress: TrainProgress) -> None:
         result = self.evaluator.evaluate(self.state)
-        progress.evaluated(perplexity(result.loss), result.task)
+        progress.evaluated(self.task.progress_text(result))
         if self.evaluator.update_best(result, self.state):
             self.checkpointer.keep_best(self.state)
         row.update(self.task.eval_row(result))
@@ -220,6 +220,7 @@ class Recipe:
             skipped_steps=state.skipped_steps, base_val_loss=state.base_val_loss, best_val_loss=state.best_val_loss,
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
+            preference_beta=cfg.preference.beta,
         )
 
     def finish(self, stopped_because: str) -> dict:

@@ -19,6 +19,7 @@ from .build import build_model
 from .compiling import use_cache_under
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
 from .fused_loss import training_loss
+from .neftune import add_embedding_noise
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
 from .step import StepRunner, largest_micro_batch
@@ -53,18 +54,22 @@ def _prepare(cfg: RunConfig, task: Task, console: Console):
     return resolved, tokenizer, data
 
 
-def _runner(cfg: RunConfig, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
+def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
             console: Console, context: Distributed) -> StepRunner:
     optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = wrap_ddp(module, device) if context.enabled and not sharded else module
-    runner = StepRunner(model, training_loss(forward, fuse, cfg.train.label_smoothing), optimizer, scheduler, scaler, device,
-                        precision, micro, cfg.train.grad_clip, console.print, context)
+    loss = task.training_loss(forward) or training_loss(forward, fuse, cfg.train.label_smoothing)
+    runner = StepRunner(model, loss, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip, console.print, context)
     use_cache_under(tunesmith_home())
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
     return runner
+
+
+def _eval_batch(cfg: RunConfig) -> int:
+    return cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4
 
 
 def check_weights(cfg: RunConfig, precision: str, context: Distributed) -> None:
@@ -92,13 +97,18 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     stored = "" if storage == (None, None) else f"; {'weights' if storage[1] else 'frozen weights'} in {precision}"
     console.print(f"model {resolved.spec}: {short_count(total_params)} parameters, {short_count(trainable)} trainable ({cfg.model.method}); "
                   f"{device.type}, {precision}{stored}", highlight=False)
+    if cfg.train.neftune_alpha:
+        add_embedding_noise(model, cfg.train.neftune_alpha)
     task.confine(keeps_packed_apart(model), console.print)
-    train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
     module = task.training_module(model)
+    with context.main_first():
+        task.before_training(model, data, resolved, device, precision, cfg.train.eval_batch_size or _eval_batch(cfg), console.print)
+    train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
     fuse = cfg.train.fused_loss and not context.enabled and not task.has_head  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, training_loss(module, fuse), train, device, precision, 64, console.print)
+        micro = largest_micro_batch(model, task.training_loss(module) or training_loss(module, fuse), train, device, precision, 64,
+                                    console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train))
     if len(train) < plan.blocks_per_step and context.enabled:
@@ -107,7 +117,7 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     sharded = context.enabled and cfg.train.distributed == "fsdp"
     if sharded:
         model = wrap_fsdp(model, device)
-    runner = _runner(cfg, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
+    runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context)
     return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size))

@@ -17,9 +17,8 @@ from .distributed import Distributed, full_tensor, no_sync
 from ..runtime import autocast, free_memory, is_out_of_memory, with_oom_backoff
 from ..batch import Batch
 from .fused_loss import FusedOutputLoss, ModelLoss
-from ..loss import target_weight
 
-Loss = ModelLoss | FusedOutputLoss
+Loss = ModelLoss | FusedOutputLoss  # or a task's own loss: callable on a batch, with weight(batch), module and compiled()
 
 OOM_ADVICE = ("set model.gradient_checkpointing=true, use model.method=lora, lower data.block_size, "
               "or pick a smaller model")
@@ -55,7 +54,7 @@ class StepRunner:
         total = torch.zeros((), device=self.device)
         chunks = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
         batches = [blocks.batch(chunk) for chunk in chunks]
-        shares = [target_weight(batch) for batch in batches]  # each micro-batch weighs by its targets, so the step is their mean
+        shares = [self.loss.weight(batch) for batch in batches]  # each micro-batch weighs by its targets (or pairs): the step is their mean
         whole = sum(shares) or 1.0
         for number, (batch, share) in enumerate(zip(batches, shares)):
             with no_sync(self.loss.module, last_micro_batch=number == len(chunks) - 1):

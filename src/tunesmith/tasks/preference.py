@@ -1,0 +1,282 @@
+"""Preference tuning: a chat model learns from chosen and rejected answers (DPO, ORPO) or thumbs up and down (KTO).
+
+Records are read by `data/preferences.py`, rendered through the chat template as the chat task renders a
+conversation, one stored example per answer with the loss mask on that answer and its end-of-turn marker.
+The objectives are in `objectives.py`. DPO and KTO compare the model with a reference, the model before
+training: by default its log-probabilities are computed once and stored beside the token files; otherwise
+they come from the base with the adapters switched off (LoRA) or from a frozen copy (full, freeze).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config import CleanConfig, DataConfig, RunConfig
+from ..data.clean import transforms
+from ..data.pairs import PreferenceExamples
+from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, REJECTED, UNDESIRABLE, judged_units
+from ..data.report import DataReport
+from ..data.units import Encoded, Unit
+from ..errors import UserError
+from ..loss import Validation
+from ..runtime import autocast
+from .base import check_both_sides
+from .chat import ChatTask, encode_answer, end_of_turn
+from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
+
+SHOWN = ("likelihood_accuracy", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp", "logp_margin",
+         "chosen_logp_per_token", "rejected_logp_per_token", "chosen_reward", "rejected_reward", "desirable_reward",
+         "undesirable_reward")
+
+
+@torch.no_grad()
+def score_rows(module: SequenceLogps, dataset: PreferenceExamples, batch_size: int, device: torch.device, precision: str,
+               reference=None, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Summed answer log-probs of every stored example and KL row under `module` (and `reference`, when given)."""
+    was_training = module.training
+    module.eval()
+    examples, items = len(dataset.examples), len(dataset)
+    out = {"rows": np.full(examples, np.nan), "counts": np.zeros(examples), "kl": np.full(items, np.nan)}
+    if reference is not None:
+        out.update(ref_rows=np.full(examples, np.nan), ref_kl=np.full(items, np.nan))
+    for indices in dataset.batches_by_length(batch_size, limit):
+        batch = dataset.batch(indices).to(device)
+        with autocast(device, precision):
+            policy, counts = module.of(batch)
+            ref = reference(batch) if reference is not None else None
+        for r, (kind, index) in enumerate(dataset.rows(indices)):
+            key = "rows" if kind == "example" else "kl"
+            out[key][index] = float(policy[r])
+            if kind == "example":
+                out["counts"][index] = float(counts[r])
+            if ref is not None:
+                out[f"ref_{key}"][index] = float(ref[r])
+    module.train(was_training)
+    return out
+
+
+class PreferenceTask(ChatTask):
+    """Judged answers to prompts; the loss is the preference method's, the metrics the likelihood preference accuracy
+    and the implicit rewards."""
+
+    name = "preference"
+    unit_words = "judged prompts"
+    eval_units = "pairs"
+    target_words = "answer tokens"
+    loss_scope = "preference "
+    description = "A chat model tuned from preferences"
+    noisy_embeddings = False
+    packings = ("padded",)
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.objective = Objective(cfg.preference)
+        self.references: dict[str, dict] = {}  # split -> precomputed reference log-probs
+        self.reference = None  # batch -> reference log-probs, when they are not precomputed
+        self.counts: dict = {}
+        self.dropped_long = 0
+
+    @classmethod
+    def for_saved(cls, spec: dict, cfg: RunConfig) -> "PreferenceTask":
+        method = spec.get("method", cfg.preference.method)
+        return cls(cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})}))
+
+    # preparation
+    def cache_settings(self) -> dict:
+        return {**super().cache_settings(), "pairs_only": self.objective.paired}
+
+    def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
+        return judged_units(reader(report), files, self.cfg.chat, report, transforms(clean), self.objective.paired,
+                            self.objective.method)
+
+    def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
+        encoded = []
+        for unit in units:
+            pieces, cut = [], 0
+            for answer, code in unit.value.answers:
+                ids, mask = encode_answer(tokenizer, unit.value.prompt, answer)
+                cut += len(ids) > data.block_size
+                pieces.append((ids[: data.block_size], mask[: data.block_size], code))
+            if any(not mask.any() for _, mask, _ in pieces):
+                report.remove("answer_beyond_block_size", unit.key)
+                continue
+            self.truncated += cut
+            encoded.append(Encoded(unit, np.concatenate([ids for ids, _, _ in pieces]), pieces, [len(p[0]) for p in pieces]))
+        return encoded
+
+    def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
+        check_both_sides(train, val, "judged prompts", eval_only)
+
+        def counted(writer) -> dict:
+            codes = np.asarray(writer.classes, dtype=np.int64)
+            return {"pairs": int((codes == CHOSEN).sum()), "desirable": int((codes == DESIRABLE).sum()),
+                    "undesirable": int((codes == UNDESIRABLE).sum())}
+
+        counts = {"train": counted(train), "val": counted(val)}
+        if self.objective.paired and counts["val"]["pairs"] == 0:
+            raise UserError(f"the validation split holds no pairs; {self.objective.method} needs chosen and rejected answers")
+        meta = {"task": self.name, "targets": {"train": train.targets, "val": val.targets}, "counts": counts,
+                "examples_are": " (answers)"}
+        if self.truncated:
+            meta["truncated"] = self.truncated
+            report.warnings.append(f"{self.truncated} answers were cut at data.block_size={data.block_size}; raise it to keep them whole")
+        return meta
+
+    def bind(self, meta: dict) -> None:
+        self.counts = meta["task"].get("counts", {})
+
+    # datasets and the loss
+    def dataset(self, prepared, split: str, training: bool = False) -> PreferenceExamples:
+        return PreferenceExamples(prepared.blocks(split), self.objective.paired, self.references.get(split))
+
+    def example_lengths(self, dataset) -> list[int]:
+        return [dataset.length(i) for i in range(len(dataset))]
+
+    def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.cfg.model.dropout is None:
+            without_dropout(model)
+        return SequenceLogps(model)
+
+    def training_loss(self, module: torch.nn.Module) -> PreferenceLoss:
+        return PreferenceLoss(module, self.objective, self.reference)
+
+    def before_training(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
+                        log=print) -> None:
+        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute them."""
+        if not self.objective.needs_reference:
+            return
+        adapters_off = getattr(model, "disable_adapter", None)
+        if not self.cfg.preference.precompute_reference:
+            if adapters_off is None:
+                log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
+                frozen = SequenceLogps(without_dropout(copy.deepcopy(model)).eval().requires_grad_(False))
+            self.reference = (lambda batch: _adapters_off(model, SequenceLogps(model), batch)) if adapters_off else \
+                (lambda batch: frozen.of(batch)[0])
+            return
+        path = Path(prepared.directory) / f"reference-{self._reference_key(resolved, precision)}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                self.references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}
+            log(f"reference log-probabilities: {path} (computed before)")
+            return
+        module = SequenceLogps(model)
+        with adapters_off() if adapters_off else nullcontext():
+            scored = {split: score_rows(module, self.dataset(prepared, split), batch_size, device, precision) for split in ("train", "val")}
+        self.references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
+        partial = path.with_suffix(f".{os.getpid()}.partial.npz")
+        np.savez(partial, **{f"{split}_{key}": value for split, ref in self.references.items() for key, value in ref.items()})
+        os.replace(partial, path)
+        log(f"reference log-probabilities: computed for {len(scored['train']['rows']) + len(scored['val']['rows']):,} answers, "
+            f"stored in {path}")
+
+    def _reference_key(self, resolved, precision: str) -> str:
+        """The reference's identity: the model's files, the precision, how weights are stored, and the rows' layout."""
+        files = []
+        root = Path(resolved.path)
+        if root.is_dir():
+            files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
+        identity = {"model": resolved.path, "files": files, "precision": precision, "method": self.cfg.model.method,
+                    "weights": self.cfg.train.weights, "paired": self.objective.paired}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    # evaluation
+    def validation(self, model, dataset: PreferenceExamples, tokenizer, batch_size: int, device: torch.device, precision: str,
+                   max_blocks: int | None = None, log=print) -> Validation:
+        module = SequenceLogps(model)
+        scored = score_rows(module, dataset, batch_size, device, precision, self.reference if dataset.reference is None else None,
+                            max_blocks)
+        reference = dataset.reference or ({"rows": scored["ref_rows"], "kl": scored["ref_kl"]} if "ref_rows" in scored else None)
+        measured = min(len(dataset), max_blocks or len(dataset))
+        used = [r for k in range(measured) for r in dataset.items[k]]
+        loss = self._loss(dataset, scored, reference, used, measured)
+        codes = dataset.codes
+        metrics = preference_metrics(codes, scored["rows"], scored["counts"], reference["rows"] if reference else None,
+                                     self.cfg.preference.beta, self.objective.method)
+        metrics["pref_loss"] = loss
+        tokens = int(scored["counts"][used].sum())
+        return Validation(loss=loss, tokens=tokens, task=metrics)
+
+    def _loss(self, dataset: PreferenceExamples, scored: dict, reference: dict | None, used: list[int], measured: int) -> float:
+        if self.objective.needs_reference and reference is None:
+            return math.nan  # a saved model measured without its base: the reference-free metrics only
+        codes = dataset.codes[used]
+        policy, counts = scored["rows"][used], scored["counts"][used]
+        ref = reference["rows"][used] if reference else None
+        if not self.objective.paired:
+            kl = list(range(measured))
+            codes = np.r_[codes, np.full(len(kl), KL_ROW)]
+            policy, counts = np.r_[policy, scored["kl"][kl]], np.r_[counts, np.ones(len(kl))]
+            ref = np.r_[ref, reference["kl"][kl]]
+        as_tensor = lambda values: None if values is None else torch.as_tensor(values, dtype=torch.float64)  # noqa: E731
+        losses = self.objective.losses(as_tensor(policy), as_tensor(counts), torch.as_tensor(codes), as_tensor(ref))
+        return float(losses.mean())
+
+    def score(self, result: Validation) -> float:
+        return result.loss if math.isfinite(result.loss) else -result.task["likelihood_accuracy"]
+
+    def eval_row(self, result: Validation) -> dict:
+        return {"val_loss": result.loss, **{key: result.task[key] for key in SHOWN if key in result.task}}
+
+    def progress_text(self, result: Validation) -> str:
+        m = result.task
+        margin = f"  margin {m['reward_margin']:.3f}" if "reward_margin" in m else ""
+        return f"val loss {result.loss:.4f}  pref acc {m['likelihood_accuracy']:.1%}{margin}"
+
+    def base_lines(self, result: Validation, dataset) -> list[str]:
+        m = result.task
+        return [f"base model: likelihood preference accuracy {m['likelihood_accuracy']:.1%} over {m['pairs']} validation pairs; "
+                f"log-prob chosen {m['chosen_logp']:.2f}, rejected {m['rejected_logp']:.2f}; {self.objective.method} loss {result.loss:.4f}"]
+
+    # what is saved and reported
+    def spec(self, tokenizer) -> dict:
+        return {"task": self.name, "method": self.objective.method, "end_of_turn": end_of_turn(tokenizer)}
+
+    def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
+        best = best_metrics or base_metrics
+        out = {"task": self.name, "preference_method": self.objective.method, "beta": self.cfg.preference.beta, "pairs": best["pairs"]}
+        for key in SHOWN:
+            if key in best:
+                out[key], out[f"base_{key}"] = best[key], base_metrics.get(key)
+        return out
+
+    @classmethod
+    def result_lines(cls, summary: dict) -> list[str]:
+        lines = [f"likelihood preference accuracy {summary['base_likelihood_accuracy']:.1%} (base) -> "
+                 f"{summary['likelihood_accuracy']:.1%} (best, step {summary['best_step']}) over {summary['pairs']} validation pairs; "
+                 f"stopped: {summary['stopped_because']}",
+                 f"log-prob of the chosen answers {summary['base_chosen_logp']:.2f} -> {summary['chosen_logp']:.2f}, "
+                 f"of the rejected {summary['base_rejected_logp']:.2f} -> {summary['rejected_logp']:.2f}"]
+        if "reward_accuracy" in summary:
+            lines.append(f"implicit reward accuracy {summary['reward_accuracy']:.1%}, margin {summary['reward_margin']:.3f}")
+        return lines
+
+    @classmethod
+    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
+        return [(name, summary.get(f"base_{key}"), summary.get(key)) for name, key in (
+            ("likelihood preference accuracy", "likelihood_accuracy"), ("chosen answers' log-prob", "chosen_logp"),
+            ("rejected answers' log-prob", "rejected_logp"), ("implicit reward accuracy", "reward_accuracy"),
+            ("implicit reward margin", "reward_margin")) if key in summary]
+
+    @classmethod
+    def describe(cls, spec: dict) -> str:
+        return f"A chat model tuned from preferences ({spec.get('method', 'dpo').upper()})"
+
+    @property
+    def section(self) -> str:
+        return "preference"
+
+
+def _adapters_off(model, module: SequenceLogps, batch) -> torch.Tensor:
+    """The base model's log-probs: the same weights with the LoRA adapters switched off, no gradient."""
+    with torch.no_grad(), model.disable_adapter():
+        return module.of(batch)[0]
