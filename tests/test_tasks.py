@@ -261,7 +261,7 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     from tunesmith.evaluation import evaluate_model
 
     scored = evaluate_model(str(tmp_path / "run"), [str(path)], classify_config(tiny_reviewer, path, tmp_path / "x", "head"), log=lambda _: None)
-    assert scored.task == "classify" and 0 <= scored.classification["accuracy"] <= 1 and scored.tokens == 60
+    assert scored.task == "classify" and 0 <= scored.metrics["accuracy"] <= 1 and scored.tokens == 60
 
 
 def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):

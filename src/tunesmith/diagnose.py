@@ -235,8 +235,8 @@ def memory(history: list[dict], facts: RunFacts) -> Finding | None:
 
 def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     evals = _evaluations(history)
-    if evals and not any("val_ppl" in row for row in history):
-        return None  # a loss that is not a perplexity's (preference tuning)
+    if _preference_rows(history):
+        return None  # a preference loss is not a perplexity's; its gain is the preference accuracy's
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
     best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
     if base is None or best is None:

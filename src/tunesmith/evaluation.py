@@ -30,7 +30,7 @@ class EvalResult:
     block_size: int
     accuracy: float
     task: str = "lm"
-    classification: dict | None = None  # classify: accuracy, macro-F1, per class, confusion
+    metrics: dict | None = None  # the task's: classify's accuracy, macro-F1, per class, confusion; preference's accuracy, log-probs
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -67,15 +67,10 @@ def _run_eval(args) -> int:
         print(json.dumps(payload))
         return 0
     for result in results:
-        scope = task_kind(result.task).loss_scope
-        print(f"{result.model}: {scope}loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
-              f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)")
-        if result.classification:
-            print(f"  classification: accuracy {result.classification['accuracy']:.1%}, "
-                  f"macro-F1 {result.classification['macro_f1']:.3f}")
+        for line in task_kind(result.task).eval_lines(result):
+            print(line)
     if len(results) == 2:
-        change = results[1].perplexity / results[0].perplexity - 1
-        print(f"perplexity change from {results[0].model} to {results[1].model}: {change:+.1%}")
+        print(task_kind(results[1].task).eval_change(results[0], results[1]))
     return 0
 
 

@@ -229,15 +229,26 @@ def _per_position(example_weights: torch.Tensor, indices: list[int], rows: list[
     return out
 
 
+ANSWER_KINDS = {3: "chosen", 2: "rejected", 1: "thumbs up", 0: "thumbs down"}  # data.preferences' codes
+
+
 def marked_text(dataset, index: int, tokenizer) -> str:
-    """One example decoded with its loss-carrying spans in ⟦ ⟧ (and its class, for a classification head)."""
+    """One example decoded with its loss-carrying spans in ⟦ ⟧ (and its class, for a classification head); a preference
+    item shows each of its answers, named."""
     batch = dataset.batch([index])
-    ids = batch.input_ids[0][batch.attention_mask[0].bool()] if batch.attention_mask is not None else batch.input_ids[0]
+    if batch.preference is not None:
+        return "\n".join(f"[{ANSWER_KINDS[int(code)]}] {_marked_row(batch, row, tokenizer)}"
+                         for row, code in enumerate(batch.preference.tolist()) if code in ANSWER_KINDS)
+    return _marked_row(batch, 0, tokenizer)
+
+
+def _marked_row(batch: Batch, row: int, tokenizer) -> str:
+    ids = batch.input_ids[row][batch.attention_mask[row].bool()] if batch.attention_mask is not None else batch.input_ids[row]
     if batch.classes is not None:
-        return f"{tokenizer.decode(ids.tolist())}\n  -> class {int(batch.classes[0])}"
+        return f"{tokenizer.decode(ids.tolist())}\n  -> class {int(batch.classes[row])}"
     if batch.labels is None:
         return "⟦" + tokenizer.decode(ids.tolist()) + "⟧"
-    targets = (batch.labels[0][: len(ids)] != IGNORE).tolist()
+    targets = (batch.labels[row][: len(ids)] != IGNORE).tolist()
     parts, start = [], 0
     for position in range(1, len(ids) + 1):
         if position == len(ids) or targets[position] != targets[start]:

@@ -159,6 +159,17 @@ class Task:
                 f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}"]
 
     @classmethod
+    def eval_lines(cls, result) -> list[str]:
+        """`tunesmith eval`'s lines for one model's `evaluation.EvalResult`."""
+        return [f"{result.model}: {cls.loss_scope}loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
+                f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)"]
+
+    @classmethod
+    def eval_change(cls, first, second) -> str:
+        """`tunesmith eval --compare`'s verdict on two models' results."""
+        return f"perplexity change from {first.model} to {second.model}: {second.perplexity / first.perplexity - 1:+.1%}"
+
+    @classmethod
     def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
         """Rows (name, base, fine-tuned) the report puts above the loss."""
         return []

@@ -306,6 +306,11 @@ class ClassifyTask(Task):
             f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})"]
 
     @classmethod
+    def eval_lines(cls, result) -> list[str]:
+        return super().eval_lines(result) + [f"  classification: accuracy {result.metrics['accuracy']:.1%}, "
+                                             f"macro-F1 {result.metrics['macro_f1']:.3f}"]
+
+    @classmethod
     def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
         return [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
                 (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]

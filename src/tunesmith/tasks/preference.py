@@ -9,12 +9,12 @@ they come from the base with the adapters switched off (LoRA) or from a frozen c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 from contextlib import nullcontext
+from copy import deepcopy
 from pathlib import Path
 from typing import Iterator
 
@@ -159,7 +159,7 @@ class PreferenceTask(ChatTask):
         if not self.cfg.preference.precompute_reference:
             if adapters_off is None:
                 log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
-                frozen = SequenceLogps(without_dropout(copy.deepcopy(model)).eval().requires_grad_(False))
+                frozen = SequenceLogps(without_dropout(deepcopy(model)).eval().requires_grad_(False))
             self.reference = (lambda batch: _adapters_off(model, SequenceLogps(model), batch)) if adapters_off else \
                 (lambda batch: frozen.of(batch)[0])
             return
@@ -170,6 +170,7 @@ class PreferenceTask(ChatTask):
             log(f"reference log-probabilities: {path} (computed before)")
             return
         module = SequenceLogps(model)
+        log("reference log-probabilities: computing them once, before training (the base model, one forward pass per answer)")
         with adapters_off() if adapters_off else nullcontext():
             scored = {split: score_rows(module, self.dataset(prepared, split), batch_size, device, precision) for split in ("train", "val")}
         self.references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
@@ -259,6 +260,18 @@ class PreferenceTask(ChatTask):
         if "reward_accuracy" in summary:
             lines.append(f"implicit reward accuracy {summary['reward_accuracy']:.1%}, margin {summary['reward_margin']:.3f}")
         return lines
+
+    @classmethod
+    def eval_lines(cls, result) -> list[str]:
+        m = result.metrics
+        loss = f"; {cls.loss_scope}loss {result.loss:.4f}" if math.isfinite(result.loss) else ""
+        return [f"{result.model}: likelihood preference accuracy {m['likelihood_accuracy']:.1%} over {m['pairs']} pairs; "
+                f"answer log-prob chosen {m['chosen_logp']:.2f}, rejected {m['rejected_logp']:.2f}{loss}  ({result.tokens:,} answer tokens)"]
+
+    @classmethod
+    def eval_change(cls, first, second) -> str:
+        change = second.metrics["likelihood_accuracy"] - first.metrics["likelihood_accuracy"]
+        return f"likelihood preference accuracy change from {first.model} to {second.model}: {100 * change:+.1f} points"
 
     @classmethod
     def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
