@@ -76,3 +76,15 @@ def test_fsdp_two_processes_match_one_process(ddp_run, tiny_models):
     cut = cut_run(root / "fsdp", root / "fsdp-cut", last_step=3)
     _launch(2, tiny_models["llama"], data, cut, 2, 8, "--set", "train.distributed=fsdp", "--resume")
     assert losses(cut) == pytest.approx(losses(root / "fsdp"), abs=1e-6)
+
+
+def test_dpo_under_ddp_matches_one_process(tiny_models, tmp_path):
+    from test_preference import ordered_pairs, write_rows
+
+    data = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(60))
+    extra = ("--task", "preference", "--set", "data.block_size=128")
+    _launch(2, tiny_models["llama"], data, tmp_path / "ddp", 2, 6, *extra)
+    _launch(1, tiny_models["llama"], data, tmp_path / "single", 4, 6, *extra)
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["task"] == "preference" and summary["processes"] == 2

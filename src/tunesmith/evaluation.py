@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import prepare_eval_data
 from .loss import Validation
-from .models import context_length, load_model, resolve_model, tunesmith_home
+from .models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from .runtime import pick_device, pick_precision
 from .tasks import Task, task_for_model
 
@@ -46,6 +46,7 @@ def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> Eva
     task = task_for_model(Path(resolved.path), cfg, spec)
     tokenizer = task.tokenizer(resolved, log=log)
     model = load_model(resolved, classifier=task.has_head)
+    fit_embeddings(model, tokenizer)
     block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
     data_cfg = cfg.data.model_copy(update={"block_size": block_size})
     prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)

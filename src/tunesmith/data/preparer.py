@@ -21,7 +21,7 @@ from .examples import ExampleWriter
 from .pipeline import BATCH_DOCUMENTS, Splitter, TokenWriter, batched
 from .read import DocumentReader
 from .report import DataReport
-from .units import Encoded, Unit, UnitKind
+from .units import FIELDS_HINT, Encoded, Unit, UnitKind
 
 
 class Preparer:
@@ -144,7 +144,7 @@ class Preparer:
             self.train.close()
             self.val.close()
         if self.train.documents + self.val.documents == 0:
-            raise nothing_left(self.report)
+            raise nothing_left(self.report, self.kind.fields_hint)
 
     def splits(self) -> dict:
         return {name: {"documents": self.units_kept[side], "examples": writer.documents, "tokens": writer.tokens,
@@ -152,11 +152,10 @@ class Preparer:
                 for name, side, writer in (("train", False, self.train), ("val", True, self.val))}
 
 
-def nothing_left(report: DataReport) -> UserError:
+def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
     if not report.read:
         return UserError("the data holds no documents (empty files?); check data.train")
     worst = max(report.removed.items(), key=lambda item: item[1])
     return UserError(
-        f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; "
-        "check data.text_field/template or switch that clean.* step off"
+        f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; {hint}"
     )

@@ -24,6 +24,7 @@ from .report import DataReport
 BOILERPLATE_SAMPLE = 10_000
 
 Reader = Callable[[DataReport], DocumentReader]  # a fresh reader that counts into the given report
+FIELDS_HINT = "check data.text_field/template or switch that clean.* step off"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class UnitKind(Protocol):
 
     layout: str  # "packed" (one token stream, cut into blocks) or "examples" (kept whole, with a loss mask)
     unit_words: str  # what the report calls the units
+    fields_hint: str  # what to check when every record was dropped
 
     def cache_settings(self) -> dict: ...
 
@@ -70,6 +72,7 @@ class TextUnits:
 
     layout = "packed"
     unit_words = "documents"
+    fields_hint = FIELDS_HINT
 
     def cache_settings(self) -> dict:
         return {}

@@ -69,6 +69,12 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
     return _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved, **kwargs)
 
 
+def fit_embeddings(model, tokenizer) -> None:
+    """Room in the embeddings for tokens added to the tokenizer (a chat template's markers), initialized at their mean."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+
 def context_length(config: Any) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, name, None)

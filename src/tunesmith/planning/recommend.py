@@ -164,8 +164,11 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
              rate: DeviceRate, hub: bool, log) -> list[Option]:
     from ..models import context_length
 
+    from ..tasks import build_task
+
     methods = [m for m in METHOD_ORDER if m != "qlora" or device.type == "cuda"]
     limit = TARGET_BATCH if device.type == "cuda" else 4  # more than 4 sequences buys no speed on CPU
+    rows = build_task(cfg).rows_per_example
     options = []
     for candidate in candidates:
         log(f"estimating {candidate.label} ...")
@@ -180,7 +183,8 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
             fitted[method] = memory
             speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method, cfg.data.block_size, rate)
             note = too_long or _availability(candidate, hub)
-            options.append(Option(candidate, method, memory, memory.largest_micro_batch(budget * HEADROOM, limit), speed,
+            fits = memory.largest_micro_batch(budget * HEADROOM, limit * rows)
+            options.append(Option(candidate, method, memory, fits // rows, speed,
                                   data.tokens / speed / 3600, note))
     return options
 

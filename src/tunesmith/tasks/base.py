@@ -16,6 +16,7 @@ import torch
 
 from ..config import DataConfig, MonitorConfig, RunConfig
 from ..data.report import DataReport
+from ..data.units import FIELDS_HINT
 from ..errors import ConfigError, UserError
 from ..loss import Validation, perplexity, validation_loss_with_fallback
 from ..models import load_tokenizer
@@ -33,6 +34,8 @@ class Task:
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
     packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
+    fields_hint: ClassVar[str] = FIELDS_HINT  # what to check when every record was dropped
+    rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg

@@ -77,6 +77,9 @@ class PreferenceTask(ChatTask):
     description = "A chat model tuned from preferences"
     noisy_embeddings = False
     packings = ("padded",)
+    rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
+    fields_hint = ("each record needs prompt, chosen and rejected fields (or chosen and rejected transcripts, or prompt, "
+                   "completion and label for kto); map other names with chat.fields")
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)

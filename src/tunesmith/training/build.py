@@ -8,7 +8,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..models import ResolvedModel, load_model, load_model_config
+from ..models import ResolvedModel, fit_embeddings, load_model, load_model_config
 from ..models.methods import apply_method, dropout_overrides, export_model, load_trainable_state, store_weights, trainable_state
 from .checkpoint import load_trainable, save_hf_model
 
@@ -31,8 +31,8 @@ def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels
         overrides.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
                          pad_token_id=tokenizer.pad_token_id)
     model = load_model(resolved, quantize_4bit=quantize_4bit, classifier=bool(labels), **overrides)
-    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # the chat markers added to the tokenizer
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer)
     return model
 
 
