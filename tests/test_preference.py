@@ -281,3 +281,10 @@ def test_prepare_show_names_each_answer_of_a_pair(tiny_llama, tmp_path):
     chosen, rejected = preview(cfg, prepare(cfg), 1)[0].split("\n[rejected] ")
     assert chosen.startswith("[chosen] <|im_start|>user") and rejected.startswith("<|im_start|>user")
     assert chosen.count("⟦") == 1 and chosen.rstrip().endswith("<|im_end|>⟧")
+
+
+def test_a_few_pairs_swinging_loss_is_not_instability():
+    swinging = [{"step": s, "train_loss": 0.05 if s % 3 else 0.9} for s in range(1, 60)]
+    rows = swinging + preference_history([-2.0, -1.9, -1.9], [-2.1, -2.5, -2.7], [0.55, 0.7, 0.75])
+    assert "instability" not in kinds(rows)
+    assert "instability" in {f.kind for f in diagnose(swinging, RunFacts(lr=1e-5))}

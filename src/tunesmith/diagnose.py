@@ -162,6 +162,8 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
 def instability(history: list[dict], facts: RunFacts) -> Finding | None:
     losses = _train_losses(history)
     spikes = []
+    if _preference_rows(history):
+        losses = []  # a few pairs' preference loss swings between 0 and 1 by design: only non-finite steps count
     for index in range(5, len(losses)):
         recent = median(loss for _, loss in losses[index - 5 : index])
         if losses[index][1] > SPIKE_FACTOR * recent and losses[index][1] - recent > SPIKE_MIN_NATS:
@@ -260,7 +262,7 @@ def _preference_rows(history: list[dict]) -> list[dict]:
 def likelihood_displacement(history: list[dict], facts: RunFacts) -> Finding | None:
     """DPO's known failure: the margin grows because both answers become unlikely, the chosen ones too."""
     rows = _preference_rows(history)
-    if len(rows) < 3:
+    if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
     fall = first["chosen_logp_per_token"] - last["chosen_logp_per_token"]
