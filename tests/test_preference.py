@@ -288,3 +288,12 @@ def test_a_few_pairs_swinging_loss_is_not_instability():
     rows = swinging + preference_history([-2.0, -1.9, -1.9], [-2.1, -2.5, -2.7], [0.55, 0.7, 0.75])
     assert "instability" not in kinds(rows)
     assert "instability" in {f.kind for f in diagnose(swinging, RunFacts(lr=1e-5))}
+
+
+def test_a_damaged_reference_file_is_computed_again(tiny_llama, tmp_path):
+    data = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(40))
+    first = train(preference_config(tiny_llama, data, tmp_path / "a", max_steps=2, eval_every=2))
+    stored = next(prepare(preference_config(tiny_llama, data, tmp_path / "a")).directory.glob("reference-*.npz"))
+    stored.write_bytes(b"not a zip file")
+    second = train(preference_config(tiny_llama, data, tmp_path / "b", max_steps=2, eval_every=2))
+    assert second["reward_margin"] == pytest.approx(first["reward_margin"]) and stored.stat().st_size > 100

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import zipfile
 from contextlib import nullcontext
 from copy import deepcopy
 from pathlib import Path
@@ -158,30 +159,36 @@ class PreferenceTask(ChatTask):
         """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute them."""
         if not self.objective.needs_reference:
             return
-        adapters_off = getattr(model, "disable_adapter", None)
         if not self.cfg.preference.precompute_reference:
-            if adapters_off is None:
-                log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
-                frozen = SequenceLogps(without_dropout(deepcopy(model)).eval().requires_grad_(False))
-            self.reference = (lambda batch: _adapters_off(model, SequenceLogps(model), batch)) if adapters_off else \
-                (lambda batch: frozen.of(batch)[0])
+            self.reference = self._reference_model(model, log)
             return
         path = Path(prepared.directory) / f"reference-{self._reference_key(resolved, precision)}.npz"
-        if path.is_file():
-            with np.load(path) as saved:
-                self.references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}
-            log(f"reference log-probabilities: {path} (computed before)")
-            return
-        module = SequenceLogps(model)
+        self.references = _read_references(path, log) or self._computed_references(model, prepared, device, precision, batch_size, path, log)
+
+    def _reference_model(self, model: torch.nn.Module, log):
+        """Reference log-probs batch by batch: the base with the adapters off (LoRA), or a frozen copy of the model."""
+        if hasattr(model, "disable_adapter"):
+            return lambda batch: _adapters_off(model, SequenceLogps(model), batch)
+        log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
+        frozen = SequenceLogps(without_dropout(deepcopy(model)).eval().requires_grad_(False))
+        return lambda batch: frozen.of(batch)[0]
+
+    def _computed_references(self, model, prepared, device, precision: str, batch_size: int, path: Path, log) -> dict:
         log("reference log-probabilities: computing them once, before training (the base model, one forward pass per answer)")
-        with adapters_off() if adapters_off else nullcontext():
+        module = SequenceLogps(model)
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
             scored = {split: score_rows(module, self.dataset(prepared, split), batch_size, device, precision) for split in ("train", "val")}
-        self.references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
+        references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
         partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-        np.savez(partial, **{f"{split}_{key}": value for split, ref in self.references.items() for key, value in ref.items()})
-        os.replace(partial, path)
-        log(f"reference log-probabilities: computed for {len(scored['train']['rows']) + len(scored['val']['rows']):,} answers, "
-            f"stored in {path}")
+        try:
+            np.savez(partial, **{f"{split}_{key}": value for split, ref in references.items() for key, value in ref.items()})
+            os.replace(partial, path)
+            log(f"reference log-probabilities: computed for {len(scored['train']['rows']) + len(scored['val']['rows']):,} answers, "
+                f"stored in {path}")
+        except OSError as exc:  # a full disk costs the cache, not the run
+            partial.unlink(missing_ok=True)
+            log(f"reference log-probabilities: computed, but not stored ({exc.strerror or exc}); a later run computes them again")
+        return references
 
     def _reference_key(self, resolved, precision: str) -> str:
         """The reference's identity: the model's files, the precision, how weights are stored, and the rows' layout."""
@@ -290,6 +297,20 @@ class PreferenceTask(ChatTask):
     @property
     def section(self) -> str:
         return "preference"
+
+
+def _read_references(path: Path, log) -> dict | None:
+    """Reference log-probs stored by an earlier run; None when there are none, or the file is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        log(f"reference log-probabilities: {path} is damaged; computing them again")
+        return None
+    log(f"reference log-probabilities: {path} (computed before)")
+    return references
 
 
 def _adapters_off(model, module: SequenceLogps, batch) -> torch.Tensor:
