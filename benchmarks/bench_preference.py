@@ -82,7 +82,7 @@ def instruction(args) -> None:
     print(f"{len(review_train) + len(turn_train)} training and {len(review_val) + len(turn_val)} held-out instructions "
           f"(reviews in Alpaca form, dialogue turns as prompt/completion)")
     common = ["task=chat", f"train.epochs={args.epochs}", f"train.lr={args.lr}", "train.eval_every=1000", "data.block_size=256",
-              "monitor.sample_count=0"]
+              "monitor.sample_count=0", *args.set]
     rows = []
     for alpha in args.neftune:
         summary, seconds = train(work, f"neftune-{alpha:g}", train_file, val_file, common + [f"train.neftune_alpha={alpha}"])
@@ -123,10 +123,11 @@ def preference(args) -> None:
     for method in args.methods:
         settings = ["task=preference", f"preference.method={method}", "model.method=lora", f"train.lr={args.lr}",
                     f"train.epochs={args.epochs}", f"train.eval_every={args.eval_every}", "data.block_size=256",
-                    "monitor.sample_count=0", "train.patience=null"]
+                    "monitor.sample_count=0", "train.patience=null", *args.set]
         summary, seconds = train(work, method, train_file, val_file, settings)
         results.append((method, summary, seconds))
-    print(f"\npreference tuning, embedded default, LoRA r=8, {args.epochs:g} epoch(s) at lr {args.lr:g}; CPU: {cpu_name()}")
+    print(f"\npreference tuning, embedded default, LoRA r=8, {args.epochs:g} epoch(s) at lr {args.lr:g}"
+          f"{''.join(' --set ' + s for s in args.set)}; CPU: {cpu_name()}")
     print("| method | likelihood preference accuracy, base | tuned | points | chosen log-prob base -> tuned | rejected | wall time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for method, s, seconds in results:
@@ -153,6 +154,8 @@ def main() -> None:
     two.add_argument("--lr", type=float, default=5e-4)
     two.add_argument("--eval-every", type=int, default=100)
     two.add_argument("--work")
+    for command in (one, two):
+        command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="passed to every run")
     args = parser.parse_args()
     {"instruction": instruction, "preference": preference}[args.command](args)
 

@@ -270,6 +270,8 @@ def test_preference_findings_fire_on_their_patterns_and_stay_silent_on_a_healthy
     assert "likelihood_displacement" in kinds(displaced)
     flat = preference_history([-2.0, -2.0, -2.0, -2.0], [-2.1, -2.1, -2.1, -2.1], [0.55, 0.55, 0.56, 0.55])
     assert "margin_flat" in kinds(flat)
+    orpo = next(f for f in diagnose(flat, RunFacts(lr=1e-5, preference_method="orpo", orpo_lambda=0.1)) if f.kind == "margin_flat")
+    assert any(a.key == "preference.orpo_lambda" and a.value == 1.0 for a in orpo.advice)
     collapsed = preference_history([-2.0, -1.9, -1.9, -1.9], [-2.1, -3.0, -4.0, -5.0], [0.55, 0.7, 0.8, 0.85])
     found = diagnose(collapsed, RunFacts(lr=1e-5, preference_beta=0.1))
     collapse = next(f for f in found if f.kind == "rejected_collapse")

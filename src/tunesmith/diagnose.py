@@ -62,7 +62,9 @@ class RunFacts:
     micro_batch_size: int | None = None
     memory_before_training_mb: float | None = None
     device_memory_mb: float | None = None
-    preference_beta: float | None = None
+    preference_beta: float | None = None  # the preference settings, which the preference findings advise on
+    preference_method: str | None = None
+    orpo_lambda: float | None = None
 
 
 def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
@@ -282,19 +284,23 @@ def likelihood_displacement(history: list[dict], facts: RunFacts) -> Finding | N
 
 def margin_flat(history: list[dict], facts: RunFacts) -> Finding | None:
     rows = _preference_rows(history)
-    if len(rows) < 3:
+    if len(rows) < 2:
         return None
     first = rows[0]
     grew = max(row["logp_margin"] for row in rows[1:]) - first["logp_margin"]
     gained = max(row["likelihood_accuracy"] for row in rows[1:]) - first["likelihood_accuracy"]
     if grew >= FLAT_MARGIN_NATS or gained >= FLAT_ACCURACY:
         return None
+    if facts.preference_method == "orpo":
+        stronger = Advice("preference.orpo_lambda", _round((facts.orpo_lambda or 0.1) * 10),
+                          "a larger weight on the odds ratio: the loss on the chosen answers alone makes both kinds likelier")
+    else:
+        stronger = Advice("preference.beta", _round((facts.preference_beta or 0.1) * 2), "a larger beta: the DPO and KTO gradients scale with it")
     return Finding("margin_flat", "warning",
-                   f"the chosen-over-rejected margin hardly moved over {len(rows)} evaluations (+{grew:.2f} nats at most, "
-                   f"preference accuracy +{gained:.1%}): the model is not learning the preferences",
+                   f"the chosen-over-rejected margin hardly moved over {len(rows)} evaluations ({grew:+.2f} nats at most, "
+                   f"preference accuracy {gained:+.1%}): the model is not learning the preferences",
                    {"logp_margin_first": first["logp_margin"], "logp_margin_gain": grew, "accuracy_gain": gained},
-                   [Advice("train.lr", _round((facts.lr or 5e-5) * 3), "a higher learning rate"),
-                    Advice("preference.beta", _round((facts.preference_beta or 0.1) * 2), "a larger beta: the DPO and KTO gradients scale with it"),
+                   [Advice("train.lr", _round((facts.lr or 5e-5) * 3), "a higher learning rate"), stronger,
                     Advice("", None, "check that the chosen and rejected answers really differ in what you want learned")])
 
 
@@ -353,6 +359,8 @@ def run_facts(run_dir: Path) -> RunFacts:
         memory_before_training_mb=summary.get("memory_before_training_mb"),
         device_memory_mb=summary.get("device_memory_mb"),
         preference_beta=config.get("preference", {}).get("beta"),
+        preference_method=config.get("preference", {}).get("method"),
+        orpo_lambda=config.get("preference", {}).get("orpo_lambda"),
     )
 
 

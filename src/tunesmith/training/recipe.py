@@ -220,7 +220,7 @@ class Recipe:
             skipped_steps=state.skipped_steps, base_val_loss=state.base_val_loss, best_val_loss=state.best_val_loss,
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
-            preference_beta=cfg.preference.beta,
+            preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
         )
 
     def finish(self, stopped_because: str) -> dict:
