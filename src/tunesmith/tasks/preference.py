@@ -143,9 +143,6 @@ class PreferenceTask(ChatTask):
     def dataset(self, prepared, split: str, training: bool = False) -> PreferenceExamples:
         return PreferenceExamples(prepared.blocks(split), self.objective.paired, self.references.get(split))
 
-    def example_lengths(self, dataset) -> list[int]:
-        return [dataset.length(i) for i in range(len(dataset))]
-
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.cfg.model.dropout is None:
             without_dropout(model)
