@@ -115,15 +115,7 @@ class Examples:
         return self.ids(index)[:first]
 
     def batch(self, indices: list[int]) -> Batch:
-        width = max(self.length(i) for i in indices)
-        input_ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
-        labels = np.full((len(indices), width), IGNORE, dtype=np.int64)
-        attention = np.zeros((len(indices), width), dtype=np.int64)
-        for row, index in enumerate(indices):
-            ids, mask = self.ids(index), self.target_mask(index)
-            input_ids[row, : len(ids)] = ids
-            labels[row, : len(ids)] = np.where(mask, ids, IGNORE)
-            attention[row, : len(ids)] = 1
+        input_ids, labels, attention = padded_rows([(self.ids(i), self.target_mask(i)) for i in indices], self.pad_id)
         classes = torch.from_numpy(self.classes[indices]) if self.use_classes else None
         weights = torch.from_numpy(self.class_weights[self.classes[indices]]).float() if self.class_weights is not None else None
         return Batch(torch.from_numpy(input_ids), None if self.use_classes else torch.from_numpy(labels),
@@ -133,6 +125,19 @@ class Examples:
         """Evaluation batches of similar lengths, so little of each is padding."""
         chosen = sorted(range(len(self))[: limit or None], key=self.length)
         return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+
+
+def padded_rows(pieces: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, target mask) pieces right-padded to the longest: input ids, labels (IGNORE off the mask) and attention."""
+    width = max(len(ids) for ids, _ in pieces)
+    input_ids = np.full((len(pieces), width), pad_id, dtype=np.int64)
+    labels = np.full((len(pieces), width), IGNORE, dtype=np.int64)
+    attention = np.zeros((len(pieces), width), dtype=np.int64)
+    for row, (ids, mask) in enumerate(pieces):
+        input_ids[row, : len(ids)] = ids
+        labels[row, : len(ids)] = np.where(mask, ids, IGNORE)
+        attention[row, : len(ids)] = 1
+    return input_ids, labels, attention
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..batch import IGNORE, Batch
-from .examples import Examples
+from ..batch import Batch
+from .examples import Examples, padded_rows
 from .preferences import CHOSEN, KL_ROW, REJECTED
 
 
@@ -74,14 +74,7 @@ class PreferenceExamples:
     def batch(self, indices: list[int]) -> Batch:
         rows = self.rows(indices)
         pieces = [(self.examples.ids(i), self.examples.target_mask(i)) if kind == "example" else self._kl_row(i) for kind, i in rows]
-        width = max(len(ids) for ids, _ in pieces)
-        input_ids = np.full((len(rows), width), self.examples.pad_id, dtype=np.int64)
-        labels = np.full((len(rows), width), IGNORE, dtype=np.int64)
-        attention = np.zeros((len(rows), width), dtype=np.int64)
-        for r, (ids, mask) in enumerate(pieces):
-            input_ids[r, : len(ids)] = ids
-            labels[r, : len(ids)] = np.where(mask, ids, IGNORE)
-            attention[r, : len(ids)] = 1
+        input_ids, labels, attention = padded_rows(pieces, self.examples.pad_id)
         codes = [int(self.codes[i]) if kind == "example" else KL_ROW for kind, i in rows]
         reference = None
         if self.reference is not None:
