@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from tunesmith.serve import Limits, ServedModel, create_app
-from tunesmith.serve.sampling import RowSampler, SamplingSettings
-from tunesmith.serve.worker import GenerationWorker, Job
+from tunesmith.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
+from tunesmith.decoding import Job
+from tunesmith.serve.worker import GenerationWorker
 
 LIMITS = Limits(max_tokens=32, max_prompt_tokens=100, max_body_bytes=4000, max_n=3, max_batch=8, queue_size=64)
 
@@ -80,7 +81,7 @@ def chat(api, content, **options):
 @pytest.fixture
 def slow_steps(app, monkeypatch):
     """Each decoding step takes 20 ms, so that streams are still running when clients act on them."""
-    batch = app.worker.batch
+    batch = app.worker.decoder.batch
     original = batch.step
 
     def slow():
@@ -168,7 +169,7 @@ def test_fifty_streaming_clients_half_leaving_mid_stream_do_not_stop_the_server(
 
 
 def test_an_error_in_generation_ends_that_stream_and_the_next_request_works(server, app, monkeypatch):
-    batch = app.worker.batch
+    batch = app.worker.decoder.batch
     original, calls = batch.step, {"n": 0}
 
     def fails_once():
@@ -205,11 +206,37 @@ def test_n_seed_stop_and_penalties(server):
     assert penalized.text != greedy.text
 
 
+class Row:
+    def __init__(self, prompt, generated, ngram=0):
+        self.prompt, self.generated = prompt, generated
+        self.ngrams = RepeatedNgrams(ngram, prompt + generated) if ngram else None
+
+    def banned(self):
+        return self.ngrams.banned() if self.ngrams else []
+
+
 def test_penalties_follow_openais_definition():
     sampler = RowSampler([SamplingSettings(temperature=0, frequency_penalty=0.5, presence_penalty=1.0)], [None], 4, torch.device("cpu"))
     logits = torch.zeros(1, 4)
-    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0]])
-    assert sampler.penalize(logits, counts).tolist() == [[0.0, -1.5, -2.5, 0.0]]
+    assert sampler.penalize(logits, [Row([3, 3], [1, 2, 2, 2])]).tolist() == [[0.0, -1.5, -2.5, 0.0]]
+
+
+def test_repetition_penalty_and_no_repeat_ngram_match_transformers_processors():
+    """Per row, over prompt and generated tokens, as transformers' logits processors apply them to the whole sequence."""
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 12)
+    rows = [Row([1, 2, 3, 1, 2], [3, 1, 2], ngram=3), Row([5, 6, 5], [6, 7, 5, 6], ngram=2)]
+    settings = [SamplingSettings(temperature=0, repetition_penalty=1.3, no_repeat_ngram=3),
+                SamplingSettings(temperature=0, repetition_penalty=1.3, no_repeat_ngram=2)]
+    ours = RowSampler(settings, [None, None], 12, torch.device("cpu")).penalize(logits, rows)
+    for row, (tokens, size) in enumerate([(rows[0].prompt + rows[0].generated, 3), (rows[1].prompt + rows[1].generated, 2)]):
+        ids = torch.tensor([tokens])
+        expected = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits[row:row + 1].clone())
+        expected = NoRepeatNGramLogitsProcessor(size)(ids, expected)
+        assert torch.equal(ours[row], expected[0])
+    assert ours[0, 3] == float("-inf") and ours[1, 7] == float("-inf")  # "1 2" was followed by 3; "6" by 7 and 5
 
 
 def test_bad_requests_get_openai_errors_before_any_response_starts(server):
@@ -300,8 +327,8 @@ SERVER_SCRIPT = textwrap.dedent("""
     from test_serve import load_chat_model
     from tunesmith.serve import Limits, create_app, run_server
     app = create_app(load_chat_model({model!r}), Limits(max_tokens=100, max_prompt_tokens=20))
-    step = app.worker.batch.step
-    app.worker.batch.step = lambda: (time.sleep(0.2), step())[1]  # slow enough to be mid-generation for 20 s
+    step = app.worker.decoder.batch.step
+    app.worker.decoder.batch.step = lambda: (time.sleep(0.2), step())[1]  # slow enough to be mid-generation for 20 s
     print("ready", flush=True)
     run_server(app, "127.0.0.1", {port})
 """)
@@ -343,8 +370,8 @@ def test_a_stuck_worker_makes_health_fail(served, monkeypatch):
     app = create_app(served, Limits(max_tokens=8, max_prompt_tokens=100, stall_seconds=0.3))
     url = start(app)
     release = threading.Event()
-    original = app.worker.batch.step
-    monkeypatch.setattr(app.worker.batch, "step", lambda: (release.wait(20), original())[1])
+    original = app.worker.decoder.batch.step
+    monkeypatch.setattr(app.worker.decoder.batch, "step", lambda: (release.wait(20), original())[1])
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=30)
         time.sleep(1.0)
@@ -358,8 +385,8 @@ def test_a_stuck_worker_makes_health_fail(served, monkeypatch):
 def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(served, monkeypatch):
     app = create_app(served, Limits(max_tokens=32, max_prompt_tokens=100, max_batch=1))
     url = start(app)
-    original = app.worker.batch.step
-    monkeypatch.setattr(app.worker.batch, "step", lambda: (time.sleep(0.1), original())[1])
+    original = app.worker.decoder.batch.step
+    monkeypatch.setattr(app.worker.decoder.batch, "step", lambda: (time.sleep(0.1), original())[1])
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 32, "temperature": 0},
                               timeout=30)

@@ -1,11 +1,18 @@
-"""Text generation from a model or a run: greedy or sampled, plain or through the chat template."""
+"""Text generation from a model or a run: one prompt, many prompts in batches, or a conversation.
+
+Every path goes through `decoding` (the engine `serve` runs too), so the sampling controls mean the same
+everywhere: temperature 0 is greedy; a seed makes a sampled run repeat; stop strings end a text before them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
+from .decoding import Decoder, Job, SamplingSettings, decode_all
+from .decoding.engine import derived_seed
 from .errors import UserError
 from .models import context_length, load_model, load_tokenizer, resolve_model
 from .runtime import pick_device
@@ -19,6 +26,50 @@ class SamplingOptions:
     top_p: float = 0.95
     seed: int = 0
     chat: bool = False
+    n: int = 1
+    stops: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
+
+    def check(self) -> None:
+        if self.temperature < 0 or self.max_new_tokens < 1 or self.n < 1:
+            raise UserError("generation needs --temperature >= 0, --max-new-tokens >= 1 and --n >= 1")
+        if self.repetition_penalty <= 0 or self.no_repeat_ngram < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise UserError("generation needs --repetition-penalty > 0, --no-repeat-ngram >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(self.temperature, self.top_p, self.top_k, repetition_penalty=self.repetition_penalty,
+                                no_repeat_ngram=self.no_repeat_ngram)
+
+
+@dataclass
+class Completion:
+    """One sample for one prompt."""
+
+    text: str = ""
+    finish_reason: str = "length"  # stop | length | error
+    tokens: int = 0
+    error: str = ""
+
+
+@dataclass
+class _Collector:
+    completions: list[Completion]
+    on_text: Callable[[str], None] | None = None
+    on_done: Callable[[], None] | None = None
+
+    def __call__(self, event) -> None:
+        if event[0] == "text":
+            self.completions[event[1]].text += event[2]
+            if self.on_text is not None:
+                self.on_text(event[2])
+        elif event[0] == "end":
+            self.completions[event[1]].finish_reason, self.completions[event[1]].tokens = event[2], event[3]
+        elif event[0] == "error":
+            for completion in self.completions:
+                completion.finish_reason, completion.error = "error", event[2]
+        if event[0] in ("error", "done") and self.on_done is not None:
+            self.on_done()
 
 
 def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = False, log=print):
@@ -28,23 +79,23 @@ def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = Fa
     return model, tokenizer
 
 
-def _prompt_ids(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """The prompt's token ids, through the chat template as one user turn when `chat`."""
     if not chat:
-        return tokenizer(prompt, return_tensors="pt").input_ids
+        return tokenizer(prompt).input_ids
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("this model's tokenizer has no chat template; drop --chat to continue plain text")
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def generate_options(tokenizer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-                     top_p: float | None, stop_ids: list[int] | int, streamer=None) -> dict:
-    """Keyword arguments for `model.generate`: greedy at temperature 0, sampling otherwise."""
-    sampling = temperature > 0
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": max_new_tokens,
-            "do_sample": sampling, "temperature": temperature if sampling else None, "top_k": top_k if sampling else None,
-            "top_p": top_p if sampling else None, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_ids,
-            "streamer": streamer}
+def default_stop_ids(model, tokenizer, chat: bool) -> list[int]:
+    """EOS, and in a chat the end-of-turn marker too."""
+    if not chat:
+        return [tokenizer.eos_token_id]
+    from .tasks.chat import stop_token_ids
+
+    return stop_token_ids(tokenizer, getattr(model, "name_or_path", None))
 
 
 def check_fits_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -55,33 +106,65 @@ def check_fits_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
                         f"context of {context:,} tokens; shorten the prompt or lower --max-new-tokens")
 
 
-@torch.no_grad()
+def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingOptions, stop_ids: list[int],
+                  max_batch: int = 16, on_done: Callable[[int], None] | None = None) -> list[list[Completion]]:
+    """`options.n` completions for each prompt (token ids), in the prompts' order.
+
+    Prompts run in batches ordered by length, each joining as rows free up. A prompt that leaves no room in
+    the model's context gets error completions; one that leaves some is cut short there ("length").
+    Prompt i draws from its own seed (derived from options.seed and i), so a seeded run repeats.
+    """
+    options.check()
+    context = context_length(model.config)
+    results = [[Completion() for _ in range(options.n)] for _ in prompts]
+    jobs = []
+    for index in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+        prompt = prompts[index]
+        room = context - len(prompt) if context else options.max_new_tokens
+        if room < 1 or not prompt:
+            reason = (f"the prompt is {len(prompt):,} tokens, which fills the model's context of {context:,}" if prompt
+                      else "the prompt is empty")
+            for completion in results[index]:
+                completion.finish_reason, completion.error = "error", reason
+            continue
+        collector = _Collector(results[index], on_done=(lambda index=index: on_done(index)) if on_done else None)
+        jobs.append(Job(prompt, options.settings(), min(options.max_new_tokens, room), collector, options.n, list(options.stops),
+                        derived_seed(options.seed, index)))
+    decode_all(Decoder(model, tokenizer, stop_ids), jobs, max_batch)
+    return results
+
+
+def generate_samples(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> list[Completion]:
+    """`options.n` continuations of `prompt` (the prompt itself is not repeated)."""
+    options.check()
+    ids = encode_prompt(tokenizer, prompt, options.chat)
+    check_fits_context(model, len(ids), options.max_new_tokens)
+    completions = generate_many(model, tokenizer, [ids], options, default_stop_ids(model, tokenizer, options.chat))[0]
+    if completions[0].error:
+        raise UserError(f"generation failed: {completions[0].error}")
+    return completions
+
+
 def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> str:
-    """The continuation of `prompt` only (the prompt itself is not repeated)."""
-    if options.temperature < 0 or options.max_new_tokens < 1:
-        raise UserError("generation needs --temperature >= 0 and --max-new-tokens >= 1")
-    device = next(model.parameters()).device
-    input_ids = _prompt_ids(tokenizer, prompt, options.chat).to(device)
-    check_fits_context(model, input_ids.shape[1], options.max_new_tokens)
-    torch.manual_seed(options.seed)
-    output = model.generate(**generate_options(tokenizer, input_ids, options.max_new_tokens, options.temperature, options.top_k,
-                                               options.top_p, tokenizer.eos_token_id))
-    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+    return generate_samples(model, tokenizer, prompt, options)[0].text
 
 
+@dataclass
 class ChatSession:
     """A conversation with a model through its chat template: the history grows with each exchange."""
 
-    def __init__(self, model, tokenizer, options: SamplingOptions, system: str | None = None):
-        from .tasks.chat import stop_token_ids
+    model: object
+    tokenizer: object
+    options: SamplingOptions
+    system: str | None = None
+    history: list[dict] = field(default_factory=list)
 
-        if not getattr(tokenizer, "chat_template", None):
+    def __post_init__(self):
+        if not getattr(self.tokenizer, "chat_template", None):
             raise UserError("this model has no chat template; fine-tune it with --task chat, or use `tunesmith generate`")
-        self.model, self.tokenizer, self.options = model, tokenizer, options
-        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "name_or_path", None))
-        torch.manual_seed(options.seed)
-        self.system = system
-        self.history: list[dict] = []
+        self.options.check()
+        self.decoder = Decoder(self.model, self.tokenizer, default_stop_ids(self.model, self.tokenizer, chat=True))
+        self.turn = 0
 
     def reset(self) -> None:
         self.history = []
@@ -89,32 +172,45 @@ class ChatSession:
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
-    @torch.no_grad()
-    def reply(self, text: str, streamer=None) -> str:
-        """The assistant's answer to `text`, streamed token by token to `streamer` (a transformers streamer) if given."""
+    def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
+        """The assistant's answer to `text`, each piece passed to `on_text` as it is decoded."""
         self.history.append({"role": "user", "content": text})
-        input_ids = self._prompt_ids()
+        prompt = self._prompt_ids()
+        completion = Completion()
         options = self.options
-        output = self.model.generate(**generate_options(self.tokenizer, input_ids, options.max_new_tokens, options.temperature,
-                                                        options.top_k, options.top_p, self.stop_ids, streamer))
-        answer = self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+        job = Job(prompt, options.settings(), options.max_new_tokens, _Collector([completion], on_text), 1, list(options.stops),
+                  derived_seed(options.seed, self.turn))
+        self.turn += 1
+        decode_all(self.decoder, [job], 1)
+        if completion.error:
+            self.history.pop()
+            raise UserError(f"generation failed: {completion.error}")
+        answer = completion.text.strip()
         self.history.append({"role": "assistant", "content": answer})
         return answer
 
-    def _prompt_ids(self) -> torch.Tensor:
+    def _prompt_ids(self) -> list[int]:
         """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
         from .tasks.chat import render
 
-        device, context = next(self.model.parameters()).device, context_length(self.model.config)
+        context = context_length(self.model.config)
         while True:
             prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
-            input_ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-            if not context or input_ids.shape[1] + self.options.max_new_tokens <= context or len(self.history) <= 1:
+            input_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            if not context or len(input_ids) + self.options.max_new_tokens <= context or len(self.history) <= 1:
                 break
             del self.history[:2]
         try:
-            check_fits_context(self.model, input_ids.shape[1], self.options.max_new_tokens)
+            check_fits_context(self.model, len(input_ids), self.options.max_new_tokens)
         except UserError:
             self.history.pop()
             raise
-        return input_ids.to(device)
+        return input_ids
+
+
+@torch.no_grad()
+def greedy_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_ids: list[int], rendered: bool) -> list[str]:
+    """Greedy continuations of fixed prompts, all in one batch; rendered (chat) prompts already hold their special tokens."""
+    ids = [tokenizer(prompt, add_special_tokens=not rendered).input_ids for prompt in prompts]
+    options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=0)
+    return [completions[0].text for completions in generate_many(model, tokenizer, ids, options, stop_ids, max_batch=len(ids) or 1)]

@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .batch import Batch, pad_rows
-from .data.formats import DecodeStats, RowError, file_format, read_records
 from .data.read import lookup
 from .errors import UserError
 from .models import load_model, load_tokenizer, resolve_model
+from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
 from .tasks import read_task
 from .tasks.classify import LabelCoder, label_probabilities
 from .runtime import pick_device, pick_precision
-
-FORMATS = (".csv", ".tsv", ".jsonl")
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if file_format(path) not in FORMATS:
-        raise UserError(f"--input {path}: predict reads {', '.join(FORMATS)} files")
-    if not path.is_file():
-        raise UserError(f"--input {path}: not found")
-    rows = []
-    for record in read_records(path, False, DecodeStats()):
-        if isinstance(record, RowError):
-            raise UserError(f"{record}; fix the row and run predict again")
-        if not isinstance(record.value, dict):
-            raise UserError(f"{path}: every line must be a JSON object")
-        rows.append(record.value)
-    return rows
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    fmt = file_format(path)
-    if fmt not in FORMATS:
-        raise UserError(f"--output {path}: predict writes {', '.join(FORMATS)} files")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, delimiter="\t" if fmt == ".tsv" else ",")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def load_classifier(spec: str, device: torch.device, log=print):
@@ -74,7 +38,8 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     precision = pick_precision("auto", device)
     model, tokenizer, coder, task = load_classifier(spec, device, log)
     block_size, text_field = task.get("block_size", 256), text_field or task.get("text_field", "text")
-    rows = _read_rows(input_path)
+    check_output(output_path)
+    rows = read_rows(input_path, TABLE_FORMATS)
     texts = [lookup(row, text_field) for row in rows]
     if rows and all(text is None for text in texts):
         raise UserError(f"--input {input_path}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
@@ -97,5 +62,5 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
             p = probabilities[index]
             added = {"prediction": coder.labels[int(p.argmax())], **{f"p_{label}": round(float(v), 6) for label, v in zip(coder.labels, p)}}
         out.append({**row, **added})
-    _write_rows(output_path, out)
+    write_rows(output_path, out)
     return len(out)

@@ -75,12 +75,33 @@ def _run_eval(args) -> int:
 
 
 def _run_generate(args) -> int:
-    from ..generation import SamplingOptions, generate_text, load_generator
+    from ..generate_file import check_paths, generate_file, summary_path
+    from ..generation import SamplingOptions, generate_samples, load_generator
 
     cfg = config_of(args)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat, args.n,
+                              tuple(args.stop), args.repetition_penalty, args.no_repeat_ngram)
+    options.check()
+    if args.input:
+        if not args.output:
+            raise UserError("--input needs --output, a new .jsonl, .csv or .tsv file for the completions")
+        check_paths(Path(args.input), Path(args.output))
     model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
-    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat)
-    print(generate_text(model, tokenizer, args.prompt, options))
+    if not args.input:
+        completions = generate_samples(model, tokenizer, args.prompt, options)
+        for index, completion in enumerate(completions):
+            print(completion.text if len(completions) == 1 else f"--- sample {index} ({completion.finish_reason})\n{completion.text}")
+        return 0
+    summary = generate_file(model, tokenizer, Path(args.input), Path(args.output), options, args.prompt_field, args.reference_field,
+                            args.max_batch, show_progress=sys.stderr.isatty())
+    reasons = ", ".join(f"{count:,} {reason}" for reason, count in summary["finish_reasons"].items())
+    print(f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {args.output} ({reasons}; "
+          f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)")
+    if summary["metrics"]:
+        metrics = summary["metrics"]
+        print(f"against '{args.reference_field}' ({metrics['scored']:,} completions): ROUGE-L {metrics['rouge_l']:.2f}, "
+              f"chrF {metrics['chrf']:.2f}")
+    print(f"summary: {summary_path(Path(args.output))}")
     return 0
 
 
@@ -98,10 +119,10 @@ def _run_chat(args) -> int:
                 except UserError as exc:
                     print(f"error: {exc}", file=sys.stderr, flush=True)
         return 0
-    from transformers import TextStreamer
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
 
     print("chat: type a message; /reset clears the history, /system TEXT sets the system prompt, /exit quits")
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     while True:
         try:
             line = input("you> ").strip()
@@ -120,7 +141,8 @@ def _run_chat(args) -> int:
         elif line:
             print("bot> ", end="", flush=True)
             try:
-                session.reply(line, streamer)
+                session.reply(line, show)
+                print()
             except UserError as exc:
                 print(f"\nerror: {exc}")
 

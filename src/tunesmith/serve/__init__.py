@@ -1,7 +1,7 @@
 """`tunesmith serve`: an OpenAI-compatible HTTP API over one generation worker that batches every request.
 
-`app` holds the HTTP side, `worker` the thread that owns the model, `batch` the running batch and its
-caches, `sampling` the per-row token choice, `text` the per-choice text with stop strings.
+`app` holds the HTTP side and `worker` the thread that owns the model; the decoding itself (the running
+batch, the per-row token choice, stop strings) is `tunesmith.decoding`, shared with `generate` and `chat`.
 """
 
 from __future__ import annotations

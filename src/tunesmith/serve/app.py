@@ -18,8 +18,8 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
-from .worker import GenerationWorker, Job, QueueFull, ShuttingDown
-from .sampling import SamplingSettings
+from ..decoding import Job, SamplingSettings
+from .worker import GenerationWorker, QueueFull, ShuttingDown
 
 API_KEY_VARIABLE = "TUNESMITH_API_KEY"
 

@@ -7,25 +7,19 @@ from pathlib import Path
 
 import torch
 
+from ..generation import greedy_samples
 from ..runtime import autocast
 
 
-@torch.no_grad()
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device: torch.device, stops: list[int],
                      rendered: bool = False, precision: str = "fp32") -> list[dict]:
-    """Greedy continuations, under the training precision (frozen weights may be stored in it); rendered (chat)
-    prompts already hold their special tokens, so none are added."""
+    """Greedy continuations, under the training precision (frozen weights may be stored in it)."""
     was_training = model.training
     model.eval()
-    samples = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not rendered).input_ids.to(device)
-        with autocast(device, precision):
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
-        samples.append({"prompt": prompt, "text": tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)})
+    with autocast(device, precision):
+        texts = greedy_samples(model, tokenizer, prompts, max_new_tokens, stops, rendered)
     model.train(was_training)
-    return samples
+    return [{"prompt": prompt, "text": text} for prompt, text in zip(prompts, texts)]
 
 
 class SampleLog:

@@ -1,0 +1,203 @@
+"""Jobs in, text out: the rows being decoded, each a choice of a job, advanced together one token per step.
+
+A `Job` is one prompt with its settings, `n` choices, stop strings, seed and deadline; it reports through its
+`send` callback: ("text", choice, piece), ("end", choice, finish_reason, tokens), ("done", prompt_tokens,
+completion_tokens) or ("error", status, message). The `Decoder` owns the batch and is driven by one owner:
+`decode_all` here, for a list of jobs known in advance, or the serve worker's thread, for requests that arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .batch import RunningBatch
+from .sampling import RepeatedNgrams, RowSampler, SamplingSettings
+from .text import ChoiceText
+
+Event = tuple
+
+
+@dataclass
+class Job:
+    """One prompt: how many choices, how each is sampled and ended, and where its events go."""
+
+    prompt: list[int]
+    settings: SamplingSettings
+    max_tokens: int
+    send: Callable[[Event], None]
+    n: int = 1
+    stops: list[str] = field(default_factory=list)
+    seed: int | None = None  # choice i draws from its own generator seeded with seed + i
+    deadline: float = float("inf")
+    cancelled: bool = False
+    closed: bool = False  # its last event was sent
+    ended: int = 0
+    completion_tokens: int = 0
+
+    def fail(self, status: int, message: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.send(("error", status, message))
+
+
+@dataclass
+class Choice:
+    job: Job
+    index: int
+    text: ChoiceText
+    generator: torch.Generator | None
+    ngrams: RepeatedNgrams | None = None
+    tokens: int = 0
+    done: bool = False
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.job.prompt
+
+    @property
+    def generated(self) -> list[int]:
+        return self.text.tokens
+
+    def banned(self) -> list[int]:
+        return self.ngrams.banned() if self.ngrams is not None else []
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """An independent seed for one prompt of a file, the same whatever the batch it shares."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+class Decoder:
+    """The running choices and their batch. `prefill` adds jobs, `step` advances every row by a token,
+    `drop_finished` lets ended rows go. An error ends the jobs it touched; the decoder goes on."""
+
+    def __init__(self, model, tokenizer, stop_ids: Iterable[int]):
+        self.model, self.tokenizer, self.stop_ids = model, tokenizer, set(stop_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(model.parameters()).device
+        self.rows: list[Choice] = []
+        self.batch = RunningBatch(model)
+        self.sampler: RowSampler | None = None
+
+    def can_join(self) -> bool:
+        return self.batch.can_join()
+
+    def prefill(self, jobs: list[Job]) -> None:
+        try:
+            logits = self.batch.prefill([job.prompt for job in jobs], [job.n for job in jobs], self.pad_id)
+        except Exception as exc:  # the running batch is untouched: only these jobs fail
+            for job in jobs:
+                job.fail(500, f"generation failed: {failure_reason(exc)}")
+            return
+        new = [self._choice(job, index) for job in jobs for index in range(job.n)]
+        first = RowSampler([c.job.settings for c in new], [c.generator for c in new], logits.shape[-1], self.device)
+        tokens = first.choose(first.penalize(logits, new))
+        self.batch.extend_last(tokens)
+        self.rows += new
+        self.sampler = None
+        for choice, token in zip(new, tokens):
+            self._accept(choice, token)
+
+    def step(self) -> None:
+        try:
+            logits = self.batch.step()
+        except Exception as exc:  # a failed forward leaves the cache unusable: end every job in it
+            self.fail_all(500, f"generation failed: {failure_reason(exc)}")
+            return
+        if self.sampler is None:
+            self.sampler = RowSampler([c.job.settings for c in self.rows], [c.generator for c in self.rows], logits.shape[-1],
+                                      self.device)
+        tokens = self.sampler.choose(self.sampler.penalize(logits, self.rows))
+        self.batch.set_last(tokens)
+        for choice, token in zip(self.rows, tokens):
+            self._accept(choice, token)
+
+    def drop_finished(self) -> None:
+        now = time.monotonic()
+        for choice in self.rows:
+            if now > choice.job.deadline and not choice.job.closed:
+                choice.job.fail(504, "the request ran past the server's time limit; ask for fewer tokens")
+        keep = [row for row, c in enumerate(self.rows) if not (c.done or c.job.closed or c.job.cancelled)]
+        if len(keep) != len(self.rows):
+            self.batch.keep(keep)
+            self.rows = [self.rows[row] for row in keep]
+            self.sampler = None
+
+    def fail_all(self, status: int, message: str) -> None:
+        for choice in self.rows:
+            choice.job.fail(status, message)
+        self.rows, self.sampler = [], None
+        self.batch.reset()
+
+    def running_jobs(self) -> int:
+        return len({id(c.job) for c in self.rows})
+
+    def _choice(self, job: Job, index: int) -> Choice:
+        generator = None
+        if job.seed is not None and job.settings.temperature > 0:
+            generator = torch.Generator(device=self.device).manual_seed(job.seed + index)
+        size = job.settings.no_repeat_ngram
+        return Choice(job, index, ChoiceText(self.tokenizer, job.stops), generator, RepeatedNgrams(size, job.prompt) if size else None)
+
+    def _accept(self, choice: Choice, token: int) -> None:
+        """One new token for one choice: its text, and whether it ends here; an error ends only its own job."""
+        job = choice.job
+        if choice.done or job.closed:
+            return
+        try:
+            choice.tokens += 1
+            job.completion_tokens += 1
+            if token in self.stop_ids:
+                return self._end(choice, "stop")
+            if choice.ngrams is not None:
+                choice.ngrams.add(token)
+            piece = choice.text.add(token)
+            if piece:
+                job.send(("text", choice.index, piece))
+            if choice.text.stopped:
+                self._end(choice, "stop")
+            elif choice.tokens >= job.max_tokens:
+                self._end(choice, "length")
+        except Exception as exc:
+            job.fail(500, f"generation failed: {failure_reason(exc)}")
+
+    def _end(self, choice: Choice, reason: str) -> None:
+        choice.done = True
+        job = choice.job
+        rest = choice.text.rest()
+        if rest:
+            job.send(("text", choice.index, rest))
+        job.send(("end", choice.index, reason, choice.tokens))
+        job.ended += 1
+        if job.ended == job.n:
+            job.closed = True
+            job.send(("done", len(job.prompt), job.completion_tokens))
+
+
+def decode_all(decoder: Decoder, jobs: Iterable[Job], max_batch: int = 16) -> None:
+    """Run `jobs` to their ends in the order given, each joining the batch as soon as its rows fit."""
+    waiting = deque(jobs)
+    with torch.inference_mode():
+        while waiting or decoder.rows:
+            taken, rows = [], len(decoder.rows)
+            while waiting and decoder.can_join() and (rows + waiting[0].n <= max_batch or rows == 0):
+                taken.append(waiting.popleft())
+                rows += taken[-1].n
+            if taken:
+                decoder.prefill(taken)
+                decoder.drop_finished()
+            if decoder.rows:
+                decoder.step()
+                decoder.drop_finished()
+
+
+def failure_reason(exc: Exception) -> str:
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return "out of memory; send fewer or shorter prompts"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -1,0 +1,134 @@
+"""Choosing the next token for each row of a batch, each row with its own settings and its own random generator.
+
+Rows of one batch belong to different requests: one greedy, one at temperature 0.9 with top-p 0.9, one
+with a presence penalty and a seed. Everything is done on the whole (rows, vocabulary) tensor at once;
+only the final draw loops over rows, so that a seeded request repeats whatever else shares its batch.
+The penalties follow the references: OpenAI's frequency and presence penalties over the generated tokens,
+CTRL's repetition penalty and `no_repeat_ngram` as transformers applies them, over prompt and text.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """One choice's sampling, as an OpenAI request states it (frequency/presence penalties as OpenAI defines them)."""
+
+    temperature: float = 1.0  # 0 is greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 keeps every token
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 is off; 1.1-1.3 discourages any token already in the prompt or the text
+    no_repeat_ngram: int = 0  # 0 is off; n forbids any n-gram from appearing twice in prompt and text
+
+    @property
+    def counted(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty)
+
+
+class RowTokens(Protocol):
+    """What the penalties read of a row: its prompt, what it has generated, and the tokens its n-gram rule bans now."""
+
+    prompt: list[int]
+    generated: list[int]
+
+    def banned(self) -> list[int]: ...
+
+
+class RepeatedNgrams:
+    """The tokens that would complete an n-gram already in the sequence, kept up to date one token at a time."""
+
+    def __init__(self, size: int, tokens: list[int]):
+        self.size = size
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+        self.tail: deque[int] = deque(maxlen=size - 1)
+        for token in tokens:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        if len(self.tail) == self.size - 1:
+            self.followers.setdefault(tuple(self.tail), set()).add(token)
+        if self.size > 1:
+            self.tail.append(token)
+
+    def banned(self) -> list[int]:
+        return sorted(self.followers.get(tuple(self.tail), ()))
+
+
+class RowSampler:
+    """The settings of a fixed set of rows as tensors; rebuilt whenever rows join or leave the batch."""
+
+    def __init__(self, settings: list[SamplingSettings], generators: list[torch.Generator | None], vocab_size: int,
+                 device: torch.device):
+        self.generators = generators
+        self.temperature = torch.tensor([s.temperature for s in settings], device=device)
+        self.top_p = torch.tensor([s.top_p for s in settings], device=device)
+        self.top_k = torch.tensor([s.top_k or vocab_size for s in settings], device=device)
+        self.greedy = [s.temperature == 0 for s in settings]
+        self.truncates = any(s.top_p < 1 or 0 < s.top_k < vocab_size for s in settings if s.temperature > 0)
+        self.counted = any(s.counted for s in settings)
+        self.repeats = any(s.repetition_penalty != 1 for s in settings)
+        self.ngrams = any(s.no_repeat_ngram > 0 for s in settings)
+        self.frequency = torch.tensor([s.frequency_penalty for s in settings], device=device)[:, None]
+        self.presence = torch.tensor([s.presence_penalty for s in settings], device=device)[:, None]
+        self.repetition = torch.tensor([s.repetition_penalty for s in settings], device=device)[:, None]
+
+    @property
+    def penalized(self) -> bool:
+        return self.counted or self.repeats or self.ngrams
+
+    def penalize(self, logits: torch.Tensor, rows: list[RowTokens]) -> torch.Tensor:
+        """The logits after each row's penalties, in transformers' order: repetition, n-grams, then OpenAI's two."""
+        if not self.penalized:
+            return logits
+        if self.repeats:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            for row, tokens in enumerate(rows):
+                seen[row, torch.tensor(tokens.prompt + tokens.generated, dtype=torch.long, device=logits.device)] = True
+            penalized = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
+            logits = torch.where(seen, penalized, logits)
+        if self.ngrams:
+            logits = logits.clone()
+            for row, tokens in enumerate(rows):
+                banned = tokens.banned()
+                if banned:
+                    logits[row, banned] = float("-inf")
+        if self.counted:
+            counts = torch.zeros_like(logits)
+            for row, tokens in enumerate(rows):
+                if tokens.generated:
+                    ids = torch.tensor(tokens.generated, dtype=torch.long, device=logits.device)
+                    counts[row].index_add_(0, ids, torch.ones(len(ids), device=logits.device))
+            logits = logits - self.frequency * counts - self.presence * (counts > 0).to(logits.dtype)
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> list[int]:
+        """The next token of each row from its (rows, vocabulary) float logits."""
+        if all(self.greedy):
+            return logits.argmax(dim=-1).tolist()
+        scaled = logits / self.temperature.clamp_min(1e-6)[:, None]
+        if self.truncates:
+            ordered, order = scaled.sort(dim=-1, descending=True)
+            ranks = torch.arange(ordered.shape[-1], device=ordered.device)
+            probs = ordered.softmax(dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # the probability mass ranked above each token
+            dropped = (ranks[None, :] >= self.top_k[:, None]) | (before > self.top_p[:, None])
+            probs = ordered.masked_fill(dropped, float("-inf")).softmax(dim=-1)
+        else:
+            order, probs = None, scaled.softmax(dim=-1)
+        chosen = []
+        greedy_tokens = logits.argmax(dim=-1).tolist() if any(self.greedy) else None
+        for row, generator in enumerate(self.generators):
+            if self.greedy[row]:
+                chosen.append(greedy_tokens[row])
+                continue
+            pick = int(torch.multinomial(probs[row], 1, generator=generator))
+            chosen.append(int(order[row, pick]) if order is not None else pick)
+        return chosen

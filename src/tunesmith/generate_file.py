@@ -1,0 +1,112 @@
+"""`tunesmith generate --input FILE --output FILE`: completions for every row of a prompt file, in batches.
+
+Each output row is its input row, every column kept, with the sample index, the generated text, why it
+ended (`stop` or `length`, or `error` with the reason) and its token count; `n` rows per prompt, in the
+input's order. With a reference column, ROUGE-L and chrF score each row, and the summary (beside the
+output, `<name>.summary.json`) holds the corpus figures with the run's speed and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from .data.read import lookup
+from .durable import write_atomically
+from .errors import UserError
+from .generation import Completion, SamplingOptions, default_stop_ids, encode_prompt, generate_many
+from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
+
+OUTPUT_COLUMNS = ("sample", "generated", "finish_reason", "tokens", "error")
+SCORE_COLUMNS = ("rouge_l", "chrf")
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_name(f"{output.name.split('.')[0]}.summary.json")
+
+
+def check_paths(input_path: Path, output_path: Path) -> None:
+    """The input exists and the output and its summary do not: checked before the model is loaded."""
+    if not input_path.is_file():
+        raise UserError(f"--input {input_path}: not found")
+    check_output(output_path)
+    if summary_path(output_path).exists():
+        raise UserError(f"{summary_path(output_path)} exists; name a new --output (nothing is overwritten)")
+
+
+def _prompts(rows: list[dict], field: str, path: Path) -> list[str | None]:
+    prompts = [lookup(row, field) for row in rows]
+    if all(prompt is None for prompt in prompts):
+        raise UserError(f"--input {path}: no row has the field '{field}' (fields: {', '.join(rows[0])}); pass --prompt-field")
+    return [None if prompt is None else str(prompt) for prompt in prompts]
+
+
+def _check_columns(rows: list[dict], reference_field: str | None, path: Path) -> None:
+    taken = set(OUTPUT_COLUMNS) | (set(SCORE_COLUMNS) if reference_field else set())
+    clash = sorted(taken & {key for row in rows for key in row})
+    if clash:
+        raise UserError(f"--input {path} has the column(s) {', '.join(clash)}, which the output adds; rename them")
+    if reference_field and all(lookup(row, reference_field) is None for row in rows):
+        raise UserError(f"--input {path}: no row has the reference field '{reference_field}'")
+
+
+def _output_rows(rows: list[dict], results: list[list[Completion]]) -> list[dict]:
+    out = []
+    for row, completions in zip(rows, results):
+        for sample, completion in enumerate(completions):
+            added = {"sample": sample, "generated": completion.text, "finish_reason": completion.finish_reason,
+                     "tokens": completion.tokens}
+            out.append({**row, **added, **({"error": completion.error} if completion.error else {})})
+    return out
+
+
+def _score(out: list[dict], reference_field: str) -> dict:
+    """Adds each row's scores in place; returns the corpus figures over the rows that have a reference."""
+    from .text_metrics import corpus_scores, sentence_scores
+
+    scored = [row for row in out if lookup(row, reference_field) is not None and row["finish_reason"] != "error"]
+    references = [str(lookup(row, reference_field)) for row in scored]
+    for row, scores in zip(scored, sentence_scores([row["generated"] for row in scored], references)):
+        row.update(scores)
+    return corpus_scores([row["generated"] for row in scored], references)
+
+
+def generate_file(model, tokenizer, input_path: Path, output_path: Path, options: SamplingOptions, prompt_field: str = "prompt",
+                  reference_field: str | None = None, max_batch: int = 16, show_progress: bool = True) -> dict:
+    """Write the completions of every row of `input_path` to `output_path`; returns the summary, also written beside it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    options.check()
+    check_paths(input_path, output_path)
+    rows = read_rows(input_path, TABLE_FORMATS + (".txt",), prompt_field)
+    if not rows:
+        raise UserError(f"--input {input_path}: no rows")
+    prompts = _prompts(rows, prompt_field, input_path)
+    _check_columns(rows, reference_field, input_path)
+    present = [index for index, prompt in enumerate(prompts) if prompt is not None]
+    encoded = [encode_prompt(tokenizer, prompts[index], options.chat) for index in present]
+    started = time.perf_counter()
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress,
+                  console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task("rows", total=len(present))
+        done = generate_many(model, tokenizer, encoded, options, default_stop_ids(model, tokenizer, options.chat), max_batch,
+                             on_done=lambda _: progress.advance(bar))
+    seconds = time.perf_counter() - started
+    missing = [Completion(finish_reason="error", error=f"the row has no '{prompt_field}' field") for _ in range(options.n)]
+    results = [missing] * len(rows)
+    for index, completions in zip(present, done):
+        results[index] = completions
+    out = _output_rows(rows, results)
+    metrics = _score(out, reference_field) if reference_field else {}
+    tokens = sum(row["tokens"] for row in out)
+    summary = {"input": str(input_path), "output": str(output_path), "rows": len(rows), "samples": len(out),
+               "finish_reasons": dict(Counter(row["finish_reason"] for row in out)), "generated_tokens": tokens,
+               "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+               "metrics": metrics, "reference_field": reference_field, "settings": asdict(options)}
+    write_rows(output_path, out)
+    write_atomically(summary_path(output_path), json.dumps(summary, indent=2) + "\n")
+    return summary

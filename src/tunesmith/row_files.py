@@ -1,0 +1,55 @@
+"""Row files in and out of `predict` and `generate`: read every row of a CSV, TSV, JSONL (or text) file, and
+write rows back in the input's column order, atomically, never over an existing file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .data.formats import DecodeStats, RowError, file_format, read_records
+from .durable import write_atomically
+from .errors import UserError
+
+TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+def read_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") -> list[dict]:
+    """Every row as a dict; a text file's blank-line-separated passages become rows of one field, `text_field`."""
+    if file_format(path) not in formats:
+        raise UserError(f"--input {path}: this command reads {', '.join(formats)} files")
+    if not path.is_file():
+        raise UserError(f"--input {path}: not found")
+    rows = []
+    for record in read_records(path, False, DecodeStats()):
+        if isinstance(record, RowError):
+            raise UserError(f"{record}; fix the row and run again")
+        value = record.value
+        if isinstance(value, str):
+            value = {text_field: value.rstrip("\r\n")}
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: every line must be a JSON object")
+        rows.append(value)
+    return rows
+
+
+def check_output(path: Path, formats: tuple[str, ...] = TABLE_FORMATS) -> None:
+    if file_format(path) not in formats:
+        raise UserError(f"--output {path}: this command writes {', '.join(formats)} files")
+    if path.exists():
+        raise UserError(f"--output {path} exists; name a new file (it is never overwritten)")
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    check_output(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if file_format(path) == ".jsonl":
+        write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, delimiter="\t" if file_format(path) == ".tsv" else ",")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())

@@ -1,0 +1,168 @@
+"""Generation for many prompts: `tunesmith generate --input/--output`, its controls, and the one decoding engine under it."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tunesmith.cli import main
+from tunesmith.decoding import Decoder, Job, SamplingSettings, decode_all
+from tunesmith.generation import SamplingOptions, generate_many
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_models["llama"]
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def write_prompts(path, prompts, **columns):
+    with path.open("w") as handle:
+        for number, prompt in enumerate(prompts):
+            handle.write(json.dumps({"id": f"row-{number}", "prompt": prompt, **{k: v[number] for k, v in columns.items()}}) + "\n")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+PROMPTS = ["the lamp", "reset the hub by holding power for ten seconds then", "battery", "if the light blinks red the"]
+
+
+def test_every_row_keeps_its_columns_and_order_with_n_samples(tiny_llama, tmp_path, capsys):
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS, topic=["a", "b", "c", "d"])
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--n", "3", "--max-new-tokens", "6",
+                 "--temperature", "0.9", "--max-batch", "4"]) == 0
+    assert "wrote 12 completions for 4 rows" in capsys.readouterr().out
+    rows = read_jsonl(out)
+    assert [(r["id"], r["sample"]) for r in rows] == [(f"row-{i}", s) for i in range(4) for s in range(3)]
+    assert all(r["topic"] == "abcd"[int(r["id"][-1])] and r["prompt"] == PROMPTS[int(r["id"][-1])] for r in rows)
+    assert all(r["finish_reason"] in ("stop", "length") and 1 <= r["tokens"] <= 6 for r in rows)
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["samples"] == 12 and summary["generated_tokens"] == sum(r["tokens"] for r in rows)
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time(loaded):
+    model, tokenizer = loaded
+    ids = [tokenizer(p).input_ids for p in PROMPTS]
+    options = SamplingOptions(max_new_tokens=10, temperature=0)
+    together = generate_many(model, tokenizer, ids, options, [tokenizer.eos_token_id], max_batch=3)
+    alone = [generate_many(model, tokenizer, [one], options, [tokenizer.eos_token_id], max_batch=1)[0] for one in ids]
+    assert [c[0].text for c in together] == [c[0].text for c in alone]
+
+
+def test_a_stop_string_ends_the_text_before_it(loaded):
+    model, tokenizer = loaded
+    ids = [tokenizer(PROMPTS[1]).input_ids]
+    greedy = generate_many(model, tokenizer, ids, SamplingOptions(max_new_tokens=20, temperature=0), [tokenizer.eos_token_id])[0][0]
+    stop = greedy.text[4:7]
+    assert len(stop) == 3
+    stopped = generate_many(model, tokenizer, ids, SamplingOptions(max_new_tokens=20, temperature=0, stops=(stop,)),
+                            [tokenizer.eos_token_id])[0][0]
+    assert stopped.text == greedy.text[: greedy.text.index(stop)] and stopped.finish_reason == "stop"
+    assert stopped.tokens < greedy.tokens
+
+
+def test_a_seeded_run_repeats_and_each_prompt_has_its_own_draws(loaded):
+    model, tokenizer = loaded
+    ids = [tokenizer(p).input_ids for p in PROMPTS]
+    options = SamplingOptions(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, seed=7, n=2)
+    first = generate_many(model, tokenizer, ids, options, [tokenizer.eos_token_id], max_batch=8)
+    again = generate_many(model, tokenizer, ids, options, [tokenizer.eos_token_id], max_batch=8)
+    other = generate_many(model, tokenizer, ids, SamplingOptions(**{**options.__dict__, "seed": 8}), [tokenizer.eos_token_id])
+    texts = lambda result: [c.text for cs in result for c in cs]  # noqa: E731
+    assert texts(first) == texts(again)
+    assert texts(first) != texts(other)
+    assert first[0][0].text != first[0][1].text  # the n samples of one prompt differ
+
+
+def test_no_repeat_ngram_and_repetition_penalty_change_greedy_text(loaded):
+    model, tokenizer = loaded
+    prompt = tokenizer(PROMPTS[0]).input_ids
+    sequence = prompt + _generated_ids(model, tokenizer, prompt, SamplingSettings(temperature=0, no_repeat_ngram=2))
+    pairs = list(zip(sequence, sequence[1:]))
+    assert len(pairs) == len(set(pairs)), "a bigram repeats under no_repeat_ngram=2"
+    plain = prompt + _generated_ids(model, tokenizer, prompt, SamplingSettings(temperature=0))
+    plain_pairs = list(zip(plain, plain[1:]))
+    assert len(plain_pairs) > len(set(plain_pairs)), "the plain greedy text of an untrained model loops; nothing was tested"
+    penalized = _generated_ids(model, tokenizer, prompt, SamplingSettings(temperature=0, repetition_penalty=3.0))
+    assert penalized != plain[len(prompt):]
+
+
+def _generated_ids(model, tokenizer, prompt, settings):
+    """The generated token ids themselves (their text could re-tokenize differently)."""
+    decoder = Decoder(model, tokenizer, [tokenizer.eos_token_id])
+    job = Job(prompt, settings, 30, lambda event: None)
+    captured = []
+    original = decoder._accept
+    decoder._accept = lambda choice, token: (captured.append(token), original(choice, token))[1]
+    decode_all(decoder, [job])
+    return [t for t in captured if t != tokenizer.eos_token_id]
+
+
+def test_an_over_long_prompt_is_reported_on_its_row(tiny_llama, tmp_path):
+    source = write_prompts(tmp_path / "prompts.jsonl", ["the lamp", "word " * 400, "battery"])
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--max-new-tokens", "4",
+                 "--temperature", "0"]) == 0
+    rows = read_jsonl(out)
+    assert [r["finish_reason"] for r in rows][1] == "error" and "context of 128" in rows[1]["error"]
+    assert rows[0]["finish_reason"] != "error" and rows[2]["finish_reason"] != "error" and rows[0]["generated"]
+
+
+def test_csv_and_text_inputs_with_reference_scores(tiny_llama, tmp_path, capsys):
+    source = tmp_path / "prompts.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "answer"])
+        writer.writerows([["the lamp", "the lamp is on"], ["battery", "battery lasts a day"]])
+    out = tmp_path / "out.csv"
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--prompt-field", "question",
+                 "--reference-field", "answer", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert "ROUGE-L" in capsys.readouterr().out
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["question"] for r in rows] == ["the lamp", "battery"] and all("rouge_l" in r and "chrf" in r for r in rows)
+    metrics = json.loads((tmp_path / "out.summary.json").read_text())["metrics"]
+    assert metrics["scored"] == 2 and 0 <= metrics["rouge_l"] <= 100 and 0 <= metrics["chrf"] <= 100
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("the lamp\nis on\n\nbattery\n")
+    assert main(["generate", str(tiny_llama), "--input", str(text), "--output", str(tmp_path / "t.jsonl"), "--max-new-tokens", "3"]) == 0
+    assert [r["prompt"] for r in read_jsonl(tmp_path / "t.jsonl")] == ["the lamp\nis on", "battery"]
+
+
+def test_bad_inputs_end_with_one_line(tiny_llama, tmp_path, capsys):
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("keep me\n")
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(existing)]) == 2
+    assert "never overwritten" in capsys.readouterr().err and existing.read_text() == "keep me\n"
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--prompt-field", "q"]) == 2
+    assert "no row has the field 'q'" in capsys.readouterr().err
+    assert main(["generate", str(tiny_llama), "--input", str(source)]) == 2
+    assert "--input needs --output" in capsys.readouterr().err
+    assert main(["generate", str(tiny_llama), "--prompt", "hi", "--n", "0"]) == 2
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_chat_uses_the_same_engine_and_streams(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.generation import ChatSession
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    pieces = []
+    session = ChatSession(model, tokenizer, SamplingOptions(max_new_tokens=8, temperature=0))
+    answer = session.reply("hello", pieces.append)
+    assert answer == "".join(pieces).strip() and session.history[-1] == {"role": "assistant", "content": answer}
+    with torch.no_grad():
+        assert session.reply("hello again")
