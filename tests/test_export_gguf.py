@@ -1,4 +1,5 @@
-"""`tunesmith export --gguf`: Llama-family runs as GGUF files that transformers' GGUF loader reads back unchanged."""
+"""`tunesmith export --gguf`: Llama-family and GPT-2 runs, in full precision or quantized, as GGUF files that transformers' GGUF
+loader reads back."""
 
 import json
 
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.export_gguf import rotary_permute
+from tunesmith.models.embedded import gguf_config
 
 from test_train import run_config
 
@@ -52,10 +54,76 @@ def test_rotary_permutation_is_llama_cpps_interleaving():
     assert rotary_permute(weight, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
-def test_gguf_export_refuses_other_architectures_in_one_line(tiny_gpt2, corpus_file, tmp_path, capsys):
-    train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=2))
+@pytest.fixture(scope="module")
+def gpt2_run(tiny_gpt2, tmp_path_factory):
+    from conftest import finished_run
+
+    return finished_run(tiny_gpt2, tmp_path_factory.mktemp("gguf-gpt2"), max_steps=10)[0]
+
+
+def greedy_ids(model, ids, new=12):
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False, pad_token_id=0)[0]
+
+
+# relative loss tolerance per type, on the tiny models (whose 32-wide rows are single blocks)
+QUANTIZED = [("q8_0", 0.01), ("q5_0", 0.05), ("q4_0", 0.10), ("fp16", 1e-3)]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("dtype,tolerance", QUANTIZED)
+def test_quantized_and_gpt2_gguf_round_trip(kind, dtype, tolerance, llama_run, gpt2_run, tmp_path):
+    """Each new type, for both architectures, read back by transformers: the same tokens, and the loss and (at 8 bits and up)
+    the greedy text of the run itself."""
+    import gguf
+
+    run = {"llama": llama_run, "gpt2": gpt2_run}[kind]
+    out = tmp_path / "gguf"
+    assert main(["export", str(run), "--out", str(out), "--dtype", dtype, "--gguf"]) == 0
+    path = next(out.glob("*.gguf"))
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    expected = dtype.upper().replace("FP", "F")
+    assert any(kind_ == expected for kind_ in types.values()), types
+    assert all(kind_ == "F32" for name, kind_ in types.items() if "norm" in name or name.endswith(".bias"))
+    if dtype in ("q4_0", "q5_0"):
+        assert types["token_embd.weight"] == "Q8_0"
+    reference = AutoModelForCausalLM.from_pretrained(run / "final")
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=path.name, dtype=torch.float32, config=gguf_config(path))
+    tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=path.name)
+    ids = AutoTokenizer.from_pretrained(run / "final")(TEXT, return_tensors="pt").input_ids
+    assert torch.equal(tokenizer(TEXT, return_tensors="pt").input_ids, ids)
+    assert abs(loss_of(model, ids) / loss_of(reference, ids) - 1) < tolerance
+    if dtype in ("q8_0", "fp16"):
+        assert torch.equal(greedy_ids(model, ids[:, :6]), greedy_ids(reference, ids[:, :6]))
+
+
+def test_quantized_files_get_smaller_in_order(llama_run, tmp_path):
+    sizes = {}
+    for dtype in ("fp16", "q8_0", "q5_0", "q4_0"):
+        assert main(["export", str(llama_run), "--out", str(tmp_path / dtype), "--dtype", dtype, "--gguf"]) == 0
+        sizes[dtype] = next((tmp_path / dtype).glob("*.gguf")).stat().st_size
+    assert sizes["fp16"] > sizes["q8_0"] > sizes["q5_0"] > sizes["q4_0"]
+
+
+def test_gguf_export_refuses_other_architectures_in_one_line(tmp_path, corpus_file, capsys):
+    """GPT-Neo has no GGUF reader in transformers: the refusal names the supported ones."""
+    from transformers import GPTNeoConfig, PreTrainedTokenizerFast
+
+    from conftest import _train_tokenizer, make_corpus
+
+    tokenizer = _train_tokenizer("gpt2", make_corpus(50))
+    config = GPTNeoConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, attention_types=[[["global"], 2]],
+                          max_position_embeddings=128, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "neo")
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    tokenizer.save_pretrained(tmp_path / "neo")
+    train(run_config(tmp_path / "neo", corpus_file, tmp_path / "run", max_steps=2))  # GPT-Neo trains (with eager attention)
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--gguf"]) == 2
-    assert "GGUF export supports Llama-family models" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "GGUF export supports llama, mistral, gpt2" in err and "gpt_neo" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out2"), "--dtype", "q4_0"]) == 2
+    assert "need --gguf" in capsys.readouterr().err
 
 
 def test_the_fine_tuned_embedded_default_round_trips_through_gguf_within_1_percent(embedded_run, tmp_path, capsys, monkeypatch):

@@ -67,16 +67,16 @@ def _loading(gguf_file: str | None) -> str:
             "(`AutoModelForSequenceClassification` for a classifier with a head).")
 
 
-GGUF_SUFFIX = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-
-
 def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False) -> Path:
     """Write `out`: the run's final weights in `dtype` (a Hugging Face directory, or one GGUF file), its tokenizer, task file and README.md.
 
     Returns the folder, or with `gguf` the .gguf file in it.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    from .export_gguf import GGUF_TYPES
+
+    if dtype not in (GGUF_TYPES if gguf else DTYPES):
+        extra = "; the quantized types need --gguf" if dtype in GGUF_TYPES else ""
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(GGUF_TYPES if gguf else DTYPES)}{extra}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a new folder for the export")
     if out.exists() and any(out.iterdir()):
@@ -89,10 +89,10 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)
     if gguf:
-        from .export_gguf import export_gguf
+        from .export_gguf import export_gguf, file_suffix
 
         base = config.get("model", {}).get("name", "")
-        written = export_gguf(final, out / f"model-{GGUF_SUFFIX[dtype]}.gguf", dtype, base, f"{run_dir.name} ({base})")
+        written = export_gguf(final, out / f"model-{file_suffix(dtype)}.gguf", dtype, base, f"{run_dir.name} ({base})")
     else:
         written = out
         _save_hf(final, out, dtype, head)

@@ -1,9 +1,13 @@
-"""`tunesmith export --gguf`: a finished Llama-family run as one GGUF file for llama.cpp-family runtimes.
+"""`tunesmith export --gguf`: a finished run as one GGUF file for llama.cpp-family runtimes.
 
-Written with the `gguf` package the way llama.cpp's own converter writes Llama models: its tensor
-names, the query and key rows permuted for its rotary layout, norms in F32 and matrices in F16 or BF16,
-the byte-level BPE vocabulary with its merges and special tokens, and the chat template. The model
-loads back in transformers with `gguf_file=...`, which is how the round trip is checked.
+Written with the `gguf` package the way llama.cpp's own converter writes each architecture: its tensor
+names and layouts (Llama's query and key rows permuted for its rotary layout, GPT-2's Conv1D matrices
+transposed), the byte-level BPE vocabulary with its merges and special tokens, and the chat template.
+Matrices are stored in the asked type: F32, F16, BF16, or quantized with the package's own quantizers
+(Q8_0, Q5_0, Q4_0, in blocks of 32 values with one scale each). As in llama.cpp's quantizer, norms and
+biases stay F32, a matrix whose rows do not split into blocks falls back to F16, and the embedding and
+output matrices of a 4- or 5-bit file keep 8 bits (llama.cpp keeps Q6_K there; the package cannot write
+Q6_K). The file loads back in transformers with `gguf_file=...`, which is how the round trip is checked.
 """
 
 from __future__ import annotations
@@ -16,15 +20,28 @@ import torch
 
 from .errors import UserError
 
-GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "llama"}  # transformers model_type -> GGUF architecture
+# --dtype -> (tensor type, file type) names in the gguf package
+GGUF_TYPES = {"fp32": ("F32", "ALL_F32"), "f32": ("F32", "ALL_F32"), "fp16": ("F16", "MOSTLY_F16"), "f16": ("F16", "MOSTLY_F16"),
+              "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+              "q4_0": ("Q4_0", "MOSTLY_Q4_0")}
+EMBEDDING_TENSORS = ("token_embd.weight", "output.weight", "position_embd.weight")
 
 
-def _file_types():
+def file_suffix(dtype: str) -> str:
+    return GGUF_TYPES[dtype][0]
+
+
+def tensor_type(name: str, array: np.ndarray, dtype: str):
+    """The GGML type one tensor is stored in, for a file of `dtype`."""
     import gguf
 
-    return {"fp32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
-            "fp16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
-            "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16)}
+    wanted = gguf.GGMLQuantizationType[GGUF_TYPES[dtype][0]]
+    if array.ndim < 2 or wanted == gguf.GGMLQuantizationType.F32:
+        return gguf.GGMLQuantizationType.F32
+    if name in EMBEDDING_TENSORS and wanted in (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q5_0):
+        wanted = gguf.GGMLQuantizationType.Q8_0
+    block = gguf.GGML_QUANT_SIZES[wanted][0]
+    return wanted if array.shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
 
 
 def rotary_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -69,22 +86,8 @@ def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[
     return tokens, types, merges
 
 
-def _write_metadata(writer, config, tokenizer, file_type, pre: str | None, name: str) -> None:
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(config.num_key_value_heads or heads)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or (config.rope_parameters or {}).get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(file_type)
-    tokens, types, merges = _vocabulary(tokenizer, config.vocab_size)
+def _write_tokenizer(writer, tokenizer, vocab_size: int, pre: str | None) -> None:
+    tokens, types, merges = _vocabulary(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
     if pre:
         writer.add_tokenizer_pre(pre)
@@ -100,48 +103,106 @@ def _write_metadata(writer, config, tokenizer, file_type, pre: str | None, name:
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def _tensors(model, config):
-    """(GGUF name, array, is a matrix) for each weight, in llama.cpp's layout; a tied output layer is left to token_embd."""
+class LlamaLayout:
+    """Llama, Mistral (and SmolLM, which is a Llama): llama.cpp's `llama` architecture."""
+
+    arch, pre_tokenizer = "llama", None
+
+    def check(self, config) -> None:
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            raise UserError("GGUF export: this Llama variant has biases that llama.cpp's Llama layout lacks; use the Hugging Face export")
+
+    def hyperparameters(self, writer, config) -> None:
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        rope = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(config.num_key_value_heads or heads)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(float(rope))
+        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+
+    def tensor(self, hf_name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+        heads = config.num_attention_heads
+        if hf_name.endswith("q_proj.weight"):
+            return rotary_permute(tensor, heads)
+        if hf_name.endswith("k_proj.weight"):
+            return rotary_permute(tensor, config.num_key_value_heads or heads)
+        return tensor
+
+
+class GPT2Layout:
+    """GPT-2: llama.cpp's `gpt2` architecture, whose matrices are the transpose of transformers' Conv1D weights."""
+
+    arch, pre_tokenizer = "gpt2", "gpt-2"
+    TRANSPOSED = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+    def check(self, config) -> None:
+        if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"GGUF export: llama.cpp's GPT-2 uses the tanh GELU; this model uses {config.activation_function}")
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False) or getattr(config, "reorder_and_upcast_attn", False):
+            raise UserError("GGUF export: this GPT-2 variant scales its attention in a way llama.cpp's GPT-2 lacks")
+
+    def hyperparameters(self, writer, config) -> None:
+        writer.add_context_length(config.n_positions)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_block_count(config.n_layer)
+        writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(float(config.layer_norm_epsilon))
+
+    def tensor(self, hf_name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+        return tensor.T.contiguous() if hf_name.endswith(self.TRANSPOSED) else tensor
+
+
+# transformers model_type -> how llama.cpp lays it out; each is one that transformers also reads back from GGUF
+LAYOUTS = {"llama": LlamaLayout(), "mistral": LlamaLayout(), "gpt2": GPT2Layout()}
+
+
+def _tensors(model, config, layout):
+    """(GGUF name, float32 array) for each weight in llama.cpp's layout; a tied output layer is left to token_embd."""
     import gguf
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[layout.arch.upper()], config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise UserError(f"GGUF export: no llama.cpp name for {hf_name}; this architecture is not supported")
-        tensor = tensor.float()
-        if hf_name.endswith("q_proj.weight"):
-            tensor = rotary_permute(tensor, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            tensor = rotary_permute(tensor, kv_heads)
-        yield name, tensor.numpy(), tensor.ndim == 2
+            raise UserError(f"GGUF export: no llama.cpp name for {hf_name}; this variant of {layout.arch} is not supported")
+        yield name, layout.tensor(hf_name, tensor.float(), config).numpy()
 
 
 def export_gguf(final: Path, out: Path, dtype: str, base: str, name: str) -> Path:
-    """Write `out` (a .gguf file) from the HF model in `final`, matrices in `dtype`."""
+    """Write `out` (a .gguf file) from the HF model in `final`, matrices in `dtype` (see GGUF_TYPES)."""
     import gguf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(final)
-    if config.model_type not in GGUF_ARCHITECTURES:
-        raise UserError(f"GGUF export supports Llama-family models ({', '.join(GGUF_ARCHITECTURES)}); this run's model is "
-                        f"{config.model_type}: use the Hugging Face export (without --gguf)")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise UserError("GGUF export: this Llama variant has biases that llama.cpp's Llama layout lacks; use the Hugging Face export")
-    quant, file_type = _file_types()[dtype]
+    layout = LAYOUTS.get(config.model_type)
+    if layout is None:
+        raise UserError(f"GGUF export supports {', '.join(LAYOUTS)} models, the architectures both llama.cpp and transformers' GGUF "
+                        f"reader share with tunesmith; this run's model is {config.model_type}: use the Hugging Face export (without --gguf)")
+    layout.check(config)
     model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(final)
-    writer = gguf.GGUFWriter(str(out), GGUF_ARCHITECTURES[config.model_type])
-    _write_metadata(writer, config, tokenizer, file_type, _source_pre_tokenizer(base), name)
-    for tensor_name, array, matrix in _tensors(model, config):
-        if matrix and quant != gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(tensor_name, gguf.quants.quantize(array, quant), raw_dtype=quant)
-        else:
+    writer = gguf.GGUFWriter(str(out), layout.arch)
+    writer.add_name(name)
+    layout.hyperparameters(writer, config)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType[GGUF_TYPES[dtype][1]])
+    _write_tokenizer(writer, tokenizer, config.vocab_size, _source_pre_tokenizer(base) or layout.pre_tokenizer)
+    for tensor_name, array in _tensors(model, config, layout):
+        kind = tensor_type(tensor_name, array, dtype)
+        if kind == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(tensor_name, array.astype(np.float32))
+        else:
+            writer.add_tensor(tensor_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

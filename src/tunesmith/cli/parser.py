@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a finished run as a plain Hugging Face directory (or a GGUF file) with a model card")
     export.add_argument("run")
     export.add_argument("--out", required=True, help="a new, empty folder")
-    export.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family models)")
+    export.add_argument("--dtype", default="bf16", help="bf16, fp16 or fp32; with --gguf also q8_0, q5_0 or q4_0 (quantized)")
+    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family and GPT-2 models)")
 
     serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP API for a model or run")
     serve.add_argument("model_or_run")

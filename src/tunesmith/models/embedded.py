@@ -44,6 +44,20 @@ def is_converted(gguf: Path, cache_root: Path) -> bool:
     return (converted_dir(gguf, cache_root) / "config.json").is_file()
 
 
+def gguf_config(gguf: Path):
+    """transformers' GGUF reader puts a GPT-2's context length in `n_ctx`, which GPT2Config ignores, so any GPT-2 whose
+    context is not the default 1024 would fail to load: set `n_positions` from the file."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if config.model_type == "gpt2":
+        field = GGUFReader(gguf).fields.get("gpt2.context_length")
+        if field is not None:
+            config.n_positions = int(field.contents())
+    return config
+
+
 def convert_gguf(gguf: Path, cache_root: Path, log: Callable[[str], None]) -> Path:
     """Return a safetensors directory for `gguf`, converting it on first use."""
     target = converted_dir(gguf, cache_root)
@@ -55,7 +69,8 @@ def convert_gguf(gguf: Path, cache_root: Path, log: Callable[[str], None]) -> Pa
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                         config=gguf_config(gguf))
     except Exception as exc:  # the gguf reader raises many types for unsupported files
         raise UserError(f"cannot read {gguf} as a GGUF model ({exc}); transformers supports Llama, Mistral, Qwen2, GPT-2 and a few other GGUF architectures") from None
     config = quantized.config

@@ -19,6 +19,8 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             **kwargs,
         )
     except ValueError as exc:
+        if kwargs.get("attn_implementation") == "sdpa" and "scaled_dot_product_attention" in str(exc):
+            return _from_pretrained(factory, resolved, **{**kwargs, "attn_implementation": "eager"})  # GPT-Neo and others
         if "trust_remote_code" in str(exc):
             raise UserError(f"model {resolved.spec} needs its own code; set model.trust_remote_code=true if you trust it") from None
         raise UserError(f"model {resolved.spec}: {exc}") from None
