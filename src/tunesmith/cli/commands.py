@@ -158,9 +158,23 @@ def _run_predict(args) -> int:
 def _run_export(args) -> int:
     from ..export import export_run
 
-    written = export_run(Path(args.run), Path(args.out), args.dtype, gguf=args.gguf)
+    import shutil
+    import tempfile
+
+    from ..publish import hub_token, push_to_hub
+
+    if not args.out and not args.push_to_hub:
+        raise UserError("export needs --out (a new, empty folder) or --push-to-hub OWNER/NAME")
+    token = hub_token(args.push_to_hub) if args.push_to_hub else None
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tunesmith-export-")) / "export"
+    written = export_run(Path(args.run), out, args.dtype, gguf=args.gguf)
     loads = "llama.cpp-family runtimes and transformers (gguf_file=...)" if args.gguf else "transformers' from_pretrained"
-    print(f"wrote {written} ({args.dtype}): loads in {loads}; model card in {Path(args.out) / 'README.md'}")
+    print(f"wrote {written} ({args.dtype}): loads in {loads}; model card in {out / 'README.md'}")
+    if args.push_to_hub:
+        url = push_to_hub(out, args.push_to_hub, args.private, args.hub_endpoint, token)
+        print(f"pushed to {args.push_to_hub}{' (private)' if args.private else ''}: {url}")
+        if not args.out:
+            shutil.rmtree(out.parent, ignore_errors=True)
     return 0
 
 
