@@ -166,3 +166,18 @@ def test_chat_uses_the_same_engine_and_streams(tiny_models):
     assert answer == "".join(pieces).strip() and session.history[-1] == {"role": "assistant", "content": answer}
     with torch.no_grad():
         assert session.reply("hello again")
+
+
+def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_path, capsys):
+    from conftest import finished_run
+
+    run, _ = finished_run(tiny_gpt2, tmp_path, max_steps=4)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--generate", "3", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "3 validation prompts continued greedily" in out and "ROUGE-L" in out
+    assert json.loads((run / "generation_eval.json").read_text())["prompts"] == 3
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": f"reset {i}"}) + "\n" for i in range(30)))
+    assert main(["eval", str(run), "--data", str(short), "--generate", "2"]) == 2
+    assert "no validation text to generate against" in capsys.readouterr().err

@@ -144,6 +144,15 @@ def test_chat_run_saves_its_template_and_learns_the_answers(tiny_llama, tmp_path
                             log=lambda _: None)
     assert scored.task == "chat" and scored.tokens < 40 * 200  # assistant tokens only
 
+    from tunesmith.cli import main
+    from tunesmith.report import write_report
+
+    assert main(["eval", str(tmp_path / "run"), "--generate", "4", "--max-new-tokens", "12", "--json"]) == 0  # its own split
+    generation = json.loads((tmp_path / "run" / "generation_eval.json").read_text())
+    assert generation["prompts"] == 4 and 0 <= generation["rouge_l"] <= 100 and generation["data"] == "the run's validation split"
+    assert all(g["reference"] and "<|im_end|>" not in g["reference"] for g in generation["examples"])
+    assert "Generation against the data" in write_report(tmp_path / "run")[0].read_text()
+
     replies = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tmp_path / "run"), "--temperature", "0",
                               "--max-new-tokens", "12"], input="how do I reset the hub\n\nwhy does the light blink red\n",
                              capture_output=True, text=True, timeout=120)

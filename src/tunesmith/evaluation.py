@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .data import prepare_eval_data
+from .data import prepare_data, prepare_eval_data
+from .errors import UserError
 from .loss import Validation
 from .models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from .runtime import pick_device, pick_precision
@@ -31,16 +32,44 @@ class EvalResult:
     accuracy: float
     task: str = "lm"
     metrics: dict | None = None  # the task's: classify's accuracy, macro-F1, per class, confusion; preference's accuracy, log-probs
+    generation: dict | None = None  # with --generate: ROUGE-L and chrF of greedy generations against the data's own text
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def generation_line(self) -> str:
+        g = self.generation
+        return (f"{self.model}: {g['prompts']:,} validation prompts continued greedily ({g['new_tokens']} new tokens): "
+                f"ROUGE-L {g['rouge_l']:.2f}, chrF {g['chrf']:.2f} against the data's own text")
 
-def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> EvalResult:
-    """Evaluate `spec` (model, .gguf, or run directory) on every unit of `data`, the way its task measures it.
+
+def generation_scores(task: Task, model, tokenizer, examples, count: int, new_tokens: int, device: torch.device,
+                      precision: str) -> dict:
+    """Greedy generations for up to `count` validation prompts, scored against what the data says next."""
+    from .generation import SamplingOptions, generate_many
+    from .runtime import autocast
+    from .text_metrics import corpus_scores
+
+    pairs = task.reference_pairs(examples, tokenizer, count, new_tokens)
+    if not pairs:
+        raise UserError(f"--generate: the {task.name} task has no validation text to generate against "
+                        "(a classifier's accuracy is its measure; lm needs documents longer than its prompt)")
+    with autocast(device, precision):
+        done = generate_many(model, tokenizer, [prompt for prompt, _ in pairs], SamplingOptions(max_new_tokens=new_tokens, temperature=0),
+                             task.sample_stops(tokenizer))
+    texts, references = [c[0].text.strip() for c in done], [reference for _, reference in pairs]
+    examples_shown = [{"prompt": tokenizer.decode(prompt, skip_special_tokens=True)[-300:], "reference": reference, "generated": text}
+                      for (prompt, reference), text in list(zip(pairs, texts))[:5]]
+    return {**corpus_scores(texts, references), "prompts": len(pairs), "new_tokens": new_tokens, "examples": examples_shown}
+
+
+def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print, generate: int = 0, new_tokens: int = 64) -> EvalResult:
+    """Evaluate `spec` (model, .gguf, or run directory) on every unit of `data`, the way its task measures it;
+    without `data`, on the validation split that `cfg` (a run's saved config) makes.
 
     A chat model (or `--task chat`) is measured on the assistant turns of conversations; a classifier
-    on labelled rows, with its label set.
+    on labelled rows, with its label set. With `generate`, that many validation prompts are also
+    continued greedily and scored against the data (ROUGE-L, chrF).
     """
     resolved = resolve_model(spec, cfg.model.trust_remote_code, log=log)
     task = task_for_model(Path(resolved.path), cfg, spec)
@@ -49,7 +78,10 @@ def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> Eva
     fit_embeddings(model, tokenizer)
     block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
     data_cfg = cfg.data.model_copy(update={"block_size": block_size})
-    prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
+    if data:
+        prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
+    else:
+        prepared = prepare_data(data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
     task.bind(prepared.meta)
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
@@ -57,4 +89,6 @@ def evaluate_model(spec: str, data: list[str], cfg: RunConfig, log=print) -> Eva
     examples = task.dataset(prepared, "val")
     batch_size = cfg.train.eval_batch_size or (cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4)
     result = evaluate(task, model, examples, tokenizer, batch_size, device, precision, log=log)
-    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.task or None)
+    generation = generation_scores(task, model, tokenizer, examples, generate, new_tokens, device, precision) if generate else None
+    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.task or None,
+                      generation)

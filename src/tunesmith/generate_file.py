@@ -28,6 +28,17 @@ def summary_path(output: Path) -> Path:
     return output.with_name(f"{output.name.split('.')[0]}.summary.json")
 
 
+def summary_lines(summary: dict) -> list[str]:
+    reasons = ", ".join(f"{count:,} {reason}" for reason, count in summary["finish_reasons"].items())
+    lines = [f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
+             f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)"]
+    if summary["metrics"]:
+        metrics = summary["metrics"]
+        lines.append(f"against '{summary['reference_field']}' ({metrics['scored']:,} completions): ROUGE-L {metrics['rouge_l']:.2f}, "
+                     f"chrF {metrics['chrf']:.2f}")
+    return lines + [f"summary: {summary_path(Path(summary['output']))}"]
+
+
 def check_paths(input_path: Path, output_path: Path) -> None:
     """The input exists and the output and its summary do not: checked before the model is loaded."""
     if not input_path.is_file():

@@ -134,7 +134,7 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
     return results
 
 
-def generate_samples(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> list[Completion]:
+def generate_completions(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> list[Completion]:
     """`options.n` continuations of `prompt` (the prompt itself is not repeated)."""
     options.check()
     ids = encode_prompt(tokenizer, prompt, options.chat)
@@ -146,7 +146,7 @@ def generate_samples(model, tokenizer, prompt: str, options: SamplingOptions = S
 
 
 def generate_text(model, tokenizer, prompt: str, options: SamplingOptions = SamplingOptions()) -> str:
-    return generate_samples(model, tokenizer, prompt, options)[0].text
+    return generate_completions(model, tokenizer, prompt, options)[0].text
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
-from .run_directory import read_json_lines
+from .run_directory import GENERATION_EVAL, read_json_lines
 from .tasks import task_kind
 
 
@@ -147,6 +147,7 @@ def report_sections(run_dir: Path) -> dict:
             if row[1] is not None or row[2] is not None],
         "classes": classification_tables(summary),
         "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
+        "generation": _json(run_dir / GENERATION_EVAL),
         "data": data_report,
         "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "",
         "platform": f"Python {platform.python_version()}, {platform.system()} {platform.machine()}",
@@ -160,6 +161,12 @@ def _number(value) -> str:
 def _finding_lines(finding: Finding) -> list[str]:
     advice = [f"set `{a.key}` to `{a.value}`: {a.why}" if a.key and a.value is not None else a.why for a in finding.advice]
     return [f"- **{finding.severity} · {finding.kind}**: {finding.message}"] + [f"  - {line}" for line in advice]
+
+
+def _generation_line(generation: dict) -> str:
+    return (f"{generation['prompts']:,} prompts from {generation.get('data', 'the data')}, continued greedily for up to "
+            f"{generation['new_tokens']} tokens by the fine-tuned model (`tunesmith eval RUN --generate`): ROUGE-L "
+            f"{generation['rouge_l']:.2f}, chrF {generation['chrf']:.2f} against the data's own text.")
 
 
 def _timing(summary: dict) -> list[tuple[str, str]]:
@@ -183,6 +190,11 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
         lines.append(f"![{name}]({image_dir.name}/{name}.png)")
     lines += ["", "## Findings", ""]
     lines += [line for finding in sections["findings"] for line in _finding_lines(finding)] or ["No findings."]
+    generation = sections["generation"]
+    if generation:
+        lines += ["", "## Generation against the data", "", _generation_line(generation), ""]
+        lines += [f"- **{g['prompt'].strip()[-120:]}** -> {g['generated'].strip()} (data: {g['reference'].strip()})"
+                  for g in generation.get("examples", [])]
     if sections["samples"]:
         lines += ["", "## Samples, before and after", ""]
         for prompt, before, after in sections["samples"]:
@@ -221,6 +233,13 @@ def render_html(sections: dict) -> str:
         parts.append(f'<li class="finding {esc(finding.severity)}" data-kind="{esc(finding.kind)}"><b>{esc(finding.severity)} · '
                      f"{esc(finding.kind)}</b>: {esc(finding.message)}<ul>{advice}</ul></li>")
     parts.append("</ul>")
+    generation = sections["generation"]
+    if generation:
+        parts.append(f"<h2>Generation against the data</h2><p id='generation'>{esc(_generation_line(generation))}</p>"
+                     "<table><tr><th>prompt</th><th>generated</th><th>data</th></tr>")
+        parts += [f"<tr><td>{esc(g['prompt'][-300:])}</td><td>{esc(g['generated'])}</td><td>{esc(g['reference'])}</td></tr>"
+                  for g in generation.get("examples", [])]
+        parts.append("</table>")
     if sections["samples"]:
         parts.append("<h2>Samples, before and after</h2><table><tr><th>prompt</th><th>before</th><th>after</th></tr>")
         parts += [f"<tr><td>{esc(p)}</td><td>{esc(b)}</td><td>{esc(a)}</td></tr>" for p, b, a in sections["samples"]]

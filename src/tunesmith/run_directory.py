@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import UserError
 
 MARKER = ".tunesmith-run"
+GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, which the report shows
 
 
 def is_run_dir(path: Path) -> bool:

@@ -6,9 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import starter_yaml
+from ..config import load_config, starter_yaml
 from ..errors import UserError
-from .parser import config_of
+from ..run_directory import GENERATION_EVAL, is_run_dir
+from .parser import config_of, overrides_of
 
 
 def _console():
@@ -57,11 +58,19 @@ def _run_eval(args) -> int:
     from ..evaluation import evaluate_model
     from ..tasks import task_kind
 
-    cfg = config_of(args)
+    run_config = Path(args.model_or_run) / "config.yaml"
+    own_split = not any(key == "data.train" for key, _ in overrides_of(args)) and run_config.is_file()
+    cfg = load_config(run_config, overrides_of(args)) if own_split else config_of(args)
     if not cfg.data.train:
-        raise UserError("eval needs --data FILE")
+        raise UserError("eval needs --data FILE (or a run directory, whose own validation split it then uses)")
     log = (lambda _msg: None) if args.json else print
-    results = [evaluate_model(spec, cfg.data.train, cfg, log=log) for spec in [args.model_or_run, args.compare] if spec]
+    results = [evaluate_model(spec, None if own_split else cfg.data.train, cfg, log, args.generate, args.max_new_tokens)
+               for spec in [args.model_or_run, args.compare] if spec]
+    if args.generate and is_run_dir(Path(args.model_or_run)):
+        from ..durable import write_atomically
+
+        generation = {"data": "the run's validation split" if own_split else cfg.data.train, **results[0].generation}
+        write_atomically(Path(args.model_or_run) / GENERATION_EVAL, json.dumps(generation, indent=2) + "\n")
     if args.json:
         payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
         print(json.dumps(payload))
@@ -69,14 +78,16 @@ def _run_eval(args) -> int:
     for result in results:
         for line in task_kind(result.task).eval_lines(result):
             print(line)
+        if result.generation:
+            print(result.generation_line())
     if len(results) == 2:
         print(task_kind(results[1].task).eval_change(results[0], results[1]))
     return 0
 
 
 def _run_generate(args) -> int:
-    from ..generate_file import check_paths, generate_file, summary_path
-    from ..generation import SamplingOptions, generate_samples, load_generator
+    from ..generate_file import check_paths, generate_file, summary_lines
+    from ..generation import SamplingOptions, generate_completions, load_generator
 
     cfg = config_of(args)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat, args.n,
@@ -88,20 +99,13 @@ def _run_generate(args) -> int:
         check_paths(Path(args.input), Path(args.output))
     model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
     if not args.input:
-        completions = generate_samples(model, tokenizer, args.prompt, options)
+        completions = generate_completions(model, tokenizer, args.prompt, options)
         for index, completion in enumerate(completions):
             print(completion.text if len(completions) == 1 else f"--- sample {index} ({completion.finish_reason})\n{completion.text}")
         return 0
     summary = generate_file(model, tokenizer, Path(args.input), Path(args.output), options, args.prompt_field, args.reference_field,
                             args.max_batch, show_progress=sys.stderr.isatty())
-    reasons = ", ".join(f"{count:,} {reason}" for reason, count in summary["finish_reasons"].items())
-    print(f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {args.output} ({reasons}; "
-          f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)")
-    if summary["metrics"]:
-        metrics = summary["metrics"]
-        print(f"against '{args.reference_field}' ({metrics['scored']:,} completions): ROUGE-L {metrics['rouge_l']:.2f}, "
-              f"chrF {metrics['chrf']:.2f}")
-    print(f"summary: {summary_path(Path(args.output))}")
+    print("\n".join(summary_lines(summary)))
     return 0
 
 
@@ -156,11 +160,10 @@ def _run_predict(args) -> int:
 
 
 def _run_export(args) -> int:
-    from ..export import export_run
-
     import shutil
     import tempfile
 
+    from ..export import export_run
     from ..publish import hub_token, push_to_hub
 
     if not args.out and not args.push_to_hub:

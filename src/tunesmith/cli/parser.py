@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_or_run")
     evaluate.add_argument("--compare", metavar="OTHER", help="a second model or run to put side by side")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--generate", type=int, nargs="?", const=64, default=0, metavar="N",
+                          help="also continue N validation prompts (64) greedily and score them against the data (ROUGE-L, chrF); "
+                               "for a run, its report shows the figures")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="with --generate: tokens per continuation")
     _add_common(evaluate, with_config=False)
 
     generate = commands.add_parser("generate", help="continue a prompt, or every prompt of a file, with a model or run")

@@ -114,6 +114,17 @@ class Examples:
         first = int(np.argmax(mask)) if mask.any() else len(mask)
         return self.ids(index)[:first]
 
+    def reference_pair(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prompt before the first answer (mask 1) and that answer's tokens, for scoring a generation against it."""
+        mask = np.asarray(self.mask[self.offsets[index] : self.offsets[index + 1]]) == 1
+        if not mask.any():
+            return None
+        first = int(np.argmax(mask))
+        after = np.flatnonzero(~mask[first:])
+        end = first + int(after[0]) if len(after) else len(mask)
+        ids = self.ids(index)
+        return ids[:first], ids[first:end]
+
     def batch(self, indices: list[int]) -> Batch:
         input_ids, labels, attention = padded_rows([(self.ids(i), self.target_mask(i)) for i in indices], self.pad_id)
         classes = torch.from_numpy(self.classes[indices]) if self.use_classes else None

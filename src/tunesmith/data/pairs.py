@@ -14,7 +14,7 @@ import torch
 
 from ..batch import Batch
 from .examples import Examples, padded_rows
-from .preferences import CHOSEN, KL_ROW, REJECTED
+from .preferences import CHOSEN, DESIRABLE, KL_ROW, REJECTED
 
 
 class PreferenceExamples:
@@ -89,6 +89,11 @@ class PreferenceExamples:
 
     def prompt_ids(self, index: int) -> np.ndarray:
         return self.examples.prompt_ids(self.items[index][0])
+
+    def reference_pair(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prompt and the preferred answer (chosen, or a thumbs-up); None for an item whose answer was disliked."""
+        row = self.items[index][0]
+        return self.examples.reference_pair(row) if self.codes[row] in (CHOSEN, DESIRABLE) else None
 
     def with_reference(self, reference: dict | None) -> "PreferenceExamples":
         return PreferenceExamples(self.examples, self.paired, reference)

@@ -189,6 +189,11 @@ class Task:
     def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
         return []
 
+    def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
+        """Up to `count` validation prompts (token ids) with the text the data follows them with, which generations
+        are scored against (`eval --generate`); none for a task that does not generate text."""
+        return []
+
     def sample_stops(self, tokenizer) -> list[int]:
         return [tokenizer.eos_token_id]
 

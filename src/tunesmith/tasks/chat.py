@@ -209,6 +209,17 @@ class ChatTask(Task):
     def sample_stops(self, tokenizer) -> list[int]:
         return stop_token_ids(tokenizer)
 
+    def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
+        """Each validation conversation up to its first answer, and that answer as the reference."""
+        pairs = []
+        for index in range(len(val_dataset)):
+            pair = val_dataset.reference_pair(index)
+            if pair is not None:
+                pairs.append((pair[0].tolist(), tokenizer.decode(pair[1].tolist(), skip_special_tokens=True).strip()))
+            if len(pairs) == count:
+                break
+        return pairs
+
     @property
     def section(self) -> str:
         return "chat"

@@ -23,6 +23,20 @@ class LmTask(TextUnits, Task):
     def example_lengths(self, dataset) -> None:
         return None
 
+    def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
+        """The first PROMPT_TOKENS * 2 tokens of each validation document, and its next `new_tokens` as the reference."""
+        tokens = np.asarray(val_dataset.tokens)
+        ends = np.flatnonzero(tokens == tokenizer.eos_token_id)
+        pairs = []
+        for start, end in zip(np.r_[0, ends + 1], np.r_[ends, len(tokens)]):
+            cut = start + 2 * PROMPT_TOKENS
+            if end - cut >= new_tokens // 2:
+                pairs.append((tokens[start:cut].tolist(), tokenizer.decode(tokens[cut:min(end, cut + new_tokens)].tolist(),
+                                                                              skip_special_tokens=True)))
+            if len(pairs) == count:
+                break
+        return pairs
+
     def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
         """The configured prompts, or the first tokens of the first validation documents (each ends with EOS)."""
         if monitor.sample_prompts is not None:
