@@ -15,19 +15,12 @@ generated tokens and tokens/s, then the speed-up and whether the batched texts e
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown"
+from machine import cpu_name
 
 
 def read_prompts(data: Path, count: int) -> list[str]:

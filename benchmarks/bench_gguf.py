@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from machine import cpu_name
+
 TYPES = ["fp16", "bf16", "q8_0", "q5_0", "q4_0"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def split_text(data: Path, work: Path) -> tuple[Path, str]:
@@ -129,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps of the embedded default")
-    parser.add_argument("--gpt2-steps", type=int, default=300)
+    parser.add_argument("--gpt2-steps", type=int, default=600)
     parser.add_argument("--gpt2-layers", type=int, default=4)
     parser.add_argument("--gpt2-width", type=int, default=256)
     parser.add_argument("--held-out-tokens", type=int, default=16384)
@@ -142,7 +135,7 @@ def main() -> None:
     smol = train_run(EMBEDDED_NAME, train, work / "run-smollm2", args.steps, 5e-5, "full")
     measure(smol, held_out, args.held_out_tokens, work, "smollm2-135m")
     gpt2 = train_run(str(gpt2_shaped(train, work / "gpt2-shaped", args.gpt2_layers, args.gpt2_width)), train, work / "run-gpt2",
-                     args.gpt2_steps, 1e-3, "full")
+                     args.gpt2_steps, 2e-3, "full")
     measure(gpt2, held_out, args.held_out_tokens, work, "gpt2-shaped")
 
 

@@ -25,13 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
+from machine import cpu_name
 
 
 def dialogues(source: Path) -> list[list[str]]:

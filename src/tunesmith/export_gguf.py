@@ -6,8 +6,9 @@ transposed), the byte-level BPE vocabulary with its merges and special tokens, a
 Matrices are stored in the asked type: F32, F16, BF16, or quantized with the package's own quantizers
 (Q8_0, Q5_0, Q4_0, in blocks of 32 values with one scale each). As in llama.cpp's quantizer, norms and
 biases stay F32, a matrix whose rows do not split into blocks falls back to F16, and the embedding and
-output matrices of a 4- or 5-bit file keep 8 bits (llama.cpp keeps Q6_K there; the package cannot write
-Q6_K). The file loads back in transformers with `gguf_file=...`, which is how the round trip is checked.
+output matrices, which every token passes through, keep more bits than the rest: Q5_0 in a Q4_0 file, Q8_0
+in a Q5_0 file (llama.cpp keeps Q6_K there, which the package cannot write; `benchmarks/bench_gguf.py` has
+the sizes and perplexities that chose these). The file loads back in transformers with `gguf_file=...`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def tensor_type(name: str, array: np.ndarray, dtype: str):
     wanted = gguf.GGMLQuantizationType[GGUF_TYPES[dtype][0]]
     if array.ndim < 2 or wanted == gguf.GGMLQuantizationType.F32:
         return gguf.GGMLQuantizationType.F32
-    if name in EMBEDDING_TENSORS and wanted in (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q5_0):
-        wanted = gguf.GGMLQuantizationType.Q8_0
+    if name in EMBEDDING_TENSORS:
+        wanted = {gguf.GGMLQuantizationType.Q4_0: gguf.GGMLQuantizationType.Q5_0,
+                  gguf.GGMLQuantizationType.Q5_0: gguf.GGMLQuantizationType.Q8_0}.get(wanted, wanted)
     block = gguf.GGML_QUANT_SIZES[wanted][0]
     return wanted if array.shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
 

@@ -25,7 +25,7 @@ import torch
 from ..config import CleanConfig, DataConfig, RunConfig
 from ..data.clean import transforms
 from ..data.pairs import PreferenceExamples
-from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, REJECTED, UNDESIRABLE, judged_units
+from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, UNDESIRABLE, judged_units
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
