@@ -143,3 +143,16 @@ def test_the_fine_tuned_embedded_default_round_trips_through_gguf_within_1_perce
     results = json.loads(capsys.readouterr().out)["results"]
     assert results[0]["tokens"] == results[1]["tokens"] > 1000  # the GGUF's tokenizer cuts the text the same way
     assert abs(results[1]["perplexity"] / results[0]["perplexity"] - 1) < 0.01
+
+
+def test_eval_generate_and_serve_take_a_quantized_file(llama_run, corpus_file, tmp_path, capsys):
+    from tunesmith.serve import load_for_serving
+
+    assert main(["export", str(llama_run), "--out", str(tmp_path / "q4"), "--dtype", "q4_0", "--gguf"]) == 0
+    path = tmp_path / "q4" / "model-Q4_0.gguf"
+    capsys.readouterr()
+    assert main(["eval", str(path), "--data", str(corpus_file), "--block-size", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] > 0
+    assert main(["generate", str(path), "--prompt", "the lamp", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    served = load_for_serving(str(path), "cpu")
+    assert served.name == path.name and served.encode("the lamp", True)

@@ -126,6 +126,8 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
                       else "the prompt is empty")
             for completion in results[index]:
                 completion.finish_reason, completion.error = "error", reason
+            if on_done:
+                on_done(index)
             continue
         collector = _Collector(results[index], on_done=(lambda index=index: on_done(index)) if on_done else None)
         jobs.append(Job(prompt, options.settings(), min(options.max_new_tokens, room), collector, options.n, list(options.stops),
