@@ -25,7 +25,7 @@ SCORE_COLUMNS = ("rouge_l", "chrf")
 
 
 def summary_path(output: Path) -> Path:
-    return output.with_name(f"{output.name.split('.')[0]}.summary.json")
+    return output.with_name(f"{output.stem}.summary.json")
 
 
 def summary_lines(summary: dict) -> list[str]:
