@@ -97,6 +97,33 @@ def test_quantized_and_gpt2_gguf_round_trip(kind, dtype, tolerance, llama_run, g
         assert torch.equal(greedy_ids(model, ids[:, :6]), greedy_ids(reference, ids[:, :6]))
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_qwen_runs_round_trip_unpermuted(kind, corpus_file, tmp_path):
+    """Qwen2 (biased attention) and Qwen3 (query and key norms) keep transformers' rotary layout in llama.cpp too."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    from conftest import _train_tokenizer, make_corpus
+
+    tokenizer = _train_tokenizer("llama", make_corpus(200, seed=1))
+    config = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim={"qwen2": 16, "qwen3": 128}[kind], max_position_embeddings=128, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / kind)
+    tokenizer.save_pretrained(tmp_path / kind)
+    train(run_config(tmp_path / kind, corpus_file, tmp_path / "run", max_steps=6))
+    for dtype, tolerance in (("fp32", 1e-5), ("q8_0", 0.01)):
+        out = tmp_path / dtype
+        assert main(["export", str(tmp_path / "run"), "--out", str(out), "--dtype", dtype, "--gguf"]) == 0
+        path = next(out.glob("*.gguf"))
+        model = AutoModelForCausalLM.from_pretrained(out, gguf_file=path.name, dtype=torch.float32, config=gguf_config(path))
+        reference = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+        ids = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")(TEXT, return_tensors="pt").input_ids
+        assert torch.equal(AutoTokenizer.from_pretrained(out, gguf_file=path.name)(TEXT, return_tensors="pt").input_ids, ids)
+        assert abs(loss_of(model, ids) / loss_of(reference, ids) - 1) < tolerance
+
+
 def test_quantized_files_get_smaller_in_order(llama_run, tmp_path):
     sizes = {}
     for dtype in ("fp16", "q8_0", "q5_0", "q4_0"):
@@ -121,7 +148,7 @@ def test_gguf_export_refuses_other_architectures_in_one_line(tmp_path, corpus_fi
     capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--gguf"]) == 2
     err = capsys.readouterr().err
-    assert "GGUF export supports llama, mistral, gpt2" in err and "gpt_neo" in err and len(err.strip().splitlines()) == 1
+    assert "GGUF export supports llama, mistral, qwen2, qwen3, gpt2" in err and "gpt_neo" in err and len(err.strip().splitlines()) == 1
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out2"), "--dtype", "q4_0"]) == 2
     assert "need --gguf" in capsys.readouterr().err
 
@@ -156,3 +183,14 @@ def test_eval_generate_and_serve_take_a_quantized_file(llama_run, corpus_file, t
     assert main(["generate", str(path), "--prompt", "the lamp", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     served = load_for_serving(str(path), "cpu")
     assert served.name == path.name and served.encode("the lamp", True)
+
+
+def test_a_qwen3_whose_heads_transformers_would_misread_is_refused():
+    from transformers import Qwen3Config
+
+    from tunesmith.errors import UserError
+    from tunesmith.export_gguf import LAYOUTS
+
+    LAYOUTS["qwen3"].check(Qwen3Config(hidden_size=32, num_attention_heads=2, head_dim=128))
+    with pytest.raises(UserError, match="assumes 128"):
+        LAYOUTS["qwen3"].check(Qwen3Config(hidden_size=32, num_attention_heads=2, head_dim=16))

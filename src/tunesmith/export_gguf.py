@@ -98,7 +98,7 @@ def _write_tokenizer(writer, tokenizer, vocab_size: int, pre: str | None) -> Non
     writer.add_token_merges(merges)
     for token_id, add in ((tokenizer.bos_token_id, writer.add_bos_token_id), (tokenizer.eos_token_id, writer.add_eos_token_id),
                           (tokenizer.unk_token_id, writer.add_unk_token_id), (tokenizer.pad_token_id, writer.add_pad_token_id)):
-        if token_id is not None:
+        if token_id is not None and token_id < vocab_size:
             add(token_id)
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
     if tokenizer.chat_template:
@@ -137,6 +137,32 @@ class LlamaLayout:
         return tensor
 
 
+class QwenLayout(LlamaLayout):
+    """Qwen2 (biased query, key and value) and Qwen3 (norms on query and key): llama.cpp's `qwen2` and `qwen3`,
+    whose rotary layout is transformers' own, so nothing is permuted."""
+
+    pre_tokenizer = "qwen2"
+
+    def __init__(self, arch: str, read_head_dim: str):
+        self.arch, self.read_head_dim = arch, read_head_dim  # the head width transformers' GGUF reader assumes
+
+    def check(self, config) -> None:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        assumed = 128 if self.read_head_dim == "128" else config.hidden_size // config.num_attention_heads
+        if head_dim != assumed:
+            raise UserError(f"GGUF export: this {self.arch} model's heads are {head_dim} wide, but transformers' GGUF reader "
+                            f"assumes {assumed} for {self.arch} and could not read the file back; use the Hugging Face export")
+
+    def hyperparameters(self, writer, config) -> None:
+        super().hyperparameters(writer, config)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+
+    def tensor(self, hf_name: str, tensor: torch.Tensor, config) -> torch.Tensor:
+        return tensor
+
+
 class GPT2Layout:
     """GPT-2: llama.cpp's `gpt2` architecture, whose matrices are the transpose of transformers' Conv1D weights."""
 
@@ -162,7 +188,9 @@ class GPT2Layout:
 
 
 # transformers model_type -> how llama.cpp lays it out; each is one that transformers also reads back from GGUF
-LAYOUTS = {"llama": LlamaLayout(), "mistral": LlamaLayout(), "gpt2": GPT2Layout()}
+LAYOUTS = {"llama": LlamaLayout(), "mistral": LlamaLayout(), "qwen2": QwenLayout("qwen2", "hidden/heads"),
+           "qwen3": QwenLayout("qwen3", "128"),
+           "gpt2": GPT2Layout()}
 
 
 def _tensors(model, config, layout):

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run")
     export.add_argument("--out", help="a new, empty folder (with --push-to-hub, by default a temporary one)")
     export.add_argument("--dtype", default="bf16", help="bf16, fp16 or fp32; with --gguf also q8_0, q5_0 or q4_0 (quantized)")
-    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family and GPT-2 models)")
+    export.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp-family runtimes (Llama-family, Qwen2, Qwen3 and GPT-2 models)")
     export.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the export with its model card to the Hugging Face Hub")
     export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
     export.add_argument("--hub-endpoint", metavar="URL", help="a Hub mirror or private Hub (default: huggingface.co, or HF_ENDPOINT)")
