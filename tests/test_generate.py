@@ -181,3 +181,34 @@ def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_pat
     short.write_text("".join(json.dumps({"text": f"reset {i}"}) + "\n" for i in range(30)))
     assert main(["eval", str(run), "--data", str(short), "--generate", "2"]) == 2
     assert "no validation text to generate against" in capsys.readouterr().err
+
+
+def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama, tmp_path, monkeypatch, capsys):
+    """Stopped after two rows (Ctrl-C, or a kill), a rerun skips them and ends with the uninterrupted run's output."""
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    args = ["generate", str(tiny_llama), "--input", str(source), "--max-new-tokens", "6", "--temperature", "1.0", "--seed", "5",
+            "--max-batch", "1"]
+    assert main([*args, "--output", str(tmp_path / "whole.jsonl")]) == 0
+    out = tmp_path / "out.jsonl"
+    original, finished = Decoder.drop_finished, []
+
+    def stop_after_two_rows(self):
+        original(self)
+        finished.append(not self.rows)
+        if sum(finished) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Decoder, "drop_finished", stop_after_two_rows)
+    assert main([*args, "--output", str(out)]) == 130
+    monkeypatch.undo()
+    journal = tmp_path / "out.jsonl.progress.jsonl"
+    assert not out.exists() and len(journal.read_text().splitlines()) == 3  # its identity and two rows
+    capsys.readouterr()
+    assert main([*args, "--output", str(out)]) == 0
+    assert "resumed: 2 rows" in capsys.readouterr().out
+    assert read_jsonl(out) == read_jsonl(tmp_path / "whole.jsonl") and not journal.exists()
+    other = tmp_path / "fresh.jsonl.progress.jsonl"  # another run's journal (other settings) is not resumed
+    other.write_text(json.dumps({"identity": "another run"}) + "\n" + json.dumps({"row": 0, "completions": []}) + "\n")
+    assert main([*args, "--output", str(tmp_path / "fresh.jsonl")]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    assert read_jsonl(tmp_path / "fresh.jsonl") == read_jsonl(tmp_path / "whole.jsonl")

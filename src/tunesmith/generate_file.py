@@ -4,10 +4,14 @@ Each output row is its input row, every column kept, with the sample index, the 
 ended (`stop` or `length`, or `error` with the reason) and its token count; `n` rows per prompt, in the
 input's order. With a reference column, ROUGE-L and chrF score each row, and the summary (beside the
 output, `<name>.summary.json`) holds the corpus figures with the run's speed and settings.
+
+Rows are journaled as they finish (`<output>.progress.jsonl`), so an interrupted run, rerun with the same
+model, input and settings, skips the rows it finished; the output itself appears whole, at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -17,8 +21,10 @@ from pathlib import Path
 from .data.read import lookup
 from .durable import write_atomically
 from .errors import UserError
+from .fingerprint import file_sha256
 from .generation import Completion, SamplingOptions, default_stop_ids, encode_prompt, generate_many
 from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
+from .run_directory import read_json_lines
 
 OUTPUT_COLUMNS = ("sample", "generated", "finish_reason", "tokens", "error")
 SCORE_COLUMNS = ("rouge_l", "chrf")
@@ -28,9 +34,40 @@ def summary_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.summary.json")
 
 
+class Journal:
+    """The finished rows of one `generate --input` run, one JSON line each after a line naming the run's identity."""
+
+    def __init__(self, output_path: Path, identity: dict):
+        self.path = output_path.with_name(output_path.name + ".progress.jsonl")
+        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.handle = None
+
+    def finished(self) -> dict[int, list[Completion]]:
+        """The rows an earlier run with the same identity finished; none when there is no journal or it is another run's."""
+        lines, _ = read_json_lines(self.path)  # a line torn by a kill is left out, and its row runs again
+        if not lines or lines[0].get("identity") != self.identity:
+            return {}
+        return {line["row"]: [Completion(**c) for c in line["completions"]] for line in lines[1:] if "row" in line}
+
+    def open(self, resuming: bool) -> None:
+        self.handle = self.path.open("a" if resuming else "w", encoding="utf-8")
+        if not resuming:
+            self.handle.write(json.dumps({"identity": self.identity}) + "\n")
+            self.handle.flush()
+
+    def add(self, row: int, completions: list[Completion]) -> None:
+        self.handle.write(json.dumps({"row": row, "completions": [asdict(c) for c in completions]}) + "\n")
+        self.handle.flush()
+
+    def remove(self) -> None:
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
+
+
 def summary_lines(summary: dict) -> list[str]:
     reasons = ", ".join(f"{count:,} {reason}" for reason, count in summary["finish_reasons"].items())
-    lines = [f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
+    resumed = [f"resumed: {summary['resumed_rows']:,} rows were finished by an interrupted run with the same settings"]
+    lines = resumed * bool(summary["resumed_rows"]) + [f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
              f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)"]
     if summary["metrics"]:
         metrics = summary["metrics"]
@@ -86,8 +123,11 @@ def _score(out: list[dict], reference_field: str) -> dict:
 
 
 def generate_file(model, tokenizer, input_path: Path, output_path: Path, options: SamplingOptions, prompt_field: str = "prompt",
-                  reference_field: str | None = None, max_batch: int = 16, show_progress: bool = True) -> dict:
-    """Write the completions of every row of `input_path` to `output_path`; returns the summary, also written beside it."""
+                  reference_field: str | None = None, max_batch: int = 16, show_progress: bool = True, model_name: str = "") -> dict:
+    """Write the completions of every row of `input_path` to `output_path`; returns the summary, also written beside it.
+
+    Rows finished by an interrupted run with the same `model_name`, input file and settings are taken from its journal.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -98,26 +138,39 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
         raise UserError(f"--input {input_path}: no rows")
     prompts = _prompts(rows, prompt_field, input_path)
     _check_columns(rows, reference_field, input_path)
-    present = [index for index, prompt in enumerate(prompts) if prompt is not None]
-    encoded = [encode_prompt(tokenizer, prompts[index], options.chat) for index in present]
+    journal = Journal(output_path, {"model": model_name or getattr(model, "name_or_path", ""), "input": file_sha256(input_path),
+                                    "prompt_field": prompt_field, "settings": asdict(options)})
+    missing = [Completion(finish_reason="error", error=f"the row has no '{prompt_field}' field") for _ in range(options.n)]
+    results: list[list[Completion] | None] = [None if prompt is not None else missing for prompt in prompts]
+    resumed = journal.finished()
+    for row, completions in resumed.items():
+        results[row] = completions
+    todo = [row for row, result in enumerate(results) if result is None]
+    encoded = [encode_prompt(tokenizer, prompts[row], options.chat) for row in todo]
+    journal.open(resuming=bool(resumed))
     started = time.perf_counter()
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress,
                   console=Console(stderr=True), transient=True) as progress:
-        bar = progress.add_task("rows", total=len(present))
+        bar = progress.add_task("rows", total=len(todo))
+
+        def finished(position: int, completions: list[Completion]) -> None:
+            journal.add(todo[position], completions)
+            progress.advance(bar)
+
         done = generate_many(model, tokenizer, encoded, options, default_stop_ids(model, tokenizer, options.chat), max_batch,
-                             on_done=lambda _: progress.advance(bar))
+                             on_done=finished, keys=todo)
     seconds = time.perf_counter() - started
-    missing = [Completion(finish_reason="error", error=f"the row has no '{prompt_field}' field") for _ in range(options.n)]
-    results = [missing] * len(rows)
-    for index, completions in zip(present, done):
-        results[index] = completions
+    for row, completions in zip(todo, done):
+        results[row] = completions
     out = _output_rows(rows, results)
     metrics = _score(out, reference_field) if reference_field else {}
     tokens = sum(row["tokens"] for row in out)
-    summary = {"input": str(input_path), "output": str(output_path), "rows": len(rows), "samples": len(out),
+    new_tokens = sum(c.tokens for completions in done for c in completions)
+    summary = {"input": str(input_path), "output": str(output_path), "rows": len(rows), "resumed_rows": len(resumed), "samples": len(out),
                "finish_reasons": dict(Counter(row["finish_reason"] for row in out)), "generated_tokens": tokens,
-               "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+               "seconds": round(seconds, 2), "tokens_per_second": round(new_tokens / seconds, 1) if seconds else None,
                "metrics": metrics, "reference_field": reference_field, "settings": asdict(options)}
     write_rows(output_path, out)
     write_atomically(summary_path(output_path), json.dumps(summary, indent=2) + "\n")
+    journal.remove()
     return summary

@@ -107,12 +107,15 @@ def check_fits_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
 
 
 def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingOptions, stop_ids: list[int],
-                  max_batch: int = 16, on_done: Callable[[int], None] | None = None) -> list[list[Completion]]:
+                  max_batch: int = 16, on_done: Callable[[int, list[Completion]], None] | None = None,
+                  keys: list[int] | None = None) -> list[list[Completion]]:
     """`options.n` completions for each prompt (token ids), in the prompts' order.
 
     Prompts run in batches ordered by length, each joining as rows free up. A prompt that leaves no room in
     the model's context gets error completions; one that leaves some is cut short there ("length").
-    Prompt i draws from its own seed (derived from options.seed and i), so a seeded run repeats.
+    Prompt i draws from its own seed, derived from options.seed and its key (keys[i], by default i), so a
+    seeded run repeats, and a resumed one draws what the uninterrupted run would have. `on_done(i, completions)`
+    is called as each prompt finishes.
     """
     options.check()
     context = context_length(model.config)
@@ -127,11 +130,11 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
             for completion in results[index]:
                 completion.finish_reason, completion.error = "error", reason
             if on_done:
-                on_done(index)
+                on_done(index, results[index])
             continue
-        collector = _Collector(results[index], on_done=(lambda index=index: on_done(index)) if on_done else None)
+        collector = _Collector(results[index], on_done=(lambda index=index: on_done(index, results[index])) if on_done else None)
         jobs.append(Job(prompt, options.settings(), min(options.max_new_tokens, room), collector, options.n, list(options.stops),
-                        derived_seed(options.seed, index)))
+                        derived_seed(options.seed, keys[index] if keys else index)))
     decode_all(Decoder(model, tokenizer, stop_ids), jobs, max_batch)
     return results
 

@@ -104,7 +104,7 @@ def _run_generate(args) -> int:
             print(completion.text if len(completions) == 1 else f"--- sample {index} ({completion.finish_reason})\n{completion.text}")
         return 0
     summary = generate_file(model, tokenizer, Path(args.input), Path(args.output), options, args.prompt_field, args.reference_field,
-                            args.max_batch, show_progress=sys.stderr.isatty())
+                            args.max_batch, show_progress=sys.stderr.isatty(), model_name=args.model_or_run)
     print("\n".join(summary_lines(summary)))
     return 0
 
