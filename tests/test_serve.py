@@ -204,6 +204,9 @@ def test_n_seed_stop_and_penalties(server):
     penalized = api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0,
                                        presence_penalty=2.0, frequency_penalty=2.0).choices[0]
     assert penalized.text != greedy.text
+    repeated = api.completions.create(model="tiny", prompt="the lamp", max_tokens=20, temperature=0,
+                                      extra_body={"repetition_penalty": 2.0}).choices[0]
+    assert repeated.text != greedy.text
 
 
 class Row:

@@ -211,7 +211,8 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             raise RequestError(400, f"the prompt ({len(prompt):,} tokens) and max_tokens ({max_tokens:,}) do not fit the "
                                     f"model's context of {served.context:,} tokens; shorten the prompt or lower max_tokens")
         relay = Relay(request)
-        settings = SamplingSettings(body.temperature, body.top_p, body.top_k, body.frequency_penalty, body.presence_penalty)
+        settings = SamplingSettings(body.temperature, body.top_p, body.top_k, body.frequency_penalty, body.presence_penalty,
+                                    body.repetition_penalty)
         job = Job(prompt, settings, max_tokens, relay.put, body.n, body.stops, body.seed,
                   time.monotonic() + limits.request_seconds)
         try:

@@ -43,6 +43,7 @@ class Sampling(BaseModel):
     seed: int | None = None
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=2, description="not OpenAI's: CTRL's over prompt and text, as vLLM takes it")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
