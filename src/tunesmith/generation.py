@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
 from .decoding import Decoder, Job, SamplingSettings, decode_all
 from .decoding.engine import derived_seed
 from .errors import UserError
@@ -108,14 +106,14 @@ def check_fits_context(model, prompt_tokens: int, max_new_tokens: int) -> None:
 
 def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingOptions, stop_ids: list[int],
                   max_batch: int = 16, on_done: Callable[[int, list[Completion]], None] | None = None,
-                  keys: list[int] | None = None) -> list[list[Completion]]:
+                  keys: list[int] | None = None, on_text: Callable[[str], None] | None = None) -> list[list[Completion]]:
     """`options.n` completions for each prompt (token ids), in the prompts' order.
 
     Prompts run in batches ordered by length, each joining as rows free up. A prompt that leaves no room in
     the model's context gets error completions; one that leaves some is cut short there ("length").
     Prompt i draws from its own seed, derived from options.seed and its key (keys[i], by default i), so a
     seeded run repeats, and a resumed one draws what the uninterrupted run would have. `on_done(i, completions)`
-    is called as each prompt finishes.
+    is called as each prompt finishes; `on_text(piece)` with each piece of text as it is decoded (for one prompt, a stream).
     """
     options.check()
     context = context_length(model.config)
@@ -132,7 +130,7 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
             if on_done:
                 on_done(index, results[index])
             continue
-        collector = _Collector(results[index], on_done=(lambda index=index: on_done(index, results[index])) if on_done else None)
+        collector = _Collector(results[index], on_text, (lambda index=index: on_done(index, results[index])) if on_done else None)
         jobs.append(Job(prompt, options.settings(), min(options.max_new_tokens, room), collector, options.n, list(options.stops),
                         derived_seed(options.seed, keys[index] if keys else index)))
     decode_all(Decoder(model, tokenizer, stop_ids), jobs, max_batch)
@@ -168,7 +166,7 @@ class ChatSession:
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError("this model has no chat template; fine-tune it with --task chat, or use `tunesmith generate`")
         self.options.check()
-        self.decoder = Decoder(self.model, self.tokenizer, default_stop_ids(self.model, self.tokenizer, chat=True))
+        self.stop_ids = default_stop_ids(self.model, self.tokenizer, chat=True)
         self.turn = 0
 
     def reset(self) -> None:
@@ -181,12 +179,9 @@ class ChatSession:
         """The assistant's answer to `text`, each piece passed to `on_text` as it is decoded."""
         self.history.append({"role": "user", "content": text})
         prompt = self._prompt_ids()
-        completion = Completion()
-        options = self.options
-        job = Job(prompt, options.settings(), options.max_new_tokens, _Collector([completion], on_text), 1, list(options.stops),
-                  derived_seed(options.seed, self.turn))
+        completion = generate_many(self.model, self.tokenizer, [prompt], self.options, self.stop_ids, 1, keys=[self.turn],
+                                   on_text=on_text)[0][0]
         self.turn += 1
-        decode_all(self.decoder, [job], 1)
         if completion.error:
             self.history.pop()
             raise UserError(f"generation failed: {completion.error}")
@@ -213,7 +208,6 @@ class ChatSession:
         return input_ids
 
 
-@torch.no_grad()
 def greedy_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_ids: list[int], rendered: bool) -> list[str]:
     """Greedy continuations of fixed prompts, all in one batch; rendered (chat) prompts already hold their special tokens."""
     ids = [tokenizer(prompt, add_special_tokens=not rendered).input_ids for prompt in prompts]
