@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,3 +93,11 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     generation = generation_scores(task, model, tokenizer, examples, generate, new_tokens, device, precision) if generate else None
     return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.task or None,
                       generation)
+
+
+def record_generation(run_dir: Path, result: EvalResult, data) -> None:
+    """`eval RUN --generate`'s figures in the run, where the report finds them."""
+    from .durable import write_atomically
+    from .run_directory import GENERATION_EVAL
+
+    write_atomically(run_dir / GENERATION_EVAL, json.dumps({"data": data, **result.generation}, indent=2) + "\n")

@@ -67,6 +67,11 @@ def _loading(gguf_file: str | None) -> str:
             "(`AutoModelForSequenceClassification` for a classifier with a head).")
 
 
+def export_line(written: Path, dtype: str, gguf: bool, out: Path) -> str:
+    loads = "llama.cpp-family runtimes and transformers (gguf_file=...)" if gguf else "transformers' from_pretrained"
+    return f"wrote {written} ({dtype}): loads in {loads}; model card in {out / 'README.md'}"
+
+
 def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False) -> Path:
     """Write `out`: the run's final weights in `dtype` (a Hugging Face directory, or one GGUF file), its tokenizer, task file and README.md.
 

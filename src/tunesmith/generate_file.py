@@ -66,9 +66,11 @@ class Journal:
 
 def summary_lines(summary: dict) -> list[str]:
     reasons = ", ".join(f"{count:,} {reason}" for reason, count in summary["finish_reasons"].items())
-    resumed = [f"resumed: {summary['resumed_rows']:,} rows were finished by an interrupted run with the same settings"]
-    lines = resumed * bool(summary["resumed_rows"]) + [f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
-             f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)"]
+    lines = []
+    if summary["resumed_rows"]:
+        lines.append(f"resumed: {summary['resumed_rows']:,} rows were finished by an interrupted run with the same settings")
+    lines.append(f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
+                 f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)")
     if summary["metrics"]:
         metrics = summary["metrics"]
         lines.append(f"against '{summary['reference_field']}' ({metrics['scored']:,} completions): ROUGE-L {metrics['rouge_l']:.2f}, "

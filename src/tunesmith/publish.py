@@ -7,9 +7,12 @@ the one-line error says whether the token or the network was missing, and how to
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .export import export_line, export_run
 
 
 def _network_failure(exc: Exception) -> bool:
@@ -49,3 +52,19 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, endpoint: str
             raise
         raise UserError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); {again}") from None
     return commit.commit_url
+
+
+def export_and_push(run_dir: Path, repo_id: str, out: Path | None, dtype: str, gguf: bool, private: bool = False,
+                    endpoint: str | None = None, log=print) -> str:
+    """Export the run into `out` (or a temporary folder, removed once pushed) and push it; returns the commit's URL.
+
+    The token is checked first, so a push that cannot happen exports nothing.
+    """
+    token = hub_token(repo_id)
+    folder = out or Path(tempfile.mkdtemp(prefix="tunesmith-export-")) / "export"
+    written = export_run(run_dir, folder, dtype, gguf=gguf)
+    log(export_line(written, dtype, gguf, folder))
+    url = push_to_hub(folder, repo_id, private, endpoint, token)
+    if out is None:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    return url

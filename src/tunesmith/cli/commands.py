@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import load_config, starter_yaml
 from ..errors import UserError
-from ..run_directory import GENERATION_EVAL, is_run_dir
+from ..run_directory import is_run_dir
 from .parser import config_of, overrides_of
 
 
@@ -55,7 +55,7 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from ..evaluation import evaluate_model
+    from ..evaluation import evaluate_model, record_generation
     from ..tasks import task_kind
 
     run_config = Path(args.model_or_run) / "config.yaml"
@@ -67,10 +67,7 @@ def _run_eval(args) -> int:
     results = [evaluate_model(spec, None if own_split else cfg.data.train, cfg, log, args.generate, args.max_new_tokens)
                for spec in [args.model_or_run, args.compare] if spec]
     if args.generate and is_run_dir(Path(args.model_or_run)):
-        from ..durable import write_atomically
-
-        generation = {"data": "the run's validation split" if own_split else cfg.data.train, **results[0].generation}
-        write_atomically(Path(args.model_or_run) / GENERATION_EVAL, json.dumps(generation, indent=2) + "\n")
+        record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train)
     if args.json:
         payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
         print(json.dumps(payload))
@@ -160,24 +157,18 @@ def _run_predict(args) -> int:
 
 
 def _run_export(args) -> int:
-    import shutil
-    import tempfile
+    from ..export import export_line, export_run
+    from ..publish import export_and_push
 
-    from ..export import export_run
-    from ..publish import hub_token, push_to_hub
-
-    if not args.out and not args.push_to_hub:
-        raise UserError("export needs --out (a new, empty folder) or --push-to-hub OWNER/NAME")
-    token = hub_token(args.push_to_hub) if args.push_to_hub else None
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tunesmith-export-")) / "export"
-    written = export_run(Path(args.run), out, args.dtype, gguf=args.gguf)
-    loads = "llama.cpp-family runtimes and transformers (gguf_file=...)" if args.gguf else "transformers' from_pretrained"
-    print(f"wrote {written} ({args.dtype}): loads in {loads}; model card in {out / 'README.md'}")
     if args.push_to_hub:
-        url = push_to_hub(out, args.push_to_hub, args.private, args.hub_endpoint, token)
+        url = export_and_push(Path(args.run), args.push_to_hub, Path(args.out) if args.out else None, args.dtype, args.gguf,
+                              args.private, args.hub_endpoint)
         print(f"pushed to {args.push_to_hub}{' (private)' if args.private else ''}: {url}")
-        if not args.out:
-            shutil.rmtree(out.parent, ignore_errors=True)
+        return 0
+    if not args.out:
+        raise UserError("export needs --out (a new, empty folder) or --push-to-hub OWNER/NAME")
+    written = export_run(Path(args.run), Path(args.out), args.dtype, gguf=args.gguf)
+    print(export_line(written, args.dtype, args.gguf, Path(args.out)))
     return 0
 
 
