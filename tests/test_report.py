@@ -36,7 +36,7 @@ def test_report_files_hold_curves_findings_samples_and_config(finished_run):
         assert heading in markdown
     assert "transfer_gain" in markdown and (finished_run / "report_files" / "loss.png").is_file()
     page = (finished_run / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3 and 'data-kind="transfer_gain"' in page
+    assert page.count('src="data:image/png;base64,') == 4 and 'data-kind="transfer_gain"' in page and 'id="plot-forgetting"' in page
 
 
 def test_report_command_rewrites_the_report(finished_run, capsys):
@@ -52,7 +52,7 @@ def test_report_renders_in_chromium(finished_run, tmp_path):
     url = (finished_run / "report.html").resolve().as_uri()
     dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=120).stdout
-    assert 'id="findings"' in dom and "transfer_gain" in dom and dom.count('class="plot"') == 3
+    assert 'id="findings"' in dom and "transfer_gain" in dom and dom.count('class="plot"') == 4 and 'id="forgetting"' in dom
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
                     "--window-size=1000,2400", "--hide-scrollbars", url], capture_output=True, timeout=120, check=True)

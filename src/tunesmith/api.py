@@ -18,14 +18,19 @@ def _as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
+    from .forgetting import BaseSampler, replay_files
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
+    from .runtime import pick_device, pick_precision
     from .tasks import build_task
 
     cfg = _as_config(config)
     task = build_task(cfg)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
     params = count_parameters(load_model_config(resolved))
-    return prepare_data(cfg.data, cfg.clean, task.tokenizer(resolved), tunesmith_home(), model_params=params, task=task)
+    device = pick_device(cfg.train.device)
+    sampler = BaseSampler(resolved, device, pick_precision(cfg.train.precision, device)) if cfg.data.replay else None
+    return prepare_data(cfg.data, cfg.clean, task.tokenizer(resolved), tunesmith_home(), model_params=params, task=task,
+                        replay_files=replay_files(cfg, sampler))
 
 
 def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:

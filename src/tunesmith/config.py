@@ -36,8 +36,19 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run (off unless you trust it)")
 
 
+class DataSource(_Section):
+    """One weighted source of training data: its files and its share of the training tokens."""
+
+    path: str | list[str]
+    weight: float = Field(gt=0)
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
 class DataConfig(_Section):
-    train: list[str] = Field(default_factory=list, description="files, folders or globs: .txt .md .jsonl .json .csv .tsv .parquet .html (and .gz of the line formats)")
+    train: list[str | DataSource] = Field(default_factory=list, description="files, folders or globs: .txt .md .jsonl .json .csv .tsv .parquet .html (and .gz of the line formats); or weighted sources, [{path: support/, weight: 0.8}, {path: general.jsonl, weight: 0.2}], each then up- or down-sampled by whole documents to its share of the training tokens")
     val: list[str] = Field(default_factory=list, description="optional validation files; when empty, val_fraction of the documents is held out")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation (at least one document)")
     text_field: str = Field("text", description="field (JSON, Parquet; nested as meta.text) or column (CSV, TSV) that holds the text")
@@ -47,13 +58,34 @@ class DataConfig(_Section):
     block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length); chat and classify: the longest example, and the length of a packed row")
     label_field: str = Field("label", description="task classify: field or column that holds the label (a string or an integer)")
     packing: Literal["auto", "joined", "documents", "padded"] = Field("auto", description="joined: documents joined with EOS into full blocks (lm); documents: packed into blocks with attention and positions confined to each document or example; padded: one example per row (chat, classify); auto: joined for lm, documents for chat and classify")
+    replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (apart from the probe's samples); 0: off")
 
     @field_validator("train", "val", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        if isinstance(value, (str, Path)):
-            return [str(value)]
+        if isinstance(value, (str, Path, dict)):
+            return [value if isinstance(value, dict) else str(value)]
         return value
+
+    @field_validator("train")
+    @classmethod
+    def _all_weighted_or_none(cls, value: list) -> list:
+        weighted = [isinstance(item, DataSource) for item in value]
+        if any(weighted) and not all(weighted):
+            raise ValueError("give every source a weight ({path: ..., weight: ...}) or none")
+        return value
+
+    @property
+    def train_paths(self) -> list[str]:
+        """Every training file, folder or glob, whether the sources are weighted or not."""
+        return [path for item in self.train for path in (item.paths if isinstance(item, DataSource) else [item])]
+
+    @property
+    def sources(self) -> list[tuple[list[str], float | None]]:
+        """The training sources with their weights; plain paths form one source of their natural mix (weight None)."""
+        if self.train and isinstance(self.train[0], DataSource):
+            return [(item.paths, item.weight) for item in self.train]
+        return [(list(self.train), None)] if self.train else []
 
 
 class CleanConfig(_Section):
@@ -123,6 +155,8 @@ class MonitorConfig(_Section):
     sample_prompts: list[str] | None = Field(None, description="prompts generated at each evaluation (null: beginnings of validation documents)")
     sample_count: int = Field(3, ge=0, description="how many validation beginnings to use when sample_prompts is null (0: no samples)")
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
+    general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
+    probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
 
 
 class ChatConfig(_Section):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
+from .diagnose_preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 from .errors import UserError
+from .findings import Advice, Finding, RunFacts, round3
 from .run_directory import read_json_lines
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
@@ -22,49 +23,6 @@ LOW_LR = 1e-5
 SPIKE_FACTOR = 2.0
 SPIKE_MIN_NATS = 0.5  # and this far above: near-zero losses (a classifier's) double by noise alone
 TOKENS_PER_PARAMETER = 0.01
-
-
-@dataclass(frozen=True)
-class Advice:
-    key: str  # a config key, or "" for advice outside the config
-    value: object
-    why: str
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    severity: str  # "info", "warning" or "error"
-    message: str
-    evidence: dict
-    advice: list[Advice] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What diagnosis needs to know besides the metric history."""
-
-    steps_per_epoch: float | None = None
-    train_tokens: int | None = None
-    trainable_parameters: int | None = None
-    method: str = "full"
-    lr: float | None = None
-    dropout: float | None = None
-    weight_decay: float | None = None
-    skipped_steps: int = 0
-    base_val_loss: float | None = None
-    best_val_loss: float | None = None
-    val_tokens: int | None = None
-    val_loss_std: float | None = None
-    micro_batch_size: int | None = None
-    memory_before_training_mb: float | None = None
-    device_memory_mb: float | None = None
-    preference_beta: float | None = None  # the preference settings, which the preference findings advise on
-    preference_method: str | None = None
-    orpo_lambda: float | None = None
 
 
 def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
@@ -118,11 +76,6 @@ def overfitting(history: list[dict], facts: RunFacts) -> Finding | None:
     )
 
 
-def _round(value: float) -> float:
-    """Three significant digits: advice reads 0.009, not 0.009000000000000001."""
-    return float(f"{value:.3g}")
-
-
 def _flat(history: list[dict]) -> tuple[float, float, float] | None:
     losses = [loss for _, loss in _train_losses(history)]
     if len(losses) < 20:
@@ -139,7 +92,7 @@ def learning_rate_too_low(history: list[dict], facts: RunFacts) -> Finding | Non
     return Finding("lr_too_low", "warning",
                    f"the training loss hardly moved ({first:.4f} -> {last:.4f}, {change:.1%}) at a learning rate of {facts.lr:.2g}",
                    {"first_loss": first, "last_loss": last, "relative_change": change, "lr": facts.lr},
-                   [Advice("train.lr", _round(facts.lr * 10), "ten times the learning rate")])
+                   [Advice("train.lr", round3(facts.lr * 10), "ten times the learning rate")])
 
 
 def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
@@ -151,7 +104,7 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
     if val_change >= FLAT_CHANGE:
         return None
     first, last, change = flat
-    advice = [Advice("train.lr", _round((facts.lr or 5e-5) * 3), "a higher learning rate"),
+    advice = [Advice("train.lr", round3((facts.lr or 5e-5) * 3), "a higher learning rate"),
               Advice("train.epochs", None, "more steps: raise train.epochs or train.max_steps")]
     if facts.method == "freeze":
         advice.append(Advice("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"))
@@ -164,7 +117,7 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
 def instability(history: list[dict], facts: RunFacts) -> Finding | None:
     losses = _train_losses(history)
     spikes = []
-    if _preference_rows(history):
+    if preference_rows(history):
         losses = []  # a few pairs' preference loss swings between 0 and 1 by design: only non-finite steps count
     for index in range(5, len(losses)):
         recent = median(loss for _, loss in losses[index - 5 : index])
@@ -173,7 +126,7 @@ def instability(history: list[dict], facts: RunFacts) -> Finding | None:
     skipped = facts.skipped_steps or sum(1 for row in history if row.get("skipped"))
     if not spikes and not skipped:
         return None
-    advice = [Advice("train.lr", _round((facts.lr or 5e-5) / 3), "a lower learning rate"),
+    advice = [Advice("train.lr", round3((facts.lr or 5e-5) / 3), "a lower learning rate"),
               Advice("train.warmup_steps", None, "a longer warmup"),
               Advice("train.grad_clip", 1.0, "clip the gradient norm")]
     return Finding("instability", "error" if skipped else "warning",
@@ -239,7 +192,7 @@ def memory(history: list[dict], facts: RunFacts) -> Finding | None:
 
 def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     evals = _evaluations(history)
-    if _preference_rows(history):
+    if preference_rows(history):
         return None  # a preference loss is not a perplexity's; its gain is the preference accuracy's
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
     best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
@@ -251,79 +204,37 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
 
 
-DISPLACEMENT_NATS = 0.1  # fall of the chosen answers' per-token log-prob that counts as displacement
-FLAT_MARGIN_NATS = 0.5  # rise of the chosen-over-rejected log-prob margin (per pair) under which it "hardly moves"
-FLAT_ACCURACY = 0.02
-COLLAPSE_NATS = 1.0  # fall of the rejected answers' per-token log-prob that counts as a collapse
+FORGETTING_NATS = 0.1  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)
 
 
-def _preference_rows(history: list[dict]) -> list[dict]:
-    return [row for row in history if "chosen_logp_per_token" in row and math.isfinite(row["chosen_logp_per_token"])]
-
-
-def likelihood_displacement(history: list[dict], facts: RunFacts) -> Finding | None:
-    """DPO's known failure: the margin grows because both answers become unlikely, the chosen ones too."""
-    rows = _preference_rows(history)
+def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
+    """The model kept (the best step so far) has moved far from the base model's own text: general ability is being lost."""
+    rows = [row for row in history if math.isfinite(row.get("drift_nats", math.nan)) and "val_loss" in row]
     if len(rows) < 2:
         return None
-    first, last = rows[0], rows[-1]
-    fall = first["chosen_logp_per_token"] - last["chosen_logp_per_token"]
-    grew = last["logp_margin"] - first["logp_margin"]
-    if fall < DISPLACEMENT_NATS or grew <= 0:
+    kept = min(rows[1:], key=lambda row: row["val_loss"])
+    drift = kept["drift_nats"]
+    if drift < FORGETTING_NATS:
         return None
-    return Finding("likelihood_displacement", "warning",
-                   f"the chosen answers' log-prob fell from {first['chosen_logp_per_token']:.3f} to {last['chosen_logp_per_token']:.3f} "
-                   f"per token (step {first['step']} -> {last['step']}) while their margin over the rejected grew by {grew:.2f} nats: "
-                   "the model prefers the chosen answers by making both less likely, and may write worse ones",
-                   {"chosen_logp_per_token_first": first["chosen_logp_per_token"], "chosen_logp_per_token_last": last["chosen_logp_per_token"],
-                    "logp_margin_first": first["logp_margin"], "logp_margin_last": last["logp_margin"]},
-                   [Advice("preference.method", "orpo", "its loss on the chosen answers keeps them likely"),
-                    Advice("train.lr", _round((facts.lr or 5e-5) / 3), "a lower learning rate moves the answers less"),
-                    Advice("train.epochs", None, "fewer epochs: stop near the best step")])
-
-
-def margin_flat(history: list[dict], facts: RunFacts) -> Finding | None:
-    rows = _preference_rows(history)
-    if len(rows) < 2:
-        return None
-    first = rows[0]
-    grew = max(row["logp_margin"] for row in rows[1:]) - first["logp_margin"]
-    gained = max(row["likelihood_accuracy"] for row in rows[1:]) - first["likelihood_accuracy"]
-    if grew >= FLAT_MARGIN_NATS or gained >= FLAT_ACCURACY:
-        return None
-    if facts.preference_method == "orpo":
-        stronger = Advice("preference.orpo_lambda", _round((facts.orpo_lambda or 0.1) * 10),
-                          "a larger weight on the odds ratio: the loss on the chosen answers alone makes both kinds likelier")
-    else:
-        stronger = Advice("preference.beta", _round((facts.preference_beta or 0.1) * 2), "a larger beta: the DPO and KTO gradients scale with it")
-    return Finding("margin_flat", "warning",
-                   f"the chosen-over-rejected margin hardly moved over {len(rows)} evaluations ({grew:+.2f} nats at most, "
-                   f"preference accuracy {gained:+.1%}): the model is not learning the preferences",
-                   {"logp_margin_first": first["logp_margin"], "logp_margin_gain": grew, "accuracy_gain": gained},
-                   [Advice("train.lr", _round((facts.lr or 5e-5) * 3), "a higher learning rate"), stronger,
-                    Advice("", None, "check that the chosen and rejected answers really differ in what you want learned")])
-
-
-def rejected_collapse(history: list[dict], facts: RunFacts) -> Finding | None:
-    rows = [row for row in _preference_rows(history) if math.isfinite(row.get("rejected_logp_per_token", math.nan))]
-    if len(rows) < 2:
-        return None
-    first, last = rows[0], rows[-1]
-    fall = first["rejected_logp_per_token"] - last["rejected_logp_per_token"]
-    if fall < COLLAPSE_NATS:
-        return None
-    return Finding("rejected_collapse", "warning",
-                   f"the rejected answers' log-prob collapsed from {first['rejected_logp_per_token']:.2f} to "
-                   f"{last['rejected_logp_per_token']:.2f} per token: the model is driven far from its reference, "
-                   "which tends to degrade its other answers too",
-                   {"rejected_logp_per_token_first": first["rejected_logp_per_token"], "rejected_logp_per_token_last": last["rejected_logp_per_token"]},
-                   [Advice("preference.beta", _round((facts.preference_beta or 0.1) * 2), "a larger beta keeps the model closer to the reference"),
-                    Advice("train.lr", _round((facts.lr or 5e-5) / 3), "a lower learning rate"),
-                    Advice("train.epochs", None, "fewer epochs: the best step is earlier")])
+    general = ""
+    if "general_ppl" in kept and "general_ppl" in rows[0]:
+        general = f"; on your general text the perplexity went {rows[0]['general_ppl']:.2f} -> {kept['general_ppl']:.2f}"
+    advice = [Advice("train.lr", round3((facts.lr or 5e-5) / 3), "a lower learning rate moves the model less from the base")]
+    if facts.method == "full":
+        advice += [Advice("model.method", "lora", "low-rank adapters leave the base weights as they are"),
+                   Advice("model.method", "freeze", "train only the top blocks (with model.train_last_layers)")]
+    if not facts.replay:
+        advice.append(Advice("data.replay", 0.1, "rehearse general text while learning the domain"))
+    return Finding("forgetting", "warning",
+                   f"at step {kept['step']} (the best so far) the model needs {drift:.3f} more nats per token than the base model on "
+                   f"the base model's own text (its perplexity there x{math.exp(drift):.2f}){general}: it is losing general language "
+                   "while it learns the domain", {"step": kept["step"], "drift_nats": drift, "threshold_nats": FORGETTING_NATS,
+                                                   "general_ppl_base": rows[0].get("general_ppl"), "general_ppl": kept.get("general_ppl")},
+                   advice)
 
 
 CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, validation_too_small, memory, transfer_gain,
-          likelihood_displacement, margin_flat, rejected_collapse)
+          likelihood_displacement, margin_flat, rejected_collapse, forgetting)
 
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
@@ -361,6 +272,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         preference_beta=config.get("preference", {}).get("beta"),
         preference_method=config.get("preference", {}).get("method"),
         orpo_lambda=config.get("preference", {}).get("orpo_lambda"),
+        replay=config.get("data", {}).get("replay", 0.0),
     )
 
 

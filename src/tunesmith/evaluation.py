@@ -78,7 +78,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     model = load_model(resolved, classifier=task.has_head)
     fit_embeddings(model, tokenizer)
     block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
-    data_cfg = cfg.data.model_copy(update={"block_size": block_size})
+    data_cfg = cfg.data.model_copy(update={"block_size": block_size, "replay": 0.0})  # rehearsal text never reaches validation
     if data:
         prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
     else:

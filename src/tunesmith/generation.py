@@ -48,6 +48,7 @@ class Completion:
     finish_reason: str = "length"  # stop | length | error
     tokens: int = 0
     error: str = ""
+    ids: list[int] = field(default_factory=list)  # the generated token ids, without the stop token
 
 
 @dataclass
@@ -62,7 +63,8 @@ class _Collector:
             if self.on_text is not None:
                 self.on_text(event[2])
         elif event[0] == "end":
-            self.completions[event[1]].finish_reason, self.completions[event[1]].tokens = event[2], event[3]
+            completion = self.completions[event[1]]
+            completion.finish_reason, completion.tokens, completion.ids = event[2], event[3], event[4]
         elif event[0] == "error":
             for completion in self.completions:
                 completion.finish_reason, completion.error = "error", event[2]

@@ -89,10 +89,21 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.set_ylabel("likelihood preference accuracy")
         axis.set_ylim(0, 1)
 
+    drift = [(r["step"], r["drift_nats"], r["val_ppl"]) for r in metrics if "drift_nats" in r and "val_ppl" in r]
+
+    def forgetting(axis):
+        axis.plot([d for _, d, _ in drift], [p for _, _, p in drift], "o-", color="#dd8452")
+        for step, d, p in drift:
+            axis.annotate(str(step), (d, p), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.set_xlabel("drift from the base model (nats per token; step by each point)")
+        axis.set_ylabel("validation perplexity")
+
     figures = {"loss": _figure_png(losses)}
     if any(p is not None for _, _, p in evals):
         figures["perplexity"] = _figure_png(perplexity)
     figures["learning_rate"] = _figure_png(learning_rate)
+    if len(drift) > 1:
+        figures["forgetting"] = _figure_png(forgetting)
     if scores:
         figures["classification"] = _figure_png(classification)
     if preference:
@@ -143,8 +154,11 @@ def report_sections(run_dir: Path) -> dict:
         "comparison": [row for row in task_rows + [
             (f"{scope}validation loss", base.get("val_loss"), best.get("val_loss")),
             (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
-            ("next-token accuracy" if not task_rows else "label-token accuracy", base.get("val_accuracy"), best.get("val_accuracy"))]
+            ("next-token accuracy" if not task_rows else "label-token accuracy", base.get("val_accuracy"), best.get("val_accuracy")),
+            ("drift from the base model (nats per token)", base.get("drift_nats"), best.get("drift_nats")),
+            ("general text perplexity", base.get("general_ppl"), best.get("general_ppl"))]
             if row[1] is not None or row[2] is not None],
+        "forgetting": _forgetting_line(summary.get("forgetting")),
         "classes": classification_tables(summary),
         "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
         "generation": _json(run_dir / GENERATION_EVAL),
@@ -169,6 +183,22 @@ def _generation_line(generation: dict) -> str:
             f"{generation['rouge_l']:.2f}, chrF {generation['chrf']:.2f} against the data's own text.")
 
 
+def _source_line(row: dict) -> str:
+    name = "rehearsal text (data.replay)" if row["rehearsal"] else f"source {row['source']}"
+    return f"{name}: {row['actual_share']:.1%} of the training tokens (target {row['target_share']:.1%})"
+
+
+def _forgetting_line(forgetting: dict | None) -> str:
+    if not forgetting:
+        return ""
+    if "skipped" in forgetting:
+        return f"Not measured: {forgetting['skipped']}."
+    share = forgetting.get("share_of_evaluation")
+    cost = f", {share:.0%} of the evaluation time" if share is not None else ""
+    return (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
+            f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token from the base on the base model's own text.")
+
+
 def _timing(summary: dict) -> list[tuple[str, str]]:
     keys = ["device", "precision", "processes", "method", "steps", "tokens_seen", "train_seconds", "eval_seconds", "tokens_per_s",
             "stopped_because", "best_step"]
@@ -188,6 +218,8 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
     for name, png in sections["plots"].items():
         (image_dir / f"{name}.png").write_bytes(png)
         lines.append(f"![{name}]({image_dir.name}/{name}.png)")
+    if sections["forgetting"]:
+        lines += ["", "## Forgetting", "", sections["forgetting"]]
     lines += ["", "## Findings", ""]
     lines += [line for finding in sections["findings"] for line in _finding_lines(finding)] or ["No findings."]
     generation = sections["generation"]
@@ -203,6 +235,7 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
     if data:
         lines += ["", "## Data", "", f"{data['documents_read']:,} documents read, {data['documents_kept']:,} kept."]
         lines += [f"- {row['removed']:,} removed as {row['step'].replace('_', ' ')}" for row in data.get("steps", [])]
+        lines += [f"- {_source_line(row)}" for row in data.get("mix", [])]
         lines += [f"- warning: {w}" for w in data.get("warnings", [])]
     lines += ["", "## Hardware and timing", "", sections["platform"], ""]
     lines += [f"- {key}: {value}" for key, value in _timing(sections["summary"])]
@@ -226,6 +259,8 @@ def render_html(sections: dict) -> str:
     parts.append("<h2>Curves</h2>")
     for name, png in sections["plots"].items():
         parts.append(f'<img class="plot" id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if sections["forgetting"]:
+        parts.append(f"<h2>Forgetting</h2><p id='forgetting'>{esc(sections['forgetting'])}</p>")
     parts.append('<h2>Findings</h2><ul id="findings">')
     for finding in sections["findings"]:
         advice = "".join(f"<li>{esc(line)}</li>" for line in (
@@ -248,6 +283,7 @@ def render_html(sections: dict) -> str:
     if data:
         parts.append(f"<h2>Data</h2><p>{data['documents_read']:,} documents read, {data['documents_kept']:,} kept.</p><ul>")
         parts += [f"<li>{row['removed']:,} removed as {esc(row['step'].replace('_', ' '))}</li>" for row in data.get("steps", [])]
+        parts += [f"<li>{esc(_source_line(row))}</li>" for row in data.get("mix", [])]
         parts += [f"<li>warning: {esc(w)}</li>" for w in data.get("warnings", [])]
         parts.append("</ul>")
     parts.append(f"<h2>Hardware and timing</h2><p>{esc(sections['platform'])}</p><table>")

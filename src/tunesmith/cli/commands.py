@@ -64,10 +64,10 @@ def _run_eval(args) -> int:
     if not cfg.data.train:
         raise UserError("eval needs --data FILE (or a run directory, whose own validation split it then uses)")
     log = (lambda _msg: None) if args.json else print
-    results = [evaluate_model(spec, None if own_split else cfg.data.train, cfg, log, args.generate, args.max_new_tokens)
+    results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens)
                for spec in [args.model_or_run, args.compare] if spec]
     if args.generate and is_run_dir(Path(args.model_or_run)):
-        record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train)
+        record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train_paths)
     if args.json:
         payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
         print(json.dumps(payload))

@@ -75,6 +75,27 @@ class ExampleWriter:
         np.save(self.directory / f"{self.split}.offsets.npy", np.r_[0, np.asarray(self.ends, dtype=np.int64)].astype(np.int64))
         np.save(self.directory / f"{self.split}.classes.npy", np.asarray(self.classes, dtype=np.int64))
 
+    def rewrite(self, spans: list) -> None:
+        """After close: the files again as these units (`mix.Span`s, repeats allowed) in this order, each with all its examples."""
+        empty = self.tokens == 0
+        ids = np.zeros(0, dtype=self.dtype) if empty else np.memmap(self.ids_path, dtype=self.dtype, mode="r")
+        mask = np.zeros(0, dtype=np.uint8) if empty else np.memmap(self.mask_path, dtype=np.uint8, mode="r")
+        ends, classes = np.r_[0, np.asarray(self.ends, dtype=np.int64)], np.asarray(self.classes, dtype=np.int64)
+        old = (self.ids_path, self.mask_path)
+        self.ids_path, self.mask_path = (path.with_name(path.name + ".mix") for path in old)
+        self.ids_handle, self.mask_handle = self.ids_path.open("wb"), self.mask_path.open("wb")
+        self.ends, self.classes, self.unit_starts, self.tokens, self.targets = array("q"), array("q"), array("q"), 0, 0
+        for span in spans:
+            self.start_unit()
+            for example in range(span.example_start, span.example_end):
+                a, b = ends[example], ends[example + 1]
+                self.write(np.asarray(ids[a:b]), np.asarray(mask[a:b]), int(classes[example]))
+        self.close()
+        del ids, mask
+        for mixed, path in zip((self.ids_path, self.mask_path), old):
+            mixed.replace(path)
+        self.ids_path, self.mask_path = old
+
 
 class Examples:
     """The examples of one split, memory-mapped; the same interface as TokenBlocks for the loop and evaluation."""

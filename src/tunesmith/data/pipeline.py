@@ -166,6 +166,19 @@ class TokenWriter:
         self.flush()
         self.handle.close()
 
+    def rewrite(self, spans: list) -> None:
+        """After close: the file again as these documents (`mix.Span`s, repeats allowed) in this order."""
+        ids = np.memmap(self.path, dtype=self.dtype, mode="r") if self.tokens else np.zeros(0, dtype=self.dtype)
+        mixed = self.path.with_name(self.path.name + ".mix")
+        self.path, self.tokens, self.documents = mixed, 0, 0
+        self.handle = mixed.open("wb")
+        for span in spans:
+            self.write(np.asarray(ids[span.token_start : span.token_end]))
+        self.close()
+        del ids
+        mixed.replace(mixed.with_name(mixed.name.removesuffix(".mix")))
+        self.path = mixed.with_name(mixed.name.removesuffix(".mix"))
+
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """The Rust tokenizer's batch encoder on all cores; `encode_batch_fast` skips offsets nobody here needs."""
@@ -191,14 +204,17 @@ class Splitter:
         self.next_key = 0
         self.moved = 0
 
-    def assign(self, doc) -> bool | None:
-        """True for validation, False for train, None when dropped as a near duplicate."""
+    def assign(self, doc, rehearsal: bool = False) -> bool | None:
+        """True for validation, False for train, None when dropped as a near duplicate.
+
+        Rehearsal text always trains, and is dropped where it nearly copies anything already kept.
+        """
         minhash = self.near.minhash(doc.signature)
         match = self.near.match(minhash)
-        if match is not None and self.drop_near:
+        if match is not None and (self.drop_near or rehearsal):
             self.report.remove("near_duplicate", doc.unit.key)
             return None
-        own_side = hash_bucket(doc.digest) < self.val_fraction
+        own_side = hash_bucket(doc.digest) < self.val_fraction and not rehearsal
         side = own_side if match is None else self.side_of[match]
         self.moved += side != own_side
         key = self.next_key

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..fingerprint import file_sha256
 from .blocks import TokenBlocks
 from .examples import Examples
-from .preparer import Preparer
+from .preparer import Preparer, Source
 from .read import DocumentReader, expand_paths
 from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
@@ -56,12 +56,25 @@ class PreparedData:
         return lines
 
 
-def _cache_key(train_files: list[Path], val_files: list[Path], tokenizer_id: str, settings: dict) -> str:
+def _cache_key(sources: list[Source], val_files: list[Path], tokenizer_id: str, settings: dict) -> str:
     digest = hashlib.sha256(f"v{FORMAT_VERSION}|{tokenizer_id}|{json.dumps(settings, sort_keys=True)}".encode())
-    for role, files in (("train", train_files), ("val", val_files)):
+    roles = [(f"train{number}|{source.weight}|{source.rehearsal}", source.files) for number, source in enumerate(sources)]
+    for role, files in [*roles, ("val", val_files)]:
         for path in files:
             digest.update(f"|{role}|{path.name}|{file_sha256(path)}".encode())
     return digest.hexdigest()[:20]
+
+
+def training_sources(cfg: DataConfig, replay_files: list[Path], eval_only: bool) -> list[Source]:
+    """data.train as sources (one, unless weighted), and the rehearsal text last when data.replay is on."""
+    if eval_only:
+        return [Source("data", expand_paths(cfg.train_paths, "data.train"))]
+    sources = [Source(", ".join(paths), expand_paths(paths, "data.train"), weight) for paths, weight in cfg.sources]
+    if cfg.replay:
+        if not replay_files:
+            raise UserError("data.replay: no rehearsal text was given to mix in")
+        sources.append(Source("rehearsal", replay_files, rehearsal=True))
+    return sources
 
 
 def _warn(report: DataReport, meta: dict, block_size: int, model_params: int | None) -> None:
@@ -83,20 +96,21 @@ def _warn(report: DataReport, meta: dict, block_size: int, model_params: int | N
 
 
 def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path, eval_only: bool = False,
-                 model_params: int | None = None, task: UnitKind | None = None) -> PreparedData:
+                 model_params: int | None = None, task: UnitKind | None = None, replay_files: list[Path] = ()) -> PreparedData:
     """Read, clean, de-duplicate, split and tokenize `cfg.train` (and `cfg.val`); reuse the cache when nothing changed.
 
     `task` supplies the units and their encoding (plain text, packed, by default). With `eval_only`,
-    every unit of `cfg.train` goes to the validation split (for `tunesmith eval`).
+    every unit of `cfg.train` goes to the validation split (for `tunesmith eval`). Weighted sources and
+    `replay_files` (the rehearsal text of data.replay, {"text": ...} records) are mixed into training by their shares.
     """
     task = task or TextUnits()
     if not cfg.train:
         raise UserError("data.train: no training data given; pass --data FILE (or a folder or glob)")
-    train_files = expand_paths(cfg.train, "data.train")
+    sources = training_sources(cfg, list(replay_files), eval_only)
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
     settings = {**cfg.model_dump(mode="json", exclude={"train", "val", "label_field"}), "clean": clean.model_dump(mode="json"),
                 "eval_only": eval_only, **task.cache_settings()}
-    key = _cache_key(train_files, val_files, tokenizer_fingerprint(tokenizer), settings)
+    key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / "meta.json").is_file():
         return PreparedData(directory, json.loads((directory / "meta.json").read_text()), from_cache=True)
@@ -105,7 +119,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        meta = _prepare_into(partial, cfg, clean, task, tokenizer, train_files, val_files, eval_only, model_params, settings)
+        meta = _prepare_into(partial, cfg, clean, task, tokenizer, sources, val_files, eval_only, model_params, settings)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -116,12 +130,13 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     return PreparedData(directory, meta, from_cache=False)
 
 
-def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: UnitKind, tokenizer, train_files: list[Path],
+def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: UnitKind, tokenizer, sources: list[Source],
                   val_files: list[Path], eval_only: bool, model_params: int | None, settings: dict) -> dict:
     dtype = token_dtype(len(tokenizer))
     job = Preparer(task, cfg, clean, tokenizer, directory, dtype)
+    train_files = [path for source in sources if not source.rehearsal for path in source.files]
     task.begin(lambda report: DocumentReader.for_data(cfg, clean, report), train_files)
-    job.run(train_files, val_files, eval_only)
+    job.run(sources, val_files, eval_only)
     splits = job.splits()
     task_meta = task.finish(job.train, job.val, cfg, job.report, eval_only)
     job.report.splits = {name: {k: v for k, v in split.items() if k != "blocks" and (k != "examples" or task.layout != "packed")}
@@ -134,7 +149,8 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: Un
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "settings": settings,
-        "sources": {"train": [str(p) for p in train_files], "val": [str(p) for p in val_files]},
+        "sources": {"train": [str(p) for p in train_files], "val": [str(p) for p in val_files],
+                    "replay": [str(p) for source in sources if source.rehearsal for p in source.files]},
         "units": task.unit_words,
         "task": task_meta,
         **{name: {"documents": split["examples"], "tokens": split["tokens"], "blocks": split["blocks"]} for name, split in splits.items()},

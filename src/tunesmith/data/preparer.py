@@ -10,6 +10,7 @@ Memory holds the de-duplication index, not the data.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,10 +19,27 @@ from ..errors import UserError
 from .clean import text_digest, transforms
 from .dedup import NearDuplicateIndex
 from .examples import ExampleWriter
+from .mix import Span, mixed_order, source_shares
 from .pipeline import BATCH_DOCUMENTS, Splitter, TokenWriter, batched
 from .read import DocumentReader
 from .report import DataReport
 from .units import FIELDS_HINT, Encoded, Unit, UnitKind
+
+MIX_SEED = 0
+
+
+@dataclass
+class Source:
+    """One source of training units: its files, its weight (None: unweighted), and whether it is rehearsal text.
+
+    Rehearsal text (data.replay) is read as plain {"text": ...} records whatever the data's own fields, goes to
+    training only, and is dropped where it nearly copies a document of the data.
+    """
+
+    name: str
+    files: list[Path]
+    weight: float | None = None
+    rehearsal: bool = False
 
 
 class Preparer:
@@ -33,10 +51,11 @@ class Preparer:
         self.near = NearDuplicateIndex(clean.near_threshold)
         writer = TokenWriter if kind.layout == "packed" else ExampleWriter
         self.train, self.val = writer(directory, "train", dtype), writer(directory, "val", dtype)
-        self.units_kept = {False: 0, True: 0}  # a long conversation can make several examples on its side
+        self.spans: dict[bool, list[Span]] = {False: [], True: []}  # each side's units, where its writer put them
 
-    def reader(self, report: DataReport) -> DocumentReader:
-        return DocumentReader.for_data(self.data, self.clean, report)
+    @property
+    def units_kept(self) -> dict[bool, int]:
+        return {side: len(spans) for side, spans in self.spans.items()}
 
     def _unique(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, bytes]]:
         for unit in units:
@@ -47,14 +66,14 @@ class Preparer:
             self.seen.add(digest)
             yield unit, digest
 
-    def encoded(self, files: list[Path]) -> Iterator[Encoded]:
+    def encoded(self, files: list[Path], data: DataConfig | None = None) -> Iterator[Encoded]:
         """The files' units, encoded a batch at a time while the next batch is read, each with its MinHash signature."""
-        kind, report = self.kind, self.report
-        stream = self._unique(kind.units(self.reader, files, self.data, self.clean, report))
+        kind, report, data = self.kind, self.report, data or self.data
+        stream = self._unique(kind.units(lambda into: DocumentReader.for_data(data, self.clean, into), files, data, self.clean, report))
 
         def encode(batch: list[tuple[Unit, bytes]]) -> list[Encoded]:
             digests = {id(unit): digest for unit, digest in batch}
-            done = kind.encode([unit for unit, _ in batch], self.tokenizer, self.data, self.clean, report)
+            done = kind.encode([unit for unit, _ in batch], self.tokenizer, data, self.clean, report)
             for item in done:
                 item.digest = digests[id(item.unit)]
             return done
@@ -74,20 +93,24 @@ class Preparer:
             if pending is not None:
                 yield from signed(pending.result())
 
-    def _write(self, side: bool, item: Encoded) -> None:
-        self.units_kept[side] += 1
+    def _write(self, side: bool, pieces: list[tuple], source: int) -> None:
         writer = self.val if side else self.train
+        tokens, examples = writer.tokens, writer.documents
         writer.start_unit()
-        for piece in item.pieces:
+        for piece in pieces:
             writer.write(*piece)
-        self.report.token_lengths.extend(item.lengths)
+        self.spans[side].append(Span(source, tokens, writer.tokens, examples, writer.documents))
 
-    def split(self, files: list[Path], val_fraction: float) -> Splitter:
+    def split(self, sources: list[Source], val_fraction: float) -> Splitter:
+        """Every source through one de-duplication index and one splitter, so both work across sources as within one."""
         splitter = Splitter(val_fraction, self.near, self.clean.dedup_near, self.report)
-        for item in self.encoded(files):
-            side = splitter.assign(item)
-            if side is not None:
-                self._write(side, item)
+        for number, source in enumerate(sources):
+            data = self.data.model_copy(update={"text_field": "text", "template": None}) if source.rehearsal else None
+            for item in self.encoded(source.files, data):
+                side = splitter.assign(item, rehearsal=source.rehearsal)
+                if side is not None:
+                    self._write(side, item.pieces, number)
+                    self.report.token_lengths.extend(item.lengths)
         return splitter
 
     def user_val(self, files: list[Path]) -> dict:
@@ -102,7 +125,8 @@ class Preparer:
             total += 1
             if (leaked_exactly or leaked_nearly) and len(examples) < 3:
                 examples.append(" ".join(item.unit.key.split())[:160])
-            self._write(True, item)
+            self._write(True, item.pieces, 0)
+            self.report.token_lengths.extend(item.lengths)
         words = self.kind.unit_words
         summary = (f"{exact} exact and {near} near copies of training {words} among {total} validation {words}"
                    if exact or near else f"none of the {total} validation {words} has an exact or near copy in training")
@@ -115,22 +139,19 @@ class Preparer:
         """At least one unit on each side, when there are two or more."""
         for source, target, side in ((self.train, self.val, True), (self.val, self.train, False)):
             if target.documents == 0 and self.units_kept[not side] >= 2:
-                target.start_unit()
-                for piece in source.take_last():
-                    target.write(*piece)
-                self.units_kept[not side] -= 1
-                self.units_kept[side] += 1
+                moved = self.spans[not side].pop()
+                self._write(side, source.take_last(), moved.source)
                 return
 
-    def run(self, train_files: list[Path], val_files: list[Path], eval_only: bool) -> None:
+    def run(self, sources: list[Source], val_files: list[Path], eval_only: bool) -> None:
         try:
             if eval_only:
-                self.split(train_files, 1.0)
+                self.split(sources, 1.0)
             elif val_files:
-                self.split(train_files, 0.0)
+                self.split(sources, 0.0)
                 self.report.leakage = self.user_val(val_files)
             else:
-                splitter = self.split(train_files, self.data.val_fraction)
+                splitter = self.split(sources, self.data.val_fraction)
                 self.balance()
                 dropped = self.report.removed.get("near_duplicate", 0)
                 self.report.leakage = {
@@ -145,6 +166,26 @@ class Preparer:
             self.val.close()
         if self.train.documents + self.val.documents == 0:
             raise nothing_left(self.report, self.kind.fields_hint)
+        if not eval_only and (len(sources) > 1 or sources[0].weight is not None):
+            self.mix(sources)
+
+    def mix(self, sources: list[Source]) -> None:
+        """Resample the training units so each source has its share of the training tokens (data.train weights, data.replay)."""
+        spans = self.spans[False]
+        replay = self.data.replay if sources[-1].rehearsal else 0.0
+        for number, source in enumerate(sources):
+            if not any(span.source == number for span in spans):
+                if source.rehearsal:
+                    self.report.warnings.append("data.replay: no rehearsal text is left after de-duplication; training without it")
+                    sources, replay = sources[:-1], 0.0
+                    continue
+                raise UserError(f"data.train source {source.name}: no training {self.kind.unit_words} left after cleaning and the split; "
+                                "check its files, or drop it")
+        order, figures = mixed_order(spans, source_shares([s.weight for s in sources], replay), replay, MIX_SEED)
+        self.spans[False] = [spans[i] for i in order]
+        self.train.rewrite(self.spans[False])
+        self.report.mix = [{"source": source.name, "weight": source.weight, "rehearsal": source.rehearsal, **figure}
+                           for source, figure in zip(sources, figures)]
 
     def splits(self) -> dict:
         return {name: {"documents": self.units_kept[side], "examples": writer.documents, "tokens": writer.tokens,

@@ -37,6 +37,7 @@ class DataReport:
     leakage: dict = field(default_factory=dict)
     splits: dict = field(default_factory=dict)
     token_lengths: array = field(default_factory=lambda: array("q"), repr=False)  # one entry per kept document
+    mix: list[dict] = field(default_factory=list)  # weighted sources and replay: each source's target and actual share
     task: dict = field(default_factory=dict)  # chat and classify: what the task's preparation found (classes, truncations)
     warnings: list[str] = field(default_factory=list)
 
@@ -83,6 +84,7 @@ class DataReport:
             "boilerplate_lines": self.boilerplate_lines,
             "splits": self.splits,
             "leakage": self.leakage,
+            "mix": self.mix,
             "task": self.task,
             "document_tokens": {
                 "mean": float(lengths.mean()) if len(lengths) else 0.0,
@@ -143,6 +145,10 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     else:
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
                      f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
+    for source in report.get("mix", []):
+        name = "rehearsal (data.replay)" if source["rehearsal"] else source["source"]
+        lines.append(f"  source {name}: {source['actual_share']:.1%} of the training tokens (target {source['target_share']:.1%}), "
+                     f"{source['units_used']:,} of its {source['units']:,} {meta.get('units', 'documents')} used")
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())
         lines.append(f"classes (train): {counts}")

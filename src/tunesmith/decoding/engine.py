@@ -1,7 +1,7 @@
 """Jobs in, text out: the rows being decoded, each a choice of a job, advanced together one token per step.
 
 A `Job` is one prompt with its settings, `n` choices, stop strings, seed and deadline; it reports through its
-`send` callback: ("text", choice, piece), ("end", choice, finish_reason, tokens), ("done", prompt_tokens,
+`send` callback: ("text", choice, piece), ("end", choice, finish_reason, tokens, token_ids), ("done", prompt_tokens,
 completion_tokens) or ("error", status, message). The `Decoder` owns the batch and is driven by one owner:
 `decode_all` here, for a list of jobs known in advance, or the serve worker's thread, for requests that arrive.
 """
@@ -173,7 +173,7 @@ class Decoder:
         rest = choice.text.rest()
         if rest:
             job.send(("text", choice.index, rest))
-        job.send(("end", choice.index, reason, choice.tokens))
+        job.send(("end", choice.index, reason, choice.tokens, list(choice.generated)))
         job.ended += 1
         if job.ended == job.n:
             job.closed = True

@@ -101,7 +101,7 @@ def measure_data(cfg: RunConfig) -> DataSize:
 
     if not cfg.data.train:
         raise UserError("recommend needs --data FILE (the training data, to size the epochs)")
-    files = expand_paths(cfg.data.train, "data.train")
+    files = expand_paths(cfg.data.train_paths, "data.train")
     task = build_task(cfg)
     packed = task.layout == "packed"
     reader = DocumentReader.for_data(cfg.data, cfg.clean, DataReport(), on_error="skip")
@@ -116,7 +116,7 @@ def measure_data(cfg: RunConfig) -> DataSize:
     if packed:
         reader.check_fields_found()
     if not characters:
-        raise UserError(f"{', '.join(cfg.data.train)}: no text found; check data.text_field")
+        raise UserError(f"{', '.join(cfg.data.train_paths)}: no text found; check data.text_field")
     return DataSize(len(files), records, characters, len(labels))
 
 

@@ -36,12 +36,16 @@ class Task:
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
     fields_hint: ClassVar[str] = FIELDS_HINT  # what to check when every record was dropped
     rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
+    rehearses: ClassVar[bool] = False  # whether data.replay can mix general text into its training data
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.packing()
         if cfg.train.neftune_alpha and not self.noisy_embeddings:
             raise ConfigError([f"train.neftune_alpha: NEFTune applies to chat and instruction data, not to task {self.name}; set it to 0"])
+        if cfg.data.replay and not self.rehearses:
+            raise ConfigError([f"data.replay: rehearsal text mixes into plain-text training (task lm), not task {self.name}; "
+                               "set it to 0, or mix general data in as a weighted source of data.train"])
 
     @classmethod
     def for_saved(cls, spec: dict, cfg: RunConfig) -> "Task":
@@ -56,6 +60,14 @@ class Task:
     def has_head(self) -> bool:
         """Whether the model is a classifier with a head rather than a language model."""
         return False
+
+    def probe_skip_reason(self, model_config) -> str | None:
+        """Why the forgetting probe cannot score text with this task's model, or None when it can."""
+        return None
+
+    def language_model(self, model: torch.nn.Module):
+        """Next-token logits of (input ids, attention mask), for the forgetting probe."""
+        return lambda ids, attention: model(input_ids=ids, attention_mask=attention, use_cache=False).logits
 
     def head_labels(self) -> list[str] | None:
         """The classes of a classification head, when the model needs one instead of its language-model output."""

@@ -206,6 +206,24 @@ class ClassifyTask(Task):
     def head_labels(self) -> list[str] | None:
         return self.coder.labels if self.has_head else None
 
+    def probe_skip_reason(self, model_config) -> str | None:
+        if self.has_head and not getattr(model_config, "tie_word_embeddings", False):
+            return "the classifier's model has no language-model head to score text with (its output layer is not its embeddings)"
+        return None
+
+    def language_model(self, model: torch.nn.Module):
+        """With a head, the backbone's last hidden states through the tied embeddings: the language-model head the model was born with."""
+        if not self.has_head:
+            return super().language_model(model)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        backbone, embeddings = getattr(inner, inner.base_model_prefix), inner.get_input_embeddings()
+
+        def logits(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+            hidden = backbone(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+            return hidden @ embeddings.weight.T
+
+        return logits
+
     def cache_settings(self) -> dict:
         return {"task": self.name, "classify": self.cfg.classify.model_dump(mode="json", exclude={"metric"}),
                 "label_field": self.cfg.data.label_field, "labels": self.fixed_labels}

@@ -16,6 +16,7 @@ class LmTask(TextUnits, Task):
     eval_units = "blocks"
     target_words = "tokens"
     packings = ("joined", "documents")
+    rehearses = True
 
     def dataset(self, prepared, split: str, training: bool = False):
         return prepared.blocks(split, documents_apart=self.packing() == "documents")

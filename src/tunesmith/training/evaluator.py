@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from ..evaluation import evaluate
+from ..forgetting import probe_row
 from ..loss import Validation
 from ..tasks import Task
 from .distributed import Distributed
@@ -18,10 +21,31 @@ class Evaluator:
         """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
         parts, result = self.parts, None
         if self.context.is_main or parts.sharded:
+            started = time.perf_counter()
             with state.timed():
                 result = evaluate(self.task, parts.model, parts.val, parts.tokenizer, self.batch_size or parts.runner.micro_batch_size,
                                   parts.device, parts.precision, self.max_blocks, self.log)
+            state.validation_seconds += time.perf_counter() - started
         return result if parts.sharded else self.context.share(result)
+
+    def probe(self, state: LoopState) -> dict:
+        """The forgetting probe's metrics (drift_nats, ...), against the base model's, which the first call measures."""
+        parts, nll = self.parts, None
+        if parts.probe is None:
+            return {}
+        if self.context.is_main or parts.sharded:
+            model, started = parts.model, time.perf_counter()
+            was_training = model.training
+            model.eval()
+            with state.timed():
+                nll = parts.probe.measure(self.task.language_model(model), self.batch_size or parts.runner.micro_batch_size,
+                                          parts.device, parts.precision)
+            model.train(was_training)
+            state.probe_seconds += time.perf_counter() - started
+        nll = nll if parts.sharded else self.context.share(nll)
+        if not state.probe_base:
+            state.probe_base = nll
+        return probe_row(nll, state.probe_base)
 
     def start(self, result: Validation, state: LoopState) -> None:
         """The base model's evaluation: the starting point every later one is compared with."""

@@ -124,11 +124,13 @@ class Recipe:
             write_config(cfg.run_dir, cfg)
         result = self.evaluator.evaluate(state)
         self.evaluator.start(result, state)
+        probed = self.evaluator.probe(state)
+        state.probe_best = probed
         for line in task.base_lines(result, parts.val):
             self.console.print(line, highlight=False)
         self.checkpointer.keep_best(state)
         self._samples()
-        self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result)})
+        self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result), **probed})
 
     def _samples(self) -> None:
         if not self.parts.sharded:
@@ -138,10 +140,13 @@ class Recipe:
 
     def _evaluate(self, row: dict, progress: TrainProgress) -> None:
         result = self.evaluator.evaluate(self.state)
-        progress.evaluated(self.task.progress_text(result))
+        probed = self.evaluator.probe(self.state)
+        progress.evaluated(self.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
         if self.evaluator.update_best(result, self.state):
+            self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
         row.update(self.task.eval_row(result))
+        row.update(probed)
         self._samples()
         self.recorder.report_findings(self.facts())
 
@@ -221,6 +226,7 @@ class Recipe:
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
+            replay=cfg.data.replay,
         )
 
     def finish(self, stopped_because: str) -> dict:
@@ -262,11 +268,29 @@ class Recipe:
             "processes": self.context.world_size,
             "memory_before_training_mb": self.memory_before_training_mb,
             "device_memory_mb": device_memory_mb(parts.device),
+            "forgetting": self._forgetting_summary(),
             **task.summary(state.base_metrics, state.best_metrics, parts.val),
         }
         self.recorder.write_summary(summary)
         self.context.barrier()
         return summary
+
+    def _forgetting_summary(self) -> dict:
+        """The probe at the base model and at the best step, and what it cost; or why there was none."""
+        state, probe = self.state, self.parts.probe
+        if probe is None:
+            return {"skipped": self.parts.probe_note}
+        return {
+            "probe": probe.describe().removeprefix("probe: "),
+            "probe_tokens": probe.tokens,
+            "general_probe": probe.general_source,
+            "base_nll": state.probe_base,
+            "best_step": state.best_step,
+            **{f"best_{key}": value for key, value in state.probe_best.items()},
+            "probe_seconds": round(state.probe_seconds, 3),
+            "validation_seconds": round(state.validation_seconds, 3),
+            "share_of_evaluation": state.probe_seconds / (state.probe_seconds + state.validation_seconds) if state.probe_seconds else None,
+        }
 
     def cleanup(self) -> None:
         self.recorder.close()

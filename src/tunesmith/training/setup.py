@@ -11,6 +11,7 @@ from rich.console import Console
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
 from ..errors import ConfigError, UserError
+from ..forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..models.methods import keeps_packed_apart, parameter_counts, short_count, storage_dtypes
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
@@ -40,18 +41,32 @@ class RunParts:
     trainable: int
     data_dir: Path
     flops_per_token: float
+    probe: Probe | None = None
+    probe_note: str | None = None  # why there is no probe
 
 
-def _prepare(cfg: RunConfig, task: Task, console: Console):
+def _prepare(cfg: RunConfig, task: Task, console: Console, device: torch.device, precision: str):
+    """The model's files and tokenizer, the prepared data (with rehearsal text when data.replay), and the forgetting probe."""
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
     tokenizer = task.tokenizer(resolved, log=console.print)
-    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config), task=task)
+    check_general_probe(cfg.monitor)
+    skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else task.probe_skip_reason(model_config)
+    sampler = BaseSampler(resolved, device, precision, console.print) if cfg.data.replay or not skip else None
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config), task=task,
+                        replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
     task.bind(data.meta)
-    return resolved, tokenizer, data
+    probe = None
+    if not skip:
+        evaluated = data.meta["val"]["tokens"]
+        if cfg.train.eval_max_blocks:
+            evaluated = min(evaluated, cfg.train.eval_max_blocks * cfg.data.block_size)
+        probe = build_probe(cfg.monitor, sampler, tokenizer, evaluated)
+        console.print(probe.describe(), highlight=False)
+    return resolved, tokenizer, data, probe, skip
 
 
 def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
@@ -89,7 +104,7 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     enable_tf32(device)
     check_weights(cfg, precision, context)
     with context.main_first():
-        resolved, tokenizer, data = _prepare(cfg, task, console)
+        resolved, tokenizer, data, probe, probe_note = _prepare(cfg, task, console, device, precision)
     storage = storage_dtypes(cfg.model.method, cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels(), storage)
     model.train()
@@ -120,4 +135,4 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context)
     return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
-                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size))
+                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note)

@@ -28,6 +28,10 @@ class LoopState:
     best_score: float = math.inf  # the task's selection score, lower is better (val_loss, or minus accuracy / macro-F1)
     base_metrics: dict = field(default_factory=dict)  # the task's metrics of the base model
     best_metrics: dict = field(default_factory=dict)  # ... and at the best step
+    probe_base: dict = field(default_factory=dict)  # the base model's mean NLL on the forgetting probe's parts
+    probe_best: dict = field(default_factory=dict)  # the probe's metrics at the best step
+    probe_seconds: float = 0.0
+    validation_seconds: float = 0.0  # the validation passes alone, which the probe's cost is measured against
 
     def as_dict(self) -> dict:
         return asdict(self)

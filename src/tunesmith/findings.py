@@ -1,0 +1,54 @@
+"""What a diagnosis says: findings with their evidence and advice, and the facts about a run that checks need."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Advice:
+    key: str  # a config key, or "" for advice outside the config
+    value: object
+    why: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: str  # "info", "warning" or "error"
+    message: str
+    evidence: dict
+    advice: list[Advice] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What diagnosis needs to know besides the metric history."""
+
+    steps_per_epoch: float | None = None
+    train_tokens: int | None = None
+    trainable_parameters: int | None = None
+    method: str = "full"
+    lr: float | None = None
+    dropout: float | None = None
+    weight_decay: float | None = None
+    skipped_steps: int = 0
+    base_val_loss: float | None = None
+    best_val_loss: float | None = None
+    val_tokens: int | None = None
+    val_loss_std: float | None = None
+    micro_batch_size: int | None = None
+    memory_before_training_mb: float | None = None
+    device_memory_mb: float | None = None
+    preference_beta: float | None = None  # the preference settings, which the preference findings advise on
+    preference_method: str | None = None
+    orpo_lambda: float | None = None
+    replay: float = 0.0
+
+
+def round3(value: float) -> float:
+    """Three significant digits: advice reads 0.009, not 0.009000000000000001."""
+    return float(f"{value:.3g}")

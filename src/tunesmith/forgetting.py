@@ -1,0 +1,288 @@
+"""What fine-tuning costs a model elsewhere: a fixed probe of general text, scored at each evaluation.
+
+The default probe is the base model's own text: texts sampled once from it (temperature 1, no truncation,
+seeded, from a few neutral openings; through the chat template for a chat model), cached per model. The
+base model's mean negative log-likelihood on its own samples estimates its entropy; a tuned model's, that
+entropy plus its KL divergence from the base. Their difference, `drift_nats`, is what fine-tuning moved
+away from, measured without shipping a corpus. A file of the user's own general text is scored too, as a
+plain perplexity (`general_ppl`).
+
+Rehearsal text for data.replay comes from the same places, never from what the probe scores: samples
+drawn with other seeds, or the documents of the general file that the probe leaves to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import CleanConfig, DataConfig, MonitorConfig, RunConfig
+from .data.clean import text_digest
+from .data.read import DocumentReader, expand_paths
+from .data.report import DataReport
+from .data.split import hash_bucket
+from .durable import write_atomically
+from .errors import ConfigError
+from .generation import SamplingOptions, default_stop_ids, encode_prompt, generate_many
+from .models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
+from .runtime import autocast
+
+TEXT_TOKENS = 128  # each sampled text, and each piece of a general file, is at most this long
+MAX_TEXTS = 256
+PROBE_SHARE = 0.1  # of the validation tokens: the probe's cost is about this share of an evaluation's
+MIN_TOKENS, MAX_TOKENS = 256, 32768
+SAMPLE_SEED = 20240229
+REPLAY_KEYS = 1 << 20  # rehearsal samples draw from keys (seeds) past every probe sample's
+MAX_REPLAY_TEXTS = 2048
+FILE_PROBE_SHARE = 0.2  # of a general file's documents, by a stable hash; replay reads the others
+OPENINGS = ("The", "In", "Once upon a time,", "It was", "Today", "Here is", "When the", "My")
+CHAT_OPENINGS = ("Tell me something interesting.", "Write a short story.", "Explain how something you know works.",
+                 "Give me some advice.", "Describe a place.", "What should I cook tonight?", "Write a short poem.",
+                 "Ask me a question and answer it.")
+
+Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input ids, attention mask) -> next-token logits
+
+
+@dataclass(frozen=True)
+class ProbeText:
+    """Tokens scored (`ids`) after tokens that only condition them (`prompt`)."""
+
+    prompt: list[int]
+    ids: list[int]
+
+
+def probe_tokens(cfg: MonitorConfig, val_tokens: int) -> int:
+    """How many tokens each probe scores: monitor.probe_tokens, or a tenth of the validation tokens within bounds."""
+    if cfg.probe_tokens:
+        return cfg.probe_tokens
+    return int(min(MAX_TOKENS, max(MIN_TOKENS, PROBE_SHARE * val_tokens)))
+
+
+def _file_key(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _model_key(resolved: ResolvedModel, tokenizer) -> str:
+    """The base model's identity: its name, and for a local model what its files hold."""
+    from .data.tokens import tokenizer_fingerprint
+
+    digest = hashlib.sha256(f"{resolved.path}|{tokenizer_fingerprint(tokenizer)}".encode())
+    folder = Path(resolved.path)
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".json", ".safetensors", ".bin"):
+                stat = path.stat()
+                digest.update(f"|{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+class BaseSampler:
+    """Texts sampled from the base model, cached under $TUNESMITH_HOME/probes by model; the model loads only when more are needed.
+
+    Text number k always draws from the seed of k, so a cache grown later holds what one long sampling would have.
+    """
+
+    def __init__(self, resolved: ResolvedModel, device: torch.device, precision: str, log=print):
+        self.resolved, self.device, self.precision, self.log = resolved, device, precision, log
+        self.tokenizer = load_tokenizer(resolved)
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.path = tunesmith_home() / "probes" / f"{_model_key(resolved, self.tokenizer)}.json"
+        self.cache: dict[int, ProbeText] = self._read()
+
+    def _read(self) -> dict[int, ProbeText]:
+        try:
+            rows = json.loads(self.path.read_text())
+            return {int(key): ProbeText(list(row["prompt"]), list(row["ids"])) for key, row in rows.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none yet, or damaged: sample again
+            return {}
+
+    def texts(self, keys: list[int]) -> list[ProbeText]:
+        """The texts of these keys, sampling those not cached yet; empty texts (an immediate end) are left out."""
+        missing = [key for key in keys if key not in self.cache]
+        if missing:
+            self.cache.update(self._sample(missing))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, json.dumps({str(k): {"prompt": t.prompt, "ids": t.ids} for k, t in sorted(self.cache.items())}))
+        return [self.cache[key] for key in keys if self.cache[key].ids]
+
+    def probe_ids(self) -> set[tuple[int, ...]]:
+        return {tuple(t.ids) for key, t in self.cache.items() if key < REPLAY_KEYS}
+
+    def rehearsal_ids(self) -> set[tuple[int, ...]]:
+        return {tuple(t.ids) for key, t in self.cache.items() if key >= REPLAY_KEYS}
+
+    def prompt(self, key: int) -> list[int]:
+        openings = CHAT_OPENINGS if self.chat else OPENINGS
+        return encode_prompt(self.tokenizer, openings[key % len(openings)], self.chat)
+
+    def _sample(self, keys: list[int]) -> dict[int, ProbeText]:
+        self.log(f"probe: sampling {len(keys)} texts of up to {TEXT_TOKENS} tokens from the base model (once per model)")
+        model = load_model(self.resolved).to(self.device).eval()
+        prompts = [self.prompt(key) for key in keys]
+        options = SamplingOptions(max_new_tokens=TEXT_TOKENS, temperature=1.0, top_k=0, top_p=1.0, seed=SAMPLE_SEED)
+        with autocast(self.device, self.precision):
+            done = generate_many(model, self.tokenizer, prompts, options, default_stop_ids(model, self.tokenizer, self.chat),
+                                 max_batch=32, keys=keys)
+        del model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {key: ProbeText(prompt, completions[0].ids) for key, prompt, completions in zip(keys, prompts, done)}
+
+
+def check_general_probe(cfg: MonitorConfig) -> None:
+    """A general text file that is not there fails before the data is prepared."""
+    if cfg.general_probe not in ("auto", "none"):
+        expand_paths([cfg.general_probe], "monitor.general_probe")
+
+
+def _read_documents(path: str) -> list[str]:
+    """A general text file's (or folder's) documents: .txt split at blank lines, records by their "text" field."""
+    files = expand_paths([path], "monitor.general_probe")
+    reader = DocumentReader.for_data(DataConfig(), CleanConfig(), DataReport(), on_error="skip")
+    documents = [text.strip() for text in reader.read(files) if text.strip()]
+    if not documents:
+        raise ConfigError([f"monitor.general_probe: {path} holds no text; give .txt documents or records with a text field"])
+    return documents
+
+
+def split_general_file(path: str) -> tuple[list[str], list[str]]:
+    """The general file's documents for the probe (a fifth, at least one, by a stable hash) and for rehearsal (the rest)."""
+    documents = sorted(_read_documents(path), key=lambda text: hash_bucket(text_digest(text)))
+    cut = max(1, math.ceil(FILE_PROBE_SHARE * len(documents)))
+    return documents[:cut], documents[cut:]
+
+
+def file_texts(documents: list[str], tokenizer, budget: int) -> list[ProbeText]:
+    """Pieces of up to TEXT_TOKENS scored tokens, each after its first token, until `budget` tokens are scored."""
+    texts, scored = [], 0
+    for document in documents:
+        ids = tokenizer(document, add_special_tokens=False).input_ids
+        for start in range(0, max(0, len(ids) - 1), TEXT_TOKENS):
+            piece = ids[start : start + TEXT_TOKENS + 1]
+            if len(piece) < 2 or scored >= budget:
+                continue
+            texts.append(ProbeText(piece[:1], piece[1:]))
+            scored += len(piece) - 1
+        if scored >= budget:
+            break
+    return texts
+
+
+@torch.no_grad()
+def mean_nll(logits_of: Logits, texts: list[ProbeText], batch_size: int, device: torch.device, precision: str) -> float:
+    """Mean negative log-likelihood per scored token, in nats; rows right-padded, longest first."""
+    total, count = 0.0, 0
+    ordered = sorted(texts, key=lambda t: -(len(t.prompt) + len(t.ids)))
+    for start in range(0, len(ordered), batch_size):
+        rows = ordered[start : start + batch_size]
+        width = max(len(t.prompt) + len(t.ids) for t in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, text in enumerate(rows):
+            sequence = text.prompt + text.ids
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            labels[row, len(text.prompt) : len(sequence)] = torch.tensor(text.ids)
+            attention[row, : len(sequence)] = 1
+        ids, labels, attention = ids.to(device), labels.to(device), attention.to(device)
+        with autocast(device, precision):
+            logits = logits_of(ids, attention)
+        losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+        total += float(losses)
+        count += int((labels[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+@dataclass
+class Probe:
+    """The texts each evaluation scores: the base model's samples (drift_nats) and, when given, a general file (general_ppl)."""
+
+    samples: list[ProbeText]
+    general: list[ProbeText]
+    general_source: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(t.ids) for t in self.samples + self.general)
+
+    def describe(self) -> str:
+        parts = [f"{len(self.samples)} texts sampled from the base model ({sum(len(t.ids) for t in self.samples):,} tokens)"]
+        if self.general:
+            parts.append(f"{sum(len(t.ids) for t in self.general):,} tokens of {self.general_source}")
+        return "probe: " + " and ".join(parts)
+
+    def measure(self, logits_of: Logits, batch_size: int, device: torch.device, precision: str) -> dict[str, float]:
+        """Mean NLL per token on each part: {"samples": ..., "general": ...}."""
+        nll = {"samples": mean_nll(logits_of, self.samples, batch_size, device, precision)}
+        if self.general:
+            nll["general"] = mean_nll(logits_of, self.general, batch_size, device, precision)
+        return nll
+
+
+def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """The metrics of one evaluation: drift in nats per token from the base, its perplexity ratio, the general perplexity."""
+    row = {"drift_nats": nll["samples"] - base["samples"], "probe_ppl_ratio": math.exp(min(nll["samples"] - base["samples"], 700.0))}
+    if "general" in nll:
+        row["general_ppl"] = math.exp(min(nll["general"], 700.0))
+        row["general_drift_nats"] = nll["general"] - base["general"]
+    return row
+
+
+def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens: int) -> Probe | None:
+    """The run's probe, or None with monitor.general_probe none."""
+    if cfg.general_probe == "none":
+        return None
+    budget = probe_tokens(cfg, val_tokens)  # tokens run through the model: each text's prompt costs as much as its own tokens
+    count = min(MAX_TEXTS, max(2, math.ceil(budget / (TEXT_TOKENS + len(sampler.prompt(0))))))
+    rehearsed = sampler.rehearsal_ids()
+    samples = [t for t in sampler.texts(list(range(count))) if tuple(t.ids) not in rehearsed]
+    general, source = [], None
+    if cfg.general_probe != "auto":
+        general, source = file_texts(split_general_file(cfg.general_probe)[0], tokenizer, budget), cfg.general_probe
+    return Probe(samples, general, source)
+
+
+def rehearsal_file(cfg: MonitorConfig, sampler: BaseSampler, texts_wanted: int) -> Path:
+    """data.replay's text as {"text": ...} records: the general file's documents the probe leaves, or fresh base-model samples.
+
+    Samples draw from seeds apart from the probe's, and any that repeats a probe text word for word is left out.
+    """
+    directory = tunesmith_home() / "probes"
+    directory.mkdir(parents=True, exist_ok=True)
+    if cfg.general_probe not in ("auto", "none"):
+        rest = split_general_file(cfg.general_probe)[1]
+        if not rest:
+            raise ConfigError([f"monitor.general_probe: {cfg.general_probe} has too few documents to leave any for data.replay "
+                               "beside the probe's; add documents, or set data.replay=0"])
+        path = directory / f"{_file_key(expand_paths([cfg.general_probe], 'monitor.general_probe'))}.replay.jsonl"
+        records = rest
+    else:
+        count = min(MAX_REPLAY_TEXTS, max(16, texts_wanted))
+        samples = [t for t in sampler.texts(list(range(REPLAY_KEYS, REPLAY_KEYS + count))) if tuple(t.ids) not in sampler.probe_ids()]
+        path = sampler.path.with_name(f"{sampler.path.stem}.replay-{count}.jsonl")
+        records = [sampler.tokenizer.decode(t.ids, skip_special_tokens=True) for t in samples]
+    if not path.is_file():
+        write_atomically(path, "".join(json.dumps({"text": text}) + "\n" for text in records if text.strip()))
+    return path
+
+
+def replay_files(cfg: RunConfig, sampler: BaseSampler | None) -> list[Path]:
+    """data.replay's rehearsal file, or none when it is 0.
+
+    Samples wanted: about the replay share of the data's tokens (4 bytes a token); the mix then sets the share exactly.
+    """
+    if not cfg.data.replay:
+        return []
+    data_bytes = sum(path.stat().st_size for path in expand_paths(cfg.data.train_paths, "data.train"))
+    tokens = data_bytes / 4 * (1 - cfg.data.val_fraction) * cfg.data.replay / (1 - cfg.data.replay)
+    return [rehearsal_file(cfg.monitor, sampler, math.ceil(tokens / TEXT_TOKENS))]

@@ -1,0 +1,170 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from tunesmith import load_config, train
+from tunesmith.config import DataConfig, MonitorConfig, CleanConfig
+from tunesmith.diagnose import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
+from tunesmith.errors import ConfigError
+from tunesmith.forgetting import REPLAY_KEYS, BaseSampler, build_probe, rehearsal_file, split_general_file
+from tunesmith.data import prepare_data
+from tunesmith.models import resolve_model
+from tunesmith.report import write_report
+
+from conftest import make_corpus, write_jsonl
+from test_tasks import classify_config, labelled
+from test_train import run_config
+
+
+def metric_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_probe_numbers_are_in_the_metrics_and_summary_and_zero_at_step_0(tiny_llama, corpus_file, tmp_path, isolated_home):
+    general = write_jsonl(tmp_path / "general.jsonl", [f"Hello world number {i}, plain English text." for i in range(30)])
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=8, eval_every=4)
+    summary = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"general_probe": str(general)})}))
+    evals = [row for row in metric_rows(tmp_path / "run") if "val_loss" in row]
+    assert [row["step"] for row in evals] == [0, 4, 8]
+    assert evals[0]["drift_nats"] == 0.0 and evals[0]["probe_ppl_ratio"] == 1.0 and evals[0]["general_drift_nats"] == 0.0
+    assert all(math.isfinite(row["drift_nats"]) and row["general_ppl"] > 1 for row in evals)
+    assert evals[-1]["drift_nats"] != 0.0 and evals[-1]["general_ppl"] != evals[0]["general_ppl"]
+    forgetting = summary["forgetting"]
+    assert forgetting["general_probe"] == str(general) and forgetting["best_step"] == summary["best_step"]
+    best = next(row for row in evals if row["step"] == summary["best_step"])
+    assert forgetting["best_drift_nats"] == best["drift_nats"] and forgetting["best_general_ppl"] == best["general_ppl"]
+    assert set(forgetting["base_nll"]) == {"samples", "general"} and forgetting["probe_tokens"] > 0
+    assert 0 < forgetting["share_of_evaluation"] < 1 and forgetting["validation_seconds"] > 0
+    cached = list((isolated_home / "probes").glob("*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())) >= 2
+    markdown, _ = write_report(tmp_path / "run")
+    text = markdown.read_text()
+    assert "## Forgetting" in text and "forgetting.png" in text and "drift from the base model" in text
+
+
+def test_a_second_run_reuses_the_cached_samples_and_none_switches_the_probe_off(tiny_gpt2, corpus_file, tmp_path, capsys):
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "a", max_steps=4, eval_every=4))
+    assert "sampling" in capsys.readouterr().out
+    train(run_config(tiny_gpt2, corpus_file, tmp_path / "b", max_steps=4, eval_every=4))
+    assert "sampling" not in capsys.readouterr().out
+    cfg = run_config(tiny_gpt2, corpus_file, tmp_path / "c", max_steps=4, eval_every=4)
+    summary = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"general_probe": "none"})}))
+    assert summary["forgetting"] == {"skipped": "monitor.general_probe is none"}
+    assert not any("drift_nats" in row for row in metric_rows(tmp_path / "c"))
+
+
+def test_a_classifier_head_is_probed_through_its_tied_embeddings_or_skipped(tiny_gpt2, tiny_llama, tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(60)))
+    tied = train(classify_config(tiny_gpt2, path, tmp_path / "gpt2", "head", epochs=1, eval_every=10))
+    assert "best_drift_nats" in tied["forgetting"]
+    assert [row["drift_nats"] for row in metric_rows(tmp_path / "gpt2") if "val_loss" in row][0] == 0.0
+    untied = train(classify_config(tiny_llama, path, tmp_path / "llama", "head", epochs=1, eval_every=10))
+    assert "language-model head" in untied["forgetting"]["skipped"]
+    markdown, _ = write_report(tmp_path / "llama")
+    assert "Not measured: the classifier's model has no language-model head" in markdown.read_text()
+
+
+def history(drifts: list[float], general: list[float] | None = None) -> list[dict]:
+    rows = []
+    for i, drift in enumerate(drifts):
+        row = {"step": 10 * i, "val_loss": 3.0 - 0.1 * i, "val_ppl": math.exp(3.0 - 0.1 * i), "drift_nats": drift}
+        if general:
+            row["general_ppl"] = general[i]
+        rows.append(row)
+    return rows
+
+
+def test_the_forgetting_finding_fires_on_a_drifting_history_and_stays_silent_on_a_healthy_one():
+    facts = RunFacts(lr=5e-4, method="full")
+    found = {f.kind: f for f in diagnose(history([0.0, 0.08, 0.2, 0.35], [30.0, 31.0, 33.0, 36.0]), facts)}
+    finding = found["forgetting"]
+    assert finding.severity == "warning" and finding.evidence["drift_nats"] == 0.35 and finding.evidence["step"] == 30
+    assert "0.350 more nats per token" in finding.message and "30.00 -> 36.00" in finding.message
+    assert [(a.key, a.value) for a in finding.advice] == [("train.lr", 0.000167), ("model.method", "lora"), ("model.method", "freeze"),
+                                                           ("data.replay", 0.1)]
+    assert "forgetting" not in {f.kind for f in diagnose(history([0.0, 0.01, 0.03, FORGETTING_NATS * 0.9]), facts)}
+    assert "forgetting" not in {f.kind for f in diagnose(history([0.0]), facts)}
+    with_lora_and_replay = {f.kind: f for f in diagnose(history([0.0, 0.5]), RunFacts(lr=1e-3, method="lora", replay=0.1))}
+    assert [a.key for a in with_lora_and_replay["forgetting"].advice] == ["train.lr"]
+
+
+def sources_of(directory, tokenizer) -> dict[str, int]:
+    """Tokens of the training file by the marker word each test document starts with."""
+    ids = np.fromfile(directory / "train.bin", dtype=np.uint16)
+    ends = np.flatnonzero(ids == tokenizer.eos_token_id)
+    counts = {"alpha": 0, "beta": 0, "gamma": 0}
+    for start, end in zip(np.r_[0, ends[:-1] + 1], ends):
+        word = tokenizer.decode(ids[start:end].tolist()).split()[0]
+        counts[word] += int(end - start) + 1  # with its EOS
+    return counts
+
+
+@pytest.mark.parametrize("weights", [(0.8, 0.2), (0.3, 0.7), (0.5, 0.25, 0.25)])
+def test_weighted_sources_hit_their_shares_within_2_percent(weights, tiny_gpt2, tmp_path):
+    names = ["alpha", "beta", "gamma"][: len(weights)]
+    sizes = {"alpha": 240, "beta": 60, "gamma": 100}
+    sources = []
+    for number, name in enumerate(names):
+        docs = [f"{name} {doc}" for doc in make_corpus(sizes[name], seed=10 + number, words_per_doc=24 + 16 * number)]
+        sources.append({"path": str(write_jsonl(tmp_path / f"{name}.jsonl", docs)), "weight": weights[number]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    cfg = DataConfig(train=sources, block_size=32)
+    prepared = prepare_data(cfg, CleanConfig(dedup_near=False), tokenizer, tmp_path / "cache")
+    mix = prepared.report["mix"]
+    counted = sources_of(prepared.directory, tokenizer)
+    total = sum(counted.values())
+    for row, name, weight in zip(mix, names, weights):
+        assert row["target_share"] == pytest.approx(weight / sum(weights))
+        assert abs(row["actual_share"] - row["target_share"]) <= 0.02
+        assert abs(counted[name] / total - row["target_share"]) <= 0.02
+    assert sum(row["tokens_used"] for row in mix) == prepared.meta["train"]["tokens"] == total
+    again = prepare_data(cfg, CleanConfig(dedup_near=False), tokenizer, tmp_path / "cache2")
+    assert (again.directory / "train.bin").read_bytes() == (prepared.directory / "train.bin").read_bytes()
+    assert any("source" in line and "target" in line for line in prepared.summary_lines())
+
+
+def test_sources_must_all_be_weighted_or_none_and_replay_is_for_plain_text(tiny_gpt2, tmp_path):
+    with pytest.raises(ConfigError, match="give every source a weight"):
+        load_config(None, [("data.train", ["a.txt", {"path": "b.txt", "weight": 1}])])
+    with pytest.raises(ConfigError, match="weight"):
+        load_config(None, [("data.train", [{"path": "b.txt", "weight": 0}])])
+    from tunesmith.tasks import build_task
+
+    with pytest.raises(ConfigError, match="data.replay"):
+        build_task(load_config(None, [("task", "classify"), ("data.replay", 0.1)]))
+
+
+def test_replay_never_uses_a_probe_sample(tiny_llama, tmp_path):
+    import torch
+
+    sampler = BaseSampler(resolve_model(str(tiny_llama)), torch.device("cpu"), "fp32", log=lambda _: None)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    replay = rehearsal_file(MonitorConfig(), sampler, 24)
+    probe = build_probe(MonitorConfig(probe_tokens=4096), sampler, tokenizer, 0)
+    assert len(probe.samples) >= 20
+    assert all(key < REPLAY_KEYS for key in sampler.cache if tuple(sampler.cache[key].ids) in sampler.probe_ids())
+    rehearsed = [json.loads(line)["text"] for line in replay.read_text().splitlines()]
+    assert len(rehearsed) >= 16
+    probe_texts = {tokenizer.decode(t.ids, skip_special_tokens=True) for t in probe.samples}
+    assert not probe_texts & set(rehearsed)
+    assert not {tuple(t.ids) for t in probe.samples} & sampler.rehearsal_ids()
+
+    documents = [f"Document {i} about lamps and cables." for i in range(40)]
+    general = write_jsonl(tmp_path / "general.jsonl", documents)
+    probed, rest = split_general_file(str(general))
+    assert len(probed) == 8 and not set(probed) & set(rest) and sorted(probed + rest) == sorted(documents)
+    from_file = rehearsal_file(MonitorConfig(general_probe=str(general)), sampler, 24)
+    assert {json.loads(line)["text"] for line in from_file.read_text().splitlines()} == set(rest)
+
+
+def test_replay_mixes_its_share_of_rehearsal_into_training(tiny_llama, corpus_file, tmp_path):
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=4, eval_every=4)
+    summary = train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"replay": 0.2})}))
+    report = json.loads((tmp_path / "run").joinpath(summary["data_dir"], "data_report.json").read_text())
+    rehearsal = [row for row in report["mix"] if row["rehearsal"]][0]
+    assert abs(rehearsal["actual_share"] - 0.2) <= 0.02 and rehearsal["units_used"] > 0
+    assert diagnose_run(tmp_path / "run") is not None
