@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -59,12 +60,13 @@ def run(name: str, settings: dict, data: Path, general: Path, out: Path, args) -
     overrides += list(settings.items())  # after the defaults above, so a setting's own general_probe wins
     started = time.perf_counter()
     summary = train(load_config(None, overrides))
+    shutil.rmtree(out / name / "checkpoints", ignore_errors=True)  # 1.6 GB each; the figures are in the run's files
     findings = {finding.kind: finding for finding in diagnose_run(out / name)}
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     evals = [row for row in rows if "drift_nats" in row]
     forgetting = summary["forgetting"]
     return {"name": name, "seconds": time.perf_counter() - started, "base_ppl": summary["base_val_ppl"], "best_ppl": summary["best_val_ppl"],
-            "best_step": summary["best_step"], "drift": forgetting["best_drift_nats"], "ratio": forgetting["best_probe_ppl_ratio"],
+            "best_step": summary["best_step"], "drift": forgetting["best_drift_nats"], "ratio": forgetting["best_retained_ppl_ratio"],
             "general_base": evals[0].get("general_ppl"), "general_best": forgetting.get("best_general_ppl"),
             "final_drift": evals[-1]["drift_nats"], "final_general": evals[-1].get("general_ppl"),
             "fires": "forgetting" in findings, "message": findings["forgetting"].message if "forgetting" in findings else "",
@@ -92,11 +94,11 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         general = general_file(args.data, out, args.dialogues)
         results = [run(name, RUNS[name], args.data, general, out, args) for name in args.runs.split(",")]
-    print("\n| setting | domain ppl base -> best (step) | drift nats (probe ppl ratio) | DailyDialog ppl base -> best | "
+    print("\n| setting | domain ppl base -> best (step) | drift nats (retained ppl ratio) | DailyDialog ppl base -> best | "
           "at the end: drift, DailyDialog ppl | `forgetting` | probe share of eval time | run s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['name']} | {r['base_ppl']:.2f} -> {r['best_ppl']:.2f} ({r['best_step']}) | {r['drift']:.3f} ({r['ratio']:.3f}x) | "
+        print(f"| {r['name']} | {r['base_ppl']:.2f} -> {r['best_ppl']:.2f} ({r['best_step']}) | {r['drift']:.3f} ({r['ratio']:.3f}) | "
               f"{_general(r['general_base'], r['general_best'])} | "
               f"{r['final_drift']:.3f}, {r['final_general'] or 0:.2f} | {'fires' if r['fires'] else 'silent'} | "
               f"{r['probe_share']:.1%} | {r['seconds']:.0f} |")

@@ -83,6 +83,7 @@ def test_quickstart_runs_end_to_end_on_a_small_model(tiny_llama, tmp_path, capsy
                  "--set", "train.eval_every=3"]) == 0
     printed = capsys.readouterr().out
     assert "validation perplexity: base" in printed and "before:" in printed and "after:" in printed
+    assert "general language kept: " in printed and "of its fit retained" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_val_ppl"] < summary["base_val_ppl"]
 

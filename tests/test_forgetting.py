@@ -29,7 +29,7 @@ def test_probe_numbers_are_in_the_metrics_and_summary_and_zero_at_step_0(tiny_ll
     summary = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"general_probe": str(general)})}))
     evals = [row for row in metric_rows(tmp_path / "run") if "val_loss" in row]
     assert [row["step"] for row in evals] == [0, 4, 8]
-    assert evals[0]["drift_nats"] == 0.0 and evals[0]["probe_ppl_ratio"] == 1.0 and evals[0]["general_drift_nats"] == 0.0
+    assert evals[0]["drift_nats"] == 0.0 and evals[0]["retained_ppl_ratio"] == 1.0 and evals[0]["general_drift_nats"] == 0.0
     assert all(math.isfinite(row["drift_nats"]) and row["general_ppl"] > 1 for row in evals)
     assert evals[-1]["drift_nats"] != 0.0 and evals[-1]["general_ppl"] != evals[0]["general_ppl"]
     forgetting = summary["forgetting"]
@@ -130,8 +130,12 @@ def test_weighted_sources_hit_their_shares_within_2_percent(weights, tiny_gpt2, 
 def test_sources_must_all_be_weighted_or_none_and_replay_is_for_plain_text(tiny_gpt2, tmp_path):
     with pytest.raises(ConfigError, match="give every source a weight"):
         load_config(None, [("data.train", ["a.txt", {"path": "b.txt", "weight": 1}])])
-    with pytest.raises(ConfigError, match="weight"):
+    with pytest.raises(ConfigError, match=r"^data.train.0.weight: must be greater than 0 \(got 0\)$"):
         load_config(None, [("data.train", [{"path": "b.txt", "weight": 0}])])
+    with pytest.raises(ConfigError, match="data.train.0.pth: unknown key; allowed: path, weight"):
+        load_config(None, [("data.train", [{"pth": "b.txt", "weight": 1}])])
+    weighted = load_config(None, [("data.train", [{"path": ["a.txt", "b/"], "weight": 2}, {"path": "c.txt", "weight": 1}])]).data
+    assert weighted.train_paths == ["a.txt", "b/", "c.txt"] and weighted.sources == [(["a.txt", "b/"], 2.0), (["c.txt"], 1.0)]
     from tunesmith.tasks import build_task
 
     with pytest.raises(ConfigError, match="data.replay"):

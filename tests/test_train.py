@@ -81,6 +81,8 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_gpt2, co
     expected, got = losses(whole), losses(cut)
     assert summary["steps"] == 16 and sorted(got) == list(range(1, 17))
     assert got == pytest.approx(expected, abs=1e-6)
+    drift = {key: json.loads((key / "summary.json").read_text())["forgetting"]["best_drift_nats"] for key in (whole, cut)}
+    assert drift[cut] == pytest.approx(drift[whole], abs=1e-6) and drift[whole] != 0.0  # the base's probe figures come back
 
 
 def test_resume_without_checkpoint_and_rerun_into_a_used_dir_are_user_errors(tiny_gpt2, corpus_file, tmp_path):

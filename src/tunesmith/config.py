@@ -249,12 +249,17 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
+UNION_BRANCHES = ("str", "DataSource")  # what pydantic names the branches of `data.train`'s items in an error's location
+
+
 def _describe_error(err: dict) -> str:
-    key = ".".join(str(part) for part in err["loc"])
+    key = ".".join(str(part) for part in err["loc"] if part not in UNION_BRANCHES)
     kind = err["type"]
     if kind == "extra_forbidden":
         section = str(err["loc"][0])
         allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else ["task", *SECTIONS]
+        if "DataSource" in err["loc"]:
+            allowed = DataSource.model_fields
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
@@ -271,7 +276,8 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe_error(e) for e in exc.errors()]) from None
+        errors = [e for e in exc.errors() if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))]  # a source's own error says more
+        raise ConfigError([_describe_error(e) for e in errors or exc.errors()]) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -230,8 +230,10 @@ class Probe:
 
 
 def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """The metrics of one evaluation: drift in nats per token from the base, its perplexity ratio, the general perplexity."""
-    row = {"drift_nats": nll["samples"] - base["samples"], "probe_ppl_ratio": math.exp(min(nll["samples"] - base["samples"], 700.0))}
+    """One evaluation's metrics: the drift in nats per token from the base model, the share of the base's perplexity that
+    is retained (exp(-drift): 1 when nothing is lost), and the general text's perplexity and drift."""
+    drift = nll["samples"] - base["samples"]
+    row = {"drift_nats": drift, "retained_ppl_ratio": math.exp(-max(drift, -700.0))}
     if "general" in nll:
         row["general_ppl"] = math.exp(min(nll["general"], 700.0))
         row["general_drift_nats"] = nll["general"] - base["general"]

@@ -39,9 +39,13 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
     after = _continuation(summary["final_dir"], cfg, console)
     change = summary["best_val_ppl"] / summary["base_val_ppl"] - 1
     prompt = PROMPT.strip()
+    forgetting = summary["forgetting"]
+    kept = (f"general language kept: {forgetting['best_drift_nats']:.3f} nats per token from the base model on its own text "
+            f"({forgetting['best_retained_ppl_ratio']:.0%} of its fit retained)\n" if "best_drift_nats" in forgetting else "")
     console.print(
         f"\nDone in {time.perf_counter() - started:.0f}s.\n"
         f"validation perplexity: base {summary['base_val_ppl']:.2f} -> fine-tuned {summary['best_val_ppl']:.2f} ({change:+.0%})\n"
+        f"{kept}"
         f"prompt: {prompt}\n"
         f"  before: {before}\n"
         f"  after:  {after}\n"

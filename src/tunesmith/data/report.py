@@ -148,7 +148,7 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     for source in report.get("mix", []):
         name = "rehearsal (data.replay)" if source["rehearsal"] else source["source"]
         lines.append(f"  source {name}: {source['actual_share']:.1%} of the training tokens (target {source['target_share']:.1%}), "
-                     f"{source['units_used']:,} of its {source['units']:,} {meta.get('units', 'documents')} used")
+                     f"{source['units_used']:,} drawn from its {source['units']:,} {meta.get('units', 'documents')} (repeats count)")
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())
         lines.append(f"classes (train): {counts}")
