@@ -204,7 +204,7 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
 
 
-FORGETTING_NATS = 0.25  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)
+FORGETTING_NATS = 0.2  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)
 
 
 def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
