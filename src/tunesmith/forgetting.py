@@ -244,8 +244,8 @@ def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens:
     """The run's probe, or None with monitor.general_probe none."""
     if cfg.general_probe == "none":
         return None
-    budget = probe_tokens(cfg, val_tokens)  # tokens run through the model: each text's prompt costs as much as its own tokens
-    count = min(MAX_TEXTS, max(2, math.ceil(budget / (TEXT_TOKENS + len(sampler.prompt(0))))))
+    budget = probe_tokens(cfg, val_tokens)  # tokens run through the model: each text's opening costs as much as its own tokens
+    count = min(MAX_TEXTS, max(2, budget // (TEXT_TOKENS + len(sampler.prompt(0)))))
     rehearsed = sampler.rehearsal_ids()
     samples = [t for t in sampler.texts(list(range(count))) if tuple(t.ids) not in rehearsed]
     general, source = [], None
