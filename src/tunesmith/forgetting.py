@@ -270,7 +270,8 @@ def rehearsal_file(cfg: MonitorConfig, sampler: BaseSampler, texts_wanted: int) 
         records = rest
     else:
         count = min(MAX_REPLAY_TEXTS, max(16, texts_wanted))
-        samples = [t for t in sampler.texts(list(range(REPLAY_KEYS, REPLAY_KEYS + count))) if tuple(t.ids) not in sampler.probe_ids()]
+        probed = sampler.probe_ids()
+        samples = [t for t in sampler.texts(list(range(REPLAY_KEYS, REPLAY_KEYS + count))) if tuple(t.ids) not in probed]
         path = sampler.path.with_name(f"{sampler.path.stem}.replay-{count}.jsonl")
         records = [sampler.tokenizer.decode(t.ids, skip_special_tokens=True) for t in samples]
     if not path.is_file():
