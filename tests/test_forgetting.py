@@ -6,11 +6,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from tunesmith import load_config, train
-from tunesmith.config import DataConfig, MonitorConfig, CleanConfig
+from tunesmith.config import CleanConfig, DataConfig, MonitorConfig
+from tunesmith.data import prepare_data
 from tunesmith.diagnose import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
 from tunesmith.errors import ConfigError
 from tunesmith.forgetting import REPLAY_KEYS, BaseSampler, build_probe, rehearsal_file, split_general_file
-from tunesmith.data import prepare_data
 from tunesmith.models import resolve_model
 from tunesmith.report import write_report
 
