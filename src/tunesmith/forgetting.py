@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batch import IGNORE
 from .config import CleanConfig, DataConfig, MonitorConfig, RunConfig
 from .data.clean import text_digest
+from .data.examples import padded_rows
 from .data.read import DocumentReader, expand_paths
 from .data.report import DataReport
 from .data.split import hash_bucket
@@ -184,22 +187,14 @@ def mean_nll(logits_of: Logits, texts: list[ProbeText], batch_size: int, device:
     total, count = 0.0, 0
     ordered = sorted(texts, key=lambda t: -(len(t.prompt) + len(t.ids)))
     for start in range(0, len(ordered), batch_size):
-        rows = ordered[start : start + batch_size]
-        width = max(len(t.prompt) + len(t.ids) for t in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, text in enumerate(rows):
-            sequence = text.prompt + text.ids
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            labels[row, len(text.prompt) : len(sequence)] = torch.tensor(text.ids)
-            attention[row, : len(sequence)] = 1
-        ids, labels, attention = ids.to(device), labels.to(device), attention.to(device)
+        pieces = [(np.array(t.prompt + t.ids), np.r_[np.zeros(len(t.prompt), bool), np.ones(len(t.ids), bool)])
+                  for t in ordered[start : start + batch_size]]
+        ids, labels, attention = (torch.from_numpy(array).to(device) for array in padded_rows(pieces, 0))
         with autocast(device, precision):
             logits = logits_of(ids, attention)
-        losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
-        total += float(losses)
-        count += int((labels[:, 1:] != -100).sum())
+        targets = labels[:, 1:]
+        total += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"))
+        count += int((targets != IGNORE).sum())
     return total / max(count, 1)
 
 
