@@ -9,6 +9,7 @@ import json
 import platform
 from pathlib import Path
 
+from .data.report import source_line
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
 from .run_directory import GENERATION_EVAL, read_json_lines
@@ -183,11 +184,6 @@ def _generation_line(generation: dict) -> str:
             f"{generation['rouge_l']:.2f}, chrF {generation['chrf']:.2f} against the data's own text.")
 
 
-def _source_line(row: dict) -> str:
-    name = "rehearsal text (data.replay)" if row["rehearsal"] else f"source {row['source']}"
-    return f"{name}: {row['actual_share']:.1%} of the training tokens (target {row['target_share']:.1%})"
-
-
 def _forgetting_line(forgetting: dict | None) -> str:
     if not forgetting:
         return ""
@@ -235,7 +231,7 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
     if data:
         lines += ["", "## Data", "", f"{data['documents_read']:,} documents read, {data['documents_kept']:,} kept."]
         lines += [f"- {row['removed']:,} removed as {row['step'].replace('_', ' ')}" for row in data.get("steps", [])]
-        lines += [f"- {_source_line(row)}" for row in data.get("mix", [])]
+        lines += [f"- {source_line(row, 'documents')}" for row in data.get("mix", [])]
         lines += [f"- warning: {w}" for w in data.get("warnings", [])]
     lines += ["", "## Hardware and timing", "", sections["platform"], ""]
     lines += [f"- {key}: {value}" for key, value in _timing(sections["summary"])]
@@ -283,7 +279,7 @@ def render_html(sections: dict) -> str:
     if data:
         parts.append(f"<h2>Data</h2><p>{data['documents_read']:,} documents read, {data['documents_kept']:,} kept.</p><ul>")
         parts += [f"<li>{row['removed']:,} removed as {esc(row['step'].replace('_', ' '))}</li>" for row in data.get("steps", [])]
-        parts += [f"<li>{esc(_source_line(row))}</li>" for row in data.get("mix", [])]
+        parts += [f"<li>{esc(source_line(row, 'documents'))}</li>" for row in data.get("mix", [])]
         parts += [f"<li>warning: {esc(w)}</li>" for w in data.get("warnings", [])]
         parts.append("</ul>")
     parts.append(f"<h2>Hardware and timing</h2><p>{esc(sections['platform'])}</p><table>")

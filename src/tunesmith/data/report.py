@@ -120,6 +120,13 @@ def write_length_plot(report: DataReport, path: Path) -> None:
     plt.close(figure)
 
 
+def source_line(source: dict, units: str) -> str:
+    """One source of a weighted mix (data_report.json's `mix`): its share of the training tokens against its target."""
+    name = "rehearsal (data.replay)" if source["rehearsal"] else source["source"]
+    return (f"source {name}: {source['actual_share']:.1%} of the training tokens (target {source['target_share']:.1%}), "
+            f"{source['units_used']:,} drawn from its {source['units']:,} {units} (repeats count)")
+
+
 def summary_lines(report: dict, meta: dict) -> list[str]:
     """The printed summary of prepare, from data_report.json and meta.json."""
     lines = [f"documents: {report['documents_read']:,} read, {report['documents_kept']:,} kept, "
@@ -145,10 +152,7 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     else:
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
                      f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
-    for source in report.get("mix", []):
-        name = "rehearsal (data.replay)" if source["rehearsal"] else source["source"]
-        lines.append(f"  source {name}: {source['actual_share']:.1%} of the training tokens (target {source['target_share']:.1%}), "
-                     f"{source['units_used']:,} drawn from its {source['units']:,} {meta.get('units', 'documents')} (repeats count)")
+    lines += [f"  {source_line(source, meta.get('units', 'documents'))}" for source in report.get("mix", [])]
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())
         lines.append(f"classes (train): {counts}")
