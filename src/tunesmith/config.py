@@ -7,6 +7,9 @@ from these classes, so documentation cannot drift from the code.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -351,16 +354,50 @@ def _yaml_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key as `init`, the README table and the web page's form show it."""
+
+    section: str  # "" for the top-level `task`
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()  # the allowed values of a Literal key
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    @property
+    def default_text(self) -> str:
+        return _yaml_value(self.default)
+
+
+def _choices(field) -> tuple[str, ...]:
+    annotation = field.annotation
+    if typing.get_origin(annotation) is typing.Union:
+        annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+    return tuple(str(v) for v in typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else ()
+
+
+def config_keys() -> list[ConfigKey]:
+    """Every config key with its default and meaning, from the config classes: the one source of all three."""
+    task = RunConfig.model_fields["task"]
+    keys = [ConfigKey("", "task", task.default, task.description, _choices(task))]
+    for section, cls in SECTIONS.items():
+        keys += [ConfigKey(section, name, _field_default(field), field.description, _choices(field))
+                 for name, field in cls.model_fields.items()]
+    return keys
+
+
 def starter_yaml() -> str:
     """The commented config that `tunesmith init` writes: every key, its default and its meaning."""
     lines = ["# tunesmith run config. Every key is optional; flags and --set section.key=value override it.", ""]
-    task = RunConfig.model_fields["task"]
-    lines += [f"# {task.description}", f"task: {task.default}", ""]
-    for section, cls in SECTIONS.items():
-        lines.append(f"{section}:")
-        for name, field in cls.model_fields.items():
-            lines.append(f"  # {field.description}")
-            lines.append(f"  {name}: {_yaml_value(_field_default(field))}")
+    for section, keys in itertools.groupby(config_keys(), key=lambda key: key.section):
+        indent = "  " if section else ""
+        lines += [f"{section}:"] if section else []
+        for key in keys:
+            lines += [f"{indent}# {key.description}", f"{indent}{key.name}: {key.default_text}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -368,10 +405,5 @@ def starter_yaml() -> str:
 def reference_markdown() -> str:
     """The README's table of config keys."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    task = RunConfig.model_fields["task"]
-    rows.append(f"| `task` | `{task.default}` | {task.description} |")
-    for section, cls in SECTIONS.items():
-        for name, field in cls.model_fields.items():
-            default = _yaml_value(_field_default(field))
-            rows.append(f"| `{section}.{name}` | `{default}` | {field.description} |")
+    rows += [f"| `{key.key}` | `{key.default_text}` | {key.description} |" for key in config_keys()]
     return "\n".join(rows)

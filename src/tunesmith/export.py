@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from .errors import UserError
+from .run_directory import read_data_report
 from .tasks import TASK_FILE, read_task, task_kind
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -20,9 +21,7 @@ def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
         raise UserError(f"{run_dir}: no final/ model; export takes a finished tunesmith run directory")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    data_dir = Path(summary.get("data_dir", ""))
-    data = json.loads((data_dir / "data_report.json").read_text()) if summary.get("data_dir") and (data_dir / "data_report.json").is_file() else {}
-    return summary, config, data
+    return summary, config, read_data_report(run_dir, summary)
 
 
 def _metric_lines(summary: dict) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .data.report import source_line
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
-from .run_directory import GENERATION_EVAL, read_json_lines
+from .run_directory import GENERATION_EVAL, read_data_report, read_json_lines
 from .tasks import task_kind
 
 
@@ -125,7 +125,7 @@ def classification_tables(summary: dict) -> dict:
             "confusion": [["", *(f"predicted {label}" for label in labels)], *confusion]}
 
 
-def _samples_before_after(samples: list[dict], best_step: int | None) -> list[tuple[str, str, str]]:
+def samples_before_after(samples: list[dict], best_step: int | None) -> list[tuple[str, str, str]]:
     if not samples:
         return []
     steps = sorted({s["step"] for s in samples})
@@ -141,7 +141,7 @@ def report_sections(run_dir: Path) -> dict:
     if not metrics:
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
     summary = _json(run_dir / "summary.json")
-    data_report = _json(Path(summary["data_dir"]) / "data_report.json") if summary.get("data_dir") else {}
+    data_report = read_data_report(run_dir, summary)
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
     kind = task_kind(summary.get("task"))
@@ -161,7 +161,7 @@ def report_sections(run_dir: Path) -> dict:
             if row[1] is not None or row[2] is not None],
         "forgetting": _forgetting_line(summary.get("forgetting")),
         "classes": classification_tables(summary),
-        "samples": _samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
+        "samples": samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
         "generation": _json(run_dir / GENERATION_EVAL),
         "data": data_report,
         "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "",

@@ -1,17 +1,26 @@
 """The run directory as a place on disk: the marker that says a folder is a tunesmith run, the checks made before
-a run writes into a folder, and reading its JSON-lines files back when a killed process left the last line torn.
+a run writes into a folder, the record of the process training in it, and reading its JSON-lines files back
+when a killed process left the last line torn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 from .errors import UserError
 
 MARKER = ".tunesmith-run"
 GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, which the report shows
+DATA_REPORT = "data_report.json"
+DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding
+PROCESS = "process.json"  # the training process: its pid while it runs, how it ended once it has
+STATES = ("running", "finished", "stopped", "crashed")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -50,6 +59,35 @@ def mark_run_dir(run_dir: Path) -> None:
     marker = run_dir / MARKER
     if not marker.exists():
         marker.write_text(json.dumps({"tunesmith_run": True, "created": _dt.datetime.now().isoformat(timespec="seconds")}) + "\n")
+
+
+def keep_data_report(data_dir: Path, run_dir: Path) -> None:
+    """A copy of the prepared data's report (and its meta.json) in the run: it outlives the data cache and is there
+    to read while the run trains."""
+    import shutil
+
+    for source, target in ((DATA_REPORT, DATA_REPORT), ("meta.json", DATA_META)):
+        if (data_dir / source).is_file():
+            shutil.copyfile(data_dir / source, run_dir / target)
+
+
+def _read_data_file(run_dir: Path, summary: dict, own: str, cached: str) -> dict:
+    for path in (run_dir / own, Path(summary["data_dir"]) / cached if summary.get("data_dir") else None):
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def read_data_report(run_dir: Path, summary: dict) -> dict:
+    """The run's data report: its own copy, or, for a run from before copies were kept, the one in the data cache."""
+    return _read_data_file(run_dir, summary, DATA_REPORT, DATA_REPORT)
+
+
+def read_data_meta(run_dir: Path, summary: dict) -> dict:
+    return _read_data_file(run_dir, summary, DATA_META, "meta.json")
 
 
 def read_json_lines(path: Path) -> tuple[list[dict], int]:
@@ -99,3 +137,83 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides which weights train, "
                             "so a run cannot change it midway: drop that setting, or start a new run with another --out")
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class ProcessRecord:
+    """`process.json`: that this process trains in the run directory, and on the way out how it ended.
+
+    It is written on entering when the folder is already a run (a resume, or a run the web page launched), else by
+    `begin` once training has marked the folder, so a refused config leaves no folder behind. A stop signal
+    (exit 128 + SIGINT or SIGTERM) or Ctrl-C ends it `stopped`; any other exception `crashed`, with its first
+    line. A process killed outright leaves it without an end, which `run_state` reads as crashed once the pid
+    is gone or belongs to a later process.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir, self.enabled, self.record = run_dir, enabled, None
+
+    def begin(self, **facts) -> None:
+        """Write the record (once), with `facts` added, such as the run's total steps once they are known."""
+        from .durable import write_atomically
+
+        if not self.enabled:
+            return
+        if self.record is None:
+            self.record = {"pid": os.getpid(), "process_started": _process_started(os.getpid()), "started": time.time()}
+        self.record.update(facts)
+        write_atomically(self.run_dir / PROCESS, json.dumps(self.record) + "\n")
+
+    def __enter__(self) -> "ProcessRecord":
+        if is_run_dir(self.run_dir):
+            self.begin()
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        from .durable import write_atomically
+
+        if self.record is None:
+            return
+        outcome, detail = "finished", ""
+        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
+            outcome = "stopped"
+        elif exc is not None:
+            outcome, detail = "crashed", (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        with contextlib.suppress(OSError):
+            write_atomically(self.run_dir / PROCESS, json.dumps({**self.record, "ended": time.time(), "outcome": outcome,
+                                                                  "detail": detail}) + "\n")
+
+
+def read_process(run_dir: Path) -> dict:
+    try:
+        record = json.loads((run_dir / PROCESS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def training_pid(record: dict) -> int | None:
+    """The pid of the process the record names, while that very process still runs (a reused pid does not count)."""
+    pid, started = record.get("pid"), record.get("process_started")
+    if "ended" in record or not isinstance(pid, int) or not isinstance(started, (int, float)):
+        return None
+    now = _process_started(pid)
+    return pid if now is not None and abs(now - started) < 1.0 else None
+
+
+def run_state(run_dir: Path, record: dict | None = None) -> str:
+    """running, finished, stopped (by a signal, with its checkpoint) or crashed (an error, or a process killed outright)."""
+    record = read_process(run_dir) if record is None else record
+    if training_pid(record) is not None:
+        return "running"
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    return "stopped" if record.get("outcome") == "stopped" else "crashed"

@@ -189,6 +189,25 @@ def _run_serve(args) -> int:
     return 0
 
 
+def _run_ui(args) -> int:
+    import os
+
+    from ..ui import TOKEN_VARIABLE, check_address, create_app, run_ui
+
+    root = Path(args.runs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--runs {root} is a file; name the folder that holds your runs")
+    check_address(args.host, args.port)
+    root.mkdir(parents=True, exist_ok=True)
+    token = args.token or os.environ.get(TOKEN_VARIABLE)
+    address = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"tunesmith ui: {address}  (runs folder {root.resolve()}; Ctrl-C stops the page, not the runs it started)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"warning: --host {args.host} without --token: anyone who can reach this machine can start runs here", flush=True)
+    run_ui(create_app(root, args.host, args.port, token, args.device), args.host, args.port)
+    return 0
+
+
 def _run_doctor(args) -> int:
     from ..doctor import run_checks
 
@@ -275,6 +294,7 @@ HANDLERS = {
     "predict": _run_predict,
     "export": _run_export,
     "serve": _run_serve,
+    "ui": _run_ui,
     "doctor": _run_doctor,
     "recommend": _run_recommend,
     "diagnose": _run_diagnose,

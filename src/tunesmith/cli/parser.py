@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one request")
     serve.add_argument("--device", default="auto")
 
+    ui = commands.add_parser("ui", help="a local web page: every run in a folder, live curves, comparisons, new runs, and trying a model")
+    ui.add_argument("--runs", default="runs", help="the runs folder; the page reads and writes only inside it (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) unless you mean to expose it")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--token", help="require this token (the printed address carries it once; or set TUNESMITH_UI_TOKEN)")
+    ui.add_argument("--device", default="auto", help="where a model tried on the page runs")
+
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -37,6 +37,8 @@ class Task:
     fields_hint: ClassVar[str] = FIELDS_HINT  # what to check when every record was dropped
     rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
     rehearses: ClassVar[bool] = False  # whether data.replay can mix general text into its training data
+    headline: ClassVar[tuple[str, str, bool]] = ("val_ppl", "val perplexity", False)  # metrics.jsonl key, its name, higher is better
+    try_it: ClassVar[str] = "generate"  # how the web page tries a finished model: generate, chat or classify
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg

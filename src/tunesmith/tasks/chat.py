@@ -156,6 +156,7 @@ class ChatTask(Task):
     prompts_rendered = True
     description = "A chat model (assistant turns learned)"
     noisy_embeddings = True
+    try_it = "chat"
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)

@@ -185,6 +185,8 @@ class ClassifyTask(Task):
     target_words = "targets"
     loss_scope = "label-token "
     needs_saved_spec = True
+    headline = ("accuracy", "accuracy", True)
+    try_it = "classify"
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)

@@ -75,6 +75,7 @@ class PreferenceTask(ChatTask):
     eval_units = "pairs"
     target_words = "answer tokens"
     loss_scope = "preference "
+    headline = ("likelihood_accuracy", "preference accuracy", True)
     description = "A chat model tuned from preferences"
     noisy_embeddings = False
     packings = ("padded",)

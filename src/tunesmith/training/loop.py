@@ -6,7 +6,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import check_resume_settings, check_run_dir
+from ..run_directory import ProcessRecord, check_resume_settings, check_run_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
@@ -53,9 +53,11 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
-    recipe = Recipe(cfg, task, console, context)
-    try:
-        recipe.setup(saved)
-        return recipe.finish(recipe.train())
-    finally:
-        recipe.cleanup()
+    with ProcessRecord(run_dir, enabled=context.is_main) as record:
+        recipe = Recipe(cfg, task, console, context)
+        try:
+            recipe.setup(saved)
+            record.begin(total_steps=recipe.parts.plan.total_steps)
+            return recipe.finish(recipe.train())
+        finally:
+            recipe.cleanup()

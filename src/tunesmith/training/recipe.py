@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..diagnose import RunFacts
 from ..errors import UserError
 from ..loss import perplexity
-from ..run_directory import mark_run_dir
+from ..run_directory import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import Task, write_task
 from .build import build_model, export_final
@@ -112,6 +112,7 @@ class Recipe:
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
+            keep_data_report(parts.data_dir, cfg.run_dir)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)

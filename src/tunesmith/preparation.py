@@ -1,0 +1,46 @@
+"""Preparing a run's data as training will see it: the steps of `tunesmith prepare`, shared by the API, the CLI and
+the web page, on this side of training (it loads no training code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig, load_config
+
+
+def as_config(config: RunConfig | str | Path | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    return load_config(config)
+
+
+def prepare(config: RunConfig | str | Path | None = None):
+    """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
+    from .data import prepare_data
+    from .forgetting import BaseSampler, replay_files
+    from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
+    from .runtime import pick_device, pick_precision
+    from .tasks import build_task
+
+    cfg = as_config(config)
+    task = build_task(cfg)
+    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
+    params = count_parameters(load_model_config(resolved))
+    device = pick_device(cfg.train.device)
+    sampler = BaseSampler(resolved, device, pick_precision(cfg.train.precision, device)) if cfg.data.replay else None
+    return prepare_data(cfg.data, cfg.clean, task.tokenizer(resolved), tunesmith_home(), model_params=params, task=task,
+                        replay_files=replay_files(cfg, sampler))
+
+
+def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:
+    """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
+    from .data.examples import marked_text
+    from .models import resolve_model
+    from .tasks import build_task
+
+    cfg = as_config(config)
+    task = build_task(cfg)
+    tokenizer = task.tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
+    task.bind(prepared.meta)
+    train = task.dataset(prepared, "train")
+    return [marked_text(train, i, tokenizer) for i in range(min(count, len(train)))]

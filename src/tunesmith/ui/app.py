@@ -1,0 +1,288 @@
+"""The HTTP side of `tunesmith ui`: server-rendered pages (Jinja2), JSON for what they refresh, and a guard.
+
+The guard answers only requests addressed to this server by name (a web page elsewhere cannot reach it through
+a rebound DNS name), asks for the token when there is one, and takes changes (POST) only as JSON from this
+page's own origin, so another site open in the browser cannot start or stop a run.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import mimetypes
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ..errors import UserError
+from ..run_directory import is_run_dir
+from .launcher import Draft, Launcher, form_keys
+from .runs import NotARun, Outside, RunsFolder, metrics_since
+from .tryout import Tryout
+
+TOKEN_COOKIE = "tunesmith_ui_token"
+TOKEN_VARIABLE = "TUNESMITH_UI_TOKEN"
+ESSENTIALS = ("task", "model.name", "model.method", "data.train", "data.val", "data.block_size", "train.lr", "train.epochs",
+              "train.max_steps", "train.micro_batch_size")  # the form shows these first; the rest fold away by section
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+STATIC = Path(__file__).parent / "static"
+FILES_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"  # a served file never runs a script
+
+
+def plotly_js() -> Path:
+    """plotly.js as the plotly wheel ships it: the charts work with no network."""
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+class Guard:
+    """ASGI middleware: the Host check, the optional token (a header, a cookie, or ?token= once), and same-origin JSON POSTs."""
+
+    def __init__(self, app, host: str, port: int, token: str | None):
+        self.app, self.token = app, token
+        names = set(LOCAL_NAMES) | {host}
+        self.any_host = host in ("0.0.0.0", "::")  # bound to every interface on purpose: the token is the guard then
+        self.hosts = {f"{name}:{port}" for name in names} | names
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if not self.any_host and host not in self.hosts:
+            return await _refuse(scope, receive, send, 421, f"this server answers to {sorted(self.hosts)[0]}, not {host}")
+        if self.token and not self._authorized(scope, headers):
+            query = dict(part.split("=", 1) for part in scope.get("query_string", b"").decode().split("&") if "=" in part)
+            if hmac.compare_digest(query.get("token", "").encode(), self.token.encode()):
+                response = RedirectResponse(scope["path"], status_code=303)
+                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                return await response(scope, receive, send)
+            return await _refuse(scope, receive, send, 401, "this page needs its token: open the address `tunesmith ui` printed")
+        if scope["method"] not in ("GET", "HEAD"):
+            origin = headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != host:
+                return await _refuse(scope, receive, send, 403, "changes are taken only from this page itself")
+            if not headers.get("content-type", "").startswith("application/json"):
+                return await _refuse(scope, receive, send, 415, "changes are sent as JSON")
+        return await self.app(scope, receive, send)
+
+    def _authorized(self, scope, headers: dict) -> bool:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
+        candidates = [cookies.get(TOKEN_COOKIE, "")] + ([given.strip()] if scheme.lower() == "bearer" else [])
+        return any(hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates if c)
+
+
+async def _refuse(scope, receive, send, status: int, message: str) -> None:
+    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+def _problems(exc: UserError) -> list[str]:
+    return exc.lines()
+
+
+def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None, device: str = "auto") -> Guard:
+    folder = RunsFolder(root)
+    launcher = Launcher(folder)
+    tryout = Tryout(device)
+    pages = Environment(loader=PackageLoader("tunesmith.ui"), autoescape=select_autoescape(["html"]))
+    pages.filters["number"] = _number
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.folder, app.state.launcher = folder, launcher
+
+    def page(template: str, **values) -> HTMLResponse:
+        return HTMLResponse(pages.get_template(template).render(root=str(folder.root), **values))
+
+    def states() -> list:
+        launcher.reap()
+        rows = folder.rows()
+        for row in rows:
+            if row.state != "running" and launcher.starting(row.name):
+                row.state = "starting"
+        return rows
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        status = 404 if isinstance(exc, NotARun) else 403 if isinstance(exc, Outside) else 400
+        if request.url.path.startswith("/api/") or request.method != "GET":
+            return JSONResponse({"error": " ".join(_problems(exc)), "problems": _problems(exc)}, status_code=status)
+        return HTMLResponse(pages.get_template("error.html").render(message=str(exc), root=str(folder.root)), status_code=status)
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page():
+        return page("runs.html", rows=states())
+
+    @app.get("/fragments/runs", response_class=HTMLResponse)
+    def runs_fragment():
+        return page("runs_rows.html", rows=states())
+
+    @app.get("/api/runs")
+    def runs_json():
+        return {"runs": [row.as_dict() for row in states()]}
+
+    @app.get("/runs/{name:path}", response_class=HTMLResponse)
+    def run_page(name: str):
+        detail = folder.detail(name)
+        if launcher.starting(name):
+            detail["row"].state = "starting"
+        return page("run.html", name=name, detail=detail, log=folder.log_tail(name))
+
+    @app.get("/api/run/{name:path}/metrics")
+    def run_metrics(name: str, offset: int = 0):
+        run_dir = folder.run_dir(name)
+        row = folder.row(name)
+        state = "starting" if row.state != "running" and launcher.starting(name) else row.state
+        return {**metrics_since(run_dir, max(0, offset)), "state": state, "steps": row.steps, "total_steps": row.total_steps,
+                "log": folder.log_tail(name, 4000)}
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare_page(request: Request):
+        names = request.query_params.getlist("run")
+        return page("compare.html", names=names, comparison=folder.compare(names))
+
+    @app.get("/api/compare/metrics")
+    def compare_metrics(request: Request):
+        return {name: metrics_since(folder.run_dir(name), 0)["rows"] for name in request.query_params.getlist("run")}
+
+    @app.get("/new", response_class=HTMLResponse)
+    def new_page():
+        keys = form_keys()
+        sections = [(section, list(group)) for section, group in itertools.groupby(
+            (key for key in keys if key.key not in ESSENTIALS), key=lambda key: key.section)]
+        return page("new.html", essentials=[key for key in keys if key.key in ESSENTIALS], sections=sections)
+
+    async def _draft(request: Request) -> Draft:
+        try:
+            values = await request.json()
+        except ValueError:
+            raise UserError("the form was not sent as JSON") from None
+        if not isinstance(values, dict):
+            raise UserError("the form was not sent as a JSON object")
+        return Draft.from_form(values)
+
+    @app.post("/api/new/check")
+    async def check_new(request: Request):
+        cfg = launcher.config(await _draft(request))
+        return {"ok": True, "config": cfg.to_yaml()}
+
+    @app.post("/api/new/preview")
+    async def preview_new(request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(launcher.preview, await _draft(request))
+
+    @app.post("/api/new/start")
+    async def start_new(request: Request):
+        name = launcher.start(await _draft(request))
+        return {"ok": True, "name": name}
+
+    @app.post("/api/run/{name:path}/stop")
+    def stop_run(name: str):
+        launcher.stop(name)
+        return {"ok": True}
+
+    @app.post("/api/run/{name:path}/resume")
+    def resume_run(name: str):
+        launcher.resume(name)
+        return {"ok": True}
+
+    async def _body(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UserError("send the request as a JSON object") from None
+        if not isinstance(body, dict):
+            raise UserError("send the request as a JSON object")
+        return body
+
+    @app.post("/api/run/{name:path}/chat")
+    async def chat(name: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _body(request)
+        history = body.get("history") if isinstance(body.get("history"), list) else []
+        reply = await run_in_threadpool(tryout.chat, folder.run_dir(name) / "final", history, str(body.get("text", "")),
+                                        body.get("settings") or {})
+        return {"reply": reply}
+
+    @app.post("/api/run/{name:path}/generate")
+    async def generate(name: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _body(request)
+        text = await run_in_threadpool(tryout.generate, folder.run_dir(name) / "final", str(body.get("prompt", "")),
+                                       body.get("settings") or {})
+        return {"text": text}
+
+    @app.post("/api/run/{name:path}/classify")
+    async def classify(name: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _body(request)
+        return await run_in_threadpool(tryout.classify, folder.run_dir(name) / "final", str(body.get("text", "")))
+
+    @app.get("/files/{relative:path}")
+    def files(relative: str):
+        path = folder.inside(relative)
+        if path.is_dir():
+            entries = sorted(path.iterdir(), key=lambda p: (not p.is_dir(), p.name))
+            shown = [(p.name + ("/" if p.is_dir() else ""), p.relative_to(folder.root).as_posix(), p.is_dir()) for p in entries]
+            return page("files.html", relative=relative.strip("/"), entries=shown)
+        if not path.is_file():
+            raise NotARun(f"{relative}: no such file in the runs folder")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or path.suffix in (".jsonl", ".yaml", ".log", ".json", ".md"):
+            kind = "text/plain; charset=utf-8"
+        if path.name == "report.html" and is_run_dir(path.parent):
+            kind = "text/html; charset=utf-8"  # the run's own report; any other HTML in the folder is shown as text
+        return FileResponse(path, media_type=kind, headers={"Content-Security-Policy": FILES_POLICY})
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
+    @app.get("/static/plotly.min.js")
+    def plotly_file():
+        return FileResponse(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        path = STATIC / name
+        if path.parent != STATIC or not path.is_file():
+            return Response(status_code=404)
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return Guard(app, host, port, token)
+
+
+def _number(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on, before uvicorn would log its own error."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"--host {host} --port {port}: {exc.strerror or exc}; pass another --port (or --host)") from None
+
+
+def run_ui(app, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+__all__ = ["TOKEN_VARIABLE", "check_address", "create_app", "run_ui"]

@@ -1,0 +1,267 @@
+"""The runs folder as the web page reads it: every run's row, one run's details, new metric rows as they are
+written, and two or more runs side by side. Nothing here writes; every path is checked to lie inside the folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..run_directory import (MARKER, PROCESS, is_run_dir, read_data_meta, read_data_report, read_json_lines, read_process,
+                             run_state)
+from ..tasks import task_kind
+
+LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
+CONSOLE_LOG = "console.log"  # the output of a run the page launched
+SKIPPED_FOLDERS = {"checkpoints", "final", "best", "tb", "report_files", "mlruns", "final-adapter"}  # inside a run
+SEARCH_DEPTH = 3  # runs may be grouped in folders: runs/<experiment>/<run>
+IDENTITY_KEYS = {"output.dir", "output.name"}  # always differ between runs: the run's own folder, not a setting
+
+
+class Outside(UserError):
+    """A path that leaves the runs folder."""
+
+
+class NotARun(UserError):
+    pass
+
+
+@dataclass
+class RunRow:
+    name: str
+    task: str
+    model: str
+    method: str
+    state: str
+    steps: int
+    total_steps: int | None
+    metric: str  # the task's headline metric, e.g. "val perplexity"
+    metric_key: str  # its name in metrics.jsonl, e.g. "val_ppl"
+    base: float | None
+    best: float | None
+    higher_is_better: bool
+    tokens_per_s: float | None
+    started: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load_yaml(path: Path) -> dict:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
+    try:
+        value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def flatten(config: dict) -> dict:
+    """A config's sections as dotted keys, as `--set` names them: {"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}."""
+    flat = {}
+    for section, values in config.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+class RunsFolder:
+    """The runs under one folder; file reads are cached by size and modification time, so a refresh costs little."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self._cache: dict[tuple[Path, str], tuple[tuple[int, int] | None, object]] = {}
+
+    def inside(self, relative: str) -> Path:
+        """`relative` as a path under the root, symbolic links followed; anything that leaves the root is refused."""
+        if "\x00" in relative:
+            raise Outside(f"{relative!r}: not a path")
+        path = (self.root / relative).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise Outside(f"{relative}: outside the runs folder {self.root}; the page reads and writes only inside it")
+        return path
+
+    def run_dir(self, name: str) -> Path:
+        path = self.inside(name)
+        if not is_run_dir(path):
+            raise NotARun(f"{name}: no tunesmith run of that name in {self.root}")
+        return path
+
+    def names(self) -> list[str]:
+        found: list[str] = []
+
+        def walk(folder: Path, depth: int) -> None:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                return
+            for child in children:
+                if (child / MARKER).is_file():
+                    found.append(child.relative_to(self.root).as_posix())
+                elif depth < SEARCH_DEPTH and child.name not in SKIPPED_FOLDERS:
+                    walk(child, depth + 1)
+
+        walk(self.root, 1)
+        return found
+
+    def _cached(self, path: Path, kind: str, read):
+        signature = _signature(path)
+        held = self._cache.get((path, kind))
+        if held is not None and held[0] == signature:
+            return held[1]
+        value = read(path) if signature is not None else ({} if kind != "metrics" else [])
+        self._cache[(path, kind)] = (signature, value)
+        return value
+
+    def config(self, run_dir: Path) -> dict:
+        saved = self._cached(run_dir / "config.yaml", "yaml", _load_yaml)
+        return saved or self._cached(run_dir / LAUNCH_CONFIG, "yaml", _load_yaml)
+
+    def summary(self, run_dir: Path) -> dict:
+        return self._cached(run_dir / "summary.json", "json", _load_json)
+
+    def metrics(self, run_dir: Path) -> list[dict]:
+        return self._cached(run_dir / "metrics.jsonl", "metrics", lambda path: read_json_lines(path)[0])
+
+    def row(self, name: str) -> RunRow:
+        run_dir = self.run_dir(name)
+        config, summary, metrics = self.config(run_dir), self.summary(run_dir), self.metrics(run_dir)
+        record = read_process(run_dir)
+        kind = kind_of(summary, config)
+        key, label, higher = kind.headline
+        evaluations = [(row["step"], row[key]) for row in metrics if isinstance(row.get(key), (int, float))
+                       and math.isfinite(row[key])]
+        base = next((value for step, value in evaluations if step == 0), None)
+        best = next((value for step, value in evaluations if step == summary.get("best_step")), None)
+        if best is None and evaluations:
+            best = (max if higher else min)(value for _, value in evaluations)
+        speeds = [row["tokens_per_s"] for row in metrics[-20:] if isinstance(row.get("tokens_per_s"), (int, float))]
+        steps = max((row.get("step", 0) for row in metrics), default=0)
+        started = record.get("started") or _load_json(run_dir / MARKER).get("created")
+        if isinstance(started, (int, float)):
+            started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
+        return RunRow(
+            name=name, task=kind.name, model=str(config.get("model", {}).get("name", "")),
+            method=str(config.get("model", {}).get("method", "full")), state=run_state(run_dir, record),
+            steps=summary.get("steps", steps), total_steps=record.get("total_steps"), metric=label, metric_key=key, base=base, best=best,
+            higher_is_better=higher, tokens_per_s=summary.get("tokens_per_s") or (sum(speeds) / len(speeds) if speeds else None),
+            started=str(started or ""))
+
+    def rows(self) -> list[RunRow]:
+        rows = [self.row(name) for name in self.names()]
+        return sorted(rows, key=lambda row: row.started, reverse=True)
+
+    def detail(self, name: str) -> dict:
+        """Everything one run's page shows besides its curves."""
+        from ..diagnose import diagnose_run
+        from ..data.report import summary_lines
+        from ..report import samples_before_after
+
+        run_dir = self.run_dir(name)
+        summary = self.summary(run_dir)
+        report, meta = read_data_report(run_dir, summary), read_data_meta(run_dir, summary)
+        try:
+            data_lines = summary_lines(report, meta) if report and meta else []
+        except (KeyError, TypeError):  # a report from an older version of tunesmith
+            data_lines = []
+        config_path = next((run_dir / n for n in ("config.yaml", LAUNCH_CONFIG) if (run_dir / n).is_file()), None)
+        findings = [f.as_dict() for f in diagnose_run(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
+        return {
+            "row": self.row(name),
+            "summary": summary,
+            "findings": findings,
+            "samples": samples_before_after(read_json_lines(run_dir / "samples.jsonl")[0], summary.get("best_step")),
+            "data_lines": data_lines,
+            "data_warnings": report.get("warnings", []),
+            "config": config_path.read_text(encoding="utf-8", errors="replace") if config_path else "",
+            "has_report": (run_dir / "report.html").is_file(),
+            "has_final": (run_dir / "final" / "config.json").is_file(),
+            "has_checkpoint": _has_checkpoint(run_dir),
+            "process": read_process(run_dir),
+            "try_it": kind_of(summary, self.config(run_dir)).try_it,
+        }
+
+    def compare(self, names: list[str]) -> dict:
+        """Two or more runs: their rows, summaries, curves, and only the config keys whose values differ."""
+        if len(names) < 2:
+            raise UserError("pick two or more runs to compare")
+        dirs = [self.run_dir(name) for name in names]
+        configs = [flatten(self.config(d)) for d in dirs]
+        keys = sorted(set().union(*configs) - IDENTITY_KEYS)
+        differing = [(key, [config.get(key) for config in configs]) for key in keys
+                     if len({json.dumps(config.get(key), sort_keys=True, default=str) for config in configs}) > 1]
+        return {"rows": [self.row(name) for name in names], "differing": differing,
+                "summaries": [self.summary(d) for d in dirs]}
+
+    def log_tail(self, name: str, limit: int = 8000) -> str:
+        path = self.run_dir(name) / CONSOLE_LOG
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - limit))
+                return handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def kind_of(summary: dict, config: dict):
+    return task_kind(summary.get("task") or config.get("task"))
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.startswith("step-") and "." not in p.name for p in checkpoints.iterdir())
+
+
+def metrics_since(run_dir: Path, offset: int) -> dict:
+    """metrics.jsonl's whole lines from byte `offset` on, and the offset after them.
+
+    A file shorter than `offset` was rewritten (a resume or a rollback drops rows past its step): then every row
+    comes back, with `reset` set, so the page redraws rather than appends.
+    """
+    path = run_dir / "metrics.jsonl"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return {"rows": [], "offset": 0, "reset": offset > 0}
+    reset = size < offset
+    start = 0 if reset else offset
+    with path.open("rb") as handle:
+        handle.seek(start)
+        chunk = handle.read(size - start)
+    whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
+    rows = []
+    for line in whole.decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+    return {"rows": rows, "offset": start + len(whole), "reset": reset}
+
+
+__all__ = ["CONSOLE_LOG", "LAUNCH_CONFIG", "NotARun", "Outside", "PROCESS", "RunRow", "RunsFolder", "flatten", "metrics_since"]
