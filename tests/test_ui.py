@@ -5,6 +5,7 @@ from the form, stopped and resumed, a chat with a finished chat run, and nothing
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,11 +25,11 @@ from tunesmith.ui.runs import RunsFolder, metrics_since
 from conftest import make_corpus, write_jsonl
 from test_report import CHROMIUM
 from test_serve import free_port
-from test_tasks import chat_config, conversations, write_format
+from test_tasks import chat_config, classify_config, conversations, labelled, write_format
 from test_train import run_config
 
 FORM_RUN = {"run_name": "from-form", "model.name": "models/gpt2", "data.train": "data/corpus.jsonl", "data.block_size": "32",
-            "train.lr": "0.003", "train.epochs": "1000", "train.max_steps": "5000", "train.eval_every": "1000",
+            "train.lr": "0.003", "train.epochs": "1000", "train.max_steps": "3000", "train.eval_every": "1000",
             "train.precision": "fp32", "monitor.tensorboard": "false"}
 
 
@@ -101,7 +102,7 @@ def test_the_form_makes_the_same_config_as_the_command_line(runs_root):
     launcher = Launcher(RunsFolder(runs_root))
     cfg = launcher.config(Draft.from_form({**FORM_RUN, "train.weight_decay": "0.0"}))
     assert cfg.data.train == [str(runs_root / "data" / "corpus.jsonl")] and cfg.model.name == str(runs_root / "models" / "gpt2")
-    assert cfg.run_dir == runs_root / "from-form" and cfg.train.max_steps == 5000
+    assert cfg.run_dir == runs_root / "from-form" and cfg.train.max_steps == 3000
     with pytest.raises(ConfigError) as from_form:
         launcher.config(Draft.from_form({**FORM_RUN, "train.lr": "fast"}))
     with pytest.raises(ConfigError) as from_cli:
@@ -152,6 +153,39 @@ def test_files_outside_the_runs_folder_are_refused(runs_root):
     report = client.get("/files/lr-high/report.html")
     assert report.headers["content-type"].startswith("text/html") and "script-src" not in report.text
     assert "default-src 'none'" in report.headers["content-security-policy"]
+
+
+def test_trying_a_classifier_and_a_language_model(runs_root, tiny_gpt2, tmp_path):
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps(row) + "\n" for row in labelled(120)))
+    train(classify_config(tiny_gpt2, reviews, runs_root / "sentiment", "head", max_steps=10, eval_every=5))
+    try:
+        client = TestClient(create_app(runs_root, port=7860), base_url="http://127.0.0.1:7860")
+        row = next(r for r in client.get("/api/runs").json()["runs"] if r["name"] == "sentiment")
+        assert row["metric"] == "accuracy" and row["higher_is_better"] and 0 <= row["best"] <= 1
+        assert 'data-kind="classify"' in client.get("/runs/sentiment").text
+        labelled_text = client.post("/api/run/sentiment/classify", json={"text": "the lamp hub great"}).json()
+        assert labelled_text["label"] in ("negative", "positive")
+        assert abs(sum(p["p"] for p in labelled_text["probabilities"]) - 1) < 1e-3
+        generated = client.post("/api/run/lr-high/generate", json={"prompt": "the lamp", "settings": {"temperature": 0,
+                                                                                                        "max_new_tokens": 8}})
+        assert generated.status_code == 200 and isinstance(generated.json()["text"], str)
+        refused = client.post("/api/run/lr-high/classify", json={"text": "the lamp"})
+        assert refused.status_code == 400 and "is not a classifier" in refused.json()["error"]
+    finally:
+        shutil.rmtree(runs_root / "sentiment")
+
+
+def test_the_command_refuses_a_busy_port_and_a_file_for_a_folder(runs_root, capsys):
+    from tunesmith.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["ui", "--runs", str(runs_root), "--port", str(busy.getsockname()[1])]) == 2
+    assert "Address already in use; pass another --port" in capsys.readouterr().err
+    assert main(["ui", "--runs", str(runs_root / "data" / "corpus.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --runs {runs_root / 'data' / 'corpus.jsonl'} is a file; name the folder that holds your runs"
 
 
 # ---- the pages in a real browser
@@ -264,12 +298,13 @@ def test_a_run_started_from_the_form_stops_with_a_checkpoint_and_resumes_to_the_
     page.wait_for_selector("#state.stopped", timeout=60_000)
     checkpoints = [int(p.name.split("-")[1]) for p in (runs_root / "from-form" / "checkpoints").iterdir() if "." not in p.name]
     stopped_at = int(page.locator("#steps").inner_text())
-    assert stopped_at in checkpoints and stopped_at < 5000
-    assert "interrupted at step" in (runs_root / "from-form" / "console.log").read_text()
+    assert stopped_at in checkpoints and stopped_at < 3000
+    log = (runs_root / "from-form" / "console.log").read_text()
+    assert log.startswith(f"$ tunesmith train {runs_root / 'from-form' / 'launch.yaml'} --out ") and "interrupted at step" in log
     page.click("#resume")
-    page.wait_for_selector("#state.finished", timeout=180_000)
+    page.wait_for_selector("#state.finished", timeout=300_000)
     summary = json.loads((runs_root / "from-form" / "summary.json").read_text())
-    assert summary["steps"] == 5000 and "resumed from" in (runs_root / "from-form" / "console.log").read_text()
+    assert summary["steps"] == 3000 and "resumed from" in (runs_root / "from-form" / "console.log").read_text()
     page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
 
 

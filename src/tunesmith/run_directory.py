@@ -20,7 +20,6 @@ GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, whic
 DATA_REPORT = "data_report.json"
 DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding
 PROCESS = "process.json"  # the training process: its pid while it runs, how it ended once it has
-STATES = ("running", "finished", "stopped", "crashed")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -48,10 +47,13 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool = False) -> None:
                         "or pass --force to write the run into it (its files of the same names would be replaced)")
 
 
-def _has_saved_work(run_dir: Path) -> bool:
+def has_checkpoint(run_dir: Path) -> bool:
     checkpoints = run_dir / "checkpoints"
-    saved = checkpoints.is_dir() and any(p.name.startswith("step-") and "." not in p.name for p in checkpoints.iterdir())
-    return saved or (run_dir / "final").exists()
+    return checkpoints.is_dir() and any(p.name.startswith("step-") and "." not in p.name for p in checkpoints.iterdir())
+
+
+def _has_saved_work(run_dir: Path) -> bool:
+    return has_checkpoint(run_dir) or (run_dir / "final").exists()
 
 
 def mark_run_dir(run_dir: Path) -> None:
@@ -72,13 +74,13 @@ def keep_data_report(data_dir: Path, run_dir: Path) -> None:
 
 
 def _read_data_file(run_dir: Path, summary: dict, own: str, cached: str) -> dict:
-    for path in (run_dir / own, Path(summary["data_dir"]) / cached if summary.get("data_dir") else None):
-        if path is not None and path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                return {}
-    return {}
+    path = run_dir / own
+    if not path.is_file() and summary.get("data_dir"):
+        path = Path(summary["data_dir"]) / cached
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_data_report(run_dir: Path, summary: dict) -> dict:
@@ -162,7 +164,7 @@ class ProcessRecord:
         self.run_dir, self.enabled, self.record = run_dir, enabled, None
 
     def begin(self, **facts) -> None:
-        """Write the record (once), with `facts` added, such as the run's total steps once they are known."""
+        """Write the record, with `facts` added (the run's total steps, once they are known)."""
         from .durable import write_atomically
 
         if not self.enabled:

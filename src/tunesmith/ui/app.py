@@ -97,13 +97,15 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     def page(template: str, **values) -> HTMLResponse:
         return HTMLResponse(pages.get_template(template).render(root=str(folder.root), **values))
 
+    def shown(row):
+        """A run this page launched is `starting` until its process has recorded itself."""
+        if row.state != "running" and launcher.starting(row.name):
+            row.state = "starting"
+        return row
+
     def states() -> list:
         launcher.reap()
-        rows = folder.rows()
-        for row in rows:
-            if row.state != "running" and launcher.starting(row.name):
-                row.state = "starting"
-        return rows
+        return [shown(row) for row in folder.rows()]
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
@@ -127,17 +129,14 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     @app.get("/runs/{name:path}", response_class=HTMLResponse)
     def run_page(name: str):
         detail = folder.detail(name)
-        if launcher.starting(name):
-            detail["row"].state = "starting"
+        shown(detail["row"])
         return page("run.html", name=name, detail=detail, log=folder.log_tail(name))
 
     @app.get("/api/run/{name:path}/metrics")
     def run_metrics(name: str, offset: int = 0):
-        run_dir = folder.run_dir(name)
-        row = folder.row(name)
-        state = "starting" if row.state != "running" and launcher.starting(name) else row.state
-        return {**metrics_since(run_dir, max(0, offset)), "state": state, "steps": row.steps, "total_steps": row.total_steps,
-                "log": folder.log_tail(name, 4000)}
+        row = shown(folder.row(name))
+        return {**metrics_since(folder.run_dir(name), max(0, offset)), "state": row.state, "steps": row.steps,
+                "total_steps": row.total_steps, "log": folder.log_tail(name, 4000)}
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_page(request: Request):
@@ -155,14 +154,17 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
             (key for key in keys if key.key not in ESSENTIALS), key=lambda key: key.section)]
         return page("new.html", essentials=[key for key in keys if key.key in ESSENTIALS], sections=sections)
 
-    async def _draft(request: Request) -> Draft:
+    async def _body(request: Request) -> dict:
         try:
-            values = await request.json()
+            body = await request.json()
         except ValueError:
-            raise UserError("the form was not sent as JSON") from None
-        if not isinstance(values, dict):
-            raise UserError("the form was not sent as a JSON object")
-        return Draft.from_form(values)
+            raise UserError("send the request as a JSON object") from None
+        if not isinstance(body, dict):
+            raise UserError("send the request as a JSON object")
+        return body
+
+    async def _draft(request: Request) -> Draft:
+        return Draft.from_form(await _body(request))
 
     @app.post("/api/new/check")
     async def check_new(request: Request):
@@ -189,15 +191,6 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     def resume_run(name: str):
         launcher.resume(name)
         return {"ok": True}
-
-    async def _body(request: Request) -> dict:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise UserError("send the request as a JSON object") from None
-        if not isinstance(body, dict):
-            raise UserError("send the request as a JSON object")
-        return body
 
     @app.post("/api/run/{name:path}/chat")
     async def chat(name: str, request: Request):

@@ -19,7 +19,7 @@ import yaml
 
 from ..config import ConfigKey, RunConfig, config_keys, load_config, parse_override
 from ..errors import ConfigError, UserError
-from ..run_directory import is_run_dir, mark_run_dir, read_process, run_state, training_pid
+from ..run_directory import has_checkpoint, is_run_dir, mark_run_dir, read_process, run_state, training_pid
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 
 PATH_KEYS = ("model.name", "data.train", "data.val", "monitor.general_probe")  # named relative to the runs folder
@@ -49,10 +49,9 @@ class Draft:
         defaults = {key.key: key.default_text for key in form_keys()}
         changed = {key: _parsed(key, str(text)) for key, text in values.items()
                    if key in defaults and str(text).strip() != defaults[key]}
-        if isinstance(changed.get("data.train"), str):
-            changed["data.train"] = [changed["data.train"]]
-        if isinstance(changed.get("data.val"), str):
-            changed["data.val"] = [changed["data.val"]]
+        for key in ("data.train", "data.val"):  # one path typed alone, as --data takes it
+            if isinstance(changed.get(key), str):
+                changed[key] = [changed[key]]
         return cls(name, changed)
 
 
@@ -125,24 +124,23 @@ class Launcher:
             raise UserError(f"{name} is running; stop it before resuming it")
         if run_state(run_dir) == "finished":
             raise UserError(f"{name} has finished; start a new run to train further")
+        if not has_checkpoint(run_dir):
+            raise UserError(f"{name} stopped before its first checkpoint, so there is nothing to resume; start it again as a new run")
         self._spawn(name, ["train", "--out", str(run_dir), "--resume"])
 
     def stop(self, name: str) -> None:
         """The signal Ctrl-C sends: the run finishes its step, writes a checkpoint and exits."""
         run_dir = self.folder.run_dir(name)
         pid = training_pid(read_process(run_dir))
-        launched = self.processes.get(name)
-        if pid is None and launched is not None and launched.poll() is None:
-            pid = launched.pid  # still starting: the signal ends it before it has trained
+        if pid is None and self.starting(name):
+            pid = self.processes[name].pid  # still starting: the signal ends it before it has trained
         if pid is None:
             raise UserError(f"{name} is not running")
         os.kill(pid, signal.SIGINT)
 
     def is_running(self, name: str) -> bool:
-        launched = self.processes.get(name)
-        if launched is not None and launched.poll() is None:
-            return True
-        return training_pid(read_process(self.folder.run_dir(name))) is not None
+        """Training, or launched and not yet recorded; a process that recorded its end is only exiting."""
+        return training_pid(read_process(self.folder.run_dir(name))) is not None or self.starting(name)
 
     def starting(self, name: str) -> bool:
         """Launched from this page and alive, but not yet recorded as training (Python still loading tunesmith)."""

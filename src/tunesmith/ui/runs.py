@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..run_directory import (MARKER, PROCESS, is_run_dir, read_data_meta, read_data_report, read_json_lines, read_process,
+from ..run_directory import (MARKER, has_checkpoint, is_run_dir, read_data_meta, read_data_report, read_json_lines, read_process,
                              run_state)
 from ..tasks import task_kind
 
@@ -95,6 +95,7 @@ class RunsFolder:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self._cache: dict[tuple[Path, str], tuple[tuple[int, int] | None, object]] = {}
+        self._metrics: dict[Path, tuple[int, int, list[dict]]] = {}
 
     def inside(self, relative: str) -> Path:
         """`relative` as a path under the root, symbolic links followed; anything that leaves the root is refused."""
@@ -133,7 +134,7 @@ class RunsFolder:
         held = self._cache.get((path, kind))
         if held is not None and held[0] == signature:
             return held[1]
-        value = read(path) if signature is not None else ({} if kind != "metrics" else [])
+        value = read(path) if signature is not None else {}
         self._cache[(path, kind)] = (signature, value)
         return value
 
@@ -145,31 +146,48 @@ class RunsFolder:
         return self._cached(run_dir / "summary.json", "json", _load_json)
 
     def metrics(self, run_dir: Path) -> list[dict]:
-        return self._cached(run_dir / "metrics.jsonl", "metrics", lambda path: read_json_lines(path)[0])
+        """metrics.jsonl's rows (numbers only); a file that grew is read from where the last read ended."""
+        path = run_dir / "metrics.jsonl"
+        try:
+            stat = path.stat()
+        except OSError:
+            return []
+        inode, offset, rows = self._metrics.get(path, (None, 0, []))
+        if inode != stat.st_ino or offset > stat.st_size:  # replaced or cut back (a resume, a rollback): read it anew
+            offset, rows = 0, []
+        if offset < stat.st_size:
+            new = metrics_since(run_dir, offset)
+            offset, rows = new["offset"], rows + new["rows"]
+            self._metrics[path] = (stat.st_ino, offset, rows)
+        return rows
+
+    def progress(self, run_dir: Path, summary: dict, key: str, higher: bool) -> tuple[int, float | None, float | None, float | None]:
+        """Steps, the headline metric at the base and at the best step, and tokens/s: from summary.json once the run
+        has finished (a long metrics.jsonl is not read for the table), else from the metrics so far."""
+        if summary:
+            best = summary.get(f"best_{key}", summary.get(key))
+            return summary.get("steps", 0), summary.get(f"base_{key}"), best, summary.get("tokens_per_s")
+        metrics = self.metrics(run_dir)
+        evaluations = [(row["step"], row[key]) for row in metrics if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+        base = next((value for step, value in evaluations if step == 0), None)
+        best = (max if higher else min)(value for _, value in evaluations) if evaluations else None
+        speeds = [row["tokens_per_s"] for row in metrics[-20:] if isinstance(row.get("tokens_per_s"), (int, float))]
+        steps = max((row.get("step", 0) for row in metrics), default=0)
+        return steps, base, best, sum(speeds) / len(speeds) if speeds else None
 
     def row(self, name: str) -> RunRow:
         run_dir = self.run_dir(name)
-        config, summary, metrics = self.config(run_dir), self.summary(run_dir), self.metrics(run_dir)
-        record = read_process(run_dir)
+        config, summary, record = self.config(run_dir), self.summary(run_dir), read_process(run_dir)
         kind = kind_of(summary, config)
         key, label, higher = kind.headline
-        evaluations = [(row["step"], row[key]) for row in metrics if isinstance(row.get(key), (int, float))
-                       and math.isfinite(row[key])]
-        base = next((value for step, value in evaluations if step == 0), None)
-        best = next((value for step, value in evaluations if step == summary.get("best_step")), None)
-        if best is None and evaluations:
-            best = (max if higher else min)(value for _, value in evaluations)
-        speeds = [row["tokens_per_s"] for row in metrics[-20:] if isinstance(row.get("tokens_per_s"), (int, float))]
-        steps = max((row.get("step", 0) for row in metrics), default=0)
+        steps, base, best, speed = self.progress(run_dir, summary, key, higher)
         started = record.get("started") or _load_json(run_dir / MARKER).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
-        return RunRow(
-            name=name, task=kind.name, model=str(config.get("model", {}).get("name", "")),
-            method=str(config.get("model", {}).get("method", "full")), state=run_state(run_dir, record),
-            steps=summary.get("steps", steps), total_steps=record.get("total_steps"), metric=label, metric_key=key, base=base, best=best,
-            higher_is_better=higher, tokens_per_s=summary.get("tokens_per_s") or (sum(speeds) / len(speeds) if speeds else None),
-            started=str(started or ""))
+        model = config.get("model", {})
+        return RunRow(name=name, task=kind.name, model=str(model.get("name", "")), method=str(model.get("method", "full")),
+                      state=run_state(run_dir, record), steps=steps, total_steps=record.get("total_steps"), metric=label,
+                      metric_key=key, base=base, best=best, higher_is_better=higher, tokens_per_s=speed, started=str(started or ""))
 
     def rows(self) -> list[RunRow]:
         rows = [self.row(name) for name in self.names()]
@@ -200,7 +218,7 @@ class RunsFolder:
             "config": config_path.read_text(encoding="utf-8", errors="replace") if config_path else "",
             "has_report": (run_dir / "report.html").is_file(),
             "has_final": (run_dir / "final" / "config.json").is_file(),
-            "has_checkpoint": _has_checkpoint(run_dir),
+            "has_checkpoint": has_checkpoint(run_dir),
             "process": read_process(run_dir),
             "try_it": kind_of(summary, self.config(run_dir)).try_it,
         }
@@ -231,11 +249,6 @@ def kind_of(summary: dict, config: dict):
     return task_kind(summary.get("task") or config.get("task"))
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    checkpoints = run_dir / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.startswith("step-") and "." not in p.name for p in checkpoints.iterdir())
-
-
 def metrics_since(run_dir: Path, offset: int) -> dict:
     """metrics.jsonl's whole lines from byte `offset` on, and the offset after them.
 
@@ -264,4 +277,4 @@ def metrics_since(run_dir: Path, offset: int) -> dict:
     return {"rows": rows, "offset": start + len(whole), "reset": reset}
 
 
-__all__ = ["CONSOLE_LOG", "LAUNCH_CONFIG", "NotARun", "Outside", "PROCESS", "RunRow", "RunsFolder", "flatten", "metrics_since"]
+__all__ = ["CONSOLE_LOG", "LAUNCH_CONFIG", "NotARun", "Outside", "RunRow", "RunsFolder", "flatten", "metrics_since"]
