@@ -142,14 +142,19 @@ def test_the_guard_refuses_other_hosts_origins_forms_and_missing_tokens(runs_roo
 def test_files_outside_the_runs_folder_are_refused(runs_root):
     client = TestClient(create_app(runs_root, port=7860), base_url="http://127.0.0.1:7860")
     (runs_root / "link-out").symlink_to(runs_root.parent / "secret.txt")
+    mark_run_dir(runs_root.parent / "run-outside")
+    (runs_root / "linked-run").symlink_to(runs_root.parent / "run-outside")
     try:
-        for path in ("/files/%2E%2E/secret.txt", "/files/..%2Fsecret.txt", "/files/link-out", "/runs/%2E%2E",
+        listed = client.get("/")
+        assert listed.status_code == 200 and "lr-high" in listed.text and "linked-run" not in listed.text
+        for path in ("/files/%2E%2E/secret.txt", "/files/..%2Fsecret.txt", "/files/link-out", "/runs/%2E%2E", "/runs/linked-run",
                      "/api/run/..%2F..%2Fetc/metrics", "/files//etc/passwd"):
             response = client.get(path)
             assert response.status_code in (403, 404), path
             assert "TOP SECRET" not in response.text and "root:" not in response.text
     finally:
         (runs_root / "link-out").unlink()
+        (runs_root / "linked-run").unlink()
     report = client.get("/files/lr-high/report.html")
     assert report.headers["content-type"].startswith("text/html") and "script-src" not in report.text
     assert "default-src 'none'" in report.headers["content-security-policy"]

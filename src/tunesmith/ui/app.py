@@ -11,7 +11,7 @@ import hmac
 import itertools
 import mimetypes
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -56,8 +56,8 @@ class Guard:
         if not self.any_host and host not in self.hosts:
             return await _refuse(scope, receive, send, 421, f"this server answers to {sorted(self.hosts)[0]}, not {host}")
         if self.token and not self._authorized(scope, headers):
-            query = dict(part.split("=", 1) for part in scope.get("query_string", b"").decode().split("&") if "=" in part)
-            if hmac.compare_digest(query.get("token", "").encode(), self.token.encode()):
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+            if hmac.compare_digest(given.encode(), self.token.encode()):
                 response = RedirectResponse(scope["path"], status_code=303)
                 response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
                 return await response(scope, receive, send)

@@ -4,8 +4,10 @@ written, and two or more runs side by side. Nothing here writes; every path is c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,6 @@ from ..tasks import task_kind
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
 CONSOLE_LOG = "console.log"  # the output of a run the page launched
-SKIPPED_FOLDERS = {"checkpoints", "final", "best", "tb", "report_files", "mlruns", "final-adapter"}  # inside a run
 SEARCH_DEPTH = 3  # runs may be grouped in folders: runs/<experiment>/<run>
 IDENTITY_KEYS = {"output.dir", "output.name"}  # always differ between runs: the run's own folder, not a setting
 
@@ -113,17 +114,23 @@ class RunsFolder:
         return path
 
     def names(self) -> list[str]:
+        """The runs in the folder and its subfolders (a run's own folders are not searched); a link that leads out of the
+        folder is left out, as everything outside it is."""
         found: list[str] = []
 
         def walk(folder: Path, depth: int) -> None:
             try:
-                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+                with os.scandir(folder) as entries:  # the names and kinds in one pass, even beside a folder of data files
+                    children = sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
             except OSError:
                 return
             for child in children:
+                relative = child.relative_to(self.root).as_posix()
                 if (child / MARKER).is_file():
-                    found.append(child.relative_to(self.root).as_posix())
-                elif depth < SEARCH_DEPTH and child.name not in SKIPPED_FOLDERS:
+                    with contextlib.suppress(Outside):
+                        self.inside(relative)
+                        found.append(relative)
+                elif depth < SEARCH_DEPTH:
                     walk(child, depth + 1)
 
         walk(self.root, 1)
