@@ -132,6 +132,8 @@ def test_the_guard_refuses_other_hosts_origins_forms_and_missing_tokens(runs_roo
     foreign = client.post("/api/run/lr-high/stop", json={}, headers={"Origin": "http://evil.example"})
     assert foreign.status_code == 403
     assert client.post("/api/run/lr-high/stop", json={}).json()["error"] == "lr-high is not running"
+    same_machine = client.post("/api/run/lr-high/stop", json={}, headers={"Origin": "http://localhost:7860"})
+    assert same_machine.status_code == 400  # this server by another of its names: past the guard, and not running
     guarded = TestClient(create_app(runs_root, port=7860, token="s3cret"), base_url="http://127.0.0.1:7860")
     assert guarded.get("/").status_code == 401
     assert guarded.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -299,6 +301,8 @@ def test_a_run_started_from_the_form_stops_with_a_checkpoint_and_resumes_to_the_
     page.wait_for_function(f"Number(document.getElementById('steps').textContent) > {first}", timeout=30_000)
     assert int(page.locator("#plot-loss").get_attribute("data-points")) > 0
     page.screenshot(path=str(tmp_path / "running.png"), full_page=True)
+    findings = page.request.get(f"{server}/fragments/run/from-form/findings")  # refreshed while the run trains
+    assert findings.ok and "<li" in findings.text()
     page.click("#stop")
     page.wait_for_selector("#state.stopped", timeout=60_000)
     checkpoints = [int(p.name.split("-")[1]) for p in (runs_root / "from-form" / "checkpoints").iterdir() if "." not in p.name]

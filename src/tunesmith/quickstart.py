@@ -54,6 +54,7 @@ def run_quickstart(cfg: RunConfig, console: Console | None = None) -> dict:
         "  tunesmith init my-run.yaml                      # a commented config\n"
         "  tunesmith prepare --data my_texts/              # check what the data becomes\n"
         "  tunesmith train --data my_texts/ --out runs/mine\n"
-        "  tunesmith generate runs/mine --prompt \"...\""
+        "  tunesmith generate runs/mine --prompt \"...\"\n"
+        "  tunesmith ui                                    # every run in runs/ in the browser: curves, compare, new runs"
     )
     return summary

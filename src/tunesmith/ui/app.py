@@ -64,7 +64,7 @@ class Guard:
             return await _refuse(scope, receive, send, 401, "this page needs its token: open the address `tunesmith ui` printed")
         if scope["method"] not in ("GET", "HEAD"):
             origin = headers.get("origin")
-            if origin is not None and urlsplit(origin).netloc != host:
+            if origin is not None and urlsplit(origin).netloc not in ({host} if self.any_host else self.hosts):
                 return await _refuse(scope, receive, send, 403, "changes are taken only from this page itself")
             if not headers.get("content-type", "").startswith("application/json"):
                 return await _refuse(scope, receive, send, 415, "changes are sent as JSON")
@@ -131,6 +131,13 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         detail = folder.detail(name)
         shown(detail["row"])
         return page("run.html", name=name, detail=detail, log=folder.log_tail(name))
+
+    @app.get("/fragments/run/{name:path}/findings", response_class=HTMLResponse)
+    def findings_fragment(name: str):
+        from ..diagnose import diagnose_run
+
+        return page("findings.html", findings=[f.as_dict() for f in diagnose_run(folder.run_dir(name))],
+                    state=shown(folder.row(name)).state)
 
     @app.get("/api/run/{name:path}/metrics")
     def run_metrics(name: str, offset: int = 0):

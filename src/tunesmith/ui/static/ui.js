@@ -53,7 +53,7 @@ const tunesmith = (() => {
   function runPage(info) {
     const series = {train_loss: [[], []], val_loss: [[], []], metric: [[], []], lr: [[], []]};
     const keys = {train_loss: "train_loss", val_loss: "val_loss", metric: info.metricKey, lr: "lr"};
-    let offset = 0, state = info.state, timer = null;
+    let offset = 0, state = info.state, findingsAt = Date.now();
     const stateBadge = document.getElementById("state"), steps = document.getElementById("steps");
     const log = document.getElementById("log"), stop = document.getElementById("stop"), resume = document.getElementById("resume");
     const problem = document.getElementById("action-problem");
@@ -92,6 +92,11 @@ const tunesmith = (() => {
         if (wasLive && !["running", "starting"].includes(state)) location.reload();  // findings, samples, report, buttons
       }
       stop.hidden = !["running", "starting"].includes(state);
+      if (state === "running" && Date.now() - findingsAt > 10000) {  // findings appear as evaluations come in
+        findingsAt = Date.now();
+        const response = await fetch(`/fragments/run/${runPath(info.name)}/findings`);
+        if (response.ok) document.getElementById("findings").innerHTML = await response.text();
+      }
     }
 
     const act = action => async () => {
