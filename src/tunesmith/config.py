@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -375,9 +374,9 @@ class ConfigKey:
 
 def _choices(field) -> tuple[str, ...]:
     annotation = field.annotation
-    if typing.get_origin(annotation) is typing.Union:
-        annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
-    return tuple(str(v) for v in typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else ()
+    if get_origin(annotation) is Union:  # Optional[Literal[...]]
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
+    return tuple(str(v) for v in get_args(annotation)) if get_origin(annotation) is Literal else ()
 
 
 def config_keys() -> list[ConfigKey]:

@@ -55,7 +55,7 @@ class Guard:
         host = headers.get("host", "")
         if not self.any_host and host not in self.hosts:
             return await _refuse(scope, receive, send, 421, f"this server answers to {sorted(self.hosts)[0]}, not {host}")
-        if self.token and not self._authorized(scope, headers):
+        if self.token and not self._authorized(headers):
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
             if hmac.compare_digest(given.encode(), self.token.encode()):
                 response = RedirectResponse(scope["path"], status_code=303)
@@ -70,7 +70,7 @@ class Guard:
                 return await _refuse(scope, receive, send, 415, "changes are sent as JSON")
         return await self.app(scope, receive, send)
 
-    def _authorized(self, scope, headers: dict) -> bool:
+    def _authorized(self, headers: dict) -> bool:
         scheme, _, given = headers.get("authorization", "").partition(" ")
         cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
         candidates = [cookies.get(TOKEN_COOKIE, "")] + ([given.strip()] if scheme.lower() == "bearer" else [])
@@ -81,10 +81,6 @@ async def _refuse(scope, receive, send, status: int, message: str) -> None:
     await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
-def _problems(exc: UserError) -> list[str]:
-    return exc.lines()
-
-
 def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None, device: str = "auto") -> Guard:
     folder = RunsFolder(root)
     launcher = Launcher(folder)
@@ -92,7 +88,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     pages = Environment(loader=PackageLoader("tunesmith.ui"), autoescape=select_autoescape(["html"]))
     pages.filters["number"] = _number
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.folder, app.state.launcher = folder, launcher
+    app.state.launcher = launcher  # the processes it started, for whoever embeds the app
 
     def page(template: str, **values) -> HTMLResponse:
         return HTMLResponse(pages.get_template(template).render(root=str(folder.root), **values))
@@ -111,7 +107,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     async def user_error(request: Request, exc: UserError):
         status = 404 if isinstance(exc, NotARun) else 403 if isinstance(exc, Outside) else 400
         if request.url.path.startswith("/api/") or request.method != "GET":
-            return JSONResponse({"error": " ".join(_problems(exc)), "problems": _problems(exc)}, status_code=status)
+            return JSONResponse({"error": " ".join(exc.lines()), "problems": exc.lines()}, status_code=status)
         return HTMLResponse(pages.get_template("error.html").render(message=str(exc), root=str(folder.root)), status_code=status)
 
     @app.get("/", response_class=HTMLResponse)

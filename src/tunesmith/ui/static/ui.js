@@ -198,8 +198,9 @@ const tunesmith = (() => {
       finally { button.disabled = false; }
     };
     const check = document.getElementById("check"), preview = document.getElementById("preview"), start = document.getElementById("start");
-    check.addEventListener("click", send(check, "/api/new/check", () => report([])));
-    check.addEventListener("click", () => { problems.dataset.checked = "1"; });
+    const valid = document.getElementById("valid");
+    form.addEventListener("input", () => { valid.hidden = true; });
+    check.addEventListener("click", send(check, "/api/new/check", () => { valid.hidden = false; }));
     preview.addEventListener("click", send(preview, "/api/new/preview", data => {
       document.getElementById("preview-lines").textContent = data.lines.join("\n");
       document.getElementById("preview-examples").replaceChildren(...data.examples.map((text, i) => {
