@@ -49,6 +49,7 @@ const tunesmith = (() => {
     legend: {orientation: "h", y: -0.25}, showlegend: true,
   });
   const config = {displaylogo: false, responsive: true};
+  const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
   function runPage(info) {
     const series = {train_loss: [[], []], val_loss: [[], []], metric: [[], []], lr: [[], []]};
@@ -173,9 +174,10 @@ const tunesmith = (() => {
       const rows = metrics[name], key = info.metrics[i];
       const pick = field => { const kept = rows.filter(row => field in row); return [kept.map(row => row.step), kept.map(row => row[field])]; };
       const [vx, vy] = pick("val_loss"), [tx, ty] = pick("train_loss"), [mx, my] = pick(key);
-      loss.push({x: vx, y: vy, name: `${name} validation`, mode: "lines+markers", type: "scatter"});
-      loss.push({x: tx, y: ty, name: `${name} training`, mode: "lines", line: {dash: "dot", width: 1}, type: "scatter"});
-      metric.push({x: mx, y: my, name: `${name} ${info.labels[i]}`, mode: "lines+markers", type: "scatter"});
+      const color = COLORS[i % COLORS.length];  // one color a run, in both plots
+      loss.push({x: vx, y: vy, name: `${name} validation`, mode: "lines+markers", type: "scatter", line: {color}});
+      loss.push({x: tx, y: ty, name: `${name} training`, mode: "lines", line: {color, dash: "dot", width: 1}, type: "scatter"});
+      metric.push({x: mx, y: my, name: `${name} ${info.labels[i]}`, mode: "lines+markers", type: "scatter", line: {color}});
     });
     Plotly.newPlot("plot-compare-loss", loss, layout("loss", "loss"), config);
     Plotly.newPlot("plot-compare-metric", metric, layout([...new Set(info.labels)].join(" / "), "value"), config);
