@@ -73,14 +73,20 @@ def keep_data_report(data_dir: Path, run_dir: Path) -> None:
             shutil.copyfile(data_dir / source, run_dir / target)
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file's object, or {} for a file that is missing, damaged or holds something else."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _read_data_file(run_dir: Path, summary: dict, own: str, cached: str) -> dict:
     path = run_dir / own
     if not path.is_file() and summary.get("data_dir"):
         path = Path(summary["data_dir"]) / cached
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json_object(path)
 
 
 def read_data_report(run_dir: Path, summary: dict) -> dict:
@@ -195,11 +201,7 @@ class ProcessRecord:
 
 
 def read_process(run_dir: Path) -> dict:
-    try:
-        record = json.loads((run_dir / PROCESS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_json_object(run_dir / PROCESS)
 
 
 def training_pid(record: dict) -> int | None:

@@ -130,10 +130,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
     @app.get("/fragments/run/{name:path}/findings", response_class=HTMLResponse)
     def findings_fragment(name: str):
-        from ..diagnose import diagnose_run
-
-        return page("findings.html", findings=[f.as_dict() for f in diagnose_run(folder.run_dir(name))],
-                    state=shown(folder.row(name)).state)
+        return page("findings.html", findings=folder.findings(name), state=shown(folder.row(name)).state)
 
     @app.get("/api/run/{name:path}/metrics")
     def run_metrics(name: str, offset: int = 0):

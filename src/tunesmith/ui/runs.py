@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..run_directory import (MARKER, has_checkpoint, is_run_dir, read_data_meta, read_data_report, read_json_lines, read_process,
-                             run_state)
+from ..run_directory import (MARKER, has_checkpoint, is_run_dir, read_data_meta, read_data_report, read_json_lines,
+                             read_json_object, read_process, run_state)
 from ..tasks import task_kind
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -63,14 +63,6 @@ def _load_yaml(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _signature(path: Path) -> tuple[int, int] | None:
     try:
         stat = path.stat()
@@ -95,7 +87,7 @@ class RunsFolder:
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
-        self._cache: dict[tuple[Path, str], tuple[tuple[int, int] | None, object]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int] | None, dict]] = {}
         self._metrics: dict[Path, tuple[int, int, list[dict]]] = {}
 
     def inside(self, relative: str) -> Path:
@@ -136,21 +128,21 @@ class RunsFolder:
         walk(self.root, 1)
         return found
 
-    def _cached(self, path: Path, kind: str, read):
+    def _cached(self, path: Path, read) -> dict:
         signature = _signature(path)
-        held = self._cache.get((path, kind))
+        held = self._cache.get(path)
         if held is not None and held[0] == signature:
             return held[1]
         value = read(path) if signature is not None else {}
-        self._cache[(path, kind)] = (signature, value)
+        self._cache[path] = (signature, value)
         return value
 
     def config(self, run_dir: Path) -> dict:
-        saved = self._cached(run_dir / "config.yaml", "yaml", _load_yaml)
-        return saved or self._cached(run_dir / LAUNCH_CONFIG, "yaml", _load_yaml)
+        saved = self._cached(run_dir / "config.yaml", _load_yaml)
+        return saved or self._cached(run_dir / LAUNCH_CONFIG, _load_yaml)
 
     def summary(self, run_dir: Path) -> dict:
-        return self._cached(run_dir / "summary.json", "json", _load_json)
+        return self._cached(run_dir / "summary.json", read_json_object)
 
     def metrics(self, run_dir: Path) -> list[dict]:
         """metrics.jsonl's rows (numbers only); a file that grew is read from where the last read ended."""
@@ -188,7 +180,7 @@ class RunsFolder:
         kind = kind_of(summary, config)
         key, label, higher = kind.headline
         steps, base, best, speed = self.progress(run_dir, summary, key, higher)
-        started = record.get("started") or _load_json(run_dir / MARKER).get("created")
+        started = record.get("started") or read_json_object(run_dir / MARKER).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
         model = config.get("model", {})
@@ -202,7 +194,6 @@ class RunsFolder:
 
     def detail(self, name: str) -> dict:
         """Everything one run's page shows besides its curves."""
-        from ..diagnose import diagnose_run
         from ..data.report import summary_lines
         from ..report import samples_before_after
 
@@ -214,11 +205,10 @@ class RunsFolder:
         except (KeyError, TypeError):  # a report from an older version of tunesmith
             data_lines = []
         config_path = next((run_dir / n for n in ("config.yaml", LAUNCH_CONFIG) if (run_dir / n).is_file()), None)
-        findings = [f.as_dict() for f in diagnose_run(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
         return {
             "row": self.row(name),
             "summary": summary,
-            "findings": findings,
+            "findings": self.findings(name),
             "samples": samples_before_after(read_json_lines(run_dir / "samples.jsonl")[0], summary.get("best_step")),
             "data_lines": data_lines,
             "data_warnings": report.get("warnings", []),
@@ -229,6 +219,12 @@ class RunsFolder:
             "process": read_process(run_dir),
             "try_it": kind_of(summary, self.config(run_dir)).try_it,
         }
+
+    def findings(self, name: str) -> list[dict]:
+        from ..diagnose import diagnose_run
+
+        run_dir = self.run_dir(name)
+        return [f.as_dict() for f in diagnose_run(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
 
     def compare(self, names: list[str]) -> dict:
         """Two or more runs: their rows, summaries, curves, and only the config keys whose values differ."""
