@@ -61,3 +61,19 @@ def test_init_writes_a_commented_starter(tmp_path, capsys):
 def test_readme_documents_every_config_key():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert reference_markdown() in readme, "README's config table is stale: run `python scripts/sync_readme_config.py`"
+
+
+@pytest.mark.parametrize("weights, problem", [
+    ((".inf", "1"), "data.train.0.weight: must be a finite number"),
+    ((".nan", "1"), "data.train.0.weight: must be a finite number"),
+    (("1e308", "1e308"), "data.train: the weights add up past the largest number; give shares such as 0.8 and 0.2"),
+])
+def test_weights_that_are_not_finite_or_overflow_are_refused_in_one_line(weights, problem, tmp_path, capsys):
+    from conftest import make_corpus, write_jsonl
+
+    sources = [write_jsonl(tmp_path / f"{name}.jsonl", make_corpus(30, seed=seed)) for seed, name in enumerate("ab")]
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  train:\n" + "".join(f"    - {{path: {s}, weight: {w}}}\n" for s, w in zip(sources, weights)))
+    assert main(["prepare", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {problem}")

@@ -325,3 +325,20 @@ def test_small_data_warns_with_numbers(tmp_path, tokenizer):
     prepared = prepare_data(DataConfig(train=[str(path)], block_size=16), NO_FILTERS, tokenizer, tmp_path / "c", model_params=135_000_000)
     warning = next(w for w in prepared.report["warnings"] if "memorize" in w)
     assert f"train has {prepared.meta['train']['tokens']:,} tokens; a 135M-parameter model" in warning
+
+
+def test_a_conversation_with_an_unknown_speaker_is_one_malformed_row_with_on_error_skip(tiny_llama, tmp_path):
+    from tunesmith.api import prepare
+    from tunesmith.config import load_config
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i} about the lamp"},
+                          {"role": "assistant", "content": f"answer {i}: press the button twice"}]} for i in range(20)]
+    rows.append({"messages": [{"role": "narrator", "content": "once upon a time"}, {"role": "assistant", "content": "the end"}]})
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = [("task", "chat"), ("model.name", str(tiny_llama)), ("data.train", str(path)), ("data.block_size", 128)]
+    skipped = prepare(load_config(None, settings + [("data.on_error", "skip")]))
+    report = json.loads((skipped.directory / "data_report.json").read_text())
+    assert {r["step"]: r["removed"] for r in report["steps"]}["malformed_row"] == 1
+    with pytest.raises(UserError, match="chats.jsonl:21: speaker 'narrator' has no role; map it with chat.roles.*data.on_error=skip"):
+        prepare(load_config(None, settings))

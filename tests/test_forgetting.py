@@ -172,3 +172,15 @@ def test_replay_mixes_its_share_of_rehearsal_into_training(tiny_llama, corpus_fi
     rehearsal = [row for row in report["mix"] if row["rehearsal"]][0]
     assert abs(rehearsal["actual_share"] - 0.2) <= 0.02 and rehearsal["units_used"] > 0
     assert diagnose_run(tmp_path / "run") is not None
+
+
+def test_a_binary_general_probe_file_is_named_under_its_own_key(tiny_gpt2, corpus_file, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    binary = tmp_path / "general.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    code = main(["train", "--model", str(tiny_gpt2), "--data", str(corpus_file), "--out", str(tmp_path / "run"), "--block-size", "32",
+                 "--max-steps", "2", "--set", f"monitor.general_probe={binary}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "looks like a binary file" in err[0] and "remove it from monitor.general_probe" in err[0] and "data.train" not in err[0]

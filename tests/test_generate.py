@@ -212,3 +212,86 @@ def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama
     assert main([*args, "--output", str(tmp_path / "fresh.jsonl")]) == 0
     assert "resumed" not in capsys.readouterr().out
     assert read_jsonl(tmp_path / "fresh.jsonl") == read_jsonl(tmp_path / "whole.jsonl")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--temperature", "nan"], "--temperature: Input should be a finite number; use a number >= 0"),
+    (["--temperature", "inf"], "--temperature: Input should be a finite number"),
+    (["--top-p", "nan"], "--top-p: Input should be a finite number"),
+    (["--seed", "-1"], "--seed: Input should be greater than or equal to 0; use a whole number from 0 to 2**63-1"),
+    (["--seed", str(2**64)], "--seed: Input should be less than or equal to"),
+    (["--max-batch", "0"], "--max-batch 0: sequences decoded together must be at least 1"),
+    (["--max-batch", "-3"], "--max-batch -3:"),
+])
+def test_bad_settings_end_with_one_line_before_any_decoding(tiny_llama, tmp_path, capsys, flags, words):
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    for prompts in (["--prompt", "the lamp"], ["--input", str(source), "--output", str(tmp_path / "o.jsonl")]):
+        assert main(["generate", str(tiny_llama), *prompts, "--max-new-tokens", "3", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.progress.jsonl").exists()
+
+
+def test_an_output_in_a_folder_not_made_yet_is_written_there(tiny_llama, tmp_path, capsys):
+    """As write_rows makes the output's folder, so does the journal written beside it before it."""
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "nodir" / "sub" / "o.jsonl"
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--max-new-tokens", "2"]) == 0
+    assert len(read_jsonl(out)) == 4 and (out.parent / "o.summary.json").is_file()
+
+
+def test_an_empty_prompt_is_refused_as_serve_refuses_it(tiny_llama, capsys):
+    assert main(["generate", str(tiny_llama), "--prompt", "", "--max-new-tokens", "3"]) == 2
+    assert "the prompt is empty once tokenized" in capsys.readouterr().err
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def page(tiny_llama, tmp_path_factory):
+    """The web page over a folder with one run, whose final model is the tiny Llama with a chat template."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from transformers import AutoTokenizer
+
+    from tunesmith.run_directory import mark_run_dir
+    from tunesmith.ui import create_app
+
+    root = tmp_path_factory.mktemp("runs")
+    mark_run_dir(root / "bot")
+    shutil.copytree(tiny_llama, root / "bot" / "final")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(root / "bot" / "final")
+    return TestClient(create_app(root, port=7860), base_url="http://127.0.0.1:7860", raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("action, body, words", [
+    ("chat", {"text": "hi", "history": ["x"]}, "history: send a list of messages"),
+    ("chat", {"text": "hi", "history": "x"}, "history: send a list of messages"),
+    ("chat", {"text": "hi", "history": [{"role": "robot", "content": "x"}]}, "history: send a list of messages"),
+    ("chat", {"text": "hi", "settings": "abc"}, "settings: send an object"),
+    ("generate", {"prompt": "the lamp", "settings": "abc"}, "settings: send an object"),
+    ("generate", {"prompt": "the lamp", "settings": {"temperature": "nan"}}, "settings.temperature: Input should be a finite number"),
+    ("chat", {"text": "hi", "settings": {"temperature": "nan"}}, "settings.temperature: Input should be a finite number"),
+    ("generate", {"prompt": "the lamp", "settings": {"seed": -5}}, "settings.seed: Input should be greater than or equal to 0"),
+    ("chat", {"text": "hi", "settings": {"seed": -5}}, "settings.seed: Input should be greater than or equal to 0"),
+    ("generate", {"prompt": "the lamp", "settings": {"top_k": "many"}}, "settings.top_k: Input should be a valid integer"),
+    ("generate", {"prompt": "the lamp", "settings": {"max_new_tokens": 600}}, "settings.max_new_tokens: at most 512"),
+    ("chat", {"text": "hi", "settings": {"system": ["x"]}}, "settings.system: send the system message as text"),
+])
+def test_the_try_it_endpoints_answer_400_with_the_reason(page, action, body, words):
+    response = page.post(f"/api/run/bot/{action}", json=body)
+    assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_the_try_it_endpoints_take_good_settings_as_the_page_sends_them(page):
+    settings = {"temperature": 0.9, "max_new_tokens": 4, "seed": "3"}
+    generated = page.post("/api/run/bot/generate", json={"prompt": "the lamp", "settings": settings})
+    assert generated.status_code == 200 and isinstance(generated.json()["text"], str)
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    replied = page.post("/api/run/bot/chat", json={"text": "the lamp", "history": history, "settings": settings})
+    assert replied.status_code == 200 and isinstance(replied.json()["reply"], str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -299,3 +300,41 @@ def test_a_damaged_reference_file_is_computed_again(tiny_llama, tmp_path):
     stored.write_bytes(b"not a zip file")
     second = train(preference_config(tiny_llama, data, tmp_path / "b", max_steps=2, eval_every=2))
     assert second["reward_margin"] == pytest.approx(first["reward_margin"]) and stored.stat().st_size > 100
+
+
+def _with_data(cfg, **changes):
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=changes)})
+
+
+def _removed(cfg) -> dict:
+    return {row["step"]: row["removed"] for row in json.loads((prepare(cfg).directory / "data_report.json").read_text())["steps"]}
+
+
+def test_a_bare_string_line_among_pairs_is_one_malformed_row(tiny_llama, tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in ordered_pairs(40)) + json.dumps("just a sentence") + "\n")
+    cfg = preference_config(tiny_llama, path, tmp_path / "run")
+    assert _removed(_with_data(cfg, on_error="skip"))["malformed_row"] == 1
+    assert main(["prepare", "--task", "preference", "--model", str(tiny_llama), "--data", str(path), "--block-size", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:41: a JSON string where a preference record belongs" in err[0]
+    assert "data.on_error=skip" in err[0] and "plain text" not in err[0]
+
+
+def test_a_message_with_an_unknown_role_is_skipped_and_counted_with_on_error_skip(tiny_llama, tmp_path):
+    odd = {"prompt": [{"role": "narrator", "content": "Once upon a time"}], "chosen": "the end", "rejected": "end the"}
+    path = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(40) + [odd])
+    cfg = preference_config(tiny_llama, path, tmp_path / "run")
+    assert _removed(_with_data(cfg, on_error="skip"))["malformed_row"] == 1
+    from tunesmith.errors import UserError
+
+    with pytest.raises(UserError, match=f"{re.escape(str(path))}:41: speaker 'narrator' has no role; map it with chat.roles.*data.on_error=skip"):
+        prepare(cfg)
+
+
+def test_pairs_that_differ_only_past_the_block_size_are_dropped_and_counted(tiny_llama, tmp_path):
+    common = " ".join(["the lamp glows when you press the button twice"] * 16)
+    same_within = [{"prompt": f"question {i}", "chosen": f"{common} and it works", "rejected": f"{common} but it fails"} for i in range(3)]
+    path = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(40) + same_within)
+    cfg = _with_data(preference_config(tiny_llama, path, tmp_path / "run"), block_size=64)
+    assert _removed(cfg)["identical_after_truncation"] == 3

@@ -141,3 +141,36 @@ def test_a_refused_token_is_named(run, hub, monkeypatch, tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "e"), "--push-to-hub", "me/tiny", "--hub-endpoint", hub.endpoint]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the Hub refused the upload (401" in err and not hub.files
+
+
+@pytest.fixture
+def temporary_root(tmp_path, monkeypatch):
+    """Where `tempfile` puts folders during the test, to see what an export leaves behind."""
+    import tempfile
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.mark.parametrize("repo_id", ["bad name/x", "owner/a..b"])
+def test_an_invalid_repository_name_is_refused_in_one_line_before_exporting(repo_id, run, hub, tmp_path, temporary_root, capsys):
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out), "--push-to-hub", repo_id, "--hub-endpoint", hub.endpoint]) == 2
+    assert main(["export", str(run), "--push-to-hub", repo_id, "--hub-endpoint", hub.endpoint]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"error: --push-to-hub {repo_id}: not a valid repository name") for line in err)
+    assert not out.exists() and not list(temporary_root.iterdir()) and not hub.authorizations
+
+
+def test_a_failed_push_without_out_leaves_no_temporary_folder(run, hub, temporary_root, capsys):
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{free.getsockname()[1]}"
+    assert main(["export", str(run), "--push-to-hub", "me/tiny", "--hub-endpoint", closed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot reach the Hub" in err and "--out FOLDER" in err
+    assert not list(temporary_root.iterdir())

@@ -157,3 +157,78 @@ def test_the_last_steps_tokens_per_second_counts_its_training_time_only(tiny_lla
     assert speeds[-1] > 0.2 * sorted(speeds)[len(speeds) // 2]  # half a second of evaluation would cut it a hundredfold
     last_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 6/6")][-1]
     assert f"{speeds[-1]:,.0f} tok/s" in last_line
+
+
+def test_a_second_trainer_in_a_live_run_folder_is_refused_naming_the_pid(tiny_llama, corpus_file, tmp_path):
+    """Two trainers would write the same checkpoints and metrics.jsonl; a killed holder leaves the folder free."""
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_cli(*_train_args(tiny_llama, corpus_file, run_dir, 100000)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for_checkpoint(first, run_dir)
+        second = subprocess.run(_cli(*_train_args(tiny_llama, corpus_file, run_dir, 100000), "--resume"), capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"training process {first.pid}" in lines[0], second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    from tunesmith.run_directory import RunLock, lock_holder
+
+    assert lock_holder(run_dir) is None
+    with RunLock(run_dir):
+        assert lock_holder(run_dir) == os.getpid()
+
+
+def test_a_resume_from_another_folder_reads_the_runs_relative_paths_where_it_started(tiny_gpt2, tiny_llama, tmp_path, monkeypatch):
+    """Weighted data, validation file, probe file and a local model, all relative; the folder resumed from holds a
+    different model under the same relative name, which must not be picked up."""
+    import shutil
+
+    from conftest import make_corpus, write_jsonl
+    from tunesmith.run_directory import read_process
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    shutil.copytree(tiny_gpt2, start / "models" / "tiny")
+    shutil.copytree(tiny_llama, elsewhere / "models" / "tiny")
+    docs = make_corpus(160)
+    write_jsonl(start / "corpus.jsonl", docs[:100])
+    write_jsonl(start / "more.jsonl", docs[100:140])
+    write_jsonl(start / "val.jsonl", docs[140:])
+    write_jsonl(start / "probe.jsonl", make_corpus(30, seed=7, words_per_doc=16))  # pieces within the tiny context
+    overrides = [("model.name", "models/tiny"), ("data.train", [{"path": "corpus.jsonl", "weight": 0.7}, {"path": ["more.jsonl"], "weight": 0.3}]),
+                 ("data.val", "val.jsonl"), ("monitor.general_probe", "probe.jsonl"), ("data.block_size", 32),
+                 ("train.lr", 3e-3), ("train.max_steps", 8), ("train.eval_every", 4), ("train.keep_last", 10),
+                 ("train.precision", "fp32"), ("train.patience", None)]
+    monkeypatch.chdir(start)
+    train(load_config(None, overrides + [("output.dir", str(tmp_path / "whole"))]))
+    cut = cut_run(tmp_path / "whole", tmp_path / "cut", last_step=4)
+    monkeypatch.chdir(elsewhere)
+    summary = train(load_config(cut / "config.yaml", [("output.dir", str(cut))]), resume=True)
+    assert summary["steps"] == 8
+    assert losses(cut) == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
+    assert os.path.samefile(read_process(cut)["cwd"], start)
+
+
+def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
+    from tunesmith.run_directory import LOCK, RunLock, lock_holder
+
+    run_dir = tmp_path / "runs" / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom tunesmith.run_directory import RunLock\n"
+                               f"lock = RunLock(Path({str(run_dir)!r}))\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"training process {holder.pid} is training in it"):
+            RunLock(run_dir).acquire()
+        assert lock_holder(run_dir) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(run_dir) is None
+    (run_dir / LOCK).unlink()
+    run_dir.rmdir()
+    run_dir.parent.rmdir()
+    with RunLock(run_dir):  # a folder the lock made for a run that never began is taken away with it
+        assert (run_dir / LOCK).is_file()
+    assert not (tmp_path / "runs").exists()

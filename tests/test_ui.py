@@ -87,14 +87,14 @@ def test_run_states_follow_the_process_record(tmp_path):
 def test_metrics_are_read_from_an_offset_and_redrawn_after_a_rewrite(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "val_loss": 5.0}\n{"step": 1, "train_loss": 4.0}\n{"step": 2, "train_')
-    first = metrics_since(tmp_path, 0)
+    first = metrics_since(path, 0)
     assert [row["step"] for row in first["rows"]] == [0, 1] and not first["reset"]  # the torn last line waits
     with path.open("a") as handle:
         handle.write('loss": 3.5}\n')
-    second = metrics_since(tmp_path, first["offset"])
+    second = metrics_since(path, first["offset"])
     assert second["rows"] == [{"step": 2, "train_loss": 3.5}]
     path.write_text('{"step": 0, "val_loss": 5.0}\n')  # a resume dropped the rows past its checkpoint
-    third = metrics_since(tmp_path, second["offset"])
+    third = metrics_since(path, second["offset"])
     assert third["reset"] and [row["step"] for row in third["rows"]] == [0]
 
 
@@ -193,6 +193,8 @@ def test_the_command_refuses_a_busy_port_and_a_file_for_a_folder(runs_root, caps
     assert "Address already in use; pass another --port" in capsys.readouterr().err
     assert main(["ui", "--runs", str(runs_root / "data" / "corpus.jsonl")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --runs {runs_root / 'data' / 'corpus.jsonl'} is a file; name the folder that holds your runs"
+    assert main(["ui", "--runs", str(runs_root), "--max-runs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-runs 0: the page needs to train at least 1 run at once; pass 1 or more"
 
 
 # ---- the pages in a real browser

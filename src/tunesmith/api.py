@@ -18,10 +18,13 @@ def train(config: RunConfig | str | Path | None = None, resume: bool = False, co
     """
     import os
 
+    from .planning.preflight import check_memory_fits
     from .report import write_report
     from .training import train_run
 
-    summary = train_run(_as_config(config), resume=resume, console=console, force=force)
+    config = _as_config(config)
+    check_memory_fits(config, log=console.print if console else print)  # on a CPU the kernel kills a run that does not fit
+    summary = train_run(config, resume=resume, console=console, force=force)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes files
         write_report(Path(summary["run_dir"]))
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -42,7 +43,7 @@ class DataSource(_Section):
     """One weighted source of training data: its files and its share of the training tokens."""
 
     path: str | list[str]
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, allow_inf_nan=False)
 
     @property
     def paths(self) -> list[str]:
@@ -75,6 +76,8 @@ class DataConfig(_Section):
         weighted = [isinstance(item, DataSource) for item in value]
         if any(weighted) and not all(weighted):
             raise ValueError("give every source a weight ({path: ..., weight: ...}) or none")
+        if all(weighted) and not math.isfinite(sum(item.weight for item in value)):
+            raise ValueError("the weights add up past the largest number; give shares such as 0.8 and 0.2")
         return value
 
     @property
@@ -138,6 +141,7 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1, description="print a progress line every this many steps when not on a terminal")
     save_every: int | None = Field(None, ge=1, description="write a resumable checkpoint every this many steps (null: at each evaluation)")
     keep_last: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
+    memory_check: bool = Field(True, description="on a CPU, refuse before starting a run whose memory plan exceeds the memory available (the kernel would kill it); false: start it anyway")
 
     @field_validator("micro_batch_size")
     @classmethod
@@ -159,6 +163,9 @@ class MonitorConfig(_Section):
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
     general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
     probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
+    benchmarks: list[str] = Field(default_factory=list, description="standard benchmarks scored through lm-evaluation-harness, e.g. [piqa, lambada_openai]: lm-eval task or group names, or task YAML files; into metrics.jsonl as bench/<task>/<metric>, summary.json (base and final), the report and diagnose's benchmark_regression")
+    benchmark_limit: int = Field(300, ge=1, description="the first N items of each benchmark scored each time (a few hundred keep the cost small; the standard error says how precise the score is)")
+    benchmark_every: Literal["end", "eval"] = Field("end", description="end: the base model before training and the final model; eval: also at every evaluation")
 
 
 class ChatConfig(_Section):

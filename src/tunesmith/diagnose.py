@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from statistics import median
 
+from .diagnose_benchmarks import benchmark_regression, forgetting_advice
 from .diagnose_preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 from .errors import UserError
 from .findings import Advice, Finding, RunFacts, round3
@@ -219,12 +220,7 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     general = ""
     if "general_ppl" in kept and "general_ppl" in rows[0]:
         general = f"; on your general text the perplexity went {rows[0]['general_ppl']:.2f} -> {kept['general_ppl']:.2f}"
-    advice = [Advice("train.lr", round3((facts.lr or 5e-5) / 3), "a lower learning rate moves the model less from the base")]
-    if facts.method == "full":
-        advice += [Advice("model.method", "lora", "low-rank adapters leave the base weights as they are"),
-                   Advice("model.method", "freeze", "train only the top blocks (with model.train_last_layers)")]
-    if not facts.replay:
-        advice.append(Advice("data.replay", 0.1, "rehearse general text while learning the domain"))
+    advice = forgetting_advice(facts)
     return Finding("forgetting", "warning",
                    f"at step {kept['step']} (the best so far) the model needs {drift:.3f} more nats per token than the base model on "
                    f"the base model's own text (its perplexity there x{math.exp(drift):.2f}){general}: it is losing general language "
@@ -234,7 +230,7 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
 
 
 CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, validation_too_small, memory, transfer_gain,
-          likelihood_displacement, margin_flat, rejected_collapse, forgetting)
+          likelihood_displacement, margin_flat, rejected_collapse, forgetting, benchmark_regression)
 
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:

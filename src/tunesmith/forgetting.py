@@ -28,6 +28,7 @@ from .batch import IGNORE
 from .config import CleanConfig, DataConfig, MonitorConfig, RunConfig
 from .data.clean import text_digest
 from .data.examples import padded_rows
+from .data.formats import check_not_binary
 from .data.read import DocumentReader, expand_paths
 from .data.report import DataReport
 from .data.split import hash_bucket
@@ -143,14 +144,22 @@ class BaseSampler:
 
 
 def check_general_probe(cfg: MonitorConfig) -> None:
-    """A general text file that is not there fails before the data is prepared."""
+    """A general text file that is not there, or is binary, fails before the data is prepared."""
     if cfg.general_probe not in ("auto", "none"):
-        expand_paths([cfg.general_probe], "monitor.general_probe")
+        _probe_files(cfg.general_probe)
+
+
+def _probe_files(path: str) -> list[Path]:
+    """The probe's files, each checked for text here so that a binary one is named under its own key."""
+    files = expand_paths([path], "monitor.general_probe")
+    for file in files:
+        check_not_binary(file, "monitor.general_probe")
+    return files
 
 
 def _read_documents(path: str) -> list[str]:
     """A general text file's (or folder's) documents: .txt split at blank lines, records by their "text" field."""
-    files = expand_paths([path], "monitor.general_probe")
+    files = _probe_files(path)
     reader = DocumentReader.for_data(DataConfig(), CleanConfig(), DataReport(), on_error="skip")
     documents = [text.strip() for text in reader.read(files) if text.strip()]
     if not documents:

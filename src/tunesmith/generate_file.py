@@ -50,6 +50,7 @@ class Journal:
         return {line["row"]: [Completion(**c) for c in line["completions"]] for line in lines[1:] if "row" in line}
 
     def open(self, resuming: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # as write_rows makes the output's folder
         self.handle = self.path.open("a" if resuming else "w", encoding="utf-8")
         if not resuming:
             self.handle.write(json.dumps({"identity": self.identity}) + "\n")

@@ -11,9 +11,19 @@ from typing import Callable
 
 from .decoding import Decoder, Job, SamplingSettings, decode_all
 from .decoding.engine import derived_seed
+from .decoding.rules import SamplingRules, checked_sampling
 from .errors import UserError
 from .models import context_length, load_model, load_tokenizer, resolve_model
 from .runtime import pick_device
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_max_batch(max_batch: int) -> None:
+    if max_batch < 1:
+        raise UserError(f"--max-batch {max_batch}: sequences decoded together must be at least 1; use 16, or 1 for one at a time")
 
 
 @dataclass(frozen=True)
@@ -30,10 +40,8 @@ class SamplingOptions:
     no_repeat_ngram: int = 0
 
     def check(self) -> None:
-        if self.temperature < 0 or self.max_new_tokens < 1 or self.n < 1:
-            raise UserError("generation needs --temperature >= 0, --max-new-tokens >= 1 and --n >= 1")
-        if self.repetition_penalty <= 0 or self.no_repeat_ngram < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise UserError("generation needs --repetition-penalty > 0, --no-repeat-ngram >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+        """Every setting within the bounds `serve` and the page use too; ConfigError names each bad one by its flag."""
+        checked_sampling({key: getattr(self, key) for key in SamplingRules.model_fields}, flag_name)
 
     def settings(self) -> SamplingSettings:
         return SamplingSettings(self.temperature, self.top_p, self.top_k, repetition_penalty=self.repetition_penalty,
@@ -70,6 +78,9 @@ class _Collector:
                 completion.finish_reason, completion.error = "error", event[2]
         if event[0] in ("error", "done") and self.on_done is not None:
             self.on_done()
+
+
+EMPTY_PROMPT = "the prompt is empty once tokenized (this tokenizer adds no start token); give some text to continue"
 
 
 def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = False, log=print):
@@ -118,6 +129,7 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
     is called as each prompt finishes; `on_text(piece)` with each piece of text as it is decoded (for one prompt, a stream).
     """
     options.check()
+    check_max_batch(max_batch)
     context = context_length(model.config)
     results = [[Completion() for _ in range(options.n)] for _ in prompts]
     jobs = []
@@ -126,7 +138,7 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
         room = context - len(prompt) if context else options.max_new_tokens
         if room < 1 or not prompt:
             reason = (f"the prompt is {len(prompt):,} tokens, which fills the model's context of {context:,}" if prompt
-                      else "the prompt is empty")
+                      else EMPTY_PROMPT)
             for completion in results[index]:
                 completion.finish_reason, completion.error = "error", reason
             if on_done:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .data.report import source_line
 from .diagnose import Finding, diagnose_run
 from .errors import UserError
+from .report_benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
 from .run_directory import GENERATION_EVAL, read_data_report, read_json_lines
 from .tasks import task_kind
 
@@ -105,6 +106,8 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
     figures["learning_rate"] = _figure_png(learning_rate)
     if len(drift) > 1:
         figures["forgetting"] = _figure_png(forgetting)
+    if curves := benchmark_curves(metrics):
+        figures["benchmarks"] = _figure_png(draw_benchmarks(curves))
     if scores:
         figures["classification"] = _figure_png(classification)
     if preference:
@@ -157,7 +160,7 @@ def report_sections(run_dir: Path) -> dict:
             (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
             ("next-token accuracy" if not task_rows else "label-token accuracy", base.get("val_accuracy"), best.get("val_accuracy")),
             ("drift from the base model (nats per token)", base.get("drift_nats"), best.get("drift_nats")),
-            ("general text perplexity", base.get("general_ppl"), best.get("general_ppl"))]
+            ("general text perplexity", base.get("general_ppl"), best.get("general_ppl"))] + benchmark_rows(summary)
             if row[1] is not None or row[2] is not None],
         "forgetting": _forgetting_line(summary.get("forgetting")),
         "classes": classification_tables(summary),

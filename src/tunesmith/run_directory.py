@@ -1,6 +1,6 @@
 """The run directory as a place on disk: the marker that says a folder is a tunesmith run, the checks made before
-a run writes into a folder, the record of the process training in it, and reading its JSON-lines files back
-when a killed process left the last line torn.
+a run writes into a folder, the lock and record of the process training in it, the folder its relative paths
+mean something in, and reading its JSON-lines files back when a killed process left the last line torn.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, whic
 DATA_REPORT = "data_report.json"
 DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding
 PROCESS = "process.json"  # the training process: its pid while it runs, how it ended once it has
+LOCK = ".tunesmith-lock"  # flock-ed by the one process that trains in the folder; holds its pid
+START_CWD = "cwd"  # process.json's key: the working directory the run was first started from, kept across resumes
 
 
 def is_run_dir(path: Path) -> bool:
@@ -40,7 +42,7 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool = False) -> None:
         if _has_saved_work(run_dir):
             raise UserError(f"{run_dir} already holds a run; continue it with --resume or pick another --out")
         return  # a run that stopped before its first checkpoint: nothing of it to keep
-    present = sorted(p.name for p in run_dir.iterdir())
+    present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
     if present and not force:
         shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
         raise UserError(f"--out {run_dir} holds files that are not a tunesmith run ({shown}); pick a new folder, "
@@ -140,6 +142,8 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out") from None
     if not isinstance(saved, dict):
         return
+    start = run_start_dir(run_dir)
+    saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     for key in WEIGHT_SETTINGS:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
@@ -166,19 +170,28 @@ class ProcessRecord:
     is gone or belongs to a later process.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.run_dir, self.enabled, self.record = run_dir, enabled, None
+    def __init__(self, run_dir: Path, enabled: bool = True, resumed: bool = False):
+        self.run_dir, self.enabled, self.resumed, self.record = run_dir, enabled, resumed, None
 
     def begin(self, **facts) -> None:
-        """Write the record, with `facts` added (the run's total steps, once they are known)."""
+        """Write the record, with `facts` added (the run's total steps, once they are known).
+
+        The start folder (`cwd`) is the one a fresh start ran in: a resume from elsewhere keeps it, so the run's
+        relative paths keep their meaning (`resolve_run_paths`).
+        """
         from .durable import write_atomically
 
         if not self.enabled:
             return
         if self.record is None:
-            self.record = {"pid": os.getpid(), "process_started": _process_started(os.getpid()), "started": time.time()}
+            self.record = {"pid": os.getpid(), "process_started": _process_started(os.getpid()), "started": time.time(),
+                           START_CWD: self._start_dir()}
         self.record.update(facts)
         write_atomically(self.run_dir / PROCESS, json.dumps(self.record) + "\n")
+
+    def _start_dir(self) -> str:
+        kept = run_start_dir(self.run_dir) if self.resumed else None
+        return str(kept) if kept else os.getcwd()
 
     def __enter__(self) -> "ProcessRecord":
         if is_run_dir(self.run_dir):
@@ -221,3 +234,118 @@ def run_state(run_dir: Path, record: dict | None = None) -> str:
     if (run_dir / "summary.json").is_file():
         return "finished"
     return "stopped" if record.get("outcome") == "stopped" else "crashed"
+
+
+class RunLock:
+    """One trainer per run folder: an exclusive `flock` on `<run>/.tunesmith-lock`, held for the trainer's whole life.
+
+    The kernel drops the lock when its holder's process ends, however it ends, so a killed trainer never leaves the
+    folder locked; the pid written into the file only names the holder to the one refused. A folder that never
+    became a run (a refused config) is left as it was found: the lock file, and the folder if the lock made it, go.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.handle, self.made = run_dir, None, []
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock, or raise a UserError naming the live trainer that holds it."""
+        import fcntl
+
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            return  # check_run_dir names this problem
+        self.made = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        path = self.run_dir / LOCK
+        while self.handle is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise UserError(_busy_message(self.run_dir)) from None
+            if _same_file(handle, path):
+                self.handle = handle
+            else:
+                handle.close()  # the holder removed the file as it let go: lock the one now in its place
+        self.handle.truncate(0)
+        self.handle.write(json.dumps({"pid": os.getpid(), "process_started": _process_started(os.getpid())}) + "\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        with contextlib.suppress(OSError):
+            self.handle.truncate(0)  # no pid left to name once the lock is free
+            if not is_run_dir(self.run_dir):
+                (self.run_dir / LOCK).unlink()
+                for folder in self.made:
+                    folder.rmdir()
+        self.handle.close()
+        self.handle = None
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the live trainer holding the run folder's lock, read without touching the lock (so a page that polls
+    it can never refuse a trainer that is starting); None when no trainer holds it."""
+    return training_pid(read_json_object(run_dir / LOCK))
+
+
+def _busy_message(run_dir: Path) -> str:
+    for _ in range(20):  # the holder writes its pid just after taking the lock
+        pid = lock_holder(run_dir)
+        if pid is not None:
+            break
+        time.sleep(0.05)
+    who = f"training process {pid}" if pid is not None else "another training process"
+    return (f"{run_dir} is in use: {who} is training in it; wait for it to end, or stop it"
+            f"{f' (kill -INT {pid})' if pid is not None else ''}, then run this again")
+
+
+def run_start_dir(run_dir: Path) -> Path | None:
+    """The working directory the run was first started from (None for a run from before it was recorded)."""
+    start = read_process(run_dir).get(START_CWD)
+    return Path(start) if isinstance(start, str) and start else None
+
+
+def _against(start: Path, path: str) -> str:
+    return path if path.startswith("~") or Path(path).is_absolute() else str(start / path)
+
+
+def resolve_run_paths(settings: dict, start: Path) -> dict:
+    """`settings` (a config as a dict) with each relative path made absolute against `start`, the run's start folder.
+
+    Data paths and a probe file always are, so that a path missing there is named where it was meant; `model.name`
+    only when it names something that exists there, since it may also be a hub id or the embedded model's name.
+    """
+    resolved = json.loads(json.dumps(settings))
+    data, model, monitor = (resolved.get(key) or {} for key in ("data", "model", "monitor"))
+    for source in data.get("train") or []:
+        if isinstance(source, dict):
+            paths = source.get("path")
+            source["path"] = _against(start, paths) if isinstance(paths, str) else [_against(start, p) for p in paths or []]
+    data["train"] = [_against(start, item) if isinstance(item, str) else item for item in data.get("train") or []]
+    data["val"] = [_against(start, item) for item in data.get("val") or []]
+    probe = monitor.get("general_probe")
+    if isinstance(probe, str) and probe not in ("auto", "none"):
+        monitor["general_probe"] = _against(start, probe)
+    if isinstance(monitor.get("benchmarks"), list):  # names of lm-eval tasks, or task YAML files
+        monitor["benchmarks"] = [_against(start, b) if isinstance(b, str) and b.endswith((".yaml", ".yml")) else b
+                                 for b in monitor["benchmarks"]]
+    name = model.get("name")
+    if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
+        model["name"] = str(start / name)
+    return resolved

@@ -54,10 +54,31 @@ def _run_train(args) -> int:
     return 0
 
 
+def _run_benchmarks(args) -> int:
+    from ..harness.command import BenchmarkRequest, benchmark_models, result_lines
+
+    cfg, chosen = config_of(args), dict(overrides_of(args))  # the config checks every --set; only what was set is used
+    batch = cfg.train.micro_batch_size if "train.micro_batch_size" in chosen else cfg.train.eval_batch_size or 16
+    request = BenchmarkRequest(args.benchmarks, args.limit, args.num_fewshot, args.chat_template, args.output,
+                               cfg.train.precision if "train.precision" in chosen else None, cfg.train.device, batch,
+                               cfg.model.trust_remote_code)
+    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    done = benchmark_models([spec for spec in [args.model_or_run, args.compare] if spec], request, log)
+    if args.json:
+        print(json.dumps({"models": [{"model": d, "scores": [s.as_dict() for s in run.scores]} for d, run in done]}))
+        return 0
+    print("\n".join(result_lines(done)).rstrip())
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _run_eval(args) -> int:
     from ..evaluation import evaluate_model, record_generation
     from ..tasks import task_kind
 
+    if args.benchmarks is not None:
+        return _run_benchmarks(args)
     run_config = Path(args.model_or_run) / "config.yaml"
     own_split = not any(key == "data.train" for key, _ in overrides_of(args)) and run_config.is_file()
     cfg = load_config(run_config, overrides_of(args)) if own_split else config_of(args)
@@ -84,12 +105,13 @@ def _run_eval(args) -> int:
 
 def _run_generate(args) -> int:
     from ..generate_file import check_paths, generate_file, summary_lines
-    from ..generation import SamplingOptions, generate_completions, load_generator
+    from ..generation import SamplingOptions, check_max_batch, generate_completions, load_generator
 
     cfg = config_of(args)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat, args.n,
                               tuple(args.stop), args.repetition_penalty, args.no_repeat_ngram)
     options.check()
+    check_max_batch(args.max_batch)
     if args.input:
         if not args.output:
             raise UserError("--input needs --output, a new .jsonl, .csv or .tsv file for the completions")
@@ -197,6 +219,8 @@ def _run_ui(args) -> int:
     root = Path(args.runs)
     if root.exists() and not root.is_dir():
         raise UserError(f"--runs {root} is a file; name the folder that holds your runs")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UserError(f"--max-runs {args.max_runs}: the page needs to train at least 1 run at once; pass 1 or more")
     check_address(args.host, args.port)
     root.mkdir(parents=True, exist_ok=True)
     token = args.token or os.environ.get(TOKEN_VARIABLE)
@@ -204,7 +228,7 @@ def _run_ui(args) -> int:
     print(f"tunesmith ui: {address}  (runs folder {root.resolve()}; Ctrl-C stops the page, not the runs it started)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: --host {args.host} without --token: anyone who can reach this machine can start runs here", flush=True)
-    run_ui(create_app(root, args.host, args.port, token, args.device), args.host, args.port)
+    run_ui(create_app(root, args.host, args.port, token, args.device, args.max_runs), args.host, args.port)
     return 0
 
 

@@ -36,6 +36,16 @@ def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> No
                        help="set any config key, e.g. --set train.grad_accum=4")
 
 
+def _add_benchmark_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("standard benchmarks (lm-evaluation-harness)")
+    group.add_argument("--benchmarks", metavar="NAMES", help="lm-eval task or group names, comma-separated (piqa,arc_easy,"
+                       "hellaswag,lambada_openai), or task YAML files or folders of them; instead of --data")
+    group.add_argument("--limit", type=int, metavar="N", help="with --benchmarks: at most N items of each benchmark")
+    group.add_argument("--num-fewshot", type=int, metavar="K", help="with --benchmarks: K solved examples before each item")
+    group.add_argument("--output", metavar="FILE", help="with --benchmarks: write lm-eval's results and the model's description as JSON")
+    group.add_argument("--chat-template", action="store_true", help="with --benchmarks: wrap each item in the model's chat template")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained GPT-style language models on your own text.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also continue N validation prompts (64) greedily and score them against the data (ROUGE-L, chrF); "
                                "for a run, its report shows the figures")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="with --generate: tokens per continuation")
+    _add_benchmark_flags(evaluate)
     _add_common(evaluate, with_config=False)
 
     generate = commands.add_parser("generate", help="continue a prompt, or every prompt of a file, with a model or run")
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=7860)
     ui.add_argument("--token", help="require this token (the printed address carries it once; or set TUNESMITH_UI_TOKEN)")
     ui.add_argument("--device", default="auto", help="where a model tried on the page runs")
+    ui.add_argument("--max-runs", type=int, metavar="N", help="trainings the page runs at once; more are refused until one ends "
+                    "(default: one per four CPU cores, at least one)")
 
     doctor = commands.add_parser("doctor", help="the environment on one screen: versions, device, memory, disk, hub, embedded model")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")

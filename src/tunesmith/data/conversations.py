@@ -114,6 +114,14 @@ def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message
     return None
 
 
+def skip_row(problem: UserError, on_error: str, report: DataReport) -> None:
+    """A row that cannot be read (a speaker with no role, a transcript line without a speaker) stops prepare, or with
+    data.on_error=skip is counted as a malformed row, as a row that is not valid JSON is."""
+    if on_error != "skip":
+        raise UserError(f"{problem}; or set data.on_error=skip to skip such rows") from None
+    report.remove("malformed_row", str(problem))
+
+
 def with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         return [{"role": "system", "content": system_prompt}] + messages
@@ -143,13 +151,21 @@ def conversation_units(reader: DocumentReader, files: list[Path], cfg: ChatConfi
                 key = str(record.value[cfg.conversation_field])
                 tables.setdefault(key, []).append((record.value[cfg.speaker_field], text, where))
                 continue
-            messages = parse_record(record.value, cfg, where)
+            try:
+                messages = parse_record(record.value, cfg, where)
+            except UserError as problem:
+                skip_row(problem, reader.on_error, report)
+                continue
             if messages is None:
                 report.remove("not_a_conversation", str(record.value)[:200])
                 continue
             yield from _cleaned(messages, cfg.system_prompt, report, steps)
         for turns in tables.values():
-            messages = merge_turns(((speaker, text) for speaker, text, _ in turns), cfg.roles, turns[0][2])
+            try:
+                messages = merge_turns(((speaker, text) for speaker, text, _ in turns), cfg.roles, turns[0][2])
+            except UserError as problem:
+                skip_row(problem, reader.on_error, report)
+                continue
             yield from _cleaned(messages, cfg.system_prompt, report, steps)
 
 

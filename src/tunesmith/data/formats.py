@@ -74,8 +74,8 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
-def check_not_binary(path: Path) -> None:
-    """Refuse a file that is mostly binary (NUL bytes or many control bytes), naming it."""
+def check_not_binary(path: Path, key: str = "data.train") -> None:
+    """Refuse a file that is mostly binary (NUL bytes or many control bytes), naming it and the key that named it."""
     if file_format(path) == ".parquet":
         return
     try:
@@ -87,7 +87,7 @@ def check_not_binary(path: Path) -> None:
         return
     controls = sum(1 for byte in head if byte < 9 or 13 < byte < 32)
     if b"\x00" in head or controls / len(head) > 0.1:
-        raise UserError(f"{path}: looks like a binary file, not text; remove it from data.train or convert it")
+        raise UserError(f"{path}: looks like a binary file, not text; remove it from {key} or convert it")
 
 
 @contextmanager

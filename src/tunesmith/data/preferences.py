@@ -7,7 +7,9 @@ Three shapes are read, each field name mappable through `chat.fields`:
 - unpaired feedback, `{prompt, completion, label}`, the label true/false, 1/0, up/down (or yes/no, good/bad).
 
 A record that is none of these, a pair with identical answers, or an empty answer is dropped and counted
-in the data report, never kept.
+in the data report, never kept. A row that cannot be read at all (a JSON string where a record belongs, a message
+whose speaker has no role) is a malformed row: it stops prepare, naming its line, or with data.on_error=skip is
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Iterator
 
 from ..config import ChatConfig
 from ..errors import UserError
-from .conversations import Message, as_messages, field_name, merge_turns, parse_transcript, with_system
+from .conversations import Message, as_messages, field_name, merge_turns, parse_transcript, skip_row, with_system
+from .formats import Record, file_format
 from .pipeline import clean_one
 from .read import DocumentReader, lookup
 from .report import DataReport
@@ -27,6 +30,7 @@ from .units import Unit
 # what each stored answer is: a pair's two answers are written one after the other, chosen first
 REJECTED, DESIRABLE, UNDESIRABLE, CHOSEN = 2, 1, 0, 3
 KL_ROW = -1  # a prompt with another example's answer: KTO's estimate of the divergence from the reference
+JSON_FORMATS = (".jsonl", ".json")  # where a string in place of a record is one bad row, not a file of plain text
 
 LABELS = {"true": True, "1": True, "up": True, "yes": True, "good": True, "positive": True, "thumbs_up": True, "👍": True,
           "false": False, "0": False, "down": False, "no": False, "bad": False, "negative": False, "thumbs_down": False, "👎": False}
@@ -109,11 +113,14 @@ def judged_units(reader: DocumentReader, files: list[Path], cfg: ChatConfig, rep
                  pairs_only: bool, method: str) -> Iterator[Unit]:
     """Each record's prompt and answers, cleaned, as a unit; what cannot be used is counted by its reason."""
     for record in reader.records(files):
-        where = f"{record.source}:{record.line}"
-        if isinstance(record.value, str):
+        if isinstance(record.value, str) and file_format(Path(record.source)) not in JSON_FORMATS:
             raise UserError(f"{record.source}: preference data needs JSON lines or a table with prompt/chosen/rejected "
                             "or prompt/completion/label fields; plain text has no preferences")
-        judged = parse_judged(record.value, cfg, where)
+        try:
+            judged = _read_judged(record, cfg)
+        except UserError as problem:
+            skip_row(problem, reader.on_error, report)
+            continue
         if isinstance(judged, str):
             report.remove(judged, str(record.value)[:200])
             continue
@@ -124,6 +131,15 @@ def judged_units(reader: DocumentReader, files: list[Path], cfg: ChatConfig, rep
             report.remove(f"unpaired_for_{method}", cleaned.key())
         else:
             yield Unit(cleaned.key(), cleaned)
+
+
+def _read_judged(record: Record, cfg: ChatConfig) -> Judged | str:
+    """A record as judged answers, or why it is dropped; a UserError for a row that cannot be read at all."""
+    where = f"{record.source}:{record.line}"
+    if isinstance(record.value, str):
+        raise UserError(f"{where}: a JSON string where a preference record belongs; each record is an object with "
+                        "prompt/chosen/rejected or prompt/completion/label fields")
+    return parse_judged(record.value, cfg, where)
 
 
 def _cleaned(judged: Judged, system_prompt: str | None, report: DataReport, steps: list) -> Judged | str:

@@ -21,8 +21,12 @@ def _supported(path: Path) -> bool:
     )
 
 
-def expand_paths(patterns: list[str], key: str) -> list[Path]:
-    """Files named directly, found in folders (recursively) or matched by globs, in a stable order."""
+def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) -> list[Path]:
+    """Files named directly, found in folders (recursively) or matched by globs, in a stable order.
+
+    With `confine_to` (the web page's runs folder), a file that leads outside that folder by a symbolic link is
+    refused: folder and glob expansion follow links, so checking the folder or the pattern alone is not enough.
+    """
     files: list[Path] = []
     for pattern in patterns:
         path = Path(pattern).expanduser()
@@ -41,6 +45,8 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
     for file in files:
         if not _supported(file):
             raise UserError(f"{key}: {file} has an unsupported type; supported: {_SUPPORTED}")
+        if confine_to is not None and confine_to.resolve() not in file.resolve().parents:
+            raise UserError(f"{key}: {file} leads outside {confine_to} (a symbolic link); keep the data itself inside that folder")
     return list(dict.fromkeys(files))
 
 

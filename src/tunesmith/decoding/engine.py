@@ -89,32 +89,40 @@ class Decoder:
         return self.batch.can_join()
 
     def prefill(self, jobs: list[Job]) -> None:
+        """Add `jobs` to the batch with their first tokens. Whatever fails here fails these jobs alone: rows they
+        stacked onto the batch are taken off again, and the running rows go on."""
+        jobs = [job for job in jobs if self._startable(job)]
+        if not jobs:
+            return
+        before = self.batch.rows
         try:
+            new = [self._choice(job, index) for job in jobs for index in range(job.n)]
             logits = self.batch.prefill([job.prompt for job in jobs], [job.n for job in jobs], self.pad_id)
-        except Exception as exc:  # the running batch is untouched: only these jobs fail
+            first = RowSampler([c.job.settings for c in new], [c.generator for c in new], logits.shape[-1], self.device)
+            tokens = first.choose(first.penalize(logits, new))
+            self.batch.extend_last(tokens)
+        except Exception as exc:
             for job in jobs:
                 job.fail(500, f"generation failed: {failure_reason(exc)}")
+            self._restore(before)
             return
-        new = [self._choice(job, index) for job in jobs for index in range(job.n)]
-        first = RowSampler([c.job.settings for c in new], [c.generator for c in new], logits.shape[-1], self.device)
-        tokens = first.choose(first.penalize(logits, new))
-        self.batch.extend_last(tokens)
         self.rows += new
         self.sampler = None
         for choice, token in zip(new, tokens):
             self._accept(choice, token)
 
     def step(self) -> None:
+        """One token for every row; a failed forward or draw ends every job in the batch, whose cache it leaves unusable."""
         try:
             logits = self.batch.step()
-        except Exception as exc:  # a failed forward leaves the cache unusable: end every job in it
+            if self.sampler is None:
+                self.sampler = RowSampler([c.job.settings for c in self.rows], [c.generator for c in self.rows],
+                                          logits.shape[-1], self.device)
+            tokens = self.sampler.choose(self.sampler.penalize(logits, self.rows))
+            self.batch.set_last(tokens)
+        except Exception as exc:
             self.fail_all(500, f"generation failed: {failure_reason(exc)}")
             return
-        if self.sampler is None:
-            self.sampler = RowSampler([c.job.settings for c in self.rows], [c.generator for c in self.rows], logits.shape[-1],
-                                      self.device)
-        tokens = self.sampler.choose(self.sampler.penalize(logits, self.rows))
-        self.batch.set_last(tokens)
         for choice, token in zip(self.rows, tokens):
             self._accept(choice, token)
 
@@ -125,23 +133,44 @@ class Decoder:
                 choice.job.fail(504, "the request ran past the server's time limit; ask for fewer tokens")
         keep = [row for row, c in enumerate(self.rows) if not (c.done or c.job.closed or c.job.cancelled)]
         if len(keep) != len(self.rows):
-            self.batch.keep(keep)
+            try:
+                self.batch.keep(keep)
+            except Exception as exc:
+                self.fail_all(500, f"generation failed: {failure_reason(exc)}")
+                return
             self.rows = [self.rows[row] for row in keep]
             self.sampler = None
 
     def fail_all(self, status: int, message: str) -> None:
-        for choice in self.rows:
-            choice.job.fail(status, message)
-        self.rows, self.sampler = [], None
+        """End every running job; the batch is emptied first, so it is ready for the next even if a job's callback fails."""
+        rows, self.rows, self.sampler = self.rows, [], None
         self.batch.reset()
+        for choice in rows:
+            choice.job.fail(status, message)
 
     def running_jobs(self) -> int:
         return len({id(c.job) for c in self.rows})
 
+    def _startable(self, job: Job) -> bool:
+        """An empty prompt has no position to predict from; callers refuse it first, this keeps the batch safe if one does not."""
+        if job.prompt:
+            return True
+        job.fail(400, "the prompt is empty once tokenized; send some text to continue")
+        return False
+
+    def _restore(self, rows: int) -> None:
+        """Take rows stacked by a failed prefill off the batch again; if even that fails, end every job."""
+        try:
+            if self.batch.rows != rows:
+                self.batch.keep(list(range(rows)))
+        except Exception as exc:
+            self.fail_all(500, f"generation failed: {failure_reason(exc)}")
+
     def _choice(self, job: Job, index: int) -> Choice:
         generator = None
         if job.seed is not None and job.settings.temperature > 0:
-            generator = torch.Generator(device=self.device).manual_seed(job.seed + index)
+            # the bounds checked at the edge keep seed + index within a generator's 64 bits; the modulo keeps any caller's too
+            generator = torch.Generator(device=self.device).manual_seed((job.seed + index) % 2**64)
         size = job.settings.no_repeat_ngram
         return Choice(job, index, ChoiceText(self.tokenizer, job.stops), generator, RepeatedNgrams(size, job.prompt) if size else None)
 

@@ -62,6 +62,14 @@ class RepeatedNgrams:
         return sorted(self.followers.get(tuple(self.tail), ()))
 
 
+def finite_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scores a softmax can take: a legal but extreme setting (a repetition penalty of 1e-30) overflows to inf, and one
+    row's NaN would stop the draw of every row in its batch. A row with nothing left to draw from draws uniformly."""
+    scores = scores.nan_to_num(nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    return scores.masked_fill(empty, 0.0)
+
+
 class RowSampler:
     """The settings of a fixed set of rows as tensors; rebuilt whenever rows join or leave the batch."""
 
@@ -70,7 +78,7 @@ class RowSampler:
         self.generators = generators
         self.temperature = torch.tensor([s.temperature for s in settings], device=device)
         self.top_p = torch.tensor([s.top_p for s in settings], device=device)
-        self.top_k = torch.tensor([s.top_k or vocab_size for s in settings], device=device)
+        self.top_k = torch.tensor([min(s.top_k, vocab_size) or vocab_size for s in settings], device=device)
         self.greedy = [s.temperature == 0 for s in settings]
         self.truncates = any(s.top_p < 1 or 0 < s.top_k < vocab_size for s in settings if s.temperature > 0)
         self.counted = any(s.counted for s in settings)
@@ -113,7 +121,7 @@ class RowSampler:
         """The next token of each row from its (rows, vocabulary) float logits."""
         if all(self.greedy):
             return logits.argmax(dim=-1).tolist()
-        scaled = logits / self.temperature.clamp_min(1e-6)[:, None]
+        scaled = finite_scores(logits / self.temperature.clamp_min(1e-6)[:, None])
         if self.truncates:
             ordered, order = scaled.sort(dim=-1, descending=True)
             ranks = torch.arange(ordered.shape[-1], device=ordered.device)

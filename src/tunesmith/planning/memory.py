@@ -8,6 +8,10 @@ what the estimate counts is what the run allocates. Whole models are not simulat
 linear in the number of blocks, in the micro-batch and in their product, so four steps of one- and
 two-block copies of the shape give it for any depth and micro-batch (six for `freeze`, whose frozen
 blocks cost less than trained ones).
+
+On a CPU what counts is the process's resident memory, since the kernel kills a process that outgrows the
+machine: `as_resident` adds what a training process holds besides its tensors (the runtime, and the heap the
+allocator keeps around activations) and the peaks of loading the weights and of exporting the model.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from ..config import ModelConfig
 
 ADAMW_BYTES = 8  # exp_avg and exp_avg_sq in fp32 per trainable parameter
 NF4_BYTES = 0.5 + 0.127 / 8 * 4  # 4-bit weights plus double-quantized block constants (QLoRA paper: 0.127 bits/param)
+# A CPU training process besides its tensors: fitted (smallest largest error) to the peak RSS of `tunesmith train` runs of
+# SmolLM2-135M and a 1.17B Llama, full, LoRA and freeze, fp32 (benchmarks/bench_memory.py --large; RESULTS.md, 2026-12-04)
+RUNTIME_BYTES = 0.4 * 2**30  # the interpreter, torch, transformers, the tokenizer and the data (0.41 GiB measured before the model loads)
+ACTIVATION_SLACK = 0.5  # per byte of activations at the peak: freed temporaries of forward and backward that the heap keeps
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -70,6 +78,7 @@ class StepShape:
     gradient_checkpointing: bool = False
     lora_rank: int = 8
     weights: str = "fp32"  # train.weights: fp32 masters, or bf16 weights
+    train_last_layers: int | None = None  # with freeze: the top blocks trained (None: the top quarter, as `recommend` configures it)
 
 
 def _on_fake_tensors(model: torch.nn.Module) -> None:
@@ -159,11 +168,12 @@ class MemoryEstimate:
     weights: int
     gradients: int
     optimizer: int
-    activations: int  # activations and temporaries at the peak: the rest of it
+    activations: int  # activations and temporaries at the peak: the rest of the tensors
+    process: int = 0  # a CPU process's resident memory besides its tensors at its peak (see `as_resident`)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.process
 
 
 @dataclass(frozen=True)
@@ -177,12 +187,20 @@ class MemoryModel:
     fixed: float  # bytes that do not grow with the micro-batch (weights, gradients, optimizer state, ...)
     per_sequence: float  # bytes each sequence of the micro-batch adds
     gradient_bytes: int = 4  # per trainable parameter: its stored dtype's size
+    resident: bool = False  # estimate the process's resident memory (a CPU run), not its tensors alone
 
     def estimate(self, micro_batch: int) -> MemoryEstimate:
         gradients = self.trainable * self.gradient_bytes
         optimizer = self.trainable * ADAMW_BYTES
-        rest = int(self.fixed + self.per_sequence * micro_batch) - self.weights - gradients - optimizer
-        return MemoryEstimate(self.weights, gradients, optimizer, max(rest, 0))
+        rest = max(int(self.fixed + self.per_sequence * micro_batch) - self.weights - gradients - optimizer, 0)
+        tensors = MemoryEstimate(self.weights, gradients, optimizer, rest)
+        if not self.resident:
+            return tensors
+        fp32_copy = 4 * self.params  # every weight is loaded in fp32 first, and a base stored in 16 bits is exported from a fresh fp32 copy
+        training = tensors.total + ACTIVATION_SLACK * rest
+        export = fp32_copy + self.weights + optimizer if self.weights < fp32_copy else 0
+        peaks = [training, fp32_copy, export]
+        return replace(tensors, process=int(RUNTIME_BYTES + max(peaks)) - tensors.total)
 
     def largest_micro_batch(self, budget: float, limit: int) -> int:
         """The largest power of two up to `limit` whose peak fits in `budget` bytes; 0 when not even 1 does."""
@@ -224,7 +242,7 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
     per_sequence = s[1, 2] - s[1, 1] - d
     fixed = s[1, 1] - b - per_sequence - d
     layers = config.num_hidden_layers
-    trained = trained_layers(config, method) or layers
+    trained = min(shape.train_last_layers or trained_layers(config, method) or layers, layers)
     fixed += trained * b
     per_sequence += trained * d
     if trained < layers:
@@ -233,13 +251,18 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
         f = one - s[1, 1] - g
         fixed += (layers - trained) * f
         per_sequence += (layers - trained) * g
-    params, trainable, matrices, weights, gradient_bytes = _counts(config, base, trained_layers(config, method))
+    params, trainable, matrices, weights, gradient_bytes = _counts(config, base, trained if method == "freeze" else None)
     model = MemoryModel(params, trainable, matrices, weights, fixed, per_sequence, gradient_bytes)
     return as_qlora(model) if shape.method == "qlora" else model
+
+
+def as_resident(model: MemoryModel) -> MemoryModel:
+    """The same run on a CPU: its estimates are of the process's resident memory, what the kernel weighs."""
+    return replace(model, resident=True)
 
 
 def as_qlora(lora: MemoryModel) -> MemoryModel:
     """QLoRA from the LoRA steps (bitsandbytes runs on CUDA only): the blocks' matrices in NF4, the rest in bf16."""
     weights = int(lora.matrices * NF4_BYTES + (lora.params - lora.matrices) * 2)
     fixed = lora.fixed - lora.weights + weights
-    return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence, lora.gradient_bytes)
+    return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence, lora.gradient_bytes, lora.resident)

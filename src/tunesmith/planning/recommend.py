@@ -17,7 +17,7 @@ from ..config import DataConfig, RunConfig, build_config
 from ..errors import UserError
 from .candidates import Candidate
 from ..models.methods import short_count
-from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, fit_memory, trained_layers
+from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, as_resident, fit_memory, trained_layers
 from .throughput import DeviceRate, tokens_per_second
 
 CHARS_PER_TOKEN = 4.0  # English text under GPT-2-style BPE vocabularies; the data is not tokenized to plan
@@ -180,6 +180,8 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
                 memory = as_qlora(fitted["lora"])
             else:
                 memory = fit_memory(candidate.config, _shape(cfg, method, precision, data.labels))
+                if device.type == "cpu":  # the kernel weighs the whole process, and kills it rather than raise
+                    memory = as_resident(memory)
             fitted[method] = memory
             speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method, cfg.data.block_size, rate)
             note = too_long or _availability(candidate, hub)
@@ -295,13 +297,13 @@ def _memory_unit(plan: Plan) -> tuple[str, int]:
 def table_lines(plan: Plan) -> list[str]:
     """The options side by side: memory by part at the micro-batch each would use, speed, and hours per epoch."""
     _, unit = _memory_unit(plan)
-    header = (f"{'model':<24} {'method':<7} {'trainable':>9} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>7} "
+    header = (f"{'model':<24} {'method':<7} {'trainable':>9} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>7} {'proc.':>7} "
               f"{'total':>7} {'micro':>5} {'tok/s':>8} {'h/epoch':>8}  note")
     lines = [header, "-" * len(header)]
     for option in plan.options:
         e = option.estimate
         parts = " ".join(f"{value / unit:>{width}.2f}" for value, width in
-                         ((e.weights, 8), (e.gradients, 7), (e.optimizer, 7), (e.activations, 7), (e.total, 7)))
+                         ((e.weights, 8), (e.gradients, 7), (e.optimizer, 7), (e.activations, 7), (e.process, 7), (e.total, 7)))
         micro = str(option.micro_batch) if option.micro_batch else "-"
         note = option.note or ("" if option.micro_batch else "does not fit")
         mark = "*" if option is plan.chosen else " "
@@ -317,7 +319,7 @@ def summary_lines(plan: Plan) -> list[str]:
             f"device: {plan.rate.name}, {rate}; memory budget {_gib(plan.memory_budget)} GiB "
             f"(plans use at most {HEADROOM:.0%}); time budget {plan.hours:g} h",
             f"memory in {_memory_unit(plan)[0]} at the micro-batch each option would use "
-            "(activ.: activations and temporaries at the peak)"]
+            "(activ.: activations and temporaries at the peak; proc.: the rest of the process on a CPU)"]
 
 
 def plan_dict(plan: Plan) -> dict:

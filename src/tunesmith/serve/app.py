@@ -19,6 +19,7 @@ from fastapi import Request
 
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from ..decoding import Job, SamplingSettings
+from ..request_body import BodyTooLarge, ClientLeft, read_body, replay
 from .worker import GenerationWorker, QueueFull, ShuttingDown
 
 API_KEY_VARIABLE = "TUNESMITH_API_KEY"
@@ -69,32 +70,13 @@ class Guard:
         if self.api_key and scope["path"] != "/health" and not _authorized(headers.get("authorization", ""), self.api_key):
             return await _send_error(send, RequestError(401, "missing or wrong API key: send Authorization: Bearer <key>",
                                                         "authentication_error"))
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, self._too_large(int(declared)))
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await _send_error(send, self._too_large(len(body), so_far=True))
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    def _too_large(self, size: int, so_far: bool = False) -> RequestError:
-        return RequestError(413, f"the request body is {'over ' if so_far else ''}{size:,} bytes; this server takes at most "
-                                 f"{self.limit:,}")
+        try:
+            body = await read_body(scope, receive, self.limit)
+        except ClientLeft:
+            return
+        except BodyTooLarge as exc:
+            return await _send_error(send, RequestError(413, str(exc)))
+        await self.app(scope, replay(body, receive), send)
 
 
 async def _send_error(send, error: RequestError) -> None:
@@ -107,6 +89,13 @@ async def _send_error(send, error: RequestError) -> None:
 
 class ClientGone(Exception):
     pass
+
+
+class PastDeadline(Exception):
+    """The request's time limit passed with no event from the worker: the HTTP side ends it, whatever the worker does."""
+
+
+TIME_LIMIT = "the request ran past the server's time limit (--request-timeout); try again, or ask for fewer tokens"
 
 
 class Relay:
@@ -128,15 +117,21 @@ class Relay:
         while (await self.request.receive())["type"] != "http.disconnect":
             pass
 
-    async def next(self):
+    async def next(self, deadline: float):
+        """The next event; ClientGone if the client leaves first, PastDeadline if `deadline` (monotonic) passes first."""
         if self.watcher is None:
             self.watcher = asyncio.ensure_future(self._disconnected())
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         getting = asyncio.ensure_future(self.queue.get())
-        await asyncio.wait({getting, self.watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({getting, self.watcher}, timeout=max(0.0, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
         if getting.done():
             return getting.result()
         getting.cancel()
-        raise ClientGone()
+        if self.watcher.done():
+            raise ClientGone()
+        raise PastDeadline()
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -200,7 +195,12 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
         if len(text) > limits.max_prompt_tokens * served.longest_token:
             raise RequestError(400, f"the prompt is {len(text):,} characters, more than {limits.max_prompt_tokens:,} tokens "
                                     "can spell; shorten it")
+        if _unpaired_surrogate(text):
+            raise RequestError(400, "the prompt holds an unpaired UTF-16 surrogate, which is not text; send valid Unicode")
         prompt = await run_in_threadpool(served.encode, text, add_special_tokens)
+        if not prompt:
+            raise RequestError(400, "prompt: empty once tokenized, and this model's tokenizer adds no start token; send some "
+                                    "text to continue (tunesmith generate refuses it too)")
         if len(prompt) > limits.max_prompt_tokens:
             raise RequestError(400, f"the prompt has {len(prompt):,} tokens; this server takes at most {limits.max_prompt_tokens:,}")
         if wanted is not None and wanted > limits.max_tokens:
@@ -221,15 +221,15 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             seconds = max(1, round(worker.health()["queued"] * 0.5))
             raise RequestError(503, f"the server is busy ({limits.queue_size} requests waiting); retry in {seconds} s",
                                "server_busy", {"Retry-After": str(seconds)}) from None
-        except ShuttingDown:
-            raise RequestError(503, "the server is shutting down", "server_busy") from None
+        except ShuttingDown as exc:
+            raise RequestError(503, str(exc), "server_busy") from None
         return job, relay
 
     async def collect(job: Job, relay: Relay) -> tuple[list[str], list[str], dict]:
         texts, reasons = [""] * job.n, ["length"] * job.n
         try:
             while True:
-                event = await relay.next()
+                event = await relay.next(job.deadline)
                 if event[0] == "text":
                     texts[event[1]] += event[2]
                 elif event[0] == "end":
@@ -241,6 +241,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
         except ClientGone:
             job.cancelled = True
             raise RequestError(499, "the client closed the request") from None
+        except PastDeadline:
+            job.cancelled = True
+            raise RequestError(504, TIME_LIMIT, "timeout") from None
         finally:
             relay.close()
 
@@ -252,7 +255,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
                     if first:
                         yield first
                 while True:
-                    event = await relay.next()
+                    event = await relay.next(job.deadline)
                     if event[0] == "text":
                         yield chunk(event[1], event[2], None, False)
                     elif event[0] == "end":
@@ -267,6 +270,8 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
                         return
             except ClientGone:
                 return
+            except PastDeadline:
+                yield _sse({"error": RequestError(504, TIME_LIMIT, "timeout").body()["error"]})
             finally:
                 job.cancelled = job.cancelled or not job.closed
                 relay.close()
@@ -324,6 +329,15 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
     guarded = Guard(app, limits.max_body_bytes, api_key)
     guarded.worker = worker
     return guarded
+
+
+def _unpaired_surrogate(text: str) -> bool:
+    """JSON's \\ud800 escapes decode to a lone surrogate, which no tokenizer (and no UTF-8) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _usage(prompt: int, completion: int) -> dict:

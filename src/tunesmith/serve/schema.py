@@ -2,6 +2,8 @@
 
 Fields are forbidden unless listed: a request that relies on a field this server does not honour
 (`logprobs`, `tools`, `logit_bias`, ...) gets a 400 that names it rather than an answer that ignores it.
+The sampling fields take their bounds from `decoding.rules`, shared with `generate` and the web page; only
+`temperature` and `repetition_penalty` are narrower here, to OpenAI's and vLLM's ranges.
 `user` and `metadata` are informational only and are accepted.
 """
 
@@ -11,7 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..decoding.rules import ALLOWED, OpenAIPenalty, Positive, RepetitionPenalty, Seed, Temperature, TopK, TopP
+
 MAX_STOPS = 4
+SERVED_RANGES = {**ALLOWED, "temperature": "a number from 0 to 2 (0 is greedy)", "repetition_penalty": "a number above 0, at most 2",
+                 "max_tokens": "a whole number >= 1", "max_completion_tokens": "a whole number >= 1"}
 
 
 class RequestError(Exception):
@@ -35,15 +41,15 @@ class Sampling(BaseModel):
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="not OpenAI's: keep the k likeliest tokens (0: all), as vLLM takes it")
-    n: int = Field(1, ge=1)
+    temperature: Temperature = Field(1.0, le=2)
+    top_p: TopP = 1.0
+    top_k: TopK = Field(0, description="not OpenAI's: keep the k likeliest tokens (0: all), as vLLM takes it")
+    n: Positive = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(1.0, gt=0, le=2, description="not OpenAI's: CTRL's over prompt and text, as vLLM takes it")
+    seed: Seed | None = None
+    frequency_penalty: OpenAIPenalty = 0.0
+    presence_penalty: OpenAIPenalty = 0.0
+    repetition_penalty: RepetitionPenalty = Field(1.0, le=2, description="not OpenAI's: CTRL's over prompt and text, as vLLM takes it")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -106,6 +112,8 @@ def describe_validation(errors: list[dict]) -> str:
             problems.append(f"{where}: this server does not support that field; remove it")
         elif error["type"] == "json_invalid":
             problems.append("the body is not valid JSON")
+        elif where in SERVED_RANGES:
+            problems.append(f"{where}: {error['msg']}; use {SERVED_RANGES[where]}")
         else:
             problems.append(f"{where}: {error['msg']}")
     return "invalid request: " + "; ".join(problems)

@@ -4,7 +4,9 @@ every running request together, one token per step, with new requests joining be
 Requests never hold a lock and never wait on one another's threads: the HTTP side puts a `Job` in the
 queue and reads its events (text pieces, ends, errors) from a callback the worker calls. A request whose
 client went away is marked cancelled and leaves the batch at the next step; an error ends the requests
-it touched and the worker goes on; each request has a deadline; `stop()` ends everything within a step.
+it touched and the worker goes on, and a failure outside any request restarts the loop (logged), so the thread
+never dies while the server runs; each request has a deadline, which the HTTP side enforces too, whatever the
+worker does; `stop()` ends everything within a step.
 The decoding itself is `decoding.Decoder`, the same that `generate`, `chat` and training samples use.
 
 transformers' own continuous batching (`generate_batch`, 5.x) is not used: it samples with one global
@@ -14,6 +16,7 @@ share its batches.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -24,13 +27,15 @@ from ..decoding import Decoder, Job
 
 __all__ = ["GenerationWorker", "Job", "QueueFull", "ShuttingDown"]
 
+log = logging.getLogger("tunesmith.serve")
+
 
 class QueueFull(Exception):
     """Every place in the queue is taken: the server answers 503 with Retry-After."""
 
 
 class ShuttingDown(Exception):
-    pass
+    """The worker takes no more requests: the server is stopping (or, against every guard, its thread has ended)."""
 
 
 class GenerationWorker:
@@ -41,6 +46,8 @@ class GenerationWorker:
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
         self.stopping = False
+        self.starting: list[Job] = []  # admitted, not yet in the batch: a failure between the two must still end them
+        self.restarts = 0
         self.beat = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="tunesmith-generation", daemon=True)
 
@@ -52,7 +59,9 @@ class GenerationWorker:
     def submit(self, job: Job) -> None:
         with self.condition:
             if self.stopping:
-                raise ShuttingDown()
+                raise ShuttingDown("the server is shutting down")
+            if self.thread.ident is not None and not self.thread.is_alive():
+                raise ShuttingDown("the generation worker has stopped; restart the server")
             if len(self.waiting) >= self.queue_size:
                 raise QueueFull()
             self.waiting.append(job)
@@ -75,22 +84,43 @@ class GenerationWorker:
         stuck = bool(rows or self.waiting) and silent > self.stall_seconds
         return {"ok": alive and not stuck and not self.stopping, "worker_alive": alive, "stuck": stuck,
                 "queued": len(self.waiting), "running": len({id(c.job) for c in list(rows)}), "rows": len(rows),
-                "max_batch": self.max_batch, "seconds_since_progress": round(silent, 1)}
+                "max_batch": self.max_batch, "seconds_since_progress": round(silent, 1), "restarts": self.restarts}
 
     # --- the worker thread -----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The loop, started again after any failure outside a request: while the server runs, the worker cannot die."""
+        while not self.stopping:
+            try:
+                self._loop()
+            except Exception:
+                log.exception("the generation loop failed outside any request; its running requests end with an error, "
+                              "and it starts again")
+                self.restarts += 1
+                self._recover()
+                time.sleep(0.05)  # a failure that repeats at once must not spin a core
+        _quietly(self.decoder.fail_all, 503, "the server is shutting down")
+
+    def _loop(self) -> None:
         decoder = self.decoder
         with torch.inference_mode():
             while not self.stopping:
                 self.beat = time.monotonic()
-                jobs = self._admit()
-                if jobs:
-                    decoder.prefill(jobs)
+                self.starting = self._admit()
+                if self.starting:
+                    decoder.prefill(self.starting)
+                self.starting = []
                 if decoder.rows:
                     decoder.step()
                     decoder.drop_finished()
-        decoder.fail_all(503, "the server is shutting down")
+
+    def _recover(self) -> None:
+        """End the requests the failed loop held, and leave an empty batch for the next."""
+        message = "generation failed: an internal error in the generation worker; try again"
+        starting, self.starting = self.starting, []
+        for job in starting:
+            _quietly(job.fail, 500, message)
+        _quietly(self.decoder.fail_all, 500, message)
 
     def _admit(self) -> list[Job]:
         """The waiting jobs that fit in the batch now; waits briefly when there is nothing to do."""
@@ -110,3 +140,11 @@ class GenerationWorker:
                 taken.append(job)
                 rows += job.n
             return taken
+
+
+def _quietly(call, *args) -> None:
+    """A request that cannot be told of a failure is ended by its own time limit; the worker goes on regardless."""
+    try:
+        call(*args)
+    except Exception:
+        log.exception("a request could not be told of a failure")

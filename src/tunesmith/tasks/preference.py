@@ -66,6 +66,12 @@ def score_rows(module: SequenceLogps, dataset: PreferenceExamples, batch_size: i
     return out
 
 
+def _same_rows(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> bool:
+    """A pair whose answers differ only past data.block_size: cut there, chosen and rejected are the same row, which
+    teaches nothing and puts a zero margin into the metrics."""
+    return len(pieces) == 2 and np.array_equal(pieces[0][0], pieces[1][0]) and np.array_equal(pieces[0][1], pieces[1][1])
+
+
 class PreferenceTask(ChatTask):
     """Judged answers to prompts; the loss is the preference method's, the metrics the likelihood preference accuracy
     and the implicit rewards."""
@@ -114,6 +120,9 @@ class PreferenceTask(ChatTask):
                 pieces.append((ids[: data.block_size], mask[: data.block_size], code))
             if any(not mask.any() for _, mask, _ in pieces):
                 report.remove("answer_beyond_block_size", unit.key)
+                continue
+            if _same_rows(pieces):
+                report.remove("identical_after_truncation", unit.key)
                 continue
             self.truncated += cut
             encoded.append(Encoded(unit, np.concatenate([ids for ids, _, _ in pieces]), pieces, [len(p[0]) for p in pieces]))

@@ -1,12 +1,15 @@
-"""`train_run`: check the run directory, pick the checkpoint to resume from, and run the recipe (`recipe.py`)."""
+"""`train_run`: lock and check the run directory, pick the checkpoint to resume from, and run the recipe (`recipe.py`)."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import ProcessRecord, check_resume_settings, check_run_dir
+from ..run_directory import ProcessRecord, RunLock, check_resume_settings, check_run_dir, resolve_run_paths, run_start_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
@@ -34,7 +37,38 @@ def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = No
         teardown_distributed(context)
 
 
+@contextmanager
+def _locked(run_dir: Path, context: Distributed):
+    """Rank 0 holds the run folder's lock for the run's life; a refusal reaches every rank, so none waits on the others."""
+    lock, refused = RunLock(run_dir), None
+    if context.is_main:
+        try:
+            lock.acquire()
+        except UserError as exc:
+            refused = str(exc)
+    refused = context.share(refused)
+    if refused:
+        raise UserError(refused)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _as_started(cfg: RunConfig) -> RunConfig:
+    """The config with its relative paths meant as where the run was first started, wherever this resume runs from."""
+    start = run_start_dir(cfg.run_dir)
+    if start is None:
+        return cfg
+    return RunConfig.model_validate(resolve_run_paths(cfg.model_dump(mode="json"), start))
+
+
 def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
+    with _locked(cfg.run_dir, context):
+        return _train_locked(cfg, resume, force, console, context)
+
+
+def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, force)
     saved, damaged = None, []
@@ -42,6 +76,7 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
         if not list_checkpoints(run_dir):
             raise UserError(f"--resume: no checkpoint in {run_dir} yet (the run stopped before its first); start it again "
                             f"without --resume: tunesmith train --out {run_dir} ...")
+        cfg = _as_started(cfg)
         check_resume_settings(cfg.model_dump(mode="json"), run_dir)
         saved, damaged = newest_intact_checkpoint(run_dir, context.rank, console.print)
         if saved is None:
@@ -53,7 +88,7 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
-    with ProcessRecord(run_dir, enabled=context.is_main) as record:
+    with ProcessRecord(run_dir, enabled=context.is_main, resumed=resume) as record:
         recipe = Recipe(cfg, task, console, context)
         try:
             recipe.setup(saved)

@@ -20,6 +20,7 @@ from ..loss import perplexity
 from ..run_directory import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import Task, write_task
+from .benchmarking import RunBenchmarks
 from .build import build_model, export_final
 from .checkpoint import SavedCheckpoint
 from .checkpointer import Checkpointer
@@ -110,6 +111,7 @@ class Recipe:
         parts = self.parts = setup(cfg, task, self.console, self.context)
         self.evaluator = Evaluator(task, parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
+        self.benchmarks = RunBenchmarks(cfg, task, parts, self.context, self.console.print)
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
@@ -127,6 +129,7 @@ class Recipe:
         self.evaluator.start(result, state)
         probed = self.evaluator.probe(state)
         state.probe_best = probed
+        probed = {**probed, **self.benchmarks.at_start(state)}
         for line in task.base_lines(result, parts.val):
             self.console.print(line, highlight=False)
         self.checkpointer.keep_best(state)
@@ -143,11 +146,13 @@ class Recipe:
         result = self.evaluator.evaluate(self.state)
         probed = self.evaluator.probe(self.state)
         progress.evaluated(self.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
-        if self.evaluator.update_best(result, self.state):
+        improved = self.evaluator.update_best(result, self.state)
+        if improved:
             self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
         row.update(self.task.eval_row(result))
         row.update(probed)
+        row.update(self.benchmarks.at_evaluation(self.state, improved))
         self._samples()
         self.recorder.report_findings(self.facts())
 
@@ -239,6 +244,7 @@ class Recipe:
                 if parts.sharded else parts.model
             export_final(model, parts.tokenizer, run_dir, parts.resolved, cfg.model, task.head_labels())
             write_task(run_dir / "final", task.spec(parts.tokenizer))
+            self._benchmark_final()
         summary = {
             "model": cfg.model.name,
             "method": cfg.model.method,
@@ -270,11 +276,19 @@ class Recipe:
             "memory_before_training_mb": self.memory_before_training_mb,
             "device_memory_mb": device_memory_mb(parts.device),
             "forgetting": self._forgetting_summary(),
+            **({"benchmarks": bench} if (bench := self.benchmarks.summary(state, cfg)) else {}),
             **task.summary(state.base_metrics, state.best_metrics, parts.val),
         }
         self.recorder.write_summary(summary)
         self.context.barrier()
         return summary
+
+    def _benchmark_final(self) -> None:
+        """The final model's benchmark scores, in a metrics row of their own at the last step."""
+        final = self.benchmarks.at_end(self.state)
+        if final and self.benchmarks.every != "eval":
+            self.recorder.log_row({"step": self.state.step, "epoch": round(self.parts.plan.epoch_of(self.state.step), 4), **final,
+                                   "bench_of_step": self.state.best_step})
 
     def _forgetting_summary(self) -> dict:
         """The probe at the base model and at the best step, and what it cost; or why there was none."""

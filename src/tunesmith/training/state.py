@@ -32,6 +32,9 @@ class LoopState:
     probe_best: dict = field(default_factory=dict)  # the probe's metrics at the best step
     probe_seconds: float = 0.0
     validation_seconds: float = 0.0  # the validation passes alone, which the probe's cost is measured against
+    bench_base: dict = field(default_factory=dict)  # monitor.benchmarks: the base model's scores, as metrics-row keys
+    bench_best: dict = field(default_factory=dict)  # ... and the final model's (the best step's)
+    bench_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,8 +1,9 @@
 """The HTTP side of `tunesmith ui`: server-rendered pages (Jinja2), JSON for what they refresh, and a guard.
 
 The guard answers only requests addressed to this server by name (a web page elsewhere cannot reach it through
-a rebound DNS name), asks for the token when there is one, and takes changes (POST) only as JSON from this
-page's own origin, so another site open in the browser cannot start or stop a run.
+a rebound DNS name), asks for the token when there is one, takes changes (POST) only as JSON from this
+page's own origin, so another site open in the browser cannot start or stop a run, and counts each body as it
+arrives, refusing one past MAX_BODY_BYTES before it is held whole.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import mimetypes
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,9 +20,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import UserError
+from ..request_body import BodyTooLarge, ClientLeft, read_body, replay
 from ..run_directory import is_run_dir
-from .launcher import Draft, Launcher, form_keys
-from .runs import NotARun, Outside, RunsFolder, metrics_since
+from .launcher import Busy, Draft, Launcher, form_keys
+from .runs import NotARun, Outside, RunsFolder
 from .tryout import Tryout
 
 TOKEN_COOKIE = "tunesmith_ui_token"
@@ -30,6 +33,8 @@ ESSENTIALS = ("task", "model.name", "model.method", "data.train", "data.val", "d
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 STATIC = Path(__file__).parent / "static"
 FILES_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"  # a served file never runs a script
+MAX_BODY_BYTES = 1_000_000  # a form, a chat history: far less; a body past it is refused while it is read
+SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")  # one slash, then no slash, no backslash or control anywhere
 
 
 def plotly_js() -> Path:
@@ -42,8 +47,8 @@ def plotly_js() -> Path:
 class Guard:
     """ASGI middleware: the Host check, the optional token (a header, a cookie, or ?token= once), and same-origin JSON POSTs."""
 
-    def __init__(self, app, host: str, port: int, token: str | None):
-        self.app, self.token = app, token
+    def __init__(self, app, host: str, port: int, token: str | None, max_body: int = MAX_BODY_BYTES):
+        self.app, self.token, self.max_body = app, token, max_body
         names = set(LOCAL_NAMES) | {host}
         self.any_host = host in ("0.0.0.0", "::")  # bound to every interface on purpose: the token is the guard then
         self.hosts = {f"{name}:{port}" for name in names} | names
@@ -58,7 +63,7 @@ class Guard:
         if self.token and not self._authorized(headers):
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
             if hmac.compare_digest(given.encode(), self.token.encode()):
-                response = RedirectResponse(scope["path"], status_code=303)
+                response = RedirectResponse(same_site(scope["path"]), status_code=303)
                 response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
                 return await response(scope, receive, send)
             return await _refuse(scope, receive, send, 401, "this page needs its token: open the address `tunesmith ui` printed")
@@ -68,7 +73,13 @@ class Guard:
                 return await _refuse(scope, receive, send, 403, "changes are taken only from this page itself")
             if not headers.get("content-type", "").startswith("application/json"):
                 return await _refuse(scope, receive, send, 415, "changes are sent as JSON")
-        return await self.app(scope, receive, send)
+        try:
+            body = await read_body(scope, receive, self.max_body)
+        except BodyTooLarge as exc:
+            return await _refuse(scope, receive, send, 413, str(exc))
+        except ClientLeft:
+            return None
+        return await self.app(scope, replay(body, receive), send)
 
     def _authorized(self, headers: dict) -> bool:
         scheme, _, given = headers.get("authorization", "").partition(" ")
@@ -77,13 +88,22 @@ class Guard:
         return any(hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates if c)
 
 
+def same_site(path: str) -> str:
+    """Where the ?token= address leads on: its own path when that is a path of this site, else the runs page.
+
+    "//evil.example" (or "/\\evil.example", which browsers read alike) would be another site's address."""
+    return path if SAME_SITE_PATH.fullmatch(path) else "/"
+
+
 async def _refuse(scope, receive, send, status: int, message: str) -> None:
     await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
-def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None, device: str = "auto") -> Guard:
+def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None, device: str = "auto",
+               max_runs: int | None = None) -> Guard:
+    """The page over the runs folder `root`; `max_runs` caps the trainings it runs at once (default: one per four cores)."""
     folder = RunsFolder(root)
-    launcher = Launcher(folder)
+    launcher = Launcher(folder, max_runs)
     tryout = Tryout(device)
     pages = Environment(loader=PackageLoader("tunesmith.ui"), autoescape=select_autoescape(["html"]))
     pages.filters["number"] = _number
@@ -105,7 +125,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        status = 404 if isinstance(exc, NotARun) else 403 if isinstance(exc, Outside) else 400
+        status = 404 if isinstance(exc, NotARun) else 403 if isinstance(exc, Outside) else 429 if isinstance(exc, Busy) else 400
         if request.url.path.startswith("/api/") or request.method != "GET":
             return JSONResponse({"error": " ".join(exc.lines()), "problems": exc.lines()}, status_code=status)
         return HTMLResponse(pages.get_template("error.html").render(message=str(exc), root=str(folder.root)), status_code=status)
@@ -135,7 +155,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     @app.get("/api/run/{name:path}/metrics")
     def run_metrics(name: str, offset: int = 0):
         row = shown(folder.row(name))
-        return {**metrics_since(folder.run_dir(name), max(0, offset)), "state": row.state, "steps": row.steps,
+        return {**folder.new_metrics(name, max(0, offset)), "state": row.state, "steps": row.steps,
                 "total_steps": row.total_steps, "log": folder.log_tail(name, 4000)}
 
     @app.get("/compare", response_class=HTMLResponse)
@@ -145,7 +165,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
     @app.get("/api/compare/metrics")
     def compare_metrics(request: Request):
-        return {name: metrics_since(folder.run_dir(name), 0)["rows"] for name in request.query_params.getlist("run")}
+        return {name: folder.new_metrics(name, 0)["rows"] for name in request.query_params.getlist("run")}
 
     @app.get("/new", response_class=HTMLResponse)
     def new_page():
@@ -168,7 +188,9 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
     @app.post("/api/new/check")
     async def check_new(request: Request):
-        cfg = launcher.config(await _draft(request))
+        from starlette.concurrency import run_in_threadpool
+
+        cfg = await run_in_threadpool(launcher.config, await _draft(request))  # a data folder is expanded: not on the loop
         return {"ok": True, "config": cfg.to_yaml()}
 
     @app.post("/api/new/preview")
@@ -179,7 +201,9 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
     @app.post("/api/new/start")
     async def start_new(request: Request):
-        name = launcher.start(await _draft(request))
+        from starlette.concurrency import run_in_threadpool
+
+        name = await run_in_threadpool(launcher.start, await _draft(request))
         return {"ok": True, "name": name}
 
     @app.post("/api/run/{name:path}/stop")
@@ -192,14 +216,20 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         launcher.resume(name)
         return {"ok": True}
 
+    def final_model(name: str) -> Path:
+        """A run's final model for try-it, refused whole when any of its files leads out of the runs folder."""
+        final = folder.run_dir(name) / "final"
+        if folder.own(final.parent, final.name) is None or (final.is_dir() and folder.first_leaving(final) is not None):
+            raise Outside(f"{name}: its final model leads outside the runs folder {folder.root}; the page loads only what is inside it")
+        return final
+
     @app.post("/api/run/{name:path}/chat")
     async def chat(name: str, request: Request):
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        history = body.get("history") if isinstance(body.get("history"), list) else []
-        reply = await run_in_threadpool(tryout.chat, folder.run_dir(name) / "final", history, str(body.get("text", "")),
-                                        body.get("settings") or {})
+        reply = await run_in_threadpool(tryout.chat, final_model(name), body.get("history") or [],
+                                        str(body.get("text", "")), body.get("settings") or {})
         return {"reply": reply}
 
     @app.post("/api/run/{name:path}/generate")
@@ -207,7 +237,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        text = await run_in_threadpool(tryout.generate, folder.run_dir(name) / "final", str(body.get("prompt", "")),
+        text = await run_in_threadpool(tryout.generate, final_model(name), str(body.get("prompt", "")),
                                        body.get("settings") or {})
         return {"text": text}
 
@@ -216,7 +246,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        return await run_in_threadpool(tryout.classify, folder.run_dir(name) / "final", str(body.get("text", "")))
+        return await run_in_threadpool(tryout.classify, final_model(name), str(body.get("text", "")))
 
     @app.get("/files/{relative:path}")
     def files(relative: str):

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..run_directory import (MARKER, has_checkpoint, is_run_dir, read_data_meta, read_data_report, read_json_lines,
-                             read_json_object, read_process, run_state)
+from ..run_directory import (DATA_META, DATA_REPORT, MARKER, PROCESS, has_checkpoint, is_run_dir, read_json_lines,
+                             read_json_object, run_state)
 from ..tasks import task_kind
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -91,13 +91,35 @@ class RunsFolder:
         self._metrics: dict[Path, tuple[int, int, list[dict]]] = {}
 
     def inside(self, relative: str) -> Path:
-        """`relative` as a path under the root, symbolic links followed; anything that leaves the root is refused."""
+        """`relative` as a path under the root, symbolic links followed; anything that leaves the root is refused.
+
+        The one check every path the page reads, serves or hands to training goes through. A name the file system
+        cannot hold (too long, a loop of links) is simply not there.
+        """
         if "\x00" in relative:
             raise Outside(f"{relative!r}: not a path")
-        path = (self.root / relative).resolve()
+        shown = relative if len(relative) <= 200 else relative[:200] + "..."
+        try:
+            path = (self.root / relative).resolve()
+            os.lstat(path)
+        except FileNotFoundError:
+            pass  # a path still to be made (a new run's folder)
+        except (OSError, RuntimeError):
+            raise NotARun(f"{shown}: no such file or run in the runs folder") from None
         if path != self.root and self.root not in path.parents:
-            raise Outside(f"{relative}: outside the runs folder {self.root}; the page reads and writes only inside it")
+            raise Outside(f"{shown}: outside the runs folder {self.root}; the page reads and writes only inside it")
         return path
+
+    def own(self, run_dir: Path, name: str) -> Path | None:
+        """A file of a run as the page reads it: through `inside`, so one that leads out of the folder reads as missing."""
+        try:
+            return self.inside(str(run_dir / name))
+        except UserError:
+            return None
+
+    def first_leaving(self, folder: Path) -> Path | None:
+        """The first file or folder under `folder` that leads out of the runs folder by a symbolic link, if any."""
+        return next((path for path in folder.rglob("*") if self.own(path.parent, path.name) is None), None)
 
     def run_dir(self, name: str) -> Path:
         path = self.inside(name)
@@ -128,7 +150,9 @@ class RunsFolder:
         walk(self.root, 1)
         return found
 
-    def _cached(self, path: Path, read) -> dict:
+    def _cached(self, path: Path | None, read) -> dict:
+        if path is None:
+            return {}
         signature = _signature(path)
         held = self._cache.get(path)
         if held is not None and held[0] == signature:
@@ -138,15 +162,26 @@ class RunsFolder:
         return value
 
     def config(self, run_dir: Path) -> dict:
-        saved = self._cached(run_dir / "config.yaml", _load_yaml)
-        return saved or self._cached(run_dir / LAUNCH_CONFIG, _load_yaml)
+        saved = self._cached(self.own(run_dir, "config.yaml"), _load_yaml)
+        return saved or self._cached(self.own(run_dir, LAUNCH_CONFIG), _load_yaml)
 
     def summary(self, run_dir: Path) -> dict:
-        return self._cached(run_dir / "summary.json", read_json_object)
+        return self._cached(self.own(run_dir, "summary.json"), read_json_object)
+
+    def process(self, run_dir: Path) -> dict:
+        """process.json: the training process's pid while it runs, how it ended once it has."""
+        path = self.own(run_dir, PROCESS)
+        return read_json_object(path) if path else {}
+
+    def new_metrics(self, name: str, offset: int) -> dict:
+        """A run's metric rows written past byte `offset` (see `metrics_since`)."""
+        return metrics_since(self.own(self.run_dir(name), "metrics.jsonl"), offset)
 
     def metrics(self, run_dir: Path) -> list[dict]:
         """metrics.jsonl's rows (numbers only); a file that grew is read from where the last read ended."""
-        path = run_dir / "metrics.jsonl"
+        path = self.own(run_dir, "metrics.jsonl")
+        if path is None:
+            return []
         try:
             stat = path.stat()
         except OSError:
@@ -155,7 +190,7 @@ class RunsFolder:
         if inode != stat.st_ino or offset > stat.st_size:  # replaced or cut back (a resume, a rollback): read it anew
             offset, rows = 0, []
         if offset < stat.st_size:
-            new = metrics_since(run_dir, offset)
+            new = metrics_since(path, offset)
             offset, rows = new["offset"], rows + new["rows"]
             self._metrics[path] = (stat.st_ino, offset, rows)
         return rows
@@ -176,11 +211,11 @@ class RunsFolder:
 
     def row(self, name: str) -> RunRow:
         run_dir = self.run_dir(name)
-        config, summary, record = self.config(run_dir), self.summary(run_dir), read_process(run_dir)
+        config, summary, record = self.config(run_dir), self.summary(run_dir), self.process(run_dir)
         kind = kind_of(summary, config)
         key, label, higher = kind.headline
         steps, base, best, speed = self.progress(run_dir, summary, key, higher)
-        started = record.get("started") or read_json_object(run_dir / MARKER).get("created")
+        started = record.get("started") or self._cached(self.own(run_dir, MARKER), read_json_object).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
         model = config.get("model", {})
@@ -196,35 +231,55 @@ class RunsFolder:
         """Everything one run's page shows besides its curves."""
         from ..data.report import summary_lines
         from ..report import samples_before_after
+        from ..report_benchmarks import benchmark_rows
 
         run_dir = self.run_dir(name)
         summary = self.summary(run_dir)
-        report, meta = read_data_report(run_dir, summary), read_data_meta(run_dir, summary)
+        report = self._data_file(run_dir, summary, DATA_REPORT, DATA_REPORT)
+        meta = self._data_file(run_dir, summary, DATA_META, "meta.json")
         try:
             data_lines = summary_lines(report, meta) if report and meta else []
         except (KeyError, TypeError):  # a report from an older version of tunesmith
             data_lines = []
-        config_path = next((run_dir / n for n in ("config.yaml", LAUNCH_CONFIG) if (run_dir / n).is_file()), None)
+        configs = [self.own(run_dir, n) for n in ("config.yaml", LAUNCH_CONFIG)]
+        config_path = next((path for path in configs if path and path.is_file()), None)
+        samples = self.own(run_dir, "samples.jsonl")
         return {
             "row": self.row(name),
             "summary": summary,
             "findings": self.findings(name),
-            "samples": samples_before_after(read_json_lines(run_dir / "samples.jsonl")[0], summary.get("best_step")),
+            "samples": samples_before_after(read_json_lines(samples)[0] if samples else [], summary.get("best_step")),
             "data_lines": data_lines,
             "data_warnings": report.get("warnings", []),
             "config": config_path.read_text(encoding="utf-8", errors="replace") if config_path else "",
-            "has_report": (run_dir / "report.html").is_file(),
-            "has_final": (run_dir / "final" / "config.json").is_file(),
+            "has_report": self._is_own_file(run_dir, "report.html"),
+            "has_final": self._is_own_file(run_dir, "final/config.json"),
             "has_checkpoint": has_checkpoint(run_dir),
-            "process": read_process(run_dir),
+            "process": self.process(run_dir),
             "try_it": kind_of(summary, self.config(run_dir)).try_it,
+            "benchmarks": benchmark_rows(summary),
         }
+
+    def _is_own_file(self, run_dir: Path, name: str) -> bool:
+        path = self.own(run_dir, name)
+        return path is not None and path.is_file()
+
+    def _data_file(self, run_dir: Path, summary: dict, own: str, cached: str) -> dict:
+        """The run's copy of a data file, or for a run from before copies were kept, the data cache's, where that
+        cache lies inside the folder."""
+        path = self.own(run_dir, own)
+        if (path is None or not path.is_file()) and summary.get("data_dir"):
+            path = self.own(Path(str(summary["data_dir"])), cached)
+        return read_json_object(path) if path else {}
 
     def findings(self, name: str) -> list[dict]:
         from ..diagnose import diagnose_run
 
         run_dir = self.run_dir(name)
-        return [f.as_dict() for f in diagnose_run(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
+        read = [self.own(run_dir, n) for n in ("metrics.jsonl", "config.yaml", "summary.json")]  # what diagnose_run reads
+        if None in read or not read[0].is_file():
+            return []
+        return [f.as_dict() for f in diagnose_run(run_dir)]
 
     def compare(self, names: list[str]) -> dict:
         """Two or more runs: their rows, summaries, curves, and only the config keys whose values differ."""
@@ -239,7 +294,9 @@ class RunsFolder:
                 "summaries": [self.summary(d) for d in dirs]}
 
     def log_tail(self, name: str, limit: int = 8000) -> str:
-        path = self.run_dir(name) / CONSOLE_LOG
+        path = self.own(self.run_dir(name), CONSOLE_LOG)
+        if path is None:
+            return ""
         try:
             with path.open("rb") as handle:
                 handle.seek(max(0, path.stat().st_size - limit))
@@ -252,17 +309,16 @@ def kind_of(summary: dict, config: dict):
     return task_kind(summary.get("task") or config.get("task"))
 
 
-def metrics_since(run_dir: Path, offset: int) -> dict:
-    """metrics.jsonl's whole lines from byte `offset` on, and the offset after them.
+def metrics_since(path: Path | None, offset: int) -> dict:
+    """A metrics.jsonl's whole lines from byte `offset` on, and the offset after them (none for a missing file).
 
     A file shorter than `offset` was rewritten (a resume or a rollback drops rows past its step): then every row
     comes back, with `reset` set, so the page redraws rather than appends.
     """
-    path = run_dir / "metrics.jsonl"
-    try:
-        size = path.stat().st_size
-    except OSError:
+    signature = _signature(path) if path else None
+    if signature is None:
         return {"rows": [], "offset": 0, "reset": offset > 0}
+    size = signature[0]
     reset = size < offset
     start = 0 if reset else offset
     with path.open("rb") as handle:

@@ -7,25 +7,33 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..decoding.rules import checked_sampling
 from ..errors import UserError
 from ..generation import ChatSession, SamplingOptions, generate_completions, load_generator
 from ..predict import Classifier
 
 MAX_NEW_TOKENS = 512
 MAX_TURNS = 50
+TRIED = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
-def sampling(settings: dict, chat: bool = False) -> SamplingOptions:
-    try:
-        options = SamplingOptions(max_new_tokens=int(settings.get("max_new_tokens", 100)),
-                                  temperature=float(settings.get("temperature", 0.7)), top_k=int(settings.get("top_k", 50)),
-                                  top_p=float(settings.get("top_p", 0.95)), seed=int(settings.get("seed", 0)), chat=chat)
-    except (TypeError, ValueError):
-        raise UserError("max_new_tokens, top_k and seed must be whole numbers; temperature and top_p numbers") from None
+def sampling(settings, chat: bool = False) -> SamplingOptions:
+    """The page's settings under the rules every other way of generating follows; a bad one is a 400 naming it."""
+    if not isinstance(settings, dict):
+        raise UserError(f"settings: send an object such as {{\"temperature\": 0.7}}, not {type(settings).__name__}")
+    given = {key: settings[key] for key in TRIED if settings.get(key) not in (None, "")}
+    options = SamplingOptions(**checked_sampling(given, lambda field: f"settings.{field}"), chat=chat)
     if options.max_new_tokens > MAX_NEW_TOKENS:
-        raise UserError(f"max_new_tokens: at most {MAX_NEW_TOKENS} here; use `tunesmith generate` for longer texts")
-    options.check()
+        raise UserError(f"settings.max_new_tokens: at most {MAX_NEW_TOKENS} here; use `tunesmith generate` for longer texts")
     return options
+
+
+def conversation(history) -> list[dict]:
+    """The page's earlier turns as chat messages, the last MAX_TURNS exchanges of them."""
+    if not isinstance(history, list) or not all(
+            isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content", ""), str) for m in history):
+        raise UserError('history: send a list of messages, each {"role": "user" or "assistant", "content": text}')
+    return [{"role": m["role"], "content": m.get("content", "")} for m in history[-2 * MAX_TURNS:]]
 
 
 class Tryout:
@@ -48,21 +56,24 @@ class Tryout:
     def chat(self, model_dir: Path, history: list[dict], text: str, settings: dict) -> str:
         if not text.strip():
             raise UserError("type a message first")
-        turns = [{"role": m.get("role"), "content": str(m.get("content", ""))} for m in history[-2 * MAX_TURNS:]]
-        if any(turn["role"] not in ("user", "assistant") for turn in turns):
-            raise UserError("history: each message has the role user or assistant")
+        turns = conversation(history)
+        options = sampling(settings)
+        system = settings.get("system")
+        if system is not None and not isinstance(system, str):
+            raise UserError("settings.system: send the system message as text")
         with self.lock:
             model, tokenizer = self._load(model_dir, "generate")
-            session = ChatSession(model, tokenizer, sampling(settings), settings.get("system") or None, turns)
+            session = ChatSession(model, tokenizer, options, system or None, turns)
             session.turn = len(turns) // 2
             return session.reply(text.strip())
 
     def generate(self, model_dir: Path, prompt: str, settings: dict) -> str:
         if not prompt:
             raise UserError("type a prompt first")
+        options = sampling(settings)
         with self.lock:
             model, tokenizer = self._load(model_dir, "generate")
-            return generate_completions(model, tokenizer, prompt, sampling(settings))[0].text
+            return generate_completions(model, tokenizer, prompt, options)[0].text
 
     def classify(self, model_dir: Path, text: str) -> dict:
         if not text.strip():

@@ -1,0 +1,177 @@
+"""Standard benchmarks through lm-evaluation-harness: tunesmith's figures beside stock lm-eval's, and what they cost.
+
+1. LAMBADA (lm-eval's lambada_openai over ../shared/data/bench-lambada) on the embedded default: `tunesmith eval
+   --benchmarks` against stock `lm_eval --model hf --model_args pretrained=DIR` on the same weights (the converted
+   plain directory), both in fp32, batch 16: accuracy, perplexity and wall time (each a fresh process).
+2. A LoRA run on the quickstart corpus, scored unmerged (the run) and merged (its final/).
+3. Its GGUF Q8_0 export, scored as a .gguf file, against the run's own figure.
+4. The quickstart run and one at 10x its learning rate, each with monitor.benchmarks: LAMBADA base -> tuned beside
+   the drift from the base model's own text.
+5. The cost of monitor.benchmarks (benchmark_limit 200) in a default quickstart run's wall time (part 4's quickstart run
+   beside one without benchmarks).
+
+    python benchmarks/bench_benchmarks.py --data ../shared/data --limit 1000
+    python benchmarks/bench_benchmarks.py --data ../shared/data --parts 1 --limit 200   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+CPU_SECONDS: list[float] = []  # each timed command's CPU time (user + system), which other load on the machine leaves alone
+
+
+def timed(command: list[str]) -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return time.perf_counter() - started
+
+
+def lambada_of(results: dict) -> tuple[float, float]:
+    figures = results["results"]["lambada_openai"]
+    return figures["acc,none"], figures["perplexity,none"]
+
+
+def tunesmith_eval(model: str, task: Path, out: Path, limit: int | None, precision: str = "fp32") -> tuple[float, float, float]:
+    """(accuracy, perplexity, seconds) of `tunesmith eval MODEL --benchmarks TASK`."""
+    command = [str(BIN / "tunesmith"), "eval", model, "--benchmarks", str(task), "--output", str(out), "--batch-size", "16",
+               "--set", f"train.precision={precision}"] + (["--limit", str(limit)] if limit else [])
+    seconds = timed(command)
+    return (*lambada_of(json.loads(out.read_text())), seconds)
+
+
+def stock_eval(directory: str, task: Path, out: Path, limit: int | None) -> tuple[float, float, float]:
+    command = [str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={directory},dtype=float32", "--device", "cpu",
+               "--batch_size", "16", "--tasks", str(task), "--output_path", str(out)] + (["--limit", str(limit)] if limit else [])
+    seconds = timed(command)
+    written = sorted(glob.glob(str(out / "**" / "results_*.json"), recursive=True))[-1]
+    return (*lambada_of(json.loads(Path(written).read_text())), seconds)
+
+
+def part_same_as_stock(task: Path, work: Path, limit: int | None) -> list[str]:
+    from tunesmith.models import resolve_model
+
+    directory = resolve_model("smollm2-135m", log=lambda _m: None).path  # converted once; a plain transformers directory
+    ours = tunesmith_eval("smollm2-135m", task, work / "ours.json", limit)
+    ours_cpu = CPU_SECONDS[-1]
+    stock = stock_eval(directory, task, work / "stock", limit)
+    stock_cpu = CPU_SECONDS[-1]
+    return ["| model | acc | perplexity | wall time | CPU time |", "| --- | --- | --- | --- | --- |",
+            f"| tunesmith eval smollm2-135m --benchmarks | {ours[0]:.4f} | {ours[1]:.3f} | {ours[2]:.1f} s | {ours_cpu:.1f} s |",
+            f"| lm_eval --model hf pretrained=DIR | {stock[0]:.4f} | {stock[1]:.3f} | {stock[2]:.1f} s | {stock_cpu:.1f} s |",
+            f"| difference, ratio | {100 * (ours[0] - stock[0]):+.2f} points | {ours[1] / stock[1] - 1:+.2%} | {ours[2] / stock[2]:.2f}x "
+            f"| {ours_cpu / stock_cpu:.2f}x |"]
+
+
+def train_run(out: Path, settings: dict) -> dict:
+    from tunesmith import train
+    from tunesmith.config import load_config
+    from tunesmith.quickstart import QUICKSTART_SETTINGS
+
+    pairs = [(f"{section}.{key}", value) for section, values in QUICKSTART_SETTINGS.items() for key, value in values.items()]
+    pairs += [("output.dir", str(out)), ("monitor.tensorboard", False), ("monitor.sample_count", 0)] + list(settings.items())
+    started = time.perf_counter()
+    summary = train(load_config(None, pairs))
+    summary["wall_seconds"] = time.perf_counter() - started
+    shown = {key: summary.get(key) for key in ("wall_seconds", "base_val_ppl", "best_val_ppl", "best_step", "benchmarks")}
+    print(f"run {out.name}: {json.dumps({**shown, 'drift': summary['forgetting'].get('best_drift_nats')})}", flush=True)
+    return summary
+
+
+def part_lora_and_gguf(task: Path, work: Path, limit: int | None) -> list[str]:
+    run = work / "lora"
+    train_run(run, {"model.method": "lora", "train.lr": 1e-3})
+    unmerged = tunesmith_eval(str(run), task, work / "unmerged.json", limit)
+    merged = tunesmith_eval(str(run / "final"), task, work / "merged.json", limit)
+    timed([str(BIN / "tunesmith"), "export", str(run), "--out", str(work / "gguf"), "--gguf", "--dtype", "q8_0"])
+    gguf = next((work / "gguf").glob("*.gguf"))
+    quantized = tunesmith_eval(str(gguf), task, work / "gguf.json", limit)
+    return ["| LoRA run (quickstart corpus, lr 1e-3) scored as | acc | perplexity |", "| --- | --- | --- |",
+            f"| the run: adapters on the base, unmerged | {unmerged[0]:.4f} | {unmerged[1]:.3f} |",
+            f"| its final/ (merged) | {merged[0]:.4f} | {merged[1]:.3f} |",
+            f"| its GGUF Q8_0 export ({gguf.name}) | {quantized[0]:.4f} | {quantized[1]:.3f} |",
+            f"| unmerged - merged; Q8_0 - unmerged | {100 * (unmerged[0] - merged[0]):+.2f} points; "
+            f"{100 * (quantized[0] - unmerged[0]):+.2f} points | {unmerged[1] / merged[1] - 1:+.2%}; {quantized[1] / unmerged[1] - 1:+.2%} |"]
+
+
+def _lambada_scores(summary: dict) -> tuple[float, float, float, float]:
+    bench = summary["benchmarks"]
+    base = {s["metric"]: s["value"] for s in bench["base"]}
+    final = {s["metric"]: s["value"] for s in bench["final"]}
+    return base["acc"], final["acc"], base["perplexity"], final["perplexity"]
+
+
+def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str]) -> list[str]:
+    """Part 4's quickstart run with monitor.benchmarks is also part 5's measured run; part 5 adds one without."""
+    from tunesmith.diagnose import diagnose_run
+
+    lines, runs = [], {}
+    benchmarks = {"monitor.benchmarks": [str(task)], "monitor.benchmark_limit": bench_limit}
+    for name, lr in (("quickstart", 1e-4), ("quickstart, lr x10", 1e-3)) if "4" in parts else (("quickstart", 1e-4),):
+        out = work / name.replace(", ", "-").replace(" ", "")
+        runs[name] = (train_run(out, {**benchmarks, "train.lr": lr}), out, lr)
+    if "4" in parts:
+        lines += [f"| run (LAMBADA, first {bench_limit} passages) | acc base -> tuned | perplexity base -> tuned | "
+                  "drift (nats) | findings |", "| --- | --- | --- | --- | --- |"]
+        for name, (summary, out, lr) in runs.items():
+            acc0, acc1, ppl0, ppl1 = _lambada_scores(summary)
+            kinds = sorted({f.kind for f in diagnose_run(out) if f.kind in ("forgetting", "benchmark_regression")})
+            lines.append(f"| {name} (lr {lr:g}) | {acc0:.4f} -> {acc1:.4f} | {ppl0:.2f} -> {ppl1:.2f} | "
+                         f"{summary['forgetting'].get('best_drift_nats', float('nan')):.3f} | {', '.join(kinds) or 'none'} |")
+    if "5" in parts:
+        plain = train_run(work / "plain", {})
+        measured = runs["quickstart"][0]
+        share = measured["benchmarks"]["seconds"] / measured["wall_seconds"]
+        lines += ["", "| default quickstart run | wall time | benchmark time |", "| --- | --- | --- |",
+                  f"| without monitor.benchmarks | {plain['wall_seconds']:.1f} s | |",
+                  f"| with LAMBADA, benchmark_limit {bench_limit} | {measured['wall_seconds']:.1f} s | "
+                  f"{measured['benchmarks']['seconds']:.1f} s ({share:.1%} of the run; wall time "
+                  f"{measured['wall_seconds'] / plain['wall_seconds'] - 1:+.1%}) |"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--limit", type=int, help="LAMBADA passages for parts 1-3 (default: all 5,153)")
+    parser.add_argument("--bench-limit", type=int, default=200, help="monitor.benchmark_limit in parts 4 and 5")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which measurements, e.g. 1 or 2,3 (2 and 3 share one run)")
+    args = parser.parse_args()
+    from tunesmith.harness.lambada import write_lambada_task
+
+    parts = set(args.parts.split(","))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="bench-benchmarks-"))
+    task = write_lambada_task(args.data / "bench-lambada" / "lambada_test.jsonl", work / "lambada_openai.yaml")
+    print(f"CPU: {cpu_name()}; LAMBADA passages for parts 1-3: {args.limit or 'all 5,153'}; work folder {work}", flush=True)
+    if "1" in parts:
+        print("\n".join(part_same_as_stock(task, work, args.limit)) + "\n", flush=True)
+    if parts & {"2", "3"}:
+        print("\n".join(part_lora_and_gguf(task, work, args.limit)) + "\n", flush=True)
+    if parts & {"4", "5"}:
+        print("\n".join(part_runs(task, work, args.bench_limit, parts)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Before a run on a CPU: refuse a plan larger than the memory available now, and say what would fit.
+
+On a GPU running out of memory is an exception that training backs off from; on a CPU the kernel kills
+the process, with no message and nothing saved. So a CPU run first sets `recommend`'s plan for its model,
+method and micro-batch (see `memory`, resident memory included) against psutil's available memory.
+Small models never pay for the simulation: a closed-form bound of their peak that fits settles it.
+`train.memory_check: false` skips the check.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable
+
+from ..config import RunConfig
+from ..errors import UserError
+from .memory import MemoryModel, StepShape, as_resident, fit_memory
+
+OVERRIDE = "train.memory_check=false"
+CHEAPER_METHODS = ["lora", "freeze"]  # what a run that does not fit may switch to, in recommend's order
+
+
+def available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def peak_bound(config, shape: StepShape, sequences: int) -> float:
+    """A generous closed-form upper bound of a run's resident peak (every parameter trained with AdamW in fp32, fp32
+    activations of an unfused attention and output layer, about thrice what they take): when it fits, there is no need
+    to simulate."""
+    from ..models import count_parameters
+
+    hidden = config.hidden_size
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    tokens = sequences * shape.block_size
+    per_layer = 4 * tokens * (34 * hidden + 8 * inner + 5 * config.num_attention_heads * shape.block_size)
+    logits = 4 * 4 * tokens * config.vocab_size
+    return 16 * count_parameters(config) + config.num_hidden_layers * per_layer + logits + 2 * 2**30
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: int, accum: int, available: int) -> str:
+    """The run's own method at a smaller micro-batch (the batch kept by accumulating), else a cheaper method, else a smaller model."""
+    fits = memory.largest_micro_batch(available, micro * rows) // rows
+    if fits:
+        return (f"train.micro_batch_size={fits} with train.grad_accum={accum * micro // fits} "
+                f"({_gib(memory.estimate(fits * rows).total)})")
+    from dataclasses import replace
+
+    for method in [m for m in CHEAPER_METHODS if m != shape.method]:
+        cheaper = replace(shape, method=method, train_last_layers=None)
+        other = as_resident(fit_memory(config, cheaper))
+        fits = other.largest_micro_batch(available, micro * rows) // rows
+        if fits:
+            return f"model.method={method} at micro-batch {fits} ({_gib(other.estimate(fits * rows).total)})"
+    return "a smaller model (tunesmith recommend --data FILE lists those that fit)"
+
+
+def _trained_layers(cfg: RunConfig, config) -> int | None:
+    if cfg.model.method != "freeze":
+        return None
+    return cfg.model.train_last_layers or max(1, config.num_hidden_layers - cfg.model.freeze_layers)
+
+
+def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: None) -> None:
+    """Raise a UserError (one line: the plan, the memory available, what fits) when a CPU run would not fit in memory."""
+    from ..models import load_model_config, resolve_model
+    from ..runtime import pick_device
+
+    if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or cfg.model.method == "qlora":
+        return  # processes under torchrun share the memory in ways not modelled here; qlora stops on a CPU anyway
+    if pick_device(cfg.train.device).type != "cpu":
+        return
+    check_plan_fits(cfg, load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log)), log)
+
+
+def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda _m: None) -> None:
+    """`check_memory_fits` for a CPU run of the model whose config is `config`."""
+    import torch
+
+    from ..models.methods import short_count
+    from ..runtime import pick_precision
+    from ..tasks import build_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # training warns about the same settings itself
+        precision = pick_precision(cfg.train.precision, torch.device("cpu"))
+    task = build_task(cfg)
+    micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1  # auto starts from 1
+    rows = task.rows_per_example
+    shape = StepShape(cfg.model.method, cfg.data.block_size, precision, task.head_classes(2), cfg.model.gradient_checkpointing,
+                      cfg.model.lora_rank, cfg.train.weights, _trained_layers(cfg, config))
+    available = available_memory()
+    try:
+        if peak_bound(config, shape, micro * rows) <= available:
+            return
+        log(f"memory: checking that {cfg.model.name} ({cfg.model.method}) fits in the {_gib(available)} available ...")
+        memory = as_resident(fit_memory(config, shape))
+    except Exception as exc:  # an architecture the simulation cannot run must not stop a run that may well work
+        log(f"memory: not checked ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return
+    needed = memory.estimate(micro * rows).total
+    if needed <= available:
+        return
+    raise UserError(f"this run needs about {_gib(needed)} of memory ({cfg.model.method}, {short_count(memory.params)} parameters, "
+                    f"micro-batch {micro} x {cfg.data.block_size} tokens, {precision}) and {_gib(available)} is available: "
+                    f"on a CPU the kernel would kill it; what fits: "
+                    f"{_what_fits(config, shape, memory, micro, rows, cfg.train.grad_accum, available)}; "
+                    f"or --set {OVERRIDE} to start anyway")

@@ -1,0 +1,109 @@
+"""The local paths a config from the page names, each confined to the runs folder.
+
+The check runs on the validated config (`load_config`'s result), not on the form's text, so every shape a value
+can take (one path, a list, a weighted source) meets it; folders and globs are expanded and every file they
+yield is checked too, since a link inside a folder can lead out of it. The config that comes back names each
+path absolutely, as it was checked, so training reads exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..config import DataSource, RunConfig, build_config
+from ..errors import ConfigError, UserError
+from .runs import RunsFolder
+
+GENERAL_PROBE_WORDS = ("auto", "none")
+REMOTE_TRACKING = ("http", "https")  # an MLflow server elsewhere: no file of this machine is named
+SQLITE = "sqlite:///"
+
+
+class ConfinedPaths:
+    """One config's paths checked against one runs folder; every problem is kept, so all are reported at once."""
+
+    def __init__(self, folder: RunsFolder):
+        self.folder = folder
+        self.problems: list[str] = []
+
+    def path(self, text: str, key: str) -> str:
+        try:
+            return str(self.folder.inside(os.path.expanduser(text)))
+        except UserError as exc:
+            self.problems.append(f"{key}: {exc}")
+            return text
+
+    def files(self, patterns: list[str], key: str) -> list[str]:
+        """Files, folders or globs, each inside the folder, and so is every file they expand to."""
+        from ..data.read import expand_paths
+
+        known = len(self.problems)
+        resolved = [self.path(pattern, key) for pattern in patterns]
+        if resolved and len(self.problems) == known:
+            try:
+                expand_paths(resolved, key, confine_to=self.folder.root)
+            except UserError as exc:
+                self.problems.append(str(exc))
+        return resolved
+
+    def source(self, item: str | DataSource) -> str | dict:
+        if isinstance(item, DataSource):
+            paths = self.files(item.paths, "data.train")
+            return {"path": paths if isinstance(item.path, list) else paths[0], "weight": item.weight}
+        return self.files([item], "data.train")[0]
+
+    def model(self, name: str) -> str:
+        """A local model (a folder, a run, a .gguf file) inside the folder, with every file in it; a hub id or the
+        embedded model's name stays a name, as `resolve_model` would read it."""
+        from ..models.embedded import EMBEDDED_NAME
+
+        local = name.endswith(".gguf") or name.startswith((".", "/", "~")) or name.count("/") > 1 or \
+            os.path.lexists(self.folder.root / name)
+        if name == EMBEDDED_NAME or not local:
+            return name
+        known = len(self.problems)
+        resolved = self.path(name, "model.name")
+        if len(self.problems) == known and Path(resolved).is_dir():
+            leaving = self.folder.first_leaving(Path(resolved))
+            if leaving is not None:
+                self.problems.append(f"model.name: {leaving} leads outside the runs folder (a symbolic link); "
+                                     "copy the model's files themselves into the folder")
+        return resolved
+
+    def probe(self, value: str) -> str:
+        return value if value in GENERAL_PROBE_WORDS else self.files([value], "monitor.general_probe")[0]
+
+    def tracking(self, uri: str | None) -> str | None:
+        """MLflow's store: a server elsewhere, or a file: or sqlite: store inside the folder."""
+        if uri is None:
+            return None
+        scheme = urlsplit(uri).scheme.lower()
+        if scheme in REMOTE_TRACKING:
+            return uri
+        if scheme in ("", "file"):
+            resolved = Path(self.path(unquote(urlsplit(uri).path) if scheme else uri, "monitor.mlflow_uri"))
+            return resolved.as_uri() if resolved.is_absolute() else uri
+        if uri.lower().startswith(SQLITE):
+            return SQLITE + self.path(uri[len(SQLITE):], "monitor.mlflow_uri")
+        self.problems.append(f"monitor.mlflow_uri: {scheme}: stores are not taken from the page; name an http(s) "
+                             "tracking server, or a file: or sqlite:/// store inside the runs folder")
+        return uri
+
+
+def confine_paths(cfg: RunConfig, folder: RunsFolder) -> RunConfig:
+    """`cfg` with every local path it names made absolute and checked to lie inside `folder`; ConfigError otherwise."""
+    paths = ConfinedPaths(folder)
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["train"] = [paths.source(item) for item in cfg.data.train]
+    raw["data"]["val"] = paths.files(cfg.data.val, "data.val")
+    raw["model"]["name"] = paths.model(cfg.model.name)
+    raw["monitor"]["general_probe"] = paths.probe(cfg.monitor.general_probe)
+    raw["monitor"]["mlflow_uri"] = paths.tracking(cfg.monitor.mlflow_uri)
+    if paths.problems:
+        raise ConfigError(paths.problems)
+    return build_config(raw)
+
+
+__all__ = ["confine_paths"]

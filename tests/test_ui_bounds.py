@@ -1,0 +1,314 @@
+"""`tunesmith ui` within its bounds: nothing outside the runs folder, ever (the form's paths on the validated config,
+every file a data folder or glob yields, a run's own files, a run unpacked from an archive with links out, the
+token's redirect, names too long for the file system), a request body counted as it arrives, and trainings
+within the machine's share (a cap, one process per Resume however many presses, a command-line run resumed
+where it was started)."""
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tunesmith.errors import ConfigError, UserError
+from tunesmith.ui import create_app
+from tunesmith.ui.launcher import Draft, Launcher
+from tunesmith.ui.runs import RunsFolder
+
+from conftest import cut_run, finished_run, make_corpus, write_jsonl
+
+SECRET = "TOP SECRET"
+FORM_RUN = {"run_name": "from-form", "model.name": "models/gpt2", "data.train": "data/corpus.jsonl", "data.block_size": "32",
+            "train.max_steps": "10", "train.precision": "fp32", "monitor.tensorboard": "false"}
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, tiny_gpt2):
+    """A runs folder holding one finished run, `lr-high`."""
+    base = tmp_path_factory.mktemp("bounds")
+    run, _ = finished_run(tiny_gpt2, base)
+    root = base / "runs"
+    root.mkdir()
+    shutil.move(run, root / "lr-high")
+    return root
+
+
+@pytest.fixture
+def form_root(tmp_path, tiny_gpt2):
+    """A fresh runs folder with a model and data for the form, beside a folder of files it must never show."""
+    root = tmp_path / "runs"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(tiny_gpt2, root / "models" / "gpt2")
+    write_jsonl(root / "data" / "corpus.jsonl", make_corpus(120))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_jsonl(outside / "secret.jsonl", [f"{SECRET} number {i}" for i in range(40)])
+    (outside / "secret.txt").write_text(f"{SECRET}\n")
+    (outside / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4242.5}\n')
+    shutil.copytree(tiny_gpt2, outside / "model")
+    return root
+
+
+def client_of(root, **settings) -> TestClient:
+    return TestClient(create_app(root, port=7860, **settings), base_url="http://127.0.0.1:7860")
+
+
+def test_every_local_path_of_a_form_is_checked_on_the_validated_config(form_root):
+    launcher, outside = Launcher(RunsFolder(form_root)), form_root.parent / "outside"
+    secret = outside / "secret.txt"
+    for key, value in [("data.train", f"{{path: {secret}, weight: 1}}"),
+                       ("data.train", f"[{{path: [data/corpus.jsonl, {secret}], weight: 1}}]"),
+                       ("data.train", f"[data/corpus.jsonl, {secret}]"),
+                       ("data.val", f"{secret}"), ("data.val", "[../outside/secret.txt]"),
+                       ("model.name", str(outside / "model")), ("model.name", "../outside/model"), ("model.name", "~/model.gguf"),
+                       ("monitor.general_probe", str(secret)),
+                       ("monitor.mlflow_uri", (outside / "mlruns").as_uri()), ("monitor.mlflow_uri", str(outside / "mlruns")),
+                       ("monitor.mlflow_uri", "../outside/mlruns"), ("monitor.mlflow_uri", f"sqlite:///{outside}/mlflow.db"),
+                       ("monitor.mlflow_uri", "postgresql://localhost/mlflow")]:
+        with pytest.raises(ConfigError, match=f"^{key}: .*(outside|not taken from the page)") as refused:
+            launcher.config(Draft.from_form({**FORM_RUN, key: value}))
+        assert len(refused.value.problems) == 1, (key, value)
+    client = client_of(form_root)
+    for action in ("check", "preview", "start"):
+        answer = client.post(f"/api/new/{action}", json={**FORM_RUN, "run_name": "escape", "data.train": f"{{path: {secret}, weight: 1}}"})
+        assert answer.status_code == 400 and "outside the runs folder" in answer.json()["error"] and SECRET not in answer.text
+    assert not (form_root / "escape").exists()
+    cfg = launcher.config(Draft.from_form({**FORM_RUN, "data.train": "{path: data/corpus.jsonl, weight: 1}", "monitor.mlflow_uri": "mlruns",
+                                           "monitor.general_probe": "data/corpus.jsonl"}))
+    assert cfg.data.train[0].path == str(form_root / "data" / "corpus.jsonl")  # absolute, as it was checked
+    assert cfg.monitor.general_probe == str(form_root / "data" / "corpus.jsonl")
+    assert cfg.monitor.mlflow_uri == (form_root / "mlruns").as_uri()
+    assert launcher.config(Draft.from_form({**FORM_RUN, "monitor.mlflow_uri": "http://mlflow.internal:5000"})).monitor.mlflow_uri == \
+        "http://mlflow.internal:5000"  # a tracking server elsewhere names no file here
+
+
+def test_data_folders_and_globs_holding_a_link_out_are_refused(form_root):
+    outside = form_root.parent / "outside"
+    (form_root / "mixed").mkdir()
+    write_jsonl(form_root / "mixed" / "good.jsonl", make_corpus(20))
+    (form_root / "mixed" / "leak.jsonl").symlink_to(outside / "secret.jsonl")
+    (form_root / "nested" / "deep").mkdir(parents=True)
+    write_jsonl(form_root / "nested" / "deep" / "good.jsonl", make_corpus(20))
+    (form_root / "nested" / "out").symlink_to(outside, target_is_directory=True)
+    launcher, client = Launcher(RunsFolder(form_root)), client_of(form_root)
+    for value in ("mixed", "mixed/", "mixed/*.jsonl", "mixed/**/*", "{path: mixed, weight: 1}", "nested/**/*.jsonl", "[data/corpus.jsonl, mixed]"):
+        with pytest.raises(ConfigError, match="leads outside"):
+            launcher.config(Draft.from_form({**FORM_RUN, "data.train": value}))
+        preview = client.post("/api/new/preview", json={**FORM_RUN, "data.train": value})
+        assert preview.status_code == 400 and "leads outside" in preview.json()["error"] and SECRET not in preview.text, value
+    with pytest.raises(ConfigError, match="leads outside"):
+        launcher.config(Draft.from_form({**FORM_RUN, "monitor.general_probe": "mixed"}))
+    assert launcher.config(Draft.from_form({**FORM_RUN, "data.train": "nested/deep"})).data.train == [str(form_root / "nested" / "deep")]
+
+
+def test_a_runs_own_files_that_lead_outside_are_never_read(runs_root, tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "secret.txt").write_text(f"train:\n  lr: {SECRET}\n")
+    (secrets / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4242.5}\n')
+    (secrets / "samples.jsonl").write_text(json.dumps({"step": 0, "prompt": SECRET, "text": SECRET}) + "\n")
+    (secrets / "report.json").write_text(json.dumps({"warnings": [SECRET]}))
+    run = runs_root / "linked-files"
+    shutil.copytree(runs_root / "lr-high", run)
+    try:
+        for name, target in [("config.yaml", "secret.txt"), ("console.log", "secret.txt"), ("metrics.jsonl", "metrics.jsonl"),
+                             ("samples.jsonl", "samples.jsonl"), ("data_report.json", "report.json"), ("summary.json", "report.json")]:
+            (run / name).unlink(missing_ok=True)
+            (run / name).symlink_to(secrets / target)
+        folder, client = RunsFolder(runs_root), client_of(runs_root)
+        detail = folder.detail("linked-files")
+        assert detail["config"] == "" and detail["samples"] == [] and detail["data_warnings"] == [] and detail["findings"] == []
+        assert folder.log_tail("linked-files") == "" and folder.metrics(run) == []
+        for path in ("/", "/api/runs", "/fragments/runs", "/runs/linked-files", "/api/run/linked-files/metrics",
+                     "/fragments/run/linked-files/findings", "/compare?run=linked-files&run=lr-high",
+                     "/api/compare/metrics?run=linked-files&run=lr-high", "/files/linked-files/config.yaml"):
+            answer = client.get(path)
+            assert answer.status_code in (200, 403), path
+            assert SECRET not in answer.text and "4242.5" not in answer.text, path
+    finally:
+        shutil.rmtree(run)
+
+
+def test_a_body_past_the_limit_is_refused_while_it_is_read(runs_root):
+    import asyncio
+
+    client = client_of(runs_root)
+    refused = client.post("/api/new/check", content=b"[" + b"1," * 1_000_000 + b"1]", headers={"Content-Type": "application/json"})
+    assert refused.status_code == 413 and "send at most 1,000,000" in refused.json()["error"]
+    assert client.post("/api/new/check", json={**FORM_RUN, "train.lr": "fast"}).status_code == 400  # a form is far below it
+    chunks, sent = 40, []  # 4 MB in chunks of 100 kB, with no Content-Length: only counting while reading stops it
+
+    async def receive():
+        sent.append(1)
+        return {"type": "http.request", "body": b" " * 100_000, "more_body": len(sent) < chunks}
+
+    answer = []
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/new/check", "raw_path": b"/api/new/check", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 7860)}
+    asyncio.run(create_app(runs_root, port=7860)(scope, receive, send))
+    assert answer[0]["status"] == 413 and len(sent) <= 11
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    """A stand-in for the `tunesmith train` process the launcher starts: each start takes a moment, as a real one
+    does, and is counted; setting a stand-in's `returncode` ends it."""
+    started = []
+
+    class Trainer:
+        def __init__(self, arguments, **settings):
+            time.sleep(0.2)
+            self.pid, self.returncode = 4_000_000 + len(started), None
+            started.append(self)
+
+        def poll(self):
+            return self.returncode
+
+        def kill(self):
+            self.returncode = -9
+
+    monkeypatch.setattr("tunesmith.ui.launcher.subprocess.Popen", Trainer)
+    return started
+
+
+def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
+    import os
+
+    from tunesmith.cli.parser import build_parser
+
+    client = client_of(form_root, max_runs=2)
+    answers = [client.post("/api/new/start", json={**FORM_RUN, "run_name": f"press-{i}"}) for i in range(5)]
+    assert [a.status_code for a in answers] == [200, 200, 429, 429, 429] and len(fake_trainer) == 2
+    assert answers[2].json()["error"] == ("press-0, press-1 are training, as many runs as this page trains at once "
+                                          "(tunesmith ui --max-runs 2); wait for one to end, or stop one")
+    assert not (form_root / "press-2").exists()
+    fake_trainer[0].returncode = 0  # one run ends: room for the next
+    assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "press-5"}).status_code == 200
+    cores = len(os.sched_getaffinity(0))
+    assert Launcher(RunsFolder(form_root)).max_running == max(1, cores // 4)
+    assert build_parser().parse_args(["ui", "--max-runs", "3"]).max_runs == 3
+
+
+def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake_trainer):
+    root = tmp_path / "runs"
+    cut_run(runs_root / "lr-high", root / "cut", last_step=8)
+    launcher = Launcher(RunsFolder(root))
+    launcher.max_running = 8  # the cap is not what stops the second
+    presses, outcomes = threading.Barrier(8), []
+
+    def press():
+        presses.wait()
+        try:
+            launcher.resume("cut")
+            outcomes.append("resumed")
+        except UserError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=press) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fake_trainer) == 1 and outcomes.count("resumed") == 1
+    assert outcomes.count("cut is running; stop it before resuming it") == 7
+    assert launcher.processes["cut"] is fake_trainer[0]  # the one started is the one the page follows
+
+
+def test_resuming_from_the_page_a_run_started_on_the_command_line_elsewhere(tiny_gpt2, tiny_llama, tmp_path, monkeypatch):
+    """`tunesmith train --data corpus.jsonl --out runs/base` in a project folder, then Resume on a page over its runs/
+    folder: the data and the model are read where the command line read them, not from runs/ (where a model of
+    the same name is a different one)."""
+    from tunesmith.cli import main
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_jsonl(project / "corpus.jsonl", make_corpus(120))
+    shutil.copytree(tiny_gpt2, project / "models" / "gpt2")
+    shutil.copytree(tiny_llama, project / "runs" / "models" / "gpt2")  # the same relative name under runs/: another model
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(project)
+    settings = ["train.lr=0.003", "train.eval_every=4", "train.warmup_steps=2", "train.precision=fp32", "train.patience=null",
+                "monitor.tensorboard=false"]
+    assert main(["train", "--data", "corpus.jsonl", "--model", "models/gpt2", "--out", "runs/base", "--max-steps", "12",
+                 "--block-size", "32", *[f"--set={s}" for s in settings]]) == 0
+    for checkpoint in (project / "runs" / "base" / "checkpoints").iterdir():  # as if killed after step 8's checkpoint
+        if int(checkpoint.name.split("-")[1]) > 8:
+            shutil.rmtree(checkpoint)
+    shutil.rmtree(project / "runs" / "base" / "final")
+    (project / "runs" / "base" / "summary.json").unlink()
+    monkeypatch.chdir(tmp_path)  # the page may be started from anywhere
+    client = client_of(project / "runs")
+    assert client.post("/api/run/base/resume", json={}).status_code == 200
+    process = client.app.app.state.launcher.processes["base"]
+    process.wait(timeout=300)
+    log = (project / "runs" / "base" / "console.log").read_text()
+    assert process.returncode == 0, log
+    assert json.loads((project / "runs" / "base" / "summary.json").read_text())["steps"] == 12 and "resumed from" in log
+
+
+def test_the_token_address_leads_only_to_this_site(runs_root):
+    app = create_app(runs_root, port=7860, token="s3cret")
+    for path, target in [("//evil.example", "/"), ("/%2F/evil.example", "/"), ("/%5Cevil.example", "/"), ("/%09/evil.example", "/"),
+                         ("/\\evil.example", "/"), ("/runs/lr-high", "/runs/lr-high")]:
+        client = TestClient(app, base_url="http://127.0.0.1:7860")  # a fresh browser: no cookie yet
+        opened = client.get(f"http://127.0.0.1:7860{path}?token=s3cret", follow_redirects=False)
+        assert opened.status_code == 303 and opened.headers["location"] == target, path
+
+
+def test_a_path_too_long_for_the_file_system_is_not_found(runs_root):
+    client = TestClient(create_app(runs_root, port=7860), base_url="http://127.0.0.1:7860", raise_server_exceptions=False)
+    for path in ("/files/" + "a/" * 3000, "/files/" + "b" * 300, "/runs/" + "a/" * 3000, "/api/run/" + "c" * 300 + "/metrics"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and "no such file or run" in answer.text, path[:20]
+
+
+def test_a_run_unpacked_from_an_archive_shows_nothing_outside(runs_root, tmp_path):
+    """A new user's folder: a run from a colleague's archive, some of its files links, a few of them out of the folder."""
+    import tarfile
+
+    secrets = tmp_path / "elsewhere"
+    secrets.mkdir()
+    (secrets / "secret.txt").write_text(f"{SECRET}\n")
+    (secrets / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4242.5, "val_loss": 4242.5}\n')
+    shutil.copytree(runs_root / "lr-high" / "final", secrets / "final")
+    packed = tmp_path / "packed"
+    shutil.copytree(runs_root / "lr-high", packed / "shared-run")
+    links = {"config.yaml": secrets / "secret.txt", "console.log": "../../elsewhere/secret.txt", "metrics.jsonl": secrets / "metrics.jsonl",
+             "samples.jsonl": secrets / "secret.txt", "report.html": secrets / "secret.txt", "final": secrets / "final",
+             "notes.txt": "../../elsewhere/secret.txt", "process-copy.json": "process.json"}
+    (packed / "shared-run" / "summary.json").unlink()  # it stopped before the end: Resume is offered
+    for name, target in links.items():
+        path = packed / "shared-run" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        path.symlink_to(target)
+    with tarfile.open(tmp_path / "shared-run.tar", "w") as archive:
+        archive.add(packed / "shared-run", arcname="shared-run")
+    root = tmp_path / "runs"
+    root.mkdir()
+    with tarfile.open(tmp_path / "shared-run.tar") as archive:
+        archive.extractall(root, filter="fully_trusted")  # as `tar xf` unpacks it: links kept
+    client = client_of(root)
+    listing = client.get("/files/shared-run/")
+    entries = [href.split('"')[0] for href in listing.text.split('href="/files/')[1:]]
+    paths = ["/", "/api/runs", "/fragments/runs", "/runs/shared-run", "/api/run/shared-run/metrics", "/fragments/run/shared-run/findings",
+             "/api/compare/metrics?run=shared-run", "/files/shared-run/", *[f"/files/{entry}" for entry in entries]]
+    assert "/files/shared-run/notes.txt" in paths and "/files/shared-run/final/" in paths
+    for path in paths:
+        answer = client.get(path)
+        assert SECRET not in answer.text and "4242.5" not in answer.text, path
+    assert client.get("/files/shared-run/process-copy.json").status_code == 200  # a link that stays inside is fine
+    page = client.get("/runs/shared-run").text
+    assert 'id="report-link"' not in page and 'id="try"' not in page  # the report and the model lie elsewhere
+    resumed = client.post("/api/run/shared-run/resume", json={})
+    assert resumed.status_code == 400 and "leads outside the runs folder" in resumed.json()["error"]
+    for kind, body in (("generate", {"prompt": "hi"}), ("chat", {"text": "hi"}), ("classify", {"text": "hi"})):
+        tried = client.post(f"/api/run/shared-run/{kind}", json=body)  # the model behind the link is never loaded
+        assert tried.status_code == 403 and "final model leads outside" in tried.json()["error"], kind
