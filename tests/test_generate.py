@@ -282,6 +282,10 @@ def page(tiny_llama, tmp_path_factory):
     ("generate", {"prompt": "the lamp", "settings": {"top_k": "many"}}, "settings.top_k: Input should be a valid integer"),
     ("generate", {"prompt": "the lamp", "settings": {"max_new_tokens": 600}}, "settings.max_new_tokens: at most 512"),
     ("chat", {"text": "hi", "settings": {"system": ["x"]}}, "settings.system: send the system message as text"),
+    ("generate", {"prompt": "the lamp", "settings": []}, "settings: send an object"),
+    ("generate", {"prompt": "the lamp", "settings": {"temprature": 0.2}}, "settings.temprature: not a setting here"),
+    ("generate", {"prompt": "the lamp", "settings": {"system": "be brief"}}, "settings.system: not a setting here"),
+    ("chat", {"text": "hi", "settings": {"top-p": 0.5}}, "settings.top-p: not a setting here"),
 ])
 def test_the_try_it_endpoints_answer_400_with_the_reason(page, action, body, words):
     response = page.post(f"/api/run/bot/{action}", json=body)

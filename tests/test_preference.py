@@ -332,6 +332,22 @@ def test_a_message_with_an_unknown_role_is_skipped_and_counted_with_on_error_ski
         prepare(cfg)
 
 
+def test_content_that_is_not_text_is_a_malformed_row_and_text_parts_are_joined(tiny_llama, tmp_path):
+    from tunesmith.errors import UserError
+
+    odd = [{"prompt": "What is it?", "chosen": {"answer": "a lamp"}, "rejected": "a chair"},
+           {"prompt": [{"role": "user", "content": ["a", "b"]}], "chosen": "yes", "rejected": "no"},
+           {"prompt": "Is it on?", "chosen": True, "rejected": "no"}]
+    parts = {"prompt": [{"role": "user", "content": [{"type": "text", "text": "Is the"}, {"type": "text", "text": "lamp on?"}]}],
+             "chosen": "It glows.", "rejected": "It is dark."}
+    path = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(40) + odd + [parts])
+    cfg = _with_data(preference_config(tiny_llama, path, tmp_path / "run"), on_error="skip")
+    assert _removed(cfg)["malformed_row"] == 3
+    assert any("Is the\nlamp on?" in str(example) for example in preview(cfg, prepare(cfg), 60))
+    with pytest.raises(UserError, match=f"{re.escape(str(path))}:41: a message's content is an object, not text"):
+        prepare(_with_data(cfg, on_error="fail"))
+
+
 def test_pairs_that_differ_only_past_the_block_size_are_dropped_and_counted(tiny_llama, tmp_path):
     common = " ".join(["the lamp glows when you press the button twice"] * 16)
     same_within = [{"prompt": f"question {i}", "chosen": f"{common} and it works", "rejected": f"{common} but it fails"} for i in range(3)]

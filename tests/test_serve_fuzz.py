@@ -124,6 +124,31 @@ def test_a_failure_outside_any_request_restarts_the_loop_and_is_logged(served, m
     assert_serving(url)
 
 
+def test_a_failure_that_repeats_backs_off_logs_sparingly_and_makes_health_unavailable(served, monkeypatch, caplog):
+    from tunesmith.serve import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "FAILING_WINDOW", 1.5)
+    app = create_app(served, LIMITS)
+    url = start(app)
+    original = app.worker._admit
+
+    def always_fails():
+        raise RuntimeError("injected failure that repeats")
+
+    with caplog.at_level(logging.ERROR, logger="tunesmith.serve"):
+        monkeypatch.setattr(app.worker, "_admit", always_fails)
+        time.sleep(1.2)
+        failures, logged = app.worker.restarts, sum("in a row" in record.getMessage() for record in caplog.records)
+        health = httpx.get(f"{url}/health")
+    assert 3 <= failures <= 6  # waits of 0.05, 0.1, 0.2, 0.4, 0.8 s: not one failure per 50 ms
+    assert logged == failures.bit_length()  # the 1st, 2nd, 4th... of a run
+    assert health.status_code == 503 and health.json()["failing"] and health.json()["worker_alive"]
+    monkeypatch.setattr(app.worker, "_admit", original)
+    time.sleep(1.6 + 0.8)  # past the last backoff and the window
+    assert httpx.get(f"{url}/health").json()["ok"]
+    assert_serving(url)
+
+
 def test_a_failure_of_the_loop_mid_admission_ends_the_requests_it_held(served, monkeypatch):
     app = create_app(served, LIMITS)
     url = start(app)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,10 @@ def test_a_resume_from_another_folder_reads_the_runs_relative_paths_where_it_sta
     assert summary["steps"] == 8
     assert losses(cut) == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
     assert os.path.samefile(read_process(cut)["cwd"], start)
+    again = cut_run(tmp_path / "whole", tmp_path / "again", last_step=4)
+    start.rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=f"started in {start} \\(as {again / 'process.json'} records\\).*gone.*by absolute path"):
+        train(load_config(again / "config.yaml", [("output.dir", str(again))]), resume=True)
 
 
 def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
@@ -225,10 +230,25 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert lock_holder(run_dir) is None
-    (run_dir / LOCK).unlink()
-    run_dir.rmdir()
-    run_dir.parent.rmdir()
+    assert lock_holder(run_dir) is None and (run_dir / LOCK).is_file()
+    with RunLock(run_dir):  # the killed holder's file is still there, but the kernel let its lock go
+        assert lock_holder(run_dir) == os.getpid()
+    shutil.rmtree(tmp_path / "runs")
     with RunLock(run_dir):  # a folder the lock made for a run that never began is taken away with it
         assert (run_dir / LOCK).is_file()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_link_or_a_pipe_in_place_of_the_lock_file_is_refused_and_left_alone(tmp_path):
+    from tunesmith.run_directory import LOCK, RunLock
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's own file\n")
+    for name, make in (("link", lambda path: path.symlink_to(precious)), ("pipe", os.mkfifo),
+                       ("dangling", lambda path: path.symlink_to(tmp_path / "nothing"))):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        make(run_dir / LOCK)
+        with pytest.raises(UserError, match=f"^{run_dir / LOCK} is not the lock file tunesmith writes .*remove it and run again$"):
+            RunLock(run_dir).acquire()
+    assert precious.read_text() == "a user's own file\n" and not (tmp_path / "nothing").exists()

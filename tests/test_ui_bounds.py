@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from tunesmith.errors import ConfigError, UserError
@@ -66,7 +67,9 @@ def test_every_local_path_of_a_form_is_checked_on_the_validated_config(form_root
                        ("monitor.general_probe", str(secret)),
                        ("monitor.mlflow_uri", (outside / "mlruns").as_uri()), ("monitor.mlflow_uri", str(outside / "mlruns")),
                        ("monitor.mlflow_uri", "../outside/mlruns"), ("monitor.mlflow_uri", f"sqlite:///{outside}/mlflow.db"),
-                       ("monitor.mlflow_uri", "postgresql://localhost/mlflow")]:
+                       ("monitor.mlflow_uri", "postgresql://localhost/mlflow"),
+                       ("monitor.benchmarks", f"[{outside / 'task.yaml'}]"), ("monitor.benchmarks", "[data/task.yaml]"),
+                       ("monitor.benchmarks", "[data]"), ("model.trust_remote_code", "true")]:
         with pytest.raises(ConfigError, match=f"^{key}: .*(outside|not taken from the page)") as refused:
             launcher.config(Draft.from_form({**FORM_RUN, key: value}))
         assert len(refused.value.problems) == 1, (key, value)
@@ -184,11 +187,18 @@ def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
 
     from tunesmith.cli.parser import build_parser
 
-    client = client_of(form_root, max_runs=2)
+    import psutil
+
+    from tunesmith.run_directory import PROCESS, mark_run_dir
+
+    from_command_line = form_root / "from-command-line"  # trains too, started by `tunesmith train`: it counts
+    mark_run_dir(from_command_line)
+    (from_command_line / PROCESS).write_text(json.dumps({"pid": os.getpid(), "process_started": psutil.Process().create_time()}))
+    client = client_of(form_root, max_runs=3)
     answers = [client.post("/api/new/start", json={**FORM_RUN, "run_name": f"press-{i}"}) for i in range(5)]
     assert [a.status_code for a in answers] == [200, 200, 429, 429, 429] and len(fake_trainer) == 2
-    assert answers[2].json()["error"] == ("press-0, press-1 are training, as many runs as this page trains at once "
-                                          "(tunesmith ui --max-runs 2); wait for one to end, or stop one")
+    assert answers[2].json()["error"] == ("from-command-line, press-0, press-1 are training, as many as this page lets train at "
+                                          "once (tunesmith ui --max-runs 3); wait for one to end, or stop one")
     assert not (form_root / "press-2").exists()
     fake_trainer[0].returncode = 0  # one run ends: room for the next
     assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "press-5"}).status_code == 200
@@ -199,7 +209,13 @@ def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
 
 def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake_trainer):
     root = tmp_path / "runs"
-    cut_run(runs_root / "lr-high", root / "cut", last_step=8)
+    cut = cut_run(runs_root / "lr-high", root / "cut", last_step=8)
+    settings = yaml.safe_load((cut / "config.yaml").read_text())  # what it reads moved into the folder, as the page resumes only such runs
+    shutil.copytree(settings["model"]["name"], root / "models" / "gpt2")
+    (root / "data").mkdir()
+    write_jsonl(root / "data" / "corpus.jsonl", make_corpus(120))
+    settings["model"]["name"], settings["data"]["train"] = str(root / "models" / "gpt2"), [str(root / "data" / "corpus.jsonl")]
+    (cut / "config.yaml").write_text(yaml.safe_dump(settings))
     launcher = Launcher(RunsFolder(root))
     launcher.max_running = 8  # the cap is not what stops the second
     presses, outcomes = threading.Barrier(8), []
@@ -223,35 +239,44 @@ def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake
 
 
 def test_resuming_from_the_page_a_run_started_on_the_command_line_elsewhere(tiny_gpt2, tiny_llama, tmp_path, monkeypatch):
-    """`tunesmith train --data corpus.jsonl --out runs/base` in a project folder, then Resume on a page over its runs/
-    folder: the data and the model are read where the command line read them, not from runs/ (where a model of
-    the same name is a different one)."""
+    """`tunesmith train --data corpus.jsonl --out ../base` in a project's work/ folder, then Resume on a page over the
+    project: the data and the model are read where the command line read them, not from the page's folder (where a
+    model of the same name is a different one); a run that read outside the page's folder is resumed only from the
+    command line."""
     from tunesmith.cli import main
 
-    project = tmp_path / "project"
-    project.mkdir()
-    write_jsonl(project / "corpus.jsonl", make_corpus(120))
-    shutil.copytree(tiny_gpt2, project / "models" / "gpt2")
-    shutil.copytree(tiny_llama, project / "runs" / "models" / "gpt2")  # the same relative name under runs/: another model
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "work").mkdir(parents=True)
+    write_jsonl(project / "work" / "corpus.jsonl", make_corpus(120))
+    shutil.copytree(tiny_gpt2, project / "work" / "models" / "gpt2")
+    shutil.copytree(tiny_llama, project / "models" / "gpt2")  # the same relative name in the page's folder: another model
+    shutil.copytree(project / "work", elsewhere)
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(project)
+    monkeypatch.chdir(project / "work")
     settings = ["train.lr=0.003", "train.eval_every=4", "train.warmup_steps=2", "train.precision=fp32", "train.patience=null",
                 "monitor.tensorboard=false"]
-    assert main(["train", "--data", "corpus.jsonl", "--model", "models/gpt2", "--out", "runs/base", "--max-steps", "12",
+    assert main(["train", "--data", "corpus.jsonl", "--model", "models/gpt2", "--out", "../base", "--max-steps", "12",
                  "--block-size", "32", *[f"--set={s}" for s in settings]]) == 0
-    for checkpoint in (project / "runs" / "base" / "checkpoints").iterdir():  # as if killed after step 8's checkpoint
+    run = project / "base"
+    for checkpoint in (run / "checkpoints").iterdir():  # as if killed after step 8's checkpoint
         if int(checkpoint.name.split("-")[1]) > 8:
             shutil.rmtree(checkpoint)
-    shutil.rmtree(project / "runs" / "base" / "final")
-    (project / "runs" / "base" / "summary.json").unlink()
+    shutil.rmtree(run / "final")
+    (run / "summary.json").unlink()
     monkeypatch.chdir(tmp_path)  # the page may be started from anywhere
-    client = client_of(project / "runs")
+    client = client_of(project)
+    record = json.loads((run / "process.json").read_text())
+    (run / "process.json").write_text(json.dumps({**record, "cwd": str(elsewhere)}))
+    refused = client.post("/api/run/base/resume", json={})
+    assert refused.status_code == 400 and "outside the runs folder" in refused.json()["error"]
+    assert f"tunesmith train --out {run} --resume" in refused.json()["error"] and "base" not in client.app.app.state.launcher.processes
+    (run / "process.json").write_text(json.dumps(record))
     assert client.post("/api/run/base/resume", json={}).status_code == 200
     process = client.app.app.state.launcher.processes["base"]
     process.wait(timeout=300)
-    log = (project / "runs" / "base" / "console.log").read_text()
+    log = (run / "console.log").read_text()
     assert process.returncode == 0, log
-    assert json.loads((project / "runs" / "base" / "summary.json").read_text())["steps"] == 12 and "resumed from" in log
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12 and "resumed from" in log
 
 
 def test_the_token_address_leads_only_to_this_site(runs_root):

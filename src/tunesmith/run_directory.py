@@ -264,7 +264,7 @@ class RunLock:
         path = self.run_dir / LOCK
         while self.handle is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            handle = path.open("a+", encoding="utf-8")
+            handle = _open_lock(path)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -289,6 +289,23 @@ class RunLock:
                     folder.rmdir()
         self.handle.close()
         self.handle = None
+
+
+def _open_lock(path: Path):
+    """The lock file itself, never what a link in its place leads to (truncating it would destroy another file)."""
+    import stat
+
+    refused = (f"{path} is not the lock file tunesmith writes (a symbolic link or a special file is in its place); "
+               "remove it and run again")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise UserError(refused if os.path.islink(path) else f"{path}: cannot open the run's lock file ({exc.strerror}); "
+                        "check the folder's permissions") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(refused)
+    return os.fdopen(fd, "r+", encoding="utf-8")
 
 
 def _same_file(handle, path: Path) -> bool:

@@ -37,6 +37,20 @@ def _role(name: str, roles: dict[str, str]) -> str | None:
     return lowered.get(name.strip().lower(), KNOWN_ROLES.get(name.strip().lower()))
 
 
+def message_text(value, where: str) -> str:
+    """A turn's content as text: a string, a number, or a list of text parts (`[{type: text, text: ...}]`, as
+    OpenAI's messages carry it); any other object is refused rather than trained on as its Python form."""
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(part, dict) and isinstance(part.get("text"), str) for part in value):
+        return "\n".join(part["text"] for part in value)
+    kind = {dict: "an object", list: "an array", bool: "true or false"}.get(type(value), type(value).__name__)
+    raise UserError(f"{where}: a message's content is {kind}, not text; give it as a string (or a list of "
+                    "{type: text, text: ...} parts)")
+
+
 def merge_turns(turns: Iterable[tuple[str, str]], roles: dict[str, str], where: str) -> list[Message]:
     """(speaker, text) pairs -> messages with roles; consecutive turns of one role become one message."""
     messages: list[Message] = []
@@ -45,10 +59,11 @@ def merge_turns(turns: Iterable[tuple[str, str]], roles: dict[str, str], where: 
         if role is None:
             raise UserError(f"{where}: speaker '{speaker}' has no role; map it with chat.roles, "
                             f"e.g. --set 'chat.roles={{{speaker}: assistant}}'")
+        text = message_text(text, where)
         if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n" + str(text)
+            messages[-1]["content"] += "\n" + text
         else:
-            messages.append({"role": role, "content": str(text)})
+            messages.append({"role": role, "content": text})
     return messages
 
 
@@ -78,7 +93,7 @@ def as_messages(value, role: str, cfg: ChatConfig, where: str) -> list[Message]:
     """A string as one turn of `role`, or a list of {role, content} messages as they are."""
     if isinstance(value, list):
         return merge_turns(((m.get("role", ""), m.get("content", "")) for m in value if isinstance(m, dict)), cfg.roles, where)
-    return [{"role": role, "content": "" if value is None else str(value)}]
+    return [{"role": role, "content": message_text(value, where)}]
 
 
 def instruction_prompt(value: dict, cfg: ChatConfig) -> str | None:
@@ -110,7 +125,7 @@ def parse_record(value: dict | str, cfg: ChatConfig, where: str) -> list[Message
         return prompt + as_messages(lookup(value, field_name(cfg, "completion")), "assistant", cfg, where)
     if kind in ("auto", "alpaca") and _has(value, cfg, "instruction", "output"):
         return [{"role": "user", "content": instruction_prompt(value, cfg)},
-                {"role": "assistant", "content": str(lookup(value, field_name(cfg, "output")))}]
+                {"role": "assistant", "content": message_text(lookup(value, field_name(cfg, "output")), where)}]
     return None
 
 

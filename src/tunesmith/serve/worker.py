@@ -28,6 +28,8 @@ from ..decoding import Decoder, Job
 __all__ = ["GenerationWorker", "Job", "QueueFull", "ShuttingDown"]
 
 log = logging.getLogger("tunesmith.serve")
+FAILING_WINDOW = 10.0  # seconds: failures closer than this count as one run of failures
+FAILING_AFTER = 3  # failures in a row before /health says unavailable
 
 
 class QueueFull(Exception):
@@ -48,6 +50,8 @@ class GenerationWorker:
         self.stopping = False
         self.starting: list[Job] = []  # admitted, not yet in the batch: a failure between the two must still end them
         self.restarts = 0
+        self.failing = 0  # failures in a row, each within FAILING_WINDOW of the one before
+        self.failed_at = float("-inf")
         self.beat = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="tunesmith-generation", daemon=True)
 
@@ -82,7 +86,9 @@ class GenerationWorker:
         silent = time.monotonic() - self.beat
         rows = self.decoder.rows
         stuck = bool(rows or self.waiting) and silent > self.stall_seconds
-        return {"ok": alive and not stuck and not self.stopping, "worker_alive": alive, "stuck": stuck,
+        failing = self.failing >= FAILING_AFTER and time.monotonic() - self.failed_at < FAILING_WINDOW
+        return {"ok": alive and not stuck and not failing and not self.stopping, "worker_alive": alive, "stuck": stuck,
+                "failing": failing,
                 "queued": len(self.waiting), "running": len({id(c.job) for c in list(rows)}), "rows": len(rows),
                 "max_batch": self.max_batch, "seconds_since_progress": round(silent, 1), "restarts": self.restarts}
 
@@ -94,12 +100,22 @@ class GenerationWorker:
             try:
                 self._loop()
             except Exception:
-                log.exception("the generation loop failed outside any request; its running requests end with an error, "
-                              "and it starts again")
-                self.restarts += 1
+                self._count_failure()
                 self._recover()
-                time.sleep(0.05)  # a failure that repeats at once must not spin a core
+                with self.condition:  # a failure that repeats must not spin a core; `stop()` still wakes it
+                    self.condition.wait(min(0.05 * 2 ** (self.failing - 1), 5.0))
         _quietly(self.decoder.fail_all, 503, "the server is shutting down")
+
+    def _count_failure(self) -> None:
+        """Logged with its traceback the first time, then at the 2nd, 4th, 8th... failure in a row, so one that
+        repeats cannot fill the log; /health says unavailable while failures keep coming."""
+        now = time.monotonic()
+        self.failing = self.failing + 1 if now - self.failed_at < FAILING_WINDOW else 1
+        self.failed_at = now
+        if self.failing & (self.failing - 1) == 0:
+            log.exception("the generation loop failed outside any request (%d in a row); its running requests end with an "
+                          "error, and it starts again", self.failing)
+        self.restarts += 1
 
     def _loop(self) -> None:
         decoder = self.decoder
@@ -131,15 +147,15 @@ class GenerationWorker:
             for job in [j for j in self.waiting if j.cancelled or now > j.deadline]:
                 self.waiting.remove(job)
                 if not job.cancelled:
-                    job.fail(504, "the request waited past the server's time limit; try again, or ask for fewer tokens")
+                    _quietly(job.fail, 504, "the request waited past the server's time limit; try again, or ask for fewer tokens")
+            self.starting = []
             if not self.decoder.can_join():
-                return []
-            taken, rows = [], len(self.decoder.rows)
+                return self.starting
+            rows = len(self.decoder.rows)
             while self.waiting and rows + self.waiting[0].n <= self.max_batch:
-                job = self.waiting.popleft()
-                taken.append(job)
-                rows += job.n
-            return taken
+                self.starting.append(self.waiting.popleft())  # held where `_recover` finds it, should anything fail now
+                rows += self.starting[-1].n
+            return self.starting
 
 
 def _quietly(call, *args) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import ProcessRecord, RunLock, check_resume_settings, check_run_dir, resolve_run_paths, run_start_dir
+from ..run_directory import PROCESS, ProcessRecord, RunLock, check_resume_settings, check_run_dir, resolve_run_paths, run_start_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
@@ -60,7 +60,13 @@ def _as_started(cfg: RunConfig) -> RunConfig:
     start = run_start_dir(cfg.run_dir)
     if start is None:
         return cfg
-    return RunConfig.model_validate(resolve_run_paths(cfg.model_dump(mode="json"), start))
+    settings = cfg.model_dump(mode="json")
+    resolved = resolve_run_paths(settings, start)
+    if resolved != settings and not start.is_dir():
+        raise UserError(f"--resume: the run was started in {start} (as {cfg.run_dir / PROCESS} records) and its relative "
+                        "paths are read from there, but that folder is gone; name the files where they are now, by absolute "
+                        "path (--data /path/to/data, and --val or --model as needed), or put the folder back")
+    return RunConfig.model_validate(resolved)
 
 
 def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:

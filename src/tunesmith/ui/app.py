@@ -183,6 +183,11 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
             raise UserError("send the request as a JSON object")
         return body
 
+    def _settings(body: dict):
+        """The sampling settings as sent; only a missing or null one means the defaults (an empty list is refused)."""
+        settings = body.get("settings")
+        return {} if settings is None else settings
+
     async def _draft(request: Request) -> Draft:
         return Draft.from_form(await _body(request))
 
@@ -229,7 +234,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
         body = await _body(request)
         reply = await run_in_threadpool(tryout.chat, final_model(name), body.get("history") or [],
-                                        str(body.get("text", "")), body.get("settings") or {})
+                                        str(body.get("text", "")), _settings(body))
         return {"reply": reply}
 
     @app.post("/api/run/{name:path}/generate")
@@ -237,8 +242,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        text = await run_in_threadpool(tryout.generate, final_model(name), str(body.get("prompt", "")),
-                                       body.get("settings") or {})
+        text = await run_in_threadpool(tryout.generate, final_model(name), str(body.get("prompt", "")), _settings(body))
         return {"text": text}
 
     @app.post("/api/run/{name:path}/classify")

@@ -1,4 +1,4 @@
-"""The local paths a config from the page names, each confined to the runs folder.
+"""The local paths a config from the page names, each confined to the runs folder, and no code run from it.
 
 The check runs on the validated config (`load_config`'s result), not on the form's text, so every shape a value
 can take (one path, a list, a weighted source) meets it; folders and globs are expanded and every file they
@@ -75,6 +75,23 @@ class ConfinedPaths:
     def probe(self, value: str) -> str:
         return value if value in GENERAL_PROBE_WORDS else self.files([value], "monitor.general_probe")[0]
 
+    def benchmarks(self, specs: list[str]) -> list[str]:
+        """lm-eval task names only: a task file can name Python (`!function`) that lm-eval imports, so files and
+        folders of tasks are for the command line, where the user runs their own code knowingly."""
+        for spec in specs:
+            if spec.endswith((".yaml", ".yml")) or "/" in spec or spec.startswith((".", "~")) or \
+                    os.path.lexists(self.folder.root / spec):
+                self.problems.append(f"monitor.benchmarks: {spec}: task files and folders are not taken from the page "
+                                     "(a task file can run Python code); name lm-eval tasks such as piqa, or run "
+                                     "`tunesmith train --benchmarks FILE` from the command line")
+        return specs
+
+    def remote_code(self, allowed: bool) -> bool:
+        if allowed:
+            self.problems.append("model.trust_remote_code: a model's own Python code is not taken from the page; "
+                                 "run `tunesmith train` from the command line to train such a model")
+        return allowed
+
     def tracking(self, uri: str | None) -> str | None:
         """MLflow's store: a server elsewhere, or a file: or sqlite: store inside the folder."""
         if uri is None:
@@ -101,6 +118,8 @@ def confine_paths(cfg: RunConfig, folder: RunsFolder) -> RunConfig:
     raw["model"]["name"] = paths.model(cfg.model.name)
     raw["monitor"]["general_probe"] = paths.probe(cfg.monitor.general_probe)
     raw["monitor"]["mlflow_uri"] = paths.tracking(cfg.monitor.mlflow_uri)
+    raw["monitor"]["benchmarks"] = paths.benchmarks(cfg.monitor.benchmarks)
+    raw["model"]["trust_remote_code"] = paths.remote_code(cfg.model.trust_remote_code)
     if paths.problems:
         raise ConfigError(paths.problems)
     return build_config(raw)

@@ -22,7 +22,7 @@ import yaml
 
 from ..config import ConfigKey, RunConfig, config_keys, load_config, parse_override
 from ..errors import ConfigError, UserError
-from ..run_directory import LOCK, START_CWD, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, run_state, training_pid
+from ..run_directory import LOCK, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, resolve_run_paths, run_start_dir, run_state, training_pid
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 
@@ -114,8 +114,10 @@ class Launcher:
             if not has_checkpoint(run_dir):
                 raise UserError(f"{name} stopped before its first checkpoint, so there is nothing to resume; start it again as a new run")
             self._check_wholly_inside(name, run_dir)
+            start = self._started_in(run_dir)
+            self._check_reads_inside(name, run_dir, start)
             self._check_room()
-            self._spawn(name, ["train", "--out", str(run_dir), "--resume"], self._started_in(run_dir))
+            self._spawn(name, ["train", "--out", str(run_dir), "--resume"], start)
 
     def _check_wholly_inside(self, name: str, run_dir: Path) -> None:
         """A resumed run writes into its own files; one that is a link out of the folder (a run unpacked from an
@@ -125,22 +127,33 @@ class Launcher:
             raise UserError(f"{name}: {leaving.relative_to(run_dir)} leads outside the runs folder (a symbolic link); "
                             "replace it with the file itself, or resume the run with `tunesmith train --out RUN --resume`")
 
+    def _check_reads_inside(self, name: str, run_dir: Path, start: Path) -> None:
+        """A run started on the command line may read data or a model from anywhere; the page resumes it only when
+        what it reads, meant as where it was started, lies inside the folder, as for a run started from the page."""
+        try:
+            saved = load_config(run_dir / "config.yaml", [("output.dir", str(run_dir))])
+            confine_paths(RunConfig.model_validate(resolve_run_paths(saved.model_dump(mode="json"), start)), self.folder)
+        except ConfigError as exc:
+            raise UserError(f"{name}: {exc.problems[0]}; the page resumes only runs that read inside its folder, so resume "
+                            f"this one from the command line: tunesmith train --out {run_dir} --resume") from None
+
     def running(self) -> list[str]:
-        """The runs this page launched whose process has not exited."""
-        return [name for name, process in self.processes.items() if process.poll() is None]
+        """The folder's runs that train now, started from this page or from the command line: all share the machine."""
+        launched = {name for name, process in self.processes.items() if process.poll() is None}
+        return sorted(launched | {name for name in self.folder.names() if name not in launched and self.is_running(name)})
 
     def _check_room(self) -> None:
         running = self.running()
         if len(running) >= self.max_running:
-            raise Busy(f"{', '.join(running)} {'is' if len(running) == 1 else 'are'} training, as many runs as this page trains at "
+            raise Busy(f"{', '.join(running)} {'is' if len(running) == 1 else 'are'} training, as many as this page lets train at "
                        f"once (tunesmith ui --max-runs {self.max_running}); wait for one to end, or stop one")
 
     def _started_in(self, run_dir: Path) -> Path:
         """The folder the run was first started in, as its process recorded it: the relative paths of a run started
         on the command line (its data, a local model) are read from there again. Else the runs folder, where the
         page starts its own runs."""
-        recorded = self.folder.process(run_dir).get(START_CWD)
-        return Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else self.folder.root
+        recorded = run_start_dir(run_dir)
+        return recorded if recorded is not None and recorded.is_dir() else self.folder.root
 
     def stop(self, name: str) -> None:
         """The signal Ctrl-C sends: the run finishes its step, writes a checkpoint and exits."""

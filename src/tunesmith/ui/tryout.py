@@ -17,10 +17,14 @@ MAX_TURNS = 50
 TRIED = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
-def sampling(settings, chat: bool = False) -> SamplingOptions:
-    """The page's settings under the rules every other way of generating follows; a bad one is a 400 naming it."""
+def sampling(settings, chat: bool = False, also: tuple[str, ...] = ()) -> SamplingOptions:
+    """The page's settings under the rules every other way of generating follows; a bad or unknown one is a 400
+    naming it, since a misspelt setting silently ignored would answer with the default instead."""
     if not isinstance(settings, dict):
         raise UserError(f"settings: send an object such as {{\"temperature\": 0.7}}, not {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(TRIED) - set(also))
+    if unknown:
+        raise UserError(f"settings.{unknown[0]}: not a setting here; the settings are {', '.join(TRIED + also)}")
     given = {key: settings[key] for key in TRIED if settings.get(key) not in (None, "")}
     options = SamplingOptions(**checked_sampling(given, lambda field: f"settings.{field}"), chat=chat)
     if options.max_new_tokens > MAX_NEW_TOKENS:
@@ -57,7 +61,7 @@ class Tryout:
         if not text.strip():
             raise UserError("type a message first")
         turns = conversation(history)
-        options = sampling(settings)
+        options = sampling(settings, also=("system",))
         system = settings.get("system")
         if system is not None and not isinstance(system, str):
             raise UserError("settings.system: send the system message as text")
