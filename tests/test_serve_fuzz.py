@@ -66,6 +66,13 @@ def test_a_seed_past_its_range_is_a_400_naming_it_and_the_worker_lives(server, p
     assert_serving(server)
 
 
+@pytest.mark.parametrize("field", ["temperature", "max_tokens", "top_k", "n", "seed", "max_completion_tokens"])
+def test_true_is_not_a_number(server, field):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, field: True}
+    response = post(server, body, "/v1/chat/completions")
+    assert response.status_code == 400 and f"{field}: a number is needed, not true or false" in error_of(response), response.text
+
+
 def test_the_largest_seed_draws_for_every_choice(server):
     answer = post(server, {"prompt": "the lamp", "max_tokens": 4, "seed": 2**63 - 1, "n": 3, "temperature": 1})
     assert answer.status_code == 200 and len(answer.json()["choices"]) == 3

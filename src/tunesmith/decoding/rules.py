@@ -9,21 +9,32 @@ from __future__ import annotations
 
 from typing import Annotated, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from ..errors import ConfigError
 
 SEED_MAX = 2**63 - 1  # seed + choice index stays within the 64 bits a torch.Generator takes
 NGRAM_MAX = 1024
 
-Temperature = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-TopK = Annotated[int, Field(ge=0)]
-OpenAIPenalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
-RepetitionPenalty = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NoRepeatNgram = Annotated[int, Field(ge=0, le=NGRAM_MAX)]
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-Positive = Annotated[int, Field(ge=1)]
+
+
+def _not_a_bool(value):
+    """JSON's true is not the number 1 here: a client that sends it has mixed up its fields."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_is_not_a_number", "a number is needed, not true or false")
+    return value
+
+
+NotBool = BeforeValidator(_not_a_bool)
+Temperature = Annotated[float, Field(ge=0, allow_inf_nan=False), NotBool]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), NotBool]
+TopK = Annotated[int, Field(ge=0), NotBool]
+OpenAIPenalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False), NotBool]
+RepetitionPenalty = Annotated[float, Field(gt=0, allow_inf_nan=False), NotBool]
+NoRepeatNgram = Annotated[int, Field(ge=0, le=NGRAM_MAX), NotBool]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX), NotBool]
+Positive = Annotated[int, Field(ge=1), NotBool]
 
 ALLOWED = {
     "temperature": "a number >= 0 (0 is greedy)",

@@ -40,7 +40,7 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Positive | None = None
     temperature: Temperature = Field(1.0, le=2)
     top_p: TopP = 1.0
     top_k: TopK = Field(0, description="not OpenAI's: keep the k likeliest tokens (0: all), as vLLM takes it")
@@ -96,7 +96,7 @@ class Message(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    max_completion_tokens: Positive | None = Field(None, description="OpenAI's newer name for max_tokens")
 
     @property
     def wanted_tokens(self) -> int | None:
