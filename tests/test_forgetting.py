@@ -165,6 +165,17 @@ def test_replay_never_uses_a_probe_sample(tiny_llama, tmp_path):
     assert {json.loads(line)["text"] for line in from_file.read_text().splitlines()} == set(rest)
 
 
+def test_pieces_of_a_general_file_fit_the_models_context(tiny_llama):
+    from tunesmith.forgetting import TEXT_TOKENS, file_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    long_document = " ".join(["the lamp glows when the cable is plugged in and the switch is on"] * 40)
+    assert len(tokenizer(long_document).input_ids) > 3 * TEXT_TOKENS
+    for context, longest in ((None, TEXT_TOKENS + 1), (128, 128), (64, 64)):
+        pieces = file_texts([long_document], tokenizer, budget=10**6, context=context)
+        assert max(len(p.prompt) + len(p.ids) for p in pieces) == longest, context
+
+
 def test_replay_mixes_its_share_of_rehearsal_into_training(tiny_llama, corpus_file, tmp_path):
     cfg = run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=4, eval_every=4)
     summary = train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"replay": 0.2})}))

@@ -224,6 +224,21 @@ def test_penalties_follow_openais_definition():
     assert sampler.penalize(logits, [Row([3, 3], [1, 2, 2, 2])]).tolist() == [[0.0, -1.5, -2.5, 0.0]]
 
 
+def test_extreme_scores_still_draw_and_a_top_k_past_the_vocabulary_keeps_every_token():
+    from tunesmith.decoding.sampling import finite_scores
+
+    scores = torch.tensor([[float("nan"), float("inf"), 1.0, float("-inf")], [float("-inf")] * 4, [float("nan")] * 4])
+    finite = finite_scores(scores)
+    assert torch.isfinite(finite.softmax(dim=-1)).all()
+    assert finite.softmax(dim=-1)[0].argmax() == 1 and finite[0, 0] == float("-inf")  # NaN is never drawn, inf is the likeliest
+    assert finite[1:].softmax(dim=-1).tolist() == [[0.25] * 4] * 2  # nothing left to draw from: a uniform draw, not a NaN
+    settings = [SamplingSettings(temperature=1, top_k=10**9), SamplingSettings(temperature=1, top_k=2)]
+    sampler = RowSampler(settings, [torch.Generator().manual_seed(s) for s in (1, 2)], 4, torch.device("cpu"))
+    assert sampler.top_k.tolist() == [4, 2]
+    drawn = [sampler.choose(torch.tensor([[0.0, 0.0, 5.0, 5.0]] * 2)) for _ in range(200)]
+    assert {first for first, _ in drawn} == {0, 1, 2, 3} and {second for _, second in drawn} == {2, 3}
+
+
 def test_repetition_penalty_and_no_repeat_ngram_match_transformers_processors():
     """Per row, over prompt and generated tokens, as transformers' logits processors apply them to the whole sequence."""
     from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor

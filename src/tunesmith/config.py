@@ -151,6 +151,9 @@ class TrainConfig(_Section):
         return value
 
 
+PROBE_WORDS = ("auto", "none")  # monitor.general_probe values that are not a file
+
+
 class MonitorConfig(_Section):
     tensorboard: bool = Field(True, description="write TensorBoard event files to <run>/tb")
     mlflow: bool = Field(False, description="log to MLflow (needs the mlflow package)")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import IGNORE
-from .config import CleanConfig, DataConfig, MonitorConfig, RunConfig
+from .config import PROBE_WORDS, CleanConfig, DataConfig, MonitorConfig, RunConfig
 from .data.clean import text_digest
 from .data.examples import padded_rows
 from .data.formats import check_not_binary
@@ -145,7 +145,7 @@ class BaseSampler:
 
 def check_general_probe(cfg: MonitorConfig) -> None:
     """A general text file that is not there, or is binary, fails before the data is prepared."""
-    if cfg.general_probe not in ("auto", "none"):
+    if cfg.general_probe not in PROBE_WORDS:
         _probe_files(cfg.general_probe)
 
 
@@ -174,13 +174,15 @@ def split_general_file(path: str) -> tuple[list[str], list[str]]:
     return documents[:cut], documents[cut:]
 
 
-def file_texts(documents: list[str], tokenizer, budget: int) -> list[ProbeText]:
-    """Pieces of up to TEXT_TOKENS scored tokens, each after its first token, until `budget` tokens are scored."""
+def file_texts(documents: list[str], tokenizer, budget: int, context: int | None = None) -> list[ProbeText]:
+    """Pieces of up to TEXT_TOKENS scored tokens (fewer when the model's context is shorter), each after its first
+    token, until `budget` tokens are scored."""
+    longest = min(TEXT_TOKENS, context - 1) if context else TEXT_TOKENS
     texts, scored = [], 0
     for document in documents:
         ids = tokenizer(document, add_special_tokens=False).input_ids
-        for start in range(0, max(0, len(ids) - 1), TEXT_TOKENS):
-            piece = ids[start : start + TEXT_TOKENS + 1]
+        for start in range(0, max(0, len(ids) - 1), longest):
+            piece = ids[start : start + longest + 1]
             if len(piece) < 2 or scored >= budget:
                 continue
             texts.append(ProbeText(piece[:1], piece[1:]))
@@ -244,7 +246,7 @@ def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]
     return row
 
 
-def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens: int) -> Probe | None:
+def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens: int, context: int | None = None) -> Probe | None:
     """The run's probe, or None with monitor.general_probe none."""
     if cfg.general_probe == "none":
         return None
@@ -254,7 +256,7 @@ def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens:
     samples = [t for t in sampler.texts(list(range(count))) if tuple(t.ids) not in rehearsed]
     general, source = [], None
     if cfg.general_probe != "auto":
-        general, source = file_texts(split_general_file(cfg.general_probe)[0], tokenizer, budget), cfg.general_probe
+        general, source = file_texts(split_general_file(cfg.general_probe)[0], tokenizer, budget, context), cfg.general_probe
     return Probe(samples, general, source)
 
 
@@ -265,7 +267,7 @@ def rehearsal_file(cfg: MonitorConfig, sampler: BaseSampler, texts_wanted: int) 
     """
     directory = tunesmith_home() / "probes"
     directory.mkdir(parents=True, exist_ok=True)
-    if cfg.general_probe not in ("auto", "none"):
+    if cfg.general_probe not in PROBE_WORDS:
         rest = split_general_file(cfg.general_probe)[1]
         if not rest:
             raise ConfigError([f"monitor.general_probe: {cfg.general_probe} has too few documents to leave any for data.replay "

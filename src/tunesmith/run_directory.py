@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+from .config import PROBE_WORDS
 from .errors import UserError
 
 MARKER = ".tunesmith-run"
@@ -357,7 +358,7 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
     data["train"] = [_against(start, item) if isinstance(item, str) else item for item in data.get("train") or []]
     data["val"] = [_against(start, item) for item in data.get("val") or []]
     probe = monitor.get("general_probe")
-    if isinstance(probe, str) and probe not in ("auto", "none"):
+    if isinstance(probe, str) and probe not in PROBE_WORDS:
         monitor["general_probe"] = _against(start, probe)
     if isinstance(monitor.get("benchmarks"), list):  # names of lm-eval tasks, or task YAML files
         monitor["benchmarks"] = [_against(start, b) if isinstance(b, str) and b.endswith((".yaml", ".yml")) else b

@@ -64,7 +64,7 @@ def _prepare(cfg: RunConfig, task: Task, console: Console, device: torch.device,
         evaluated = data.meta["val"]["tokens"]
         if cfg.train.eval_max_blocks:
             evaluated = min(evaluated, cfg.train.eval_max_blocks * cfg.data.block_size)
-        probe = build_probe(cfg.monitor, sampler, tokenizer, evaluated)
+        probe = build_probe(cfg.monitor, sampler, tokenizer, evaluated, context_length(model_config))
         console.print(probe.describe(), highlight=False)
     return resolved, tokenizer, data, probe, skip
 

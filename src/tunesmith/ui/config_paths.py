@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..config import DataSource, RunConfig, build_config
+from ..config import PROBE_WORDS, DataSource, RunConfig, build_config
 from ..errors import ConfigError, UserError
 from .runs import RunsFolder
 
-GENERAL_PROBE_WORDS = ("auto", "none")
 REMOTE_TRACKING = ("http", "https")  # an MLflow server elsewhere: no file of this machine is named
 SQLITE = "sqlite:///"
 
@@ -73,7 +72,7 @@ class ConfinedPaths:
         return resolved
 
     def probe(self, value: str) -> str:
-        return value if value in GENERAL_PROBE_WORDS else self.files([value], "monitor.general_probe")[0]
+        return value if value in PROBE_WORDS else self.files([value], "monitor.general_probe")[0]
 
     def benchmarks(self, specs: list[str]) -> list[str]:
         """lm-eval task names only: a task file can name Python (`!function`) that lm-eval imports, so files and
