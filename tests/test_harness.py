@@ -119,6 +119,40 @@ def test_eval_benchmarks_prints_a_table_compares_and_writes_lm_evals_output(tiny
     assert written["tunesmith_model"]["spec"] == str(tiny_gpt2) and written["compared_with"]["tunesmith_model"]["spec"] == str(tiny_llama)
 
 
+def test_chat_template_wraps_each_item_in_the_models_template(tiny_llama, task_files, tmp_path, capsys):
+    """With --chat-template the context is the model's template around the item, as lm-eval's --apply_chat_template
+    builds it: the log-likelihood is the hand computation's on that templated context; a model without a template
+    is refused in one line."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from test_generate import CHAT_TEMPLATE
+
+    chat = tmp_path / "chat-model"
+    shutil.copytree(tiny_llama, chat)
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(chat)
+    plain, templated = tmp_path / "plain.json", tmp_path / "templated.json"
+    for output, flags in ((plain, []), (templated, ["--chat-template"])):
+        assert main(["eval", str(chat), "--benchmarks", str(task_files["choice"]), "--limit", "1", "--output", str(output),
+                     "--set", "train.precision=fp32", *flags]) == 0
+    plain_run, templated_run = (json.loads(path.read_text()) for path in (plain, templated))
+    assert templated_run["tunesmith_model"]["chat_template"] and not plain_run["tunesmith_model"]["chat_template"]
+    question, answer = PASSAGES[0].rsplit(" ", 1)
+    context = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    model = AutoModelForCausalLM.from_pretrained(chat).eval()
+    choices = [answer, "hub", "zebra"]
+    scores = [hand_loglikelihood(model, tokenizer, context, choice) for choice in choices]
+    picked = max(range(3), key=lambda i: scores[i])
+    assert templated_run["results"]["tiny_choice"]["acc,none"] == float(picked == 0)
+    capsys.readouterr()
+    assert main(["eval", str(tiny_llama), "--benchmarks", str(task_files["choice"]), "--limit", "1", "--chat-template"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--chat-template" in err[0] and "no chat template" in err[0]
+
+
 def test_a_folder_of_task_files_runs_every_task_in_it(tiny_gpt2, task_files, capsys):
     assert main(["eval", str(tiny_gpt2), "--benchmarks", str(task_files["choice"].parent), "--limit", "2", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)["models"][0]["scores"]
@@ -131,6 +165,7 @@ def test_a_folder_of_task_files_runs_every_task_in_it(tiny_gpt2, task_files, cap
     ("{hub}", [], "cannot be reached offline"),
     ("{choice}", ["--limit", "0"], "--limit 0: the number of items per benchmark must be at least 1"),
     (",", [], "name at least one benchmark"),
+    ("{choice}", ["--compare", "runs/missing.gguf"], "model runs/missing.gguf: no such .gguf file"),
 ])
 def test_benchmark_mistakes_are_one_line_and_exit_2(benchmarks, extra, message, tiny_gpt2, task_files, tmp_path, capsys, monkeypatch):
     import datasets
@@ -141,6 +176,17 @@ def test_benchmark_mistakes_are_one_line_and_exit_2(benchmarks, extra, message, 
                                                        "output_type": "loglikelihood", "doc_to_text": "{{text}}", "doc_to_target": "x"}))
     named = benchmarks.format(broken=tmp_path / "broken.yaml", hub=tmp_path / "hub.yaml", choice=task_files["choice"])
     assert main(["eval", str(tiny_gpt2), "--benchmarks", named, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "3"], "--limit applies to benchmarks"), (["--chat-template"], "--chat-template applies to benchmarks"),
+    (["--benchmarks", "piqa", "--data", "notes.jsonl"], "--data scores your own data, not benchmarks"),
+    (["--benchmarks", "piqa", "--generate"], "--generate scores your own data, not benchmarks"),
+])
+def test_flags_of_the_other_kind_of_eval_are_refused(tiny_gpt2, flags, message, capsys):
+    assert main(["eval", str(tiny_gpt2), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 

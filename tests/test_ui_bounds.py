@@ -270,6 +270,9 @@ def test_resuming_from_the_page_a_run_started_on_the_command_line_elsewhere(tiny
     refused = client.post("/api/run/base/resume", json={})
     assert refused.status_code == 400 and "outside the runs folder" in refused.json()["error"]
     assert f"tunesmith train --out {run} --resume" in refused.json()["error"] and "base" not in client.app.app.state.launcher.processes
+    (run / "process.json").write_text(json.dumps({**record, "cwd": str(tmp_path / "gone")}))
+    refused = client.post("/api/run/base/resume", json={})
+    assert refused.status_code == 400 and "that folder is gone" in refused.json()["error"]
     (run / "process.json").write_text(json.dumps(record))
     assert client.post("/api/run/base/resume", json={}).status_code == 200
     process = client.app.app.state.launcher.processes["base"]

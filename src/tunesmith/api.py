@@ -20,9 +20,12 @@ def train(config: RunConfig | str | Path | None = None, resume: bool = False, co
 
     from .planning.preflight import check_memory_fits
     from .report import write_report
+    from .run_directory import as_started
     from .training import train_run
 
     config = _as_config(config)
+    if resume:
+        config = as_started(config)  # the memory check plans the model the run was started with
     check_memory_fits(config, log=console.print if console else print)  # on a CPU the kernel kills a run that does not fit
     summary = train_run(config, resume=resume, console=console, force=force)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes files

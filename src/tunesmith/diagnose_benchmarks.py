@@ -11,7 +11,7 @@ import math
 from .findings import Advice, Finding, RunFacts, round3
 from .harness.scores import ROW_PREFIX, Score, beyond_two_stderr, scores_from_row
 
-LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")  # lm-eval's own
 
 
 def forgetting_advice(facts: RunFacts) -> list[Advice]:

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from .config import PROBE_WORDS
+from .config import PROBE_WORDS, RunConfig
 from .errors import UserError
 
 MARKER = ".tunesmith-run"
@@ -367,3 +367,18 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
     if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
         model["name"] = str(start / name)
     return resolved
+
+
+def as_started(cfg: RunConfig) -> RunConfig:
+    """A resumed run's config with its relative paths meant as where the run was first started, wherever this resume
+    runs from (a config already made absolute comes back as it was)."""
+    start = run_start_dir(cfg.run_dir)
+    if start is None:
+        return cfg
+    settings = cfg.model_dump(mode="json")
+    resolved = resolve_run_paths(settings, start)
+    if resolved != settings and not start.is_dir():
+        raise UserError(f"--resume: the run was started in {start} (as {cfg.run_dir / PROCESS} records) and its relative "
+                        "paths are read from there, but that folder is gone; name the files where they are now, by absolute "
+                        "path (--data /path/to/data, and --val or --model as needed), or put the folder back")
+    return RunConfig.model_validate(resolved)

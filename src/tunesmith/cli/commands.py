@@ -73,10 +73,24 @@ def _run_benchmarks(args) -> int:
     return 0
 
 
+def _check_eval_flags(args) -> None:
+    """eval scores either benchmarks or data: a flag of the other kind would be ignored, so it is refused instead."""
+    benchmark_only = {"--limit": args.limit is not None, "--num-fewshot": args.num_fewshot is not None,
+                      "--output": args.output is not None, "--chat-template": args.chat_template}
+    data_only = {"--data": any(key == "data.train" for key, _ in overrides_of(args)), "--generate": bool(args.generate)}
+    if args.benchmarks is None and any(benchmark_only.values()):
+        flag = next(flag for flag, given in benchmark_only.items() if given)
+        raise UserError(f"{flag} applies to benchmarks: add --benchmarks NAMES, or leave {flag} out")
+    if args.benchmarks is not None and any(data_only.values()):
+        flag = next(flag for flag, given in data_only.items() if given)
+        raise UserError(f"{flag} scores your own data, not benchmarks: run eval with {flag} and --benchmarks separately")
+
+
 def _run_eval(args) -> int:
     from ..evaluation import evaluate_model, record_generation
     from ..tasks import task_kind
 
+    _check_eval_flags(args)
     if args.benchmarks is not None:
         return _run_benchmarks(args)
     run_config = Path(args.model_or_run) / "config.yaml"

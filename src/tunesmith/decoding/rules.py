@@ -1,5 +1,6 @@
 """The bounds of every sampling setting, in one place: `generate`, `chat`, the web page's try-it and `serve` all check
-a setting against these types, so a value one of them refuses, every one refuses, before anything is decoded.
+a setting against these types, so a value one of them refuses, every one refuses, before anything is decoded
+(`serve` adds OpenAI's own tighter caps on top: temperature and repetition penalty at most 2).
 
 A value past these bounds does not just sample badly, it breaks the decoding: NaN makes the probabilities NaN,
 a seed past 64 bits overflows `torch.Generator.manual_seed`, a negative seed `numpy.random.SeedSequence`.
@@ -16,7 +17,6 @@ from ..errors import ConfigError
 
 SEED_MAX = 2**63 - 1  # seed + choice index stays within the 64 bits a torch.Generator takes
 NGRAM_MAX = 1024
-
 
 
 def _not_a_bool(value):

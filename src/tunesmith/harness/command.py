@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..models import resolve_model
 from .model import load_for_benchmarks
 from .run import BenchmarkRun, check_limit, load_tasks, quiet_harness, run_benchmarks, write_output
 from .scores import compare_lines, score_table
@@ -45,10 +46,17 @@ def benchmark_models(specs: list[str], request: BenchmarkRequest, log=print) -> 
     selection = select_benchmarks(request.benchmarks)
     quiet_harness()
     manager = selection.task_manager()
+    for spec in specs[1:]:  # the model to compare with, found before the first one's benchmarks run
+        if not Path(spec).expanduser().is_dir():
+            resolve_model(spec, request.trust_remote_code, log=lambda _message: None)
     tasks = load_tasks(selection, manager)
     done = []
     for spec in specs:
         loaded = load_for_benchmarks(spec, request.device, request.precision, request.trust_remote_code, log)
+        if request.chat_template and not getattr(loaded.tokenizer, "chat_template", None):
+            raise UserError(f"--chat-template: {spec} has no chat template in its tokenizer; leave the flag out to score "
+                            "the items as plain text")
+        loaded.description["chat_template"] = request.chat_template
         log(f"{spec}: {len(tasks)} benchmark(s), {loaded.precision} on {loaded.device.type}"
             + (f", {request.limit} items each at most" if request.limit else ""))
         with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints its bootstrap progress; stdout keeps the results alone

@@ -48,8 +48,10 @@ def _gib(size: float) -> str:
 def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: int, accum: int, available: int) -> str:
     """The run's own method at a smaller micro-batch (the batch kept by accumulating), else a cheaper method, else a smaller model."""
     fits = memory.largest_micro_batch(available, micro * rows) // rows
+    batch = accum * micro
+    fits = max((size for size in range(1, fits + 1) if batch % size == 0), default=0)  # the batch kept exactly
     if fits:
-        return (f"train.micro_batch_size={fits} with train.grad_accum={accum * micro // fits} "
+        return (f"train.micro_batch_size={fits} with train.grad_accum={batch // fits} "
                 f"({_gib(memory.estimate(fits * rows).total)})")
     from dataclasses import replace
 

@@ -33,7 +33,7 @@ class RunBenchmarks:
             try:
                 self.monitor = BenchmarkMonitor(cfg.monitor, parts.tokenizer, parts.precision)
             except UserError as exc:  # the harness names the flag; a run names its config key
-                raise ConfigError([str(exc).replace("--benchmarks", "monitor.benchmarks", 1)]) from None
+                raise ConfigError([str(exc).replace("--benchmarks", "monitor.benchmarks")]) from None
             log(self.monitor.describe())
 
     def _measure(self, state: LoopState) -> dict:

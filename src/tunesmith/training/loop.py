@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import PROCESS, ProcessRecord, RunLock, check_resume_settings, check_run_dir, resolve_run_paths, run_start_dir
+from ..run_directory import ProcessRecord, RunLock, as_started, check_resume_settings, check_run_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
@@ -55,20 +55,6 @@ def _locked(run_dir: Path, context: Distributed):
         lock.release()
 
 
-def _as_started(cfg: RunConfig) -> RunConfig:
-    """The config with its relative paths meant as where the run was first started, wherever this resume runs from."""
-    start = run_start_dir(cfg.run_dir)
-    if start is None:
-        return cfg
-    settings = cfg.model_dump(mode="json")
-    resolved = resolve_run_paths(settings, start)
-    if resolved != settings and not start.is_dir():
-        raise UserError(f"--resume: the run was started in {start} (as {cfg.run_dir / PROCESS} records) and its relative "
-                        "paths are read from there, but that folder is gone; name the files where they are now, by absolute "
-                        "path (--data /path/to/data, and --val or --model as needed), or put the folder back")
-    return RunConfig.model_validate(resolved)
-
-
 def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
     with _locked(cfg.run_dir, context):
         return _train_locked(cfg, resume, force, console, context)
@@ -82,7 +68,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         if not list_checkpoints(run_dir):
             raise UserError(f"--resume: no checkpoint in {run_dir} yet (the run stopped before its first); start it again "
                             f"without --resume: tunesmith train --out {run_dir} ...")
-        cfg = _as_started(cfg)
+        cfg = as_started(cfg)
         check_resume_settings(cfg.model_dump(mode="json"), run_dir)
         saved, damaged = newest_intact_checkpoint(run_dir, context.rank, console.print)
         if saved is None:

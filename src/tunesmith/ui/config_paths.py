@@ -82,7 +82,7 @@ class ConfinedPaths:
                     os.path.lexists(self.folder.root / spec):
                 self.problems.append(f"monitor.benchmarks: {spec}: task files and folders are not taken from the page "
                                      "(a task file can run Python code); name lm-eval tasks such as piqa, or run "
-                                     "`tunesmith train --benchmarks FILE` from the command line")
+                                     "`tunesmith train --set 'monitor.benchmarks=[FILE]'` from the command line")
         return specs
 
     def remote_code(self, allowed: bool) -> bool:

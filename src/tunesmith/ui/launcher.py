@@ -22,7 +22,7 @@ import yaml
 
 from ..config import ConfigKey, RunConfig, config_keys, load_config, parse_override
 from ..errors import ConfigError, UserError
-from ..run_directory import LOCK, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, resolve_run_paths, run_start_dir, run_state, training_pid
+from ..run_directory import LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, run_start_dir, run_state, training_pid
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 
@@ -114,10 +114,9 @@ class Launcher:
             if not has_checkpoint(run_dir):
                 raise UserError(f"{name} stopped before its first checkpoint, so there is nothing to resume; start it again as a new run")
             self._check_wholly_inside(name, run_dir)
-            start = self._started_in(run_dir)
-            self._check_reads_inside(name, run_dir, start)
+            self._check_reads_inside(name, run_dir)
             self._check_room()
-            self._spawn(name, ["train", "--out", str(run_dir), "--resume"], start)
+            self._spawn(name, ["train", "--out", str(run_dir), "--resume"], self._started_in(run_dir))
 
     def _check_wholly_inside(self, name: str, run_dir: Path) -> None:
         """A resumed run writes into its own files; one that is a link out of the folder (a run unpacked from an
@@ -127,12 +126,11 @@ class Launcher:
             raise UserError(f"{name}: {leaving.relative_to(run_dir)} leads outside the runs folder (a symbolic link); "
                             "replace it with the file itself, or resume the run with `tunesmith train --out RUN --resume`")
 
-    def _check_reads_inside(self, name: str, run_dir: Path, start: Path) -> None:
+    def _check_reads_inside(self, name: str, run_dir: Path) -> None:
         """A run started on the command line may read data or a model from anywhere; the page resumes it only when
         what it reads, meant as where it was started, lies inside the folder, as for a run started from the page."""
         try:
-            saved = load_config(run_dir / "config.yaml", [("output.dir", str(run_dir))])
-            confine_paths(RunConfig.model_validate(resolve_run_paths(saved.model_dump(mode="json"), start)), self.folder)
+            confine_paths(as_started(load_config(run_dir / "config.yaml", [("output.dir", str(run_dir))])), self.folder)
         except ConfigError as exc:
             raise UserError(f"{name}: {exc.problems[0]}; the page resumes only runs that read inside its folder, so resume "
                             f"this one from the command line: tunesmith train --out {run_dir} --resume") from None
