@@ -226,7 +226,9 @@ def test_benchmarks_during_a_run_reach_metrics_summary_report_and_page(tiny_gpt2
     cfg.monitor.benchmark_limit, cfg.monitor.benchmark_every = 3, "eval"
     summary = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "bench/tiny_choice/acc" in r] == [0, 4, 8]
+    assert [r["step"] for r in rows if "bench/tiny_choice/acc" in r] == [0, 4, 8, 8]  # and the final model's row, naming its step
+    best = next(r for r in rows if r["step"] == summary["best_step"] and "bench/tiny_choice/acc" in r)
+    assert rows[-1]["bench_of_step"] == summary["best_step"] and rows[-1]["bench/tiny_lambada/acc"] == best["bench/tiny_lambada/acc"]
     bench = summary["benchmarks"]
     assert {(s["task"], s["metric"]) for s in bench["base"]} == {("tiny_lambada", "perplexity"), ("tiny_lambada", "acc"), ("tiny_choice", "acc")}
     assert bench["final_step"] == summary["best_step"] and bench["limit"] == 3 and bench["seconds"] > 0

@@ -284,9 +284,10 @@ class Recipe:
         return summary
 
     def _benchmark_final(self) -> None:
-        """The final model's benchmark scores, in a metrics row of their own at the last step."""
+        """The final model's benchmark scores (with benchmark_every eval, the best evaluation's again), in a metrics row
+        of their own at the last step, naming the step whose weights they score."""
         final = self.benchmarks.at_end(self.state)
-        if final and self.benchmarks.every != "eval":
+        if final:
             self.recorder.log_row({"step": self.state.step, "epoch": round(self.parts.plan.epoch_of(self.state.step), 4), **final,
                                    "bench_of_step": self.state.best_step})
 
