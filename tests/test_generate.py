@@ -286,10 +286,20 @@ def page(tiny_llama, tmp_path_factory):
     ("generate", {"prompt": "the lamp", "settings": {"temprature": 0.2}}, "settings.temprature: not a setting here"),
     ("generate", {"prompt": "the lamp", "settings": {"system": "be brief"}}, "settings.system: not a setting here"),
     ("chat", {"text": "hi", "settings": {"top-p": 0.5}}, "settings.top-p: not a setting here"),
+    ("generate", {"prompt": None}, "prompt: send text, not NoneType"),
+    ("generate", {"prompt": ["the lamp"]}, "prompt: send text, not list"),
+    ("chat", {"text": {"a": 1}}, "text: send text, not dict"),
+    ("classify", {"text": "hi", "settings": {"temperature": 1}}, "settings: a classifier takes none"),
 ])
 def test_the_try_it_endpoints_answer_400_with_the_reason(page, action, body, words):
     response = page.post(f"/api/run/bot/{action}", json=body)
     assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_json_nested_past_any_use_is_a_400(page):
+    deep = '{"prompt": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    answer = page.post("/api/run/bot/generate", content=deep, headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "JSON object" in answer.json()["error"]
 
 
 def test_the_try_it_endpoints_take_good_settings_as_the_page_sends_them(page):

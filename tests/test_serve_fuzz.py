@@ -73,6 +73,17 @@ def test_true_is_not_a_number(server, field):
     assert response.status_code == 400 and f"{field}: a number is needed, not true or false" in error_of(response), response.text
 
 
+def test_stream_takes_only_true_or_false(server):
+    response = post(server, {"prompt": "the lamp", "max_tokens": 2, "stream": "yes"})
+    assert response.status_code == 400 and "stream" in error_of(response)
+
+
+def test_a_prompt_that_fills_the_context_says_so_without_a_made_up_max_tokens(served):
+    url = start(create_app(served, Limits(max_tokens=8, max_prompt_tokens=1000)))
+    response = post(url, {"prompt": "the lamp glows " * 60})  # past the tiny model's 128 positions
+    assert response.status_code == 400 and "leaves no room to answer" in error_of(response) and "max_tokens (" not in error_of(response)
+
+
 def test_the_largest_seed_draws_for_every_choice(server):
     answer = post(server, {"prompt": "the lamp", "max_tokens": 4, "seed": 2**63 - 1, "n": 3, "temperature": 1})
     assert answer.status_code == 200 and len(answer.json()["choices"]) == 3

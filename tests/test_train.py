@@ -239,13 +239,14 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_link_or_a_pipe_in_place_of_the_lock_file_is_refused_and_left_alone(tmp_path):
+def test_a_link_a_folder_or_a_pipe_in_place_of_the_lock_file_is_refused_and_left_alone(tmp_path):
     from tunesmith.run_directory import LOCK, RunLock
 
     precious = tmp_path / "precious.txt"
     precious.write_text("a user's own file\n")
     for name, make in (("link", lambda path: path.symlink_to(precious)), ("pipe", os.mkfifo),
-                       ("dangling", lambda path: path.symlink_to(tmp_path / "nothing"))):
+                       ("dangling", lambda path: path.symlink_to(tmp_path / "nothing")), ("hard", lambda path: os.link(precious, path)),
+                       ("folder", lambda path: path.mkdir())):
         run_dir = tmp_path / name
         run_dir.mkdir()
         make(run_dir / LOCK)

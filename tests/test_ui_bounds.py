@@ -168,6 +168,7 @@ def fake_trainer(monkeypatch):
 
     class Trainer:
         def __init__(self, arguments, **settings):
+            self.cwd = settings["cwd"]
             time.sleep(0.2)
             self.pid, self.returncode = 4_000_000 + len(started), None
             started.append(self)
@@ -207,15 +208,21 @@ def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
     assert build_parser().parse_args(["ui", "--max-runs", "3"]).max_runs == 3
 
 
-def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake_trainer):
-    root = tmp_path / "runs"
+def reading_inside(runs_root, root):
+    """A stopped run, `cut`, in `root`, whose model and data were moved into `root`: one the page may resume."""
     cut = cut_run(runs_root / "lr-high", root / "cut", last_step=8)
-    settings = yaml.safe_load((cut / "config.yaml").read_text())  # what it reads moved into the folder, as the page resumes only such runs
+    settings = yaml.safe_load((cut / "config.yaml").read_text())
     shutil.copytree(settings["model"]["name"], root / "models" / "gpt2")
     (root / "data").mkdir()
     write_jsonl(root / "data" / "corpus.jsonl", make_corpus(120))
     settings["model"]["name"], settings["data"]["train"] = str(root / "models" / "gpt2"), [str(root / "data" / "corpus.jsonl")]
     (cut / "config.yaml").write_text(yaml.safe_dump(settings))
+    return cut
+
+
+def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake_trainer):
+    root = tmp_path / "runs"
+    reading_inside(runs_root, root)
     launcher = Launcher(RunsFolder(root))
     launcher.max_running = 8  # the cap is not what stops the second
     presses, outcomes = threading.Barrier(8), []
@@ -236,6 +243,32 @@ def test_simultaneous_resume_presses_start_one_process(runs_root, tmp_path, fake
     assert len(fake_trainer) == 1 and outcomes.count("resumed") == 1
     assert outcomes.count("cut is running; stop it before resuming it") == 7
     assert launcher.processes["cut"] is fake_trainer[0]  # the one started is the one the page follows
+
+
+def test_page_resume_checks_what_the_run_reads_where_it_was_started(runs_root, tmp_path, fake_trainer, monkeypatch):
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    cut = reading_inside(runs_root, root)
+    (outside / "tasks").mkdir(parents=True)
+    (outside / "tasks" / "task.yaml").write_text("task: t\nprocess_docs: !function utils.run_me\n")
+    settings, record = yaml.safe_load((cut / "config.yaml").read_text()), json.loads((cut / "process.json").read_text())
+    launcher = Launcher(RunsFolder(root))
+    monkeypatch.chdir(tmp_path)
+    for key, value, refused in [("monitor.benchmarks", ["tasks"], "task files and folders are not taken from the page"),
+                                ("monitor.mlflow_uri", "sqlite:///mlflow.db", "outside the runs folder"),
+                                ("monitor.mlflow_uri", "mlruns", "outside the runs folder")]:
+        section, name = key.split(".")
+        (cut / "config.yaml").write_text(yaml.safe_dump({**settings, section: {**settings[section], name: value}}))
+        (cut / "process.json").write_text(json.dumps({**record, "cwd": str(outside)}))  # started there
+        with pytest.raises(UserError, match=f"^cut: {key}: .*{refused}.*resume this one from the command line"):
+            launcher.resume("cut")
+    assert not fake_trainer
+    (cut / "config.yaml").write_text(yaml.safe_dump(settings))
+    (cut / "process.json").write_text(json.dumps({**record, "cwd": "outside"}))  # a relative folder is not one a run records
+    launcher.resume("cut")
+    assert fake_trainer[0].cwd == root
+    shutil.copytree(root / "models" / "gpt2", outside / "model")
+    with pytest.raises(UserError, match=f"model {root / 'outside' / 'model'}: no such directory"):  # read in the runs folder, not the page's own
+        launcher.preview(Draft.from_form({**FORM_RUN, "model.name": "outside/model", "data.train": "data/corpus.jsonl"}))
 
 
 def test_resuming_from_the_page_a_run_started_on_the_command_line_elsewhere(tiny_gpt2, tiny_llama, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -152,6 +153,12 @@ class TrainConfig(_Section):
 
 
 PROBE_WORDS = ("auto", "none")  # monitor.general_probe values that are not a file
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def benchmark_is_path(spec: str, base: Path) -> bool:
+    """Whether a monitor.benchmarks entry names a task file or folder (read against `base`) rather than an lm-eval task."""
+    return spec.endswith(TASK_FILE_SUFFIXES) or "/" in spec or spec.startswith((".", "~")) or os.path.lexists(base / spec)
 
 
 class MonitorConfig(_Section):

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from .config import PROBE_WORDS, RunConfig
+from .config import PROBE_WORDS, RunConfig, benchmark_is_path
 from .errors import UserError
 
 MARKER = ".tunesmith-run"
@@ -22,6 +22,7 @@ DATA_REPORT = "data_report.json"
 DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding
 PROCESS = "process.json"  # the training process: its pid while it runs, how it ended once it has
 LOCK = ".tunesmith-lock"  # flock-ed by the one process that trains in the folder; holds its pid
+SQLITE = "sqlite:///"
 START_CWD = "cwd"  # process.json's key: the working directory the run was first started from, kept across resumes
 
 
@@ -296,14 +297,15 @@ def _open_lock(path: Path):
     """The lock file itself, never what a link in its place leads to (truncating it would destroy another file)."""
     import stat
 
-    refused = (f"{path} is not the lock file tunesmith writes (a symbolic link or a special file is in its place); "
+    refused = (f"{path} is not the lock file tunesmith writes (a link, a folder or a special file is in its place); "
                "remove it and run again")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        raise UserError(refused if os.path.islink(path) else f"{path}: cannot open the run's lock file ({exc.strerror}); "
-                        "check the folder's permissions") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise UserError(refused if os.path.islink(path) or os.path.isdir(path) else
+                        f"{path}: cannot open the run's lock file ({exc.strerror}); check the folder's permissions") from None
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:  # a hard link's other name is someone's file
         os.close(fd)
         raise UserError(refused)
     return os.fdopen(fd, "r+", encoding="utf-8")
@@ -336,11 +338,19 @@ def _busy_message(run_dir: Path) -> str:
 def run_start_dir(run_dir: Path) -> Path | None:
     """The working directory the run was first started from (None for a run from before it was recorded)."""
     start = read_process(run_dir).get(START_CWD)
-    return Path(start) if isinstance(start, str) and start else None
+    return Path(start) if isinstance(start, str) and Path(start).is_absolute() else None  # as recorded: always absolute
 
 
 def _against(start: Path, path: str) -> str:
     return path if path.startswith("~") or Path(path).is_absolute() else str(start / path)
+
+
+def _store_against(start: Path, uri: str) -> str:
+    """An MLflow store named by a relative folder or a relative sqlite file, made absolute; a server stays as it is."""
+    if uri.lower().startswith(SQLITE):
+        rest = uri[len(SQLITE):]
+        return uri if rest.startswith("/") else SQLITE + str(start / rest)
+    return _against(start, uri) if ":" not in uri else uri
 
 
 def resolve_run_paths(settings: dict, start: Path) -> dict:
@@ -360,9 +370,11 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
     probe = monitor.get("general_probe")
     if isinstance(probe, str) and probe not in PROBE_WORDS:
         monitor["general_probe"] = _against(start, probe)
-    if isinstance(monitor.get("benchmarks"), list):  # names of lm-eval tasks, or task YAML files
-        monitor["benchmarks"] = [_against(start, b) if isinstance(b, str) and b.endswith((".yaml", ".yml")) else b
+    if isinstance(monitor.get("benchmarks"), list):  # names of lm-eval tasks, or task files and folders
+        monitor["benchmarks"] = [_against(start, b) if isinstance(b, str) and benchmark_is_path(b, start) else b
                                  for b in monitor["benchmarks"]]
+    if isinstance(monitor.get("mlflow_uri"), str):
+        monitor["mlflow_uri"] = _store_against(start, monitor["mlflow_uri"])
     name = model.get("name")
     if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
         model["name"] = str(start / name)

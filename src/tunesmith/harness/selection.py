@@ -9,10 +9,10 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import TASK_FILE_SUFFIXES, benchmark_is_path
 from ..errors import UserError
 
 FIND_NAMES = "`lm-eval ls tasks` lists every name; or give a task YAML file (dataset_path: json, data_files: a local file)"
-YAML_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,6 @@ class Selection:
         return TaskManager(include_path=list(self.folders) or None, include_defaults=self.needs_index)
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.endswith(YAML_SUFFIXES) or "/" in spec or spec.startswith((".", "~")) or Path(spec).exists()
 
 
 def _folder_tasks(folder: Path) -> list[str]:
@@ -70,7 +68,7 @@ def _file_spec(spec: str) -> tuple[list[str], list[str]]:
         raise UserError(f"--benchmarks {spec}: no such task file or folder; give an lm-eval task name ({FIND_NAMES})")
     if path.is_dir():
         return _folder_tasks(path), [str(path.resolve())]
-    if not spec.endswith(YAML_SUFFIXES):
+    if not spec.endswith(TASK_FILE_SUFFIXES):
         raise UserError(f"--benchmarks {spec}: a task file is an lm-eval task YAML (.yaml); name one, a folder of them, or a task")
     import yaml
 
@@ -94,7 +92,7 @@ def select_benchmarks(text: str | list[str]) -> Selection:
         raise UserError(f"--benchmarks: name at least one benchmark, e.g. --benchmarks piqa,lambada_openai ({FIND_NAMES})")
     specs, folders, needs_index = [], [], False
     for name in names:
-        if _looks_like_path(name):
+        if benchmark_is_path(name, Path.cwd()):
             more_specs, more_folders = _file_spec(name)
             specs += more_specs
             folders += more_folders

@@ -207,7 +207,10 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             raise RequestError(400, f"max_tokens is {wanted:,}; this server allows at most {limits.max_tokens:,}")
         room = served.context - len(prompt) if served.context else limits.max_tokens
         max_tokens = wanted or min(limits.max_tokens, room)
-        if max_tokens > room or max_tokens < 1:
+        if room < 1:
+            raise RequestError(400, f"the prompt ({len(prompt):,} tokens) fills the model's context of {served.context:,} tokens "
+                                    "and leaves no room to answer; shorten the prompt")
+        if max_tokens > room:
             raise RequestError(400, f"the prompt ({len(prompt):,} tokens) and max_tokens ({max_tokens:,}) do not fit the "
                                     f"model's context of {served.context:,} tokens; shorten the prompt or lower max_tokens")
         relay = Relay(request)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ..decoding.rules import ALLOWED, OpenAIPenalty, Positive, RepetitionPenalty, Seed, Temperature, TopK, TopP
 
@@ -50,7 +50,7 @@ class Sampling(BaseModel):
     frequency_penalty: OpenAIPenalty = 0.0
     presence_penalty: OpenAIPenalty = 0.0
     repetition_penalty: RepetitionPenalty = Field(1.0, le=2, description="not OpenAI's: CTRL's over prompt and text, as vLLM takes it")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict | None = None

@@ -177,11 +177,17 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     async def _body(request: Request) -> dict:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise UserError("send the request as a JSON object") from None
         if not isinstance(body, dict):
             raise UserError("send the request as a JSON object")
         return body
+
+    def _text(body: dict, key: str) -> str:
+        value = body.get(key, "")
+        if not isinstance(value, str):
+            raise UserError(f"{key}: send text, not {type(value).__name__}")
+        return value
 
     def _settings(body: dict):
         """The sampling settings as sent; only a missing or null one means the defaults (an empty list is refused)."""
@@ -234,7 +240,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
         body = await _body(request)
         reply = await run_in_threadpool(tryout.chat, final_model(name), body.get("history") or [],
-                                        str(body.get("text", "")), _settings(body))
+                                        _text(body, "text"), _settings(body))
         return {"reply": reply}
 
     @app.post("/api/run/{name:path}/generate")
@@ -242,7 +248,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        text = await run_in_threadpool(tryout.generate, final_model(name), str(body.get("prompt", "")), _settings(body))
+        text = await run_in_threadpool(tryout.generate, final_model(name), _text(body, "prompt"), _settings(body))
         return {"text": text}
 
     @app.post("/api/run/{name:path}/classify")
@@ -250,7 +256,9 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        return await run_in_threadpool(tryout.classify, final_model(name), str(body.get("text", "")))
+        if body.get("settings") not in (None, {}):
+            raise UserError("settings: a classifier takes none; send only the text")
+        return await run_in_threadpool(tryout.classify, final_model(name), _text(body, "text"))
 
     @app.get("/files/{relative:path}")
     def files(relative: str):

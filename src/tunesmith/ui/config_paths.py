@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..config import PROBE_WORDS, DataSource, RunConfig, build_config
+from ..config import PROBE_WORDS, DataSource, benchmark_is_path, RunConfig, build_config
 from ..errors import ConfigError, UserError
+from ..run_directory import SQLITE
 from .runs import RunsFolder
 
 REMOTE_TRACKING = ("http", "https")  # an MLflow server elsewhere: no file of this machine is named
-SQLITE = "sqlite:///"
 
 
 class ConfinedPaths:
@@ -59,7 +59,7 @@ class ConfinedPaths:
         from ..models.embedded import EMBEDDED_NAME
 
         local = name.endswith(".gguf") or name.startswith((".", "/", "~")) or name.count("/") > 1 or \
-            os.path.lexists(self.folder.root / name)
+            os.path.lexists(self.folder.root / name) or os.path.lexists(name)  # the last as `resolve_model` would find it
         if name == EMBEDDED_NAME or not local:
             return name
         known = len(self.problems)
@@ -78,8 +78,7 @@ class ConfinedPaths:
         """lm-eval task names only: a task file can name Python (`!function`) that lm-eval imports, so files and
         folders of tasks are for the command line, where the user runs their own code knowingly."""
         for spec in specs:
-            if spec.endswith((".yaml", ".yml")) or "/" in spec or spec.startswith((".", "~")) or \
-                    os.path.lexists(self.folder.root / spec):
+            if benchmark_is_path(spec, self.folder.root):
                 self.problems.append(f"monitor.benchmarks: {spec}: task files and folders are not taken from the page "
                                      "(a task file can run Python code); name lm-eval tasks such as piqa, or run "
                                      "`tunesmith train --set 'monitor.benchmarks=[FILE]'` from the command line")
