@@ -69,24 +69,26 @@ def stock_eval(directory: str, task: Path, out: Path, limit: int | None) -> tupl
     return (*lambada_of(json.loads(Path(written).read_text())), seconds)
 
 
-def part_same_as_stock(task: Path, work: Path, limit: int | None) -> list[str]:
-    """Both tools on the same weights, timed in the order ours, stock, stock, ours, so that a load that rises or falls
-    through the measurement weighs on both alike; the figures are each tool's mean over its two runs."""
+def part_same_as_stock(task: Path, work: Path, limit: int | None, rounds: int = 2) -> list[str]:
+    """Both tools on the same weights; with two rounds timed in the order ours, stock, stock, ours, so that a load that
+    rises or falls through the measurement weighs on both alike. The figures are each tool's mean over its runs."""
     from tunesmith.models import resolve_model
 
     directory = resolve_model("smollm2-135m", log=lambda _m: None).path  # converted once; a plain transformers directory
     runs = {"ours": [], "stock": []}
-    for index, tool in enumerate(("ours", "stock", "stock", "ours")):
+    order = ("ours", "stock", "stock", "ours")[:2 * rounds]
+    for index, tool in enumerate(order):
         scored = tunesmith_eval("smollm2-135m", task, work / f"ours-{index}.json", limit) if tool == "ours" else \
             stock_eval(directory, task, work / f"stock-{index}", limit)
         runs[tool].append((*scored, CPU_SECONDS[-1]))
     ours, stock = ([sum(column) / len(rows) for column in zip(*rows)] for rows in (runs["ours"], runs["stock"]))
-    return ["| model | acc | perplexity | wall time (mean of 2) | CPU time (mean of 2) |", "| --- | --- | --- | --- | --- |",
+    return [f"| model | acc | perplexity | wall time (mean of {rounds}) | CPU time (mean of {rounds}) |", "| --- | --- | --- | --- | --- |",
             f"| tunesmith eval smollm2-135m --benchmarks | {ours[0]:.4f} | {ours[1]:.3f} | {ours[2]:.1f} s | {ours[3]:.1f} s |",
             f"| lm_eval --model hf pretrained=DIR | {stock[0]:.4f} | {stock[1]:.3f} | {stock[2]:.1f} s | {stock[3]:.1f} s |",
             f"| difference, ratio | {100 * (ours[0] - stock[0]):+.2f} points | {ours[1] / stock[1] - 1:+.2%} | {ours[2] / stock[2]:.2f}x "
             f"| {ours[3] / stock[3]:.2f}x |",
-            f"each run's wall time, in order: {', '.join(f'{tool} {row[2]:.1f} s' for tool, row in zip(('ours', 'stock', 'stock', 'ours'), [runs['ours'][0], runs['stock'][0], runs['stock'][1], runs['ours'][1]]))}"]
+            "each run's wall time, in order: " + ", ".join(f"{tool} {runs[tool][order[:i].count(tool)][2]:.1f} s"
+                                                           for i, tool in enumerate(order))]
 
 
 def train_run(out: Path, settings: dict) -> dict:
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--limit", type=int, help="LAMBADA passages for parts 1-3 (default: all 5,153)")
     parser.add_argument("--bench-limit", type=int, default=200, help="monitor.benchmark_limit in parts 4 and 5")
+    parser.add_argument("--rounds", type=int, default=2, choices=(1, 2),
+                        help="part 1: 1 runs each tool once; 2 times them in the order ours, stock, stock, ours")
     parser.add_argument("--parts", default="1,2,3,4,5", help="which measurements, e.g. 1 or 2,3 (2 and 3 share one run)")
     args = parser.parse_args()
     from tunesmith.harness.lambada import write_lambada_task
@@ -171,7 +175,7 @@ def main() -> None:
     task = write_lambada_task(args.data / "bench-lambada" / "lambada_test.jsonl", work / "lambada_openai.yaml")
     print(f"CPU: {cpu_name()}; LAMBADA passages for parts 1-3: {args.limit or 'all 5,153'}; work folder {work}", flush=True)
     if "1" in parts:
-        print("\n".join(part_same_as_stock(task, work, args.limit)) + "\n", flush=True)
+        print("\n".join(part_same_as_stock(task, work, args.limit, args.rounds)) + "\n", flush=True)
     if parts & {"2", "3"}:
         print("\n".join(part_lora_and_gguf(task, work, args.limit)) + "\n", flush=True)
     if parts & {"4", "5"}:

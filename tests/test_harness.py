@@ -263,6 +263,24 @@ def test_benchmarks_at_the_ends_leave_training_as_it_was(tiny_gpt2, corpus_file,
     assert rows[-1]["bench_of_step"] == summary["best_step"] and summary["benchmarks"]["every"] == "end"
 
 
+def test_the_base_models_scores_are_kept_for_the_next_run_of_the_same_base(tiny_gpt2, corpus_file, task_files, tmp_path, monkeypatch,
+                                                                           capsys):
+    from tunesmith.harness.during import BenchmarkMonitor
+
+    measured = []
+    original = BenchmarkMonitor.measure
+    monkeypatch.setattr(BenchmarkMonitor, "measure", lambda self, model: measured.append(1) or original(self, model))
+    summaries = []
+    for name, limit in (("first", 2), ("second", 2), ("more-items", 3)):
+        cfg = quick_run(tiny_gpt2, corpus_file, tmp_path / name, max_steps=2, eval_every=2)
+        cfg.monitor.benchmarks, cfg.monitor.benchmark_limit = [str(task_files["choice"])], limit
+        summaries.append(train(cfg))
+        printed = capsys.readouterr().out
+        assert ("kept from an earlier run" in printed) == (name == "second"), name
+    assert len(measured) == 2 + 1 + 2  # the second run scores only its final model; another limit is another base score
+    assert summaries[1]["benchmarks"]["base"] == summaries[0]["benchmarks"]["base"]
+
+
 def test_an_unknown_benchmark_in_a_run_config_fails_before_training(tiny_gpt2, corpus_file, tmp_path, capsys):
     cfg = quick_run(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=4)
     cfg.monitor.benchmarks = [str(tmp_path / "missing.yaml")]

@@ -76,7 +76,7 @@ def _file_key(files: list[Path]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _model_key(resolved: ResolvedModel, tokenizer) -> str:
+def model_key(resolved: ResolvedModel, tokenizer) -> str:
     """The base model's identity: its name, and for a local model what its files hold."""
     from .data.tokens import tokenizer_fingerprint
 
@@ -100,7 +100,7 @@ class BaseSampler:
         self.resolved, self.device, self.precision, self.log = resolved, device, precision, log
         self.tokenizer = load_tokenizer(resolved)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        self.path = tunesmith_home() / "probes" / f"{_model_key(resolved, self.tokenizer)}.json"
+        self.path = tunesmith_home() / "probes" / f"{model_key(resolved, self.tokenizer)}.json"
         self.cache: dict[int, ProbeText] = self._read()
 
     def _read(self) -> dict[int, ProbeText]:

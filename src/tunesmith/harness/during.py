@@ -11,6 +11,7 @@ import os
 import torch
 
 from ..config import MonitorConfig
+from .base_scores import base_key, benchmarks_key, keep_base, read_base
 from .model import DTYPES
 from .run import load_tasks, quiet_harness, run_benchmarks
 from .scores import row_of
@@ -45,6 +46,7 @@ class BenchmarkMonitor:
         quiet_harness()
         self.manager = self.selection.task_manager()
         self.tasks = load_tasks(self.selection, self.manager)
+        self.benchmarks_key = benchmarks_key(self.selection)
 
     def describe(self) -> str:
         names = ", ".join(_shown_name(spec) for spec in self.selection.specs)
@@ -65,6 +67,17 @@ class BenchmarkMonitor:
         finally:
             model.train(was_training)
         return row_of(run.scores)
+
+
+    def measure_base(self, model: torch.nn.Module, model_key: str) -> tuple[dict, bool]:
+        """The base model's row, and whether it was kept from an earlier run of the same base on the same benchmarks."""
+        key = base_key(model_key, self.benchmarks_key, model, self.precision, self.limit)
+        kept = read_base(key)
+        if kept is not None:
+            return kept, True
+        row = self.measure(model)
+        keep_base(key, row)
+        return row, False
 
 
 def _shown_name(spec: str) -> str:

@@ -37,7 +37,7 @@ def _folder_tasks(folder: Path) -> list[str]:
 
     tasks, groups = [], []
     for path in sorted(folder.rglob("*.y*ml")):
-        config = _parsed(path, yaml)
+        config = read_task_file(path, yaml)
         if isinstance(config, dict) and isinstance(config.get("group"), str) and "task" in config and isinstance(config["task"], list):
             groups.append(config["group"])
         elif isinstance(config, dict) and isinstance(config.get("task"), str):
@@ -47,7 +47,7 @@ def _folder_tasks(folder: Path) -> list[str]:
     return groups or tasks
 
 
-def _parsed(path: Path, yaml):
+def read_task_file(path: Path, yaml):
     """A task file's YAML; lm-eval's own tags (!function) are read as plain values here, since only the names matter."""
 
     class Lenient(yaml.SafeLoader):
@@ -72,7 +72,7 @@ def _file_spec(spec: str) -> tuple[list[str], list[str]]:
         raise UserError(f"--benchmarks {spec}: a task file is an lm-eval task YAML (.yaml); name one, a folder of them, or a task")
     import yaml
 
-    config = _parsed(path, yaml)
+    config = read_task_file(path, yaml)
     if not isinstance(config, dict) or not isinstance(config.get("task") or config.get("group"), str):
         raise UserError(f"--benchmarks {spec}: not an lm-eval task file (it needs a `task:` name); see lm-eval's new_task_guide")
     return [str(path.resolve())], []

@@ -16,7 +16,7 @@ from .state import LoopState
 
 class RunBenchmarks:
     def __init__(self, cfg: RunConfig, task: Task, parts, context: Distributed, log):
-        self.parts, self.monitor, self.note = parts, None, None
+        self.parts, self.monitor, self.note, self.log = parts, None, None, log
         self.every = cfg.monitor.benchmark_every
         if not cfg.monitor.benchmarks:
             return
@@ -36,19 +36,28 @@ class RunBenchmarks:
                 raise ConfigError([str(exc).replace("--benchmarks", "monitor.benchmarks")]) from None
             log(self.monitor.describe())
 
-    def _measure(self, state: LoopState) -> dict:
+    def _timed(self, state: LoopState, measure):
         started = time.perf_counter()
         with state.timed():
-            row = self.monitor.measure(self.parts.model)
+            result = measure()
         state.bench_seconds += time.perf_counter() - started
-        return row
+        return result
+
+    def _measure(self, state: LoopState) -> dict:
+        return self._timed(state, lambda: self.monitor.measure(self.parts.model))
 
     def at_start(self, state: LoopState) -> dict:
-        """The base model's scores, for the step-0 row."""
+        """The base model's scores, for the step-0 row: kept from an earlier run of the same base when there is one."""
         if self.monitor is None:
             return {}
-        state.bench_base = state.bench_best = self._measure(state)
-        return state.bench_base
+        from ..forgetting import model_key
+
+        identity = model_key(self.parts.resolved, self.parts.tokenizer)
+        row, kept = self._timed(state, lambda: self.monitor.measure_base(self.parts.model, identity))
+        if kept:
+            self.log("benchmarks: the base model's scores kept from an earlier run of it on these benchmarks")
+        state.bench_base = state.bench_best = row
+        return row
 
     def at_evaluation(self, state: LoopState, improved: bool) -> dict:
         """With benchmark_every eval, this evaluation's scores; kept as the final model's when the step is the new best."""
