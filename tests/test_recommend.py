@@ -223,3 +223,6 @@ def test_the_demo_passes_the_memory_check_with_6_gib_available(precision, corpus
     cfg = load_config(None, [("data.train", [str(corpus_file)]), ("data.block_size", 256), ("train.micro_batch_size", 4),
                              ("train.device", "cpu"), ("train.precision", precision)])
     preflight.check_plan_fits(cfg, candidate("smollm2-135m").config)
+    monkeypatch.setattr(preflight, "available_memory", lambda: 3 * 2**30)  # the check is live: the same run with less
+    with pytest.raises(UserError, match=r"needs about [3-5]\.\d\d GiB .* and 3\.00 GiB is available"):
+        preflight.check_plan_fits(cfg, candidate("smollm2-135m").config)

@@ -22,7 +22,7 @@ BATCH_SIZE = 16
 
 
 @contextlib.contextmanager
-def _quietly():
+def _silenced():
     """lm-eval's progress bars and bootstrap lines would break the run's own progress display; one process, no pool."""
     previous = os.environ.get("DISABLE_MULTIPROC")
     os.environ["DISABLE_MULTIPROC"] = "1"
@@ -60,7 +60,7 @@ class BenchmarkMonitor:
         was_training = model.training
         model.eval()
         try:
-            with _quietly():
+            with _silenced():
                 lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=BATCH_SIZE, backend="causal",
                           mixed_precision_dtype=DTYPES.get(self.precision))
                 run = run_benchmarks(lm, self.tasks, self.manager, self.limit, keep_rng=True, bootstrap_iters=BOOTSTRAP_ITERS)
