@@ -1,18 +1,16 @@
 """The run config: one typed, validated object built from YAML, flags and `--set key=value` overrides.
 
-Defaults live here and nowhere else; `tunesmith init` and the README's key reference are generated
-from these classes, so documentation cannot drift from the code.
+Defaults live here and nowhere else; `tunesmith init`, the README's key reference and the web page's form are
+generated from these classes (`config_reference`), so documentation cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -356,70 +354,3 @@ def check_block_size(block_size: int, context_length: int | None) -> None:
         raise ConfigError(
             [f"data.block_size: {block_size} is above the model's context of {context_length} tokens; use at most {context_length}"]
         )
-
-
-def _field_default(field) -> Any:
-    if field.default_factory is not None:
-        return field.default_factory()
-    return field.default
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-@dataclass(frozen=True)
-class ConfigKey:
-    """One config key as `init`, the README table and the web page's form show it."""
-
-    section: str  # "" for the top-level `task`
-    name: str
-    default: Any
-    description: str
-    choices: tuple[str, ...] = ()  # the allowed values of a Literal key
-
-    @property
-    def key(self) -> str:
-        return f"{self.section}.{self.name}" if self.section else self.name
-
-    @property
-    def default_text(self) -> str:
-        return _yaml_value(self.default)
-
-
-def _choices(field) -> tuple[str, ...]:
-    annotation = field.annotation
-    if get_origin(annotation) is Union:  # Optional[Literal[...]]
-        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
-    return tuple(str(v) for v in get_args(annotation)) if get_origin(annotation) is Literal else ()
-
-
-def config_keys() -> list[ConfigKey]:
-    """Every config key with its default and meaning, from the config classes: the one source of all three."""
-    task = RunConfig.model_fields["task"]
-    keys = [ConfigKey("", "task", task.default, task.description, _choices(task))]
-    for section, cls in SECTIONS.items():
-        keys += [ConfigKey(section, name, _field_default(field), field.description, _choices(field))
-                 for name, field in cls.model_fields.items()]
-    return keys
-
-
-def starter_yaml() -> str:
-    """The commented config that `tunesmith init` writes: every key, its default and its meaning."""
-    lines = ["# tunesmith run config. Every key is optional; flags and --set section.key=value override it.", ""]
-    for section, keys in itertools.groupby(config_keys(), key=lambda key: key.section):
-        indent = "  " if section else ""
-        lines += [f"{section}:"] if section else []
-        for key in keys:
-            lines += [f"{indent}# {key.description}", f"{indent}{key.name}: {key.default_text}"]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def reference_markdown() -> str:
-    """The README's table of config keys."""
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{key.key}` | `{key.default_text}` | {key.description} |" for key in config_keys()]
-    return "\n".join(rows)

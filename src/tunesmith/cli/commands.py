@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import load_config, starter_yaml
+from ..config import load_config
+from ..config_reference import starter_yaml
 from ..errors import UserError
 from ..run_directory import is_run_dir
 from .parser import config_of, overrides_of
