@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..durable import write_atomically
 from ..models import tunesmith_home
+from ..run_directory import read_json_object
 from .selection import Selection, read_task_file
 
 
@@ -56,11 +57,8 @@ def _path(key: str) -> Path:
 
 def read_base(key: str) -> dict | None:
     """The kept scores (a metrics row's bench/ keys), or None; a damaged file is as good as none."""
-    try:
-        row = json.loads(_path(key).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return row if isinstance(row, dict) and row and all(isinstance(v, (int, float)) for v in row.values()) else None
+    row = read_json_object(_path(key))
+    return row if row and all(isinstance(v, (int, float)) for v in row.values()) else None
 
 
 def keep_base(key: str, row: dict) -> None:
