@@ -279,6 +279,18 @@ def test_comparing_two_runs_shows_only_the_keys_that_differ(server, page, tmp_pa
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
 
+def wait_for_state(page, run_dir, state: str, timeout_ms: int) -> None:
+    """Wait for the run page to show `state`; on a timeout, say what the page and the run's console showed instead."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.wait_for_selector(f"#state.{state}", timeout=timeout_ms)
+    except PageTimeout:
+        console = (run_dir / "console.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"the page never showed {state}: it shows {page.locator('#state').inner_text()!r}, problem "
+                             f"{page.locator('#action-problem').inner_text()!r}; console.log ends:\n{console}") from None
+
+
 def test_a_run_started_from_the_form_stops_with_a_checkpoint_and_resumes_to_the_end(server, page, runs_root, tmp_path):
     page.goto(f"{server}/new")
     for key, value in FORM_RUN.items():
@@ -309,14 +321,14 @@ def test_a_run_started_from_the_form_stops_with_a_checkpoint_and_resumes_to_the_
     findings = page.request.get(f"{server}/fragments/run/from-form/findings")  # refreshed while the run trains
     assert findings.ok and "<li" in findings.text()
     page.click("#stop")
-    page.wait_for_selector("#state.stopped", timeout=60_000)
+    wait_for_state(page, runs_root / "from-form", "stopped", 60_000)
     checkpoints = [int(p.name.split("-")[1]) for p in (runs_root / "from-form" / "checkpoints").iterdir() if "." not in p.name]
     stopped_at = int(page.locator("#steps").inner_text())
     assert stopped_at in checkpoints and stopped_at < 3000
     log = (runs_root / "from-form" / "console.log").read_text()
     assert log.startswith(f"$ tunesmith train {runs_root / 'from-form' / 'launch.yaml'} --out ") and "interrupted at step" in log
     page.click("#resume")
-    page.wait_for_selector("#state.finished", timeout=300_000)
+    wait_for_state(page, runs_root / "from-form", "finished", 300_000)
     summary = json.loads((runs_root / "from-form" / "summary.json").read_text())
     assert summary["steps"] == 3000 and "resumed from" in (runs_root / "from-form" / "console.log").read_text()
     page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)

@@ -183,6 +183,19 @@ def fake_trainer(monkeypatch):
     return started
 
 
+def test_a_run_that_recorded_its_stop_leaves_room_while_its_process_exits(form_root, fake_trainer):
+    """Stop, then Resume at once: the stopped trainer may still be exiting (Python tearing down), and must not count."""
+    from tunesmith.run_directory import PROCESS
+
+    client = client_of(form_root, max_runs=1)
+    assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "first"}).status_code == 200
+    assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "second"}).status_code == 429  # first is starting
+    (form_root / "first" / PROCESS).write_text(json.dumps({"pid": fake_trainer[0].pid, "process_started": 0.0,
+                                                           "ended": time.time(), "outcome": "stopped"}))
+    assert fake_trainer[0].poll() is None
+    assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "second"}).status_code == 200
+
+
 def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
     import os
 

@@ -137,9 +137,11 @@ class Launcher:
                             f"this one from the command line: tunesmith train --out {run_dir} --resume") from None
 
     def running(self) -> list[str]:
-        """The folder's runs that train now, started from this page or from the command line: all share the machine."""
-        launched = {name for name, process in self.processes.items() if process.poll() is None}
-        return sorted(launched | {name for name in self.folder.names() if name not in launched and self.is_running(name)})
+        """The folder's runs that train now, started from this page or from the command line: all share the machine.
+        A process that recorded its end is only exiting and leaves room, so Resume works right after Stop."""
+        names = set(self.folder.names())
+        unlisted = {name for name, process in self.processes.items() if process.poll() is None and name not in names}
+        return sorted(unlisted | {name for name in names if self.is_running(name)})
 
     def _check_room(self) -> None:
         running = self.running()

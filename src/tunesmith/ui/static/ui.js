@@ -110,6 +110,7 @@ const tunesmith = (() => {
     };
     stop.addEventListener("click", act("stop"));
     resume.addEventListener("click", act("resume"));
+    stop.disabled = resume.disabled = false;  // rendered disabled: a click before this point would do nothing
     every(1000, poll);
     tryIt(info.name);
   }
@@ -214,6 +215,7 @@ const tunesmith = (() => {
       previewBox.hidden = false;
     }));
     form.addEventListener("submit", send(start, "/api/new/start", data => { location.href = `/runs/${runPath(data.name)}`; }));
+    check.disabled = preview.disabled = start.disabled = false;  // rendered disabled until their handlers are in place
   }
 
   return {runsPage, runPage, comparePage, newPage};
