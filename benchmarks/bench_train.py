@@ -183,7 +183,7 @@ def worker_trainer(args, model_dir: Path, out: Path, settings: dict) -> dict:
     if settings.get("model.method") == "lora":
         from peft import LoraConfig, get_peft_model
 
-        from tunesmith.models.methods import LORA_TARGETS
+        from tunesmith.methods.adapters import LORA_TARGETS
 
         model = get_peft_model(model, LoraConfig(r=settings["model.lora_rank"], lora_alpha=settings["model.lora_alpha"],
                                                  lora_dropout=settings["model.lora_dropout"], bias="none", task_type="CAUSAL_LM",

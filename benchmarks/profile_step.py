@@ -36,7 +36,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from tunesmith.models import resolve_model
-    from tunesmith.models.methods import storage_dtypes
+    from tunesmith.methods import storage_dtypes
     from tunesmith.training.build import build_model
     from tunesmith.training.optim import build_optimizer, build_scheduler
     from tunesmith.training.fused_loss import training_loss

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.config import ModelConfig
-from tunesmith.models.methods import apply_method, storage_dtypes, store_weights
+from tunesmith.methods import apply_method, storage_dtypes
+from tunesmith.models.weights import store_weights
 from tunesmith.training.compiling import CompileWhenItRepays, seconds_saved
 from tunesmith.training.optim import StochasticRoundingAdamW
 

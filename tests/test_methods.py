@@ -115,3 +115,14 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, corpus_file, t
     cfg.model.gradient_checkpointing = True
     train(cfg)
     assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+
+
+def test_every_method_the_config_takes_is_registered_once():
+    from typing import get_args
+
+    from tunesmith.config import ModelConfig
+    from tunesmith.methods import METHODS
+
+    assert set(get_args(ModelConfig.model_fields["method"].annotation)) == set(METHODS)
+    assert all(name == method.name for name, method in METHODS.items())
+    assert [name for name, method in METHODS.items() if method.fallback] == ["lora", "freeze"]  # recommend's order

@@ -8,7 +8,7 @@ from tunesmith.batch import IGNORE
 from tunesmith.data.blocks import documents_apart
 from tunesmith.data.examples import ExampleWriter, Examples, PackedExamples, pack_rows
 from tunesmith.loss import forward
-from tunesmith.models.methods import keeps_packed_apart
+from tunesmith.models.weights import keeps_packed_apart
 from tunesmith.tasks.classify import PackedClassifier
 
 

@@ -15,6 +15,7 @@ from .diagnose_benchmarks import benchmark_regression, forgetting_advice
 from .diagnose_preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 from .errors import UserError
 from .findings import Advice, Finding, RunFacts, round3
+from .methods import method_advice
 from .run_directory import read_json_lines
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
@@ -64,8 +65,7 @@ def overfitting(history: list[dict], facts: RunFacts) -> Finding | None:
         advice.append(Advice("train.epochs", round(best_step / facts.steps_per_epoch, 2), "stop where validation loss was lowest"))
     advice.append(Advice("model.dropout", round(min(0.5, (facts.dropout or 0.0) + 0.1), 2), "more dropout regularizes"))
     advice.append(Advice("train.weight_decay", max(0.1, (facts.weight_decay or 0.0) * 2), "stronger weight decay"))
-    if facts.method == "full":
-        advice.append(Advice("model.method", "lora", "far fewer trainable parameters memorize less (or freeze)"))
+    advice += method_advice(facts.method, "overfitting")
     advice.append(Advice("", None, "more training data"))
     return Finding(
         "overfitting", "warning",
@@ -107,8 +107,7 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
     first, last, change = flat
     advice = [Advice("train.lr", round3((facts.lr or 5e-5) * 3), "a higher learning rate"),
               Advice("train.epochs", None, "more steps: raise train.epochs or train.max_steps")]
-    if facts.method == "freeze":
-        advice.append(Advice("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"))
+    advice += method_advice(facts.method, "underfitting")
     advice.append(Advice("model.name", None, "a bigger model"))
     return Finding("underfitting", "warning",
                    f"training ({first:.4f} -> {last:.4f}) and validation losses are both flat: the model is not learning the data",
@@ -141,7 +140,7 @@ def too_little_data(history: list[dict], facts: RunFacts) -> Finding | None:
     ratio = facts.train_tokens / facts.trainable_parameters
     if ratio >= TOKENS_PER_PARAMETER:
         return None
-    advice = [Advice("model.method", "lora", "train far fewer parameters")] if facts.method == "full" else []
+    advice = method_advice(facts.method, "too_little_data")
     return Finding("too_little_data", "info",
                    f"{facts.train_tokens:,} training tokens for {facts.trainable_parameters:,} trainable parameters "
                    f"({ratio:.2g} tokens per parameter): expect memorization within a few epochs",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .findings import Advice, Finding, RunFacts, round3
+from .methods import method_advice
 from .harness.scores import ROW_PREFIX, Score, beyond_two_stderr, scores_from_row
 
 LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")  # lm-eval's own
@@ -17,9 +18,7 @@ LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per
 def forgetting_advice(facts: RunFacts) -> list[Advice]:
     """What moves a model less from its base: a lower learning rate, fewer trained weights, rehearsed general text."""
     advice = [Advice("train.lr", round3((facts.lr or 5e-5) / 3), "a lower learning rate moves the model less from the base")]
-    if facts.method == "full":
-        advice += [Advice("model.method", "lora", "low-rank adapters leave the base weights as they are"),
-                   Advice("model.method", "freeze", "train only the top blocks (with model.train_last_layers)")]
+    advice += method_advice(facts.method, "forgetting")
     if not facts.replay:
         advice.append(Advice("data.replay", 0.1, "rehearse general text while learning the domain"))
     return advice

@@ -122,9 +122,9 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
     return rows, torn
 
 
-# settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones
-WEIGHT_SETTINGS = ("task", "model.name", "model.method", "model.freeze_layers", "model.train_last_layers", "model.lora_rank",
-                   "model.lora_alpha", "model.lora_targets", "classify.method")
+# settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones (and
+# the method's own, `Method.settings`)
+WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method")
 
 
 def _setting(values: dict, dotted: str):
@@ -146,7 +146,9 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         return
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
-    for key in WEIGHT_SETTINGS:
+    from .methods import fixed_settings
+
+    for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method"))):
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides which weights train, "

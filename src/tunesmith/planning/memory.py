@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..config import ModelConfig
+from ..methods import method_of
 
 ADAMW_BYTES = 8  # exp_avg and exp_avg_sq in fp32 per trainable parameter
 NF4_BYTES = 0.5 + 0.127 / 8 * 4  # 4-bit weights plus double-quantized block constants (QLoRA paper: 0.127 bits/param)
@@ -119,7 +120,8 @@ def _build(config, shape: StepShape):
 
 def _model_on_meta(config, shape: StepShape, method: ModelConfig) -> torch.nn.Module:
     """The model as training holds it (the method applied, each parameter in its stored dtype), on the meta device."""
-    from ..models.methods import apply_method, storage_dtypes, store_weights
+    from ..methods import apply_method, storage_dtypes
+    from ..models.weights import store_weights
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and fan-in notices from building throwaway models
@@ -137,7 +139,7 @@ def simulate_peak(config, shape: StepShape, layers: int, trained_layers: int, mi
     from ..training.optim import StochasticRoundingAdamW
     from ..training.step import forward_backward
 
-    method = ModelConfig(method=shape.method, train_last_layers=trained_layers if shape.method == "freeze" else None,
+    method = ModelConfig(method=shape.method, train_last_layers=trained_layers if method_of(shape.method).top_blocks else None,
                          lora_rank=shape.lora_rank, gradient_checkpointing=shape.gradient_checkpointing)
     model = _model_on_meta(_with_layers(config, layers), shape, method)
     counter = _LiveBytes()
@@ -213,7 +215,7 @@ class MemoryModel:
 def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, int, int, int, int]:
     """Parameters of the whole model, counted on the meta device: all, trainable, the blocks' matrices; the bytes
     of all weights as stored, and of one trainable parameter."""
-    from ..models.methods import transformer_blocks
+    from ..models.weights import transformer_blocks
 
     model = _model_on_meta(config, shape, ModelConfig(method=shape.method, train_last_layers=trained_layers, lora_rank=shape.lora_rank))
     matrices = sum(p.numel() for name, p in transformer_blocks(model).named_parameters() if p.ndim == 2 and "lora_" not in name)
@@ -224,8 +226,8 @@ def _counts(config, shape: StepShape, trained_layers: int | None) -> tuple[int, 
 
 
 def trained_layers(config, method: str) -> int | None:
-    """With freeze: the top quarter of the blocks (at least one) trains, as `recommend` configures it."""
-    return max(1, config.num_hidden_layers // 4) if method == "freeze" else None
+    """The blocks that train as `recommend` configures the method (None: the method does not count blocks)."""
+    return method_of(method).default_trained_layers(config)
 
 
 def fit_memory(config, shape: StepShape) -> MemoryModel:
@@ -234,15 +236,15 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
     peak = fixed + s·B + trained·(b + d·B) + frozen·(f + g·B), with B the micro-batch: four steps give
     fixed, s, b and d; for freeze two more (a frozen block under a trained one) give f and g.
     """
-    method = "lora" if shape.method == "qlora" else shape.method
-    base = replace(shape, method=method)
+    method = method_of(shape.method)
+    base = replace(shape, method=method.unquantized)
     s = {(layers, micro): simulate_peak(config, base, layers, layers, micro) for layers in (1, 2) for micro in (1, 2)}
     d = (s[2, 2] - s[1, 2]) - (s[2, 1] - s[1, 1])
     b = s[2, 1] - s[1, 1] - d
     per_sequence = s[1, 2] - s[1, 1] - d
     fixed = s[1, 1] - b - per_sequence - d
     layers = config.num_hidden_layers
-    trained = min(shape.train_last_layers or trained_layers(config, method) or layers, layers)
+    trained = min(shape.train_last_layers or method.default_trained_layers(config) or layers, layers)
     fixed += trained * b
     per_sequence += trained * d
     if trained < layers:
@@ -251,9 +253,9 @@ def fit_memory(config, shape: StepShape) -> MemoryModel:
         f = one - s[1, 1] - g
         fixed += (layers - trained) * f
         per_sequence += (layers - trained) * g
-    params, trainable, matrices, weights, gradient_bytes = _counts(config, base, trained if method == "freeze" else None)
+    params, trainable, matrices, weights, gradient_bytes = _counts(config, base, trained if method.top_blocks else None)
     model = MemoryModel(params, trainable, matrices, weights, fixed, per_sequence, gradient_bytes)
-    return as_qlora(model) if shape.method == "qlora" else model
+    return as_qlora(model) if method.quantized_base else model
 
 
 def as_resident(model: MemoryModel) -> MemoryModel:

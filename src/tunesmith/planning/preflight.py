@@ -15,10 +15,10 @@ from typing import Callable
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..methods import METHODS, method_of
 from .memory import MemoryModel, StepShape, as_resident, fit_memory
 
 OVERRIDE = "train.memory_check=false"
-CHEAPER_METHODS = ["lora", "freeze"]  # what a run that does not fit may switch to, in recommend's order
 
 
 def available_memory() -> int:
@@ -55,7 +55,7 @@ def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: 
                 f"({_gib(memory.estimate(fits * rows).total)})")
     from dataclasses import replace
 
-    for method in [m for m in CHEAPER_METHODS if m != shape.method]:
+    for method in [m.name for m in METHODS.values() if m.fallback and m.name != shape.method]:
         cheaper = replace(shape, method=method, train_last_layers=None)
         other = as_resident(fit_memory(config, cheaper))
         fits = other.largest_micro_batch(available, micro * rows) // rows
@@ -64,18 +64,12 @@ def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: 
     return "a smaller model (tunesmith recommend --data FILE lists those that fit)"
 
 
-def _trained_layers(cfg: RunConfig, config) -> int | None:
-    if cfg.model.method != "freeze":
-        return None
-    return cfg.model.train_last_layers or max(1, config.num_hidden_layers - cfg.model.freeze_layers)
-
-
 def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: None) -> None:
     """Raise a UserError (one line: the plan, the memory available, what fits) when a CPU run would not fit in memory."""
     from ..models import load_model_config, resolve_model
     from ..runtime import pick_device
 
-    if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or cfg.model.method == "qlora":
+    if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or not method_of(cfg.model.method).runs_on("cpu"):
         return  # processes under torchrun share the memory in ways not modelled here; qlora stops on a CPU anyway
     if pick_device(cfg.train.device).type != "cpu":
         return
@@ -86,7 +80,7 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     """`check_memory_fits` for a CPU run of the model whose config is `config`."""
     import torch
 
-    from ..models.methods import short_count
+    from ..models.weights import short_count
     from ..runtime import pick_precision
     from ..tasks import build_task
 
@@ -97,7 +91,7 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1  # auto starts from 1
     rows = task.rows_per_example
     shape = StepShape(cfg.model.method, cfg.data.block_size, precision, task.head_classes(2), cfg.model.gradient_checkpointing,
-                      cfg.model.lora_rank, cfg.train.weights, _trained_layers(cfg, config))
+                      cfg.model.lora_rank, cfg.train.weights, method_of(cfg.model.method).trained_layers(cfg.model, config))
     available = available_memory()
     try:
         if peak_bound(config, shape, micro * rows) <= available:

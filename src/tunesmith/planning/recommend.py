@@ -15,15 +15,14 @@ import torch
 
 from ..config import DataConfig, RunConfig, build_config
 from ..errors import UserError
+from ..methods import METHODS, method_of
+from ..models.weights import short_count
 from .candidates import Candidate
-from ..models.methods import short_count
-from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, as_resident, fit_memory, trained_layers
+from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, as_resident, fit_memory
 from .throughput import DeviceRate, tokens_per_second
 
 CHARS_PER_TOKEN = 4.0  # English text under GPT-2-style BPE vocabularies; the data is not tokenized to plan
 HEADROOM = 0.9  # plan to use at most this share of the memory: allocators fragment, and other programs run too
-METHOD_ORDER = ["full", "lora", "freeze", "qlora"]
-LEARNING_RATES = {"full": 5e-5, "freeze": 1e-4, "lora": 2e-4, "qlora": 2e-4}
 TARGET_BATCH = 16  # sequences per optimizer step when the data allows it
 MIN_STEPS = 100  # small data gets more epochs, up to MAX_EPOCHS, so that training takes at least this many steps
 MAX_EPOCHS = 10
@@ -61,7 +60,7 @@ class Option:
     @property
     def base_params(self) -> int:
         """The pre-trained model's parameters, adapters not counted."""
-        return self.memory.params - (self.memory.trainable if self.method in ("lora", "qlora") else 0)
+        return self.memory.params - (self.memory.trainable if method_of(self.method).adapters else 0)
 
     @property
     def estimate(self) -> MemoryEstimate:
@@ -166,7 +165,7 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
 
     from ..tasks import build_task
 
-    methods = [m for m in METHOD_ORDER if m != "qlora" or device.type == "cuda"]
+    methods = [method for method in METHODS.values() if method.runs_on(device.type)]
     limit = TARGET_BATCH if device.type == "cuda" else 4  # more than 4 sequences buys no speed on CPU
     rows = build_task(cfg).rows_per_example
     options = []
@@ -176,17 +175,17 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
         too_long = f"block {cfg.data.block_size} > context {context}" if context and cfg.data.block_size > context else ""
         fitted: dict[str, MemoryModel] = {}
         for method in methods:
-            if method == "qlora":
-                memory = as_qlora(fitted["lora"])
+            if method.quantized_base and method.unquantized in fitted:
+                memory = as_qlora(fitted[method.unquantized])
             else:
-                memory = fit_memory(candidate.config, _shape(cfg, method, precision, data.labels))
+                memory = fit_memory(candidate.config, _shape(cfg, method.name, precision, data.labels))
                 if device.type == "cpu":  # the kernel weighs the whole process, and kills it rather than raise
                     memory = as_resident(memory)
-            fitted[method] = memory
-            speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method, cfg.data.block_size, rate)
+            fitted[method.name] = memory
+            speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method.name, cfg.data.block_size, rate)
             note = too_long or _availability(candidate, hub)
             fits = memory.largest_micro_batch(budget * HEADROOM, limit * rows)
-            options.append(Option(candidate, method, memory, fits // rows, speed,
+            options.append(Option(candidate, method.name, memory, fits // rows, speed,
                                   data.tokens / speed / 3600, note))
     return options
 
@@ -209,7 +208,7 @@ def _sequences(cfg: RunConfig, data: DataSize) -> int:
 
 
 def choose(plan: Plan, cfg: RunConfig) -> Plan:
-    """The largest model whose planned epochs fit the hours, with the first method (in METHOD_ORDER) that fits its memory."""
+    """The largest model whose planned epochs fit the hours, with the first method (in the order of `METHODS`) that fits its memory."""
     sequences = _sequences(cfg, plan.data)
     batch = max(1, min(TARGET_BATCH, sequences // 20))  # at least 20 steps an epoch
     epochs = planned_epochs(plan.data, sequences, batch)
@@ -223,7 +222,7 @@ def choose(plan: Plan, cfg: RunConfig) -> Plan:
     in_time = [o for o in fitting if o.hours_per_epoch * epochs <= plan.hours]
     if in_time:
         biggest = max(o.base_params for o in in_time)
-        chosen = min((o for o in in_time if o.base_params == biggest), key=lambda o: METHOD_ORDER.index(o.method))
+        chosen = min((o for o in in_time if o.base_params == biggest), key=lambda o: list(METHODS).index(o.method))
         plan.reasons.append(f"{chosen.candidate.label} is the largest model whose {epochs:g} epochs fit in {plan.hours:g} h "
                             f"({chosen.hours_per_epoch * epochs:.2f} h estimated)")
     else:
@@ -231,8 +230,8 @@ def choose(plan: Plan, cfg: RunConfig) -> Plan:
         epochs = round(max(0.05, plan.hours / chosen.hours_per_epoch), 2)
         plan.reasons.append(f"no model trains {planned_epochs(plan.data, sequences, batch):g} epochs in {plan.hours:g} h; "
                             f"{chosen.candidate.label} is the fastest and does {epochs:g} epoch(s) in that time")
-    if chosen.method != "full":
-        full = next((o for o in plan.options if o.candidate is chosen.candidate and o.method == "full"), None)
+    if not method_of(chosen.method).trains_all:
+        full = next((o for o in plan.options if o.candidate is chosen.candidate and method_of(o.method).trains_all), None)
         if full is not None and not full.micro_batch:
             plan.reasons.append(f"full fine-tuning needs {full.estimate.total / 2**30:.1f} GiB at micro-batch 1, "
                                 f"more than {HEADROOM:.0%} of {plan.memory_budget / 2**30:.1f} GiB")
@@ -266,15 +265,14 @@ def make_plan(cfg: RunConfig, candidates: list[Candidate], memory: int | None, h
 def recommended_config(plan: Plan, cfg: RunConfig) -> dict:
     """The run config that the plan describes: the user's data settings, the chosen model, method and schedule."""
     chosen = plan.chosen
-    model = {"name": chosen.candidate.name, "method": chosen.method}
-    if chosen.method == "freeze":
-        model["train_last_layers"] = trained_layers(chosen.candidate.config, "freeze")
+    method = method_of(chosen.method)
+    model = {"name": chosen.candidate.name, "method": method.name, **method.recommended_settings(chosen.candidate.config)}
     if cfg.model.gradient_checkpointing:
         model["gradient_checkpointing"] = True
     defaults = DataConfig().model_dump(mode="json")
     data = {key: value for key, value in cfg.data.model_dump(mode="json").items() if value != defaults[key] or key in ("train", "block_size")}
     raw = {"task": cfg.task, "model": model, "data": data,
-           "train": {"lr": LEARNING_RATES[chosen.method], "epochs": plan.epochs, "micro_batch_size": plan.micro_batch,
+           "train": {"lr": method.learning_rate, "epochs": plan.epochs, "micro_batch_size": plan.micro_batch,
                      "grad_accum": plan.grad_accum}}
     from ..tasks import build_task
 

@@ -15,12 +15,6 @@ import torch
 # the block's rate on 2 cores of an AMD EPYC (benchmarks/bench_memory.py, benchmarks/RESULTS.md).
 PEAK_SHARE = 0.40
 TIMED_SHARE = 0.67
-# FLOPs per parameter per token, by method: forward 2, backward 4 (full). LoRA's backward skips the base weights'
-# gradients (2 of the 4), its base is stored in bf16 (no casts) and its small adapter matmuls cost little: on
-# SmolLM2-135M on 2 CPU cores it trains at 1.30-1.51x full fine-tuning's tokens/s, 1.44x on average over five
-# alternating runs (benchmarks/RESULTS.md), 4.2 in these units; QLoRA adds the dequantization of each weight
-LORA_COST = {"cpu": 4.2, "cuda": 5.0, "mps": 5.0}
-QLORA_COST = 6.5
 
 
 @dataclass(frozen=True)
@@ -85,20 +79,11 @@ def device_rate(device: torch.device, precision: str, peak_tflops: float | None 
     return DeviceRate(device.type, name, _timed_block(device, precision), measured=True)
 
 
-def cost_per_parameter(method: str, device: str, trainable_share: float) -> float:
-    """FLOPs per parameter per token of a training step."""
-    if method == "full":
-        return 6.0
-    if method == "freeze":
-        return 2.0 + 4.0 * trainable_share  # backward runs through the trained top only
-    if method == "qlora":
-        return QLORA_COST
-    return LORA_COST.get(device, 5.0)
-
-
 def tokens_per_second(config, params: int, trainable: int, method: str, block_size: int, rate: DeviceRate) -> float:
     from ..runtime import flops_per_token
 
-    per_parameter = cost_per_parameter(method, rate.device, trainable / max(params, 1))
+    from ..methods import method_of
+
+    per_parameter = method_of(method).cost_per_parameter(rate.device, trainable / max(params, 1))
     attention = flops_per_token(config, 0, block_size) * per_parameter / 6  # 12·L·H·Q·T scales with the same passes
     return rate.sustained / (per_parameter * params + attention)

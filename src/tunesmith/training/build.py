@@ -7,20 +7,10 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..methods import apply_method, method_of
 from ..models import ResolvedModel, fit_embeddings, load_model, load_model_config
-from ..models.methods import apply_method, dropout_overrides, export_model, load_trainable_state, store_weights, trainable_state
+from ..models.weights import dropout_overrides, export_model, load_trainable_state, store_weights, trainable_state
 from .checkpoint import load_trainable, save_hf_model
-
-
-def check_qlora(device: torch.device) -> None:
-    if device.type != "cuda":
-        raise ConfigError([f"model.method: qlora needs a CUDA GPU with bitsandbytes (device is {device.type}); "
-                           "use lora (the same adapters on a 16/32-bit base) or freeze"])
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError(["model.method: qlora needs the bitsandbytes package: pip install bitsandbytes"]) from None
 
 
 def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels: list[str] | None = None,
@@ -39,16 +29,11 @@ def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels
 def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device, tokenizer=None,
                 labels: list[str] | None = None, storage: tuple[torch.dtype | None, torch.dtype | None] = (None, None)) -> torch.nn.Module:
     """The model to train, its (frozen, trainable) parameters stored in `storage`'s dtypes (see `methods.storage_dtypes`)."""
-    if cfg.method == "qlora":
-        check_qlora(device)
-    model = base_model(resolved, cfg, tokenizer, labels, quantize_4bit=cfg.method == "qlora")
-    if cfg.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    model = apply_method(model, cfg)
+    method = method_of(cfg.method)
+    method.check_device(device)
+    model = apply_method(base_model(resolved, cfg, tokenizer, labels, quantize_4bit=method.quantized_base), cfg)
     store_weights(model, *storage)
-    return model.to(device) if cfg.method != "qlora" else model
+    return method.place(model, device)
 
 
 def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: ResolvedModel, cfg: ModelConfig,
@@ -58,12 +43,13 @@ def export_final(model: torch.nn.Module, tokenizer, run_dir: Path, resolved: Res
     A model trained over a 4-bit or a bf16 base is exported from a fresh fp32 copy of the base with the trained
     weights put in: adapters merge into full-precision weights, and frozen weights keep every bit they had.
     """
+    method = method_of(cfg.method)
     load_trainable(model, run_dir / "best" / "trainable.safetensors")
-    if cfg.method in ("lora", "qlora"):
+    if method.adapters:
         save_hf_model(model, tokenizer, run_dir / "final-adapter")
-    if cfg.method == "qlora" or any(p.dtype != torch.float32 for p in model.parameters() if not p.requires_grad):
+    if method.quantized_base or any(p.dtype != torch.float32 for p in model.parameters() if not p.requires_grad):
         trained = {name: t.float() for name, t in trainable_state(model).items()}
-        method = cfg.model_copy(update={"method": "lora" if cfg.method == "qlora" else cfg.method, "gradient_checkpointing": False})
-        model = apply_method(base_model(resolved, cfg, tokenizer, labels), method)
+        rebuilt = cfg.model_copy(update={"method": method.unquantized, "gradient_checkpointing": False})
+        model = apply_method(base_model(resolved, cfg, tokenizer, labels), rebuilt)
         load_trainable_state(model, trained)
     save_hf_model(export_model(model), tokenizer, run_dir / "final")

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..durable import as_os_error, fresh_partial, fsync_path, replace_dir
 from ..errors import UserError
-from ..models.methods import load_trainable_state, trainable_state
+from ..models.weights import load_trainable_state, trainable_state
 from .distributed import Distributed, is_sharded
 
 CHECKPOINTS = "checkpoints"

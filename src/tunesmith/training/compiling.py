@@ -12,10 +12,6 @@ import shutil
 import statistics
 from pathlib import Path
 
-# by method: (seconds that compiling adds to the first step, speed-up of the steps after it), measured on
-# SmolLM2-135M at 4x256 tokens in bf16 on 2 cores (`bench_train.py --mode compile`, benchmarks/RESULTS.md);
-# freeze and qlora take full fine-tuning's figures, the least favourable
-CPU_COMPILE = {"full": (77.0, 1.02), "lora": (117.0, 1.14)}
 EAGER_STEPS = 3  # steps timed before deciding; the first one warms up and is not counted
 
 
@@ -30,7 +26,10 @@ def cpu_compiler_available() -> bool:
 
 
 def compile_cost(method: str) -> tuple[float, float]:
-    return CPU_COMPILE.get(method, CPU_COMPILE["full"])
+    """(seconds that compiling adds to the first step, speed-up of the steps after it): the method's own figures."""
+    from ..methods import method_of
+
+    return method_of(method).cpu_compile
 
 
 def seconds_saved(method: str, step_seconds: float, steps_left: int) -> float:

@@ -99,7 +99,7 @@ def wrap_fsdp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from ..models.methods import transformer_blocks
+    from ..models.weights import transformer_blocks
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in transformer_blocks(model):

@@ -13,7 +13,8 @@ from ..data import prepare_data
 from ..errors import ConfigError, UserError
 from ..forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
-from ..models.methods import keeps_packed_apart, parameter_counts, short_count, storage_dtypes
+from ..methods import method_of
+from ..models.weights import keeps_packed_apart, parameter_counts, short_count
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
 from ..tasks import Task
 from .build import build_model
@@ -105,7 +106,7 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
     check_weights(cfg, precision, context)
     with context.main_first():
         resolved, tokenizer, data, probe, probe_note = _prepare(cfg, task, console, device, precision)
-    storage = storage_dtypes(cfg.model.method, cfg.train.weights, precision)
+    storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels(), storage)
     model.train()
     trainable, total_params = parameter_counts(model)
