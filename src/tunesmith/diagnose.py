@@ -14,8 +14,7 @@ from statistics import median
 from .diagnose_benchmarks import benchmark_regression, forgetting_advice
 from .diagnose_preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 from .errors import UserError
-from .findings import Advice, Finding, RunFacts, round3
-from .methods import method_advice
+from .findings import Advice, Finding, RunFacts, method_advice, round3
 from .run_directory import read_json_lines
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse

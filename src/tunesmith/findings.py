@@ -52,3 +52,11 @@ class RunFacts:
 def round3(value: float) -> float:
     """Three significant digits: advice reads 0.009, not 0.009000000000000001."""
     return float(f"{value:.3g}")
+
+
+def method_advice(name: str | None, finding: str) -> list[Advice]:
+    """What the run's training method adds to a finding's advice; nothing for a run whose method is not recorded."""
+    from .methods import METHODS
+
+    method = METHODS.get(name or "")
+    return [Advice(*item) for item in method.advice.get(finding, ())] if method else []

@@ -122,39 +122,6 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
     return rows, torn
 
 
-# settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones (and
-# the method's own, `Method.settings`)
-WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method")
-
-
-def _setting(values: dict, dotted: str):
-    for part in dotted.split("."):
-        values = values.get(part) if isinstance(values, dict) else None
-    return values
-
-
-def check_resume_settings(settings: dict, run_dir: Path) -> None:
-    """Refuse to resume with a setting that changes the trainable weights, naming it and the run's value."""
-    import yaml
-
-    saved_path = run_dir / "config.yaml"
-    try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out") from None
-    if not isinstance(saved, dict):
-        return
-    start = run_start_dir(run_dir)
-    saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
-    from .methods import fixed_settings
-
-    for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method"))):
-        before, now = _setting(saved, key), _setting(settings, key)
-        if before != now:
-            raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides which weights train, "
-                            "so a run cannot change it midway: drop that setting, or start a new run with another --out")
-
-
 def _process_started(pid: int) -> float | None:
     import psutil
 

@@ -6,7 +6,6 @@ One object per method (`full`, `freeze`, `lora`, `qlora`), registered here once.
 
 from __future__ import annotations
 
-from ..findings import Advice
 from .base import Method
 from .freeze import Freeze
 from .full import Full
@@ -39,16 +38,10 @@ def storage_dtypes(method: str, weights: str, precision: str):
     return method_of(method).storage_dtypes(weights, precision)
 
 
-def method_advice(name: str | None, finding: str) -> list[Advice]:
-    """What the run's method adds to a finding's advice; nothing for a run whose method is not recorded."""
-    method = METHODS.get(name or "")
-    return list(method.advice.get(finding, ())) if method else []
-
-
 def fixed_settings(name: str | None) -> tuple[str, ...]:
     """The method's settings a resume must keep; every method's when the run's method is unknown."""
     method = METHODS.get(name or "")
     return method.settings if method else tuple(key for m in METHODS.values() for key in m.settings)
 
 
-__all__ = ["METHODS", "Method", "apply_method", "fixed_settings", "method_advice", "method_of", "storage_dtypes"]
+__all__ = ["METHODS", "Method", "apply_method", "fixed_settings", "method_of", "storage_dtypes"]

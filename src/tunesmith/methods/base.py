@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..findings import Advice
-
 
 class Method:
     """One way of choosing which weights train, and everything that follows from that choice.
@@ -27,7 +25,8 @@ class Method:
     # CPU: (seconds compiling adds to the first step, speed-up of the steps after it), measured on SmolLM2-135M at
     # 4x256 tokens in bf16 on 2 cores (`bench_train.py --mode compile`); a method not measured takes these, the least favourable
     cpu_compile: ClassVar[tuple[float, float]] = (77.0, 1.02)
-    advice: ClassVar[dict[str, tuple[Advice, ...]]] = {}  # by finding code: what this method adds to its advice
+    # by finding code, what this method adds to the finding's advice: (config key, value, why)
+    advice: ClassVar[dict[str, tuple[tuple, ...]]] = {}
 
     @property
     def unquantized(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..findings import Advice
 from .base import Method
 
 
@@ -14,7 +13,7 @@ class Freeze(Method):
     top_blocks = True
     fallback = True
     settings = ("model.freeze_layers", "model.train_last_layers")
-    advice = {"underfitting": (Advice("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"),)}
+    advice = {"underfitting": (("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"),)}
 
     def prepare(self, model, cfg):
         import torch

@@ -9,13 +9,14 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import ProcessRecord, RunLock, as_started, check_resume_settings, check_run_dir
+from ..run_directory import ProcessRecord, RunLock, as_started, check_run_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .monitor import check_trackers
 from .recipe import Recipe, StopSignal, account
+from .resume import check_resume_settings
 from .state import LoopState
 
 __all__ = ["LoopState", "StopSignal", "account", "train_run"]
