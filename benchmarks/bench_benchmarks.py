@@ -135,7 +135,7 @@ def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str]) -> list
     without benchmarks before and after them, so that the machine's load weighs on both sides alike."""
     import shutil
 
-    from tunesmith.diagnose import diagnose_run
+    from tunesmith.diagnose.rules import diagnose_run
     from tunesmith.models import tunesmith_home
 
     lines, runs, plain = [], {}, []

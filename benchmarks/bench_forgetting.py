@@ -50,7 +50,7 @@ def general_file(data: Path, work: Path, dialogues: int) -> Path:
 def run(name: str, settings: dict, data: Path, general: Path, out: Path, args) -> dict:
     from tunesmith import train
     from tunesmith.config import load_config
-    from tunesmith.diagnose import diagnose_run
+    from tunesmith.diagnose.rules import diagnose_run
 
     overrides = [("data.train", str(data / "text-kjv")), ("output.dir", str(out / name)), ("train.epochs", 1.0),
                  ("train.eval_every", args.eval_every), ("train.patience", None), ("monitor.general_probe", str(general)),

@@ -36,7 +36,7 @@ def read_prompts(data: Path, count: int) -> list[str]:
 
 
 def main() -> None:
-    from tunesmith.generation import SamplingOptions, generate_many, load_generator
+    from tunesmith.inference.generation import SamplingOptions, generate_many, load_generator
     from tunesmith.models.embedded import EMBEDDED_NAME
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

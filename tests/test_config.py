@@ -4,7 +4,7 @@ import pytest
 
 from tunesmith.cli import main
 from tunesmith.config import RunConfig, load_config, parse_override
-from tunesmith.config_reference import reference_markdown, starter_yaml
+from tunesmith.config.reference import reference_markdown, starter_yaml
 from tunesmith.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from tunesmith.cli import main
-from tunesmith.diagnose import RunFacts, diagnose, diagnose_run
+from tunesmith.diagnose.rules import RunFacts, diagnose, diagnose_run
 
 from test_train import run_config
 
@@ -123,7 +123,7 @@ def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_s
 
     from tunesmith.data import prepare_data
     from tunesmith.models import load_tokenizer, resolve_model, tunesmith_home
-    from tunesmith.loss import validation_loss
+    from tunesmith.tasks.loss import validation_loss
 
     from conftest import WORDS, write_jsonl
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith import train
 from tunesmith.cli import main
-from tunesmith.export_gguf import rotary_permute
+from tunesmith.export.gguf import rotary_permute
 from tunesmith.models.embedded import gguf_config
 
 from test_train import run_config
@@ -189,7 +189,7 @@ def test_a_qwen3_whose_heads_transformers_would_misread_is_refused():
     from transformers import Qwen3Config
 
     from tunesmith.errors import UserError
-    from tunesmith.export_gguf import LAYOUTS
+    from tunesmith.export.gguf import LAYOUTS
 
     LAYOUTS["qwen3"].check(Qwen3Config(hidden_size=32, num_attention_heads=2, head_dim=128))
     with pytest.raises(UserError, match="assumes 128"):

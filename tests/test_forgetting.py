@@ -8,11 +8,11 @@ from transformers import AutoTokenizer
 from tunesmith import load_config, train
 from tunesmith.config import CleanConfig, DataConfig, MonitorConfig
 from tunesmith.data import prepare_data
-from tunesmith.diagnose import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
+from tunesmith.diagnose.rules import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
 from tunesmith.errors import ConfigError
-from tunesmith.forgetting import REPLAY_KEYS, BaseSampler, build_probe, rehearsal_file, split_general_file
+from tunesmith.evaluation.forgetting import REPLAY_KEYS, BaseSampler, build_probe, rehearsal_file, split_general_file
 from tunesmith.models import resolve_model
-from tunesmith.report import write_report
+from tunesmith.report.writer import write_report
 
 from conftest import make_corpus, write_jsonl
 from test_tasks import classify_config, labelled
@@ -166,7 +166,7 @@ def test_replay_never_uses_a_probe_sample(tiny_llama, tmp_path):
 
 
 def test_pieces_of_a_general_file_fit_the_models_context(tiny_llama):
-    from tunesmith.forgetting import TEXT_TOKENS, file_texts
+    from tunesmith.evaluation.forgetting import TEXT_TOKENS, file_texts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     long_document = " ".join(["the lamp glows when the cable is plugged in and the switch is on"] * 40)

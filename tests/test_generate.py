@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.decoding import Decoder, Job, SamplingSettings, decode_all
-from tunesmith.generation import SamplingOptions, generate_many
+from tunesmith.inference.decoding import Decoder, Job, SamplingSettings, decode_all
+from tunesmith.inference.generation import SamplingOptions, generate_many
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_bad_inputs_end_with_one_line(tiny_llama, tmp_path, capsys):
 def test_chat_uses_the_same_engine_and_streams(tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.generation import ChatSession
+    from tunesmith.inference.generation import ChatSession
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
     tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -257,7 +257,7 @@ def page(tiny_llama, tmp_path_factory):
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
-    from tunesmith.run_directory import mark_run_dir
+    from tunesmith.rundir.folder import mark_run_dir
     from tunesmith.ui import create_app
 
     root = tmp_path_factory.mktemp("runs")

@@ -12,8 +12,8 @@ import yaml
 
 from tunesmith import train
 from tunesmith.cli import main
-from tunesmith.diagnose_benchmarks import benchmark_regression
-from tunesmith.findings import RunFacts
+from tunesmith.diagnose.benchmarks import benchmark_regression
+from tunesmith.diagnose.findings import RunFacts
 from tunesmith.harness import compare_lines, scores_of
 from tunesmith.harness.lambada import write_lambada_task
 from tunesmith.harness.model import load_for_benchmarks
@@ -292,7 +292,7 @@ def test_an_unknown_benchmark_in_a_run_config_fails_before_training(tiny_gpt2, c
 
 
 def test_the_command_line_does_not_import_lm_eval_until_a_benchmark_runs():
-    code = ("import sys, tunesmith.cli, tunesmith.diagnose, tunesmith.report, tunesmith.training.recipe, tunesmith.harness; "
+    code = ("import sys, tunesmith.cli, tunesmith.diagnose.rules, tunesmith.report.writer, tunesmith.training.recipe, tunesmith.harness; "
             "tunesmith.cli.build_parser(); print('lm_eval' in sys.modules, 'datasets' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]

@@ -7,7 +7,7 @@ import torch
 from tunesmith.batch import IGNORE
 from tunesmith.data.blocks import documents_apart
 from tunesmith.data.examples import ExampleWriter, Examples, PackedExamples, pack_rows
-from tunesmith.loss import forward
+from tunesmith.tasks.loss import forward
 from tunesmith.models.weights import keeps_packed_apart
 from tunesmith.tasks.classify import PackedClassifier
 

@@ -18,8 +18,8 @@ from tunesmith.cli import main
 from tunesmith.config import ChatConfig, PreferenceConfig, load_config
 from tunesmith.data.conversations import parse_record
 from tunesmith.data.preferences import CHOSEN, DESIRABLE, KL_ROW, REJECTED, UNDESIRABLE, parse_judged
-from tunesmith.diagnose import diagnose
-from tunesmith.diagnose import RunFacts
+from tunesmith.diagnose.rules import diagnose
+from tunesmith.diagnose.rules import RunFacts
 from tunesmith.tasks.objectives import Objective
 from tunesmith.training.neftune import add_embedding_noise
 
@@ -243,11 +243,11 @@ def test_dpo_resumes_exactly(tiny_llama, tmp_path):
 def test_a_preference_run_is_a_chat_model_for_eval_and_chat(tiny_llama, tmp_path):
     data = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(60))
     train(preference_config(tiny_llama, data, tmp_path / "run", max_steps=4, eval_every=4))
-    from tunesmith.evaluation import evaluate_model
+    from tunesmith.evaluation.scoring import evaluate_model
 
     scored = evaluate_model(str(tmp_path / "run"), [str(data)], load_config(None, []))
     assert scored.task == "preference" and 0 <= scored.metrics["likelihood_accuracy"] <= 1
-    from tunesmith.generation import load_generator
+    from tunesmith.inference.generation import load_generator
 
     _, tokenizer = load_generator(str(tmp_path / "run"))
     assert tokenizer.chat_template

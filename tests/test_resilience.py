@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tunesmith.training.checkpoint as checkpoint_module
-import tunesmith.loss as loss_module
+import tunesmith.tasks.loss as loss_module
 import tunesmith.training.step as step_module
 from tunesmith import train
 from tunesmith.errors import UserError

@@ -15,7 +15,7 @@ import tunesmith.training.checkpoint as checkpoint_module
 from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.errors import UserError
-from tunesmith.run_directory import MARKER
+from tunesmith.rundir.folder import MARKER
 from tunesmith.training.checkpoint import list_checkpoints
 
 from conftest import cut_run
@@ -139,7 +139,7 @@ def test_a_file_size_limit_mid_run_is_one_line_and_exit_2(tiny_gpt2, corpus_file
 
 
 def test_checkpoint_files_and_folders_are_synced_around_the_rename(tmp_path, monkeypatch):
-    from tunesmith import durable
+    from tunesmith.rundir import durable
 
     events = []
     real_fsync, real_rename = os.fsync, Path.rename

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tunesmith.serve import Limits, ServedModel, create_app
-from tunesmith.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
-from tunesmith.decoding import Job
+from tunesmith.inference.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
+from tunesmith.inference.decoding import Job
 from tunesmith.serve.worker import GenerationWorker
 
 LIMITS = Limits(max_tokens=32, max_prompt_tokens=100, max_body_bytes=4000, max_n=3, max_batch=8, queue_size=64)
@@ -225,7 +225,7 @@ def test_penalties_follow_openais_definition():
 
 
 def test_extreme_scores_still_draw_and_a_top_k_past_the_vocabulary_keeps_every_token():
-    from tunesmith.decoding.sampling import finite_scores
+    from tunesmith.inference.decoding.sampling import finite_scores
 
     scores = torch.tensor([[float("nan"), float("inf"), 1.0, float("-inf")], [float("-inf")] * 4, [float("nan")] * 4])
     finite = finite_scores(scores)

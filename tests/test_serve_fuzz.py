@@ -13,7 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from test_serve import LIMITS, load_chat_model, start
-from tunesmith.decoding import engine
+from tunesmith.inference.decoding import engine
 from tunesmith.serve import Limits, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

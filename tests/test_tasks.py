@@ -138,14 +138,14 @@ def test_chat_run_saves_its_template_and_learns_the_answers(tiny_llama, tmp_path
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and samples[0]["prompt"].rstrip().endswith("<|im_start|>assistant")
 
-    from tunesmith.evaluation import evaluate_model
+    from tunesmith.evaluation.scoring import evaluate_model
 
     scored = evaluate_model(str(tmp_path / "run"), [str(path)], load_config(None, [("chat.roles", {"Customer": "user", "Agent": "assistant"})]),
                             log=lambda _: None)
     assert scored.task == "chat" and scored.tokens < 40 * 200  # assistant tokens only
 
     from tunesmith.cli import main
-    from tunesmith.report import write_report
+    from tunesmith.report.writer import write_report
 
     assert main(["eval", str(tmp_path / "run"), "--generate", "4", "--max-new-tokens", "12", "--json"]) == 0  # its own split
     generation = json.loads((tmp_path / "run" / "generation_eval.json").read_text())
@@ -260,14 +260,14 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     rows = [{"review": "great lamp", "extra": {"k": 1}}, {"other": "no text here"}, {"review": "broken hub", "extra": None}]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from tunesmith.predict import predict_file
+    from tunesmith.inference.predict import predict_file
 
     assert predict_file(str(tmp_path / "run"), source, tmp_path / "out.jsonl", "review") == 3
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r.get("extra") for r in out] == [{"k": 1}, None, None] and out[1]["other"] == "no text here"
     assert out[1]["prediction"] is None and out[0]["prediction"] in ("negative", "positive")
 
-    from tunesmith.evaluation import evaluate_model
+    from tunesmith.evaluation.scoring import evaluate_model
 
     scored = evaluate_model(str(tmp_path / "run"), [str(path)], classify_config(tiny_reviewer, path, tmp_path / "x", "head"), log=lambda _: None)
     assert scored.task == "classify" and 0 <= scored.metrics["accuracy"] <= 1 and scored.tokens == 60

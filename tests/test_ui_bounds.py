@@ -185,7 +185,7 @@ def fake_trainer(monkeypatch):
 
 def test_a_run_that_recorded_its_stop_leaves_room_while_its_process_exits(form_root, fake_trainer):
     """Stop, then Resume at once: the stopped trainer may still be exiting (Python tearing down), and must not count."""
-    from tunesmith.run_directory import PROCESS
+    from tunesmith.rundir.folder import PROCESS
 
     client = client_of(form_root, max_runs=1)
     assert client.post("/api/new/start", json={**FORM_RUN, "run_name": "first"}).status_code == 200
@@ -203,7 +203,7 @@ def test_the_page_trains_at_most_max_runs_at_once(form_root, fake_trainer):
 
     import psutil
 
-    from tunesmith.run_directory import PROCESS, mark_run_dir
+    from tunesmith.rundir.folder import PROCESS, mark_run_dir
 
     from_command_line = form_root / "from-command-line"  # trains too, started by `tunesmith train`: it counts
     mark_run_dir(from_command_line)

@@ -19,8 +19,8 @@ def train(config: RunConfig | str | Path | None = None, resume: bool = False, co
     import os
 
     from .planning.preflight import check_memory_fits
-    from .report import write_report
-    from .run_directory import as_started
+    from .report.writer import write_report
+    from .rundir.folder import as_started
     from .training import train_run
 
     config = _as_config(config)
@@ -35,7 +35,7 @@ def train(config: RunConfig | str | Path | None = None, resume: bool = False, co
 
 def evaluate(model: str, data: str | list[str], config: RunConfig | str | Path | None = None):
     """Loss and perplexity of `model` (spec, .gguf or run directory) on `data`; returns an EvalResult."""
-    from .evaluation import evaluate_model
+    from .evaluation.scoring import evaluate_model
 
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     return evaluate_model(model, [str(p) for p in paths], _as_config(config))
@@ -43,7 +43,7 @@ def evaluate(model: str, data: str | list[str], config: RunConfig | str | Path |
 
 def generate(model: str, prompt: str, **options) -> str:
     """The continuation of `prompt`; options are those of SamplingOptions (max_new_tokens, temperature, ...)."""
-    from .generation import SamplingOptions, generate_text, load_generator
+    from .inference.generation import SamplingOptions, generate_text, load_generator
 
     loaded, tokenizer = load_generator(model)
     return generate_text(loaded, tokenizer, prompt, SamplingOptions(**options))

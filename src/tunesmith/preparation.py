@@ -17,7 +17,7 @@ def as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
-    from .forgetting import BaseSampler, replay_files
+    from .evaluation.forgetting import BaseSampler, replay_files
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
     from .runtime import pick_device, pick_precision
     from .tasks import build_task

@@ -9,7 +9,7 @@ from importlib.resources import files
 from rich.console import Console
 
 from .config import RunConfig
-from .generation import SamplingOptions, generate_text, load_generator
+from .inference.generation import SamplingOptions, generate_text, load_generator
 from .api import train
 
 EXAMPLE_CORPUS = files("tunesmith") / "examples" / "lumora_support.jsonl"

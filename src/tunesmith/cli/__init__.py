@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from ..durable import as_os_error
+        from ..rundir.durable import as_os_error
 
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
             print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)

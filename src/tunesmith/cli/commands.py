@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
-from ..config_reference import starter_yaml
+from ..config.reference import starter_yaml
 from ..errors import UserError
-from ..run_directory import is_run_dir
+from ..rundir.folder import is_run_dir
 from .parser import config_of, overrides_of
 
 
@@ -88,7 +88,7 @@ def _check_eval_flags(args) -> None:
 
 
 def _run_eval(args) -> int:
-    from ..evaluation import evaluate_model, record_generation
+    from ..evaluation.scoring import evaluate_model, record_generation
     from ..tasks import task_kind
 
     _check_eval_flags(args)
@@ -119,8 +119,8 @@ def _run_eval(args) -> int:
 
 
 def _run_generate(args) -> int:
-    from ..generate_file import check_paths, generate_file, summary_lines
-    from ..generation import SamplingOptions, check_max_batch, generate_completions, load_generator
+    from ..inference.generate_file import check_paths, generate_file, summary_lines
+    from ..inference.generation import SamplingOptions, check_max_batch, generate_completions, load_generator
 
     cfg = config_of(args)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat, args.n,
@@ -144,7 +144,7 @@ def _run_generate(args) -> int:
 
 
 def _run_chat(args) -> int:
-    from ..generation import ChatSession, SamplingOptions, load_generator
+    from ..inference.generation import ChatSession, SamplingOptions, load_generator
 
     model, tokenizer = load_generator(args.model_or_run, args.device)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
@@ -186,7 +186,7 @@ def _run_chat(args) -> int:
 
 
 def _run_predict(args) -> int:
-    from ..predict import predict_file
+    from ..inference.predict import predict_file
 
     count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
     print(f"wrote {count:,} rows with predictions to {args.output}")
@@ -194,8 +194,8 @@ def _run_predict(args) -> int:
 
 
 def _run_export(args) -> int:
-    from ..export import export_line, export_run
-    from ..publish import export_and_push
+    from ..export.hf import export_line, export_run
+    from ..export.hub import export_and_push
 
     if args.push_to_hub:
         url = export_and_push(Path(args.run), args.push_to_hub, Path(args.out) if args.out else None, args.dtype, args.gguf,
@@ -294,7 +294,7 @@ def _run_recommend(args) -> int:
 
 
 def _run_diagnose(args) -> int:
-    from ..diagnose import diagnose_run
+    from ..diagnose.rules import diagnose_run
 
     findings = diagnose_run(Path(args.run))
     if args.json:
@@ -309,7 +309,7 @@ def _run_diagnose(args) -> int:
 
 
 def _run_report(args) -> int:
-    from ..report import write_report
+    from ..report.writer import write_report
 
     markdown, page = write_report(Path(args.run))
     print(f"wrote {markdown} and {page}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import CleanConfig, DataConfig
 from ..errors import UserError
-from ..fingerprint import file_sha256
+from ..rundir.fingerprint import file_sha256
 from .blocks import TokenBlocks
 from .examples import Examples
 from .preparer import Preparer, Source

@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..durable import write_atomically
+from ..rundir.durable import write_atomically
 from ..models import tunesmith_home
-from ..run_directory import read_json_object
+from ..rundir.folder import read_json_object
 from .selection import Selection, read_task_file
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..models import fit_embeddings, load_model, load_tokenizer, resolve_model
-from ..run_directory import is_run_dir
+from ..rundir.folder import is_run_dir
 from ..runtime import pick_device, pick_precision
 from ..tasks import read_task, task_kind
 

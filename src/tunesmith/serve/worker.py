@@ -23,7 +23,7 @@ from collections import deque
 
 import torch
 
-from ..decoding import Decoder, Job
+from ..inference.decoding import Decoder, Job
 
 __all__ = ["GenerationWorker", "Job", "QueueFull", "ShuttingDown"]
 

@@ -29,7 +29,7 @@ from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, UNDESIRABLE, judged_un
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
-from ..loss import Validation
+from .loss import Validation
 from ..runtime import autocast
 from .base import check_both_sides
 from .chat import ChatTask, encode_answer, end_of_turn

@@ -50,7 +50,7 @@ class RunBenchmarks:
         """The base model's scores, for the step-0 row: kept from an earlier run of the same base when there is one."""
         if self.monitor is None:
             return {}
-        from ..forgetting import model_key
+        from ..evaluation.forgetting import model_key
 
         identity = model_key(self.parts.resolved, self.parts.tokenizer)
         row, kept = self._timed(state, lambda: self.monitor.measure_base(self.parts.model, identity))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ..evaluation import evaluate
-from ..forgetting import probe_row
-from ..loss import Validation
+from ..evaluation.scoring import evaluate
+from ..evaluation.forgetting import probe_row
+from ..tasks.loss import Validation
 from ..tasks import Task
 from .distributed import Distributed
 from .state import LoopState

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..run_directory import ProcessRecord, RunLock, as_started, check_run_dir
+from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
 from ..runtime import pick_device
 from ..tasks import build_task
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside

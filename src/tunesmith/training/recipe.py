@@ -14,10 +14,10 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..diagnose import RunFacts
+from ..diagnose.rules import RunFacts
 from ..errors import UserError
-from ..loss import perplexity
-from ..run_directory import keep_data_report, mark_run_dir
+from ..tasks.loss import perplexity
+from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import Task, write_task
 from .benchmarking import RunBenchmarks

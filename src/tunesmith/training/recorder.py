@@ -6,7 +6,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..diagnose import RunFacts, diagnose
+from ..diagnose.rules import RunFacts, diagnose
 from .monitor import Trackers
 from .run_files import MetricsLog, write_summary
 from .samples import SampleLog

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..run_directory import resolve_run_paths, run_start_dir
+from ..rundir.folder import resolve_run_paths, run_start_dir
 
 # settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones (and
 # the method's own, `Method.settings`)

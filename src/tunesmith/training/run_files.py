@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..run_directory import read_json_lines
-from ..durable import write_atomically
+from ..rundir.folder import read_json_lines
+from ..rundir.durable import write_atomically
 
 
 class MetricsLog:

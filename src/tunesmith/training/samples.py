@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..generation import greedy_samples
+from ..inference.generation import greedy_samples
 from ..runtime import autocast
 
 

@@ -20,8 +20,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import UserError
-from ..request_body import BodyTooLarge, ClientLeft, read_body, replay
-from ..run_directory import is_run_dir
+from ..serve.body import BodyTooLarge, ClientLeft, read_body, replay
+from ..rundir.folder import is_run_dir
 from .launcher import Busy, Draft, Launcher, form_keys
 from .runs import NotARun, Outside, RunsFolder
 from .tryout import Tryout

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..config import PROBE_WORDS, DataSource, benchmark_is_path, RunConfig, build_config
 from ..errors import ConfigError, UserError
-from ..run_directory import SQLITE
+from ..rundir.folder import SQLITE
 from .runs import RunsFolder
 
 REMOTE_TRACKING = ("http", "https")  # an MLflow server elsewhere: no file of this machine is named

@@ -1,7 +1,7 @@
 """New runs from the page: the form's values made into a validated config, a preview of the data, and
 `tunesmith train` started, stopped and resumed as a process of its own.
 
-The form holds every config key (`config_reference.config_keys`, the source of `tunesmith init` and the README table);
+The form holds every config key (`config.reference.config_keys`, the source of `tunesmith init` and the README table);
 only the values changed from their defaults become overrides, validated by `load_config` as `--set` is.
 Paths in the form are read relative to the runs folder and must stay inside it (`config_paths`). The page trains
 a few runs at a time, at most `max_running`: on a shared machine each more only slows the others.
@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from ..config import RunConfig, load_config, parse_override
-from ..config_reference import ConfigKey, config_keys
+from ..config.reference import ConfigKey, config_keys
 from ..errors import ConfigError, UserError
-from ..run_directory import LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, run_start_dir, run_state, training_pid
+from ..rundir.folder import LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, run_start_dir, run_state, training_pid
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..run_directory import (DATA_META, DATA_REPORT, MARKER, PROCESS, has_checkpoint, is_run_dir, read_json_lines,
+from ..rundir.folder import (DATA_META, DATA_REPORT, MARKER, PROCESS, has_checkpoint, is_run_dir, read_json_lines,
                              read_json_object, run_state)
 from ..tasks import task_kind
 
@@ -230,8 +230,8 @@ class RunsFolder:
     def detail(self, name: str) -> dict:
         """Everything one run's page shows besides its curves."""
         from ..data.report import summary_lines
-        from ..report import samples_before_after
-        from ..report_benchmarks import benchmark_rows
+        from ..report.writer import samples_before_after
+        from ..report.benchmarks import benchmark_rows
 
         run_dir = self.run_dir(name)
         summary = self.summary(run_dir)
@@ -273,7 +273,7 @@ class RunsFolder:
         return read_json_object(path) if path else {}
 
     def findings(self, name: str) -> list[dict]:
-        from ..diagnose import diagnose_run
+        from ..diagnose.rules import diagnose_run
 
         run_dir = self.run_dir(name)
         read = [self.own(run_dir, n) for n in ("metrics.jsonl", "config.yaml", "summary.json")]  # what diagnose_run reads

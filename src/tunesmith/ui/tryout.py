@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..decoding.rules import checked_sampling
+from ..inference.decoding.rules import checked_sampling
 from ..errors import UserError
-from ..generation import ChatSession, SamplingOptions, generate_completions, load_generator
-from ..predict import Classifier
+from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
+from ..inference.predict import Classifier
 
 MAX_NEW_TOKENS = 512
 MAX_TURNS = 50

@@ -13,8 +13,8 @@ import signal
 import time
 from pathlib import Path
 
-from .config import PROBE_WORDS, RunConfig, benchmark_is_path
-from .errors import UserError
+from ..config import PROBE_WORDS, RunConfig, benchmark_is_path
+from ..errors import UserError
 
 MARKER = ".tunesmith-run"
 GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, which the report shows

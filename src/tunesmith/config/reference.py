@@ -9,7 +9,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .config import SECTIONS, RunConfig
+from .run import SECTIONS, RunConfig
 
 
 def _field_default(field) -> Any:

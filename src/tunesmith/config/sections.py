@@ -1,21 +1,13 @@
-"""The run config: one typed, validated object built from YAML, flags and `--set key=value` overrides.
-
-Defaults live here and nowhere else; `tunesmith init`, the README's key reference and the web page's form are
-generated from these classes (`config_reference`), so documentation cannot drift from the code.
-"""
+"""The config's sections: the model, data, cleaning, training, monitoring, task and output settings, with their defaults."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from .errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -213,144 +205,3 @@ class PreferenceConfig(_Section):
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")
-
-
-# the kinds of fine-tuning; each is a Task in tunesmith.tasks
-TaskName = Literal["lm", "chat", "classify", "preference"]
-TASK_NAMES = get_args(TaskName)
-
-
-class RunConfig(_Section):
-    task: TaskName = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations and instructions; classify: labels (sentiment, ...); preference: tune a chat model from chosen and rejected answers or thumbs up and down")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    chat: ChatConfig = Field(default_factory=ChatConfig)
-    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
-    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-
-    def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
-        """This config with `output.dir` fixed: `run_dir`, the configured one, or a new default name.
-
-        The default name holds the start time, so it is picked once, when a run starts, and passed down.
-        """
-        if run_dir is None and self.output.dir:
-            return self
-        chosen = run_dir or Path("runs") / (self.output.name or _dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"))
-        return self.model_copy(update={"output": self.output.model_copy(update={"dir": str(chosen)})})
-
-    @property
-    def run_dir(self) -> Path:
-        """The run directory; only a config that went through `with_run_dir` has one."""
-        if not self.output.dir:
-            raise ValueError("output.dir is not set: call with_run_dir() once, when the run starts")
-        return Path(self.output.dir)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-SECTIONS: dict[str, type[_Section]] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "clean": CleanConfig,
-    "train": TrainConfig,
-    "monitor": MonitorConfig,
-    "chat": ChatConfig,
-    "classify": ClassifyConfig,
-    "preference": PreferenceConfig,
-    "output": OutputConfig,
-}
-
-
-UNION_BRANCHES = ("str", "DataSource")  # what pydantic names the branches of `data.train`'s items in an error's location
-
-
-def _describe_error(err: dict) -> str:
-    key = ".".join(str(part) for part in err["loc"] if part not in UNION_BRANCHES)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        section = str(err["loc"][0])
-        allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else ["task", *SECTIONS]
-        if "DataSource" in err["loc"]:
-            allowed = DataSource.model_fields
-        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    message = err["msg"].removeprefix("Value error, ")
-    if kind == "literal_error":
-        message = message.replace("Input should be", "must be")
-    else:
-        message = message.replace("Input should be", "must be").replace("Input ", "")
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{key}: {message}{shown}"
-
-
-def build_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a nested dict into a RunConfig, reporting every problem at once."""
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = [e for e in exc.errors() if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))]  # a source's own error says more
-        raise ConfigError([_describe_error(e) for e in errors or exc.errors()]) from None
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`section.key=value` (or `task=chat`) with the value read as YAML, so numbers, booleans and lists work."""
-    name = text.split("=", 1)[0].strip()
-    if "=" not in text or ("." not in name and name != "task"):
-        raise ConfigError([f"--set {text}: expected section.key=value, e.g. train.lr=1e-4"])
-    key, value = text.split("=", 1)
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
-
-
-def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
-    if key == "task":
-        raw["task"] = value
-        return
-    section, _, field = key.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError([f"{key}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"])
-    target = raw.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise ConfigError([f"{section}: must be a mapping of keys"])
-    target[field] = value
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {path}: not found; create one with `tunesmith init {path}`"])
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"config file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                           "save it as UTF-8"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError([f"config file {path}: not valid YAML{where}; check indentation and colons"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"config file {path}: must be a mapping with sections {', '.join(SECTIONS)}"])
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> RunConfig:
-    """The one way a RunConfig is made: an optional YAML file, then overrides in order."""
-    raw = read_config_file(path) if path else {}
-    for key, value in overrides or []:
-        apply_override(raw, key, value)
-    return build_config(raw)
-
-
-def check_block_size(block_size: int, context_length: int | None) -> None:
-    if context_length and block_size > context_length:
-        raise ConfigError(
-            [f"data.block_size: {block_size} is above the model's context of {context_length} tokens; use at most {context_length}"]
-        )

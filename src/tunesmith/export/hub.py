@@ -13,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
-from .export import export_line, export_run
+from ..errors import UserError
+from .hf import export_line, export_run
 
 
 def _network_failure(exc: Exception) -> bool:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from .errors import UserError
-from .run_directory import read_data_report
-from .tasks import TASK_FILE, read_task, task_kind
+from ..errors import UserError
+from ..rundir.folder import read_data_report
+from ..tasks import TASK_FILE, read_task, task_kind
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -76,7 +76,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
 
     Returns the folder, or with `gguf` the .gguf file in it.
     """
-    from .export_gguf import GGUF_TYPES
+    from .gguf import GGUF_TYPES
 
     if dtype not in (GGUF_TYPES if gguf else DTYPES):
         extra = "; the quantized types need --gguf" if dtype in GGUF_TYPES else ""
@@ -93,7 +93,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)
     if gguf:
-        from .export_gguf import export_gguf, file_suffix
+        from .gguf import export_gguf, file_suffix
 
         base = config.get("model", {}).get("name", "")
         written = export_gguf(final, out / f"model-{file_suffix(dtype)}.gguf", dtype, base, f"{run_dir.name} ({base})")

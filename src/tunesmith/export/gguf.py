@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 # --dtype -> (tensor type, file type) names in the gguf package
 GGUF_TYPES = {"fp32": ("F32", "ALL_F32"), "f32": ("F32", "ALL_F32"), "fp16": ("F16", "MOSTLY_F16"), "f16": ("F16", "MOSTLY_F16"),
@@ -55,7 +55,7 @@ def _source_pre_tokenizer(base: str) -> str | None:
     """The `tokenizer.ggml.pre` of the GGUF the run started from (the embedded model or a .gguf file), if any."""
     import gguf
 
-    from .models.embedded import EMBEDDED_NAME, embedded_gguf_path
+    from ..models.embedded import EMBEDDED_NAME, embedded_gguf_path
 
     path = embedded_gguf_path() if base == EMBEDDED_NAME else Path(base) if base.endswith(".gguf") else None
     if path is None or not path.is_file():

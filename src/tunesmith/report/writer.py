@@ -9,12 +9,12 @@ import json
 import platform
 from pathlib import Path
 
-from .data.report import source_line
-from .diagnose import Finding, diagnose_run
-from .errors import UserError
-from .report_benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
-from .run_directory import GENERATION_EVAL, read_data_report, read_json_lines
-from .tasks import task_kind
+from ..data.report import source_line
+from ..diagnose.rules import Finding, diagnose_run
+from ..errors import UserError
+from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
+from ..rundir.folder import GENERATION_EVAL, read_data_report, read_json_lines
+from ..tasks import task_kind
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:

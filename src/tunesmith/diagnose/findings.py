@@ -56,7 +56,7 @@ def round3(value: float) -> float:
 
 def method_advice(name: str | None, finding: str) -> list[Advice]:
     """What the run's training method adds to a finding's advice; nothing for a run whose method is not recorded."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     method = METHODS.get(name or "")
     return [Advice(*item) for item in method.advice.get(finding, ())] if method else []

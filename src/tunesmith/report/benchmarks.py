@@ -4,8 +4,8 @@ run when it was scored more than twice (monitor.benchmark_every: eval).
 
 from __future__ import annotations
 
-from .diagnose_benchmarks import LOWER_IS_BETTER
-from .harness.scores import ROW_PREFIX, scores_from_row
+from ..diagnose.benchmarks import LOWER_IS_BETTER
+from ..harness.scores import ROW_PREFIX, scores_from_row
 
 
 def benchmark_rows(summary: dict) -> list[tuple[str, float | None, float | None]]:

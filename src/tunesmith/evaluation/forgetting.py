@@ -24,19 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batch import IGNORE
-from .config import PROBE_WORDS, CleanConfig, DataConfig, MonitorConfig, RunConfig
-from .data.clean import text_digest
-from .data.examples import padded_rows
-from .data.formats import check_not_binary
-from .data.read import DocumentReader, expand_paths
-from .data.report import DataReport
-from .data.split import hash_bucket
-from .durable import write_atomically
-from .errors import ConfigError
-from .generation import SamplingOptions, default_stop_ids, encode_prompt, generate_many
-from .models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
-from .runtime import autocast
+from ..batch import IGNORE
+from ..config import PROBE_WORDS, CleanConfig, DataConfig, MonitorConfig, RunConfig
+from ..data.clean import text_digest
+from ..data.examples import padded_rows
+from ..data.formats import check_not_binary
+from ..data.read import DocumentReader, expand_paths
+from ..data.report import DataReport
+from ..data.split import hash_bucket
+from ..rundir.durable import write_atomically
+from ..errors import ConfigError
+from ..inference.generation import SamplingOptions, default_stop_ids, encode_prompt, generate_many
+from ..models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
+from ..runtime import autocast
 
 TEXT_TOKENS = 128  # each sampled text, and each piece of a general file, is at most this long
 MAX_TEXTS = 256
@@ -78,7 +78,7 @@ def _file_key(files: list[Path]) -> str:
 
 def model_key(resolved: ResolvedModel, tokenizer) -> str:
     """The base model's identity: its name, and for a local model what its files hold."""
-    from .data.tokens import tokenizer_fingerprint
+    from ..data.tokens import tokenizer_fingerprint
 
     digest = hashlib.sha256(f"{resolved.path}|{tokenizer_fingerprint(tokenizer)}".encode())
     folder = Path(resolved.path)

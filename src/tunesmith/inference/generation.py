@@ -12,9 +12,9 @@ from typing import Callable
 from .decoding import Decoder, Job, SamplingSettings, decode_all
 from .decoding.engine import derived_seed
 from .decoding.rules import SamplingRules, checked_sampling
-from .errors import UserError
-from .models import context_length, load_model, load_tokenizer, resolve_model
-from .runtime import pick_device
+from ..errors import UserError
+from ..models import context_length, load_model, load_tokenizer, resolve_model
+from ..runtime import pick_device
 
 
 def flag_name(field: str) -> str:
@@ -104,7 +104,7 @@ def default_stop_ids(model, tokenizer, chat: bool) -> list[int]:
     """EOS, and in a chat the end-of-turn marker too."""
     if not chat:
         return [tokenizer.eos_token_id]
-    from .tasks.chat import stop_token_ids
+    from ..tasks.chat import stop_token_ids
 
     return stop_token_ids(tokenizer, getattr(model, "name_or_path", None))
 
@@ -205,7 +205,7 @@ class ChatSession:
 
     def _prompt_ids(self) -> list[int]:
         """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
-        from .tasks.chat import render
+        from ..tasks.chat import render
 
         context = context_length(self.model.config)
         while True:

@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 from statistics import median
 
-from .diagnose_benchmarks import benchmark_regression, forgetting_advice
-from .diagnose_preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
-from .errors import UserError
+from .benchmarks import benchmark_regression, forgetting_advice
+from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
+from ..errors import UserError
 from .findings import Advice, Finding, RunFacts, method_advice, round3
-from .run_directory import read_json_lines
+from ..rundir.folder import read_json_lines
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
 OVERFIT_RISE = 0.01  # relative rise of validation loss over its best that counts

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .data import prepare_data, prepare_eval_data
-from .errors import UserError
-from .loss import Validation
-from .models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
-from .runtime import pick_device, pick_precision
-from .tasks import Task, task_for_model
+from ..config import RunConfig
+from ..data import prepare_data, prepare_eval_data
+from ..errors import UserError
+from ..tasks.loss import Validation
+from ..models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
+from ..runtime import pick_device, pick_precision
+from ..tasks import Task, task_for_model
 
 
 def evaluate(task: Task, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
@@ -47,9 +47,9 @@ class EvalResult:
 def generation_scores(task: Task, model, tokenizer, examples, count: int, new_tokens: int, device: torch.device,
                       precision: str) -> dict:
     """Greedy generations for up to `count` validation prompts, scored against what the data says next."""
-    from .generation import SamplingOptions, generate_many
-    from .runtime import autocast
-    from .text_metrics import corpus_scores
+    from ..inference.generation import SamplingOptions, generate_many
+    from ..runtime import autocast
+    from ..inference.text_metrics import corpus_scores
 
     pairs = task.reference_pairs(examples, tokenizer, count, new_tokens)
     if not pairs:
@@ -97,7 +97,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
 
 def record_generation(run_dir: Path, result: EvalResult, data) -> None:
     """`eval RUN --generate`'s figures in the run, where the report finds them."""
-    from .durable import write_atomically
-    from .run_directory import GENERATION_EVAL
+    from ..rundir.durable import write_atomically
+    from ..rundir.folder import GENERATION_EVAL
 
     write_atomically(run_dir / GENERATION_EVAL, json.dumps({"data": data, **result.generation}, indent=2) + "\n")

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .batch import IGNORE, Batch
-from .data import TokenBlocks
-from .data.examples import Examples
-from .errors import UserError
-from .runtime import autocast, with_oom_backoff
+from ..batch import IGNORE, Batch
+from ..data import TokenBlocks
+from ..data.examples import Examples
+from ..errors import UserError
+from ..runtime import autocast, with_oom_backoff
 
 
 def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
