@@ -47,9 +47,9 @@ def _run_train(args) -> int:
     from ..api import train
 
     summary = train(config_of(args), resume=args.resume, console=_console(), force=args.force)
-    from ..tasks import task_kind
+    from ..tasks import task_view
 
-    for line in task_kind(summary.get("task")).result_lines(summary):
+    for line in task_view(summary.get("task")).result_lines(summary):
         print(line)
     print(f"run: {summary['run_dir']} (report.html, summary.json); model: {summary['final_dir']}")
     return 0
@@ -89,7 +89,7 @@ def _check_eval_flags(args) -> None:
 
 def _run_eval(args) -> int:
     from ..evaluation.scoring import evaluate_model, record_generation
-    from ..tasks import task_kind
+    from ..tasks import task_view
 
     _check_eval_flags(args)
     if args.benchmarks is not None:
@@ -109,12 +109,12 @@ def _run_eval(args) -> int:
         print(json.dumps(payload))
         return 0
     for result in results:
-        for line in task_kind(result.task).eval_lines(result):
+        for line in task_view(result.task).eval_lines(result):
             print(line)
         if result.generation:
             print(result.generation_line())
     if len(results) == 2:
-        print(task_kind(results[1].task).eval_change(results[0], results[1]))
+        print(task_view(results[1].task).eval_change(results[0], results[1]))
     return 0
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from ..errors import UserError
 from ..rundir.folder import read_data_report
-from ..tasks import TASK_FILE, read_task, task_kind
+from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -27,7 +27,7 @@ def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
 def _metric_lines(summary: dict) -> list[str]:
     lines = []
     if "base_val_ppl" in summary:
-        lines += [f"- {line}" for line in task_kind(summary.get("task")).result_lines(summary)]
+        lines += [f"- {line}" for line in task_view(summary.get("task")).result_lines(summary)]
     for key in ("steps", "epochs", "tokens_seen", "train_seconds", "device", "precision"):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
@@ -45,7 +45,7 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
     return "\n".join([
         "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
         f"# Fine-tuned {base}", "",
-        f"{task_kind(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
+        f"{task_view(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
         "## Data", "", *data_lines, "",
         "## Results", "", *_metric_lines(summary), "",
         "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
@@ -88,7 +88,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
     task = read_task(final)
-    head = task_kind(task.get("task")).saved_with_head(task)
+    head = task_view(task.get("task")).saved_with_head(task)
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..models import fit_embeddings, load_model, load_tokenizer, resolve_model
 from ..rundir.folder import is_run_dir
 from ..runtime import pick_device, pick_precision
-from ..tasks import read_task, task_kind
+from ..tasks import read_task, task_view
 
 ADAPTER_DIR = "final-adapter"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,7 +46,7 @@ def _run_settings(run: Path) -> dict:
 
 def _check_language_model(directory: Path, spec: str) -> None:
     saved = read_task(directory)
-    if task_kind(saved.get("task")).saved_with_head(saved):
+    if task_view(saved.get("task")).saved_with_head(saved):
         raise UserError(f"{spec} is a classifier with a head, which writes no text for a benchmark to score; "
                         "benchmark its base model, or a run trained with --task lm or chat")
 

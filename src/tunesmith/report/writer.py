@@ -14,7 +14,7 @@ from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
 from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
 from ..rundir.folder import GENERATION_EVAL, read_data_report, read_json_lines
-from ..tasks import task_kind
+from ..tasks import task_view
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
@@ -147,9 +147,9 @@ def report_sections(run_dir: Path) -> dict:
     data_report = read_data_report(run_dir, summary)
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
-    kind = task_kind(summary.get("task"))
-    task_rows = kind.comparison_rows(summary)
-    scope = kind.loss_scope
+    view = task_view(summary.get("task"))
+    task_rows = view.comparison_rows(summary)
+    scope = view.loss_scope
     return {
         "run": run_dir.name,
         "summary": summary,

@@ -1,6 +1,6 @@
-"""The kinds of fine-tuning, each a `Task` (see `base.py`), and the spec saved with a model.
+"""The kinds of fine-tuning, each a `Task` (see `base.py`) and a `TaskView` (see `view.py`), and the spec saved with a model.
 
-A new task is one module with a Task subclass, and one line in `TASKS`.
+A new task is one module with a Task subclass and its view, and one line in `TASKS` and `VIEWS`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import UserError
 from .base import Task
-from .chat import ChatTask
-from .classify import ClassifyTask
-from .lm import LmTask
-from .preference import PreferenceTask
+from .chat import ChatTask, ChatView
+from .classify import ClassifyTask, ClassifyView
+from .lm import LmTask, LmView
+from .preference import PreferenceTask, PreferenceView
+from .view import TaskView
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (LmTask, ChatTask, ClassifyTask, PreferenceTask)}
+VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(), ClassifyView(), PreferenceView())}
 TASK_FILE = "tunesmith_task.json"
 
 
@@ -24,9 +26,9 @@ def build_task(cfg: RunConfig) -> Task:
     return TASKS[cfg.task](cfg)
 
 
-def task_kind(name: str | None) -> type[Task]:
-    """The Task class a summary or saved spec names (plain language modelling when it names none)."""
-    return TASKS.get(name or "lm", LmTask)
+def task_view(name: str | None) -> TaskView:
+    """The view of the task a summary or saved spec names (plain language modelling when it names none)."""
+    return VIEWS.get(name or "lm", VIEWS["lm"])
 
 
 def write_task(directory: Path, spec: dict) -> None:
@@ -47,11 +49,11 @@ def task_for_model(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> Ta
     """
     saved = read_task(model_dir) if model_dir is not None and Path(model_dir).is_dir() else {"task": "lm"}
     if saved["task"] != "lm":
-        return task_kind(saved["task"]).for_saved(saved, cfg)
+        return TASKS.get(saved["task"], LmTask).for_saved(saved, cfg)
     task = build_task(cfg)
     if task.needs_saved_spec:
         raise UserError(f"{spec_name} is not a trained {task.name} model; evaluate a run trained with --task {task.name}")
     return task
 
 
-__all__ = ["TASKS", "TASK_FILE", "Task", "build_task", "read_task", "task_for_model", "task_kind", "write_task"]
+__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskView", "build_task", "read_task", "task_for_model", "task_view", "write_task"]

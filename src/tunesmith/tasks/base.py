@@ -28,17 +28,13 @@ class Task:
     unit_words: ClassVar[str] = "examples"  # what the data report calls the units
     eval_units: ClassVar[str] = "examples"  # what the validation set holds, as the run prints it
     target_words: ClassVar[str] = "targets"  # what carries the loss
-    loss_scope: ClassVar[str] = ""  # how a printed loss or perplexity is qualified ("assistant-token ")
     prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
-    description: ClassVar[str] = "A causal language model"  # the model card's first words
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
     packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
     fields_hint: ClassVar[str] = FIELDS_HINT  # what to check when every record was dropped
     rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
     rehearses: ClassVar[bool] = False  # whether data.replay can mix general text into its training data
-    headline: ClassVar[tuple[str, str, bool]] = ("val_ppl", "val perplexity", False)  # metrics.jsonl key, its name, higher is better
-    try_it: ClassVar[str] = "generate"  # how the web page tries a finished model: generate, chat or classify
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -168,37 +164,6 @@ class Task:
 
     def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
         return {"task": self.name}
-
-    @classmethod
-    def result_lines(cls, summary: dict) -> list[str]:
-        """The run's outcome in a few lines, from its summary.json."""
-        return [f"{cls.loss_scope}validation perplexity {summary['base_val_ppl']:.2f} (base) -> {summary['best_val_ppl']:.2f} "
-                f"(best, step {summary['best_step']}); stopped: {summary['stopped_because']}"]
-
-    @classmethod
-    def eval_lines(cls, result) -> list[str]:
-        """`tunesmith eval`'s lines for one model's `evaluation.EvalResult`."""
-        return [f"{result.model}: {cls.loss_scope}loss {result.loss:.4f}  perplexity {result.perplexity:.2f}  "
-                f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)"]
-
-    @classmethod
-    def eval_change(cls, first, second) -> str:
-        """`tunesmith eval --compare`'s verdict on two models' results."""
-        return f"perplexity change from {first.model} to {second.model}: {second.perplexity / first.perplexity - 1:+.1%}"
-
-    @classmethod
-    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
-        """Rows (name, base, fine-tuned) the report puts above the loss."""
-        return []
-
-    @classmethod
-    def describe(cls, spec: dict) -> str:
-        return cls.description
-
-    @classmethod
-    def saved_with_head(cls, spec: dict) -> bool:
-        """Whether a model saved with `spec` is a classifier with a head (which has no GGUF form)."""
-        return False
 
     def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
         return []

@@ -18,6 +18,7 @@ from ..data.units import Encoded, Unit
 from ..errors import UserError
 from ..models import load_tokenizer
 from .base import Task, check_both_sides
+from .view import TaskView
 
 # used when the model has no template of its own; its two markers become special tokens
 CHATML_TEMPLATE = (
@@ -152,11 +153,8 @@ class ChatTask(Task):
     name = "chat"
     unit_words = "conversations"
     target_words = "assistant tokens"
-    loss_scope = "assistant-token "
     prompts_rendered = True
-    description = "A chat model (assistant turns learned)"
     noisy_embeddings = True
-    try_it = "chat"
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
@@ -225,3 +223,11 @@ class ChatTask(Task):
     def section(self) -> str:
         return "chat"
 
+
+class ChatView(TaskView):
+    """How a chat run's results read."""
+
+    name = "chat"
+    loss_scope = "assistant-token "
+    description = "A chat model (assistant turns learned)"
+    try_it = "chat"

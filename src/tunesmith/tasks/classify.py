@@ -22,6 +22,7 @@ from ..errors import UserError
 from .loss import Validation
 from ..runtime import autocast
 from .base import Task, check_both_sides
+from .view import TaskView
 
 IMBALANCE_RATIO = 3.0
 
@@ -183,10 +184,7 @@ class ClassifyTask(Task):
 
     name = "classify"
     target_words = "targets"
-    loss_scope = "label-token "
     needs_saved_spec = True
-    headline = ("accuracy", "accuracy", True)
-    try_it = "classify"
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
@@ -319,30 +317,6 @@ class ClassifyTask(Task):
             "majority_accuracy": majority["accuracy"], "majority_macro_f1": majority["macro_f1"],
         }
 
-    @classmethod
-    def result_lines(cls, summary: dict) -> list[str]:
-        return super().result_lines(summary) + [
-            f"accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
-            f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})"]
-
-    @classmethod
-    def eval_lines(cls, result) -> list[str]:
-        return super().eval_lines(result) + [f"  classification: accuracy {result.metrics['accuracy']:.1%}, "
-                                             f"macro-F1 {result.metrics['macro_f1']:.3f}"]
-
-    @classmethod
-    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
-        return [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
-                (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
-
-    @classmethod
-    def saved_with_head(cls, spec: dict) -> bool:
-        return spec.get("method") == "head"
-
-    @classmethod
-    def describe(cls, spec: dict) -> str:
-        return f"A text classifier (labels: {', '.join(spec.get('labels', []))})"
-
     def record_label(self, record_value) -> str | None:
         label = lookup(record_value, self.cfg.data.label_field) if isinstance(record_value, dict) else None
         return None if label is None else label_key(label)
@@ -353,3 +327,31 @@ class ClassifyTask(Task):
     @property
     def section(self) -> str:
         return "classify"
+
+
+class ClassifyView(TaskView):
+    """How a classifier run's results read."""
+
+    name = "classify"
+    loss_scope = "label-token "
+    headline = ("accuracy", "accuracy", True)
+    try_it = "classify"
+
+    def result_lines(self, summary: dict) -> list[str]:
+        return super().result_lines(summary) + [
+            f"accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f} "
+            f"(baseline, {summary['baseline']}: accuracy {summary['base_accuracy']:.1%}, macro-F1 {summary['base_macro_f1']:.3f})"]
+
+    def eval_lines(self, result) -> list[str]:
+        return super().eval_lines(result) + [f"  classification: accuracy {result.metrics['accuracy']:.1%}, "
+                                             f"macro-F1 {result.metrics['macro_f1']:.3f}"]
+
+    def comparison_rows(self, summary: dict) -> list[tuple[str, float, float]]:
+        return [(f"accuracy (base: {summary['baseline']})", summary["base_accuracy"], summary["accuracy"]),
+                (f"macro-F1 (base: {summary['baseline']})", summary["base_macro_f1"], summary["macro_f1"])]
+
+    def saved_with_head(self, spec: dict) -> bool:
+        return spec.get("method") == "head"
+
+    def describe(self, spec: dict) -> str:
+        return f"A text classifier (labels: {', '.join(spec.get('labels', []))})"

@@ -7,6 +7,7 @@ import numpy as np
 from ..config import MonitorConfig
 from ..data.units import TextUnits
 from .base import Task
+from .view import TaskView
 
 PROMPT_TOKENS = 16
 
@@ -51,3 +52,9 @@ class LmTask(TextUnits, Task):
             if text:
                 prompts.append(text)
         return prompts
+
+
+class LmView(TaskView):
+    """How a language-model run's results read."""
+
+    name = "lm"

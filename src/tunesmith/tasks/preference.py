@@ -32,6 +32,7 @@ from ..errors import UserError
 from .loss import Validation
 from ..runtime import autocast
 from .base import check_both_sides
+from .view import TaskView
 from .chat import ChatTask, encode_answer, end_of_turn
 from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
 
@@ -80,9 +81,6 @@ class PreferenceTask(ChatTask):
     unit_words = "judged prompts"
     eval_units = "pairs"
     target_words = "answer tokens"
-    loss_scope = "preference "
-    headline = ("likelihood_accuracy", "preference accuracy", True)
-    description = "A chat model tuned from preferences"
     noisy_embeddings = False
     packings = ("padded",)
     rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
@@ -267,40 +265,6 @@ class PreferenceTask(ChatTask):
                 out[key], out[f"base_{key}"] = best[key], base_metrics.get(key)
         return out
 
-    @classmethod
-    def result_lines(cls, summary: dict) -> list[str]:
-        lines = [f"likelihood preference accuracy {summary['base_likelihood_accuracy']:.1%} (base) -> "
-                 f"{summary['likelihood_accuracy']:.1%} (best, step {summary['best_step']}) over {summary['pairs']} validation pairs; "
-                 f"stopped: {summary['stopped_because']}",
-                 f"log-prob of the chosen answers {summary['base_chosen_logp']:.2f} -> {summary['chosen_logp']:.2f}, "
-                 f"of the rejected {summary['base_rejected_logp']:.2f} -> {summary['rejected_logp']:.2f}"]
-        if "reward_accuracy" in summary:
-            lines.append(f"implicit reward accuracy {summary['reward_accuracy']:.1%}, margin {summary['reward_margin']:.3f}")
-        return lines
-
-    @classmethod
-    def eval_lines(cls, result) -> list[str]:
-        m = result.metrics
-        loss = f"; {cls.loss_scope}loss {result.loss:.4f}" if math.isfinite(result.loss) else ""
-        return [f"{result.model}: likelihood preference accuracy {m['likelihood_accuracy']:.1%} over {m['pairs']} pairs; "
-                f"answer log-prob chosen {m['chosen_logp']:.2f}, rejected {m['rejected_logp']:.2f}{loss}  ({result.tokens:,} answer tokens)"]
-
-    @classmethod
-    def eval_change(cls, first, second) -> str:
-        change = second.metrics["likelihood_accuracy"] - first.metrics["likelihood_accuracy"]
-        return f"likelihood preference accuracy change from {first.model} to {second.model}: {100 * change:+.1f} points"
-
-    @classmethod
-    def comparison_rows(cls, summary: dict) -> list[tuple[str, float, float]]:
-        return [(name, summary.get(f"base_{key}"), summary.get(key)) for name, key in (
-            ("likelihood preference accuracy", "likelihood_accuracy"), ("chosen answers' log-prob", "chosen_logp"),
-            ("rejected answers' log-prob", "rejected_logp"), ("implicit reward accuracy", "reward_accuracy"),
-            ("implicit reward margin", "reward_margin")) if key in summary]
-
-    @classmethod
-    def describe(cls, spec: dict) -> str:
-        return f"A chat model tuned from preferences ({spec.get('method', 'dpo').upper()})"
-
     @property
     def section(self) -> str:
         return "preference"
@@ -324,3 +288,42 @@ def _adapters_off(model, module: SequenceLogps, batch) -> torch.Tensor:
     """The base model's log-probs: the same weights with the LoRA adapters switched off, no gradient."""
     with torch.no_grad(), model.disable_adapter():
         return module.of(batch)[0]
+
+
+class PreferenceView(TaskView):
+    """How a preference run's results read."""
+
+    name = "preference"
+    try_it = "chat"
+    loss_scope = "preference "
+    headline = ("likelihood_accuracy", "preference accuracy", True)
+    description = "A chat model tuned from preferences"
+
+    def result_lines(self, summary: dict) -> list[str]:
+        lines = [f"likelihood preference accuracy {summary['base_likelihood_accuracy']:.1%} (base) -> "
+                 f"{summary['likelihood_accuracy']:.1%} (best, step {summary['best_step']}) over {summary['pairs']} validation pairs; "
+                 f"stopped: {summary['stopped_because']}",
+                 f"log-prob of the chosen answers {summary['base_chosen_logp']:.2f} -> {summary['chosen_logp']:.2f}, "
+                 f"of the rejected {summary['base_rejected_logp']:.2f} -> {summary['rejected_logp']:.2f}"]
+        if "reward_accuracy" in summary:
+            lines.append(f"implicit reward accuracy {summary['reward_accuracy']:.1%}, margin {summary['reward_margin']:.3f}")
+        return lines
+
+    def eval_lines(self, result) -> list[str]:
+        m = result.metrics
+        loss = f"; {self.loss_scope}loss {result.loss:.4f}" if math.isfinite(result.loss) else ""
+        return [f"{result.model}: likelihood preference accuracy {m['likelihood_accuracy']:.1%} over {m['pairs']} pairs; "
+                f"answer log-prob chosen {m['chosen_logp']:.2f}, rejected {m['rejected_logp']:.2f}{loss}  ({result.tokens:,} answer tokens)"]
+
+    def eval_change(self, first, second) -> str:
+        change = second.metrics["likelihood_accuracy"] - first.metrics["likelihood_accuracy"]
+        return f"likelihood preference accuracy change from {first.model} to {second.model}: {100 * change:+.1f} points"
+
+    def comparison_rows(self, summary: dict) -> list[tuple[str, float, float]]:
+        return [(name, summary.get(f"base_{key}"), summary.get(key)) for name, key in (
+            ("likelihood preference accuracy", "likelihood_accuracy"), ("chosen answers' log-prob", "chosen_logp"),
+            ("rejected answers' log-prob", "rejected_logp"), ("implicit reward accuracy", "reward_accuracy"),
+            ("implicit reward margin", "reward_margin")) if key in summary]
+
+    def describe(self, spec: dict) -> str:
+        return f"A chat model tuned from preferences ({spec.get('method', 'dpo').upper()})"

@@ -17,7 +17,7 @@ import yaml
 from ..errors import UserError
 from ..rundir.folder import (DATA_META, DATA_REPORT, MARKER, PROCESS, has_checkpoint, is_run_dir, read_json_lines,
                              read_json_object, run_state)
-from ..tasks import task_kind
+from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
 CONSOLE_LOG = "console.log"  # the output of a run the page launched
@@ -212,14 +212,14 @@ class RunsFolder:
     def row(self, name: str) -> RunRow:
         run_dir = self.run_dir(name)
         config, summary, record = self.config(run_dir), self.summary(run_dir), self.process(run_dir)
-        kind = kind_of(summary, config)
-        key, label, higher = kind.headline
+        view = view_of(summary, config)
+        key, label, higher = view.headline
         steps, base, best, speed = self.progress(run_dir, summary, key, higher)
         started = record.get("started") or self._cached(self.own(run_dir, MARKER), read_json_object).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
         model = config.get("model", {})
-        return RunRow(name=name, task=kind.name, model=str(model.get("name", "")), method=str(model.get("method", "full")),
+        return RunRow(name=name, task=view.name, model=str(model.get("name", "")), method=str(model.get("method", "full")),
                       state=run_state(run_dir, record), steps=steps, total_steps=record.get("total_steps"), metric=label,
                       metric_key=key, base=base, best=best, higher_is_better=higher, tokens_per_s=speed, started=str(started or ""))
 
@@ -256,7 +256,7 @@ class RunsFolder:
             "has_final": self._is_own_file(run_dir, "final/config.json"),
             "has_checkpoint": has_checkpoint(run_dir),
             "process": self.process(run_dir),
-            "try_it": kind_of(summary, self.config(run_dir)).try_it,
+            "try_it": view_of(summary, self.config(run_dir)).try_it,
             "benchmarks": benchmark_rows(summary),
         }
 
@@ -305,8 +305,8 @@ class RunsFolder:
             return ""
 
 
-def kind_of(summary: dict, config: dict):
-    return task_kind(summary.get("task") or config.get("task"))
+def view_of(summary: dict, config: dict):
+    return task_view(summary.get("task") or config.get("task"))
 
 
 def metrics_since(path: Path | None, offset: int) -> dict:
