@@ -156,3 +156,11 @@ def test_deferred_step_records_skips_and_bad_streaks():
     assert account(rows, state, cfg, logged.append) is True
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6] and state.skipped_steps == 4 and state.bad_in_a_row == 3
     assert pending.flush() == []
+    assert pending.flush() == []
+
+
+def test_out_of_memory_is_recognized_in_each_form_it_takes():
+    from tunesmith.errors import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory")) and not is_out_of_memory(RuntimeError("shape mismatch"))

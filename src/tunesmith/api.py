@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 from .config import RunConfig
-from .preparation import as_config as _as_config, prepare, preview
+from .preparation import as_config as _as_config
+from .preparation import prepare, preview
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None,

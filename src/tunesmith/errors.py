@@ -10,6 +10,13 @@ class UserError(Exception):
         return [str(self)]
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: torch's OutOfMemoryError (CUDA, MPS), a CPU's MemoryError, or a backend's RuntimeError
+    saying so. Read by name, so that a caller need not import torch to ask."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+
+
 class ConfigError(UserError):
     """One or more invalid config values; each problem names its key and what is allowed."""
 

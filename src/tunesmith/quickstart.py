@@ -8,9 +8,9 @@ from importlib.resources import files
 
 from rich.console import Console
 
+from .api import train
 from .config import RunConfig
 from .inference.generation import SamplingOptions, generate_text, load_generator
-from .api import train
 
 EXAMPLE_CORPUS = files("tunesmith") / "examples" / "lumora_support.jsonl"
 PROMPT = "Connect the Lumora Hub to a new Wi-Fi network\n\n"

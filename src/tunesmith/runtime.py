@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -92,10 +92,6 @@ def flops_per_token(config, parameters: int, sequence_length: int) -> float:
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
     return 6 * parameters + 12 * layers * heads * head_dim * sequence_length
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def free_memory(device: torch.device) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import UserError
+from ..errors import UserError, is_out_of_memory
 from .commands import HANDLERS
 from .parser import build_parser
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from ..rundir.durable import as_os_error
 
-        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        if is_out_of_memory(exc):
             print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
             return 2
         if as_os_error(exc) is not None:  # an OSError, or one a library wrapped (a full disk under safetensors)

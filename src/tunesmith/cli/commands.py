@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import load_config
 from ..config.reference import starter_yaml
 from ..errors import UserError
-from ..rundir.folder import is_run_dir
+from ..rundir.folder import CONFIG_FILE, is_run_dir
 from .parser import config_of, overrides_of
 
 
@@ -94,7 +94,7 @@ def _run_eval(args) -> int:
     _check_eval_flags(args)
     if args.benchmarks is not None:
         return _run_benchmarks(args)
-    run_config = Path(args.model_or_run) / "config.yaml"
+    run_config = Path(args.model_or_run) / CONFIG_FILE
     own_split = not any(key == "data.train" for key, _ in overrides_of(args)) and run_config.is_file()
     cfg = load_config(run_config, overrides_of(args)) if own_split else config_of(args)
     if not cfg.data.train:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import TASK_NAMES, load_config, parse_override
 from ..errors import UserError
+from ..rundir.folder import CONFIG_FILE
 
 # flag -> config key; every command takes these
 COMMON_FLAGS: dict[str, tuple[str, type]] = {
@@ -187,7 +188,7 @@ def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
         out = dict(overrides).get("output.dir")
         if not out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        path = Path(out) / "config.yaml"
+        path = Path(out) / CONFIG_FILE
         if not path.is_file():
             raise UserError(f"--resume: {path} not found; is {out} a tunesmith run directory?")
     base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .findings import Advice, Finding, RunFacts, method_advice, round3
 from ..harness.scores import ROW_PREFIX, Score, beyond_two_stderr, scores_from_row
+from .findings import Advice, Finding, RunFacts, method_advice, round3
 
 LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")  # lm-eval's own
 

@@ -11,11 +11,11 @@ import math
 from pathlib import Path
 from statistics import median
 
-from .benchmarks import benchmark_regression, forgetting_advice
-from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 from ..errors import UserError
+from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
+from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
-from ..rundir.folder import read_json_lines
+from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
 OVERFIT_RISE = 0.01  # relative rise of validation loss over its best that counts
@@ -243,8 +243,8 @@ def run_facts(run_dir: Path) -> RunFacts:
     """Facts from what a run directory holds, whether or not it finished."""
     import yaml
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    summary = _read_json(run_dir / "summary.json")
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
+    summary = _read_json(run_dir / SUMMARY_FILE)
     train_cfg, model_cfg = config.get("train", {}), config.get("model", {})
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(
@@ -271,7 +271,7 @@ def run_facts(run_dir: Path) -> RunFacts:
 
 
 def diagnose_run(run_dir: Path) -> list[Finding]:
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
     history, _ = read_json_lines(metrics)  # a line torn by a killed run is left out

@@ -32,10 +32,10 @@ from ..data.formats import check_not_binary
 from ..data.read import DocumentReader, expand_paths
 from ..data.report import DataReport
 from ..data.split import hash_bucket
-from ..rundir.durable import write_atomically
 from ..errors import ConfigError
 from ..inference.generation import SamplingOptions, default_stop_ids, encode_prompt, generate_many
 from ..models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
+from ..rundir.durable import write_atomically
 from ..runtime import autocast
 
 TEXT_TOKENS = 128  # each sampled text, and each piece of a general file, is at most this long

@@ -11,10 +11,10 @@ import torch
 from ..config import RunConfig
 from ..data import prepare_data, prepare_eval_data
 from ..errors import UserError
-from ..tasks.loss import Validation
 from ..models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from ..runtime import pick_device, pick_precision
 from ..tasks import Task, task_for_model
+from ..tasks.loss import Validation
 
 
 def evaluate(task: Task, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
@@ -48,8 +48,8 @@ def generation_scores(task: Task, model, tokenizer, examples, count: int, new_to
                       precision: str) -> dict:
     """Greedy generations for up to `count` validation prompts, scored against what the data says next."""
     from ..inference.generation import SamplingOptions, generate_many
-    from ..runtime import autocast
     from ..inference.text_metrics import corpus_scores
+    from ..runtime import autocast
 
     pairs = task.reference_pairs(examples, tokenizer, count, new_tokens)
     if not pairs:

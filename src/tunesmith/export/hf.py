@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import read_data_report
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -19,8 +19,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
     if not (run_dir / "final" / "config.json").is_file():
         raise UserError(f"{run_dir}: no final/ model; export takes a finished tunesmith run directory")
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).is_file() else {}
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
     return summary, config, read_data_report(run_dir, summary)
 
 

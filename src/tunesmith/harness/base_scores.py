@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..rundir.durable import write_atomically
 from ..models import tunesmith_home
+from ..rundir.durable import write_atomically
 from ..rundir.folder import read_json_object
 from .selection import Selection, read_task_file
 

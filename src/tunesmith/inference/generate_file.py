@@ -19,12 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..data.read import lookup
-from ..rundir.durable import write_atomically
 from ..errors import UserError
+from ..rundir.durable import write_atomically
 from ..rundir.fingerprint import file_sha256
+from ..rundir.folder import read_json_lines
 from .generation import Completion, SamplingOptions, default_stop_ids, encode_prompt, generate_many
 from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
-from ..rundir.folder import read_json_lines
 
 OUTPUT_COLUMNS = ("sample", "generated", "finish_reason", "tokens", "error")
 SCORE_COLUMNS = ("rouge_l", "chrf")

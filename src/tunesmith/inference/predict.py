@@ -11,10 +11,10 @@ from ..batch import Batch, pad_rows
 from ..data.read import lookup
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, resolve_model
-from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
+from ..runtime import pick_device, pick_precision
 from ..tasks import read_task
 from ..tasks.classify import LabelCoder, label_probabilities
-from ..runtime import pick_device, pick_precision
+from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
 
 
 def load_classifier(spec: str, device: torch.device, log=print):

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from ..data.formats import DecodeStats, RowError, file_format, read_records
-from ..rundir.durable import write_atomically
 from ..errors import UserError
+from ..rundir.durable import write_atomically
 
 TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
 

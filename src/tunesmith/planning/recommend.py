@@ -162,7 +162,6 @@ def _shape(cfg: RunConfig, method: str, precision: str, labels: int) -> StepShap
 def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, precision: str, budget: int, data: DataSize,
              rate: DeviceRate, hub: bool, log) -> list[Option]:
     from ..models import context_length
-
     from ..tasks import build_task
 
     methods = [method for method in METHODS.values() if method.runs_on(device.type)]

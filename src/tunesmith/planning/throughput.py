@@ -80,9 +80,8 @@ def device_rate(device: torch.device, precision: str, peak_tflops: float | None 
 
 
 def tokens_per_second(config, params: int, trainable: int, method: str, block_size: int, rate: DeviceRate) -> float:
-    from ..runtime import flops_per_token
-
     from ..methods import method_of
+    from ..runtime import flops_per_token
 
     per_parameter = method_of(method).cost_per_parameter(rate.device, trainable / max(params, 1))
     attention = flops_per_token(config, 0, block_size) * per_parameter / 6  # 12·L·H·Q·T scales with the same passes

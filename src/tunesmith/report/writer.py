@@ -12,9 +12,19 @@ from pathlib import Path
 from ..data.report import source_line
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
-from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
-from ..rundir.folder import GENERATION_EVAL, read_data_report, read_json_lines
+from ..rundir.folder import (
+    CONFIG_FILE,
+    GENERATION_EVAL,
+    METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    read_data_report,
+    read_json_lines,
+)
 from ..tasks import task_view
+from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
@@ -140,10 +150,10 @@ def samples_before_after(samples: list[dict], best_step: int | None) -> list[tup
 
 def report_sections(run_dir: Path) -> dict:
     """Everything the report shows, gathered once for both formats."""
-    metrics = _rows(run_dir, "metrics.jsonl")
+    metrics = _rows(run_dir, METRICS_FILE)
     if not metrics:
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
-    summary = _json(run_dir / "summary.json")
+    summary = _json(run_dir / SUMMARY_FILE)
     data_report = read_data_report(run_dir, summary)
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
@@ -164,10 +174,10 @@ def report_sections(run_dir: Path) -> dict:
             if row[1] is not None or row[2] is not None],
         "forgetting": _forgetting_line(summary.get("forgetting")),
         "classes": classification_tables(summary),
-        "samples": samples_before_after(_rows(run_dir, "samples.jsonl"), summary.get("best_step")),
+        "samples": samples_before_after(_rows(run_dir, SAMPLES_FILE), summary.get("best_step")),
         "generation": _json(run_dir / GENERATION_EVAL),
         "data": data_report,
-        "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "",
+        "config": (run_dir / CONFIG_FILE).read_text() if (run_dir / CONFIG_FILE).is_file() else "",
         "platform": f"Python {platform.python_version()}, {platform.system()} {platform.machine()}",
     }
 
@@ -298,8 +308,8 @@ def render_html(sections: dict) -> str:
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     sections = report_sections(run_dir)
-    markdown = run_dir / "report.md"
+    markdown = run_dir / REPORT_MD
     markdown.write_text(render_markdown(sections, run_dir / "report_files"))
-    page = run_dir / "report.html"
+    page = run_dir / REPORT_HTML
     page.write_text(render_html(sections))
     return markdown, page

@@ -17,6 +17,12 @@ from ..config import PROBE_WORDS, RunConfig, benchmark_is_path
 from ..errors import UserError
 
 MARKER = ".tunesmith-run"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
 GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, which the report shows
 DATA_REPORT = "data_report.json"
 DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding

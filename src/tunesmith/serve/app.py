@@ -17,9 +17,9 @@ from typing import AsyncIterator
 
 from fastapi import Request
 
-from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from ..inference.decoding import Job, SamplingSettings
 from .body import BodyTooLarge, ClientLeft, read_body, replay
+from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from .worker import GenerationWorker, QueueFull, ShuttingDown
 
 API_KEY_VARIABLE = "TUNESMITH_API_KEY"

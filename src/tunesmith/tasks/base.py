@@ -18,8 +18,8 @@ from ..config import DataConfig, MonitorConfig, RunConfig
 from ..data.report import DataReport
 from ..data.units import FIELDS_HINT
 from ..errors import ConfigError, UserError
-from .loss import Validation, perplexity, validation_loss_with_fallback
 from ..models import load_tokenizer
+from .loss import Validation, perplexity, validation_loss_with_fallback
 
 
 class Task:

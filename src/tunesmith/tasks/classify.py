@@ -19,9 +19,9 @@ from ..data.read import lookup
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
-from .loss import Validation
 from ..runtime import autocast
 from .base import Task, check_both_sides
+from .loss import Validation
 from .view import TaskView
 
 IMBALANCE_RATIO = 3.0

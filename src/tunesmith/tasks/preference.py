@@ -29,12 +29,12 @@ from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, UNDESIRABLE, judged_un
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
-from .loss import Validation
 from ..runtime import autocast
 from .base import check_both_sides
-from .view import TaskView
 from .chat import ChatTask, encode_answer, end_of_turn
+from .loss import Validation
 from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
+from .view import TaskView
 
 SHOWN = ("likelihood_accuracy", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp", "logp_margin",
          "chosen_logp_per_token", "rejected_logp_per_token", "chosen_reward", "rejected_reward", "desirable_reward",

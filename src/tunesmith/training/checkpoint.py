@@ -19,9 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..rundir.durable import as_os_error, fresh_partial, fsync_path, replace_dir
 from ..errors import UserError
 from ..models.weights import load_trainable_state, trainable_state
+from ..rundir.durable import as_os_error, fresh_partial, fsync_path, replace_dir
 from .distributed import Distributed, is_sharded
 
 CHECKPOINTS = "checkpoints"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from ..evaluation.scoring import evaluate
 from ..evaluation.forgetting import probe_row
-from ..tasks.loss import Validation
+from ..evaluation.scoring import evaluate
 from ..tasks import Task
+from ..tasks.loss import Validation
 from .distributed import Distributed
 from .state import LoopState
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..tasks.loss import batch_loss, target_weight
 from ..models.parts import output_parts
+from ..tasks.loss import batch_loss, target_weight
 
 CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
 

@@ -16,10 +16,10 @@ from rich.console import Console
 from ..config import RunConfig
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
-from ..tasks.loss import perplexity
 from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import Task, write_task
+from ..tasks.loss import perplexity
 from .benchmarking import RunBenchmarks
 from .build import build_model, export_final
 from .checkpoint import SavedCheckpoint

@@ -7,6 +7,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..diagnose.rules import RunFacts, diagnose
+from ..rundir.folder import METRICS_FILE, SAMPLES_FILE
 from .monitor import Trackers
 from .run_files import MetricsLog, write_summary
 from .samples import SampleLog
@@ -29,8 +30,8 @@ class Recorder:
             return
         run_dir = self.cfg.run_dir
         self.trackers = Trackers(self.cfg.monitor, run_dir, self.cfg, resume=resume_step is not None)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step, self.console.print)
-        self.samples = SampleLog(prompts, stops, prompts_rendered, self.cfg.monitor.sample_tokens, run_dir / "samples.jsonl")
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, resume_step, self.console.print)
+        self.samples = SampleLog(prompts, stops, prompts_rendered, self.cfg.monitor.sample_tokens, run_dir / SAMPLES_FILE)
 
     def log_row(self, row: dict) -> None:
         self.history.append(row)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..rundir.folder import resolve_run_paths, run_start_dir
+from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
 
 # settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones (and
 # the method's own, `Method.settings`)
@@ -23,7 +23,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     """Refuse to resume with a setting that changes the trainable weights, naming it and the run's value."""
     import yaml
 
-    saved_path = run_dir / "config.yaml"
+    saved_path = run_dir / CONFIG_FILE
     try:
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):

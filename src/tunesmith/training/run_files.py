@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..rundir.folder import read_json_lines
 from ..rundir.durable import write_atomically
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_json_lines
 
 
 class MetricsLog:
@@ -37,11 +37,11 @@ class MetricsLog:
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    write_atomically(run_dir / "config.yaml", cfg.to_yaml())
+    write_atomically(run_dir / CONFIG_FILE, cfg.to_yaml())
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomically(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def memory_use() -> dict:

@@ -12,8 +12,8 @@ from ..config import RunConfig, check_block_size
 from ..data import prepare_data
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
-from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..methods import method_of
+from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..models.weights import keeps_packed_apart, parameter_counts, short_count
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
 from ..tasks import Task

@@ -11,11 +11,11 @@ from typing import Callable
 
 import torch
 
-from ..data import TokenBlocks
-from ..errors import UserError
-from .distributed import Distributed, full_tensor, no_sync
-from ..runtime import autocast, free_memory, is_out_of_memory, with_oom_backoff
 from ..batch import Batch
+from ..data import TokenBlocks
+from ..errors import UserError, is_out_of_memory
+from ..runtime import autocast, free_memory, with_oom_backoff
+from .distributed import Distributed, full_tensor, no_sync
 from .fused_loss import FusedOutputLoss, ModelLoss
 
 Loss = ModelLoss | FusedOutputLoss  # or a task's own loss: callable on a batch, with weight(batch), module and compiled()

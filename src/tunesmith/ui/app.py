@@ -20,8 +20,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import UserError
+from ..rundir.folder import REPORT_HTML, is_run_dir
 from ..serve.body import BodyTooLarge, ClientLeft, read_body, replay
-from ..rundir.folder import is_run_dir
 from .launcher import Busy, Draft, Launcher, form_keys
 from .runs import NotARun, Outside, RunsFolder
 from .tryout import Tryout
@@ -272,7 +272,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or path.suffix in (".jsonl", ".yaml", ".log", ".json", ".md"):
             kind = "text/plain; charset=utf-8"
-        if path.name == "report.html" and is_run_dir(path.parent):
+        if path.name == REPORT_HTML and is_run_dir(path.parent):
             kind = "text/html; charset=utf-8"  # the run's own report; any other HTML in the folder is shown as text
         return FileResponse(path, media_type=kind, headers={"Content-Security-Policy": FILES_POLICY})
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..config import PROBE_WORDS, DataSource, benchmark_is_path, RunConfig, build_config
+from ..config import PROBE_WORDS, DataSource, RunConfig, benchmark_is_path, build_config
 from ..errors import ConfigError, UserError
 from ..rundir.folder import SQLITE
 from .runs import RunsFolder

@@ -23,7 +23,18 @@ import yaml
 from ..config import RunConfig, load_config, parse_override
 from ..config.reference import ConfigKey, config_keys
 from ..errors import ConfigError, UserError
-from ..rundir.folder import LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object, run_start_dir, run_state, training_pid
+from ..rundir.folder import (
+    CONFIG_FILE,
+    LOCK,
+    as_started,
+    has_checkpoint,
+    is_run_dir,
+    mark_run_dir,
+    read_json_object,
+    run_start_dir,
+    run_state,
+    training_pid,
+)
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 
@@ -131,7 +142,7 @@ class Launcher:
         """A run started on the command line may read data or a model from anywhere; the page resumes it only when
         what it reads, meant as where it was started, lies inside the folder, as for a run started from the page."""
         try:
-            confine_paths(as_started(load_config(run_dir / "config.yaml", [("output.dir", str(run_dir))])), self.folder)
+            confine_paths(as_started(load_config(run_dir / CONFIG_FILE, [("output.dir", str(run_dir))])), self.folder)
         except ConfigError as exc:
             raise UserError(f"{name}: {exc.problems[0]}; the page resumes only runs that read inside its folder, so resume "
                             f"this one from the command line: tunesmith train --out {run_dir} --resume") from None

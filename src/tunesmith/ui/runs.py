@@ -7,16 +7,30 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import (DATA_META, DATA_REPORT, MARKER, PROCESS, has_checkpoint, is_run_dir, read_json_lines,
-                             read_json_object, run_state)
+from ..rundir.folder import (
+    CONFIG_FILE,
+    DATA_META,
+    DATA_REPORT,
+    MARKER,
+    METRICS_FILE,
+    PROCESS,
+    REPORT_HTML,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    has_checkpoint,
+    is_run_dir,
+    read_json_lines,
+    read_json_object,
+    run_state,
+)
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -162,11 +176,11 @@ class RunsFolder:
         return value
 
     def config(self, run_dir: Path) -> dict:
-        saved = self._cached(self.own(run_dir, "config.yaml"), _load_yaml)
+        saved = self._cached(self.own(run_dir, CONFIG_FILE), _load_yaml)
         return saved or self._cached(self.own(run_dir, LAUNCH_CONFIG), _load_yaml)
 
     def summary(self, run_dir: Path) -> dict:
-        return self._cached(self.own(run_dir, "summary.json"), read_json_object)
+        return self._cached(self.own(run_dir, SUMMARY_FILE), read_json_object)
 
     def process(self, run_dir: Path) -> dict:
         """process.json: the training process's pid while it runs, how it ended once it has."""
@@ -175,11 +189,11 @@ class RunsFolder:
 
     def new_metrics(self, name: str, offset: int) -> dict:
         """A run's metric rows written past byte `offset` (see `metrics_since`)."""
-        return metrics_since(self.own(self.run_dir(name), "metrics.jsonl"), offset)
+        return metrics_since(self.own(self.run_dir(name), METRICS_FILE), offset)
 
     def metrics(self, run_dir: Path) -> list[dict]:
         """metrics.jsonl's rows (numbers only); a file that grew is read from where the last read ended."""
-        path = self.own(run_dir, "metrics.jsonl")
+        path = self.own(run_dir, METRICS_FILE)
         if path is None:
             return []
         try:
@@ -230,8 +244,8 @@ class RunsFolder:
     def detail(self, name: str) -> dict:
         """Everything one run's page shows besides its curves."""
         from ..data.report import summary_lines
-        from ..report.writer import samples_before_after
         from ..report.benchmarks import benchmark_rows
+        from ..report.writer import samples_before_after
 
         run_dir = self.run_dir(name)
         summary = self.summary(run_dir)
@@ -241,9 +255,9 @@ class RunsFolder:
             data_lines = summary_lines(report, meta) if report and meta else []
         except (KeyError, TypeError):  # a report from an older version of tunesmith
             data_lines = []
-        configs = [self.own(run_dir, n) for n in ("config.yaml", LAUNCH_CONFIG)]
+        configs = [self.own(run_dir, n) for n in (CONFIG_FILE, LAUNCH_CONFIG)]
         config_path = next((path for path in configs if path and path.is_file()), None)
-        samples = self.own(run_dir, "samples.jsonl")
+        samples = self.own(run_dir, SAMPLES_FILE)
         return {
             "row": self.row(name),
             "summary": summary,
@@ -252,7 +266,7 @@ class RunsFolder:
             "data_lines": data_lines,
             "data_warnings": report.get("warnings", []),
             "config": config_path.read_text(encoding="utf-8", errors="replace") if config_path else "",
-            "has_report": self._is_own_file(run_dir, "report.html"),
+            "has_report": self._is_own_file(run_dir, REPORT_HTML),
             "has_final": self._is_own_file(run_dir, "final/config.json"),
             "has_checkpoint": has_checkpoint(run_dir),
             "process": self.process(run_dir),
@@ -276,7 +290,7 @@ class RunsFolder:
         from ..diagnose.rules import diagnose_run
 
         run_dir = self.run_dir(name)
-        read = [self.own(run_dir, n) for n in ("metrics.jsonl", "config.yaml", "summary.json")]  # what diagnose_run reads
+        read = [self.own(run_dir, n) for n in (METRICS_FILE, CONFIG_FILE, SUMMARY_FILE)]  # what diagnose_run reads
         if None in read or not read[0].is_file():
             return []
         return [f.as_dict() for f in diagnose_run(run_dir)]

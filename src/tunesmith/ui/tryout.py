@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..inference.decoding.rules import checked_sampling
 from ..errors import UserError
+from ..inference.decoding.rules import checked_sampling
 from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
 from ..inference.predict import Classifier
 

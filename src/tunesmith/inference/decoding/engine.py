@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ...errors import is_out_of_memory
 from .batch import RunningBatch
 from .sampling import RepeatedNgrams, RowSampler, SamplingSettings
 from .text import ChoiceText
@@ -227,6 +228,6 @@ def decode_all(decoder: Decoder, jobs: Iterable[Job], max_batch: int = 16) -> No
 
 
 def failure_reason(exc: Exception) -> str:
-    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+    if is_out_of_memory(exc):
         return "out of memory; send fewer or shorter prompts"
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
