@@ -6,6 +6,8 @@ import pytest
 
 from tunesmith.cli import main
 
+from helpers import run_config
+
 
 @pytest.fixture
 def run_args(tiny_gpt2, corpus_file, tmp_path):
@@ -105,7 +107,6 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
 
     from tunesmith import train
 
-    from test_train import run_config
 
     train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=4))
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--dtype", dtype]) == 0

@@ -7,6 +7,8 @@ from tunesmith.config import RunConfig, load_config, parse_override
 from tunesmith.config.reference import reference_markdown, starter_yaml
 from tunesmith.errors import ConfigError
 
+from helpers import make_corpus, write_jsonl
+
 
 def test_starter_config_loads_to_the_defaults(tmp_path):
     path = tmp_path / "run.yaml"
@@ -70,7 +72,6 @@ def test_readme_documents_every_config_key():
     (("1e308", "1e308"), "data.train: the weights add up past the largest number; give shares such as 0.8 and 0.2"),
 ])
 def test_weights_that_are_not_finite_or_overflow_are_refused_in_one_line(weights, problem, tmp_path, capsys):
-    from conftest import make_corpus, write_jsonl
 
     sources = [write_jsonl(tmp_path / f"{name}.jsonl", make_corpus(30, seed=seed)) for seed, name in enumerate("ab")]
     path = tmp_path / "run.yaml"

@@ -12,7 +12,8 @@ from tunesmith.data import prepare_data
 from tunesmith.data.clean import mask_pii, normalize_text
 from tunesmith.errors import UserError
 
-from conftest import make_corpus, write_jsonl
+from helpers import make_corpus, write_jsonl
+
 
 NO_FILTERS = CleanConfig(boilerplate=False, dedup_near=False)
 

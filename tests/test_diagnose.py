@@ -8,7 +8,8 @@ import pytest
 from tunesmith.cli import main
 from tunesmith.diagnose.rules import RunFacts, diagnose, diagnose_run
 
-from test_train import run_config
+from helpers import WORDS, run_config, write_jsonl
+
 
 
 def history(train_losses, val_losses, eval_every=10, skipped=()):
@@ -125,7 +126,6 @@ def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_s
     from tunesmith.models import load_tokenizer, resolve_model, tunesmith_home
     from tunesmith.tasks.loss import validation_loss
 
-    from conftest import WORDS, write_jsonl
 
     rng = random.Random(0)
     docs = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(16)]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cut_run
-from test_train import losses
+from helpers import cut_run, losses, make_corpus, write_jsonl
+
 
 
 def _launch(processes: int, model, data, out, micro: int, steps: int, *extra: str, cwd: Path | None = None) -> None:
@@ -34,7 +34,6 @@ def ddp_run(tiny_models, tmp_path_factory):
 
     It takes the default run directory: rank 0 names it and both ranks use it, so one folder holds the whole run.
     """
-    from conftest import make_corpus, write_jsonl
 
     root = tmp_path_factory.mktemp("ddp")
     data = write_jsonl(root / "corpus.jsonl", make_corpus(120))

@@ -12,7 +12,8 @@ from tunesmith.cli import main
 from tunesmith.export.gguf import rotary_permute
 from tunesmith.models.embedded import gguf_config
 
-from test_train import run_config
+from helpers import finished_run, make_corpus, run_config, train_tokenizer
+
 
 TEXT = "the lamp glows when you press the button twice and the app shows a green light"
 
@@ -24,7 +25,6 @@ def loss_of(model, ids) -> float:
 
 @pytest.fixture(scope="module")
 def llama_run(tiny_llama, tmp_path_factory):
-    from conftest import finished_run
 
     return finished_run(tiny_llama, tmp_path_factory.mktemp("gguf"), max_steps=10)[0]
 
@@ -56,7 +56,6 @@ def test_rotary_permutation_is_llama_cpps_interleaving():
 
 @pytest.fixture(scope="module")
 def gpt2_run(tiny_gpt2, tmp_path_factory):
-    from conftest import finished_run
 
     return finished_run(tiny_gpt2, tmp_path_factory.mktemp("gguf-gpt2"), max_steps=10)[0]
 
@@ -102,9 +101,8 @@ def test_qwen_runs_round_trip_unpermuted(kind, corpus_file, tmp_path):
     """Qwen2 (biased attention) and Qwen3 (query and key norms) keep transformers' rotary layout in llama.cpp too."""
     from transformers import Qwen2Config, Qwen3Config
 
-    from conftest import _train_tokenizer, make_corpus
 
-    tokenizer = _train_tokenizer("llama", make_corpus(200, seed=1))
+    tokenizer = train_tokenizer("llama", make_corpus(200, seed=1))
     config = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim={"qwen2": 16, "qwen3": 128}[kind], max_position_embeddings=128, tie_word_embeddings=True,
@@ -136,9 +134,8 @@ def test_gguf_export_refuses_other_architectures_in_one_line(tmp_path, corpus_fi
     """GPT-Neo has no GGUF reader in transformers: the refusal names the supported ones."""
     from transformers import GPTNeoConfig, PreTrainedTokenizerFast
 
-    from conftest import _train_tokenizer, make_corpus
 
-    tokenizer = _train_tokenizer("gpt2", make_corpus(50))
+    tokenizer = train_tokenizer("gpt2", make_corpus(50))
     config = GPTNeoConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, attention_types=[[["global"], 2]],
                           max_position_embeddings=128, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "neo")

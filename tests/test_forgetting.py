@@ -14,9 +14,8 @@ from tunesmith.evaluation.forgetting import REPLAY_KEYS, BaseSampler, build_prob
 from tunesmith.models import resolve_model
 from tunesmith.report.writer import write_report
 
-from conftest import make_corpus, write_jsonl
-from test_tasks import classify_config, labelled
-from test_train import run_config
+from helpers import classify_config, labelled, make_corpus, run_config, write_jsonl
+
 
 
 def metric_rows(run_dir):

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from tunesmith.training import fused_loss
 from tunesmith.training.fused_loss import linear_cross_entropy
 
+from helpers import run_config
+
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -36,7 +38,6 @@ def test_training_with_and_without_fusion_gives_the_same_losses(tiny_gpt2, corpu
 
     from tunesmith import train
 
-    from test_train import run_config
 
     def losses(out, fused):
         cfg = run_config(tiny_gpt2, corpus_file, out, max_steps=6)

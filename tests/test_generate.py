@@ -10,6 +10,8 @@ from tunesmith.cli import main
 from tunesmith.inference.decoding import Decoder, Job, SamplingSettings, decode_all
 from tunesmith.inference.generation import SamplingOptions, generate_many
 
+from helpers import finished_run
+
 
 @pytest.fixture(scope="module")
 def loaded(tiny_models):
@@ -169,7 +171,6 @@ def test_chat_uses_the_same_engine_and_streams(tiny_models):
 
 
 def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_path, capsys):
-    from conftest import finished_run
 
     run, _ = finished_run(tiny_gpt2, tmp_path, max_steps=4)
     capsys.readouterr()

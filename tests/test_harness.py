@@ -18,8 +18,8 @@ from tunesmith.harness import compare_lines, scores_of
 from tunesmith.harness.lambada import write_lambada_task
 from tunesmith.harness.model import load_for_benchmarks
 
-from conftest import finished_run
-from test_train import losses, run_config
+from helpers import finished_run, losses, run_config
+
 
 PASSAGES = ["the lamp glows when you press the button twice and the app shows a green light",
             "reset the hub by holding power for ten seconds then pair it again with the phone",

@@ -15,8 +15,8 @@ from tunesmith.models.weights import store_weights
 from tunesmith.training.compiling import CompileWhenItRepays, seconds_saved
 from tunesmith.training.optim import StochasticRoundingAdamW
 
-from conftest import cut_run
-from test_train import losses, run_config
+from helpers import cut_run, losses, run_config
+
 
 
 class CountOps(TorchDispatchMode):

@@ -13,8 +13,8 @@ from tunesmith.cli import main
 from tunesmith.errors import ConfigError
 from tunesmith.training.fused_loss import training_loss
 
-from conftest import cut_run
-from test_train import losses, run_config
+from helpers import cut_run, losses, run_config
+
 
 
 def base_weights(path):

@@ -5,7 +5,8 @@ import json
 from tunesmith import train
 from tunesmith.cli import main
 
-from test_train import run_config
+from helpers import run_config
+
 
 
 def test_metrics_tensorboard_and_samples(tiny_llama, corpus_file, tmp_path):

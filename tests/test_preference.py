@@ -23,8 +23,8 @@ from tunesmith.diagnose.rules import RunFacts
 from tunesmith.tasks.objectives import Objective
 from tunesmith.training.neftune import add_embedding_noise
 
-from conftest import cut_run
-from test_train import losses
+from helpers import cut_run, losses
+
 
 PHRASES = ["the lamp glows when you press the button", "reset the hub by holding power for ten seconds",
            "the app shows a green light then pair it", "battery lasts about six months and the charger"]

@@ -15,6 +15,8 @@ import pytest
 
 from tunesmith.cli import main
 
+from helpers import finished_run
+
 TOKEN = "hf_standin_token"
 
 
@@ -89,7 +91,6 @@ def hub(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def run(tiny_llama, tmp_path_factory):
-    from conftest import finished_run
 
     return finished_run(tiny_llama, tmp_path_factory.mktemp("publish"), max_steps=4)[0]
 

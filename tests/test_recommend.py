@@ -5,7 +5,6 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from conftest import make_corpus
 from tunesmith.api import prepare
 from tunesmith.cli import main
 from tunesmith.config import load_config
@@ -15,6 +14,8 @@ from tunesmith.planning.memory import StepShape, fit_memory, trained_layers
 from tunesmith.planning.recommend import parse_size
 from tunesmith.training import train_run
 from tunesmith.runtime import pick_device, pick_precision
+
+from helpers import make_corpus
 
 
 def measured_and_estimated(model: str, config, method: str, data, out, micro_batch: int, block_size: int,

@@ -1,6 +1,5 @@
 """The run report: report.md and a self-contained report.html, checked in a real browser (headless Chromium)."""
 
-import shutil
 import subprocess
 
 import numpy as np
@@ -9,16 +8,12 @@ import pytest
 from tunesmith import train
 from tunesmith.cli import main
 
-from test_train import run_config
+from helpers import CHROMIUM, CHROMIUM_FLAGS, make_corpus, run_config, write_jsonl
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_llama, tmp_path_factory):
-    from conftest import make_corpus, write_jsonl
 
     root = tmp_path_factory.mktemp("report")
     import os

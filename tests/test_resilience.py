@@ -12,7 +12,8 @@ from tunesmith import train
 from tunesmith.errors import UserError
 from tunesmith.training.checkpoint import list_checkpoints
 
-from test_train import losses, run_config
+from helpers import losses, run_config
+
 
 
 def rows(run_dir):

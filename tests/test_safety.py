@@ -18,8 +18,8 @@ from tunesmith.errors import UserError
 from tunesmith.rundir.folder import MARKER
 from tunesmith.training.checkpoint import list_checkpoints
 
-from conftest import cut_run
-from test_train import losses, run_config
+from helpers import cut_run, losses, make_corpus, run_config
+
 
 
 def cli_args(model, data, *extra):
@@ -228,7 +228,6 @@ def test_a_config_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_a_truncated_gz(tiny_gpt2, tmp_path, capsys):
-    from conftest import make_corpus
 
     packed = gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in make_corpus(200)).encode())
     data = tmp_path / "corpus.jsonl.gz"

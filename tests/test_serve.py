@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,44 +14,12 @@ import openai
 import pytest
 import torch
 
-from tunesmith.serve import Limits, ServedModel, create_app
+from tunesmith.serve import Limits, create_app
 from tunesmith.inference.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
 from tunesmith.inference.decoding import Job
 from tunesmith.serve.worker import GenerationWorker
 
-LIMITS = Limits(max_tokens=32, max_prompt_tokens=100, max_body_bytes=4000, max_n=3, max_batch=8, queue_size=64)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(app) -> str:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(200):
-        if server.started:
-            return f"http://127.0.0.1:{port}"
-        time.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-def load_chat_model(path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunesmith.tasks.chat import ensure_chat_template
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ensure_chat_template(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    model.resize_token_embeddings(len(tokenizer))
-    stop = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    return ServedModel(model.eval(), tokenizer, "tiny", stop)
+from helpers import LIMITS, free_port, load_chat_model, start
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +309,6 @@ def test_the_api_key_compares_in_constant_time_and_bearer_in_any_case(served):
 SERVER_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_serve import load_chat_model
     from tunesmith.serve import Limits, create_app, run_server
     app = create_app(load_chat_model({model!r}), Limits(max_tokens=100, max_prompt_tokens=20))
     step = app.worker.decoder.batch.step

@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from test_serve import LIMITS, load_chat_model, start
 from tunesmith.inference.decoding import engine
 from tunesmith.serve import Limits, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fuzz_serve  # noqa: E402
+
+from helpers import LIMITS, load_chat_model, start
 
 QUICK = Limits(max_tokens=8, max_prompt_tokens=100, max_n=3, max_batch=8, request_seconds=1.0)
 

@@ -15,58 +15,8 @@ from tunesmith.batch import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.tasks.chat import CHATML_TEMPLATE
 
-QUESTIONS = ["how do I reset the hub", "why does the light blink red", "how long does the battery last",
-             "which cable does the charger use", "how do I pair the lamp", "what does the green light mean"]
-ANSWERS = ["hold power for ten seconds then pair it again", "the sensor needs cleaning with a dry cloth",
-           "the battery lasts about six months", "the charger uses a standard cable",
-           "press the button twice and the app shows a green light", "the lamp glows when the hub is paired"]
-
-
-def conversations(n: int) -> list[list[tuple[str, str]]]:
-    """(speaker, text) turns: Customer asks, Agent answers, two exchanges each; every conversation distinct."""
-    convs = []
-    for i in range(n):
-        a, b = i % len(QUESTIONS), (i * 5 + 1) % len(QUESTIONS)
-        convs.append([("Customer", f"ticket {i}: {QUESTIONS[a]}"), ("Agent", f"{ANSWERS[a]} (case {i})"),
-                      ("Customer", QUESTIONS[b]), ("Agent", ANSWERS[b])])
-    return convs
-
-
-ROLE = {"Customer": "user", "Agent": "assistant"}
-
-
-def write_format(kind: str, path_dir, convs):
-    if kind == "messages":
-        path = path_dir / "chat.jsonl"
-        path.write_text("".join(json.dumps({"messages": [{"role": ROLE[s], "content": t} for s, t in c]}) + "\n" for c in convs))
-    elif kind == "sharegpt":
-        path = path_dir / "chat.jsonl"
-        names = {"Customer": "human", "Agent": "gpt"}
-        path.write_text("".join(json.dumps({"conversations": [{"from": names[s], "value": t} for s, t in c]}) + "\n" for c in convs))
-    elif kind == "transcript":
-        path = path_dir / "chat.txt"
-        path.write_text("\n\n".join("\n".join(f"{s}: {t}" for s, t in c) for c in convs) + "\n")
-    elif kind == "table_csv":
-        path = path_dir / "chat.csv"
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["conversation_id", "speaker", "text"])
-            for i, c in enumerate(convs):
-                writer.writerows([[f"c{i}", s, t] for s, t in c])
-    else:  # table_jsonl, rows of different conversations interleaved
-        path = path_dir / "chat.jsonl"
-        rows = [{"conversation_id": f"c{i}", "speaker": s, "text": t, "turn": k} for i, c in enumerate(convs) for k, (s, t) in enumerate(c)]
-        rows.sort(key=lambda r: (r["turn"], r["conversation_id"]))
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def chat_config(model, data, out, **train_settings):
-    settings = {"lr": 3e-3, "max_steps": 12, "eval_every": 6, "micro_batch_size": 4, "warmup_steps": 2, "precision": "fp32", "patience": None}
-    settings.update(train_settings)
-    overrides = [("task", "chat"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 128),
-                 ("output.dir", str(out)), ("chat.roles", {"Customer": "user", "Agent": "assistant"})]
-    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
+from helpers import (FILLER, NEGATIVE, POSITIVE, build_tiny_model, chat_config, classify_config, conversations,
+                     labelled, write_format)
 
 
 def target_spans(ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
@@ -186,41 +136,12 @@ def test_unknown_speaker_names_the_fix(tiny_llama, tmp_path):
         prepare(cfg)
 
 
-POSITIVE = ["great", "love", "excellent", "perfect", "happy"]
-NEGATIVE = ["awful", "hate", "broken", "terrible", "sad"]
-FILLER = ["the", "lamp", "hub", "battery", "app", "light", "cable", "sensor", "phone", "button"]
-
-
-def labelled(n: int, seed: int = 0) -> list[dict]:
-    """Filler, then one sentiment word: trivially separable, never duplicated."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        word = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
-        filler = " ".join(rng.choice(FILLER, size=6))
-        rows.append({"id": i, "review": f"{i}: {filler} {word}", "sentiment": label})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def tiny_reviewer(tmp_path_factory):
     """A tiny GPT-2 whose tokenizer knows the review words, so a word is a token (as in a real model's vocabulary)."""
-    from conftest import build_tiny_model
 
     words = " ".join(POSITIVE + NEGATIVE + FILLER + ["positive", "negative", "mood"])
     return build_tiny_model("gpt2", tmp_path_factory.mktemp("reviewer") / "gpt2", [words] * 50)
-
-
-def classify_config(model, data, out, method, **train_settings):
-    settings = {"lr": 3e-3, "epochs": 4, "eval_every": 25, "micro_batch_size": 2, "warmup_steps": 5, "precision": "fp32", "patience": None}
-    settings.update(train_settings)
-    overrides = [("task", "classify"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 64),
-                 ("data.text_field", "review"), ("data.label_field", "sentiment"), ("data.val_fraction", 0.3),
-                 ("output.dir", str(out)), ("classify.method", method), ("clean.dedup_near", False)]
-    if method == "generative":
-        overrides.append(("classify.prompt", "{text}\nmood:"))
-    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
 
 
 @pytest.mark.parametrize("method", ["head", "generative"])

@@ -14,19 +14,8 @@ from tunesmith import load_config, train
 from tunesmith.errors import UserError
 from tunesmith.training.optim import lr_factor
 
-from conftest import cut_run
+from helpers import cut_run, losses, make_corpus, run_config, write_jsonl
 
-
-def run_config(model, data, out, **train_settings):
-    settings = {"lr": 3e-3, "max_steps": 12, "eval_every": 4, "micro_batch_size": 4, "warmup_steps": 2, "precision": "fp32", "patience": None}
-    settings.update(train_settings)
-    overrides = [("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 32), ("output.dir", str(out))]
-    return load_config(None, overrides + [(f"train.{k}", v) for k, v in settings.items()])
-
-
-def losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["train_loss"] for row in rows if "train_loss" in row}
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -186,7 +175,6 @@ def test_a_resume_from_another_folder_reads_the_runs_relative_paths_where_it_sta
     different model under the same relative name, which must not be picked up."""
     import shutil
 
-    from conftest import make_corpus, write_jsonl
     from tunesmith.rundir.folder import read_process
 
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"

@@ -22,11 +22,9 @@ from tunesmith.ui import create_app
 from tunesmith.ui.launcher import Draft, Launcher
 from tunesmith.ui.runs import RunsFolder, metrics_since
 
-from conftest import make_corpus, write_jsonl
-from test_report import CHROMIUM
-from test_serve import free_port
-from test_tasks import chat_config, classify_config, conversations, labelled, write_format
-from test_train import run_config
+from helpers import (CHROMIUM, chat_config, classify_config, conversations, free_port, labelled, make_corpus,
+                     run_config, write_format, write_jsonl)
+
 
 FORM_RUN = {"run_name": "from-form", "model.name": "models/gpt2", "data.train": "data/corpus.jsonl", "data.block_size": "32",
             "train.lr": "0.003", "train.epochs": "1000", "train.max_steps": "3000", "train.eval_every": "1000",

@@ -18,7 +18,8 @@ from tunesmith.ui import create_app
 from tunesmith.ui.launcher import Draft, Launcher
 from tunesmith.ui.runs import RunsFolder
 
-from conftest import cut_run, finished_run, make_corpus, write_jsonl
+from helpers import cut_run, finished_run, make_corpus, write_jsonl
+
 
 SECRET = "TOP SECRET"
 FORM_RUN = {"run_name": "from-form", "model.name": "models/gpt2", "data.train": "data/corpus.jsonl", "data.block_size": "32",
