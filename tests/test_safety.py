@@ -38,7 +38,7 @@ def one_error_line(capsys, *expected):
 @pytest.fixture(scope="module")
 def finished_run(tiny_models, tmp_path_factory):
     """A 12-step run with checkpoints at 4, 8 and 12, which each test copies and cuts back."""
-    from conftest import finished_run as train_once
+    from helpers import finished_run as train_once
 
     run, data = train_once(tiny_models["gpt2"], tmp_path_factory.mktemp("safety"), max_steps=12, eval_every=4, keep_last=5)
     return run, data, tiny_models["gpt2"]
