@@ -309,6 +309,7 @@ def test_the_api_key_compares_in_constant_time_and_bearer_in_any_case(served):
 SERVER_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
+    from helpers import load_chat_model
     from tunesmith.serve import Limits, create_app, run_server
     app = create_app(load_chat_model({model!r}), Limits(max_tokens=100, max_prompt_tokens=20))
     step = app.worker.decoder.batch.step
