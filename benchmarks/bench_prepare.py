@@ -84,13 +84,13 @@ def run_tunesmith(corpus: Path, block_size: int, procs: int, work: Path, task: s
     from tunesmith.config import RunConfig
     from tunesmith.data import prepare_data
     from tunesmith.models import resolve_model
-    from tunesmith.tasks import build_task
+    from tunesmith.tasks import task_class
 
     cfg = RunConfig.model_validate({"task": task, "data": {"train": [str(corpus)], "block_size": block_size}})
-    task_object = build_task(cfg)
-    tokenizer = task_object.tokenizer(resolve_model("smollm2-135m", log=lambda _m: None), log=lambda _m: None)
+    kind = task_class(cfg)
+    tokenizer = kind.tokenizer(resolve_model("smollm2-135m", log=lambda _m: None), log=lambda _m: None)
     started = time.perf_counter()
-    prepared = prepare_data(cfg.data, cfg.clean, tokenizer, work, task=task_object)
+    prepared = prepare_data(cfg.data, cfg.clean, tokenizer, work, task=kind.preparer(cfg))
     seconds = time.perf_counter() - started
     tokens = prepared.meta["train"]["tokens"] + prepared.meta["val"]["tokens"]
     return {"seconds": seconds, "tokens_out": tokens, "documents": prepared.report["documents_read"],

@@ -141,14 +141,13 @@ def prepared_split(args, model: Path, out: Path):
     """tunesmith's prepared training split (packed blocks, or the chat examples) and its step plan's order."""
     from tunesmith.data import prepare_data
     from tunesmith.models import resolve_model, tunesmith_home
-    from tunesmith.tasks import build_task
+    from tunesmith.tasks import task_class
     from tunesmith.training.plan import StepPlan
 
     cfg = run_config(args, model, out)
-    task = build_task(cfg)
-    tokenizer = task.tokenizer(resolve_model(str(model)), log=lambda _: None)
-    prepared = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), task=task)
-    task.bind(prepared.meta)
+    kind = task_class(cfg)
+    tokenizer = kind.tokenizer(resolve_model(str(model)), log=lambda _: None)
+    prepared = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg))
     blocks = prepared.blocks("train")
     plan = StepPlan(len(blocks), args.batch_size, args.grad_accum, cfg.train.epochs, args.steps, cfg.train.seed)
     order = [i for step in range(args.steps) for micro in plan.micro_batches(step) for i in micro]

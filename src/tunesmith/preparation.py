@@ -20,27 +20,26 @@ def prepare(config: RunConfig | str | Path | None = None):
     from .evaluation.forgetting import BaseSampler, replay_files
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
     from .runtime import pick_device, pick_precision
-    from .tasks import build_task
+    from .tasks import task_class
 
     cfg = as_config(config)
-    task = build_task(cfg)
+    kind = task_class(cfg)
+    kind.check(cfg)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
     params = count_parameters(load_model_config(resolved))
     device = pick_device(cfg.train.device)
     sampler = BaseSampler(resolved, device, pick_precision(cfg.train.precision, device)) if cfg.data.replay else None
-    return prepare_data(cfg.data, cfg.clean, task.tokenizer(resolved), tunesmith_home(), model_params=params, task=task,
-                        replay_files=replay_files(cfg, sampler))
+    return prepare_data(cfg.data, cfg.clean, kind.tokenizer(resolved), tunesmith_home(), model_params=params,
+                        task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
 
 
 def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:
     """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
     from .data.examples import marked_text
     from .models import resolve_model
-    from .tasks import build_task
+    from .tasks import build_task, task_class
 
     cfg = as_config(config)
-    task = build_task(cfg)
-    tokenizer = task.tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
-    task.bind(prepared.meta)
-    train = task.dataset(prepared, "train")
+    tokenizer = task_class(cfg).tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
+    train = build_task(cfg, prepared.meta).dataset(prepared, "train")
     return [marked_text(train, i, tokenizer) for i in range(min(count, len(train)))]

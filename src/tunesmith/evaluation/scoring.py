@@ -13,7 +13,7 @@ from ..data import prepare_data, prepare_eval_data
 from ..errors import UserError
 from ..models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from ..runtime import pick_device, pick_precision
-from ..tasks import Task, task_for_model
+from ..tasks import Task, build_task, saved_task
 from ..tasks.loss import Validation
 
 
@@ -73,17 +73,17 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     continued greedily and scored against the data (ROUGE-L, chrF).
     """
     resolved = resolve_model(spec, cfg.model.trust_remote_code, log=log)
-    task = task_for_model(Path(resolved.path), cfg, spec)
-    tokenizer = task.tokenizer(resolved, log=log)
-    model = load_model(resolved, classifier=task.has_head)
+    kind, cfg, saved = saved_task(Path(resolved.path), cfg, spec)
+    tokenizer = kind.tokenizer(resolved, log=log)
+    model = load_model(resolved, classifier=kind.has_head(cfg))
     fit_embeddings(model, tokenizer)
     block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
     data_cfg = cfg.data.model_copy(update={"block_size": block_size, "replay": 0.0})  # rehearsal text never reaches validation
     if data:
-        prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
+        prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
     else:
-        prepared = prepare_data(data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=task)
-    task.bind(prepared.meta)
+        prepared = prepare_data(data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
+    task = build_task(cfg, prepared.meta)
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
     model.to(device)
@@ -91,7 +91,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     batch_size = cfg.train.eval_batch_size or (cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4)
     result = evaluate(task, model, examples, tokenizer, batch_size, device, precision, log=log)
     generation = generation_scores(task, model, tokenizer, examples, generate, new_tokens, device, precision) if generate else None
-    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.task or None,
+    return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.metrics or None,
                       generation)
 
 

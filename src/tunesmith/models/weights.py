@@ -46,6 +46,21 @@ def keeps_packed_apart(model: torch.nn.Module) -> bool:
     return hasattr(source, "create_causal_mask") and "position_ids" in inspect.signature(backbone.forward).parameters
 
 
+def architecture_keeps_packed_apart(model_config, trust_remote_code: bool = False) -> bool:
+    """`keeps_packed_apart` for a model not loaded yet: its architecture built on the meta device, without weights."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+        except (ValueError, KeyError, ImportError, OSError):  # an architecture with no causal-LM class: nothing to pack for
+            return False
+    return keeps_packed_apart(model)
+
+
 def is_classifier(model: torch.nn.Module) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in (getattr(model.config, "architectures", None) or [])) or \
         type(model).__name__.endswith("ForSequenceClassification")

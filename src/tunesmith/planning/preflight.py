@@ -82,15 +82,15 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
 
     from ..models.weights import short_count
     from ..runtime import pick_precision
-    from ..tasks import build_task
+    from ..tasks import task_class
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training warns about the same settings itself
         precision = pick_precision(cfg.train.precision, torch.device("cpu"))
-    task = build_task(cfg)
+    kind = task_class(cfg)
     micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1  # auto starts from 1
-    rows = task.rows_per_example
-    shape = StepShape(cfg.model.method, cfg.data.block_size, precision, task.head_classes(2), cfg.model.gradient_checkpointing,
+    rows = kind.rows_per_example
+    shape = StepShape(cfg.model.method, cfg.data.block_size, precision, kind.head_classes(cfg, 2), cfg.model.gradient_checkpointing,
                       cfg.model.lora_rank, cfg.train.weights, method_of(cfg.model.method).trained_layers(cfg.model, config))
     available = available_memory()
     try:

@@ -22,8 +22,14 @@ VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(),
 TASK_FILE = "tunesmith_task.json"
 
 
-def build_task(cfg: RunConfig) -> Task:
-    return TASKS[cfg.task](cfg)
+def task_class(cfg: RunConfig) -> type[Task]:
+    """The config's task, for what the config alone decides (checks, preparation, the tokenizer, planning)."""
+    return TASKS[cfg.task]
+
+
+def build_task(cfg: RunConfig, meta: dict) -> Task:
+    """The run-time task, from the settled config (`Task.settle`) and the prepared data's meta."""
+    return TASKS[cfg.task](cfg, meta)
 
 
 def task_view(name: str | None) -> TaskView:
@@ -41,19 +47,22 @@ def read_task(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"task": "lm"}
 
 
-def task_for_model(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> Task:
-    """The task to evaluate a model with: the one it was trained for, or, for a plain model, the config's.
+def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[type[Task], RunConfig, dict | None]:
+    """The task to evaluate a model with, the config to evaluate it under, and its saved spec: the task it was trained
+    for, or, for a plain model, the config's.
 
-    A model trained for a task keeps it (a chat model is measured on assistant turns); asking for a
-    task the saved model cannot do (classify with a language model) is a user error.
+    A model trained for a task keeps it (a chat model is measured on assistant turns); asking for a task the
+    saved model cannot do (classify with a language model) is a user error.
     """
     saved = read_task(model_dir) if model_dir is not None and Path(model_dir).is_dir() else {"task": "lm"}
     if saved["task"] != "lm":
-        return TASKS.get(saved["task"], LmTask).for_saved(saved, cfg)
-    task = build_task(cfg)
-    if task.needs_saved_spec:
-        raise UserError(f"{spec_name} is not a trained {task.name} model; evaluate a run trained with --task {task.name}")
-    return task
+        kind = TASKS.get(saved["task"], LmTask)
+        return kind, kind.for_saved(saved, cfg.model_copy(update={"task": kind.name})), saved
+    kind = task_class(cfg)
+    if kind.needs_saved_spec:
+        raise UserError(f"{spec_name} is not a trained {kind.name} model; evaluate a run trained with --task {kind.name}")
+    return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskView", "build_task", "read_task", "task_for_model", "task_view", "write_task"]
+__all__ = ["TASKS", "TASK_FILE", "VIEWS", "ChatTask", "ClassifyTask", "LmTask", "PreferenceTask", "Task", "TaskView", "build_task", "read_task", "saved_task", "task_class", "task_view",
+           "write_task"]

@@ -14,7 +14,7 @@ from ..config import CleanConfig, DataConfig, MonitorConfig, RunConfig
 from ..data.clean import transforms
 from ..data.conversations import Message, conversation_units
 from ..data.report import DataReport
-from ..data.units import Encoded, Unit
+from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..models import load_tokenizer
 from .base import Task, check_both_sides
@@ -147,27 +147,49 @@ def split_turns(tokenizer, messages: list[Message], block_size: int,
         start = end
 
 
-class ChatTask(Task):
-    """Conversations; the loss falls on the assistant turns, each ending at the template's end-of-turn marker."""
+def chat_tokenizer(resolved, log=print):
+    """The model's tokenizer, with ChatML added when it has no chat template of its own."""
+    tokenizer = load_tokenizer(resolved)
+    if ensure_chat_template(tokenizer):
+        log("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens")
+    return tokenizer
 
-    name = "chat"
+
+def chat_sample_prompts(monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
+    """Configured prompts as one user turn each, or the validation conversations up to their first assistant turn."""
+    if monitor.sample_prompts is not None:
+        return [render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in monitor.sample_prompts]
+    count = min(monitor.sample_count, len(val_dataset))
+    return [tokenizer.decode(val_dataset.prompt_ids(i).tolist()) for i in range(count)]
+
+
+def chat_reference_pairs(val_dataset, tokenizer, count: int) -> list[tuple[list[int], str]]:
+    """Each validation conversation up to its first answer, and that answer as the reference."""
+    pairs = []
+    for index in range(len(val_dataset)):
+        pair = val_dataset.reference_pair(index)
+        if pair is not None:
+            pairs.append((pair[0].tolist(), tokenizer.decode(pair[1].tolist(), skip_special_tokens=True).strip()))
+        if len(pairs) == count:
+            break
+    return pairs
+
+
+class ChatUnits:
+    """Conversations for `prepare`: each one a unit, its assistant turns the targets, cut into pieces that fit."""
+
+    layout = "examples"
     unit_words = "conversations"
-    target_words = "assistant tokens"
-    prompts_rendered = True
-    noisy_embeddings = True
+    fields_hint = FIELDS_HINT
 
     def __init__(self, cfg: RunConfig):
-        super().__init__(cfg)
-        self.truncated = 0
-
-    def tokenizer(self, resolved, log=print):
-        tokenizer = load_tokenizer(resolved)
-        if ensure_chat_template(tokenizer):
-            log("the model has no chat template: using ChatML, with <|im_start|> and <|im_end|> added as special tokens")
-        return tokenizer
+        self.cfg, self.truncated = cfg, 0
 
     def cache_settings(self) -> dict:
-        return {"task": self.name, "chat": self.cfg.chat.model_dump(mode="json")}
+        return {"task": "chat", "chat": self.cfg.chat.model_dump(mode="json")}
+
+    def begin(self, reader, files: list[Path]) -> None:
+        pass
 
     def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
         return conversation_units(reader(report), files, self.cfg.chat, data, report, transforms(clean))
@@ -187,7 +209,7 @@ class ChatTask(Task):
         check_both_sides(train, val, "conversations", eval_only)
         if not val.targets:
             raise UserError("the validation conversations have no assistant tokens; check chat.roles")
-        meta = {"task": self.name, "targets": {"train": train.targets, "val": val.targets},
+        meta = {"task": "chat", "targets": {"train": train.targets, "val": val.targets},
                 "examples_are": " (conversations or their pieces)"}
         if self.truncated:
             meta["truncated"] = self.truncated
@@ -195,33 +217,35 @@ class ChatTask(Task):
                                    "and were truncated; raise data.block_size to keep them whole")
         return meta
 
+
+class ChatTask(Task):
+    """Conversations; the loss falls on the assistant turns, each ending at the template's end-of-turn marker."""
+
+    name = "chat"
+    section = "chat"
+    target_words = "assistant tokens"
+    prompts_rendered = True
+    noisy_embeddings = True
+
+    @classmethod
+    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> ChatUnits:
+        return ChatUnits(cfg)
+
+    @classmethod
+    def tokenizer(cls, resolved, log=print):
+        return chat_tokenizer(resolved, log)
+
     def spec(self, tokenizer) -> dict:
         return {"task": self.name, "end_of_turn": end_of_turn(tokenizer)}
 
     def sample_prompts(self, monitor: MonitorConfig, val_dataset, tokenizer) -> list[str]:
-        """Configured prompts as one user turn each, or the validation conversations up to their first assistant turn."""
-        if monitor.sample_prompts is not None:
-            return [render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in monitor.sample_prompts]
-        count = min(monitor.sample_count, len(val_dataset))
-        return [tokenizer.decode(val_dataset.prompt_ids(i).tolist()) for i in range(count)]
+        return chat_sample_prompts(monitor, val_dataset, tokenizer)
 
     def sample_stops(self, tokenizer) -> list[int]:
         return stop_token_ids(tokenizer)
 
     def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
-        """Each validation conversation up to its first answer, and that answer as the reference."""
-        pairs = []
-        for index in range(len(val_dataset)):
-            pair = val_dataset.reference_pair(index)
-            if pair is not None:
-                pairs.append((pair[0].tolist(), tokenizer.decode(pair[1].tolist(), skip_special_tokens=True).strip()))
-            if len(pairs) == count:
-                break
-        return pairs
-
-    @property
-    def section(self) -> str:
-        return "chat"
+        return chat_reference_pairs(val_dataset, tokenizer, count)
 
 
 class ChatView(TaskView):

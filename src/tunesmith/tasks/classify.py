@@ -13,11 +13,11 @@ import torch
 from ..batch import Batch, pad_rows
 from ..config import ClassifyConfig, CleanConfig, DataConfig, RunConfig
 from ..data.clean import transforms
-from ..data.examples import Examples
+from ..data.examples import Examples, PackedExamples
 from ..data.labelled import label_key, label_set, labelled_units
 from ..data.read import lookup
 from ..data.report import DataReport
-from ..data.units import Encoded, Unit
+from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
 from .base import Task, check_both_sides
@@ -179,53 +179,19 @@ def class_weights(counts: dict[str, int], labels: list[str]) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-class ClassifyTask(Task):
-    """Labelled texts; a classification head or the label's words (generative) carry the loss, scored by accuracy or macro-F1."""
+class ClassifyUnits:
+    """Labelled texts for `prepare`: the label set read first (or a trained classifier's), each row encoded for the method."""
 
-    name = "classify"
-    target_words = "targets"
-    needs_saved_spec = True
+    layout = "examples"
+    unit_words = "examples"
+    fields_hint = FIELDS_HINT
 
-    def __init__(self, cfg: RunConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: RunConfig, fixed_labels: list[str] | None = None):
+        self.cfg, self.fixed_labels = cfg, fixed_labels
         self.coder: LabelCoder | None = None
-        self.class_counts: dict[str, int] = {}
-        self.fixed_labels: list[str] | None = None  # a trained classifier's label set, rather than the data's
-
-    @classmethod
-    def for_saved(cls, spec: dict, cfg: RunConfig) -> "ClassifyTask":
-        saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
-        task = cls(cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved)}))
-        task.fixed_labels = spec["labels"]
-        return task
-
-    @property
-    def has_head(self) -> bool:
-        return self.cfg.classify.method == "head"  # known before the coder is (a trained classifier's settings)
-
-    def head_labels(self) -> list[str] | None:
-        return self.coder.labels if self.has_head else None
-
-    def probe_skip_reason(self, model_config) -> str | None:
-        if self.has_head and not getattr(model_config, "tie_word_embeddings", False):
-            return "the classifier's model has no language-model head to score text with (its output layer is not its embeddings)"
-        return None
-
-    def language_model(self, model: torch.nn.Module):
-        """With a head, the backbone's last hidden states through the tied embeddings: the language-model head the model was born with."""
-        if not self.has_head:
-            return super().language_model(model)
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        backbone, embeddings = getattr(inner, inner.base_model_prefix), inner.get_input_embeddings()
-
-        def logits(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-            hidden = backbone(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-            return hidden @ embeddings.weight.T
-
-        return logits
 
     def cache_settings(self) -> dict:
-        return {"task": self.name, "classify": self.cfg.classify.model_dump(mode="json", exclude={"metric"}),
+        return {"task": "classify", "classify": self.cfg.classify.model_dump(mode="json", exclude={"metric"}),
                 "label_field": self.cfg.data.label_field, "labels": self.fixed_labels}
 
     def begin(self, reader, files: list[Path]) -> None:
@@ -259,44 +225,101 @@ class ClassifyTask(Task):
         missing = [label for label, n in class_counts.items() if n == 0]
         if missing and not eval_only:
             report.warnings.append(f"no training example has the label {', '.join(missing)}")
-        meta = {"task": self.name, "coder": self.coder.as_dict(), "labels": labels, "class_counts": class_counts,
+        meta = {"task": "classify", "coder": self.coder.as_dict(), "labels": labels, "class_counts": class_counts,
                 "val_class_counts": {label: int(n) for label, n in zip(labels, val_counts)},
                 "targets": {"train": train.targets, "val": val.targets}}
-        if self.has_head:
+        if ClassifyTask.has_head(self.cfg):
             meta["loss_falls_on"] = "one label per example"
         return meta
 
-    def bind(self, meta: dict) -> None:
+
+class ClassifyTask(Task):
+    """Labelled texts; a classification head or the label's words (generative) carry the loss, scored by accuracy or macro-F1."""
+
+    name = "classify"
+    section = "classify"
+    needs_saved_spec = True
+
+    @classmethod
+    def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
+        saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
+        return cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved)})
+
+    @classmethod
+    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> ClassifyUnits:
+        return ClassifyUnits(cfg, saved["labels"] if saved else None)  # a trained classifier's label set, rather than the data's
+
+    @classmethod
+    def has_head(cls, cfg: RunConfig) -> bool:
+        return cfg.classify.method == "head"
+
+    @classmethod
+    def probe_skip_reason(cls, cfg: RunConfig, model_config) -> str | None:
+        if cls.has_head(cfg) and not getattr(model_config, "tie_word_embeddings", False):
+            return "the classifier's model has no language-model head to score text with (its output layer is not its embeddings)"
+        return None
+
+    @classmethod
+    def record_label(cls, cfg: RunConfig, record_value) -> str | None:
+        label = lookup(record_value, cfg.data.label_field) if isinstance(record_value, dict) else None
+        return None if label is None else label_key(label)
+
+    @classmethod
+    def head_classes(cls, cfg: RunConfig, labels: int) -> int:
+        return max(labels, 2) if cls.has_head(cfg) else 0
+
+    def __init__(self, cfg: RunConfig, meta: dict):
+        super().__init__(cfg, meta)
         self.coder = LabelCoder(**meta["task"]["coder"])
-        self.class_counts = meta["task"]["class_counts"]
+        self.class_counts: dict[str, int] = meta["task"]["class_counts"]
+        self.head = self.has_head(cfg)
+
+    def head_labels(self) -> list[str] | None:
+        return self.coder.labels if self.head else None
+
+    def language_model(self, model: torch.nn.Module):
+        """With a head, the backbone's last hidden states through the tied embeddings: the language-model head the model was born with."""
+        if not self.head:
+            return super().language_model(model)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        backbone, embeddings = getattr(inner, inner.base_model_prefix), inner.get_input_embeddings()
+
+        def logits(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+            hidden = backbone(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+            return hidden @ embeddings.weight.T
+
+        return logits
 
     def dataset(self, prepared, split: str, training: bool = False):
         weights = class_weights(self.class_counts, self.coder.labels) if training and self.cfg.classify.class_weights else None
-        return self.packed(prepared.blocks(split, use_classes=self.has_head, class_weights=weights), training)
+        examples = prepared.blocks(split, use_classes=self.head, class_weights=weights)
+        if training and self.packing == "documents":
+            return PackedExamples(examples, self.cfg.data.block_size)
+        return examples
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        return PackedClassifier(model) if self.has_head and self.packing() == "documents" else model
+        return PackedClassifier(model) if self.head and self.packing == "documents" else model
 
-    def metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
-                limit: int | None = None) -> dict:
+    def _metrics(self, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
+                 limit: int | None = None) -> dict:
         predicted, _ = predict_examples(model, dataset, self.coder, tokenizer, batch_size, device, precision, limit)
         return classification_metrics(dataset.classes[: len(predicted)], predicted, self.coder.labels)
 
     def score(self, result: Validation) -> float:
         metric = self.cfg.classify.metric
-        return result.loss if metric == "val_loss" else -result.task[metric]
+        return result.loss if metric == "val_loss" else -result.metrics[metric]
 
     def eval_row(self, result: Validation) -> dict:
-        return {**super().eval_row(result), "accuracy": result.task["accuracy"], "macro_f1": result.task["macro_f1"]}
+        return {**super().eval_row(result), "accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}
 
     def progress_text(self, result: Validation) -> str:
-        return f"{super().progress_text(result)}  acc {result.task['accuracy']:.1%}  F1 {result.task['macro_f1']:.3f}"
+        return f"{super().progress_text(result)}  acc {result.metrics['accuracy']:.1%}  F1 {result.metrics['macro_f1']:.3f}"
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
-        scores = result.task
+        scores = result.metrics
         return super().base_lines(result, dataset) + [
             f"base model: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}"
-            + (" (an untrained head)" if self.has_head else " (zero-shot)")]
+            + (" (an untrained head)" if self.head else " (zero-shot)")]
 
     def spec(self, tokenizer) -> dict:
         data = self.cfg.data
@@ -307,26 +330,15 @@ class ClassifyTask(Task):
         coder = self.coder
         truth = val_dataset.classes[: len(val_dataset)]
         majority = majority_baseline(self.class_counts, truth, coder.labels)
-        baseline = majority if self.has_head else base_metrics
+        baseline = majority if self.head else base_metrics
         best = best_metrics or base_metrics
         return {
             "task": self.name, "classify_method": coder.method, "metric": self.cfg.classify.metric, "labels": coder.labels,
             "accuracy": best["accuracy"], "macro_f1": best["macro_f1"], "per_class": best["per_class"], "confusion": best["confusion"],
-            "baseline": "majority class" if self.has_head else "zero-shot",
+            "baseline": "majority class" if self.head else "zero-shot",
             "base_accuracy": baseline["accuracy"], "base_macro_f1": baseline["macro_f1"],
             "majority_accuracy": majority["accuracy"], "majority_macro_f1": majority["macro_f1"],
         }
-
-    def record_label(self, record_value) -> str | None:
-        label = lookup(record_value, self.cfg.data.label_field) if isinstance(record_value, dict) else None
-        return None if label is None else label_key(label)
-
-    def head_classes(self, labels: int) -> int:
-        return max(labels, 2) if self.has_head else 0
-
-    @property
-    def section(self) -> str:
-        return "classify"
 
 
 class ClassifyView(TaskView):

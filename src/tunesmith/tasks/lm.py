@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import MonitorConfig
-from ..data.units import TextUnits
 from .base import Task
 from .view import TaskView
 
 PROMPT_TOKENS = 16
 
 
-class LmTask(TextUnits, Task):
+class LmTask(Task):
     name = "lm"
     eval_units = "blocks"
     target_words = "tokens"
@@ -20,7 +19,7 @@ class LmTask(TextUnits, Task):
     rehearses = True
 
     def dataset(self, prepared, split: str, training: bool = False):
-        return prepared.blocks(split, documents_apart=self.packing() == "documents")
+        return prepared.blocks(split, documents_apart=self.packing == "documents")
 
     def example_lengths(self, dataset) -> None:
         return None

@@ -83,7 +83,7 @@ class Validation:
     tokens: int
     accuracy: float = math.nan  # next-token top-1 accuracy
     loss_std: float = math.nan  # spread of the per-token losses
-    task: dict = field(default_factory=dict)  # classification metrics (accuracy, macro-F1, per class, confusion)
+    metrics: dict = field(default_factory=dict)  # the task's own: accuracy, macro-F1, per class, preference accuracy...
 
     @property
     def perplexity(self) -> float:

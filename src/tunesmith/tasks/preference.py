@@ -30,8 +30,8 @@ from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
-from .base import check_both_sides
-from .chat import ChatTask, encode_answer, end_of_turn
+from .base import Task, check_both_sides
+from .chat import chat_reference_pairs, chat_sample_prompts, chat_tokenizer, encode_answer, end_of_turn, stop_token_ids
 from .loss import Validation
 from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
 from .view import TaskView
@@ -73,36 +73,22 @@ def _same_rows(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> bool:
     return len(pieces) == 2 and np.array_equal(pieces[0][0], pieces[1][0]) and np.array_equal(pieces[0][1], pieces[1][1])
 
 
-class PreferenceTask(ChatTask):
-    """Judged answers to prompts; the loss is the preference method's, the metrics the likelihood preference accuracy
-    and the implicit rewards."""
+class PreferenceUnits:
+    """Judged answers for `prepare`: one stored example per answer, rendered through the chat template."""
 
-    name = "preference"
+    layout = "examples"
     unit_words = "judged prompts"
-    eval_units = "pairs"
-    target_words = "answer tokens"
-    noisy_embeddings = False
-    packings = ("padded",)
-    rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
     fields_hint = ("each record needs prompt, chosen and rejected fields (or chosen and rejected transcripts, or prompt, "
                    "completion and label for kto); map other names with chat.fields")
 
     def __init__(self, cfg: RunConfig):
-        super().__init__(cfg)
-        self.objective = Objective(cfg.preference)
-        self.references: dict[str, dict] = {}  # split -> precomputed reference log-probs
-        self.reference = None  # batch -> reference log-probs, when they are not precomputed
-        self.counts: dict = {}
-        self.dropped_long = 0
+        self.cfg, self.objective, self.truncated = cfg, Objective(cfg.preference), 0
 
-    @classmethod
-    def for_saved(cls, spec: dict, cfg: RunConfig) -> "PreferenceTask":
-        method = spec.get("method", cfg.preference.method)
-        return cls(cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})}))
-
-    # preparation
     def cache_settings(self) -> dict:
-        return {**super().cache_settings(), "pairs_only": self.objective.paired}
+        return {"task": "preference", "chat": self.cfg.chat.model_dump(mode="json"), "pairs_only": self.objective.paired}
+
+    def begin(self, reader, files: list[Path]) -> None:
+        pass
 
     def units(self, reader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport) -> Iterator[Unit]:
         return judged_units(reader(report), files, self.cfg.chat, report, transforms(clean), self.objective.paired,
@@ -137,15 +123,56 @@ class PreferenceTask(ChatTask):
         counts = {"train": counted(train), "val": counted(val)}
         if self.objective.paired and counts["val"]["pairs"] == 0:
             raise UserError(f"the validation split holds no pairs; {self.objective.method} needs chosen and rejected answers")
-        meta = {"task": self.name, "targets": {"train": train.targets, "val": val.targets}, "counts": counts,
+        meta = {"task": "preference", "targets": {"train": train.targets, "val": val.targets}, "counts": counts,
                 "examples_are": " (answers)"}
         if self.truncated:
             meta["truncated"] = self.truncated
             report.warnings.append(f"{self.truncated} answers were cut at data.block_size={data.block_size}; raise it to keep them whole")
         return meta
 
-    def bind(self, meta: dict) -> None:
-        self.counts = meta["task"].get("counts", {})
+
+class PreferenceTask(Task):
+    """Judged answers to prompts; the loss is the preference method's, the metrics the likelihood preference accuracy
+    and the implicit rewards."""
+
+    name = "preference"
+    section = "preference"
+    eval_units = "pairs"
+    target_words = "answer tokens"
+    prompts_rendered = True
+    packings = ("padded",)
+    rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
+
+    @classmethod
+    def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
+        method = spec.get("method", cfg.preference.method)
+        return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})})
+
+    @classmethod
+    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> PreferenceUnits:
+        return PreferenceUnits(cfg)
+
+    @classmethod
+    def tokenizer(cls, resolved, log=print):
+        return chat_tokenizer(resolved, log)
+
+    def __init__(self, cfg: RunConfig, meta: dict, references: dict | None = None, reference=None):
+        """`references`: the reference log-probs computed before training, by split; `reference`: batch -> the
+        reference's log-probs, where they are not precomputed. Without either, the reference-free metrics only."""
+        super().__init__(cfg, meta)
+        self.objective = Objective(cfg.preference)
+        self.references, self.reference = references or {}, reference
+
+    def with_reference(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
+                       log=print) -> "PreferenceTask":
+        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute them."""
+        if not self.objective.needs_reference:
+            return self
+        if not self.cfg.preference.precompute_reference:
+            return PreferenceTask(self.cfg, self.meta, reference=self._reference_model(model, log))
+        path = Path(prepared.directory) / f"reference-{self._reference_key(resolved, precision)}.npz"
+        references = _read_references(path, log) or self._computed_references(model, prepared, device, precision, batch_size, path, log)
+        return PreferenceTask(self.cfg, self.meta, references=references)
 
     # datasets and the loss
     def dataset(self, prepared, split: str, training: bool = False) -> PreferenceExamples:
@@ -158,17 +185,6 @@ class PreferenceTask(ChatTask):
 
     def training_loss(self, module: torch.nn.Module) -> PreferenceLoss:
         return PreferenceLoss(module, self.objective, self.reference)
-
-    def before_training(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
-                        log=print) -> None:
-        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute them."""
-        if not self.objective.needs_reference:
-            return
-        if not self.cfg.preference.precompute_reference:
-            self.reference = self._reference_model(model, log)
-            return
-        path = Path(prepared.directory) / f"reference-{self._reference_key(resolved, precision)}.npz"
-        self.references = _read_references(path, log) or self._computed_references(model, prepared, device, precision, batch_size, path, log)
 
     def _reference_model(self, model: torch.nn.Module, log):
         """Reference log-probs batch by batch: the base with the adapters off (LoRA), or a frozen copy of the model."""
@@ -220,7 +236,7 @@ class PreferenceTask(ChatTask):
                                      self.cfg.preference.beta, self.objective.method)
         metrics["pref_loss"] = loss
         tokens = int(scored["counts"][used].sum())
-        return Validation(loss=loss, tokens=tokens, task=metrics)
+        return Validation(loss=loss, tokens=tokens, metrics=metrics)
 
     def _loss(self, dataset: PreferenceExamples, scored: dict, reference: dict | None, used: list[int], measured: int) -> float:
         if self.objective.needs_reference and reference is None:
@@ -238,18 +254,18 @@ class PreferenceTask(ChatTask):
         return float(losses.mean())
 
     def score(self, result: Validation) -> float:
-        return result.loss if math.isfinite(result.loss) else -result.task["likelihood_accuracy"]
+        return result.loss if math.isfinite(result.loss) else -result.metrics["likelihood_accuracy"]
 
     def eval_row(self, result: Validation) -> dict:
-        return {"val_loss": result.loss, **{key: result.task[key] for key in SHOWN if key in result.task}}
+        return {"val_loss": result.loss, **{key: result.metrics[key] for key in SHOWN if key in result.metrics}}
 
     def progress_text(self, result: Validation) -> str:
-        m = result.task
+        m = result.metrics
         margin = f"  margin {m['reward_margin']:.3f}" if "reward_margin" in m else ""
         return f"val loss {result.loss:.4f}  pref acc {m['likelihood_accuracy']:.1%}{margin}"
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
-        m = result.task
+        m = result.metrics
         return [f"base model: likelihood preference accuracy {m['likelihood_accuracy']:.1%} over {m['pairs']} validation pairs; "
                 f"log-prob chosen {m['chosen_logp']:.2f}, rejected {m['rejected_logp']:.2f}; {self.objective.method} loss {result.loss:.4f}"]
 
@@ -265,9 +281,14 @@ class PreferenceTask(ChatTask):
                 out[key], out[f"base_{key}"] = best[key], base_metrics.get(key)
         return out
 
-    @property
-    def section(self) -> str:
-        return "preference"
+    def sample_prompts(self, monitor, val_dataset, tokenizer) -> list[str]:
+        return chat_sample_prompts(monitor, val_dataset, tokenizer)
+
+    def sample_stops(self, tokenizer) -> list[int]:
+        return stop_token_ids(tokenizer)
+
+    def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
+        return chat_reference_pairs(val_dataset, tokenizer, count)
 
 
 def _read_references(path: Path, log) -> dict | None:

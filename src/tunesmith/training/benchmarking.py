@@ -20,7 +20,7 @@ class RunBenchmarks:
         self.every = cfg.monitor.benchmark_every
         if not cfg.monitor.benchmarks:
             return
-        if task.has_head:
+        if task.head_labels() is not None:
             raise ConfigError(["monitor.benchmarks: a classifier with a head writes no text for a benchmark to score; "
                                "remove monitor.benchmarks, or use classify.method: generative"])
         if parts.sharded:

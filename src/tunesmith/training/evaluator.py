@@ -51,7 +51,7 @@ class Evaluator:
         """The base model's evaluation: the starting point every later one is compared with."""
         state.base_val_loss = state.best_val_loss = result.loss
         state.best_score = self.task.score(result)
-        state.base_metrics = state.best_metrics = result.task
+        state.base_metrics = state.best_metrics = result.metrics
         state.val_loss_std = result.loss_std
 
     def update_best(self, result: Validation, state: LoopState) -> bool:
@@ -61,5 +61,5 @@ class Evaluator:
             state.evals_since_best += 1
             return False
         state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = score, result.loss, state.step, 0
-        state.best_metrics = result.task
+        state.best_metrics = result.metrics
         return True

@@ -11,12 +11,13 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
 from ..runtime import pick_device
-from ..tasks import build_task
+from ..tasks import task_class
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .monitor import check_trackers
 from .recipe import Recipe, StopSignal, account
 from .resume import check_resume_settings
+from .setup import settle
 from .state import LoopState
 
 __all__ = ["LoopState", "StopSignal", "account", "train_run"]
@@ -76,13 +77,14 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
     check_trackers(cfg.monitor)
-    task = build_task(cfg)  # a setting the task cannot take fails here, before the run announces its folder
+    task_class(cfg).check(cfg)  # a setting the task cannot take fails here, before the run announces its folder
     console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
     with ProcessRecord(run_dir, enabled=context.is_main, resumed=resume) as record:
-        recipe = Recipe(cfg, task, console, context)
+        cfg, resolved = settle(cfg, console, context)
+        recipe = Recipe(cfg, resolved, console, context)
         try:
             recipe.setup(saved)
             record.begin(total_steps=recipe.parts.plan.total_steps)

@@ -16,6 +16,7 @@ from rich.console import Console
 from ..config import RunConfig
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
+from ..models import ResolvedModel
 from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import Task, write_task
@@ -98,8 +99,10 @@ def device_memory_mb(device: torch.device) -> float:
 
 
 class Recipe:
-    def __init__(self, cfg: RunConfig, task: Task, console: Console, context: Distributed):
-        self.cfg, self.task, self.console, self.context = cfg, task, console, context
+    def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed):
+        """`cfg` settled (`setup.settle`), `resolved` its model's files."""
+        self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
+        self.task: Task | None = None  # built by `setup`, from the prepared data
         self.state = LoopState()
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
@@ -107,8 +110,9 @@ class Recipe:
 
     def setup(self, checkpoint: SavedCheckpoint | None) -> None:
         """Build the parts; resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
-        cfg, task, state = self.cfg, self.task, self.state
-        parts = self.parts = setup(cfg, task, self.console, self.context)
+        cfg, state = self.cfg, self.state
+        parts = self.parts = setup(cfg, self.resolved, self.console, self.context)
+        task = self.task = parts.task
         self.evaluator = Evaluator(task, parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
         self.benchmarks = RunBenchmarks(cfg, task, parts, self.context, self.console.print)

@@ -14,9 +14,9 @@ from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..methods import method_of
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
-from ..models.weights import keeps_packed_apart, parameter_counts, short_count
+from ..models.weights import architecture_keeps_packed_apart, parameter_counts, short_count
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
-from ..tasks import Task
+from ..tasks import Task, build_task, task_class
 from .build import build_model
 from .compiling import use_cache_under
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
@@ -29,6 +29,7 @@ from .step import StepRunner, largest_micro_batch
 
 @dataclass
 class RunParts:
+    task: Task
     device: torch.device
     precision: str
     resolved: ResolvedModel
@@ -46,20 +47,29 @@ class RunParts:
     probe_note: str | None = None  # why there is no probe
 
 
-def _prepare(cfg: RunConfig, task: Task, console: Console, device: torch.device, precision: str):
-    """The model's files and tokenizer, the prepared data (with rehearsal text when data.replay), and the forgetting probe."""
-    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunConfig, ResolvedModel]:
+    """The model's files, and the config the run trains with: every setting definite before anything is built (a
+    data.packing of auto becomes what this model's architecture allows, see `Task.settle`)."""
+    with context.main_first():  # the embedded default is converted once, by the first process
+        resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+    keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
+    return task_class(cfg).settle(cfg, keeps_apart, console.print), resolved
+
+
+def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: torch.device, precision: str):
+    """The tokenizer, the prepared data (with rehearsal text when data.replay), the run's task, and the forgetting probe."""
+    kind = task_class(cfg)
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
-    tokenizer = task.tokenizer(resolved, log=console.print)
+    tokenizer = kind.tokenizer(resolved, log=console.print)
     check_general_probe(cfg.monitor)
-    skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else task.probe_skip_reason(model_config)
+    skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else kind.probe_skip_reason(cfg, model_config)
     sampler = BaseSampler(resolved, device, precision, console.print) if cfg.data.replay or not skip else None
-    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config), task=task,
-                        replay_files=replay_files(cfg, sampler))
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
+                        task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
-    task.bind(data.meta)
+    task = build_task(cfg, data.meta)
     probe = None
     if not skip:
         evaluated = data.meta["val"]["tokens"]
@@ -67,7 +77,7 @@ def _prepare(cfg: RunConfig, task: Task, console: Console, device: torch.device,
             evaluated = min(evaluated, cfg.train.eval_max_blocks * cfg.data.block_size)
         probe = build_probe(cfg.monitor, sampler, tokenizer, evaluated, context_length(model_config))
         console.print(probe.describe(), highlight=False)
-    return resolved, tokenizer, data, probe, skip
+    return task, tokenizer, data, probe, skip
 
 
 def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
@@ -97,15 +107,15 @@ def check_weights(cfg: RunConfig, precision: str, context: Distributed) -> None:
         raise ConfigError(["train.weights: bf16 runs with train.distributed: ddp, not fsdp; use ddp or train.weights: fp32"])
 
 
-def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) -> RunParts:
-    """Resolve and load the model, prepare the data, and build the plan, optimizer and step runner."""
+def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed) -> RunParts:
+    """Prepare the data, load the model, and build the task, the plan, the optimizer and the step runner (`cfg` settled)."""
     torch.manual_seed(cfg.train.seed + context.rank)
     device = context.device(pick_device(cfg.train.device))
     precision = pick_precision(cfg.train.precision, device)
     enable_tf32(device)
     check_weights(cfg, precision, context)
     with context.main_first():
-        resolved, tokenizer, data, probe, probe_note = _prepare(cfg, task, console, device, precision)
+        task, tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels(), storage)
     model.train()
@@ -115,12 +125,12 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
                   f"{device.type}, {precision}{stored}", highlight=False)
     if cfg.train.neftune_alpha:
         add_embedding_noise(model, cfg.train.neftune_alpha)
-    task.confine(keeps_packed_apart(model), console.print)
     module = task.training_module(model)
     with context.main_first():
-        task.before_training(model, data, resolved, device, precision, cfg.train.eval_batch_size or _eval_batch(cfg), console.print)
+        task = task.with_reference(model, data, resolved, device, precision, cfg.train.eval_batch_size or _eval_batch(cfg),
+                                   console.print)
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
-    fuse = cfg.train.fused_loss and not context.enabled and not task.has_head  # a head has no vocabulary; DDP runs its wrapper
+    fuse = cfg.train.fused_loss and not context.enabled and task.head_labels() is None  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
         micro = largest_micro_batch(model, task.training_loss(module) or training_loss(module, fuse), train, device, precision, 64,
@@ -135,5 +145,5 @@ def setup(cfg: RunConfig, task: Task, console: Console, context: Distributed) ->
         model = wrap_fsdp(model, device)
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context)
-    return RunParts(device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
+    return RunParts(task, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note)
