@@ -1,4 +1,4 @@
-"""Every config key as `tunesmith init`, the README's table and the web page's form show it: read from the config
+"""Every config key as `tunesmith init`, the table in docs/configuration.md and the web page's form show it: read from the config
 classes, so the documentation cannot drift from the code."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _yaml_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """One config key as `init`, the README table and the web page's form show it."""
+    """One config key as `init`, the table in docs/configuration.md and the web page's form show it."""
 
     section: str  # "" for the top-level `task`
     name: str
@@ -73,7 +73,7 @@ def starter_yaml() -> str:
 
 
 def reference_markdown() -> str:
-    """The README's table of config keys."""
+    """The table of config keys in docs/configuration.md."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{key.key}` | `{key.default_text}` | {key.description} |" for key in config_keys()]
     return "\n".join(rows)

@@ -22,9 +22,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..batch import IGNORE
+from ..batch import Batch
 from ..config import PROBE_WORDS, CleanConfig, DataConfig, MonitorConfig, RunConfig
 from ..data.clean import text_digest
 from ..data.examples import padded_rows
@@ -37,6 +36,7 @@ from ..inference.generation import SamplingOptions, default_stop_ids, encode_pro
 from ..models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
 from ..rundir.durable import write_atomically
 from ..runtime import autocast
+from ..tasks.loss import perplexity, term_losses
 
 TEXT_TOKENS = 128  # each sampled text, and each piece of a general file, is at most this long
 MAX_TEXTS = 256
@@ -203,9 +203,9 @@ def mean_nll(logits_of: Logits, texts: list[ProbeText], batch_size: int, device:
         ids, labels, attention = (torch.from_numpy(array).to(device) for array in padded_rows(pieces, 0))
         with autocast(device, precision):
             logits = logits_of(ids, attention)
-        targets = labels[:, 1:]
-        total += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"))
-        count += int((targets != IGNORE).sum())
+        losses, weights, _ = term_losses(logits, Batch(ids, labels=labels, attention_mask=attention))
+        total += float((losses * weights).sum())
+        count += int(weights.sum())
     return total / max(count, 1)
 
 
@@ -241,7 +241,7 @@ def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]
     drift = nll["samples"] - base["samples"]
     row = {"drift_nats": drift, "retained_ppl_ratio": math.exp(-max(drift, -700.0))}
     if "general" in nll:
-        row["general_ppl"] = math.exp(min(nll["general"], 700.0))
+        row["general_ppl"] = perplexity(nll["general"])
         row["general_drift_nats"] = nll["general"] - base["general"]
     return row
 
