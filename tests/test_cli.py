@@ -1,4 +1,4 @@
-"""Every README command, run through the CLI in-process on tiny models."""
+"""Every command of the README and of docs/, run through the CLI in-process on tiny models."""
 
 import json
 

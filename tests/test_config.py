@@ -61,9 +61,9 @@ def test_init_writes_a_commented_starter(tmp_path, capsys):
     assert main(["init", str(target)]) == 2  # refuses to overwrite
 
 
-def test_readme_documents_every_config_key():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert reference_markdown() in readme, "README's config table is stale: run `python scripts/sync_readme_config.py`"
+def test_docs_document_every_config_key():
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert reference_markdown() in page, "docs/configuration.md's config table is stale: run `python scripts/sync_config_reference.py`"
 
 
 @pytest.mark.parametrize("weights, problem", [

@@ -310,3 +310,18 @@ def test_the_try_it_endpoints_take_good_settings_as_the_page_sends_them(page):
     history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
     replied = page.post("/api/run/bot/chat", json={"text": "the lamp", "history": history, "settings": settings})
     assert replied.status_code == 200 and isinstance(replied.json()["reply"], str)
+
+
+def test_one_admission_rule_joins_jobs_that_fit_and_runs_one_larger_than_the_batch_alone():
+    from collections import deque
+    from types import SimpleNamespace
+
+    from tunesmith.inference.decoding import take_fitting
+
+    def job(n):
+        return SimpleNamespace(n=n)
+
+    waiting = deque([job(5), job(1)])
+    assert [j.n for j in take_fitting(waiting, SimpleNamespace(rows=[], can_join=lambda: True), 4)] == [5] and len(waiting) == 1
+    assert [j.n for j in take_fitting(deque([job(1), job(1)]), SimpleNamespace(rows=[0, 1, 2], can_join=lambda: True), 4)] == [1]
+    assert take_fitting(deque([job(1)]), SimpleNamespace(rows=[0], can_join=lambda: False), 4) == []

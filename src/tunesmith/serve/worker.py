@@ -23,7 +23,7 @@ from collections import deque
 
 import torch
 
-from ..inference.decoding import Decoder, Job
+from ..inference.decoding import Decoder, Job, take_fitting
 
 __all__ = ["GenerationWorker", "Job", "QueueFull", "ShuttingDown"]
 
@@ -148,13 +148,7 @@ class GenerationWorker:
                 self.waiting.remove(job)
                 if not job.cancelled:
                     _quietly(job.fail, 504, "the request waited past the server's time limit; try again, or ask for fewer tokens")
-            self.starting = []
-            if not self.decoder.can_join():
-                return self.starting
-            rows = len(self.decoder.rows)
-            while self.waiting and rows + self.waiting[0].n <= self.max_batch:
-                self.starting.append(self.waiting.popleft())  # held where `_recover` finds it, should anything fail now
-                rows += self.starting[-1].n
+            self.starting = take_fitting(self.waiting, self.decoder, self.max_batch)  # held where `_recover` finds them
             return self.starting
 
 

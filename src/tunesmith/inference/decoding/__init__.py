@@ -7,7 +7,7 @@ left-padded batch that rows join and leave between steps, `text` turns a row's t
 its stop strings, and `engine` ties them together: jobs in, text and finish reasons out.
 """
 
-from .engine import Decoder, Job, decode_all
+from .engine import Decoder, Job, decode_all, take_fitting
 from .sampling import SamplingSettings
 
-__all__ = ["Decoder", "Job", "SamplingSettings", "decode_all"]
+__all__ = ["Decoder", "Job", "SamplingSettings", "decode_all", "take_fitting"]

@@ -210,15 +210,25 @@ class Decoder:
             job.send(("done", len(job.prompt), job.completion_tokens))
 
 
+def take_fitting(waiting: deque, decoder: Decoder, max_batch: int) -> list[Job]:
+    """The jobs at the head of `waiting` whose rows fit beside the running ones, taken off it in order; a job with more
+    rows than the whole batch runs alone. The one admission rule of `decode_all` and `tunesmith serve`'s worker."""
+    taken: list[Job] = []
+    if not decoder.can_join():
+        return taken
+    rows = len(decoder.rows)
+    while waiting and (rows + waiting[0].n <= max_batch or rows == 0):
+        taken.append(waiting.popleft())
+        rows += taken[-1].n
+    return taken
+
+
 def decode_all(decoder: Decoder, jobs: Iterable[Job], max_batch: int = 16) -> None:
     """Run `jobs` to their ends in the order given, each joining the batch as soon as its rows fit."""
     waiting = deque(jobs)
     with torch.inference_mode():
         while waiting or decoder.rows:
-            taken, rows = [], len(decoder.rows)
-            while waiting and decoder.can_join() and (rows + waiting[0].n <= max_batch or rows == 0):
-                taken.append(waiting.popleft())
-                rows += taken[-1].n
+            taken = take_fitting(waiting, decoder, max_batch)
             if taken:
                 decoder.prefill(taken)
                 decoder.drop_finished()
