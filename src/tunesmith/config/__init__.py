@@ -4,34 +4,11 @@ Defaults live here and nowhere else; `tunesmith init`, the README's key referenc
 generated from these classes (`config.reference`), so documentation cannot drift from the code.
 """
 
-from .run import (
-                  SECTIONS,
-                  TASK_NAMES,
-                  RunConfig,
-                  TaskName,
-                  apply_override,
-                  build_config,
-                  check_block_size,
-                  load_config,
-                  parse_override,
-                  read_config_file,
-)
-from .sections import (
-                  DEFAULT_MODEL,
-                  PROBE_WORDS,
-                  TASK_FILE_SUFFIXES,
-                  ChatConfig,
-                  ClassifyConfig,
-                  CleanConfig,
-                  DataConfig,
-                  DataSource,
-                  ModelConfig,
-                  MonitorConfig,
-                  OutputConfig,
-                  PreferenceConfig,
-                  TrainConfig,
-                  benchmark_is_path,
-)
+from .run import (SECTIONS, TASK_NAMES, RunConfig, TaskName, apply_override, build_config, check_block_size,
+                  load_config, parse_override, read_config_file)
+from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfig, ClassifyConfig, CleanConfig,
+                       DataConfig, DataSource, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, TrainConfig,
+                       benchmark_is_path)
 
 __all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "TASK_NAMES", "ChatConfig", "ClassifyConfig",
            "CleanConfig", "DataConfig", "DataSource", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",

@@ -11,19 +11,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..errors import ConfigError
-from .sections import (
-    ChatConfig,
-    ClassifyConfig,
-    CleanConfig,
-    DataConfig,
-    DataSource,
-    ModelConfig,
-    MonitorConfig,
-    OutputConfig,
-    PreferenceConfig,
-    TrainConfig,
-    _Section,
-)
+from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, ModelConfig, MonitorConfig,
+                       OutputConfig, PreferenceConfig, TrainConfig, _Section)
 
 # the kinds of fine-tuning; each is a Task in tunesmith.tasks
 TaskName = Literal["lm", "chat", "classify", "preference"]

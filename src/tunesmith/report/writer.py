@@ -12,17 +12,8 @@ from pathlib import Path
 from ..data.report import source_line
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
-from ..rundir.folder import (
-    CONFIG_FILE,
-    GENERATION_EVAL,
-    METRICS_FILE,
-    REPORT_HTML,
-    REPORT_MD,
-    SAMPLES_FILE,
-    SUMMARY_FILE,
-    read_data_report,
-    read_json_lines,
-)
+from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
+                             SUMMARY_FILE, read_data_report, read_json_lines)
 from ..tasks import task_view
 from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
 

@@ -15,22 +15,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import (
-    CONFIG_FILE,
-    DATA_META,
-    DATA_REPORT,
-    MARKER,
-    METRICS_FILE,
-    PROCESS,
-    REPORT_HTML,
-    SAMPLES_FILE,
-    SUMMARY_FILE,
-    has_checkpoint,
-    is_run_dir,
-    read_json_lines,
-    read_json_object,
-    run_state,
-)
+from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PROCESS, REPORT_HTML,
+                             SAMPLES_FILE, SUMMARY_FILE, has_checkpoint, is_run_dir, read_json_lines, read_json_object,
+                             run_state)
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
