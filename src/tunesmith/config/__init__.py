@@ -1,7 +1,7 @@
 """The run config: one typed, validated object built from YAML, flags and `--set key=value` overrides.
 
-Defaults live here and nowhere else; `tunesmith init`, the README's key reference and the web page's form are
-generated from these classes (`config.reference`), so documentation cannot drift from the code.
+Defaults live here and nowhere else; `tunesmith init`, the key reference in docs/configuration.md and the web
+page's form are generated from these classes (`config.reference`), so documentation cannot drift from the code.
 """
 
 from .run import (SECTIONS, TASK_NAMES, RunConfig, TaskName, apply_override, build_config, check_block_size,

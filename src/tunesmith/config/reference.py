@@ -4,6 +4,7 @@ classes, so the documentation cannot drift from the code."""
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -19,8 +20,11 @@ def _field_default(field) -> Any:
 
 
 def _yaml_value(value: Any) -> str:
+    """The value as YAML on one line: a string with line breaks in double quotes, so that a table row holds it."""
     if isinstance(value, tuple):
         value = list(value)
+    if isinstance(value, str) and "\n" in value:
+        return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 

@@ -1,7 +1,7 @@
 """New runs from the page: the form's values made into a validated config, a preview of the data, and
 `tunesmith train` started, stopped and resumed as a process of its own.
 
-The form holds every config key (`config.reference.config_keys`, the source of `tunesmith init` and the README table);
+The form holds every config key (`config.reference.config_keys`, the source of `tunesmith init` and the docs' table);
 only the values changed from their defaults become overrides, validated by `load_config` as `--set` is.
 Paths in the form are read relative to the runs folder and must stay inside it (`config_paths`). The page trains
 a few runs at a time, at most `max_running`: on a shared machine each more only slows the others.
