@@ -83,6 +83,7 @@ def test_out_naming_a_file_is_refused_before_anything_loads(tiny_gpt2, corpus_fi
         raise AssertionError("the model and data were loaded")
 
     monkeypatch.setattr(loop_module, "Recipe", must_not_run)
+    monkeypatch.setattr(loop_module, "settle", must_not_run)
     target = tmp_path / "results.txt"
     target.write_text("keep me\n")
     assert main(["train", *cli_args(tiny_gpt2, corpus_file, "--out", str(target))]) == 2

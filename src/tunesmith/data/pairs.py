@@ -95,5 +95,3 @@ class PreferenceExamples:
         row = self.items[index][0]
         return self.examples.reference_pair(row) if self.codes[row] in (CHOSEN, DESIRABLE) else None
 
-    def with_reference(self, reference: dict | None) -> "PreferenceExamples":
-        return PreferenceExamples(self.examples, self.paired, reference)

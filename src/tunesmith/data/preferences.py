@@ -36,10 +36,6 @@ LABELS = {"true": True, "1": True, "up": True, "yes": True, "good": True, "posit
           "false": False, "0": False, "down": False, "no": False, "bad": False, "negative": False, "thumbs_down": False, "👎": False}
 
 
-def is_desirable(code: int) -> bool:
-    return code in (CHOSEN, DESIRABLE)
-
-
 @dataclass(frozen=True)
 class Judged:
     """A prompt (as messages) and its judged answers: (chosen, rejected) or one (answer, label)."""

@@ -108,7 +108,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
         raise UserError("data.train: no training data given; pass --data FILE (or a folder or glob)")
     sources = training_sources(cfg, list(replay_files), eval_only)
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
-    settings = {**cfg.model_dump(mode="json", exclude={"train", "val", "label_field"}), "clean": clean.model_dump(mode="json"),
+    settings = {**cfg.model_dump(mode="json", exclude={"train", "val", "label_field", "packing"}), "clean": clean.model_dump(mode="json"),
                 "eval_only": eval_only, **task.cache_settings()}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key

@@ -104,10 +104,6 @@ def read_data_report(run_dir: Path, summary: dict) -> dict:
     return _read_data_file(run_dir, summary, DATA_REPORT, DATA_REPORT)
 
 
-def read_data_meta(run_dir: Path, summary: dict) -> dict:
-    return _read_data_file(run_dir, summary, DATA_META, "meta.json")
-
-
 def read_json_lines(path: Path) -> tuple[list[dict], int]:
     """The rows of a JSON-lines file, and how many lines were dropped as torn (a process killed mid-write)."""
     rows, torn = [], 0

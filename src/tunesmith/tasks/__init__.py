@@ -27,9 +27,10 @@ def task_class(cfg: RunConfig) -> type[Task]:
     return TASKS[cfg.task]
 
 
-def build_task(cfg: RunConfig, meta: dict) -> Task:
-    """The run-time task, from the settled config (`Task.settle`) and the prepared data's meta."""
-    return TASKS[cfg.task](cfg, meta)
+def build_task(cfg: RunConfig, meta: dict, reference=None) -> Task:
+    """The run-time task, from the settled config (`Task.settle`), the prepared data's meta and, where the task needs
+    one, its reference (`Task.reference`)."""
+    return TASKS[cfg.task](cfg, meta, reference)
 
 
 def task_view(name: str | None) -> TaskView:

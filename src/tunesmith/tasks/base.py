@@ -2,10 +2,11 @@
 
 Two sides, kept apart. What the config alone decides is on the class: the checks, how the data is prepared (a
 `data.units.UnitKind` from `preparer`), the tokenizer, the packing, and what planning needs. What a run calls is
-on an instance, built once from the run's settled config and its prepared data's meta (`build_task`), and never
-changed afterwards: the datasets, the loss, the validation and its score, and what is saved and reported. How a
-finished run's results read is the task's view (`view.py`). The run, evaluation and the CLI call these and never
-ask which task it is; a new task is one module and one line in `TASKS` and `VIEWS`.
+on an instance, built once (`build_task`) from the run's settled config, its prepared data's meta and, for a task
+that compares with the model before training, that reference (`reference`), and never changed afterwards: the
+datasets, the loss, the validation and its score, and what is saved and reported. How a finished run's results
+read is the task's view (`view.py`). The run, evaluation and the CLI call these and never ask which task it is;
+a new task is one module and one line in `TASKS` and `VIEWS`.
 """
 
 from __future__ import annotations
@@ -93,32 +94,40 @@ class Task:
         return None
 
     @classmethod
+    def head_labels(cls, cfg: RunConfig, meta: dict) -> list[str] | None:
+        """The classes of a classification head, when the model needs one instead of its language-model output."""
+        return None
+
+    @classmethod
+    def reference(cls, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
+                  precision: str, batch_size: int, log=print):
+        """What the task needs from the model before its weights change, handed to the task as it is built (a
+        preference run's reference); None for most tasks."""
+        return None
+
+    @classmethod
     def record_label(cls, cfg: RunConfig, record_value) -> str | None:
         """`recommend`'s look at a raw record: its label, for a task that has labels."""
         return None
 
     @classmethod
-    def head_classes(cls, cfg: RunConfig, labels: int) -> int:
+    def head_classes(cls, cfg: RunConfig, label_count: int) -> int:
+        """The outputs of the classification head for `label_count` labels; 0 for a model without a head (planning)."""
         return 0
 
     # what a run calls
-    def __init__(self, cfg: RunConfig, meta: dict):
-        """`cfg` settled (see `settle`), `meta` the prepared data's meta.json."""
-        self.cfg, self.meta = cfg, meta
+    def __init__(self, cfg: RunConfig, meta: dict, reference=None):
+        """`cfg` the run's config (settled, see `settle`, where it trains), `meta` the prepared data's meta.json,
+        `reference` what `reference` computed before training, where the task needs it."""
+        self.cfg = cfg
         self.packing = self.packing_of(cfg)
 
-    def with_reference(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
-                       log=print) -> "Task":
-        """This task with what it needs from the model before its weights change (a preference reference)."""
-        return self
-
-    def head_labels(self) -> list[str] | None:
-        """The classes of a classification head, when the model needs one instead of its language-model output."""
-        return None
-
     def dataset(self, prepared, split: str, training: bool = False):
-        examples = prepared.blocks(split)
-        if training and self.packing == "documents":  # evaluation's examples stay padded
+        return self._packed(prepared.blocks(split), training)
+
+    def _packed(self, examples, training: bool):
+        """Training examples packed into rows of data.block_size tokens (with packing documents); evaluation's stay padded."""
+        if training and self.packing == "documents":
             from ..data.examples import PackedExamples
 
             return PackedExamples(examples, self.cfg.data.block_size)
@@ -136,7 +145,7 @@ class Task:
         """The task's own training loss on `module` (the training module, maybe wrapped for DDP); None: next-token cross-entropy."""
         return None
 
-    def language_model(self, model: torch.nn.Module):
+    def probe_logits(self, model: torch.nn.Module):
         """Next-token logits of (input ids, attention mask), for the forgetting probe."""
         return lambda ids, attention: model(input_ids=ids, attention_mask=attention, use_cache=False).logits
 

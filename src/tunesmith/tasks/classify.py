@@ -13,7 +13,7 @@ import torch
 from ..batch import Batch, pad_rows
 from ..config import ClassifyConfig, CleanConfig, DataConfig, RunConfig
 from ..data.clean import transforms
-from ..data.examples import Examples, PackedExamples
+from ..data.examples import Examples
 from ..data.labelled import label_key, label_set, labelled_units
 from ..data.read import lookup
 from ..data.report import DataReport
@@ -228,7 +228,7 @@ class ClassifyUnits:
         meta = {"task": "classify", "coder": self.coder.as_dict(), "labels": labels, "class_counts": class_counts,
                 "val_class_counts": {label: int(n) for label, n in zip(labels, val_counts)},
                 "targets": {"train": train.targets, "val": val.targets}}
-        if ClassifyTask.has_head(self.cfg):
+        if self.coder.has_head:
             meta["loss_falls_on"] = "one label per example"
         return meta
 
@@ -265,22 +265,23 @@ class ClassifyTask(Task):
         return None if label is None else label_key(label)
 
     @classmethod
-    def head_classes(cls, cfg: RunConfig, labels: int) -> int:
-        return max(labels, 2) if cls.has_head(cfg) else 0
+    def head_classes(cls, cfg: RunConfig, label_count: int) -> int:
+        return max(label_count, 2) if cls.has_head(cfg) else 0
 
-    def __init__(self, cfg: RunConfig, meta: dict):
+    @classmethod
+    def head_labels(cls, cfg: RunConfig, meta: dict) -> list[str] | None:
+        return meta["task"]["coder"]["labels"] if cls.has_head(cfg) else None
+
+    def __init__(self, cfg: RunConfig, meta: dict, reference=None):
         super().__init__(cfg, meta)
         self.coder = LabelCoder(**meta["task"]["coder"])
         self.class_counts: dict[str, int] = meta["task"]["class_counts"]
-        self.head = self.has_head(cfg)
+        self.head = self.coder.has_head
 
-    def head_labels(self) -> list[str] | None:
-        return self.coder.labels if self.head else None
-
-    def language_model(self, model: torch.nn.Module):
+    def probe_logits(self, model: torch.nn.Module):
         """With a head, the backbone's last hidden states through the tied embeddings: the language-model head the model was born with."""
         if not self.head:
-            return super().language_model(model)
+            return super().probe_logits(model)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone, embeddings = getattr(inner, inner.base_model_prefix), inner.get_input_embeddings()
 
@@ -292,10 +293,7 @@ class ClassifyTask(Task):
 
     def dataset(self, prepared, split: str, training: bool = False):
         weights = class_weights(self.class_counts, self.coder.labels) if training and self.cfg.classify.class_weights else None
-        examples = prepared.blocks(split, use_classes=self.head, class_weights=weights)
-        if training and self.packing == "documents":
-            return PackedExamples(examples, self.cfg.data.block_size)
-        return examples
+        return self._packed(prepared.blocks(split, use_classes=self.head, class_weights=weights), training)
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return PackedClassifier(model) if self.head and self.packing == "documents" else model

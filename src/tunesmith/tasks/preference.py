@@ -15,9 +15,10 @@ import math
 import os
 import zipfile
 from contextlib import nullcontext
+from dataclasses import dataclass
 from copy import deepcopy
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -71,6 +72,53 @@ def _same_rows(pieces: list[tuple[np.ndarray, np.ndarray, int]]) -> bool:
     """A pair whose answers differ only past data.block_size: cut there, chosen and rejected are the same row, which
     teaches nothing and puts a zero margin into the metrics."""
     return len(pieces) == 2 and np.array_equal(pieces[0][0], pieces[1][0]) and np.array_equal(pieces[0][1], pieces[1][1])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The model before training, as DPO and KTO compare with it: log-probs computed once per split, or a function of a batch."""
+
+    precomputed: dict[str, dict] | None = None  # split -> {"rows": ..., "kl": ...}
+    per_batch: Callable | None = None
+
+
+def _reference_model(model: torch.nn.Module, log) -> Callable:
+    """Reference log-probs batch by batch: the base with the adapters off (LoRA), or a frozen copy of the model."""
+    if hasattr(model, "disable_adapter"):
+        return lambda batch: _adapters_off(model, SequenceLogps(model), batch)
+    log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
+    frozen = SequenceLogps(without_dropout(deepcopy(model)).eval().requires_grad_(False))
+    return lambda batch: frozen.of(batch)[0]
+
+
+def _computed_references(objective: Objective, model, prepared, device, precision: str, batch_size: int, path: Path, log) -> dict:
+    log("reference log-probabilities: computing them once, before training (the base model, one forward pass per answer)")
+    module = SequenceLogps(model)
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        scored = {split: score_rows(module, PreferenceExamples(prepared.blocks(split), objective.paired, None), batch_size, device,
+                                    precision) for split in ("train", "val")}
+    references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
+    partial = path.with_suffix(f".{os.getpid()}.partial.npz")
+    try:
+        np.savez(partial, **{f"{split}_{key}": value for split, ref in references.items() for key, value in ref.items()})
+        os.replace(partial, path)
+        log(f"reference log-probabilities: computed for {len(scored['train']['rows']) + len(scored['val']['rows']):,} answers, "
+            f"stored in {path}")
+    except OSError as exc:  # a full disk costs the cache, not the run
+        partial.unlink(missing_ok=True)
+        log(f"reference log-probabilities: computed, but not stored ({exc.strerror or exc}); a later run computes them again")
+    return references
+
+
+def _reference_key(cfg: RunConfig, resolved, precision: str) -> str:
+    """The reference's identity: the model's files, the precision, how weights are stored, and the rows' layout."""
+    files = []
+    root = Path(resolved.path)
+    if root.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
+    identity = {"model": resolved.path, "files": files, "precision": precision, "method": cfg.model.method,
+                "weights": cfg.train.weights, "paired": Objective(cfg.preference).paired}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PreferenceUnits:
@@ -156,23 +204,26 @@ class PreferenceTask(Task):
     def tokenizer(cls, resolved, log=print):
         return chat_tokenizer(resolved, log)
 
-    def __init__(self, cfg: RunConfig, meta: dict, references: dict | None = None, reference=None):
-        """`references`: the reference log-probs computed before training, by split; `reference`: batch -> the
-        reference's log-probs, where they are not precomputed. Without either, the reference-free metrics only."""
+    @classmethod
+    def reference(cls, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
+                  precision: str, batch_size: int, log=print) -> Reference | None:
+        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute
+        them batch by batch; None for an objective without one (ORPO)."""
+        objective = Objective(cfg.preference)
+        if not objective.needs_reference:
+            return None
+        if not cfg.preference.precompute_reference:
+            return Reference(per_batch=_reference_model(model, log))
+        path = Path(prepared.directory) / f"reference-{_reference_key(cfg, resolved, precision)}.npz"
+        return Reference(precomputed=_read_references(path, log) or
+                         _computed_references(objective, model, prepared, device, precision, batch_size, path, log))
+
+    def __init__(self, cfg: RunConfig, meta: dict, reference: Reference | None = None):
+        """Without a reference (a saved model measured on its own), the reference-free metrics only."""
         super().__init__(cfg, meta)
         self.objective = Objective(cfg.preference)
-        self.references, self.reference = references or {}, reference
-
-    def with_reference(self, model: torch.nn.Module, prepared, resolved, device: torch.device, precision: str, batch_size: int,
-                       log=print) -> "PreferenceTask":
-        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute them."""
-        if not self.objective.needs_reference:
-            return self
-        if not self.cfg.preference.precompute_reference:
-            return PreferenceTask(self.cfg, self.meta, reference=self._reference_model(model, log))
-        path = Path(prepared.directory) / f"reference-{self._reference_key(resolved, precision)}.npz"
-        references = _read_references(path, log) or self._computed_references(model, prepared, device, precision, batch_size, path, log)
-        return PreferenceTask(self.cfg, self.meta, references=references)
+        reference = reference or Reference()
+        self.references, self.reference = reference.precomputed or {}, reference.per_batch
 
     # datasets and the loss
     def dataset(self, prepared, split: str, training: bool = False) -> PreferenceExamples:
@@ -185,41 +236,6 @@ class PreferenceTask(Task):
 
     def training_loss(self, module: torch.nn.Module) -> PreferenceLoss:
         return PreferenceLoss(module, self.objective, self.reference)
-
-    def _reference_model(self, model: torch.nn.Module, log):
-        """Reference log-probs batch by batch: the base with the adapters off (LoRA), or a frozen copy of the model."""
-        if hasattr(model, "disable_adapter"):
-            return lambda batch: _adapters_off(model, SequenceLogps(model), batch)
-        log("preference.precompute_reference false: holding a frozen copy of the model as the reference")
-        frozen = SequenceLogps(without_dropout(deepcopy(model)).eval().requires_grad_(False))
-        return lambda batch: frozen.of(batch)[0]
-
-    def _computed_references(self, model, prepared, device, precision: str, batch_size: int, path: Path, log) -> dict:
-        log("reference log-probabilities: computing them once, before training (the base model, one forward pass per answer)")
-        module = SequenceLogps(model)
-        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-            scored = {split: score_rows(module, self.dataset(prepared, split), batch_size, device, precision) for split in ("train", "val")}
-        references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
-        partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-        try:
-            np.savez(partial, **{f"{split}_{key}": value for split, ref in references.items() for key, value in ref.items()})
-            os.replace(partial, path)
-            log(f"reference log-probabilities: computed for {len(scored['train']['rows']) + len(scored['val']['rows']):,} answers, "
-                f"stored in {path}")
-        except OSError as exc:  # a full disk costs the cache, not the run
-            partial.unlink(missing_ok=True)
-            log(f"reference log-probabilities: computed, but not stored ({exc.strerror or exc}); a later run computes them again")
-        return references
-
-    def _reference_key(self, resolved, precision: str) -> str:
-        """The reference's identity: the model's files, the precision, how weights are stored, and the rows' layout."""
-        files = []
-        root = Path(resolved.path)
-        if root.is_dir():
-            files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
-        identity = {"model": resolved.path, "files": files, "precision": precision, "method": self.cfg.model.method,
-                    "weights": self.cfg.train.weights, "paired": self.objective.paired}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     # evaluation
     def validation(self, model, dataset: PreferenceExamples, tokenizer, batch_size: int, device: torch.device, precision: str,

@@ -9,18 +9,17 @@ import time
 from ..config import RunConfig
 from ..errors import ConfigError, UserError
 from ..harness.scores import scores_from_row
-from ..tasks import Task
 from .distributed import Distributed
 from .state import LoopState
 
 
 class RunBenchmarks:
-    def __init__(self, cfg: RunConfig, task: Task, parts, context: Distributed, log):
+    def __init__(self, cfg: RunConfig, parts, context: Distributed, log):
         self.parts, self.monitor, self.note, self.log = parts, None, None, log
         self.every = cfg.monitor.benchmark_every
         if not cfg.monitor.benchmarks:
             return
-        if task.head_labels() is not None:
+        if parts.labels is not None:
             raise ConfigError(["monitor.benchmarks: a classifier with a head writes no text for a benchmark to score; "
                                "remove monitor.benchmarks, or use classify.method: generative"])
         if parts.sharded:

@@ -6,15 +6,14 @@ import time
 
 from ..evaluation.forgetting import probe_row
 from ..evaluation.scoring import evaluate
-from ..tasks import Task
 from ..tasks.loss import Validation
 from .distributed import Distributed
 from .state import LoopState
 
 
 class Evaluator:
-    def __init__(self, task: Task, parts, batch_size: int, max_blocks: int | None, context: Distributed, log):
-        self.task, self.parts, self.context, self.log = task, parts, context, log
+    def __init__(self, parts, batch_size: int, max_blocks: int | None, context: Distributed, log):
+        self.task, self.parts, self.context, self.log = parts.task, parts, context, log
         self.batch_size, self.max_blocks = batch_size, max_blocks
 
     def evaluate(self, state: LoopState) -> Validation:
@@ -38,7 +37,7 @@ class Evaluator:
             was_training = model.training
             model.eval()
             with state.timed():
-                nll = parts.probe.measure(self.task.language_model(model), self.batch_size or parts.runner.micro_batch_size,
+                nll = parts.probe.measure(self.task.probe_logits(model), self.batch_size or parts.runner.micro_batch_size,
                                           parts.device, parts.precision)
             model.train(was_training)
             state.probe_seconds += time.perf_counter() - started

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..models import ResolvedModel
 from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
-from ..tasks import Task, write_task
+from ..tasks import write_task
 from ..tasks.loss import perplexity
 from .benchmarking import RunBenchmarks
 from .build import build_model, export_final
@@ -102,7 +102,6 @@ class Recipe:
     def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed):
         """`cfg` settled (`setup.settle`), `resolved` its model's files."""
         self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
-        self.task: Task | None = None  # built by `setup`, from the prepared data
         self.state = LoopState()
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
@@ -112,10 +111,10 @@ class Recipe:
         """Build the parts; resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
         cfg, state = self.cfg, self.state
         parts = self.parts = setup(cfg, self.resolved, self.console, self.context)
-        task = self.task = parts.task
-        self.evaluator = Evaluator(task, parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
+        task = parts.task
+        self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
-        self.benchmarks = RunBenchmarks(cfg, task, parts, self.context, self.console.print)
+        self.benchmarks = RunBenchmarks(cfg, parts, self.context, self.console.print)
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
@@ -149,12 +148,12 @@ class Recipe:
     def _evaluate(self, row: dict, progress: TrainProgress) -> None:
         result = self.evaluator.evaluate(self.state)
         probed = self.evaluator.probe(self.state)
-        progress.evaluated(self.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
+        progress.evaluated(self.parts.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
         improved = self.evaluator.update_best(result, self.state)
         if improved:
             self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
-        row.update(self.task.eval_row(result))
+        row.update(self.parts.task.eval_row(result))
         row.update(probed)
         row.update(self.benchmarks.at_evaluation(self.state, improved))
         self._samples()
@@ -241,12 +240,12 @@ class Recipe:
 
     def finish(self, stopped_because: str) -> dict:
         """Export final/ (rank 0; a sharded model from a whole copy built on the CPU) and write summary.json."""
-        cfg, state, parts, task = self.cfg, self.state, self.parts, self.task
+        cfg, state, parts, task = self.cfg, self.state, self.parts, self.parts.task
         run_dir = cfg.run_dir
         if self.context.is_main:
-            model = build_model(parts.resolved, cfg.model, torch.device("cpu"), parts.tokenizer, task.head_labels()) \
+            model = build_model(parts.resolved, cfg.model, torch.device("cpu"), parts.tokenizer, parts.labels) \
                 if parts.sharded else parts.model
-            export_final(model, parts.tokenizer, run_dir, parts.resolved, cfg.model, task.head_labels())
+            export_final(model, parts.tokenizer, run_dir, parts.resolved, cfg.model, parts.labels)
             write_task(run_dir / "final", task.spec(parts.tokenizer))
             self._benchmark_final()
         summary = {

@@ -30,6 +30,7 @@ from .step import StepRunner, largest_micro_batch
 @dataclass
 class RunParts:
     task: Task
+    labels: list[str] | None  # a classification head's classes; None for a language model
     device: torch.device
     precision: str
     resolved: ResolvedModel
@@ -57,7 +58,7 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
 
 
 def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: torch.device, precision: str):
-    """The tokenizer, the prepared data (with rehearsal text when data.replay), the run's task, and the forgetting probe."""
+    """The tokenizer, the prepared data (with rehearsal text when data.replay), and the forgetting probe."""
     kind = task_class(cfg)
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
@@ -69,7 +70,6 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)
-    task = build_task(cfg, data.meta)
     probe = None
     if not skip:
         evaluated = data.meta["val"]["tokens"]
@@ -77,7 +77,7 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
             evaluated = min(evaluated, cfg.train.eval_max_blocks * cfg.data.block_size)
         probe = build_probe(cfg.monitor, sampler, tokenizer, evaluated, context_length(model_config))
         console.print(probe.describe(), highlight=False)
-    return task, tokenizer, data, probe, skip
+    return tokenizer, data, probe, skip
 
 
 def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
@@ -86,12 +86,17 @@ def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, preci
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = wrap_ddp(module, device) if context.enabled and not sharded else module
-    loss = task.training_loss(forward) or training_loss(forward, fuse, cfg.train.label_smoothing)
+    loss = _loss(task, forward, fuse, cfg)
     runner = StepRunner(model, loss, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip, console.print, context)
     use_cache_under(tunesmith_home())
     if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         runner.compile()
     return runner
+
+
+def _loss(task: Task, module, fuse: bool, cfg: RunConfig):
+    """The task's own training loss, or next-token cross-entropy (with the output layer fused in where `fuse`)."""
+    return task.training_loss(module) or training_loss(module, fuse, cfg.train.label_smoothing)
 
 
 def _eval_batch(cfg: RunConfig) -> int:
@@ -115,9 +120,11 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     enable_tf32(device)
     check_weights(cfg, precision, context)
     with context.main_first():
-        task, tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
+        tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
+    kind = task_class(cfg)
+    labels = kind.head_labels(cfg, data.meta)
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
-    model = build_model(resolved, cfg.model, device, tokenizer, task.head_labels(), storage)
+    model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)
     model.train()
     trainable, total_params = parameter_counts(model)
     stored = "" if storage == (None, None) else f"; {'weights' if storage[1] else 'frozen weights'} in {precision}"
@@ -125,15 +132,16 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
                   f"{device.type}, {precision}{stored}", highlight=False)
     if cfg.train.neftune_alpha:
         add_embedding_noise(model, cfg.train.neftune_alpha)
-    module = task.training_module(model)
     with context.main_first():
-        task = task.with_reference(model, data, resolved, device, precision, cfg.train.eval_batch_size or _eval_batch(cfg),
-                                   console.print)
+        reference = kind.reference(cfg, data.meta, model, data, resolved, device, precision,
+                                   cfg.train.eval_batch_size or _eval_batch(cfg), console.print)
+    task = build_task(cfg, data.meta, reference)
+    module = task.training_module(model)
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
-    fuse = cfg.train.fused_loss and not context.enabled and task.head_labels() is None  # a head has no vocabulary; DDP runs its wrapper
+    fuse = cfg.train.fused_loss and not context.enabled and labels is None  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, task.training_loss(module) or training_loss(module, fuse), train, device, precision, 64,
+        micro = largest_micro_batch(model, _loss(task, module, fuse, cfg), train, device, precision, 64,
                                     console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train))
@@ -145,5 +153,5 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         model = wrap_fsdp(model, device)
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context)
-    return RunParts(task, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
+    return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note)
