@@ -196,6 +196,16 @@ def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, ca
     one_error_line(capsys, "model.method is 'lora' here but 'full'", "config.yaml")
 
 
+def test_resume_with_another_preference_objective_is_refused(tmp_path):
+    """DPO resumed as ORPO would pick its best step across losses on two scales."""
+    from tunesmith.errors import UserError
+    from tunesmith.training.resume import check_resume_settings
+
+    (tmp_path / "config.yaml").write_text("task: preference\npreference:\n  method: dpo\n")
+    with pytest.raises(UserError, match="preference.method is 'orpo' here but 'dpo'"):
+        check_resume_settings({"task": "preference", "preference": {"method": "orpo"}}, tmp_path)
+
+
 # --- code that must not run -----------------------------------------------------------------------------------------
 
 class Payload:

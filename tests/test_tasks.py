@@ -192,6 +192,8 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
 
     scored = evaluate_model(str(tmp_path / "run"), [str(path)], classify_config(tiny_reviewer, path, tmp_path / "x", "head"), log=lambda _: None)
     assert scored.task == "classify" and 0 <= scored.metrics["accuracy"] <= 1 and scored.tokens == 60
+    plain = evaluate_model(str(tmp_path / "run"), [str(path)], load_config(None, []), log=lambda _: None)  # the run's own fields
+    assert plain.task == "classify" and plain.tokens == 60 and plain.metrics["accuracy"] == scored.metrics["accuracy"]
 
 
 def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):

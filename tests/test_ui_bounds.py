@@ -387,3 +387,10 @@ def test_a_run_unpacked_from_an_archive_shows_nothing_outside(runs_root, tmp_pat
     for kind, body in (("generate", {"prompt": "hi"}), ("chat", {"text": "hi"}), ("classify", {"text": "hi"})):
         tried = client.post(f"/api/run/shared-run/{kind}", json=body)  # the model behind the link is never loaded
         assert tried.status_code == 403 and "final model leads outside" in tried.json()["error"], kind
+
+
+def test_the_page_refuses_what_the_task_refuses_before_a_run_folder_is_made(form_root):
+    launcher = Launcher(RunsFolder(form_root))
+    with pytest.raises(ConfigError, match="data.packing: padded does not apply to task lm"):
+        launcher.config(Draft.from_form({**FORM_RUN, "data.packing": "padded"}))
+    assert not (form_root / "from-form").exists()

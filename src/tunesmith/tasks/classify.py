@@ -242,8 +242,10 @@ class ClassifyTask(Task):
 
     @classmethod
     def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
+        """The classifier's own settings, and the fields it read its text and labels from (as `predict` reads them)."""
         saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
-        return cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved)})
+        fields = {key: spec[key] for key in ("text_field", "label_field") if spec.get(key)}
+        return cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved), "data": cfg.data.model_copy(update=fields)})
 
     @classmethod
     def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> ClassifyUnits:

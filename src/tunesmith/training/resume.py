@@ -8,9 +8,9 @@ from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
 
-# settings that decide which weights train and what they mean: a checkpoint's tensors fit only the same ones (and
-# the method's own, `Method.settings`)
-WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method")
+# settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
+# score fit only the same ones), and the method's own (`Method.settings`)
+WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method")
 
 
 def _setting(values: dict, dotted: str):
