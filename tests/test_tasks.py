@@ -215,3 +215,11 @@ def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
     plain.write_text("a note\n\nanother note\n")
     with pytest.raises(UserError, match="plain text has no labels"):
         prepare(classify_config(tiny_gpt2, plain, tmp_path / "run", "head"))
+
+
+def test_conversations_that_all_overflow_the_block_end_in_one_line(tiny_gpt2, tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    cfg = load_config(None, [("task", "chat"), ("model.name", str(tiny_gpt2)), ("data.train", str(path)), ("data.block_size", 16)])
+    with pytest.raises(UserError, match="none made an example whose targets fit in data.block_size; raise data.block_size"):
+        prepare(cfg)

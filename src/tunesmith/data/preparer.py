@@ -79,6 +79,8 @@ class Preparer:
             return done
 
         def signed(done: list[Encoded]) -> Iterator[Encoded]:
+            if not done:  # a batch whose every unit was dropped while encoding (all beyond data.block_size, say)
+                return
             for item, signature in zip(done, self.near.hasher.signatures([item.ids for item in done])):
                 item.signature = signature
                 yield item
@@ -196,6 +198,9 @@ class Preparer:
 def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
     if not report.read:
         return UserError("the data holds no documents (empty files?); check data.train")
+    if not report.removed:  # every unit was read and kept, and none made an example: all of them past the block
+        return UserError(f"no documents left: {report.read} read, and none made an example whose targets fit in "
+                         "data.block_size; raise data.block_size")
     worst = max(report.removed.items(), key=lambda item: item[1])
     return UserError(
         f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; {hint}"
