@@ -86,6 +86,33 @@ def test_a_plain_model_scores_what_a_hand_computation_scores(tiny_gpt2):
     assert loaded.description["kind"] == "model" and loaded.precision == "fp32"
 
 
+def test_scoring_only_the_continuation_gives_lm_evals_own_figures(tiny_llama):
+    """Mixed lengths in one batch, a request longer than the context (truncated from the left), one-token continuations
+    sharing a context (lm-eval's cache): the same log-likelihoods and exact-match flags as lm-eval's HFLM, from a tail."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    loaded = load_for_benchmarks(str(tiny_llama), "cpu", "fp32", log=lambda _msg: None)
+    long_context = " ".join(PASSAGES * 6)
+    pairs = [*PAIRS, (long_context, " the end"), ("the lamp", " glows"), ("the lamp", " hub"), ("the lamp", " zebra"),
+             ("battery lasts about six months and the", " charger uses a standard cable")]
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    kept = []
+    forward = loaded.model.forward
+
+    def recording_forward(*args, **kwargs):
+        kept.append((kwargs.get("logits_to_keep"), args[0].shape[1]))
+        return forward(*args, **kwargs)
+
+    stock = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=4, backend="causal").loglikelihood(
+        requests, disable_tqdm=True)
+    loaded.model.forward = recording_forward
+    ours = loaded.harness_lm(batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    assert [logp for logp, _ in ours] == pytest.approx([logp for logp, _ in stock], abs=1e-5)
+    assert [exact for _, exact in ours] == [exact for _, exact in stock]
+    assert kept and all(0 < keep < width for keep, width in kept)
+
+
 def test_a_lora_run_is_scored_unmerged_as_its_merged_export(tiny_llama, corpus_file, tmp_path):
     cfg = quick_run(tiny_llama, corpus_file, tmp_path / "run", max_steps=6, eval_every=6)
     cfg.model.method = "lora"

@@ -55,13 +55,13 @@ class BenchmarkMonitor:
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """One metrics row's benchmark keys: bench/<task>/<metric> and its _stderr."""
-        from lm_eval.models.huggingface import HFLM
+        from .lm import ContinuationLM
 
         was_training = model.training
         model.eval()
         try:
             with _silenced():
-                lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=BATCH_SIZE, backend="causal",
+                lm = ContinuationLM(pretrained=model, tokenizer=self.tokenizer, batch_size=BATCH_SIZE, backend="causal",
                           mixed_precision_dtype=DTYPES.get(self.precision))
                 run = run_benchmarks(lm, self.tasks, self.manager, self.limit, keep_rng=True, bootstrap_iters=BOOTSTRAP_ITERS)
         finally:

@@ -31,9 +31,9 @@ class BenchmarkModel:
 
     def harness_lm(self, batch_size: int = 16):
         """lm-eval's HFLM around this model, batched; its forward passes run under autocast in the model's precision."""
-        from lm_eval.models.huggingface import HFLM
+        from .lm import ContinuationLM
 
-        return HFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size, backend="causal",
+        return ContinuationLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size, backend="causal",
                     mixed_precision_dtype=DTYPES.get(self.precision))
 
 
