@@ -7,8 +7,9 @@
 3. Its GGUF Q8_0 export, scored as a .gguf file, against the run's own figure.
 4. The quickstart run and one at 10x its learning rate, each with monitor.benchmarks: LAMBADA base -> tuned beside
    the drift from the base model's own text.
-5. The cost of monitor.benchmarks (benchmark_limit 200) in a default quickstart run's wall time (part 4's quickstart run
-   beside one without benchmarks).
+5. The cost of monitor.benchmarks (benchmark_limit 200) in a run's wall time on the quickstart corpus, beside the same run
+   without benchmarks: the quickstart's settings (40 steps, an evaluation every 10), or with --settings default
+   tunesmith's own defaults (`tunesmith train --model smollm2-135m --data CORPUS`: 3 epochs, an evaluation every 50 steps).
 
     python benchmarks/bench_benchmarks.py --data ../shared/data --limit 1000
     python benchmarks/bench_benchmarks.py --data ../shared/data --parts 1 --limit 200   # a quick check
@@ -91,12 +92,15 @@ def part_same_as_stock(task: Path, work: Path, limit: int | None, rounds: int = 
                                                            for i, tool in enumerate(order))]
 
 
-def train_run(out: Path, settings: dict) -> dict:
+def train_run(out: Path, settings: dict, base: str = "quickstart") -> dict:
+    """A run on the quickstart corpus with the quickstart's settings, or (base "default") with tunesmith's own defaults."""
     from tunesmith import train
     from tunesmith.config import load_config
     from tunesmith.quickstart import QUICKSTART_SETTINGS
 
     pairs = [(f"{section}.{key}", value) for section, values in QUICKSTART_SETTINGS.items() for key, value in values.items()]
+    if base == "default":
+        pairs = [(key, value) for key, value in pairs if key in ("model.name", "data.train")]
     pairs += [("output.dir", str(out)), ("monitor.tensorboard", False), ("monitor.sample_count", 0)] + list(settings.items())
     started = time.perf_counter()
     summary = train(load_config(None, pairs))
@@ -129,7 +133,7 @@ def _lambada_scores(summary: dict) -> tuple[float, float, float, float]:
     return base["acc"], final["acc"], base["perplexity"], final["perplexity"]
 
 
-def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str]) -> list[str]:
+def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str], base: str = "quickstart") -> list[str]:
     """Part 4's quickstart run with monitor.benchmarks is also part 5's measured run (its base model's scores not kept
     yet: the benchmark cache is emptied first); part 5 adds the same run again (the base's scores kept) and a run
     without benchmarks before and after them, so that the machine's load weighs on both sides alike."""
@@ -142,12 +146,13 @@ def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str]) -> list
     benchmarks = {"monitor.benchmarks": [str(task)], "monitor.benchmark_limit": bench_limit}
     shutil.rmtree(tunesmith_home() / "benchmarks", ignore_errors=True)
     if "5" in parts:
-        plain.append(train_run(work / "plain-before", {}))
+        plain.append(train_run(work / "plain-before", {}, base))
     schedule = [("quickstart", 1e-4), ("quickstart again", 1e-4) if "5" in parts else None,
                 ("quickstart, lr x10", 1e-3) if "4" in parts else None]
     for name, lr in [item for item in schedule if item]:
         out = work / name.replace(", ", "-").replace(" ", "-")
-        runs[name] = (train_run(out, {**benchmarks, "train.lr": lr}), out, lr)
+        settings = {**benchmarks, "train.lr": lr} if "x10" in name else benchmarks
+        runs[name] = (train_run(out, settings, base if name != "quickstart, lr x10" else "quickstart"), out, lr)
     if "4" in parts:
         lines += [f"| run (LAMBADA, first {bench_limit} passages) | acc base -> tuned | perplexity base -> tuned | "
                   "drift (nats) | findings |", "| --- | --- | --- | --- | --- |"]
@@ -158,9 +163,9 @@ def part_runs(task: Path, work: Path, bench_limit: int, parts: set[str]) -> list
             lines.append(f"| {name} (lr {lr:g}) | {acc0:.4f} -> {acc1:.4f} | {ppl0:.2f} -> {ppl1:.2f} | "
                          f"{summary['forgetting'].get('best_drift_nats', float('nan')):.3f} | {', '.join(kinds) or 'none'} |")
     if "5" in parts:
-        plain.append(train_run(work / "plain-after", {}))
+        plain.append(train_run(work / "plain-after", {}, base))
         without = sum(run["wall_seconds"] for run in plain) / len(plain)
-        lines += ["", "| default quickstart run | wall time | benchmark time (share of the run) | wall time against the runs without |",
+        lines += ["", f"| run on the quickstart corpus, {base} settings | wall time | benchmark time (share of the run) | wall time against the runs without |",
                   "| --- | --- | --- | --- |",
                   f"| without monitor.benchmarks (before, after) | {plain[0]['wall_seconds']:.1f} s, {plain[1]['wall_seconds']:.1f} s | | |"]
         for name, label in (("quickstart", "base's scores computed"), ("quickstart again", "base's scores kept")):
@@ -178,11 +183,15 @@ def main() -> None:
     parser.add_argument("--bench-limit", type=int, default=200, help="monitor.benchmark_limit in parts 4 and 5")
     parser.add_argument("--rounds", type=int, default=2, choices=(1, 2),
                         help="part 1: 1 runs each tool once; 2 times them in the order ours, stock, stock, ours")
+    parser.add_argument("--settings", choices=("quickstart", "default"), default="quickstart",
+                        help="part 5's runs: the quickstart's settings, or tunesmith's defaults on the quickstart corpus")
     parser.add_argument("--parts", default="1,2,3,4,5", help="which measurements, e.g. 1 or 2,3 (2 and 3 share one run)")
     args = parser.parse_args()
     from tunesmith.harness.lambada import write_lambada_task
 
     parts = set(args.parts.split(","))
+    if args.settings == "default" and "4" in parts:
+        parser.error("--settings default measures part 5 alone (part 4 compares learning rates at the quickstart's settings)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-benchmarks-"))
     task = write_lambada_task(args.data / "bench-lambada" / "lambada_test.jsonl", work / "lambada_openai.yaml")
@@ -192,7 +201,7 @@ def main() -> None:
     if parts & {"2", "3"}:
         print("\n".join(part_lora_and_gguf(task, work, args.limit)) + "\n", flush=True)
     if parts & {"4", "5"}:
-        print("\n".join(part_runs(task, work, args.bench_limit, parts)), flush=True)
+        print("\n".join(part_runs(task, work, args.bench_limit, parts, args.settings)), flush=True)
 
 
 if __name__ == "__main__":
