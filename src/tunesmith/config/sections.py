@@ -119,7 +119,7 @@ class TrainConfig(_Section):
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back to the last checkpoint with the lr halved")
     loss_watchdog: float | None = Field(3.0, gt=1, description="abort when the training loss stays above this multiple of its first value for 20 steps (null: off)")
     fused_loss: bool = Field(True, description="fuse the output layer into the loss over chunks of positions: a large vocabulary's logits are never held whole (single process)")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the model for training; auto: on CUDA GPUs, and on a CPU when the run is long enough to repay the compilation (falls back to eager if compilation fails)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the model for training (falls back to eager if compilation fails); auto: on a CPU when the run is long enough to repay the compilation, and not on CUDA, where eager steps measured faster (benchmarks/RESULTS.md)")
     weights: Literal["fp32", "bf16"] = Field("fp32", description="how trained weights are stored: fp32 masters under autocast, or bf16 (less memory, no casts) with fp32 AdamW moments and stochastically rounded updates; needs bf16 precision")
     peak_tflops: float | None = Field(None, gt=0, description="the device's peak dense bf16 TFLOP/s for the MFU figure (null: from the built-in table of GPUs)")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate the model (ddp) or shard it across processes (fsdp)")

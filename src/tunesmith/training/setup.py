@@ -89,7 +89,7 @@ def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, preci
     loss = _loss(task, forward, fuse, cfg)
     runner = StepRunner(model, loss, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip, console.print, context)
     use_cache_under(tunesmith_home())
-    if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
+    if cfg.train.compile is True:
         runner.compile()
     return runner
 
