@@ -12,6 +12,7 @@ from pathlib import Path
 from statistics import median
 
 from ..errors import UserError
+from ..measures import perplexity
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
@@ -197,7 +198,7 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
     if base is None or best is None:
         return None
-    base_ppl, best_ppl = math.exp(min(base, 700)), math.exp(min(best, 700))
+    base_ppl, best_ppl = perplexity(base), perplexity(best)
     return Finding("transfer_gain", "info",
                    f"validation perplexity {base_ppl:.2f} (base) -> {best_ppl:.2f} (best), {best_ppl / base_ppl - 1:+.1%}",
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})

@@ -20,7 +20,8 @@ from ..config import MonitorConfig, RunConfig
 from ..data.units import TextUnits, UnitKind
 from ..errors import ConfigError, UserError
 from ..models import load_tokenizer
-from .loss import Validation, perplexity, validation_loss_with_fallback
+from ..measures import perplexity
+from .loss import Validation, validation_loss_with_fallback
 
 
 class Task:

@@ -12,6 +12,7 @@ from ..batch import IGNORE, Batch
 from ..data import TokenBlocks
 from ..data.examples import Examples
 from ..errors import UserError
+from ..measures import perplexity
 from ..runtime import autocast, with_oom_backoff
 
 
@@ -71,10 +72,6 @@ def batch_loss(model: torch.nn.Module, batch: Batch | torch.Tensor, label_smooth
         batch = Batch(batch)
     losses, weights, _ = term_losses(forward(model, batch), batch, label_smoothing)
     return (losses * weights).sum() / weights.sum().clamp_min(1e-9)
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 700.0))  # capped: a diverged loss must not overflow the log
 
 
 @dataclass(frozen=True)

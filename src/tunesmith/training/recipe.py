@@ -20,7 +20,7 @@ from ..models import ResolvedModel
 from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import write_task
-from ..tasks.loss import perplexity
+from ..measures import perplexity
 from .benchmarking import RunBenchmarks
 from .build import build_model, export_final
 from .checkpoint import SavedCheckpoint
