@@ -16,6 +16,7 @@ from .state import LoopState
 class RunBenchmarks:
     def __init__(self, cfg: RunConfig, parts, context: Distributed, log):
         self.parts, self.monitor, self.note, self.log = parts, None, None, log
+        self.setup_seconds = 0.0  # importing lm-eval and loading the tasks, once, before training
         self.every = cfg.monitor.benchmark_every
         if not cfg.monitor.benchmarks:
             return
@@ -29,10 +30,12 @@ class RunBenchmarks:
         if context.is_main:
             from ..harness.during import BenchmarkMonitor
 
+            started = time.perf_counter()
             try:
                 self.monitor = BenchmarkMonitor(cfg.monitor, parts.tokenizer, parts.precision)
             except UserError as exc:  # the harness names the flag; a run names its config key
                 raise ConfigError([str(exc).replace("--benchmarks", "monitor.benchmarks")]) from None
+            self.setup_seconds = time.perf_counter() - started
             log(self.monitor.describe())
 
     def _timed(self, state: LoopState, measure):
@@ -89,4 +92,5 @@ class RunBenchmarks:
             "final": [s.as_dict() for s in scores_from_row(state.bench_best)],
             "final_step": state.best_step,
             "seconds": round(state.bench_seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
         }
