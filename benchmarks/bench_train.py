@@ -148,7 +148,7 @@ def prepared_split(args, model: Path, out: Path):
     kind = task_class(cfg)
     tokenizer = kind.tokenizer(resolve_model(str(model)), log=lambda _: None)
     prepared = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg))
-    blocks = prepared.blocks("train")
+    blocks = prepared.split("train")
     plan = StepPlan(len(blocks), args.batch_size, args.grad_accum, cfg.train.epochs, args.steps, cfg.train.seed)
     order = [i for step in range(args.steps) for micro in plan.micro_batches(step) for i in micro]
     return blocks, order, tokenizer

@@ -5,6 +5,7 @@ import pytest
 from tunesmith.cli import main
 from tunesmith.config import RunConfig, load_config, parse_override
 from tunesmith.config.reference import reference_markdown, starter_yaml
+from tunesmith.tasks import task_summaries
 from tunesmith.errors import ConfigError
 
 from helpers import make_corpus, write_jsonl
@@ -12,7 +13,7 @@ from helpers import make_corpus, write_jsonl
 
 def test_starter_config_loads_to_the_defaults(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(starter_yaml())
+    path.write_text(starter_yaml(task_summaries()))
     assert load_config(path) == RunConfig()
 
 
@@ -63,7 +64,7 @@ def test_init_writes_a_commented_starter(tmp_path, capsys):
 
 def test_docs_document_every_config_key():
     page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
-    assert reference_markdown() in page, "docs/configuration.md's config table is stale: run `python scripts/sync_config_reference.py`"
+    assert reference_markdown(task_summaries()) in page, "docs/configuration.md's config table is stale: run `python scripts/sync_config_reference.py`"
 
 
 @pytest.mark.parametrize("weights, problem", [

@@ -226,7 +226,7 @@ def test_packing_uses_uint16_and_eos_separators(tmp_path, prep, tokenizer):
 
 def test_small_validation_split_gives_a_short_block(tmp_path, prep):
     prepared = prep(write_jsonl(tmp_path / "d.jsonl", make_corpus(30)), block_size=512)
-    val = prepared.blocks("val")
+    val = prepared.split("val")
     assert 2 <= prepared.meta["val"]["tokens"] < 512
     assert len(val) == 1 and val.num_tokens == prepared.meta["val"]["tokens"]
     assert val.batch(val.batches_by_length(4)[0]).input_ids.shape == (1, prepared.meta["val"]["tokens"])

@@ -150,5 +150,5 @@ def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_s
     resolved = resolve_model(str(tmp_path / "run"))
     prepared = prepare_data(cfg.data, cfg.clean, load_tokenizer(resolved), tunesmith_home())
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
-    measured = validation_loss(final, prepared.blocks("val"), 4, torch.device("cpu"), "fp32")
+    measured = validation_loss(final, prepared.split("val"), 4, torch.device("cpu"), "fp32")
     assert measured.loss == pytest.approx(evals[summary["best_step"]], abs=1e-4)  # final/ is the best step, not the last

@@ -42,7 +42,7 @@ def test_assistant_only_mask_is_exact_for_every_format(kind, tiny_llama, tmp_pat
     expected = Counter(t for c in convs for s, t in c if s == "Agent")
     found = Counter()
     for split in ("train", "val"):
-        examples = prepared.blocks(split)
+        examples = prepared.split(split)
         for i in range(len(examples)):
             ids, mask = examples.ids(i), examples.target_mask(i)
             answers = [tokenizer.decode(span) for span in target_spans(ids, mask)]
@@ -64,7 +64,7 @@ def test_long_conversations_split_at_turn_boundaries(tiny_llama, tmp_path):
     tokenizer.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]}, replace_extra_special_tokens=False)
     lengths = []
     for split in ("train", "val"):
-        examples = prepared.blocks(split)
+        examples = prepared.split(split)
         for i in range(len(examples)):
             lengths.append(examples.length(i))
             assert tokenizer.decode(examples.ids(i)).startswith("<|im_start|>user\n")

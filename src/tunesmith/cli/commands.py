@@ -20,10 +20,12 @@ def _console():
 
 
 def _run_init(args) -> int:
+    from ..tasks import task_summaries
+
     path = Path(args.path)
     if path.exists() and not args.force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.write_text(starter_yaml())
+    path.write_text(starter_yaml(task_summaries()))
     print(f"wrote {path}; edit it, then run: tunesmith train {path}")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import TASK_NAMES, load_config, parse_override
+from ..config import load_config, parse_override
 from ..errors import UserError
 from ..rundir.folder import CONFIG_FILE
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="the model, method, batch and epochs that fit your data, memory and time; writes a config")
     recommend.add_argument("config", nargs="?", help="YAML run config for the data settings (optional)")
     recommend.add_argument("--data", dest="data.train", action="append", metavar="FILE", help="the training data (repeatable)")
-    recommend.add_argument("--task", dest="task", choices=TASK_NAMES, help="what the run will learn (default lm)")
+    recommend.add_argument("--task", dest="task", help="what the run will learn (default lm; the tasks are in `tunesmith init`'s file)")
     recommend.add_argument("--block-size", dest="data.block_size", type=int, metavar="N", help="tokens per training sequence")
     recommend.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: the GPU's, or the free RAM)")
     recommend.add_argument("--hours", type=float, default=1.0, help="time budget for training (default 1)")

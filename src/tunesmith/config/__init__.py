@@ -4,13 +4,13 @@ Defaults live here and nowhere else; `tunesmith init`, the key reference in docs
 page's form are generated from these classes (`config.reference`), so documentation cannot drift from the code.
 """
 
-from .run import (SECTIONS, TASK_NAMES, RunConfig, TaskName, apply_override, build_config, check_block_size,
+from .run import (SECTIONS, RunConfig, apply_override, build_config, check_block_size,
                   load_config, parse_override, read_config_file)
 from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfig, ClassifyConfig, CleanConfig,
                        DataConfig, DataSource, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, TrainConfig,
                        benchmark_is_path)
 
-__all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "TASK_NAMES", "ChatConfig", "ClassifyConfig",
+__all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "ChatConfig", "ClassifyConfig",
            "CleanConfig", "DataConfig", "DataSource", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",
-           "RunConfig", "TaskName", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
+           "RunConfig", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
            "load_config", "parse_override", "read_config_file"]

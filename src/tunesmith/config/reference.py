@@ -54,20 +54,22 @@ def _choices(field) -> tuple[str, ...]:
     return tuple(str(v) for v in get_args(annotation)) if get_origin(annotation) is Literal else ()
 
 
-def config_keys() -> list[ConfigKey]:
-    """Every config key with its default and meaning, from the config classes: the one source of all three."""
+def config_keys(tasks: dict[str, str]) -> list[ConfigKey]:
+    """Every config key with its default and meaning, from the config classes: the one source of all three. `tasks`:
+    each task's name and what it learns (`tunesmith.tasks.task_summaries`), which the config itself does not list."""
     task = RunConfig.model_fields["task"]
-    keys = [ConfigKey("", "task", task.default, task.description, _choices(task))]
+    meaning = f"{task.description}: " + "; ".join(f"{name}: {summary}" for name, summary in tasks.items())
+    keys = [ConfigKey("", "task", task.default, meaning, tuple(tasks))]
     for section, cls in SECTIONS.items():
         keys += [ConfigKey(section, name, _field_default(field), field.description, _choices(field))
                  for name, field in cls.model_fields.items()]
     return keys
 
 
-def starter_yaml() -> str:
+def starter_yaml(tasks: dict[str, str]) -> str:
     """The commented config that `tunesmith init` writes: every key, its default and its meaning."""
     lines = ["# tunesmith run config. Every key is optional; flags and --set section.key=value override it.", ""]
-    for section, keys in itertools.groupby(config_keys(), key=lambda key: key.section):
+    for section, keys in itertools.groupby(config_keys(tasks), key=lambda key: key.section):
         indent = "  " if section else ""
         lines += [f"{section}:"] if section else []
         for key in keys:
@@ -76,8 +78,8 @@ def starter_yaml() -> str:
     return "\n".join(lines)
 
 
-def reference_markdown() -> str:
+def reference_markdown(tasks: dict[str, str]) -> str:
     """The table of config keys in docs/configuration.md."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{key.key}` | `{key.default_text}` | {key.description} |" for key in config_keys()]
+    rows += [f"| `{key.key}` | `{key.default_text}` | {key.description} |" for key in config_keys(tasks)]
     return "\n".join(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
@@ -14,13 +14,8 @@ from ..errors import ConfigError
 from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, ModelConfig, MonitorConfig,
                        OutputConfig, PreferenceConfig, TrainConfig, _Section)
 
-# the kinds of fine-tuning; each is a Task in tunesmith.tasks
-TaskName = Literal["lm", "chat", "classify", "preference"]
-TASK_NAMES = get_args(TaskName)
-
-
 class RunConfig(_Section):
-    task: TaskName = Field("lm", description="lm: generation and domain adaptation; chat: learn the assistant turns of conversations and instructions; classify: labels (sentiment, ...); preference: tune a chat model from chosen and rejected answers or thumbs up and down")
+    task: str = Field("lm", description="the kind of fine-tuning, one of the tasks in tunesmith.tasks")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)

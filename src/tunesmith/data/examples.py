@@ -34,7 +34,8 @@ class ExampleWriter:
         self.targets = 0
 
     @property
-    def documents(self) -> int:
+    def written(self) -> int:
+        """Examples written."""
         return len(self.ends)
 
     def start_unit(self) -> None:
@@ -66,8 +67,9 @@ class ExampleWriter:
         self.targets -= int(np.count_nonzero(mask))
         return pieces
 
-    def blocks(self, block_size: int, keep_tail: bool = False) -> int:
-        return self.documents
+    def rows(self, block_size: int, keep_tail: bool = False) -> int:
+        """The training rows: one per example."""
+        return self.written
 
     def close(self) -> None:
         self.ids_handle.close()

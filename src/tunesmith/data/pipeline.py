@@ -123,7 +123,7 @@ class TokenWriter:
         self.dtype = dtype
         self.handle = self.path.open("wb")
         self.tokens = 0
-        self.documents = 0
+        self.written = 0  # documents written
         self.buffer: list[np.ndarray] = []
         self.buffered = 0
 
@@ -131,7 +131,7 @@ class TokenWriter:
         self.buffer.append(ids)
         self.buffered += len(ids)
         self.tokens += len(ids)
-        self.documents += 1
+        self.written += 1
         if self.buffered >= self.FLUSH_TOKENS:
             self.flush()
 
@@ -154,11 +154,11 @@ class TokenWriter:
             handle.truncate(start * self.dtype.itemsize)
         self.handle = self.path.open("ab")
         self.tokens -= len(ids) - start
-        self.documents -= 1
+        self.written -= 1
         return [(ids[start:].astype(np.int64),)]
 
-    def blocks(self, block_size: int, keep_tail: bool = False) -> int:
-        """How many blocks TokenBlocks will cut (see its `keep_tail`)."""
+    def rows(self, block_size: int, keep_tail: bool = False) -> int:
+        """The training rows: how many blocks TokenBlocks will cut (see its `keep_tail`)."""
         full = self.tokens // block_size
         return full + (keep_tail and self.tokens - full * block_size >= 2)
 
@@ -170,7 +170,7 @@ class TokenWriter:
         """After close: the file again as these documents (`mix.Span`s, repeats allowed) in this order."""
         ids = np.memmap(self.path, dtype=self.dtype, mode="r") if self.tokens else np.zeros(0, dtype=self.dtype)
         mixed = self.path.with_name(self.path.name + ".mix")
-        self.path, self.tokens, self.documents = mixed, 0, 0
+        self.path, self.tokens, self.written = mixed, 0, 0
         self.handle = mixed.open("wb")
         for span in spans:
             self.write(np.asarray(ids[span.token_start : span.token_end]))

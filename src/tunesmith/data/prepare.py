@@ -14,6 +14,7 @@ import numpy as np
 from ..config import CleanConfig, DataConfig
 from ..errors import UserError
 from ..rundir.fingerprint import file_sha256
+from ..rundir.folder import DATA_REPORT, PREPARED_META
 from .blocks import TokenBlocks
 from .examples import Examples
 from .preparer import Preparer, Source
@@ -22,7 +23,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 @dataclass
@@ -37,9 +38,9 @@ class PreparedData:
 
     @property
     def report(self) -> dict:
-        return json.loads((self.directory / "data_report.json").read_text())
+        return json.loads((self.directory / DATA_REPORT).read_text())
 
-    def blocks(self, split: str, block_size: int | None = None, use_classes: bool = False,
+    def split(self, split: str, block_size: int | None = None, use_classes: bool = False,
                class_weights=None, documents_apart: bool = False) -> TokenBlocks | Examples:
         """The split as packed blocks of text (`documents_apart`: see TokenBlocks), or as whole examples (with their
         classes, for a classification head)."""
@@ -112,8 +113,8 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
                 "eval_only": eval_only, **task.cache_settings()}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
-    if (directory / "meta.json").is_file():
-        return PreparedData(directory, json.loads((directory / "meta.json").read_text()), from_cache=True)
+    if (directory / PREPARED_META).is_file():
+        return PreparedData(directory, json.loads((directory / PREPARED_META).read_text()), from_cache=True)
 
     partial = directory.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -139,7 +140,7 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: Un
     job.run(sources, val_files, eval_only)
     splits = job.splits()
     task_meta = task.finish(job.train, job.val, cfg, job.report, eval_only)
-    job.report.splits = {name: {k: v for k, v in split.items() if k != "blocks" and (k != "examples" or task.layout != "packed")}
+    job.report.splits = {name: {k: v for k, v in split.items() if k != "rows" and (k != "examples" or task.layout != "packed")}
                          for name, split in splits.items()}
     meta = {
         "format_version": FORMAT_VERSION,
@@ -153,12 +154,12 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: Un
                     "replay": [str(p) for source in sources if source.rehearsal for p in source.files]},
         "units": task.unit_words,
         "task": task_meta,
-        **{name: {"documents": split["examples"], "tokens": split["tokens"], "blocks": split["blocks"]} for name, split in splits.items()},
+        **splits,
     }
     _warn(job.report, meta, cfg.block_size, model_params)
     job.report.task = {k: v for k, v in task_meta.items() if k != "coder"}
     job.report.write(directory)
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    (directory / PREPARED_META).write_text(json.dumps(meta, indent=2))
     return meta
 
 

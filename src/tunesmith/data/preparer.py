@@ -97,11 +97,11 @@ class Preparer:
 
     def _write(self, side: bool, pieces: list[tuple], source: int) -> None:
         writer = self.val if side else self.train
-        tokens, examples = writer.tokens, writer.documents
+        tokens, examples = writer.tokens, writer.written
         writer.start_unit()
         for piece in pieces:
             writer.write(*piece)
-        self.spans[side].append(Span(source, tokens, writer.tokens, examples, writer.documents))
+        self.spans[side].append(Span(source, tokens, writer.tokens, examples, writer.written))
 
     def split(self, sources: list[Source], val_fraction: float) -> Splitter:
         """Every source through one de-duplication index and one splitter, so both work across sources as within one."""
@@ -140,7 +140,7 @@ class Preparer:
     def balance(self) -> None:
         """At least one unit on each side, when there are two or more."""
         for source, target, side in ((self.train, self.val, True), (self.val, self.train, False)):
-            if target.documents == 0 and self.units_kept[not side] >= 2:
+            if target.written == 0 and self.units_kept[not side] >= 2:
                 moved = self.spans[not side].pop()
                 self._write(side, source.take_last(), moved.source)
                 return
@@ -166,7 +166,7 @@ class Preparer:
         finally:
             self.train.close()
             self.val.close()
-        if self.train.documents + self.val.documents == 0:
+        if self.train.written + self.val.written == 0:
             raise nothing_left(self.report, self.kind.fields_hint)
         if not eval_only and (len(sources) > 1 or sources[0].weight is not None):
             self.mix(sources)
@@ -190,8 +190,8 @@ class Preparer:
                            for source, figure in zip(sources, figures)]
 
     def splits(self) -> dict:
-        return {name: {"documents": self.units_kept[side], "examples": writer.documents, "tokens": writer.tokens,
-                       "blocks": writer.blocks(self.data.block_size, keep_tail=side)}
+        return {name: {"documents": self.units_kept[side], "examples": writer.written, "tokens": writer.tokens,
+                       "rows": writer.rows(self.data.block_size, keep_tail=side)}
                 for name, side, writer in (("train", False, self.train), ("val", True, self.val))}
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rundir.folder import DATA_REPORT
+
 EXAMPLES = 3
 STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "not_a_preference_record", "no_final_answer", "prompts_differ",
               "empty", "no_assistant_turn", "no_prompt", "empty_answer", "identical_answers", "unpaired_for_dpo", "unpaired_for_orpo",
@@ -98,7 +100,7 @@ class DataReport:
         }
 
     def write(self, directory: Path) -> None:
-        (directory / "data_report.json").write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        (directory / DATA_REPORT).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
         write_length_plot(self, directory / "doc_lengths.png")
 
 
@@ -143,8 +145,8 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
         lines.append(f"  boilerplate: {len(report['boilerplate_lines'])} repeated lines removed, most often \"{top['line'][:80]}\" ({top['documents']} documents)")
     train, val = meta["train"], meta["val"]
     task = meta.get("task", {})
-    unit = "documents" if meta["layout"] == "packed" else f"examples{task.get('examples_are', '')}"
-    lines.append(f"split: {train['documents']:,} train / {val['documents']:,} validation {unit}")
+    unit, key = ("documents", "documents") if meta["layout"] == "packed" else (f"examples{task.get('examples_are', '')}", "examples")
+    lines.append(f"split: {train[key]:,} train / {val[key]:,} validation {unit}")
     if task.get("loss_falls_on"):
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation (the loss falls on {task['loss_falls_on']})")
     elif task.get("targets"):
@@ -152,7 +154,7 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
                      f"{task['targets']['train']:,} / {task['targets']['val']:,} carry the loss")
     else:
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
-                     f"({val['blocks']} validation blocks of up to {meta['settings']['block_size']})")
+                     f"({val['rows']} validation blocks of up to {meta['settings']['block_size']})")
     lines += [f"  {source_line(source, meta.get('units', 'documents'))}" for source in report.get("mix", [])]
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())

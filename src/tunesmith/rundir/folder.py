@@ -25,7 +25,8 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 GENERATION_EVAL = "generation_eval.json"  # `eval RUN --generate`'s scores, which the report shows
 DATA_REPORT = "data_report.json"
-DATA_META = "data_meta.json"  # the prepared data's meta.json: splits, token counts, the task's encoding
+PREPARED_META = "meta.json"  # in a prepared data folder: splits, token counts, the task's encoding
+DATA_META = "data_meta.json"  # the run's copy of its prepared data's meta.json
 PROCESS = "process.json"  # the training process: its pid while it runs, how it ended once it has
 LOCK = ".tunesmith-lock"  # flock-ed by the one process that trains in the folder; holds its pid
 SQLITE = "sqlite:///"
@@ -78,7 +79,7 @@ def keep_data_report(data_dir: Path, run_dir: Path) -> None:
     to read while the run trains."""
     import shutil
 
-    for source, target in ((DATA_REPORT, DATA_REPORT), ("meta.json", DATA_META)):
+    for source, target in ((DATA_REPORT, DATA_REPORT), (PREPARED_META, DATA_META)):
         if (data_dir / source).is_file():
             shutil.copyfile(data_dir / source, run_dir / target)
 

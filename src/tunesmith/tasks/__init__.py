@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..config import RunConfig
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .base import Task
 from .chat import ChatTask, ChatView
 from .classify import ClassifyTask, ClassifyView
@@ -22,15 +22,26 @@ VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(),
 TASK_FILE = "tunesmith_task.json"
 
 
+TASK_NAMES = tuple(TASKS)
+
+
+def task_summaries() -> dict[str, str]:
+    """Each task's name and what it learns: the config's `task` key as `init`, the docs and the web page list it."""
+    return {name: kind.learns for name, kind in TASKS.items()}
+
+
 def task_class(cfg: RunConfig) -> type[Task]:
     """The config's task, for what the config alone decides (checks, preparation, the tokenizer, planning)."""
-    return TASKS[cfg.task]
+    kind = TASKS.get(cfg.task)
+    if kind is None:
+        raise ConfigError([f"task: {cfg.task!r} is not a task tunesmith has; use one of {', '.join(TASKS)}"])
+    return kind
 
 
 def build_task(cfg: RunConfig, meta: dict, reference=None) -> Task:
     """The run-time task, from the settled config (`Task.settle`), the prepared data's meta and, where the task needs
     one, its reference (`Task.reference`)."""
-    return TASKS[cfg.task](cfg, meta, reference)
+    return task_class(cfg)(cfg, meta, reference)
 
 
 def task_view(name: str | None) -> TaskView:
@@ -65,5 +76,5 @@ def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[
     return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "VIEWS", "ChatTask", "ClassifyTask", "LmTask", "PreferenceTask", "Task", "TaskView", "build_task", "read_task", "saved_task", "task_class", "task_view",
+__all__ = ["TASKS", "TASK_FILE", "TASK_NAMES", "VIEWS", "ChatTask", "ClassifyTask", "LmTask", "PreferenceTask", "Task", "TaskView", "build_task", "read_task", "saved_task", "task_class", "task_summaries", "task_view",
            "write_task"]

@@ -27,6 +27,7 @@ from .loss import Validation, validation_loss_with_fallback
 class Task:
     # what the config alone decides
     name: ClassVar[str]
+    learns: ClassVar[str]  # what a run of this task learns, in a few words (the config reference lists it)
     section: ClassVar[str | None] = None  # the config section of the task's own settings, if it has one
     packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
     rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
@@ -124,7 +125,7 @@ class Task:
         self.packing = self.packing_of(cfg)
 
     def dataset(self, prepared, split: str, training: bool = False):
-        return self._packed(prepared.blocks(split), training)
+        return self._packed(prepared.split(split), training)
 
     def _packed(self, examples, training: bool):
         """Training examples packed into rows of data.block_size tokens (with packing documents); evaluation's stay padded."""
@@ -196,6 +197,6 @@ class Task:
 
 
 def check_both_sides(train, val, words: str, eval_only: bool) -> None:
-    if val.documents == 0 or (train.documents == 0 and not eval_only):
-        raise UserError(f"{train.documents} training and {val.documents} validation {words} after cleaning; "
+    if val.written == 0 or (train.written == 0 and not eval_only):
+        raise UserError(f"{train.written} training and {val.written} validation {words} after cleaning; "
                         "at least one of each is needed: add data or pass a validation file with --val-data")

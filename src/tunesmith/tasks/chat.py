@@ -222,6 +222,7 @@ class ChatTask(Task):
     """Conversations; the loss falls on the assistant turns, each ending at the template's end-of-turn marker."""
 
     name = "chat"
+    learns = "the assistant turns of conversations and instructions"
     section = "chat"
     target_words = "assistant tokens"
     prompts_rendered = True

@@ -237,6 +237,7 @@ class ClassifyTask(Task):
     """Labelled texts; a classification head or the label's words (generative) carry the loss, scored by accuracy or macro-F1."""
 
     name = "classify"
+    learns = "labels (sentiment, ...)"
     section = "classify"
     needs_saved_spec = True
 
@@ -295,7 +296,7 @@ class ClassifyTask(Task):
 
     def dataset(self, prepared, split: str, training: bool = False):
         weights = class_weights(self.class_counts, self.coder.labels) if training and self.cfg.classify.class_weights else None
-        return self._packed(prepared.blocks(split, use_classes=self.head, class_weights=weights), training)
+        return self._packed(prepared.split(split, use_classes=self.head, class_weights=weights), training)
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return PackedClassifier(model) if self.head and self.packing == "documents" else model

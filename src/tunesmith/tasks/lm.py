@@ -13,13 +13,14 @@ PROMPT_TOKENS = 16
 
 class LmTask(Task):
     name = "lm"
+    learns = "generation and domain adaptation"
     eval_units = "blocks"
     target_words = "tokens"
     packings = ("joined", "documents")
     rehearses = True
 
     def dataset(self, prepared, split: str, training: bool = False):
-        return prepared.blocks(split, documents_apart=self.packing == "documents")
+        return prepared.split(split, documents_apart=self.packing == "documents")
 
     def example_lengths(self, dataset) -> None:
         return None

@@ -95,7 +95,7 @@ def _computed_references(objective: Objective, model, prepared, device, precisio
     log("reference log-probabilities: computing them once, before training (the base model, one forward pass per answer)")
     module = SequenceLogps(model)
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-        scored = {split: score_rows(module, PreferenceExamples(prepared.blocks(split), objective.paired, None), batch_size, device,
+        scored = {split: score_rows(module, PreferenceExamples(prepared.split(split), objective.paired, None), batch_size, device,
                                     precision) for split in ("train", "val")}
     references = {split: {"rows": s["rows"], "kl": s["kl"]} for split, s in scored.items()}
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
@@ -184,6 +184,7 @@ class PreferenceTask(Task):
     and the implicit rewards."""
 
     name = "preference"
+    learns = "to tune a chat model from chosen and rejected answers, or thumbs up and down"
     section = "preference"
     eval_units = "pairs"
     target_words = "answer tokens"
@@ -227,7 +228,7 @@ class PreferenceTask(Task):
 
     # datasets and the loss
     def dataset(self, prepared, split: str, training: bool = False) -> PreferenceExamples:
-        return PreferenceExamples(prepared.blocks(split), self.objective.paired, self.references.get(split))
+        return PreferenceExamples(prepared.split(split), self.objective.paired, self.references.get(split))
 
     def training_module(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.cfg.model.dropout is None:

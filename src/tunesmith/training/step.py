@@ -50,10 +50,10 @@ class StepRunner:
         """torch.compile the forward pass; if compilation fails at the first step, fall back to eager with a message."""
         self.eager_loss, self.loss = self.loss, self.loss.compiled()
 
-    def _accumulate(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
+    def _accumulate(self, dataset: TokenBlocks, indices: list[int]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
         chunks = [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
-        batches = [blocks.batch(chunk) for chunk in chunks]
+        batches = [dataset.batch(chunk) for chunk in chunks]
         shares = [self.loss.weight(batch) for batch in batches]  # each micro-batch weighs by its targets (or pairs): the step is their mean
         whole = sum(shares) or 1.0
         for number, (batch, share) in enumerate(zip(batches, shares)):
@@ -61,29 +61,29 @@ class StepRunner:
                 total += forward_backward(self.loss, batch.to(self.device), share / whole, self.scaler, self.device, self.precision)
         return total
 
-    def _accumulate_with_backoff(self, blocks: TokenBlocks, indices: list[int]) -> torch.Tensor:
+    def _accumulate_with_backoff(self, dataset: TokenBlocks, indices: list[int]) -> torch.Tensor:
         def attempt(size: int) -> torch.Tensor:
             self.micro_batch_size = size
-            return self._accumulate(blocks, indices)
+            return self._accumulate(dataset, indices)
 
         def retrying(size: int) -> None:
             self.log(f"out of memory: retrying the step with micro-batch {size} and twice the accumulation (same effective batch)")
 
-        total, _ = with_oom_backoff(attempt, self.micro_batch_size, self.device, retrying, lambda: out_of_memory(blocks),
+        total, _ = with_oom_backoff(attempt, self.micro_batch_size, self.device, retrying, lambda: out_of_memory(dataset),
                                     cleanup=lambda: self.optimizer.zero_grad(set_to_none=True))
         return total
 
-    def run(self, blocks: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(self, dataset: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step over `indices`; the mean loss, whether the update was applied, and the gradient norm, on the device."""
         try:
-            total = self._accumulate_with_backoff(blocks, indices)
+            total = self._accumulate_with_backoff(dataset, indices)
         except Exception as exc:
             if self.eager_loss is None or is_out_of_memory(exc) or isinstance(exc, UserError):
                 raise
             self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training without it")
             self.loss, self.eager_loss = self.eager_loss, None
             self.optimizer.zero_grad(set_to_none=True)
-            total = self._accumulate_with_backoff(blocks, indices)
+            total = self._accumulate_with_backoff(dataset, indices)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         total = self.context.mean(total)  # the global loss: the same value, and the same skip decision, on every rank
@@ -102,24 +102,24 @@ class StepRunner:
         return total, finite, grad_norm
 
 
-def out_of_memory(blocks: TokenBlocks) -> UserError:
-    return UserError(f"out of memory at micro-batch 1 (block size {blocks.block_size}); {OOM_ADVICE}")
+def out_of_memory(dataset: TokenBlocks) -> UserError:
+    return UserError(f"out of memory at micro-batch 1 (block size {dataset.block_size}); {OOM_ADVICE}")
 
 
-def largest_micro_batch(model, loss: Loss, blocks: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
-    """The largest power-of-two micro-batch up to `limit` that runs a step on the longest blocks without out-of-memory."""
+def largest_micro_batch(model, loss: Loss, dataset: TokenBlocks, device: torch.device, precision: str, limit: int, log) -> int:
+    """The largest power-of-two micro-batch up to `limit` that runs a step on the longest rows without out-of-memory."""
     if device.type == "cpu":
         log("train.micro_batch_size auto: 4 on CPU (memory does not limit it there)")
         return min(4, limit)
-    longest = sorted(range(len(blocks)), key=blocks.length, reverse=True)  # the worst case for memory
+    longest = sorted(range(len(dataset)), key=dataset.length, reverse=True)  # the worst case for memory
 
     def attempt(size: int) -> None:
         try:
-            forward_backward(loss, blocks.batch(longest[:size]).to(device), 1.0, None, device, precision)
+            forward_backward(loss, dataset.batch(longest[:size]).to(device), 1.0, None, device, precision)
         finally:
             model.zero_grad(set_to_none=True)
 
-    _, best = with_oom_backoff(attempt, 1 << (limit.bit_length() - 1), device, lambda _size: None, lambda: out_of_memory(blocks))
+    _, best = with_oom_backoff(attempt, 1 << (limit.bit_length() - 1), device, lambda _size: None, lambda: out_of_memory(dataset))
     free_memory(device)
     log(f"train.micro_batch_size auto: {best}")
     return best

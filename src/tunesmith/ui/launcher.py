@@ -38,7 +38,9 @@ class Busy(UserError):
 
 
 def form_keys() -> list[ConfigKey]:
-    return [key for key in config_keys() if key.key not in SET_BY_THE_PAGE]
+    from ..tasks import task_summaries
+
+    return [key for key in config_keys(task_summaries()) if key.key not in SET_BY_THE_PAGE]
 
 
 def default_max_running() -> int:

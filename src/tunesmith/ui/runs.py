@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PROCESS, REPORT_HTML,
+from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
                              SAMPLES_FILE, SUMMARY_FILE, has_checkpoint, is_run_dir, read_json_lines, read_json_object,
                              run_state)
 from ..tasks import task_view
@@ -237,7 +237,7 @@ class RunsFolder:
         run_dir = self.run_dir(name)
         summary = self.summary(run_dir)
         report = self._data_file(run_dir, summary, DATA_REPORT, DATA_REPORT)
-        meta = self._data_file(run_dir, summary, DATA_META, "meta.json")
+        meta = self._data_file(run_dir, summary, DATA_META, PREPARED_META)
         try:
             data_lines = summary_lines(report, meta) if report and meta else []
         except (KeyError, TypeError):  # a report from an older version of tunesmith
