@@ -40,7 +40,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         vocab = weight.shape[0]
-        w_matmul = torch.nn.functional.pad(weight.to(compute_dtype), (0, 0, 0, -vocab % multiple))
+        w_matmul = weight.to(compute_dtype)  # the weight itself where it is already in the compute dtype: no copy
+        if vocab % multiple:
+            w_matmul = torch.nn.functional.pad(w_matmul, (0, 0, 0, -vocab % multiple))
         size = chunk_positions(w_matmul.shape[0])
         for start in range(0, hidden.shape[0], size):
             h = hidden[start : start + size].to(compute_dtype)
