@@ -354,3 +354,17 @@ def test_an_unclosed_comment_cleans_in_linear_time():
     started = time.perf_counter()
     assert strip_markup(text) == text
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_head_on_an_architecture_without_one_is_one_line(tmp_path):
+    """transformers lists hundreds of architectures when it has no classification head for one; the user reads one line."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from tunesmith.models.load import load_model
+    from tunesmith.models.resolve import resolve_model
+
+    MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4)).save_pretrained(tmp_path / "mamba")
+    with pytest.raises(UserError) as raised:
+        load_model(resolve_model(str(tmp_path / "mamba")), classifier=True, num_labels=2)
+    assert "no classification head" in str(raised.value) and "classify.method=generative" in str(raised.value)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 300

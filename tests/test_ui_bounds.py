@@ -394,3 +394,21 @@ def test_the_page_refuses_what_the_task_refuses_before_a_run_folder_is_made(form
     with pytest.raises(ConfigError, match="data.packing: padded does not apply to task lm"):
         launcher.config(Draft.from_form({**FORM_RUN, "data.packing": "padded"}))
     assert not (form_root / "from-form").exists()
+
+
+def test_a_run_whose_figures_are_not_finite_is_listed_with_nulls(runs_root, tmp_path):
+    """A diverged run (NaN or infinite figures in its summary and metrics) reads as nulls, never a 500."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "lr-high", root / "diverged")
+    summary_path = root / "diverged" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "best_val_ppl": float("nan"), "best_val_loss": float("inf")}))
+    with (root / "diverged" / "metrics.jsonl").open("a") as metrics:
+        metrics.write(json.dumps({"step": 99, "train_loss": float("nan"), "val_loss": float("inf")}) + "\n")
+    with client_of(root) as client:
+        for path in ("/api/runs", "/api/run/diverged/metrics"):
+            response = client.get(path)
+            assert response.status_code == 200, (path, response.text)
+            assert "NaN" not in response.text and "Infinity" not in response.text
+        row = next(r for r in client.get("/api/runs").json()["runs"] if r["name"] == "diverged")
+        assert row is not None

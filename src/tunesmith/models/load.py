@@ -23,6 +23,11 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             return _from_pretrained(factory, resolved, **{**kwargs, "attn_implementation": "eager"})  # GPT-Neo and others
         if "trust_remote_code" in str(exc):
             raise UserError(f"model {resolved.spec} needs its own code; set model.trust_remote_code=true if you trust it") from None
+        if "Unrecognized configuration class" in str(exc):  # transformers lists every architecture it has: hundreds of names
+            if "SequenceClassification" in factory.__name__:
+                raise UserError(f"model {resolved.spec}: transformers has no classification head for this architecture; "
+                                "train it with label words instead: classify.method=generative") from None
+            raise UserError(f"model {resolved.spec}: transformers cannot load this architecture as a causal language model") from None
         raise UserError(f"model {resolved.spec}: {exc}") from None
     except OSError as exc:
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import json
+import math
 import mimetypes
 import re
 from pathlib import Path
@@ -36,6 +38,21 @@ FILES_POLICY = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inli
 MAX_BODY_BYTES = 1_000_000  # a form, a chat history: far less; a body past it is refused while it is read
 SAME_SITE_PATH = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")  # one slash, then no slash, no backslash or control anywhere
 
+
+def finite(value):
+    """`value` with every NaN or infinity as None: a diverged run's figures are JSON the page can read, not a 500."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+class FiniteJSON(JSONResponse):
+    def render(self, content) -> bytes:
+        return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 def plotly_js() -> Path:
     """plotly.js as the plotly wheel ships it: the charts work with no network."""
@@ -107,7 +124,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     tryout = Tryout(device)
     pages = Environment(loader=PackageLoader("tunesmith.ui"), autoescape=select_autoescape(["html"]))
     pages.filters["number"] = _number
-    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=FiniteJSON)
     app.state.launcher = launcher  # the processes it started, for whoever embeds the app
 
     def page(template: str, **values) -> HTMLResponse:
