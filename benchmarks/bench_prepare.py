@@ -84,10 +84,10 @@ def run_tunesmith(corpus: Path, block_size: int, procs: int, work: Path, task: s
     from tunesmith.config import RunConfig
     from tunesmith.data import prepare_data
     from tunesmith.models import resolve_model
-    from tunesmith.tasks import task_class
+    from tunesmith.tasks import task_kind
 
     cfg = RunConfig.model_validate({"task": task, "data": {"train": [str(corpus)], "block_size": block_size}})
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     tokenizer = kind.tokenizer(resolve_model("smollm2-135m", log=lambda _m: None), log=lambda _m: None)
     started = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.clean, tokenizer, work, task=kind.preparer(cfg))

@@ -141,11 +141,11 @@ def prepared_split(args, model: Path, out: Path):
     """tunesmith's prepared training split (packed blocks, or the chat examples) and its step plan's order."""
     from tunesmith.data import prepare_data
     from tunesmith.models import resolve_model, tunesmith_home
-    from tunesmith.tasks import task_class
+    from tunesmith.tasks import task_kind
     from tunesmith.training.plan import StepPlan
 
     cfg = run_config(args, model, out)
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     tokenizer = kind.tokenizer(resolve_model(str(model)), log=lambda _: None)
     prepared = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg))
     blocks = prepared.split("train")

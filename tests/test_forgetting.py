@@ -135,11 +135,11 @@ def test_sources_must_all_be_weighted_or_none_and_replay_is_for_plain_text(tiny_
         load_config(None, [("data.train", [{"pth": "b.txt", "weight": 1}])])
     weighted = load_config(None, [("data.train", [{"path": ["a.txt", "b/"], "weight": 2}, {"path": "c.txt", "weight": 1}])]).data
     assert weighted.train_paths == ["a.txt", "b/", "c.txt"] and weighted.sources == [(["a.txt", "b/"], 2.0), (["c.txt"], 1.0)]
-    from tunesmith.tasks import task_class
+    from tunesmith.tasks import task_kind
 
     cfg = load_config(None, [("task", "classify"), ("data.replay", 0.1)])
     with pytest.raises(ConfigError, match="data.replay"):
-        task_class(cfg).check(cfg)
+        task_kind(cfg).check(cfg)
 
 
 def test_replay_never_uses_a_probe_sample(tiny_llama, tmp_path):

@@ -94,14 +94,16 @@ def test_documents_apart_in_a_block_match_each_document_alone(kind, tiny_models)
 def test_auto_pads_for_a_model_that_cannot_keep_packed_examples_apart_and_an_explicit_choice_is_refused():
     from tunesmith.config import load_config
     from tunesmith.errors import ConfigError
-    from tunesmith.tasks import ChatTask, LmTask
+    from tunesmith.tasks import TASKS
+
+    chat_kind, lm_kind = TASKS["chat"], TASKS["lm"]
 
     messages = []
-    chat = ChatTask.settle(load_config(None, [("task", "chat")]), False, messages.append)
-    assert ChatTask.packing_of(chat) == "padded" and "padding each example instead" in messages[0]
+    chat = chat_kind.settle(load_config(None, [("task", "chat")]), False, messages.append)
+    assert chat_kind.packing_of(chat) == "padded" and "padding each example instead" in messages[0]
     with pytest.raises(ConfigError, match="use data.packing: padded"):
-        ChatTask.settle(load_config(None, [("task", "chat"), ("data.packing", "documents")]), False)
+        chat_kind.settle(load_config(None, [("task", "chat"), ("data.packing", "documents")]), False)
     with pytest.raises(ConfigError, match="use data.packing: joined"):
-        LmTask.settle(load_config(None, [("data.packing", "documents")]), False)
+        lm_kind.settle(load_config(None, [("data.packing", "documents")]), False)
     with pytest.raises(ConfigError, match="does not apply to task lm"):
-        LmTask.check(load_config(None, [("data.packing", "padded")]))
+        lm_kind.check(load_config(None, [("data.packing", "padded")]))

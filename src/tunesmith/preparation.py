@@ -20,10 +20,10 @@ def prepare(config: RunConfig | str | Path | None = None):
     from .evaluation.forgetting import BaseSampler, replay_files
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
     from .runtime import pick_device, pick_precision
-    from .tasks import task_class
+    from .tasks import task_kind
 
     cfg = as_config(config)
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     kind.check(cfg)
     resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
     params = count_parameters(load_model_config(resolved))
@@ -37,9 +37,9 @@ def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list
     """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
     from .data.examples import marked_text
     from .models import resolve_model
-    from .tasks import build_task, task_class
+    from .tasks import build_task, task_kind
 
     cfg = as_config(config)
-    tokenizer = task_class(cfg).tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
+    tokenizer = task_kind(cfg).tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
     train = build_task(cfg, prepared.meta).dataset(prepared, "train")
     return [marked_text(train, i, tokenizer) for i in range(min(count, len(train)))]

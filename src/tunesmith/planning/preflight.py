@@ -82,12 +82,12 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
 
     from ..models.weights import short_count
     from ..runtime import pick_precision
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training warns about the same settings itself
         precision = pick_precision(cfg.train.precision, torch.device("cpu"))
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1  # auto starts from 1
     rows = kind.rows_per_example
     shape = StepShape(cfg.model.method, cfg.data.block_size, precision, kind.head_classes(cfg, 2), cfg.model.gradient_checkpointing,

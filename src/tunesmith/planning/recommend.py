@@ -96,12 +96,12 @@ def measure_data(cfg: RunConfig) -> DataSize:
     """Files, records and characters of the training data (the text field for lm; the whole record for chat and classify)."""
     from ..data.read import DocumentReader, expand_paths
     from ..data.report import DataReport
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
     if not cfg.data.train:
         raise UserError("recommend needs --data FILE (the training data, to size the epochs)")
     files = expand_paths(cfg.data.train_paths, "data.train")
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     packed = kind.preparer(cfg).layout == "packed"
     reader = DocumentReader.for_data(cfg.data, cfg.clean, DataReport(), on_error="skip")
     records = characters = 0
@@ -153,20 +153,20 @@ def _availability(candidate: Candidate, hub: bool) -> str:
 
 
 def _shape(cfg: RunConfig, method: str, precision: str, labels: int) -> StepShape:
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
-    return StepShape(method, cfg.data.block_size, precision, task_class(cfg).head_classes(cfg, labels),
+    return StepShape(method, cfg.data.block_size, precision, task_kind(cfg).head_classes(cfg, labels),
                      cfg.model.gradient_checkpointing, cfg.model.lora_rank, cfg.train.weights)
 
 
 def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, precision: str, budget: int, data: DataSize,
              rate: DeviceRate, hub: bool, log) -> list[Option]:
     from ..models import context_length
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
     methods = [method for method in METHODS.values() if method.runs_on(device.type)]
     limit = TARGET_BATCH if device.type == "cuda" else 4  # more than 4 sequences buys no speed on CPU
-    rows = task_class(cfg).rows_per_example
+    rows = task_kind(cfg).rows_per_example
     options = []
     for candidate in candidates:
         log(f"estimating {candidate.label} ...")
@@ -200,9 +200,9 @@ def planned_epochs(data: DataSize, sequences: int, batch: int) -> float:
 def _sequences(cfg: RunConfig, data: DataSize) -> int:
     """Training sequences: blocks of block_size tokens (packed text, or examples packed into rows), one per record
     when examples are padded (less the validation share)."""
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
-    whole = data.records if task_class(cfg).packing_of(cfg) == "padded" else max(1, data.tokens // cfg.data.block_size)
+    whole = data.records if task_kind(cfg).packing_of(cfg) == "padded" else max(1, data.tokens // cfg.data.block_size)
     return max(1, int(whole * (1 - cfg.data.val_fraction)))
 
 
@@ -273,9 +273,9 @@ def recommended_config(plan: Plan, cfg: RunConfig) -> dict:
     raw = {"task": cfg.task, "model": model, "data": data,
            "train": {"lr": method.learning_rate, "epochs": plan.epochs, "micro_batch_size": plan.micro_batch,
                      "grad_accum": plan.grad_accum}}
-    from ..tasks import task_class
+    from ..tasks import task_kind
 
-    section = task_class(cfg).section
+    section = task_kind(cfg).section
     if section:
         raw[section] = cfg.model_dump(mode="json")[section]
     build_config(raw)  # the written file must load

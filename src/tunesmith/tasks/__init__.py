@@ -1,6 +1,7 @@
-"""The kinds of fine-tuning, each a `Task` (see `base.py`) and a `TaskView` (see `view.py`), and the spec saved with a model.
+"""The kinds of fine-tuning, each a `TaskKind` and the `Task` it builds (see `base.py`) and a `TaskView` (see `view.py`),
+and the spec saved with a model.
 
-A new task is one module with a Task subclass and its view, and one line in `TASKS` and `VIEWS`.
+A new task is one module with its kind, its run-time task and its view, and one line in `TASKS` and `VIEWS`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,16 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError, UserError
-from .base import Task
-from .chat import ChatTask, ChatView
-from .classify import ClassifyTask, ClassifyView
-from .lm import LmTask, LmView
-from .preference import PreferenceTask, PreferenceView
+from .base import Task, TaskKind
+from .chat import ChatKind, ChatView
+from .classify import ClassifyKind, ClassifyView
+from .lm import LmKind, LmView
+from .preference import PreferenceKind, PreferenceView
 from .view import TaskView
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LmTask, ChatTask, ClassifyTask, PreferenceTask)}
+TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (LmKind(), ChatKind(), ClassifyKind(), PreferenceKind())}
 VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(), ClassifyView(), PreferenceView())}
 TASK_FILE = "tunesmith_task.json"
-
-
 TASK_NAMES = tuple(TASKS)
 
 
@@ -30,7 +29,7 @@ def task_summaries() -> dict[str, str]:
     return {name: kind.learns for name, kind in TASKS.items()}
 
 
-def task_class(cfg: RunConfig) -> type[Task]:
+def task_kind(cfg: RunConfig) -> TaskKind:
     """The config's task, for what the config alone decides (checks, preparation, the tokenizer, planning)."""
     kind = TASKS.get(cfg.task)
     if kind is None:
@@ -39,9 +38,9 @@ def task_class(cfg: RunConfig) -> type[Task]:
 
 
 def build_task(cfg: RunConfig, meta: dict, reference=None) -> Task:
-    """The run-time task, from the settled config (`Task.settle`), the prepared data's meta and, where the task needs
-    one, its reference (`Task.reference`)."""
-    return task_class(cfg)(cfg, meta, reference)
+    """The run-time task, from the settled config (`TaskKind.settle`), the prepared data's meta and, where the task
+    needs one, its reference (`TaskKind.reference`)."""
+    return task_kind(cfg).build(cfg, meta, reference)
 
 
 def task_view(name: str | None) -> TaskView:
@@ -59,7 +58,7 @@ def read_task(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"task": "lm"}
 
 
-def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[type[Task], RunConfig, dict | None]:
+def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[TaskKind, RunConfig, dict | None]:
     """The task to evaluate a model with, the config to evaluate it under, and its saved spec: the task it was trained
     for, or, for a plain model, the config's.
 
@@ -68,13 +67,13 @@ def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[
     """
     saved = read_task(model_dir) if model_dir is not None and Path(model_dir).is_dir() else {"task": "lm"}
     if saved["task"] != "lm":
-        kind = TASKS.get(saved["task"], LmTask)
+        kind = TASKS.get(saved["task"], TASKS["lm"])
         return kind, kind.for_saved(saved, cfg.model_copy(update={"task": kind.name})), saved
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     if kind.needs_saved_spec:
         raise UserError(f"{spec_name} is not a trained {kind.name} model; evaluate a run trained with --task {kind.name}")
     return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "TASK_NAMES", "VIEWS", "ChatTask", "ClassifyTask", "LmTask", "PreferenceTask", "Task", "TaskView", "build_task", "read_task", "saved_task", "task_class", "task_summaries", "task_view",
-           "write_task"]
+__all__ = ["TASKS", "TASK_FILE", "TASK_NAMES", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_task", "saved_task",
+           "task_kind", "task_summaries", "task_view", "write_task"]

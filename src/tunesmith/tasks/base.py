@@ -1,12 +1,14 @@
-"""The Task: everything that differs between kinds of fine-tuning.
+"""The Task: everything that differs between kinds of fine-tuning, in three objects per task.
 
-Two sides, kept apart. What the config alone decides is on the class: the checks, how the data is prepared (a
-`data.units.UnitKind` from `preparer`), the tokenizer, the packing, and what planning needs. What a run calls is
-on an instance, built once (`build_task`) from the run's settled config, its prepared data's meta and, for a task
-that compares with the model before training, that reference (`reference`), and never changed afterwards: the
-datasets, the loss, the validation and its score, and what is saved and reported. How a finished run's results
-read is the task's view (`view.py`). The run, evaluation and the CLI call these and never ask which task it is;
-a new task is one module and one line in `TASKS` and `VIEWS`.
+- `TaskKind`: what the config alone decides (one instance per task, registered in `TASKS`): the checks, how the
+  data is prepared (a `data.units.UnitKind` from `preparer`), the tokenizer, the packing, what planning needs,
+  and `build`, which makes the run-time task.
+- `Task`: what a run calls, built once from the run's settled config, its prepared data's meta and, for a task
+  that compares with the model before training, that reference (`TaskKind.reference`), and never changed
+  afterwards: the datasets, the loss, the validation and its score, and what is saved and reported.
+- `TaskView` (`view.py`): how a finished run's results read.
+The run, evaluation and the CLI call these and never ask which task it is; a new task is one module and one
+line in `TASKS` and `VIEWS`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import torch
 from ..config import MonitorConfig, RunConfig
 from ..data.units import TextUnits, UnitKind
 from ..errors import ConfigError, UserError
-from ..models import load_tokenizer
 from ..measures import perplexity
+from ..models import load_tokenizer
 from .loss import Validation, validation_loss_with_fallback
 
 
-class Task:
-    # what the config alone decides
+class TaskKind:
+    """What the config alone decides for a task (one instance per task, in `TASKS`): its checks, how its data is
+    prepared, the tokenizer, the packing, what planning needs, and the run-time `Task` it builds for a run."""
+
     name: ClassVar[str]
     learns: ClassVar[str]  # what a run of this task learns, in a few words (the config reference lists it)
     section: ClassVar[str | None] = None  # the config section of the task's own settings, if it has one
@@ -34,95 +38,98 @@ class Task:
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
     rehearses: ClassVar[bool] = False  # whether data.replay can mix general text into its training data
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
-    # how a run names what it measures
-    eval_units: ClassVar[str] = "examples"  # what the validation set holds, as the run prints it
-    target_words: ClassVar[str] = "targets"  # what carries the loss
-    prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
 
-    @classmethod
-    def check(cls, cfg: RunConfig) -> None:
+    def check(self, cfg: RunConfig) -> None:
         """Refuse, with every key named, settings this task cannot take."""
-        cls.packing_of(cfg)
-        if cfg.train.neftune_alpha and not cls.noisy_embeddings:
-            raise ConfigError([f"train.neftune_alpha: NEFTune applies to chat and instruction data, not to task {cls.name}; set it to 0"])
-        if cfg.data.replay and not cls.rehearses:
-            raise ConfigError([f"data.replay: rehearsal text mixes into plain-text training (task lm), not task {cls.name}; "
+        self.packing_of(cfg)
+        if cfg.train.neftune_alpha and not self.noisy_embeddings:
+            raise ConfigError([f"train.neftune_alpha: NEFTune applies to chat and instruction data, not to task {self.name}; set it to 0"])
+        if cfg.data.replay and not self.rehearses:
+            raise ConfigError([f"data.replay: rehearsal text mixes into plain-text training (task lm), not task {self.name}; "
                                "set it to 0, or mix general data in as a weighted source of data.train"])
 
-    @classmethod
-    def packing_of(cls, cfg: RunConfig) -> str:
+    def packing_of(self, cfg: RunConfig) -> str:
         """`data.packing` for this task: auto is the task's first choice; one it cannot use is a config error."""
         chosen = cfg.data.packing
         if chosen == "auto":
-            return cls.packings[0]
-        if chosen not in cls.packings:
-            raise ConfigError([f"data.packing: {chosen} does not apply to task {cls.name}; use {' or '.join(cls.packings)} (or auto)"])
+            return self.packings[0]
+        if chosen not in self.packings:
+            raise ConfigError([f"data.packing: {chosen} does not apply to task {self.name}; use {' or '.join(self.packings)} (or auto)"])
         return chosen
 
-    @classmethod
-    def settle(cls, cfg: RunConfig, model_keeps_apart: bool, log=print) -> RunConfig:
+    def settle(self, cfg: RunConfig, model_keeps_apart: bool, log=print) -> RunConfig:
         """The config a run trains with: where the model cannot keep packed documents apart, auto falls back to padding."""
-        if model_keeps_apart or cls.packing_of(cfg) != "documents":
+        if model_keeps_apart or self.packing_of(cfg) != "documents":
             return cfg
-        fallback = "padded" if "padded" in cls.packings else cls.packings[0]
+        fallback = "padded" if "padded" in self.packings else self.packings[0]
         if cfg.data.packing == "documents" or fallback != "padded":
             raise ConfigError(["data.packing: documents needs a model whose attention follows restarting position ids "
                                f"(transformers' masking utilities); this one does not: use data.packing: {fallback}"])
         log("data.packing auto: this model cannot keep packed examples apart; padding each example instead")
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": "padded"})})
 
-    @classmethod
-    def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
+    def for_saved(self, spec: dict, cfg: RunConfig) -> RunConfig:
         """The config that evaluates a model saved with `spec` (its tunesmith_task.json) on new data."""
         return cfg
 
-    @classmethod
-    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> UnitKind:
+    def preparer(self, cfg: RunConfig, saved: dict | None = None) -> UnitKind:
         """The task's side of `prepare`: its units and how each becomes tokens (`saved`: a trained model's spec)."""
         return TextUnits()
 
-    @classmethod
-    def tokenizer(cls, resolved, log=print):
+    def tokenizer(self, resolved, log=print):
         return load_tokenizer(resolved)
 
-    @classmethod
-    def has_head(cls, cfg: RunConfig) -> bool:
+    def has_head(self, cfg: RunConfig) -> bool:
         """Whether the model is a classifier with a head rather than a language model."""
         return False
 
-    @classmethod
-    def probe_skip_reason(cls, cfg: RunConfig, model_config) -> str | None:
+    def probe_skip_reason(self, cfg: RunConfig, model_config) -> str | None:
         """Why the forgetting probe cannot score text with this task's model, or None when it can."""
         return None
 
-    @classmethod
-    def head_labels(cls, cfg: RunConfig, meta: dict) -> list[str] | None:
+    def head_labels(self, cfg: RunConfig, meta: dict) -> list[str] | None:
         """The classes of a classification head, when the model needs one instead of its language-model output."""
         return None
 
-    @classmethod
-    def reference(cls, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
+    def reference(self, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
                   precision: str, batch_size: int, log=print):
         """What the task needs from the model before its weights change, handed to the task as it is built (a
         preference run's reference); None for most tasks."""
         return None
 
-    @classmethod
-    def record_label(cls, cfg: RunConfig, record_value) -> str | None:
+    def record_label(self, cfg: RunConfig, record_value) -> str | None:
         """`recommend`'s look at a raw record: its label, for a task that has labels."""
         return None
 
-    @classmethod
-    def head_classes(cls, cfg: RunConfig, label_count: int) -> int:
+    def head_classes(self, cfg: RunConfig, label_count: int) -> int:
         """The outputs of the classification head for `label_count` labels; 0 for a model without a head (planning)."""
         return 0
 
-    # what a run calls
-    def __init__(self, cfg: RunConfig, meta: dict, reference=None):
-        """`cfg` the run's config (settled, see `settle`, where it trains), `meta` the prepared data's meta.json,
-        `reference` what `reference` computed before training, where the task needs it."""
-        self.cfg = cfg
-        self.packing = self.packing_of(cfg)
+    run: ClassVar[type[Task]]  # the run-time task a run of this kind calls
+
+    def build(self, cfg: RunConfig, meta: dict, reference=None) -> Task:
+        """The run-time task, from the settled config (`settle`), the prepared data's meta and, where the task needs
+        one, its reference (`reference`)."""
+        return self.run(self, cfg, meta, reference)
+
+
+class Task:
+    """What a run calls, built once (`TaskKind.build`) from the run's settled config, its prepared data's meta and,
+    for a task that compares with the model before training, that reference; never changed afterwards."""
+
+    eval_units: ClassVar[str] = "examples"  # what the validation set holds, as the run prints it
+    target_words: ClassVar[str] = "targets"  # what carries the loss
+    prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
+
+    def __init__(self, kind: TaskKind, cfg: RunConfig, meta: dict, reference=None):
+        """`kind` the task's config-level side, `cfg` the run's config (settled, see `TaskKind.settle`, where it trains),
+        `meta` the prepared data's meta.json, `reference` what `TaskKind.reference` computed before training."""
+        self.kind, self.cfg = kind, cfg
+        self.packing = kind.packing_of(cfg)
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
 
     def dataset(self, prepared, split: str, training: bool = False):
         return self._packed(prepared.split(split), training)

@@ -17,7 +17,7 @@ from ..data.report import DataReport
 from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..models import load_tokenizer
-from .base import Task, check_both_sides
+from .base import Task, TaskKind, check_both_sides
 from .view import TaskView
 
 # used when the model has no template of its own; its two markers become special tokens
@@ -221,20 +221,8 @@ class ChatUnits:
 class ChatTask(Task):
     """Conversations; the loss falls on the assistant turns, each ending at the template's end-of-turn marker."""
 
-    name = "chat"
-    learns = "the assistant turns of conversations and instructions"
-    section = "chat"
     target_words = "assistant tokens"
     prompts_rendered = True
-    noisy_embeddings = True
-
-    @classmethod
-    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> ChatUnits:
-        return ChatUnits(cfg)
-
-    @classmethod
-    def tokenizer(cls, resolved, log=print):
-        return chat_tokenizer(resolved, log)
 
     def spec(self, tokenizer) -> dict:
         return {"task": self.name, "end_of_turn": end_of_turn(tokenizer)}
@@ -247,6 +235,22 @@ class ChatTask(Task):
 
     def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
         return chat_reference_pairs(val_dataset, tokenizer, count)
+
+
+class ChatKind(TaskKind):
+    """Chat as the config decides it: the chat template's tokenizer and the conversations' preparation."""
+
+    run = ChatTask
+    name = "chat"
+    learns = "the assistant turns of conversations and instructions"
+    section = "chat"
+    noisy_embeddings = True
+
+    def preparer(self, cfg: RunConfig, saved: dict | None = None) -> ChatUnits:
+        return ChatUnits(cfg)
+
+    def tokenizer(self, resolved, log=print):
+        return chat_tokenizer(resolved, log)
 
 
 class ChatView(TaskView):

@@ -20,7 +20,7 @@ from ..data.report import DataReport
 from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
-from .base import Task, check_both_sides
+from .base import Task, TaskKind, check_both_sides
 from .loss import Validation
 from .view import TaskView
 
@@ -236,47 +236,8 @@ class ClassifyUnits:
 class ClassifyTask(Task):
     """Labelled texts; a classification head or the label's words (generative) carry the loss, scored by accuracy or macro-F1."""
 
-    name = "classify"
-    learns = "labels (sentiment, ...)"
-    section = "classify"
-    needs_saved_spec = True
-
-    @classmethod
-    def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
-        """The classifier's own settings, and the fields it read its text and labels from (as `predict` reads them)."""
-        saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
-        fields = {key: spec[key] for key in ("text_field", "label_field") if spec.get(key)}
-        return cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved), "data": cfg.data.model_copy(update=fields)})
-
-    @classmethod
-    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> ClassifyUnits:
-        return ClassifyUnits(cfg, saved["labels"] if saved else None)  # a trained classifier's label set, rather than the data's
-
-    @classmethod
-    def has_head(cls, cfg: RunConfig) -> bool:
-        return cfg.classify.method == "head"
-
-    @classmethod
-    def probe_skip_reason(cls, cfg: RunConfig, model_config) -> str | None:
-        if cls.has_head(cfg) and not getattr(model_config, "tie_word_embeddings", False):
-            return "the classifier's model has no language-model head to score text with (its output layer is not its embeddings)"
-        return None
-
-    @classmethod
-    def record_label(cls, cfg: RunConfig, record_value) -> str | None:
-        label = lookup(record_value, cfg.data.label_field) if isinstance(record_value, dict) else None
-        return None if label is None else label_key(label)
-
-    @classmethod
-    def head_classes(cls, cfg: RunConfig, label_count: int) -> int:
-        return max(label_count, 2) if cls.has_head(cfg) else 0
-
-    @classmethod
-    def head_labels(cls, cfg: RunConfig, meta: dict) -> list[str] | None:
-        return meta["task"]["coder"]["labels"] if cls.has_head(cfg) else None
-
-    def __init__(self, cfg: RunConfig, meta: dict, reference=None):
-        super().__init__(cfg, meta)
+    def __init__(self, kind: TaskKind, cfg: RunConfig, meta: dict, reference=None):
+        super().__init__(kind, cfg, meta)
         self.coder = LabelCoder(**meta["task"]["coder"])
         self.class_counts: dict[str, int] = meta["task"]["class_counts"]
         self.head = self.coder.has_head
@@ -340,6 +301,43 @@ class ClassifyTask(Task):
             "base_accuracy": baseline["accuracy"], "base_macro_f1": baseline["macro_f1"],
             "majority_accuracy": majority["accuracy"], "majority_macro_f1": majority["macro_f1"],
         }
+
+
+class ClassifyKind(TaskKind):
+    """Classification as the config decides it: labels read from the data, a head or label words."""
+
+    run = ClassifyTask
+    name = "classify"
+    learns = "labels (sentiment, ...)"
+    section = "classify"
+    needs_saved_spec = True
+
+    def for_saved(self, spec: dict, cfg: RunConfig) -> RunConfig:
+        """The classifier's own settings, and the fields it read its text and labels from (as `predict` reads them)."""
+        saved = {key: spec[key] for key in ("method", "prompt", "verbalizers")}
+        fields = {key: spec[key] for key in ("text_field", "label_field") if spec.get(key)}
+        return cfg.model_copy(update={"classify": cfg.classify.model_copy(update=saved), "data": cfg.data.model_copy(update=fields)})
+
+    def preparer(self, cfg: RunConfig, saved: dict | None = None) -> ClassifyUnits:
+        return ClassifyUnits(cfg, saved["labels"] if saved else None)  # a trained classifier's label set, rather than the data's
+
+    def has_head(self, cfg: RunConfig) -> bool:
+        return cfg.classify.method == "head"
+
+    def probe_skip_reason(self, cfg: RunConfig, model_config) -> str | None:
+        if self.has_head(cfg) and not getattr(model_config, "tie_word_embeddings", False):
+            return "the classifier's model has no language-model head to score text with (its output layer is not its embeddings)"
+        return None
+
+    def record_label(self, cfg: RunConfig, record_value) -> str | None:
+        label = lookup(record_value, cfg.data.label_field) if isinstance(record_value, dict) else None
+        return None if label is None else label_key(label)
+
+    def head_classes(self, cfg: RunConfig, label_count: int) -> int:
+        return max(label_count, 2) if self.has_head(cfg) else 0
+
+    def head_labels(self, cfg: RunConfig, meta: dict) -> list[str] | None:
+        return meta["task"]["coder"]["labels"] if self.has_head(cfg) else None
 
 
 class ClassifyView(TaskView):

@@ -5,19 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import MonitorConfig
-from .base import Task
+from .base import Task, TaskKind
 from .view import TaskView
 
 PROMPT_TOKENS = 16
 
 
 class LmTask(Task):
-    name = "lm"
-    learns = "generation and domain adaptation"
     eval_units = "blocks"
     target_words = "tokens"
-    packings = ("joined", "documents")
-    rehearses = True
 
     def dataset(self, prepared, split: str, training: bool = False):
         return prepared.split(split, documents_apart=self.packing == "documents")
@@ -52,6 +48,16 @@ class LmTask(Task):
             if text:
                 prompts.append(text)
         return prompts
+
+
+class LmKind(TaskKind):
+    """Plain language modelling as the config decides it: documents joined or kept apart, rehearsal allowed."""
+
+    run = LmTask
+    name = "lm"
+    learns = "generation and domain adaptation"
+    packings = ("joined", "documents")
+    rehearses = True
 
 
 class LmView(TaskView):

@@ -31,7 +31,7 @@ from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
-from .base import Task, check_both_sides
+from .base import Task, TaskKind, check_both_sides
 from .chat import chat_reference_pairs, chat_sample_prompts, chat_tokenizer, encode_answer, end_of_turn, stop_token_ids
 from .loss import Validation
 from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
@@ -183,45 +183,13 @@ class PreferenceTask(Task):
     """Judged answers to prompts; the loss is the preference method's, the metrics the likelihood preference accuracy
     and the implicit rewards."""
 
-    name = "preference"
-    learns = "to tune a chat model from chosen and rejected answers, or thumbs up and down"
-    section = "preference"
     eval_units = "pairs"
     target_words = "answer tokens"
     prompts_rendered = True
-    packings = ("padded",)
-    rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
 
-    @classmethod
-    def for_saved(cls, spec: dict, cfg: RunConfig) -> RunConfig:
-        method = spec.get("method", cfg.preference.method)
-        return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})})
-
-    @classmethod
-    def preparer(cls, cfg: RunConfig, saved: dict | None = None) -> PreferenceUnits:
-        return PreferenceUnits(cfg)
-
-    @classmethod
-    def tokenizer(cls, resolved, log=print):
-        return chat_tokenizer(resolved, log)
-
-    @classmethod
-    def reference(cls, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
-                  precision: str, batch_size: int, log=print) -> Reference | None:
-        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute
-        them batch by batch; None for an objective without one (ORPO)."""
-        objective = Objective(cfg.preference)
-        if not objective.needs_reference:
-            return None
-        if not cfg.preference.precompute_reference:
-            return Reference(per_batch=_reference_model(model, log))
-        path = Path(prepared.directory) / f"reference-{_reference_key(cfg, resolved, precision)}.npz"
-        return Reference(precomputed=_read_references(path, log) or
-                         _computed_references(objective, model, prepared, device, precision, batch_size, path, log))
-
-    def __init__(self, cfg: RunConfig, meta: dict, reference: Reference | None = None):
+    def __init__(self, kind: TaskKind, cfg: RunConfig, meta: dict, reference: Reference | None = None):
         """Without a reference (a saved model measured on its own), the reference-free metrics only."""
-        super().__init__(cfg, meta)
+        super().__init__(kind, cfg, meta)
         self.objective = Objective(cfg.preference)
         reference = reference or Reference()
         self.references, self.reference = reference.precomputed or {}, reference.per_batch
@@ -306,6 +274,40 @@ class PreferenceTask(Task):
 
     def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
         return chat_reference_pairs(val_dataset, tokenizer, count)
+
+
+class PreferenceKind(TaskKind):
+    """Preference tuning as the config decides it: its objective's reference, computed before training where it needs one."""
+
+    run = PreferenceTask
+    name = "preference"
+    learns = "to tune a chat model from chosen and rejected answers, or thumbs up and down"
+    section = "preference"
+    packings = ("padded",)
+    rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
+
+    def for_saved(self, spec: dict, cfg: RunConfig) -> RunConfig:
+        method = spec.get("method", cfg.preference.method)
+        return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})})
+
+    def preparer(self, cfg: RunConfig, saved: dict | None = None) -> PreferenceUnits:
+        return PreferenceUnits(cfg)
+
+    def tokenizer(self, resolved, log=print):
+        return chat_tokenizer(resolved, log)
+
+    def reference(self, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
+                  precision: str, batch_size: int, log=print) -> Reference | None:
+        """The reference: its log-probs computed once (or read back from beside the token files), or a way to compute
+        them batch by batch; None for an objective without one (ORPO)."""
+        objective = Objective(cfg.preference)
+        if not objective.needs_reference:
+            return None
+        if not cfg.preference.precompute_reference:
+            return Reference(per_batch=_reference_model(model, log))
+        path = Path(prepared.directory) / f"reference-{_reference_key(cfg, resolved, precision)}.npz"
+        return Reference(precomputed=_read_references(path, log) or
+                         _computed_references(objective, model, prepared, device, precision, batch_size, path, log))
 
 
 def _read_references(path: Path, log) -> dict | None:

@@ -11,7 +11,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
 from ..runtime import pick_device
-from ..tasks import task_class
+from ..tasks import task_kind
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .monitor import check_trackers
@@ -77,7 +77,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
     check_trackers(cfg.monitor)
-    task_class(cfg).check(cfg)  # a setting the task cannot take fails here, before the run announces its folder
+    task_kind(cfg).check(cfg)  # a setting the task cannot take fails here, before the run announces its folder
     console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:

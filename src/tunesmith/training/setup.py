@@ -16,7 +16,7 @@ from ..methods import method_of
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..models.weights import architecture_keeps_packed_apart, parameter_counts, short_count
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
-from ..tasks import Task, build_task, task_class
+from ..tasks import Task, build_task, task_kind
 from .build import build_model
 from .compiling import use_cache_under
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
@@ -50,16 +50,16 @@ class RunParts:
 
 def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunConfig, ResolvedModel]:
     """The model's files, and the config the run trains with: every setting definite before anything is built (a
-    data.packing of auto becomes what this model's architecture allows, see `Task.settle`)."""
+    data.packing of auto becomes what this model's architecture allows, see `TaskKind.settle`)."""
     with context.main_first():  # the embedded default is converted once, by the first process
         resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
-    return task_class(cfg).settle(cfg, keeps_apart, console.print), resolved
+    return task_kind(cfg).settle(cfg, keeps_apart, console.print), resolved
 
 
 def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: torch.device, precision: str):
     """The tokenizer, the prepared data (with rehearsal text when data.replay), and the forgetting probe."""
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     model_config = load_model_config(resolved)
     check_block_size(cfg.data.block_size, context_length(model_config))
     tokenizer = kind.tokenizer(resolved, log=console.print)
@@ -121,7 +121,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     check_weights(cfg, precision, context)
     with context.main_first():
         tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
-    kind = task_class(cfg)
+    kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)

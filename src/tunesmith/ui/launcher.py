@@ -86,9 +86,9 @@ class Launcher:
         cfg = load_config(None, [*draft.changed.items(), ("output.dir", str(run_dir))])
         if not cfg.data.train:
             raise ConfigError(["data.train: name the training data, a file or folder inside the runs folder, e.g. data/notes.jsonl"])
-        from ..tasks import task_class
+        from ..tasks import task_kind
 
-        task_class(cfg).check(cfg)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
+        task_kind(cfg).check(cfg)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
         return confine_paths(cfg, self.folder)
 
     def preview(self, draft: Draft, count: int = 3) -> dict:
