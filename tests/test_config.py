@@ -80,3 +80,12 @@ def test_weights_that_are_not_finite_or_overflow_are_refused_in_one_line(weights
     assert main(["prepare", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {problem}")
+
+
+def test_a_task_the_registry_does_not_hold_is_refused_in_one_line_with_the_names(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    assert main(["train", "--task", "sentiment", "--data", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "task: 'sentiment' is not a task tunesmith has; use one of lm, chat, classify, preference" in err
+    assert not (tmp_path / "run").exists()

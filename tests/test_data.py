@@ -232,6 +232,16 @@ def test_small_validation_split_gives_a_short_block(tmp_path, prep):
     assert val.batch(val.batches_by_length(4)[0]).input_ids.shape == (1, prepared.meta["val"]["tokens"])
 
 
+
+def test_a_data_summary_prepared_before_format_4_still_reads(tmp_path, prep):
+    """Runs keep their prepared data's meta (data_meta.json); an older one named its counts documents and blocks."""
+    from tunesmith.data.report import summary_lines
+
+    prepared = prep(write_jsonl(tmp_path / "d.jsonl", make_corpus(30)), block_size=64)
+    old = {**prepared.meta, **{side: {"documents": prepared.meta[side]["documents"], "tokens": prepared.meta[side]["tokens"],
+                                      "blocks": prepared.meta[side]["rows"]} for side in ("train", "val")}}
+    assert summary_lines(prepared.report, old) == summary_lines(prepared.report, prepared.meta)
+
 # -- bad input -------------------------------------------------------------------------------------
 
 def test_malformed_jsonl_names_the_line_or_is_skipped(tmp_path, prep):

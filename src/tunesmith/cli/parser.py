@@ -192,4 +192,8 @@ def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
         if not path.is_file():
             raise UserError(f"--resume: {path} not found; is {out} a tunesmith run directory?")
     base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
-    return load_config(path, base_pairs + overrides)
+    cfg = load_config(path, base_pairs + overrides)
+    from ..tasks import task_kind  # the task registry imports torch: only once a command has a config to run
+
+    task_kind(cfg)  # a task the registry does not hold is refused with the others' names, before anything runs
+    return cfg

@@ -14,8 +14,9 @@ from ..errors import ConfigError
 from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, ModelConfig, MonitorConfig,
                        OutputConfig, PreferenceConfig, TrainConfig, _Section)
 
+
 class RunConfig(_Section):
-    task: str = Field("lm", description="the kind of fine-tuning, one of the tasks in tunesmith.tasks")
+    task: str = Field("lm", description="what the run learns from")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)

@@ -7,8 +7,10 @@ The words this package (and the data report) uses, each for one thing:
   labelled text, a preference pair); for plain text, the document itself. A split's `documents` counts its units.
 - example: one tokenized item a unit yields for a task that trains on whole examples (a conversation's pieces,
   a pair's two answers); a split's `examples`.
-- block: a row of data.block_size tokens cut from packed text (`TokenBlocks`).
-- row: what a training step's batch holds, a block or an example; a split's `rows`.
+- block: data.block_size tokens cut from packed text (`TokenBlocks`); not the model's transformer blocks, which
+  `model.freeze_layers` and `model.train_last_layers` count.
+- row: one sequence of a batch: a block, an example, or several examples packed together (data.packing:
+  documents); a split's `rows` counts its blocks, or its examples.
 """
 
 from .blocks import TokenBlocks

@@ -146,6 +146,8 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
     train, val = meta["train"], meta["val"]
     task = meta.get("task", {})
     unit, key = ("documents", "documents") if meta["layout"] == "packed" else (f"examples{task.get('examples_are', '')}", "examples")
+    if key not in train:  # a run prepared before format 4 kept the example counts under "documents"
+        key = "documents"
     lines.append(f"split: {train[key]:,} train / {val[key]:,} validation {unit}")
     if task.get("loss_falls_on"):
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation (the loss falls on {task['loss_falls_on']})")
@@ -154,7 +156,7 @@ def summary_lines(report: dict, meta: dict) -> list[str]:
                      f"{task['targets']['train']:,} / {task['targets']['val']:,} carry the loss")
     else:
         lines.append(f"tokens: {train['tokens']:,} train / {val['tokens']:,} validation "
-                     f"({val['rows']} validation blocks of up to {meta['settings']['block_size']})")
+                     f"({val.get('rows', val.get('blocks'))} validation blocks of up to {meta['settings']['block_size']})")
     lines += [f"  {source_line(source, meta.get('units', 'documents'))}" for source in report.get("mix", [])]
     if task.get("class_counts"):
         counts = ", ".join(f"{label}: {n:,}" for label, n in task["class_counts"].items())

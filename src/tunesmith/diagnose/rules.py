@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import median
 
 from ..errors import UserError
-from ..measures import perplexity
+from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
@@ -222,7 +222,7 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     advice = forgetting_advice(facts)
     return Finding("forgetting", "warning",
                    f"at step {kept['step']} (the best so far) the model needs {drift:.3f} more nats per token than the base model on "
-                   f"the base model's own text (its perplexity there x{math.exp(drift):.2f}){general}: it is losing general language "
+                   f"the base model's own text (its perplexity there x{perplexity_ratio(drift):.2f}){general}: it is losing general language "
                    "while it learns the domain", {"step": kept["step"], "drift_nats": drift, "threshold_nats": FORGETTING_NATS,
                                                    "general_ppl_base": rows[0].get("general_ppl"), "general_ppl": kept.get("general_ppl")},
                    advice)

@@ -36,7 +36,7 @@ from ..inference.generation import SamplingOptions, default_stop_ids, encode_pro
 from ..models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
 from ..rundir.durable import write_atomically
 from ..runtime import autocast
-from ..measures import perplexity
+from ..measures import perplexity, perplexity_ratio
 from ..tasks.loss import term_losses
 
 TEXT_TOKENS = 128  # each sampled text, and each piece of a general file, is at most this long
@@ -240,7 +240,7 @@ def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]
     """One evaluation's metrics: the drift in nats per token from the base model, the share of the base's perplexity that
     is retained (exp(-drift): 1 when nothing is lost), and the general text's perplexity and drift."""
     drift = nll["samples"] - base["samples"]
-    row = {"drift_nats": drift, "retained_ppl_ratio": perplexity(-drift)}
+    row = {"drift_nats": drift, "retained_ppl_ratio": perplexity_ratio(-drift)}
     if "general" in nll:
         row["general_ppl"] = perplexity(nll["general"])
         row["general_drift_nats"] = nll["general"] - base["general"]

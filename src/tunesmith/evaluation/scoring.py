@@ -13,7 +13,7 @@ from ..data import prepare_data, prepare_eval_data
 from ..errors import UserError
 from ..models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from ..runtime import pick_device, pick_precision
-from ..tasks import Task, build_task, saved_task
+from ..tasks import Task, saved_task
 from ..tasks.loss import Validation
 
 
@@ -83,7 +83,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
         prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
     else:
         prepared = prepare_data(data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
-    task = build_task(cfg, prepared.meta)
+    task = kind.build(cfg, prepared.meta)
     device = pick_device(cfg.train.device)
     precision = pick_precision(cfg.train.precision, device)
     model.to(device)

@@ -62,7 +62,7 @@ class BenchmarkMonitor:
         try:
             with _silenced():
                 lm = ContinuationLM(pretrained=model, tokenizer=self.tokenizer, batch_size=BATCH_SIZE, backend="causal",
-                          mixed_precision_dtype=DTYPES.get(self.precision))
+                                    mixed_precision_dtype=DTYPES.get(self.precision))
                 run = run_benchmarks(lm, self.tasks, self.manager, self.limit, keep_rng=True, bootstrap_iters=BOOTSTRAP_ITERS)
         finally:
             model.train(was_training)

@@ -37,8 +37,9 @@ class ContinuationLM(HFLM):
     """HFLM whose log-likelihoods are computed from the continuation's positions only; the same figures as HFLM's."""
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if self.backend != "causal" or self.batch_size == "auto" or not keeps_logits(self.model):
-            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        if self.backend != "causal" or self.batch_size == "auto" or not keeps_logits(self.model) or not all(
+                context and 0 < len(continuation) <= self.max_length for _, context, continuation in requests):
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)  # lm-eval's own loop, and its checks
         ordered = Collator(requests, sort_fn=_longest_first, group_by="contexts" if self.logits_cache else None,
                            group_fn=_shared_context)
         results = []

@@ -34,7 +34,7 @@ class BenchmarkModel:
         from .lm import ContinuationLM
 
         return ContinuationLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size, backend="causal",
-                    mixed_precision_dtype=DTYPES.get(self.precision))
+                              mixed_precision_dtype=DTYPES.get(self.precision))
 
 
 def _run_settings(run: Path) -> dict:

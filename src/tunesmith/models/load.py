@@ -27,7 +27,9 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             if "SequenceClassification" in factory.__name__:
                 raise UserError(f"model {resolved.spec}: transformers has no classification head for this architecture; "
                                 "train it with label words instead: classify.method=generative") from None
-            raise UserError(f"model {resolved.spec}: transformers cannot load this architecture as a causal language model") from None
+            if "CausalLM" in factory.__name__:
+                raise UserError(f"model {resolved.spec}: transformers cannot load this architecture as a causal language model") from None
+            raise UserError(f"model {resolved.spec}: {str(exc).split('. Model type should be')[0]}") from None
         raise UserError(f"model {resolved.spec}: {exc}") from None
     except OSError as exc:
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None

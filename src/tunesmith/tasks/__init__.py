@@ -21,7 +21,6 @@ from .view import TaskView
 TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (LmKind(), ChatKind(), ClassifyKind(), PreferenceKind())}
 VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(), ClassifyView(), PreferenceView())}
 TASK_FILE = "tunesmith_task.json"
-TASK_NAMES = tuple(TASKS)
 
 
 def task_summaries() -> dict[str, str]:
@@ -75,5 +74,5 @@ def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[
     return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "TASK_NAMES", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_task", "saved_task",
+__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_task", "saved_task",
            "task_kind", "task_summaries", "task_view", "write_task"]

@@ -30,6 +30,7 @@ class TaskKind:
     """What the config alone decides for a task (one instance per task, in `TASKS`): its checks, how its data is
     prepared, the tokenizer, the packing, what planning needs, and the run-time `Task` it builds for a run."""
 
+    builds: ClassVar[type[Task]]  # the run-time task a run of this kind calls
     name: ClassVar[str]
     learns: ClassVar[str]  # what a run of this task learns, in a few words (the config reference lists it)
     section: ClassVar[str | None] = None  # the config section of the task's own settings, if it has one
@@ -105,12 +106,10 @@ class TaskKind:
         """The outputs of the classification head for `label_count` labels; 0 for a model without a head (planning)."""
         return 0
 
-    run: ClassVar[type[Task]]  # the run-time task a run of this kind calls
-
     def build(self, cfg: RunConfig, meta: dict, reference=None) -> Task:
         """The run-time task, from the settled config (`settle`), the prepared data's meta and, where the task needs
         one, its reference (`reference`)."""
-        return self.run(self, cfg, meta, reference)
+        return self.builds(self, cfg, meta, reference)
 
 
 class Task:

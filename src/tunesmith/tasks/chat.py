@@ -206,7 +206,7 @@ class ChatUnits:
         return encoded
 
     def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
-        check_both_sides(train, val, "conversations", eval_only)
+        check_both_sides(train, val, "examples (conversation pieces)", eval_only)
         if not val.targets:
             raise UserError("the validation conversations have no assistant tokens; check chat.roles")
         meta = {"task": "chat", "targets": {"train": train.targets, "val": val.targets},
@@ -240,9 +240,9 @@ class ChatTask(Task):
 class ChatKind(TaskKind):
     """Chat as the config decides it: the chat template's tokenizer and the conversations' preparation."""
 
-    run = ChatTask
+    builds = ChatTask
     name = "chat"
-    learns = "the assistant turns of conversations and instructions"
+    learns = "conversations and instructions, the loss on the assistant turns"
     section = "chat"
     noisy_embeddings = True
 

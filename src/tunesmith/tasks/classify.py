@@ -306,9 +306,9 @@ class ClassifyTask(Task):
 class ClassifyKind(TaskKind):
     """Classification as the config decides it: labels read from the data, a head or label words."""
 
-    run = ClassifyTask
+    builds = ClassifyTask
     name = "classify"
-    learns = "labels (sentiment, ...)"
+    learns = "labelled texts (sentiment, topics, ...)"
     section = "classify"
     needs_saved_spec = True
 

@@ -53,9 +53,9 @@ class LmTask(Task):
 class LmKind(TaskKind):
     """Plain language modelling as the config decides it: documents joined or kept apart, rehearsal allowed."""
 
-    run = LmTask
+    builds = LmTask
     name = "lm"
-    learns = "generation and domain adaptation"
+    learns = "plain text, for generation and domain adaptation"
     packings = ("joined", "documents")
     rehearses = True
 

@@ -161,7 +161,7 @@ class PreferenceUnits:
         return encoded
 
     def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
-        check_both_sides(train, val, "judged prompts", eval_only)
+        check_both_sides(train, val, "answers", eval_only)
 
         def counted(writer) -> dict:
             codes = np.asarray(writer.classes, dtype=np.int64)
@@ -279,9 +279,9 @@ class PreferenceTask(Task):
 class PreferenceKind(TaskKind):
     """Preference tuning as the config decides it: its objective's reference, computed before training where it needs one."""
 
-    run = PreferenceTask
+    builds = PreferenceTask
     name = "preference"
-    learns = "to tune a chat model from chosen and rejected answers, or thumbs up and down"
+    learns = "chosen and rejected answers, or thumbs up and down, to tune a chat model"
     section = "preference"
     packings = ("padded",)
     rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row

@@ -54,6 +54,7 @@ class FiniteJSON(JSONResponse):
     def render(self, content) -> bytes:
         return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
+
 def plotly_js() -> Path:
     """plotly.js as the plotly wheel ships it: the charts work with no network."""
     import plotly
