@@ -113,6 +113,18 @@ def test_memory_near_the_limit_and_room_for_a_larger_batch():
     assert roomy.severity == "info" and roomy.evidence["micro_batch_that_fits"] == int((0.85 * 80_000 - 2_000) // 1_400)
 
 
+def test_memory_figures_damaged_in_a_runs_files_say_nothing_rather_than_crash():
+    rows = history(FALLING, [3.0, 2.0])
+    for row in rows:
+        row["rss_mb"] = math.nan
+    assert "memory" not in kinds(diagnose(rows, RunFacts(micro_batch_size=8, memory_before_training_mb=2_000, device_memory_mb=8_000)))
+    for row in rows:
+        row["rss_mb"] = 7_600.0
+    for facts in (RunFacts(micro_batch_size=8, memory_before_training_mb=math.nan, device_memory_mb=8_000),
+                  RunFacts(micro_batch_size=8, memory_before_training_mb=2_000, device_memory_mb=math.inf)):
+        assert "memory" not in kinds(diagnose(rows, facts))
+
+
 
 def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_step(tiny_gpt2, tmp_path):
     """Word salad: the order of words carries nothing to learn, so once the model knows which words are common,

@@ -207,6 +207,20 @@ def test_benchmark_mistakes_are_one_line_and_exit_2(benchmarks, extra, message, 
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.parametrize("target, message", [("", "a benchmark item has an empty target"),
+                                             (" " + " ".join(PASSAGES * 20), "longer than the model's 128-token context")])
+def test_a_target_with_nothing_to_score_or_past_the_context_ends_in_one_line(target, message, tiny_gpt2, tmp_path, capsys):
+    """lm-eval stops on an assert for these; the user reads which item is wrong and exits with 2."""
+    (tmp_path / "items.jsonl").write_text(json.dumps({"context": "the lamp", "target": target}) + "\n")
+    (tmp_path / "items.yaml").write_text(yaml.safe_dump({
+        "task": "odd_items", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(tmp_path / "items.jsonl")}},
+        "test_split": "test", "output_type": "loglikelihood", "doc_to_text": "{{context}}", "doc_to_target": "{{target}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}))
+    assert main(["eval", str(tiny_gpt2), "--benchmarks", str(tmp_path / "items.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--limit", "3"], "--limit applies to benchmarks"), (["--chat-template"], "--chat-template applies to benchmarks"),
     (["--benchmarks", "piqa", "--data", "notes.jsonl"], "--data scores your own data, not benchmarks"),

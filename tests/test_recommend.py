@@ -227,3 +227,14 @@ def test_the_demo_passes_the_memory_check_with_6_gib_available(precision, corpus
     monkeypatch.setattr(preflight, "available_memory", lambda: 3 * 2**30)  # the check is live: the same run with less
     with pytest.raises(UserError, match=r"needs about [3-5]\.\d\d GiB .* and 3\.00 GiB is available"):
         preflight.check_plan_fits(cfg, candidate("smollm2-135m").config)
+
+
+def test_an_architecture_with_derived_layer_types_and_no_sdpa_is_simulated():
+    """Mamba's config computes its layer types from the layer count and its model has no SDPA attention."""
+    from transformers import MambaConfig
+
+    from tunesmith.planning.memory import _build, _with_layers
+
+    config = _with_layers(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=4, state_size=4), 2)
+    assert config.num_hidden_layers == 2 and len(config.layer_types) == 2
+    assert sum(p.numel() for p in _build(config, StepShape("full", 32, "fp32")).parameters()) > 0

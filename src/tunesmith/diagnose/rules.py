@@ -170,9 +170,10 @@ def validation_too_small(history: list[dict], facts: RunFacts) -> Finding | None
 def memory(history: list[dict], facts: RunFacts) -> Finding | None:
     """Peak memory against the device's, and how large a micro-batch would fit: 'reduce the batch size', made specific."""
     peaks = [row.get("cuda_max_allocated_mb") or row.get("rss_mb") for row in history]
-    peaks = [p for p in peaks if p]
-    if not peaks or not facts.device_memory_mb or not facts.micro_batch_size or facts.memory_before_training_mb is None:
-        return None
+    peaks = [p for p in peaks if isinstance(p, (int, float)) and math.isfinite(p) and p > 0]
+    figures = (facts.device_memory_mb, facts.micro_batch_size, facts.memory_before_training_mb)
+    if not peaks or not all(isinstance(f, (int, float)) and math.isfinite(f) for f in figures) or not figures[0] or not figures[1]:
+        return None  # a figure missing, or damaged in the run's files, says nothing about memory
     peak, total, micro, base = max(peaks), facts.device_memory_mb, facts.micro_batch_size, facts.memory_before_training_mb
     per_sequence = max(peak - base, 1.0) / micro
     fits = int((MEMORY_TARGET * total - base) // per_sequence)

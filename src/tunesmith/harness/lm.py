@@ -17,6 +17,8 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
+from ..errors import UserError
+
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes `logits_to_keep` (every causal LM of transformers does; remote code may not)."""
@@ -37,9 +39,15 @@ class ContinuationLM(HFLM):
     """HFLM whose log-likelihoods are computed from the continuation's positions only; the same figures as HFLM's."""
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if self.backend != "causal" or self.batch_size == "auto" or not keeps_logits(self.model) or not all(
-                context and 0 < len(continuation) <= self.max_length for _, context, continuation in requests):
-            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)  # lm-eval's own loop, and its checks
+        for _, _, continuation in requests:  # lm-eval would stop on an assert: the task file is the user's to fix
+            if not continuation:
+                raise UserError("a benchmark item has an empty target (nothing to score after its context); check the task's "
+                                "doc_to_target and its data")
+            if len(continuation) > self.max_length:
+                raise UserError(f"a benchmark item's target is {len(continuation)} tokens, longer than the model's {self.max_length}-token "
+                                "context: it cannot be scored; shorten the task's targets or leave the task out")
+        if self.backend != "causal" or self.batch_size == "auto" or not keeps_logits(self.model):
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         ordered = Collator(requests, sort_fn=_longest_first, group_by="contexts" if self.logits_cache else None,
                            group_fn=_shared_context)
         results = []

@@ -103,19 +103,28 @@ def _with_layers(config, layers: int):
     config = copy.deepcopy(config)
     config.num_hidden_layers = layers
     if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:layers]
+        try:
+            config.layer_types = config.layer_types[:layers]
+        except AttributeError:  # a config that derives its layer types from the layer count (Mamba's) follows it
+            pass
     return config
 
 
 def _build(config, shape: StepShape):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    factory = AutoModelForCausalLM
     if shape.classifier_labels:
         config = copy.deepcopy(config)
         config.num_labels = shape.classifier_labels
         config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+        factory = AutoModelForSequenceClassification
+    try:
+        return factory.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    except ValueError as exc:  # an architecture without SDPA (GPT-Neo, Mamba) trains with its own attention, as loading does
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return factory.from_config(config, dtype=torch.float32, attn_implementation="eager")
 
 
 def _model_on_meta(config, shape: StepShape, method: ModelConfig) -> torch.nn.Module:
