@@ -29,7 +29,8 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def sentiment_files(source: Path, work: Path) -> tuple[Path, Path]:
+def review_rows(source: Path) -> list[dict]:
+    """The UCI review sentences as {text, label} rows, shuffled with seed 0."""
     rows = []
     for name in ("amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt"):
         for line in (source / name).read_text(encoding="utf-8").split("\n"):
@@ -37,6 +38,11 @@ def sentiment_files(source: Path, work: Path) -> tuple[Path, Path]:
             if tab and label.strip() in ("0", "1"):
                 rows.append({"text": text.strip(), "label": "positive" if label.strip() == "1" else "negative"})
     random.Random(0).shuffle(rows)
+    return rows
+
+
+def sentiment_files(source: Path, work: Path) -> tuple[Path, Path]:
+    rows = review_rows(source)
     cut = len(rows) * 2 // 3
     train, test = work / "reviews_train.jsonl", work / "reviews_test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:cut]))

@@ -87,3 +87,17 @@ def test_dpo_under_ddp_matches_one_process(tiny_models, tmp_path):
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["task"] == "preference" and summary["processes"] == 2
+
+
+def test_grpo_under_ddp_matches_one_process(tiny_models, tmp_path):
+    """Each rank samples its prompts' groups with the prompts' own seeds: the same completions, the same update."""
+    from test_grpo import prompt_file
+
+    data = prompt_file(tmp_path / "prompts.txt")
+    extra = ("--task", "grpo", "--set", "data.block_size=64", "--set", "grpo.max_new_tokens=8", "--set", "grpo.group_size=4",
+             "--set", "grpo.rewards=[{regex: e}, {length: 4}]", "--set", "monitor.general_probe=none")
+    _launch(2, tiny_models["llama"], data, tmp_path / "ddp", 2, 4, *extra)
+    _launch(1, tiny_models["llama"], data, tmp_path / "single", 4, 4, *extra)
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["task"] == "grpo" and summary["processes"] == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.inference.decoding import Decoder, Job, SamplingSettings, decode_all
+from tunesmith.decoding import Decoder, Job, SamplingSettings, decode_all
 from tunesmith.inference.generation import SamplingOptions, generate_many
 
 from helpers import finished_run
@@ -316,7 +316,7 @@ def test_one_admission_rule_joins_jobs_that_fit_and_runs_one_larger_than_the_bat
     from collections import deque
     from types import SimpleNamespace
 
-    from tunesmith.inference.decoding import take_fitting
+    from tunesmith.decoding import take_fitting
 
     def job(n):
         return SimpleNamespace(n=n)

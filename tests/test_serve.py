@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tunesmith.serve import Limits, create_app
-from tunesmith.inference.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
-from tunesmith.inference.decoding import Job
+from tunesmith.decoding.sampling import RepeatedNgrams, RowSampler, SamplingSettings
+from tunesmith.decoding import Job
 from tunesmith.serve.worker import GenerationWorker
 
 from helpers import LIMITS, free_port, load_chat_model, start
@@ -192,7 +192,7 @@ def test_penalties_follow_openais_definition():
 
 
 def test_extreme_scores_still_draw_and_a_top_k_past_the_vocabulary_keeps_every_token():
-    from tunesmith.inference.decoding.sampling import finite_scores
+    from tunesmith.decoding.sampling import finite_scores
 
     scores = torch.tensor([[float("nan"), float("inf"), 1.0, float("-inf")], [float("-inf")] * 4, [float("nan")] * 4])
     finite = finite_scores(scores)

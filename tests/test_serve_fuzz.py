@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tunesmith.inference.decoding import engine
+from tunesmith.decoding import engine
 from tunesmith.serve import Limits, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

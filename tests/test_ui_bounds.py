@@ -70,7 +70,9 @@ def test_every_local_path_of_a_form_is_checked_on_the_validated_config(form_root
                        ("monitor.mlflow_uri", "../outside/mlruns"), ("monitor.mlflow_uri", f"sqlite:///{outside}/mlflow.db"),
                        ("monitor.mlflow_uri", "postgresql://localhost/mlflow"),
                        ("monitor.benchmarks", f"[{outside / 'task.yaml'}]"), ("monitor.benchmarks", "[data/task.yaml]"),
-                       ("monitor.benchmarks", "[data]"), ("model.trust_remote_code", "true")]:
+                       ("monitor.benchmarks", "[data]"), ("model.trust_remote_code", "true"),
+                       ("grpo.rewards", f"[{{run: {outside / 'runs' / 'sentiment'}, label: positive}}]"),
+                       ("grpo.rewards", "[{python: data/rewards.py:score}]")]:
         with pytest.raises(ConfigError, match=f"^{key}: .*(outside|not taken from the page)") as refused:
             launcher.config(Draft.from_form({**FORM_RUN, key: value}))
         assert len(refused.value.problems) == 1, (key, value)

@@ -11,8 +11,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..errors import ConfigError
-from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, ModelConfig, MonitorConfig,
-                       OutputConfig, PreferenceConfig, TrainConfig, _Section)
+from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, GrpoConfig, ModelConfig, MonitorConfig,
+                       OutputConfig, PreferenceConfig, RewardSpec, TrainConfig, _Section)
 
 
 class RunConfig(_Section):
@@ -25,6 +25,7 @@ class RunConfig(_Section):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
@@ -57,6 +58,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "chat": ChatConfig,
     "classify": ClassifyConfig,
     "preference": PreferenceConfig,
+    "grpo": GrpoConfig,
     "output": OutputConfig,
 }
 
@@ -72,6 +74,8 @@ def _describe_error(err: dict) -> str:
         allowed = SECTIONS[section].model_fields if section in SECTIONS and len(err["loc"]) > 1 else ["task", *SECTIONS]
         if "DataSource" in err["loc"]:
             allowed = DataSource.model_fields
+        if section == "grpo" and "rewards" in err["loc"]:
+            allowed = RewardSpec.model_fields
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":

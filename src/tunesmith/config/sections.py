@@ -202,6 +202,92 @@ class PreferenceConfig(_Section):
     precompute_reference: bool = Field(True, description="dpo, kto: compute the reference log-probabilities once before training and store them beside the token files, so no reference model is held (false: the base with the adapters switched off for lora, a frozen copy for full and freeze)")
 
 
+REWARD_KINDS = ("run", "length", "regex", "avoid", "python")
+
+
+class RewardSpec(_Section):
+    """One reward of a GRPO run: exactly one of `run`, `length`, `regex`, `avoid` or `python`, with its weight."""
+
+    weight: float = Field(1.0, allow_inf_nan=False, description="the reward's weight in the sum (negative: a penalty)")
+    name: str | None = Field(None, description="what the logs call it (default: from its kind)")
+    run: str | None = Field(None, description="a tunesmith classifier run (with label) or reward-model run (task reward), or its final/ folder")
+    label: str | None = Field(None, description="with a classifier run: the label whose probability is the reward")
+    text: Literal["full", "completion"] = Field("full", description="with run: score the prompt and the completion together (full) or the completion alone")
+    length: int | None = Field(None, ge=1, description="built-in: completions near this many tokens score 1, falling linearly to 0 at none or twice as many")
+    regex: str | None = Field(None, description="built-in: 1 when the completion matches this regular expression (re.search), else 0")
+    must_match: bool = Field(True, description="with regex: false inverts it, 1 when the completion does not match")
+    avoid: list[str] | None = Field(None, description="built-in: 1 minus the share of these words (case-insensitive, whole words) that the completion uses")
+    python: str | None = Field(None, description="your function, file.py:name, called as name(prompts, completions) -> one number per completion")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _file_and_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            file, _, name = value.rpartition(":")
+            if not file.endswith(".py") or not name.isidentifier():
+                raise ValueError("must be file.py:function_name, e.g. rewards.py:score")
+        return value
+
+    @property
+    def kind(self) -> str:
+        chosen = [kind for kind in REWARD_KINDS if getattr(self, kind) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one of {', '.join(REWARD_KINDS)} (got {', '.join(chosen) or 'none'})")
+        return chosen[0]
+
+    @property
+    def label_name(self) -> str:
+        """What the logs call it: its name, or its kind with what it reads."""
+        if self.name:
+            return self.name
+        if self.run is not None:
+            return f"{Path(self.run).name}" + (f":{self.label}" if self.label else "")
+        if self.python is not None:
+            return self.python.rpartition(":")[2]
+        return self.kind
+
+
+class GrpoConfig(_Section):
+    group_size: int = Field(8, ge=2, description="completions sampled per prompt; their rewards are compared within the group")
+    loss: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: advantages scaled by the group's reward std, each completion's loss averaged over its tokens (DeepSeekMath); dr_grpo: neither, tokens summed and divided by max_new_tokens (Dr. GRPO)")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="clipping of the probability ratio to [1 - epsilon, 1 + epsilon]")
+    iterations: int = Field(1, ge=1, description="optimizer steps taken on each batch of completions before sampling new ones")
+    beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the base model (0: none, and no reference pass)")
+    max_new_tokens: int = Field(64, ge=1, description="tokens sampled per completion at most")
+    temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the completions (1: off)")
+    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens (0: all)")
+    eval_completions: int = Field(2, ge=1, description="completions per held-out prompt at each evaluation (seeded, the same draws each time)")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="the rewards, weighted and summed, e.g. [{run: runs/sentiment, label: positive}, {length: 40, weight: 0.2}]")
+
+    @field_validator("rewards")
+    @classmethod
+    def _one_kind_each(cls, value: list[RewardSpec]) -> list[RewardSpec]:
+        for number, spec in enumerate(value):
+            try:
+                kind = spec.kind
+            except ValueError as exc:
+                raise ValueError(f"reward {number + 1}: {exc}") from None
+            if spec.label is not None and kind != "run":
+                raise ValueError(f"reward {number + 1}: label applies to a run reward only")
+        names = [spec.label_name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two rewards share the name {max(names, key=names.count)!r}; give one a name")
+        return value
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")

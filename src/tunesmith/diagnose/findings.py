@@ -47,6 +47,9 @@ class RunFacts:
     preference_method: str | None = None
     orpo_lambda: float | None = None
     replay: float = 0.0
+    grpo_beta: float | None = None  # the GRPO settings, which its findings advise on
+    grpo_temperature: float | None = None
+    grpo_group_size: int | None = None
 
 
 def round3(value: float) -> float:

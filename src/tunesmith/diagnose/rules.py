@@ -16,6 +16,7 @@ from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
+from .grpo import grpo_rows, kl_blowup, no_signal, reward_hacking
 from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 
 OVERFIT_EVALS = 2  # evaluations after the best that must all be worse
@@ -32,6 +33,9 @@ def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
 
 
 def _train_losses(history: list[dict]) -> list[tuple[int, float]]:
+    """The training losses that measure fit; none for GRPO, whose loss is centred on zero by its advantages."""
+    if grpo_rows(history):
+        return []
     return [(row["step"], row["train_loss"]) for row in history if "train_loss" in row and math.isfinite(row["train_loss"])]
 
 
@@ -193,8 +197,8 @@ def memory(history: list[dict], facts: RunFacts) -> Finding | None:
 
 def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     evals = _evaluations(history)
-    if preference_rows(history):
-        return None  # a preference loss is not a perplexity's; its gain is the preference accuracy's
+    if preference_rows(history) or grpo_rows(history):
+        return None  # a preference loss is not a perplexity's, and GRPO has none: their gains are their own metrics
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
     best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
     if base is None or best is None:
@@ -210,10 +214,10 @@ FORGETTING_NATS = 0.2  # drift from the base model, in nats per token, that coun
 
 def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     """The model kept (the best step so far) has moved far from the base model's own text: general ability is being lost."""
-    rows = [row for row in history if math.isfinite(row.get("drift_nats", math.nan)) and "val_loss" in row]
+    rows = [row for row in history if math.isfinite(row.get("drift_nats", math.nan)) and ("val_loss" in row or "val_reward" in row)]
     if len(rows) < 2:
         return None
-    kept = min(rows[1:], key=lambda row: row["val_loss"])
+    kept = min(rows[1:], key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"])
     drift = kept["drift_nats"]
     if drift < FORGETTING_NATS:
         return None
@@ -230,7 +234,8 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
 
 
 CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, validation_too_small, memory, transfer_gain,
-          likelihood_displacement, margin_flat, rejected_collapse, forgetting, benchmark_regression)
+          likelihood_displacement, margin_flat, rejected_collapse, forgetting, benchmark_regression, reward_hacking, no_signal,
+          kl_blowup)
 
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
@@ -269,6 +274,9 @@ def run_facts(run_dir: Path) -> RunFacts:
         preference_method=config.get("preference", {}).get("method"),
         orpo_lambda=config.get("preference", {}).get("orpo_lambda"),
         replay=config.get("data", {}).get("replay", 0.0),
+        grpo_beta=config.get("grpo", {}).get("beta"),
+        grpo_temperature=config.get("grpo", {}).get("temperature"),
+        grpo_group_size=config.get("grpo", {}).get("group_size"),
     )
 
 

@@ -12,9 +12,9 @@ from typing import Callable
 from ..errors import UserError
 from ..models import context_length, load_model, load_tokenizer, resolve_model
 from ..runtime import pick_device
-from .decoding import Decoder, Job, SamplingSettings, decode_all
-from .decoding.engine import derived_seed
-from .decoding.rules import SamplingRules, checked_sampling
+from ..decoding import Decoder, Job, SamplingSettings, decode_all
+from ..decoding.engine import derived_seed
+from ..decoding.rules import SamplingRules, checked_sampling
 
 
 def flag_name(field: str) -> str:

@@ -1,80 +1,81 @@
-"""`tunesmith predict`: label every row of a CSV, TSV or JSONL file with a trained classifier, keeping all its columns."""
+"""`tunesmith predict`: label every row of a CSV, TSV or JSONL file with a trained classifier, or score it with a reward
+model, keeping all its columns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..batch import Batch, pad_rows
 from ..data.read import lookup
 from ..errors import UserError
-from ..models import load_model, load_tokenizer, resolve_model
-from ..runtime import pick_device, pick_precision
+from ..models import resolve_model
 from ..tasks import read_task
-from ..tasks.classify import LabelCoder, label_probabilities
+from ..tasks.reward import RewardKind, RewardModel
+from ..tasks.trained import Classifier
 from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
 
 
-def load_classifier(spec: str, device: torch.device, log=print):
-    resolved = resolve_model(spec, log=log)
-    task = read_task(Path(resolved.path))
-    if "verbalizers" not in task:
-        raise UserError(f"{spec} is not a classifier (trained with task {task.get('task', 'lm')}); train one with --task classify")
-    coder = LabelCoder(task["labels"], task["method"], task["prompt"], task["verbalizers"])
-    model = load_model(resolved, classifier=coder.has_head).to(device).eval()
-    return model, load_tokenizer(resolved), coder, task
+class LabelColumns:
+    """A classifier's `prediction` and `p_<label>` for each row, from its text column (by default the one it was trained on)."""
+
+    def __init__(self, spec: str, device_name: str, log):
+        self.classifier = Classifier(spec, device_name, log)
+
+    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path) -> list[dict]:
+        text_field = text_field or self.classifier.text_field
+        texts = [lookup(row, text_field) for row in rows]
+        if rows and all(text is None for text in texts):
+            raise UserError(f"--input {source}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
+        labels = self.classifier.labels
+        out = []
+        for p in self.classifier.probabilities(texts, batch_size):
+            added = {"prediction": None, **{f"p_{label}": None for label in labels}}
+            if p is not None:
+                added = {"prediction": labels[int(p.argmax())], **{f"p_{label}": round(float(v), 6) for label, v in zip(labels, p)}}
+            out.append(added)
+        return out
 
 
-class Classifier:
-    """A trained classifier ready to label texts: the model, its label coder and the room its prompt leaves."""
+class RewardColumns:
+    """A reward model's `reward` for each row: a prompt and its answer (`completion`, or `chosen`) rendered as training
+    rendered a pair, or else a text column scored as it is (`text`, or --text-field)."""
 
-    def __init__(self, spec: str, device_name: str = "auto", log=print):
-        self.device = pick_device(device_name)
-        self.precision = pick_precision("auto", self.device)
-        self.model, self.tokenizer, self.coder, self.task = load_classifier(spec, self.device, log)
-        self.labels = self.coder.labels
-        self.words = self.coder.word_ids(self.tokenizer)
-        self.room = self.task.get("block_size", 256) - max(map(len, self.words)) - 1
-        self.text_field = self.task.get("text_field", "text")
+    def __init__(self, spec: str, device_name: str, log):
+        self.model = RewardModel(spec, device_name, log)
 
-    @torch.no_grad()
-    def probabilities(self, texts: list[str | None], batch_size: int = 16) -> list[np.ndarray | None]:
-        """Each text's label probabilities (in `labels` order), shortest texts batched together; None for a missing text."""
-        encoded = [self.coder.prompt_ids(self.tokenizer, str(text), self.room) if text is not None else None for text in texts]
-        order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-        probabilities: list[np.ndarray | None] = [None] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            ids, attention = pad_rows([encoded[i] for i in chunk], self.tokenizer.pad_token_id)
-            batch = Batch(ids.to(self.device), attention_mask=attention.to(self.device))
-            probs = label_probabilities(self.model, batch, self.coder, self.words, [len(encoded[i]) for i in chunk], self.device,
-                                        self.precision)
-            for r, i in enumerate(chunk):
-                probabilities[i] = probs[r].float().cpu().numpy()
-        return probabilities
+    def _pair(self, row: dict) -> tuple | None:
+        """The row's (prompt, answer), under the field names the model was trained with; None without both."""
+        field = lambda name: self.model.fields.get(name, name)
+        prompt = lookup(row, field("prompt"))
+        answer = next((value for name in ("completion", "chosen") if (value := lookup(row, field(name))) is not None), None)
+        return None if prompt is None or answer is None else (prompt, answer)
+
+    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path) -> list[dict]:
+        pairs = [None if text_field else self._pair(row) for row in rows]
+        texts = [None if pair else lookup(row, text_field or "text") for row, pair in zip(rows, pairs)]
+        paired = [i for i, pair in enumerate(pairs) if pair]
+        plain = [i for i, text in enumerate(texts) if text not in (None, "")]
+        if rows and not paired and not plain:
+            raise UserError(f"--input {source}: no row has a '{text_field or 'text'}' field, nor prompt and completion fields "
+                            f"(fields: {', '.join(rows[0])}); pass --text-field")
+        rewards: list[float | None] = [None] * len(rows)
+        scored = zip(paired + plain, [*self.model.rewards([pairs[i][0] for i in paired], [str(pairs[i][1]) for i in paired], batch_size),
+                                      *self.model.text_rewards([str(texts[i]) for i in plain], batch_size)])
+        for i, reward in scored:
+            rewards[i] = round(float(reward), 6)
+        return [{"reward": reward} for reward in rewards]
+
+
+PREDICTORS = {RewardKind.name: RewardColumns}  # by the saved task's name; any other model is read as a classifier, which says what it is not
 
 
 def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str | None = None, batch_size: int = 16,
                  device_name: str = "auto", log=print) -> int:
-    """Write every input row with `prediction` and `p_<label>` added, in the input's order; returns the row count.
-
-    The text is read from `text_field`, by default the field the classifier was trained on.
-    """
-    classifier = Classifier(spec, device_name, log)
-    text_field = text_field or classifier.text_field
+    """Write every input row with the model's columns added (a classifier's `prediction` and `p_<label>`, a reward
+    model's `reward`), in the input's order; returns the row count."""
+    task = read_task(Path(resolve_model(spec, log=log).path))["task"]
+    predictor = PREDICTORS.get(task, LabelColumns)(spec, device_name, log)
     check_output(output_path)
     rows = read_rows(input_path, TABLE_FORMATS)
-    texts = [lookup(row, text_field) for row in rows]
-    if rows and all(text is None for text in texts):
-        raise UserError(f"--input {input_path}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
-    labels = classifier.labels
-    out = []
-    for row, p in zip(rows, classifier.probabilities(texts, batch_size)):
-        added = {"prediction": None, **{f"p_{label}": None for label in labels}}
-        if p is not None:
-            added = {"prediction": labels[int(p.argmax())], **{f"p_{label}": round(float(v), 6) for label, v in zip(labels, p)}}
-        out.append({**row, **added})
+    out = [{**row, **added} for row, added in zip(rows, predictor.columns(rows, text_field, batch_size, input_path))]
     write_rows(output_path, out)
     return len(out)

@@ -101,7 +101,30 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.set_xlabel("drift from the base model (nats per token; step by each point)")
         axis.set_ylabel("validation perplexity")
 
+    rewards = [(r["step"], r["reward"]) for r in metrics if "reward" in r and r["reward"] == r["reward"]]
+    held_out = [(r["step"], r["val_reward"], r.get("drift_nats")) for r in metrics if "val_reward" in r]
+
+    def reward(axis):
+        if rewards:
+            axis.plot(*zip(*rewards), label="training completions", linewidth=1)
+        axis.plot([s for s, _, _ in held_out], [v for _, v, _ in held_out], "o-", label="held-out prompts")
+        axis.set_xlabel("step")
+        axis.set_ylabel("mean reward")
+        axis.legend()
+
+    def reward_and_drift(axis):
+        points = [(d, v, s) for s, v, d in held_out if d is not None]
+        axis.plot([d for d, _, _ in points], [v for _, v, _ in points], "o-", color="#dd8452")
+        for d, v, step in points:
+            axis.annotate(str(step), (d, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.set_xlabel("drift from the base model (nats per token; step by each point)")
+        axis.set_ylabel("held-out mean reward")
+
     figures = {"loss": _figure_png(losses)}
+    if held_out:
+        figures["reward"] = _figure_png(reward)
+        if sum(d is not None for _, _, d in held_out) > 1:
+            figures["reward_and_drift"] = _figure_png(reward_and_drift)
     if any(p is not None for _, _, p in evals):
         figures["perplexity"] = _figure_png(perplexity)
     figures["learning_rate"] = _figure_png(learning_rate)

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 from fastapi import Request
 
-from ..inference.decoding import Job, SamplingSettings
+from ..decoding import Job, SamplingSettings
 from .body import BodyTooLarge, ClientLeft, read_body, replay
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from .worker import GenerationWorker, QueueFull, ShuttingDown

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from ..inference.decoding.rules import ALLOWED, OpenAIPenalty, Positive, RepetitionPenalty, Seed, Temperature, TopK, TopP
+from ..decoding.rules import ALLOWED, OpenAIPenalty, Positive, RepetitionPenalty, Seed, Temperature, TopK, TopP
 
 MAX_STOPS = 4
 SERVED_RANGES = {**ALLOWED, "temperature": "a number from 0 to 2 (0 is greedy)", "repetition_penalty": "a number above 0, at most 2",

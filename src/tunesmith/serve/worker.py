@@ -23,7 +23,7 @@ from collections import deque
 
 import torch
 
-from ..inference.decoding import Decoder, Job, take_fitting
+from ..decoding import Decoder, Job, take_fitting
 
 __all__ = ["GenerationWorker", "Job", "QueueFull", "ShuttingDown"]
 

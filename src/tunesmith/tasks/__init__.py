@@ -14,12 +14,14 @@ from ..errors import ConfigError, UserError
 from .base import Task, TaskKind
 from .chat import ChatKind, ChatView
 from .classify import ClassifyKind, ClassifyView
+from .grpo import GrpoKind, GrpoView
 from .lm import LmKind, LmView
 from .preference import PreferenceKind, PreferenceView
+from .reward import RewardKind, RewardView
 from .view import TaskView
 
-TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (LmKind(), ChatKind(), ClassifyKind(), PreferenceKind())}
-VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(), ClassifyView(), PreferenceView())}
+TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (LmKind(), ChatKind(), ClassifyKind(), PreferenceKind(), RewardKind(), GrpoKind())}
+VIEWS: dict[str, TaskView] = {view.name: view for view in (LmView(), ChatView(), ClassifyView(), PreferenceView(), RewardView(), GrpoView())}
 TASK_FILE = "tunesmith_task.json"
 
 

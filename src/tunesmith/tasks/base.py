@@ -153,6 +153,11 @@ class Task:
         """The task's own training loss on `module` (the training module, maybe wrapped for DDP); None: next-token cross-entropy."""
         return None
 
+    def rollouts(self, dataset, model: torch.nn.Module, tokenizer, device: torch.device, precision: str):
+        """For a task whose training examples are made while it trains (GRPO's sampled completions), the dataset that makes
+        them from `dataset` with `model`, with `begin_step`, `end_step`, `state` and `load` for the loop; None for fixed data."""
+        return None
+
     def probe_logits(self, model: torch.nn.Module):
         """Next-token logits of (input ids, attention mask), for the forgetting probe."""
         return lambda ids, attention: model(input_ids=ids, attention_mask=attention, use_cache=False).logits
@@ -171,6 +176,10 @@ class Task:
     def score(self, result: Validation) -> float:
         """What picks the best step and drives early stopping; lower is better."""
         return result.loss
+
+    def made_samples(self, result: Validation) -> list[dict]:
+        """Generations the validation made itself, for samples.jsonl (GRPO's held-out completions with their rewards)."""
+        return []
 
     def eval_row(self, result: Validation) -> dict:
         return {"val_loss": result.loss, "val_ppl": perplexity(result.loss), "val_accuracy": result.accuracy}

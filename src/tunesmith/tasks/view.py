@@ -15,6 +15,7 @@ class TaskView:
     try_it = "generate"  # how the web page tries a finished model: generate, chat or classify
     description = "A causal language model"  # the model card's first words
     loss_scope = ""  # how a printed loss or perplexity is qualified ("assistant-token ")
+    rewarded = False  # try-it scores a generation with the run's rewards (GRPO)
 
     def result_lines(self, summary: dict) -> list[str]:
         """The run's outcome in a few lines, from its summary.json."""

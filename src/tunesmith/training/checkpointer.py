@@ -22,6 +22,7 @@ class Checkpointer:
         with state.timed():
             runner = self.parts.runner
             state.micro_batch_size = runner.micro_batch_size
+            state.rollout = self.parts.rollouts.state() if self.parts.rollouts is not None else {}
             save_checkpoint(self.run_dir, state.step, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler,
                             state.as_dict(), self.keep_last, self.context)
 
@@ -37,6 +38,8 @@ class Checkpointer:
         runner = self.parts.runner
         state.load(apply_checkpoint(saved, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler))
         runner.micro_batch_size = state.micro_batch_size or runner.micro_batch_size
+        if self.parts.rollouts is not None:
+            self.parts.rollouts.load(state.rollout)
 
     def roll_back(self, state: LoopState) -> None:
         """Back to the last intact checkpoint with the learning rate halved."""

@@ -136,10 +136,12 @@ class Recipe:
         for line in task.base_lines(result, parts.val):
             self.console.print(line, highlight=False)
         self.checkpointer.keep_best(state)
-        self._samples()
+        self._samples(result)
         self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result), **probed})
 
-    def _samples(self) -> None:
+    def _samples(self, result=None) -> None:
+        if result is not None:
+            self.recorder.add_samples(self.state.step, self.parts.task.made_samples(result))
         if not self.parts.sharded:
             with self.state.timed():
                 self.recorder.record_samples(self.state.step, self.parts.model, self.parts.tokenizer, self.parts.device,
@@ -156,7 +158,7 @@ class Recipe:
         row.update(self.parts.task.eval_row(result))
         row.update(probed)
         row.update(self.benchmarks.at_evaluation(self.state, improved))
-        self._samples()
+        self._samples(result)
         self.recorder.report_findings(self.facts())
 
     def _roll_back(self) -> None:
@@ -180,10 +182,14 @@ class Recipe:
             try:
                 while state.step < plan.total_steps:
                     indices = [i for mb in plan.micro_batches(state.step) for i in mb]  # this rank's blocks for the step
-                    tokens = sum(map(parts.train.length, indices))  # real tokens: examples are not all block-long
                     row = {"step": state.step + 1, "epoch": round(plan.epoch_of(state.step + 1), 4),
                            "lr": runner.optimizer.param_groups[0]["lr"]}
+                    if parts.rollouts is not None:
+                        row.update(parts.rollouts.begin_step(state.step, indices))
+                    tokens = sum(map(parts.train.length, indices))  # real tokens: examples are not all block-long
                     loss, applied, grad_norm = runner.run(parts.train, indices)  # still on the device
+                    if parts.rollouts is not None:
+                        row.update(parts.rollouts.end_step())
                     state.step += 1
                     state.tokens_seen += tokens
                     pending.add(row, loss, applied, grad_norm, tokens)
@@ -235,7 +241,7 @@ class Recipe:
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
-            replay=cfg.data.replay,
+            replay=cfg.data.replay, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
         )
 
     def finish(self, stopped_because: str) -> dict:

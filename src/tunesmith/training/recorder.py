@@ -52,6 +52,13 @@ class Recorder:
         if samples and self.trackers is not None:
             self.trackers.samples(step, samples)
 
+    def add_samples(self, step: int, samples: list[dict]) -> None:
+        """Generations the task's validation made itself (GRPO's, with their rewards)."""
+        if self.samples is not None and samples:
+            self.samples.append(step, samples)
+            if self.trackers is not None:
+                self.trackers.samples(step, samples)
+
     def report_findings(self, facts: RunFacts) -> None:
         """Print each warning or error finding once, when it first appears."""
         for finding in diagnose(self.history, facts):

@@ -32,7 +32,10 @@ class SampleLog:
         if not self.prompts:
             return []
         samples = generate_samples(model, tokenizer, self.prompts, self.max_new_tokens, device, self.stops, self.rendered, precision)
+        self.append(step, samples)
+        return samples
+
+    def append(self, step: int, samples: list[dict]) -> None:
         with self.path.open("a") as handle:
             for sample in samples:
                 handle.write(json.dumps({"step": step, **sample}) + "\n")
-        return samples

@@ -46,6 +46,7 @@ class RunParts:
     flops_per_token: float
     probe: Probe | None = None
     probe_note: str | None = None  # why there is no probe
+    rollouts: object = None  # with a task that samples its training examples (GRPO): the training dataset, which makes them
 
 
 def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunConfig, ResolvedModel]:
@@ -138,6 +139,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     task = build_task(cfg, data.meta, reference)
     module = task.training_module(model)
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
+    rollouts = task.rollouts(train, model, tokenizer, device, precision)
+    train = rollouts if rollouts is not None else train
     fuse = cfg.train.fused_loss and not context.enabled and labels is None  # a head has no vocabulary; DDP runs its wrapper
     micro = cfg.train.micro_batch_size
     if micro == "auto":
@@ -154,4 +157,5 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context)
     return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
-                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note)
+                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note,
+                    rollouts)

@@ -35,6 +35,7 @@ class LoopState:
     bench_base: dict = field(default_factory=dict)  # monitor.benchmarks: the base model's scores, as metrics-row keys
     bench_best: dict = field(default_factory=dict)  # ... and the final model's (the best step's)
     bench_seconds: float = 0.0
+    rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..rundir.folder import REPORT_HTML, is_run_dir
 from ..serve.body import BodyTooLarge, ClientLeft, read_body, replay
 from .launcher import Busy, Draft, Launcher, form_keys
-from .runs import NotARun, Outside, RunsFolder
+from .runs import NotARun, Outside, RunsFolder, view_of
 from .tryout import Tryout
 
 TOKEN_COOKIE = "tunesmith_ui_token"
@@ -266,7 +266,12 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        text = await run_in_threadpool(tryout.generate, final_model(name), _text(body, "prompt"), _settings(body))
+        prompt, model = _text(body, "prompt"), final_model(name)
+        text = await run_in_threadpool(tryout.generate, model, prompt, _settings(body))
+        run_dir = folder.run_dir(name)
+        config = folder.config(run_dir) or {}
+        if view_of(folder.summary(run_dir) or {}, config).rewarded:
+            return {"text": text, **await run_in_threadpool(tryout.rewards, model, config, folder.inside, prompt, text)}
         return {"text": text}
 
     @app.post("/api/run/{name:path}/classify")

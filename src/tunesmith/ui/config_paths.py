@@ -90,6 +90,16 @@ class ConfinedPaths:
                                  "run `tunesmith train` from the command line to train such a model")
         return allowed
 
+    def rewards(self, rewards: list[dict]) -> list[dict]:
+        """GRPO's rewards: runs inside the folder; the user's own Python is never taken from the page (it would run)."""
+        for number, reward in enumerate(rewards):
+            if reward.get("python") is not None:
+                self.problems.append(f"grpo.rewards: reward {number + 1}: Python rewards are not taken from the page, since their "
+                                     "code would run here; start such a run with `tunesmith train` from the command line")
+            if reward.get("run") is not None:
+                reward["run"] = self.path(reward["run"], f"grpo.rewards: reward {number + 1}: run")
+        return rewards
+
     def tracking(self, uri: str | None) -> str | None:
         """MLflow's store: a server elsewhere, or a file: or sqlite: store inside the folder."""
         if uri is None:
@@ -118,6 +128,7 @@ def confine_paths(cfg: RunConfig, folder: RunsFolder) -> RunConfig:
     raw["monitor"]["mlflow_uri"] = paths.tracking(cfg.monitor.mlflow_uri)
     raw["monitor"]["benchmarks"] = paths.benchmarks(cfg.monitor.benchmarks)
     raw["model"]["trust_remote_code"] = paths.remote_code(cfg.model.trust_remote_code)
+    raw["grpo"]["rewards"] = paths.rewards(raw["grpo"]["rewards"])
     if paths.problems:
         raise ConfigError(paths.problems)
     return build_config(raw)

@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.decoding.rules import checked_sampling
+from ..decoding.rules import checked_sampling
 from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
-from ..inference.predict import Classifier
+from ..tasks.trained import Classifier
 
 MAX_NEW_TOKENS = 512
 MAX_TURNS = 50
@@ -45,6 +45,7 @@ class Tryout:
         self.device = device
         self.lock = threading.Lock()
         self.held: tuple[tuple, object] | None = None
+        self.rewards_held: tuple[tuple, object] | None = None
 
     def _load(self, model_dir: Path, kind: str):
         if not (model_dir / "config.json").is_file():
@@ -78,6 +79,33 @@ class Tryout:
         with self.lock:
             model, tokenizer = self._load(model_dir, "generate")
             return generate_completions(model, tokenizer, prompt, options)[0].text
+
+    def rewards(self, model_dir: Path, config: dict, inside, prompt: str, text: str) -> dict:
+        """A generation's rewards under the run's own: its classifier and reward-model runs (each inside the runs folder,
+        `inside` checks) and the built-ins; a Python reward is never run from the page."""
+        from ..config import GrpoConfig
+        from ..tasks.grpo.rewards import Rewards
+
+        try:
+            saved = GrpoConfig.model_validate({"rewards": (config.get("grpo") or {}).get("rewards") or []}).rewards
+        except ValueError:
+            raise UserError("this run's grpo.rewards in its config.yaml cannot be read; the completion is not scored") from None
+        skipped = [spec.label_name for spec in saved if spec.kind == "python"]
+        specs = [spec.model_dump(exclude_none=True) for spec in saved if spec.kind != "python"]
+        for spec in specs:
+            if spec.get("run"):
+                spec["run"] = str(inside(spec["run"]))
+        with self.lock:
+            key = ("rewards", repr(specs))
+            if self.rewards_held is None or self.rewards_held[0] != key:
+                self.rewards_held = None
+                self.rewards_held = (key, Rewards(GrpoConfig(rewards=specs), self.device, log=lambda _m: None) if specs else None)
+            rewards, (_, tokenizer) = self.rewards_held[1], self._load(model_dir, "generate")
+            scored = {}
+            if rewards is not None:
+                total, each = rewards.score([prompt], [text], [len(tokenizer(text, add_special_tokens=False)["input_ids"])])
+                scored = {"total": round(float(total[0]), 4), **{name: round(float(v[0]), 4) for name, v in each.items()}}
+        return {"rewards": scored, "not_scored": skipped}
 
     def classify(self, model_dir: Path, text: str) -> dict:
         if not text.strip():

@@ -162,7 +162,13 @@ const tunesmith = (() => {
       wrap(document.getElementById("generate-form"), async () => {
         const prompt = document.getElementById("generate-input").value;
         const data = await call(url("generate"), {prompt, settings: settings()});
-        show(document.getElementById("generate-output"), prompt + data.text);
+        let shown = prompt + data.text;
+        if (data.rewards) {
+          const each = Object.entries(data.rewards).map(([name, value]) => `${name} ${value.toFixed(3)}`).join(", ");
+          shown += `\n\nrewards: ${each || "none scored here"}`;
+          if (data.not_scored.length) shown += `\nnot run from the page (Python): ${data.not_scored.join(", ")}`;
+        }
+        show(document.getElementById("generate-output"), shown);
       });
     }
   }

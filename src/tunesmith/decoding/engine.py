@@ -1,7 +1,7 @@
 """Jobs in, text out: the rows being decoded, each a choice of a job, advanced together one token per step.
 
 A `Job` is one prompt with its settings, `n` choices, stop strings, seed and deadline; it reports through its
-`send` callback: ("text", choice, piece), ("end", choice, finish_reason, tokens, token_ids), ("done", prompt_tokens,
+`send` callback: ("text", choice, piece), ("end", choice, finish_reason, tokens, token_ids, stop_id), ("done", prompt_tokens,
 completion_tokens) or ("error", status, message). The `Decoder` owns the batch and is driven by one owner:
 `decode_all` here, for a list of jobs known in advance, or the serve worker's thread, for requests that arrive.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ...errors import is_out_of_memory
+from ..errors import is_out_of_memory
 from .batch import RunningBatch
 from .sampling import RepeatedNgrams, RowSampler, SamplingSettings
 from .text import ChoiceText
@@ -184,7 +184,7 @@ class Decoder:
             choice.tokens += 1
             job.completion_tokens += 1
             if token in self.stop_ids:
-                return self._end(choice, "stop")
+                return self._end(choice, "stop", token)
             if choice.ngrams is not None:
                 choice.ngrams.add(token)
             piece = choice.text.add(token)
@@ -197,13 +197,14 @@ class Decoder:
         except Exception as exc:
             job.fail(500, f"generation failed: {failure_reason(exc)}")
 
-    def _end(self, choice: Choice, reason: str) -> None:
+    def _end(self, choice: Choice, reason: str, stop_id: int | None = None) -> None:
+        """`stop_id`: the stop token that ended the choice (not among its token ids), None when a stop string or the length did."""
         choice.done = True
         job = choice.job
         rest = choice.text.rest()
         if rest:
             job.send(("text", choice.index, rest))
-        job.send(("end", choice.index, reason, choice.tokens, list(choice.generated)))
+        job.send(("end", choice.index, reason, choice.tokens, list(choice.generated), stop_id))
         job.ended += 1
         if job.ended == job.n:
             job.closed = True

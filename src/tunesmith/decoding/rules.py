@@ -13,7 +13,7 @@ from typing import Annotated, Callable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 SEED_MAX = 2**63 - 1  # seed + choice index stays within the 64 bits a torch.Generator takes
 NGRAM_MAX = 1024

@@ -1,0 +1,270 @@
+"""GRPO on real data with the embedded default model: steering a generator with a classifier, and speed against TRL.
+
+    python benchmarks/bench_grpo.py steer --data ../shared/data/sentiment-uci
+    python benchmarks/bench_grpo.py speed --steps 10
+
+`steer` splits the UCI review sentences in two halves. On the first, tunesmith trains a sentiment classifier (a
+head on the embedded default); its probability of `positive` is GRPO's reward, and the openings (first four words)
+of the first half's sentences are the training prompts. On the second half an independent judge is trained inside
+the benchmark (TF-IDF + logistic regression; never the reward model), and the openings of its sentences are the
+held-out prompts. The judge reads the base model's completions of the held-out prompts and the GRPO model's (one
+seeded sample each, the training temperature): the share it calls positive, before and after, with the drift from
+the base model (nats per token on its own text), distinct-2 of the completions, the reward curve and samples.
+
+`speed` runs TRL's GRPOTrainer and tunesmith at the same settings (LoRA r 8, G = 8, 4 prompts per step, 32 new
+tokens, bf16, the same length reward, beta 0.04, one iteration) for `--steps` steps each, in this process's
+machine one after the other, and prints completions per second with each one's split of its time.
+
+It ends by checking tunesmith's GRPO loss against TRL's own `_compute_loss` on fixed log-probs and advantages.
+TRL is installed for this benchmark only: `pip install --target /tmp/trl-site --no-deps trl==1.16.0`, then
+`PYTHONPATH=/tmp/trl-site python benchmarks/bench_grpo.py speed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import cpu_name
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_usecases import review_rows  # noqa: E402
+
+OPENING_WORDS = 4
+
+
+def tunesmith(*args: str) -> float:
+    command = [sys.executable, "-m", "tunesmith", *args]
+    print("$ tunesmith " + " ".join(args), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def openings(rows: list[dict]) -> list[str]:
+    """The first words of sentences long enough to continue, each opening once."""
+    seen = {" ".join(r["text"].split()[:OPENING_WORDS]) for r in rows if len(r["text"].split()) > OPENING_WORDS + 2}
+    return sorted(seen)
+
+
+def train_judge(rows: list[dict]):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    judge = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(max_iter=2000, C=4.0))
+    judge.fit([r["text"] for r in rows], [r["label"] == "positive" for r in rows])
+    return judge
+
+
+def distinct_2(texts: list[str]) -> float:
+    bigrams = [tuple(w[i : i + 2]) for t in texts for w in [t.split()] for i in range(len(w) - 1)]
+    return len(set(bigrams)) / max(1, len(bigrams))
+
+
+def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float) -> list[dict]:
+    for stale in (out, out.with_name(out.stem + ".summary.json")):
+        stale.unlink(missing_ok=True)
+    tunesmith("generate", model, "--input", str(prompts), "--output", str(out), "--max-new-tokens", str(new_tokens),
+              "--temperature", str(temperature), "--top-p", "1.0", "--top-k", "0", "--seed", "7")
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
+    texts = [row["prompt"] + row["generated"] for row in rows]
+    return float(judge.predict(texts).mean()), texts
+
+
+def steer(args) -> None:
+    work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-grpo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = review_rows(Path(args.data))
+    half = len(rows) // 2
+    mine, theirs = rows[:half], rows[half:]
+    judge = train_judge(theirs)
+    print(f"{len(rows)} review sentences: {half} for the classifier and the training prompts, {len(theirs)} for the judge and the "
+          f"held-out prompts; the judge's accuracy on the classifier's half: {judge.score([r['text'] for r in mine], [r['label'] == 'positive' for r in mine]):.1%}")
+    classifier = work / "sentiment"
+    if not (classifier / "final").is_dir():
+        seconds = tunesmith("train", "--task", "classify", "--data", str(write_jsonl(work / "reviews.jsonl", mine)), "--out", str(classifier),
+                            "--force", "--block-size", "64", "--epochs", "1", "--lr", "5e-5", "--batch-size", "16",
+                            "--set", "train.eval_every=1000", "--set", "train.patience=null", "--set", "clean.dedup_near=false")
+        accuracy = json.loads((classifier / "summary.json").read_text())["accuracy"]
+        print(f"classifier: held-out accuracy {accuracy:.1%} ({seconds / 60:.1f} min)")
+    train_prompts = openings(mine)
+    held_out = openings(theirs)[: args.held_out]
+    (work / "prompts.txt").write_text("\n".join(train_prompts) + "\n", encoding="utf-8")
+    (work / "val_prompts.txt").write_text("\n".join(held_out[: args.val_prompts]) + "\n", encoding="utf-8")
+    held = write_jsonl(work / "held_out.jsonl", [{"prompt": p} for p in held_out])
+    base = completions("smollm2-135m", held, work / "base.jsonl", args.new_tokens, args.temperature)
+    base_share, base_texts = judged(judge, base)
+    print(f"base model: the judge calls {base_share:.1%} of {len(base)} held-out completions positive; distinct-2 {distinct_2(base_texts):.3f}")
+    rewards = json.dumps([{"run": str(classifier), "label": "positive"}])
+    run = work / "grpo"
+    seconds = tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
+                        "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
+                        "--batch-size", "4", "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
+                        "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
+                        "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
+                        "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}")
+    summary = json.loads((run / "summary.json").read_text())
+    tuned = completions(str(run), held, work / "tuned.jsonl", args.new_tokens, args.temperature)
+    share, texts = judged(judge, tuned)
+    drift = summary["forgetting"].get("best_drift_nats")
+    print(f"\nmachine: {cpu_name()}")
+    print(f"GRPO: {summary['steps']} steps in {seconds / 60:.1f} min ({summary['train_seconds'] / 60:.1f} min training); "
+          f"held-out reward {summary['base_reward']:.3f} -> {summary['reward']:.3f} (best step {summary['best_step']})")
+    print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n| judge: share positive ({len(tuned)} held-out prompts) | {base_share:.1%} | {share:.1%} |")
+    print(f"| distinct-2 of the completions | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n| drift (nats per token) | 0 | {drift} |")
+    print("\ncurve (step: train reward / held-out reward):")
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "val_reward" in row or row.get("step", 0) % 10 == 0:
+            print(f"  {row['step']}: {row.get('reward', float('nan')):.3f} / {row.get('val_reward', float('nan')):.3f}")
+    print("\nsamples (base | GRPO):")
+    for b, t in list(zip(base, tuned))[:6]:
+        print(f"- {b['prompt']!r}: {b['generated']!r} | {t['generated']!r}")
+
+SPEED_PROMPTS = ["The food at this place", "I bought this phone because", "The movie started with", "Our waiter was",
+                 "The battery of this", "This restaurant is", "The plot of the film", "I would not recommend"]
+LENGTH_TARGET = 16
+
+
+def length_score(completion_ids, **_) -> list[float]:
+    """The reward both trainers use: 1 at LENGTH_TARGET tokens, falling to 0 at none or twice as many (tunesmith's {length: 16})."""
+    return [max(0.0, 1 - abs(len(ids) - LENGTH_TARGET) / LENGTH_TARGET) for ids in completion_ids]
+
+
+def trl_speed(model_dir: str, steps: int, work: Path) -> dict:
+    """TRL's GRPOTrainer at the benchmark's settings, with its generation, reward and loss passes timed."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tunesmith.methods.adapters import LORA_TARGETS
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompts = Dataset.from_dict({"prompt": SPEED_PROMPTS * (steps * 4 // len(SPEED_PROMPTS) + 1)})
+    args = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=32, num_generations=8, max_completion_length=32,
+                      learning_rate=1e-4, beta=0.04, bf16=True, use_cpu=True, max_steps=steps, logging_steps=1, report_to=[],
+                      save_strategy="no", temperature=1.0, top_p=1.0, num_iterations=1, loss_type="grpo", seed=0,
+                      dataloader_num_workers=0)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS["llama"], task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_score], args=args, train_dataset=prompts, processing_class=tokenizer,
+                          peft_config=lora)
+    spent = {"generation": 0.0, "log-prob passes (reference, policy)": 0.0}
+
+    def timed(name, function):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return wrapper
+    trainer._generate = timed("generation", trainer._generate)
+    trainer._get_per_token_logps_and_entropies = timed("log-prob passes (reference, policy)", trainer._get_per_token_logps_and_entropies)
+    started = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - started
+    return {"seconds": total, "completions": steps * 32, "spent": spent, "trainer": trainer}
+
+
+def tunesmith_speed(steps: int, work: Path) -> dict:
+    (work / "speed_prompts.txt").write_text("\n".join(SPEED_PROMPTS * 8) + "\n", encoding="utf-8")
+    run = work / "tunesmith-speed"
+    tunesmith("train", "--task", "grpo", "--data", str(work / "speed_prompts.txt"), "--val-data", str(work / "speed_prompts.txt"),
+              "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(steps), "--lr", "1e-4", "--batch-size", "4",
+              "--set", "model.method=lora", "--set", "train.precision=bf16", "--set", f"grpo.rewards=[{{length: {LENGTH_TARGET}}}]",
+              "--set", "grpo.max_new_tokens=32", "--set", "grpo.group_size=8", "--set", "grpo.beta=0.04", "--set", "train.eval_every=100000",
+              "--set", "train.warmup_steps=0", "--set", "clean.dedup_exact=false", "--set", "clean.dedup_near=false",
+              "--set", "monitor.general_probe=none", "--set", "train.compile=false", "--set", "grpo.eval_completions=1")
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps_rows = [r for r in rows if "sample_seconds" in r]
+    spent = {"generation": sum(r["sample_seconds"] for r in steps_rows), "rewards": sum(r["reward_seconds"] for r in steps_rows),
+             "log-prob passes (reference)": sum(r.get("reference_seconds", 0.0) for r in steps_rows)}
+    return {"seconds": summary["train_seconds"], "completions": steps * 32, "spent": spent}
+
+
+def speed(args) -> None:
+    from tunesmith.models import resolve_model
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-grpo-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = resolve_model("smollm2-135m", log=lambda _m: None).path
+    ours = tunesmith_speed(args.steps, work)
+    theirs = trl_speed(model_dir, args.steps, work)
+    print(f"\nmachine: {cpu_name()}; {args.steps} steps of 4 prompts x 8 completions, 32 new tokens, LoRA r 8, bf16, beta 0.04")
+    print("| trainer | completions/s | step time | where the time goes |\n| --- | --- | --- | --- |")
+    for name, result in (("tunesmith", ours), ("TRL GRPOTrainer", theirs)):
+        rest = result["seconds"] - sum(result["spent"].values())
+        split = ", ".join(f"{key} {value / result['seconds']:.0%}" for key, value in result["spent"].items())
+        print(f"| {name} | {result['completions'] / result['seconds']:.2f} | {result['seconds'] / args.steps:.1f} s | {split}, "
+              f"the rest (training forward and backward, optimizer) {rest / result['seconds']:.0%} |")
+    print(f"tunesmith / TRL: {ours['completions'] / ours['seconds'] / (theirs['completions'] / theirs['seconds']):.2f}x the completions per second")
+    objective(theirs["trainer"])
+
+
+def objective(trainer=None) -> None:
+    """tunesmith's GRPO loss against TRL's `_compute_loss`, on fixed log-probs, old and reference log-probs and advantages."""
+    import torch
+
+    from tunesmith.tasks.grpo.objective import grpo_loss
+
+    generator = torch.Generator().manual_seed(0)
+    n, width = 8, 6
+    logps = -torch.rand(n, width, generator=generator) * 3
+    old = logps + 0.3 * torch.randn(n, width, generator=generator)
+    ref = logps + 0.5 * torch.randn(n, width, generator=generator)
+    mask = torch.ones(n, width, dtype=torch.long)
+    mask[1, 4:] = 0
+    advantages = torch.randn(n, generator=generator)
+    trainer.model.train()
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (logps, torch.zeros_like(logps), None)
+    inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+              "completion_ids": torch.zeros(n, width, dtype=torch.long), "completion_mask": mask, "advantages": advantages,
+              "old_per_token_logps": old, "ref_per_token_logps": ref, "num_items_in_batch": mask.sum()}
+    for kind in ("grpo", "dr_grpo"):
+        trainer.loss_type = kind
+        theirs = float(trainer._compute_loss(trainer.model, inputs)) * trainer.current_gradient_accumulation_steps
+        ours = float(grpo_loss(logps, old, ref, advantages, mask, kind, trainer.epsilon_low, trainer.beta, trainer.max_completion_length)[0])
+        print(f"objective {kind}: tunesmith {ours:.9f}, TRL {theirs:.9f}, difference {abs(ours - theirs):.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="part", required=True)
+    one = commands.add_parser("steer")
+    one.add_argument("--data", default="../shared/data/sentiment-uci")
+    one.add_argument("--work")
+    one.add_argument("--steps", type=int, default=140)
+    one.add_argument("--lr", type=float, default=6e-4)
+    one.add_argument("--beta", type=float, default=0.15)
+    one.add_argument("--eval-every", type=int, default=20)
+    one.add_argument("--new-tokens", type=int, default=20)
+    one.add_argument("--temperature", type=float, default=1.0)
+    one.add_argument("--held-out", type=int, default=200)
+    one.add_argument("--val-prompts", type=int, default=32)
+    two = commands.add_parser("speed")
+    two.add_argument("--steps", type=int, default=10)
+    two.add_argument("--work")
+    args = parser.parse_args()
+    {"steer": steer, "speed": speed}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

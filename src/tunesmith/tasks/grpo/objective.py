@@ -1,0 +1,66 @@
+"""GRPO's objective on completions' per-token log-probabilities, as in DeepSeekMath (Shao et al., 2024) and TRL:
+
+- advantages: each completion's reward minus its group's mean, divided by the group's standard deviation (grpo) or
+  not (dr_grpo, Liu et al., 2025: the division favours groups whose rewards hardly differ);
+- per token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = pi / pi_old, plus beta times the k3 estimate
+  of KL(pi || pi_ref), exp(ref - logp) - (ref - logp) - 1;
+- per batch: grpo averages each completion's tokens, then the completions; dr_grpo sums every token and divides by
+  completions x max_new_tokens, so a long completion's tokens weigh what a short one's do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+STD_FLOOR = 1e-4  # TRL's: a group whose rewards are all equal gets advantages of 0, not a division by 0
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool) -> torch.Tensor:
+    """(N,) rewards of N / group_size groups of consecutive completions -> (N,) advantages."""
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + STD_FLOOR)
+    return centred.reshape(-1)
+
+
+@dataclass(frozen=True)
+class TokenTerms:
+    """The per-token pieces of one batch's loss, and what the logs report of them."""
+
+    loss: torch.Tensor  # (B, T) per-token loss, before the mask
+    kl: torch.Tensor | None  # (B, T) the k3 estimate, when beta > 0
+    clipped: torch.Tensor  # (B, T) bool: the clipped side of the minimum was taken
+
+
+def token_terms(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
+                epsilon: float, beta: float) -> TokenTerms:
+    ratio = torch.exp(logps - old_logps)
+    advantage = advantages[:, None]
+    unclipped, clipped = ratio * advantage, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * advantage
+    loss = -torch.min(unclipped, clipped)
+    kl = None
+    if beta:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1
+        loss = loss + beta * kl
+    return TokenTerms(loss, kl, clipped < unclipped)
+
+
+def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, kind: str, max_new_tokens: int) -> torch.Tensor:
+    """The batch's loss: grpo, the mean over completions of each one's token mean; dr_grpo, the token sum over
+    completions x max_new_tokens."""
+    mask = mask.to(per_token.dtype)
+    if kind == "dr_grpo":
+        return (per_token * mask).sum() / (per_token.shape[0] * max_new_tokens)
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean()
+
+
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor, kind: str, epsilon: float, beta: float, max_new_tokens: int) -> tuple[torch.Tensor, TokenTerms]:
+    """The loss of one batch of completions; `old_logps` None when the completions were just sampled from this very
+    policy (one iteration), where the ratio is 1 but its gradient is that of the policy's log-prob."""
+    terms = token_terms(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages, epsilon, beta)
+    return reduce_loss(terms.loss, mask, kind, max_new_tokens), terms

@@ -1,0 +1,241 @@
+"""GRPO: the objective against its formula, rewards of every kind and their errors, learning a rule, resume, the findings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tunesmith import train
+from tunesmith.cli import main
+from tunesmith.config import GrpoConfig, load_config
+from tunesmith.diagnose.findings import RunFacts
+from tunesmith.diagnose.rules import diagnose
+from tunesmith.errors import ConfigError, UserError
+from tunesmith.tasks.grpo.objective import group_advantages, grpo_loss
+from tunesmith.tasks.grpo.rewards import Rewards
+
+from helpers import classify_config, cut_run, labelled, write_jsonl
+
+VOWELS = 'def vowels(prompts, completions):\n    return [sum(c in "aeiou" for c in t) / max(1, len(t)) for t in completions]\n'
+
+
+def prompt_file(path, n: int = 40):
+    path.write_text("".join(f"the lamp {i} glows when\n" for i in range(n)))
+    return path
+
+
+def grpo_config(model, data, out, rewards, **settings):
+    train_settings = {"lr": 1e-2, "max_steps": 8, "eval_every": 4, "micro_batch_size": 4, "warmup_steps": 0, "precision": "fp32",
+                      "patience": None, "keep_last": 10}
+    train_settings.update(settings.pop("train", {}))
+    grpo = {"max_new_tokens": 12, "group_size": 4, "rewards": rewards, **settings}
+    overrides = [("task", "grpo"), ("model.name", str(model)), ("data.train", str(data)), ("data.block_size", 64),
+                 ("output.dir", str(out)), ("monitor.tensorboard", False), ("monitor.general_probe", "none")]
+    return load_config(None, overrides + [(f"grpo.{k}", v) for k, v in grpo.items()] + [(f"train.{k}", v) for k, v in train_settings.items()])
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def by_hand(logps, old, ref, rewards, mask, kind, eps, beta, group, max_new):
+    """GRPO's loss written out one completion and one token at a time."""
+    n = len(rewards)
+    advantages = []
+    for i in range(n):
+        g = rewards[(i // group) * group : (i // group + 1) * group]
+        mean = sum(g) / group
+        std = math.sqrt(sum((r - mean) ** 2 for r in g) / (group - 1))
+        advantages.append((rewards[i] - mean) / (std + 1e-4) if kind == "grpo" else rewards[i] - mean)
+    per_row, total = [], 0.0
+    for i in range(n):
+        terms = []
+        for t in range(len(logps[i])):
+            if not mask[i][t]:
+                continue
+            ratio = math.exp(logps[i][t] - old[i][t])
+            term = -min(ratio * advantages[i], min(max(ratio, 1 - eps), 1 + eps) * advantages[i])
+            if beta:
+                d = ref[i][t] - logps[i][t]
+                term += beta * (math.exp(d) - d - 1)
+            terms.append(term)
+        per_row.append(sum(terms) / max(1, len(terms)))
+        total += sum(terms)
+    return sum(per_row) / n if kind == "grpo" else total / (n * max_new)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "dr_grpo"])
+def test_the_loss_is_the_formula_and_micro_batches_add_up_to_the_whole(kind):
+    generator = torch.Generator().manual_seed(0)
+    n, width, group, eps, beta, max_new = 8, 6, 4, 0.2, 0.04, 10
+    logps = -torch.rand(n, width, generator=generator, dtype=torch.float64) * 3
+    old = logps + 0.3 * torch.randn(n, width, generator=generator, dtype=torch.float64)
+    ref = logps + 0.5 * torch.randn(n, width, generator=generator, dtype=torch.float64)
+    mask = torch.ones(n, width)
+    mask[1, 4:] = mask[5, 2:] = 0
+    rewards = torch.tensor([0.1, 0.9, 0.4, 0.4, 1.0, 0.0, 0.5, 0.2], dtype=torch.float64)
+    advantages = group_advantages(rewards, group, kind == "grpo")
+    loss, _ = grpo_loss(logps, old, ref, advantages, mask, kind, eps, beta, max_new)
+    expected = by_hand(logps.tolist(), old.tolist(), ref.tolist(), rewards.tolist(), mask.tolist(), kind, eps, beta, group, max_new)
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+    halves = [grpo_loss(logps[s], old[s], ref[s], advantages[s], mask[s], kind, eps, beta, max_new)[0] * 0.5
+              for s in (slice(0, 4), slice(4, 8))]
+    assert float(sum(halves)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_one_iteration_has_ratio_one_and_the_policy_gradient():
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0])
+    loss, terms = grpo_loss(logps, None, None, advantages, torch.ones(2, 2), "grpo", 0.2, 0.0, 2)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(0.0) and not terms.clipped.any()
+    assert logps.grad.flatten().tolist() == pytest.approx([-0.25, -0.25, 0.25, 0.25])  # -A / (tokens * completions)
+
+
+def test_equal_rewards_give_zero_advantages():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.5], dtype=torch.float64)
+    advantages = group_advantages(rewards, 3, scale=True)
+    assert advantages[:3].abs().max() == 0 and advantages[3:].abs().max() > 0.5
+
+
+def test_built_in_rewards_score_what_they_say(tmp_path):
+    cfg = GrpoConfig(rewards=[{"length": 4}, {"regex": r"\d", "must_match": False}, {"avoid": ["bad", "awful"], "weight": 2.0}])
+    total, each = Rewards(cfg).score(["p", "p", "p"], ["a bad 1", "fine", "Awful, bad"], [4, 2, 9])
+    assert each["length"].tolist() == pytest.approx([1.0, 0.5, 0.0])
+    assert each["regex"].tolist() == [0.0, 1.0, 1.0]
+    assert each["avoid"].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert total.tolist() == pytest.approx([2.0, 3.5, 1.0])
+
+
+def test_a_python_reward_that_fails_names_the_function_and_the_row(tmp_path):
+    (tmp_path / "rw.py").write_text("def picky(prompts, completions):\n    return [1 / len(c) for c in completions]\n")
+    rewards = Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:picky"}]))
+    assert rewards.score(["a", "b"], ["xx", "x"], [1, 1])[1]["picky"].tolist() == [0.5, 1.0]
+    with pytest.raises(UserError, match=r"rw.py:picky failed on row 1 \(prompt 'b', completion ''\): ZeroDivisionError"):
+        rewards.score(["a", "b"], ["xx", ""], [1, 0])
+    (tmp_path / "bad.py").write_text("def few(prompts, completions):\n    return [1.0]\n")
+    with pytest.raises(UserError, match="bad.py:few failed on a batch of 2: ValueError: returned list, not a list of 2 numbers"):
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/bad.py:few"}])).score(["a", "b"], ["x", "y"], [1, 1])
+    with pytest.raises(ConfigError, match="has no function missing"):
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:missing"}]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/nowhere.py:f"}]))
+
+
+def test_reward_settings_are_checked_with_the_config(tiny_llama, tmp_path, capsys):
+    data = prompt_file(tmp_path / "p.txt")
+    for rewards, message in (([], "a GRPO run needs at least one reward"),
+                             ([{"run": str(tmp_path / "nowhere"), "label": "positive"}], "is not a finished tunesmith run"),
+                             ([{"regex": "(", "weight": 1}], "not a regular expression"),
+                             ([{"length": 5, "regex": "a"}], "give exactly one of")):
+        (tmp_path / "c.yaml").write_text(json.dumps({"task": "grpo", "model": {"name": str(tiny_llama)}, "data": {"train": str(data)},
+                                                      "grpo": {"rewards": rewards}}))
+        assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    path = write_jsonl(root / "reviews.jsonl", [json.dumps(r) for r in labelled(60)])
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(60)))
+    train(classify_config(tiny_models["gpt2"], path, root / "run", "head", epochs=1))
+    return root / "run"
+
+
+def test_a_classifier_run_is_a_reward_and_its_labels_are_checked(sentiment_run):
+    rewards = Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "positive"}]))
+    total, each = rewards.score(["x", "y"], [" wonderful", " awful"], [1, 1])
+    assert rewards.names == ["run:positive"] and ((0 <= total) & (total <= 1)).all()
+    with pytest.raises(ConfigError, match="has no label 'happy'; its labels are negative, positive"):
+        Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "happy"}]))
+    with pytest.raises(ConfigError, match="name the label whose probability is the reward"):
+        Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run)}]))
+
+
+def test_a_tiny_model_learns_a_rule_reward(tiny_llama, tmp_path):
+    (tmp_path / "rw.py").write_text(VOWELS)
+    data = prompt_file(tmp_path / "p.txt")
+    summary = train(grpo_config(tiny_llama, data, tmp_path / "run", [{"python": f"{tmp_path}/rw.py:vowels"}], group_size=8,
+                                train={"max_steps": 24, "eval_every": 8}))
+    assert summary["task"] == "grpo" and summary["reward"] > summary["base_reward"] + 0.1
+    history = rows(tmp_path / "run")
+    step = history[3]
+    assert {"reward", "reward/vowels", "reward_std", "equal_groups", "completion_length", "gen_tokens_per_s", "clipped_share",
+            "kl", "train_loss"} <= set(step)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"prompt", "text", "reward", "reward/vowels"} <= set(samples[0])
+    assert json.loads((tmp_path / "run" / "final" / "tunesmith_task.json").read_text())["task"] == "grpo"
+    assert not [f for f in diagnose(history, RunFacts(lr=1e-2)) if f.kind in ("underfitting", "lr_too_low", "instability", "transfer_gain")]
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_a_grpo_run_resumes_exactly(tiny_llama, tmp_path, iterations):
+    """Cut after step 3: with two iterations, inside a round, whose completions the checkpoint keeps."""
+    data = prompt_file(tmp_path / "p.txt")
+    config = lambda out: grpo_config(tiny_llama, data, out, [{"regex": "e"}, {"length": 6}], iterations=iterations,  # noqa: E731
+                                     train={"max_steps": 6, "eval_every": 3, "save_every": 3})
+    train(config(tmp_path / "whole"))
+    cut_run(tmp_path / "whole", tmp_path / "cut", last_step=3)
+    train(config(tmp_path / "cut"), resume=True)
+    keys = ("train_loss", "reward", "kl", "clipped_share")
+    flat = lambda run: [row.get(k, -1.0) for row in rows(run) for k in keys]  # noqa: E731
+    assert flat(tmp_path / "cut") == pytest.approx(flat(tmp_path / "whole"), abs=1e-6)
+
+
+def test_lora_grpo_uses_the_adapters_off_as_its_reference(tiny_llama, tmp_path, capsys):
+    data = prompt_file(tmp_path / "p.txt")
+    cfg = grpo_config(tiny_llama, data, tmp_path / "run", [{"regex": "e"}], train={"max_steps": 2, "eval_every": 2})
+    cfg.model.method = "lora"
+    summary = train(cfg)
+    assert "frozen copy" not in capsys.readouterr().out and summary["method"] == "lora"
+    assert rows(tmp_path / "run")[1]["kl"] >= 0
+
+
+def test_messages_need_a_chat_template_and_prompts_are_counted(tiny_llama, tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"hello {i}"}]}) + "\n" for i in range(20)))
+    (tmp_path / "c.yaml").write_text(json.dumps({"task": "grpo", "model": {"name": str(tiny_llama)}, "data": {"train": str(data)},
+                                                  "grpo": {"rewards": [{"regex": "a"}]}}))
+    assert main(["prepare", str(tmp_path / "c.yaml")]) == 2
+    assert "prompts given as messages need a model with a chat template" in capsys.readouterr().err
+
+
+def test_grpo_findings_fire_on_their_patterns_and_stay_silent_on_a_healthy_run():
+    def history(rewards, kls, equal, distinct):
+        out = [{"step": 0, "val_reward": rewards[0], "val_distinct_2": distinct[0], "val_completion_length": 20.0}]
+        for step in range(1, 21):
+            out.append({"step": step, "reward": rewards[0], "kl": kls, "equal_groups": equal, "train_loss": 0.0})
+        out.append({"step": 20, "val_reward": rewards[1], "val_distinct_2": distinct[1], "val_completion_length": 19.0})
+        return out
+
+    kinds = lambda h: {f.kind for f in diagnose(h, RunFacts(lr=1e-5, grpo_beta=0.04, grpo_temperature=1.0, grpo_group_size=8))}  # noqa: E731
+    assert not kinds(history((0.4, 0.7), 0.05, 0.1, (0.8, 0.75))) & {"reward_hacking", "no_signal", "kl_blowup"}
+    assert "reward_hacking" in kinds(history((0.4, 0.9), 0.05, 0.1, (0.8, 0.3)))
+    assert "reward_hacking" in kinds(history((0.4, 0.9), 2.5, 0.1, (0.8, 0.75)))
+    assert "kl_blowup" in kinds(history((0.4, 0.4), 2.5, 0.1, (0.8, 0.75)))
+    found = [f for f in diagnose(history((0.4, 0.4), 0.01, 0.8, (0.8, 0.8)), RunFacts(grpo_temperature=1.0, grpo_group_size=8))
+             if f.kind == "no_signal"]
+    assert found and [a.key for a in found[0].advice][:2] == ["grpo.temperature", "grpo.group_size"]
+
+
+def test_the_page_shows_a_grpo_runs_rewards_and_its_try_it_scores_a_completion(tiny_llama, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.ui import create_app
+
+    (tmp_path / "rw.py").write_text(VOWELS)
+    data = prompt_file(tmp_path / "p.txt")
+    train(grpo_config(tiny_llama, data, tmp_path / "runs" / "steer", [{"regex": "e"}, {"python": f"{tmp_path}/rw.py:vowels"}],
+                      train={"max_steps": 2, "eval_every": 2}))
+    client = TestClient(create_app(tmp_path / "runs", port=7860), base_url="http://127.0.0.1:7860")
+    row = next(r for r in client.get("/api/runs").json()["runs"] if r["name"] == "steer")
+    assert row["metric"] == "mean reward" and row["higher_is_better"]
+    tried = client.post("/api/run/steer/generate", json={"prompt": "the lamp", "settings": {"temperature": 0, "max_new_tokens": 6}})
+    body = tried.json()
+    assert tried.status_code == 200 and set(body["rewards"]) == {"total", "regex"} and body["not_scored"] == ["vowels"]
+    assert body["rewards"]["regex"] == float("e" in body["text"])
