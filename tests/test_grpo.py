@@ -193,7 +193,8 @@ def test_lora_grpo_uses_the_adapters_off_as_its_reference(tiny_llama, tmp_path, 
     cfg.model.method = "lora"
     summary = train(cfg)
     assert "frozen copy" not in capsys.readouterr().out and summary["method"] == "lora"
-    assert rows(tmp_path / "run")[1]["kl"] >= 0
+    history = rows(tmp_path / "run")
+    assert history[1]["kl"] == pytest.approx(0.0, abs=1e-7) and history[2]["kl"] > 0  # the adapters start as no change
 
 
 def test_messages_need_a_chat_template_and_prompts_are_counted(tiny_llama, tmp_path, capsys):
@@ -237,5 +238,32 @@ def test_the_page_shows_a_grpo_runs_rewards_and_its_try_it_scores_a_completion(t
     assert row["metric"] == "mean reward" and row["higher_is_better"]
     tried = client.post("/api/run/steer/generate", json={"prompt": "the lamp", "settings": {"temperature": 0, "max_new_tokens": 6}})
     body = tried.json()
-    assert tried.status_code == 200 and set(body["rewards"]) == {"total", "regex"} and body["not_scored"] == ["vowels"]
+    assert tried.status_code == 200 and set(body["rewards"]) == {"total", "regex"} and body["not_scored"] == ["vowels (Python, not run from the page)"]
     assert body["rewards"]["regex"] == float("e" in body["text"])
+
+
+def test_completion_log_probs_line_up_with_a_full_forward(tiny_llama):
+    """Prompts of different lengths left-padded, completions right-padded: each completion token's log-prob is the one a
+    plain forward pass over that row alone gives it."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.tasks.grpo.rollout import StepStats, completion_logps, group_batch
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    rows_ = [([5, 6, 7], [8, 9, 10, 11]), ([12], [13, 14]), ([15, 16], [])]
+    batch = group_batch(rows_, torch.zeros(3), pad_id=0, stats=StepStats())
+    with torch.no_grad():
+        got = completion_logps(model, batch, temperature=0.7)
+        for r, (prompt, completion) in enumerate(rows_):
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float() / 0.7
+            expected = logits.log_softmax(-1)[len(prompt) - 1 : -1].gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+            assert got[r, : len(completion)].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+            assert batch.completion_mask[r].sum() == len(completion)
+
+
+def test_iterations_take_several_steps_on_one_batch_of_completions(tiny_llama, tmp_path):
+    data = prompt_file(tmp_path / "p.txt")
+    train(grpo_config(tiny_llama, data, tmp_path / "run", [{"regex": "e"}], iterations=2, train={"max_steps": 4, "eval_every": 4}))
+    steps = [row for row in rows(tmp_path / "run") if "sample_seconds" in row]
+    assert [row["reward"] for row in steps][0::2] == [row["reward"] for row in steps][1::2]  # the round's completions, twice
+    assert steps[0]["sample_seconds"] == steps[1]["sample_seconds"] and steps[1]["clipped_share"] >= 0

@@ -350,6 +350,12 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
     name = model.get("name")
     if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
         model["name"] = str(start / name)
+    for reward in (resolved.get("grpo") or {}).get("rewards") or []:
+        if isinstance(reward, dict) and isinstance(reward.get("run"), str):
+            reward["run"] = _against(start, reward["run"])
+        if isinstance(reward, dict) and isinstance(reward.get("python"), str):
+            file, _, function = reward["python"].rpartition(":")
+            reward["python"] = f"{_against(start, file)}:{function}"
     return resolved
 
 

@@ -117,6 +117,7 @@ class Task:
     for a task that compares with the model before training, that reference; never changed afterwards."""
 
     eval_units: ClassVar[str] = "examples"  # what the validation set holds, as the run prints it
+    steps_per_batch: int = 1  # optimizer steps on each batch of examples (GRPO's grpo.iterations)
     target_words: ClassVar[str] = "targets"  # what carries the loss
     prompts_rendered: ClassVar[bool] = False  # sample prompts already carry the template's special tokens
 

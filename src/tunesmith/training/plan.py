@@ -23,6 +23,7 @@ class StepPlan:
     world_size: int = 1
     rank: int = 0
     lengths: list[int] | None = None  # variable-length examples: steps are grouped by length, so little is padding
+    repeats: int = 1  # consecutive steps that read the same blocks (GRPO's iterations on one batch of completions)
     _orders: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     @property
@@ -35,11 +36,15 @@ class StepPlan:
         return self.blocks_per_rank * self.world_size
 
     @property
-    def steps_per_epoch(self) -> int:
-        """A single process keeps a last, smaller step; several drop it, so every rank gets equal shares."""
+    def batches_per_epoch(self) -> int:
+        """A single process keeps a last, smaller batch; several drop it, so every rank gets equal shares."""
         if self.world_size > 1:
             return max(1, self.num_blocks // self.blocks_per_step)
         return max(1, math.ceil(self.num_blocks / self.blocks_per_step))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches_per_epoch * self.repeats
 
     @property
     def total_steps(self) -> int:
@@ -73,7 +78,7 @@ class StepPlan:
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """This rank's block indices for the 0-based optimizer `step`, split into micro-batches."""
-        epoch, position = divmod(step, self.steps_per_epoch)
+        epoch, position = divmod(step // self.repeats, self.batches_per_epoch)
         start = position * self.blocks_per_step + self.rank * self.blocks_per_rank
         chosen = self._order(epoch)[start : start + self.blocks_per_rank]
         return [chosen[i : i + self.micro_batch_size] for i in range(0, len(chosen), self.micro_batch_size)]

@@ -147,7 +147,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         micro = largest_micro_batch(model, _loss(task, module, fuse, cfg), train, device, precision, 64,
                                     console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
-                    context.world_size, context.rank, task.example_lengths(train))
+                    context.world_size, context.rank, task.example_lengths(train), task.steps_per_batch)
     if len(train) < plan.blocks_per_step and context.enabled:
         raise UserError(f"{len(train)} training blocks cannot fill one step of {plan.blocks_per_step} blocks across "
                         f"{context.world_size} processes; use fewer processes, a smaller batch or more data")

@@ -252,6 +252,13 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
             raise Outside(f"{name}: its final model leads outside the runs folder {folder.root}; the page loads only what is inside it")
         return final
 
+    def reward_run(path: str) -> Path:
+        """A GRPO reward's classifier or reward-model run, refused when it or any of its files leads outside the folder."""
+        run = folder.inside(path)
+        if run.is_dir() and folder.first_leaving(run) is not None:
+            raise Outside(f"{path}: it leads outside the runs folder {folder.root}; the page loads only what is inside it")
+        return run
+
     @app.post("/api/run/{name:path}/chat")
     async def chat(name: str, request: Request):
         from starlette.concurrency import run_in_threadpool
@@ -271,7 +278,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         run_dir = folder.run_dir(name)
         config = folder.config(run_dir) or {}
         if view_of(folder.summary(run_dir) or {}, config).rewarded:
-            return {"text": text, **await run_in_threadpool(tryout.rewards, model, config, folder.inside, prompt, text)}
+            return {"text": text, **await run_in_threadpool(tryout.rewards, model, config, reward_run, prompt, text)}
         return {"text": text}
 
     @app.post("/api/run/{name:path}/classify")

@@ -88,8 +88,9 @@ class Launcher:
             raise ConfigError(["data.train: name the training data, a file or folder inside the runs folder, e.g. data/notes.jsonl"])
         from ..tasks import task_kind
 
-        task_kind(cfg).check(cfg)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
-        return confine_paths(cfg, self.folder)
+        confined = confine_paths(cfg, self.folder)  # before the task's checks, which read the files a config names
+        task_kind(confined).check(confined)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
+        return confined
 
     def preview(self, draft: Draft, count: int = 3) -> dict:
         """What `tunesmith prepare --show` prints: the data report's summary and the first training examples, marked."""

@@ -45,7 +45,7 @@ class Tryout:
         self.device = device
         self.lock = threading.Lock()
         self.held: tuple[tuple, object] | None = None
-        self.rewards_held: tuple[tuple, object] | None = None
+        self.rewards_held: dict[str, object] = {}
 
     def _load(self, model_dir: Path, kind: str):
         if not (model_dir / "config.json").is_file():
@@ -80,32 +80,42 @@ class Tryout:
             model, tokenizer = self._load(model_dir, "generate")
             return generate_completions(model, tokenizer, prompt, options)[0].text
 
-    def rewards(self, model_dir: Path, config: dict, inside, prompt: str, text: str) -> dict:
-        """A generation's rewards under the run's own: its classifier and reward-model runs (each inside the runs folder,
-        `inside` checks) and the built-ins; a Python reward is never run from the page."""
+    def rewards(self, model_dir: Path, config: dict, confined, prompt: str, text: str) -> dict:
+        """A generation's rewards under the run's own: its classifier and reward-model runs (each wholly inside the runs
+        folder: `confined` checks, links included) and the built-ins. A Python reward is never run from the page, and a
+        reward that cannot be built here is named in `not_scored` with the reason, rather than failing the generation."""
         from ..config import GrpoConfig
-        from ..tasks.grpo.rewards import Rewards
 
         try:
             saved = GrpoConfig.model_validate({"rewards": (config.get("grpo") or {}).get("rewards") or []}).rewards
         except ValueError:
-            raise UserError("this run's grpo.rewards in its config.yaml cannot be read; the completion is not scored") from None
-        skipped = [spec.label_name for spec in saved if spec.kind == "python"]
-        specs = [spec.model_dump(exclude_none=True) for spec in saved if spec.kind != "python"]
-        for spec in specs:
-            if spec.get("run"):
-                spec["run"] = str(inside(spec["run"]))
+            return {"rewards": {}, "not_scored": ["this run's grpo.rewards in its config.yaml cannot be read"]}
+        scored, skipped, weighted = {}, [], 0.0
         with self.lock:
-            key = ("rewards", repr(specs))
-            if self.rewards_held is None or self.rewards_held[0] != key:
-                self.rewards_held = None
-                self.rewards_held = (key, Rewards(GrpoConfig(rewards=specs), self.device, log=lambda _m: None) if specs else None)
-            rewards, (_, tokenizer) = self.rewards_held[1], self._load(model_dir, "generate")
-            scored = {}
-            if rewards is not None:
-                total, each = rewards.score([prompt], [text], [len(tokenizer(text, add_special_tokens=False)["input_ids"])])
-                scored = {"total": round(float(total[0]), 4), **{name: round(float(v[0]), 4) for name, v in each.items()}}
-        return {"rewards": scored, "not_scored": skipped}
+            _, tokenizer = self._load(model_dir, "generate")
+            length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            for spec in saved:
+                if spec.kind == "python":
+                    skipped.append(f"{spec.label_name} (Python, not run from the page)")
+                    continue
+                try:
+                    reward = self._reward(spec.model_copy(update={"run": str(confined(spec.run))}) if spec.run else spec)
+                except UserError as exc:
+                    skipped.append(f"{spec.label_name} ({exc})")
+                    continue
+                value = float(reward.score([prompt], [text], [length])[0][0])
+                scored[spec.label_name], weighted = round(value, 4), weighted + spec.weight * value
+        return {"rewards": {"total": round(weighted, 4), **scored} if scored else {}, "not_scored": skipped}
+
+    def _reward(self, spec):
+        """One reward, built once and kept while the page asks for it (a classifier or reward model loads once)."""
+        from ..config import GrpoConfig
+        from ..tasks.grpo.rewards import Rewards
+
+        key = repr(spec.model_dump())
+        if key not in self.rewards_held:
+            self.rewards_held[key] = Rewards(GrpoConfig(rewards=[spec]), self.device)
+        return self.rewards_held[key]
 
     def classify(self, model_dir: Path, text: str) -> dict:
         if not text.strip():

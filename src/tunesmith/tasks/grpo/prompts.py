@@ -40,21 +40,23 @@ def prompt_key(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
-def _record_prompt(value, cfg: RunConfig, where: str) -> Prompt | str:
-    """A record's prompt, or the reason it is dropped (a data-report step name)."""
+def _record_prompt(value, cfg: RunConfig, where: str) -> tuple[Prompt | None, str | None]:
+    """A record's prompt, or None and the reason it is dropped (a data-report step name)."""
+    if isinstance(value, str):
+        return value, None
     if not isinstance(value, dict):
-        return "not_a_prompt_record"
+        return None, "not_a_prompt_record"
     prompt = lookup(value, field_name(cfg.chat, "prompt"))
     if isinstance(prompt, str):
-        return prompt
+        return prompt, None
     if isinstance(prompt, list):
-        return as_messages(prompt, "user", cfg.chat, where)
+        return as_messages(prompt, "user", cfg.chat, where), None
     messages = parse_record(value, cfg.chat, where)
     if not messages:
-        return "missing_field"
+        return None, "missing_field"
     while messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]
-    return messages or "no_prompt"
+    return (messages, None) if messages else (None, "no_prompt")
 
 
 def _cleaned(prompt: Prompt, cfg: RunConfig, steps: list, report: DataReport) -> Prompt | None:
@@ -74,14 +76,15 @@ def prompt_units(reader, files: list[Path], cfg: RunConfig, clean: CleanConfig, 
             report.read += len(found) - 1  # each line is a prompt read, where the reader counted the document once
         else:
             try:
-                found = [_record_prompt(record.value, cfg, where)] if not isinstance(record.value, str) else [record.value]
+                prompt, reason = _record_prompt(record.value, cfg, where)
             except UserError as problem:
                 skip_row(problem, reader.on_error, report)
                 continue
-        for prompt in found:
-            if isinstance(prompt, str) and not isinstance(record.value, str) and prompt in ("not_a_prompt_record", "missing_field", "no_prompt"):
-                report.remove(prompt, str(record.value)[:200])
+            if reason is not None:
+                report.remove(reason, str(record.value)[:200])
                 continue
+            found = [prompt]
+        for prompt in found:
             cleaned = _cleaned(prompt, cfg, steps, report)
             if cleaned is None:
                 report.remove("empty_prompt", prompt_key(prompt)[:200])

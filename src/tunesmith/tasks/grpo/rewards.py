@@ -166,7 +166,7 @@ def _row_failure(function, where: str, prompts, completions, exc: Exception) -> 
                      "fix the function, then resume the run with --resume")
 
 
-def classifier_reward(spec: RewardSpec, device: str, log):
+def classifier_reward(spec: RewardSpec, device: str):
     from ..trained import Classifier
 
     classifier = Classifier(str(model_folder(spec.run)), device, log=lambda _m: None)
@@ -179,7 +179,7 @@ def classifier_reward(spec: RewardSpec, device: str, log):
     return score
 
 
-def reward_model_reward(spec: RewardSpec, device: str, log):
+def reward_model_reward(spec: RewardSpec, device: str):
     from ..reward import RewardModel
 
     model = RewardModel(str(model_folder(spec.run)), device, log=lambda _m: None)
@@ -190,11 +190,11 @@ def reward_model_reward(spec: RewardSpec, device: str, log):
     return score
 
 
-def build_reward(spec: RewardSpec, device: str, log) -> RewardFunction:
+def build_reward(spec: RewardSpec, device: str) -> RewardFunction:
     kind = spec.kind
     if kind == "run":
         task = check_run_reward(spec)
-        score = classifier_reward(spec, device, log) if task == "classify" else reward_model_reward(spec, device, log)
+        score = classifier_reward(spec, device) if task == "classify" else reward_model_reward(spec, device)
     elif kind == "length":
         score = length_reward(spec.length)
     elif kind == "regex":
@@ -209,9 +209,9 @@ def build_reward(spec: RewardSpec, device: str, log) -> RewardFunction:
 class Rewards:
     """The run's rewards: each function's scores, and their weighted sum."""
 
-    def __init__(self, cfg: GrpoConfig, device: str = "auto", log=print):
+    def __init__(self, cfg: GrpoConfig, device: str = "auto"):
         check_rewards(cfg)
-        self.functions = [build_reward(spec, device, log) for spec in cfg.rewards]
+        self.functions = [build_reward(spec, device) for spec in cfg.rewards]
 
     @property
     def names(self) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from ...config import GrpoConfig
 from ...decoding import Decoder, Job, SamplingSettings, decode_all
 from ...decoding.engine import derived_seed
+from ...errors import UserError
 from ...runtime import autocast
 from .objective import group_advantages
 from .prompts import Prompts
@@ -60,9 +61,8 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], seeds: list[int], 
     finally:
         model.train(was_training)
     if errors:
-        from ...errors import UserError
-
-        raise UserError(f"sampling completions failed: {errors[0]}")
+        advice = "; lower train.micro_batch_size, grpo.group_size or grpo.max_new_tokens" if "out of memory" in errors[0] else ""
+        raise UserError(f"sampling completions failed: {errors[0].split(';')[0]}{advice}")
     return [[s if s is not None else Sampled([], "") for s in group] for group in found]
 
 
@@ -137,11 +137,12 @@ def group_batch(rows: list[tuple[list[int], list[int]]], advantages: torch.Tenso
     return GroupBatch(ids, attention, positions, completion, advantages, stats=stats)
 
 
-def completion_logps(module, batch: GroupBatch) -> torch.Tensor:
-    """(B, completion width) fp32 log-probabilities of the completions' tokens under `module`."""
+def completion_logps(module, batch: GroupBatch, temperature: float = 1.0) -> torch.Tensor:
+    """(B, completion width) fp32 log-probabilities of the completions' tokens under `module` at the sampling temperature
+    (the distribution they were drawn from, as TRL scores them)."""
     width = batch.completion_width
     logits = module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    use_cache=False, logits_to_keep=width + 1).logits[:, :-1, :].float()
+                    use_cache=False, logits_to_keep=width + 1).logits[:, :-1, :].float() / temperature
     targets = batch.input_ids[:, -width:]
     picked = logits.gather(-1, targets[..., None]).squeeze(-1)
     return picked - logits.logsumexp(-1)
@@ -176,6 +177,7 @@ class Rollouts:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.current: Round | None = None
         self.stats = StepStats()
+        self.block_size = prompts.examples.block_size + cfg.max_new_tokens  # the longest row a step trains on
 
     # the dataset interface the step runner reads
     def __len__(self) -> int:
@@ -262,7 +264,7 @@ class Rollouts:
             mask = batch.completion_mask.bool()
             with autocast(self.device, self.precision):
                 if self.cfg.iterations > 1:
-                    old += [row[m].tolist() for row, m in zip(completion_logps(self.model, batch), mask)]
+                    old += [row[m].tolist() for row, m in zip(completion_logps(self.model, batch, self.cfg.temperature), mask)]
                 if self.reference is not None:
                     ref += [row[m].tolist() for row, m in zip(self.reference(batch), mask)]
         round_.old_logps = old or None
@@ -280,14 +282,14 @@ class Rollouts:
                 **seconds}
 
 
-def reference_logps(model, frozen=None):
+def reference_logps(model, temperature: float, frozen=None):
     """The reference's log-probs of a GroupBatch: the base with the LoRA adapters switched off, or a frozen copy."""
     if frozen is not None:
-        return lambda batch: completion_logps(frozen, batch)
+        return lambda batch: completion_logps(frozen, batch, temperature)
 
     def adapters_off(batch: GroupBatch) -> torch.Tensor:
         with model.disable_adapter():
-            return completion_logps(model, batch)
+            return completion_logps(model, batch, temperature)
     return adapters_off
 
 

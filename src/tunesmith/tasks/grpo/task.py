@@ -37,8 +37,9 @@ class GrpoReference:
 class GrpoLoss:
     """The GRPO loss of a micro-batch of groups on the training module; reports KL and the clipped share to the batch's stats."""
 
-    def __init__(self, module: torch.nn.Module, task: "GrpoTask"):
-        self.module, self.cfg = module, task.cfg.grpo
+    def __init__(self, module: torch.nn.Module, cfg):
+        """`cfg` the run's GrpoConfig."""
+        self.module, self.cfg = module, cfg
 
     def weight(self, batch: GroupBatch) -> float:
         """Each micro-batch weighs by its completions: the step's loss is the one of all its completions together."""
@@ -49,7 +50,7 @@ class GrpoLoss:
 
     def __call__(self, batch: GroupBatch) -> torch.Tensor:
         cfg = self.cfg
-        logps = completion_logps(self.module, batch)
+        logps = completion_logps(self.module, batch, cfg.temperature)
         loss, terms = grpo_loss(logps, batch.old_logps, batch.ref_logps, batch.advantages, batch.completion_mask, cfg.loss, cfg.epsilon,
                                 cfg.beta, cfg.max_new_tokens)
         mask = batch.completion_mask.bool()
@@ -69,6 +70,7 @@ class GrpoTask(Task):
     def __init__(self, kind: TaskKind, cfg: RunConfig, meta: dict, reference: GrpoReference | None = None):
         super().__init__(kind, cfg, meta)
         self._reference = reference
+        self.steps_per_batch = cfg.grpo.iterations
 
     @cached_property
     def rewards(self) -> Rewards:
@@ -88,7 +90,7 @@ class GrpoTask(Task):
         return model
 
     def training_loss(self, module: torch.nn.Module) -> GrpoLoss:
-        return GrpoLoss(module, self)
+        return GrpoLoss(module, self.cfg.grpo)
 
     def rollouts(self, prompts: Prompts, model, tokenizer, device: torch.device, precision: str) -> Rollouts:
         reference = self._reference.reference if self._reference is not None else None
@@ -206,13 +208,13 @@ class GrpoKind(TaskKind):
 
     def reference(self, cfg: RunConfig, meta: dict, model: torch.nn.Module, prepared, resolved, device: torch.device,
                   precision: str, batch_size: int, log=print) -> GrpoReference:
-        rewards = Rewards(cfg.grpo, str(device), log)
+        rewards = Rewards(cfg.grpo, str(device))
         if not cfg.grpo.beta:
             return GrpoReference(rewards)
         if hasattr(model, "disable_adapter"):
-            return GrpoReference(rewards, reference_logps(model))
+            return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature))
         log("grpo.beta > 0 without LoRA: holding a frozen copy of the model as the KL reference")
-        return GrpoReference(rewards, reference_logps(model, without_dropout(deepcopy(model)).eval().requires_grad_(False)))
+        return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature, without_dropout(deepcopy(model)).eval().requires_grad_(False)))
 
 
 class GrpoView(TaskView):
