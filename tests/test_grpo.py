@@ -117,8 +117,11 @@ def test_a_python_reward_that_fails_names_the_function_and_the_row(tmp_path):
     with pytest.raises(UserError, match=r"rw.py:picky failed on row 1 \(prompt 'b', completion ''\): ZeroDivisionError"):
         rewards.score(["a", "b"], ["xx", ""], [1, 0])
     (tmp_path / "bad.py").write_text("def few(prompts, completions):\n    return [1.0]\n")
-    with pytest.raises(UserError, match="bad.py:few failed on a batch of 2: ValueError: returned list, not a list of 2 numbers"):
+    with pytest.raises(UserError, match="bad.py:few failed on a batch of 2: ValueError: returned 1 value for 2 completions"):
         Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/bad.py:few"}])).score(["a", "b"], ["x", "y"], [1, 1])
+    (tmp_path / "quits.py").write_text("import sys\ndef stop(prompts, completions):\n    sys.exit(3)\n")
+    with pytest.raises(UserError, match=r"quits.py:stop failed on row 0 .*SystemExit"):
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/quits.py:stop"}])).score(["a"], ["x"], [1])
     with pytest.raises(ConfigError, match="has no function missing"):
         Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:missing"}]))
     with pytest.raises(ConfigError, match="does not exist"):

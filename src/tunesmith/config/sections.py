@@ -216,7 +216,7 @@ class RewardSpec(_Section):
     length: int | None = Field(None, ge=1, description="built-in: completions near this many tokens score 1, falling linearly to 0 at none or twice as many")
     regex: str | None = Field(None, description="built-in: 1 when the completion matches this regular expression (re.search), else 0")
     must_match: bool = Field(True, description="with regex: false inverts it, 1 when the completion does not match")
-    avoid: list[str] | None = Field(None, description="built-in: 1 minus the share of these words (case-insensitive, whole words) that the completion uses")
+    avoid: list[str] | None = Field(None, min_length=1, description="built-in: 1 minus the share of these words (case-insensitive, whole words) that the completion uses")
     python: str | None = Field(None, description="your function, file.py:name, called as name(prompts, completions) -> one number per completion")
 
     @field_validator("regex")
@@ -224,6 +224,8 @@ class RewardSpec(_Section):
     def _compiles(cls, value: str | None) -> str | None:
         import re
 
+        if value == "":
+            raise ValueError("an empty expression matches every completion; give one that tells completions apart")
         if value is not None:
             try:
                 re.compile(value)
@@ -260,7 +262,7 @@ class RewardSpec(_Section):
 
 
 class GrpoConfig(_Section):
-    group_size: int = Field(8, ge=2, description="completions sampled per prompt; their rewards are compared within the group")
+    group_size: int = Field(8, ge=2, le=512, description="completions sampled per prompt; their rewards are compared within the group")
     loss: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: advantages scaled by the group's reward std, each completion's loss averaged over its tokens (DeepSeekMath); dr_grpo: neither, tokens summed and divided by max_new_tokens (Dr. GRPO)")
     epsilon: float = Field(0.2, gt=0, lt=1, description="clipping of the probability ratio to [1 - epsilon, 1 + epsilon]")
     iterations: int = Field(1, ge=1, description="optimizer steps taken on each batch of completions before sampling new ones")

@@ -119,6 +119,8 @@ def reward_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict:
 def prompt_messages(prompt: str | list[dict], system_prompt: str | None) -> list[Message]:
     """A prompt as training read it: a string is one user turn, a list is chat messages (turns of one role merged),
     with the run's system prompt in front where it set one."""
+    if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(m, dict) for m in prompt)):
+        raise UserError(f"a prompt to score is {type(prompt).__name__}: give a string, or a list of {{role, content}} messages")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
         [{"role": m.get("role", ""), "content": m.get("content", "")} for m in prompt]
     messages = merge_turns(((m["role"], m["content"]) for m in with_system(messages, system_prompt)), {}, "prompt")

@@ -123,7 +123,7 @@ def python_reward(spec: RewardSpec):
         module = importlib.util.module_from_spec(loader)
         sys.modules[module_name] = module
         loader.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserError(f"grpo.rewards: importing {file} failed: {type(exc).__name__}: {_first_line(exc)}; fix the file") from None
     function = getattr(module, name, None)
     if not callable(function):
@@ -132,7 +132,7 @@ def python_reward(spec: RewardSpec):
     def score(prompts, completions, lengths) -> np.ndarray:
         try:
             values = _numbers(function(list(prompts), list(completions)), len(completions), spec.python)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a sys.exit() in the function ends the run as any failure does
             raise _row_failure(function, spec.python, prompts, completions, exc) from None
         return values
     return score
@@ -143,8 +143,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _numbers(values, count: int, where: str) -> np.ndarray:
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != count:
-        raise ValueError(f"returned {type(values).__name__}, not a list of {count} numbers")
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__") or len(values) != count:
+        got = f"{len(values)} value{'s' * (len(values) != 1)}" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+        raise ValueError(f"returned {got} for {count} completions; return a list of one number per completion")
     out = np.empty(count)
     for row, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
@@ -154,11 +155,12 @@ def _numbers(values, count: int, where: str) -> np.ndarray:
 
 
 def _row_failure(function, where: str, prompts, completions, exc: Exception) -> UserError:
-    """The first row the function fails on alone (or the batch's failure when no row fails alone), as one line."""
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+    """The first row the function fails on alone (or the batch's failure when no row fails alone, or when it answered the
+    batch with the wrong number of values), as one line."""
+    for row, (prompt, completion) in enumerate(zip(prompts, completions) if "completions; return" not in str(exc) else []):
         try:
             _numbers(function([prompt], [completion]), 1, where)
-        except Exception as alone:
+        except (Exception, SystemExit) as alone:
             shown = prompt_text(prompt)[:SHOWN_CHARS]
             return UserError(f"grpo.rewards: {where} failed on row {row} (prompt {shown!r}, completion {completion[:SHOWN_CHARS]!r}): "
                              f"{type(alone).__name__}: {_first_line(alone)}; fix the function, then resume the run with --resume")

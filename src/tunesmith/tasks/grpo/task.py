@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
+from pathlib import Path
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -143,7 +144,8 @@ class GrpoTask(Task):
     # what is saved and reported
     def spec(self, tokenizer) -> dict:
         chat = bool(getattr(tokenizer, "chat_template", None))
-        return {"task": self.name, "grpo": self.cfg.grpo.model_dump(mode="json"), **({"end_of_turn": end_of_turn(tokenizer)} if chat else {})}
+        return {"task": self.name, "grpo": absolute_rewards(self.cfg.grpo.model_dump(mode="json")),
+                **({"end_of_turn": end_of_turn(tokenizer)} if chat else {})}
 
     def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
         best = best_metrics or base_metrics
@@ -194,10 +196,11 @@ class GrpoKind(TaskKind):
     def for_saved(self, spec: dict, cfg: RunConfig) -> RunConfig:
         """The run's own GRPO settings and rewards, unless the config gives rewards; a Python reward is never taken from a
         saved model's files (they may come from anywhere), only from the config."""
-        if cfg.grpo.rewards or "grpo" not in spec:
+        if "grpo" not in spec:
             return cfg
         saved = dict(spec["grpo"])
-        saved["rewards"] = [reward for reward in saved.get("rewards", []) if not reward.get("python")]
+        saved["rewards"] = [reward.model_dump(mode="json") for reward in cfg.grpo.rewards] or \
+            [reward for reward in saved.get("rewards", []) if not reward.get("python")]
         if not saved["rewards"]:
             raise ConfigError(["grpo.rewards: this model's rewards are Python functions, which are taken from your config only; "
                                "give them with --set 'grpo.rewards=[{python: rewards.py:score}]'"])
@@ -215,6 +218,17 @@ class GrpoKind(TaskKind):
             return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature))
         log("grpo.beta > 0 without LoRA: holding a frozen copy of the model as the KL reference")
         return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature, without_dropout(deepcopy(model)).eval().requires_grad_(False)))
+
+
+def absolute_rewards(grpo: dict) -> dict:
+    """GRPO settings with each reward's run and file as absolute paths, so a saved model is scored the same from anywhere."""
+    for reward in grpo["rewards"]:
+        if reward.get("run"):
+            reward["run"] = str(Path(reward["run"]).expanduser().resolve())
+        if reward.get("python"):
+            file, _, function = reward["python"].rpartition(":")
+            reward["python"] = f"{Path(file).expanduser().resolve()}:{function}"
+    return grpo
 
 
 class GrpoView(TaskView):
