@@ -32,6 +32,11 @@ def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
     return [(row["step"], row["val_loss"]) for row in history if "val_loss" in row and math.isfinite(row["val_loss"])]
 
 
+def pair_rows(history: list[dict]) -> list[dict]:
+    """A reward model's evaluations: its loss is a Bradley-Terry pair loss, not a perplexity's."""
+    return [row for row in history if "pairwise_accuracy" in row]
+
+
 def _train_losses(history: list[dict]) -> list[tuple[int, float]]:
     """The training losses that measure fit; none for GRPO, whose loss is centred on zero by its advantages."""
     if grpo_rows(history):
@@ -121,8 +126,8 @@ def underfitting(history: list[dict], facts: RunFacts) -> Finding | None:
 def instability(history: list[dict], facts: RunFacts) -> Finding | None:
     losses = _train_losses(history)
     spikes = []
-    if preference_rows(history):
-        losses = []  # a few pairs' preference loss swings between 0 and 1 by design: only non-finite steps count
+    if preference_rows(history) or pair_rows(history):
+        losses = []  # a few pairs' preference or Bradley-Terry loss swings between 0 and 1 by design: only non-finite steps count
     for index in range(5, len(losses)):
         recent = median(loss for _, loss in losses[index - 5 : index])
         if losses[index][1] > SPIKE_FACTOR * recent and losses[index][1] - recent > SPIKE_MIN_NATS:
@@ -197,7 +202,7 @@ def memory(history: list[dict], facts: RunFacts) -> Finding | None:
 
 def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     evals = _evaluations(history)
-    if preference_rows(history) or grpo_rows(history):
+    if preference_rows(history) or grpo_rows(history) or pair_rows(history):
         return None  # a preference loss is not a perplexity's, and GRPO has none: their gains are their own metrics
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
     best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
