@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.tunesmith-ready
 
-.PHONY: demo test docs setup browser clean
+.PHONY: demo test docs setup browser postgres clean
 
 demo: $(READY)
 	$(BIN)/tunesmith quickstart
 
-test: $(READY) browser
+test: $(READY) browser postgres
 	$(BIN)/python -m pytest
 
 # The reference in docs/ as a static site in site/, built offline; --strict fails on any warning (a broken link,
@@ -24,6 +24,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed: the browser check of the report will be skipped"
+
+# Debian's PostgreSQL, for the test of two sweep workers sharing one study in a real database (skipped without it)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "postgresql is not installed: the test of a sweep in PostgreSQL will be skipped"
 
 setup: $(READY)
 

@@ -318,6 +318,54 @@ def _run_report(args) -> int:
     return 0
 
 
+def _sweep_settings(args):
+    import re
+
+    from ..sweep.study import SweepSettings
+
+    path = getattr(args, "config", None)
+    name = args.study or (Path(path).stem if path else "sweep")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    for flag, value, low in (("--trials", args.trials, 1), ("--workers", args.workers, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low} (got {value})")
+    if args.minutes is not None and not args.minutes > 0:
+        raise UserError(f"--minutes must be positive (got {args.minutes})")
+    overrides = overrides_of(args)
+    if dict(overrides).get("output.dir"):
+        raise UserError("--out: a sweep writes each trial to its own folder (SWEEPS/NAME/trial-N); drop --out")
+    return SweepSettings(name=name, folder=Path(args.sweeps) / name, config=Path(path) if path else None,
+                         overrides=tuple(overrides), space=Path(args.space), trials=args.trials, minutes=args.minutes,
+                         storage=args.storage, workers=args.workers,
+                         objectives=tuple(part.strip() for part in args.objectives.split(",")), pruner=args.pruner)
+
+
+def _run_sweep(args) -> int:
+    from ..sweep.worker import run_sweep
+
+    settings = _sweep_settings(args)
+    try:
+        results = run_sweep(settings)
+    except KeyboardInterrupt:
+        print(f"interrupted: the running trial's checkpoint is kept; run the same command again to continue the study "
+              f"({settings.folder})", file=sys.stderr)
+        return 130
+    counts = results["counts"]
+    print(f"\nsweep {settings.name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed; "
+          f"{results['steps']:,} training steps in all")
+    best = results["best"]
+    if best is None:
+        print("no trial completed: see the table and each trial's log in " + str(settings.folder / "logs"))
+        return 1 if counts["failed"] else 0
+    values = ", ".join(f"{o['label']} {best[o['name']]:.4g}" for o in results["objectives"])
+    kind = "the knee of the Pareto front" if results["pareto_front"] else "best"
+    print(f"{kind}: trial {best['number']} ({values}) with " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
+    print(f"table: {settings.folder / 'trials.md'}; plots: {settings.folder / 'report.html'}; "
+          f"train the best config with: tunesmith train {settings.folder / 'best.yaml'} --out runs/NAME")
+    return 0
+
+
 def _run_quickstart(args) -> int:
     from ..quickstart import QUICKSTART_SETTINGS, run_quickstart
 
@@ -341,4 +389,5 @@ HANDLERS = {
     "diagnose": _run_diagnose,
     "report": _run_report,
     "quickstart": _run_quickstart,
+    "sweep": _run_sweep,
 }

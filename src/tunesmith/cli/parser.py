@@ -170,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md and report.html for a run")
     report.add_argument("run")
 
+    sweep = commands.add_parser("sweep", help="search hyperparameters by training trials (Optuna): pruning, two objectives, "
+                                "shared studies; the best config, the trials' table and plots")
+    _add_common(sweep)
+    sweep.add_argument("--space", required=True, metavar="FILE", help="YAML: config keys and their ranges, e.g. "
+                       "'train.lr: {log: [1e-5, 3e-3]}' and 'model.lora_rank: [8, 16, 32]'")
+    sweep.add_argument("--trials", type=int, required=True, metavar="N", help="trials the study holds when done (a rerun continues it)")
+    sweep.add_argument("--minutes", type=float, metavar="M", help="start no trial after M minutes")
+    sweep.add_argument("--study", metavar="NAME", help="the study and its folder SWEEPS/NAME (default: the config file's name, or sweep)")
+    sweep.add_argument("--storage", metavar="URL", help="a database Optuna's RDB storage takes (postgresql://user:pw@host/db) "
+                       "that workers on several machines share (default: a SQLite file in the sweep folder)")
+    sweep.add_argument("--workers", type=int, default=1, metavar="K", help="local worker processes, each with its share of the cores")
+    sweep.add_argument("--objectives", default="headline", help="headline (the task's headline metric), or headline,drift "
+                       "(also the forgetting drift: the result is the Pareto front)")
+    sweep.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
+                       help="stops poor trials at an evaluation (one objective only)")
+    sweep.add_argument("--sweeps", default="sweeps", metavar="DIR", help="where sweep folders go (default: sweeps)")
+
     quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")
     _add_common(quickstart, with_config=False)
     return parser

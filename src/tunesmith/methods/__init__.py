@@ -44,4 +44,9 @@ def fixed_settings(name: str | None) -> tuple[str, ...]:
     return method.settings if method else tuple(key for m in METHODS.values() for key in m.settings)
 
 
-__all__ = ["METHODS", "Method", "apply_method", "fixed_settings", "method_of", "storage_dtypes"]
+def read_by_another(key: str, method: str) -> bool:
+    """Whether `key` is a setting some other method reads and `method` ignores (LoRA's rank under full fine-tuning)."""
+    return key not in METHODS[method].reads and any(key in m.reads for m in METHODS.values())
+
+
+__all__ = ["METHODS", "Method", "apply_method", "fixed_settings", "method_of", "read_by_another", "storage_dtypes"]

@@ -22,6 +22,7 @@ class Method:
     quantized_base: ClassVar[bool] = False  # the frozen base is held in 4 bits
     fallback: ClassVar[bool] = False  # what a run that does not fit in memory may switch to
     settings: ClassVar[tuple[str, ...]] = ()  # config keys that decide the trained weights: fixed for a run's life
+    reads: ClassVar[tuple[str, ...]] = ()  # config keys only this method reads (a sweep sets them only when it runs)
     # CPU: (seconds compiling adds to the first step, speed-up of the steps after it), measured on SmolLM2-135M at
     # 4x256 tokens in bf16 on 2 cores (`bench_train.py --mode compile`); a method not measured takes these, the least favourable
     cpu_compile: ClassVar[tuple[float, float]] = (77.0, 1.02)

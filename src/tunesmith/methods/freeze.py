@@ -13,6 +13,7 @@ class Freeze(Method):
     top_blocks = True
     fallback = True
     settings = ("model.freeze_layers", "model.train_last_layers")
+    reads = settings
     advice = {"underfitting": (("model.freeze_layers", 0, "unfreeze layers so more of the model adapts"),)}
 
     def prepare(self, model, cfg):

@@ -21,6 +21,7 @@ class LoRA(Method):
     adapters = True
     fallback = True
     settings = ("model.lora_rank", "model.lora_alpha", "model.lora_targets")
+    reads = (*settings, "model.lora_dropout")
     cpu_compile = (117.0, 1.14)
 
     def prepare(self, model, cfg):

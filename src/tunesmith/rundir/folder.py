@@ -201,12 +201,13 @@ def training_pid(record: dict) -> int | None:
 
 
 def run_state(run_dir: Path, record: dict | None = None) -> str:
-    """running, finished, stopped (by a signal, with its checkpoint) or crashed (an error, or a process killed outright)."""
+    """running, finished, pruned (stopped early by a sweep), stopped (by a signal, with its checkpoint) or crashed (an
+    error, or a process killed outright)."""
     record = read_process(run_dir) if record is None else record
     if training_pid(record) is not None:
         return "running"
     if (run_dir / "summary.json").is_file():
-        return "finished"
+        return "pruned" if read_json_object(run_dir / "summary.json").get("stopped_because") == "pruned" else "finished"
     return "stopped" if record.get("outcome") == "stopped" else "crashed"
 
 

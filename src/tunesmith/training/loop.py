@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
@@ -23,18 +24,23 @@ from .state import LoopState
 __all__ = ["LoopState", "StopSignal", "account", "train_run"]
 
 
-def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None, force: bool = False) -> dict:
+def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None, force: bool = False,
+              on_evaluation: Callable[[int, dict], bool] | None = None) -> dict:
     """Fine-tune `cfg.model.name` on `cfg.data`; write the run directory and return summary.json's contents.
 
     Under torchrun every process runs this; rank 0 alone prints, evaluates and writes files, and picks
-    the run directory's default name, which every rank then uses.
+    the run directory's default name, which every rank then uses. `on_evaluation(step, metrics_row)` is called after
+    each evaluation of a single-process run; when it returns True the run saves a checkpoint and ends as `pruned`.
     """
     context = setup_distributed(pick_device(cfg.train.device))
     try:
         if not context.is_main:
             console = Console(quiet=True)
         cfg = cfg.with_run_dir(context.share(cfg.with_run_dir().run_dir if context.is_main else None))
-        return _train(cfg, resume, force, console or Console(highlight=False, soft_wrap=True, markup=False), context)
+        if on_evaluation is not None and context.enabled:
+            raise UserError("a run judged at each evaluation (a sweep's trial) runs in one process; start it without torchrun")
+        return _train(cfg, resume, force, console or Console(highlight=False, soft_wrap=True, markup=False), context,
+                      on_evaluation)
     finally:
         teardown_distributed(context)
 
@@ -57,12 +63,12 @@ def _locked(run_dir: Path, context: Distributed):
         lock.release()
 
 
-def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
+def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, on_evaluation=None) -> dict:
     with _locked(cfg.run_dir, context):
-        return _train_locked(cfg, resume, force, console, context)
+        return _train_locked(cfg, resume, force, console, context, on_evaluation)
 
 
-def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed) -> dict:
+def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, on_evaluation=None) -> dict:
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, force)
     saved, damaged = None, []
@@ -84,7 +90,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         set_aside(damaged)
     with ProcessRecord(run_dir, enabled=context.is_main, resumed=resume) as record:
         cfg, resolved = settle(cfg, console, context)
-        recipe = Recipe(cfg, resolved, console, context)
+        recipe = Recipe(cfg, resolved, console, context, on_evaluation)
         try:
             recipe.setup(saved)
             record.begin(total_steps=recipe.parts.plan.total_steps)

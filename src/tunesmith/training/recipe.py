@@ -99,9 +99,10 @@ def device_memory_mb(device: torch.device) -> float:
 
 
 class Recipe:
-    def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed):
-        """`cfg` settled (`setup.settle`), `resolved` its model's files."""
+    def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed, on_evaluation=None):
+        """`cfg` settled (`setup.settle`), `resolved` its model's files; `on_evaluation` see `train_run`."""
         self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
+        self.on_evaluation = on_evaluation
         self.state = LoopState()
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
@@ -211,6 +212,11 @@ class Recipe:
                         self._evaluate(rows[-1], progress)
                     self.recorder.log_row(rows[-1])
                     progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
+                    if evaluating and self.on_evaluation is not None and self.on_evaluation(state.step, rows[-1]):
+                        stopped_because = "pruned"
+                        progress.message(f"pruned at step {state.step}: the sweep judged the run unpromising; best step {state.best_step}")
+                        self.save_checkpoint()
+                        break
                     if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
                         stopped_because = "early_stop"
                         progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")

@@ -26,6 +26,7 @@ from ..rundir.folder import REPORT_HTML, is_run_dir
 from ..serve.body import BodyTooLarge, ClientLeft, read_body, replay
 from .launcher import Busy, Draft, Launcher, form_keys
 from .runs import NotARun, Outside, RunsFolder, view_of
+from .sweeps import sweep_detail, sweep_rows
 from .tryout import Tryout
 
 TOKEN_COOKIE = "tunesmith_ui_token"
@@ -175,6 +176,18 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         row = shown(folder.row(name))
         return {**folder.new_metrics(name, max(0, offset)), "state": row.state, "steps": row.steps,
                 "total_steps": row.total_steps, "log": folder.log_tail(name, 4000)}
+
+    @app.get("/sweeps", response_class=HTMLResponse)
+    def sweeps_page():
+        return page("sweeps.html", sweeps=sweep_rows(folder))
+
+    @app.get("/sweeps/{name:path}", response_class=HTMLResponse)
+    def sweep_page(name: str):
+        return page("sweep.html", name=name, detail=sweep_detail(folder, name))
+
+    @app.get("/api/sweep/{name:path}")
+    def sweep_json(name: str):
+        return sweep_detail(folder, name)
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_page(request: Request):

@@ -117,7 +117,7 @@ class Launcher:
         with self.spawning:
             if self.is_running(name):
                 raise UserError(f"{name} is running; stop it before resuming it")
-            if run_state(run_dir) == "finished":
+            if run_state(run_dir) in ("finished", "pruned"):
                 raise UserError(f"{name} has finished; start a new run to train further")
             if not has_checkpoint(run_dir):
                 raise UserError(f"{name} stopped before its first checkpoint, so there is nothing to resume; start it again as a new run")

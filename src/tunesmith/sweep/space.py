@@ -1,0 +1,230 @@
+"""The search space of a sweep, read from YAML: which config keys vary, over what, and the config each point makes.
+
+    train.lr: {log: [1e-5, 3e-3]}        # a float drawn on a log scale
+    train.warmup_steps: {int: [0, 200]}  # an integer (optionally `step: 10`, or `log: true`)
+    model.lora_dropout: {float: [0, 0.2]}
+    model.lora_rank: [8, 16, 32]         # one of these
+    model.method: [lora, full]
+
+A key only one training method reads (LoRA's rank) is drawn only for trials that train with that method.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import SECTIONS, RunConfig, load_config
+from ..errors import UserError
+from ..methods import read_by_another
+
+METHOD_KEY = "model.method"
+MAX_CHECKED_POINTS = 4096  # a finite space up to this size has every point checked before the first trial
+SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One key of the space: choices, or a numeric range (`kind` float or int, `log` scale, optional `step`)."""
+
+    key: str
+    choices: tuple | None = None
+    kind: str = "float"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def points(self) -> list | None:
+        """Every value, where there are few enough to list; None for a continuous range."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            values = range(int(self.low), int(self.high) + 1, int(self.step or 1))
+            return list(values) if len(values) <= MAX_CHECKED_POINTS else None
+        return None
+
+    def ends(self) -> list:
+        return list(self.choices) if self.choices is not None else [self.low, self.high] if self.kind == "float" \
+            else [int(self.low), int(self.high)]
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.key}: one of {list(self.choices)}"
+        scale = "log " if self.log else ""
+        return f"{self.key}: {scale}{self.kind} in [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
+
+
+@dataclass
+class Space:
+    dimensions: list[Dimension]
+    source: str = "space"
+    base_method: str = "full"
+    _checked: set = field(default_factory=set)
+
+    @property
+    def keys(self) -> list[str]:
+        return [d.key for d in self.dimensions]
+
+    def sample(self, trial) -> dict[str, Any]:
+        """The trial's settings, the method first so that the keys another method reads are left out."""
+        values: dict[str, Any] = {}
+        for dimension in self.dimensions:
+            method = values.get(METHOD_KEY, self.base_method)
+            if dimension.key != METHOD_KEY and read_by_another(dimension.key, method):
+                continue
+            values[dimension.key] = dimension.suggest(trial)
+        return values
+
+    def finite_points(self) -> list[dict[str, Any]] | None:
+        """Every point of a space of choices and small integer ranges; None when a range is continuous or it is large."""
+        lists = [d.points() for d in self.dimensions]
+        if any(values is None for values in lists) or math.prod(len(v) for v in lists) > MAX_CHECKED_POINTS:
+            return None
+        points = []
+        for combination in itertools.product(*lists):
+            point = dict(zip(self.keys, combination))
+            method = point.get(METHOD_KEY, self.base_method)
+            point = {k: v for k, v in point.items() if k == METHOD_KEY or not read_by_another(k, method)}
+            if point not in points:
+                points.append(point)
+        return points
+
+    def corner_points(self) -> list[dict[str, Any]]:
+        """Each range's ends and each choice, one key at a time (the others at their first value): checked when the
+        whole space is too large to list."""
+        first = {d.key: d.ends()[0] for d in self.dimensions}
+        points = []
+        for dimension in self.dimensions:
+            for value in dimension.ends():
+                point = {**first, dimension.key: value}
+                method = point.get(METHOD_KEY, self.base_method)
+                points.append({k: v for k, v in point.items() if k == METHOD_KEY or not read_by_another(k, method)})
+        return points
+
+
+def read_space(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--space {path}: not found; write a YAML mapping of config keys to ranges, e.g. "
+                        "'train.lr: {log: [1e-5, 3e-3]}'")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"--space {path}: not valid YAML text; write one 'section.key: range' per line") from None
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"--space {path}: must be a mapping of config keys to ranges, e.g. 'train.lr: {{log: [1e-5, 3e-3]}}'")
+    return raw
+
+
+def _known_keys() -> list[str]:
+    return [f"{name}.{key}" for name, section in SECTIONS.items() for key in section.model_fields]
+
+
+def _check_key(key: Any) -> str:
+    known = _known_keys()
+    if isinstance(key, str) and key in known:
+        if key.startswith("output."):
+            raise UserError(f"space: {key} names where a run is written; a sweep writes each trial to its own folder")
+        return key
+    close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; keys are section.key, e.g. train.lr (see docs/configuration.md)"
+    raise UserError(f"space: {key!r} is not a config key{hint}")
+
+
+def _number(key: str, value: Any, what: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"space: {key}: {what} must be a finite number (got {value!r})")
+    return float(value)
+
+
+def _range(key: str, spec: dict) -> Dimension:
+    kinds = [k for k in ("log", "float", "int") if k in spec and isinstance(spec[k], list)]
+    extra = set(spec) - {"log", "float", "int", "step"}
+    if len(kinds) != 1 or extra:
+        raise UserError(f"space: {key}: write a range as {{log: [low, high]}}, {{float: [low, high]}} or {{int: [low, high]}} "
+                        f"(optionally with step: N; for ints, log: true); got {spec!r}")
+    kind = kinds[0]
+    bounds = spec[kind]
+    if len(bounds) != 2:
+        raise UserError(f"space: {key}: a range has two bounds, [low, high] (got {bounds!r})")
+    low, high = (_number(key, b, "a bound") for b in bounds)
+    log = kind == "log" or spec.get("log") is True
+    if low >= high:
+        raise UserError(f"space: {key}: the bounds [{low:g}, {high:g}] are reversed or equal; write [low, high] with low < high "
+                        "(a single value belongs in the config, not the space)")
+    if log and low <= 0:
+        raise UserError(f"space: {key}: a log range needs positive bounds (got [{low:g}, {high:g}]); use {{float: ...}} to include 0")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise UserError(f"space: {key}: an int range needs whole bounds (got [{low:g}, {high:g}])")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(key, step, "step")
+        if step <= 0 or log:
+            raise UserError(f"space: {key}: step must be positive, and a log range takes none (got {spec['step']!r})")
+    return Dimension(key, kind="int" if kind == "int" else "float", low=low, high=high, log=log, step=step)
+
+
+def _choices(key: str, values: list) -> Dimension:
+    if not values:
+        raise UserError(f"space: {key}: the choice list is empty; give at least one value, e.g. {key}: [a, b]")
+    for value in values:
+        if not isinstance(value, SCALARS):
+            raise UserError(f"space: {key}: choices must be single values (text, numbers, true/false, null); got {value!r}")
+    if len(set(map(repr, values))) != len(values):
+        raise UserError(f"space: {key}: a choice is listed twice ({values!r})")
+    return Dimension(key, choices=tuple(values))
+
+
+def parse_space(raw: dict, source: str = "space") -> list[Dimension]:
+    dimensions = []
+    for key, spec in raw.items():
+        key = _check_key(key)
+        if isinstance(spec, list):
+            dimensions.append(_choices(key, spec))
+        elif isinstance(spec, dict):
+            dimensions.append(_range(key, spec))
+        else:
+            raise UserError(f"space: {key}: expected a list of choices or a range such as {{log: [1e-5, 3e-3]}} (got {spec!r})")
+    dimensions.sort(key=lambda d: d.key != METHOD_KEY)  # the method first: it decides which other keys apply
+    return dimensions
+
+
+def trial_config(base: Path | None, overrides: list[tuple[str, Any]], point: dict[str, Any]) -> RunConfig:
+    """The config of one point: the sweep's config file, its flags, then the point's values."""
+    return load_config(base, [*overrides, *point.items()])
+
+
+def check_points(space: Space, base: Path | None, overrides: list[tuple[str, Any]], check) -> int:
+    """Build the config of every point of a finite space (else each range's ends) and run `check` on it (the task's
+    own checks): a value the config refuses ends the sweep here, before any trial trains. Returns the points checked."""
+    points = space.finite_points() or space.corner_points()
+    for point in points:
+        try:
+            check(trial_config(base, overrides, point))
+        except UserError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise UserError(f"space: the point {shown} is refused by the config: {exc.lines()[0]}") from None
+    return len(points)
+
+
+def build_space(path: str | Path, base_cfg: RunConfig) -> Space:
+    return Space(parse_space(read_space(path), str(path)), str(path), base_cfg.model.method)

@@ -1,0 +1,164 @@
+"""The Optuna study behind a sweep: its storage (a SQLite file in the sweep folder, or any database URL Optuna's RDB
+storage takes), its objectives, sampler and pruner, and the trials it counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+OBJECTIVE_NAMES = ("headline", "drift")
+PRUNERS = ("hyperband", "median", "none")
+DRIFT_KEY = "drift_nats"
+SQLITE_TIMEOUT_S = 120  # workers sharing one SQLite file wait this long for its lock
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial is judged by: a metrics.jsonl key at the run's best step."""
+
+    name: str
+    key: str
+    label: str
+    maximize: bool
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+
+def objectives_for(names: tuple[str, ...], headline: tuple[str, str, bool]) -> list[Objective]:
+    """The objectives `--objectives` names: the task's headline metric (`TaskView.headline`), and the forgetting drift."""
+    chosen = []
+    for name in names:
+        if name == "headline":
+            key, label, higher = headline
+            chosen.append(Objective("headline", key, label, higher))
+        elif name == "drift":
+            chosen.append(Objective("drift", DRIFT_KEY, "drift (nats per token)", False))
+        else:
+            raise UserError(f"--objectives: unknown objective {name!r}; use headline, or headline,drift")
+    if not chosen or chosen[0].name != "headline" or len(set(names)) != len(names):
+        raise UserError("--objectives: use headline, or headline,drift (the headline first, each once)")
+    return chosen
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything `tunesmith sweep` was asked, passed down whole."""
+
+    name: str
+    folder: Path
+    config: Path | None
+    overrides: tuple[tuple[str, Any], ...]
+    space: Path
+    trials: int
+    minutes: float | None = None
+    storage: str | None = None
+    workers: int = 1
+    objectives: tuple[str, ...] = ("headline",)
+    pruner: str = "hyperband"
+    seed: int | None = 0
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.folder / 'study.db').resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def open_storage(url: str):
+    """Optuna's RDB storage at `url`, or one line saying why it cannot be reached."""
+    _quiet_optuna()
+    from optuna.storages import RDBStorage
+
+    shown = shown_url(url)
+    kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"--storage {shown}: the database driver {exc.name} is not installed; for PostgreSQL: "
+                        "pip install psycopg2-binary") from None
+    except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "
+                        "runs and accepts this user, or leave --storage out for a SQLite file in the sweep folder") from None
+
+
+def fingerprint(settings: SweepSettings, space_raw: dict) -> str:
+    """What a study was started with: the config file's text, the flags and the space. A study continues only with these."""
+    config_text = settings.config.read_text(encoding="utf-8") if settings.config else ""
+    blob = json.dumps({"config": config_text, "overrides": [list(p) for p in settings.overrides], "space": space_raw,
+                       "objectives": list(settings.objectives)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sampler_for(settings: SweepSettings, draws: int):
+    """TPE, seeded so a sweep repeats; `draws` (a worker's number and the trials already in the study) moves the seed, so
+    neither a second worker nor a continued study draws the same random first points again."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.samplers import TPESampler
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # `group`, which conditional spaces need, is marked experimental
+    # TPE draws its first trials at random; a quarter of the budget (4 to 10) leaves the rest to the model it fits
+    startup = min(10, max(4, settings.trials // 4))
+    seed = None if settings.seed is None else settings.seed + draws
+    return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+
+
+def pruner_for(settings: SweepSettings, eval_every: int):
+    """Hyperband (the default) or the median rule, on the steps at which the runs evaluate; none for two objectives
+    (Optuna prunes single-objective studies only)."""
+    import optuna
+
+    if settings.pruner == "none" or len(settings.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, settings.trials // 4)), n_warmup_steps=eval_every)
+    return optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3)
+
+
+def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool, worker: int = 0):
+    """The sweep's study, created on first use; a study started with another config, space or objectives is refused."""
+    import optuna
+
+    storage = open_storage(settings.storage_url)
+    pruner = pruner_for(settings, eval_every)
+    try:
+        if create:
+            study = optuna.create_study(storage=storage, study_name=settings.name, directions=[o.direction for o in objectives],
+                                        pruner=pruner, load_if_exists=True)
+        else:
+            study = optuna.load_study(storage=storage, study_name=settings.name, pruner=pruner)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"--study {settings.name}: {exc}; pick another --study name") from None
+    kept = study.user_attrs.get("fingerprint")
+    if kept is None:
+        study.set_user_attr("fingerprint", stamp)
+        study.set_user_attr("objectives", [o.name for o in objectives])
+    elif kept != stamp:
+        raise UserError(f"--study {settings.name}: this study was started with another config, space or --objectives; "
+                        "continue it with the same ones, or start a new study with another --study name")
+    study.sampler = sampler_for(settings, 1000 * worker + len(study.get_trials(deepcopy=False)))
+    return study

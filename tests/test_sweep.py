@@ -1,0 +1,290 @@
+"""`tunesmith sweep`: the space and its errors, trials as runs, pruning, a crashed trial, an interrupted study continued,
+two objectives, and two worker processes sharing one study in SQLite and in a real PostgreSQL."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import free_port
+from tunesmith.cli import main
+from tunesmith.config import load_config
+from tunesmith.errors import UserError
+from tunesmith.sweep.space import Space, check_points, parse_space
+from tunesmith.sweep.study import SweepSettings
+from tunesmith.sweep.worker import plan_sweep, run_sweep
+
+
+def write_base(tmp_path: Path, model: Path, corpus: Path, **train) -> Path:
+    settings = {"max_steps": 6, "eval_every": 2, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "patience": None,
+                "precision": "fp32", **train}
+    config = {"model": {"name": str(model), "method": "lora"}, "data": {"train": [str(corpus)], "block_size": 32},
+              "train": settings, "monitor": {"sample_count": 0, "tensorboard": False, "general_probe": "none"}}
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def settings_for(tmp_path: Path, base: Path, space: Path, trials: int, **more) -> SweepSettings:
+    name = more.pop("name", "s")
+    return SweepSettings(name=name, folder=tmp_path / "sweeps" / name, config=base, overrides=(), space=space, trials=trials,
+                         **more)
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "sweep.json").read_text())
+
+
+# --- the space ---------------------------------------------------------------------------------------------------
+
+def test_space_reads_ranges_and_choices():
+    dims = {d.key: d for d in parse_space({"train.lr": {"log": ["1e-5", 3e-3]}, "model.lora_rank": [8, 16],
+                                           "train.warmup_steps": {"int": [0, 20], "step": 5}, "model.method": ["lora", "full"]})}
+    assert dims["train.lr"].log and dims["train.lr"].low == 1e-5  # YAML 1.1 reads 1e-5 as text: taken as the number
+    assert dims["model.lora_rank"].choices == (8, 16)
+    assert dims["train.warmup_steps"].points() == [0, 5, 10, 15, 20]
+    assert list(parse_space({"train.lr": [1e-4], "model.method": ["lora"]}))[0].key == "model.method"  # the method first
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"train.lrr": [1e-4]}, "did you mean train.lr"),
+    ({"lr": [1e-4]}, "not a config key"),
+    ({"train.lr": {"log": [3e-3, 1e-5]}}, "reversed or equal"),
+    ({"train.lr": {"log": [0, 1e-3]}}, "positive bounds"),
+    ({"train.lr": {"log": [-1e-3, 1e-3]}}, "positive bounds"),
+    ({"model.lora_rank": []}, "choice list is empty"),
+    ({"model.lora_rank": [8, 8]}, "listed twice"),
+    ({"model.lora_targets": [["q_proj"]]}, "single values"),
+    ({"train.epochs": {"int": [1]}}, "two bounds"),
+    ({"train.epochs": {"between": [1, 3]}}, "write a range as"),
+    ({"train.lr": "1e-4"}, "expected a list of choices or a range"),
+    ({"output.dir": ["a", "b"]}, "own folder"),
+])
+def test_space_errors_name_the_key_and_the_fix(raw, words):
+    with pytest.raises(UserError) as caught:
+        parse_space(raw)
+    assert words in caught.value.lines()[0] and len(caught.value.lines()) == 1
+
+
+def test_keys_of_another_method_are_drawn_only_with_it():
+    import optuna
+
+    space = Space(parse_space({"model.method": ["lora", "full"], "model.lora_rank": [4, 8], "train.lr": {"log": [1e-4, 1e-2]}}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [space.sample(study.ask()) for _ in range(12)]
+    assert {p["model.method"] for p in drawn} == {"lora", "full"}
+    assert all(("model.lora_rank" in p) == (p["model.method"] == "lora") for p in drawn)
+    points = space.finite_points()
+    assert points is None  # a continuous range: its ends are checked instead
+    corners = space.corner_points()
+    assert {"model.method": "full", "train.lr": 1e-4} in corners
+
+
+def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):
+    base = write_base(tmp_path, tiny_gpt2, corpus_file)
+    space = Space(parse_space({"train.lr": [1e-3, -1.0], "model.lora_rank": [4, 8]}))
+    with pytest.raises(UserError, match=r"train.lr=-1.0.*refused by the config"):
+        check_points(space, base, [], lambda cfg: None)
+    write_space(tmp_path, "train.lr: [1e-3, -1.0]\n")
+    code = main(["sweep", str(base), "--space", str(tmp_path / "space.yaml"), "--trials", "2", "--sweeps", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "refused by the config" in err[0]
+    assert not list((tmp_path / "sweeps").glob("*/trial-*"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--trials", "2", "--workers", "0"], "--workers must be at least 1"),
+    (["--trials", "2", "--study", "../x"], "--study"),
+    (["--trials", "2", "--out", "elsewhere"], "drop --out"),
+    (["--trials", "2", "--objectives", "drift"], "--objectives"),
+    (["--trials", "2", "--objectives", "headline,drift"], "needs the forgetting probe"),
+    (["--trials", "2", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study's database"),
+    (["--trials", "2", "--storage", "nonsense://x"], "--storage"),
+])
+def test_bad_sweep_input_is_one_line(tmp_path, tiny_gpt2, corpus_file, capsys, args, words):
+    base = write_base(tmp_path, tiny_gpt2, corpus_file)
+    space = write_space(tmp_path, "train.lr: {log: [1e-4, 1e-2]}\n")
+    code = main(["sweep", str(base), "--space", str(space), "--sweeps", str(tmp_path / "sweeps"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+# --- trials ----------------------------------------------------------------------------------------------------
+
+def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path, tiny_gpt2, corpus_file, monkeypatch):
+    """Two good learning rates, one that fails, then one too small to learn: the median rule prunes it at its first
+    evaluation, the failure is a failed trial with its first line, and the best config is a good one's."""
+    import tunesmith.api
+
+    base = write_base(tmp_path, tiny_gpt2, corpus_file)
+    space = write_space(tmp_path, "train.lr: [3e-3, 2e-3, 1e-3, 1e-9]\n")
+    settings = settings_for(tmp_path, base, space, trials=4, pruner="median")
+    plan = plan_sweep(settings)
+    study = plan.study(create=True)
+    for lr in (3e-3, 2e-3, 1e-3, 1e-9):
+        study.enqueue_trial({"train.lr": lr})
+    real_train = tunesmith.api.train
+
+    def failing(cfg, **kwargs):
+        if cfg.train.lr == 1e-3:
+            raise RuntimeError("the disk caught fire\nsecond line")
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(tunesmith.api, "train", failing)
+    found = run_sweep(settings, say=lambda line: None)
+    states = {row["params"]["train.lr"]: row for row in found["trials"]}
+    assert states[3e-3]["state"] == states[2e-3]["state"] == "complete"
+    assert states[1e-3]["state"] == "failed" and states[1e-3]["error"] == "the disk caught fire"
+    assert states[1e-9]["state"] == "pruned" and states[1e-9]["steps"] == 2
+    pruned_run = Path(states[1e-9]["run_dir"])
+    assert json.loads((pruned_run / "summary.json").read_text())["stopped_because"] == "pruned"
+    assert (pruned_run / "checkpoints").is_dir() and (pruned_run / "report.html").is_file()
+    from tunesmith.rundir.folder import run_state
+
+    assert run_state(pruned_run) == "pruned"
+    best = found["best"]
+    assert best["params"]["train.lr"] in (3e-3, 2e-3)
+    assert best["headline"] == min(states[3e-3]["headline"], states[2e-3]["headline"])
+    kept = load_config(settings.folder / "best.yaml")
+    assert kept.train.lr == best["params"]["train.lr"] and kept.output.dir is None
+    assert "trial" in (settings.folder / "trials.md").read_text() and (settings.folder / "report.html").is_file()
+    assert {"history", "parallel coordinates"} <= set(json.loads((settings.folder / "figures.json").read_text()))
+
+
+def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, tiny_gpt2, corpus_file, monkeypatch):
+    """Ctrl-C at the first trial's first evaluation: the run saves its checkpoint and the sweep stops; the same sweep
+    again continues that trial in its own folder and completes the study."""
+    from tunesmith.sweep import trial as trial_module
+
+    base = write_base(tmp_path, tiny_gpt2, corpus_file, max_steps=8)
+    space = write_space(tmp_path, "train.lr: {log: [1e-3, 5e-3]}\n")
+    settings = settings_for(tmp_path, base, space, trials=2)
+    real_call = trial_module.Reporter.__call__
+
+    def interrupt_once(self, step, row, ask=True):
+        if ask and not getattr(interrupt_once, "done", False):
+            interrupt_once.done = True
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would: the loop finishes the step, saves and exits
+        return real_call(self, step, row, ask)
+
+    monkeypatch.setattr(trial_module.Reporter, "__call__", interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(settings, say=lambda line: None)
+    first = results(settings.folder)["trials"]
+    assert [t["state"] for t in first] == ["interrupted"]
+    run_dir = Path(first[0]["run_dir"])
+    assert list((run_dir / "checkpoints").glob("step-*"))
+    found = run_sweep(settings, say=lambda line: None)
+    trials = found["trials"]
+    assert trials[0]["state"] == "interrupted" and trials[0]["continued_by"] == 1
+    assert trials[1]["continues"] == 0 and trials[1]["run_dir"] == str(run_dir) and trials[1]["state"] == "complete"
+    assert trials[1]["params"] == trials[0]["params"]
+    assert found["counts"]["complete"] == 2
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 8  # resumed, not restarted
+
+
+def test_two_objectives_give_a_pareto_front_and_its_knee(tmp_path, tiny_gpt2, corpus_file):
+    base = write_base(tmp_path, tiny_gpt2, corpus_file)
+    config = yaml.safe_load(base.read_text())
+    config["monitor"]["general_probe"] = "auto"
+    base.write_text(yaml.safe_dump(config))
+    space = write_space(tmp_path, "train.lr: [1e-4, 3e-3, 1e-2]\n")
+    settings = settings_for(tmp_path, base, space, trials=3, objectives=("headline", "drift"))
+    found = run_sweep(settings, say=lambda line: None)
+    complete = [t for t in found["trials"] if t["state"] == "complete"]
+    assert len(complete) == 3 and all(t["drift"] is not None for t in complete)
+    front = found["pareto_front"]
+    assert front and found["best"]["number"] in front
+    dominated = lambda a, b: a["headline"] <= b["headline"] and a["drift"] <= b["drift"] and a != b  # noqa: E731
+    for trial in complete:
+        assert (trial["number"] in front) == (not any(dominated(other, trial) for other in complete))
+    assert found["headline_best"]["headline"] == min(t["headline"] for t in complete)
+    assert "pareto front" in json.loads((settings.folder / "figures.json").read_text())
+
+
+def test_a_changed_space_does_not_continue_a_study(tmp_path, tiny_gpt2, corpus_file, capsys):
+    base = write_base(tmp_path, tiny_gpt2, corpus_file, max_steps=2)
+    space = write_space(tmp_path, "train.lr: [1e-3]\n")
+    args = ["sweep", str(base), "--space", str(space), "--trials", "1", "--sweeps", str(tmp_path / "sweeps")]
+    assert main(args) == 0
+    write_space(tmp_path, "train.lr: [1e-3, 2e-3]\n")
+    assert main(args) == 2
+    assert "started with another config, space" in capsys.readouterr().err
+
+
+# --- workers sharing a study ------------------------------------------------------------------------------------
+
+def _two_workers(tmp_path, tiny_gpt2, corpus_file, storage: list[str]):
+    base = write_base(tmp_path, tiny_gpt2, corpus_file, max_steps=4)
+    space = write_space(tmp_path, "train.lr: {log: [1e-4, 1e-2]}\nmodel.lora_rank: [4, 8]\n")
+    started = time.perf_counter()
+    code = main(["sweep", str(base), "--space", str(space), "--trials", "4", "--workers", "2", "--study", "pair",
+                 "--sweeps", str(tmp_path / "sweeps"), "--pruner", "none", *storage])
+    assert code == 0
+    found = results(tmp_path / "sweeps" / "pair")
+    assert [t["number"] for t in found["trials"]] == [0, 1, 2, 3] and found["counts"]["complete"] == 4
+    assert len({t["run_dir"] for t in found["trials"]}) == 4
+    import optuna
+
+    from tunesmith.sweep.study import open_storage
+
+    url = storage[1] if storage else f"sqlite:///{tmp_path / 'sweeps' / 'pair' / 'study.db'}"
+    trials = optuna.load_study(study_name="pair", storage=open_storage(url)).get_trials()
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers took trials
+    return time.perf_counter() - started
+
+
+def test_two_local_workers_share_one_sqlite_study(tmp_path, tiny_gpt2, corpus_file):
+    _two_workers(tmp_path, tiny_gpt2, corpus_file, [])
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A PostgreSQL server of its own: initdb in a temporary folder, pg_ctl on a free port, stopped afterwards."""
+    binaries = _pg_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql)")
+    data, port = tmp_path / "pg", free_port()
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user Debian's package creates
+        as_user = ["runuser", "-u", "postgres", "--"]
+        tmp_path.chmod(0o755)
+        data.mkdir()
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "tunesmith", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    socket_dir = data  # a socket beside the data: /var/run/postgresql may not exist or be writable
+    subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
+                    "-o", f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tunesmith", "sweeps"],
+                       check=True, capture_output=True)
+        yield f"postgresql://tunesmith@127.0.0.1:{port}/sweeps"
+    finally:
+        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def test_two_local_workers_share_one_postgresql_study(tmp_path, tiny_gpt2, corpus_file, postgres):
+    _two_workers(tmp_path, tiny_gpt2, corpus_file, ["--storage", postgres])
