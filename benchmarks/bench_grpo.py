@@ -72,11 +72,14 @@ def distinct_2(texts: list[str]) -> float:
     return len(set(bigrams)) / max(1, len(bigrams))
 
 
-def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float) -> list[dict]:
+def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float | None) -> list[dict]:
+    """One seeded completion per prompt: at `temperature` with nothing cut (how GRPO samples), or with None at
+    `tunesmith generate`'s own defaults (temperature 0.7, top-p 0.95, top-k 50: how a user generates)."""
     for stale in (out, out.with_name(out.stem + ".summary.json")):
         stale.unlink(missing_ok=True)
+    sampling = ["--temperature", str(temperature), "--top-p", "1.0", "--top-k", "0"] if temperature is not None else []
     tunesmith("generate", model, "--input", str(prompts), "--output", str(out), "--max-new-tokens", str(new_tokens),
-              "--temperature", str(temperature), "--top-p", "1.0", "--top-k", "0", "--seed", "7")
+              *sampling, "--seed", "7")
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
@@ -109,30 +112,42 @@ def steer(args) -> None:
     base = completions("smollm2-135m", held, work / "base.jsonl", args.new_tokens, args.temperature)
     base_share, base_texts = judged(judge, base)
     print(f"base model: the judge calls {base_share:.1%} of {len(base)} held-out completions positive; distinct-2 {distinct_2(base_texts):.3f}")
+    base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None)
+    base_default_share, base_default_texts = judged(judge, base_default)
+    print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
     rewards = json.dumps([{"run": str(classifier), "label": "positive"}])
     run = work / "grpo"
-    seconds = tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
-                        "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
-                        "--batch-size", "4", "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
-                        "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
-                        "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
-                        "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}")
+    if args.reuse and (run / "summary.json").is_file():
+        seconds = json.loads((run / "summary.json").read_text())["train_seconds"]
+    else:
+        seconds = tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
+                            "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
+                            "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
+                            "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
+                            "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
+                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}")
     summary = json.loads((run / "summary.json").read_text())
     tuned = completions(str(run), held, work / "tuned.jsonl", args.new_tokens, args.temperature)
     share, texts = judged(judge, tuned)
+    tuned_default = completions(str(run), held, work / "tuned_default.jsonl", args.new_tokens, None)
+    default_share, default_texts = judged(judge, tuned_default)
     drift = summary["forgetting"].get("best_drift_nats")
     print(f"\nmachine: {cpu_name()}")
     print(f"GRPO: {summary['steps']} steps in {seconds / 60:.1f} min ({summary['train_seconds'] / 60:.1f} min training); "
           f"held-out reward {summary['base_reward']:.3f} -> {summary['reward']:.3f} (best step {summary['best_step']})")
-    print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n| judge: share positive ({len(tuned)} held-out prompts) | {base_share:.1%} | {share:.1%} |")
-    print(f"| distinct-2 of the completions | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n| drift (nats per token) | 0 | {drift} |")
+    print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n"
+          f"| judge: share positive, sampled as in training (temperature {args.temperature}, no cut) | {base_share:.1%} | {share:.1%} |\n"
+          f"| judge: share positive, generate's defaults (temperature 0.7, top-p 0.95, top-k 50) | {base_default_share:.1%} | {default_share:.1%} |")
+    print(f"| distinct-2, as in training | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n"
+          f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
+          f"| drift (nats per token) | 0 | {drift} |")
     print("\ncurve (step: train reward / held-out reward):")
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "val_reward" in row or row.get("step", 0) % 10 == 0:
             print(f"  {row['step']}: {row.get('reward', float('nan')):.3f} / {row.get('val_reward', float('nan')):.3f}")
-    print("\nsamples (base | GRPO):")
-    for b, t in list(zip(base, tuned))[:6]:
+    print("\nsamples at generate's defaults (base | GRPO):")
+    for b, t in list(zip(base_default, tuned_default))[:6]:
         print(f"- {b['prompt']!r}: {b['generated']!r} | {t['generated']!r}")
 
 SPEED_PROMPTS = ["The food at this place", "I bought this phone because", "The movie started with", "Our waiter was",
@@ -256,6 +271,8 @@ def main() -> None:
     one.add_argument("--beta", type=float, default=0.15)
     one.add_argument("--eval-every", type=int, default=20)
     one.add_argument("--new-tokens", type=int, default=20)
+    one.add_argument("--prompts", type=int, default=4, help="prompts per step (each with 8 completions)")
+    one.add_argument("--reuse", action="store_true", help="judge the GRPO run already in --work instead of training it again")
     one.add_argument("--temperature", type=float, default=1.0)
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)

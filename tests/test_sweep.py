@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def test_space_reads_ranges_and_choices():
     assert dims["train.lr"].log and dims["train.lr"].low == 1e-5  # YAML 1.1 reads 1e-5 as text: taken as the number
     assert dims["model.lora_rank"].choices == (8, 16)
     assert dims["train.warmup_steps"].points() == [0, 5, 10, 15, 20]
+    assert parse_space({"train.lr": ["3e-3", 1e-4]})[0].choices == (3e-3, 1e-4)
     assert list(parse_space({"train.lr": [1e-4], "model.method": ["lora"]}))[0].key == "model.method"  # the method first
 
 
@@ -207,12 +209,17 @@ def test_two_objectives_give_a_pareto_front_and_its_knee(tmp_path, tiny_gpt2, co
     base.write_text(yaml.safe_dump(config))
     space = write_space(tmp_path, "train.lr: [1e-4, 3e-3, 1e-2]\n")
     settings = settings_for(tmp_path, base, space, trials=3, objectives=("headline", "drift"))
+    study = plan_sweep(settings).study(create=True)
+    for lr in (1e-4, 3e-3, 1e-2):
+        study.enqueue_trial({"train.lr": lr})
     found = run_sweep(settings, say=lambda line: None)
     complete = [t for t in found["trials"] if t["state"] == "complete"]
     assert len(complete) == 3 and all(t["drift"] is not None for t in complete)
     front = found["pareto_front"]
     assert front and found["best"]["number"] in front
-    dominated = lambda a, b: a["headline"] <= b["headline"] and a["drift"] <= b["drift"] and a != b  # noqa: E731
+    def dominated(a, b):  # a beats b: no worse on both, better on one
+        return a["headline"] <= b["headline"] and a["drift"] <= b["drift"] and (a["headline"], a["drift"]) != (b["headline"], b["drift"])
+
     for trial in complete:
         assert (trial["number"] in front) == (not any(dominated(other, trial) for other in complete))
     assert found["headline_best"]["headline"] == min(t["headline"] for t in complete)
@@ -261,16 +268,17 @@ def _pg_bin() -> Path | None:
 
 
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """A PostgreSQL server of its own: initdb in a temporary folder, pg_ctl on a free port, stopped afterwards."""
     binaries = _pg_bin()
     if binaries is None:
         pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql)")
-    data, port = tmp_path / "pg", free_port()
+    root = Path(tempfile.mkdtemp(prefix="tunesmith-pg-"))  # not under pytest's folder, which only its owner may enter
+    data, port = root / "data", free_port()
     as_user = []
     if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user Debian's package creates
         as_user = ["runuser", "-u", "postgres", "--"]
-        tmp_path.chmod(0o755)
+        root.chmod(0o755)
         data.mkdir()
         shutil.chown(data, "postgres", "postgres")
     subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "tunesmith", "--auth=trust", "-E", "UTF8"],
@@ -284,6 +292,7 @@ def postgres(tmp_path):
         yield f"postgresql://tunesmith@127.0.0.1:{port}/sweeps"
     finally:
         subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_local_workers_share_one_postgresql_study(tmp_path, tiny_gpt2, corpus_file, postgres):

@@ -356,8 +356,12 @@ def _run_sweep(args) -> int:
           f"{results['steps']:,} training steps in all")
     best = results["best"]
     if best is None:
-        print("no trial completed: see the table and each trial's log in " + str(settings.folder / "logs"))
-        return 1 if counts["failed"] else 0
+        failed = [t for t in results["trials"] if t["state"] == "failed"]
+        if failed:
+            raise UserError(f"no trial completed; trial {failed[0]['number']} failed with: {failed[0]['error']} "
+                            f"(each trial's log is in {settings.folder / 'logs'})")
+        print("no trial completed (every one was pruned or stopped): see the table in " + str(settings.folder / "trials.md"))
+        return 0
     values = ", ".join(f"{o['label']} {best[o['name']]:.4g}" for o in results["objectives"])
     kind = "the knee of the Pareto front" if results["pareto_front"] else "best"
     print(f"{kind}: trial {best['number']} ({values}) with " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))

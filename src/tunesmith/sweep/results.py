@@ -117,8 +117,9 @@ def figures(study, objectives) -> dict[str, str]:
         "history": lambda: vis.plot_optimization_history(study, target=target, target_name=headline.label),
         "parallel coordinates": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=headline.label),
         "importances": lambda: vis.plot_param_importances(study, target=target, target_name=headline.label),
-        "intermediate values": lambda: vis.plot_intermediate_values(study),
     }
+    if any(t.intermediate_values for t in complete):
+        plots["intermediate values"] = lambda: vis.plot_intermediate_values(study)
     if len(objectives) > 1:
         plots["pareto front"] = lambda: vis.plot_pareto_front(study, target_names=[o.label for o in objectives])
     made = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,11 +147,7 @@ def _check_key(key: Any) -> str:
 
 
 def _number(key: str, value: Any, what: str) -> float:
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = _as_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"space: {key}: {what} must be a finite number (got {value!r})")
     return float(value)
@@ -183,7 +180,15 @@ def _range(key: str, spec: dict) -> Dimension:
     return Dimension(key, kind="int" if kind == "int" else "float", low=low, high=high, log=log, step=step)
 
 
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-4: a number, though YAML 1.1 reads it as text
+
+
+def _as_number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()) else value
+
+
 def _choices(key: str, values: list) -> Dimension:
+    values = [_as_number(v) for v in values]
     if not values:
         raise UserError(f"space: {key}: the choice list is empty; give at least one value, e.g. {key}: [a, b]")
     for value in values:

@@ -97,9 +97,9 @@ def open_storage(url: str):
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, engine_kwargs=kwargs)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"--storage {shown}: the database driver {exc.name} is not installed; for PostgreSQL: "
-                        "pip install psycopg2-binary") from None
+    except ImportError:  # SQLAlchemy's driver for the URL's database (for postgresql:// it is psycopg 3)
+        raise UserError(f"--storage {shown}: the driver for this database is not installed; for PostgreSQL: "
+                        "pip install 'psycopg[binary]'") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "
@@ -143,6 +143,8 @@ def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str,
     """The sweep's study, created on first use; a study started with another config, space or objectives is refused."""
     import optuna
 
+    if settings.storage is None:
+        settings.folder.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
     storage = open_storage(settings.storage_url)
     pruner = pruner_for(settings, eval_every)
     try:

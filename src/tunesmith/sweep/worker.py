@@ -3,8 +3,11 @@ that share the study; a worker on another machine joins by running the same comm
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -119,8 +122,30 @@ def _outcome_line(outcome: TrialOutcome, objectives: list[Objective], seconds: f
     return f"trial {outcome.number}: {detail} ({seconds / 60:.1f} min; {outcome.run_dir})"
 
 
+@contextlib.contextmanager
+def _term_as_interrupt():
+    """SIGTERM between trials stops the sweep as Ctrl-C does (inside a trial the run's own handler saves a checkpoint)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def work(plan: SweepPlan, deadline: float | None, say=print, worker: int = 0) -> bool:
     """Run trials until the study holds `--trials` of them or the deadline passes; False when interrupted."""
+    with _term_as_interrupt():
+        return _work(plan, deadline, say, worker)
+
+
+def _work(plan: SweepPlan, deadline: float | None, say, worker: int) -> bool:
     import psutil
     from optuna.trial import TrialState
 
@@ -146,6 +171,7 @@ def work(plan: SweepPlan, deadline: float | None, say=print, worker: int = 0) ->
         started = time.perf_counter()
         outcome = run_trial(trial, cfg, run_dir, plan.objectives, plan.prunes, settings.folder / LOGS / f"{run_dir.name}.log")
         _tell(study, trial, outcome)
+        gc.collect()  # the trial's model and optimizer go before the next one loads
         say(_outcome_line(outcome, plan.objectives, time.perf_counter() - started))
         write_results(study, plan)
         if outcome.state == "interrupted":
@@ -173,19 +199,23 @@ def _worker_main(settings: SweepSettings, deadline: float | None, threads: int, 
 
 def _run_workers(settings: SweepSettings, deadline: float | None) -> bool:
     """K worker processes, each with its share of the cores; Ctrl-C reaches them all, and each stops its trial."""
-    import signal
-
     threads = max(1, (os.cpu_count() or 1) // settings.workers)
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_worker_main, args=(settings, deadline, threads, i)) for i in range(settings.workers)]
     for process in workers:
         process.start()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the workers stop their trials; this process waits for them
+    def stop_workers(signum, frame):  # Ctrl-C reaches the workers itself; a signal sent to this process alone is passed on
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop_workers) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for process in workers:
             process.join()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     codes = [process.exitcode for process in workers]
     if any(code == 2 for code in codes):
         raise UserError("a worker stopped on an error (its line is above)")
@@ -197,10 +227,16 @@ def run_sweep(settings: SweepSettings, say=print) -> dict:
     from ..preparation import prepare
     from ..tasks import task_kind
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("tunesmith sweep runs its trials itself; start it without torchrun (--workers K for several processes)")
     plan = plan_sweep(settings)
     checked = check_points(plan.space, settings.config, list(settings.overrides), lambda cfg: task_kind(cfg).check(cfg))
     settings.folder.mkdir(parents=True, exist_ok=True)
     study = plan.study(create=True)
+    leftover = sorted(settings.folder.glob("trial-*"))
+    if leftover and not study.get_trials(deepcopy=False):
+        raise UserError(f"{settings.folder} holds trial folders ({leftover[0].name}, ...) but its study has no trials (was "
+                        "study.db removed?); move the folder away or pick another --study")
     queued = reclaim(study)
     say(f"sweep {settings.name}: {len(plan.space.dimensions)} keys ({'; '.join(d.describe() for d in plan.space.dimensions)}), "
         f"{checked} points checked against the config; objective: {', '.join(f'{o.label} ({o.direction})' for o in plan.objectives)}; "
