@@ -168,6 +168,18 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
     assert "trial" in (settings.folder / "trials.md").read_text() and (settings.folder / "report.html").is_file()
     assert {"history", "parallel coordinates"} <= set(json.loads((settings.folder / "figures.json").read_text()))
 
+    from fastapi.testclient import TestClient
+
+    from tunesmith.ui import create_app
+
+    page = TestClient(create_app(tmp_path / "sweeps", port=7860), base_url="http://127.0.0.1:7860")
+    assert 'href="/sweeps/s"' in page.get("/sweeps").text
+    shown = page.get("/sweeps/s").text
+    assert "the disk caught fire" in shown and 'href="/runs/s/trial-000"' in shown and "Plotly.newPlot" in shown
+    assert page.get("/runs/s/trial-003").status_code == 200  # the trials are runs the page lists too
+    assert page.get("/sweeps/..%2F..").status_code in (403, 404)
+    assert page.get("/api/sweep/s").json()["results"]["counts"]["pruned"] == 1
+
 
 def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, tiny_gpt2, corpus_file, monkeypatch):
     """Ctrl-C at the first trial's first evaluation: the run saves its checkpoint and the sweep stops; the same sweep
