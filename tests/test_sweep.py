@@ -21,8 +21,9 @@ from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import UserError
 from tunesmith.sweep.space import Space, check_points, parse_space
+from tunesmith.sweep.plan import plan_sweep
+from tunesmith.sweep.run import run_sweep
 from tunesmith.sweep.study import SweepSettings
-from tunesmith.sweep.worker import plan_sweep, run_sweep
 
 
 def write_base(tmp_path: Path, model: Path, corpus: Path, **train) -> Path:
@@ -76,6 +77,11 @@ def test_space_reads_ranges_and_choices():
     ({"train.epochs": {"between": [1, 3]}}, "write a range as"),
     ({"train.lr": "1e-4"}, "expected a list of choices or a range"),
     ({"output.dir": ["a", "b"]}, "own folder"),
+    ({"train.warmup_steps": {"int": [0, 10], "step": 0.5}}, "whole for an int range"),
+    ({"train.warmup_steps": {"int": [1, 1e30]}}, "whole bounds"),
+    ({"model.lora_dropout": {"float": [0, 0.2], "step": 0.03}}, "does not divide"),
+    ({"model.lora_dropout": {"float": [0, 0.2], "log": True}}, "drop log: true"),
+    ({"model.lora_dropout": {"float": [0.1, 0.2], "log": "yes"}}, "true or false"),
 ])
 def test_space_errors_name_the_key_and_the_fix(raw, words):
     with pytest.raises(UserError) as caught:
@@ -95,6 +101,15 @@ def test_keys_of_another_method_are_drawn_only_with_it():
     assert points is None  # a continuous range: its ends are checked instead
     corners = space.corner_points()
     assert {"model.method": "full", "train.lr": 1e-4} in corners
+
+
+def test_a_key_another_method_reads_is_refused_unless_the_method_varies():
+    from tunesmith.sweep.space import build_space
+
+    full = load_config(None, [("model.method", "full")])
+    with pytest.raises(UserError, match="read only by another training method"):
+        build_space({"model.lora_rank": [4, 8]}, full)
+    assert build_space({"model.lora_rank": [4, 8], "model.method": ["lora", "full"]}, full).keys[0] == "model.method"
 
 
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):
@@ -191,11 +206,11 @@ def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, 
     settings = settings_for(tmp_path, base, space, trials=2)
     real_call = trial_module.Reporter.__call__
 
-    def interrupt_once(self, step, row, ask=True):
-        if ask and not getattr(interrupt_once, "done", False):
+    def interrupt_once(self, step, row):
+        if not getattr(interrupt_once, "done", False):
             interrupt_once.done = True
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would: the loop finishes the step, saves and exits
-        return real_call(self, step, row, ask)
+        return real_call(self, step, row)
 
     monkeypatch.setattr(trial_module.Reporter, "__call__", interrupt_once)
     with pytest.raises(KeyboardInterrupt):

@@ -12,11 +12,11 @@ from .preparation import prepare, preview
 
 
 def train(config: RunConfig | str | Path | None = None, resume: bool = False, console: Console | None = None,
-          force: bool = False, on_evaluation=None) -> dict:
+          force: bool = False, judge=None) -> dict:
     """Fine-tune per the config; returns the run's summary (also written to <run>/summary.json) and writes the report.
 
     `force` writes the run into an `output.dir` that holds other files; without it such a folder is refused.
-    `on_evaluation(step, metrics_row) -> bool` hears each evaluation; True ends the run as pruned (its checkpoint kept).
+    `judge(step, metrics_row) -> bool` hears each evaluation; True ends the run as pruned (its checkpoint kept).
     """
     import os
 
@@ -29,7 +29,7 @@ def train(config: RunConfig | str | Path | None = None, resume: bool = False, co
     if resume:
         config = as_started(config)  # the memory check plans the model the run was started with
     check_memory_fits(config, log=console.print if console else print)  # on a CPU the kernel kills a run that does not fit
-    summary = train_run(config, resume=resume, console=console, force=force, on_evaluation=on_evaluation)
+    summary = train_run(config, resume=resume, console=console, force=force, judge=judge)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes files
         write_report(Path(summary["run_dir"]))
     return summary

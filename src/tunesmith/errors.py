@@ -17,6 +17,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What a failed run is remembered by: the error's first line (a user error's first problem), or its type's name."""
+    if is_out_of_memory(exc):
+        return "out of memory"
+    lines = exc.lines() if isinstance(exc, UserError) else str(exc).strip().splitlines()
+    return (lines[0] if lines and lines[0] else type(exc).__name__)[:limit]
+
+
 class ConfigError(UserError):
     """One or more invalid config values; each problem names its key and what is allowed."""
 

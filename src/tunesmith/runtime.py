@@ -14,6 +14,13 @@ from .errors import ConfigError, is_out_of_memory
 T = TypeVar("T")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s share, not the machine's)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -332,17 +333,15 @@ def _sweep_settings(args):
             raise UserError(f"{flag} must be at least {low} (got {value})")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be positive (got {args.minutes})")
-    overrides = overrides_of(args)
-    if dict(overrides).get("output.dir"):
-        raise UserError("--out: a sweep writes each trial to its own folder (SWEEPS/NAME/trial-N); drop --out")
-    return SweepSettings(name=name, folder=Path(args.sweeps) / name, config=Path(path) if path else None,
-                         overrides=tuple(overrides), space=Path(args.space), trials=args.trials, minutes=args.minutes,
+    return SweepSettings(name=name, folder=Path(os.path.abspath(Path(args.sweeps) / name)), config=Path(path) if path else None,
+                         overrides=tuple(overrides_of(args)), space=Path(args.space), trials=args.trials, minutes=args.minutes,
                          storage=args.storage, workers=args.workers,
                          objectives=tuple(part.strip() for part in args.objectives.split(",")), pruner=args.pruner)
 
 
 def _run_sweep(args) -> int:
-    from ..sweep.worker import run_sweep
+    from ..sweep.run import run_sweep
+    from ..sweep.trial import describe_point
 
     settings = _sweep_settings(args)
     try:
@@ -364,7 +363,7 @@ def _run_sweep(args) -> int:
         return 0
     values = ", ".join(f"{o['label']} {best[o['name']]:.4g}" for o in results["objectives"])
     kind = "the knee of the Pareto front" if results["pareto_front"] else "best"
-    print(f"{kind}: trial {best['number']} ({values}) with " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
+    print(f"{kind}: trial {best['number']} ({values}) with {describe_point(best['params'])}")
     print(f"table: {settings.folder / 'trials.md'}; plots: {settings.folder / 'report.html'}; "
           f"train the best config with: tunesmith train {settings.folder / 'best.yaml'} --out runs/NAME")
     return 0

@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 from ..config import PROBE_WORDS, RunConfig, benchmark_is_path
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 MARKER = ".tunesmith-run"
 CONFIG_FILE = "config.yaml"
+SWEEP_RESULTS = "sweep.json"  # what `tunesmith sweep` keeps in a sweep folder, rewritten after every trial, and the page reads
+SWEEP_FIGURES = "figures.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -181,7 +183,7 @@ class ProcessRecord:
         if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
             outcome = "stopped"
         elif exc is not None:
-            outcome, detail = "crashed", (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            outcome, detail = "crashed", first_line(exc)
         with contextlib.suppress(OSError):
             write_atomically(self.run_dir / PROCESS, json.dumps({**self.record, "ended": time.time(), "outcome": outcome,
                                                                   "detail": detail}) + "\n")

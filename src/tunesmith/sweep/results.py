@@ -16,20 +16,22 @@ from pathlib import Path
 
 import yaml
 
+from ..report.assets import plotly_js
 from ..rundir.durable import write_atomically
-from ..rundir.folder import CONFIG_FILE
+from ..rundir.folder import SWEEP_FIGURES, SWEEP_RESULTS
+from .space import trial_raw
+from .study import is_interrupted
+from .trial import describe_point
 
-RESULTS = "sweep.json"
 TABLE = "trials.md"
 BEST = "best.yaml"
-FIGURES = "figures.json"
 REPORT = "report.html"
 
 
 def _state(trial) -> str:
     name = trial.state.name.lower()
     if name == "fail":
-        return "failed" if "error" in trial.user_attrs else "interrupted"
+        return "interrupted" if is_interrupted(trial) else "failed"
     return name
 
 
@@ -41,7 +43,8 @@ def trial_rows(study, objectives) -> list[dict]:
         values = trial.values or []
         rows.append({"number": trial.number, "state": _state(trial), "params": trial.params,
                      **{o.name: (values[i] if i < len(values) else None) for i, o in enumerate(objectives)},
-                     "steps": trial.user_attrs.get("steps"), "run_dir": trial.user_attrs.get("run_dir"),
+                     "steps": trial.user_attrs.get("steps"), "best_step": trial.user_attrs.get("best_step"),
+                     "run_dir": trial.user_attrs.get("run_dir"),
                      "error": trial.user_attrs.get("error", ""), "continues": trial.user_attrs.get("continues"),
                      "continued_by": continued.get(trial.number),
                      "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -66,7 +69,10 @@ def knee(front: list[dict], objectives) -> dict | None:
 
 
 def _best_rows(study, rows: list[dict], objectives) -> tuple[dict | None, list[dict], dict | None]:
-    """(the trial best.yaml holds, the Pareto front, the headline's best trial)."""
+    """(the trial best.yaml holds, the Pareto front, the headline's best trial).
+
+    The knee is picked among the front's trials that improved on the base model: one whose best step is the base
+    (step 0) sits on the front with no drift at all, having learned nothing."""
     complete = [r for r in rows if r["state"] == "complete"]
     if not complete:
         return None, [], None
@@ -76,18 +82,18 @@ def _best_rows(study, rows: list[dict], objectives) -> tuple[dict | None, list[d
         return headline_best, [], headline_best
     numbers = {t.number for t in study.best_trials}
     front = sorted((r for r in complete if r["number"] in numbers), key=lambda r: r["headline"], reverse=headline.maximize)
-    return knee(front, objectives), front, headline_best
+    learned = [r for r in front if r["best_step"] != 0]
+    return knee(learned or front, objectives), front, headline_best
 
 
-def _best_config(row: dict, folder: Path) -> str | None:
-    config = Path(row["run_dir"] or "") / CONFIG_FILE
-    if not config.is_file():
-        return None
-    raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    raw.setdefault("output", {})["dir"] = None
-    point = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-    return (f"# the best trial of the sweep (trial {row['number']}: {point}); train it with:\n"
-            f"#   tunesmith train {folder / BEST} --out runs/NAME\n" + yaml.safe_dump(raw, sort_keys=False))
+def _best_config(row: dict, plan) -> str:
+    """The best trial's config as the user would write it (the sweep's config file and flags, then the trial's values):
+    relative paths in it mean what they meant to the sweep, so train it from the same folder."""
+    settings = plan.settings
+    raw = trial_raw(settings.config, list(settings.overrides), row["params"])
+    return (f"# the best trial of sweep {settings.name} (trial {row['number']}: {describe_point(row['params'])}); train it,\n"
+            f"# from the folder the sweep ran in, with: tunesmith train {settings.folder / BEST} --out runs/NAME\n"
+            + yaml.safe_dump(raw, sort_keys=False))
 
 
 def _table(rows: list[dict], objectives, keys: list[str]) -> str:
@@ -95,7 +101,8 @@ def _table(rows: list[dict], objectives, keys: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
         params = [f"{row['params'][k]:.3g}" if isinstance(row["params"].get(k), float) else str(row["params"].get(k, "–")) for k in keys]
-        values = [f"{row[o.name]:.4g}" if row[o.name] is not None else ("" if row["state"] != "failed" else row["error"][:80])
+        error = row["error"][:80].replace("|", "\\|")  # a bar would split the cell
+        values = [f"{row[o.name]:.4g}" if row[o.name] is not None else ("" if row["state"] != "failed" else error)
                   for o in objectives]
         state = row["state"] + (f" (continued by {row['continued_by']})" if row["continued_by"] is not None else "")
         lines.append("| " + " | ".join([str(row["number"]), state, *params, *values, str(row["steps"] or ""),
@@ -143,19 +150,17 @@ def _report_html(name: str, table: str, shown: dict[str, str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {html.escape(name)}</title>"
             "<script src='plotly.min.js'></script><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
             "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}</style></head><body>"
-            f"<h1>sweep {html.escape(name)}</h1>{MarkdownIt().enable('table').render(table)}{divs}"
+            f"<h1>sweep {html.escape(name)}</h1>{MarkdownIt('commonmark', {'html': False}).enable('table').render(table)}{divs}"
             f"<script>{calls}</script></body></html>\n")
 
 
 def _plotly_beside(folder: Path) -> None:
-    """plotly.js beside report.html, copied once from the plotly wheel: the report opens with no network."""
+    """plotly.js (3.5 MB) beside report.html, copied once: the report opens with no network."""
     import shutil
-
-    import plotly
 
     target = folder / "plotly.min.js"
     if not target.is_file():
-        shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", target)
+        shutil.copyfile(plotly_js(), target)
 
 
 @contextlib.contextmanager
@@ -182,14 +187,13 @@ def write_results(study, plan) -> dict:
         "best": best, "pareto_front": [r["number"] for r in front], "headline_best": headline_best,
     }
     with _locked(folder):
-        write_atomically(folder / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+        write_atomically(folder / SWEEP_RESULTS, json.dumps(results, indent=2, default=str) + "\n")
         table = _table(rows, objectives, keys)
         write_atomically(folder / TABLE, table)
-        text = _best_config(best, folder) if best else None
-        if text:
-            write_atomically(folder / BEST, text)
+        if best:
+            write_atomically(folder / BEST, _best_config(best, plan))
         shown = figures(study, objectives)
-        write_atomically(folder / FIGURES, json.dumps(shown) + "\n")
+        write_atomically(folder / SWEEP_FIGURES, json.dumps(shown) + "\n")
         _plotly_beside(folder)
         write_atomically(folder / REPORT, _report_html(settings.name, table, shown))
     return results

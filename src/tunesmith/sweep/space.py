@@ -15,13 +15,13 @@ import difflib
 import itertools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import SECTIONS, RunConfig, load_config
+from ..config import SECTIONS, RunConfig, apply_override, build_config, read_config_file
 from ..errors import UserError
 from ..methods import read_by_another
 
@@ -54,8 +54,10 @@ class Dimension:
         if self.choices is not None:
             return list(self.choices)
         if self.kind == "int" and not self.log:
-            values = range(int(self.low), int(self.high) + 1, int(self.step or 1))
-            return list(values) if len(values) <= MAX_CHECKED_POINTS else None
+            step = int(self.step or 1)
+            if (self.high - self.low) // step + 1 > MAX_CHECKED_POINTS:
+                return None
+            return list(range(int(self.low), int(self.high) + 1, step))
         return None
 
     def ends(self) -> list:
@@ -69,12 +71,16 @@ class Dimension:
         return f"{self.key}: {scale}{self.kind} in [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
 
 
+def _for_method(point: dict[str, Any], base_method: str) -> dict[str, Any]:
+    """The point without the keys its method does not read (LoRA's rank when the point trains in full)."""
+    method = point.get(METHOD_KEY, base_method)
+    return {k: v for k, v in point.items() if k == METHOD_KEY or not read_by_another(k, method)}
+
+
 @dataclass
 class Space:
     dimensions: list[Dimension]
-    source: str = "space"
     base_method: str = "full"
-    _checked: set = field(default_factory=set)
 
     @property
     def keys(self) -> list[str]:
@@ -97,9 +103,7 @@ class Space:
             return None
         points = []
         for combination in itertools.product(*lists):
-            point = dict(zip(self.keys, combination))
-            method = point.get(METHOD_KEY, self.base_method)
-            point = {k: v for k, v in point.items() if k == METHOD_KEY or not read_by_another(k, method)}
+            point = _for_method(dict(zip(self.keys, combination)), self.base_method)
             if point not in points:
                 points.append(point)
         return points
@@ -111,9 +115,7 @@ class Space:
         points = []
         for dimension in self.dimensions:
             for value in dimension.ends():
-                point = {**first, dimension.key: value}
-                method = point.get(METHOD_KEY, self.base_method)
-                points.append({k: v for k, v in point.items() if k == METHOD_KEY or not read_by_another(k, method)})
+                points.append(_for_method({**first, dimension.key: value}, self.base_method))
         return points
 
 
@@ -164,19 +166,26 @@ def _range(key: str, spec: dict) -> Dimension:
     if len(bounds) != 2:
         raise UserError(f"space: {key}: a range has two bounds, [low, high] (got {bounds!r})")
     low, high = (_number(key, b, "a bound") for b in bounds)
+    if "log" in spec and kind != "log" and not isinstance(spec["log"], bool):
+        raise UserError(f"space: {key}: log is true or false (got {spec['log']!r})")
     log = kind == "log" or spec.get("log") is True
     if low >= high:
         raise UserError(f"space: {key}: the bounds [{low:g}, {high:g}] are reversed or equal; write [low, high] with low < high "
                         "(a single value belongs in the config, not the space)")
     if log and low <= 0:
-        raise UserError(f"space: {key}: a log range needs positive bounds (got [{low:g}, {high:g}]); use {{float: ...}} to include 0")
-    if kind == "int" and (low != int(low) or high != int(high)):
+        fix = "drop log: true" if kind != "log" else "use {float: [low, high]}"
+        raise UserError(f"space: {key}: a log range needs positive bounds (got [{low:g}, {high:g}]); to include 0, {fix}")
+    if kind == "int" and (low != int(low) or high != int(high) or max(abs(low), abs(high)) > 2**53):
         raise UserError(f"space: {key}: an int range needs whole bounds (got [{low:g}, {high:g}])")
     step = spec.get("step")
     if step is not None:
         step = _number(key, step, "step")
-        if step <= 0 or log:
-            raise UserError(f"space: {key}: step must be positive, and a log range takes none (got {spec['step']!r})")
+        if step <= 0 or log or (kind == "int" and step != int(step)):
+            raise UserError(f"space: {key}: step must be positive (whole for an int range), and a log range takes none "
+                            f"(got {spec['step']!r})")
+        if not math.isclose((high - low) / step, round((high - low) / step), abs_tol=1e-9):
+            raise UserError(f"space: {key}: step {step:g} does not divide the range [{low:g}, {high:g}]; pick bounds a whole "
+                            "number of steps apart")
     return Dimension(key, kind="int" if kind == "int" else "float", low=low, high=high, log=log, step=step)
 
 
@@ -199,7 +208,7 @@ def _choices(key: str, values: list) -> Dimension:
     return Dimension(key, choices=tuple(values))
 
 
-def parse_space(raw: dict, source: str = "space") -> list[Dimension]:
+def parse_space(raw: dict) -> list[Dimension]:
     dimensions = []
     for key, spec in raw.items():
         key = _check_key(key)
@@ -213,9 +222,16 @@ def parse_space(raw: dict, source: str = "space") -> list[Dimension]:
     return dimensions
 
 
+def trial_raw(base: Path | None, overrides: list[tuple[str, Any]], point: dict[str, Any]) -> dict:
+    """The config of one point as the user would write it: the sweep's config file, its flags, then the point's values."""
+    raw = read_config_file(base) if base else {}
+    for key, value in [*overrides, *point.items()]:
+        apply_override(raw, key, value)
+    return raw
+
+
 def trial_config(base: Path | None, overrides: list[tuple[str, Any]], point: dict[str, Any]) -> RunConfig:
-    """The config of one point: the sweep's config file, its flags, then the point's values."""
-    return load_config(base, [*overrides, *point.items()])
+    return build_config(trial_raw(base, overrides, point))
 
 
 def check_points(space: Space, base: Path | None, overrides: list[tuple[str, Any]], check) -> int:
@@ -231,5 +247,13 @@ def check_points(space: Space, base: Path | None, overrides: list[tuple[str, Any
     return len(points)
 
 
-def build_space(path: str | Path, base_cfg: RunConfig) -> Space:
-    return Space(parse_space(read_space(path), str(path)), str(path), base_cfg.model.method)
+def build_space(raw: dict, base_cfg: RunConfig) -> Space:
+    """The space over `base_cfg`; a key that only another method reads is refused unless the space varies the method."""
+    dimensions = parse_space(raw)
+    method = base_cfg.model.method
+    if METHOD_KEY not in [d.key for d in dimensions]:
+        for dimension in dimensions:
+            if read_by_another(dimension.key, method):
+                raise UserError(f"space: {dimension.key} is read only by another training method, and the config trains "
+                                f"with {method}; set model.method in the config, or add it to the space")
+    return Space(dimensions, method)

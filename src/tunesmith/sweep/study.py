@@ -64,7 +64,6 @@ class SweepSettings:
     workers: int = 1
     objectives: tuple[str, ...] = ("headline",)
     pruner: str = "hyperband"
-    seed: int | None = 0
 
     @property
     def storage_url(self) -> str:
@@ -107,24 +106,25 @@ def open_storage(url: str):
 
 
 def fingerprint(settings: SweepSettings, space_raw: dict) -> str:
-    """What a study was started with: the config file's text, the flags and the space. A study continues only with these."""
+    """What a study was started with: the config file's text, the flags and --set, the space and the objectives. A study
+    continues only with these (the pruner and the budget may change)."""
     config_text = settings.config.read_text(encoding="utf-8") if settings.config else ""
     blob = json.dumps({"config": config_text, "overrides": [list(p) for p in settings.overrides], "space": space_raw,
                        "objectives": list(settings.objectives)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def sampler_for(settings: SweepSettings, draws: int):
-    """TPE, seeded so a sweep repeats; `draws` (a worker's number and the trials already in the study) moves the seed, so
-    neither a second worker nor a continued study draws the same random first points again."""
+def sampler_for(settings: SweepSettings, seed: int):
+    """TPE, seeded from the config's train.seed so a sweep repeats; `open_study` moves the seed by the worker's number and
+    the trials already in the study, so neither a second worker nor a continued study draws the same first points again."""
     from optuna.exceptions import ExperimentalWarning
     from optuna.samplers import TPESampler
 
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # `group`, which conditional spaces need, is marked experimental
     # TPE draws its first trials at random; a quarter of the budget (4 to 10) leaves the rest to the model it fits
     startup = min(10, max(4, settings.trials // 4))
-    seed = None if settings.seed is None else settings.seed + draws
-    return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # `group`, which conditional spaces need, is marked experimental
+        return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def pruner_for(settings: SweepSettings, eval_every: int):
@@ -139,14 +139,15 @@ def pruner_for(settings: SweepSettings, eval_every: int):
     return optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3)
 
 
-def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool, worker: int = 0):
+def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, seed: int, create: bool,
+               worker: int = 0):
     """The sweep's study, created on first use; a study started with another config, space or objectives is refused."""
     import optuna
 
     if settings.storage is None:
         settings.folder.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
     storage = open_storage(settings.storage_url)
-    pruner = pruner_for(settings, eval_every)
+    pruner = pruner_for(settings, eval_every)  # a continued study takes the pruner it is given now
     try:
         if create:
             study = optuna.create_study(storage=storage, study_name=settings.name, directions=[o.direction for o in objectives],
@@ -155,12 +156,18 @@ def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str,
             study = optuna.load_study(storage=storage, study_name=settings.name, pruner=pruner)
     except (ValueError, KeyError) as exc:
         raise UserError(f"--study {settings.name}: {exc}; pick another --study name") from None
-    kept = study.user_attrs.get("fingerprint")
-    if kept is None:
+    started_with = study.user_attrs.get("fingerprint")
+    if started_with is None:
         study.set_user_attr("fingerprint", stamp)
-        study.set_user_attr("objectives", [o.name for o in objectives])
-    elif kept != stamp:
+    elif started_with != stamp:
         raise UserError(f"--study {settings.name}: this study was started with another config, space or --objectives; "
                         "continue it with the same ones, or start a new study with another --study name")
-    study.sampler = sampler_for(settings, 1000 * worker + len(study.get_trials(deepcopy=False)))
+    study.sampler = sampler_for(settings, seed + 1000 * worker + len(study.get_trials(deepcopy=False)))
     return study
+
+
+def is_interrupted(trial) -> bool:
+    """A trial stopped by Ctrl-C or a killed worker: failed without an error line. It is continued, not counted."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and "error" not in trial.user_attrs

@@ -12,16 +12,20 @@ from typing import Any
 
 from rich.console import Console
 
-from ..errors import UserError, is_out_of_memory
-from ..rundir.folder import has_checkpoint, read_json_lines
+from ..errors import UserError, first_line
+from ..rundir.folder import read_json_lines
 from .study import Objective
 
 LOGS = "logs"
-INTERRUPT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM, 130)
+STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # how a run that took a stop signal exits, its checkpoint saved
 
 
 def trial_folder(folder: Path, number: int) -> Path:
     return folder / f"trial-{number:03d}"
+
+
+def describe_point(point: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in point.items())
 
 
 @dataclass
@@ -34,26 +38,30 @@ class TrialOutcome:
     values: list[float] = field(default_factory=list)
     error: str = ""
     steps: int = 0
+    best_step: int | None = None
 
 
 class Reporter:
-    """Hears each evaluation of the run: reports the first objective to the trial and asks the pruner whether to stop."""
+    """Judges the run at each evaluation: reports the first objective to the trial and asks the pruner whether to stop."""
 
     def __init__(self, trial, objective: Objective, prunes: bool):
         self.trial, self.objective, self.prunes = trial, objective, prunes
 
-    def replay(self, rows: list[dict]) -> None:
-        """A continued trial's evaluations from before the interruption, so the pruner sees the whole curve."""
+    def replay(self, rows: list[dict], up_to: int) -> None:
+        """A continued trial's evaluations up to its checkpoint, so the pruner sees the whole curve."""
         for row in rows:
-            if row.get("step", 0) > 0:
-                self(row["step"], row, ask=False)
+            if 0 < row.get("step", 0) <= up_to:
+                self._report(row["step"], row)
 
-    def __call__(self, step: int, row: dict, ask: bool = True) -> bool:
+    def _report(self, step: int, row: dict) -> bool:
         value = row.get(self.objective.key)
         if not self.prunes or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         self.trial.report(float(value), step)
-        return ask and self.trial.should_prune()
+        return True
+
+    def __call__(self, step: int, row: dict) -> bool:
+        return self._report(step, row) and self.trial.should_prune()
 
 
 def best_values(run_dir: Path, summary: dict, objectives: list[Objective]) -> list[float]:
@@ -73,11 +81,11 @@ def best_values(run_dir: Path, summary: dict, objectives: list[Objective]) -> li
     return values
 
 
-def _first_line(exc: BaseException) -> str:
-    if is_out_of_memory(exc):
-        return "out of memory"
-    lines = exc.lines() if isinstance(exc, UserError) else str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
+def _checkpoint_step(run_dir: Path) -> int | None:
+    from ..training.checkpoint import list_checkpoints
+
+    steps = [int(path.name.removeprefix("step-")) for path in list_checkpoints(run_dir)]
+    return max(steps) if steps else None
 
 
 def run_trial(trial, cfg, run_dir: Path, objectives: list[Objective], prunes: bool, log_path: Path) -> TrialOutcome:
@@ -89,30 +97,27 @@ def run_trial(trial, cfg, run_dir: Path, objectives: list[Objective], prunes: bo
     from ..api import train
 
     reporter = Reporter(trial, objectives[0], prunes)
-    resume = has_checkpoint(run_dir)
-    if resume:
-        reporter.replay(read_json_lines(run_dir / "metrics.jsonl")[0])
+    resumed_at = _checkpoint_step(run_dir) if run_dir.is_dir() else None
+    if resumed_at is not None:
+        reporter.replay(read_json_lines(run_dir / "metrics.jsonl")[0], resumed_at)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         console = Console(file=log, highlight=False, soft_wrap=True, markup=False, width=120)
         try:
             with warnings.catch_warnings():  # the libraries' warnings go to the trial's log, not between the sweep's lines
                 warnings.showwarning = lambda message, category, *_a, **_k: console.print(f"warning: {category.__name__}: {message}")
-                summary = train(cfg.with_run_dir(run_dir), resume=resume, console=console, on_evaluation=reporter)
+                summary = train(cfg.with_run_dir(run_dir), resume=resumed_at is not None, console=console, judge=reporter)
         except (KeyboardInterrupt, SystemExit) as exc:
-            if isinstance(exc, SystemExit) and exc.code not in INTERRUPT_CODES:
+            if isinstance(exc, SystemExit) and exc.code not in STOP_CODES:
                 raise
             return TrialOutcome(trial.number, "interrupted", run_dir)
         except Exception as exc:  # a trial that fails is recorded, and the sweep goes on
-            console.print(f"error: {_first_line(exc)}")
-            return TrialOutcome(trial.number, "failed", run_dir, error=_first_line(exc))
+            console.print(f"error: {first_line(exc)}")
+            return TrialOutcome(trial.number, "failed", run_dir, error=first_line(exc))
     state = "pruned" if summary["stopped_because"] == "pruned" else "complete"
+    done = {"steps": summary["steps"], "best_step": summary.get("best_step")}
     try:
         values = best_values(run_dir, summary, objectives)
     except UserError as exc:
-        return TrialOutcome(trial.number, "failed", run_dir, error=exc.lines()[0], steps=summary["steps"])
-    return TrialOutcome(trial.number, state, run_dir, values, steps=summary["steps"])
-
-
-def describe_point(point: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in point.items())
+        return TrialOutcome(trial.number, "failed", run_dir, error=exc.lines()[0], **done)
+    return TrialOutcome(trial.number, state, run_dir, values, **done)

@@ -25,22 +25,23 @@ __all__ = ["LoopState", "StopSignal", "account", "train_run"]
 
 
 def train_run(cfg: RunConfig, resume: bool = False, console: Console | None = None, force: bool = False,
-              on_evaluation: Callable[[int, dict], bool] | None = None) -> dict:
+              judge: Callable[[int, dict], bool] | None = None) -> dict:
     """Fine-tune `cfg.model.name` on `cfg.data`; write the run directory and return summary.json's contents.
 
     Under torchrun every process runs this; rank 0 alone prints, evaluates and writes files, and picks
-    the run directory's default name, which every rank then uses. `on_evaluation(step, metrics_row)` is called after
-    each evaluation of a single-process run; when it returns True the run saves a checkpoint and ends as `pruned`.
+    the run directory's default name, which every rank then uses. `judge(step, metrics_row)` is asked after each
+    evaluation but the last of a single-process run whether to stop (a sweep's pruner); True saves a checkpoint and
+    ends the run as `pruned`, finished like an early stop.
     """
     context = setup_distributed(pick_device(cfg.train.device))
     try:
         if not context.is_main:
             console = Console(quiet=True)
         cfg = cfg.with_run_dir(context.share(cfg.with_run_dir().run_dir if context.is_main else None))
-        if on_evaluation is not None and context.enabled:
+        if judge is not None and context.enabled:
             raise UserError("a run judged at each evaluation (a sweep's trial) runs in one process; start it without torchrun")
         return _train(cfg, resume, force, console or Console(highlight=False, soft_wrap=True, markup=False), context,
-                      on_evaluation)
+                      judge)
     finally:
         teardown_distributed(context)
 
@@ -63,12 +64,12 @@ def _locked(run_dir: Path, context: Distributed):
         lock.release()
 
 
-def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, on_evaluation=None) -> dict:
+def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, judge=None) -> dict:
     with _locked(cfg.run_dir, context):
-        return _train_locked(cfg, resume, force, console, context, on_evaluation)
+        return _train_locked(cfg, resume, force, console, context, judge)
 
 
-def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, on_evaluation=None) -> dict:
+def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, judge=None) -> dict:
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, force)
     saved, damaged = None, []
@@ -90,7 +91,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         set_aside(damaged)
     with ProcessRecord(run_dir, enabled=context.is_main, resumed=resume) as record:
         cfg, resolved = settle(cfg, console, context)
-        recipe = Recipe(cfg, resolved, console, context, on_evaluation)
+        recipe = Recipe(cfg, resolved, console, context, judge)
         try:
             recipe.setup(saved)
             record.begin(total_steps=recipe.parts.plan.total_steps)

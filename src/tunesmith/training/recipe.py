@@ -99,10 +99,10 @@ def device_memory_mb(device: torch.device) -> float:
 
 
 class Recipe:
-    def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed, on_evaluation=None):
-        """`cfg` settled (`setup.settle`), `resolved` its model's files; `on_evaluation` see `train_run`."""
+    def __init__(self, cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed, judge=None):
+        """`cfg` settled (`setup.settle`), `resolved` its model's files; `judge` see `train_run`."""
         self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
-        self.on_evaluation = on_evaluation
+        self.judge = judge
         self.state = LoopState()
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
@@ -212,9 +212,9 @@ class Recipe:
                         self._evaluate(rows[-1], progress)
                     self.recorder.log_row(rows[-1])
                     progress.step(state.step, rows[-1]["train_loss"], rows[-1]["tokens_per_s"])
-                    if evaluating and self.on_evaluation is not None and self.on_evaluation(state.step, rows[-1]):
+                    if evaluating and not last and self.judge is not None and self.judge(state.step, rows[-1]):
                         stopped_because = "pruned"
-                        progress.message(f"pruned at step {state.step}: the sweep judged the run unpromising; best step {state.best_step}")
+                        progress.message(f"pruned at step {state.step}: stopped early as unpromising; best step {state.best_step}")
                         self.save_checkpoint()
                         break
                     if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
@@ -229,6 +229,11 @@ class Recipe:
                     pending.restart_clock()
             finally:
                 progress.close()
+            ended_early = stopped_because in ("early_stop", "pruned")  # the loop broke before its stop check
+            if ended_early and not stopping and context.any(stop.received is not None):
+                if stopped_because == "early_stop":  # a pruned run saved its checkpoint as it stopped
+                    self.save_checkpoint()
+                stopping = True
         if stopping:
             self.console.print(f"interrupted at step {state.step}; checkpoint saved. "
                                f"Resume with: tunesmith train --out {cfg.run_dir} --resume", highlight=False)

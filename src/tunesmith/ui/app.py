@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import UserError
+from ..report.assets import plotly_js
 from ..rundir.folder import REPORT_HTML, is_run_dir
 from ..serve.body import BodyTooLarge, ClientLeft, read_body, replay
 from .launcher import Busy, Draft, Launcher, form_keys
@@ -54,13 +55,6 @@ def finite(value):
 class FiniteJSON(JSONResponse):
     def render(self, content) -> bytes:
         return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-def plotly_js() -> Path:
-    """plotly.js as the plotly wheel ships it: the charts work with no network."""
-    import plotly
-
-    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 class Guard:

@@ -131,9 +131,13 @@ class RunsFolder:
     def names(self) -> list[str]:
         """The runs in the folder and its subfolders (a run's own folders are not searched); a link that leads out of the
         folder is left out, as everything outside it is."""
+        return self.find(lambda folder: (folder / MARKER).is_file(), SEARCH_DEPTH)
+
+    def find(self, matches, depth: int) -> list[str]:
+        """The folders under the root, `depth` levels down, for which `matches(folder)` holds (not searched further)."""
         found: list[str] = []
 
-        def walk(folder: Path, depth: int) -> None:
+        def walk(folder: Path, level: int) -> None:
             try:
                 with os.scandir(folder) as entries:  # the names and kinds in one pass, even beside a folder of data files
                     children = sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
@@ -141,12 +145,12 @@ class RunsFolder:
                 return
             for child in children:
                 relative = child.relative_to(self.root).as_posix()
-                if (child / MARKER).is_file():
+                if matches(child):
                     with contextlib.suppress(Outside):
                         self.inside(relative)
                         found.append(relative)
-                elif depth < SEARCH_DEPTH:
-                    walk(child, depth + 1)
+                elif level < depth:
+                    walk(child, level + 1)
 
         walk(self.root, 1)
         return found

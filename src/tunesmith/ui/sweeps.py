@@ -5,41 +5,23 @@ after every trial), its table of trials, its best trial and Optuna's plots. Noth
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from ..rundir.folder import read_json_object
+from ..rundir.folder import SWEEP_FIGURES, SWEEP_RESULTS, read_json_object
 from .runs import NotARun, RunsFolder
 
-RESULTS = "sweep.json"  # the names `tunesmith sweep` writes (sweep/results.py)
-FIGURES = "figures.json"
 SEARCH_DEPTH = 2  # <root>/<sweep>, or <root>/sweeps/<sweep>
 
 
 def sweep_names(folder: RunsFolder) -> list[str]:
-    found: list[str] = []
-
-    def walk(directory: Path, depth: int) -> None:
-        try:
-            with os.scandir(directory) as entries:
-                children = sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
-        except OSError:
-            return
-        for child in children:
-            if (child / RESULTS).is_file() and folder.own(child, RESULTS) is not None:
-                found.append(child.relative_to(folder.root).as_posix())
-            elif depth < SEARCH_DEPTH:
-                walk(child, depth + 1)
-
-    walk(folder.root, 1)
-    return found
+    return folder.find(lambda path: (path / SWEEP_RESULTS).is_file() and folder.own(path, SWEEP_RESULTS) is not None, SEARCH_DEPTH)
 
 
 def sweep_rows(folder: RunsFolder) -> list[dict]:
     """One line per sweep: its name, objectives, trial counts and best value."""
     rows = []
     for name in sweep_names(folder):
-        results = read_json_object(folder.inside(f"{name}/{RESULTS}"))
+        results = read_json_object(folder.inside(f"{name}/{SWEEP_RESULTS}"))
         best = results.get("best") or {}
         objectives = results.get("objectives") or []
         rows.append({"name": name, "counts": results.get("counts", {}), "objectives": objectives,
@@ -50,14 +32,14 @@ def sweep_rows(folder: RunsFolder) -> list[dict]:
 def sweep_detail(folder: RunsFolder, name: str) -> dict:
     """sweep.json with each trial's run named as the page links it, and the plots (plotly JSON) by title."""
     path = folder.inside(name)
-    results_path = folder.own(path, RESULTS)
+    results_path = folder.own(path, SWEEP_RESULTS)
     if results_path is None or not results_path.is_file():
         raise NotARun(f"{name}: no sweep of that name in {folder.root}")
     results = read_json_object(results_path)
     for trial in results.get("trials", []):
         run = Path(trial.get("run_dir") or "")
         trial["page_run"] = f"{name}/{run.name}" if run.name and (path / run.name).is_dir() else None
-    figures_path = folder.own(path, FIGURES)
+    figures_path = folder.own(path, SWEEP_FIGURES)
     try:
         figures = json.loads(figures_path.read_text(encoding="utf-8")) if figures_path else {}
     except (OSError, ValueError):
