@@ -124,7 +124,10 @@ def _worker_main(settings: SweepSettings, deadline: float | None, threads: int, 
     torch.set_num_threads(threads)
     hf_logging.set_verbosity_error()  # as the command's own process: the libraries' progress bars would bury the sweep's lines
     hf_logging.disable_progress_bar()
-    say = lambda line: print(f"[worker {index}] {line}", flush=True)  # noqa: E731
+
+    def say(line: str) -> None:
+        print(f"[worker {index}] {line}", flush=True)
+
     try:
         plan = plan_sweep(settings)
         finished = work(plan, plan.study(worker=index), deadline, say)
