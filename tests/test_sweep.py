@@ -81,6 +81,9 @@ def test_space_reads_ranges_and_choices():
     ({"train.warmup_steps": {"int": [1, 1e30]}}, "whole bounds"),
     ({"model.lora_dropout": {"float": [0, 0.2], "step": 0.03}}, "does not divide"),
     ({"model.lora_dropout": {"float": [0, 0.2], "log": True}}, "drop log: true"),
+    ({"train.lr": {"float": [1e-4, 1e-3], "step": 1e-300}}, "too small for the range"),
+    ({"train.lr": {"float": [0, 1e308], "step": 1e-308}}, "too small for the range"),
+    ({"train.warmup_steps": {"int": [0, 10], "step": 100}}, "too large for the range"),
     ({"model.lora_dropout": {"float": [0.1, 0.2], "log": "yes"}}, "true or false"),
 ])
 def test_space_errors_name_the_key_and_the_fix(raw, words):
@@ -194,6 +197,11 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
     assert page.get("/runs/s/trial-003").status_code == 200  # the trials are runs the page lists too
     assert page.get("/sweeps/..%2F..").status_code in (403, 404)
     assert page.get("/api/sweep/s").json()["results"]["counts"]["pruned"] == 1
+    (tmp_path / "sweeps" / "bad").mkdir()
+    (tmp_path / "sweeps" / "bad" / "sweep.json").write_text('{"trials": "x", "best": "y", "objectives": ["z"]}')
+    listed = page.get("/sweeps")
+    assert listed.status_code == 200 and "sweep.json is damaged" in listed.text and 'href="/sweeps/s"' in listed.text
+    assert page.get("/sweeps/bad").status_code == 404 and page.get("/api/sweep/bad").status_code == 404
 
 
 def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, tiny_gpt2, corpus_file, monkeypatch):

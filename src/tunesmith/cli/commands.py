@@ -325,8 +325,11 @@ def _sweep_settings(args):
     from ..sweep.study import SweepSettings
 
     path = getattr(args, "config", None)
-    name = args.study or (Path(path).stem if path else "sweep")
+    name = args.study if args.study is not None else (Path(path).stem if path else "sweep")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        if args.study is None:
+            raise UserError(f"the config file's name {name!r} cannot name the study (a folder); pass --study NAME "
+                            "(letters, digits, '.', '_' and '-')")
         raise UserError(f"--study {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     for flag, value, low in (("--trials", args.trials, 1), ("--workers", args.workers, 1)):
         if value < low:
@@ -347,7 +350,7 @@ def _run_sweep(args) -> int:
     try:
         results = run_sweep(settings)
     except KeyboardInterrupt:
-        print(f"interrupted: the running trial's checkpoint is kept; run the same command again to continue the study "
+        print(f"interrupted: a trial that reached a checkpoint keeps it; run the same command again to continue the study "
               f"({settings.folder})", file=sys.stderr)
         return 130
     counts = results["counts"]

@@ -19,6 +19,7 @@ import yaml
 from ..report.assets import plotly_js
 from ..rundir.durable import write_atomically
 from ..rundir.folder import SWEEP_FIGURES, SWEEP_RESULTS
+from .plan import confined
 from .space import trial_raw
 from .study import is_interrupted
 from .trial import describe_point
@@ -158,7 +159,7 @@ def _plotly_beside(folder: Path) -> None:
     """plotly.js (3.5 MB) beside report.html, copied once: the report opens with no network."""
     import shutil
 
-    target = folder / "plotly.min.js"
+    target = confined(folder, folder / "plotly.min.js")
     if not target.is_file():
         shutil.copyfile(plotly_js(), target)
 
@@ -166,7 +167,7 @@ def _plotly_beside(folder: Path) -> None:
 @contextlib.contextmanager
 def _locked(folder: Path):
     """Workers finishing trials at once write the results one after the other."""
-    with (folder / ".results-lock").open("a") as handle:
+    with confined(folder, folder / ".results-lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -186,6 +187,8 @@ def write_results(study, plan) -> dict:
         "steps": sum(r["steps"] or 0 for r in rows),
         "best": best, "pareto_front": [r["number"] for r in front], "headline_best": headline_best,
     }
+    for name in (SWEEP_RESULTS, TABLE, BEST, SWEEP_FIGURES, REPORT):
+        confined(folder, folder / f"{name}.partial")
     with _locked(folder):
         write_atomically(folder / SWEEP_RESULTS, json.dumps(results, indent=2, default=str) + "\n")
         table = _table(rows, objectives, keys)

@@ -12,7 +12,7 @@ import time
 
 from ..errors import UserError
 from ..rundir.folder import training_pid
-from .plan import plan_sweep
+from .plan import confined, plan_sweep
 from .results import write_results
 from .space import check_points
 from .study import SweepSettings, is_interrupted
@@ -22,7 +22,7 @@ from .worker import run_workers, work
 @contextlib.contextmanager
 def _folder_lock(settings: SweepSettings):
     """Two sweep commands starting on one folder at once take turns to continue what was left."""
-    with (settings.folder / ".start-lock").open("a") as handle:
+    with confined(settings.folder, settings.folder / ".start-lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -66,6 +66,8 @@ def run_sweep(settings: SweepSettings, say=print) -> dict:
             raise UserError(f"{settings.folder} holds trial folders ({leftover[0].name}, ...) but its study has no trials (was "
                             "study.db removed?); move the folder away or pick another --study")
         queued = reclaim(study)
+        plan.start = study.user_attrs.get("starts", 0)
+        study.set_user_attr("starts", plan.start + 1)
     say(f"sweep {settings.name}: {'; '.join(d.describe() for d in plan.space.dimensions)}; {checked} points checked against "
         f"the config; objective: {', '.join(f'{o.label} ({o.direction})' for o in plan.objectives)}; "
         f"study in {settings.storage_url if not settings.storage else 'the --storage database'}")
@@ -74,7 +76,11 @@ def run_sweep(settings: SweepSettings, say=print) -> dict:
     prepared = prepare(plan.base)
     say(f"data prepared for every trial: {prepared.directory}")
     deadline = time.time() + settings.minutes * 60 if settings.minutes else None
-    finished = run_workers(settings, deadline) if settings.workers > 1 else work(plan, study, deadline, say)
+    if settings.workers > 1:
+        finished = run_workers(plan, deadline)
+    else:
+        plan.seed_sampler(study)
+        finished = work(plan, study, deadline, say)
     results = write_results(study, plan)
     if not finished:
         raise KeyboardInterrupt

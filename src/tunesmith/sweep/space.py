@@ -27,6 +27,7 @@ from ..methods import read_by_another
 
 METHOD_KEY = "model.method"
 MAX_CHECKED_POINTS = 4096  # a finite space up to this size has every point checked before the first trial
+MAX_STEPS_IN_RANGE = 1_000_000  # a step that cuts a range finer than this is a typo (and past Optuna's decimal arithmetic)
 SCALARS = (str, int, float, bool, type(None))
 
 
@@ -183,7 +184,11 @@ def _range(key: str, spec: dict) -> Dimension:
         if step <= 0 or log or (kind == "int" and step != int(step)):
             raise UserError(f"space: {key}: step must be positive (whole for an int range), and a log range takes none "
                             f"(got {spec['step']!r})")
-        if not math.isclose((high - low) / step, round((high - low) / step), abs_tol=1e-9):
+        steps = (high - low) / step
+        if not math.isfinite(steps) or steps > MAX_STEPS_IN_RANGE or steps < 1:
+            raise UserError(f"space: {key}: step {step:g} is too {'large' if steps < 1 else 'small'} for the range "
+                            f"[{low:g}, {high:g}]; use between 1 and {MAX_STEPS_IN_RANGE:,} steps, or leave step out")
+        if not math.isclose(steps, round(steps), abs_tol=1e-9):
             raise UserError(f"space: {key}: step {step:g} does not divide the range [{low:g}, {high:g}]; pick bounds a whole "
                             "number of steps apart")
     return Dimension(key, kind="int" if kind == "int" else "float", low=low, high=high, log=log, step=step)

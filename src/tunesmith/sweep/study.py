@@ -93,12 +93,14 @@ def open_storage(url: str):
     from optuna.storages import RDBStorage
 
     shown = shown_url(url)
+    if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise UserError(f"--storage {shown}: a study in memory is lost when the sweep ends; name a file, or leave --storage out")
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, engine_kwargs=kwargs)
     except ImportError:  # SQLAlchemy's driver for the URL's database (for postgresql:// it is psycopg 3)
-        raise UserError(f"--storage {shown}: the driver for this database is not installed; for PostgreSQL: "
-                        "pip install 'psycopg[binary]'") from None
+        raise UserError(f"--storage {shown}: the driver for this database is not installed (for PostgreSQL: "
+                        "pip install 'psycopg[binary]')") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "
@@ -115,8 +117,7 @@ def fingerprint(settings: SweepSettings, space_raw: dict) -> str:
 
 
 def sampler_for(settings: SweepSettings, seed: int):
-    """TPE, seeded from the config's train.seed so a sweep repeats; `open_study` moves the seed by the worker's number and
-    the trials already in the study, so neither a second worker nor a continued study draws the same first points again."""
+    """TPE, seeded (see `SweepPlan.seed_sampler`)."""
     from optuna.exceptions import ExperimentalWarning
     from optuna.samplers import TPESampler
 
@@ -139,8 +140,7 @@ def pruner_for(settings: SweepSettings, eval_every: int):
     return optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3)
 
 
-def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, seed: int, create: bool,
-               worker: int = 0):
+def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool):
     """The sweep's study, created on first use; a study started with another config, space or objectives is refused."""
     import optuna
 
@@ -162,7 +162,6 @@ def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str,
     elif started_with != stamp:
         raise UserError(f"--study {settings.name}: this study was started with another config, space or --objectives; "
                         "continue it with the same ones, or start a new study with another --study name")
-    study.sampler = sampler_for(settings, seed + 1000 * worker + len(study.get_trials(deepcopy=False)))
     return study
 
 

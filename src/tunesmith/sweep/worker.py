@@ -13,10 +13,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import usable_cores
-from .plan import SweepPlan, plan_sweep
+from .plan import SweepPlan, confined
 from .results import write_results
 from .space import trial_config
-from .study import Objective, SweepSettings, is_interrupted
+from .study import Objective, is_interrupted
 from .trial import LOGS, TrialOutcome, describe_point, run_trial, trial_folder
 
 
@@ -94,6 +94,7 @@ def _trial_settings(plan: SweepPlan, study, trial, me) -> tuple:
 
 def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
     import psutil
+    from optuna.trial import TrialState
 
     settings = plan.settings
     me = psutil.Process()
@@ -103,9 +104,16 @@ def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
         continued = trial.user_attrs.get("run_dir")
         run_dir = Path(continued) if continued else trial_folder(settings.folder, trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            log_path = confined(settings.folder, settings.folder / LOGS / f"{run_dir.name}.log")
+            confined(settings.folder, run_dir)
+        except UserError as exc:
+            trial.set_user_attr("error", exc.lines()[0])
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         say(f"trial {trial.number}: {describe_point(point)}" + (f" (continuing trial {trial.user_attrs['continues']})" if continued else ""))
         started = time.perf_counter()
-        outcome = run_trial(trial, cfg, run_dir, plan.objectives, plan.prunes, settings.folder / LOGS / f"{run_dir.name}.log")
+        outcome = run_trial(trial, cfg, run_dir, plan.objectives, plan.prunes, log_path)
         _tell(study, trial, outcome)
         gc.collect()  # the trial's model and optimizer go before the next one loads
         say(_outcome_line(outcome, plan.objectives, time.perf_counter() - started))
@@ -115,9 +123,9 @@ def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
     return True
 
 
-def _worker_main(settings: SweepSettings, deadline: float | None, threads: int, index: int) -> None:
-    """A local worker process: its share of the cores, its own lines prefixed with its number. Exits 0 when the budget is
-    spent, 130 when stopped, 2 on a user error (its line printed)."""
+def _worker_main(plan: SweepPlan, deadline: float | None, threads: int, index: int, errors) -> None:
+    """A local worker process on the plan the command checked: its share of the cores, its own lines prefixed with its
+    number. Exits 0 when the budget is spent, 130 when stopped, 2 on a user error (its line sent to `errors`)."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -129,24 +137,27 @@ def _worker_main(settings: SweepSettings, deadline: float | None, threads: int, 
         print(f"[worker {index}] {line}", flush=True)
 
     try:
-        plan = plan_sweep(settings)
-        finished = work(plan, plan.study(worker=index), deadline, say)
+        study = plan.study()
+        plan.seed_sampler(study, worker=index)
+        finished = work(plan, study, deadline, say)
     except KeyboardInterrupt:
         finished = False
     except UserError as exc:
-        say(f"error: {exc.lines()[0]}")
+        errors.put(f"worker {index}: {exc.lines()[0]}")
         raise SystemExit(2) from None
     raise SystemExit(0 if finished else 130)
 
 
-def run_workers(settings: SweepSettings, deadline: float | None) -> bool:
+def run_workers(plan: SweepPlan, deadline: float | None) -> bool:
     """K worker processes, each with its share of the cores; False when they were stopped.
 
     Ctrl-C reaches every worker itself (one process group); a signal sent to this process alone is passed on. A worker
     that stops on an error stops the others; one that crashes is named with its exit code."""
-    threads = max(1, usable_cores() // settings.workers)
+    count = plan.settings.workers
+    threads = max(1, usable_cores() // count)
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker_main, args=(settings, deadline, threads, i)) for i in range(settings.workers)]
+    errors = context.SimpleQueue()
+    workers = [context.Process(target=_worker_main, args=(plan, deadline, threads, i, errors)) for i in range(count)]
     for process in workers:
         process.start()
 
@@ -166,10 +177,10 @@ def run_workers(settings: SweepSettings, deadline: float | None) -> bool:
             signal.signal(sig, handler)
     codes = [process.exitcode for process in workers]
     if 2 in codes:
-        raise UserError("a worker stopped on an error (its line is above)")
+        raise UserError(errors.get() if not errors.empty() else "a worker stopped on an error")
     crashed = [(i, code) for i, code in enumerate(codes) if code not in (0, 130, -signal.SIGTERM)]
     if crashed:
         index, code = crashed[0]
-        raise UserError(f"worker {index} crashed (exit code {code}{', killed by the system: out of memory?' if code == -9 else ''}); "
-                        "its trial is continued by the next `tunesmith sweep`, and its output is above")
+        raise UserError(f"worker {index} crashed (exit code {code}{': killed, out of memory?' if code == -9 else ''}); "
+                        "the next `tunesmith sweep` continues any trial it left")
     return all(code == 0 for code in codes)
