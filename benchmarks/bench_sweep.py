@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ def grid(work: Path) -> None:
             out = work / "grid" / f"lr{lr:g}-r{rank}"
             if (out / "summary.json").is_file():
                 continue
+            shutil.rmtree(out, ignore_errors=True)  # a run this benchmark left unfinished starts again
             tunesmith("train", str(base), "--out", str(out), "--force", "--set", f"train.lr={lr}",
                       "--set", f"model.lora_rank={rank}")
     (work / "grid" / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
