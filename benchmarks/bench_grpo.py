@@ -253,11 +253,17 @@ def objective(trainer=None) -> None:
     inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
               "completion_ids": torch.zeros(n, width, dtype=torch.long), "completion_mask": mask, "advantages": advantages,
               "old_per_token_logps": old, "ref_per_token_logps": ref, "num_items_in_batch": mask.sum()}
-    for kind in ("grpo", "dr_grpo"):
-        trainer.loss_type = kind
-        theirs = float(trainer._compute_loss(trainer.model, inputs)) * trainer.current_gradient_accumulation_steps
-        ours = float(grpo_loss(logps, old, ref, advantages, mask, kind, trainer.epsilon_low, trainer.beta, trainer.max_completion_length)[0])
-        print(f"objective {kind}: tunesmith {ours:.9f}, TRL {theirs:.9f}, difference {abs(ours - theirs):.2e}")
+    # TRL 1.x weights the KL term by the importance ratio by default (use_bias_correction_kl); with one iteration per batch
+    # (grpo.iterations 1, the default of both) the ratio is exactly 1 and the two agree. Compared both ways:
+    for correction in (False, True):
+        trainer.args.use_bias_correction_kl = correction
+        for kind in ("grpo", "dr_grpo"):
+            trainer.loss_type = kind
+            theirs = float(trainer._compute_loss(trainer.model, inputs)) * trainer.current_gradient_accumulation_steps
+            ours = float(grpo_loss(logps, old, ref, advantages, mask, kind, trainer.epsilon_low, trainer.beta,
+                                   trainer.max_completion_length)[0])
+            print(f"objective {kind} (TRL use_bias_correction_kl={correction}): tunesmith {ours:.9f}, TRL {theirs:.9f}, "
+                  f"difference {abs(ours - theirs):.2e}")
 
 
 def main() -> None:
