@@ -140,12 +140,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> RunConfig:
-    """The one way a RunConfig is made: an optional YAML file, then overrides in order."""
+def raw_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """The config as written, not yet validated: an optional YAML file, then overrides in order."""
     raw = read_config_file(path) if path else {}
     for key, value in overrides or []:
         apply_override(raw, key, value)
-    return build_config(raw)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] | None = None) -> RunConfig:
+    """The one way a RunConfig is made: an optional YAML file, then overrides in order."""
+    return build_config(raw_config(path, overrides))
 
 
 def check_block_size(block_size: int, context_length: int | None) -> None:

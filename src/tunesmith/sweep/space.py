@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..config import SECTIONS, RunConfig, apply_override, build_config, read_config_file
+from ..config import SECTIONS, RunConfig, build_config, raw_config
 from ..errors import UserError
 from ..methods import read_by_another
 
@@ -229,10 +229,7 @@ def parse_space(raw: dict) -> list[Dimension]:
 
 def trial_raw(base: Path | None, overrides: list[tuple[str, Any]], point: dict[str, Any]) -> dict:
     """The config of one point as the user would write it: the sweep's config file, its flags, then the point's values."""
-    raw = read_config_file(base) if base else {}
-    for key, value in [*overrides, *point.items()]:
-        apply_override(raw, key, value)
-    return raw
+    return raw_config(base, [*overrides, *point.items()])
 
 
 def trial_config(base: Path | None, overrides: list[tuple[str, Any]], point: dict[str, Any]) -> RunConfig:
