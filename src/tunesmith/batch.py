@@ -26,6 +26,8 @@ class Batch:
     ends: torch.Tensor | None = None  # (N,) flat (B*T) index of each packed example's last token, where its class is read
     preference: torch.Tensor | None = None  # (B,) what each row's answer is: chosen, rejected, desirable, undesirable, KL row
     reference: torch.Tensor | None = None  # (B,) the reference model's log-probability of each row's answer, when precomputed
+    teacher_ids: torch.Tensor | None = None  # (N, k) a distillation teacher's top k tokens at each scored position, when cached
+    teacher_logprobs: torch.Tensor | None = None  # (N, k) its log-probabilities of them
 
     def to(self, device: torch.device) -> "Batch":
         """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""

@@ -7,10 +7,10 @@ page's form are generated from these classes (`config.reference`), so documentat
 from .run import (SECTIONS, RunConfig, apply_override, build_config, check_block_size,
                   load_config, parse_override, raw_config, read_config_file)
 from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfig, ClassifyConfig, CleanConfig,
-                       DataConfig, DataSource, GrpoConfig, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec,
+                       DataConfig, DataSource, DistillConfig, GrpoConfig, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec,
                        TrainConfig, benchmark_is_path)
 
 __all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "ChatConfig", "ClassifyConfig",
-           "CleanConfig", "DataConfig", "DataSource", "GrpoConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",
+           "CleanConfig", "DataConfig", "DataSource", "DistillConfig", "GrpoConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",
            "RewardSpec", "RunConfig", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
            "load_config", "parse_override", "raw_config", "read_config_file"]

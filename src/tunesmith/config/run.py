@@ -11,8 +11,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..errors import ConfigError
-from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, GrpoConfig, ModelConfig, MonitorConfig,
-                       OutputConfig, PreferenceConfig, RewardSpec, TrainConfig, _Section)
+from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, DistillConfig, GrpoConfig, ModelConfig,
+                       MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec, TrainConfig, _Section)
 
 
 class RunConfig(_Section):
@@ -26,6 +26,7 @@ class RunConfig(_Section):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def with_run_dir(self, run_dir: Path | None = None) -> RunConfig:
@@ -59,6 +60,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "classify": ClassifyConfig,
     "preference": PreferenceConfig,
     "grpo": GrpoConfig,
+    "distill": DistillConfig,
     "output": OutputConfig,
 }
 

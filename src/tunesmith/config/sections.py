@@ -290,6 +290,38 @@ class GrpoConfig(_Section):
         return value
 
 
+class FromTeacher(_Section):
+    """A student made from the teacher: a copy with some of its blocks kept."""
+
+    keep_layers: int | list[int] = Field(description="how many of the teacher's blocks the student keeps (evenly spaced, the first and last among them), or which ones, counted from 0")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _layers(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 block")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("name at least one block")
+            if min(value) < 0 or len(set(value)) != len(value):
+                raise ValueError("blocks are counted from 0, each named once")
+        return value
+
+
+class StudentConfig(_Section):
+    from_teacher: FromTeacher = Field(description="{keep_layers: N}: the student is the teacher with N of its blocks kept (then model.name is not used)")
+
+
+class DistillConfig(_Section):
+    teacher: str | None = Field(None, description="tasks lm, chat, classify: a run or model whose distributions the student learns (it must share the student's tokenizer; a classifier teacher, its labels); null: no distillation")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term; the data's own loss weighs 1 - alpha")
+    temperature: float = Field(1.0, gt=0, le=20, description="both models' logits are divided by it before the divergence, which is then multiplied by its square (Hinton et al.)")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="forward_kl: KL(teacher || student), covers the teacher's modes; reverse_kl: KL(student || teacher), seeks its main mode; jsd: the Jensen-Shannon divergence, the two halves averaged")
+    cache: Literal["none", "topk"] = Field("none", description="none: the frozen teacher runs beside the student at every step; topk: its top-k log-probabilities per trained token are computed once and stored beside the token files (language models)")
+    topk: int = Field(64, ge=1, le=4096, description="with cache topk: tokens kept per position (the divergence is taken over them)")
+    student: StudentConfig | None = Field(None, description="{from_teacher: {keep_layers: N}} to make the student from the teacher; null: the student is model.name")
+
+
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")
     name: str | None = Field(None, description="run name (default: run-<date>-<time>)")

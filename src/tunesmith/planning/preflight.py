@@ -66,18 +66,30 @@ def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: 
 
 def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: None) -> None:
     """Raise a UserError (one line: the plan, the memory available, what fits) when a CPU run would not fit in memory."""
-    from ..models import load_model_config, resolve_model
-    from ..runtime import pick_device
+    import torch
+
+    from ..distill.student import student_config
+    from ..models import count_parameters, load_model_config, resolve_model
+    from ..runtime import pick_device, pick_precision
 
     if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or not method_of(cfg.model.method).runs_on("cpu"):
         return  # processes under torchrun share the memory in ways not modelled here; qlora stops on a CPU anyway
     if pick_device(cfg.train.device).type != "cpu":
         return
-    check_plan_fits(cfg, load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log)), log)
+    teacher_bytes = 0
+    if cfg.distill.teacher:  # the frozen teacher's weights stay beside the student's, in the compute dtype
+        teacher = load_model_config(resolve_model(cfg.distill.teacher, cfg.model.trust_remote_code, log=log))
+        teacher_bytes = count_parameters(teacher) * (2 if pick_precision(cfg.train.precision, torch.device("cpu")) != "fp32" else 4)
+    if cfg.distill.student is not None:
+        config = student_config(teacher, cfg.distill.student.from_teacher.keep_layers)
+    else:
+        config = load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log))
+    check_plan_fits(cfg, config, log, teacher_bytes)
 
 
-def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda _m: None) -> None:
-    """`check_memory_fits` for a CPU run of the model whose config is `config`."""
+def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda _m: None, resident_bytes: int = 0) -> None:
+    """`check_memory_fits` for a CPU run of the model whose config is `config`, beside `resident_bytes` held already
+    (a distillation teacher's weights)."""
     import torch
 
     from ..models.weights import short_count
@@ -92,7 +104,7 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     rows = kind.rows_per_example
     shape = StepShape(cfg.model.method, cfg.data.block_size, precision, kind.head_classes(cfg, 2), cfg.model.gradient_checkpointing,
                       cfg.model.lora_rank, cfg.train.weights, method_of(cfg.model.method).trained_layers(cfg.model, config))
-    available = available_memory()
+    available = available_memory() - resident_bytes
     try:
         if peak_bound(config, shape, micro * rows) <= available:
             return

@@ -39,15 +39,30 @@ class TaskKind:
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)
     rehearses: ClassVar[bool] = False  # whether data.replay can mix general text into its training data
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
+    distills: ClassVar[bool] = False  # whether a teacher can guide it (distill.teacher): the loss is cross-entropy on fixed targets
 
     def check(self, cfg: RunConfig) -> None:
         """Refuse, with every key named, settings this task cannot take."""
         self.packing_of(cfg)
         if cfg.train.neftune_alpha and not self.noisy_embeddings:
             raise ConfigError([f"train.neftune_alpha: NEFTune applies to chat and instruction data, not to task {self.name}; set it to 0"])
+        self.check_distill(cfg)
         if cfg.data.replay and not self.rehearses:
             raise ConfigError([f"data.replay: rehearsal text mixes into plain-text training (task lm), not task {self.name}; "
                                "set it to 0, or mix general data in as a weighted source of data.train"])
+
+    def check_distill(self, cfg: RunConfig) -> None:
+        settings = cfg.distill
+        if settings.teacher is None:
+            if settings.student is not None:
+                raise ConfigError(["distill.student: a student made from the teacher needs distill.teacher; name the teacher"])
+            return
+        if not self.distills:
+            raise ConfigError([f"distill.teacher: distillation applies to tasks lm, chat and classify, not {self.name}; "
+                               "remove the distill section"])
+        if settings.cache == "topk" and self.has_head(cfg):
+            raise ConfigError(["distill.cache: topk applies to a language model's vocabulary; a classifier's teacher scores "
+                               "its few classes beside it: use distill.cache: none"])
 
     def packing_of(self, cfg: RunConfig) -> str:
         """`data.packing` for this task: auto is the task's first choice; one it cannot use is a config error."""

@@ -241,6 +241,7 @@ class ChatKind(TaskKind):
     """Chat as the config decides it: the chat template's tokenizer and the conversations' preparation."""
 
     builds = ChatTask
+    distills = True
     name = "chat"
     learns = "conversations and instructions, the loss on the assistant turns"
     section = "chat"

@@ -307,6 +307,7 @@ class ClassifyKind(TaskKind):
     """Classification as the config decides it: labels read from the data, a head or label words."""
 
     builds = ClassifyTask
+    distills = True
     name = "classify"
     learns = "labelled texts (sentiment, topics, ...)"
     section = "classify"

@@ -54,6 +54,7 @@ class LmKind(TaskKind):
     """Plain language modelling as the config decides it: documents joined or kept apart, rehearsal allowed."""
 
     builds = LmTask
+    distills = True
     name = "lm"
     learns = "plain text, for generation and domain adaptation"
     packings = ("joined", "documents")

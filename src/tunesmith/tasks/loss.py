@@ -40,6 +40,19 @@ def _term_weights(batch: Batch, targets: torch.Tensor) -> torch.Tensor:
     return weights
 
 
+def scored(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits of the terms that carry loss, flat (N, vocab or classes), with their targets and weights, in the
+    batch's row-major order: the positions a loss reads (next-token targets, or one class per example)."""
+    targets = _targets(batch)
+    if batch.classes is None:
+        logits = logits[:, :-1]
+    weights = _term_weights(batch, targets)
+    if batch.labels is not None:
+        keep = targets != IGNORE
+        return logits[keep], targets[keep], weights[keep]
+    return logits.flatten(0, -2), targets.flatten(), weights.flatten()
+
+
 def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0,
                 with_correct: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Flat fp32 losses of the terms that carry loss, their weights, and (optionally) whether each was predicted right.
@@ -47,15 +60,7 @@ def term_losses(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0
     With a loss mask only the targets' logits are upcast and scored: most of a conversation's
     positions carry no loss, and the vocabulary-wide softmax is the costly part.
     """
-    targets = _targets(batch)
-    if batch.classes is None:
-        logits = logits[:, :-1]
-    keep = targets != IGNORE
-    weights = _term_weights(batch, targets)
-    if batch.labels is not None:
-        logits, targets, weights = logits[keep], targets[keep], weights[keep]
-    else:
-        logits, targets, weights = logits.flatten(0, -2), targets.flatten(), weights.flatten()
+    logits, targets, weights = scored(logits, batch)
     losses = F.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE, label_smoothing=label_smoothing)
     correct = (logits.argmax(-1) == targets) if with_correct else None
     return losses, weights, correct

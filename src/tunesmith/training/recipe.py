@@ -7,8 +7,10 @@ back, the recorder writes metrics, samples, findings and the summary.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -33,6 +35,7 @@ from .recorder import Recorder
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
+from .teaching import TeacherRecord
 
 WATCHDOG_STEPS = 20
 
@@ -116,6 +119,8 @@ class Recipe:
         self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
         self.benchmarks = RunBenchmarks(cfg, parts, self.context, self.console.print)
+        self.teacher = TeacherRecord(parts, cfg.run_dir, cfg.train.eval_batch_size or parts.runner.micro_batch_size,
+                                     cfg.train.eval_max_blocks, self.context.is_main, self.console.print)
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
@@ -126,9 +131,11 @@ class Recipe:
         prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []
         self.recorder.open(state.step if checkpoint else None, prompts, task.sample_stops(parts.tokenizer), task.prompts_rendered)
         if checkpoint is not None:
+            self.teacher.start()
             return
         if self.context.is_main:
             write_config(cfg.run_dir, cfg)
+        self.teacher.start()
         result = self.evaluator.evaluate(state)
         self.evaluator.start(result, state)
         probed = self.evaluator.probe(state)
@@ -138,7 +145,7 @@ class Recipe:
             self.console.print(line, highlight=False)
         self.checkpointer.keep_best(state)
         self._samples(result)
-        self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result), **probed})
+        self.recorder.log_row({"step": 0, "epoch": 0.0, **task.eval_row(result), **self.teacher.gap(result), **probed})
 
     def _samples(self, result=None) -> None:
         if result is not None:
@@ -157,6 +164,7 @@ class Recipe:
             self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
         row.update(self.parts.task.eval_row(result))
+        row.update(self.teacher.gap(result))
         row.update(probed)
         row.update(self.benchmarks.at_evaluation(self.state, improved))
         self._samples(result)
@@ -266,7 +274,7 @@ class Recipe:
             write_task(run_dir / "final", task.spec(parts.tokenizer))
             self._benchmark_final()
         summary = {
-            "model": cfg.model.name,
+            "model": parts.resolved.spec,  # model.name, or the student made from the teacher
             "method": cfg.model.method,
             "base_val_loss": state.base_val_loss,
             "base_val_ppl": perplexity(state.base_val_loss),
@@ -298,10 +306,22 @@ class Recipe:
             "forgetting": self._forgetting_summary(),
             **({"benchmarks": bench} if (bench := self.benchmarks.summary(state, cfg)) else {}),
             **task.summary(state.base_metrics, state.best_metrics, parts.val),
+            **self.teacher.summary(self._best_row(), sum(p.numel() for p in parts.model.parameters()), self._student_from()),
         }
         self.recorder.write_summary(summary)
         self.context.barrier()
         return summary
+
+    def _best_row(self) -> dict:
+        """The best evaluation's loss and the task's headline figures, for the summary's teacher-student comparison."""
+        state = self.state
+        figures = {key: value for key, value in state.best_metrics.items() if isinstance(value, (int, float))}
+        return {"val_loss": state.best_val_loss, "val_ppl": perplexity(state.best_val_loss), **figures}
+
+    def _student_from(self) -> dict | None:
+        """How a student made from its teacher was made (its tunesmith_student.json), if it was."""
+        path = Path(self.parts.resolved.path) / "tunesmith_student.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def _benchmark_final(self) -> None:
         """The final model's benchmark scores (with benchmark_every eval, the best evaluation's again), in a metrics row

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
+from ..distill import DistillLoss, Teacher, load_teacher, make_student
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..methods import method_of
@@ -47,13 +48,18 @@ class RunParts:
     probe: Probe | None = None
     probe_note: str | None = None  # why there is no probe
     rollouts: object = None  # with a task that samples its training examples (GRPO): the training dataset, which makes them
+    teacher: Teacher | None = None  # with distill.teacher
 
 
 def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunConfig, ResolvedModel]:
     """The model's files, and the config the run trains with: every setting definite before anything is built (a
     data.packing of auto becomes what this model's architecture allows, see `TaskKind.settle`)."""
     with context.main_first():  # the embedded default is converted once, by the first process
-        resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+        if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
+            teacher = resolve_model(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
+            resolved = make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
+        else:
+            resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
     return task_kind(cfg).settle(cfg, keeps_apart, console.print), resolved
 
@@ -82,12 +88,12 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
 
 
 def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
-            console: Console, context: Distributed) -> StepRunner:
+            console: Console, context: Distributed, teacher: Teacher | None, vocab: int | None) -> StepRunner:
     optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = wrap_ddp(module, device) if context.enabled and not sharded else module
-    loss = _loss(task, forward, fuse, cfg)
+    loss = _loss(task, forward, fuse, cfg, teacher, vocab)
     runner = StepRunner(model, loss, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip, console.print, context)
     use_cache_under(tunesmith_home())
     if cfg.train.compile is True:
@@ -95,8 +101,11 @@ def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, preci
     return runner
 
 
-def _loss(task: Task, module, fuse: bool, cfg: RunConfig):
-    """The task's own training loss, or next-token cross-entropy (with the output layer fused in where `fuse`)."""
+def _loss(task: Task, module, fuse: bool, cfg: RunConfig, teacher: Teacher | None = None, vocab: int | None = None):
+    """The task's own training loss; with a teacher, the data's cross-entropy mixed with the divergence from it; else
+    next-token cross-entropy (with the output layer fused in where `fuse`)."""
+    if teacher is not None:
+        return DistillLoss(module, teacher.logits, cfg.distill, vocab, cfg.train.label_smoothing)
     return task.training_loss(module) or training_loss(module, fuse, cfg.train.label_smoothing)
 
 
@@ -141,10 +150,14 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
     rollouts = task.rollouts(train, model, tokenizer, device, precision)
     train = rollouts if rollouts is not None else train
-    fuse = cfg.train.fused_loss and not context.enabled and labels is None  # a head has no vocabulary; DDP runs its wrapper
+    teacher = load_teacher(cfg, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
+        if cfg.distill.teacher else None
+    vocab = len(tokenizer) if labels is None else None
+    # a head has no vocabulary, DDP runs its wrapper, and a teacher's divergence reads the student's logits whole
+    fuse = cfg.train.fused_loss and not context.enabled and labels is None and teacher is None
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, _loss(task, module, fuse, cfg), train, device, precision, 64,
+        micro = largest_micro_batch(model, _loss(task, module, fuse, cfg, teacher, vocab), train, device, precision, 64,
                                     console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train), task.steps_per_batch)
@@ -155,7 +168,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     if sharded:
         model = wrap_fsdp(model, device)
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
-                     plan.total_steps, sharded, console, context)
+                     plan.total_steps, sharded, console, context, teacher, vocab)
     return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note,
-                    rollouts)
+                    rollouts, teacher)

@@ -1,0 +1,77 @@
+"""The teacher: a frozen model that shares the student's tokenizer (and, for a classifier, its labels), whose
+distributions the student learns; measured once on the validation set so that the student's gap can be reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..models import ResolvedModel, fit_embeddings, load_model, resolve_model
+from ..tasks import read_task
+from ..tasks.loss import forward
+
+
+@dataclass
+class Teacher:
+    spec: str
+    resolved: ResolvedModel
+    model: torch.nn.Module  # frozen, in evaluation mode
+    module: torch.nn.Module  # what reads a training batch: the model, or the task's wrapper of it (packed classes)
+    parameters: int
+
+    @torch.no_grad()
+    def logits(self, batch) -> torch.Tensor:
+        return forward(self.module, batch)
+
+
+def tokenizer_difference(student, teacher) -> str | None:
+    """How two tokenizers differ, in a few words; None when they map every token to the same id."""
+    if len(student) != len(teacher):
+        return f"{len(teacher):,} tokens against the student's {len(student):,}"
+    ours, theirs = student.get_vocab(), teacher.get_vocab()
+    if ours != theirs:
+        token = next(t for t in sorted(ours) if theirs.get(t) != ours[t])
+        return f"token {token!r} is {theirs.get(token)} for the teacher and {ours[token]} for the student"
+    if student.eos_token_id != teacher.eos_token_id:
+        return f"end-of-sequence token {teacher.eos_token_id} against the student's {student.eos_token_id}"
+    return None
+
+
+def _check_labels(spec: str, resolved: ResolvedModel, labels: list[str] | None) -> None:
+    saved = read_task(Path(resolved.path))
+    if labels is None:
+        if saved.get("task") == "classify" and "verbalizers" in saved and saved.get("method") == "head":
+            raise UserError(f"distill.teacher {spec}: a classifier with a head cannot teach a language model's tokens; "
+                            "give a language-model teacher, or distill into a classifier (task classify)")
+        return
+    if saved.get("task") != "classify" or saved.get("method") != "head":
+        raise UserError(f"distill.teacher {spec}: the student classifies with a head, so the teacher must be a classifier run "
+                        "trained with a head (task classify); train one first")
+    if list(saved.get("labels", [])) != list(labels):
+        raise UserError(f"distill.teacher {spec}: its labels {saved.get('labels')} are not the student's {labels}; "
+                        "the teacher and the student must classify into the same labels, in the same order")
+
+
+def load_teacher(cfg: RunConfig, kind, student_tokenizer, labels: list[str] | None, wrap: Callable, device: torch.device,
+                 precision: str, log=print) -> Teacher:
+    """The frozen teacher for `cfg.distill.teacher`, refused in one line when it does not fit the student."""
+    spec = cfg.distill.teacher
+    resolved = resolve_model(spec, cfg.model.trust_remote_code, log=log)
+    difference = tokenizer_difference(student_tokenizer, kind.tokenizer(resolved, log=lambda _line: None))
+    if difference:
+        raise UserError(f"distill.teacher {spec}: its tokenizer is not the student's ({difference}); distillation compares "
+                        "the two models token by token: give a teacher of the student's family, or a student of the teacher's")
+    _check_labels(spec, resolved, labels)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)  # frozen: no fp32 masters needed
+    model = load_model(resolved, dtype=dtype, classifier=labels is not None)
+    if labels is None:
+        fit_embeddings(model, student_tokenizer)
+    model = model.to(device).eval().requires_grad_(False)
+    count = sum(p.numel() for p in model.parameters())
+    log(f"teacher {spec}: {count / 1e6:.1f}M parameters, frozen")
+    return Teacher(spec, resolved, model, wrap(model), count)

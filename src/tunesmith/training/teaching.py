@@ -1,0 +1,54 @@
+"""A distilled run's record of its teacher: the teacher measured once on the validation set (kept in teacher.json, so a
+resumed run reads it back), the student's gap to it at each evaluation, and the two side by side in the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..evaluation.scoring import evaluate
+from ..rundir.durable import write_atomically
+from ..tasks.loss import Validation
+
+TEACHER_FILE = "teacher.json"
+
+
+class TeacherRecord:
+    def __init__(self, parts, run_dir: Path, batch_size: int, max_blocks: int | None, is_main: bool, log):
+        self.parts, self.path, self.log = parts, run_dir / TEACHER_FILE, log
+        self.batch_size, self.max_blocks, self.is_main = batch_size, max_blocks, is_main
+        self.measured: dict | None = None
+
+    def start(self) -> None:
+        """The teacher's validation row: measured now (rank 0), or read back on resume."""
+        teacher = self.parts.teacher
+        if teacher is None or not self.is_main:
+            return
+        try:
+            kept = json.loads(self.path.read_text())
+            if kept.get("teacher") == teacher.spec:
+                self.measured = kept
+                return
+        except (OSError, ValueError):
+            pass  # not measured yet, or damaged: measure again
+        parts = self.parts
+        result = evaluate(parts.task, teacher.model, parts.val, parts.tokenizer, self.batch_size, parts.device, parts.precision,
+                          self.max_blocks, self.log)
+        self.measured = {"teacher": teacher.spec, "parameters": teacher.parameters, "val": parts.task.eval_row(result)}
+        for line in parts.task.base_lines(result, parts.val):
+            self.log(line.replace("base model", "teacher", 1), highlight=False)
+        write_atomically(self.path, json.dumps(self.measured, indent=2) + "\n")
+
+    def gap(self, result: Validation) -> dict:
+        """The student's validation loss above the teacher's, for the metrics row."""
+        if self.measured is None:
+            return {}
+        return {"teacher_gap": result.loss - self.measured["val"]["val_loss"]}
+
+    def summary(self, best_row: dict, student_parameters: int, kept: dict | None) -> dict:
+        if self.measured is None:
+            return {}
+        teacher_val = self.measured["val"]
+        return {"distill": {"teacher": self.measured["teacher"], "teacher_parameters": self.measured["parameters"],
+                            "student_parameters": student_parameters, "teacher_val": teacher_val, "student_val": best_row,
+                            "gap_loss": best_row["val_loss"] - teacher_val["val_loss"], **({"student_from": kept} if kept else {})}}

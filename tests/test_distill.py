@@ -1,0 +1,295 @@
+"""Distillation: the divergences against their formulas and torchtune's, the student made from the teacher, the
+teacher's checks, and distilled runs (lm and classify; resume)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith import train
+from tunesmith.batch import IGNORE
+from tunesmith.cli import main
+from tunesmith.config import load_config
+from tunesmith.distill import divergence, kept_blocks, make_student, topk_divergence
+from tunesmith.distill.losses import masked_mean
+from tunesmith.errors import ConfigError
+from tunesmith.models import ResolvedModel
+
+from helpers import classify_config, cut_run, labelled, losses, make_corpus, run_config, train_tokenizer, write_jsonl
+
+# ---------------------------------------------------------------- the divergences
+
+
+def by_hand(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """Each position's divergence written out term by term, in float64."""
+    out = []
+    for s_row, t_row in zip(student.double().tolist(), teacher.double().tolist()):
+        s = [x / temperature for x in s_row]
+        t = [x / temperature for x in t_row]
+        zs, zt = math.log(sum(math.exp(x) for x in s)), math.log(sum(math.exp(x) for x in t))
+        p = [math.exp(x - zt) for x in t]  # teacher
+        q = [math.exp(x - zs) for x in s]  # student
+        kl = lambda a, b: sum(ai * math.log(ai / bi) for ai, bi in zip(a, b) if ai > 0)  # noqa: E731
+        if kind == "forward_kl":
+            value = kl(p, q)
+        elif kind == "reverse_kl":
+            value = kl(q, p)
+        else:
+            m = [(pi + qi) / 2 for pi, qi in zip(p, q)]
+            value = (kl(p, m) + kl(q, m)) / 2
+        out.append(value * temperature**2)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def fixed_logits(positions=7, vocab=11, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(positions, vocab, generator=generator) * 3, torch.randn(positions, vocab, generator=generator) * 3
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_divergences_equal_their_formulas_with_masked_positions(kind, temperature):
+    student, teacher = fixed_logits()
+    labels = torch.tensor([3, IGNORE, 5, 1, IGNORE, IGNORE, 2])
+    weights = (labels != IGNORE).float()
+    ours = masked_mean(divergence(student, teacher, kind, temperature), weights)
+    expected = (by_hand(student, teacher, kind, temperature) * weights.double()).sum() / weights.sum()
+    assert abs(ours.item() - expected.item()) < 1e-6
+    assert divergence(teacher, teacher, kind, temperature).abs().max() < 1e-6  # zero when the student matches
+
+
+def torchtune_losses():
+    """torchtune's KD losses, read from the installed package's file (its package root imports torchao, which this
+    test does not need)."""
+    found = importlib.util.find_spec("torchtune")
+    assert found is not None, "torchtune is installed by `make test` (pip install --no-deps torchtune==0.6.1)"
+    path = Path(found.submodule_search_locations[0]) / "modules" / "loss" / "kd_losses.py"
+    spec = importlib.util.spec_from_file_location("torchtune_kd_losses", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_forward_kl_matches_torchtune():
+    """torchtune's ForwardKLLoss is the teacher-student cross-entropy, KL plus the teacher's entropy (a constant for
+    the student): the value differs by that entropy and the gradients are the same."""
+    kd = torchtune_losses()
+    student, teacher = fixed_logits(positions=9, vocab=13, seed=1)
+    labels = torch.tensor([[3, IGNORE, 5, 1, IGNORE, 0, 2, IGNORE, 7]])
+    weights = (labels.flatten() != IGNORE).float()
+    ours_in = student.clone().requires_grad_(True)
+    theirs_in = student.clone().requires_grad_(True)
+    ours = masked_mean(divergence(ours_in, teacher, "forward_kl"), weights)
+    theirs = kd.ForwardKLLoss()(theirs_in, teacher, labels)
+    teacher_logp = teacher.log_softmax(-1)
+    entropy = masked_mean(-(teacher_logp.exp() * teacher_logp).sum(-1), weights)
+    assert abs(ours.item() - (theirs - entropy).item()) < 1e-6
+    ours.backward()
+    theirs.backward()
+    assert torch.allclose(ours_in.grad, theirs_in.grad, atol=1e-7)
+    reverse = kd.ReverseKLLoss()(student, teacher, labels)
+    assert abs(masked_mean(divergence(student, teacher, "reverse_kl"), weights).item() - reverse.item()) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_topk_divergence(kind):
+    """With k the whole vocabulary the top-k divergence is the full one; with a smaller k it is the formula over the
+    teacher's top k, both distributions renormalized there, at any temperature from log-probabilities at 1."""
+    student, teacher = fixed_logits(positions=5, vocab=10, seed=2)
+    logprobs, ids = teacher.log_softmax(-1).topk(10, -1)
+    assert torch.allclose(topk_divergence(student, ids, logprobs, kind), divergence(student, teacher, kind), atol=1e-6)
+    logprobs, ids = teacher.log_softmax(-1).topk(4, -1)
+    ours = topk_divergence(student, ids, logprobs, kind, temperature=2.0)
+    restricted_student = student.gather(-1, ids)  # renormalizing over the k tokens is a softmax of the kept logits
+    restricted_teacher = teacher.gather(-1, ids)
+    expected = by_hand(restricted_student, restricted_teacher, kind, 2.0)
+    assert torch.allclose(ours.double(), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the student made from the teacher
+
+
+def test_kept_blocks():
+    assert kept_blocks(30, 10) == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    assert kept_blocks(4, 2) == [0, 3]
+    assert kept_blocks(4, 1) == [3]
+    assert kept_blocks(6, [4, 1]) == [1, 4]
+    with pytest.raises(ConfigError, match="keeps every one"):
+        kept_blocks(4, 4)
+    with pytest.raises(ConfigError, match="blocks 0 to 3"):
+        kept_blocks(4, [1, 4])
+
+
+def deep_llama(directory: Path, layers: int = 4) -> Path:
+    """A tiny Llama with `layers` blocks (the shared fixtures have 2)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = train_tokenizer("llama", make_corpus(200, seed=1))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    return deep_llama(tmp_path_factory.mktemp("teacher") / "llama4")
+
+
+def test_student_forward_is_the_teachers_kept_blocks(teacher_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    teacher = ResolvedModel(str(teacher_dir), str(teacher_dir), True)
+    student_path = Path(make_student(teacher, [0, 2], tmp_path, log=lambda _: None).path)
+    assert make_student(teacher, [0, 2], tmp_path, log=lambda _: None).path == str(student_path)  # made once, reused
+    student = AutoModelForCausalLM.from_pretrained(student_path).eval()
+    assert student.config.num_hidden_layers == 2
+    reference = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    ids = torch.randint(0, reference.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = reference.model.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
+        rotary = reference.model.rotary_emb(hidden, positions)
+        mask = torch.full((12, 12), float("-inf")).triu(1)[None, None]
+        for index in (0, 2):  # the teacher's blocks one by one
+            hidden = reference.model.layers[index](hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        expected = reference.lm_head(reference.model.norm(hidden))
+        got = student(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert json.loads((student_path / "tunesmith_student.json").read_text())["kept"] == [0, 2]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def test_config_checks(tiny_llama, corpus_file, tmp_path):
+    from tunesmith.tasks import task_kind
+
+    def check(*overrides):
+        cfg = load_config(None, [("model.name", str(tiny_llama)), ("data.train", str(corpus_file)), *overrides])
+        task_kind(cfg).check(cfg)
+
+    with pytest.raises(ConfigError, match="distill.student: a student made from the teacher needs distill.teacher"):
+        check(("distill.student", {"from_teacher": {"keep_layers": 1}}))
+    with pytest.raises(ConfigError, match="distillation applies to tasks lm, chat and classify, not preference"):
+        check(("task", "preference"), ("distill.teacher", str(tiny_llama)))
+    with pytest.raises(ConfigError, match="distill.cache: topk applies to a language model"):
+        check(("task", "classify"), ("distill.teacher", str(tiny_llama)), ("distill.cache", "topk"))
+    with pytest.raises(ConfigError, match="keep_layers"):
+        check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": 0}}))
+    check(("distill.teacher", str(tiny_llama)))
+
+
+def test_teacher_with_another_tokenizer_is_refused(tiny_llama, tiny_gpt2, corpus_file, tmp_path, capsys):
+    code = main(["train", "--model", str(tiny_llama), "--data", str(corpus_file), "--out", str(tmp_path / "run"),
+                 "--set", f"distill.teacher={tiny_gpt2}", "--set", "train.max_steps=2", "--set", "data.block_size=32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert "distill.teacher" in err[-1] and "tokenizer is not the student's (token " in err[-1]
+
+
+# ---------------------------------------------------------------- distilled runs
+
+
+def rows_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(teacher_dir, tmp_path_factory):
+    """The 4-block Llama fine-tuned on the corpus: the language-model teacher."""
+    root = tmp_path_factory.mktemp("lm-teacher")
+    data = write_jsonl(root / "corpus.jsonl", make_corpus(120))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(root / "home"))
+        train(run_config(teacher_dir, data, root / "run", max_steps=16, eval_every=8))
+    return root / "run", data
+
+
+def distill_config(teacher_run: Path, data: Path, out: Path, train_settings: dict | None = None, **distill):
+    settings = {"teacher": str(teacher_run), "alpha": 1.0, "student": {"from_teacher": {"keep_layers": 2}}, **distill}
+    trained = {"lr": 1e-2, "max_steps": 12, "eval_every": 4, "micro_batch_size": 4, "warmup_steps": 2, "precision": "fp32",
+               "patience": None, **(train_settings or {})}
+    return load_config(None, [("data.train", str(data)), ("data.block_size", 32), ("output.dir", str(out)),
+                              *[(f"train.{k}", v) for k, v in trained.items()],
+                              *[(f"distill.{k}", v) for k, v in settings.items()]])
+
+
+@pytest.fixture(scope="module")
+def fresh_student(tmp_path_factory) -> Path:
+    """A 2-block tiny Llama with the teacher's tokenizer and weights of its own: a student that starts far from the teacher."""
+    return deep_llama(tmp_path_factory.mktemp("student") / "llama2", layers=2)
+
+
+def test_distillation_closes_the_gap_to_the_teacher(lm_teacher, fresh_student, tmp_path):
+    teacher_run, data = lm_teacher
+    run = tmp_path / "student"
+    cfg = distill_config(teacher_run, data, run, student=None)
+    summary = train(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(fresh_student)})}))
+    gaps = [row["teacher_gap"] for row in rows_of(run) if "teacher_gap" in row]
+    assert gaps[-1] < gaps[0] / 2
+    distilled = summary["distill"]
+    assert distilled["teacher"] == str(teacher_run) and "student_from" not in distilled
+    assert distilled["gap_loss"] == pytest.approx(distilled["student_val"]["val_loss"] - distilled["teacher_val"]["val_loss"])
+    assert json.loads((run / "teacher.json").read_text())["val"]["val_loss"] == distilled["teacher_val"]["val_loss"]
+
+
+def test_student_made_from_the_teacher(lm_teacher, tmp_path):
+    teacher_run, data = lm_teacher
+    run = tmp_path / "student"
+    summary = train(distill_config(teacher_run, data, run))
+    distilled = summary["distill"]
+    assert distilled["student_from"]["kept"] == [0, 3]
+    assert distilled["student_parameters"] < distilled["teacher_parameters"]
+    assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert summary["model"] != "unused" and Path(summary["model"]).is_dir()
+
+
+@pytest.mark.parametrize("kind", ["reverse_kl", "jsd"])
+def test_each_divergence_trains(lm_teacher, fresh_student, tmp_path, kind):
+    teacher_run, data = lm_teacher
+    run = tmp_path / kind
+    cfg = distill_config(teacher_run, data, run, loss=kind, temperature=2.0, student=None)
+    train(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(fresh_student)})}))
+    gaps = [row["teacher_gap"] for row in rows_of(run) if "teacher_gap" in row]
+    assert gaps[-1] < gaps[0] / 2
+
+
+def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
+    teacher_run, data = lm_teacher
+    whole = tmp_path / "whole"
+    train(distill_config(teacher_run, data, whole, alpha=0.5))
+    resumed = cut_run(whole, tmp_path / "resumed", last_step=8)
+    cfg = distill_config(teacher_run, data, resumed, alpha=0.5)
+    from tunesmith.training import train_run
+
+    train_run(cfg, resume=True)
+    assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
+
+
+def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "unused.jsonl", [])
+    data.write_text("".join(json.dumps(row) + "\n" for row in labelled(120)))
+    teacher_run = tmp_path / "teacher"
+    train(classify_config(tiny_llama, data, teacher_run, "head"))
+    cfg = classify_config(tiny_llama, data, tmp_path / "student", "head", epochs=2)
+    cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher": str(teacher_run), "alpha": 0.7,
+                                                                           "temperature": 2.0})})
+    summary = train(cfg)
+    assert summary["distill"]["teacher_val"]["accuracy"] >= 0.5
+    assert "accuracy" in summary["distill"]["student_val"]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**row, "sentiment": "good" if row["sentiment"] == "positive" else "bad"}) + "\n"
+                             for row in labelled(120)))
+    code = main(["train", "--task", "classify", "--model", str(tiny_llama), "--data", str(other), "--out", str(tmp_path / "refused"),
+                 "--set", "data.text_field=review", "--set", "data.label_field=sentiment", "--set", f"distill.teacher={teacher_run}"])
+    assert code == 2
