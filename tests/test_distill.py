@@ -99,16 +99,21 @@ def test_forward_kl_matches_torchtune():
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 def test_topk_divergence(kind):
     """With k the whole vocabulary the top-k divergence is the full one; with a smaller k it is the formula over the
-    teacher's top k, both distributions renormalized there, at any temperature from log-probabilities at 1."""
+    teacher's top k tokens and the rest of the vocabulary as one outcome, at the temperature of the cached log-probs."""
     student, teacher = fixed_logits(positions=5, vocab=10, seed=2)
     logprobs, ids = teacher.log_softmax(-1).topk(10, -1)
     assert torch.allclose(topk_divergence(student, ids, logprobs, kind), divergence(student, teacher, kind), atol=1e-6)
-    logprobs, ids = teacher.log_softmax(-1).topk(4, -1)
+    logprobs, ids = (teacher / 2.0).log_softmax(-1).topk(4, -1)
     ours = topk_divergence(student, ids, logprobs, kind, temperature=2.0)
-    restricted_student = student.gather(-1, ids)  # renormalizing over the k tokens is a softmax of the kept logits
-    restricted_teacher = teacher.gather(-1, ids)
-    expected = by_hand(restricted_student, restricted_teacher, kind, 2.0)
-    assert torch.allclose(ours.double(), expected, atol=1e-6)
+    student_p, teacher_p = (student / 2.0).softmax(-1), (teacher / 2.0).softmax(-1)
+
+    def buckets(p):  # the k tokens, then the rest
+        kept = p.gather(-1, ids)
+        return torch.cat([kept, 1 - kept.sum(-1, keepdim=True)], -1).double().log()
+
+    # by_hand takes logits at temperature 1 and multiplies by T^2: hand it log-probabilities and scale by 4 here
+    expected = by_hand(buckets(student_p), buckets(teacher_p), kind, 1.0) * 4
+    assert torch.allclose(ours.double(), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- the student made from the teacher
@@ -293,3 +298,41 @@ def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_pat
     code = main(["train", "--task", "classify", "--model", str(tiny_llama), "--data", str(other), "--out", str(tmp_path / "refused"),
                  "--set", "data.text_field=review", "--set", "data.label_field=sentiment", "--set", f"distill.teacher={teacher_run}"])
     assert code == 2
+
+
+# ---------------------------------------------------------------- the top-k cache
+
+
+def fresh_student_config(teacher_run, data, out, student, **distill):
+    cfg = distill_config(teacher_run, data, out, student=None, **distill)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(student)})})
+
+
+def test_topk_cache_is_written_once_reused_and_recomputed_when_damaged(lm_teacher, fresh_student, tmp_path, capsys):
+    teacher_run, data = lm_teacher
+    train(fresh_student_config(teacher_run, data, tmp_path / "a", fresh_student, cache="topk", topk=16))
+    assert "computing the teacher's top-16" in capsys.readouterr().out
+    folders = list((tmp_path / "home" / "data").glob("*/distill/topk-*"))
+    assert len(folders) == 1 and json.loads((folders[0] / "meta.json").read_text())["k"] == 16
+    train(fresh_student_config(teacher_run, data, tmp_path / "b", fresh_student, cache="topk", topk=16))
+    assert "top-16 log-probabilities read from" in capsys.readouterr().out
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    ids = folders[0] / "ids.npy"
+    ids.write_bytes(ids.read_bytes()[:-8] + b"\x00" * 8)  # damaged
+    train(fresh_student_config(teacher_run, data, tmp_path / "c", fresh_student, cache="topk", topk=16))
+    assert "computing the teacher's top-16" in capsys.readouterr().out
+    assert losses(tmp_path / "c") == losses(tmp_path / "a")
+    gaps = [row["teacher_gap"] for row in rows_of(tmp_path / "a") if "teacher_gap" in row]
+    assert gaps[-1] < gaps[0] / 2
+
+
+def test_topk_over_the_whole_vocabulary_trains_as_the_teacher_beside(lm_teacher, fresh_student, tmp_path):
+    """k = the vocabulary: the cache holds the teacher's whole distribution (in fp16), so the run follows the one with
+    the teacher beside it."""
+    teacher_run, data = lm_teacher
+    vocab = json.loads((fresh_student / "config.json").read_text())["vocab_size"]
+    train(fresh_student_config(teacher_run, data, tmp_path / "beside", fresh_student))
+    train(fresh_student_config(teacher_run, data, tmp_path / "cached", fresh_student, cache="topk", topk=vocab))
+    beside, cached = losses(tmp_path / "beside"), losses(tmp_path / "cached")
+    assert cached[1] == pytest.approx(beside[1], abs=2e-3)
+    assert cached[12] == pytest.approx(beside[12], abs=2e-2)

@@ -4,7 +4,7 @@ Each is taken between the two models' distributions at temperature T (both logit
 T squared, so that its gradients keep their scale as T changes (Hinton et al., 2015). Forward KL is KL(teacher ||
 student), the classic distillation loss (zero when the student matches); reverse KL is KL(student || teacher); jsd
 is the Jensen-Shannon divergence, KL of each against their even mixture, averaged. With the teacher's top k tokens
-only (`topk_divergence`), both distributions are restricted to those tokens and renormalized there.
+only (`topk_divergence`), the divergence is over those k tokens and the rest of the vocabulary as one outcome.
 """
 
 from __future__ import annotations
@@ -41,18 +41,27 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
     return between(student, teacher, kind) * temperature**2
 
 
+NONE = -1e4  # the log-probability of an outcome with no mass: finite, so that no gradient is 0 * inf, and exp() of it is 0
+REST_FLOOR = 1e-6  # a teacher's rest below this is rounding in the sum of its k probabilities, and counts as none
+
+
 def topk_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str,
                     temperature: float = 1.0) -> torch.Tensor:
-    """Per position: the divergence over the teacher's top k tokens (`teacher_ids`, (..., k)) with its log-probabilities
-    there at temperature 1 (`teacher_logprobs`); both distributions renormalized over those k tokens at `temperature`.
+    """Per position: the divergence over the teacher's top k tokens (`teacher_ids`, (..., k)) and the rest of the
+    vocabulary as one outcome, from the teacher's log-probabilities of those tokens at `temperature`
+    (`teacher_logprobs`) and the student's at the same temperature; times its square.
 
-    The teacher's are exact at any temperature: dividing log-probabilities by T and renormalizing over the k tokens
-    gives the restriction of the tempered distribution, since the normalizer is a constant per position.
+    With k the whole vocabulary it is the full divergence; with fewer, the rest's mass still counts, so the student is
+    pulled to put on the k tokens the share the teacher puts there. The student's rest is summed over its other
+    tokens (exact); the teacher's is 1 minus the mass of its k.
     """
-    student = torch.log_softmax(student_logits.float() / temperature, -1).gather(-1, teacher_ids.long())
-    student = student - student.logsumexp(-1, keepdim=True)
-    teacher = torch.log_softmax(teacher_logprobs.float() / temperature, -1)
-    return between(student, teacher, kind) * temperature**2
+    ids = teacher_ids.long()
+    student = torch.log_softmax(student_logits.float() / temperature, -1)
+    student_rest = student.scatter(-1, ids, NONE).logsumexp(-1, keepdim=True).clamp_min(NONE)
+    teacher = teacher_logprobs.float()
+    mass = teacher.exp().sum(-1, keepdim=True)
+    teacher_rest = torch.where(mass < 1 - REST_FLOOR, torch.log1p(-mass.clamp(max=1 - REST_FLOOR)), torch.full_like(mass, NONE))
+    return between(torch.cat([student.gather(-1, ids), student_rest], -1), torch.cat([teacher, teacher_rest], -1), kind) * temperature**2
 
 
 def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError, UserError
 from ..models import ResolvedModel, load_model, load_model_config, load_tokenizer
 from ..models.weights import is_classifier, transformer_blocks
+from ..rundir.fingerprint import folder_identity
 
 TASK_FILE = "tunesmith_task.json"  # a classifier teacher's labels go with its student
 
@@ -36,13 +37,8 @@ def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
-def _teacher_identity(teacher: ResolvedModel) -> list:
-    root = Path(teacher.path)
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
-
-
 def student_dir(teacher: ResolvedModel, kept: list[int], home: Path) -> Path:
-    identity = json.dumps({"teacher": str(Path(teacher.path).resolve()), "files": _teacher_identity(teacher), "kept": kept})
+    identity = json.dumps({"teacher": str(Path(teacher.path).resolve()), "files": folder_identity(Path(teacher.path)), "kept": kept})
     return home / "students" / f"{Path(teacher.path).resolve().name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 

@@ -13,3 +13,12 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_identity(root: Path) -> list[tuple[str, int, int]]:
+    """A model folder's files by name, size and modification time: what a cache computed from the model is keyed by
+    (hashing gigabytes of weights at every start would cost more than the cache saves)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())

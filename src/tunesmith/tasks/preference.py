@@ -30,6 +30,7 @@ from ..data.preferences import CHOSEN, DESIRABLE, KL_ROW, UNDESIRABLE, judged_un
 from ..data.report import DataReport
 from ..data.units import Encoded, Unit
 from ..errors import UserError
+from ..rundir.fingerprint import folder_identity
 from ..runtime import autocast
 from .base import Task, TaskKind, check_both_sides
 from .chat import chat_reference_pairs, chat_sample_prompts, chat_tokenizer, encode_answer, end_of_turn, stop_token_ids
@@ -112,11 +113,7 @@ def _computed_references(objective: Objective, model, prepared, device, precisio
 
 def _reference_key(cfg: RunConfig, resolved, precision: str) -> str:
     """The reference's identity: the model's files, the precision, how weights are stored, and the rows' layout."""
-    files = []
-    root = Path(resolved.path)
-    if root.is_dir():
-        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
-    identity = {"model": resolved.path, "files": files, "precision": precision, "method": cfg.model.method,
+    identity = {"model": resolved.path, "files": folder_identity(Path(resolved.path)), "precision": precision, "method": cfg.model.method,
                 "weights": cfg.train.weights, "paired": Objective(cfg.preference).paired}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

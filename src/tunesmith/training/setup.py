@@ -11,6 +11,8 @@ from rich.console import Console
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
 from ..distill import DistillLoss, Teacher, load_teacher, make_student
+from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
+from ..rundir.fingerprint import folder_identity
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..methods import method_of
@@ -109,6 +111,18 @@ def _loss(task: Task, module, fuse: bool, cfg: RunConfig, teacher: Teacher | Non
     return task.training_loss(module) or training_loss(module, fuse, cfg.train.label_smoothing)
 
 
+def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, data_dir: Path, device, precision: str,
+               console: Console, context: Distributed):
+    """The training rows with the teacher's top-k log-probabilities, from the cache beside the token files."""
+    settings = {"k": cfg.distill.topk, "temperature": cfg.distill.temperature, "task": cfg.task, "packing": task.packing, "block_size": cfg.data.block_size,
+                "precision": precision, "rows": len(train)}
+    folder = data_dir / "distill" / f"topk-{cache_key(folder_identity(Path(teacher.resolved.path)), data_dir, settings)}"
+    with context.main_first():
+        rows = teacher_topk(teacher.logits, train, cfg.distill.topk, vocab, cfg.distill.temperature, folder, device, precision,
+                           console.print)
+    return WithTeacherTopk(train, rows) if rows is not None else train
+
+
 def _eval_batch(cfg: RunConfig) -> int:
     return cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4
 
@@ -153,6 +167,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     teacher = load_teacher(cfg, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
         if cfg.distill.teacher else None
     vocab = len(tokenizer) if labels is None else None
+    if teacher is not None and cfg.distill.cache == "topk":
+        train = _with_topk(cfg, task, teacher, train, vocab, data.directory, device, precision, console, context)
     # a head has no vocabulary, DDP runs its wrapper, and a teacher's divergence reads the student's logits whole
     fuse = cfg.train.fused_loss and not context.enabled and labels is None and teacher is None
     micro = cfg.train.micro_batch_size
