@@ -256,7 +256,27 @@ def test_student_made_from_the_teacher(lm_teacher, tmp_path):
     assert distilled["student_from"]["kept"] == [0, 3]
     assert distilled["student_parameters"] < distilled["teacher_parameters"]
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
-    assert summary["model"] != "unused" and Path(summary["model"]).is_dir()
+    assert Path(summary["model"]).is_dir() and (Path(summary["model"]) / "tunesmith_student.json").is_file()
+    report = (run / "report.md").read_text()
+    assert "## Teacher and student" in report and "made from the teacher, blocks 0, 3" in report
+    from fastapi.testclient import TestClient
+
+    from tunesmith.ui import create_app
+
+    client = TestClient(create_app(tmp_path, port=7860), base_url="http://127.0.0.1:7860")
+    page = client.get("/runs/student").text
+    assert 'id="distill"' in page and "made from the teacher, blocks 0, 3" in page
+
+
+def test_eval_compares_the_student_with_its_teacher_and_their_speed(lm_teacher, tmp_path, capsys):
+    teacher_run, data = lm_teacher
+    run = tmp_path / "student"
+    train(distill_config(teacher_run, data, run, train_settings={"max_steps": 4}))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--compare", str(teacher_run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run}: " in out and "new tokens/s (generate, " in out
+    assert f"{run} runs at " in out and f"x the speed of {teacher_run}" in out
 
 
 @pytest.mark.parametrize("kind", ["reverse_kl", "jsd"])
@@ -281,7 +301,7 @@ def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
 
 
-def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_path):
+def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_path, capsys):
     data = write_jsonl(tmp_path / "unused.jsonl", [])
     data.write_text("".join(json.dumps(row) + "\n" for row in labelled(120)))
     teacher_run = tmp_path / "teacher"
@@ -292,6 +312,10 @@ def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_pat
     summary = train(cfg)
     assert summary["distill"]["teacher_val"]["accuracy"] >= 0.5
     assert "accuracy" in summary["distill"]["student_val"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "student"), "--compare", str(teacher_run), "--json"]) == 0
+    speeds = [result["speed"] for result in json.loads(capsys.readouterr().out)["results"]]
+    assert [s["use"] for s in speeds] == ["predict", "predict"] and all(s["per_s"] > 0 and s["unit"] == "rows" for s in speeds)
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({**row, "sentiment": "good" if row["sentiment"] == "positive" else "bad"}) + "\n"
                              for row in labelled(120)))
@@ -336,3 +360,23 @@ def test_topk_over_the_whole_vocabulary_trains_as_the_teacher_beside(lm_teacher,
     beside, cached = losses(tmp_path / "beside"), losses(tmp_path / "cached")
     assert cached[1] == pytest.approx(beside[1], abs=2e-3)
     assert cached[12] == pytest.approx(beside[12], abs=2e-2)
+
+
+# ---------------------------------------------------------------- diagnosis
+
+
+def test_gap_stalled_finding():
+    from tunesmith.diagnose.findings import RunFacts
+    from tunesmith.diagnose.rules import diagnose
+
+    facts = RunFacts(lr=1e-4, distill_alpha=0.5, distill_temperature=1.0, distill_keep=10)
+    stalled = [{"step": 10 * i, "val_loss": 3.0, "teacher_gap": gap} for i, gap in enumerate([1.0, 0.6, 0.45, 0.45, 0.46, 0.45])]
+    found = {f.kind: f for f in diagnose(stalled, facts)}["gap_stalled"]
+    assert found.evidence["gap"] == 0.45 and found.evidence["start_gap"] == 1.0
+    advice = {a.key: a.value for a in found.advice}
+    assert advice["distill.alpha"] == 0.75 and advice["distill.temperature"] == 2.0
+    assert advice["distill.student.from_teacher.keep_layers"] == 15
+    narrowing = [{**row, "teacher_gap": 1.0 - 0.15 * i} for i, row in enumerate(stalled)]
+    closed = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.1, 0.01, 0.011, 0.01, 0.012])]
+    for history in (narrowing, closed, stalled[:4]):
+        assert "gap_stalled" not in {f.kind for f in diagnose(history, facts)}

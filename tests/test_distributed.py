@@ -101,3 +101,17 @@ def test_grpo_under_ddp_matches_one_process(tiny_models, tmp_path):
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["task"] == "grpo" and summary["processes"] == 2
+
+
+def test_distillation_under_ddp_matches_one_process(tiny_models, tmp_path):
+    """Each rank's frozen teacher scores that rank's rows: the same divergences, the same update."""
+    from helpers import finished_run
+
+    (tmp_path / "teacher").mkdir()
+    teacher, data = finished_run(tiny_models["llama"], tmp_path / "teacher")
+    extra = ("--set", f"distill.teacher={teacher}", "--set", "distill.alpha=0.7", "--set", "distill.temperature=2.0")
+    _launch(2, tiny_models["llama"], data, tmp_path / "ddp", 2, 6, *extra)
+    _launch(1, tiny_models["llama"], data, tmp_path / "single", 4, 6, *extra)
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["distill"]["teacher"] == str(teacher)

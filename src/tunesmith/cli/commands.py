@@ -103,8 +103,8 @@ def _run_eval(args) -> int:
     if not cfg.data.train:
         raise UserError("eval needs --data FILE (or a run directory, whose own validation split it then uses)")
     log = (lambda _msg: None) if args.json else print
-    results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens)
-               for spec in [args.model_or_run, args.compare] if spec]
+    results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens,
+                              speed=bool(args.compare)) for spec in [args.model_or_run, args.compare] if spec]
     if args.generate and is_run_dir(Path(args.model_or_run)):
         record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train_paths)
     if args.json:
@@ -118,6 +118,11 @@ def _run_eval(args) -> int:
             print(result.generation_line())
     if len(results) == 2:
         print(task_view(results[1].task).eval_change(results[0], results[1]))
+        for result in results:
+            if result.speed:
+                print(result.speed_line())
+        if all(r.speed for r in results) and results[0].speed["use"] == results[1].speed["use"]:
+            print(f"{results[0].model} runs at {results[0].speed['per_s'] / results[1].speed['per_s']:.2f}x the speed of {results[1].model}")
     return 0
 
 

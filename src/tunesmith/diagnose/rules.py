@@ -16,6 +16,7 @@ from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
+from .distill import distill_facts, gap_stalled
 from .grpo import grpo_rows, kl_blowup, no_signal, reward_hacking
 from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
 
@@ -240,7 +241,7 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
 
 CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_little_data, validation_too_small, memory, transfer_gain,
           likelihood_displacement, margin_flat, rejected_collapse, forgetting, benchmark_regression, reward_hacking, no_signal,
-          kl_blowup)
+          kl_blowup, gap_stalled)
 
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
@@ -282,6 +283,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         grpo_beta=config.get("grpo", {}).get("beta"),
         grpo_temperature=config.get("grpo", {}).get("temperature"),
         grpo_group_size=config.get("grpo", {}).get("group_size"),
+        **distill_facts(config.get("distill") or {}),
     )
 
 

@@ -34,9 +34,15 @@ class EvalResult:
     task: str = "lm"
     metrics: dict | None = None  # the task's: classify's accuracy, macro-F1, per class, confusion; preference's accuracy, log-probs
     generation: dict | None = None  # with --generate: ROUGE-L and chrF of greedy generations against the data's own text
+    speed: dict | None = None  # with --compare: how fast it does its task here (`Task.throughput`)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def speed_line(self) -> str:
+        s = self.speed
+        return (f"{self.model}: {s['per_s']:,.1f} {s['unit']}/s ({s['use']}, {s['count']} validation "
+                f"{'prompts' if s['use'] == 'generate' else 'rows'}, batch {s['batch']}, this machine)")
 
     def generation_line(self) -> str:
         g = self.generation
@@ -64,7 +70,19 @@ def generation_scores(task: Task, model, tokenizer, examples, count: int, new_to
     return {**corpus_scores(texts, references), "prompts": len(pairs), "new_tokens": new_tokens, "examples": examples_shown}
 
 
-def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print, generate: int = 0, new_tokens: int = 64) -> EvalResult:
+def greedy_decoder(model, tokenizer):
+    """`Task.throughput`'s decoder: greedy continuations of token-id prompts through the decoding engine; the tokens made."""
+    from ..inference.generation import SamplingOptions, generate_many
+
+    def decode(prompts: list[list[int]], new_tokens: int, stop_ids: list[int], batch: int) -> int:
+        done = generate_many(model, tokenizer, prompts, SamplingOptions(max_new_tokens=new_tokens, temperature=0), stop_ids, batch)
+        return sum(completions[0].tokens for completions in done)
+
+    return decode
+
+
+def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print, generate: int = 0, new_tokens: int = 64,
+                   speed: bool = False) -> EvalResult:
     """Evaluate `spec` (model, .gguf, or run directory) on every unit of `data`, the way its task measures it;
     without `data`, on the validation split that `cfg` (a run's saved config) makes.
 
@@ -91,8 +109,10 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     batch_size = cfg.train.eval_batch_size or (cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4)
     result = evaluate(task, model, examples, tokenizer, batch_size, device, precision, log=log)
     generation = generation_scores(task, model, tokenizer, examples, generate, new_tokens, device, precision) if generate else None
+    timed = task.throughput(model.eval(), examples, tokenizer, device, precision, batch_size, greedy_decoder(model, tokenizer)) \
+        if speed else None
     return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.metrics or None,
-                      generation)
+                      generation, timed or None)
 
 
 def record_generation(run_dir: Path, result: EvalResult, data) -> None:

@@ -187,6 +187,7 @@ def report_sections(run_dir: Path) -> dict:
             ("general text perplexity", base.get("general_ppl"), best.get("general_ppl"))] + benchmark_rows(summary)
             if row[1] is not None or row[2] is not None],
         "forgetting": _forgetting_line(summary.get("forgetting")),
+        "distill": distill_rows(summary.get("distill")),
         "classes": classification_tables(summary),
         "samples": samples_before_after(_rows(run_dir, SAMPLES_FILE), summary.get("best_step")),
         "generation": _json(run_dir / GENERATION_EVAL),
@@ -222,6 +223,20 @@ def _forgetting_line(forgetting: dict | None) -> str:
             f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token from the base on the base model's own text.")
 
 
+def distill_rows(distill: dict | None) -> list[tuple[str, object, object]]:
+    """A distilled run's teacher and student side by side (the student at its best step): (name, teacher, student)."""
+    if not distill:
+        return []
+    teacher, student = distill["teacher_val"], distill["student_val"]
+    rows = [("model", distill["teacher"], "made from the teacher, blocks " + ", ".join(map(str, distill["student_from"]["kept"]))
+             if "student_from" in distill else "the run's model"),
+            ("parameters", distill["teacher_parameters"], distill["student_parameters"]),
+            ("validation loss", teacher.get("val_loss"), student.get("val_loss")),
+            ("validation perplexity", teacher.get("val_ppl"), student.get("val_ppl"))]
+    rows += [(name, teacher[name], student[name]) for name in ("accuracy", "macro_f1") if name in teacher and name in student]
+    return rows
+
+
 def _timing(summary: dict) -> list[tuple[str, str]]:
     keys = ["device", "precision", "processes", "method", "steps", "tokens_seen", "train_seconds", "eval_seconds", "tokens_per_s",
             "stopped_because", "best_step"]
@@ -241,6 +256,9 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
     for name, png in sections["plots"].items():
         (image_dir / f"{name}.png").write_bytes(png)
         lines.append(f"![{name}]({image_dir.name}/{name}.png)")
+    if sections["distill"]:
+        lines += ["", "## Teacher and student", "", "| | teacher | student |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {_number(a)} | {_number(b)} |" for name, a, b in sections["distill"]]
     if sections["forgetting"]:
         lines += ["", "## Forgetting", "", sections["forgetting"]]
     lines += ["", "## Findings", ""]
@@ -282,6 +300,10 @@ def render_html(sections: dict) -> str:
     parts.append("<h2>Curves</h2>")
     for name, png in sections["plots"].items():
         parts.append(f'<img class="plot" id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    if sections["distill"]:
+        parts.append("<h2>Teacher and student</h2><table id='distill'><tr><th></th><th>teacher</th><th>student</th></tr>")
+        parts += [f"<tr><td>{esc(n)}</td><td>{esc(_number(a))}</td><td>{esc(_number(b))}</td></tr>" for n, a, b in sections["distill"]]
+        parts.append("</table>")
     if sections["forgetting"]:
         parts.append(f"<h2>Forgetting</h2><p id='forgetting'>{esc(sections['forgetting'])}</p>")
     parts.append('<h2>Findings</h2><ul id="findings">')

@@ -221,10 +221,32 @@ class Task:
     def sample_stops(self, tokenizer) -> list[int]:
         return [tokenizer.eos_token_id]
 
+    def throughput(self, model, dataset, tokenizer, device: torch.device, precision: str, batch_size: int, generate) -> dict:
+        """How fast the model does this task's work on this machine: greedy continuations of validation prompts, in new
+        tokens per second; {} when there is nothing to continue. `generate(prompts, new_tokens, stop_ids, batch)` decodes
+        greedily and returns the tokens it made (the evaluation hands in the decoding engine)."""
+        import time
+
+        from ..runtime import autocast
+
+        pairs = self.reference_pairs(dataset, tokenizer, SPEED_PROMPTS, SPEED_TOKENS)
+        if not pairs:
+            return {}
+        prompts, stops = [prompt for prompt, _ in pairs], self.sample_stops(tokenizer)
+        with autocast(device, precision):
+            generate(prompts[:1], 4, stops, 1)  # warm-up
+            started = time.perf_counter()
+            tokens = generate(prompts, SPEED_TOKENS, stops, batch_size)
+        return {"use": "generate", "per_s": tokens / (time.perf_counter() - started), "unit": "new tokens", "count": len(prompts),
+                "batch": batch_size}
+
     def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
         """Up to `count` validation prompts (token ids) with the text the data follows them with, which generations
         are scored against (`eval --generate`); none for a task that does not generate text."""
         return []
+
+
+SPEED_PROMPTS, SPEED_TOKENS = 16, 32  # what `throughput` times: validation prompts continued, new tokens each
 
 
 def check_both_sides(train, val, words: str, eval_only: bool) -> None:

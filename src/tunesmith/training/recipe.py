@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
+from ..diagnose.distill import distill_facts
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
 from ..models import ResolvedModel
@@ -261,6 +262,7 @@ class Recipe:
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
             replay=cfg.data.replay, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
+            **distill_facts(cfg.distill.model_dump()),
         )
 
     def finish(self, stopped_because: str) -> dict:

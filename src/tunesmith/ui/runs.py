@@ -232,6 +232,16 @@ class RunsFolder:
         rows = [self.row(name) for name in self.names()]
         return sorted(rows, key=lambda row: row.started, reverse=True)
 
+    @staticmethod
+    def _distill(summary: dict) -> list:
+        """A distilled run's teacher and student side by side; none for a summary that does not hold them whole."""
+        from ..report.writer import distill_rows
+
+        try:
+            return distill_rows(summary.get("distill"))
+        except (KeyError, TypeError, AttributeError):
+            return []
+
     def detail(self, name: str) -> dict:
         """Everything one run's page shows besides its curves."""
         from ..data.report import summary_lines
@@ -263,6 +273,7 @@ class RunsFolder:
             "process": self.process(run_dir),
             "try_it": view_of(summary, self.config(run_dir)).try_it,
             "benchmarks": benchmark_rows(summary),
+            "distill": self._distill(summary),
         }
 
     def _is_own_file(self, run_dir: Path, name: str) -> bool:

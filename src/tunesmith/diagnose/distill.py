@@ -1,0 +1,51 @@
+"""The finding of distilled runs: a student that has stopped closing its gap to the teacher.
+
+A pure function from the metric history (each evaluation's `teacher_gap`, the student's validation loss above the
+teacher's) and the run's facts, as in `diagnose`, which runs it with the others.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .findings import Advice, Finding, RunFacts, round3
+
+STALL_EVALS = 3  # evaluations in a row that must not narrow the gap
+NARROWING = 0.02  # of the starting gap: what an evaluation must take off the best gap so far to count as progress
+OPEN_GAP = 0.02  # nats per target: a gap under this is closed, not stalled
+
+
+def distill_facts(distill: dict) -> dict:
+    """RunFacts' distillation fields from the config's distill section (as a dict); none without a teacher."""
+    if not distill.get("teacher"):
+        return {}
+    keep = ((distill.get("student") or {}).get("from_teacher") or {}).get("keep_layers")
+    return {"distill_alpha": distill.get("alpha"), "distill_temperature": distill.get("temperature"),
+            "distill_keep": len(keep) if isinstance(keep, list) else keep}
+
+
+def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:
+    """The student's gap to the teacher has not narrowed in the last evaluations while it is still open."""
+    rows = [row for row in history if math.isfinite(row.get("teacher_gap", math.nan))]
+    if len(rows) < STALL_EVALS + 2:
+        return None
+    start = rows[0]["teacher_gap"]
+    before = min(row["teacher_gap"] for row in rows[:-STALL_EVALS])
+    recent = min(row["teacher_gap"] for row in rows[-STALL_EVALS:])
+    last = rows[-1]["teacher_gap"]
+    if last < OPEN_GAP or before - recent > NARROWING * abs(start):
+        return None
+    alpha, temperature = facts.distill_alpha or 0.5, facts.distill_temperature or 1.0
+    advice = [Advice("distill.alpha", round3(min(1.0, alpha + 0.25)), "more of the loss from the teacher's distributions"),
+              Advice("distill.temperature", round3(min(20.0, max(2.0, temperature * 2))), "softer targets, which carry more of what "
+                     "the teacher knows about the wrong answers"),
+              Advice("train.lr", round3((facts.lr or 1e-4) * 2), "larger steps, if the loss curve is smooth")]
+    if facts.distill_keep is not None:
+        advice.append(Advice("distill.student.from_teacher.keep_layers", facts.distill_keep + max(1, facts.distill_keep // 2),
+                             "a deeper student, with more room to hold what the teacher knows"))
+    return Finding("gap_stalled", "warning",
+                   f"the student's validation loss is {last:.3f} nats above the teacher's, and the last {STALL_EVALS} evaluations "
+                   f"have not narrowed that gap (from {start:.3f} at the start, best before them {before:.3f}): the student has "
+                   "stopped learning from the teacher at these settings",
+                   {"start_gap": start, "best_gap_before": before, "best_gap_recent": recent, "gap": last, "evaluations": len(rows)},
+                   advice)
