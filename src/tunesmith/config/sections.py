@@ -318,7 +318,7 @@ class DistillConfig(_Section):
     temperature: float = Field(1.0, gt=0, le=20, description="both models' logits are divided by it before the divergence, which is then multiplied by its square (Hinton et al.)")
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="forward_kl: KL(teacher || student), covers the teacher's modes; reverse_kl: KL(student || teacher), seeks its main mode; jsd: the Jensen-Shannon divergence, the two halves averaged")
     cache: Literal["none", "topk"] = Field("none", description="none: the frozen teacher runs beside the student at every step; topk: its top-k log-probabilities per trained token are computed once and stored beside the token files (language models)")
-    topk: int = Field(64, ge=1, le=4096, description="with cache topk: tokens kept per position (the divergence is taken over them)")
+    topk: int = Field(64, ge=1, le=4096, description="with cache topk: tokens kept per position (the divergence is taken over them and the rest of the vocabulary as one outcome)")
     student: StudentConfig | None = Field(None, description="{from_teacher: {keep_layers: N}} to make the student from the teacher; null: the student is model.name")
 
 

@@ -1,0 +1,169 @@
+"""Distillation on real data with the embedded default as the teacher's base: a smaller student that keeps its skill.
+
+    python benchmarks/bench_distill.py sentiment --data ../shared/data/sentiment-uci
+    python benchmarks/bench_distill.py language --data ../shared/data/text-kjv/kjv_genesis_exodus.txt
+
+`sentiment`: the UCI review sentences, two thirds to train on and one third held out (never seen in training). The
+teacher is a classifier fine-tuned from the embedded default (a head, 30 blocks); the student keeps a third of its
+blocks (10, evenly spaced) and is distilled from it on the same training sentences; the ablation is the same student,
+from the same weights, trained on the labels alone. `tunesmith eval STUDENT --compare TEACHER` measures each one's
+accuracy on the held-out sentences and its `predict` rows per second on this machine.
+
+`language`: the KJV's Genesis and Exodus. The teacher is the embedded default fine-tuned on it; the student keeps half
+of its blocks (15) and is distilled on the same text, once with the teacher beside it and once from the top-k cache;
+the ablation is the same student trained on the text alone. Each is measured on the teacher run's held-out chapters:
+perplexity, and `generate`'s new tokens per second; the top-k cache's cost is the teacher's probability mass outside
+its top k on the training positions, and the perplexity and training time against the full distribution.
+
+Each part keeps its runs under --work and reuses a finished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from machine import cpu_name
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_usecases import sentiment_files  # noqa: E402
+
+
+def tunesmith(*args: str) -> float:
+    print("$ tunesmith " + " ".join(args), flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tunesmith", *args], check=True)
+    return time.perf_counter() - started
+
+
+def train_once(run: Path, *args: str) -> dict:
+    """The run's summary, training it first unless it finished before."""
+    if not (run / "summary.json").is_file():
+        tunesmith("train", "--out", str(run), "--force", *args)
+    return json.loads((run / "summary.json").read_text())
+
+
+def compare(student: Path, teacher: Path, *data: str) -> list[dict]:
+    """`eval STUDENT --compare TEACHER --json`: both results, each with its speed."""
+    out = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(student), "--compare", str(teacher), *data, "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["results"]
+
+
+def sentiment(args) -> None:
+    work = Path(args.work) / "sentiment"
+    work.mkdir(parents=True, exist_ok=True)
+    train, test = sentiment_files(Path(args.data), work)
+    common = ["--task", "classify", "--data", str(train), "--block-size", "64", "--batch-size", "16",
+              "--set", "train.patience=null", "--set", "clean.dedup_near=false", "--set", "train.eval_every=50"]
+    teacher = work / "teacher"
+    summary = train_once(teacher, *common, "--epochs", "1", "--lr", "5e-5")
+    print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
+    keep = args.keep
+    distilled = work / f"student-{keep}"
+    student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
+    summary = train_once(distilled, *student_settings, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
+                         "--set", f"distill.temperature={args.temperature}",
+                         "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}")
+    student_init = summary["model"]
+    print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
+    alone = work / f"student-{keep}-labels"
+    summary = train_once(alone, *student_settings, "--model", student_init)
+    print(f"the same student on the labels alone: {summary['train_seconds'] / 60:.1f} min training")
+    held_out = ["--data", str(test), "--set", "clean.dedup_near=false"]
+    student_result, teacher_result = compare(distilled, teacher, *held_out)
+    alone_result, _ = compare(alone, teacher, *held_out)
+    accuracy = {name: r["metrics"]["accuracy"] for name, r in (("teacher", teacher_result), ("distilled", student_result),
+                                                                ("labels", alone_result))}
+    speed = {name: r["speed"]["per_s"] for name, r in (("teacher", teacher_result), ("distilled", student_result))}
+    a = accuracy["teacher"]
+    print(f"\nmachine: {cpu_name()}; {teacher_result['tokens']:,} held-out label tokens")
+    print("| model | blocks | held-out accuracy | of the teacher's | predict rows/s |\n| --- | --- | --- | --- | --- |")
+    print(f"| teacher | 30 | {a:.1%} | 100% | {speed['teacher']:.1f} |")
+    print(f"| student, distilled | {keep} | {accuracy['distilled']:.1%} | {accuracy['distilled'] / a:.1%} | {speed['distilled']:.1f} "
+          f"({speed['distilled'] / speed['teacher']:.2f}x) |")
+    print(f"| student, labels alone | {keep} | {accuracy['labels']:.1%} | {accuracy['labels'] / a:.1%} | (same network) |")
+    print(f"distillation adds {accuracy['distilled'] - accuracy['labels']:+.1%} accuracy over the labels alone")
+
+
+def topk_mass(run: Path) -> float | None:
+    """The teacher's mean probability mass on its top k over the training positions, from the run's cache."""
+    summary = json.loads((run / "summary.json").read_text())
+    for folder in Path(summary["data_dir"]).glob("distill/topk-*"):
+        logprobs = np.load(folder / "logprobs.npy", mmap_mode="r")
+        return float(np.exp(np.asarray(logprobs, dtype=np.float64)).sum(-1).mean())
+    return None
+
+
+def language(args) -> None:
+    work = Path(args.work) / "language"
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--data", args.data, "--block-size", "256", "--batch-size", "8", "--set", "train.patience=null",
+              "--set", "train.eval_every=20"]
+    teacher = work / "teacher"
+    summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
+    print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
+    keep = args.keep
+    student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
+    distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
+               f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}"]
+    runs = {"distilled": train_once(work / f"student-{keep}", *student_settings, *distill)}
+    runs["top-k cache"] = train_once(work / f"student-{keep}-top{args.topk}", *student_settings, *distill,
+                                     "--set", "distill.cache=topk", "--set", f"distill.topk={args.topk}")
+    runs["text alone"] = train_once(work / f"student-{keep}-text", *student_settings, "--model", runs["distilled"]["model"])
+    folders = {"distilled": work / f"student-{keep}", "top-k cache": work / f"student-{keep}-top{args.topk}",
+               "text alone": work / f"student-{keep}-text"}
+    results = {}
+    for name, folder in folders.items():
+        student_result, teacher_result = compare(folder, teacher)
+        results[name] = student_result
+    teacher_ppl = teacher_result["perplexity"]
+    print(f"\nmachine: {cpu_name()}; held-out: the teacher run's validation chapters ({teacher_result['tokens']:,} tokens)")
+    print("| model | blocks | held-out perplexity | against the teacher's | generate new tokens/s | training |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    print(f"| teacher | 30 | {teacher_ppl:.2f} | - | {teacher_result['speed']['per_s']:.1f} | "
+          f"{json.loads((teacher / 'summary.json').read_text())['train_seconds'] / 60:.1f} min |")
+    for name, result in results.items():
+        summary = runs[name]
+        print(f"| student, {name} | {keep} | {result['perplexity']:.2f} | {result['perplexity'] / teacher_ppl - 1:+.1%} | "
+              f"{result['speed']['per_s']:.1f} ({result['speed']['per_s'] / teacher_result['speed']['per_s']:.2f}x) | "
+              f"{summary['train_seconds'] / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s) |")
+    mass = topk_mass(folders["top-k cache"])
+    if mass is not None:
+        print(f"top-{args.topk} cache: the teacher's top {args.topk} tokens hold {mass:.1%} of its probability on the training "
+              f"positions (temperature {args.temperature}); held-out perplexity {results['top-k cache']['perplexity'] / results['distilled']['perplexity'] - 1:+.1%} "
+              "against the full distribution")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parts = parser.add_subparsers(dest="part", required=True)
+    one = parts.add_parser("sentiment")
+    one.add_argument("--data", default="../shared/data/sentiment-uci")
+    one.add_argument("--keep", type=int, default=10, help="the student's blocks (the teacher has 30)")
+    one.add_argument("--epochs", type=float, default=2)
+    one.add_argument("--lr", type=float, default=1e-4)
+    one.add_argument("--alpha", type=float, default=0.5)
+    one.add_argument("--temperature", type=float, default=2.0)
+    two = parts.add_parser("language")
+    two.add_argument("--data", default="../shared/data/text-kjv/kjv_genesis_exodus.txt")
+    two.add_argument("--keep", type=int, default=15)
+    two.add_argument("--epochs", type=float, default=2)
+    two.add_argument("--lr", type=float, default=2e-4)
+    two.add_argument("--alpha", type=float, default=0.5)
+    two.add_argument("--temperature", type=float, default=1.0)
+    two.add_argument("--topk", type=int, default=32)
+    for sub in (one, two):
+        sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
+    args = parser.parse_args()
+    {"sentiment": sentiment, "language": language}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
