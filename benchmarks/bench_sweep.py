@@ -4,11 +4,18 @@
     python benchmarks/bench_sweep.py tpe       # tunesmith sweep: 16 trials, TPE + Hyperband, lr continuous over the grid's range
     python benchmarks/bench_sweep.py pareto    # the same space with --objectives headline,drift (no pruning)
     python benchmarks/bench_sweep.py workers   # the tpe sweep again with --workers 2
+    python benchmarks/bench_sweep.py halving   # the tpe sweep with --pruner halving
+    python benchmarks/bench_sweep.py replay    # the grid's curves replayed through TPE and each pruner, 20 seeds each
     python benchmarks/bench_sweep.py all       # each in turn, then the comparison
 
 Each part keeps its runs under --work (default /tmp/tunesmith-bench-sweep) and prints its figures; `compare` (run by
 `all`, or alone once the parts have run) prints the grid's best beside the sweep's best, their training steps, where
 the headline's best sits on the Pareto front, and trials per hour for one worker and for two.
+
+`replay` trains nothing: it reads the grid's validation curves (every evaluation of the 16 runs), interpolates them in
+log learning rate, and runs 16-trial studies on them with the sweep's own sampler settings and each pruner, over 20
+seeds: the share of the grid's steps each spends and how often its best is within 2% of the grid's. It shows what a
+single sweep's figures are one draw of.
 """
 
 from __future__ import annotations
@@ -117,13 +124,16 @@ def compare(work: Path) -> None:
             print(f"| {lr:g} | " + " | ".join(cells) + " |")
         print("(val perplexity at the best step, and the drift in nats per token)")
     tpe = sweep_results(work, "tpe")
-    if tpe and rows:
-        best_sweep = tpe["best"]
+    for name, label in (("tpe", "TPE + Hyperband"), ("halving", "TPE + successive halving")):
+        found = sweep_results(work, name)
+        if not (found and rows):
+            continue
+        best_sweep = found["best"]
         gap = best_sweep["headline"] / best["ppl"] - 1
-        print(f"\nTPE + Hyperband (16 trials): best val perplexity {best_sweep['headline']:.3f} "
+        print(f"\n{label} (16 trials): best val perplexity {best_sweep['headline']:.3f} "
               f"(lr {best_sweep['params']['train.lr']:.3g}, rank {best_sweep['params'].get('model.lora_rank')}), {gap:+.2%} against "
-              f"the grid's best; {tpe['steps']} training steps = {tpe['steps'] / steps:.0%} of the grid's; "
-              f"{tpe['counts']['pruned']} trials pruned; {tpe['seconds'] / 60:.1f} min")
+              f"the grid's best; {found['steps']} training steps = {found['steps'] / steps:.0%} of the grid's; "
+              f"{found['counts']['pruned']} trials pruned; {found['seconds'] / 60:.1f} min")
     pareto = sweep_results(work, "pareto")
     if pareto:
         trials = {t["number"]: t for t in pareto["trials"]}
@@ -149,9 +159,66 @@ def compare(work: Path) -> None:
                   f"{found['steps'] / found['seconds'] * 3600:.0f} steps/hour; best val perplexity {found['best']['headline']:.3f}")
 
 
+def replay(work: Path, seeds: int = 20) -> None:
+    """The grid's curves through TPE (the sweep's settings) and each pruner, `seeds` studies each."""
+    import math
+    import warnings
+
+    import numpy as np
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    curves = {}
+    for lr in LRS:
+        for rank in RANKS:
+            rows = [json.loads(line) for line in (work / "grid" / f"lr{lr:g}-r{rank}" / "metrics.jsonl").read_text().splitlines()]
+            curves[rank, lr] = {row["step"]: row["val_ppl"] for row in rows if "val_ppl" in row}
+    steps = list(range(TRAIN["eval_every"], TRAIN["max_steps"] + 1, TRAIN["eval_every"]))
+    grid_best = min(min(curve[s] for s in steps) for curve in curves.values())
+
+    def ppl(lr: float, rank: int, step: int) -> float:
+        return math.exp(np.interp(math.log(lr), [math.log(v) for v in LRS], [math.log(curves[rank, v][step]) for v in LRS]))
+
+    eval_every = TRAIN["eval_every"]
+    pruners = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3),
+               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3),
+               "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=eval_every),
+               "none": optuna.pruners.NopPruner}
+    print(f"\nreplay: the grid's curves, 16-trial TPE studies (4 random first, multivariate), {seeds} seeds per pruner")
+    print("| pruner | steps, mean (10th-90th percentile) | best within 2% of the grid's | both targets |\n| --- | --- | --- | --- |")
+    for name, make in pruners.items():
+        shares, gaps = [], []
+        for seed in range(seeds):
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, group=True)
+            study = optuna.create_study(sampler=sampler, pruner=make())
+            spent, best = 0, math.inf
+            for _ in range(16):
+                trial = study.ask()
+                lr, rank = trial.suggest_float("lr", LRS[0], LRS[-1], log=True), trial.suggest_categorical("rank", RANKS)
+                seen = []
+                for step in steps:
+                    seen.append(ppl(lr, rank, step))
+                    if step < steps[-1]:  # the last evaluation is the trial's end, not a rung
+                        trial.report(min(seen), step)
+                        if trial.should_prune():
+                            break
+                spent += step
+                if step < steps[-1]:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, min(seen))
+                    best = min(best, min(seen))
+            shares.append(spent / (16 * TRAIN["max_steps"]))
+            gaps.append(best / grid_best - 1)
+        shares, gaps = np.array(shares), np.array(gaps)
+        print(f"| {name} | {shares.mean():.0%} ({np.percentile(shares, 10):.0%}-{np.percentile(shares, 90):.0%}) | "
+              f"{np.mean(gaps <= 0.02):.0%} of seeds (mean gap {gaps.mean():+.2%}) | {np.mean((gaps <= 0.02) & (shares <= 0.5)):.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("grid", "tpe", "pareto", "workers", "compare", "all"))
+    parser.add_argument("part", choices=("grid", "tpe", "pareto", "workers", "halving", "replay", "compare", "all"))
     parser.add_argument("--work", default="/tmp/tunesmith-bench-sweep")
     args = parser.parse_args()
     work = Path(args.work)
@@ -164,7 +231,12 @@ def main() -> None:
         sweep(work, "pareto", "--objectives", "headline,drift")
     if args.part in ("workers", "all"):
         sweep(work, "workers", "--workers", "2")
-    compare(work)
+    if args.part == "halving":
+        sweep(work, "halving", "--pruner", "halving")
+    if args.part != "replay":
+        compare(work)
+    if args.part in ("replay", "all"):
+        replay(work)
 
 
 if __name__ == "__main__":

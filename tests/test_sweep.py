@@ -52,6 +52,22 @@ def results(folder: Path) -> dict:
     return json.loads((folder / "sweep.json").read_text())
 
 
+def test_each_pruner_judges_at_the_evaluations(tmp_path):
+    """Hyperband, successive halving and the median rule take their first rung at the runs' first evaluation;
+    two objectives are never pruned (Optuna prunes single-objective studies only)."""
+    import optuna
+
+    from tunesmith.sweep.study import pruner_for
+
+    def made(pruner, objectives=("headline",)):
+        return pruner_for(settings_for(tmp_path, tmp_path / "c.yaml", tmp_path / "s.yaml", 16, pruner=pruner, objectives=objectives), 5)
+
+    assert isinstance(made("hyperband"), optuna.pruners.HyperbandPruner) and made("hyperband")._min_resource == 5
+    assert isinstance(made("halving"), optuna.pruners.SuccessiveHalvingPruner) and made("halving")._min_resource == 5
+    assert isinstance(made("median"), optuna.pruners.MedianPruner)
+    assert isinstance(made("halving", ("headline", "drift")), optuna.pruners.NopPruner)
+
+
 # --- the space ---------------------------------------------------------------------------------------------------
 
 def test_space_reads_ranges_and_choices():

@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, metavar="K", help="local worker processes, each with its share of the cores")
     sweep.add_argument("--objectives", default="headline", help="headline (the task's headline metric), or headline,drift "
                        "(also the forgetting drift: the result is the Pareto front)")
-    sweep.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
-                       help="stops poor trials at an evaluation (one objective only)")
+    sweep.add_argument("--pruner", choices=("hyperband", "halving", "median", "none"), default="hyperband",
+                       help="stops poor trials at an evaluation (one objective only); halving: Hyperband's most aggressive "
+                       "bracket alone (asynchronous successive halving), for small budgets")
     sweep.add_argument("--sweeps", default="sweeps", metavar="DIR", help="where sweep folders go (default: sweeps)")
 
     quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")

@@ -129,7 +129,7 @@ def sampler_for(settings: SweepSettings, seed: int):
 
 
 def pruner_for(settings: SweepSettings, eval_every: int):
-    """Hyperband (the default) or the median rule, on the steps at which the runs evaluate; none for two objectives
+    """Hyperband (the default), successive halving or the median rule, on the steps at which the runs evaluate; none for two objectives
     (Optuna prunes single-objective studies only)."""
     import optuna
 
@@ -137,6 +137,8 @@ def pruner_for(settings: SweepSettings, eval_every: int):
         return optuna.pruners.NopPruner()
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, settings.trials // 4)), n_warmup_steps=eval_every)
+    if settings.pruner == "halving":  # every trial in the bracket that stops at the first rung: no budget kept back as a hedge
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3)
     return optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3)
 
 
