@@ -116,6 +116,19 @@ def test_topk_divergence(kind):
     assert torch.allclose(ours.double(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_topk_divergence_stays_below_the_full_one_for_a_confident_teacher(kind):
+    """Grouping the vocabulary's tail into one outcome can only lose information (the data-processing inequality): the
+    top-k divergence stays at or below the full one, and finite, when the teacher puts nearly all its mass on its top k."""
+    student, teacher = fixed_logits(positions=6, vocab=40, seed=3)
+    teacher = teacher * 8  # confident: its top 3 hold more than 1 - 1e-6 at most positions
+    logprobs, ids = teacher.log_softmax(-1).topk(3, -1)
+    assert (logprobs.exp().sum(-1) > 1 - 1e-6).sum() >= 3
+    ours = topk_divergence(student, ids, logprobs, kind)
+    full = divergence(student, teacher, kind)
+    assert torch.isfinite(ours).all() and (ours <= full + 1e-4).all()
+
+
 # ---------------------------------------------------------------- the student made from the teacher
 
 
@@ -128,6 +141,17 @@ def test_kept_blocks():
         kept_blocks(4, 4)
     with pytest.raises(ConfigError, match="blocks 0 to 3"):
         kept_blocks(4, [1, 4])
+
+
+def test_student_config_cuts_every_per_block_list():
+    from transformers import LlamaConfig
+
+    from tunesmith.distill.student import student_config
+
+    config = LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2, vocab_size=50)
+    config.no_rope_layers = [1, 0, 1, 0]
+    kept = student_config(config, [1, 3])
+    assert kept.num_hidden_layers == 2 and kept.no_rope_layers == [0, 0]
 
 
 def deep_llama(directory: Path, layers: int = 4) -> Path:
@@ -351,8 +375,8 @@ def test_topk_cache_is_written_once_reused_and_recomputed_when_damaged(lm_teache
 
 
 def test_topk_over_the_whole_vocabulary_trains_as_the_teacher_beside(lm_teacher, fresh_student, tmp_path):
-    """k = the vocabulary: the cache holds the teacher's whole distribution (in fp16), so the run follows the one with
-    the teacher beside it."""
+    """k = the vocabulary: the cache holds the teacher's whole distribution, so the run follows the one with the
+    teacher beside it (to the bf16-free fp32 rounding of a stored log-probability)."""
     teacher_run, data = lm_teacher
     vocab = json.loads((fresh_student / "config.json").read_text())["vocab_size"]
     train(fresh_student_config(teacher_run, data, tmp_path / "beside", fresh_student))

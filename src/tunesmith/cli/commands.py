@@ -121,7 +121,7 @@ def _run_eval(args) -> int:
         for result in results:
             if result.speed:
                 print(result.speed_line())
-        if all(r.speed for r in results) and results[0].speed["use"] == results[1].speed["use"]:
+        if all(r.speed for r in results) and results[0].speed["use"] == results[1].speed["use"] and results[1].speed["per_s"] > 0:
             print(f"{results[0].model} runs at {results[0].speed['per_s'] / results[1].speed['per_s']:.2f}x the speed of {results[1].model}")
     return 0
 

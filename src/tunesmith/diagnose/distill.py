@@ -35,7 +35,8 @@ def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:
     last = rows[-1]["teacher_gap"]
     if last < OPEN_GAP or before - recent > NARROWING * abs(start):
         return None
-    alpha, temperature = facts.distill_alpha or 0.5, facts.distill_temperature or 1.0
+    alpha = 0.5 if facts.distill_alpha is None else facts.distill_alpha
+    temperature = facts.distill_temperature or 1.0
     advice = [Advice("distill.alpha", round3(min(1.0, alpha + 0.25)), "more of the loss from the teacher's distributions"),
               Advice("distill.temperature", round3(min(20.0, max(2.0, temperature * 2))), "softer targets, which carry more of what "
                      "the teacher knows about the wrong answers"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..rundir.durable import fresh_partial, replace_dir
+from ..rundir.durable import fsync_tree
 from ..rundir.fingerprint import file_sha256
 from ..runtime import autocast
 from ..tasks.loss import scored
@@ -95,17 +96,27 @@ def _compute(teacher_logits, dataset, k: int, vocab: int, temperature: float, de
 
 
 def _store(arrays: dict[str, np.ndarray], rows: int, k: int, folder: Path) -> None:
-    partial = fresh_partial(folder)
+    """The arrays and their meta.json in a folder of this process's, renamed into place whole; a damaged cache it
+    replaces is removed first, and one another process put there meanwhile is kept."""
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
     try:
+        partial.mkdir(parents=True)
         for name, array in arrays.items():
             np.save(partial / f"{name}.npy", array)
         meta = {"rows": rows, "positions": int(arrays["offsets"][-1]), "k": k,
                 "sha256": {name: file_sha256(partial / f"{name}.npy") for name in ARRAYS}}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2))
-        replace_dir(partial, folder)
+        fsync_tree(partial)
+        if folder.exists() and not _valid(folder, rows):
+            shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            partial.rename(folder)
     except OSError:
+        if not _valid(folder, rows):
+            raise
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _row(batch, row: int):

@@ -41,9 +41,11 @@ class DistillLoss:
     def divergences(self, student: torch.Tensor, batch) -> torch.Tensor:
         """Each scored position's divergence from the teacher."""
         kind, temperature = self.settings.loss, self.settings.temperature
+        if self.vocab is not None:  # rows past the tokenizer (a padded embedding) are never real tokens
+            student = student[..., : self.vocab]
         if batch.teacher_ids is not None:
             return topk_divergence(student, batch.teacher_ids, batch.teacher_logprobs, kind, temperature)
         teacher, _, _ = scored(self.teacher_logits(batch), batch)
-        if self.vocab is not None:  # rows past the tokenizer (a padded embedding) are never real tokens
-            student, teacher = student[..., : self.vocab], teacher[..., : self.vocab]
+        if self.vocab is not None:
+            teacher = teacher[..., : self.vocab]
         return divergence(student, teacher, kind, temperature)

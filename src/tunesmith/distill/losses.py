@@ -41,8 +41,8 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
     return between(student, teacher, kind) * temperature**2
 
 
-NONE = -1e4  # the log-probability of an outcome with no mass: finite, so that no gradient is 0 * inf, and exp() of it is 0
-REST_FLOOR = 1e-6  # a teacher's rest below this is rounding in the sum of its k probabilities, and counts as none
+REST_FLOOR = 1e-6  # the smallest mass the rest of the vocabulary is given, for both models: below it the sum of k float
+                  # probabilities is rounding, and a rest of exactly 0 would make reverse KL infinite for any student
 
 
 def topk_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str,
@@ -53,14 +53,15 @@ def topk_divergence(student_logits: torch.Tensor, teacher_ids: torch.Tensor, tea
 
     With k the whole vocabulary it is the full divergence; with fewer, the rest's mass still counts, so the student is
     pulled to put on the k tokens the share the teacher puts there. The student's rest is summed over its other
-    tokens (exact); the teacher's is 1 minus the mass of its k.
+    tokens; the teacher's is 1 minus the mass of its k; each is at least REST_FLOOR.
     """
     ids = teacher_ids.long()
     student = torch.log_softmax(student_logits.float() / temperature, -1)
-    student_rest = student.scatter(-1, ids, NONE).logsumexp(-1, keepdim=True).clamp_min(NONE)
+    floor = math.log(REST_FLOOR)
+    student_rest = student.scatter(-1, ids, -1e4).logsumexp(-1, keepdim=True).clamp_min(floor)  # -1e4, not -inf: no 0 * inf gradient
     teacher = teacher_logprobs.float()
-    mass = teacher.exp().sum(-1, keepdim=True)
-    teacher_rest = torch.where(mass < 1 - REST_FLOOR, torch.log1p(-mass.clamp(max=1 - REST_FLOOR)), torch.full_like(mass, NONE))
+    mass = teacher.exp().sum(-1, keepdim=True).clamp(max=1 - REST_FLOOR)
+    teacher_rest = torch.log1p(-mass).clamp_min(floor)
     return between(torch.cat([student.gather(-1, ids), student_rest], -1), torch.cat([teacher, teacher_rest], -1), kind) * temperature**2
 
 

@@ -13,11 +13,13 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError, UserError
+from ..rundir.durable import as_os_error
+from ..tasks import TASK_FILE
 from ..models import ResolvedModel, load_model, load_model_config, load_tokenizer
 from ..models.weights import is_classifier, transformer_blocks
 from ..rundir.fingerprint import folder_identity
 
-TASK_FILE = "tunesmith_task.json"  # a classifier teacher's labels go with its student
+STUDENT_FILE = "tunesmith_student.json"  # in a student's folder: its teacher and the blocks it kept
 
 
 def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
@@ -38,8 +40,13 @@ def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
 
 
 def student_dir(teacher: ResolvedModel, kept: list[int], home: Path) -> Path:
-    identity = json.dumps({"teacher": str(Path(teacher.path).resolve()), "files": folder_identity(Path(teacher.path)), "kept": kept})
-    return home / "students" / f"{Path(teacher.path).resolve().name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    """Where the student for `teacher` keeping `kept` lives: named by the teacher, keyed by its files (or, for a hub id,
+    its name) and the kept blocks."""
+    local = Path(teacher.path)
+    where = str(local.resolve()) if local.is_dir() else teacher.path
+    identity = json.dumps({"teacher": where, "files": folder_identity(local), "kept": kept})
+    name = (local.resolve().parent.name if local.name == "final" else local.name) if local.is_dir() else teacher.path.replace("/", "--")
+    return home / "students" / f"{name}-{len(kept)}-blocks-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
 def _block_prefix(model: torch.nn.Module, blocks: torch.nn.ModuleList) -> str:
@@ -62,12 +69,14 @@ def _kept_state(model: torch.nn.Module, kept: list[int]) -> dict[str, torch.Tens
 
 
 def _kept_config(config, kept: list[int]):
+    """The teacher's config for the kept blocks: their count, and every per-block list (attention kinds, which blocks
+    skip RoPE or route to experts: any list with one entry per block) cut to the kept blocks' entries."""
+    total = config.num_hidden_layers
     config = type(config).from_dict(config.to_dict())
+    for name, values in vars(config).items():
+        if isinstance(values, list) and len(values) == total:
+            setattr(config, name, [values[i] for i in kept])
     config.num_hidden_layers = len(kept)  # GPT-2's n_layer through its attribute map
-    for per_layer in ("layer_types", "sliding_window_pattern_list"):  # architectures that give each block its own kind
-        values = getattr(config, per_layer, None)
-        if isinstance(values, list) and len(values) > max(kept):
-            setattr(config, per_layer, [values[i] for i in kept])
     return config
 
 
@@ -84,8 +93,7 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     if (target / "config.json").is_file():
         return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
     log(f"student: the teacher's blocks {', '.join(map(str, kept))} of {total}, written once to {target}")
-    classifier = (Path(teacher.path) / TASK_FILE).is_file() and "Classification" in " ".join(
-        getattr(load_model_config(teacher), "architectures", None) or [])
+    classifier = "ForSequenceClassification" in " ".join(getattr(load_model_config(teacher), "architectures", None) or [])
     model = load_model(teacher, classifier=classifier)
     if classifier and not is_classifier(model):
         raise UserError(f"distill.teacher {teacher.spec}: its saved task names a classifier but the weights are a language model")
@@ -99,16 +107,28 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     if unexpected or set(missing) - tied:
         raise UserError(f"distill.student: cannot carry the teacher's weights over to a {len(kept)}-block copy "
                         f"({', '.join((unexpected or sorted(set(missing) - tied))[:3])}); give a student with model.name instead")
+    _write(student, teacher, {"teacher": teacher.spec, "teacher_blocks": total, "kept": kept}, target)
+    return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
+
+
+def _write(student: torch.nn.Module, teacher: ResolvedModel, record: dict, target: Path) -> None:
+    """The student's folder, written whole under a name of this process's and then renamed into place."""
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    student.save_pretrained(partial)
-    load_tokenizer(teacher).save_pretrained(partial)
-    if (Path(teacher.path) / TASK_FILE).is_file():
-        shutil.copyfile(Path(teacher.path) / TASK_FILE, partial / TASK_FILE)
-    (partial / "tunesmith_student.json").write_text(json.dumps({"teacher": teacher.spec, "teacher_blocks": total, "kept": kept}))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        student.save_pretrained(partial)
+        load_tokenizer(teacher).save_pretrained(partial)
+        if (Path(teacher.path) / TASK_FILE).is_file():  # a classifier teacher's labels go with its student
+            shutil.copyfile(Path(teacher.path) / TASK_FILE, partial / TASK_FILE)
+        (partial / STUDENT_FILE).write_text(json.dumps(record))
+    except Exception as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        error = as_os_error(exc)
+        if error is None:
+            raise
+        raise UserError(f"distill.student: cannot write the student to {target.parent} ({error.strerror or error}); "
+                        "free disk space there, or set TUNESMITH_HOME to a disk with room") from None
     try:
         partial.rename(target)
     except OSError:  # another process made the same student first
         shutil.rmtree(partial, ignore_errors=True)
-    return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)

@@ -11,7 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..models import ResolvedModel, fit_embeddings, load_model, resolve_model
+from ..models import ResolvedModel, load_model, resolve_model
 from ..tasks import read_task
 from ..tasks.loss import forward
 
@@ -69,8 +69,11 @@ def load_teacher(cfg: RunConfig, kind, student_tokenizer, labels: list[str] | No
     _check_labels(spec, resolved, labels)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)  # frozen: no fp32 masters needed
     model = load_model(resolved, dtype=dtype, classifier=labels is not None)
-    if labels is None:
-        fit_embeddings(model, student_tokenizer)
+    untrained = len(student_tokenizer) - model.get_input_embeddings().num_embeddings
+    if labels is None and untrained > 0:
+        raise UserError(f"distill.teacher {spec}: the student's tokenizer has {untrained} tokens the teacher has no embeddings for "
+                        "(a chat template's markers), so its predictions around them would mean nothing; give a teacher "
+                        "trained with task chat on this template (a chat run's folder)")
     model = model.to(device).eval().requires_grad_(False)
     count = sum(p.numel() for p in model.parameters())
     log(f"teacher {spec}: {count / 1e6:.1f}M parameters, frozen")

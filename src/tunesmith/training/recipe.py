@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..diagnose.distill import distill_facts
+from ..distill.student import STUDENT_FILE
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
 from ..models import ResolvedModel
@@ -322,7 +323,7 @@ class Recipe:
 
     def _student_from(self) -> dict | None:
         """How a student made from its teacher was made (its tunesmith_student.json), if it was."""
-        path = Path(self.parts.resolved.path) / "tunesmith_student.json"
+        path = Path(self.parts.resolved.path) / STUDENT_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _benchmark_final(self) -> None:

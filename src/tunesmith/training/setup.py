@@ -116,7 +116,8 @@ def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, 
     """The training rows with the teacher's top-k log-probabilities, from the cache beside the token files."""
     settings = {"k": cfg.distill.topk, "temperature": cfg.distill.temperature, "task": cfg.task, "packing": task.packing, "block_size": cfg.data.block_size,
                 "precision": precision, "rows": len(train)}
-    folder = data_dir / "distill" / f"topk-{cache_key(folder_identity(Path(teacher.resolved.path)), data_dir, settings)}"
+    identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path))]  # a hub id has no local files: its name
+    folder = data_dir / "distill" / f"topk-{cache_key(identity, data_dir, settings)}"
     with context.main_first():
         rows = teacher_topk(teacher.logits, train, cfg.distill.topk, vocab, cfg.distill.temperature, folder, device, precision,
                            console.print)

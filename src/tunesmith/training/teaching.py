@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..evaluation.scoring import evaluate
 from ..rundir.durable import write_atomically
+from ..rundir.fingerprint import folder_identity
 from ..tasks.loss import Validation
 
 TEACHER_FILE = "teacher.json"
@@ -24,19 +25,20 @@ class TeacherRecord:
         teacher = self.parts.teacher
         if teacher is None or not self.is_main:
             return
+        identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path))]
         try:
             kept = json.loads(self.path.read_text())
-            if kept.get("teacher") == teacher.spec:
+            if kept["identity"] == json.loads(json.dumps(identity)) and "val_loss" in kept["val"]:
                 self.measured = kept
                 return
-        except (OSError, ValueError):
-            pass  # not measured yet, or damaged: measure again
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not measured yet, damaged, or another teacher's: measure again
         parts = self.parts
         result = evaluate(parts.task, teacher.model, parts.val, parts.tokenizer, self.batch_size, parts.device, parts.precision,
                           self.max_blocks, self.log)
-        self.measured = {"teacher": teacher.spec, "parameters": teacher.parameters, "val": parts.task.eval_row(result)}
-        for line in parts.task.base_lines(result, parts.val):
-            self.log(line.replace("base model", "teacher", 1), highlight=False)
+        self.measured = {"teacher": teacher.spec, "identity": identity, "parameters": teacher.parameters,
+                         "val": parts.task.eval_row(result)}
+        self.log(f"teacher {teacher.spec}: {parts.task.progress_text(result)} on the validation set", highlight=False)
         write_atomically(self.path, json.dumps(self.measured, indent=2) + "\n")
 
     def gap(self, result: Validation) -> dict:
