@@ -137,8 +137,14 @@ def test_kept_blocks():
     assert kept_blocks(4, 2) == [0, 3]
     assert kept_blocks(4, 1) == [3]
     assert kept_blocks(6, [4, 1]) == [1, 4]
-    with pytest.raises(ConfigError, match="keeps every one"):
+    with pytest.raises(ConfigError, match="keeping all 4 of the teacher's blocks copies the teacher"):
         kept_blocks(4, 4)
+    with pytest.raises(ConfigError, match="keeping all 4"):
+        kept_blocks(4, [3, 1, 0, 2])
+    with pytest.raises(ConfigError, match="the teacher has only 4 blocks"):
+        kept_blocks(4, 5)
+    with pytest.raises(ConfigError, match="12, 13, 14, 15, 16 and 95 more are not among them"):
+        kept_blocks(12, list(range(112)))
     with pytest.raises(ConfigError, match="blocks 0 to 3"):
         kept_blocks(4, [1, 4])
 
@@ -404,3 +410,26 @@ def test_gap_stalled_finding():
     closed = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.1, 0.01, 0.011, 0.01, 0.012])]
     for history in (narrowing, closed, stalled[:4]):
         assert "gap_stalled" not in {f.kind for f in diagnose(history, facts)}
+
+
+def test_user_errors_of_a_distilled_run_are_one_line(lm_teacher, tmp_path, capsys):
+    """A run that has not finished, a student without a teacher, an empty teacher, a resume with another teacher."""
+    teacher_run, data = lm_teacher
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    base = ["train", "--data", str(data), "--block-size", "32", "--max-steps", "2", "--set", "train.precision=fp32"]
+    cases = [
+        ([*base, "--out", str(tmp_path / "a"), "--set", f"distill.teacher={unfinished}"], "this run has not finished"),
+        ([*base, "--out", str(tmp_path / "b"), "--set", "distill.student={from_teacher: {keep_layers: 2}}"], "needs distill.teacher"),
+        ([*base, "--out", str(tmp_path / "c"), "--set", "distill.teacher=' '"], "distill.teacher: empty"),
+        ([*base, "--out", str(tmp_path / "d"), "--set", "distill.student={from_teacher: {keep_layer: 2}}",
+          "--set", f"distill.teacher={teacher_run}"], "allowed: keep_layers"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert expected in err[-1] and "Traceback" not in "\n".join(err), (argv, err[-3:])
+    run = tmp_path / "resumed"
+    train(distill_config(teacher_run, data, run, train_settings={"max_steps": 4}))
+    assert main(["train", "--out", str(run), "--resume", "--set", f"distill.teacher={teacher_run / 'final'}"]) == 2
+    assert "--resume: distill.teacher is" in capsys.readouterr().err

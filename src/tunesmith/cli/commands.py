@@ -105,6 +105,9 @@ def _run_eval(args) -> int:
     log = (lambda _msg: None) if args.json else print
     results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens,
                               speed=bool(args.compare)) for spec in [args.model_or_run, args.compare] if spec]
+    if len(results) == 2 and results[0].task != results[1].task:
+        raise UserError(f"--compare: {args.model_or_run} does task {results[0].task} and {args.compare} task {results[1].task}; "
+                        "their figures do not compare: compare two models of the same task")
     if args.generate and is_run_dir(Path(args.model_or_run)):
         record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train_paths)
     if args.json:

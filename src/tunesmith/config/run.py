@@ -11,8 +11,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..errors import ConfigError
-from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, DistillConfig, GrpoConfig, ModelConfig,
-                       MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec, TrainConfig, _Section)
+from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, DistillConfig, FromTeacher, GrpoConfig,
+                       ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec, StudentConfig, TrainConfig, _Section)
 
 
 class RunConfig(_Section):
@@ -78,6 +78,8 @@ def _describe_error(err: dict) -> str:
             allowed = DataSource.model_fields
         if section == "grpo" and "rewards" in err["loc"]:
             allowed = RewardSpec.model_fields
+        if section == "distill" and "student" in err["loc"]:
+            allowed = FromTeacher.model_fields if "from_teacher" in err["loc"] else StudentConfig.model_fields
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if kind == "literal_error":

@@ -295,6 +295,13 @@ class FromTeacher(_Section):
 
     keep_layers: int | list[int] = Field(description="how many of the teacher's blocks the student keeps (evenly spaced, the first and last among them), or which ones, counted from 0")
 
+    @field_validator("keep_layers", mode="before")
+    @classmethod
+    def _not_a_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError("a number of blocks, or a list of block numbers, not true or false")
+        return value
+
     @field_validator("keep_layers")
     @classmethod
     def _layers(cls, value: int | list[int]) -> int | list[int]:
@@ -320,6 +327,13 @@ class DistillConfig(_Section):
     cache: Literal["none", "topk"] = Field("none", description="none: the frozen teacher runs beside the student at every step; topk: its top-k log-probabilities per trained token are computed once and stored beside the token files (language models)")
     topk: int = Field(64, ge=1, le=4096, description="with cache topk: tokens kept per position (the divergence is taken over them and the rest of the vocabulary as one outcome)")
     student: StudentConfig | None = Field(None, description="{from_teacher: {keep_layers: N}} to make the student from the teacher; null: the student is model.name")
+
+    @field_validator("teacher")
+    @classmethod
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty; name a finished run or a model, or leave distill.teacher out for no distillation")
+        return value
 
 
 class OutputConfig(_Section):

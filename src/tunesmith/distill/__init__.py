@@ -9,7 +9,7 @@ blocks, and cache.py the teacher's top-k log-probabilities stored once beside th
 from .loss import DistillLoss
 from .losses import divergence, topk_divergence
 from .student import kept_blocks, make_student
-from .teacher import Teacher, load_teacher, tokenizer_difference
+from .teacher import Teacher, check_teacher_labels, load_teacher, resolve_teacher, tokenizer_difference
 
-__all__ = ["DistillLoss", "Teacher", "divergence", "kept_blocks", "load_teacher", "make_student", "tokenizer_difference",
-           "topk_divergence"]
+__all__ = ["DistillLoss", "Teacher", "check_teacher_labels", "divergence", "kept_blocks", "load_teacher", "make_student",
+           "resolve_teacher", "tokenizer_difference", "topk_divergence"]

@@ -142,7 +142,7 @@ def teacher_topk(teacher_logits, dataset, k: int, vocab: int, temperature: float
         log(f"distill.cache: cannot store the teacher's top-k in {folder} ({exc.strerror or exc}); "
             "training with the teacher beside the student instead")
         return None
-    log(f"distill.cache: {int(arrays['offsets'][-1]):,} positions x {k} stored in {folder} ({_size(folder)})")
+    log(f"distill.cache: {int(arrays['offsets'][-1]):,} positions x {arrays['ids'].shape[1]} stored in {folder} ({_size(folder)})")
     return TopkRows(folder)
 
 

@@ -25,18 +25,21 @@ STUDENT_FILE = "tunesmith_student.json"  # in a student's folder: its teacher an
 def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
     """The teacher's blocks the student keeps: `keep` of `total`, evenly spaced with the first and the last among them,
     or the ones named."""
+    key = "distill.student.from_teacher.keep_layers"
     if isinstance(keep, list):
         outside = [i for i in keep if i >= total]
         if outside:
-            raise ConfigError([f"distill.student.from_teacher.keep_layers: the teacher has blocks 0 to {total - 1}; "
-                               f"{', '.join(map(str, outside))} is not one of them"])
-        return sorted(keep)
-    if keep >= total:
-        raise ConfigError([f"distill.student.from_teacher.keep_layers: {keep} keeps every one of the teacher's {total} blocks; "
-                           f"keep fewer (half is {max(1, total // 2)}), or train the teacher further instead"])
-    if keep == 1:
-        return [total - 1]
-    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+            shown = ", ".join(map(str, outside[:5])) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+            raise ConfigError([f"{key}: the teacher has blocks 0 to {total - 1}; {shown} {'is' if len(outside) == 1 else 'are'} not among them"])
+        chosen = sorted(keep)
+    elif keep > total:
+        raise ConfigError([f"{key}: the teacher has only {total} blocks; keep fewer (half is {max(1, total // 2)})"])
+    else:
+        chosen = [total - 1] if keep == 1 else sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+    if len(chosen) == total:
+        raise ConfigError([f"{key}: keeping all {total} of the teacher's blocks copies the teacher; keep fewer "
+                           f"(half is {max(1, total // 2)}), or train the teacher further instead"])
+    return chosen
 
 
 def student_dir(teacher: ResolvedModel, kept: list[int], home: Path) -> Path:

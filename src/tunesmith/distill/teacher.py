@@ -29,6 +29,29 @@ class Teacher:
         return forward(self.module, batch)
 
 
+def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> ResolvedModel:
+    """The teacher's files: a finished run's final/, a model directory, a .gguf file or a hub id; refused in one line
+    naming distill.teacher (a run that has not finished, with how to finish it)."""
+    local = Path(spec).expanduser()
+    if local.is_dir() and (local / "checkpoints").is_dir() and not (local / "final" / "config.json").is_file():
+        raise UserError(f"distill.teacher {spec}: this run has not finished (no final/ model yet); finish it with "
+                        f"`tunesmith train --out {spec} --resume`, or name its teacher another way")
+    try:
+        return resolve_model(spec, trust_remote_code, log=log)
+    except UserError as exc:
+        reason = str(exc).removeprefix(f"model {spec}: ").split("; use ")[0]
+        raise UserError(f"distill.teacher {spec}: {reason}; give a finished tunesmith run, a model directory, a .gguf file "
+                        "or a hub id that shares the student's tokenizer") from None
+
+
+def check_teacher_labels(cfg: RunConfig, labels: list[str] | None, log=print) -> ResolvedModel:
+    """The teacher, checked against the student's labels before any model is built (a student made from a classifier
+    teacher loads the teacher's head, which must have the labels the data has)."""
+    resolved = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log)
+    _check_labels(cfg.distill.teacher, resolved, labels)
+    return resolved
+
+
 def tokenizer_difference(student, teacher) -> str | None:
     """How two tokenizers differ, in a few words; None when they map every token to the same id."""
     if len(student) != len(teacher):
@@ -61,12 +84,11 @@ def load_teacher(cfg: RunConfig, kind, student_tokenizer, labels: list[str] | No
                  precision: str, log=print) -> Teacher:
     """The frozen teacher for `cfg.distill.teacher`, refused in one line when it does not fit the student."""
     spec = cfg.distill.teacher
-    resolved = resolve_model(spec, cfg.model.trust_remote_code, log=log)
+    resolved = check_teacher_labels(cfg, labels, log)
     difference = tokenizer_difference(student_tokenizer, kind.tokenizer(resolved, log=lambda _line: None))
     if difference:
         raise UserError(f"distill.teacher {spec}: its tokenizer is not the student's ({difference}); distillation compares "
                         "the two models token by token: give a teacher of the student's family, or a student of the teacher's")
-    _check_labels(spec, resolved, labels)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)  # frozen: no fp32 masters needed
     model = load_model(resolved, dtype=dtype, classifier=labels is not None)
     untrained = len(student_tokenizer) - model.get_input_embeddings().num_embeddings

@@ -42,7 +42,8 @@ class EvalResult:
     def speed_line(self) -> str:
         s = self.speed
         return (f"{self.model}: {s['per_s']:,.1f} {s['unit']}/s ({s['use']}, {s['count']} validation "
-                f"{'prompts' if s['use'] == 'generate' else 'rows'}, batch {s['batch']}, this machine)")
+                f"{'prompts' if s['use'] == 'generate' else 'rows'}, batch {s['batch']}; the median of {s['timings']} "
+                f"timings from {s['spread'][0]:,.1f} to {s['spread'][-1]:,.1f} on this machine)")
 
     def generation_line(self) -> str:
         g = self.generation

@@ -69,6 +69,7 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
     import torch
 
     from ..distill.student import student_config
+    from ..distill.teacher import resolve_teacher
     from ..models import count_parameters, load_model_config, resolve_model
     from ..runtime import pick_device, pick_precision
 
@@ -78,7 +79,7 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
         return
     teacher_bytes = 0
     if cfg.distill.teacher:  # the frozen teacher's weights stay beside the student's, in the compute dtype
-        teacher = load_model_config(resolve_model(cfg.distill.teacher, cfg.model.trust_remote_code, log=log))
+        teacher = load_model_config(resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=log))
         teacher_bytes = count_parameters(teacher) * (2 if pick_precision(cfg.train.precision, torch.device("cpu")) != "fp32" else 4)
     if cfg.distill.student is not None and cfg.distill.teacher:  # without a teacher the task's check refuses the config
         config = student_config(teacher, cfg.distill.student.from_teacher.keep_layers)

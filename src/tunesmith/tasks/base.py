@@ -235,10 +235,12 @@ class Task:
         prompts, stops = [prompt for prompt, _ in pairs], self.sample_stops(tokenizer)
         with autocast(device, precision):
             generate(prompts[:1], 4, stops, 1)  # warm-up
-            started = time.perf_counter()
-            tokens = generate(prompts, SPEED_TOKENS, stops, batch_size)
-        return {"use": "generate", "per_s": tokens / (time.perf_counter() - started), "unit": "new tokens", "count": len(prompts),
-                "batch": batch_size}
+
+            def timed() -> float:
+                started = time.perf_counter()
+                return generate(prompts, SPEED_TOKENS, stops, batch_size) / (time.perf_counter() - started)
+
+            return speed_record("generate", [timed() for _ in range(SPEED_REPEATS)], "new tokens", len(prompts), batch_size)
 
     def reference_pairs(self, val_dataset, tokenizer, count: int, new_tokens: int) -> list[tuple[list[int], str]]:
         """Up to `count` validation prompts (token ids) with the text the data follows them with, which generations
@@ -247,6 +249,14 @@ class Task:
 
 
 SPEED_PROMPTS, SPEED_TOKENS = 16, 32  # what `throughput` times: validation prompts continued, new tokens each
+SPEED_REPEATS = 3  # timings per model: the median is reported, with the spread, since a shared machine is noisy
+
+
+def speed_record(use: str, rates: list[float], unit: str, count: int, batch: int) -> dict:
+    """`throughput`'s result: the median of the timed rates, and their spread."""
+    rates = sorted(rates)
+    return {"use": use, "per_s": rates[len(rates) // 2], "timings": len(rates), "spread": [rates[0], rates[-1]], "unit": unit,
+            "count": count, "batch": batch}
 
 
 def check_both_sides(train, val, words: str, eval_only: bool) -> None:

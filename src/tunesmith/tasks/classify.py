@@ -20,7 +20,7 @@ from ..data.report import DataReport
 from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
-from .base import Task, TaskKind, check_both_sides
+from .base import SPEED_REPEATS, Task, TaskKind, check_both_sides, speed_record
 from .loss import Validation
 from .view import TaskView
 
@@ -276,9 +276,13 @@ class ClassifyTask(Task):
 
         count = min(len(dataset), SPEED_ROWS)
         predict_examples(model, dataset, self.coder, tokenizer, batch_size, device, precision, min(count, batch_size))  # warm-up
-        started = time.perf_counter()
-        predict_examples(model, dataset, self.coder, tokenizer, batch_size, device, precision, count)
-        return {"use": "predict", "per_s": count / (time.perf_counter() - started), "unit": "rows", "count": count, "batch": batch_size}
+
+        def timed() -> float:
+            started = time.perf_counter()
+            predict_examples(model, dataset, self.coder, tokenizer, batch_size, device, precision, count)
+            return count / (time.perf_counter() - started)
+
+        return speed_record("predict", [timed() for _ in range(SPEED_REPEATS)], "rows", count, batch_size)
 
     def score(self, result: Validation) -> float:
         metric = self.cfg.classify.metric

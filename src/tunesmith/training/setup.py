@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import DistillLoss, Teacher, load_teacher, make_student
+from ..distill import DistillLoss, Teacher, check_teacher_labels, load_teacher, make_student, resolve_teacher
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..rundir.fingerprint import folder_identity
 from ..errors import ConfigError, UserError
@@ -58,7 +58,7 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
     data.packing of auto becomes what this model's architecture allows, see `TaskKind.settle`)."""
     with context.main_first():  # the embedded default is converted once, by the first process
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
-            teacher = resolve_model(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
+            teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
             resolved = make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
         else:
             resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
@@ -148,6 +148,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
     kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
+    if cfg.distill.teacher:
+        check_teacher_labels(cfg, labels, console.print)
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)
     model.train()
