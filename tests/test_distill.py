@@ -319,6 +319,17 @@ def test_each_divergence_trains(lm_teacher, fresh_student, tmp_path, kind):
     assert gaps[-1] < gaps[0] / 2
 
 
+@pytest.mark.parametrize("method", ["lora", "freeze"])
+def test_lora_and_freeze_students_learn_from_the_teacher(lm_teacher, fresh_student, tmp_path, method):
+    teacher_run, data = lm_teacher
+    run = tmp_path / method
+    cfg = fresh_student_config(teacher_run, data, run, fresh_student)
+    extra = {"lora_rank": 8} if method == "lora" else {"train_last_layers": 1}
+    train(cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method, **extra})}))
+    gaps = [row["teacher_gap"] for row in rows_of(run) if "teacher_gap" in row]
+    assert gaps[-1] < gaps[0]
+
+
 def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
     teacher_run, data = lm_teacher
     whole = tmp_path / "whole"
