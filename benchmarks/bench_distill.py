@@ -66,14 +66,15 @@ def sentiment(args) -> None:
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "5e-5")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
     keep = args.keep
-    distilled = work / f"student-{keep}"
+    tag = f"{keep}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
+    distilled = work / f"student-{tag}"
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     summary = train_once(distilled, *student_settings, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
                          "--set", f"distill.temperature={args.temperature}",
                          "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}")
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
-    alone = work / f"student-{keep}-labels"
+    alone = work / f"student-{tag}-labels"
     summary = train_once(alone, *student_settings, "--model", student_init)
     print(f"the same student on the labels alone: {summary['train_seconds'] / 60:.1f} min training")
     held_out = ["--data", str(test), "--set", "clean.dedup_near=false"]
