@@ -220,6 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("grid", "tpe", "pareto", "workers", "halving", "replay", "compare", "all"))
     parser.add_argument("--work", default="/tmp/tunesmith-bench-sweep")
+    parser.add_argument("--minutes", type=float, help="workers: stop starting trials after this long (trials per hour still compare)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def main() -> None:
     if args.part in ("pareto", "all"):
         sweep(work, "pareto", "--objectives", "headline,drift")
     if args.part in ("workers", "all"):
-        sweep(work, "workers", "--workers", "2")
+        sweep(work, "workers", "--workers", "2", *(["--minutes", str(args.minutes)] if args.minutes else []))
     if args.part == "halving":
         sweep(work, "halving", "--pruner", "halving")
     if args.part != "replay":
