@@ -80,11 +80,11 @@ def _check_labels(spec: str, resolved: ResolvedModel, labels: list[str] | None) 
                         "the teacher and the student must classify into the same labels, in the same order")
 
 
-def load_teacher(cfg: RunConfig, kind, student_tokenizer, labels: list[str] | None, wrap: Callable, device: torch.device,
-                 precision: str, log=print) -> Teacher:
-    """The frozen teacher for `cfg.distill.teacher`, refused in one line when it does not fit the student."""
+def load_teacher(cfg: RunConfig, resolved: ResolvedModel, kind, student_tokenizer, labels: list[str] | None, wrap: Callable,
+                 device: torch.device, precision: str, log=print) -> Teacher:
+    """The frozen teacher for `cfg.distill.teacher` (its files `resolved`, checked by `check_teacher_labels`), refused in
+    one line when it does not fit the student."""
     spec = cfg.distill.teacher
-    resolved = check_teacher_labels(cfg, labels, log)
     difference = tokenizer_difference(student_tokenizer, kind.tokenizer(resolved, log=lambda _line: None))
     if difference:
         raise UserError(f"distill.teacher {spec}: its tokenizer is not the student's ({difference}); distillation compares "

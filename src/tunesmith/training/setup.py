@@ -148,8 +148,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
     kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
-    if cfg.distill.teacher:
-        check_teacher_labels(cfg, labels, console.print)
+    teacher_files = check_teacher_labels(cfg, labels, console.print) if cfg.distill.teacher else None
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)
     model.train()
@@ -167,8 +166,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     train, val = task.dataset(data, "train", training=True), task.dataset(data, "val")
     rollouts = task.rollouts(train, model, tokenizer, device, precision)
     train = rollouts if rollouts is not None else train
-    teacher = load_teacher(cfg, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
-        if cfg.distill.teacher else None
+    teacher = load_teacher(cfg, teacher_files, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
+        if teacher_files else None
     vocab = len(tokenizer) if labels is None else None
     if teacher is not None and cfg.distill.cache == "topk":
         train = _with_topk(cfg, task, teacher, train, vocab, data.directory, device, precision, console, context)
