@@ -1,11 +1,11 @@
 """A sweep against the grid it replaces, on the quickstart corpus with the embedded default and LoRA.
 
     python benchmarks/bench_sweep.py grid      # 16 runs: 4 learning rates x 4 LoRA ranks
-    python benchmarks/bench_sweep.py tpe       # tunesmith sweep: 16 trials, TPE + Hyperband, lr continuous over the grid's range
+    python benchmarks/bench_sweep.py tpe       # tunesmith sweep: 16 trials, its defaults (TPE + successive halving), lr continuous over the grid's range
     python benchmarks/bench_sweep.py pareto    # the same space with --objectives headline,drift (no pruning)
     python benchmarks/bench_sweep.py workers   # the tpe sweep again with --workers 2
-    python benchmarks/bench_sweep.py halving   # the tpe sweep with --pruner halving
-    python benchmarks/bench_sweep.py replay    # the grid's curves replayed through TPE and each pruner, 20 seeds each
+    python benchmarks/bench_sweep.py hyperband # the tpe sweep with --pruner hyperband
+    python benchmarks/bench_sweep.py replay    # the grid's curves replayed through the sweep's sampler and each pruner, 20 seeds each
     python benchmarks/bench_sweep.py all       # each in turn, then the comparison
 
 Each part keeps its runs under --work (default /tmp/tunesmith-bench-sweep) and prints its figures; `compare` (run by
@@ -13,8 +13,8 @@ Each part keeps its runs under --work (default /tmp/tunesmith-bench-sweep) and p
 the headline's best sits on the Pareto front, and trials per hour for one worker and for two.
 
 `replay` trains nothing: it reads the grid's validation curves (every evaluation of the 16 runs), interpolates them in
-log learning rate, and runs 16-trial studies on them with the sweep's own sampler settings and each pruner, over 20
-seeds: the share of the grid's steps each spends and how often its best is within 2% of the grid's. It shows what a
+log learning rate, and runs 16-trial studies on them with the sweep's own sampler and each of its pruners (built by
+tunesmith's own `sampler_for` and `pruner_for`), and with Optuna's default TPE for contrast, over 20 seeds: the share of the grid's steps each spends and how often its best is within 2% of the grid's. It shows what a
 single sweep's figures are one draw of.
 """
 
@@ -124,7 +124,7 @@ def compare(work: Path) -> None:
             print(f"| {lr:g} | " + " | ".join(cells) + " |")
         print("(val perplexity at the best step, and the drift in nats per token)")
     tpe = sweep_results(work, "tpe")
-    for name, label in (("tpe", "TPE + Hyperband"), ("halving", "TPE + successive halving")):
+    for name, label in (("tpe", "TPE + successive halving (the defaults)"), ("hyperband", "TPE + Hyperband")):
         found = sweep_results(work, name)
         if not (found and rows):
             continue
@@ -160,12 +160,14 @@ def compare(work: Path) -> None:
 
 
 def replay(work: Path, seeds: int = 20) -> None:
-    """The grid's curves through TPE (the sweep's settings) and each pruner, `seeds` studies each."""
+    """The grid's curves through the sweep's own sampler and each pruner, `seeds` studies each."""
     import math
     import warnings
 
     import numpy as np
     import optuna
+
+    from tunesmith.sweep.study import PRUNERS, SweepSettings, pruner_for, sampler_for
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -180,45 +182,46 @@ def replay(work: Path, seeds: int = 20) -> None:
     def ppl(lr: float, rank: int, step: int) -> float:
         return math.exp(np.interp(math.log(lr), [math.log(v) for v in LRS], [math.log(curves[rank, v][step]) for v in LRS]))
 
-    eval_every = TRAIN["eval_every"]
-    pruners = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3),
-               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3),
-               "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=eval_every),
-               "none": optuna.pruners.NopPruner}
-    print(f"\nreplay: the grid's curves, 16-trial TPE studies (4 random first, multivariate), {seeds} seeds per pruner")
-    print("| pruner | steps, mean (10th-90th percentile) | best within 2% of the grid's | both targets |\n| --- | --- | --- | --- |")
-    for name, make in pruners.items():
-        shares, gaps = [], []
-        for seed in range(seeds):
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, group=True)
-            study = optuna.create_study(sampler=sampler, pruner=make())
-            spent, best = 0, math.inf
-            for _ in range(16):
-                trial = study.ask()
-                lr, rank = trial.suggest_float("lr", LRS[0], LRS[-1], log=True), trial.suggest_categorical("rank", RANKS)
-                seen = []
-                for step in steps:
-                    seen.append(ppl(lr, rank, step))
-                    if step < steps[-1]:  # the last evaluation is the trial's end, not a rung
-                        trial.report(min(seen), step)
-                        if trial.should_prune():
+    def settings(pruner: str) -> SweepSettings:
+        return SweepSettings(name="replay", folder=work, config=None, overrides=(), space=work, trials=16, pruner=pruner)
+
+    def optuna_tpe(seed: int):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, group=True)
+
+    print(f"\nreplay: the grid's curves, 16-trial studies, {seeds} seeds each")
+    print("| sampler | pruner | steps, mean (10th-90th percentile) | best within 2% of the grid's | both targets |\n| --- | --- | --- | --- | --- |")
+    for sampler_name, make_sampler in (("TPE, 256 candidates (tunesmith's)", lambda seed, pruner: sampler_for(settings(pruner), seed)),
+                                       ("TPE, 24 candidates (Optuna's default)", lambda seed, pruner: optuna_tpe(seed))):
+        for pruner in PRUNERS:
+            shares, gaps = [], []
+            for seed in range(seeds):
+                study = optuna.create_study(sampler=make_sampler(seed, pruner), pruner=pruner_for(settings(pruner), TRAIN["eval_every"]))
+                spent, best = 0, math.inf
+                for _ in range(16):
+                    trial = study.ask()
+                    lr, rank = trial.suggest_float("lr", LRS[0], LRS[-1], log=True), trial.suggest_categorical("rank", RANKS)
+                    seen = []
+                    for step in steps:
+                        seen.append(ppl(lr, rank, step))
+                        trial.report(seen[-1], step)
+                        if step < steps[-1] and trial.should_prune():
                             break
-                spent += step
-                if step < steps[-1]:
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    study.tell(trial, min(seen))
-                    best = min(best, min(seen))
-            shares.append(spent / (16 * TRAIN["max_steps"]))
-            gaps.append(best / grid_best - 1)
-        shares, gaps = np.array(shares), np.array(gaps)
-        print(f"| {name} | {shares.mean():.0%} ({np.percentile(shares, 10):.0%}-{np.percentile(shares, 90):.0%}) | "
-              f"{np.mean(gaps <= 0.02):.0%} of seeds (mean gap {gaps.mean():+.2%}) | {np.mean((gaps <= 0.02) & (shares <= 0.5)):.0%} |")
+                    spent += step
+                    if step < steps[-1]:
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        study.tell(trial, min(seen))
+                        best = min(best, min(seen))
+                shares.append(spent / (16 * TRAIN["max_steps"]))
+                gaps.append(best / grid_best - 1)
+            shares, gaps = np.array(shares), np.array(gaps)
+            print(f"| {sampler_name} | {pruner} | {shares.mean():.0%} ({np.percentile(shares, 10):.0%}-{np.percentile(shares, 90):.0%}) | "
+                  f"{np.mean(gaps <= 0.02):.0%} of seeds (mean gap {gaps.mean():+.2%}) | {np.mean((gaps <= 0.02) & (shares <= 0.5)):.0%} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("grid", "tpe", "pareto", "workers", "halving", "replay", "compare", "all"))
+    parser.add_argument("part", choices=("grid", "tpe", "pareto", "workers", "hyperband", "replay", "compare", "all"))
     parser.add_argument("--work", default="/tmp/tunesmith-bench-sweep")
     parser.add_argument("--minutes", type=float, help="workers: stop starting trials after this long (trials per hour still compare)")
     args = parser.parse_args()
@@ -232,8 +235,8 @@ def main() -> None:
         sweep(work, "pareto", "--objectives", "headline,drift")
     if args.part in ("workers", "all"):
         sweep(work, "workers", "--workers", "2", *(["--minutes", str(args.minutes)] if args.minutes else []))
-    if args.part == "halving":
-        sweep(work, "halving", "--pruner", "halving")
+    if args.part == "hyperband":
+        sweep(work, "hyperband", "--pruner", "hyperband")
     if args.part != "replay":
         compare(work)
     if args.part in ("replay", "all"):

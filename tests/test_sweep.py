@@ -53,7 +53,7 @@ def results(folder: Path) -> dict:
 
 
 def test_each_pruner_judges_at_the_evaluations(tmp_path):
-    """Hyperband, successive halving and the median rule take their first rung at the runs' first evaluation;
+    """Successive halving (the default), Hyperband and the median rule take their first rung at the runs' first evaluation;
     two objectives are never pruned (Optuna prunes single-objective studies only)."""
     import optuna
 
@@ -62,6 +62,8 @@ def test_each_pruner_judges_at_the_evaluations(tmp_path):
     def made(pruner, objectives=("headline",)):
         return pruner_for(settings_for(tmp_path, tmp_path / "c.yaml", tmp_path / "s.yaml", 16, pruner=pruner, objectives=objectives), 5)
 
+    default = pruner_for(settings_for(tmp_path, tmp_path / "c.yaml", tmp_path / "s.yaml", 16), 5)
+    assert isinstance(default, optuna.pruners.SuccessiveHalvingPruner) and default._min_resource == 5
     assert isinstance(made("hyperband"), optuna.pruners.HyperbandPruner) and made("hyperband")._min_resource == 5
     assert isinstance(made("halving"), optuna.pruners.SuccessiveHalvingPruner) and made("halving")._min_resource == 5
     assert isinstance(made("median"), optuna.pruners.MedianPruner)
