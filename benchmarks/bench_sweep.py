@@ -1,11 +1,11 @@
 """A sweep against the grid it replaces, on the quickstart corpus with the embedded default and LoRA.
 
     python benchmarks/bench_sweep.py grid      # 16 runs: 4 learning rates x 4 LoRA ranks
-    python benchmarks/bench_sweep.py tpe       # tunesmith sweep: 16 trials, its defaults (TPE + successive halving), lr continuous over the grid's range
+    python benchmarks/bench_sweep.py tpe       # tunesmith sweep at its defaults (TPE + successive halving): 16 trials, lr continuous
     python benchmarks/bench_sweep.py pareto    # the same space with --objectives headline,drift (no pruning)
     python benchmarks/bench_sweep.py workers   # the tpe sweep again with --workers 2
     python benchmarks/bench_sweep.py hyperband # the tpe sweep with --pruner hyperband
-    python benchmarks/bench_sweep.py replay    # the grid's curves replayed through the sweep's sampler and each pruner, 20 seeds each
+    python benchmarks/bench_sweep.py replay    # the grid's curves through the sweep's sampler and each pruner, 20 seeds each
     python benchmarks/bench_sweep.py all       # each in turn, then the comparison
 
 Each part keeps its runs under --work (default /tmp/tunesmith-bench-sweep) and prints its figures; `compare` (run by
@@ -14,7 +14,8 @@ the headline's best sits on the Pareto front, and trials per hour for one worker
 
 `replay` trains nothing: it reads the grid's validation curves (every evaluation of the 16 runs), interpolates them in
 log learning rate, and runs 16-trial studies on them with the sweep's own sampler and each of its pruners (built by
-tunesmith's own `sampler_for` and `pruner_for`), and with Optuna's default TPE for contrast, over 20 seeds: the share of the grid's steps each spends and how often its best is within 2% of the grid's. It shows what a
+tunesmith's `sampler_for` and `pruner_for`), and with TPE at Optuna's default of 24 candidates for contrast, over 20
+seeds: the share of the grid's steps each spends and how often its best is within 2% of the grid's. It shows what a
 single sweep's figures are one draw of.
 """
 
@@ -190,12 +191,13 @@ def replay(work: Path, seeds: int = 20) -> None:
 
     print(f"\nreplay: the grid's curves, 16-trial studies, {seeds} seeds each")
     print("| sampler | pruner | steps, mean (10th-90th percentile) | best within 2% of the grid's | both targets |\n| --- | --- | --- | --- | --- |")
-    for sampler_name, make_sampler in (("TPE, 256 candidates (tunesmith's)", lambda seed, pruner: sampler_for(settings(pruner), seed)),
-                                       ("TPE, 24 candidates (Optuna's default)", lambda seed, pruner: optuna_tpe(seed))):
+    for sampler_name, make_sampler in (("TPE, 256 candidates (tunesmith's)", lambda seed: sampler_for(settings("none"), seed)),
+                                       ("TPE, 24 candidates (Optuna's default)", optuna_tpe)):
         for pruner in PRUNERS:
             shares, gaps = [], []
             for seed in range(seeds):
-                study = optuna.create_study(sampler=make_sampler(seed, pruner), pruner=pruner_for(settings(pruner), TRAIN["eval_every"]))
+                study = optuna.create_study(sampler=make_sampler(seed), pruner=pruner_for(settings(pruner), TRAIN["eval_every"]),
+                                            study_name=f"replay-{seed}")  # Hyperband's brackets follow the name
                 spent, best = 0, math.inf
                 for _ in range(16):
                     trial = study.ask()
@@ -203,8 +205,10 @@ def replay(work: Path, seeds: int = 20) -> None:
                     seen = []
                     for step in steps:
                         seen.append(ppl(lr, rank, step))
+                        if step == steps[-1]:  # a run's last evaluation is its end, not judged (as in training)
+                            break
                         trial.report(seen[-1], step)
-                        if step < steps[-1] and trial.should_prune():
+                        if trial.should_prune():
                             break
                     spent += step
                     if step < steps[-1]:

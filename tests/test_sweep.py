@@ -70,6 +70,37 @@ def test_each_pruner_judges_at_the_evaluations(tmp_path):
     assert isinstance(made("halving", ("headline", "drift")), optuna.pruners.NopPruner)
 
 
+def test_a_study_keeps_the_pruner_it_was_started_with(tmp_path):
+    """The pruner is recorded in the study: continuing without --pruner keeps it, another is refused (their rung records do
+    not mix); a study from before the record continues with Hyperband, then the default; two objectives are never pruned."""
+    import optuna
+
+    from tunesmith.sweep.study import Objective, open_study
+
+    one = [Objective("headline", "val_ppl", "val perplexity", False)]
+
+    def opened(pruner=None, objectives=one, name="s"):
+        settings = settings_for(tmp_path, tmp_path / "c.yaml", tmp_path / "s.yaml", 4, pruner=pruner, name=name)
+        return open_study(settings, objectives, "stamp", 5, create=True)
+
+    assert isinstance(opened().pruner, optuna.pruners.SuccessiveHalvingPruner)
+    opened().enqueue_trial({})
+    assert isinstance(opened(None).pruner, optuna.pruners.SuccessiveHalvingPruner)
+    with pytest.raises(UserError, match="prunes with halving; continue it with --pruner halving"):
+        opened("hyperband")
+    assert isinstance(opened("hyperband", name="h").pruner, optuna.pruners.HyperbandPruner)
+    assert isinstance(opened(None, name="h").pruner, optuna.pruners.HyperbandPruner)
+
+    legacy = opened(name="old")
+    legacy.enqueue_trial({})
+    legacy.set_user_attr("pruner", None)  # as a study started before the record
+    assert isinstance(opened(name="old").pruner, optuna.pruners.HyperbandPruner)
+
+    two = one + [Objective("drift", "drift_nats", "drift", False)]
+    assert isinstance(opened(objectives=two, name="pareto").pruner, optuna.pruners.NopPruner)
+    assert isinstance(opened("hyperband", objectives=two, name="pareto").pruner, optuna.pruners.NopPruner)
+
+
 # --- the space ---------------------------------------------------------------------------------------------------
 
 def test_space_reads_ranges_and_choices():
@@ -229,7 +260,7 @@ def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, 
 
     base = write_base(tmp_path, tiny_gpt2, corpus_file, max_steps=8)
     space = write_space(tmp_path, "train.lr: {log: [1e-3, 5e-3]}\n")
-    settings = settings_for(tmp_path, base, space, trials=2)
+    settings = settings_for(tmp_path, base, space, trials=2, pruner="none")  # every trial to its end: the counts are exact
     real_call = trial_module.Reporter.__call__
 
     def interrupt_once(self, step, row):

@@ -9,7 +9,7 @@ from typing import Any
 from ..config import load_config, parse_override
 from ..errors import UserError
 from ..rundir.folder import CONFIG_FILE
-from ..sweep.study import PRUNERS
+from ..sweep.study import DEFAULT_PRUNER, PRUNERS
 
 # flag -> config key; every command takes these
 COMMON_FLAGS: dict[str, tuple[str, type]] = {
@@ -184,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, metavar="K", help="local worker processes, each with its share of the cores")
     sweep.add_argument("--objectives", default="headline", help="headline (the task's headline metric), or headline,drift "
                        "(also the forgetting drift: the result is the Pareto front)")
-    sweep.add_argument("--pruner", choices=PRUNERS, default=PRUNERS[0],
-                       help="stops poor trials at an evaluation (one objective only); halving (successive halving, the "
-                       "default): a third of the trials at each rung go on; hyperband: also brackets that judge later, a hedge for hundreds of trials")
+    sweep.add_argument("--pruner", choices=PRUNERS,
+                       help=f"stops poor trials at an evaluation (one objective only; default: the study's own, {DEFAULT_PRUNER} for a "
+                       "new study); halving: successive halving, a third of the trials at each rung go on; hyperband: also "
+                       "brackets that judge later, a hedge for hundreds of trials")
     sweep.add_argument("--sweeps", default="sweeps", metavar="DIR", help="where sweep folders go (default: sweeps)")
 
     quickstart = commands.add_parser("quickstart", help="fine-tune the embedded model on the bundled example corpus")

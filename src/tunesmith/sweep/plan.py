@@ -20,11 +20,6 @@ class SweepPlan:
     objectives: list[Objective]
     stamp: str
 
-    @property
-    def prunes(self) -> bool:
-        """Optuna prunes single-objective studies only."""
-        return len(self.objectives) == 1 and self.settings.pruner != "none"
-
     start: int = 0  # how many sweep commands started on this study before this one
 
     def study(self, create: bool = False):

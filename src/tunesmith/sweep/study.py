@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from ..errors import UserError
 
 OBJECTIVE_NAMES = ("headline", "drift")
 PRUNERS = ("halving", "hyperband", "median", "none")
+DEFAULT_PRUNER = PRUNERS[0]
+LEGACY_PRUNER = "hyperband"
 DRIFT_KEY = "drift_nats"
 # Points TPE weighs before choosing each trial (Optuna's default is 24). A trial trains for minutes, so the milliseconds
 # more are free; with 24 a best at the end of a range is often missed (bench_sweep.py replay: within 2% of the grid's
@@ -67,7 +69,7 @@ class SweepSettings:
     storage: str | None = None
     workers: int = 1
     objectives: tuple[str, ...] = ("headline",)
-    pruner: str = "halving"
+    pruner: str | None = None  # None: the one the study was started with, or DEFAULT_PRUNER for a new study
 
     @property
     def storage_url(self) -> str:
@@ -138,13 +140,37 @@ def pruner_for(settings: SweepSettings, eval_every: int):
     of trials, too few for Hyperband's other brackets to earn their cost (docs/sweep.md, Pruning)."""
     import optuna
 
-    if settings.pruner == "none" or len(settings.objectives) > 1:
+    name = settings.pruner or DEFAULT_PRUNER
+    if name == "none" or len(settings.objectives) > 1:
         return optuna.pruners.NopPruner()
-    if settings.pruner == "median":
+    if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, settings.trials // 4)), n_warmup_steps=eval_every)
-    if settings.pruner == "hyperband":
+    if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=eval_every, reduction_factor=3)
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=eval_every, reduction_factor=3)
+    raise ValueError(f"unknown pruner {name!r}")
+
+
+def prunes(study) -> bool:
+    """Whether the study's trials report their evaluations to be judged."""
+    import optuna
+
+    return not isinstance(study.pruner, optuna.pruners.NopPruner)
+
+
+def settle_pruner(study, asked: str | None) -> str:
+    """The pruner a study was started with, recorded in it. Continuing with another is refused: each pruner keeps its own
+    records of which trials passed which rung, and they do not mix."""
+    recorded = study.user_attrs.get("pruner")
+    if recorded is None:  # a new study, or one started before studies recorded their pruner (Hyperband was the default then)
+        chosen = asked or (LEGACY_PRUNER if study.get_trials(deepcopy=False) else DEFAULT_PRUNER)
+        study.set_user_attr("pruner", chosen)
+        return chosen
+    if asked is not None and asked != recorded:
+        raise UserError(f"--study {study.study_name}: this study prunes with {recorded}; continue it with --pruner {recorded} "
+                        "(or without --pruner), or start a new study with another --study name")
+    return recorded
 
 
 def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool):
@@ -154,13 +180,12 @@ def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str,
     if settings.storage is None:
         settings.folder.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
     storage = open_storage(settings.storage_url)
-    pruner = pruner_for(settings, eval_every)  # a continued study takes the pruner it is given now
     try:
         if create:
             study = optuna.create_study(storage=storage, study_name=settings.name, directions=[o.direction for o in objectives],
-                                        pruner=pruner, load_if_exists=True)
+                                        load_if_exists=True)
         else:
-            study = optuna.load_study(storage=storage, study_name=settings.name, pruner=pruner)
+            study = optuna.load_study(storage=storage, study_name=settings.name)
     except (ValueError, KeyError) as exc:
         raise UserError(f"--study {settings.name}: {exc}; pick another --study name") from None
     started_with = study.user_attrs.get("fingerprint")
@@ -169,6 +194,8 @@ def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str,
     elif started_with != stamp:
         raise UserError(f"--study {settings.name}: this study was started with another config, space or --objectives; "
                         "continue it with the same ones, or start a new study with another --study name")
+    asked = settings.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
+    study.pruner = pruner_for(replace(settings, pruner=settle_pruner(study, asked)), eval_every)
     return study
 
 

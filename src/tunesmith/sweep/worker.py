@@ -16,7 +16,7 @@ from ..runtime import usable_cores
 from .plan import SweepPlan, confined
 from .results import write_results
 from .space import trial_config
-from .study import Objective, is_interrupted
+from .study import Objective, is_interrupted, prunes
 from .trial import LOGS, TrialOutcome, describe_point, run_trial, trial_folder
 
 
@@ -113,7 +113,7 @@ def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
             raise
         say(f"trial {trial.number}: {describe_point(point)}" + (f" (continuing trial {trial.user_attrs['continues']})" if continued else ""))
         started = time.perf_counter()
-        outcome = run_trial(trial, cfg, run_dir, plan.objectives, plan.prunes, log_path)
+        outcome = run_trial(trial, cfg, run_dir, plan.objectives, prunes(study), log_path)
         _tell(study, trial, outcome)
         gc.collect()  # the trial's model and optimizer go before the next one loads
         say(_outcome_line(outcome, plan.objectives, time.perf_counter() - started))
