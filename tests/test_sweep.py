@@ -95,10 +95,44 @@ def test_a_study_keeps_the_pruner_it_was_started_with(tmp_path):
     legacy.enqueue_trial({})
     legacy.set_user_attr("pruner", None)  # as a study started before the record
     assert isinstance(opened(name="old").pruner, optuna.pruners.HyperbandPruner)
+    legacy.set_user_attr("pruner", "asha")
+    with pytest.raises(UserError, match="records an unknown pruner 'asha'"):
+        opened(name="old")
 
     two = one + [Objective("drift", "drift_nats", "drift", False)]
     assert isinstance(opened(objectives=two, name="pareto").pruner, optuna.pruners.NopPruner)
-    assert isinstance(opened("hyperband", objectives=two, name="pareto").pruner, optuna.pruners.NopPruner)
+
+
+def test_the_first_of_two_machines_starting_one_study_sets_its_pruner(tmp_path):
+    """Two commands starting one new study in a shared database at once: the one whose create wins records the pruner
+    before the fingerprint, the other waits for the records and refuses another pruner instead of writing its own."""
+    import threading
+
+    import optuna
+
+    from tunesmith.sweep.study import Objective, open_study
+
+    one = [Objective("headline", "val_ppl", "val perplexity", False)]
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.storages.RDBStorage(url)  # the database exists, as a shared server's does; the study does not
+    outcomes = {}
+
+    def start(pruner):
+        settings = settings_for(tmp_path / pruner, tmp_path / "c.yaml", tmp_path / "s.yaml", 4, pruner=pruner, storage=url)
+        try:
+            outcomes[pruner] = type(open_study(settings, one, "stamp", 5, create=True).pruner).__name__
+        except UserError as exc:
+            outcomes[pruner] = str(exc)
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in ("median", "hyperband")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorded = optuna.load_study(study_name="s", storage=url).user_attrs["pruner"]
+    loser = "hyperband" if recorded == "median" else "median"
+    assert outcomes[recorded] in ("MedianPruner", "HyperbandPruner")
+    assert f"this study prunes with {recorded}" in outcomes[loser]
 
 
 # --- the space ---------------------------------------------------------------------------------------------------
@@ -183,6 +217,7 @@ def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, ti
     (["--trials", "2", "--out", "elsewhere"], "drop --out"),
     (["--trials", "2", "--objectives", "drift"], "--objectives"),
     (["--trials", "2", "--objectives", "headline,drift"], "needs the forgetting probe"),
+    (["--trials", "2", "--objectives", "headline,drift", "--pruner", "hyperband"], "prunes single-objective studies only"),
     (["--trials", "2", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study's database"),
     (["--trials", "2", "--storage", "nonsense://x"], "--storage"),
 ])

@@ -40,6 +40,8 @@ def plan_sweep(settings: SweepSettings) -> SweepPlan:
     if base.output.dir:
         raise UserError("output.dir: a sweep writes each trial to its own folder (SWEEPS/NAME/trial-N); drop --out and output.dir")
     objectives = objectives_for(settings.objectives, task_view(base.task).headline)
+    if len(objectives) > 1 and settings.pruner not in (None, "none"):
+        raise UserError(f"--pruner {settings.pruner}: Optuna prunes single-objective studies only; leave --pruner out with two objectives")
     if "drift" in settings.objectives and base.monitor.general_probe == "none":
         raise UserError("--objectives headline,drift needs the forgetting probe; drop monitor.general_probe=none")
     space_raw = read_space(settings.space)

@@ -21,7 +21,7 @@ from ..rundir.durable import write_atomically
 from ..rundir.folder import SWEEP_FIGURES, SWEEP_RESULTS
 from .plan import confined
 from .space import trial_raw
-from .study import is_interrupted
+from .study import is_interrupted, study_pruner
 from .trial import describe_point
 
 TABLE = "trials.md"
@@ -182,6 +182,7 @@ def write_results(study, plan) -> dict:
     results = {
         "study": settings.name, "storage": "sqlite (study.db)" if not settings.storage else "database",
         "objectives": [{"name": o.name, "key": o.key, "label": o.label, "direction": o.direction} for o in objectives],
+        "pruner": study_pruner(study),
         "space": [d.describe() for d in plan.space.dimensions], "trials": rows,
         "counts": {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "failed", "interrupted", "running")},
         "steps": sum(r["steps"] or 0 for r in rows),

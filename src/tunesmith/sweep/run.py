@@ -15,7 +15,7 @@ from ..rundir.folder import training_pid
 from .plan import confined, plan_sweep
 from .results import write_results
 from .space import check_points
-from .study import SweepSettings, is_interrupted
+from .study import SweepSettings, is_interrupted, study_pruner
 from .worker import run_workers, work
 
 
@@ -69,7 +69,7 @@ def run_sweep(settings: SweepSettings, say=print) -> dict:
         plan.start = study.user_attrs.get("starts", 0)
         study.set_user_attr("starts", plan.start + 1)
     say(f"sweep {settings.name}: {'; '.join(d.describe() for d in plan.space.dimensions)}; {checked} points checked against "
-        f"the config; objective: {', '.join(f'{o.label} ({o.direction})' for o in plan.objectives)}; "
+        f"the config; objective: {', '.join(f'{o.label} ({o.direction})' for o in plan.objectives)}; pruner: {study_pruner(study)}; "
         f"study in {settings.storage_url if not settings.storage else 'the --storage database'}")
     if queued:
         say(f"{queued} interrupted trial(s) queued to continue from their checkpoints")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from ..errors import UserError
 OBJECTIVE_NAMES = ("headline", "drift")
 PRUNERS = ("halving", "hyperband", "median", "none")
 DEFAULT_PRUNER = PRUNERS[0]
+PRUNER_ATTR, FINGERPRINT_ATTR = "pruner", "fingerprint"  # the study's records of how it was started
+RECORD_WAIT_S = 10
 LEGACY_PRUNER = "hyperband"
 DRIFT_KEY = "drift_nats"
 # Points TPE weighs before choosing each trial (Optuna's default is 24). A trial trains for minutes, so the milliseconds
@@ -159,42 +162,69 @@ def prunes(study) -> bool:
     return not isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
+def study_pruner(study) -> str | None:
+    return study.user_attrs.get(PRUNER_ATTR)
+
+
 def settle_pruner(study, asked: str | None) -> str:
     """The pruner a study was started with, recorded in it. Continuing with another is refused: each pruner keeps its own
     records of which trials passed which rung, and they do not mix."""
-    recorded = study.user_attrs.get("pruner")
-    if recorded is None:  # a new study, or one started before studies recorded their pruner (Hyperband was the default then)
-        chosen = asked or (LEGACY_PRUNER if study.get_trials(deepcopy=False) else DEFAULT_PRUNER)
-        study.set_user_attr("pruner", chosen)
-        return chosen
+    recorded = study_pruner(study)
+    if recorded is None:  # a study started before studies recorded their pruner (Hyperband was the default then)
+        recorded = asked or (LEGACY_PRUNER if study.get_trials(deepcopy=False) else DEFAULT_PRUNER)
+        study.set_user_attr(PRUNER_ATTR, recorded)
+    if recorded not in PRUNERS:
+        raise UserError(f"--study {study.study_name}: the study records an unknown pruner {recorded!r} (one of {', '.join(PRUNERS)} "
+                        "is expected); start a new study with another --study name")
     if asked is not None and asked != recorded:
         raise UserError(f"--study {study.study_name}: this study prunes with {recorded}; continue it with --pruner {recorded} "
                         "(or without --pruner), or start a new study with another --study name")
     return recorded
 
 
-def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool):
-    """The sweep's study, created on first use; a study started with another config, space or objectives is refused."""
+def _create_or_load(storage, settings: SweepSettings, objectives: list[Objective], create: bool):
+    """The study, and whether this call created it (the database lets one creator win when machines start at once)."""
     import optuna
 
+    if create:
+        try:
+            return optuna.create_study(storage=storage, study_name=settings.name,
+                                       directions=[o.direction for o in objectives]), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    return optuna.load_study(storage=storage, study_name=settings.name), False
+
+
+def _started_with(study) -> dict:
+    """The study's records. A study another machine has just created gets them within moments: wait for them rather
+    than write our own over theirs."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    attrs = study.user_attrs
+    while FINGERPRINT_ATTR not in attrs and time.monotonic() < deadline and not study.get_trials(deepcopy=False):
+        time.sleep(0.2)
+        attrs = study.user_attrs
+    return attrs
+
+
+def open_study(settings: SweepSettings, objectives: list[Objective], stamp: str, eval_every: int, create: bool):
+    """The sweep's study, created on first use; a study started with another config, space, objectives or pruner is refused."""
     if settings.storage is None:
         settings.folder.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
     storage = open_storage(settings.storage_url)
+    asked = settings.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
     try:
-        if create:
-            study = optuna.create_study(storage=storage, study_name=settings.name, directions=[o.direction for o in objectives],
-                                        load_if_exists=True)
-        else:
-            study = optuna.load_study(storage=storage, study_name=settings.name)
+        study, created = _create_or_load(storage, settings, objectives, create)
     except (ValueError, KeyError) as exc:
         raise UserError(f"--study {settings.name}: {exc}; pick another --study name") from None
-    started_with = study.user_attrs.get("fingerprint")
+    if created:  # the pruner first: whoever sees the fingerprint sees the pruner
+        study.set_user_attr(PRUNER_ATTR, asked or DEFAULT_PRUNER)
+        study.set_user_attr(FINGERPRINT_ATTR, stamp)
+    started_with = _started_with(study).get(FINGERPRINT_ATTR)
     if started_with is None:
-        study.set_user_attr("fingerprint", stamp)
+        study.set_user_attr(FINGERPRINT_ATTR, stamp)
     elif started_with != stamp:
         raise UserError(f"--study {settings.name}: this study was started with another config, space or --objectives; "
                         "continue it with the same ones, or start a new study with another --study name")
-    asked = settings.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
     study.pruner = pruner_for(replace(settings, pruner=settle_pruner(study, asked)), eval_every)
     return study
 
