@@ -116,7 +116,8 @@ def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, 
     """The training rows with the teacher's top-k log-probabilities, from the cache beside the token files."""
     settings = {"k": cfg.distill.topk, "temperature": cfg.distill.temperature, "task": cfg.task, "packing": task.packing, "block_size": cfg.data.block_size,
                 "precision": precision, "rows": len(train)}
-    identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path))]  # a hub id has no local files: its name
+    # a local teacher by its files; one from the hub, which has no folder of its own here, by the commit it was loaded at
+    identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path)), getattr(teacher.model.config, "_commit_hash", None)]
     folder = data_dir / "distill" / f"topk-{cache_key(identity, data_dir, settings)}"
     with context.main_first():
         rows = teacher_topk(teacher.logits, train, cfg.distill.topk, vocab, cfg.distill.temperature, folder, device, precision,
