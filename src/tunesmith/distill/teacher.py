@@ -12,6 +12,7 @@ import torch
 from ..config import RunConfig
 from ..errors import UserError
 from ..models import ResolvedModel, load_model, resolve_model
+from ..rundir.fingerprint import folder_identity
 from ..tasks import read_task
 from ..tasks.loss import forward
 
@@ -27,6 +28,12 @@ class Teacher:
     @torch.no_grad()
     def logits(self, batch) -> torch.Tensor:
         return forward(self.module, batch)
+
+    @property
+    def identity(self) -> list:
+        """What the teacher's measurements and cache are keyed by: a local teacher's files; one from the hub, which has no
+        folder of its own here, by the commit it was loaded at."""
+        return [self.resolved.path, folder_identity(Path(self.resolved.path)), getattr(self.model.config, "_commit_hash", None)]
 
 
 def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> ResolvedModel:

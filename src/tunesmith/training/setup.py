@@ -12,7 +12,6 @@ from ..config import RunConfig, check_block_size
 from ..data import prepare_data
 from ..distill import DistillLoss, Teacher, check_teacher_labels, load_teacher, make_student, resolve_teacher
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
-from ..rundir.fingerprint import folder_identity
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
 from ..methods import method_of
@@ -116,9 +115,7 @@ def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, 
     """The training rows with the teacher's top-k log-probabilities, from the cache beside the token files."""
     settings = {"k": cfg.distill.topk, "temperature": cfg.distill.temperature, "task": cfg.task, "packing": task.packing, "block_size": cfg.data.block_size,
                 "precision": precision, "rows": len(train)}
-    # a local teacher by its files; one from the hub, which has no folder of its own here, by the commit it was loaded at
-    identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path)), getattr(teacher.model.config, "_commit_hash", None)]
-    folder = data_dir / "distill" / f"topk-{cache_key(identity, data_dir, settings)}"
+    folder = data_dir / "distill" / f"topk-{cache_key(teacher.identity, data_dir, settings)}"
     with context.main_first():
         rows = teacher_topk(teacher.logits, train, cfg.distill.topk, vocab, cfg.distill.temperature, folder, device, precision,
                            console.print)

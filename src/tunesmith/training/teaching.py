@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..evaluation.scoring import evaluate
 from ..rundir.durable import write_atomically
-from ..rundir.fingerprint import folder_identity
 from ..tasks.loss import Validation
 
 TEACHER_FILE = "teacher.json"
@@ -25,7 +24,7 @@ class TeacherRecord:
         teacher = self.parts.teacher
         if teacher is None or not self.is_main:
             return
-        identity = [teacher.resolved.path, folder_identity(Path(teacher.resolved.path))]
+        identity = teacher.identity
         try:
             kept = json.loads(self.path.read_text())
             if kept["identity"] == json.loads(json.dumps(identity)) and "val_loss" in kept["val"]:
