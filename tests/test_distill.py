@@ -444,3 +444,27 @@ def test_user_errors_of_a_distilled_run_are_one_line(lm_teacher, tmp_path, capsy
     train(distill_config(teacher_run, data, run, train_settings={"max_steps": 4}))
     assert main(["train", "--out", str(run), "--resume", "--set", f"distill.teacher={teacher_run / 'final'}"]) == 2
     assert "--resume: distill.teacher is" in capsys.readouterr().err
+
+
+def test_a_hub_teacher_is_known_by_the_commit_of_its_cached_files(tmp_path, monkeypatch):
+    """A teacher from the hub has no folder here: its cache and measurement are keyed by the snapshot its files came
+    from, so a new revision is not read from an old cache; a local teacher is keyed by its files alone."""
+    import huggingface_hub.constants
+
+    from tunesmith.distill.teacher import hub_commit
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--tiny"
+
+    def cached(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    assert hub_commit("org/tiny") is None
+    cached("aaa111")
+    assert hub_commit("org/tiny") == "aaa111"
+    cached("bbb222")
+    assert hub_commit("org/tiny") == "bbb222"
+    assert hub_commit(str(tmp_path / "a local folder")) is None

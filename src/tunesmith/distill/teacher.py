@@ -32,8 +32,20 @@ class Teacher:
     @property
     def identity(self) -> list:
         """What the teacher's measurements and cache are keyed by: a local teacher's files; one from the hub, which has no
-        folder of its own here, by the commit it was loaded at."""
-        return [self.resolved.path, folder_identity(Path(self.resolved.path)), getattr(self.model.config, "_commit_hash", None)]
+        folder of its own here, by the commit its files in the local cache came from."""
+        files = folder_identity(Path(self.resolved.path))
+        return [self.resolved.path, files] if files else [self.resolved.path, files, hub_commit(self.resolved.path)]
+
+
+def hub_commit(repo_id: str) -> str | None:
+    """The commit of a hub model's files in the local Hugging Face cache (its snapshot folder's name), if there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a repository id (huggingface_hub validates it)
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> ResolvedModel:
