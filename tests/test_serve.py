@@ -314,6 +314,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     app = create_app(load_chat_model({model!r}), Limits(max_tokens=100, max_prompt_tokens=20))
     step = app.worker.decoder.batch.step
     app.worker.decoder.batch.step = lambda: (time.sleep(0.2), step())[1]  # slow enough to be mid-generation for 20 s
+    app.worker.decoder.stop_ids.clear()  # and no end token sampled early ends the stream before the signal
     print("ready", flush=True)
     run_server(app, "127.0.0.1", {port})
 """)
