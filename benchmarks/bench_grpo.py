@@ -115,7 +115,7 @@ def steer(args) -> None:
     base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
-    rewards = json.dumps([{"run": str(classifier), "label": "positive"}])
+    rewards = json.dumps([{"run": str(classifier), "label": "positive", "scale": args.scale}])
     run = work / "grpo"
     if args.reuse and (run / "summary.json").is_file():
         seconds = json.loads((run / "summary.json").read_text())["train_seconds"]
@@ -280,6 +280,8 @@ def main() -> None:
     one.add_argument("--prompts", type=int, default=4, help="prompts per step (each with 8 completions)")
     one.add_argument("--reuse", action="store_true", help="judge the GRPO run already in --work instead of training it again")
     one.add_argument("--temperature", type=float, default=1.0)
+    one.add_argument("--scale", choices=["probability", "log_odds"], default="probability",
+                     help="the reward: the classifier's probability of positive, or its log-odds")
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)
     two = commands.add_parser("speed")

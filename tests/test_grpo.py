@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from tunesmith.diagnose.findings import RunFacts
 from tunesmith.diagnose.rules import diagnose
 from tunesmith.errors import ConfigError, UserError
 from tunesmith.tasks.grpo.objective import group_advantages, grpo_loss
-from tunesmith.tasks.grpo.rewards import Rewards
+from tunesmith.tasks.grpo.rewards import Rewards, log_odds
 
 from helpers import classify_config, cut_run, labelled, write_jsonl
 
@@ -158,6 +159,17 @@ def test_a_classifier_run_is_a_reward_and_its_labels_are_checked(sentiment_run):
         Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "happy"}]))
     with pytest.raises(ConfigError, match="name the label whose probability is the reward"):
         Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run)}]))
+    odds = Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "positive", "scale": "log_odds"}]))
+    logit, _ = odds.score(["x", "y"], [" wonderful", " awful"], [1, 1])
+    assert np.allclose(logit, np.log(total / (1 - total)), atol=1e-4)
+    with pytest.raises(ConfigError, match="scale: log_odds applies to a classifier run's probability"):
+        Rewards(GrpoConfig(rewards=[{"length": 5, "scale": "log_odds"}]))
+
+
+def test_log_odds_rank_what_the_probability_saturates_and_stay_finite():
+    assert np.allclose(log_odds(np.array([0.5, 0.99, 0.9999])), [0.0, np.log(99), np.log(9999)])
+    ends = log_odds(np.array([0.0, 1.0]))
+    assert np.isfinite(ends).all() and ends[0] == pytest.approx(-ends[1]) and 13 < ends[1] < 14
 
 
 def test_a_tiny_model_learns_a_rule_reward(tiny_llama, tmp_path):

@@ -213,6 +213,7 @@ class RewardSpec(_Section):
     run: str | None = Field(None, description="a tunesmith classifier run (with label) or reward-model run (task reward), or its final/ folder")
     label: str | None = Field(None, description="with a classifier run: the label whose probability is the reward")
     text: Literal["full", "completion"] = Field("full", description="with run: score the prompt and the completion together (full) or the completion alone")
+    scale: Literal["probability", "log_odds"] = Field("probability", description="with a classifier run: the label's probability (0 to 1), or its log-odds log(p / (1 - p)) (-13.8 to 13.8), which still tells completions apart where the probability is near 1")
     length: int | None = Field(None, ge=1, description="built-in: completions near this many tokens score 1, falling linearly to 0 at none or twice as many")
     regex: str | None = Field(None, description="built-in: 1 when the completion matches this regular expression (re.search), else 0")
     must_match: bool = Field(True, description="with regex: false inverts it, 1 when the completion does not match")

@@ -1,6 +1,6 @@
 """GRPO's rewards: each a function of (prompts, completions) -> one number per completion, weighted and summed.
 
-- a tunesmith classifier run: the probability it gives a label;
+- a tunesmith classifier run: the probability it gives a label, or that probability's log-odds;
 - a tunesmith reward-model run (task reward): its score;
 - built-ins: a length target, a regular expression that must (or must not) match, words to avoid;
 - the user's own Python function, named in the config as file.py:function. It is the user's code, imported from
@@ -23,6 +23,7 @@ from ...errors import ConfigError, UserError
 from .prompts import Prompt
 
 SHOWN_CHARS = 60
+LOG_ODDS_FLOOR = 1e-6  # probabilities are held this far from 0 and 1, so log-odds stay within +-13.8
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -57,8 +58,9 @@ def check_run_reward(spec: RewardSpec) -> str:
         if spec.label not in labels:
             raise ConfigError([f"grpo.rewards: {spec.run} has no label {spec.label!r}; its labels are {', '.join(labels)}"])
     elif task == "reward":
-        if spec.label is not None:
-            raise ConfigError([f"grpo.rewards: {spec.run} is a reward model, which gives one score; remove label"])
+        if spec.label is not None or spec.scale != "probability":
+            raise ConfigError([f"grpo.rewards: {spec.run} is a reward model, which gives one score and no probability; "
+                               f"remove {'label' if spec.label is not None else 'scale'}"])
     else:
         raise ConfigError([f"grpo.rewards: {spec.run} was trained for task {task}, which gives no reward; use a classifier "
                            "run (--task classify) or a reward-model run (--task reward)"])
@@ -78,6 +80,9 @@ def check_rewards(cfg: GrpoConfig) -> None:
         raise ConfigError(["grpo.rewards: a GRPO run needs at least one reward, e.g. [{run: runs/sentiment, label: positive}] "
                            "or [{regex: '\\\\d+'}]"])
     for spec in cfg.rewards:
+        if spec.scale != "probability" and spec.kind != "run":
+            raise ConfigError([f"grpo.rewards: scale: {spec.scale} applies to a classifier run's probability; remove it from "
+                               f"the {spec.kind} reward"])
         if spec.kind == "run":
             check_run_reward(spec)
         elif spec.kind == "python":
@@ -177,8 +182,16 @@ def classifier_reward(spec: RewardSpec, device: str):
     def score(prompts, completions, lengths) -> np.ndarray:
         texts = [completion if spec.text == "completion" or not isinstance(prompt, str) else prompt + completion
                  for prompt, completion in zip(prompts, completions)]
-        return np.array([p[column] if p is not None else 0.0 for p in classifier.probabilities(texts, batch_size=32)])
+        probabilities = np.array([p[column] if p is not None else 0.0 for p in classifier.probabilities(texts, batch_size=32)])
+        return log_odds(probabilities) if spec.scale == "log_odds" else probabilities
     return score
+
+
+def log_odds(probabilities: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)): a saturated classifier's 0.99 and 0.9999 are 4.6 and 9.2, so a group of completions it all
+    but agrees on still ranks by how sure it is (TRL's sentiment example rewards the classifier's logit likewise)."""
+    p = np.clip(probabilities.astype(np.float64), LOG_ODDS_FLOOR, 1 - LOG_ODDS_FLOOR)
+    return np.log(p) - np.log1p(-p)
 
 
 def reward_model_reward(spec: RewardSpec, device: str):
