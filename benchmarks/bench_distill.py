@@ -67,10 +67,10 @@ def sentiment(args) -> None:
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
     keep = args.keep
     tag = f"{keep}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
-    distilled = work / f"student-{tag}"
+    distilled = work / f"student-{tag}" if not args.hidden else work / f"student-{tag}-h{args.hidden:g}"
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     summary = train_once(distilled, *student_settings, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
-                         "--set", f"distill.temperature={args.temperature}",
+                         "--set", f"distill.temperature={args.temperature}", "--set", f"distill.hidden={args.hidden}",
                          "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}")
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
@@ -152,6 +152,7 @@ def main() -> None:
     one.add_argument("--lr", type=float, default=1e-4)
     one.add_argument("--alpha", type=float, default=0.5)
     one.add_argument("--temperature", type=float, default=2.0)
+    one.add_argument("--hidden", type=float, default=0.0, help="distill.hidden: the weight of the hidden-state term")
     two = parts.add_parser("language")
     two.add_argument("--data", default="../shared/data/text-kjv/kjv_genesis_exodus.txt")
     two.add_argument("--keep", type=int, default=15)

@@ -468,3 +468,84 @@ def test_a_hub_teacher_is_known_by_the_commit_of_its_cached_files(tmp_path, monk
     cached("bbb222")
     assert hub_commit("org/tiny") == "bbb222"
     assert hub_commit(str(tmp_path / "a local folder")) is None
+
+
+# ---------------------------------------------------------------- hidden states
+
+
+def test_hidden_distance_is_one_minus_the_cosine_over_real_tokens():
+    from tunesmith.distill.hidden import hidden_distance
+
+    generator = torch.Generator().manual_seed(0)
+    student = {0: torch.randn(2, 5, 8, generator=generator), 1: torch.randn(2, 5, 8, generator=generator)}
+    teacher = {1: torch.randn(2, 5, 8, generator=generator), 3: torch.randn(2, 5, 8, generator=generator)}
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    by_hand = []
+    for ours, theirs in ((0, 1), (1, 3)):
+        cosines = [float(student[ours][b, t] @ teacher[theirs][b, t] / (student[ours][b, t].norm() * teacher[theirs][b, t].norm()))
+                   for b in range(2) for t in range(5) if mask[b, t]]
+        by_hand.append(sum(1 - c for c in cosines) / len(cosines))
+    got = hidden_distance(student, teacher, [(0, 1), (1, 3)], mask)
+    assert float(got) == pytest.approx(sum(by_hand) / 2, abs=1e-6)
+    assert float(hidden_distance(student, {1: student[0] * 3.0}, [(0, 1)], None)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hidden_pairs_follow_the_kept_blocks_and_other_widths_are_refused(teacher_dir, tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tunesmith.distill.hidden import block_pairs
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    made = make_student(ResolvedModel(str(teacher_dir), str(teacher_dir), True), [1, 3], tmp_path, log=lambda _: None).path
+    assert block_pairs(AutoModelForCausalLM.from_pretrained(made), teacher, made) == [(0, 1), (1, 3)]
+    assert block_pairs(AutoModelForCausalLM.from_pretrained(tiny_llama), teacher, str(tiny_llama)) == [(0, 0), (1, 3)]
+    assert block_pairs(teacher, teacher, str(teacher_dir)) == [(i, i) for i in range(4)]
+    wide = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=48, intermediate_size=64,
+                                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(ConfigError, match="the student's hidden states have 48 channels and the teacher's 32"):
+        block_pairs(wide, teacher, str(tmp_path))
+
+
+def test_hidden_state_distillation_brings_the_students_blocks_to_the_teachers(lm_teacher, fresh_student, tmp_path):
+    """A student with weights of its own: its block outputs move toward the teacher blocks they stand for, further than
+    with the divergence alone."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.distill.hidden import BlockOutputs, hidden_distance
+
+    teacher_run, data = lm_teacher
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_run / "final").eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+
+    def distance(student_dir: Path) -> float:
+        student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+        ours, theirs = BlockOutputs(student), BlockOutputs(teacher)
+        ours.armed = theirs.armed = True
+        with torch.no_grad():
+            student(input_ids=ids)
+            teacher(input_ids=ids)
+        return float(hidden_distance(ours.take(), theirs.take(), [(0, 0), (1, 3)], None))
+
+    distances = {}
+    for weight in (0.0, 1.0):
+        run = tmp_path / f"hidden-{weight}"
+        cfg = distill_config(teacher_run, data, run, student=None, hidden=weight, alpha=0.5)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(fresh_student)})})
+        train(cfg)
+        distances[weight] = distance(run / "final")
+    assert distances[1.0] < distance(fresh_student) and distances[1.0] < distances[0.0]
+
+
+def test_hidden_state_settings_are_checked(tiny_llama, corpus_file):
+    from tunesmith.tasks import task_kind
+
+    def check(*overrides):
+        cfg = load_config(None, [("model.name", str(tiny_llama)), ("data.train", str(corpus_file)), ("distill.teacher", str(tiny_llama)),
+                                 ("distill.hidden", 1.0), *overrides])
+        task_kind(cfg).check(cfg)
+
+    with pytest.raises(ConfigError, match="the top-k cache holds the teacher's log-probabilities, not its hidden states"):
+        check(("distill.cache", "topk"))
+    with pytest.raises(ConfigError, match="hooks that catch each block's output do not compile"):
+        check(("train.compile", True))
+    check()

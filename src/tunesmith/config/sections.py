@@ -328,6 +328,7 @@ class DistillConfig(_Section):
     cache: Literal["none", "topk"] = Field("none", description="none: the frozen teacher runs beside the student at every step; topk: its top-k log-probabilities per trained token are computed once and stored beside the token files (language models)")
     topk: int = Field(64, ge=1, le=4096, description="with cache topk: tokens kept per position (the divergence is taken over them and the rest of the vocabulary as one outcome)")
     student: StudentConfig | None = Field(None, description="{from_teacher: {keep_layers: N}} to make the student from the teacher; null: the student is model.name")
+    hidden: float = Field(0.0, ge=0, le=100, allow_inf_nan=False, description="weight of the hidden-state term, added to the loss: 1 minus the cosine similarity of each student block's output and the teacher block's it stands for (its original in a student made from the teacher), over real tokens; needs the teacher's width; 0: off")
 
     @field_validator("teacher")
     @classmethod

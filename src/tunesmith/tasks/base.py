@@ -63,6 +63,12 @@ class TaskKind:
         if settings.cache == "topk" and self.has_head(cfg):
             raise ConfigError(["distill.cache: topk applies to a language model's vocabulary; a classifier's teacher scores "
                                "its few classes beside it: use distill.cache: none"])
+        if settings.hidden and settings.cache == "topk":
+            raise ConfigError(["distill.hidden: the top-k cache holds the teacher's log-probabilities, not its hidden states; "
+                               "use distill.cache: none (the teacher beside the student), or set distill.hidden to 0"])
+        if settings.hidden and cfg.train.compile is True:
+            raise ConfigError(["distill.hidden: the hooks that catch each block's output do not compile; use train.compile: "
+                               "auto or false, or set distill.hidden to 0"])
 
     def packing_of(self, cfg: RunConfig) -> str:
         """`data.packing` for this task: auto is the task's first choice; one it cannot use is a config error."""

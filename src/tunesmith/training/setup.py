@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import DistillLoss, Teacher, check_teacher_labels, load_teacher, make_student, resolve_teacher
+from ..distill import DistillLoss, HiddenMatch, Teacher, check_teacher_labels, load_teacher, make_student, resolve_teacher
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -89,12 +89,12 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
 
 
 def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, precision: str, micro: int, total_steps: int, sharded: bool,
-            console: Console, context: Distributed, teacher: Teacher | None, vocab: int | None) -> StepRunner:
+            console: Console, context: Distributed, teacher: Teacher | None, vocab: int | None, hidden: HiddenMatch | None) -> StepRunner:
     optimizer = build_optimizer(model, cfg.train, device, sharded)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = wrap_ddp(module, device) if context.enabled and not sharded else module
-    loss = _loss(task, forward, fuse, cfg, teacher, vocab)
+    loss = _loss(task, forward, fuse, cfg, teacher, vocab, hidden)
     runner = StepRunner(model, loss, optimizer, scheduler, scaler, device, precision, micro, cfg.train.grad_clip, console.print, context)
     use_cache_under(tunesmith_home())
     if cfg.train.compile is True:
@@ -102,11 +102,12 @@ def _runner(cfg: RunConfig, task: Task, model, module, fuse: bool, device, preci
     return runner
 
 
-def _loss(task: Task, module, fuse: bool, cfg: RunConfig, teacher: Teacher | None = None, vocab: int | None = None):
-    """The task's own training loss; with a teacher, the data's cross-entropy mixed with the divergence from it; else
-    next-token cross-entropy (with the output layer fused in where `fuse`)."""
+def _loss(task: Task, module, fuse: bool, cfg: RunConfig, teacher: Teacher | None = None, vocab: int | None = None,
+          hidden: HiddenMatch | None = None):
+    """The task's own training loss; with a teacher, the data's cross-entropy mixed with the divergence from it (and the
+    hidden-state distance, with `hidden`); else next-token cross-entropy (with the output layer fused in where `fuse`)."""
     if teacher is not None:
-        return DistillLoss(module, teacher.logits, cfg.distill, vocab, cfg.train.label_smoothing)
+        return DistillLoss(module, teacher.logits, cfg.distill, vocab, cfg.train.label_smoothing, hidden)
     return task.training_loss(module) or training_loss(module, fuse, cfg.train.label_smoothing)
 
 
@@ -167,13 +168,14 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     teacher = load_teacher(cfg, teacher_files, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
         if teacher_files else None
     vocab = len(tokenizer) if labels is None else None
+    hidden = HiddenMatch(model, teacher.model, resolved.path) if teacher is not None and cfg.distill.hidden else None
     if teacher is not None and cfg.distill.cache == "topk":
         train = _with_topk(cfg, task, teacher, train, vocab, data.directory, device, precision, console, context)
     # a head has no vocabulary, DDP runs its wrapper, and a teacher's divergence reads the student's logits whole
     fuse = cfg.train.fused_loss and not context.enabled and labels is None and teacher is None
     micro = cfg.train.micro_batch_size
     if micro == "auto":
-        micro = largest_micro_batch(model, _loss(task, module, fuse, cfg, teacher, vocab), train, device, precision, 64,
+        micro = largest_micro_batch(model, _loss(task, module, fuse, cfg, teacher, vocab, hidden), train, device, precision, 64,
                                     console.print)
     plan = StepPlan(len(train), micro, cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps, cfg.train.seed,
                     context.world_size, context.rank, task.example_lengths(train), task.steps_per_batch)
@@ -184,7 +186,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     if sharded:
         model = wrap_fsdp(model, device)
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
-                     plan.total_steps, sharded, console, context, teacher, vocab)
+                     plan.total_steps, sharded, console, context, teacher, vocab, hidden)
     return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note,
                     rollouts, teacher)
