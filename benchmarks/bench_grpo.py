@@ -138,6 +138,10 @@ def steer(args) -> None:
     print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n"
           f"| judge: share positive, sampled as in training (temperature {args.temperature}, no cut) | {base_share:.1%} | {share:.1%} |\n"
           f"| judge: share positive, generate's defaults (temperature 0.7, top-p 0.95, top-k 50) | {base_default_share:.1%} | {default_share:.1%} |")
+    alone = {name: float(judge.predict([row["generated"] for row in rows_]).mean())
+             for name, rows_ in (("base", base), ("tuned", tuned), ("base_default", base_default), ("tuned_default", tuned_default))}
+    print(f"| judge on the completions alone (no opening), as in training / at generate's defaults | {alone['base']:.1%} / "
+          f"{alone['base_default']:.1%} | {alone['tuned']:.1%} / {alone['tuned_default']:.1%} |")
     print(f"| distinct-2, as in training | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n"
           f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
           f"| drift (nats per token) | 0 | {drift} |")
