@@ -336,8 +336,11 @@ def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
     train(distill_config(teacher_run, data, whole, alpha=0.5))
     resumed = cut_run(whole, tmp_path / "resumed", last_step=8)
     cfg = distill_config(teacher_run, data, resumed, alpha=0.5)
+    from tunesmith.errors import UserError
     from tunesmith.training import train_run
 
+    with pytest.raises(UserError, match="--resume: distill.hidden is 1.0 here but 0.0"):
+        train_run(distill_config(teacher_run, data, resumed, alpha=0.5, hidden=1.0), resume=True)
     train_run(cfg, resume=True)
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
 
@@ -349,8 +352,9 @@ def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_pat
     train(classify_config(tiny_llama, data, teacher_run, "head"))
     cfg = classify_config(tiny_llama, data, tmp_path / "student", "head", epochs=2)
     cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher": str(teacher_run), "alpha": 0.7,
-                                                                           "temperature": 2.0})})
-    summary = train(cfg)
+                                                                           "temperature": 2.0, "hidden": 0.5})})
+    summary = train(cfg)  # with hidden states too: the packed classifier's padded rows, through its wrapper
+    assert "the teacher's blocks 0<-0, 1<-1" in capsys.readouterr().out
     assert summary["distill"]["teacher_val"]["accuracy"] >= 0.5
     assert "accuracy" in summary["distill"]["student_val"]
     capsys.readouterr()
@@ -519,7 +523,7 @@ def test_hidden_state_distillation_brings_the_students_blocks_to_the_teachers(lm
 
     def distance(student_dir: Path) -> float:
         student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
-        ours, theirs = BlockOutputs(student), BlockOutputs(teacher)
+        ours, theirs = BlockOutputs(student, [0, 1]), BlockOutputs(teacher, [0, 3])
         ours.armed = theirs.armed = True
         with torch.no_grad():
             student(input_ids=ids)
@@ -549,3 +553,37 @@ def test_hidden_state_settings_are_checked(tiny_llama, corpus_file):
     with pytest.raises(ConfigError, match="hooks that catch each block's output do not compile"):
         check(("train.compile", True))
     check()
+    alone = load_config(None, [("model.name", str(tiny_llama)), ("data.train", str(corpus_file)), ("distill.hidden", 1.0)])
+    with pytest.raises(ConfigError, match="hidden-state distillation needs distill.teacher"):
+        task_kind(alone).check(alone)
+
+
+def test_packed_rows_padding_is_not_a_real_token():
+    from tunesmith.batch import Batch
+
+    ids = torch.zeros((2, 5), dtype=torch.long)
+    assert Batch(ids, lengths=torch.tensor([3, 5])).real_tokens().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert Batch(ids, attention_mask=torch.ones_like(ids)).real_tokens().sum() == 10 and Batch(ids).real_tokens() is None
+
+
+def test_hidden_pairs_come_from_a_record_of_this_teacher_only_and_a_failed_pass_lets_go(teacher_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.distill.hidden import HiddenMatch
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    made = Path(make_student(ResolvedModel(str(teacher_dir), str(teacher_dir), True), [1, 2], tmp_path, log=lambda _: None).path)
+    student = AutoModelForCausalLM.from_pretrained(made)
+    assert HiddenMatch(student, teacher, str(made)).pairs == [(0, 1), (1, 2)]
+    record = json.loads((made / "tunesmith_student.json").read_text())
+    (made / "tunesmith_student.json").write_text(json.dumps({**record, "teacher_blocks": 8}))  # another teacher's record
+    match = HiddenMatch(student, teacher, str(made))
+    assert match.pairs == [(0, 0), (1, 3)] and "0<-0, 1<-3" in match.describe()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with match.catching():
+            student(input_ids=torch.tensor([[1, 2, 3]]))
+            raise RuntimeError("out of memory")
+    assert match.student.outputs == {} and not match.student.armed
+    with torch.no_grad():
+        student(input_ids=torch.tensor([[1, 2, 3]]))
+    assert match.student.outputs == {}  # not armed outside a step: evaluation is not caught

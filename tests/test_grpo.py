@@ -162,6 +162,9 @@ def test_a_classifier_run_is_a_reward_and_its_labels_are_checked(sentiment_run):
     odds = Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "positive", "scale": "log_odds"}]))
     logit, _ = odds.score(["x", "y"], [" wonderful", " awful"], [1, 1])
     assert np.allclose(logit, np.log(total / (1 - total)), atol=1e-4)
+    empty = Rewards(GrpoConfig(rewards=[{"run": str(sentiment_run), "label": "negative", "text": "completion", "scale": "log_odds",
+                                         "weight": -1.0}]))
+    assert empty.score(["x"], [""], [0])[0].tolist() == [0.0]  # no verdict on nothing: neither side's extreme
     with pytest.raises(ConfigError, match="scale: log_odds applies to a classifier run's probability"):
         Rewards(GrpoConfig(rewards=[{"length": 5, "scale": "log_odds"}]))
 
@@ -196,6 +199,10 @@ def test_a_grpo_run_resumes_exactly(tiny_llama, tmp_path, iterations):
                                      train={"max_steps": 6, "eval_every": 3, "save_every": 3})
     train(config(tmp_path / "whole"))
     cut_run(tmp_path / "whole", tmp_path / "cut", last_step=3)
+    if iterations == 1:  # other rewards make another loss: its best step and curves would mix two scales
+        other = grpo_config(tiny_llama, data, tmp_path / "cut", [{"regex": "e"}], train={"max_steps": 6, "eval_every": 3, "save_every": 3})
+        with pytest.raises(UserError, match="--resume: grpo.rewards is"):
+            train(other, resume=True)
     train(config(tmp_path / "cut"), resume=True)
     keys = ("train_loss", "reward", "kl", "clipped_share")
     flat = lambda run: [row.get(k, -1.0) for row in rows(run) for k in keys]  # noqa: E731

@@ -28,6 +28,7 @@ class Batch:
     reference: torch.Tensor | None = None  # (B,) the reference model's log-probability of each row's answer, when precomputed
     teacher_ids: torch.Tensor | None = None  # (N, k) a distillation teacher's top k tokens at each scored position, when cached
     teacher_logprobs: torch.Tensor | None = None  # (N, k) its log-probabilities of them
+    lengths: torch.Tensor | None = None  # (B,) the real tokens at the start of each packed row; the rest is padding
 
     def to(self, device: torch.device) -> "Batch":
         """Copied to `device`; to a GPU from pinned memory without blocking, so the copy overlaps the previous step."""
@@ -49,6 +50,14 @@ class Batch:
         if self.weights is None:
             return None
         return self.weights[:, 1:] if self.weights.dim() == 2 else self.weights[:, None].expand_as(targets)
+
+    def real_tokens(self) -> torch.Tensor | None:
+        """(B, T) 1 at real tokens and 0 at padding; None when every position is real."""
+        if self.attention_mask is not None:
+            return self.attention_mask
+        if self.lengths is not None:
+            return (torch.arange(self.input_ids.shape[1], device=self.input_ids.device)[None] < self.lengths[:, None]).long()
+        return None
 
     def model_inputs(self) -> dict:
         """The keyword arguments of the model's forward: padding's attention mask, or packing's position ids."""

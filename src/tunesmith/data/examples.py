@@ -229,7 +229,7 @@ class PackedExamples:
         labels = np.full((len(indices), width), IGNORE, dtype=np.int64)
         positions = np.zeros((len(indices), width), dtype=np.int64)
         members = [e for i in indices for e in self.rows[i]]
-        ends = []
+        ends, lengths = [], torch.tensor([self.row_lengths[i] for i in indices])
         for r, index in enumerate(indices):
             at = 0
             for example in self.rows[index]:
@@ -247,8 +247,9 @@ class PackedExamples:
                 weights = _per_position(weights, indices, self.rows, width, [examples.length(e) for e in members])
         if examples.use_classes:
             return Batch(torch.from_numpy(input_ids), classes=torch.from_numpy(examples.classes[members]), weights=weights,
-                         position_ids=torch.from_numpy(positions), ends=torch.as_tensor(ends))
-        return Batch(torch.from_numpy(input_ids), torch.from_numpy(labels), weights=weights, position_ids=torch.from_numpy(positions))
+                         position_ids=torch.from_numpy(positions), ends=torch.as_tensor(ends), lengths=lengths)
+        return Batch(torch.from_numpy(input_ids), torch.from_numpy(labels), weights=weights, position_ids=torch.from_numpy(positions),
+                     lengths=lengths)
 
     def batches_by_length(self, batch_size: int, limit: int | None = None) -> list[list[int]]:
         chosen = list(range(len(self)))[: limit or None]

@@ -4,9 +4,9 @@ A student made by keeping some of the teacher's blocks (or any student of the te
 teacher's distributions, what the teacher's stack holds at each of its own blocks' depths: 1 minus the cosine
 similarity of the two hidden states at every real token, averaged over blocks and tokens (DistilBERT's cosine
 term, at every kept block as in TinyBERT). A kept block whose neighbours were removed learns to stand in for them,
-where the output distributions alone tell it only the end result. Cosine rather than squared error: a few channels
-of a transformer's residual stream (and its first token) run hundreds of times larger than the rest, and would own
-a squared error.
+where the output distributions alone tell it only the end result. Cosine rather than squared error: it weighs every
+token alike, where a squared error would belong to the few tokens (the first one above all) whose hidden states run
+hundreds of times larger than the rest.
 
 The blocks' outputs are caught by forward hooks, so the packed classifier, LoRA and DistributedDataParallel, which
 all wrap the model, leave them reachable without a second forward.
@@ -22,17 +22,19 @@ import torch
 
 from ..errors import ConfigError
 from ..models.weights import transformer_blocks
+from .losses import masked_mean
 from .student import STUDENT_FILE, kept_blocks
 
 
 class BlockOutputs:
-    """The outputs of a model's blocks in the forward passes made while `armed`, by block index (evaluation and a
+    """The outputs of some of a model's blocks in the forward passes made while `armed`, by block index (evaluation and a
     recomputing backward are not caught)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, indices: list[int]):
         self.outputs: dict[int, torch.Tensor] = {}
         self.armed = False
-        self.handles = [block.register_forward_hook(self._catcher(index)) for index, block in enumerate(transformer_blocks(model))]
+        blocks = transformer_blocks(model)
+        self.handles = [blocks[index].register_forward_hook(self._catcher(index)) for index in indices]
 
     def _catcher(self, index: int):
         def catch(_module, _args, output) -> None:
@@ -45,23 +47,32 @@ class BlockOutputs:
         outputs, self.outputs = self.outputs, {}
         return outputs
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+
+def _recorded_kept(student_path: str, teacher_depth: int, student_depth: int) -> list[int] | None:
+    """The teacher blocks a student made from the teacher kept, when its record is there and fits this teacher."""
+    record = Path(student_path) / STUDENT_FILE
+    try:
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    kept = saved.get("kept")
+    if saved.get("teacher_blocks") != teacher_depth or not isinstance(kept, list) or len(kept) != student_depth:
+        return None
+    return kept
 
 
 def block_pairs(student: torch.nn.Module, teacher: torch.nn.Module, student_path: str) -> list[tuple[int, int]]:
     """(student block, teacher block) pairs: a student made from the teacher pairs each kept block with its original;
     another student of the teacher's width, its blocks with the teacher's evenly spaced ones (the last with the last)."""
     widths = [getattr(m.config, "hidden_size", None) for m in (student, teacher)]
-    if widths[0] != widths[1]:
-        raise ConfigError([f"distill.hidden: the student's hidden states have {widths[0]} channels and the teacher's {widths[1]}; "
+    if None in widths or widths[0] != widths[1]:
+        shown = [str(w) if w is not None else "an unknown number of" for w in widths]
+        raise ConfigError([f"distill.hidden: the student's hidden states have {shown[0]} channels and the teacher's {shown[1]}; "
                            "hidden-state distillation compares them channel by channel: set distill.hidden to 0, or use a "
                            "student made from the teacher (distill.student)"])
     ours, theirs = len(transformer_blocks(student)), len(transformer_blocks(teacher))
-    record = Path(student_path) / STUDENT_FILE
-    kept = json.loads(record.read_text())["kept"] if record.is_file() else None
-    if kept is None or len(kept) != ours or max(kept) >= theirs:
+    kept = _recorded_kept(student_path, theirs, ours)
+    if kept is None:
         if ours > theirs:
             raise ConfigError([f"distill.hidden: the student has {ours} blocks and the teacher {theirs}; a deeper student has no "
                                "teacher block for each of its own: set distill.hidden to 0"])
@@ -75,13 +86,8 @@ def hidden_distance(student: dict[int, torch.Tensor], teacher: dict[int, torch.T
     None) and over the pairs; fp32."""
     distances = []
     for ours, theirs in pairs:
-        cosine = torch.nn.functional.cosine_similarity(student[ours].float(), teacher[theirs].float(), dim=-1, eps=1e-6)
-        distance = 1 - cosine
-        if mask is None:
-            distances.append(distance.mean())
-        else:
-            weights = mask.to(distance.dtype)
-            distances.append((distance * weights).sum() / weights.sum().clamp_min(1))
+        distance = 1 - torch.nn.functional.cosine_similarity(student[ours].float(), teacher[theirs].float(), dim=-1, eps=1e-6)
+        distances.append(distance.mean() if mask is None else masked_mean(distance, mask.to(distance.dtype)))
     return torch.stack(distances).mean()
 
 
@@ -91,13 +97,23 @@ class HiddenMatch:
 
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, student_path: str):
         self.pairs = block_pairs(student, teacher, student_path)
-        self.student, self.teacher = BlockOutputs(student), BlockOutputs(teacher)
+        self.student = BlockOutputs(student, [ours for ours, _ in self.pairs])
+        self.teacher = BlockOutputs(teacher, [theirs for _, theirs in self.pairs])
+
+    def describe(self) -> str:
+        return "distill.hidden: the student's blocks learn the outputs of the teacher's blocks " + \
+            ", ".join(f"{ours}<-{theirs}" for ours, theirs in self.pairs)
 
     @contextmanager
     def catching(self):
+        """Arms the hooks for the forward passes inside; what a failed pass caught is let go (with its graph)."""
+        self.student.take(), self.teacher.take()
         self.student.armed = self.teacher.armed = True
         try:
             yield
+        except BaseException:
+            self.student.take(), self.teacher.take()
+            raise
         finally:
             self.student.armed = self.teacher.armed = False
 
@@ -106,4 +122,4 @@ class HiddenMatch:
         missing = [i for i, j in self.pairs if i not in ours or j not in theirs]
         if missing:
             raise RuntimeError(f"hidden-state distillation caught no output for student block {missing[0]}")
-        return hidden_distance(ours, theirs, self.pairs, batch.attention_mask)
+        return hidden_distance(ours, theirs, self.pairs, batch.real_tokens())

@@ -29,8 +29,14 @@ class DistillLoss:
     def weight(batch) -> float:
         return target_weight(batch)
 
+    @property
+    def compiles(self) -> bool:
+        """Whether compiling the step can pay: not with the hooks that catch block outputs, which would break the graph
+        at every block."""
+        return self.hidden is None
+
     def compiled(self) -> "DistillLoss":
-        if self.hidden is not None:  # the hooks that catch block outputs would break the compiled graph at every block
+        if not self.compiles:
             return self
         return DistillLoss(torch.compile(self.module), self.teacher_logits, self.settings, self.vocab, self.label_smoothing)
 

@@ -187,7 +187,8 @@ class Recipe:
         progress = TrainProgress(self.console, plan.total_steps, state.step, cfg.train.log_every)
         pending = PendingSteps(parts.flops_per_token, peak_flops(parts.device, cfg.train.peak_tflops))
         stopped_because, stopping = plan.ends_by(), False
-        compile_later = cfg.train.compile == "auto" and parts.device.type == "cpu" and cpu_compiler_available()
+        compile_later = cfg.train.compile == "auto" and parts.device.type == "cpu" and cpu_compiler_available() and \
+            getattr(runner.loss, "compiles", True)
         watcher = CompileWhenItRepays(runner, plan.total_steps, cfg.model.method, self.console.print) if compile_later else None
         with StopSignal() as stop:
             try:

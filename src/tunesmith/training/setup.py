@@ -169,6 +169,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         if teacher_files else None
     vocab = len(tokenizer) if labels is None else None
     hidden = HiddenMatch(model, teacher.model, resolved.path) if teacher is not None and cfg.distill.hidden else None
+    if hidden is not None:
+        console.print(hidden.describe(), highlight=False)
     if teacher is not None and cfg.distill.cache == "topk":
         train = _with_topk(cfg, task, teacher, train, vocab, data.directory, device, precision, console, context)
     # a head has no vocabulary, DDP runs its wrapper, and a teacher's divergence reads the student's logits whole

@@ -58,9 +58,10 @@ def check_run_reward(spec: RewardSpec) -> str:
         if spec.label not in labels:
             raise ConfigError([f"grpo.rewards: {spec.run} has no label {spec.label!r}; its labels are {', '.join(labels)}"])
     elif task == "reward":
-        if spec.label is not None or spec.scale != "probability":
+        extra = [key for key, given in (("label", spec.label is not None), ("scale", spec.scale != "probability")) if given]
+        if extra:
             raise ConfigError([f"grpo.rewards: {spec.run} is a reward model, which gives one score and no probability; "
-                               f"remove {'label' if spec.label is not None else 'scale'}"])
+                               f"remove {' and '.join(extra)}"])
     else:
         raise ConfigError([f"grpo.rewards: {spec.run} was trained for task {task}, which gives no reward; use a classifier "
                            "run (--task classify) or a reward-model run (--task reward)"])
@@ -182,7 +183,8 @@ def classifier_reward(spec: RewardSpec, device: str):
     def score(prompts, completions, lengths) -> np.ndarray:
         texts = [completion if spec.text == "completion" or not isinstance(prompt, str) else prompt + completion
                  for prompt, completion in zip(prompts, completions)]
-        probabilities = np.array([p[column] if p is not None else 0.0 for p in classifier.probabilities(texts, batch_size=32)])
+        neutral = 1 / len(classifier.labels)  # an empty text: no verdict either way, so no reward for saying nothing
+        probabilities = np.array([p[column] if p is not None else neutral for p in classifier.probabilities(texts, batch_size=32)])
         return log_odds(probabilities) if spec.scale == "log_odds" else probabilities
     return score
 
