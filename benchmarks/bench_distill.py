@@ -66,12 +66,12 @@ def sentiment(args) -> None:
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "5e-5")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
     keep = args.keep
-    tag = f"{keep}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
+    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
     distilled = work / f"student-{tag}" if not args.hidden else work / f"student-{tag}-h{args.hidden:g}"
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     summary = train_once(distilled, *student_settings, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
                          "--set", f"distill.temperature={args.temperature}", "--set", f"distill.hidden={args.hidden}",
-                         "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}")
+                         "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}")
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
     alone = work / f"student-{tag}-labels"
@@ -111,15 +111,20 @@ def language(args) -> None:
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
     keep = args.keep
+    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}"
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
-               f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}}}}}"]
-    runs = {"distilled": train_once(work / f"student-{keep}", *student_settings, *distill)}
-    runs["top-k cache"] = train_once(work / f"student-{keep}-top{args.topk}", *student_settings, *distill,
-                                     "--set", "distill.cache=topk", "--set", f"distill.topk={args.topk}")
-    runs["text alone"] = train_once(work / f"student-{keep}-text", *student_settings, "--model", runs["distilled"]["model"])
-    folders = {"distilled": work / f"student-{keep}", "top-k cache": work / f"student-{keep}-top{args.topk}",
-               "text alone": work / f"student-{keep}-text"}
+               f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
+    hidden = ["--set", f"distill.hidden={args.hidden}"] if args.hidden else []
+    folders = {"distilled": work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "")),
+               "top-k cache": work / f"student-{tag}-top{args.topk}", "text alone": work / f"student-{tag}-text"}
+    runs = {"distilled": train_once(folders["distilled"], *student_settings, *distill, *hidden)}
+    if args.topk:
+        runs["top-k cache"] = train_once(folders["top-k cache"], *student_settings, *distill,
+                                         "--set", "distill.cache=topk", "--set", f"distill.topk={args.topk}")
+    else:
+        del folders["top-k cache"]
+    runs["text alone"] = train_once(folders["text alone"], *student_settings, "--model", runs["distilled"]["model"])
     results = {}
     for name, folder in folders.items():
         student_result, teacher_result = compare(folder, teacher)
@@ -135,7 +140,7 @@ def language(args) -> None:
         print(f"| student, {name} | {keep} | {result['perplexity']:.2f} | {result['perplexity'] / teacher_ppl - 1:+.1%} | "
               f"{result['speed']['per_s']:.1f} ({result['speed']['per_s'] / teacher_result['speed']['per_s']:.2f}x) | "
               f"{summary['train_seconds'] / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s) |")
-    mass = topk_mass(folders["top-k cache"])
+    mass = topk_mass(folders["top-k cache"]) if args.topk else None
     if mass is not None:
         print(f"top-{args.topk} cache: the teacher's top {args.topk} tokens hold {mass:.1%} of its probability on the training "
               f"positions (temperature {args.temperature}); held-out perplexity {results['top-k cache']['perplexity'] / results['distilled']['perplexity'] - 1:+.1%} "
@@ -160,9 +165,11 @@ def main() -> None:
     two.add_argument("--lr", type=float, default=2e-4)
     two.add_argument("--alpha", type=float, default=0.5)
     two.add_argument("--temperature", type=float, default=1.0)
-    two.add_argument("--topk", type=int, default=32)
+    two.add_argument("--topk", type=int, default=32, help="the top-k cache's k (0: no top-k run)")
+    two.add_argument("--hidden", type=float, default=0.0, help="distill.hidden for the distilled student")
     for sub in (one, two):
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
+        sub.add_argument("--pick", choices=["spaced", "similar"], default="spaced", help="distill.student.from_teacher.pick")
     args = parser.parse_args()
     {"sentiment": sentiment, "language": language}[args.part](args)
 

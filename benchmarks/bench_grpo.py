@@ -125,7 +125,9 @@ def steer(args) -> None:
                             "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
                             "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
                             "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
-                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}")
+                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}",
+                            *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
+                              if args.target_kl else []))
     summary = json.loads((run / "summary.json").read_text())
     tuned = completions(str(run), held, work / "tuned.jsonl", args.new_tokens, args.temperature)
     share, texts = judged(judge, tuned)
@@ -279,6 +281,8 @@ def main() -> None:
     one.add_argument("--steps", type=int, default=100)
     one.add_argument("--lr", type=float, default=1e-3)
     one.add_argument("--beta", type=float, default=0.05)
+    one.add_argument("--target-kl", type=float, help="grpo.target_kl: hold the KL near it, --beta the starting weight")
+    one.add_argument("--kl-horizon", type=int, default=64, help="grpo.kl_horizon, with --target-kl")
     one.add_argument("--eval-every", type=int, default=20)
     one.add_argument("--new-tokens", type=int, default=32)
     one.add_argument("--prompts", type=int, default=4, help="prompts per step (each with 8 completions)")

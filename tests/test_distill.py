@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tunesmith import train
-from tunesmith.batch import IGNORE
+from tunesmith.batch import IGNORE, Batch
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.distill import divergence, kept_blocks, make_student, topk_divergence
@@ -203,6 +203,38 @@ def test_student_forward_is_the_teachers_kept_blocks(teacher_dir, tmp_path):
     assert json.loads((student_path / "tunesmith_student.json").read_text())["kept"] == [0, 2]
 
 
+class Rows:
+    """A dataset of fixed token rows, as the measure reads one."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: list[int]) -> Batch:
+        return Batch(input_ids=self.ids[indices])
+
+
+def test_the_measured_pick_removes_the_run_of_blocks_that_changes_least(teacher_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.distill.pick import least_change_run
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    rows = Rows(torch.randint(0, model.config.vocab_size, (10, 16), generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():  # blocks 1 and 2 add nothing to the residual stream: removing both changes nothing
+        for block in model.model.layers[1:3]:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    pick = least_change_run(model, model, rows, 2, torch.device("cpu"), "fp32")
+    assert pick.kept == [0, 3] and pick.distance == pytest.approx(0.0, abs=1e-3) and pick.tokens == 160
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight.normal_()
+    assert least_change_run(model, model, rows, 3, torch.device("cpu"), "fp32").kept == [0, 2, 3]  # block 1 alone is a no-op
+    assert not any(block._forward_pre_hooks or block._forward_hooks for block in model.model.layers)
+
+
 # ---------------------------------------------------------------- checks
 
 
@@ -221,6 +253,8 @@ def test_config_checks(tiny_llama, corpus_file, tmp_path):
         check(("task", "classify"), ("distill.teacher", str(tiny_llama)), ("distill.cache", "topk"))
     with pytest.raises(ConfigError, match="keep_layers"):
         check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": 0}}))
+    with pytest.raises(ConfigError, match="pick: similar chooses the blocks itself"):
+        check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": [0], "pick": "similar"}}))
     check(("distill.teacher", str(tiny_llama)))
 
 
@@ -296,6 +330,19 @@ def test_student_made_from_the_teacher(lm_teacher, tmp_path):
     client = TestClient(create_app(tmp_path, port=7860), base_url="http://127.0.0.1:7860")
     page = client.get("/runs/student").text
     assert 'id="distill"' in page and "made from the teacher, blocks 0, 3" in page
+
+
+def test_a_student_whose_blocks_are_measured_keeps_what_the_measure_picks(lm_teacher, tmp_path, capsys):
+    teacher_run, data = lm_teacher
+    run = tmp_path / "student"
+    summary = train(distill_config(teacher_run, data, run, student={"from_teacher": {"keep_layers": 2, "pick": "similar"}},
+                                   train_settings={"max_steps": 2, "eval_every": 2}))
+    out = capsys.readouterr().out
+    kept = summary["distill"]["student_from"]["kept"]
+    assert len(kept) == 2 and "whose input and output differ least" in out
+    record = json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())
+    assert record["kept"] == kept and record["pick"] == "similar" and 0 <= record["distance"] <= 1
+    assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
 def test_eval_compares_the_student_with_its_teacher_and_their_speed(lm_teacher, tmp_path, capsys):

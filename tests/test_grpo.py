@@ -15,7 +15,7 @@ from tunesmith.config import GrpoConfig, load_config
 from tunesmith.diagnose.findings import RunFacts
 from tunesmith.diagnose.rules import diagnose
 from tunesmith.errors import ConfigError, UserError
-from tunesmith.tasks.grpo.objective import group_advantages, grpo_loss
+from tunesmith.tasks.grpo.objective import KLPenalty, group_advantages, grpo_loss
 from tunesmith.tasks.grpo.rewards import Rewards, log_odds
 
 from helpers import classify_config, cut_run, labelled, write_jsonl
@@ -169,6 +169,21 @@ def test_a_classifier_run_is_a_reward_and_its_labels_are_checked(sentiment_run):
         Rewards(GrpoConfig(rewards=[{"length": 5, "scale": "log_odds"}]))
 
 
+def test_the_kl_controller_moves_beta_toward_the_target_by_a_bounded_step():
+    penalty = KLPenalty(0.04, target=0.5, horizon=100)
+    penalty.update(0.6, completions=50)  # 20% over: beta rises by 20% x 50 / 100
+    assert penalty.value == pytest.approx(0.04 * 1.1)
+    penalty.update(100.0, completions=50)  # far over: the error is bounded at 20%
+    assert penalty.value == pytest.approx(0.04 * 1.1 * 1.1)
+    penalty.update(0.0, completions=100)
+    assert penalty.value == pytest.approx(0.04 * 1.1 * 1.1 * 0.8)
+    fixed = KLPenalty(0.04)
+    fixed.update(100.0, completions=100)
+    assert fixed.value == 0.04 and not fixed.adapts
+    with pytest.raises(ConfigError, match="target_kl adapts grpo.beta, which is 0"):
+        load_config(None, [("task", "grpo"), ("grpo.beta", 0), ("grpo.target_kl", 0.5)])
+
+
 def test_log_odds_rank_what_the_probability_saturates_and_stay_finite():
     assert np.allclose(log_odds(np.array([0.5, 0.99, 0.9999])), [0.0, np.log(99), np.log(9999)])
     ends = log_odds(np.array([0.0, 1.0]))
@@ -195,16 +210,20 @@ def test_a_tiny_model_learns_a_rule_reward(tiny_llama, tmp_path):
 def test_a_grpo_run_resumes_exactly(tiny_llama, tmp_path, iterations):
     """Cut after step 3: with two iterations, inside a round, whose completions the checkpoint keeps."""
     data = prompt_file(tmp_path / "p.txt")
+    adaptive = {"target_kl": 1e-4, "kl_horizon": 8} if iterations == 2 else {}  # the penalty's weight is kept too
     config = lambda out: grpo_config(tiny_llama, data, out, [{"regex": "e"}, {"length": 6}], iterations=iterations,  # noqa: E731
-                                     train={"max_steps": 6, "eval_every": 3, "save_every": 3})
+                                     train={"max_steps": 6, "eval_every": 3, "save_every": 3}, **adaptive)
     train(config(tmp_path / "whole"))
+    if adaptive:
+        betas = [row["beta"] for row in rows(tmp_path / "whole") if "beta" in row]
+        assert len(betas) == 6 and betas[-1] > betas[1]  # raised once the policy moved past the target
     cut_run(tmp_path / "whole", tmp_path / "cut", last_step=3)
     if iterations == 1:  # other rewards make another loss: its best step and curves would mix two scales
         other = grpo_config(tiny_llama, data, tmp_path / "cut", [{"regex": "e"}], train={"max_steps": 6, "eval_every": 3, "save_every": 3})
         with pytest.raises(UserError, match="--resume: grpo.rewards is"):
             train(other, resume=True)
     train(config(tmp_path / "cut"), resume=True)
-    keys = ("train_loss", "reward", "kl", "clipped_share")
+    keys = ("train_loss", "reward", "kl", "clipped_share", "beta")
     flat = lambda run: [row.get(k, -1.0) for row in rows(run) for k in keys]  # noqa: E731
     assert flat(tmp_path / "cut") == pytest.approx(flat(tmp_path / "whole"), abs=1e-6)
 

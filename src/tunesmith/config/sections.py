@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -268,6 +268,8 @@ class GrpoConfig(_Section):
     epsilon: float = Field(0.2, gt=0, lt=1, description="clipping of the probability ratio to [1 - epsilon, 1 + epsilon]")
     iterations: int = Field(1, ge=1, description="optimizer steps taken on each batch of completions before sampling new ones")
     beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the base model (0: none, and no reference pass)")
+    target_kl: float | None = Field(None, gt=0, allow_inf_nan=False, description="KL per token from the base model the penalty aims at: after each step beta is raised when the step's KL was above it and lowered when below (Ziegler et al.'s adaptive controller, as in TRL's PPO and verl), starting from grpo.beta; null: beta stays fixed")
+    kl_horizon: int = Field(64, ge=1, description="with target_kl: completions over which beta moves by at most 20%: beta *= 1 + clip(kl / target_kl - 1, -0.2, 0.2) * completions / kl_horizon after each step (the default: up to 10% a step of 4 prompts x 8 completions, 6.7x in 20 such steps)")
     max_new_tokens: int = Field(64, ge=1, description="tokens sampled per completion at most")
     temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the completions")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the completions (1: off)")
@@ -290,11 +292,19 @@ class GrpoConfig(_Section):
             raise ValueError(f"two rewards share the name {max(names, key=names.count)!r}; give one a name")
         return value
 
+    @model_validator(mode="after")
+    def _target_needs_a_penalty(self) -> "GrpoConfig":
+        if self.target_kl is not None and not self.beta:
+            raise ValueError("target_kl adapts grpo.beta, which is 0 (no KL penalty and no reference pass); "
+                             "set grpo.beta to the weight to start from, e.g. 0.04, or drop target_kl")
+        return self
+
 
 class FromTeacher(_Section):
     """A student made from the teacher: a copy with some of its blocks kept."""
 
-    keep_layers: int | list[int] = Field(description="how many of the teacher's blocks the student keeps (evenly spaced, the first and last among them), or which ones, counted from 0")
+    keep_layers: int | list[int] = Field(description="how many of the teacher's blocks the student keeps (see pick), or which ones, counted from 0")
+    pick: Literal["spaced", "similar"] = Field("spaced", description="with a number of blocks: spaced keeps them evenly spaced, the first and last among them; similar removes the run of consecutive blocks whose input and output differ least on the training data (Gromov et al.'s angular distance), measured by the teacher before training")
 
     @field_validator("keep_layers", mode="before")
     @classmethod
@@ -314,6 +324,12 @@ class FromTeacher(_Section):
             if min(value) < 0 or len(set(value)) != len(value):
                 raise ValueError("blocks are counted from 0, each named once")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_choose(self) -> "FromTeacher":
+        if isinstance(self.keep_layers, list) and self.pick != "spaced":
+            raise ValueError(f"pick: {self.pick} chooses the blocks itself; give keep_layers as a number of blocks, or drop pick")
+        return self
 
 
 class StudentConfig(_Section):

@@ -60,6 +60,7 @@ def reward_hacking(history: list[dict], facts: RunFacts) -> Finding | None:
                     "base_distinct_2": base.get("val_distinct_2"), "distinct_2": last.get("val_distinct_2"),
                     "base_completion_length": base.get("val_completion_length"), "completion_length": last.get("val_completion_length")},
                    [Advice("grpo.beta", round3(max(0.04, 2 * (facts.grpo_beta or 0.0))), "a stronger pull toward the base model"),
+                    Advice("grpo.target_kl", round3(min(kl or KL_LIMIT, KL_LIMIT) / 2), "a penalty that rises whenever the KL passes this"),
                     Advice("train.lr", round3((facts.lr or 1e-5) / 3), "smaller steps"),
                     Advice("grpo.rewards", None, "add a reward for what the hack breaks (a length target, words to avoid), "
                            "or stop at an earlier step: best/ keeps the best evaluation")])
@@ -97,4 +98,5 @@ def kl_blowup(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"kl": kl, "limit": KL_LIMIT, "steps": min(RECENT, len(rows))},
                    [Advice("train.lr", round3((facts.lr or 1e-5) / 3), "smaller steps"),
                     Advice("grpo.beta", round3(max(0.04, 2 * (facts.grpo_beta or 0.0))), "a stronger KL penalty"),
+                    Advice("grpo.target_kl", round3(KL_LIMIT / 2), "a penalty that rises whenever the KL passes this"),
                     Advice("grpo.iterations", 1, "one update per batch of completions")])

@@ -4,14 +4,16 @@ losses.py holds the divergences (forward KL, reverse KL, Jensen-Shannon; over th
 top k), loss.py the step's loss that mixes one with the data's cross-entropy, hidden.py the hidden-state term (each
 student block against the teacher block it stands for), teacher.py the teacher (its checks
 against the student and its one validation pass), student.py a student made from the teacher by keeping some of its
-blocks, and cache.py the teacher's top-k log-probabilities stored once beside the token files.
+blocks, pick.py the blocks it keeps measured on the training data, and cache.py the teacher's top-k log-probabilities
+stored once beside the token files.
 """
 
 from .hidden import HiddenMatch
 from .loss import DistillLoss
 from .losses import divergence, topk_divergence
+from .pick import measured_student
 from .student import kept_blocks, make_student
 from .teacher import Teacher, check_teacher_labels, load_teacher, resolve_teacher, tokenizer_difference
 
 __all__ = ["DistillLoss", "HiddenMatch", "Teacher", "check_teacher_labels", "divergence", "kept_blocks", "load_teacher", "make_student",
-           "resolve_teacher", "tokenizer_difference", "topk_divergence"]
+           "measured_student", "resolve_teacher", "tokenizer_difference", "topk_divergence"]

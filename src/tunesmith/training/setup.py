@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import DistillLoss, HiddenMatch, Teacher, check_teacher_labels, load_teacher, make_student, resolve_teacher
+from ..distill import DistillLoss, HiddenMatch, Teacher, check_teacher_labels, load_teacher, make_student, measured_student, resolve_teacher
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -58,11 +58,18 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
     with context.main_first():  # the embedded default is converted once, by the first process
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
             teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
-            resolved = make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
+            resolved = teacher if measures_student(cfg) else \
+                make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
         else:
             resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
     return task_kind(cfg).settle(cfg, keeps_apart, console.print), resolved
+
+
+def measures_student(cfg: RunConfig) -> bool:
+    """Whether the student's blocks are chosen on the training data, so it is made once the data is prepared (the teacher's
+    files standing in until then: the student shares its tokenizer and architecture)."""
+    return cfg.distill.student is not None and cfg.distill.student.from_teacher.pick == "similar"
 
 
 def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: torch.device, precision: str):
@@ -123,6 +130,12 @@ def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, 
     return WithTeacherTopk(train, rows) if rows is not None else train
 
 
+def _measured_student(cfg: RunConfig, teacher: ResolvedModel, data, labels, device, precision: str, console: Console) -> ResolvedModel:
+    task = build_task(cfg, data.meta)
+    return measured_student(teacher, cfg.distill.student.from_teacher.keep_layers, task.dataset(data, "train", training=True),
+                            task.training_module, labels is not None, device, precision, tunesmith_home(), console.print)
+
+
 def _eval_batch(cfg: RunConfig) -> int:
     return cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 4
 
@@ -147,6 +160,9 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
     kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
+    if measures_student(cfg):
+        with context.main_first():
+            resolved = _measured_student(cfg, resolved, data, labels, device, precision, console)
     teacher_files = check_teacher_labels(cfg, labels, console.print) if cfg.distill.teacher else None
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)

@@ -64,3 +64,27 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
     policy (one iteration), where the ratio is 1 but its gradient is that of the policy's log-prob."""
     terms = token_terms(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages, epsilon, beta)
     return reduce_loss(terms.loss, mask, kind, max_new_tokens), terms
+
+
+class KLPenalty:
+    """The weight of the KL penalty: grpo.beta throughout, or, with grpo.target_kl, moved after each step toward the KL
+    aimed at, by the controller of Ziegler et al. (2019) that TRL's PPO and verl use:
+    beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * completions / horizon.
+    A fixed beta lets a run that finds a reward it can exploit pull as far from the base as the reward pays for; the
+    controller raises the penalty until the KL comes back to the target, and lowers it while the policy stays closer."""
+
+    PROPORTIONAL_LIMIT = 0.2
+
+    def __init__(self, beta: float, target: float | None = None, horizon: int = 1):
+        self.value, self.target, self.horizon = beta, target, horizon
+
+    @property
+    def adapts(self) -> bool:
+        return self.target is not None and self.value > 0
+
+    def update(self, kl: float, completions: int) -> None:
+        """After a step whose completions had `kl` nats per token from the reference."""
+        if not self.adapts:
+            return
+        error = min(max(kl / self.target - 1, -self.PROPORTIONAL_LIMIT), self.PROPORTIONAL_LIMIT)
+        self.value *= 1 + error * completions / self.horizon

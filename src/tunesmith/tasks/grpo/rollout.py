@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ...config import GrpoConfig
 from ...decoding import Decoder, Job, SamplingSettings, decode_all
 from ...decoding.engine import derived_seed
 from ...errors import UserError
 from ...runtime import autocast
-from .objective import group_advantages
+from .objective import KLPenalty, group_advantages
 from .prompts import Prompts
 from .rewards import Rewards
 
@@ -78,18 +79,32 @@ def distinct_2(texts: list[str]) -> float:
 
 @dataclass
 class StepStats:
-    """What the loss reports of the current step's micro-batches (sums, so shares are exact across micro-batches)."""
+    """What the loss reports of the current step's micro-batches (sums, so shares are exact across micro-batches, and
+    across processes once `summed`)."""
 
     kl: float = 0.0
     clipped: float = 0.0
     tokens: float = 0.0
+    completions: float = 0.0
 
-    def add(self, kl: float, clipped: float, tokens: float) -> None:
-        self.kl, self.clipped, self.tokens = self.kl + kl, self.clipped + clipped, self.tokens + tokens
+    def add(self, kl: float, clipped: float, tokens: float, completions: float) -> None:
+        self.kl, self.clipped = self.kl + kl, self.clipped + clipped
+        self.tokens, self.completions = self.tokens + tokens, self.completions + completions
+
+    def summed(self, device: torch.device) -> StepStats:
+        """The sums over every process of a distributed run (this process's alone otherwise)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        values = torch.tensor([self.kl, self.clipped, self.tokens, self.completions], dtype=torch.float64, device=device)
+        dist.all_reduce(values)
+        return StepStats(*values.tolist())
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / max(self.tokens, 1.0)
 
     def row(self, beta: float) -> dict:
-        tokens = max(self.tokens, 1.0)
-        return {"clipped_share": self.clipped / tokens, **({"kl": self.kl / tokens} if beta else {})}
+        return {"clipped_share": self.clipped / max(self.tokens, 1.0), **({"kl": self.mean_kl} if beta else {})}
 
 
 @dataclass
@@ -170,9 +185,11 @@ class Rollouts:
     """
 
     def __init__(self, cfg: GrpoConfig, seed: int, prompts: Prompts, model, tokenizer, rewards: Rewards, reference,
-                 stops: list[int], device: torch.device, precision: str):
-        """`reference`: a function of a GroupBatch giving the reference's log-probs, or None (beta 0)."""
+                 stops: list[int], device: torch.device, precision: str, penalty: KLPenalty | None = None):
+        """`reference`: a function of a GroupBatch giving the reference's log-probs, or None (beta 0); `penalty`: the KL
+        penalty's weight the loss reads, which `end_step` moves with grpo.target_kl."""
         self.cfg, self.seed, self.prompts, self.model, self.tokenizer = cfg, seed, prompts, model, tokenizer
+        self.penalty = penalty or KLPenalty(cfg.beta)
         self.rewards, self.reference, self.stops, self.device, self.precision = rewards, reference, stops, device, precision
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.current: Round | None = None
@@ -225,13 +242,21 @@ class Rollouts:
         return dict(self.current.metrics)
 
     def end_step(self) -> dict:
-        return self.stats.row(self.cfg.beta)
+        """The step's KL and clipped share over every process; with grpo.target_kl, the penalty's weight moved for the next
+        step, and logged."""
+        stats = self.stats.summed(self.device)
+        self.penalty.update(stats.mean_kl, int(stats.completions))
+        return {**stats.row(self.cfg.beta), **({"beta": self.penalty.value} if self.penalty.adapts else {})}
 
     def state(self) -> dict:
         """The current round, for a checkpoint: a run resumed inside a round trains on the same completions."""
-        return {} if self.current is None else self.current.__dict__.copy()
+        round_ = {} if self.current is None else self.current.__dict__.copy()
+        return {**round_, **({"beta": self.penalty.value} if self.penalty.adapts else {})}
 
     def load(self, state: dict) -> None:
+        state = dict(state)
+        if "beta" in state:
+            self.penalty.value = state.pop("beta")
         self.current = Round(**state) if state else None
 
     def _sample(self, number: int, indices: list[int]) -> Round:

@@ -18,7 +18,7 @@ from ..chat import end_of_turn, stop_token_ids
 from ..loss import Validation
 from ..objectives import without_dropout
 from ..view import TaskView
-from .objective import grpo_loss
+from .objective import KLPenalty, grpo_loss
 from .prompts import PromptUnits, Prompts, read_prompts
 from .rewards import Rewards, check_rewards, prompt_text
 from .rollout import EVAL_ROUND, GroupBatch, Rollouts, completion_logps, distinct_2, group_seeds, reference_logps, sample_groups
@@ -38,9 +38,10 @@ class GrpoReference:
 class GrpoLoss:
     """The GRPO loss of a micro-batch of groups on the training module; reports KL and the clipped share to the batch's stats."""
 
-    def __init__(self, module: torch.nn.Module, cfg):
-        """`cfg` the run's GrpoConfig."""
+    def __init__(self, module: torch.nn.Module, cfg, penalty: KLPenalty | None = None):
+        """`cfg` the run's GrpoConfig; `penalty` the KL penalty's weight, shared with the rollouts that adapt it."""
         self.module, self.cfg = module, cfg
+        self.penalty = penalty or KLPenalty(cfg.beta)
 
     def weight(self, batch: GroupBatch) -> float:
         """Each micro-batch weighs by its completions: the step's loss is the one of all its completions together."""
@@ -53,11 +54,11 @@ class GrpoLoss:
         cfg = self.cfg
         logps = completion_logps(self.module, batch, cfg.temperature)
         loss, terms = grpo_loss(logps, batch.old_logps, batch.ref_logps, batch.advantages, batch.completion_mask, cfg.loss, cfg.epsilon,
-                                cfg.beta, cfg.max_new_tokens)
+                                self.penalty.value, cfg.max_new_tokens)
         mask = batch.completion_mask.bool()
         with torch.no_grad():
             kl = float(terms.kl[mask].sum()) if terms.kl is not None else 0.0
-            batch.stats.add(kl, float(terms.clipped[mask].sum()), float(mask.sum()))
+            batch.stats.add(kl, float(terms.clipped[mask].sum()), float(mask.sum()), batch.size)
         return loss
 
 
@@ -72,6 +73,11 @@ class GrpoTask(Task):
         super().__init__(kind, cfg, meta)
         self._reference = reference
         self.steps_per_batch = cfg.grpo.iterations
+
+    @cached_property
+    def penalty(self) -> KLPenalty:
+        """The KL penalty's weight, one object the loss reads and the rollouts move (with grpo.target_kl)."""
+        return KLPenalty(self.cfg.grpo.beta, self.cfg.grpo.target_kl, self.cfg.grpo.kl_horizon)
 
     @cached_property
     def rewards(self) -> Rewards:
@@ -91,12 +97,12 @@ class GrpoTask(Task):
         return model
 
     def training_loss(self, module: torch.nn.Module) -> GrpoLoss:
-        return GrpoLoss(module, self.cfg.grpo)
+        return GrpoLoss(module, self.cfg.grpo, self.penalty)
 
     def rollouts(self, prompts: Prompts, model, tokenizer, device: torch.device, precision: str) -> Rollouts:
         reference = self._reference.reference if self._reference is not None else None
         return Rollouts(self.cfg.grpo, self.cfg.train.seed, prompts, model, tokenizer, self.rewards, reference,
-                        self.sample_stops(tokenizer), device, precision)
+                        self.sample_stops(tokenizer), device, precision, self.penalty)
 
     # evaluation
     def validation(self, model, dataset: Prompts, tokenizer, batch_size: int, device: torch.device, precision: str,
