@@ -408,6 +408,12 @@ def test_classifier_student_learns_from_a_classifier_teacher(tiny_llama, tmp_pat
     assert main(["eval", str(tmp_path / "student"), "--compare", str(teacher_run), "--json"]) == 0
     speeds = [result["speed"] for result in json.loads(capsys.readouterr().out)["results"]]
     assert [s["use"] for s in speeds] == ["predict", "predict"] and all(s["per_s"] > 0 and s["unit"] == "rows" for s in speeds)
+    picked = classify_config(tiny_llama, data, tmp_path / "picked", "head", max_steps=2, eval_every=2)
+    student = {"from_teacher": {"keep_layers": 1, "pick": "similar"}}  # measured through the packed classifier's wrapper
+    distill = type(picked.distill).model_validate({**picked.distill.model_dump(), "teacher": str(teacher_run), "student": student})
+    picked = picked.model_copy(update={"distill": distill})
+    summary = train(picked)
+    assert "whose input and output differ least" in capsys.readouterr().out and len(summary["distill"]["student_from"]["kept"]) == 1
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({**row, "sentiment": "good" if row["sentiment"] == "positive" else "bad"}) + "\n"
                              for row in labelled(120)))

@@ -95,10 +95,13 @@ def test_grpo_under_ddp_matches_one_process(tiny_models, tmp_path):
 
     data = prompt_file(tmp_path / "prompts.txt")
     extra = ("--task", "grpo", "--set", "data.block_size=64", "--set", "grpo.max_new_tokens=8", "--set", "grpo.group_size=4",
-             "--set", "grpo.rewards=[{regex: e}, {length: 4}]", "--set", "monitor.general_probe=none")
+             "--set", "grpo.rewards=[{regex: e}, {length: 4}]", "--set", "monitor.general_probe=none",
+             "--set", "grpo.target_kl=0.0001", "--set", "grpo.kl_horizon=8")  # the penalty adapts to the KL of both ranks' completions
     _launch(2, tiny_models["llama"], data, tmp_path / "ddp", 2, 4, *extra)
     _launch(1, tiny_models["llama"], data, tmp_path / "single", 4, 4, *extra)
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    betas = lambda run: [row["beta"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "beta" in row]  # noqa: E731
+    assert len(betas(tmp_path / "ddp")) == 4 and betas(tmp_path / "ddp") == pytest.approx(betas(tmp_path / "single"), rel=1e-5)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["task"] == "grpo" and summary["processes"] == 2
 

@@ -171,12 +171,16 @@ def test_a_classifier_run_is_a_reward_and_its_labels_are_checked(sentiment_run):
 
 def test_the_kl_controller_moves_beta_toward_the_target_by_a_bounded_step():
     penalty = KLPenalty(0.04, target=0.5, horizon=100)
-    penalty.update(0.6, completions=50)  # 20% over: beta rises by 20% x 50 / 100
-    assert penalty.value == pytest.approx(0.04 * 1.1)
+    penalty.update(0.6, completions=50)  # 20% over: beta rises by e^(0.2 x 50 / 100)
+    assert penalty.value == pytest.approx(0.04 * math.exp(0.1))
     penalty.update(100.0, completions=50)  # far over: the error is bounded at 20%
-    assert penalty.value == pytest.approx(0.04 * 1.1 * 1.1)
-    penalty.update(0.0, completions=100)
-    assert penalty.value == pytest.approx(0.04 * 1.1 * 1.1 * 0.8)
+    assert penalty.value == pytest.approx(0.04 * math.exp(0.2))
+    penalty.update(float("nan"), completions=50)  # no finite KL: no move
+    assert penalty.value == pytest.approx(0.04 * math.exp(0.2))
+    penalty.update(0.0, completions=50)  # under the target: lowered
+    assert penalty.value == pytest.approx(0.04 * math.exp(0.1))
+    penalty.update(0.0, completions=1000)  # never under grpo.beta, however large the batch
+    assert penalty.value == 0.04
     fixed = KLPenalty(0.04)
     fixed.update(100.0, completions=100)
     assert fixed.value == 0.04 and not fixed.adapts
@@ -223,6 +227,8 @@ def test_a_grpo_run_resumes_exactly(tiny_llama, tmp_path, iterations):
         with pytest.raises(UserError, match="--resume: grpo.rewards is"):
             train(other, resume=True)
     train(config(tmp_path / "cut"), resume=True)
+    if adaptive:
+        assert json.loads((tmp_path / "cut" / "summary.json").read_text())["final_beta"] == pytest.approx(betas[-1])
     keys = ("train_loss", "reward", "kl", "clipped_share", "beta")
     flat = lambda run: [row.get(k, -1.0) for row in rows(run) for k in keys]  # noqa: E731
     assert flat(tmp_path / "cut") == pytest.approx(flat(tmp_path / "whole"), abs=1e-6)

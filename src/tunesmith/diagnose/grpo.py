@@ -12,6 +12,7 @@ import math
 from .findings import Advice, Finding, RunFacts, round3
 
 KL_LIMIT = 1.0  # nats per completion token from the reference: far past the 0.01-0.1 of a run that stays close to it
+TARGET_KL_ADVICE = 0.25  # nats per token: Ziegler et al.'s 6 nats over their 24-token completions
 DRIFT_LIMIT = 1.0  # nats per token of the forgetting probe
 COLLAPSE = 0.5  # distinct-2 or completion length below this share of the base model's
 NO_SIGNAL_SHARE = 0.5  # groups whose completions all got the same reward, over the recent steps
@@ -60,10 +61,18 @@ def reward_hacking(history: list[dict], facts: RunFacts) -> Finding | None:
                     "base_distinct_2": base.get("val_distinct_2"), "distinct_2": last.get("val_distinct_2"),
                     "base_completion_length": base.get("val_completion_length"), "completion_length": last.get("val_completion_length")},
                    [Advice("grpo.beta", round3(max(0.04, 2 * (facts.grpo_beta or 0.0))), "a stronger pull toward the base model"),
-                    Advice("grpo.target_kl", round3(min(kl or KL_LIMIT, KL_LIMIT) / 2), "a penalty that rises whenever the KL passes this"),
+                    _target_kl_advice(facts, kl),
                     Advice("train.lr", round3((facts.lr or 1e-5) / 3), "smaller steps"),
                     Advice("grpo.rewards", None, "add a reward for what the hack breaks (a length target, words to avoid), "
                            "or stop at an earlier step: best/ keeps the best evaluation")])
+
+
+def _target_kl_advice(facts: RunFacts, kl: float | None) -> Advice:
+    """A KL target that holds the policy nearer the base: half the one the run had, or, without one, half the KL it reached
+    (at most Ziegler et al.'s 0.25 nats per token)."""
+    if facts.grpo_target_kl:
+        return Advice("grpo.target_kl", round3(facts.grpo_target_kl / 2), "a lower KL target")
+    return Advice("grpo.target_kl", round3(min(TARGET_KL_ADVICE, (kl or 2 * TARGET_KL_ADVICE) / 2)), "a penalty that rises whenever the KL passes this")
 
 
 def no_signal(history: list[dict], facts: RunFacts) -> Finding | None:
@@ -98,5 +107,5 @@ def kl_blowup(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"kl": kl, "limit": KL_LIMIT, "steps": min(RECENT, len(rows))},
                    [Advice("train.lr", round3((facts.lr or 1e-5) / 3), "smaller steps"),
                     Advice("grpo.beta", round3(max(0.04, 2 * (facts.grpo_beta or 0.0))), "a stronger KL penalty"),
-                    Advice("grpo.target_kl", round3(KL_LIMIT / 2), "a penalty that rises whenever the KL passes this"),
+                    _target_kl_advice(facts, kl),
                     Advice("grpo.iterations", 1, "one update per batch of completions")])

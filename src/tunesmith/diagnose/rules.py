@@ -283,6 +283,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         grpo_beta=config.get("grpo", {}).get("beta"),
         grpo_temperature=config.get("grpo", {}).get("temperature"),
         grpo_group_size=config.get("grpo", {}).get("group_size"),
+        grpo_target_kl=config.get("grpo", {}).get("target_kl"),
         **distill_facts(config.get("distill") or {}),
     )
 

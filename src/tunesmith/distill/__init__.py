@@ -11,9 +11,9 @@ stored once beside the token files.
 from .hidden import HiddenMatch
 from .loss import DistillLoss
 from .losses import divergence, topk_divergence
-from .pick import measured_student
+from .pick import measure_pick
 from .student import kept_blocks, make_student
 from .teacher import Teacher, check_teacher_labels, load_teacher, resolve_teacher, tokenizer_difference
 
 __all__ = ["DistillLoss", "HiddenMatch", "Teacher", "check_teacher_labels", "divergence", "kept_blocks", "load_teacher", "make_student",
-           "measured_student", "resolve_teacher", "tokenizer_difference", "topk_divergence"]
+           "measure_pick", "resolve_teacher", "tokenizer_difference", "topk_divergence"]

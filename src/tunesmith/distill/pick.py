@@ -15,25 +15,39 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import ResolvedModel, load_model, load_model_config
+from ..models import ResolvedModel, load_model
 from ..models.weights import transformer_blocks
 from ..runtime import autocast
 from ..tasks.loss import forward
-from .student import kept_blocks, make_student
 
 CALIBRATION_ROWS = 64  # training rows the distances are averaged over: enough for a stable ranking, seconds to run
-ROWS_PER_PASS = 8
+TOKENS_PER_PASS = 2048  # rows per forward are bounded by their tokens: every block's hidden state is held at once
 
 
 @dataclass(frozen=True)
 class Pick:
+    """The blocks a measured student keeps, and what the measure found for the run it removes."""
+
     kept: list[int]
     distance: float  # the removed run's angular distance, from 0 (no change) to 1 (opposite)
     tokens: int  # real tokens it was averaged over
 
+    def record(self) -> dict:
+        """What the student's record keeps of how its blocks were chosen."""
+        return {"pick": "similar", "distance": round(self.distance, 4), "tokens": self.tokens}
+
+    def describe(self, total: int) -> str:
+        dropped = [i for i in range(total) if i not in self.kept]
+        return (f"student: removing the teacher's blocks {dropped[0]} to {dropped[-1]}, the run of {len(dropped)} whose input and "
+                f"output differ least on {self.tokens:,} training tokens (angular distance {self.distance:.3f})")
+
+
+class _PastTheLastBlock(Exception):
+    """Raised by the hook on the last block: what comes after it (the output layer over the vocabulary) is not needed."""
+
 
 class BlockStates:
-    """The hidden states entering each block and leaving the last, caught by hooks during one forward."""
+    """The hidden states entering each block and leaving the last, caught by hooks; the forward stops there."""
 
     def __init__(self, model: torch.nn.Module):
         self.blocks = transformer_blocks(model)
@@ -48,6 +62,16 @@ class BlockStates:
 
     def _leaving(self, _module, _args, output) -> None:
         self.states[-1] = output[0] if isinstance(output, (tuple, list)) else output
+        raise _PastTheLastBlock
+
+    def read(self, module: torch.nn.Module, batch) -> list[torch.Tensor]:
+        """The states of one batch, forgotten here once returned."""
+        try:
+            forward(module, batch)
+        except _PastTheLastBlock:
+            pass
+        states, self.states = self.states, [None] * (len(self.blocks) + 1)
+        return states
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -56,8 +80,9 @@ class BlockStates:
 
 def calibration_rows(count: int) -> list[int]:
     """Up to CALIBRATION_ROWS row indices spread evenly over the dataset, so the measure reads all of it, not its start."""
-    step = max(1, count // CALIBRATION_ROWS)
-    return list(range(0, count, step))[:CALIBRATION_ROWS]
+    if count <= CALIBRATION_ROWS:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (CALIBRATION_ROWS - 1)) for i in range(CALIBRATION_ROWS)})
 
 
 @torch.no_grad()
@@ -68,21 +93,21 @@ def least_change_run(module: torch.nn.Module, model: torch.nn.Module, dataset, k
     states = BlockStates(model)
     total = len(states.blocks)
     drop = total - keep
-    sums, tokens = torch.zeros(total - drop + 1, dtype=torch.float64), 0
+    sums, tokens = torch.zeros(keep + 1, dtype=torch.float64), 0
+    rows = calibration_rows(len(dataset))
+    per_pass = max(1, TOKENS_PER_PASS // max(1, dataset.batch(rows[:1]).input_ids.shape[1]))
     try:
-        rows = calibration_rows(len(dataset))
-        for start in range(0, len(rows), ROWS_PER_PASS):
-            batch = dataset.batch(rows[start : start + ROWS_PER_PASS]).to(device)
+        for start in range(0, len(rows), per_pass):
+            batch = dataset.batch(rows[start : start + per_pass]).to(device)
             with autocast(device, precision):
-                forward(module, batch)
+                caught = states.read(module, batch)
             real = batch.real_tokens()
             mask = torch.ones(batch.input_ids.shape, dtype=torch.bool, device=device) if real is None else real.bool()
-            for first in range(total - drop + 1):
-                cosine = torch.nn.functional.cosine_similarity(states.states[first][mask].float(),
-                                                               states.states[first + drop][mask].float(), dim=-1, eps=1e-6)
+            for first in range(keep + 1):  # removing blocks first .. first + drop - 1
+                cosine = torch.nn.functional.cosine_similarity(caught[first][mask].float(), caught[first + drop][mask].float(),
+                                                               dim=-1, eps=1e-6)
                 sums[first] += (torch.arccos(cosine.clamp(-1, 1)) / math.pi).sum().item()
             tokens += int(mask.sum())
-            states.states = [None] * (total + 1)
     finally:
         states.remove()
     distances = sums / max(tokens, 1)
@@ -90,22 +115,12 @@ def least_change_run(module: torch.nn.Module, model: torch.nn.Module, dataset, k
     return Pick([i for i in range(total) if not first <= i < first + drop], float(distances[first]), tokens)
 
 
-def measured_student(teacher: ResolvedModel, keep: int, dataset, wrap, classifier: bool, device: torch.device, precision: str,
-                     home, log=print) -> ResolvedModel:
-    """The student keeping `keep` of the teacher's blocks, all but the run whose removal `dataset` says changes least
-    (`wrap` the task's training module, which reads its batches); made on first use like any student from the teacher."""
-    total = load_model_config(teacher).num_hidden_layers
-    kept_blocks(total, keep)  # refuses a count the teacher cannot give before anything is loaded
+def measure_pick(teacher: ResolvedModel, keep: int, dataset, wrap, classifier: bool, device: torch.device, precision: str) -> Pick:
+    """Which `keep` of the teacher's blocks a student keeps, measured on `dataset` (read through `wrap`, the task's
+    training module) by the teacher loaded for this alone and let go after."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model = load_model(teacher, dtype=dtype, classifier=classifier).to(device).eval().requires_grad_(False)
-    try:
-        pick = least_change_run(wrap(model), model, dataset, keep, device, precision)
-    finally:
-        del model
-    dropped = [i for i in range(total) if i not in pick.kept]
-    log(f"student: removing the teacher's blocks {dropped[0]} to {dropped[-1]}, the run of {len(dropped)} whose input and "
-        f"output differ least on {pick.tokens:,} training tokens (angular distance {pick.distance:.3f})")
-    return make_student(teacher, pick.kept, home, log, {"pick": "similar", "distance": round(pick.distance, 4), "tokens": pick.tokens})
+    return least_change_run(wrap(model), model, dataset, keep, device, precision)
 
 
-__all__ = ["Pick", "least_change_run", "measured_student"]
+__all__ = ["Pick", "least_change_run", "measure_pick"]

@@ -264,6 +264,7 @@ class Recipe:
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
             replay=cfg.data.replay, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
+            grpo_target_kl=cfg.grpo.target_kl,
             **distill_facts(cfg.distill.model_dump()),
         )
 

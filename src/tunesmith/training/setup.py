@@ -10,7 +10,8 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import DistillLoss, HiddenMatch, Teacher, check_teacher_labels, load_teacher, make_student, measured_student, resolve_teacher
+from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, kept_blocks, load_teacher, make_student, measure_pick,
+                       resolve_teacher)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -130,10 +131,22 @@ def _with_topk(cfg: RunConfig, task: Task, teacher: Teacher, train, vocab: int, 
     return WithTeacherTopk(train, rows) if rows is not None else train
 
 
-def _measured_student(cfg: RunConfig, teacher: ResolvedModel, data, labels, device, precision: str, console: Console) -> ResolvedModel:
-    task = build_task(cfg, data.meta)
-    return measured_student(teacher, cfg.distill.student.from_teacher.keep_layers, task.dataset(data, "train", training=True),
-                            task.training_module, labels is not None, device, precision, tunesmith_home(), console.print)
+def _measured_student(cfg: RunConfig, teacher: ResolvedModel, data, labels, device, precision: str, console: Console,
+                      context: Distributed) -> ResolvedModel:
+    """The student whose blocks the teacher's hidden states on the training data choose: measured by rank 0, which every
+    rank then makes (or finds) the same student from."""
+    keep = cfg.distill.student.from_teacher.keep_layers
+    total = load_model_config(teacher).num_hidden_layers
+    kept_blocks(total, keep)  # a count the teacher cannot give is refused before anything is loaded
+    pick = None
+    if context.is_main:
+        task = build_task(cfg, data.meta)
+        pick = measure_pick(teacher, keep, task.dataset(data, "train", training=True), task.training_module, labels is not None,
+                            device, precision)
+        console.print(pick.describe(total), highlight=False)
+    pick = context.share(pick)
+    with context.main_first():
+        return make_student(teacher, pick.kept, tunesmith_home(), console.print, pick.record())
 
 
 def _eval_batch(cfg: RunConfig) -> int:
@@ -161,8 +174,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
     if measures_student(cfg):
-        with context.main_first():
-            resolved = _measured_student(cfg, resolved, data, labels, device, precision, console)
+        resolved = _measured_student(cfg, resolved, data, labels, device, precision, console, context)
     teacher_files = check_teacher_labels(cfg, labels, console.print) if cfg.distill.teacher else None
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)

@@ -70,8 +70,14 @@ class StepRunner:
             self.log(f"out of memory: retrying the step with micro-batch {size} and twice the accumulation (same effective batch)")
 
         total, _ = with_oom_backoff(attempt, self.micro_batch_size, self.device, retrying, lambda: out_of_memory(dataset),
-                                    cleanup=lambda: self.optimizer.zero_grad(set_to_none=True))
+                                    cleanup=lambda: self._restart(dataset))
         return total
+
+    def _restart(self, dataset) -> None:
+        """Before a step is tried again: no gradient, and nothing a dataset that reports on its step (GRPO's) counted."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(dataset, "restart_step"):
+            dataset.restart_step()
 
     def run(self, dataset: TokenBlocks, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step over `indices`; the mean loss, whether the update was applied, and the gradient norm, on the device."""

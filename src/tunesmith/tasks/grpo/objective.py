@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,24 +68,29 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
 
 
 class KLPenalty:
-    """The weight of the KL penalty: grpo.beta throughout, or, with grpo.target_kl, moved after each step toward the KL
-    aimed at, by the controller of Ziegler et al. (2019) that TRL's PPO and verl use:
-    beta *= 1 + clip(kl / target - 1, -0.2, 0.2) * completions / horizon.
+    """The weight of the KL penalty: grpo.beta throughout, or, with grpo.target_kl, raised after each step whose KL was
+    above the target and lowered after one below, never under grpo.beta. The controller is Ziegler et al.'s (2019), as in
+    TRL's PPO and verl, in its exponential form so that no batch size can turn it negative:
+    beta *= exp(clip(kl / target - 1, -0.2, 0.2) * completions / horizon).
     A fixed beta lets a run that finds a reward it can exploit pull as far from the base as the reward pays for; the
-    controller raises the penalty until the KL comes back to the target, and lowers it while the policy stays closer."""
+    controller raises the penalty until the KL comes back to the target. grpo.beta is its floor because a run starts
+    at a KL of 0: left to fall, the penalty would be gone before the policy had moved at all, and nothing would hold it
+    back when it first runs."""
 
     PROPORTIONAL_LIMIT = 0.2
 
     def __init__(self, beta: float, target: float | None = None, horizon: int = 1):
-        self.value, self.target, self.horizon = beta, target, horizon
+        self.value, self.floor, self.target, self.horizon = beta, beta, target, horizon
 
     @property
     def adapts(self) -> bool:
-        return self.target is not None and self.value > 0
+        """Whether the weight moves (and so is logged and checkpointed)."""
+        return self.target is not None
 
     def update(self, kl: float, completions: int) -> None:
-        """After a step whose completions had `kl` nats per token from the reference."""
-        if not self.adapts:
+        """After a step whose completions had `kl` nats per token from the reference; a step without a finite KL (none
+        measured, or a diverged one) leaves the weight as it was."""
+        if not self.adapts or not math.isfinite(kl) or not completions:
             return
         error = min(max(kl / self.target - 1, -self.PROPORTIONAL_LIMIT), self.PROPORTIONAL_LIMIT)
-        self.value *= 1 + error * completions / self.horizon
+        self.value = max(self.floor, self.value * math.exp(error * completions / self.horizon))

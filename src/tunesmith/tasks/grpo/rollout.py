@@ -254,10 +254,16 @@ class Rollouts:
         return {**round_, **({"beta": self.penalty.value} if self.penalty.adapts else {})}
 
     def load(self, state: dict) -> None:
+        """A checkpoint's round, and the penalty's weight it ended with (grpo.beta when it kept none or this run does not
+        adapt it)."""
         state = dict(state)
-        if "beta" in state:
-            self.penalty.value = state.pop("beta")
+        saved = state.pop("beta", None)
+        self.penalty.value = saved if self.penalty.adapts and saved is not None else self.cfg.beta
         self.current = Round(**state) if state else None
+
+    def restart_step(self) -> None:
+        """The step is tried again (with smaller micro-batches, after running out of memory): what it reported is forgotten."""
+        self.stats = StepStats()
 
     def _sample(self, number: int, indices: list[int]) -> Round:
         started = time.perf_counter()

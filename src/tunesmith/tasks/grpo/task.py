@@ -156,6 +156,7 @@ class GrpoTask(Task):
     def summary(self, base_metrics: dict, best_metrics: dict, val_dataset) -> dict:
         best = best_metrics or base_metrics
         out = {"task": self.name, "grpo_loss": self.cfg.grpo.loss, "group_size": self.cfg.grpo.group_size, "beta": self.cfg.grpo.beta,
+               **({"target_kl": self.cfg.grpo.target_kl, "final_beta": self.penalty.value} if self.penalty.adapts else {}),
                "prompts": best.get("prompts")}
         for key in [k for k in best if k.startswith("reward")] + ["distinct_2", "completion_length"]:
             out[key], out[f"base_{key}"] = best.get(key), base_metrics.get(key)
