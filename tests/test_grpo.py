@@ -181,11 +181,17 @@ def test_the_kl_controller_moves_beta_toward_the_target_by_a_bounded_step():
     assert penalty.value == pytest.approx(0.04 * math.exp(0.1))
     penalty.update(0.0, completions=1000)  # never under grpo.beta, however large the batch
     assert penalty.value == 0.04
+    unreachable = KLPenalty(0.04, target=1e-9, horizon=1)
+    for _ in range(100):
+        unreachable.update(1.0, completions=10**6)  # at most e^0.2 a step, and never past 100 x grpo.beta
+    assert unreachable.value == pytest.approx(4.0)
     fixed = KLPenalty(0.04)
     fixed.update(100.0, completions=100)
     assert fixed.value == 0.04 and not fixed.adapts
     with pytest.raises(ConfigError, match="target_kl adapts grpo.beta, which is 0"):
         load_config(None, [("task", "grpo"), ("grpo.beta", 0), ("grpo.target_kl", 0.5)])
+    with pytest.raises(ConfigError, match="not true or false"):
+        load_config(None, [("task", "grpo"), ("grpo.target_kl", True)])
 
 
 def test_log_odds_rank_what_the_probability_saturates_and_stay_finite():
@@ -222,6 +228,10 @@ def test_a_grpo_run_resumes_exactly(tiny_llama, tmp_path, iterations):
         betas = [row["beta"] for row in rows(tmp_path / "whole") if "beta" in row]
         assert len(betas) == 6 and betas[-1] > betas[1]  # raised once the policy moved past the target
     cut_run(tmp_path / "whole", tmp_path / "cut", last_step=3)
+    if adaptive:  # another KL target would restart the penalty's weight from a checkpoint that adapted it to this one
+        with pytest.raises(UserError, match="--resume: grpo.target_kl is"):
+            train(grpo_config(tiny_llama, data, tmp_path / "cut", [{"regex": "e"}, {"length": 6}], iterations=iterations,
+                              train={"max_steps": 6, "eval_every": 3, "save_every": 3}, target_kl=0.5, kl_horizon=8), resume=True)
     if iterations == 1:  # other rewards make another loss: its best step and curves would mix two scales
         other = grpo_config(tiny_llama, data, tmp_path / "cut", [{"regex": "e"}], train={"max_steps": 6, "eval_every": 3, "save_every": 3})
         with pytest.raises(UserError, match="--resume: grpo.rewards is"):

@@ -59,6 +59,13 @@ def test_bad_steps_in_a_row_roll_back_with_half_the_learning_rate(tiny_gpt2, cor
     assert before[5] == pytest.approx(reference[5] / 2) and before[3] == pytest.approx(reference[3])
 
 
+def test_a_run_that_keeps_diverging_stops_after_its_roll_backs(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
+    StepCounter(monkeypatch, lambda call, loss: loss * float("nan") if call > 4 else loss)
+    with pytest.raises(UserError, match="diverged again after 8 roll-backs"):
+        train(run_config(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=10, eval_every=4, max_bad_steps=2, warmup_steps=0))
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
 def test_rollback_before_any_checkpoint_is_a_clear_error(tiny_gpt2, corpus_file, tmp_path, monkeypatch):
     StepCounter(monkeypatch, lambda call, loss: loss * float("inf"))
     with pytest.raises(UserError, match="before the first checkpoint; lower train.lr"):

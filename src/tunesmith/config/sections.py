@@ -269,7 +269,7 @@ class GrpoConfig(_Section):
     iterations: int = Field(1, ge=1, description="optimizer steps taken on each batch of completions before sampling new ones")
     beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the base model (0: none, and no reference pass)")
     target_kl: float | None = Field(None, gt=0, allow_inf_nan=False, description="KL per completion token from the base model the penalty aims at (e.g. 0.25, about Ziegler et al.'s 6 nats over 24 tokens): after each step beta is raised when the step's KL was above it and lowered when below (their adaptive controller, as in TRL's PPO and verl), never under grpo.beta, where it starts; null: beta stays fixed")
-    kl_horizon: int = Field(64, ge=1, description="with target_kl: completions over which beta moves by a factor of at most e^0.2: beta *= exp(clip(kl / target_kl - 1, -0.2, 0.2) * completions / kl_horizon) after each optimizer step (with grpo.iterations above 1, each on the same completions); the default moves it up to 10% a step of 4 prompts x 8 completions")
+    kl_horizon: int = Field(64, ge=1, le=10**9, description="with target_kl: completions over which beta moves by a factor of at most e^0.2: beta *= exp(clip(kl / target_kl - 1, -0.2, 0.2) * min(completions / kl_horizon, 1)) after each optimizer step (with grpo.iterations above 1, each on the same completions), kept between grpo.beta and 100 times it; the default moves it up to 10% a step of 4 prompts x 8 completions")
     max_new_tokens: int = Field(64, ge=1, description="tokens sampled per completion at most")
     temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the completions")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the completions (1: off)")
@@ -290,6 +290,13 @@ class GrpoConfig(_Section):
         names = [spec.label_name for spec in value]
         if len(set(names)) != len(names):
             raise ValueError(f"two rewards share the name {max(names, key=names.count)!r}; give one a name")
+        return value
+
+    @field_validator("target_kl", mode="before")
+    @classmethod
+    def _not_a_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a KL in nats per token, e.g. 0.25, or null; not true or false")
         return value
 
     @model_validator(mode="after")

@@ -32,10 +32,6 @@ class Pick:
     distance: float  # the removed run's angular distance, from 0 (no change) to 1 (opposite)
     tokens: int  # real tokens it was averaged over
 
-    def record(self) -> dict:
-        """What the student's record keeps of how its blocks were chosen."""
-        return {"pick": "similar", "distance": round(self.distance, 4), "tokens": self.tokens}
-
     def describe(self, total: int) -> str:
         dropped = [i for i in range(total) if i not in self.kept]
         return (f"student: removing the teacher's blocks {dropped[0]} to {dropped[-1]}, the run of {len(dropped)} whose input and "

@@ -88,10 +88,9 @@ def student_config(teacher_config, keep: int | list[int]):
     return _kept_config(teacher_config, kept_blocks(teacher_config.num_hidden_layers, keep))
 
 
-def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log: Callable[[str], None] = print,
-                 how: dict | None = None) -> ResolvedModel:
-    """The student for `teacher` keeping `keep` of its blocks, made on first use and reused after; `how` the blocks were
-    chosen, for its record."""
+def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log: Callable[[str], None] = print) -> ResolvedModel:
+    """The student for `teacher` keeping `keep` of its blocks, made on first use and reused after (by any run that keeps
+    the same blocks, however it chose them)."""
     total = load_model_config(teacher).num_hidden_layers
     kept = kept_blocks(total, keep)
     target = student_dir(teacher, kept, home)
@@ -112,7 +111,7 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     if unexpected or set(missing) - tied:
         raise UserError(f"distill.student: cannot carry the teacher's weights over to a {len(kept)}-block copy "
                         f"({', '.join((unexpected or sorted(set(missing) - tied))[:3])}); give a student with model.name instead")
-    _write(student, teacher, {"teacher": teacher.spec, "teacher_blocks": total, "kept": kept, **(how or {})}, target)
+    _write(student, teacher, {"teacher": teacher.spec, "teacher_blocks": total, "kept": kept}, target)
     return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
 
 

@@ -14,6 +14,9 @@ from .distributed import Distributed
 from .state import LoopState
 
 
+MAX_ROLLBACKS = 8  # the learning rate at 1/256 of its own: a run still diverging there diverges for another reason
+
+
 class Checkpointer:
     def __init__(self, run_dir: Path, parts, keep_last: int, context: Distributed, log):
         self.run_dir, self.parts, self.keep_last, self.context, self.log = run_dir, parts, keep_last, context, log
@@ -48,6 +51,9 @@ class Checkpointer:
         if saved is None:
             raise UserError(f"training diverged: {state.bad_in_a_row} non-finite steps in a row before the first checkpoint; "
                             f"lower train.lr (now {runner.optimizer.param_groups[0]['lr']:.3g})")
+        if state.rollbacks >= MAX_ROLLBACKS:
+            raise UserError(f"training diverged again after {state.rollbacks} roll-backs, each halving the learning rate: what "
+                            "breaks it is not the step size; look at the data and the loss's settings (the checkpoints are kept)")
         self.context.barrier()
         if self.context.is_main:
             set_aside(damaged)

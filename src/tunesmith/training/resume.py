@@ -11,7 +11,8 @@ from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
 WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method", "distill.teacher", "distill.student",
-                   "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards")
+                   "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
+                   "grpo.target_kl")
 
 
 def _setting(values: dict, dotted: str):

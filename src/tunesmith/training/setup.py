@@ -146,7 +146,7 @@ def _measured_student(cfg: RunConfig, teacher: ResolvedModel, data, labels, devi
         console.print(pick.describe(total), highlight=False)
     pick = context.share(pick)
     with context.main_first():
-        return make_student(teacher, pick.kept, tunesmith_home(), console.print, pick.record())
+        return make_student(teacher, pick.kept, tunesmith_home(), console.print)
 
 
 def _eval_batch(cfg: RunConfig) -> int:

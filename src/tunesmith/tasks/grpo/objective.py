@@ -72,12 +72,14 @@ class KLPenalty:
     above the target and lowered after one below, never under grpo.beta. The controller is Ziegler et al.'s (2019), as in
     TRL's PPO and verl, in its exponential form so that no batch size can turn it negative:
     beta *= exp(clip(kl / target - 1, -0.2, 0.2) * completions / horizon).
+    One step moves it by a factor of at most e^0.2 whatever its batch, and it stays within 100 times grpo.beta.
     A fixed beta lets a run that finds a reward it can exploit pull as far from the base as the reward pays for; the
     controller raises the penalty until the KL comes back to the target. grpo.beta is its floor because a run starts
     at a KL of 0: left to fall, the penalty would be gone before the policy had moved at all, and nothing would hold it
     back when it first runs."""
 
     PROPORTIONAL_LIMIT = 0.2
+    CEILING = 100  # times grpo.beta: past it the penalty pins the policy anyway, and an unreachable target cannot run it to infinity
 
     def __init__(self, beta: float, target: float | None = None, horizon: int = 1):
         self.value, self.floor, self.target, self.horizon = beta, beta, target, horizon
@@ -93,4 +95,5 @@ class KLPenalty:
         if not self.adapts or not math.isfinite(kl) or not completions:
             return
         error = min(max(kl / self.target - 1, -self.PROPORTIONAL_LIMIT), self.PROPORTIONAL_LIMIT)
-        self.value = max(self.floor, self.value * math.exp(error * completions / self.horizon))
+        moved = self.value * math.exp(error * min(completions / self.horizon, 1.0))  # at most e^0.2 a step
+        self.value = min(max(self.floor, moved), self.CEILING * self.floor)
