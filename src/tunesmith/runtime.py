@@ -66,6 +66,11 @@ def pick_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
+def low_precision_dtype(precision: str) -> torch.dtype | None:
+    """The dtype of a bf16 or fp16 run's weights that need no fp32 copy (frozen ones); None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()

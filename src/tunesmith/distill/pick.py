@@ -17,7 +17,7 @@ import torch
 
 from ..models import ResolvedModel, load_model
 from ..models.weights import transformer_blocks
-from ..runtime import autocast
+from ..runtime import autocast, low_precision_dtype
 from ..tasks.loss import forward
 
 CALIBRATION_ROWS = 64  # training rows the distances are averaged over: enough for a stable ranking, seconds to run
@@ -114,8 +114,7 @@ def least_change_run(module: torch.nn.Module, model: torch.nn.Module, dataset, k
 def measure_pick(teacher: ResolvedModel, keep: int, dataset, wrap, classifier: bool, device: torch.device, precision: str) -> Pick:
     """Which `keep` of the teacher's blocks a student keeps, measured on `dataset` (read through `wrap`, the task's
     training module) by the teacher loaded for this alone and let go after."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    model = load_model(teacher, dtype=dtype, classifier=classifier).to(device).eval().requires_grad_(False)
+    model = load_model(teacher, dtype=low_precision_dtype(precision), classifier=classifier).to(device).eval().requires_grad_(False)
     return least_change_run(wrap(model), model, dataset, keep, device, precision)
 
 

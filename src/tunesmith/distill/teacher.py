@@ -13,6 +13,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..models import ResolvedModel, load_model, resolve_model
 from ..rundir.fingerprint import folder_identity
+from ..runtime import low_precision_dtype
 from ..tasks import read_task
 from ..tasks.loss import forward
 
@@ -108,8 +109,7 @@ def load_teacher(cfg: RunConfig, resolved: ResolvedModel, kind, student_tokenize
     if difference:
         raise UserError(f"distill.teacher {spec}: its tokenizer is not the student's ({difference}); distillation compares "
                         "the two models token by token: give a teacher of the student's family, or a student of the teacher's")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)  # frozen: no fp32 masters needed
-    model = load_model(resolved, dtype=dtype, classifier=labels is not None)
+    model = load_model(resolved, dtype=low_precision_dtype(precision), classifier=labels is not None)  # frozen: no fp32 masters
     untrained = len(student_tokenizer) - model.get_input_embeddings().num_embeddings
     if labels is None and untrained > 0:
         raise UserError(f"distill.teacher {spec}: the student's tokenizer has {untrained} tokens the teacher has no embeddings for "

@@ -56,7 +56,9 @@ class Method:
         """
         import torch
 
-        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        from ..runtime import low_precision_dtype
+
+        low = low_precision_dtype(precision)
         frozen = low if (not self.trains_all and not self.quantized_base) or weights == "bf16" else None
         return frozen, torch.bfloat16 if weights == "bf16" else None
 

@@ -71,8 +71,8 @@ class KLPenalty:
     """The weight of the KL penalty: grpo.beta throughout, or, with grpo.target_kl, raised after each step whose KL was
     above the target and lowered after one below, never under grpo.beta. The controller is Ziegler et al.'s (2019), as in
     TRL's PPO and verl, in its exponential form so that no batch size can turn it negative:
-    beta *= exp(clip(kl / target - 1, -0.2, 0.2) * completions / horizon).
-    One step moves it by a factor of at most e^0.2 whatever its batch, and it stays within 100 times grpo.beta.
+    beta *= exp(clip(kl / target - 1, -0.2, 0.2) * min(completions / horizon, 1)), so one step moves it by a factor of
+    at most e^0.2, and it stays within 100 times grpo.beta.
     A fixed beta lets a run that finds a reward it can exploit pull as far from the base as the reward pays for; the
     controller raises the penalty until the KL comes back to the target. grpo.beta is its floor because a run starts
     at a KL of 0: left to fall, the penalty would be gone before the policy had moved at all, and nothing would hold it
