@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -56,26 +57,81 @@ def compare(student: Path, teacher: Path, *data: str) -> list[dict]:
     return json.loads(out)["results"]
 
 
+AUGMENT_DROP, AUGMENT_SWAP, AUGMENT_NGRAM = 0.1, 0.1, 0.25
+
+
+def variant(words: list[str], vocabulary: list[str], rng: random.Random) -> str:
+    """One augmented sentence (Tang et al., 2019, without the tagger): an n-gram of 1-5 words with p 0.25, else each
+    word dropped with p 0.1 or swapped for a random word of the training sentences with p 0.1."""
+    if rng.random() < AUGMENT_NGRAM:
+        n = rng.randint(1, min(5, len(words)))
+        start = rng.randrange(len(words) - n + 1)
+        return " ".join(words[start : start + n])
+    kept = []
+    for word in words:
+        draw = rng.random()
+        if draw < AUGMENT_DROP:
+            continue
+        kept.append(rng.choice(vocabulary) if draw < AUGMENT_DROP + AUGMENT_SWAP else word)
+    return " ".join(kept)
+
+
+def augmented_split(train: Path, work: Path, copies: int, teacher: Path) -> tuple[Path, Path]:
+    """A tenth of the training sentences held out for validation, and the rest with `copies` variants of each that
+    the teacher labels (`tunesmith predict`): a larger transfer set made from the training sentences alone."""
+    rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(0)
+    held = set(rng.sample(range(len(rows)), len(rows) // 10))
+    kept = [r for i, r in enumerate(rows) if i not in held]
+    val = work / "reviews_val.jsonl"
+    val.write_text("".join(json.dumps(rows[i]) + "\n" for i in sorted(held)))
+    out = work / f"reviews_train_aug{copies}.jsonl"
+    if out.is_file():
+        return out, val
+    vocabulary = [w for r in kept for w in r["text"].split()]
+    seen = {r["text"] for r in kept}
+    texts = []
+    for row in kept:
+        for _ in range(copies):
+            text = variant(row["text"].split(), vocabulary, rng)
+            if text and text not in seen:
+                seen.add(text)
+                texts.append({"text": text})
+    unlabelled, labelled = work / "augment_in.jsonl", work / "augment_out.jsonl"
+    unlabelled.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    tunesmith("predict", str(teacher), "--input", str(unlabelled), "--output", str(labelled))
+    predicted = [json.loads(line) for line in labelled.read_text(encoding="utf-8").splitlines()]
+    rows_out = kept + [{"text": r["text"], "label": r["prediction"]} for r in predicted]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows_out))
+    print(f"augmented: {len(kept)} training sentences and {len(predicted)} variants labelled by the teacher; {len(held)} held out for validation")
+    return out, val
+
+
 def sentiment(args) -> None:
     work = Path(args.work) / "sentiment"
     work.mkdir(parents=True, exist_ok=True)
     train, test = sentiment_files(Path(args.data), work)
-    common = ["--task", "classify", "--data", str(train), "--block-size", "64", "--batch-size", "16",
+    common = ["--task", "classify", "--block-size", "64", "--batch-size", "16",
               "--set", "train.patience=null", "--set", "clean.dedup_near=false", "--set", "train.eval_every=50"]
     teacher = work / "teacher"
-    summary = train_once(teacher, *common, "--epochs", "1", "--lr", "5e-5")
+    summary = train_once(teacher, *common, "--data", str(train), "--epochs", "1", "--lr", "5e-5")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
     keep = args.keep
     tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
-    distilled = work / f"student-{tag}" if not args.hidden else work / f"student-{tag}-h{args.hidden:g}"
+    distilled = work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "") + (f"-aug{args.augment}" if args.augment else ""))
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
-    summary = train_once(distilled, *student_settings, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
+    distilled_data = ["--data", str(train)]  # --data adds a file: each run names its own
+    if args.augment:
+        augmented, val = augmented_split(train, work, args.augment, teacher)
+        distilled_data = ["--data", str(augmented), "--val-data", str(val)]
+    summary = train_once(distilled, *student_settings, *distilled_data, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
                          "--set", f"distill.temperature={args.temperature}", "--set", f"distill.hidden={args.hidden}",
                          "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}")
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
-    alone = work / f"student-{tag}-labels"
-    summary = train_once(alone, *student_settings, "--model", student_init)
+    epochs = args.labels_epochs or args.epochs
+    alone = work / f"student-{tag.replace(f'-e{args.epochs:g}-', f'-e{epochs:g}-')}-labels"
+    summary = train_once(alone, *common, "--data", str(train), "--epochs", str(epochs), "--lr", str(args.lr), "--model", student_init)
     print(f"the same student on the labels alone: {summary['train_seconds'] / 60:.1f} min training")
     held_out = ["--data", str(test), "--set", "clean.dedup_near=false"]
     student_result, teacher_result = compare(distilled, teacher, *held_out)
@@ -111,20 +167,26 @@ def language(args) -> None:
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
     keep = args.keep
-    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}"
+    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}"
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
                f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     hidden = ["--set", f"distill.hidden={args.hidden}"] if args.hidden else []
     folders = {"distilled": work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "")),
                "top-k cache": work / f"student-{tag}-top{args.topk}", "text alone": work / f"student-{tag}-text"}
-    runs = {"distilled": train_once(folders["distilled"], *student_settings, *distill, *hidden)}
+    if not args.beside and not args.topk:
+        sys.exit("--no-beside needs the top-k cache (--topk above 0)")
+    runs = {}
+    if args.beside:
+        runs["distilled"] = train_once(folders["distilled"], *student_settings, *distill, *hidden)
+    else:
+        del folders["distilled"]
     if args.topk:
         runs["top-k cache"] = train_once(folders["top-k cache"], *student_settings, *distill,
                                          "--set", "distill.cache=topk", "--set", f"distill.topk={args.topk}")
     else:
         del folders["top-k cache"]
-    runs["text alone"] = train_once(folders["text alone"], *student_settings, "--model", runs["distilled"]["model"])
+    runs["text alone"] = train_once(folders["text alone"], *student_settings, "--model", next(iter(runs.values()))["model"])
     results = {}
     for name, folder in folders.items():
         student_result, teacher_result = compare(folder, teacher)
@@ -141,7 +203,7 @@ def language(args) -> None:
               f"{result['speed']['per_s']:.1f} ({result['speed']['per_s'] / teacher_result['speed']['per_s']:.2f}x) | "
               f"{summary['train_seconds'] / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s) |")
     mass = topk_mass(folders["top-k cache"]) if args.topk else None
-    if mass is not None:
+    if mass is not None and "distilled" in results:
         print(f"top-{args.topk} cache: the teacher's top {args.topk} tokens hold {mass:.1%} of its probability on the training "
               f"positions (temperature {args.temperature}); held-out perplexity {results['top-k cache']['perplexity'] / results['distilled']['perplexity'] - 1:+.1%} "
               "against the full distribution")
@@ -158,6 +220,9 @@ def main() -> None:
     one.add_argument("--alpha", type=float, default=0.5)
     one.add_argument("--temperature", type=float, default=2.0)
     one.add_argument("--hidden", type=float, default=0.0, help="distill.hidden: the weight of the hidden-state term")
+    one.add_argument("--augment", type=int, default=0,
+                     help="variants of each training sentence, labelled by the teacher, added to the distilled student's data")
+    one.add_argument("--labels-epochs", type=float, help="the labels-alone student's epochs (default: --epochs)")
     two = parts.add_parser("language")
     two.add_argument("--data", default="../shared/data/text-kjv/kjv_genesis_exodus.txt")
     two.add_argument("--keep", type=int, default=15)
@@ -166,7 +231,9 @@ def main() -> None:
     two.add_argument("--alpha", type=float, default=0.5)
     two.add_argument("--temperature", type=float, default=1.0)
     two.add_argument("--topk", type=int, default=32, help="the top-k cache's k (0: no top-k run)")
-    two.add_argument("--hidden", type=float, default=0.0, help="distill.hidden for the distilled student")
+    two.add_argument("--hidden", type=float, default=0.0, help="distill.hidden for the student with the teacher beside it")
+    two.add_argument("--no-beside", dest="beside", action="store_false",
+                     help="skip the student distilled with the teacher beside it (the top-k cache's student only)")
     for sub in (one, two):
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar"], default="spaced", help="distill.student.from_teacher.pick")

@@ -11,7 +11,7 @@ import math
 from .findings import Advice, Finding, RunFacts, round3
 
 STALL_EVALS = 3  # evaluations in a row that must not narrow the gap
-NARROWING = 0.02  # of the starting gap: what an evaluation must take off the best gap so far to count as progress
+NARROWING = 0.02  # of the best gap before them: what the recent evaluations must take off it to count as progress
 OPEN_GAP = 0.02  # nats per target: a gap under this is closed, not stalled
 
 
@@ -25,7 +25,10 @@ def distill_facts(distill: dict) -> dict:
 
 
 def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:
-    """The student's gap to the teacher has not narrowed in the last evaluations while it is still open."""
+    """The student's gap to the teacher has not narrowed in the last evaluations while it is still open.
+
+    Progress is measured against the gap still open, not the starting one: a student cut from the teacher starts
+    several nats behind, and a tenth of a nat off a half-nat gap is progress however far it started."""
     rows = [row for row in history if math.isfinite(row.get("teacher_gap", math.nan))]
     if len(rows) < STALL_EVALS + 2:
         return None
@@ -33,7 +36,7 @@ def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:
     before = min(row["teacher_gap"] for row in rows[:-STALL_EVALS])
     recent = min(row["teacher_gap"] for row in rows[-STALL_EVALS:])
     last = rows[-1]["teacher_gap"]
-    if last < OPEN_GAP or before - recent > NARROWING * abs(start):
+    if last < OPEN_GAP or before - recent > NARROWING * before:
         return None
     alpha = 0.5 if facts.distill_alpha is None else facts.distill_alpha
     temperature = facts.distill_temperature or 1.0

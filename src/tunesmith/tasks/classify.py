@@ -298,7 +298,7 @@ class ClassifyTask(Task):
         scores = result.metrics
         return super().base_lines(result, dataset) + [
             f"base model: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}"
-            + (" (an untrained head)" if self.head else " (zero-shot)")]
+            + (" (the head before training: random unless the model came with one)" if self.head else " (zero-shot)")]
 
     def spec(self, tokenizer) -> dict:
         data = self.cfg.data

@@ -226,7 +226,7 @@ class RewardTask(Task):
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
         m = result.metrics
-        return [f"base model (an untrained head): pairwise accuracy {m['pairwise_accuracy']:.1%} over {m['pairs']} validation pairs; "
+        return [f"base model (the head before training: random unless the model came with one): pairwise accuracy {m['pairwise_accuracy']:.1%} over {m['pairs']} validation pairs; "
                 f"reward chosen {m['chosen_reward']:.3f}, rejected {m['rejected_reward']:.3f}; Bradley-Terry loss {result.loss:.4f}"]
 
     def spec(self, tokenizer) -> dict:
