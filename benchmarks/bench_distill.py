@@ -15,7 +15,11 @@ the ablation is the same student trained on the text alone. Each is measured on 
 perplexity, and `generate`'s new tokens per second; the top-k cache's cost is the teacher's probability mass outside
 its top k on the training positions, and the perplexity and training time against the full distribution.
 
-Each part keeps its runs under --work and reuses a finished one.
+`sentiment --augment N` adds N variants of each training sentence (an n-gram, or words dropped and swapped), labelled by
+the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `language
+--no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one.
+
+Each part keeps its runs under --work, named by their settings, and reuses a finished one.
 """
 
 from __future__ import annotations
@@ -117,8 +121,13 @@ def sentiment(args) -> None:
     summary = train_once(teacher, *common, "--data", str(train), "--epochs", "1", "--lr", "5e-5")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training")
     keep = args.keep
-    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
-    distilled = work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "") + (f"-aug{args.augment}" if args.augment else ""))
+    student = f"student-{keep}{'-similar' if args.pick == 'similar' else ''}"
+
+    def settings(epochs: float) -> str:
+        return f"-e{epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
+
+    distilled = work / (student + settings(args.epochs) + (f"-h{args.hidden:g}" if args.hidden else "")
+                        + (f"-aug{args.augment}" if args.augment else ""))
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distilled_data = ["--data", str(train)]  # --data adds a file: each run names its own
     if args.augment:
@@ -129,8 +138,8 @@ def sentiment(args) -> None:
                          "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}")
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
-    epochs = args.labels_epochs or args.epochs
-    alone = work / f"student-{tag.replace(f'-e{args.epochs:g}-', f'-e{epochs:g}-')}-labels"
+    epochs = args.epochs if args.labels_epochs is None else args.labels_epochs
+    alone = work / f"{student}{settings(epochs)}-labels"
     summary = train_once(alone, *common, "--data", str(train), "--epochs", str(epochs), "--lr", str(args.lr), "--model", student_init)
     print(f"the same student on the labels alone: {summary['train_seconds'] / 60:.1f} min training")
     held_out = ["--data", str(test), "--set", "clean.dedup_near=false"]
@@ -167,15 +176,14 @@ def language(args) -> None:
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
     keep = args.keep
-    tag = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}"
+    plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}"  # what the text alone shares
+    tag = plain + (f"-a{args.alpha:g}" if args.alpha != 0.5 else "") + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
                f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     hidden = ["--set", f"distill.hidden={args.hidden}"] if args.hidden else []
     folders = {"distilled": work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "")),
-               "top-k cache": work / f"student-{tag}-top{args.topk}", "text alone": work / f"student-{tag}-text"}
-    if not args.beside and not args.topk:
-        sys.exit("--no-beside needs the top-k cache (--topk above 0)")
+               "top-k cache": work / f"student-{tag}-top{args.topk}", "text alone": work / f"student-{plain}-text"}
     runs = {}
     if args.beside:
         runs["distilled"] = train_once(folders["distilled"], *student_settings, *distill, *hidden)
@@ -186,7 +194,10 @@ def language(args) -> None:
                                          "--set", "distill.cache=topk", "--set", f"distill.topk={args.topk}")
     else:
         del folders["top-k cache"]
-    runs["text alone"] = train_once(folders["text alone"], *student_settings, "--model", next(iter(runs.values()))["model"])
+    if args.ablation:
+        runs["text alone"] = train_once(folders["text alone"], *student_settings, "--model", next(iter(runs.values()))["model"])
+    else:
+        del folders["text alone"]
     results = {}
     for name, folder in folders.items():
         student_result, teacher_result = compare(folder, teacher)
@@ -203,10 +214,11 @@ def language(args) -> None:
               f"{result['speed']['per_s']:.1f} ({result['speed']['per_s'] / teacher_result['speed']['per_s']:.2f}x) | "
               f"{summary['train_seconds'] / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s) |")
     mass = topk_mass(folders["top-k cache"]) if args.topk else None
-    if mass is not None and "distilled" in results:
+    if mass is not None:
+        against = (f"; held-out perplexity {results['top-k cache']['perplexity'] / results['distilled']['perplexity'] - 1:+.1%} "
+                   "against the full distribution") if "distilled" in results else ""
         print(f"top-{args.topk} cache: the teacher's top {args.topk} tokens hold {mass:.1%} of its probability on the training "
-              f"positions (temperature {args.temperature}); held-out perplexity {results['top-k cache']['perplexity'] / results['distilled']['perplexity'] - 1:+.1%} "
-              "against the full distribution")
+              f"positions (temperature {args.temperature}){against}")
 
 
 def main() -> None:
@@ -232,12 +244,17 @@ def main() -> None:
     two.add_argument("--temperature", type=float, default=1.0)
     two.add_argument("--topk", type=int, default=32, help="the top-k cache's k (0: no top-k run)")
     two.add_argument("--hidden", type=float, default=0.0, help="distill.hidden for the student with the teacher beside it")
+    two.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the student trained on the text alone")
     two.add_argument("--no-beside", dest="beside", action="store_false",
                      help="skip the student distilled with the teacher beside it (the top-k cache's student only)")
     for sub in (one, two):
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar"], default="spaced", help="distill.student.from_teacher.pick")
     args = parser.parse_args()
+    if args.part == "language" and not args.beside and not args.topk:
+        parser.error("--no-beside needs the top-k cache (--topk above 0)")
+    if args.part == "language" and not args.beside and args.hidden:
+        parser.error("--hidden applies to the student with the teacher beside it, which --no-beside skips")
     {"sentiment": sentiment, "language": language}[args.part](args)
 
 

@@ -475,9 +475,11 @@ def test_gap_stalled_finding():
     assert advice["distill.student.from_teacher.keep_layers"] == 15
     narrowing = [{**row, "teacher_gap": 1.0 - 0.15 * i} for i, row in enumerate(stalled)]
     closed = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.1, 0.01, 0.011, 0.01, 0.012])]
-    cut_from_teacher = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [4.9, 1.0, 0.64, 0.51, 0.45, 0.42])]
+    cut_from_teacher = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [4.9, 0.64, 0.51, 0.46, 0.43, 0.42])]
     for history in (narrowing, closed, stalled[:4], cut_from_teacher):
         assert "gap_stalled" not in {f.kind for f in diagnose(history, facts)}
+    reopened = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.2, -0.5, -0.495, 0.1, 0.3])]
+    assert "gap_stalled" in {f.kind for f in diagnose(reopened, facts)}
 
 
 def test_user_errors_of_a_distilled_run_are_one_line(lm_teacher, tmp_path, capsys):

@@ -36,7 +36,7 @@ def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:
     before = min(row["teacher_gap"] for row in rows[:-STALL_EVALS])
     recent = min(row["teacher_gap"] for row in rows[-STALL_EVALS:])
     last = rows[-1]["teacher_gap"]
-    if last < OPEN_GAP or before - recent > NARROWING * before:
+    if last < OPEN_GAP or before - recent > NARROWING * max(before, OPEN_GAP):
         return None
     alpha = 0.5 if facts.distill_alpha is None else facts.distill_alpha
     temperature = facts.distill_temperature or 1.0

@@ -226,8 +226,9 @@ class RewardTask(Task):
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
         m = result.metrics
-        return [f"base model (the head before training: random unless the model came with one): pairwise accuracy {m['pairwise_accuracy']:.1%} over {m['pairs']} validation pairs; "
-                f"reward chosen {m['chosen_reward']:.3f}, rejected {m['rejected_reward']:.3f}; Bradley-Terry loss {result.loss:.4f}"]
+        return [f"base model (the head before training: random unless the model came with one): pairwise accuracy "
+                f"{m['pairwise_accuracy']:.1%} over {m['pairs']} validation pairs; reward chosen {m['chosen_reward']:.3f}, "
+                f"rejected {m['rejected_reward']:.3f}; Bradley-Terry loss {result.loss:.4f}"]
 
     def spec(self, tokenizer) -> dict:
         """What scores text as training did: the template's end of turn, the system prompt put in front of each
