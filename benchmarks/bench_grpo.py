@@ -129,6 +129,7 @@ def steer(args) -> None:
                             "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
                             "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
                             "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}",
+                            "--set", f"train.seed={args.seed}",
                             *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                               if args.target_kl else []))
     summary = json.loads((run / "summary.json").read_text())
@@ -292,6 +293,7 @@ def main() -> None:
     one.add_argument("--prompts", type=int, default=4, help="prompts per step (each with 8 completions)")
     one.add_argument("--reuse", action="store_true", help="judge the GRPO run already in --work instead of training it again")
     one.add_argument("--temperature", type=float, default=1.0)
+    one.add_argument("--seed", type=int, default=42, help="train.seed of the GRPO run (its sampling and its LoRA init)")
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
                      help="the reward: the classifier's probability of positive, or its log-odds")
     one.add_argument("--held-out", type=int, default=200)
