@@ -258,6 +258,7 @@ class Task:
 
 
 SPEED_PROMPTS, SPEED_TOKENS = 16, 32  # what `throughput` times: validation prompts continued, new tokens each
+HEAD_BEFORE_TRAINING = "the head before training: random unless the model came with one"  # a base line's caveat
 SPEED_REPEATS = 3  # timings per model: the median is reported, with the spread, since a shared machine is noisy
 
 

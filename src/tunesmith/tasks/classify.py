@@ -20,7 +20,7 @@ from ..data.report import DataReport
 from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
 from ..runtime import autocast
-from .base import SPEED_REPEATS, Task, TaskKind, check_both_sides, speed_record
+from .base import HEAD_BEFORE_TRAINING, SPEED_REPEATS, Task, TaskKind, check_both_sides, speed_record
 from .loss import Validation
 from .view import TaskView
 
@@ -298,7 +298,7 @@ class ClassifyTask(Task):
         scores = result.metrics
         return super().base_lines(result, dataset) + [
             f"base model: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}"
-            + (" (the head before training: random unless the model came with one)" if self.head else " (zero-shot)")]
+            + (f" ({HEAD_BEFORE_TRAINING})" if self.head else " (zero-shot)")]
 
     def spec(self, tokenizer) -> dict:
         data = self.cfg.data

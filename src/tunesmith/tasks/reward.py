@@ -28,7 +28,7 @@ from ..data.units import Unit
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, resolve_model
 from ..runtime import autocast, pick_device, pick_precision
-from .base import Task, TaskKind, check_both_sides
+from .base import HEAD_BEFORE_TRAINING, Task, TaskKind, check_both_sides
 from .chat import chat_tokenizer, encode_answer, end_of_turn
 from .loss import Validation
 from .objectives import without_dropout
@@ -226,7 +226,7 @@ class RewardTask(Task):
 
     def base_lines(self, result: Validation, dataset) -> list[str]:
         m = result.metrics
-        return [f"base model (the head before training: random unless the model came with one): pairwise accuracy "
+        return [f"base model ({HEAD_BEFORE_TRAINING}): pairwise accuracy "
                 f"{m['pairwise_accuracy']:.1%} over {m['pairs']} validation pairs; reward chosen {m['chosen_reward']:.3f}, "
                 f"rejected {m['rejected_reward']:.3f}; Bradley-Terry loss {result.loss:.4f}"]
 
