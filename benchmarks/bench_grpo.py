@@ -10,7 +10,10 @@ of the first half's sentences are the training prompts. On the second half an in
 the benchmark (TF-IDF + logistic regression; never the reward model), and the openings of its sentences are the
 held-out prompts. The judge reads the base model's completions of the held-out prompts and the GRPO model's (one
 seeded sample each, the training temperature): the share it calls positive, before and after, with the drift from
-the base model (nats per token on its own text), distinct-2 of the completions, the reward curve and samples. Its
+the base model (nats per token on its own text), distinct-2 of the completions, the reward curve and samples. A
+second judge that learned nothing from this data reads the same texts: VADER's general sentiment lexicon
+(`pip install vaderSentiment`, in requirements/bench.txt), so that words missing from the TF-IDF judge's 1,500 training
+sentences still count. `--run NAME --reuse` judges the finished run in that folder again. `steer`'s
 defaults are the settings of the best run in RESULTS.md (LoRA, lr 1.5e-3, a KL target of 0.7, 48 new tokens, 80
 steps).
 
@@ -70,20 +73,74 @@ def train_judge(rows: list[dict]):
     return judge
 
 
+LEXICON_POSITIVE = 0.05  # VADER's own cut for a positive compound score (Hutto and Gilbert, 2014)
+
+
+def lexicon_judge():
+    """A second judge that learned nothing from this data: VADER's 7,500-entry general sentiment lexicon with its rules
+    (negation, intensifiers, "but"), so words the TF-IDF judge never saw in its 1,500 sentences still count."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda texts: [analyzer.polarity_scores(t)["compound"] >= LEXICON_POSITIVE for t in texts]
+
+
+def share(verdicts: list[bool]) -> float:
+    return sum(verdicts) / max(1, len(verdicts))
+
+
 def distinct_2(texts: list[str]) -> float:
     bigrams = [tuple(w[i : i + 2]) for t in texts for w in [t.split()] for i in range(len(w) - 1)]
     return len(set(bigrams)) / max(1, len(bigrams))
 
 
-def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float | None) -> list[dict]:
+GENERATE_SEED = 7
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def made_with(out: Path, prompts: Path, settings: dict) -> bool:
+    """Whether `out` holds finished completions of exactly these prompts at these settings (`tunesmith generate` writes
+    its summary, with the settings, after the completions)."""
+    summary = out.with_name(out.stem + ".summary.json")
+    if not (out.is_file() and summary.is_file()):
+        return False
+    made = json.loads(summary.read_text()).get("settings", {})
+    return (all(made.get(key) == value for key, value in settings.items())
+            and [row["prompt"] for row in read_jsonl(out)] == [row["prompt"] for row in read_jsonl(prompts)])
+
+
+def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float | None, reuse: bool = False) -> list[dict]:
     """One seeded completion per prompt: at `temperature` with nothing cut (how GRPO samples), or with None at
-    `tunesmith generate`'s own defaults (temperature 0.7, top-p 0.95, top-k 50: how a user generates)."""
+    `tunesmith generate`'s own defaults (temperature 0.7, top-p 0.95, top-k 50: how a user generates). With `reuse`, a
+    file an earlier judging made of the same model, prompts and settings is read instead (the seed makes it the same)."""
+    sampling = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature is not None else {}
+    if reuse and made_with(out, prompts, {"max_new_tokens": new_tokens, "seed": GENERATE_SEED, **sampling}):
+        return read_jsonl(out)
     for stale in (out, out.with_name(out.stem + ".summary.json")):
         stale.unlink(missing_ok=True)
-    sampling = ["--temperature", str(temperature), "--top-p", "1.0", "--top-k", "0"] if temperature is not None else []
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in sampling.items()]
     tunesmith("generate", model, "--input", str(prompts), "--output", str(out), "--max-new-tokens", str(new_tokens),
-              *sampling, "--seed", "7")
-    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+              *flags, "--seed", str(GENERATE_SEED))
+    return read_jsonl(out)
+
+
+def trained_as_flagged(run: Path, args) -> None:
+    """A reused run must have sampled as the flags say, or "as in training" would judge it at other settings."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    grpo, train = config["grpo"], config["train"]
+    differs = {name: (made, flagged) for name, made, flagged in (("--new-tokens", grpo["max_new_tokens"], args.new_tokens),
+                                                                 ("--temperature", grpo["temperature"], args.temperature))
+               if made != flagged}
+    if differs:
+        sys.exit(f"{run} sampled at other settings than the flags: "
+                 + ", ".join(f"{name} {made} (run) against {flagged}" for name, (made, flagged) in differs.items()))
+    print(f"judging {run}: train.seed {train['seed']}, lr {train['lr']}, min_lr_ratio {train['min_lr_ratio']}, "
+          f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}")
 
 
 def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
@@ -97,9 +154,12 @@ def steer(args) -> None:
     rows = review_rows(Path(args.data))
     half = len(rows) // 2
     mine, theirs = rows[:half], rows[half:]
-    judge = train_judge(theirs)
+    judge, lexicon = train_judge(theirs), lexicon_judge()
+    mine_positive = [r["label"] == "positive" for r in mine]
+    lexicon_accuracy = share([a == b for a, b in zip(lexicon([r["text"] for r in mine]), mine_positive)])
     print(f"{len(rows)} review sentences: {half} for the classifier and the training prompts, {len(theirs)} for the judge and the "
-          f"held-out prompts; the judge's accuracy on the classifier's half: {judge.score([r['text'] for r in mine], [r['label'] == 'positive' for r in mine]):.1%}")
+          f"held-out prompts; on the classifier's half the judge is {judge.score([r['text'] for r in mine], mine_positive):.1%} "
+          f"accurate, the lexicon judge (VADER) {lexicon_accuracy:.1%}")
     classifier = work / "sentiment"
     if not (classifier / "final").is_dir():
         seconds = tunesmith("train", "--task", "classify", "--data", str(write_jsonl(work / "reviews.jsonl", mine)), "--out", str(classifier),
@@ -112,42 +172,50 @@ def steer(args) -> None:
     (work / "prompts.txt").write_text("\n".join(train_prompts) + "\n", encoding="utf-8")
     (work / "val_prompts.txt").write_text("\n".join(held_out[: args.val_prompts]) + "\n", encoding="utf-8")
     held = write_jsonl(work / "held_out.jsonl", [{"prompt": p} for p in held_out])
-    base = completions("smollm2-135m", held, work / "base.jsonl", args.new_tokens, args.temperature)
+    base = completions("smollm2-135m", held, work / "base.jsonl", args.new_tokens, args.temperature, args.reuse)
     base_share, base_texts = judged(judge, base)
     print(f"base model: the judge calls {base_share:.1%} of {len(base)} held-out completions positive; distinct-2 {distinct_2(base_texts):.3f}")
-    base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None)
+    base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
     rewards = json.dumps([{"run": str(classifier), "label": "positive", "scale": args.scale}])
-    run = work / "grpo"
-    if args.reuse and (run / "summary.json").is_file():
+    run = work / args.run
+    reused = args.reuse and (run / "summary.json").is_file()
+    if reused:
+        trained_as_flagged(run, args)
         seconds = json.loads((run / "summary.json").read_text())["train_seconds"]
+    elif args.reuse and run.exists():
+        sys.exit(f"{run} holds no finished run: move it aside, or leave out --reuse to train into it")
     else:
         seconds = tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
                             "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
                             "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
                             "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
                             "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
-                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"grpo.beta={args.beta}",
+                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"train.min_lr_ratio={args.min_lr_ratio}",
+                            "--set", f"grpo.beta={args.beta}",
                             "--set", f"train.seed={args.seed}",
                             *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                               if args.target_kl else []))
     summary = json.loads((run / "summary.json").read_text())
-    tuned = completions(str(run), held, work / "tuned.jsonl", args.new_tokens, args.temperature)
-    share, texts = judged(judge, tuned)
-    tuned_default = completions(str(run), held, work / "tuned_default.jsonl", args.new_tokens, None)
+    tuned = completions(str(run), held, work / f"{args.run}.tuned.jsonl", args.new_tokens, args.temperature, reused)
+    tuned_share, texts = judged(judge, tuned)
+    tuned_default = completions(str(run), held, work / f"{args.run}.tuned_default.jsonl", args.new_tokens, None, reused)
     default_share, default_texts = judged(judge, tuned_default)
     drift = summary["forgetting"].get("best_drift_nats")
     print(f"\nmachine: {cpu_name()}")
     print(f"GRPO: {summary['steps']} steps in {seconds / 60:.1f} min ({summary['train_seconds'] / 60:.1f} min training); "
           f"held-out reward {summary['base_reward']:.3f} -> {summary['reward']:.3f} (best step {summary['best_step']})")
     print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n"
-          f"| judge: share positive, sampled as in training (temperature {args.temperature}, no cut) | {base_share:.1%} | {share:.1%} |\n"
+          f"| judge: share positive, sampled as in training (temperature {args.temperature}, no cut) | {base_share:.1%} | {tuned_share:.1%} |\n"
           f"| judge: share positive, generate's defaults (temperature 0.7, top-p 0.95, top-k 50) | {base_default_share:.1%} | {default_share:.1%} |")
     alone = {name: float(judge.predict([row["generated"] for row in rows_]).mean())
              for name, rows_ in (("base", base), ("tuned", tuned), ("base_default", base_default), ("tuned_default", tuned_default))}
     print(f"| judge on the completions alone (no opening), as in training / at generate's defaults | {alone['base']:.1%} / "
           f"{alone['base_default']:.1%} | {alone['tuned']:.1%} / {alone['tuned_default']:.1%} |")
+    print(f"| lexicon judge (VADER, compound >= {LEXICON_POSITIVE}), as in training / at generate's defaults | "
+          f"{share(lexicon(base_texts)):.1%} / {share(lexicon(base_default_texts)):.1%} | "
+          f"{share(lexicon(texts)):.1%} / {share(lexicon(default_texts)):.1%} |")
     print(f"| distinct-2, as in training | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n"
           f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
           f"| drift (nats per token) | 0 | {drift} |")
@@ -284,6 +352,7 @@ def main() -> None:
     one.add_argument("--work")
     one.add_argument("--steps", type=int, default=80)
     one.add_argument("--lr", type=float, default=1.5e-3)
+    one.add_argument("--min-lr-ratio", type=float, default=0.1, help="train.min_lr_ratio: where the cosine decay ends (1: a constant lr)")
     one.add_argument("--beta", type=float, default=0.05)
     one.add_argument("--target-kl", type=float, default=0.7,
                      help="grpo.target_kl: hold the KL near it, --beta the starting weight and floor (0: a fixed --beta)")
@@ -291,7 +360,10 @@ def main() -> None:
     one.add_argument("--eval-every", type=int, default=20)
     one.add_argument("--new-tokens", type=int, default=48)
     one.add_argument("--prompts", type=int, default=4, help="prompts per step (each with 8 completions)")
-    one.add_argument("--reuse", action="store_true", help="judge the GRPO run already in --work instead of training it again")
+    one.add_argument("--run", default="grpo", help="the GRPO run's folder under --work (a plain name)")
+    one.add_argument("--reuse", action="store_true",
+                     help="judge the finished GRPO run in --work/--run instead of training it again (trained if the folder is "
+                          "absent), and read the completions an earlier judging made at the same settings")
     one.add_argument("--temperature", type=float, default=1.0)
     one.add_argument("--seed", type=int, default=42, help="train.seed of the GRPO run (its sampling and its LoRA init)")
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
@@ -302,6 +374,8 @@ def main() -> None:
     two.add_argument("--steps", type=int, default=10)
     two.add_argument("--work")
     args = parser.parse_args()
+    if args.part == "steer" and (Path(args.run).name != args.run or args.run in ("", ".", "..", "sentiment")):
+        parser.error(f"--run {args.run!r}: give a plain folder name other than 'sentiment' (the classifier's run)")
     {"steer": steer, "speed": speed}[args.part](args)
 
 
