@@ -129,6 +129,37 @@ def test_topk_divergence_stays_below_the_full_one_for_a_confident_teacher(kind):
     assert torch.isfinite(ours).all() and (ours <= full + 1e-4).all()
 
 
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_loss_through_chunks_of_the_output_layer_equals_the_whole_one(kind, cached, monkeypatch):
+    """Loss and gradients of hidden states and output weight, over several chunks (the last one short), with label
+    smoothing, class weights, and output rows past the tokenizer's (a padded embedding)."""
+    from tunesmith.config import DistillConfig
+    from tunesmith.distill import fused
+    from tunesmith.distill.loss import DistillLoss
+
+    monkeypatch.setattr(fused, "CHUNK_BYTES", 3 * 4 * 22)  # 3 positions of the 22-row output layer
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(10, 6, generator=generator).requires_grad_()
+    weight = torch.randn(22, 6, generator=generator).requires_grad_()
+    targets, weights = torch.randint(0, 20, (10,), generator=generator), torch.rand(10, generator=generator) + 0.5
+    teacher = torch.randn(10, 22, generator=generator) * 3
+    logprobs, ids = (teacher[:, :20] / 2.0).log_softmax(-1).topk(5, -1)
+    side = (None, ids, logprobs) if cached else (teacher, None, None)
+    loss = DistillLoss(None, None, DistillConfig(teacher="t", alpha=0.6, temperature=2.0, loss=kind), vocab=20, label_smoothing=0.1)
+
+    whole = masked_mean(loss.position_losses(hidden @ weight.T, targets, *side), weights)
+    expected = [whole.item(), *torch.autograd.grad(whole, [hidden, weight])]
+
+    def score(logits, start, end):
+        return loss.position_losses(logits, targets[start:end], *[None if x is None else x[start:end] for x in side])
+
+    chunked = fused.chunked_output_loss(hidden, weight, weights, score)
+    got = [chunked.item(), *torch.autograd.grad(chunked, [hidden, weight])]
+    assert got[0] == pytest.approx(expected[0], abs=1e-6)
+    assert torch.allclose(got[1], expected[1], atol=1e-6) and torch.allclose(got[2], expected[2], atol=1e-6)
+
+
 # ---------------------------------------------------------------- the student made from the teacher
 
 
@@ -457,6 +488,17 @@ def test_topk_over_the_whole_vocabulary_trains_as_the_teacher_beside(lm_teacher,
     beside, cached = losses(tmp_path / "beside"), losses(tmp_path / "cached")
     assert cached[1] == pytest.approx(beside[1], abs=2e-3)
     assert cached[12] == pytest.approx(beside[12], abs=2e-2)
+
+
+@pytest.mark.parametrize("cache", ["none", "topk"])
+def test_distillation_through_the_fused_output_layer_trains_as_through_whole_logits(lm_teacher, fresh_student, tmp_path, cache):
+    teacher_run, data = lm_teacher
+    runs = {}
+    for fused_loss in (True, False):
+        cfg = fresh_student_config(teacher_run, data, tmp_path / f"{cache}-{fused_loss}", fresh_student, alpha=0.5, cache=cache, topk=8)
+        train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"fused_loss": fused_loss})}))
+        runs[fused_loss] = losses(tmp_path / f"{cache}-{fused_loss}")
+    assert runs[True] == pytest.approx(runs[False], abs=1e-4)
 
 
 # ---------------------------------------------------------------- diagnosis

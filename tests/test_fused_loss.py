@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.training import fused_loss
+from tunesmith.models import parts
 from tunesmith.training.fused_loss import linear_cross_entropy
 
 from helpers import run_config
@@ -15,7 +15,7 @@ from helpers import run_config
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_linear_then_cross_entropy_across_chunks(smoothing, weighted, multiple, monkeypatch):
     """Also with the output rows padded for the matmuls (as on CUDA): the padding takes no probability and no gradient."""
-    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 7 * 4 * 50)  # 7 positions of the 50-token vocabulary: several chunks, the last one short
+    monkeypatch.setattr(parts, "CHUNK_BYTES", 7 * 4 * 50)  # 7 positions of the 50-token vocabulary: several chunks, the last one short
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
@@ -52,5 +52,5 @@ def test_training_with_and_without_fusion_gives_the_same_losses(tiny_gpt2, corpu
 
 def test_a_chunk_of_fp32_logits_stays_within_64_mb_whatever_the_vocabulary():
     for vocab in (50, 49_152, 50_257, 128_256, 262_144):
-        positions = fused_loss.chunk_positions(vocab)
+        positions = parts.chunk_positions(vocab)
         assert positions >= 1 and positions * vocab * 4 <= 64 * 2**20

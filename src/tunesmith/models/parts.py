@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import torch
 
+CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
+
+
+def chunk_positions(vocab: int, budget: int | None = None) -> int:
+    """Positions per chunk of a fused output loss, so that a chunk's fp32 logits stay within `budget` bytes (CHUNK_BYTES
+    by default)."""
+    return max(1, (budget or CHUNK_BYTES) // (4 * vocab))
+
 
 def output_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """The decoder stack and the output layer of a plain (or LoRA-wrapped) causal LM, when the loss can be fused.

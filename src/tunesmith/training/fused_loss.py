@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from ..models.parts import output_parts
+from ..models.parts import chunk_positions, output_parts
 from ..tasks.loss import batch_loss, target_weight
 
-CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
 CUDA_VOCAB_MULTIPLE = 64  # a vocabulary like GPT-2's 50,257 rows sends CUDA's matmuls to slow kernels for unaligned shapes
 
 
 def vocab_multiple(device: torch.device) -> int:
     """Rows the output weight is padded to a multiple of for the chunk matmuls (with zeros, never scored)."""
     return CUDA_VOCAB_MULTIPLE if device.type == "cuda" else 1
-
-
-def chunk_positions(vocab: int) -> int:
-    """Positions per chunk, so that a chunk's fp32 logits (and their softmax, made in place) stay within CHUNK_BYTES."""
-    return max(1, CHUNK_BYTES // (4 * vocab))
 
 
 class LinearCrossEntropy(torch.autograd.Function):

@@ -115,7 +115,7 @@ def _loss(task: Task, module, fuse: bool, cfg: RunConfig, teacher: Teacher | Non
     """The task's own training loss; with a teacher, the data's cross-entropy mixed with the divergence from it (and the
     hidden-state distance, with `hidden`); else next-token cross-entropy (with the output layer fused in where `fuse`)."""
     if teacher is not None:
-        return DistillLoss(module, teacher.logits, cfg.distill, vocab, cfg.train.label_smoothing, hidden)
+        return DistillLoss(module, teacher.module, cfg.distill, vocab, cfg.train.label_smoothing, hidden, fuse)
     return task.training_loss(module) or training_loss(module, fuse, cfg.train.label_smoothing)
 
 
@@ -201,8 +201,8 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
         console.print(hidden.describe(), highlight=False)
     if teacher is not None and cfg.distill.cache == "topk":
         train = _with_topk(cfg, task, teacher, train, vocab, data.directory, device, precision, console, context)
-    # a head has no vocabulary, DDP runs its wrapper, and a teacher's divergence reads the student's logits whole
-    fuse = cfg.train.fused_loss and not context.enabled and labels is None and teacher is None
+    # a head has no vocabulary, and DDP runs its wrapper
+    fuse = cfg.train.fused_loss and not context.enabled and labels is None
     micro = cfg.train.micro_batch_size
     if micro == "auto":
         micro = largest_micro_batch(model, _loss(task, module, fuse, cfg, teacher, vocab, hidden), train, device, precision, 64,
