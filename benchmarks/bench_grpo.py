@@ -85,6 +85,19 @@ def lexicon_judge():
     return lambda texts: [analyzer.polarity_scores(t)["compound"] >= LEXICON_POSITIVE for t in texts]
 
 
+def unseen_share(judge, rows: list[dict]) -> float:
+    """The share of the completions' words that the TF-IDF judge's vocabulary lacks (they weigh nothing in its verdict)."""
+    vectorizer = judge.named_steps["tfidfvectorizer"]
+    words = [w for row in rows for w in vectorizer.build_tokenizer()(row["generated"].lower())]
+    return sum(w not in vectorizer.vocabulary_ for w in words) / max(1, len(words))
+
+
+def lexicon_overrules(judge, lexicon, texts: list[str]) -> str:
+    """Of the texts the TF-IDF judge calls negative, how many the lexicon judge reads positive."""
+    negative = [t for t, verdict in zip(texts, judge.predict(texts)) if not verdict]
+    return f"{sum(lexicon(negative))} of {len(negative)}"
+
+
 def share(verdicts: list[bool]) -> float:
     return sum(verdicts) / max(1, len(verdicts))
 
@@ -112,12 +125,16 @@ def made_with(out: Path, prompts: Path, settings: dict) -> bool:
             and [row["prompt"] for row in read_jsonl(out)] == [row["prompt"] for row in read_jsonl(prompts)])
 
 
+GENERATE_DEFAULTS = {"temperature": 0.7, "top_p": 0.95, "top_k": 50}  # `tunesmith generate`'s, as its summary records them
+
+
 def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperature: float | None, reuse: bool = False) -> list[dict]:
     """One seeded completion per prompt: at `temperature` with nothing cut (how GRPO samples), or with None at
-    `tunesmith generate`'s own defaults (temperature 0.7, top-p 0.95, top-k 50: how a user generates). With `reuse`, a
-    file an earlier judging made of the same model, prompts and settings is read instead (the seed makes it the same)."""
+    `tunesmith generate`'s own defaults (how a user generates). With `reuse`, the file `out` (named after the model's
+    run) is read instead when an earlier judging made it of the same prompts at the same settings (the seed makes it
+    the same)."""
     sampling = {"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature is not None else {}
-    if reuse and made_with(out, prompts, {"max_new_tokens": new_tokens, "seed": GENERATE_SEED, **sampling}):
+    if reuse and made_with(out, prompts, {"max_new_tokens": new_tokens, "seed": GENERATE_SEED, **(sampling or GENERATE_DEFAULTS)}):
         return read_jsonl(out)
     for stale in (out, out.with_name(out.stem + ".summary.json")):
         stale.unlink(missing_ok=True)
@@ -146,6 +163,21 @@ def trained_as_flagged(run: Path, args) -> None:
 def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
     texts = [row["prompt"] + row["generated"] for row in rows]
     return float(judge.predict(texts).mean()), texts
+
+
+def train_grpo(args, work: Path, classifier: Path, run: Path) -> float:
+    """GRPO on the training openings with the classifier's `positive` as the reward, at the flags' settings; its seconds."""
+    rewards = json.dumps([{"run": str(classifier), "label": "positive", "scale": args.scale}])
+    return tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
+                     "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
+                     "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
+                     "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
+                     "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
+                     "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"train.min_lr_ratio={args.min_lr_ratio}",
+                     "--set", f"grpo.beta={args.beta}",
+                     "--set", f"train.seed={args.seed}",
+                     *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
+                       if args.target_kl else []))
 
 
 def steer(args) -> None:
@@ -178,7 +210,6 @@ def steer(args) -> None:
     base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
-    rewards = json.dumps([{"run": str(classifier), "label": "positive", "scale": args.scale}])
     run = work / args.run
     reused = args.reuse and (run / "summary.json").is_file()
     if reused:
@@ -187,16 +218,7 @@ def steer(args) -> None:
     elif args.reuse and run.exists():
         sys.exit(f"{run} holds no finished run: move it aside, or leave out --reuse to train into it")
     else:
-        seconds = tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
-                            "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
-                            "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
-                            "--set", f"grpo.max_new_tokens={args.new_tokens}", "--set", "grpo.group_size=8",
-                            "--set", f"grpo.temperature={args.temperature}", "--set", f"train.eval_every={args.eval_every}",
-                            "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"train.min_lr_ratio={args.min_lr_ratio}",
-                            "--set", f"grpo.beta={args.beta}",
-                            "--set", f"train.seed={args.seed}",
-                            *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
-                              if args.target_kl else []))
+        seconds = train_grpo(args, work, classifier, run)
     summary = json.loads((run / "summary.json").read_text())
     tuned = completions(str(run), held, work / f"{args.run}.tuned.jsonl", args.new_tokens, args.temperature, reused)
     tuned_share, texts = judged(judge, tuned)
@@ -216,6 +238,10 @@ def steer(args) -> None:
     print(f"| lexicon judge (VADER, compound >= {LEXICON_POSITIVE}), as in training / at generate's defaults | "
           f"{share(lexicon(base_texts)):.1%} / {share(lexicon(base_default_texts)):.1%} | "
           f"{share(lexicon(texts)):.1%} / {share(lexicon(default_texts)):.1%} |")
+    print(f"| TF-IDF judge: words of the completions (defaults) it never saw | {unseen_share(judge, base_default):.1%} | "
+          f"{unseen_share(judge, tuned_default):.1%} |\n"
+          f"| TF-IDF judge: texts (defaults) it calls negative that VADER reads positive | "
+          f"{lexicon_overrules(judge, lexicon, base_default_texts)} | {lexicon_overrules(judge, lexicon, default_texts)} |")
     print(f"| distinct-2, as in training | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n"
           f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
           f"| drift (nats per token) | 0 | {drift} |")

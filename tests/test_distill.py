@@ -131,9 +131,11 @@ def test_topk_divergence_stays_below_the_full_one_for_a_confident_teacher(kind):
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("cached", [False, True])
-def test_the_loss_through_chunks_of_the_output_layer_equals_the_whole_one(kind, cached, monkeypatch):
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_the_loss_through_chunks_of_the_output_layer_equals_the_whole_one(kind, cached, multiple, monkeypatch):
     """Loss and gradients of hidden states and output weight, over several chunks (the last one short), with label
-    smoothing, class weights, and output rows past the tokenizer's (a padded embedding)."""
+    smoothing, class weights, output rows past the tokenizer's (a padded embedding), and the output rows padded for
+    the matmuls (as on CUDA)."""
     from tunesmith.config import DistillConfig
     from tunesmith.distill import fused
     from tunesmith.distill.loss import DistillLoss
@@ -154,7 +156,7 @@ def test_the_loss_through_chunks_of_the_output_layer_equals_the_whole_one(kind, 
     def score(logits, start, end):
         return loss.position_losses(logits, targets[start:end], *[None if x is None else x[start:end] for x in side])
 
-    chunked = fused.chunked_output_loss(hidden, weight, weights, score)
+    chunked = fused.chunked_output_loss(hidden, weight, weights, score, multiple)
     got = [chunked.item(), *torch.autograd.grad(chunked, [hidden, weight])]
     assert got[0] == pytest.approx(expected[0], abs=1e-6)
     assert torch.allclose(got[1], expected[1], atol=1e-6) and torch.allclose(got[2], expected[2], atol=1e-6)
@@ -491,13 +493,21 @@ def test_topk_over_the_whole_vocabulary_trains_as_the_teacher_beside(lm_teacher,
 
 
 @pytest.mark.parametrize("cache", ["none", "topk"])
-def test_distillation_through_the_fused_output_layer_trains_as_through_whole_logits(lm_teacher, fresh_student, tmp_path, cache):
+def test_distillation_through_the_fused_output_layer_trains_as_through_whole_logits(lm_teacher, fresh_student, tmp_path, cache,
+                                                                                    monkeypatch):
+    from tunesmith.distill import fused, loss
+
     teacher_run, data = lm_teacher
+    monkeypatch.setattr(fused, "CHUNK_BYTES", 4 * 4 * 256)  # 3 positions of the tokenizer's 300 a chunk: many a batch
+    calls = []
+    monkeypatch.setattr(loss, "chunked_output_loss", lambda *args: calls.append(len(args[0])) or fused.chunked_output_loss(*args))
     runs = {}
     for fused_loss in (True, False):
         cfg = fresh_student_config(teacher_run, data, tmp_path / f"{cache}-{fused_loss}", fresh_student, alpha=0.5, cache=cache, topk=8)
         train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"fused_loss": fused_loss})}))
         runs[fused_loss] = losses(tmp_path / f"{cache}-{fused_loss}")
+        assert bool(calls) == fused_loss and all(positions > 3 for positions in calls)
+        calls.clear()
     assert runs[True] == pytest.approx(runs[False], abs=1e-4)
 
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models import parts
+from tunesmith.training import fused_loss
 from tunesmith.training.fused_loss import linear_cross_entropy
 
 from helpers import run_config
@@ -15,7 +16,7 @@ from helpers import run_config
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_linear_then_cross_entropy_across_chunks(smoothing, weighted, multiple, monkeypatch):
     """Also with the output rows padded for the matmuls (as on CUDA): the padding takes no probability and no gradient."""
-    monkeypatch.setattr(parts, "CHUNK_BYTES", 7 * 4 * 50)  # 7 positions of the 50-token vocabulary: several chunks, the last one short
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 7 * 4 * 50)  # 7 positions of the 50-token vocabulary: several chunks, the last one short
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
@@ -52,5 +53,20 @@ def test_training_with_and_without_fusion_gives_the_same_losses(tiny_gpt2, corpu
 
 def test_a_chunk_of_fp32_logits_stays_within_64_mb_whatever_the_vocabulary():
     for vocab in (50, 49_152, 50_257, 128_256, 262_144):
-        positions = parts.chunk_positions(vocab)
+        positions = parts.chunk_positions(vocab, fused_loss.CHUNK_BYTES)
         assert positions >= 1 and positions * vocab * 4 <= 64 * 2**20
+
+
+def test_a_model_that_scales_its_logits_after_the_output_layer_is_not_fused():
+    """Soft-capping (Gemma 2), Cohere's logit_scale, Granite's logits_scaling: the fused loss would skip them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models.parts import output_parts
+
+    def llama(**config_extra):
+        return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, **config_extra))
+
+    assert output_parts(llama()) is not None and output_parts(llama(logits_scaling=1.0)) is not None
+    for name, value in [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625), ("logits_scaling", 8.0), ("output_multiplier", 2)]:
+        assert output_parts(llama(**{name: value})) is None, name

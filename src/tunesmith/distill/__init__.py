@@ -2,11 +2,10 @@
 
 losses.py holds the divergences (forward KL, reverse KL, Jensen-Shannon; over the whole vocabulary or the teacher's
 top k), loss.py the step's loss that mixes one with the data's cross-entropy (through both models' output layers
-over chunks of positions, fused.py), hidden.py the hidden-state term (each
-student block against the teacher block it stands for), teacher.py the teacher (its checks
-against the student and its one validation pass), student.py a student made from the teacher by keeping some of its
-blocks, pick.py the blocks it keeps measured on the training data, and cache.py the teacher's top-k log-probabilities
-stored once beside the token files.
+over chunks of positions, fused.py), hidden.py the hidden-state term (each student block against the teacher block it
+stands for), teacher.py the teacher (its checks against the student and its one validation pass), student.py a
+student made from the teacher by keeping some of its blocks, pick.py the blocks it keeps measured on the training
+data, and cache.py the teacher's top-k log-probabilities stored once beside the token files.
 """
 
 from .hidden import HiddenMatch

@@ -26,13 +26,15 @@ class DistillLoss:
     """Called like the step's other losses (`loss(batch)`, `weight`, `module`, `compiled`). The teacher's side comes
     from `teacher`, the frozen teacher's model, or from the batch itself (`Batch.teacher_ids` and `teacher_logprobs`,
     the top-k cache's). `hidden`, with distill.hidden above 0, catches both models' block outputs. With `fuse`, the
-    output layers are folded into the loss where both models allow it."""
+    output layers are folded into the loss where the student's allows it (and the teacher's, when it runs beside);
+    `parts`, the student's decoder stack and output layer where they are not `output_parts(module)` (a compiled stack)."""
 
     def __init__(self, module: torch.nn.Module, teacher: torch.nn.Module, settings: DistillConfig, vocab: int | None,
-                 label_smoothing: float = 0.0, hidden: HiddenMatch | None = None, fuse: bool = False):
+                 label_smoothing: float = 0.0, hidden: HiddenMatch | None = None, fuse: bool = False,
+                 parts: tuple[torch.nn.Module, torch.nn.Linear] | None = None):
         self.module, self.teacher, self.settings = module, teacher, settings
         self.vocab, self.label_smoothing, self.hidden, self.fuse = vocab, label_smoothing, hidden, fuse
-        self.parts = output_parts(module) if fuse and vocab is not None else None
+        self.parts = parts or (output_parts(module) if fuse and vocab is not None else None)
         self.teacher_parts = output_parts(teacher) if self.parts is not None else None
 
     @staticmethod
@@ -48,11 +50,9 @@ class DistillLoss:
     def compiled(self) -> "DistillLoss":
         if not self.compiles:
             return self
-        loss = DistillLoss(torch.compile(self.module), self.teacher, self.settings, self.vocab, self.label_smoothing,
-                           fuse=self.fuse)
-        if self.parts is not None:  # the fused path runs the decoder stack, not the module: compile that
-            loss.parts = (torch.compile(self.parts[0]), self.parts[1])
-        return loss
+        parts = (torch.compile(self.parts[0]), self.parts[1]) if self.parts is not None else None  # what the fused path runs
+        return DistillLoss(torch.compile(self.module), self.teacher, self.settings, self.vocab, self.label_smoothing,
+                           fuse=self.fuse, parts=parts)
 
     def __call__(self, batch) -> torch.Tensor:
         needs_teacher = batch.teacher_ids is None and (self.settings.alpha or self.hidden is not None)

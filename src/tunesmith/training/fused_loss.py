@@ -12,50 +12,45 @@ from __future__ import annotations
 
 import torch
 
-from ..models.parts import chunk_positions, output_parts
+from ..models.parts import chunk_positions, compute_dtype, output_parts, padded_rows, vocab_multiple
 from ..tasks.loss import batch_loss, target_weight
 
-CUDA_VOCAB_MULTIPLE = 64  # a vocabulary like GPT-2's 50,257 rows sends CUDA's matmuls to slow kernels for unaligned shapes
-
-
-def vocab_multiple(device: torch.device) -> int:
-    """Rows the output weight is padded to a multiple of for the chunk matmuls (with zeros, never scored)."""
-    return CUDA_VOCAB_MULTIPLE if device.type == "cuda" else 1
+CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i * CE(hidden_i @ weight.T, target_i) / sum_i w_i, with gradients for hidden and weight."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, weights, label_smoothing: float, compute_dtype, multiple: int = 1):
+    def forward(ctx, hidden, weight, targets, weights, label_smoothing: float, matmul_dtype, multiple: int = 1):
         total_weight = weights.sum().clamp_min(1e-9)
         grad_hidden = torch.empty_like(hidden)
         want_weight = weight.requires_grad  # a frozen output layer (freeze, LoRA) needs no weight gradient
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         vocab = weight.shape[0]
-        w_matmul = weight.to(compute_dtype)  # the weight itself where it is already in the compute dtype: no copy
-        if vocab % multiple:
-            w_matmul = torch.nn.functional.pad(w_matmul, (0, 0, 0, -vocab % multiple))
-        size = chunk_positions(w_matmul.shape[0])
+        w_matmul = padded_rows(weight.to(matmul_dtype), multiple)  # no copy where it is already in the dtype and aligned
+        size = chunk_positions(w_matmul.shape[0], CHUNK_BYTES)
         for start in range(0, hidden.shape[0], size):
-            h = hidden[start : start + size].to(compute_dtype)
-            t, w = targets[start : start + size], weights[start : start + size] / total_weight
+            h = hidden[start : start + size].to(matmul_dtype)
+            t, w = targets[start : start + size], weights[start : start + size]
             logits = (h @ w_matmul.T).float()
             logits[:, vocab:] = float("-inf")  # the padding rows: probability 0, gradient 0
             logprobs = logits.log_softmax(-1)
             picked = logprobs.gather(1, t[:, None]).squeeze(1)
             per_token = -(1 - label_smoothing) * picked - label_smoothing * logprobs[:, :vocab].mean(-1)
-            loss += (per_token * w).sum()
+            loss += (per_token * w).sum() / total_weight
             grad = logprobs.exp_()  # softmax, reusing the buffer
             grad.scatter_add_(1, t[:, None], torch.full_like(t[:, None], -(1 - label_smoothing), dtype=grad.dtype))
             if label_smoothing:
                 grad[:, :vocab] -= label_smoothing / vocab
-            grad *= w[:, None]
-            grad_low = grad.to(compute_dtype)
-            grad_hidden[start : start + size] = (grad_low @ w_matmul).to(hidden.dtype)
+            grad *= w[:, None]  # not yet divided by the total weight: fp16 keeps small gradients whole
+            grad_low = grad.to(matmul_dtype)
+            grad_hidden[start : start + size] = ((grad_low @ w_matmul).float() / total_weight).to(hidden.dtype)
             if want_weight:
                 grad_weight += (grad_low.T @ h)[:vocab].float()
+        if want_weight:
+            grad_weight /= total_weight
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
         return loss
 
@@ -69,11 +64,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          label_smoothing: float = 0.0, multiple: int | None = None) -> torch.Tensor:
     """The weighted mean cross-entropy of `hidden` (N, H) through the output `weight` (V, H) against `targets` (N,);
     `multiple`: the output rows are padded to a multiple of it for the matmuls (default: the device's `vocab_multiple`)."""
-    compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else weight.dtype
     if weights is None:
         weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
     with torch.autocast(hidden.device.type, enabled=False):
-        return LinearCrossEntropy.apply(hidden, weight, targets, weights.float(), label_smoothing, compute_dtype,
+        return LinearCrossEntropy.apply(hidden, weight, targets, weights.float(), label_smoothing, compute_dtype(hidden, weight),
                                         multiple or vocab_multiple(hidden.device))
 
 
