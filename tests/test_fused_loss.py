@@ -70,3 +70,22 @@ def test_a_model_that_scales_its_logits_after_the_output_layer_is_not_fused():
     assert output_parts(llama()) is not None and output_parts(llama(logits_scaling=1.0)) is not None
     for name, value in [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625), ("logits_scaling", 8.0), ("output_multiplier", 2)]:
         assert output_parts(llama(**{name: value})) is None, name
+
+
+def test_fp16_gradients_of_a_chunk_neither_overflow_nor_underflow():
+    """Many positions with one unlikely target and large hidden states, under fp16 autocast: the output weight's gradient
+    (about -75,000 summed over the chunk, past fp16's 65,504) stays finite and matches fp32's."""
+    from tunesmith.distill.fused import chunked_output_loss
+
+    hidden = torch.full((300, 8), 250.0) + torch.randn(300, 8)
+    weight = (torch.randn(16, 8) * 0.01).requires_grad_()
+    targets = (hidden[:1] @ weight.T).argmin(-1).expand(300)  # the least likely token: a gradient near -250 per position
+    reference = linear_cross_entropy(hidden, weight, targets)
+    expected = torch.autograd.grad(reference, weight)[0]
+    for fused in (lambda: linear_cross_entropy(hidden, weight, targets),
+                  lambda: chunked_output_loss(hidden, weight, torch.ones(300),
+                                              lambda logits, a, b: F.cross_entropy(logits, targets[a:b], reduction="none"))):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = fused()
+        grad = torch.autograd.grad(loss, weight)[0]
+        assert torch.isfinite(grad).all() and (grad - expected).norm() < 1e-2 * expected.norm()

@@ -36,17 +36,19 @@ class ChunkedOutputLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], size):
             end = min(start + size, hidden.shape[0])
             h = hidden[start:end].detach().to(matmul_dtype).requires_grad_()
+            weights = position_weights[start:end]
+            chunk_weight = weights.sum().clamp_min(1e-9)
             with torch.enable_grad():
                 logits = (h @ w_matmul.T)[:, :vocab].float()
-                # the sum, not yet divided by the total weight: fp16 keeps small gradients whole
-                chunk_sum = (score(logits, start, end) * position_weights[start:end]).sum()
-            grads = torch.autograd.grad(chunk_sum, [h, w_matmul] if want_weight else [h])
-            grad_hidden[start:end] = (grads[0].float() / total_weight).to(hidden.dtype)
+                # the chunk's mean is differentiated in low precision (fp16 neither underflows nor overflows), then
+                # weighed by its share of the whole in fp32
+                chunk_mean = (score(logits, start, end) * weights).sum() / chunk_weight
+            grads = torch.autograd.grad(chunk_mean, [h, w_matmul] if want_weight else [h])
+            share = chunk_weight / total_weight
+            grad_hidden[start:end] = (grads[0].float() * share).to(hidden.dtype)
             if want_weight:
-                grad_weight += grads[1][:vocab].float()
-            loss += chunk_sum.detach() / total_weight
-        if want_weight:
-            grad_weight /= total_weight
+                grad_weight += grads[1][:vocab].float() * share
+            loss += chunk_mean.detach() * share
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
         return loss
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..batch import IGNORE
 from ..config import DistillConfig
-from ..models.parts import output_parts
+from ..models.parts import output_parts, padded_rows, vocab_multiple
 from ..tasks.loss import forward, scored, target_weight
 from .fused import chunked_output_loss
 from .hidden import HiddenMatch
@@ -84,14 +84,16 @@ class DistillLoss:
             teacher_backbone, teacher_head = self.teacher_parts
             with torch.no_grad():
                 teacher_hidden = scored(teacher_backbone(**batch.model_inputs(), use_cache=False).last_hidden_state, batch)[0]
-            teacher_weight = teacher_head.weight if self.settings.alpha else None  # else it ran for the hidden states only
+            vocab = teacher_head.weight.shape[0]
+            if self.settings.alpha:  # else the teacher ran for the hidden states only
+                teacher_weight = padded_rows(teacher_head.weight, vocab_multiple(hidden.device))
         ids, logprobs = batch.teacher_ids, batch.teacher_logprobs
 
         def score(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
             teacher = None
             if teacher_weight is not None:
                 with torch.no_grad():
-                    teacher = teacher_hidden[start:end].to(teacher_weight.dtype) @ teacher_weight.T
+                    teacher = (teacher_hidden[start:end].to(teacher_weight.dtype) @ teacher_weight.T)[:, :vocab]
             return self.position_losses(logits, targets[start:end], teacher, None if ids is None else ids[start:end],
                                         None if logprobs is None else logprobs[start:end])
 

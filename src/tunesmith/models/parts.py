@@ -29,13 +29,16 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
-LOGIT_MULTIPLIERS = ("logit_scale", "logits_scaling", "output_multiplier")  # config keys that scale the logits after the layer
+LOGIT_MULTIPLIERS = ("logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")  # config keys that scale
+                                                                                                 # logits after the layer
 
 
 def scales_logits(config) -> bool:
-    """Whether the model changes its logits after the output layer: soft-capping, or a multiplier other than 1."""
-    return bool(getattr(config, "final_logit_softcapping", None)) or \
-        any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_MULTIPLIERS)
+    """Whether the model changes its logits after the output layer: soft-capping, or a multiplier other than 1 (in its
+    config or, for a multimodal one, its text model's)."""
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    return any(bool(getattr(c, "final_logit_softcapping", None))
+               or any(getattr(c, name, None) not in (None, 1, 1.0) for name in LOGIT_MULTIPLIERS) for c in configs)
 
 
 def output_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:

@@ -44,13 +44,13 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad.scatter_add_(1, t[:, None], torch.full_like(t[:, None], -(1 - label_smoothing), dtype=grad.dtype))
             if label_smoothing:
                 grad[:, :vocab] -= label_smoothing / vocab
-            grad *= w[:, None]  # not yet divided by the total weight: fp16 keeps small gradients whole
-            grad_low = grad.to(matmul_dtype)
-            grad_hidden[start : start + size] = ((grad_low @ w_matmul).float() / total_weight).to(hidden.dtype)
+            chunk_weight = w.sum().clamp_min(1e-9)
+            grad *= w[:, None] / chunk_weight  # a mean over the chunk in low precision (fp16 neither underflows nor overflows),
+            grad_low = grad.to(matmul_dtype)  # then its share of the whole in fp32
+            share = chunk_weight / total_weight
+            grad_hidden[start : start + size] = ((grad_low @ w_matmul).float() * share).to(hidden.dtype)
             if want_weight:
-                grad_weight += (grad_low.T @ h)[:vocab].float()
-        if want_weight:
-            grad_weight /= total_weight
+                grad_weight += (grad_low.T @ h)[:vocab].float() * share
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_weight else None)
         return loss
 
