@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..models.parts import chunk_positions, compute_dtype, output_parts, padded_rows, vocab_multiple
-from ..tasks.loss import batch_loss, target_weight
+from ..tasks.loss import batch_loss, scored, target_weight
 
 CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits: 341 positions of a 49k vocabulary, 128 of a 128k one
 
@@ -106,17 +106,8 @@ class FusedOutputLoss:
         return FusedOutputLoss(torch.compile(self.backbone), self.head, self.label_smoothing)
 
     def __call__(self, batch) -> torch.Tensor:
-        from ..batch import IGNORE
-
-        label_smoothing = self.label_smoothing
-        hidden = self.backbone(**batch.model_inputs(), use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H)
-        if batch.labels is None:
-            return linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, batch.input_ids[:, 1:].flatten(), None, label_smoothing)
-        targets = batch.labels[:, 1:]
-        keep = targets != IGNORE
-        weights = batch.target_weights(targets)
-        weights = weights[keep] if weights is not None else None
-        return linear_cross_entropy(hidden[keep], self.head.weight, targets[keep], weights, label_smoothing)
+        hidden, targets, weights = scored(self.backbone(**batch.model_inputs(), use_cache=False).last_hidden_state, batch)
+        return linear_cross_entropy(hidden, self.head.weight, targets, weights, self.label_smoothing)
 
 
 def training_loss(model: torch.nn.Module, fuse: bool, label_smoothing: float = 0.0) -> ModelLoss | FusedOutputLoss:
