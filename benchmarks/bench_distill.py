@@ -17,7 +17,10 @@ its top k on the training positions, and the perplexity and training time agains
 
 `sentiment --augment N` adds N variants of each training sentence (an n-gram, or words dropped and swapped), labelled by
 the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `language
---no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one.
+--no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one. `language --samples N` gives
+every student more text than the teacher was fine-tuned on: N texts sampled from the teacher, each begun by a training
+verse (sequence-level distillation); `--transfer FILE` adds any other text. The students then train on the teacher
+run's training chapters and that text, and all are measured on its held-out chapters, written out as files.
 
 Each part keeps its runs under --work, named by their settings, and reuses a finished one.
 """
@@ -167,6 +170,50 @@ def topk_mass(run: Path) -> float | None:
     return None
 
 
+def teacher_chapters(teacher: Path, work: Path) -> tuple[Path, Path]:
+    """The teacher run's training and held-out chapters as JSONL files, decoded from its prepared token files, so a
+    student that reads more text than the teacher did is trained and measured on the same chapters."""
+    files = work / "chapters_train.jsonl", work / "chapters_val.jsonl"
+    if all(f.is_file() for f in files):
+        return files
+    from transformers import AutoTokenizer
+
+    summary = json.loads((teacher / "summary.json").read_text())
+    data_dir = Path(summary["data_dir"])
+    meta = json.loads((data_dir / "meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(teacher / "final")
+    for split, path in zip(("train", "val"), files):
+        ids = np.fromfile(data_dir / f"{split}.bin", dtype=meta["dtype"])
+        ends = np.flatnonzero(ids == meta["eos_token_id"])
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        rows = [{"text": tokenizer.decode(ids[a:b])} for a, b in zip(starts, ends)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(f"{split}: {len(rows)} chapters, {len(ids):,} tokens -> {path}")
+    return files
+
+
+def teacher_samples(teacher: Path, chapters: Path, work: Path, count: int, new_tokens: int) -> Path:
+    """`count` texts sampled from the teacher (temperature 1, no top-k or top-p cut: its own distribution), each begun
+    by the first words of a training verse: in-domain text for sequence-level distillation (Kim and Rush, 2016)."""
+    out = work / f"teacher_samples_{count}x{new_tokens}.jsonl"
+    if out.is_file():
+        return out
+    verses = [line.strip() for row in (json.loads(l) for l in chapters.read_text(encoding="utf-8").splitlines())
+              for line in row["text"].splitlines() if len(line.split()) > 8]
+    rng = random.Random(0)
+    prompts = work / "sample_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(v.split()[:6])}) + "\n" for v in rng.sample(verses, count)))
+    generated = work / f"teacher_generated_{count}x{new_tokens}.jsonl"
+    generated.unlink(missing_ok=True)
+    seconds = tunesmith("generate", str(teacher), "--input", str(prompts), "--output", str(generated), "--temperature", "1",
+                        "--top-k", "0", "--top-p", "1", "--max-new-tokens", str(new_tokens), "--max-batch", "32")
+    rows = [json.loads(line) for line in generated.read_text(encoding="utf-8").splitlines()]
+    tokens = sum(r["tokens"] for r in rows)
+    out.write_text("".join(json.dumps({"text": r["prompt"] + r["generated"]}) + "\n" for r in rows), encoding="utf-8")
+    print(f"teacher samples: {len(rows)} texts, {tokens:,} new tokens in {seconds / 60:.1f} min ({tokens / seconds:.0f} tokens/s)")
+    return out
+
+
 def language(args) -> None:
     work = Path(args.work) / "language"
     work.mkdir(parents=True, exist_ok=True)
@@ -175,8 +222,17 @@ def language(args) -> None:
     teacher = work / "teacher"
     summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
+    held_out: list[str] = []  # eval on the students' own validation split, the teacher's held-out chapters
+    if args.samples or args.transfer:
+        train_chapters, val_chapters = teacher_chapters(teacher, work)
+        extra = [str(teacher_samples(teacher, train_chapters, work, args.samples, args.sample_tokens))] if args.samples else []
+        extra += args.transfer
+        common = ["--data", str(train_chapters), *(a for f in extra for a in ("--data", f)), "--val-data", str(val_chapters),
+                  *common[2:]]
+        held_out = ["--data", str(val_chapters)]
     keep = args.keep
-    plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}"  # what the text alone shares
+    more = (f"-s{args.samples}x{args.sample_tokens}" if args.samples else "") + "".join(f"-x{Path(f).stem}" for f in args.transfer)
+    plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}{more}"  # what the text alone shares
     tag = plain + (f"-a{args.alpha:g}" if args.alpha != 0.5 else "") + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
@@ -200,7 +256,7 @@ def language(args) -> None:
         del folders["text alone"]
     results = {}
     for name, folder in folders.items():
-        student_result, teacher_result = compare(folder, teacher)
+        student_result, teacher_result = compare(folder, teacher, *held_out)
         results[name] = student_result
     teacher_ppl = teacher_result["perplexity"]
     print(f"\nmachine: {cpu_name()}; held-out: the teacher run's validation chapters ({teacher_result['tokens']:,} tokens)")
@@ -247,6 +303,11 @@ def main() -> None:
     two.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the student trained on the text alone")
     two.add_argument("--no-beside", dest="beside", action="store_false",
                      help="skip the student distilled with the teacher beside it (the top-k cache's student only)")
+    two.add_argument("--samples", type=int, default=0,
+                     help="texts sampled from the teacher, begun by training verses, added to every student's training text")
+    two.add_argument("--sample-tokens", type=int, default=256, help="with --samples: new tokens per text")
+    two.add_argument("--transfer", action="append", default=[], metavar="FILE",
+                     help="more text for every student (the teacher labels it for the distilled ones; repeatable)")
     for sub in (one, two):
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar"], default="spaced", help="distill.student.from_teacher.pick")
