@@ -20,7 +20,7 @@ the teacher, to the distilled student's data, with a tenth of the sentences held
 --no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one. `language --samples N` gives
 every student more text than the teacher was fine-tuned on: N texts sampled from the teacher, each begun by a training
 verse (sequence-level distillation); `--transfer FILE` adds any other text. The students then train on the teacher
-run's training chapters and that text, and all are measured on its held-out chapters, written out as files.
+run's training documents and that text, and all are measured on its held-out documents, written out as files.
 
 Each part keeps its runs under --work, named by their settings, and reuses a finished one.
 """
@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from machine import cpu_name
+from tunesmith.rundir.durable import write_atomically
+from tunesmith.rundir.fingerprint import file_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_usecases import sentiment_files  # noqa: E402
@@ -170,68 +172,78 @@ def topk_mass(run: Path) -> float | None:
     return None
 
 
-def teacher_chapters(teacher: Path, work: Path) -> tuple[Path, Path]:
-    """The teacher run's training and held-out chapters as JSONL files, decoded from its prepared token files, so a
-    student that reads more text than the teacher did is trained and measured on the same chapters."""
-    files = work / "chapters_train.jsonl", work / "chapters_val.jsonl"
+def teacher_documents(teacher: Path, work: Path) -> tuple[Path, Path]:
+    """The teacher run's training and held-out documents as JSONL files, decoded from its prepared token files, so a
+    student that reads more text than the teacher did is trained and measured on the same documents."""
+    files = work / "teacher_train.jsonl", work / "teacher_val.jsonl"
     if all(f.is_file() for f in files):
         return files
     from transformers import AutoTokenizer
 
-    summary = json.loads((teacher / "summary.json").read_text())
-    data_dir = Path(summary["data_dir"])
+    data_dir = Path(json.loads((teacher / "summary.json").read_text())["data_dir"])
     meta = json.loads((data_dir / "meta.json").read_text())
+    if json.loads((data_dir / "data_report.json").read_text()).get("mix"):
+        sys.exit("the teacher's training text was mixed (weights or data.replay): its token file is not its documents in order")
     tokenizer = AutoTokenizer.from_pretrained(teacher / "final")
     for split, path in zip(("train", "val"), files):
         ids = np.fromfile(data_dir / f"{split}.bin", dtype=meta["dtype"])
         ends = np.flatnonzero(ids == meta["eos_token_id"])
+        if ids[-1] != meta["eos_token_id"] or len(ends) != meta[split]["documents"]:
+            sys.exit(f"the teacher's {split} tokens do not split into its {meta[split]['documents']} documents at end-of-text")
         starts = np.concatenate([[0], ends[:-1] + 1])
-        rows = [{"text": tokenizer.decode(ids[a:b])} for a, b in zip(starts, ends)]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        print(f"{split}: {len(rows)} chapters, {len(ids):,} tokens -> {path}")
+        rows = [{"text": tokenizer.decode(ids[a:b], clean_up_tokenization_spaces=False)} for a, b in zip(starts, ends)]
+        write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{split}: {len(rows)} documents, {len(ids):,} tokens -> {path}")
     return files
 
 
-def teacher_samples(teacher: Path, chapters: Path, work: Path, count: int, new_tokens: int) -> Path:
+def teacher_samples(teacher: Path, documents: Path, work: Path, count: int, new_tokens: int) -> Path:
     """`count` texts sampled from the teacher (temperature 1, no top-k or top-p cut: its own distribution), each begun
     by the first words of a training verse: in-domain text for sequence-level distillation (Kim and Rush, 2016)."""
     out = work / f"teacher_samples_{count}x{new_tokens}.jsonl"
     if out.is_file():
         return out
-    verses = [line.strip() for row in (json.loads(l) for l in chapters.read_text(encoding="utf-8").splitlines())
-              for line in row["text"].splitlines() if len(line.split()) > 8]
-    rng = random.Random(0)
+    texts = [json.loads(line)["text"] for line in documents.read_text(encoding="utf-8").splitlines()]
+    verses = [line.strip() for text in texts for line in text.splitlines() if len(line.split()) > 8]
     prompts = work / "sample_prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": " ".join(v.split()[:6])}) + "\n" for v in rng.sample(verses, count)))
+    chosen = random.Random(0).sample(verses, count)
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(verse.split()[:6])}) + "\n" for verse in chosen))
     generated = work / f"teacher_generated_{count}x{new_tokens}.jsonl"
-    generated.unlink(missing_ok=True)
-    seconds = tunesmith("generate", str(teacher), "--input", str(prompts), "--output", str(generated), "--temperature", "1",
-                        "--top-k", "0", "--top-p", "1", "--max-new-tokens", str(new_tokens), "--max-batch", "32")
-    rows = [json.loads(line) for line in generated.read_text(encoding="utf-8").splitlines()]
-    tokens = sum(r["tokens"] for r in rows)
-    out.write_text("".join(json.dumps({"text": r["prompt"] + r["generated"]}) + "\n" for r in rows), encoding="utf-8")
-    print(f"teacher samples: {len(rows)} texts, {tokens:,} new tokens in {seconds / 60:.1f} min ({tokens / seconds:.0f} tokens/s)")
+    if not generated.is_file():  # an interrupted generate resumes from its own journal
+        tunesmith("generate", str(teacher), "--input", str(prompts), "--output", str(generated), "--temperature", "1",
+                  "--top-k", "0", "--top-p", "1", "--max-new-tokens", str(new_tokens), "--max-batch", "32")
+    rows = [row for row in map(json.loads, generated.read_text(encoding="utf-8").splitlines()) if row["finish_reason"] != "error"]
+    write_atomically(out, "".join(json.dumps({"text": r["prompt"] + r["generated"]}) + "\n" for r in rows))
+    made = json.loads(generated.with_name(generated.stem + ".summary.json").read_text())
+    print(f"teacher samples: {len(rows)} texts, {made['generated_tokens']:,} new tokens in {made['seconds'] / 60:.1f} min "
+          f"({made['tokens_per_second']:.0f} tokens/s; ended at the token limit: {made['finish_reasons'].get('length', 0)})")
     return out
+
+
+def more_text(args, teacher: Path, work: Path) -> tuple[list[str], list[str], str]:
+    """With --samples or --transfer: the students' data flags (the teacher's training documents and the added text,
+    its held-out documents as validation), the held-out flags for eval, and the run-name part that names the text."""
+    if not (args.samples or args.transfer):
+        return ["--data", args.data], [], ""
+    train, val = teacher_documents(teacher, work)
+    added = [str(teacher_samples(teacher, train, work, args.samples, args.sample_tokens))] if args.samples else []
+    added += args.transfer
+    data = ["--data", str(train), *(flag for f in added for flag in ("--data", f)), "--val-data", str(val)]
+    name = (f"-s{args.samples}x{args.sample_tokens}" if args.samples else "") + "".join(
+        f"-x{Path(f).stem}-{file_sha256(Path(f))[:8]}" for f in args.transfer)
+    return data, ["--data", str(val)], name
 
 
 def language(args) -> None:
     work = Path(args.work) / "language"
     work.mkdir(parents=True, exist_ok=True)
-    common = ["--data", args.data, "--block-size", "256", "--batch-size", "8", "--set", "train.patience=null",
-              "--set", "train.eval_every=20"]
+    shape = ["--block-size", "256", "--batch-size", "8", "--set", "train.patience=null", "--set", "train.eval_every=20"]
     teacher = work / "teacher"
-    summary = train_once(teacher, *common, "--epochs", "1", "--lr", "1e-4")
+    summary = train_once(teacher, "--data", args.data, *shape, "--epochs", "1", "--lr", "1e-4")
     print(f"teacher: {summary['train_seconds'] / 60:.1f} min training; held-out perplexity {summary['best_val_ppl']:.2f}")
-    held_out: list[str] = []  # eval on the students' own validation split, the teacher's held-out chapters
-    if args.samples or args.transfer:
-        train_chapters, val_chapters = teacher_chapters(teacher, work)
-        extra = [str(teacher_samples(teacher, train_chapters, work, args.samples, args.sample_tokens))] if args.samples else []
-        extra += args.transfer
-        common = ["--data", str(train_chapters), *(a for f in extra for a in ("--data", f)), "--val-data", str(val_chapters),
-                  *common[2:]]
-        held_out = ["--data", str(val_chapters)]
+    data, held_out, more = more_text(args, teacher, work)
+    common = [*data, *shape]
     keep = args.keep
-    more = (f"-s{args.samples}x{args.sample_tokens}" if args.samples else "") + "".join(f"-x{Path(f).stem}" for f in args.transfer)
     plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}{more}"  # what the text alone shares
     tag = plain + (f"-a{args.alpha:g}" if args.alpha != 0.5 else "") + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
