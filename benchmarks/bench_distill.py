@@ -206,6 +206,8 @@ def teacher_samples(teacher: Path, documents: Path, work: Path, count: int, new_
     texts = [json.loads(line)["text"] for line in documents.read_text(encoding="utf-8").splitlines()]
     verses = [line.strip() for text in texts for line in text.splitlines() if len(line.split()) > 8]
     prompts = work / "sample_prompts.jsonl"
+    if count > len(verses):
+        sys.exit(f"--samples {count}: the teacher's training documents have only {len(verses)} verse lines to begin samples with")
     chosen = random.Random(0).sample(verses, count)
     prompts.write_text("".join(json.dumps({"prompt": " ".join(verse.split()[:6])}) + "\n" for verse in chosen))
     generated = work / f"teacher_generated_{count}x{new_tokens}.jsonl"
@@ -215,8 +217,9 @@ def teacher_samples(teacher: Path, documents: Path, work: Path, count: int, new_
     rows = [row for row in map(json.loads, generated.read_text(encoding="utf-8").splitlines()) if row["finish_reason"] != "error"]
     write_atomically(out, "".join(json.dumps({"text": r["prompt"] + r["generated"]}) + "\n" for r in rows))
     made = json.loads(generated.with_name(generated.stem + ".summary.json").read_text())
-    print(f"teacher samples: {len(rows)} texts, {made['generated_tokens']:,} new tokens in {made['seconds'] / 60:.1f} min "
-          f"({made['tokens_per_second']:.0f} tokens/s; ended at the token limit: {made['finish_reasons'].get('length', 0)})")
+    resumed = f"; {made['resumed_rows']} rows from an interrupted run, not timed" if made["resumed_rows"] else ""
+    print(f"teacher samples: {len(rows)} texts, {made['generated_tokens']:,} new tokens; {made['seconds'] / 60:.1f} min at "
+          f"{made['tokens_per_second']:.0f} tokens/s{resumed}; ended at the token limit: {made['finish_reasons'].get('length', 0)}")
     return out
 
 
@@ -326,6 +329,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.part == "language" and not args.beside and not args.topk:
         parser.error("--no-beside needs the top-k cache (--topk above 0)")
+    if args.part == "language" and (args.samples < 0 or args.sample_tokens < 1):
+        parser.error("--samples must be 0 or more and --sample-tokens at least 1")
+    missing = [f for f in getattr(args, "transfer", []) if not Path(f).is_file()]
+    if missing:
+        parser.error(f"--transfer {missing[0]}: no such file")
     if args.part == "language" and not args.beside and args.hidden:
         parser.error("--hidden applies to the student with the teacher beside it, which --no-beside skips")
     {"sentiment": sentiment, "language": language}[args.part](args)
