@@ -34,6 +34,23 @@ def measured_and_estimated(model: str, config, method: str, data, out, micro_bat
     return measured, fit_memory(config, shape).estimate(micro_batch).total
 
 
+def test_the_cpu_peak_ignores_frees_of_blocks_from_an_earlier_window():
+    """Once the profiler has run, the allocator knows the size of the blocks it saw; the garbage collector may free
+    one of them in a later window, which must not lower that window's peak."""
+    import torch
+
+    cpu = torch.device("cpu")
+    kept = {}
+    peak_tensor_bytes(lambda: kept.update(t=torch.ones(250_000)), cpu)
+
+    def free_then_allocate():
+        kept.clear()
+        return torch.ones(125_000)
+
+    _, peak = peak_tensor_bytes(free_then_allocate, cpu)
+    assert peak == 125_000 * 4
+
+
 @pytest.mark.parametrize("kind,method", [("gpt2", "full"), ("gpt2", "lora"), ("gpt2", "freeze"), ("llama", "full"), ("llama", "lora")])
 def test_estimate_is_within_25_percent_of_the_measured_peak_for_tiny_models(kind, method, tiny_models, corpus_file, tmp_path):
     path = tiny_models[kind]
