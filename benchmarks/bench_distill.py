@@ -16,7 +16,9 @@ perplexity, and `generate`'s new tokens per second; the top-k cache's cost is th
 its top k on the training positions, and the perplexity and training time against the full distribution.
 
 `sentiment --augment N` adds N variants of each training sentence (an n-gram, or words dropped and swapped), labelled by
-the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `language
+the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `--heal FILE`
+(either part) first distills the student, as a language model, from the base model on that general text (its
+distributions and block outputs: general distillation, then the task's), and every student starts from it. `language
 --no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one. `language --samples N` gives
 every student more text than the teacher was fine-tuned on: N texts sampled from the teacher, each begun by a training
 verse (sequence-level distillation); `--transfer FILE` adds any other text. The students then train on the teacher
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import cpu_name
+from tunesmith.config import DEFAULT_MODEL
 from tunesmith.rundir.durable import write_atomically
 from tunesmith.rundir.fingerprint import file_sha256
 
@@ -116,6 +119,37 @@ def augmented_split(train: Path, work: Path, copies: int, teacher: Path) -> tupl
     return out, val
 
 
+def general_text(source: Path, work: Path) -> Path:
+    """The healing text as JSONL documents: a DailyDialog file (utterances ending in __eou__) as one dialogue per document,
+    its utterances on lines of their own; any other file as it is."""
+    lines = source.read_text(encoding="utf-8").splitlines()
+    if not any("__eou__" in line for line in lines[:10]):
+        return source
+    out = work / f"{source.stem}-{file_sha256(source)[:8]}.jsonl"
+    if not out.is_file():
+        dialogues = ["\n".join(u.strip() for u in line.split("__eou__") if u.strip()) for line in lines]
+        write_atomically(out, "".join(json.dumps({"text": d}) + "\n" for d in dialogues if d))
+    return out
+
+
+def healed_student(args, work: Path) -> tuple[Path, str]:
+    """General distillation before the task's (TinyBERT's two stages): the student cut from the base model learns, as a
+    language model, the base model's distributions and block outputs on general text, so it regains what the removed
+    blocks did before it learns the task. The healed student and its run-name part."""
+    text = general_text(Path(args.heal), work)
+    run = work / (f"heal-{args.keep}{'-similar' if args.pick == 'similar' else ''}-{Path(args.heal).stem}-"
+                  f"{file_sha256(Path(args.heal))[:8]}-e{args.heal_epochs:g}")
+    summary = train_once(run, "--task", "lm", "--data", str(text), "--block-size", "128", "--batch-size", "16",
+                         "--set", "train.patience=null", "--set", "train.eval_every=50", "--epochs", str(args.heal_epochs),
+                         "--lr", "3e-4", "--set", f"distill.teacher={DEFAULT_MODEL}", "--set", "distill.alpha=0.5",
+                         "--set", "distill.hidden=1.0",
+                         "--set", f"distill.student={{from_teacher: {{keep_layers: {args.keep}, pick: {args.pick}}}}}")
+    print(f"healed student: {summary['train_seconds'] / 60:.1f} min on {summary['tokens_seen']:,} tokens of {args.heal}; "
+          f"validation perplexity {summary['base_val_ppl']:.1f} -> {summary['best_val_ppl']:.2f} "
+          f"(the base model's {summary['distill']['teacher_val']['val_ppl']:.2f})")
+    return run / "final", f"-heal{args.heal_epochs:g}-{Path(args.heal).stem}"
+
+
 def sentiment(args) -> None:
     work = Path(args.work) / "sentiment"
     work.mkdir(parents=True, exist_ok=True)
@@ -131,20 +165,22 @@ def sentiment(args) -> None:
     def settings(epochs: float) -> str:
         return f"-e{epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
 
+    healed, heal_name = healed_student(args, work) if args.heal else (None, "")
     distilled = work / (student + settings(args.epochs) + (f"-h{args.hidden:g}" if args.hidden else "")
-                        + (f"-aug{args.augment}" if args.augment else ""))
+                        + (f"-aug{args.augment}" if args.augment else "") + heal_name)
+    made = ["--model", str(healed)] if healed else \
+        ["--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distilled_data = ["--data", str(train)]  # --data adds a file: each run names its own
     if args.augment:
         augmented, val = augmented_split(train, work, args.augment, teacher)
         distilled_data = ["--data", str(augmented), "--val-data", str(val)]
     summary = train_once(distilled, *student_settings, *distilled_data, "--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}",
-                         "--set", f"distill.temperature={args.temperature}", "--set", f"distill.hidden={args.hidden}",
-                         "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}")
+                         "--set", f"distill.temperature={args.temperature}", "--set", f"distill.hidden={args.hidden}", *made)
     student_init = summary["model"]
     print(f"distilled student ({keep} blocks, from {student_init}): {summary['train_seconds'] / 60:.1f} min training")
     epochs = args.epochs if args.labels_epochs is None else args.labels_epochs
-    alone = work / f"{student}{settings(epochs)}-labels"
+    alone = work / f"{student}{settings(epochs)}{heal_name}-labels"
     summary = train_once(alone, *common, "--data", str(train), "--epochs", str(epochs), "--lr", str(args.lr), "--model", student_init)
     print(f"the same student on the labels alone: {summary['train_seconds'] / 60:.1f} min training")
     held_out = ["--data", str(test), "--set", "clean.dedup_near=false"]
@@ -247,11 +283,14 @@ def language(args) -> None:
     data, held_out, more = more_text(args, teacher, work)
     common = [*data, *shape]
     keep = args.keep
-    plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}{more}"  # what the text alone shares
+    healed, heal_name = healed_student(args, work) if args.heal else (None, "")
+    plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}{more}{heal_name}"  # what the text alone shares
     tag = plain + (f"-a{args.alpha:g}" if args.alpha != 0.5 else "") + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
+    made = ["--model", str(healed)] if healed else \
+        ["--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
-               f"distill.temperature={args.temperature}", "--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
+               f"distill.temperature={args.temperature}", *made]
     hidden = ["--set", f"distill.hidden={args.hidden}"] if args.hidden else []
     folders = {"distilled": work / (f"student-{tag}" + (f"-h{args.hidden:g}" if args.hidden else "")),
                "top-k cache": work / f"student-{tag}-top{args.topk}", "text alone": work / f"student-{plain}-text"}
@@ -324,6 +363,9 @@ def main() -> None:
     two.add_argument("--transfer", action="append", default=[], metavar="FILE",
                      help="more text for every student (the teacher labels it for the distilled ones; repeatable)")
     for sub in (one, two):
+        sub.add_argument("--heal", metavar="FILE", help="general text on which the student first learns the base model as a "
+                         "language model (general distillation) before it learns the task")
+        sub.add_argument("--heal-epochs", type=float, default=1.0, help="with --heal: passes over its text")
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar"], default="spaced", help="distill.student.from_teacher.pick")
     args = parser.parse_args()
@@ -331,9 +373,11 @@ def main() -> None:
         parser.error("--no-beside needs the top-k cache (--topk above 0)")
     if args.part == "language" and (args.samples < 0 or args.sample_tokens < 1):
         parser.error("--samples must be 0 or more and --sample-tokens at least 1")
-    missing = [f for f in getattr(args, "transfer", []) if not Path(f).is_file()]
+    missing = [f for f in [*getattr(args, "transfer", []), *([args.heal] if args.heal else [])] if not Path(f).is_file()]
     if missing:
-        parser.error(f"--transfer {missing[0]}: no such file")
+        parser.error(f"{missing[0]}: no such file")
+    if args.heal_epochs <= 0:
+        parser.error("--heal-epochs must be above 0")
     if args.part == "language" and not args.beside and args.hidden:
         parser.error("--hidden applies to the student with the teacher beside it, which --no-beside skips")
     {"sentiment": sentiment, "language": language}[args.part](args)

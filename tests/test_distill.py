@@ -354,6 +354,12 @@ def test_student_made_from_the_teacher(lm_teacher, tmp_path):
     assert distilled["student_parameters"] < distilled["teacher_parameters"]
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
     assert Path(summary["model"]).is_dir() and (Path(summary["model"]) / "tunesmith_student.json").is_file()
+    assert "sampled from the teacher" in summary["forgetting"]["probe"]  # the cut student's own samples are not language yet
+    from tunesmith.evaluation.forgetting import model_key
+    from tunesmith.models import load_tokenizer, resolve_model, tunesmith_home
+
+    teacher = resolve_model(str(teacher_run))
+    assert (tunesmith_home() / "probes" / f"{model_key(teacher, load_tokenizer(teacher))}.json").is_file()
     report = (run / "report.md").read_text()
     assert "## Teacher and student" in report and "made from the teacher, blocks 0, 3" in report
     from fastapi.testclient import TestClient
@@ -375,6 +381,14 @@ def test_a_student_whose_blocks_are_measured_keeps_what_the_measure_picks(lm_tea
     assert len(kept) == 2 and "whose input and output differ least" in out
     assert json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())["kept"] == kept
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
+
+    # trained further as model.name (a task after general distillation): its blocks still pair with those it was cut from
+    assert json.loads((run / "final" / "tunesmith_student.json").read_text()) == summary["distill"]["student_from"]
+    further = distill_config(teacher_run, data, tmp_path / "further", student=None, alpha=0.5, hidden=1.0,
+                             train_settings={"max_steps": 2, "eval_every": 2})
+    summary = train(further.model_copy(update={"model": further.model.model_copy(update={"name": str(run / "final")})}))
+    assert f"teacher's blocks 0<-{kept[0]}, 1<-{kept[1]}" in capsys.readouterr().out
+    assert summary["distill"]["student_from"]["kept"] == kept
 
 
 def test_eval_compares_the_student_with_its_teacher_and_their_speed(lm_teacher, tmp_path, capsys):

@@ -17,6 +17,7 @@ def as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
+    from .distill import language_source, resolve_teacher
     from .evaluation.forgetting import BaseSampler, replay_files
     from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
     from .runtime import pick_device, pick_precision
@@ -25,10 +26,12 @@ def prepare(config: RunConfig | str | Path | None = None):
     cfg = as_config(config)
     kind = task_kind(cfg)
     kind.check(cfg)
-    resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code)
+    resolved = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code) if cfg.distill.student is not None else \
+        resolve_model(cfg.model.name, cfg.model.trust_remote_code)  # a student cut from its teacher shares its tokenizer
     params = count_parameters(load_model_config(resolved))
     device = pick_device(cfg.train.device)
-    sampler = BaseSampler(resolved, device, pick_precision(cfg.train.precision, device)) if cfg.data.replay else None
+    source, called = language_source(cfg, resolved)
+    sampler = BaseSampler(source, device, pick_precision(cfg.train.precision, device), source=called) if cfg.data.replay else None
     return prepare_data(cfg.data, cfg.clean, kind.tokenizer(resolved), tunesmith_home(), model_params=params,
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
 

@@ -64,6 +64,15 @@ def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> Re
                         "or a hub id that shares the student's tokenizer") from None
 
 
+def language_source(cfg: RunConfig, resolved: ResolvedModel) -> tuple[ResolvedModel, str]:
+    """The model whose own samples stand for the general language a run keeps (the forgetting probe's texts, data.replay's),
+    and what to call it: the model trained, or for a student cut from its teacher the teacher, whose language the cut
+    model has yet to regain."""
+    if cfg.distill.student is None:
+        return resolved, "the base model"
+    return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None), "the teacher"
+
+
 def check_teacher_labels(cfg: RunConfig, labels: list[str] | None, log=print) -> ResolvedModel:
     """The teacher, checked against the student's labels before any model is built (a student made from a classifier
     teacher loads the teacher's head, which must have the labels the data has)."""

@@ -97,8 +97,9 @@ class BaseSampler:
     Text number k always draws from the seed of k, so a cache grown later holds what one long sampling would have.
     """
 
-    def __init__(self, resolved: ResolvedModel, device: torch.device, precision: str, log=print):
-        self.resolved, self.device, self.precision, self.log = resolved, device, precision, log
+    def __init__(self, resolved: ResolvedModel, device: torch.device, precision: str, log=print, source: str = "the base model"):
+        """`source`: what the logs call the model sampled (a student cut from its teacher samples the teacher)."""
+        self.resolved, self.device, self.precision, self.log, self.source = resolved, device, precision, log, source
         self.tokenizer = load_tokenizer(resolved)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.path = tunesmith_home() / "probes" / f"{model_key(resolved, self.tokenizer)}.json"
@@ -131,7 +132,7 @@ class BaseSampler:
         return encode_prompt(self.tokenizer, openings[key % len(openings)], self.chat)
 
     def _sample(self, keys: list[int]) -> dict[int, ProbeText]:
-        self.log(f"probe: sampling {len(keys)} texts of up to {TEXT_TOKENS} tokens from the base model (once per model)")
+        self.log(f"probe: sampling {len(keys)} texts of up to {TEXT_TOKENS} tokens from {self.source} (once per model)")
         model = load_model(self.resolved).to(self.device).eval()
         prompts = [self.prompt(key) for key in keys]
         options = SamplingOptions(max_new_tokens=TEXT_TOKENS, temperature=1.0, top_k=0, top_p=1.0, seed=SAMPLE_SEED)
@@ -217,13 +218,14 @@ class Probe:
     samples: list[ProbeText]
     general: list[ProbeText]
     general_source: str | None = None
+    samples_source: str = "the base model"
 
     @property
     def tokens(self) -> int:
         return sum(len(t.ids) for t in self.samples + self.general)
 
     def describe(self) -> str:
-        parts = [f"{len(self.samples)} texts sampled from the base model ({sum(len(t.ids) for t in self.samples):,} tokens)"]
+        parts = [f"{len(self.samples)} texts sampled from {self.samples_source} ({sum(len(t.ids) for t in self.samples):,} tokens)"]
         if self.general:
             parts.append(f"{sum(len(t.ids) for t in self.general):,} tokens of {self.general_source}")
         return "probe: " + " and ".join(parts)
@@ -258,7 +260,7 @@ def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens:
     general, source = [], None
     if cfg.general_probe != "auto":
         general, source = file_texts(split_general_file(cfg.general_probe)[0], tokenizer, budget, context), cfg.general_probe
-    return Probe(samples, general, source)
+    return Probe(samples, general, source, sampler.source)
 
 
 def rehearsal_file(cfg: MonitorConfig, sampler: BaseSampler, texts_wanted: int) -> Path:

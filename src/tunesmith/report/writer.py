@@ -223,13 +223,22 @@ def _forgetting_line(forgetting: dict | None) -> str:
             f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token from the base on the base model's own text.")
 
 
+def made_from(distill: dict) -> str:
+    """How the student was made: cut from this teacher, cut from another model (trained on since), or the run's model."""
+    record = distill.get("student_from")
+    if not record:
+        return "the run's model"
+    blocks = ", ".join(map(str, record["kept"]))
+    source = "the teacher" if record.get("teacher") in (None, distill["teacher"]) else record["teacher"]
+    return f"made from {source}, blocks {blocks}"
+
+
 def distill_rows(distill: dict | None) -> list[tuple[str, object, object]]:
     """A distilled run's teacher and student side by side (the student at its best step): (name, teacher, student)."""
     if not distill:
         return []
     teacher, student = distill["teacher_val"], distill["student_val"]
-    rows = [("model", distill["teacher"], "made from the teacher, blocks " + ", ".join(map(str, distill["student_from"]["kept"]))
-             if "student_from" in distill else "the run's model"),
+    rows = [("model", distill["teacher"], made_from(distill)),
             ("parameters", distill["teacher_parameters"], distill["student_parameters"]),
             ("validation loss", teacher.get("val_loss"), student.get("val_loss")),
             ("validation perplexity", teacher.get("val_ppl"), student.get("val_ppl"))]

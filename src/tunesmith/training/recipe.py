@@ -21,6 +21,7 @@ from ..distill.student import STUDENT_FILE
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
 from ..models import ResolvedModel
+from ..rundir.durable import write_atomically
 from ..rundir.folder import keep_data_report, mark_run_dir
 from ..runtime import peak_flops
 from ..tasks import write_task
@@ -277,6 +278,7 @@ class Recipe:
                 if parts.sharded else parts.model
             export_final(model, parts.tokenizer, run_dir, parts.resolved, cfg.model, parts.labels)
             write_task(run_dir / "final", task.spec(parts.tokenizer))
+            self._keep_student_record(run_dir / "final")
             self._benchmark_final()
         summary = {
             "model": parts.resolved.spec,  # model.name, or the student made from the teacher
@@ -322,6 +324,13 @@ class Recipe:
         state = self.state
         figures = {key: value for key, value in state.best_metrics.items() if isinstance(value, (int, float))}
         return {"val_loss": state.best_val_loss, "val_ppl": perplexity(state.best_val_loss), **figures}
+
+    def _keep_student_record(self, final: Path) -> None:
+        """A student made from its teacher passes its record on to the model it became, so a later run that trains it
+        further (a task after general distillation) pairs its blocks with the teacher's it was cut from."""
+        record = self._student_from()
+        if record is not None:
+            write_atomically(final / STUDENT_FILE, json.dumps(record))
 
     def _student_from(self) -> dict | None:
         """How a student made from its teacher was made (its tunesmith_student.json), if it was."""

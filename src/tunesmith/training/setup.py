@@ -10,8 +10,8 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, kept_blocks, load_teacher, make_student, measure_pick,
-                       resolve_teacher)
+from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, kept_blocks, language_source, load_teacher,
+                       make_student, measure_pick, resolve_teacher)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -81,7 +81,8 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
     tokenizer = kind.tokenizer(resolved, log=console.print)
     check_general_probe(cfg.monitor)
     skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else kind.probe_skip_reason(cfg, model_config)
-    sampler = BaseSampler(resolved, device, precision, console.print) if cfg.data.replay or not skip else None
+    source, called = language_source(cfg, resolved)
+    sampler = BaseSampler(source, device, precision, console.print, called) if cfg.data.replay or not skip else None
     data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
