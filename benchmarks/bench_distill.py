@@ -132,13 +132,23 @@ def general_text(source: Path, work: Path) -> Path:
     return out
 
 
+def student_flags(args, work: Path) -> tuple[list[str], str]:
+    """Where every student starts, as train flags, and the run-name part that says so: the healed student (with --heal),
+    or a copy of the teacher with --keep of its blocks."""
+    if not args.heal:
+        return ["--set", f"distill.student={{from_teacher: {{keep_layers: {args.keep}, pick: {args.pick}}}}}"], ""
+    healed, name = healed_student(args, work.parent / "heal")
+    return ["--model", str(healed)], name
+
+
 def healed_student(args, work: Path) -> tuple[Path, str]:
     """General distillation before the task's (TinyBERT's two stages): the student cut from the base model learns, as a
     language model, the base model's distributions and block outputs on general text, so it regains what the removed
     blocks did before it learns the task. The healed student and its run-name part."""
+    work.mkdir(parents=True, exist_ok=True)
     text = general_text(Path(args.heal), work)
-    run = work / (f"heal-{args.keep}{'-similar' if args.pick == 'similar' else ''}-{Path(args.heal).stem}-"
-                  f"{file_sha256(Path(args.heal))[:8]}-e{args.heal_epochs:g}")
+    source = f"{Path(args.heal).stem}-{file_sha256(Path(args.heal))[:8]}"
+    run = work / f"heal-{args.keep}{'-similar' if args.pick == 'similar' else ''}-{source}-e{args.heal_epochs:g}"
     summary = train_once(run, "--task", "lm", "--data", str(text), "--block-size", "128", "--batch-size", "16",
                          "--set", "train.patience=null", "--set", "train.eval_every=50", "--epochs", str(args.heal_epochs),
                          "--lr", "3e-4", "--set", f"distill.teacher={DEFAULT_MODEL}", "--set", "distill.alpha=0.5",
@@ -147,7 +157,7 @@ def healed_student(args, work: Path) -> tuple[Path, str]:
     print(f"healed student: {summary['train_seconds'] / 60:.1f} min on {summary['tokens_seen']:,} tokens of {args.heal}; "
           f"validation perplexity {summary['base_val_ppl']:.1f} -> {summary['best_val_ppl']:.2f} "
           f"(the base model's {summary['distill']['teacher_val']['val_ppl']:.2f})")
-    return run / "final", f"-heal{args.heal_epochs:g}-{Path(args.heal).stem}"
+    return run / "final", f"-heal{args.heal_epochs:g}-{source}"
 
 
 def sentiment(args) -> None:
@@ -165,11 +175,9 @@ def sentiment(args) -> None:
     def settings(epochs: float) -> str:
         return f"-e{epochs:g}-lr{args.lr:g}-a{args.alpha:g}-t{args.temperature:g}"
 
-    healed, heal_name = healed_student(args, work) if args.heal else (None, "")
+    made, heal_name = student_flags(args, work)
     distilled = work / (student + settings(args.epochs) + (f"-h{args.hidden:g}" if args.hidden else "")
                         + (f"-aug{args.augment}" if args.augment else "") + heal_name)
-    made = ["--model", str(healed)] if healed else \
-        ["--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
     distilled_data = ["--data", str(train)]  # --data adds a file: each run names its own
     if args.augment:
@@ -283,12 +291,10 @@ def language(args) -> None:
     data, held_out, more = more_text(args, teacher, work)
     common = [*data, *shape]
     keep = args.keep
-    healed, heal_name = healed_student(args, work) if args.heal else (None, "")
+    made, heal_name = student_flags(args, work)
     plain = f"{keep}{'-similar' if args.pick == 'similar' else ''}-e{args.epochs:g}-lr{args.lr:g}{more}{heal_name}"  # what the text alone shares
     tag = plain + (f"-a{args.alpha:g}" if args.alpha != 0.5 else "") + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
     student_settings = [*common, "--epochs", str(args.epochs), "--lr", str(args.lr)]
-    made = ["--model", str(healed)] if healed else \
-        ["--set", f"distill.student={{from_teacher: {{keep_layers: {keep}, pick: {args.pick}}}}}"]
     distill = ["--set", f"distill.teacher={teacher}", "--set", f"distill.alpha={args.alpha}", "--set",
                f"distill.temperature={args.temperature}", *made]
     hidden = ["--set", f"distill.hidden={args.hidden}"] if args.hidden else []
@@ -373,11 +379,14 @@ def main() -> None:
         parser.error("--no-beside needs the top-k cache (--topk above 0)")
     if args.part == "language" and (args.samples < 0 or args.sample_tokens < 1):
         parser.error("--samples must be 0 or more and --sample-tokens at least 1")
-    missing = [f for f in [*getattr(args, "transfer", []), *([args.heal] if args.heal else [])] if not Path(f).is_file()]
+    missing = [f"--{flag} {f}" for flag, files in (("transfer", getattr(args, "transfer", [])), ("heal", [args.heal] if args.heal else []))
+               for f in files if not Path(f).is_file()]
     if missing:
         parser.error(f"{missing[0]}: no such file")
     if args.heal_epochs <= 0:
         parser.error("--heal-epochs must be above 0")
+    if args.heal_epochs != 1.0 and not args.heal:
+        parser.error("--heal-epochs needs --heal FILE")
     if args.part == "language" and not args.beside and args.hidden:
         parser.error("--hidden applies to the student with the teacher beside it, which --no-beside skips")
     {"sentiment": sentiment, "language": language}[args.part](args)

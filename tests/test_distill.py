@@ -15,9 +15,9 @@ from tunesmith import train
 from tunesmith.batch import IGNORE, Batch
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.distill import divergence, kept_blocks, make_student, topk_divergence
+from tunesmith.distill import divergence, kept_blocks, make_student, read_record, topk_divergence
 from tunesmith.distill.losses import masked_mean
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, UserError
 from tunesmith.models import ResolvedModel
 
 from helpers import classify_config, cut_run, labelled, losses, make_corpus, run_config, train_tokenizer, write_jsonl
@@ -382,13 +382,22 @@ def test_a_student_whose_blocks_are_measured_keeps_what_the_measure_picks(lm_tea
     assert json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())["kept"] == kept
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
 
-    # trained further as model.name (a task after general distillation): its blocks still pair with those it was cut from
-    assert json.loads((run / "final" / "tunesmith_student.json").read_text()) == summary["distill"]["student_from"]
-    further = distill_config(teacher_run, data, tmp_path / "further", student=None, alpha=0.5, hidden=1.0,
-                             train_settings={"max_steps": 2, "eval_every": 2})
-    summary = train(further.model_copy(update={"model": further.model.model_copy(update={"name": str(run / "final")})}))
-    assert f"teacher's blocks 0<-{kept[0]}, 1<-{kept[1]}" in capsys.readouterr().out
-    assert summary["distill"]["student_from"]["kept"] == kept
+
+def test_a_student_trained_further_pairs_its_blocks_with_those_it_was_cut_from(lm_teacher, tmp_path, capsys):
+    """A task after general distillation: the cut student's final/ given as model.name keeps its record, where evenly
+    spaced pairs would be 0<-0, 1<-3."""
+    teacher_run, data = lm_teacher
+    short = {"max_steps": 2, "eval_every": 2}
+    first = train(distill_config(teacher_run, data, tmp_path / "cut", student={"from_teacher": {"keep_layers": [0, 1]}},
+                                 train_settings=short))
+    assert json.loads((tmp_path / "cut" / "final" / "tunesmith_student.json").read_text())["kept"] == [0, 1]
+    assert first["distill"]["student_from"]["this_teacher"] is True
+    further = distill_config(teacher_run, data, tmp_path / "further", student=None, alpha=0.5, hidden=1.0, train_settings=short)
+    summary = train(further.model_copy(update={"model": further.model.model_copy(update={"name": str(tmp_path / "cut" / "final")})}))
+    assert "teacher's blocks 0<-0, 1<-1" in capsys.readouterr().out
+    assert summary["distill"]["student_from"]["kept"] == [0, 1]
+    assert "sampled from the model it was cut from" in summary["forgetting"]["probe"]
+    assert "made from the teacher, blocks 0, 1" in (tmp_path / "further" / "report.md").read_text()
 
 
 def test_eval_compares_the_student_with_its_teacher_and_their_speed(lm_teacher, tmp_path, capsys):
@@ -429,7 +438,6 @@ def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
     train(distill_config(teacher_run, data, whole, alpha=0.5))
     resumed = cut_run(whole, tmp_path / "resumed", last_step=8)
     cfg = distill_config(teacher_run, data, resumed, alpha=0.5)
-    from tunesmith.errors import UserError
     from tunesmith.training import train_run
 
     with pytest.raises(UserError, match="--resume: distill.hidden is 1.0 here but 0.0"):
@@ -622,13 +630,13 @@ def test_hidden_pairs_follow_the_kept_blocks_and_other_widths_are_refused(teache
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
     made = make_student(ResolvedModel(str(teacher_dir), str(teacher_dir), True), [1, 3], tmp_path, log=lambda _: None).path
-    assert block_pairs(AutoModelForCausalLM.from_pretrained(made), teacher, made) == [(0, 1), (1, 3)]
-    assert block_pairs(AutoModelForCausalLM.from_pretrained(tiny_llama), teacher, str(tiny_llama)) == [(0, 0), (1, 3)]
-    assert block_pairs(teacher, teacher, str(teacher_dir)) == [(i, i) for i in range(4)]
+    assert block_pairs(AutoModelForCausalLM.from_pretrained(made), teacher, read_record(made)) == [(0, 1), (1, 3)]
+    assert block_pairs(AutoModelForCausalLM.from_pretrained(tiny_llama), teacher, read_record(tiny_llama)) == [(0, 0), (1, 3)]
+    assert block_pairs(teacher, teacher, None) == [(i, i) for i in range(4)]
     wide = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=48, intermediate_size=64,
                                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ConfigError, match="the student's hidden states have 48 channels and the teacher's 32"):
-        block_pairs(wide, teacher, str(tmp_path))
+        block_pairs(wide, teacher, None)
 
 
 def test_hidden_state_distillation_brings_the_students_blocks_to_the_teachers(lm_teacher, fresh_student, tmp_path):
@@ -687,6 +695,23 @@ def test_packed_rows_padding_is_not_a_real_token():
     assert Batch(ids, attention_mask=torch.ones_like(ids)).real_tokens().sum() == 10 and Batch(ids).real_tokens() is None
 
 
+@pytest.mark.parametrize("damaged", ["{not json", "[0, 3]", '{"teacher": "t", "teacher_blocks": 4}',
+                                     '{"teacher": "t", "teacher_blocks": 4, "kept": [0, 7]}',
+                                     '{"teacher": "t", "teacher_blocks": 4, "kept": [-1, 3]}',
+                                     '{"teacher": "t", "teacher_blocks": 4, "kept": [3, 3]}',
+                                     '{"teacher": "t", "teacher_blocks": 4, "kept": [true, 3]}',
+                                     '{"teacher": "t", "teacher_blocks": "4", "kept": [0, 1]}',
+                                     '{"teacher": "t", "teacher_blocks": 4, "kept": [0, 1, 2]}'])
+def test_a_damaged_student_record_is_refused_in_one_line(tmp_path, damaged):
+    (tmp_path / "tunesmith_student.json").write_text(damaged)
+    with pytest.raises(UserError) as refused:
+        read_record(tmp_path, depth=2)
+    assert "tunesmith_student.json" in str(refused.value) and "delete it" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    (tmp_path / "tunesmith_student.json").write_text('{"teacher": "t", "teacher_blocks": 4, "kept": [0, 3]}')
+    assert read_record(tmp_path, depth=2)["kept"] == [0, 3] and read_record(tmp_path / "elsewhere") is None
+
+
 def test_hidden_pairs_come_from_a_record_of_this_teacher_only_and_a_failed_pass_lets_go(teacher_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -695,10 +720,10 @@ def test_hidden_pairs_come_from_a_record_of_this_teacher_only_and_a_failed_pass_
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
     made = Path(make_student(ResolvedModel(str(teacher_dir), str(teacher_dir), True), [1, 2], tmp_path, log=lambda _: None).path)
     student = AutoModelForCausalLM.from_pretrained(made)
-    assert HiddenMatch(student, teacher, str(made)).pairs == [(0, 1), (1, 2)]
+    assert HiddenMatch(student, teacher, read_record(made)).pairs == [(0, 1), (1, 2)]
     record = json.loads((made / "tunesmith_student.json").read_text())
     (made / "tunesmith_student.json").write_text(json.dumps({**record, "teacher_blocks": 8}))  # another teacher's record
-    match = HiddenMatch(student, teacher, str(made))
+    match = HiddenMatch(student, teacher, read_record(made))
     assert match.pairs == [(0, 0), (1, 3)] and "0<-0, 1<-3" in match.describe()
     with pytest.raises(RuntimeError, match="out of memory"):
         with match.catching():

@@ -14,24 +14,36 @@ def as_config(config: RunConfig | str | Path | None) -> RunConfig:
     return load_config(config)
 
 
+def tokenizer_model(cfg: RunConfig):
+    """The model whose tokenizer the run's data is read with: model.name, or for a student cut from its teacher (which
+    shares the teacher's tokenizer; model.name is not used) the teacher."""
+    from .distill import resolve_teacher
+    from .models import resolve_model
+
+    if cfg.distill.student is not None:
+        return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None)
+    return resolve_model(cfg.model.name, cfg.model.trust_remote_code)
+
+
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
-    from .distill import language_source, resolve_teacher
+    from .distill import language_source
     from .evaluation.forgetting import BaseSampler, replay_files
-    from .models import count_parameters, load_model_config, resolve_model, tunesmith_home
+    from .models import count_parameters, load_model_config, tunesmith_home
     from .runtime import pick_device, pick_precision
     from .tasks import task_kind
 
     cfg = as_config(config)
     kind = task_kind(cfg)
     kind.check(cfg)
-    resolved = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code) if cfg.distill.student is not None else \
-        resolve_model(cfg.model.name, cfg.model.trust_remote_code)  # a student cut from its teacher shares its tokenizer
+    resolved = tokenizer_model(cfg)
     params = count_parameters(load_model_config(resolved))
     device = pick_device(cfg.train.device)
-    source, called = language_source(cfg, resolved)
-    sampler = BaseSampler(source, device, pick_precision(cfg.train.precision, device), source=called) if cfg.data.replay else None
+    sampler = None
+    if cfg.data.replay:
+        sampled, name = language_source(cfg, resolved)
+        sampler = BaseSampler(sampled, device, pick_precision(cfg.train.precision, device), source=name)
     return prepare_data(cfg.data, cfg.clean, kind.tokenizer(resolved), tunesmith_home(), model_params=params,
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
 
@@ -39,10 +51,9 @@ def prepare(config: RunConfig | str | Path | None = None):
 def preview(config: RunConfig | str | Path | None, prepared, count: int) -> list[str]:
     """The first `count` training examples as text, with the spans that carry loss marked ⟦like this⟧."""
     from .data.examples import marked_text
-    from .models import resolve_model
     from .tasks import build_task, task_kind
 
     cfg = as_config(config)
-    tokenizer = task_kind(cfg).tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code), log=lambda _: None)
+    tokenizer = task_kind(cfg).tokenizer(tokenizer_model(cfg), log=lambda _: None)
     train = build_task(cfg, prepared.meta).dataset(prepared, "train")
     return [marked_text(train, i, tokenizer) for i in range(min(count, len(train)))]

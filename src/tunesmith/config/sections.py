@@ -52,7 +52,7 @@ class DataConfig(_Section):
     block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length); chat and classify: the longest example, and the length of a packed row")
     label_field: str = Field("label", description="task classify: field or column that holds the label (a string or an integer)")
     packing: Literal["auto", "joined", "documents", "padded"] = Field("auto", description="joined: documents joined with EOS into full blocks (lm); documents: packed into blocks with attention and positions confined to each document or example; padded: one example per row (chat, classify); auto: joined for lm, documents for chat and classify")
-    replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (apart from the probe's samples); 0: off")
+    replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (the teacher, for a student cut from it; apart from the probe's samples); 0: off")
 
     @field_validator("train", "val", mode="before")
     @classmethod
@@ -161,7 +161,7 @@ class MonitorConfig(_Section):
     sample_prompts: list[str] | None = Field(None, description="prompts generated at each evaluation (null: beginnings of validation documents)")
     sample_count: int = Field(3, ge=0, description="how many validation beginnings to use when sample_prompts is null (0: no samples)")
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
-    general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
+    general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (the teacher, for a student cut from it; cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
     probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
     benchmarks: list[str] = Field(default_factory=list, description="standard benchmarks scored through lm-evaluation-harness, e.g. [piqa, lambada_openai]: lm-eval task or group names, or task YAML files; into metrics.jsonl as bench/<task>/<metric>, summary.json (base and final), the report and diagnose's benchmark_regression")
     benchmark_limit: int = Field(300, ge=1, description="the first N items of each benchmark scored each time (a few hundred keep the cost small; the standard error says how precise the score is)")

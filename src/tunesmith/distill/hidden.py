@@ -14,16 +14,14 @@ all wrap the model, leave them reachable without a second forward.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
 from ..models.weights import transformer_blocks
 from .losses import masked_mean
-from .student import STUDENT_FILE, kept_blocks
+from .student import kept_blocks
 
 
 class BlockOutputs:
@@ -48,22 +46,10 @@ class BlockOutputs:
         return outputs
 
 
-def _recorded_kept(student_path: str, teacher_depth: int, student_depth: int) -> list[int] | None:
-    """The teacher blocks a student made from the teacher kept, when its record is there and fits this teacher."""
-    record = Path(student_path) / STUDENT_FILE
-    try:
-        saved = json.loads(record.read_text()) if record.is_file() else {}
-    except (OSError, ValueError):
-        return None
-    kept = saved.get("kept")
-    if saved.get("teacher_blocks") != teacher_depth or not isinstance(kept, list) or len(kept) != student_depth:
-        return None
-    return kept
-
-
-def block_pairs(student: torch.nn.Module, teacher: torch.nn.Module, student_path: str) -> list[tuple[int, int]]:
-    """(student block, teacher block) pairs: a student made from the teacher pairs each kept block with its original;
-    another student of the teacher's width, its blocks with the teacher's evenly spaced ones (the last with the last)."""
+def block_pairs(student: torch.nn.Module, teacher: torch.nn.Module, record: dict | None) -> list[tuple[int, int]]:
+    """(student block, teacher block) pairs: a student cut from a teacher of this depth (its `record`, checked by
+    `read_record`) pairs each kept block with its original; another student of the teacher's width, its blocks with the
+    teacher's evenly spaced ones (the last with the last)."""
     widths = [getattr(m.config, "hidden_size", None) for m in (student, teacher)]
     if None in widths or widths[0] != widths[1]:
         shown = [str(w) if w is not None else "an unknown number of" for w in widths]
@@ -71,7 +57,8 @@ def block_pairs(student: torch.nn.Module, teacher: torch.nn.Module, student_path
                            "hidden-state distillation compares them channel by channel: set distill.hidden to 0, or use a "
                            "student made from the teacher (distill.student)"])
     ours, theirs = len(transformer_blocks(student)), len(transformer_blocks(teacher))
-    kept = _recorded_kept(student_path, theirs, ours)
+    fits = record is not None and record["teacher_blocks"] == theirs and len(record["kept"]) == ours
+    kept = record["kept"] if fits else None
     if kept is None:
         if ours > theirs:
             raise ConfigError([f"distill.hidden: the student has {ours} blocks and the teacher {theirs}; a deeper student has no "
@@ -95,8 +82,8 @@ class HiddenMatch:
     """The hooks on both models and the pairs of blocks: both forward passes of a batch run inside `catching()`, then
     `distance(batch)`."""
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, student_path: str):
-        self.pairs = block_pairs(student, teacher, student_path)
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, record: dict | None):
+        self.pairs = block_pairs(student, teacher, record)
         self.student = BlockOutputs(student, [ours for ours, _ in self.pairs])
         self.teacher = BlockOutputs(teacher, [theirs for _, theirs in self.pairs])
 

@@ -22,6 +22,42 @@ from ..rundir.fingerprint import folder_identity
 STUDENT_FILE = "tunesmith_student.json"  # in a student's folder: its teacher and the blocks it kept
 
 
+def read_record(folder: str | Path, depth: int | None = None) -> dict | None:
+    """A model folder's record of the teacher it was cut from ({"teacher", "teacher_blocks", "kept"}), None without one;
+    a damaged one is refused in one line, since the pairs of blocks and the report would rest on it."""
+    path = Path(folder) / STUDENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        record, problem = None, f"unreadable ({str(exc)[:80]})"
+    else:
+        problem = _record_problem(record)
+        if not problem and depth is not None and len(record["kept"]) != depth:
+            problem = f"it names {len(record['kept'])} kept blocks but the model has {depth}"
+    if problem:
+        raise UserError(f"{path}: {problem}; it records which teacher blocks this model was cut from: delete it (the model "
+                        "then counts as one of its own), or restore it from the run that made the model")
+    return record
+
+
+def _record_problem(record) -> str | None:
+    """What is wrong with a student record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    total, kept = record.get("teacher_blocks"), record.get("kept")
+    if type(total) is not int or total < 1:
+        return "teacher_blocks is not a positive whole number"
+    if not isinstance(kept, list) or not kept or len(kept) >= total or any(type(i) is not int for i in kept):
+        return f"kept is not a list of fewer than {total} block numbers"
+    if kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= total:
+        return f"kept is not distinct blocks in order between 0 and {total - 1}"
+    if not isinstance(record.get("teacher"), str):
+        return "teacher is not a name"
+    return None
+
+
 def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
     """The teacher's blocks the student keeps: `keep` of `total`, evenly spaced with the first and the last among them,
     or the ones named."""
@@ -42,12 +78,18 @@ def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
     return chosen
 
 
+def teacher_name(teacher: ResolvedModel) -> str:
+    """A teacher as records name it: a local folder by its absolute path (the same from any working directory), a hub
+    model by its id."""
+    local = Path(teacher.path)
+    return str(local.resolve()) if local.is_dir() else teacher.path
+
+
 def student_dir(teacher: ResolvedModel, kept: list[int], home: Path) -> Path:
     """Where the student for `teacher` keeping `kept` lives: named by the teacher, keyed by its files (or, for a hub id,
     its name) and the kept blocks."""
     local = Path(teacher.path)
-    where = str(local.resolve()) if local.is_dir() else teacher.path
-    identity = json.dumps({"teacher": where, "files": folder_identity(local), "kept": kept})
+    identity = json.dumps({"teacher": teacher_name(teacher), "files": folder_identity(local), "kept": kept})
     name = (local.resolve().parent.name if local.name == "final" else local.name) if local.is_dir() else teacher.path.replace("/", "--")
     return home / "students" / f"{name}-{len(kept)}-blocks-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
@@ -111,7 +153,7 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     if unexpected or set(missing) - tied:
         raise UserError(f"distill.student: cannot carry the teacher's weights over to a {len(kept)}-block copy "
                         f"({', '.join((unexpected or sorted(set(missing) - tied))[:3])}); give a student with model.name instead")
-    _write(student, teacher, {"teacher": teacher.spec, "teacher_blocks": total, "kept": kept}, target)
+    _write(student, teacher, {"teacher": teacher_name(teacher), "teacher_blocks": total, "kept": kept}, target)
     return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
 
 

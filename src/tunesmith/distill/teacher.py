@@ -16,6 +16,7 @@ from ..rundir.fingerprint import folder_identity
 from ..runtime import low_precision_dtype
 from ..tasks import read_task
 from ..tasks.loss import forward
+from .student import read_record
 
 
 @dataclass
@@ -66,11 +67,17 @@ def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> Re
 
 def language_source(cfg: RunConfig, resolved: ResolvedModel) -> tuple[ResolvedModel, str]:
     """The model whose own samples stand for the general language a run keeps (the forgetting probe's texts, data.replay's),
-    and what to call it: the model trained, or for a student cut from its teacher the teacher, whose language the cut
-    model has yet to regain."""
-    if cfg.distill.student is None:
-        return resolved, "the base model"
-    return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None), "the teacher"
+    and what to call it: the model trained; or for a student cut from its teacher, the teacher, whose language the cut
+    model has yet to regain (for a model cut in an earlier run, the teacher its record names, while that is still here)."""
+    if cfg.distill.student is not None:
+        return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None), "the teacher"
+    record = read_record(resolved.path)
+    if record is not None:
+        try:
+            return resolve_model(record["teacher"], cfg.model.trust_remote_code, log=lambda _: None), "the model it was cut from"
+        except UserError:
+            pass
+    return resolved, "the base model"
 
 
 def check_teacher_labels(cfg: RunConfig, labels: list[str] | None, log=print) -> ResolvedModel:

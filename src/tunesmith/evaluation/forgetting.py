@@ -92,7 +92,8 @@ def model_key(resolved: ResolvedModel, tokenizer) -> str:
 
 
 class BaseSampler:
-    """Texts sampled from the base model, cached under $TUNESMITH_HOME/probes by model; the model loads only when more are needed.
+    """Texts sampled from the base model (the teacher, for a student cut from it), cached under $TUNESMITH_HOME/probes
+    by model; the model loads only when more are needed.
 
     Text number k always draws from the seed of k, so a cache grown later holds what one long sampling would have.
     """

@@ -8,7 +8,6 @@ the libraries and freed-but-kept pages.
 
 from __future__ import annotations
 
-import gc
 from typing import Any, Callable, Iterator
 
 import torch
@@ -30,12 +29,11 @@ def _cpu_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     the allocator knows the size of blocks from earlier windows, and the garbage collector may free them in this one."""
     from torch.profiler import ProfilerActivity, profile
 
-    gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     inside: dict[int, int] = {}
     live = peak = 0
-    for _, address, size in sorted(_allocations(prof)):
+    for _, _, address, size in sorted((time, size < 0, address, size) for time, address, size in _allocations(prof)):
         if size > 0:
             inside[address] = size
             live += size

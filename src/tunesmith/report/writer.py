@@ -219,18 +219,22 @@ def _forgetting_line(forgetting: dict | None) -> str:
         return f"Not measured: {forgetting['skipped']}."
     share = forgetting.get("share_of_evaluation")
     cost = f", {share:.0%} of the evaluation time" if share is not None else ""
+    source = forgetting.get("samples_from", "the base model")
+    where = "from the base on the base model's own text" if source == "the base model" else \
+        f"from where it started, on text sampled from {source}"
     return (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
-            f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token from the base on the base model's own text.")
+            f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token {where}.")
 
 
-def made_from(distill: dict) -> str:
-    """How the student was made: cut from this teacher, cut from another model (trained on since), or the run's model."""
+def _made_from(distill: dict) -> str:
+    """How the student was made: cut from this teacher, cut from another model (trained on since), or the run's model;
+    a record of another model's name has its line breaks and table bars taken out."""
     record = distill.get("student_from")
     if not record:
         return "the run's model"
     blocks = ", ".join(map(str, record["kept"]))
-    source = "the teacher" if record.get("teacher") in (None, distill["teacher"]) else record["teacher"]
-    return f"made from {source}, blocks {blocks}"
+    source = "the teacher" if record.get("this_teacher", True) else record["teacher"]
+    return f"made from {' '.join(source.replace('|', '/').split())}, blocks {blocks}"
 
 
 def distill_rows(distill: dict | None) -> list[tuple[str, object, object]]:
@@ -238,7 +242,7 @@ def distill_rows(distill: dict | None) -> list[tuple[str, object, object]]:
     if not distill:
         return []
     teacher, student = distill["teacher_val"], distill["student_val"]
-    rows = [("model", distill["teacher"], made_from(distill)),
+    rows = [("model", distill["teacher"], _made_from(distill)),
             ("parameters", distill["teacher_parameters"], distill["student_parameters"]),
             ("validation loss", teacher.get("val_loss"), student.get("val_loss")),
             ("validation perplexity", teacher.get("val_ppl"), student.get("val_ppl"))]

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..diagnose.distill import distill_facts
-from ..distill.student import STUDENT_FILE
+from ..distill.student import STUDENT_FILE, teacher_name
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
 from ..models import ResolvedModel
@@ -313,7 +313,7 @@ class Recipe:
             "forgetting": self._forgetting_summary(),
             **({"benchmarks": bench} if (bench := self.benchmarks.summary(state, cfg)) else {}),
             **task.summary(state.base_metrics, state.best_metrics, parts.val),
-            **self.teacher.summary(self._best_row(), sum(p.numel() for p in parts.model.parameters()), self._student_from()),
+            **self.teacher.summary(self._best_row(), sum(p.numel() for p in parts.model.parameters()), self._lineage()),
         }
         self.recorder.write_summary(summary)
         self.context.barrier()
@@ -325,17 +325,18 @@ class Recipe:
         figures = {key: value for key, value in state.best_metrics.items() if isinstance(value, (int, float))}
         return {"val_loss": state.best_val_loss, "val_ppl": perplexity(state.best_val_loss), **figures}
 
+    def _lineage(self) -> dict | None:
+        """The model's record of the teacher it was cut from, and whether that is this run's teacher."""
+        record, teacher = self.parts.student_record, self.parts.teacher
+        if record is None or teacher is None:
+            return record
+        return {**record, "this_teacher": record["teacher"] == teacher_name(teacher.resolved)}
+
     def _keep_student_record(self, final: Path) -> None:
         """A student made from its teacher passes its record on to the model it became, so a later run that trains it
         further (a task after general distillation) pairs its blocks with the teacher's it was cut from."""
-        record = self._student_from()
-        if record is not None:
-            write_atomically(final / STUDENT_FILE, json.dumps(record))
-
-    def _student_from(self) -> dict | None:
-        """How a student made from its teacher was made (its tunesmith_student.json), if it was."""
-        path = Path(self.parts.resolved.path) / STUDENT_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        if self.parts.student_record is not None:
+            write_atomically(final / STUDENT_FILE, json.dumps(self.parts.student_record))
 
     def _benchmark_final(self) -> None:
         """The final model's benchmark scores (with benchmark_every eval, the best evaluation's again), in a metrics row
@@ -354,6 +355,7 @@ class Recipe:
             "probe": probe.describe().removeprefix("probe: "),
             "probe_tokens": probe.tokens,
             "general_probe": probe.general_source,
+            "samples_from": probe.samples_source,
             "base_nll": state.probe_base,
             "best_step": state.best_step,
             **{f"best_{key}": value for key, value in state.probe_best.items()},

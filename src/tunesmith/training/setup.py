@@ -11,7 +11,7 @@ from rich.console import Console
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
 from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, kept_blocks, language_source, load_teacher,
-                       make_student, measure_pick, resolve_teacher)
+                       make_student, measure_pick, read_record, resolve_teacher)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -51,6 +51,7 @@ class RunParts:
     probe_note: str | None = None  # why there is no probe
     rollouts: object = None  # with a task that samples its training examples (GRPO): the training dataset, which makes them
     teacher: Teacher | None = None  # with distill.teacher
+    student_record: dict | None = None  # the model's record of the teacher it was cut from (distill/student.py)
 
 
 def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunConfig, ResolvedModel]:
@@ -81,8 +82,10 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
     tokenizer = kind.tokenizer(resolved, log=console.print)
     check_general_probe(cfg.monitor)
     skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else kind.probe_skip_reason(cfg, model_config)
-    source, called = language_source(cfg, resolved)
-    sampler = BaseSampler(source, device, precision, console.print, called) if cfg.data.replay or not skip else None
+    sampler = None
+    if cfg.data.replay or not skip:
+        sampled, name = language_source(cfg, resolved)
+        sampler = BaseSampler(sampled, device, precision, console.print, source=name)
     data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
@@ -176,6 +179,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     labels = kind.head_labels(cfg, data.meta)
     if measures_student(cfg):
         resolved = _measured_student(cfg, resolved, data, labels, device, precision, console, context)
+    student_record = read_record(resolved.path, getattr(load_model_config(resolved), "num_hidden_layers", None))
     teacher_files = check_teacher_labels(cfg, labels, console.print) if cfg.distill.teacher else None
     storage = method_of(cfg.model.method).storage_dtypes(cfg.train.weights, precision)
     model = build_model(resolved, cfg.model, device, tokenizer, labels, storage)
@@ -197,7 +201,7 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     teacher = load_teacher(cfg, teacher_files, kind, tokenizer, labels, task.training_module, device, precision, console.print) \
         if teacher_files else None
     vocab = len(tokenizer) if labels is None else None
-    hidden = HiddenMatch(model, teacher.model, resolved.path) if teacher is not None and cfg.distill.hidden else None
+    hidden = HiddenMatch(model, teacher.model, student_record) if teacher is not None and cfg.distill.hidden else None
     if hidden is not None:
         console.print(hidden.describe(), highlight=False)
     if teacher is not None and cfg.distill.cache == "topk":
@@ -220,4 +224,4 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
                      plan.total_steps, sharded, console, context, teacher, vocab, hidden)
     return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
                     flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note,
-                    rollouts, teacher)
+                    rollouts, teacher, student_record)
