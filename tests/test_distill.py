@@ -568,6 +568,9 @@ def test_user_errors_of_a_distilled_run_are_one_line(lm_teacher, tmp_path, capsy
         ([*base, "--out", str(tmp_path / "c"), "--set", "distill.teacher=' '"], "distill.teacher: empty"),
         ([*base, "--out", str(tmp_path / "d"), "--set", "distill.student={from_teacher: {keep_layer: 2}}",
           "--set", f"distill.teacher={teacher_run}"], "allowed: keep_layers"),
+        (["prepare", *base[1:], "--set", f"distill.teacher={teacher_run}", "--set", "distill.student={from_teacher: {keep_layers: 9}}"],
+         "the teacher has only"),
+        ([*base, "--out", str(tmp_path / "e"), "--set", "distill.teacher=runs/nope"], "no folder of that name here"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv

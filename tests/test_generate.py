@@ -325,3 +325,52 @@ def test_one_admission_rule_joins_jobs_that_fit_and_runs_one_larger_than_the_bat
     assert [j.n for j in take_fitting(waiting, SimpleNamespace(rows=[], can_join=lambda: True), 4)] == [5] and len(waiting) == 1
     assert [j.n for j in take_fitting(deque([job(1), job(1)]), SimpleNamespace(rows=[0, 1, 2], can_join=lambda: True), 4)] == [1]
     assert take_fitting(deque([job(1)]), SimpleNamespace(rows=[0], can_join=lambda: False), 4) == []
+
+
+@pytest.fixture
+def scoring_model(tiny_llama, tmp_path):
+    """A classifier's folder: the tiny Llama with a two-label head, as a classify run's final/ holds it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(folder)
+    (folder / "tunesmith_task.json").write_text(json.dumps({"task": "classify", "method": "head", "labels": ["no", "yes"]}))
+    return folder
+
+
+def test_a_model_that_scores_with_a_head_is_refused_by_generate_chat_and_as_a_language_teacher(scoring_model, tmp_path, capsys):
+    import os
+
+    for argv in (["generate", str(scoring_model), "--prompt", "the lamp"], ["chat", str(scoring_model)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "scores text with a head" in err[0] and "tunesmith predict" in err[0], err
+    data = write_prompts(tmp_path / "text.jsonl", PROMPTS * 10)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "student"), "--block-size", "32", "--max-steps", "2",
+                 "--set", f"distill.teacher={scoring_model}", "--set", "distill.student={from_teacher: {keep_layers: 1}}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "a model with a scoring head (classify) cannot teach a language model's tokens" in err[-1]
+    assert not (tmp_path / "home" / "students").exists() or not os.listdir(tmp_path / "home" / "students")
+
+
+def test_a_damaged_task_file_is_one_line_naming_it(scoring_model, tmp_path, capsys):
+    (scoring_model / "tunesmith_task.json").write_text('{"task": "classify", "labels": ')
+    rows = write_prompts(tmp_path / "rows.jsonl", PROMPTS)
+    for argv in (["predict", str(scoring_model), "--input", str(rows), "--output", str(tmp_path / "out.csv")], ["eval", str(scoring_model), "--data", str(rows)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "tunesmith_task.json: damaged" in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_each_row_draws_by_its_own_probabilities_from_its_own_generator():
+    from tunesmith.decoding.sampling import draw
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    drawn = torch.stack([draw(probs, generators, [False, False]) for _ in range(20000)])
+    shares = torch.stack([torch.bincount(drawn[:, row], minlength=4) / len(drawn) for row in range(2)])
+    assert shares[0].tolist() == pytest.approx([0.1, 0.0, 0.6, 0.3], abs=0.015) and shares[1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    alone = int(draw(probs[:1], [torch.Generator().manual_seed(1)], [False])[0])
+    beside = int(draw(probs, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(9)], [False, False])[0])
+    assert alone == beside == int(drawn[0, 0])  # a row's draw depends on its own generator, not on its neighbours

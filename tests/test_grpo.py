@@ -129,6 +129,18 @@ def test_a_python_reward_that_fails_names_the_function_and_the_row(tmp_path):
         Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/nowhere.py:f"}]))
 
 
+def test_rewards_as_tensors_count_and_a_sum_past_the_limit_is_refused_in_one_line(tmp_path):
+    (tmp_path / "rw.py").write_text("import torch\ndef ones(prompts, completions):\n    return torch.ones(len(completions))\n"
+                                    "def huge(prompts, completions):\n    return [1e308 * (i % 2) for i in range(len(completions))]\n")
+    assert Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:ones"}])).score(["a", "b"], ["x", "y"], [1, 1])[0].tolist() == [1, 1]
+    with pytest.raises(UserError) as caught:
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:huge", "weight": 2}])).score(["a", "b"], ["x", "y"], [1, 1])
+    assert len(caught.value.lines()) == 1 and "the weighted sum of the rewards is inf for the completion of 'b'" in str(caught.value)
+    for settings in ({"beta": float("inf")}, {"beta": 1e300}, {"rewards": [{"length": 4, "weight": 1e308}]}):
+        with pytest.raises(ValueError):
+            GrpoConfig(**settings)
+
+
 def test_reward_settings_are_checked_with_the_config(tiny_llama, tmp_path, capsys):
     data = prompt_file(tmp_path / "p.txt")
     for rewards, message in (([], "a GRPO run needs at least one reward"),

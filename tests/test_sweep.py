@@ -198,6 +198,30 @@ def test_a_key_another_method_reads_is_refused_unless_the_method_varies():
     assert build_space({"model.lora_rank": [4, 8], "model.method": ["lora", "full"]}, full).keys[0] == "model.method"
 
 
+def test_a_key_the_task_never_reads_is_refused():
+    from tunesmith.sweep.space import build_space
+
+    lm = load_config(None, [("task", "lm")])
+    with pytest.raises(UserError, match="grpo.group_size is read only by another task, and the config trains task lm"):
+        build_space({"grpo.group_size": [2, 4]}, lm)
+    with pytest.raises(UserError, match="distill.temperature is read only with a teacher"):
+        build_space({"distill.temperature": [1, 2]}, lm)
+    assert build_space({"distill.temperature": [1, 2]}, load_config(None, [("distill.teacher", "t")])).keys == ["distill.temperature"]
+    assert build_space({"chat.system_prompt": ["a", "b"]}, load_config(None, [("task", "grpo")])).keys == ["chat.system_prompt"]
+
+
+def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
+    from tunesmith.errors import ConfigError
+    from tunesmith.sweep.space import read_space
+
+    (tmp_path / "space.yaml").write_text("train.lr: [1e-3]\ntrain.lr: [1e-4]\n")
+    with pytest.raises(UserError, match="the key 'train.lr' is given twice \\(line 2\\)"):
+        read_space(tmp_path / "space.yaml")
+    (tmp_path / "run.yaml").write_text("train:\n  lr: 1e-3\n  epochs: 2\n  lr: 1e-4\n")
+    with pytest.raises(ConfigError, match="the key 'lr' is given twice \\(line 4\\)"):
+        load_config(tmp_path / "run.yaml")
+
+
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):
     base = write_base(tmp_path, tiny_gpt2, corpus_file)
     space = Space(parse_space({"train.lr": [1e-3, -1.0], "model.lora_rank": [4, 8]}))

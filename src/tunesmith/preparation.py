@@ -25,12 +25,24 @@ def tokenizer_model(cfg: RunConfig):
     return resolve_model(cfg.model.name, cfg.model.trust_remote_code)
 
 
+def trained_model_config(cfg: RunConfig, resolved):
+    """The config of the model the run trains: `resolved`'s, or for a student cut from its teacher the teacher's with
+    the kept blocks only (refusing more blocks than the teacher has, as training would)."""
+    from .distill import student_config
+    from .models import load_model_config
+
+    config = load_model_config(resolved)
+    if cfg.distill.student is not None:
+        return student_config(config, cfg.distill.student.from_teacher.keep_layers)
+    return config
+
+
 def prepare(config: RunConfig | str | Path | None = None):
     """Read, clean, split, tokenize and pack the config's data with its model's tokenizer; returns PreparedData."""
     from .data import prepare_data
     from .distill import language_source
     from .evaluation.forgetting import BaseSampler, replay_files
-    from .models import count_parameters, load_model_config, tunesmith_home
+    from .models import count_parameters, tunesmith_home
     from .runtime import pick_device, pick_precision
     from .tasks import task_kind
 
@@ -38,7 +50,7 @@ def prepare(config: RunConfig | str | Path | None = None):
     kind = task_kind(cfg)
     kind.check(cfg)
     resolved = tokenizer_model(cfg)
-    params = count_parameters(load_model_config(resolved))
+    params = count_parameters(trained_model_config(cfg, resolved))
     device = pick_device(cfg.train.device)
     sampler = None
     if cfg.data.replay:

@@ -126,15 +126,46 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     target[field] = value
 
 
+class RepeatedKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"the key {key!r} is given twice (line {line})")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (PyYAML keeps the last one silently, so a setting
+    written twice would take effect unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a list or mapping as a key: the config's checks refuse it
+            if key in seen:
+                raise RepeatedKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values (safe types only), a key given twice in one mapping refused (`RepeatedKey`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {path}: not found; create one with `tunesmith init {path}`"])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
         raise ConfigError([f"config file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
                            "save it as UTF-8"]) from None
+    except RepeatedKey as exc:
+        raise ConfigError([f"config file {path}: {exc}; keep the one you mean"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -208,7 +208,7 @@ REWARD_KINDS = ("run", "length", "regex", "avoid", "python")
 class RewardSpec(_Section):
     """One reward of a GRPO run: exactly one of `run`, `length`, `regex`, `avoid` or `python`, with its weight."""
 
-    weight: float = Field(1.0, allow_inf_nan=False, description="the reward's weight in the sum (negative: a penalty)")
+    weight: float = Field(1.0, ge=-1e6, le=1e6, allow_inf_nan=False, description="the reward's weight in the sum (negative: a penalty)")
     name: str | None = Field(None, description="what the logs call it (default: from its kind)")
     run: str | None = Field(None, description="a tunesmith classifier run (with label) or reward-model run (task reward), or its final/ folder")
     label: str | None = Field(None, description="with a classifier run: the label whose probability is the reward")
@@ -267,7 +267,7 @@ class GrpoConfig(_Section):
     loss: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: advantages scaled by the group's reward std, each completion's loss averaged over its tokens (DeepSeekMath); dr_grpo: neither, tokens summed and divided by max_new_tokens (Dr. GRPO)")
     epsilon: float = Field(0.2, gt=0, lt=1, description="clipping of the probability ratio to [1 - epsilon, 1 + epsilon]")
     iterations: int = Field(1, ge=1, description="optimizer steps taken on each batch of completions before sampling new ones")
-    beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the base model (0: none, and no reference pass)")
+    beta: float = Field(0.04, ge=0, le=100, allow_inf_nan=False, description="weight of the KL penalty to the base model (0: none, and no reference pass)")
     target_kl: float | None = Field(None, gt=0, allow_inf_nan=False, description="KL per completion token from the base model the penalty aims at (e.g. 0.25, about Ziegler et al.'s 6 nats over 24 tokens): after each step beta is raised when the step's KL was above it and lowered when below (their adaptive controller, as in TRL's PPO and verl), never under grpo.beta, where it starts; null: beta stays fixed")
     kl_horizon: int = Field(64, ge=1, le=10**9, description="with target_kl: completions over which beta moves by a factor of at most e^0.2: beta *= exp(clip(kl / target_kl - 1, -0.2, 0.2) * min(completions / kl_horizon, 1)) after each optimizer step (with grpo.iterations above 1, each on the same completions), kept between grpo.beta and 100 times it; the default moves it up to 10% a step of 4 prompts x 8 completions")
     max_new_tokens: int = Field(64, ge=1, description="tokens sampled per completion at most")
@@ -318,6 +318,9 @@ class FromTeacher(_Section):
     def _not_a_switch(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise ValueError("a number of blocks, or a list of block numbers, not true or false")
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if not whole and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            raise ValueError("a whole number of blocks, or a list of block numbers (e.g. 10, or [0, 5, 9])")
         return value
 
     @field_validator("keep_layers")

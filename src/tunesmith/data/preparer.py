@@ -55,7 +55,8 @@ class Preparer:
 
     @property
     def units_kept(self) -> dict[bool, int]:
-        return {side: len(spans) for side, spans in self.spans.items()}
+        """Each side's distinct units (a weighted mix draws some training units more than once)."""
+        return {side: len(set(spans)) for side, spans in self.spans.items()}
 
     def _unique(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, bytes]]:
         for unit in units:

@@ -131,12 +131,26 @@ class RowSampler:
             probs = ordered.masked_fill(dropped, float("-inf")).softmax(dim=-1)
         else:
             order, probs = None, scaled.softmax(dim=-1)
-        chosen = []
+        picks = draw(probs, self.generators, self.greedy).tolist()
+        if order is not None:
+            picks = order.gather(1, torch.tensor(picks, device=order.device)[:, None])[:, 0].tolist()
         greedy_tokens = logits.argmax(dim=-1).tolist() if any(self.greedy) else None
-        for row, generator in enumerate(self.generators):
-            if self.greedy[row]:
-                chosen.append(greedy_tokens[row])
-                continue
-            pick = int(torch.multinomial(probs[row], 1, generator=generator))
-            chosen.append(int(order[row, pick]) if order is not None else pick)
-        return chosen
+        return [greedy_tokens[row] if greedy else pick for row, (greedy, pick) in enumerate(zip(self.greedy, picks))]
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None], skip: list[bool]) -> torch.Tensor:
+    """One index per row of (rows, vocabulary) probabilities, by inverting each row's cumulative sum at one uniform number
+    from the row's own generator (the device's default one where it has none; none drawn for the rows to `skip`).
+    `torch.multinomial` draws a random number for every entry of the vocabulary, one row at a time when each row has
+    its own generator; one number per row lets the whole batch search at once. The sums are in float64 (float32 on
+    Apple's GPUs, which have no float64), so a token's share of the unit interval is its probability to about 1e-16,
+    and an index whose probability is 0 is never drawn (the search takes the first sum strictly above the number)."""
+    precise = torch.float32 if probs.device.type == "mps" else torch.float64
+    uniform = torch.stack([torch.zeros((), dtype=precise, device=probs.device) if skipped else
+                           torch.rand((), generator=generator, dtype=precise,
+                                      device=generator.device if generator is not None else probs.device).to(probs.device)
+                           for generator, skipped in zip(generators, skip)])
+    sums = probs.to(precise).cumsum(dim=-1)
+    total = sums[:, -1]
+    targets = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))[:, None]  # below the total
+    return torch.searchsorted(sums, targets, right=True)[:, 0].clamp_max(probs.shape[-1] - 1)

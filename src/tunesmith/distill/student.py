@@ -16,7 +16,7 @@ from ..errors import ConfigError, UserError
 from ..rundir.durable import as_os_error
 from ..tasks import TASK_FILE
 from ..models import ResolvedModel, load_model, load_model_config, load_tokenizer
-from ..models.weights import is_classifier, transformer_blocks
+from ..models.weights import is_classifier, scores_with_head, transformer_blocks
 from ..rundir.fingerprint import folder_identity
 
 STUDENT_FILE = "tunesmith_student.json"  # in a student's folder: its teacher and the blocks it kept
@@ -139,7 +139,7 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     if (target / "config.json").is_file():
         return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
     log(f"student: the teacher's blocks {', '.join(map(str, kept))} of {total}, written once to {target}")
-    classifier = "ForSequenceClassification" in " ".join(getattr(load_model_config(teacher), "architectures", None) or [])
+    classifier = scores_with_head(load_model_config(teacher))
     model = load_model(teacher, classifier=classifier)
     if classifier and not is_classifier(model):
         raise UserError(f"distill.teacher {teacher.spec}: its saved task names a classifier but the weights are a language model")

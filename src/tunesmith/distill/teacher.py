@@ -11,7 +11,8 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..models import ResolvedModel, load_model, resolve_model
+from ..models import ResolvedModel, load_model, load_model_config, resolve_model
+from ..models.weights import scores_with_head
 from ..rundir.fingerprint import folder_identity
 from ..runtime import low_precision_dtype
 from ..tasks import read_task
@@ -101,17 +102,22 @@ def tokenizer_difference(student, teacher) -> str | None:
     return None
 
 
-def _check_labels(spec: str, resolved: ResolvedModel, labels: list[str] | None) -> None:
+def check_teacher_kind(spec: str, resolved: ResolvedModel, head: bool) -> None:
+    """A student that classifies with a head learns from a classifier with a head; any other student from a language
+    model (a classifier's or a reward model's head gives no distribution over tokens). Checked before a student is cut."""
     saved = read_task(Path(resolved.path))
-    if labels is None:
-        if saved.get("task") == "classify" and "verbalizers" in saved and saved.get("method") == "head":
-            raise UserError(f"distill.teacher {spec}: a classifier with a head cannot teach a language model's tokens; "
-                            "give a language-model teacher, or distill into a classifier (task classify)")
-        return
-    if saved.get("task") != "classify" or saved.get("method") != "head":
+    if head and (saved.get("task") != "classify" or saved.get("method") != "head"):
         raise UserError(f"distill.teacher {spec}: the student classifies with a head, so the teacher must be a classifier run "
                         "trained with a head (task classify); train one first")
-    if list(saved.get("labels", [])) != list(labels):
+    if not head and scores_with_head(load_model_config(resolved)):
+        raise UserError(f"distill.teacher {spec}: a model with a scoring head ({saved.get('task')}) cannot teach a language "
+                        "model's tokens; give a language-model teacher, or distill into a classifier (task classify)")
+
+
+def _check_labels(spec: str, resolved: ResolvedModel, labels: list[str] | None) -> None:
+    check_teacher_kind(spec, resolved, labels is not None)
+    saved = read_task(Path(resolved.path))
+    if labels is not None and list(saved.get("labels", [])) != list(labels):
         raise UserError(f"distill.teacher {spec}: its labels {saved.get('labels')} are not the student's {labels}; "
                         "the teacher and the student must classify into the same labels, in the same order")
 

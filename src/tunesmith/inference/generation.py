@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UserError
-from ..models import context_length, load_model, load_tokenizer, resolve_model
+from ..models import context_length, load_model, load_model_config, load_tokenizer, resolve_model
+from ..models.weights import scores_with_head
 from ..runtime import pick_device
 from ..decoding import Decoder, Job, SamplingSettings, decode_all
 from ..decoding.engine import derived_seed
@@ -84,7 +85,12 @@ EMPTY_PROMPT = "the prompt is empty once tokenized (this tokenizer adds no start
 
 
 def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = False, log=print):
+    """A model and tokenizer to generate text with; a classifier or reward model (a scoring head, no token
+    distributions) is refused in one line."""
     resolved = resolve_model(spec, trust_remote_code, log=log)
+    if scores_with_head(load_model_config(resolved)):
+        raise UserError(f"{spec} scores text with a head (a classifier or reward model); it does not generate text: "
+                        f"score texts with `tunesmith predict {spec} --input FILE`, or give a language model")
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved).to(pick_device(device)).eval()
     return model, tokenizer

@@ -79,4 +79,5 @@ def resolve_model(spec: str, trust_remote_code: bool = False, log: Callable[[str
         return ResolvedModel(spec, spec, False, trust_remote_code)
     if _in_hub_cache(spec):
         return ResolvedModel(spec, spec, True, trust_remote_code)
-    raise UserError(f"model {spec}: the Hugging Face hub cannot be reached and it is not in the local cache; {ALTERNATIVES}")
+    raise UserError(f"model {spec}: no folder of that name here, and as a hub id: the Hugging Face hub cannot be reached and it "
+                    f"is not in the local cache; {ALTERNATIVES}")

@@ -61,9 +61,14 @@ def architecture_keeps_packed_apart(model_config, trust_remote_code: bool = Fals
     return keeps_packed_apart(model)
 
 
+def scores_with_head(config) -> bool:
+    """Whether a model config is a classifier's or a reward model's (a head over the last hidden state, no token
+    distributions): a model to score text with, not to generate it."""
+    return any(name.endswith("ForSequenceClassification") for name in (getattr(config, "architectures", None) or []))
+
+
 def is_classifier(model: torch.nn.Module) -> bool:
-    return any(name.endswith("ForSequenceClassification") for name in (getattr(model.config, "architectures", None) or [])) or \
-        type(model).__name__.endswith("ForSequenceClassification")
+    return scores_with_head(model.config) or type(model).__name__.endswith("ForSequenceClassification")
 
 
 def store_weights(model: torch.nn.Module, frozen: torch.dtype | None, trainable: torch.dtype | None) -> None:

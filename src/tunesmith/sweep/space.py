@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from ..config import SECTIONS, RunConfig, build_config, raw_config
+from ..config import SECTIONS, RepeatedKey, RunConfig, build_config, load_yaml, raw_config
 from ..errors import UserError
 from ..methods import read_by_another
+from ..tasks import read_by_another_task, task_kind
 
 METHOD_KEY = "model.method"
 MAX_CHECKED_POINTS = 4096  # a finite space up to this size has every point checked before the first trial
@@ -126,7 +127,9 @@ def read_space(path: str | Path) -> dict:
         raise UserError(f"--space {path}: not found; write a YAML mapping of config keys to ranges, e.g. "
                         "'train.lr: {log: [1e-5, 3e-3]}'")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except RepeatedKey as exc:
+        raise UserError(f"--space {path}: {exc}; keep the one you mean") from None
     except (yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"--space {path}: not valid YAML text; write one 'section.key: range' per line") from None
     if not isinstance(raw, dict) or not raw:
@@ -250,8 +253,19 @@ def check_points(space: Space, base: Path | None, overrides: list[tuple[str, Any
 
 
 def build_space(raw: dict, base_cfg: RunConfig) -> Space:
-    """The space over `base_cfg`; a key that only another method reads is refused unless the space varies the method."""
+    """The space over `base_cfg`; a key that only another method reads is refused unless the space varies the method,
+    and so is a key the config's task never reads (another task's section, distillation without a teacher): its
+    trials would all train alike."""
     dimensions = parse_space(raw)
+    keys = [d.key for d in dimensions]
+    kind = task_kind(base_cfg)
+    for key in keys:
+        if read_by_another_task(key, kind):
+            raise UserError(f"space: {key} is read only by another task, and the config trains task {kind.name}; "
+                            "drop it from the space")
+        if key.startswith("distill.") and key != "distill.teacher" and not base_cfg.distill.teacher and "distill.teacher" not in keys:
+            raise UserError(f"space: {key} is read only with a teacher, and the config names none; set distill.teacher "
+                            "in the config, or drop the key from the space")
     method = base_cfg.model.method
     if METHOD_KEY not in [d.key for d in dimensions]:
         for dimension in dimensions:

@@ -44,6 +44,13 @@ def build_task(cfg: RunConfig, meta: dict, reference=None) -> Task:
     return task_kind(cfg).build(cfg, meta, reference)
 
 
+def read_by_another_task(key: str, kind: TaskKind) -> bool:
+    """Whether `key` is a setting of a section only other tasks read (grpo.group_size for a language-model run)."""
+    section = key.split(".", 1)[0]
+    readers = [k for k in TASKS.values() if section == k.section or section in k.also_reads]
+    return bool(readers) and kind not in readers
+
+
 def task_view(name: str | None) -> TaskView:
     """The view of the task a summary or saved spec names (plain language modelling when it names none)."""
     return VIEWS.get(name or "lm", VIEWS["lm"])
@@ -55,8 +62,20 @@ def write_task(directory: Path, spec: dict) -> None:
 
 
 def read_task(directory: Path) -> dict:
+    """The task a saved model was trained for ({"task": "lm"} for a model without the file); a damaged file is refused in
+    one line naming it."""
     path = Path(directory) / TASK_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"task": "lm"}
+    if not path.is_file():
+        return {"task": "lm"}
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: damaged ({str(exc).splitlines()[0]}); it says which task the model was trained for: "
+                        "restore it from the run, or train the run again") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
+        raise UserError(f"{path}: damaged (not an object naming its task); it says which task the model was trained for: "
+                        "restore it from the run, or train the run again")
+    return spec
 
 
 def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[TaskKind, RunConfig, dict | None]:
@@ -76,5 +95,5 @@ def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[
     return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_task", "saved_task",
+__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_by_another_task", "read_task", "saved_task",
            "task_kind", "task_summaries", "task_view", "write_task"]

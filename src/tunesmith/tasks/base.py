@@ -34,6 +34,7 @@ class TaskKind:
     name: ClassVar[str]
     learns: ClassVar[str]  # what a run of this task learns, in a few words (the config reference lists it)
     section: ClassVar[str | None] = None  # the config section of the task's own settings, if it has one
+    also_reads: ClassVar[tuple[str, ...]] = ()  # other tasks' sections it reads too (the chat section's data format)
     packings: ClassVar[tuple[str, ...]] = ("documents", "padded")  # the data.packing values it takes; the first is auto's
     rows_per_example: ClassVar[int] = 1  # sequences a training example puts in a batch (a preference pair: two)
     noisy_embeddings: ClassVar[bool] = False  # whether train.neftune_alpha applies (instruction-style data)

@@ -280,6 +280,7 @@ class PreferenceKind(TaskKind):
     name = "preference"
     learns = "chosen and rejected answers, or thumbs up and down, to tune a chat model"
     section = "preference"
+    also_reads = ("chat",)
     packings = ("padded",)
     rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
 

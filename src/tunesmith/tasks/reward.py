@@ -252,6 +252,7 @@ class RewardKind(TaskKind):
     name = "reward"
     learns = "chosen and rejected answers, to train a reward model that scores answers (Bradley-Terry)"
     packings = ("padded",)
+    also_reads = ("chat",)
     rows_per_example = 2  # chosen and rejected
     needs_saved_spec = True
 

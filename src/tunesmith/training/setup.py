@@ -10,8 +10,8 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, kept_blocks, language_source, load_teacher,
-                       make_student, measure_pick, read_record, resolve_teacher)
+from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_kind, check_teacher_labels, kept_blocks, language_source, load_teacher,
+                       make_student, measure_pick, read_record, resolve_teacher, student_config)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -60,6 +60,7 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
     with context.main_first():  # the embedded default is converted once, by the first process
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
             teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
+            check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
             resolved = teacher if measures_student(cfg) else \
                 make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
         else:
@@ -86,7 +87,8 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
     if cfg.data.replay or not skip:
         sampled, name = language_source(cfg, resolved)
         sampler = BaseSampler(sampled, device, precision, console.print, source=name)
-    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(model_config),
+    trained = student_config(model_config, cfg.distill.student.from_teacher.keep_layers) if measures_student(cfg) else model_config
+    data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(trained),
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))
     for line in data.summary_lines():
         console.print(f"data  {line}", highlight=False)

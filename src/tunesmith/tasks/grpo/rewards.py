@@ -23,7 +23,11 @@ from ...errors import ConfigError, UserError
 from .prompts import Prompt
 
 SHOWN_CHARS = 60
+AFTER_A_FIX = "fix the function, then train again (with --resume once the run has saved a checkpoint)"
 LOG_ODDS_FLOOR = 1e-6  # probabilities are held this far from 0 and 1, so log-odds stay within +-13.8
+
+
+LARGEST_TOTAL = 1e12  # a completion's weighted sum of rewards: far past any reward in use, far below where a group's spread overflows
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -48,10 +52,14 @@ def check_run_reward(spec: RewardSpec) -> str:
     """The trained task of a run reward, after checking it can give this reward; the config's own check, before training."""
     from .. import read_task
 
-    saved = read_task(model_folder(spec.run))
+    folder = model_folder(spec.run)
+    saved = read_task(folder)
     task = saved.get("task", "lm")
     if task == "classify":
-        labels = [str(label) for label in saved.get("labels", [])]
+        if not isinstance(saved.get("labels"), list) or not saved["labels"]:
+            raise ConfigError([f"grpo.rewards: {folder / 'tunesmith_task.json'} lists no labels, so the classifier cannot be "
+                               "read; restore the file from the run, or train the classifier again"])
+        labels = [str(label) for label in saved["labels"]]
         if spec.label is None:
             raise ConfigError([f"grpo.rewards: {spec.run} is a classifier; name the label whose probability is the reward "
                                f"(label: one of {', '.join(labels)})"])
@@ -154,10 +162,27 @@ def _numbers(values, count: int, where: str) -> np.ndarray:
         raise ValueError(f"returned {got} for {count} completions; return a list of one number per completion")
     out = np.empty(count)
     for row, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        number = _number(value)
+        if number is None or not math.isfinite(number):
             raise ValueError(f"returned {value!r} for row {row}, not a finite number")
-        out[row] = float(value)
+        out[row] = number
     return out
+
+
+def _number(value) -> float | None:
+    """A value as a float: a Python or numpy number, or a one-element array or tensor; None for anything else (text,
+    booleans, complex numbers, an int past float's range)."""
+    if hasattr(value, "item") and not isinstance(value, (np.integer, np.floating)):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError, TypeError):
+            return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _row_failure(function, where: str, prompts, completions, exc: Exception) -> UserError:
@@ -169,9 +194,9 @@ def _row_failure(function, where: str, prompts, completions, exc: Exception) -> 
         except (Exception, SystemExit) as alone:
             shown = prompt_text(prompt)[:SHOWN_CHARS]
             return UserError(f"grpo.rewards: {where} failed on row {row} (prompt {shown!r}, completion {completion[:SHOWN_CHARS]!r}): "
-                             f"{type(alone).__name__}: {_first_line(alone)}; fix the function, then resume the run with --resume")
+                             f"{type(alone).__name__}: {_first_line(alone)}; {AFTER_A_FIX}")
     return UserError(f"grpo.rewards: {where} failed on a batch of {len(completions)}: {type(exc).__name__}: {_first_line(exc)}; "
-                     "fix the function, then resume the run with --resume")
+                     f"{AFTER_A_FIX}")
 
 
 def classifier_reward(spec: RewardSpec, device: str):
@@ -237,5 +262,13 @@ class Rewards:
     def score(self, prompts: list[Prompt], completions: list[str], lengths: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(N,) total rewards and each function's (N,) scores, by name."""
         each = {f.name: np.asarray(f.score(prompts, completions, lengths), dtype=np.float64) for f in self.functions}
-        total = sum(f.weight * each[f.name] for f in self.functions)
-        return np.asarray(total, dtype=np.float64), each
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is refused just below
+            total = np.asarray(sum(f.weight * each[f.name] for f in self.functions), dtype=np.float64)
+        past = np.flatnonzero(~(np.abs(total) <= LARGEST_TOTAL))
+        if len(past):
+            row = int(past[0])
+            parts = ", ".join(f"{f.name} {each[f.name][row]:.3g} x {f.weight:g}" for f in self.functions)
+            raise UserError(f"grpo.rewards: the weighted sum of the rewards is {total[row]:.3g} for the completion of "
+                            f"{prompt_text(prompts[row])[:SHOWN_CHARS]!r} ({parts}), past {LARGEST_TOTAL:.0e}, where the "
+                            "groups' means and spreads lose their precision; scale the rewards or their weights down")
+        return total, each

@@ -173,6 +173,7 @@ class GrpoKind(TaskKind):
     name = "grpo"
     learns = "prompts and rewards: sampled completions reinforced by what the rewards give them (GRPO)"
     section = "grpo"
+    also_reads = ("chat",)
     packings = ("padded",)
     rows_per_example = 8  # a prompt's group of completions, at the default group size
 
