@@ -556,6 +556,33 @@ def test_gap_stalled_finding():
     assert "gap_stalled" in {f.kind for f in diagnose(reopened, facts)}
 
 
+def test_a_teacher_that_scores_with_a_head_is_refused_before_a_student_is_cut(lm_teacher, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher_run, data = lm_teacher
+    scorer = tmp_path / "scorer"
+    AutoModelForSequenceClassification.from_pretrained(teacher_run / "final", num_labels=1).save_pretrained(scorer)
+    AutoTokenizer.from_pretrained(teacher_run / "final").save_pretrained(scorer)
+    capsys.readouterr()
+    for command in (["train", "--out", str(tmp_path / "student"), "--max-steps", "2"], ["prepare"]):
+        assert main([*command, "--data", str(data), "--block-size", "32", "--set", f"distill.teacher={scorer}",
+                     "--set", "distill.student={from_teacher: {keep_layers: 2}}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "a model with a scoring head (LlamaForSequenceClassification) cannot teach" in err[0], err
+    assert not (tmp_path / "home" / "students").exists()
+
+
+def test_prepare_counts_the_cut_students_parameters(lm_teacher, tmp_path):
+    from tunesmith.models import count_parameters, load_model_config
+    from tunesmith.preparation import tokenizer_model, trained_model_config
+
+    teacher_run, data = lm_teacher
+    cfg = distill_config(teacher_run, data, tmp_path / "run")
+    teacher = tokenizer_model(cfg)
+    student = trained_model_config(cfg, teacher)
+    assert student.num_hidden_layers == 2 and count_parameters(student) < count_parameters(load_model_config(teacher))
+
+
 def test_user_errors_of_a_distilled_run_are_one_line(lm_teacher, tmp_path, capsys):
     """A run that has not finished, a student without a teacher, an empty teacher, a resume with another teacher."""
     teacher_run, data = lm_teacher

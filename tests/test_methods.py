@@ -126,3 +126,28 @@ def test_every_method_the_config_takes_is_registered_once():
     assert set(get_args(ModelConfig.model_fields["method"].annotation)) == set(METHODS)
     assert all(name == method.name for name, method in METHODS.items())
     assert [name for name, method in METHODS.items() if method.fallback] == ["lora", "freeze"]  # recommend's order
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_output_layer_reads_contiguous_hidden_states_and_the_logits_do_not_change(tiny_models, kind, tmp_path):
+    """A model asked for its last positions' logits hands the output layer a strided slice, which a CPU matmul answers by
+    copying the whole layer once per row; the loaded model makes the slice contiguous first."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import ResolvedModel, fit_embeddings, load_model
+
+    path = str(tiny_models[kind])
+    model = load_model(ResolvedModel(path, path, True, False)).eval()
+    fit_embeddings(model, AutoTokenizer.from_pretrained(path))
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 100, (3, 12))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=5).logits
+        every = model(input_ids=ids).logits
+    assert seen == [True, True] and torch.allclose(last, every[:, -5:], atol=1e-6)
+    plain = AutoModelForCausalLM.from_pretrained(path).eval()
+    plain.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        plain(input_ids=ids, logits_to_keep=5)
+    assert seen[-1] is False  # what the hook is for: transformers slices the hidden states

@@ -206,6 +206,39 @@ def test_extreme_scores_still_draw_and_a_top_k_past_the_vocabulary_keeps_every_t
     assert {first for first, _ in drawn} == {0, 1, 2, 3} and {second for _, second in drawn} == {2, 3}
 
 
+def test_each_row_draws_by_its_own_probabilities_from_its_own_generator():
+    from tunesmith.decoding.sampling import draw
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    drawn = torch.stack([draw(probs, generators, [False, False]) for _ in range(20000)])
+    shares = torch.stack([torch.bincount(drawn[:, row], minlength=4) / len(drawn) for row in range(2)])
+    assert shares[0].tolist() == pytest.approx([0.1, 0.0, 0.6, 0.3], abs=0.015) and shares[1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    alone = int(draw(probs[:1], [torch.Generator().manual_seed(1)], [False])[0])
+    beside = int(draw(probs, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(9)], [False, False])[0])
+    assert alone == beside == int(drawn[0, 0])  # a row's draw depends on its own generator, not on its neighbours
+
+
+def test_the_largest_uniform_number_still_draws_a_token_with_probability(monkeypatch):
+    from tunesmith.decoding import sampling
+
+    top = torch.nextafter(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    monkeypatch.setattr(sampling.torch, "rand", lambda *a, **k: top.clone())
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3, 0.0]])
+    assert sampling.draw(probs, [None, None], [False, False]).tolist() == [1, 2]
+
+
+def test_a_seeded_row_draws_the_same_beside_greedy_and_truncated_rows():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 1.5, 0.5]])
+    seeded = SamplingSettings(temperature=1.0)
+    alone = RowSampler([seeded], [torch.Generator().manual_seed(5)], 5, torch.device("cpu"))
+    mixed = RowSampler([SamplingSettings(temperature=0), SamplingSettings(temperature=1.0, top_p=0.5, top_k=2), seeded],
+                       [None, torch.Generator().manual_seed(6), torch.Generator().manual_seed(5)], 5, torch.device("cpu"))
+    for _ in range(50):
+        greedy, truncated, mine = mixed.choose(logits.repeat(3, 1))
+        assert greedy == 2 and truncated in (2, 3) and mine == alone.choose(logits)[0]
+
+
 def test_repetition_penalty_and_no_repeat_ngram_match_transformers_processors():
     """Per row, over prompt and generated tokens, as transformers' logits processors apply them to the whole sequence."""
     from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor

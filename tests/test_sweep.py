@@ -211,6 +211,7 @@ def test_a_key_the_task_never_reads_is_refused():
 
 
 def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
+    from tunesmith.config import parse_override
     from tunesmith.errors import ConfigError
     from tunesmith.sweep.space import read_space
 
@@ -220,6 +221,8 @@ def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
     (tmp_path / "run.yaml").write_text("train:\n  lr: 1e-3\n  epochs: 2\n  lr: 1e-4\n")
     with pytest.raises(ConfigError, match="the key 'lr' is given twice \\(line 4\\)"):
         load_config(tmp_path / "run.yaml")
+    with pytest.raises(ConfigError, match="the key 'keep_layers' is given twice"):
+        parse_override("distill.student={from_teacher: {keep_layers: 2, keep_layers: 9}}")
 
 
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):

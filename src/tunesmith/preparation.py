@@ -16,18 +16,22 @@ def as_config(config: RunConfig | str | Path | None) -> RunConfig:
 
 def tokenizer_model(cfg: RunConfig):
     """The model whose tokenizer the run's data is read with: model.name, or for a student cut from its teacher (which
-    shares the teacher's tokenizer; model.name is not used) the teacher."""
-    from .distill import resolve_teacher
+    shares the teacher's tokenizer; model.name is not used) the teacher, checked as a teacher for this student."""
+    from .distill import check_teacher_kind, resolve_teacher
     from .models import resolve_model
+    from .tasks import task_kind
 
     if cfg.distill.student is not None:
-        return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None)
+        teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None)
+        check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
+        return teacher
     return resolve_model(cfg.model.name, cfg.model.trust_remote_code)
 
 
 def trained_model_config(cfg: RunConfig, resolved):
-    """The config of the model the run trains: `resolved`'s, or for a student cut from its teacher the teacher's with
-    the kept blocks only (refusing more blocks than the teacher has, as training would)."""
+    """The config of the model the run trains, from `resolved` as `tokenizer_model` gives it: its own, or for a student
+    cut from its teacher the teacher's with the kept blocks only (refusing more blocks than the teacher has, as training
+    would)."""
     from .distill import student_config
     from .models import load_model_config
 

@@ -107,7 +107,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError([f"--set {text}: expected section.key=value, e.g. train.lr=1e-4"])
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
+    except RepeatedKey as exc:
+        raise ConfigError([f"--set {text}: {exc}; keep the one you mean"]) from None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed

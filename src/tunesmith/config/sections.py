@@ -294,7 +294,7 @@ class GrpoConfig(_Section):
 
     @field_validator("target_kl", mode="before")
     @classmethod
-    def _not_a_switch(cls, value: Any) -> Any:
+    def _a_block_count_or_list(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("a KL in nats per token, e.g. 0.25, or null; not true or false")
         return value
@@ -315,7 +315,7 @@ class FromTeacher(_Section):
 
     @field_validator("keep_layers", mode="before")
     @classmethod
-    def _not_a_switch(cls, value: Any) -> Any:
+    def _a_block_count_or_list(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise ValueError("a number of blocks, or a list of block numbers, not true or false")
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())

@@ -52,11 +52,13 @@ class Preparer:
         writer = TokenWriter if kind.layout == "packed" else ExampleWriter
         self.train, self.val = writer(directory, "train", dtype), writer(directory, "val", dtype)
         self.spans: dict[bool, list[Span]] = {False: [], True: []}  # each side's units, where its writer put them
+        self.kept_before_mix: dict[bool, int] | None = None
 
     @property
     def units_kept(self) -> dict[bool, int]:
-        """Each side's distinct units (a weighted mix draws some training units more than once)."""
-        return {side: len(set(spans)) for side, spans in self.spans.items()}
+        """Each side's units after cleaning and the split (a weighted mix then draws some training units more than once
+        and others not at all: those draws are the mix's figures, not units kept)."""
+        return self.kept_before_mix or {side: len(spans) for side, spans in self.spans.items()}
 
     def _unique(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, bytes]]:
         for unit in units:
@@ -175,6 +177,7 @@ class Preparer:
     def mix(self, sources: list[Source]) -> None:
         """Resample the training units so each source has its share of the training tokens (data.train weights, data.replay)."""
         spans = self.spans[False]
+        self.kept_before_mix = self.units_kept
         replay = self.data.replay if sources[-1].rehearsal else 0.0
         for number, source in enumerate(sources):
             if not any(span.source == number for span in spans):

@@ -1,8 +1,8 @@
 """Choosing the next token for each row of a batch, each row with its own settings and its own random generator.
 
 Rows of one batch belong to different requests: one greedy, one at temperature 0.9 with top-p 0.9, one
-with a presence penalty and a seed. Everything is done on the whole (rows, vocabulary) tensor at once;
-only the final draw loops over rows, so that a seeded request repeats whatever else shares its batch.
+with a presence penalty and a seed. Everything is done on the whole (rows, vocabulary) tensor at once; only
+each row's one uniform number comes from its own generator, so a seeded request repeats whatever shares its batch.
 The penalties follow the references: OpenAI's frequency and presence penalties over the generated tokens,
 CTRL's repetition penalty and `no_repeat_ngram` as transformers applies them, over prompt and text.
 """
@@ -122,29 +122,27 @@ class RowSampler:
         if all(self.greedy):
             return logits.argmax(dim=-1).tolist()
         scaled = finite_scores(logits / self.temperature.clamp_min(1e-6)[:, None])
-        if self.truncates:
+        if self.truncates:  # the cut is found in ranked order and applied in the vocabulary's, where every row draws
             ordered, order = scaled.sort(dim=-1, descending=True)
             ranks = torch.arange(ordered.shape[-1], device=ordered.device)
-            probs = ordered.softmax(dim=-1)
-            before = probs.cumsum(dim=-1) - probs  # the probability mass ranked above each token
+            ranked = ordered.softmax(dim=-1)
+            before = ranked.cumsum(dim=-1) - ranked  # the probability mass ranked above each token
             dropped = (ranks[None, :] >= self.top_k[:, None]) | (before > self.top_p[:, None])
-            probs = ordered.masked_fill(dropped, float("-inf")).softmax(dim=-1)
-        else:
-            order, probs = None, scaled.softmax(dim=-1)
-        picks = draw(probs, self.generators, self.greedy).tolist()
-        if order is not None:
-            picks = order.gather(1, torch.tensor(picks, device=order.device)[:, None])[:, 0].tolist()
-        greedy_tokens = logits.argmax(dim=-1).tolist() if any(self.greedy) else None
-        return [greedy_tokens[row] if greedy else pick for row, (greedy, pick) in enumerate(zip(self.greedy, picks))]
+            scaled = scaled.masked_fill(torch.zeros_like(dropped).scatter(1, order, dropped), float("-inf"))
+        picks = draw(scaled.softmax(dim=-1), self.generators, self.greedy)
+        if any(self.greedy):
+            picks = torch.where(torch.tensor(self.greedy, device=picks.device), logits.argmax(dim=-1), picks)
+        return picks.tolist()
 
 
 def draw(probs: torch.Tensor, generators: list[torch.Generator | None], skip: list[bool]) -> torch.Tensor:
-    """One index per row of (rows, vocabulary) probabilities, by inverting each row's cumulative sum at one uniform number
-    from the row's own generator (the device's default one where it has none; none drawn for the rows to `skip`).
-    `torch.multinomial` draws a random number for every entry of the vocabulary, one row at a time when each row has
-    its own generator; one number per row lets the whole batch search at once. The sums are in float64 (float32 on
-    Apple's GPUs, which have no float64), so a token's share of the unit interval is its probability to about 1e-16,
-    and an index whose probability is 0 is never drawn (the search takes the first sum strictly above the number)."""
+    """One index per row of (rows, vocabulary) probabilities, each row with a positive sum, by inverting each row's
+    cumulative sum at one uniform number from the row's own generator (the device's default one where it has none;
+    none drawn for the rows to `skip`). `torch.multinomial` draws a random number for every entry of the vocabulary,
+    one row at a time when each row has its own generator; one number per row lets the whole batch search at once.
+    The sums are in float64 (float32 on Apple's GPUs, which have no float64), so a token's share of the unit interval
+    is its probability to about 1e-16 (6e-8 there); an index whose probability is 0 is never drawn, since the search
+    takes the first sum strictly above a number kept below the row's total."""
     precise = torch.float32 if probs.device.type == "mps" else torch.float64
     uniform = torch.stack([torch.zeros((), dtype=precise, device=probs.device) if skipped else
                            torch.rand((), generator=generator, dtype=precise,

@@ -102,21 +102,24 @@ def tokenizer_difference(student, teacher) -> str | None:
     return None
 
 
-def check_teacher_kind(spec: str, resolved: ResolvedModel, head: bool) -> None:
-    """A student that classifies with a head learns from a classifier with a head; any other student from a language
-    model (a classifier's or a reward model's head gives no distribution over tokens). Checked before a student is cut."""
+def check_teacher_kind(spec: str, resolved: ResolvedModel, head: bool) -> dict:
+    """The teacher's saved task, after checking it can teach this student: a student that classifies with a head learns
+    from a classifier with a head; any other student from a language model (a classifier's or a reward model's head
+    gives no distribution over tokens). Checked before a student is cut."""
     saved = read_task(Path(resolved.path))
     if head and (saved.get("task") != "classify" or saved.get("method") != "head"):
         raise UserError(f"distill.teacher {spec}: the student classifies with a head, so the teacher must be a classifier run "
                         "trained with a head (task classify); train one first")
-    if not head and scores_with_head(load_model_config(resolved)):
-        raise UserError(f"distill.teacher {spec}: a model with a scoring head ({saved.get('task')}) cannot teach a language "
-                        "model's tokens; give a language-model teacher, or distill into a classifier (task classify)")
+    config = load_model_config(resolved)
+    if not head and scores_with_head(config):
+        raise UserError(f"distill.teacher {spec}: a model with a scoring head ({config.architectures[0]}) cannot teach a "
+                        "language model's tokens; give a language-model teacher, or distill into a classifier with a head "
+                        "(task classify, classify.method head)")
+    return saved
 
 
 def _check_labels(spec: str, resolved: ResolvedModel, labels: list[str] | None) -> None:
-    check_teacher_kind(spec, resolved, labels is not None)
-    saved = read_task(Path(resolved.path))
+    saved = check_teacher_kind(spec, resolved, labels is not None)
     if labels is not None and list(saved.get("labels", [])) != list(labels):
         raise UserError(f"distill.teacher {spec}: its labels {saved.get('labels')} are not the student's {labels}; "
                         "the teacher and the student must classify into the same labels, in the same order")

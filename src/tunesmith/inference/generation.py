@@ -90,7 +90,7 @@ def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = Fa
     resolved = resolve_model(spec, trust_remote_code, log=log)
     if scores_with_head(load_model_config(resolved)):
         raise UserError(f"{spec} scores text with a head (a classifier or reward model); it does not generate text: "
-                        f"score texts with `tunesmith predict {spec} --input FILE`, or give a language model")
+                        f"score texts with `tunesmith predict {spec} --input FILE --output OUT.csv`, or give a language model")
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved).to(pick_device(device)).eval()
     return model, tokenizer

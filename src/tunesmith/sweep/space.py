@@ -24,7 +24,7 @@ import yaml
 from ..config import SECTIONS, RepeatedKey, RunConfig, build_config, load_yaml, raw_config
 from ..errors import UserError
 from ..methods import read_by_another
-from ..tasks import read_by_another_task, task_kind
+from ..tasks import why_unread
 
 METHOD_KEY = "model.method"
 MAX_CHECKED_POINTS = 4096  # a finite space up to this size has every point checked before the first trial
@@ -258,14 +258,10 @@ def build_space(raw: dict, base_cfg: RunConfig) -> Space:
     trials would all train alike."""
     dimensions = parse_space(raw)
     keys = [d.key for d in dimensions]
-    kind = task_kind(base_cfg)
     for key in keys:
-        if read_by_another_task(key, kind):
-            raise UserError(f"space: {key} is read only by another task, and the config trains task {kind.name}; "
-                            "drop it from the space")
-        if key.startswith("distill.") and key != "distill.teacher" and not base_cfg.distill.teacher and "distill.teacher" not in keys:
-            raise UserError(f"space: {key} is read only with a teacher, and the config names none; set distill.teacher "
-                            "in the config, or drop the key from the space")
+        reason = why_unread(key, base_cfg, teacher_varies="distill.teacher" in keys)
+        if reason:
+            raise UserError(f"space: {key} is {reason}; drop it from the space")
     method = base_cfg.model.method
     if METHOD_KEY not in [d.key for d in dimensions]:
         for dimension in dimensions:

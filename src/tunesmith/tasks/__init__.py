@@ -44,11 +44,16 @@ def build_task(cfg: RunConfig, meta: dict, reference=None) -> Task:
     return task_kind(cfg).build(cfg, meta, reference)
 
 
-def read_by_another_task(key: str, kind: TaskKind) -> bool:
-    """Whether `key` is a setting of a section only other tasks read (grpo.group_size for a language-model run)."""
-    section = key.split(".", 1)[0]
+def why_unread(key: str, cfg: RunConfig, teacher_varies: bool = False) -> str | None:
+    """Why a run of `cfg` never reads the setting `key` (a section only other tasks read, as grpo.group_size for a
+    language model; distillation without a teacher, unless `teacher_varies`), or None when it reads it."""
+    kind, section = task_kind(cfg), key.split(".", 1)[0]
     readers = [k for k in TASKS.values() if section == k.section or section in k.also_reads]
-    return bool(readers) and kind not in readers
+    if readers and kind not in readers:
+        return f"read only by another task, and the config trains task {kind.name}"
+    if section == "distill" and key != "distill.teacher" and not cfg.distill.teacher and not teacher_varies:
+        return "read only with a teacher (distill.teacher), and the config names none"
+    return None
 
 
 def task_view(name: str | None) -> TaskView:
@@ -68,8 +73,12 @@ def read_task(directory: Path) -> dict:
     if not path.is_file():
         return {"task": "lm"}
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        spec = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: damaged ({str(exc).splitlines()[0]}); it says which task the model was trained for: "
                         "restore it from the run, or train the run again") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
@@ -95,5 +104,5 @@ def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[
     return kind, cfg, None
 
 
-__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_by_another_task", "read_task", "saved_task",
-           "task_kind", "task_summaries", "task_view", "write_task"]
+__all__ = ["TASKS", "TASK_FILE", "VIEWS", "Task", "TaskKind", "TaskView", "build_task", "read_task", "saved_task",
+           "task_kind", "task_summaries", "task_view", "why_unread", "write_task"]
