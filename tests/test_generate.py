@@ -351,6 +351,19 @@ def test_a_model_that_scores_with_a_head_is_refused_by_generate_chat_and_serve(s
         load_for_serving(str(scoring_model))
 
 
+def test_an_unreadable_task_file_says_so(scoring_model, monkeypatch):
+    from pathlib import Path
+
+    from tunesmith.errors import UserError
+    from tunesmith.tasks import read_task
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(UserError, match="tunesmith_task.json: cannot be read \\(Permission denied\\); check its permissions"):
+        read_task(scoring_model)
+
+
 @pytest.mark.parametrize("damage", [b'{"task": "classify", "labels": ', b'["classify"]', b'\xff\xfe\x00'])
 def test_a_damaged_task_file_is_one_line_naming_it(scoring_model, tmp_path, capsys, damage):
     (scoring_model / "tunesmith_task.json").write_bytes(damage)

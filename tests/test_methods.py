@@ -129,23 +129,32 @@ def test_every_method_the_config_takes_is_registered_once():
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_the_output_layer_reads_contiguous_hidden_states_and_the_logits_do_not_change(tiny_models, kind, tmp_path):
+def test_the_output_layer_reads_contiguous_hidden_states_and_the_logits_do_not_change(tiny_models, kind):
     """A model asked for its last positions' logits hands the output layer a strided slice, which a CPU matmul answers by
-    copying the whole layer once per row; the loaded model makes the slice contiguous first."""
+    copying the whole layer once per row; a model tunesmith loads (resized for added tokens, wrapped in LoRA adapters,
+    copied as a frozen reference) makes the slice contiguous first."""
+    import copy
+
     from transformers import AutoTokenizer
 
+    from tunesmith.config import load_config
+    from tunesmith.methods import apply_method
     from tunesmith.models import ResolvedModel, fit_embeddings, load_model
 
     path = str(tiny_models[kind])
-    model = load_model(ResolvedModel(path, path, True, False)).eval()
-    fit_embeddings(model, AutoTokenizer.from_pretrained(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<added>"]})
+    model = load_model(ResolvedModel(path, path, True, False))
+    fit_embeddings(model, tokenizer)
+    assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)  # resized for the added token
+    wrapped = copy.deepcopy(apply_method(model, load_config(None, [("model.method", "lora")]).model)).eval()
     seen = []
-    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    wrapped.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
     ids = torch.randint(0, 100, (3, 12))
     with torch.no_grad():
-        last = model(input_ids=ids, logits_to_keep=5).logits
-        every = model(input_ids=ids).logits
-    assert seen == [True, True] and torch.allclose(last, every[:, -5:], atol=1e-6)
+        last = wrapped(input_ids=ids, logits_to_keep=5).logits
+        every = wrapped(input_ids=ids).logits
+    assert seen[0] is True and torch.allclose(last, every[:, -5:], atol=1e-6)
     plain = AutoModelForCausalLM.from_pretrained(path).eval()
     plain.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
     with torch.no_grad():

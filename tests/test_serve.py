@@ -237,6 +237,11 @@ def test_a_seeded_row_draws_the_same_beside_greedy_and_truncated_rows():
     for _ in range(50):
         greedy, truncated, mine = mixed.choose(logits.repeat(3, 1))
         assert greedy == 2 and truncated in (2, 3) and mine == alone.choose(logits)[0]
+    wide = torch.randn(1, 50000, generator=torch.Generator().manual_seed(0)) * 4  # a float sum past 1 cuts only its own row
+    alone = RowSampler([seeded], [torch.Generator().manual_seed(7)], 50000, torch.device("cpu"))
+    beside = RowSampler([seeded, SamplingSettings(temperature=1.0, top_p=0.9)],
+                        [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)], 50000, torch.device("cpu"))
+    assert [alone.choose(wide)[0] for _ in range(20)] == [beside.choose(wide.repeat(2, 1))[0] for _ in range(20)]
 
 
 def test_repetition_penalty_and_no_repeat_ngram_match_transformers_processors():

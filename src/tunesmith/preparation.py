@@ -17,14 +17,11 @@ def as_config(config: RunConfig | str | Path | None) -> RunConfig:
 def tokenizer_model(cfg: RunConfig):
     """The model whose tokenizer the run's data is read with: model.name, or for a student cut from its teacher (which
     shares the teacher's tokenizer; model.name is not used) the teacher, checked as a teacher for this student."""
-    from .distill import check_teacher_kind, resolve_teacher
+    from .distill import checked_teacher
     from .models import resolve_model
-    from .tasks import task_kind
 
     if cfg.distill.student is not None:
-        teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None)
-        check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
-        return teacher
+        return checked_teacher(cfg, log=lambda _: None)
     return resolve_model(cfg.model.name, cfg.model.trust_remote_code)
 
 

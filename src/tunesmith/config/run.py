@@ -109,7 +109,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         parsed = load_yaml(value) if value.strip() else None
     except RepeatedKey as exc:
-        raise ConfigError([f"--set {text}: {exc}; keep the one you mean"]) from None
+        raise ConfigError([f"--set {text}: the key {exc.key!r} is given twice; keep the one you mean"]) from None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed

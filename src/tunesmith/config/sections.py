@@ -294,7 +294,7 @@ class GrpoConfig(_Section):
 
     @field_validator("target_kl", mode="before")
     @classmethod
-    def _a_block_count_or_list(cls, value: Any) -> Any:
+    def _not_a_switch(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("a KL in nats per token, e.g. 0.25, or null; not true or false")
         return value

@@ -80,7 +80,9 @@ class RowSampler:
         self.top_p = torch.tensor([s.top_p for s in settings], device=device)
         self.top_k = torch.tensor([min(s.top_k, vocab_size) or vocab_size for s in settings], device=device)
         self.greedy = [s.temperature == 0 for s in settings]
-        self.truncates = any(s.top_p < 1 or 0 < s.top_k < vocab_size for s in settings if s.temperature > 0)
+        cuts = [s.temperature > 0 and (s.top_p < 1 or 0 < s.top_k < vocab_size) for s in settings]
+        self.truncates = any(cuts)
+        self.cuts = torch.tensor(cuts, device=device)[:, None]  # the rows the cut applies to: a float sum past 1 cuts no other
         self.counted = any(s.counted for s in settings)
         self.repeats = any(s.repetition_penalty != 1 for s in settings)
         self.ngrams = any(s.no_repeat_ngram > 0 for s in settings)
@@ -127,7 +129,7 @@ class RowSampler:
             ranks = torch.arange(ordered.shape[-1], device=ordered.device)
             ranked = ordered.softmax(dim=-1)
             before = ranked.cumsum(dim=-1) - ranked  # the probability mass ranked above each token
-            dropped = (ranks[None, :] >= self.top_k[:, None]) | (before > self.top_p[:, None])
+            dropped = ((ranks[None, :] >= self.top_k[:, None]) | (before > self.top_p[:, None])) & self.cuts
             scaled = scaled.masked_fill(torch.zeros_like(dropped).scatter(1, order, dropped), float("-inf"))
         picks = draw(scaled.softmax(dim=-1), self.generators, self.greedy)
         if any(self.greedy):

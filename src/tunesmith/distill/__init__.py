@@ -13,7 +13,7 @@ from .loss import DistillLoss
 from .losses import divergence, topk_divergence
 from .pick import measure_pick
 from .student import kept_blocks, make_student, read_record, student_config
-from .teacher import Teacher, check_teacher_kind, check_teacher_labels, language_source, load_teacher, resolve_teacher, tokenizer_difference
+from .teacher import Teacher, check_teacher_kind, check_teacher_labels, checked_teacher, language_source, load_teacher, resolve_teacher, tokenizer_difference
 
-__all__ = ["DistillLoss", "HiddenMatch", "Teacher", "check_teacher_kind", "check_teacher_labels", "divergence", "kept_blocks", "load_teacher", "make_student", "read_record", "student_config",
+__all__ = ["DistillLoss", "HiddenMatch", "Teacher", "check_teacher_kind", "check_teacher_labels", "checked_teacher", "divergence", "kept_blocks", "load_teacher", "make_student", "read_record", "student_config",
            "language_source", "measure_pick", "resolve_teacher", "tokenizer_difference", "topk_divergence"]

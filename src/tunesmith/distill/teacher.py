@@ -15,7 +15,7 @@ from ..models import ResolvedModel, load_model, load_model_config, resolve_model
 from ..models.weights import scores_with_head
 from ..rundir.fingerprint import folder_identity
 from ..runtime import low_precision_dtype
-from ..tasks import read_task
+from ..tasks import read_task, task_kind
 from ..tasks.loss import forward
 from .student import read_record
 
@@ -102,6 +102,14 @@ def tokenizer_difference(student, teacher) -> str | None:
     return None
 
 
+def checked_teacher(cfg: RunConfig, log=print) -> ResolvedModel:
+    """The teacher a student is cut from, resolved and checked as a teacher for the run's task (before anything is cut
+    or prepared)."""
+    teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=log)
+    check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
+    return teacher
+
+
 def check_teacher_kind(spec: str, resolved: ResolvedModel, head: bool) -> dict:
     """The teacher's saved task, after checking it can teach this student: a student that classifies with a head learns
     from a classifier with a head; any other student from a language model (a classifier's or a reward model's head
@@ -112,7 +120,8 @@ def check_teacher_kind(spec: str, resolved: ResolvedModel, head: bool) -> dict:
                         "trained with a head (task classify); train one first")
     config = load_model_config(resolved)
     if not head and scores_with_head(config):
-        raise UserError(f"distill.teacher {spec}: a model with a scoring head ({config.architectures[0]}) cannot teach a "
+        head_name = next(name for name in config.architectures if name.endswith("ForSequenceClassification"))
+        raise UserError(f"distill.teacher {spec}: a model with a scoring head ({head_name}) cannot teach a "
                         "language model's tokens; give a language-model teacher, or distill into a classifier with a head "
                         "(task classify, classify.method head)")
     return saved

@@ -261,7 +261,7 @@ def build_space(raw: dict, base_cfg: RunConfig) -> Space:
     for key in keys:
         reason = why_unread(key, base_cfg, teacher_varies="distill.teacher" in keys)
         if reason:
-            raise UserError(f"space: {key} is {reason}; drop it from the space")
+            raise UserError(f"space: {key} is {reason}; drop it from the space, or change the config")
     method = base_cfg.model.method
     if METHOD_KEY not in [d.key for d in dimensions]:
         for dimension in dimensions:

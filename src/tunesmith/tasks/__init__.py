@@ -52,7 +52,7 @@ def why_unread(key: str, cfg: RunConfig, teacher_varies: bool = False) -> str | 
     if readers and kind not in readers:
         return f"read only by another task, and the config trains task {kind.name}"
     if section == "distill" and key != "distill.teacher" and not cfg.distill.teacher and not teacher_varies:
-        return "read only with a teacher (distill.teacher), and the config names none"
+        return "read only with a teacher, and the config names none in distill.teacher"
     return None
 
 

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
-from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_kind, check_teacher_labels, kept_blocks, language_source, load_teacher,
-                       make_student, measure_pick, read_record, resolve_teacher, student_config)
+from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, checked_teacher, kept_blocks, language_source, load_teacher,
+                       make_student, measure_pick, read_record, student_config)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
 from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
@@ -59,8 +59,7 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
     data.packing of auto becomes what this model's architecture allows, see `TaskKind.settle`)."""
     with context.main_first():  # the embedded default is converted once, by the first process
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
-            teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=console.print)
-            check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
+            teacher = checked_teacher(cfg, log=console.print)
             resolved = teacher if measures_student(cfg) else \
                 make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
         else:
