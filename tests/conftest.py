@@ -41,7 +41,24 @@ def corpus_file(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_run(tmp_path_factory):
+def embedded_home(tmp_path_factory):
+    """A cache holding the embedded default, converted once for the session (about half a minute), and what the
+    conversion said."""
+    from types import SimpleNamespace
+
+    from tunesmith.models import resolve_model
+
+    home = tmp_path_factory.mktemp("embedded-home")
+    messages: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_HOME", str(home))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        resolve_model("smollm2-135m", log=messages.append)
+    return SimpleNamespace(path=home, messages=messages)
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory, embedded_home):
     """The embedded default fine-tuned for two steps (full, micro-batch 2 of 128 tokens), with the measured peak of its
     tensor memory; shared by the tests of memory estimates and of GGUF export, since one run costs about a minute."""
     from types import SimpleNamespace
@@ -57,7 +74,7 @@ def embedded_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded")
     corpus = Path(str(EXAMPLE_CORPUS))  # English text: a model's perplexity on it is not oversensitive to rounding
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNESMITH_HOME", str(root / "home"))
+        patch.setenv("TUNESMITH_HOME", str(embedded_home.path))
         patch.setenv("HF_HUB_OFFLINE", "1")
         cfg = load_config(None, [("model.name", "smollm2-135m"), ("data.train", [str(corpus)]), ("data.block_size", 128),
                                  ("train.micro_batch_size", 2), ("train.max_steps", 2), ("train.eval_every", 2),

@@ -240,6 +240,18 @@ def trained_layers(config, method: str) -> int | None:
 
 
 def fit_memory(config, shape: StepShape) -> MemoryModel:
+    """`_fit_memory`, simulated once per model shape and step shape in a process: `recommend` and the memory check
+    ask about the same shape again (another micro-batch, a cheaper method beside it), and each fit costs seconds."""
+    key = (type(config).__qualname__, config.to_json_string(use_diff=False), shape)
+    if key not in _FITTED:
+        _FITTED[key] = _fit_memory(config, shape)
+    return _FITTED[key]
+
+
+_FITTED: dict[tuple, MemoryModel] = {}  # MemoryModel is immutable, so a fit is shared safely
+
+
+def _fit_memory(config, shape: StepShape) -> MemoryModel:
     """The peak for the whole depth, from steps of one- and two-block copies at micro-batches 1 and 2.
 
     peak = fixed + s·B + trained·(b + d·B) + frozen·(f + g·B), with B the micro-batch: four steps give
