@@ -330,6 +330,29 @@ def test_completion_log_probs_line_up_with_a_full_forward(tiny_llama):
             assert batch.completion_mask[r].sum() == len(completion)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sliced_token_log_probs_and_their_gradient_equal_the_plain_formula(dtype, temperature, monkeypatch):
+    """Several slices (a tiny slice size), logits with one position more than is scored, fp32 logits left untouched."""
+    from tunesmith.tasks.grpo import logprobs
+
+    monkeypatch.setattr(logprobs, "SLICE_BYTES", 2 * 3 * 50 * 4)  # two rows a slice: three slices of five rows
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(5, 4, 50, generator=generator) * 3).to(dtype)
+    tokens = torch.randint(0, 50, (5, 3), generator=generator)
+    weights = torch.randn(5, 3, generator=generator)
+    ours_in, plain_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = logprobs.token_logprobs(ours_in, tokens, temperature)
+    scaled = plain_in[:, :3].float() / temperature
+    plain = scaled.gather(-1, tokens[..., None]).squeeze(-1) - scaled.logsumexp(-1)
+    (ours * weights).sum().backward()
+    (plain * weights).sum().backward()
+    assert ours.dtype == torch.float32 and torch.allclose(ours, plain, atol=1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # the gradient is stored in the logits' dtype
+    assert ours_in.grad.dtype == dtype and torch.allclose(ours_in.grad.float(), plain_in.grad.float(), atol=tolerance)
+    assert torch.equal(ours_in.detach(), logits) and not ours_in.grad[:, 3].any()
+
+
 def test_iterations_take_several_steps_on_one_batch_of_completions(tiny_llama, tmp_path):
     data = prompt_file(tmp_path / "p.txt")
     train(grpo_config(tiny_llama, data, tmp_path / "run", [{"regex": "e"}], iterations=2, train={"max_steps": 4, "eval_every": 4}))

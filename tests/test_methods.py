@@ -160,3 +160,33 @@ def test_the_output_layer_reads_contiguous_hidden_states_and_the_logits_do_not_c
     with torch.no_grad():
         plain(input_ids=ids, logits_to_keep=5)
     assert seen[-1] is False  # what the hook is for: transformers slices the hidden states
+
+
+def test_adapters_decode_in_fp32_on_a_cpu_and_are_put_back(tiny_llama):
+    """GRPO samples on a CPU with the adapters' products in fp32 outside autocast: the logits are autocast's base
+    layers plus the adapters' fp32 contribution (close to a decode under autocast throughout), and the modules and the
+    fp32 parameters the optimizer holds are the model's again afterwards, unchanged."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.methods import apply_method
+    from tunesmith.methods.adapters import adapters_for_decoding
+
+    model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_llama), ModelConfig(method="lora")).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)  # B starts at zero: give the adapters an effect
+    trained = {name: (p, p.detach().clone()) for name, p in model.named_parameters() if p.requires_grad}
+    modules = dict(model.named_modules())
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=ids).logits.float()
+        with adapters_for_decoding(model, torch.device("cpu"), torch.bfloat16):
+            decoding = model(input_ids=ids).logits.float()
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits.float()
+        with adapters_for_decoding(model, torch.device("cpu"), None):  # no autocast: nothing to change
+            assert torch.equal(model(input_ids=ids).logits.float(), plain)
+    assert not torch.equal(plain, decoding) and (plain - decoding).abs().max() < 0.05 * (plain - base).abs().max()
+    assert dict(model.named_modules()) == modules
+    now = dict(model.named_parameters())
+    assert all(now[name] is parameter and torch.equal(parameter, before) for name, (parameter, before) in trained.items())

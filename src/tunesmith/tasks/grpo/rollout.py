@@ -19,7 +19,9 @@ from ...config import GrpoConfig
 from ...decoding import Decoder, Job, SamplingSettings, decode_all
 from ...decoding.engine import derived_seed
 from ...errors import UserError
-from ...runtime import autocast
+from ...methods.adapters import adapters_for_decoding
+from ...runtime import attention_kernels, autocast, low_precision_dtype
+from .logprobs import token_logprobs
 from .objective import KLPenalty, group_advantages
 from .prompts import Prompts
 from .rewards import Rewards
@@ -57,7 +59,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], seeds: list[int], 
     was_training = model.training
     model.eval()
     try:
-        with autocast(device, precision):
+        with autocast(device, precision), adapters_for_decoding(model, device, low_precision_dtype(precision)):
             decode_all(Decoder(model, tokenizer, stops), jobs, max_batch=len(jobs) * cfg.group_size)
     finally:
         model.train(was_training)
@@ -156,11 +158,10 @@ def completion_logps(module, batch: GroupBatch, temperature: float = 1.0) -> tor
     """(B, completion width) fp32 log-probabilities of the completions' tokens under `module` at the sampling temperature
     (the distribution they were drawn from, as TRL scores them)."""
     width = batch.completion_width
-    logits = module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    use_cache=False, logits_to_keep=width + 1).logits[:, :-1, :].float() / temperature
-    targets = batch.input_ids[:, -width:]
-    picked = logits.gather(-1, targets[..., None]).squeeze(-1)
-    return picked - logits.logsumexp(-1)
+    with attention_kernels(batch.input_ids.device, batch.input_ids.shape[1]):
+        logits = module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                        use_cache=False, logits_to_keep=width + 1).logits
+    return token_logprobs(logits, batch.input_ids[:, -width:], temperature)  # position i scores token i + 1
 
 
 @dataclass
