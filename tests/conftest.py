@@ -53,8 +53,8 @@ def embedded_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TUNESMITH_HOME", str(home))
         patch.setenv("HF_HUB_OFFLINE", "1")
-        resolve_model("smollm2-135m", log=messages.append)
-    return SimpleNamespace(path=home, messages=messages)
+        resolved = resolve_model("smollm2-135m", log=messages.append)
+    return SimpleNamespace(path=home, messages=messages, model=Path(resolved.path))
 
 
 @pytest.fixture(scope="session")

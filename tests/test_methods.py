@@ -188,5 +188,8 @@ def test_adapters_decode_in_fp32_on_a_cpu_and_are_put_back(tiny_llama):
             assert torch.equal(model(input_ids=ids).logits.float(), plain)
     assert not torch.equal(plain, decoding) and (plain - decoding).abs().max() < 0.05 * (plain - base).abs().max()
     assert dict(model.named_modules()) == modules
+    with pytest.raises(RuntimeError, match="mid-sampling"), adapters_for_decoding(model, torch.device("cpu"), torch.bfloat16):
+        raise RuntimeError("mid-sampling")
+    assert dict(model.named_modules()) == modules
     now = dict(model.named_parameters())
     assert all(now[name] is parameter and torch.equal(parameter, before) for name, (parameter, before) in trained.items())

@@ -255,3 +255,22 @@ def test_an_architecture_with_derived_layer_types_and_no_sdpa_is_simulated():
     config = _with_layers(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=4, state_size=4), 2)
     assert config.num_hidden_layers == 2 and len(config.layer_types) == 2
     assert sum(p.numel() for p in _build(config, StepShape("full", 32, "fp32")).parameters()) > 0
+
+
+def test_a_fit_is_simulated_once_per_shape_and_again_for_another(monkeypatch):
+    from transformers import LlamaConfig
+
+    from tunesmith.planning import memory
+
+    simulated = []
+    real = memory.simulate_peak
+    monkeypatch.setattr(memory, "simulate_peak", lambda *args: simulated.append(args) or real(*args))
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    first = fit_memory(config, StepShape("full", 16, "fp32"))
+    count = len(simulated)
+    assert count and fit_memory(config, StepShape("full", 16, "fp32")) is first and len(simulated) == count
+    config.intermediate_size = 48  # the same object changed: another shape
+    assert fit_memory(config, StepShape("full", 16, "fp32")).params > first.params and len(simulated) == 2 * count
+    fit_memory(config, StepShape("full", 32, "fp32"))
+    assert len(simulated) == 3 * count

@@ -82,9 +82,11 @@ SHORT_ATTENTION = 128  # positions: up to here a CPU attends through SDPA's math
 
 
 def attention_kernels(device: torch.device, positions: int) -> contextlib.AbstractContextManager:
-    """SDPA's math kernel for short sequences on a CPU. The CPU flash kernel's backward has a fixed cost per sequence and
-    head: at 32 sequences of 37 positions it took 1.2 s of a 4.3 s LoRA forward and backward of the embedded default,
-    and the math kernel saves about that; from a few hundred positions on, flash is faster and holds no T x T scores."""
+    """SDPA's math kernel on a CPU for sequences of at most SHORT_ATTENTION positions. The CPU flash kernel's backward has
+    a fixed cost per sequence and head: at 32 sequences of 37 positions it took 1.2 s of a 4.3 s LoRA forward and backward
+    of the embedded default, which the math kernel saves; at 4 x 256 positions flash was already the faster, and it holds
+    no T x T scores. Its choice holds for the forward run inside it: a backward that recomputes the forward (gradient
+    checkpointing) must not rely on it."""
     if device.type != "cpu" or positions > SHORT_ATTENTION:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

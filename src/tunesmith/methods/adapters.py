@@ -1,4 +1,5 @@
-"""peft's LoRA adapters put on a model, made lean for training: shared dropout masks, no fp32 copies of inputs."""
+"""peft's LoRA adapters put on a model, made lean for training (shared dropout masks, no fp32 copies of inputs) and
+for decoding on a CPU (`adapters_for_decoding`)."""
 
 from __future__ import annotations
 
@@ -102,27 +103,29 @@ class _OutsideAutocast(torch.nn.Module):
 
 @contextlib.contextmanager
 def adapters_for_decoding(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """On a CPU, while the model decodes under autocast to `dtype`, its LoRA matrices apply in fp32 with autocast off.
+    """On a CPU, while the model decodes under autocast to `dtype` (None: no autocast), its fp32 LoRA matrices apply in
+    fp32 with autocast off.
 
     A decoding step multiplies a few dozen rows by each rank-r matrix: on a CPU a bf16 product that small costs about
-    40 us (oneDNN's fixed cost) where an fp32 one costs 10, and autocast casts every fp32 adapter matrix again at every
-    token besides (it keeps casts only while gradients are recorded). For the embedded default that is 420 products
-    and 420 casts a token, a tenth of GRPO's sampling time. The adapters' contribution is then computed in fp32 rather
-    than bf16 (the base layers are unchanged), so tokens can differ from a decode under autocast throughout by that
-    rounding; the training pass scores them as it always does. On other devices, or without autocast, nothing changes.
+    40 us (oneDNN's fixed cost) where an fp32 one costs 10, and autocast, which keeps no casts under inference_mode,
+    casts every fp32 adapter matrix again at every token. For the embedded default that is 420 products and 420 casts a
+    token. The adapters' contribution is then computed in fp32 rather than bf16 (the base layers are unchanged), so tokens
+    can differ from a decode under autocast throughout by that rounding; the training pass scores them as it always
+    does. Hooks on the adapters' own Linear modules do not run meanwhile; adapters stored in bf16, other devices and
+    decoding without autocast are left as they are.
     """
     from peft.tuners.lora import LoraLayer
 
+    matrices = [] if device.type != "cpu" or dtype is None else [
+        (group, name, linear) for layer in model.modules() if isinstance(layer, LoraLayer)
+        for group in (layer.lora_A, layer.lora_B) for name, linear in group.items()
+        if type(linear) is torch.nn.Linear and linear.bias is None and linear.weight.dtype == torch.float32]
     swapped = []
     try:
-        if device.type == "cpu" and dtype is not None:
-            for layer in (module for module in model.modules() if isinstance(module, LoraLayer)):
-                for matrices in (layer.lora_A, layer.lora_B):
-                    for name, linear in list(matrices.items()):
-                        if type(linear) is torch.nn.Linear and linear.bias is None and linear.weight.dtype == torch.float32:
-                            swapped.append((matrices, name, linear))
-                            matrices[name] = _OutsideAutocast(linear)
+        for group, name, linear in matrices:
+            group[name] = _OutsideAutocast(linear)
+            swapped.append((group, name, linear))
         yield
     finally:
-        for matrices, name, linear in swapped:
-            matrices[name] = linear
+        for group, name, linear in swapped:
+            group[name] = linear

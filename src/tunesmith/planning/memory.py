@@ -240,14 +240,18 @@ def trained_layers(config, method: str) -> int | None:
 
 
 def fit_memory(config, shape: StepShape) -> MemoryModel:
-    """`_fit_memory`, simulated once per model shape and step shape in a process: `recommend` and the memory check
-    ask about the same shape again (another micro-batch, a cheaper method beside it), and each fit costs seconds."""
-    key = (type(config).__qualname__, config.to_json_string(use_diff=False), shape)
+    """`_fit_memory`, simulated once per model shape and step shape in a process: a fit costs seconds, and a process
+    that plans more than once (the web UI's server, a sweep's worker checking each trial, `recommend` with and without
+    a cheaper method) asks about the same shapes again. The key is the config's class and every value it holds."""
+    key = (type(config), config.to_json_string(use_diff=False), shape)
     if key not in _FITTED:
-        _FITTED[key] = _fit_memory(config, shape)
+        if len(_FITTED) >= FITS_KEPT:
+            _FITTED.clear()
+        _FITTED[key] = _fit_memory(copy.deepcopy(config), shape)  # a simulation may set attributes on the config it reads
     return _FITTED[key]
 
 
+FITS_KEPT = 256
 _FITTED: dict[tuple, MemoryModel] = {}  # MemoryModel is immutable, so a fit is shared safely
 
 

@@ -11,8 +11,10 @@ slice by slice into one tensor of the logits' own dtype. PyTorch has no fused se
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-SLICE_BYTES = 16 * 2**20  # fp32 bytes of one slice: below glibc's largest mmap threshold (32 MB), so freed blocks are reused
+SLICE_BYTES = 16 * 2**20  # fp32 bytes of one slice, below glibc's largest mmap threshold (32 MB), so freed blocks are reused
+# (a slice is at least one row: a row of more positions x vocabulary than that is a slice of its own)
 
 
 def _slices(logits: torch.Tensor, width: int) -> range:
@@ -39,6 +41,7 @@ class TokenLogprobs(torch.autograd.Function):
         return picked - norms
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         logits, tokens, norms = ctx.saved_tensors
         width, temperature = ctx.width, ctx.temperature

@@ -8,6 +8,7 @@ a resumed run samples what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 
@@ -40,7 +41,8 @@ class Sampled:
 
 def sample_groups(model, tokenizer, prompts: list[list[int]], seeds: list[int], cfg: GrpoConfig, stops: list[int],
                   device: torch.device, precision: str) -> list[list[Sampled]]:
-    """`cfg.group_size` completions of each prompt, all decoded in one batch, under the training precision."""
+    """`cfg.group_size` completions of each prompt, all decoded in one batch, under the training precision (on a CPU,
+    LoRA adapters apply in fp32 meanwhile: `methods.adapters.adapters_for_decoding`)."""
     settings = SamplingSettings(cfg.temperature, cfg.top_p, cfg.top_k)
     found: list[list[Sampled | None]] = [[None] * cfg.group_size for _ in prompts]
     errors: list[str] = []
@@ -154,11 +156,12 @@ def group_batch(rows: list[tuple[list[int], list[int]]], advantages: torch.Tenso
     return GroupBatch(ids, attention, positions, completion, advantages, stats=stats)
 
 
-def completion_logps(module, batch: GroupBatch, temperature: float = 1.0) -> torch.Tensor:
+def completion_logps(module, batch: GroupBatch, temperature: float = 1.0, rows: int | None = None) -> torch.Tensor:
     """(B, completion width) fp32 log-probabilities of the completions' tokens under `module` at the sampling temperature
-    (the distribution they were drawn from, as TRL scores them)."""
+    (the distribution they were drawn from, as TRL scores them). `rows`: the run's longest row, which picks the attention
+    kernel (`runtime.attention_kernels`) for every pass alike; None keeps the default kernel."""
     width = batch.completion_width
-    with attention_kernels(batch.input_ids.device, batch.input_ids.shape[1]):
+    with attention_kernels(batch.input_ids.device, rows) if rows else contextlib.nullcontext():
         logits = module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                         use_cache=False, logits_to_keep=width + 1).logits
     return token_logprobs(logits, batch.input_ids[:, -width:], temperature)  # position i scores token i + 1
@@ -186,12 +189,13 @@ class Rollouts:
     """
 
     def __init__(self, cfg: GrpoConfig, seed: int, prompts: Prompts, model, tokenizer, rewards: Rewards, reference,
-                 stops: list[int], device: torch.device, precision: str, penalty: KLPenalty | None = None):
+                 stops: list[int], device: torch.device, precision: str, penalty: KLPenalty | None = None, rows: int | None = None):
         """`reference`: a function of a GroupBatch giving the reference's log-probs, or None (beta 0); `penalty`: the KL
-        penalty's weight the loss reads, which `end_step` moves with grpo.target_kl."""
+        penalty's weight the loss reads, which `end_step` moves with grpo.target_kl; `rows`: as `completion_logps`'."""
         self.cfg, self.seed, self.prompts, self.model, self.tokenizer = cfg, seed, prompts, model, tokenizer
         self.penalty = penalty or KLPenalty(cfg.beta)
         self.rewards, self.reference, self.stops, self.device, self.precision = rewards, reference, stops, device, precision
+        self.rows = rows
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.current: Round | None = None
         self.stats = StepStats()
@@ -296,7 +300,7 @@ class Rollouts:
             mask = batch.completion_mask.bool()
             with autocast(self.device, self.precision):
                 if self.cfg.iterations > 1:
-                    old += [row[m].tolist() for row, m in zip(completion_logps(self.model, batch, self.cfg.temperature), mask)]
+                    old += [row[m].tolist() for row, m in zip(completion_logps(self.model, batch, self.cfg.temperature, self.rows), mask)]
                 if self.reference is not None:
                     ref += [row[m].tolist() for row, m in zip(self.reference(batch), mask)]
         round_.old_logps = old or None
@@ -314,14 +318,14 @@ class Rollouts:
                 **seconds}
 
 
-def reference_logps(model, temperature: float, frozen=None):
+def reference_logps(model, temperature: float, frozen=None, rows: int | None = None):
     """The reference's log-probs of a GroupBatch: the base with the LoRA adapters switched off, or a frozen copy."""
     if frozen is not None:
-        return lambda batch: completion_logps(frozen, batch, temperature)
+        return lambda batch: completion_logps(frozen, batch, temperature, rows)
 
     def adapters_off(batch: GroupBatch) -> torch.Tensor:
         with model.disable_adapter():
-            return completion_logps(model, batch, temperature)
+            return completion_logps(model, batch, temperature, rows)
     return adapters_off
 
 

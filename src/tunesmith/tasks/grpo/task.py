@@ -38,9 +38,10 @@ class GrpoReference:
 class GrpoLoss:
     """The GRPO loss of a micro-batch of groups on the training module; reports KL and the clipped share to the batch's stats."""
 
-    def __init__(self, module: torch.nn.Module, cfg, penalty: KLPenalty | None = None):
-        """`cfg` the run's GrpoConfig; `penalty` the KL penalty's weight, shared with the rollouts that adapt it."""
-        self.module, self.cfg = module, cfg
+    def __init__(self, module: torch.nn.Module, cfg, penalty: KLPenalty | None = None, rows: int | None = None):
+        """`cfg` the run's GrpoConfig; `penalty` the KL penalty's weight, shared with the rollouts that adapt it; `rows`
+        as `completion_logps`'."""
+        self.module, self.cfg, self.rows = module, cfg, rows
         self.penalty = penalty or KLPenalty(cfg.beta)
 
     def weight(self, batch: GroupBatch) -> float:
@@ -52,7 +53,7 @@ class GrpoLoss:
 
     def __call__(self, batch: GroupBatch) -> torch.Tensor:
         cfg = self.cfg
-        logps = completion_logps(self.module, batch, cfg.temperature)
+        logps = completion_logps(self.module, batch, cfg.temperature, self.rows)
         loss, terms = grpo_loss(logps, batch.old_logps, batch.ref_logps, batch.advantages, batch.completion_mask, cfg.loss, cfg.epsilon,
                                 self.penalty.value, cfg.max_new_tokens)
         mask = batch.completion_mask.bool()
@@ -97,12 +98,12 @@ class GrpoTask(Task):
         return model
 
     def training_loss(self, module: torch.nn.Module) -> GrpoLoss:
-        return GrpoLoss(module, self.cfg.grpo, self.penalty)
+        return GrpoLoss(module, self.cfg.grpo, self.penalty, scoring_rows(self.cfg))
 
     def rollouts(self, prompts: Prompts, model, tokenizer, device: torch.device, precision: str) -> Rollouts:
         reference = self._reference.reference if self._reference is not None else None
         return Rollouts(self.cfg.grpo, self.cfg.train.seed, prompts, model, tokenizer, self.rewards, reference,
-                        self.sample_stops(tokenizer), device, precision, self.penalty)
+                        self.sample_stops(tokenizer), device, precision, self.penalty, scoring_rows(self.cfg))
 
     # evaluation
     def validation(self, model, dataset: Prompts, tokenizer, batch_size: int, device: torch.device, precision: str,
@@ -223,9 +224,18 @@ class GrpoKind(TaskKind):
         if not cfg.grpo.beta:
             return GrpoReference(rewards)
         if hasattr(model, "disable_adapter"):
-            return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature))
+            return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature, rows=scoring_rows(cfg)))
         log("grpo.beta > 0 without LoRA: holding a frozen copy of the model as the KL reference")
-        return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature, without_dropout(deepcopy(model)).eval().requires_grad_(False)))
+        frozen = without_dropout(deepcopy(model)).eval().requires_grad_(False)
+        return GrpoReference(rewards, reference_logps(model, cfg.grpo.temperature, frozen, scoring_rows(cfg)))
+
+
+def scoring_rows(cfg: RunConfig) -> int | None:
+    """The row length that picks the attention kernel of a run's log-prob passes (`runtime.attention_kernels`): its
+    longest row (prompt and completion), so that the reference, the sampling policy and the trained policy are scored by
+    one kernel whatever each batch's width; None with gradient checkpointing, whose recomputation during the backward
+    pass would run outside the forward's choice and save other tensors."""
+    return None if cfg.model.gradient_checkpointing else cfg.data.block_size
 
 
 def absolute_rewards(grpo: dict) -> dict:
