@@ -356,6 +356,7 @@ def test_sliced_token_log_probs_and_their_gradient_equal_the_plain_formula(dtype
     assert ours_in.grad.dtype == dtype and torch.allclose(ours_in.grad.float(), plain_in.grad.float(), atol=1e-6 if exact else 1e-3,
                                                           rtol=0 if exact else 2**-7)
     assert torch.equal(ours_in.detach(), logits) and not ours_in.grad[:, 3].any()
+    assert logprobs.token_logprobs(logits, tokens[:, :0]).shape == (5, 0)  # nothing to score
 
 
 def test_iterations_take_several_steps_on_one_batch_of_completions(tiny_llama, tmp_path):

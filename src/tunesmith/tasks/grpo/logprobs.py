@@ -61,4 +61,6 @@ class TokenLogprobs(torch.autograd.Function):
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits[:, :W] / temperature)[tokens] for (B, T >= W, V) logits and (B, W) tokens, as (B, W) fp32."""
+    if not tokens.shape[1]:
+        return logits[:, :0, 0].float()
     return TokenLogprobs.apply(logits, tokens, tokens.shape[1], float(temperature))
