@@ -22,6 +22,12 @@ def _slices(logits: torch.Tensor, width: int) -> range:
     return range(0, logits.shape[0], rows)
 
 
+def _scaled(logits: torch.Tensor, start: int, end: int, width: int, temperature: float) -> torch.Tensor:
+    """Rows start:end of the scored positions as a new fp32 tensor (never the saved logits themselves), over temperature."""
+    part = logits[start:end, :width].to(torch.float32, copy=True)
+    return part.div_(temperature) if temperature != 1.0 else part
+
+
 class TokenLogprobs(torch.autograd.Function):
     """(B, T, V) logits, of which the first `width` positions are scored, and (B, width) tokens -> (B, width) fp32."""
 
@@ -31,9 +37,7 @@ class TokenLogprobs(torch.autograd.Function):
         picked = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
         norms = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
         for start in rows:
-            part = logits[start : start + rows.step, :width].to(torch.float32, copy=True)
-            if temperature != 1.0:
-                part /= temperature
+            part = _scaled(logits, start, start + rows.step, width, temperature)
             norms[start : start + rows.step] = part.logsumexp(-1)
             picked[start : start + rows.step] = part.gather(-1, tokens[start : start + rows.step, :, None]).squeeze(-1)
         ctx.save_for_backward(logits, tokens, norms)
@@ -50,9 +54,7 @@ class TokenLogprobs(torch.autograd.Function):
         for start in rows:
             end = start + rows.step
             g = grad[start:end, :, None] / temperature
-            part = logits[start:end, :width].to(torch.float32, copy=True)  # never the saved logits themselves
-            if temperature != 1.0:
-                part /= temperature
+            part = _scaled(logits, start, end, width, temperature)
             part.sub_(norms[start:end, :, None]).exp_().mul_(-g)  # d/dlogits of log p(token) = onehot - softmax
             part.scatter_add_(-1, tokens[start:end, :, None], g)
             grad_logits[start:end, :width] = part
