@@ -75,8 +75,10 @@ def test_user_errors_are_one_line_and_exit_2(args, message, tiny_gpt2, corpus_fi
     if "--block-size" not in full:
         full += ["--block-size", "32"]
     assert main(full) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("error: ")
+    assert "--resume" not in printed.out  # a run that failed before training is not offered a resume
 
 
 def test_quickstart_runs_end_to_end_on_a_small_model(tiny_llama, tmp_path, capsys):
@@ -119,3 +121,8 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
     for part in ("base_model:", "## Data", "## Results", "validation perplexity", "## Training config", "## Intended use and limits"):
         assert part in card
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 2  # not empty: refused
+    if dtype == "fp32":  # a damaged saved config or summary leaves their parts of the card empty, not the export undone
+        (tmp_path / "run" / "config.yaml").write_bytes(b"train: [lr: \xff")
+        (tmp_path / "run" / "summary.json").write_text("{torn")
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+        assert "no summary.json in the run" in (tmp_path / "again" / "README.md").read_text()

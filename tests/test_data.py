@@ -296,7 +296,7 @@ def test_empty_result_names_the_step_that_removed_everything(tmp_path, prep):
 def test_empty_and_missing_files(tmp_path, prep):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(UserError, match="holds no documents"):
+    with pytest.raises(UserError, match=r"holds no documents \(.*empty.jsonl is empty\); give files with text"):
         prep(empty)
     with pytest.raises(UserError, match="no file matches"):
         prep(tmp_path / "absent.jsonl")

@@ -6,14 +6,13 @@ crashed) and calls `diagnose`, and the loop may call `diagnose` on its history a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import median
 
 from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
-from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines
+from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines, read_json_object, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
 from .distill import distill_facts, gap_stalled
@@ -248,16 +247,10 @@ def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
     return [finding for check in CHECKS if (finding := check(history, facts)) is not None]
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def run_facts(run_dir: Path) -> RunFacts:
     """Facts from what a run directory holds, whether or not it finished."""
-    import yaml
-
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
-    summary = _read_json(run_dir / SUMMARY_FILE)
+    config = read_yaml_object(run_dir / CONFIG_FILE)
+    summary = read_json_object(run_dir / SUMMARY_FILE)
     train_cfg, model_cfg = config.get("train", {}), config.get("model", {})
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report, read_json_object, read_yaml_object
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -19,8 +18,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
     if not (run_dir / "final" / "config.json").is_file():
         raise UserError(f"{run_dir}: no final/ model; export takes a finished tunesmith run directory")
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).is_file() else {}
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
+    summary = read_json_object(run_dir / SUMMARY_FILE)
+    config = read_yaml_object(run_dir / CONFIG_FILE)
     return summary, config, read_data_report(run_dir, summary)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..models import fit_embeddings, load_model, load_tokenizer, resolve_model
-from ..rundir.folder import CONFIG_FILE, is_run_dir
+from ..rundir.folder import CONFIG_FILE, is_run_dir, read_yaml_object
 from ..runtime import pick_device, pick_precision
 from ..tasks import read_task, task_view
 
@@ -35,13 +35,6 @@ class BenchmarkModel:
 
         return ContinuationLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size, backend="causal",
                               mixed_precision_dtype=DTYPES.get(self.precision))
-
-
-def _run_settings(run: Path) -> dict:
-    import yaml
-
-    path = run / CONFIG_FILE
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _check_language_model(directory: Path, spec: str) -> None:
@@ -70,7 +63,7 @@ def load_for_benchmarks(spec: str, device: str = "auto", precision: str | None =
     """The model of `spec` ready for lm-eval; `precision` None means the run's own (train.precision), or auto for a model."""
     local = Path(spec).expanduser()
     run = local if local.is_dir() and (is_run_dir(local) or (local / CONFIG_FILE).is_file()) else None
-    settings = _run_settings(run) if run else {}
+    settings = read_yaml_object(run / CONFIG_FILE) if run else {}
     place = pick_device(device)
     chosen = pick_precision(precision or settings.get("train", {}).get("precision", "auto"), place)
     description = {"spec": spec, "precision": chosen, "device": place.type}

@@ -57,10 +57,14 @@ class RewardColumns:
         if rows and not paired and not plain:
             raise UserError(f"--input {source}: no row has a '{text_field or 'text'}' field, nor prompt and completion fields "
                             f"(fields: {', '.join(rows[0])}); pass --text-field")
+        token_rows = {}
+        for i in paired + plain:
+            try:
+                token_rows[i] = self.model.pair_row(pairs[i][0], str(pairs[i][1])) if pairs[i] else self.model.text_row(str(texts[i]))
+            except UserError as exc:
+                raise UserError(f"--input {source}: row {i + 1}: {exc}") from None
         rewards: list[float | None] = [None] * len(rows)
-        scored = zip(paired + plain, [*self.model.rewards([pairs[i][0] for i in paired], [str(pairs[i][1]) for i in paired], batch_size),
-                                      *self.model.text_rewards([str(texts[i]) for i in plain], batch_size)])
-        for i, reward in scored:
+        for i, reward in zip(token_rows, self.model.score(list(token_rows.values()), batch_size)):
             rewards[i] = round(float(reward), 6)
         return [{"reward": reward} for reward in rewards]
 

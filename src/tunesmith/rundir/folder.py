@@ -95,6 +95,19 @@ def read_json_object(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def read_yaml_object(path: Path) -> dict:
+    """A YAML file's mapping (safe types only), or {} for a file that is missing, damaged or holds something else: what
+    the readers of a run's saved config.yaml take, which show or use what they can of a run and never fail on it."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
+    try:
+        value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _read_data_file(run_dir: Path, summary: dict, own: str, cached: str) -> dict:
     path = run_dir / own
     if not path.is_file() and summary.get("data_dir"):

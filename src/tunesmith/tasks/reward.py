@@ -345,15 +345,18 @@ class RewardModel:
         """(N,) float32 rewards of each prompt (a string: one user message; a list: chat messages) with its completion."""
         if len(prompts) != len(completions):
             raise UserError(f"{len(prompts)} prompts and {len(completions)} completions: pass one completion per prompt")
-        rows = [pair_ids(self.tokenizer, prompt, answer, self.system_prompt, self.block_size) for prompt, answer in zip(prompts, completions)]
-        return self.score(rows, batch_size)
+        return self.score([self.pair_row(prompt, answer) for prompt, answer in zip(prompts, completions)], batch_size)
 
-    def text_rewards(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
-        """(N,) float32 rewards of texts scored as they are (already rendered), cut at the block size as training's rows were."""
-        rows = [self.tokenizer(str(text), add_special_tokens=False)["input_ids"][: self.block_size] for text in texts]
-        if any(not row for row in rows):
+    def pair_row(self, prompt: str | list[dict], answer: str) -> list[int]:
+        """A prompt and its answer as the token row training scored."""
+        return pair_ids(self.tokenizer, prompt, answer, self.system_prompt, self.block_size)
+
+    def text_row(self, text: str) -> list[int]:
+        """A text scored as it is (already rendered), cut at the block size as training's rows were."""
+        row = self.tokenizer(str(text), add_special_tokens=False)["input_ids"][: self.block_size]
+        if not row:
             raise UserError("a text to score is empty once tokenized")
-        return self.score(rows, batch_size)
+        return row
 
     def score(self, rows: list[list[int]], batch_size: int = 16) -> np.ndarray:
         """(N,) float32 rewards of token rows, batched by length, under inference mode."""

@@ -84,8 +84,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
     check_trackers(cfg.monitor)
-    task_kind(cfg).check(cfg)  # a setting the task cannot take fails here, before the run announces its folder
-    console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
+    task_kind(cfg).check(cfg)  # a setting the task cannot take fails here, before anything loads
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it
     if context.is_main:
         set_aside(damaged)
@@ -94,6 +93,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         recipe = Recipe(cfg, resolved, console, context, judge)
         try:
             recipe.setup(saved)
+            console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
             record.begin(total_steps=recipe.parts.plan.total_steps)
             return recipe.finish(recipe.train())
         finally:

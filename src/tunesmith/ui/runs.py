@@ -12,12 +12,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
                              SAMPLES_FILE, SUMMARY_FILE, has_checkpoint, is_run_dir, read_json_lines, read_json_object,
-                             run_state)
+                             read_yaml_object, run_state)
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -53,15 +52,6 @@ class RunRow:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _load_yaml(path: Path) -> dict:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
-    try:
-        value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -167,8 +157,8 @@ class RunsFolder:
         return value
 
     def config(self, run_dir: Path) -> dict:
-        saved = self._cached(self.own(run_dir, CONFIG_FILE), _load_yaml)
-        return saved or self._cached(self.own(run_dir, LAUNCH_CONFIG), _load_yaml)
+        saved = self._cached(self.own(run_dir, CONFIG_FILE), read_yaml_object)
+        return saved or self._cached(self.own(run_dir, LAUNCH_CONFIG), read_yaml_object)
 
     def summary(self, run_dir: Path) -> dict:
         return self._cached(self.own(run_dir, SUMMARY_FILE), read_json_object)
