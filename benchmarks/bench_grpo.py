@@ -14,8 +14,9 @@ the base model (nats per token on its own text), distinct-2 of the completions, 
 second judge that learned nothing from this data reads the same texts: VADER's general sentiment lexicon
 (`pip install vaderSentiment`, in requirements/bench.txt), so that words missing from the TF-IDF judge's 1,500 training
 sentences still count. `--run NAME --reuse` judges the finished run in that folder again. `steer`'s
-defaults are the settings of the best run in RESULTS.md (LoRA, lr 1.5e-3, a KL target of 0.7, 48 new tokens, 80
-steps).
+defaults are the settings of the latest runs in RESULTS.md (LoRA, lr 1.5e-3, a KL target of 0.7, 48 new tokens, 110
+steps: about 25 minutes on 2 cores). The classifier is trained once per --work, for `--classifier-epochs` epochs (1 by
+default; a folder whose classifier trained otherwise is refused).
 
 `speed` runs TRL's GRPOTrainer and tunesmith at the same settings (LoRA r 8, G = 8, 4 prompts per step, 32 new
 tokens, bf16, the same length reward, beta 0.04, one iteration) for `--steps` steps each, in this process's
@@ -193,9 +194,15 @@ def steer(args) -> None:
           f"held-out prompts; on the classifier's half the judge is {judge.score([r['text'] for r in mine], mine_positive):.1%} "
           f"accurate, the lexicon judge (VADER) {lexicon_accuracy:.1%}")
     classifier = work / "sentiment"
+    if (classifier / "config.yaml").is_file():
+        import yaml
+
+        trained = yaml.safe_load((classifier / "config.yaml").read_text())["train"]["epochs"]
+        if trained != args.classifier_epochs:
+            sys.exit(f"{classifier} trained for {trained} epochs, not --classifier-epochs {args.classifier_epochs}: pick another --work")
     if not (classifier / "final").is_dir():
         seconds = tunesmith("train", "--task", "classify", "--data", str(write_jsonl(work / "reviews.jsonl", mine)), "--out", str(classifier),
-                            "--force", "--block-size", "64", "--epochs", "1", "--lr", "5e-5", "--batch-size", "16",
+                            "--force", "--block-size", "64", "--epochs", str(args.classifier_epochs), "--lr", "5e-5", "--batch-size", "16",
                             "--set", "train.eval_every=1000", "--set", "train.patience=null", "--set", "clean.dedup_near=false")
         accuracy = json.loads((classifier / "summary.json").read_text())["accuracy"]
         print(f"classifier: held-out accuracy {accuracy:.1%} ({seconds / 60:.1f} min)")
@@ -376,7 +383,7 @@ def main() -> None:
     one = commands.add_parser("steer")
     one.add_argument("--data", default="../shared/data/sentiment-uci")
     one.add_argument("--work")
-    one.add_argument("--steps", type=int, default=80)
+    one.add_argument("--steps", type=int, default=110)
     one.add_argument("--lr", type=float, default=1.5e-3)
     one.add_argument("--min-lr-ratio", type=float, default=0.1, help="train.min_lr_ratio: where the cosine decay ends (1: a constant lr)")
     one.add_argument("--beta", type=float, default=0.05)
@@ -394,6 +401,7 @@ def main() -> None:
     one.add_argument("--seed", type=int, default=42, help="train.seed of the GRPO run (its sampling and its LoRA init)")
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
                      help="the reward: the classifier's probability of positive, or its log-odds")
+    one.add_argument("--classifier-epochs", type=int, default=1, help="the reward classifier's epochs (trained once per --work)")
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)
     two = commands.add_parser("speed")

@@ -26,6 +26,7 @@ def test_train_eval_generate(run_args, tmp_path, tiny_gpt2, corpus_file, capsys)
     assert main(["train", *run_args, "--max-steps", "20", "--set", "train.eval_every=10"]) == 0
     out = capsys.readouterr().out
     assert "base model: validation loss" in out and "validation perplexity" in out
+    assert out.index(f"run directory: {tmp_path / 'run'}") < out.index("base model: validation loss")  # named before it measures
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "final" / "config.json").is_file()
 
@@ -125,4 +126,4 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
         (tmp_path / "run" / "config.yaml").write_bytes(b"train: [lr: \xff")
         (tmp_path / "run" / "summary.json").write_text("{torn")
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
-        assert "no summary.json in the run" in (tmp_path / "again" / "README.md").read_text()
+        assert "no readable summary.json in the run" in (tmp_path / "again" / "README.md").read_text()

@@ -298,6 +298,11 @@ def test_empty_and_missing_files(tmp_path, prep):
     empty.write_text("")
     with pytest.raises(UserError, match=r"holds no documents \(.*empty.jsonl is empty\); give files with text"):
         prep(empty)
+    many = [tmp_path / f"e{i}.txt" for i in range(5)]
+    for path in many:
+        path.write_text("")
+    with pytest.raises(UserError, match=r"e0.txt, .*e1.txt, .*e2.txt and 2 more are empty\)"):
+        prep(many)
     with pytest.raises(UserError, match="no file matches"):
         prep(tmp_path / "absent.jsonl")
 

@@ -86,10 +86,13 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
     assert findings["transfer_gain"]["evidence"]["best_val_ppl"] == pytest.approx(summary["best_val_ppl"])
     (tmp_path / "run" / "summary.json").unlink()  # as after a crash: the metric history alone still diagnoses
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
-    for damaged in (b"train: [lr: \xff", b"- a list, not a mapping\n"):  # a damaged saved config is read as nothing
+    damaged_configs = (b"train: [lr: \xff", b"train: [lr: 1", b"- a list, not a mapping\n", b"train:\nmodel: gpt2\ngrpo: 3\n",
+                       b"train: {lr: !!float abc}\n")
+    for damaged in damaged_configs:  # a damaged saved config, or a section of it, is read as nothing
         (tmp_path / "run" / "config.yaml").write_bytes(damaged)
         (tmp_path / "run" / "summary.json").write_text("{torn")
         assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
+        assert main(["report", str(tmp_path / "run")]) == 0
 
 
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):

@@ -14,6 +14,7 @@ from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.diagnose.benchmarks import benchmark_regression
 from tunesmith.diagnose.findings import RunFacts
+from tunesmith.errors import UserError
 from tunesmith.harness import compare_lines, scores_of
 from tunesmith.harness.lambada import write_lambada_task
 from tunesmith.harness.model import load_for_benchmarks
@@ -124,6 +125,9 @@ def test_a_lora_run_is_scored_unmerged_as_its_merged_export(tiny_llama, corpus_f
     base = [hand_loglikelihood(AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama), *pair)
             for pair in PAIRS]
     assert base != pytest.approx(merged, abs=1e-4)  # the adapters were trained: the figures are theirs, not the base's
+    (tmp_path / "run" / "config.yaml").write_text("model: [name")  # what names the base and the precision: refused, not guessed
+    with pytest.raises(UserError, match=r"config.yaml is damaged \(not a YAML mapping\); restore it, or benchmark .*/final"):
+        load_for_benchmarks(str(tmp_path / "run"), "cpu", log=lambda _msg: None)
 
 
 def test_a_gguf_file_scores_what_its_run_scores(tiny_llama, tmp_path_factory, tmp_path):
@@ -325,8 +329,6 @@ def test_the_base_models_scores_are_kept_for_the_next_run_of_the_same_base(tiny_
 def test_an_unknown_benchmark_in_a_run_config_fails_before_training(tiny_gpt2, corpus_file, tmp_path, capsys):
     cfg = quick_run(tiny_gpt2, corpus_file, tmp_path / "run", max_steps=4)
     cfg.monitor.benchmarks = [str(tmp_path / "missing.yaml")]
-    from tunesmith.errors import UserError
-
     with pytest.raises(UserError, match="monitor.benchmarks .*missing.yaml: no such task file"):
         train(cfg)
     assert not (tmp_path / "run" / "final").exists()

@@ -183,10 +183,14 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     assert out[0]["reward"] > out[3]["reward"]
     code = main(["predict", str(run), "--input", str(write_rows(tmp_path / "none.jsonl", [{"x": 1}])), "--output", str(tmp_path / "o.csv")])
     assert code == 2
-    bad = write_rows(tmp_path / "bad.jsonl", [rows[0], {"prompt": 7, "completion": "x"}])
-    with pytest.raises(UserError, match=r"--input .*bad.jsonl: row 2: a prompt to score is int"):
-        predict_file(str(run), bad, tmp_path / "bad_out.jsonl")
-    assert not (tmp_path / "bad_out.jsonl").exists()
+    bad = tmp_path / "bad.jsonl"  # each bad row is named by its line in the file, blank lines counted
+    for rows_in, line, message in (([rows[0], {"prompt": 7, "completion": "x"}], 3, "a prompt to score is int"),
+                                   ([{"text": {"a": 1}}, {"prompt": 7, "completion": "x"}], 1, "the text: a message's content is an object"),
+                                   ([{"prompt": "p", "completion": ["x"]}], 1, "the completion: a message's content is an array")):
+        bad.write_text(json.dumps(rows_in[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows_in[1:]))
+        with pytest.raises(UserError, match=rf"--input .*bad.jsonl:{line}: {message}"):
+            predict_file(str(run), bad, tmp_path / "bad_out.jsonl")
+        assert not (tmp_path / "bad_out.jsonl").exists()
 
 
 def test_eval_prints_pairwise_accuracy_and_other_models_are_refused(reward_run, tiny_llama, tmp_path, capsys):

@@ -199,12 +199,17 @@ class Preparer:
                 for name, side, writer in (("train", False, self.train), ("val", True, self.val))}
 
 
+def _empty(paths: list[str]) -> str:
+    if not paths:
+        return "empty files?"
+    named = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{named} {'is' if len(paths) == 1 else 'are'} empty"
+
+
 def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
     if not report.read:
-        empty = report.empty_files
-        which = (f"{', '.join(empty[:3])}{f' and {len(empty) - 3} more' if len(empty) > 3 else ''} "
-                 f"{'is' if len(empty) == 1 else 'are'} empty") if empty else "empty files?"
-        return UserError(f"the data holds no documents ({which}); give files with text (data.train, or the file after --data)")
+        return UserError(f"the data holds no documents ({_empty(report.empty_files)}); give files with text (data.train, or "
+                         "the file after --data)")
     if not report.removed:  # every unit was read and kept, and none made an example: all of them past the block
         return UserError(f"no documents left: {report.read} read, and none made an example whose targets fit in "
                          "data.block_size; raise data.block_size")

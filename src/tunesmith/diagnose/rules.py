@@ -12,7 +12,7 @@ from statistics import median
 
 from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
-from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json_lines, read_json_object, read_yaml_object
+from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_lines, read_json_object, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
 from .distill import distill_facts, gap_stalled
@@ -251,7 +251,8 @@ def run_facts(run_dir: Path) -> RunFacts:
     """Facts from what a run directory holds, whether or not it finished."""
     config = read_yaml_object(run_dir / CONFIG_FILE)
     summary = read_json_object(run_dir / SUMMARY_FILE)
-    train_cfg, model_cfg = config.get("train", {}), config.get("model", {})
+    train_cfg, model_cfg = config_section(config, "train"), config_section(config, "model")
+    preference, grpo = config_section(config, "preference"), config_section(config, "grpo")
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(
         steps_per_epoch=steps / epochs if steps and epochs else None,
@@ -269,15 +270,15 @@ def run_facts(run_dir: Path) -> RunFacts:
         micro_batch_size=summary.get("micro_batch_size"),
         memory_before_training_mb=summary.get("memory_before_training_mb"),
         device_memory_mb=summary.get("device_memory_mb"),
-        preference_beta=config.get("preference", {}).get("beta"),
-        preference_method=config.get("preference", {}).get("method"),
-        orpo_lambda=config.get("preference", {}).get("orpo_lambda"),
-        replay=config.get("data", {}).get("replay", 0.0),
-        grpo_beta=config.get("grpo", {}).get("beta"),
-        grpo_temperature=config.get("grpo", {}).get("temperature"),
-        grpo_group_size=config.get("grpo", {}).get("group_size"),
-        grpo_target_kl=config.get("grpo", {}).get("target_kl"),
-        **distill_facts(config.get("distill") or {}),
+        preference_beta=preference.get("beta"),
+        preference_method=preference.get("method"),
+        orpo_lambda=preference.get("orpo_lambda"),
+        replay=config_section(config, "data").get("replay", 0.0),
+        grpo_beta=grpo.get("beta"),
+        grpo_temperature=grpo.get("temperature"),
+        grpo_group_size=grpo.get("group_size"),
+        grpo_target_kl=grpo.get("target_kl"),
+        **distill_facts(config_section(config, "distill")),
     )
 
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report, read_json_object, read_yaml_object
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report, config_section, read_json_object, read_yaml_object
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -30,12 +30,12 @@ def _metric_lines(summary: dict) -> list[str]:
     for key in ("steps", "epochs", "tokens_seen", "train_seconds", "device", "precision"):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
-    return lines or ["- no summary.json in the run"]
+    return lines or ["- no readable summary.json in the run"]
 
 
 def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None) -> str:
-    base = config.get("model", {}).get("name", summary.get("model", "unknown"))
-    method = config.get("model", {}).get("method", summary.get("method", "full"))
+    base = config_section(config, "model").get("name", summary.get("model", "unknown"))
+    method = config_section(config, "model").get("method", summary.get("method", "full"))
     splits = data.get("splits", {})
     data_lines = [f"- {data.get('documents_read', 0):,} documents read, {data.get('documents_kept', 0):,} kept after cleaning "
                   f"and de-duplication; {splits.get('train', {}).get('tokens', 0):,} training and "
@@ -94,7 +94,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     if gguf:
         from .gguf import export_gguf, file_suffix
 
-        base = config.get("model", {}).get("name", "")
+        base = config_section(config, "model").get("name", "")
         written = export_gguf(final, out / f"model-{file_suffix(dtype)}.gguf", dtype, base, f"{run_dir.name} ({base})")
     else:
         written = out

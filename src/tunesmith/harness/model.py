@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..models import fit_embeddings, load_model, load_tokenizer, resolve_model
-from ..rundir.folder import CONFIG_FILE, is_run_dir, read_yaml_object
+from ..rundir.folder import CONFIG_FILE, config_section, is_run_dir, read_yaml_object
 from ..runtime import pick_device, pick_precision
 from ..tasks import read_task, task_view
 
@@ -37,6 +37,15 @@ class BenchmarkModel:
                               mixed_precision_dtype=DTYPES.get(self.precision))
 
 
+def _run_settings(run: Path) -> dict:
+    """The run's saved config, which says how its model loads (its base, its precision): a damaged one is refused, not
+    guessed around, since a guess would change the benchmark's figures without saying so."""
+    settings = read_yaml_object(run / CONFIG_FILE)
+    if (run / CONFIG_FILE).is_file() and not settings:
+        raise UserError(f"{run / CONFIG_FILE} is damaged (not a YAML mapping); restore it, or benchmark {run}/final instead")
+    return settings
+
+
 def _check_language_model(directory: Path, spec: str) -> None:
     saved = read_task(directory)
     if task_view(saved.get("task")).saved_with_head(saved):
@@ -48,7 +57,7 @@ def _unmerged_adapter(run: Path, settings: dict, trust_remote_code: bool, log):
     """A LoRA run's base model with its adapters on top, as they trained: no merged copy is made."""
     from peft import PeftModel
 
-    base_spec = settings.get("model", {}).get("name")
+    base_spec = config_section(settings, "model").get("name")
     if not base_spec:
         raise UserError(f"{run}: its config.yaml names no model.name to put the adapters on; benchmark {run}/final instead")
     base = resolve_model(base_spec, trust_remote_code, log=log)
@@ -63,9 +72,9 @@ def load_for_benchmarks(spec: str, device: str = "auto", precision: str | None =
     """The model of `spec` ready for lm-eval; `precision` None means the run's own (train.precision), or auto for a model."""
     local = Path(spec).expanduser()
     run = local if local.is_dir() and (is_run_dir(local) or (local / CONFIG_FILE).is_file()) else None
-    settings = read_yaml_object(run / CONFIG_FILE) if run else {}
+    settings = _run_settings(run) if run else {}
     place = pick_device(device)
-    chosen = pick_precision(precision or settings.get("train", {}).get("precision", "auto"), place)
+    chosen = pick_precision(precision or config_section(settings, "train").get("precision", "auto"), place)
     description = {"spec": spec, "precision": chosen, "device": place.type}
     if run is not None and (run / "final").is_dir():
         _check_language_model(run / "final", spec)

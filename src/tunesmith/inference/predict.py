@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.conversations import message_text
 from ..data.read import lookup
 from ..errors import UserError
 from ..models import resolve_model
 from ..tasks import read_task
 from ..tasks.reward import RewardKind, RewardModel
 from ..tasks.trained import Classifier
-from .row_files import TABLE_FORMATS, check_output, read_rows, write_rows
+from .row_files import TABLE_FORMATS, check_output, read_numbered_rows, write_rows
 
 
 class LabelColumns:
@@ -20,7 +21,7 @@ class LabelColumns:
     def __init__(self, spec: str, device_name: str, log):
         self.classifier = Classifier(spec, device_name, log)
 
-    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path) -> list[dict]:
+    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path, lines: list[int]) -> list[dict]:
         text_field = text_field or self.classifier.text_field
         texts = [lookup(row, text_field) for row in rows]
         if rows and all(text is None for text in texts):
@@ -49,7 +50,12 @@ class RewardColumns:
         answer = next((value for name in ("completion", "chosen") if (value := lookup(row, field(name))) is not None), None)
         return None if prompt is None or answer is None else (prompt, answer)
 
-    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path) -> list[dict]:
+    def _token_row(self, pair: tuple | None, text) -> list[int]:
+        if pair is None:
+            return self.model.text_row(message_text(text, "the text"))
+        return self.model.pair_row(pair[0], message_text(pair[1], "the completion"))
+
+    def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path, lines: list[int]) -> list[dict]:
         pairs = [None if text_field else self._pair(row) for row in rows]
         texts = [None if pair else lookup(row, text_field or "text") for row, pair in zip(rows, pairs)]
         paired = [i for i, pair in enumerate(pairs) if pair]
@@ -58,11 +64,11 @@ class RewardColumns:
             raise UserError(f"--input {source}: no row has a '{text_field or 'text'}' field, nor prompt and completion fields "
                             f"(fields: {', '.join(rows[0])}); pass --text-field")
         token_rows = {}
-        for i in paired + plain:
+        for i in sorted(paired + plain):
             try:
-                token_rows[i] = self.model.pair_row(pairs[i][0], str(pairs[i][1])) if pairs[i] else self.model.text_row(str(texts[i]))
+                token_rows[i] = self._token_row(pairs[i], texts[i])
             except UserError as exc:
-                raise UserError(f"--input {source}: row {i + 1}: {exc}") from None
+                raise UserError(f"--input {source}:{lines[i]}: {exc}") from None
         rewards: list[float | None] = [None] * len(rows)
         for i, reward in zip(token_rows, self.model.score(list(token_rows.values()), batch_size)):
             rewards[i] = round(float(reward), 6)
@@ -79,7 +85,7 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     task = read_task(Path(resolve_model(spec, log=log).path))["task"]
     predictor = PREDICTORS.get(task, LabelColumns)(spec, device_name, log)
     check_output(output_path)
-    rows = read_rows(input_path, TABLE_FORMATS)
-    out = [{**row, **added} for row, added in zip(rows, predictor.columns(rows, text_field, batch_size, input_path))]
+    rows, lines = read_numbered_rows(input_path, TABLE_FORMATS)
+    out = [{**row, **added} for row, added in zip(rows, predictor.columns(rows, text_field, batch_size, input_path, lines))]
     write_rows(output_path, out)
     return len(out)

@@ -17,11 +17,16 @@ TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
 
 def read_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") -> list[dict]:
     """Every row as a dict; a text file's blank-line-separated passages become rows of one field, `text_field`."""
+    return read_numbered_rows(path, formats, text_field)[0]
+
+
+def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") -> tuple[list[dict], list[int]]:
+    """The rows, and the line of the file where each begins (what an error about one row names)."""
     if file_format(path) not in formats:
         raise UserError(f"--input {path}: this command reads {', '.join(formats)} files")
     if not path.is_file():
         raise UserError(f"--input {path}: not found")
-    rows = []
+    rows, lines = [], []
     for record in read_records(path, False, DecodeStats()):
         if isinstance(record, RowError):
             raise UserError(f"{record}; fix the row and run again")
@@ -31,7 +36,8 @@ def read_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") 
         if not isinstance(value, dict):
             raise UserError(f"{path}: every line must be a JSON object")
         rows.append(value)
-    return rows
+        lines.append(record.line)
+    return rows, lines
 
 
 def check_output(path: Path, formats: tuple[str, ...] = TABLE_FORMATS) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import platform
 from pathlib import Path
 
@@ -13,17 +12,13 @@ from ..data.report import source_line
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
-                             SUMMARY_FILE, read_data_report, read_json_lines)
+                             SUMMARY_FILE, read_data_report, read_json_lines, read_json_object)
 from ..tasks import task_view
 from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
     return read_json_lines(run_dir / name)[0]  # a line torn by a killed run is left out
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _figure_png(draw) -> bytes:
@@ -167,7 +162,7 @@ def report_sections(run_dir: Path) -> dict:
     metrics = _rows(run_dir, METRICS_FILE)
     if not metrics:
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
-    summary = _json(run_dir / SUMMARY_FILE)
+    summary = read_json_object(run_dir / SUMMARY_FILE)
     data_report = read_data_report(run_dir, summary)
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
@@ -190,9 +185,9 @@ def report_sections(run_dir: Path) -> dict:
         "distill": distill_rows(summary.get("distill")),
         "classes": classification_tables(summary),
         "samples": samples_before_after(_rows(run_dir, SAMPLES_FILE), summary.get("best_step")),
-        "generation": _json(run_dir / GENERATION_EVAL),
+        "generation": read_json_object(run_dir / GENERATION_EVAL),
         "data": data_report,
-        "config": (run_dir / CONFIG_FILE).read_text() if (run_dir / CONFIG_FILE).is_file() else "",
+        "config": (run_dir / CONFIG_FILE).read_text(encoding="utf-8", errors="replace") if (run_dir / CONFIG_FILE).is_file() else "",
         "platform": f"Python {platform.python_version()}, {platform.system()} {platform.machine()}",
     }
 

@@ -103,8 +103,14 @@ def read_yaml_object(path: Path) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
     try:
         value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes, or a tagged value that is not its type
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def config_section(config: dict, name: str) -> dict:
+    """One section of a config read by `read_yaml_object`, or {} where a damaged file made it something else."""
+    value = config.get(name)
     return value if isinstance(value, dict) else {}
 
 

@@ -93,7 +93,6 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         recipe = Recipe(cfg, resolved, console, context, judge)
         try:
             recipe.setup(saved)
-            console.print(f"run directory: {run_dir} (continue it after a crash with: tunesmith train --out {run_dir} --resume)")
             record.begin(total_steps=recipe.parts.plan.total_steps)
             return recipe.finish(recipe.train())
         finally:

@@ -127,6 +127,8 @@ class Recipe:
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
+            self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
+                               f"{cfg.run_dir} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)

@@ -12,11 +12,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
-                             SAMPLES_FILE, SUMMARY_FILE, has_checkpoint, is_run_dir, read_json_lines, read_json_object,
-                             read_yaml_object, run_state)
+                             SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, is_run_dir, read_json_lines,
+                             read_json_object, read_yaml_object, run_state)
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -213,7 +212,7 @@ class RunsFolder:
         started = record.get("started") or self._cached(self.own(run_dir, MARKER), read_json_object).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")
-        model = config.get("model", {})
+        model = config_section(config, "model")
         return RunRow(name=name, task=view.name, model=str(model.get("name", "")), method=str(model.get("method", "full")),
                       state=run_state(run_dir, record), steps=steps, total_steps=record.get("total_steps"), metric=label,
                       metric_key=key, base=base, best=best, higher_is_better=higher, tokens_per_s=speed, started=str(started or ""))
