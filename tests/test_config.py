@@ -52,6 +52,12 @@ def test_bad_yaml_and_missing_file_are_user_errors(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "not valid YAML" in err and "not found" in err and "Traceback" not in err
+    for tagged in ("train:\n  lr: !!float abc\n", "train:\n  lr: !!timestamp notadate\n"):  # a tag YAML cannot build
+        bad.write_text(tagged)
+        assert main(["prepare", str(bad)]) == 2
+        assert "a value is not what its YAML tag says" in capsys.readouterr().err
+    assert main(["prepare", "--set", "train.lr=!!float abc"]) == 2  # read as the text itself, which train.lr refuses
+    assert "train.lr" in capsys.readouterr().err
 
 
 def test_init_writes_a_commented_starter(tmp_path, capsys):

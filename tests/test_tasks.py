@@ -187,6 +187,13 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r.get("extra") for r in out] == [{"k": 1}, None, None] and out[1]["other"] == "no text here"
     assert out[1]["prediction"] is None and out[0]["prediction"] in ("negative", "positive")
+    source.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({"review": {"a": 1}}) + "\n")  # an object is not text
+    with pytest.raises(UserError, match=r"--input .*in.jsonl:3: the text: a message's content is an object"):
+        predict_file(str(tmp_path / "run"), source, tmp_path / "bad.jsonl", "review")
+    source.write_text("\n")
+    with pytest.raises(UserError, match=r"--input .*in.jsonl: no rows to score"):
+        predict_file(str(tmp_path / "run"), source, tmp_path / "bad.jsonl", "review")
+    assert not (tmp_path / "bad.jsonl").exists()
 
     from tunesmith.evaluation.scoring import evaluate_model
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ..errors import UserError
-from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_data_report, config_section, read_json_object, read_yaml_object
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, config_section, read_data_report, read_json_object, read_yaml_object
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -75,7 +75,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
 
     Returns the folder, or with `gguf` the .gguf file in it.
     """
-    from .gguf import GGUF_TYPES
+    from .gguf import GGUF_TYPES, file_suffix
 
     if dtype not in (GGUF_TYPES if gguf else DTYPES):
         extra = "; the quantized types need --gguf" if dtype in GGUF_TYPES else ""
@@ -90,17 +90,43 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     head = task_view(task.get("task")).saved_with_head(task)
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
+    gguf_name = f"model-{file_suffix(dtype)}.gguf" if gguf else None
+    card = _card(run_dir, summary, config, data, task, gguf_name)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if gguf:
-        from .gguf import export_gguf, file_suffix
+    try:
+        if gguf:
+            from .gguf import export_gguf
 
-        base = config_section(config, "model").get("name", "")
-        written = export_gguf(final, out / f"model-{file_suffix(dtype)}.gguf", dtype, base, f"{run_dir.name} ({base})")
-    else:
-        written = out
-        _save_hf(final, out, dtype, head)
-    (out / "README.md").write_text(model_card(summary, config, data, task, gguf_file=written.name if gguf else None))
+            base = config_section(config, "model").get("name", "")
+            written = export_gguf(final, out / gguf_name, dtype, base, f"{run_dir.name} ({base})")
+        else:
+            written = out
+            _save_hf(final, out, dtype, head)
+        (out / "README.md").write_text(card)
+    except BaseException:
+        _remove_export(out, created)
+        raise
     return written
+
+
+def _remove_export(out: Path, created: bool) -> None:
+    """An export that failed or was interrupted: `out` was empty or absent before it, so all it holds is this export's,
+    half-written, which would otherwise block a rerun into the same folder."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir():
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None) -> str:
+    """The model card, made before anything is written, so that a run's damaged files stop the export while --out is empty."""
+    try:
+        return model_card(summary, config, data, task, gguf_file=gguf_name)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{run_dir}: its summary.json, config.yaml or data report holds a value of the wrong kind ({exc}); "
+                        "restore the file, or delete it to export without its part of the model card") from None
 
 
 def _save_hf(final: Path, out: Path, dtype: str, head: bool) -> None:

@@ -15,6 +15,14 @@ from ..tasks.trained import Classifier
 from .row_files import TABLE_FORMATS, check_output, read_numbered_rows, write_rows
 
 
+def _text(value, source: Path, line: int) -> str:
+    """A row's value as text, or one line naming the row where it is an object, a list or true/false."""
+    try:
+        return message_text(value, "the text")
+    except UserError as exc:
+        raise UserError(f"--input {source}:{line}: {exc}") from None
+
+
 class LabelColumns:
     """A classifier's `prediction` and `p_<label>` for each row, from its text column (by default the one it was trained on)."""
 
@@ -23,9 +31,10 @@ class LabelColumns:
 
     def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path, lines: list[int]) -> list[dict]:
         text_field = text_field or self.classifier.text_field
-        texts = [lookup(row, text_field) for row in rows]
-        if rows and all(text is None for text in texts):
+        found = [lookup(row, text_field) for row in rows]
+        if rows and all(text is None for text in found):
             raise UserError(f"--input {source}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
+        texts = [None if text is None else _text(text, source, line) for text, line in zip(found, lines)]
         labels = self.classifier.labels
         out = []
         for p in self.classifier.probabilities(texts, batch_size):
@@ -86,6 +95,8 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     predictor = PREDICTORS.get(task, LabelColumns)(spec, device_name, log)
     check_output(output_path)
     rows, lines = read_numbered_rows(input_path, TABLE_FORMATS)
+    if not rows:
+        raise UserError(f"--input {input_path}: no rows to score (an empty file, or a header alone); give a file with rows")
     out = [{**row, **added} for row, added in zip(rows, predictor.columns(rows, text_field, batch_size, input_path, lines))]
     write_rows(output_path, out)
     return len(out)

@@ -90,7 +90,7 @@ def read_json_object(path: Path) -> dict:
     """A JSON file's object, or {} for a file that is missing, damaged or holds something else."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -103,8 +103,8 @@ def read_yaml_object(path: Path) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
     try:
         value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes, or a tagged value that is not its type
-        return {}
+    except (OSError, ValueError, AttributeError, RecursionError, yaml.YAMLError):  # bytes that do not decode, a tagged value
+        return {}  # that is not its type (`!!float abc` is a ValueError, `!!timestamp x` an AttributeError), nesting too deep
     return value if isinstance(value, dict) else {}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class Recipe:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
             self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
-                               f"{cfg.run_dir} --resume)", highlight=False)
+                               f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)
@@ -250,7 +251,7 @@ class Recipe:
                 stopping = True
         if stopping:
             self.console.print(f"interrupted at step {state.step}; checkpoint saved. "
-                               f"Resume with: tunesmith train --out {cfg.run_dir} --resume", highlight=False)
+                               f"Resume with: tunesmith train --out {shlex.quote(str(cfg.run_dir))} --resume", highlight=False)
             raise SystemExit(128 + (stop.received or signal.SIGTERM))
         return stopped_because
 

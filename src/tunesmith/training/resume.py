@@ -26,12 +26,14 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     import yaml
 
     saved_path = run_dir / CONFIG_FILE
-    try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out") from None
-    if not isinstance(saved, dict):
+    if not saved_path.is_file():
         return
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, ValueError, AttributeError, RecursionError):
+        saved = None
+    if not isinstance(saved, dict):  # an empty file too: resuming would run on defaults the run never had
+        raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out")
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method"))):

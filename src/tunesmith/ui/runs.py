@@ -311,7 +311,8 @@ class RunsFolder:
 
 
 def view_of(summary: dict, config: dict):
-    return task_view(summary.get("task") or config.get("task"))
+    name = summary.get("task") or config.get("task")
+    return task_view(name if isinstance(name, str) else None)  # a damaged file's task reads as the default
 
 
 def metrics_since(path: Path | None, offset: int) -> dict:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
+from ..rundir.folder import config_section
 from ..decoding.rules import checked_sampling
 from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
 from ..tasks.trained import Classifier
@@ -87,7 +88,7 @@ class Tryout:
         from ..config import GrpoConfig
 
         try:
-            saved = GrpoConfig.model_validate({"rewards": (config.get("grpo") or {}).get("rewards") or []}).rewards
+            saved = GrpoConfig.model_validate({"rewards": config_section(config, "grpo").get("rewards") or []}).rewards
         except ValueError:
             return {"rewards": {}, "not_scored": ["this run's grpo.rewards in its config.yaml cannot be read"]}
         scored, skipped, weighted = {}, [], 0.0
