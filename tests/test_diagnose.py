@@ -93,6 +93,10 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
         (tmp_path / "run" / "summary.json").write_text("{torn")
         assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
         assert main(["report", str(tmp_path / "run")]) == 0
+    (tmp_path / "run" / "summary.json").write_text('{"steps": "abc", "epochs": "x", "data_dir": 5}')  # values of the wrong kind
+    (tmp_path / "run" / "data_report.json").unlink()
+    assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
+    assert main(["report", str(tmp_path / "run")]) == 0
 
 
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):

@@ -247,6 +247,10 @@ def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
     return [finding for check in CHECKS if (finding := check(history, facts)) is not None]
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def run_facts(run_dir: Path) -> RunFacts:
     """Facts from what a run directory holds, whether or not it finished."""
     config = read_yaml_object(run_dir / CONFIG_FILE)
@@ -255,7 +259,7 @@ def run_facts(run_dir: Path) -> RunFacts:
     preference, grpo = config_section(config, "preference"), config_section(config, "grpo")
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(
-        steps_per_epoch=steps / epochs if steps and epochs else None,
+        steps_per_epoch=steps / epochs if _positive(steps) and _positive(epochs) else None,
         train_tokens=summary.get("train_tokens"),
         trainable_parameters=summary.get("trainable_parameters"),
         method=model_cfg.get("method", "full"),

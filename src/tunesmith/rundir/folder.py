@@ -116,7 +116,7 @@ def config_section(config: dict, name: str) -> dict:
 
 def _read_data_file(run_dir: Path, summary: dict, own: str, cached: str) -> dict:
     path = run_dir / own
-    if not path.is_file() and summary.get("data_dir"):
+    if not path.is_file() and isinstance(summary.get("data_dir"), str) and summary["data_dir"]:
         path = Path(summary["data_dir"]) / cached
     return read_json_object(path)
 
