@@ -106,8 +106,12 @@ def test_doctor_shows_the_environment(capsys):
     assert main(["doctor"]) == 0 and "embedded model" in capsys.readouterr().out
 
 
+def _stop():
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, tiny_gpt2, corpus_file, tmp_path, capsys):
+def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, tiny_gpt2, corpus_file, tmp_path, capsys, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -133,3 +137,10 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
         (tmp_path / "run" / "data_report.json").write_text('{"documents_read": "abc"}')  # the wrong kind: refused, nothing left
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "third")]) == 2
         assert not (tmp_path / "third").exists()
+        (tmp_path / "run" / "data_report.json").unlink()
+        (tmp_path / "empty").mkdir()
+        for out in (tmp_path / "fourth", tmp_path / "empty"):  # stopped midway: what it wrote goes, a folder found empty stays
+            with monkeypatch.context() as patched:
+                patched.setattr("tunesmith.export.hf._save_hf", lambda _final, out, *_: (out / "part").write_text("") or _stop())
+                assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 130
+        assert not (tmp_path / "fourth").exists() and list((tmp_path / "empty").iterdir()) == []

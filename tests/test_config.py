@@ -52,7 +52,8 @@ def test_bad_yaml_and_missing_file_are_user_errors(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "not valid YAML" in err and "not found" in err and "Traceback" not in err
-    for tagged in ("train:\n  lr: !!float abc\n", "train:\n  lr: !!timestamp notadate\n"):  # a tag YAML cannot build
+    for tagged in ("train:\n  lr: !!float abc\n", "train:\n  lr: !!timestamp notadate\n", "train:\n  lr: !!bool maybe\n",
+                   "train:\n  lr: !!int ''\n"):  # a tag YAML cannot build
         bad.write_text(tagged)
         assert main(["prepare", str(bad)]) == 2
         assert "a value is not what its YAML tag says" in capsys.readouterr().err

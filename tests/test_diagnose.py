@@ -87,13 +87,14 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
     (tmp_path / "run" / "summary.json").unlink()  # as after a crash: the metric history alone still diagnoses
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     damaged_configs = (b"train: [lr: \xff", b"train: [lr: 1", b"- a list, not a mapping\n", b"train:\nmodel: gpt2\ngrpo: 3\n",
-                       b"train: {lr: !!float abc}\n", b"train: {x: !!timestamp notadate}\n", b"task: [x]\n")
+                       b"train: {lr: !!float abc}\n", b"train: {x: !!timestamp notadate}\n",
+                       b"train: {x: !!bool maybe, y: !!int ''}\n")
     for damaged in damaged_configs:  # a damaged saved config, or a section of it, is read as nothing
         (tmp_path / "run" / "config.yaml").write_bytes(damaged)
         (tmp_path / "run" / "summary.json").write_text("{torn")
         assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
         assert main(["report", str(tmp_path / "run")]) == 0
-    (tmp_path / "run" / "summary.json").write_text('{"steps": "abc", "epochs": "x", "data_dir": 5}')  # values of the wrong kind
+    (tmp_path / "run" / "summary.json").write_text('{"steps": "abc", "epochs": "x", "data_dir": 5, "task": ["x"]}')  # wrong kinds
     (tmp_path / "run" / "data_report.json").unlink()
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     assert main(["report", str(tmp_path / "run")]) == 0

@@ -110,7 +110,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = load_yaml(value) if value.strip() else None
     except RepeatedKey as exc:
         raise ConfigError([f"--set {text}: the key {exc.key!r} is given twice; keep the one you mean"]) from None
-    except (yaml.YAMLError, ValueError, AttributeError, RecursionError):  # not YAML, or a tag it cannot build: the text itself
+    except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, or a tag it cannot build: the text itself
         parsed = value
     return key.strip(), parsed
 
@@ -126,6 +126,11 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     if not isinstance(target, dict):
         raise ConfigError([f"{section}: must be a mapping of keys"])
     target[field] = value
+
+
+# What PyYAML raises, besides YAMLError, for a tagged value it cannot build (`!!float abc`: ValueError, `!!bool x`:
+# KeyError, `!!int ''`: IndexError, `!!timestamp x`: AttributeError) or for nesting past Python's recursion limit.
+UNBUILDABLE = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
 
 
 class RepeatedKey(yaml.YAMLError):
@@ -172,9 +177,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError([f"config file {path}: not valid YAML{where}; check indentation and colons"]) from None
-    except (ValueError, AttributeError, RecursionError):  # a tagged value YAML cannot build (`!!float abc`), or nesting too deep
-        raise ConfigError([f"config file {path}: a value is not what its YAML tag says, or the nesting is too deep; "
-                           "write plain values"]) from None
+    except RecursionError:
+        raise ConfigError([f"config file {path}: nested too deeply to read; flatten it"]) from None
+    except UNBUILDABLE:
+        raise ConfigError([f"config file {path}: a value is not what its YAML tag says (such as `!!float abc`); write "
+                           "plain values"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"config file {path}: must be a mapping with sections {', '.join(SECTIONS)}"])
     return raw

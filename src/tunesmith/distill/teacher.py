@@ -3,6 +3,7 @@ distributions the student learns; measured once on the validation set so that th
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,7 +58,7 @@ def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> Re
     local = Path(spec).expanduser()
     if local.is_dir() and (local / "checkpoints").is_dir() and not (local / "final" / "config.json").is_file():
         raise UserError(f"distill.teacher {spec}: this run has not finished (no final/ model yet); finish it with "
-                        f"`tunesmith train --out {spec} --resume`, or name its teacher another way")
+                        f"`tunesmith train --out {shlex.quote(spec)} --resume`, or name its teacher another way")
     try:
         return resolve_model(spec, trust_remote_code, log=log)
     except UserError as exc:

@@ -93,7 +93,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     gguf_name = f"model-{file_suffix(dtype)}.gguf" if gguf else None
     card = _card(run_dir, summary, config, data, task, gguf_name)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=not created)  # made here by this export, or found empty above
     try:
         if gguf:
             from .gguf import export_gguf
@@ -114,19 +114,22 @@ def _remove_export(out: Path, created: bool) -> None:
     """An export that failed or was interrupted: `out` was empty or absent before it, so all it holds is this export's,
     half-written, which would otherwise block a rerun into the same folder."""
     if created:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out)
         return
     for path in out.iterdir():
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None) -> str:
     """The model card, made before anything is written, so that a run's damaged files stop the export while --out is empty."""
     try:
         return model_card(summary, config, data, task, gguf_file=gguf_name)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{run_dir}: its summary.json, config.yaml or data report holds a value of the wrong kind ({exc}); "
-                        "restore the file, or delete it to export without its part of the model card") from None
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        raise UserError(f"{run_dir}: its summary.json, config.yaml or data_report.json holds a value of the wrong kind for the "
+                        "model card; restore the damaged file from a copy") from None
 
 
 def _save_hf(final: Path, out: Path, dtype: str, head: bool) -> None:

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import PROBE_WORDS, RunConfig, benchmark_is_path
+from ..config import PROBE_WORDS, UNBUILDABLE, RunConfig, benchmark_is_path
 from ..errors import UserError, first_line
 
 MARKER = ".tunesmith-run"
@@ -103,8 +103,8 @@ def read_yaml_object(path: Path) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
     try:
         value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, ValueError, AttributeError, RecursionError, yaml.YAMLError):  # bytes that do not decode, a tagged value
-        return {}  # that is not its type (`!!float abc` is a ValueError, `!!timestamp x` an AttributeError), nesting too deep
+    except (OSError, yaml.YAMLError, *UNBUILDABLE):  # unreadable, not YAML, bytes that do not decode, a tag it cannot build
+        return {}
     return value if isinstance(value, dict) else {}
 
 

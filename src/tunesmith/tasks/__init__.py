@@ -58,7 +58,7 @@ def why_unread(key: str, cfg: RunConfig, teacher_varies: bool = False) -> str | 
 
 def task_view(name: str | None) -> TaskView:
     """The view of the task a summary or saved spec names (plain language modelling when it names none)."""
-    return VIEWS.get(name or "lm", VIEWS["lm"])
+    return VIEWS.get(name if isinstance(name, str) and name else "lm", VIEWS["lm"])  # a damaged file's name: the default
 
 
 def write_task(directory: Path, spec: dict) -> None:

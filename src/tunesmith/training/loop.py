@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -76,7 +77,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
     if resume:
         if not list_checkpoints(run_dir):
             raise UserError(f"--resume: no checkpoint in {run_dir} yet (the run stopped before its first); start it again "
-                            f"without --resume: tunesmith train --out {run_dir} ...")
+                            f"without --resume: tunesmith train --out {shlex.quote(str(run_dir))} ...")
         cfg = as_started(cfg)
         check_resume_settings(cfg.model_dump(mode="json"), run_dir)
         saved, damaged = newest_intact_checkpoint(run_dir, context.rank, console.print)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import UNBUILDABLE
 from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
@@ -26,11 +27,11 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     import yaml
 
     saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
+    if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
     try:
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, ValueError, AttributeError, RecursionError):
+    except (yaml.YAMLError, *UNBUILDABLE):
         saved = None
     if not isinstance(saved, dict):  # an empty file too: resuming would run on defaults the run never had
         raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out")

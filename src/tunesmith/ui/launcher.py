@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -141,7 +142,7 @@ class Launcher:
             confine_paths(as_started(load_config(run_dir / CONFIG_FILE, [("output.dir", str(run_dir))])), self.folder)
         except ConfigError as exc:
             raise UserError(f"{name}: {exc.problems[0]}; the page resumes only runs that read inside its folder, so resume "
-                            f"this one from the command line: tunesmith train --out {run_dir} --resume") from None
+                            f"this one from the command line: tunesmith train --out {shlex.quote(str(run_dir))} --resume") from None
 
     def running(self) -> list[str]:
         """The folder's runs that train now, started from this page or from the command line: all share the machine.

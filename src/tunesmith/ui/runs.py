@@ -311,8 +311,7 @@ class RunsFolder:
 
 
 def view_of(summary: dict, config: dict):
-    name = summary.get("task") or config.get("task")
-    return task_view(name if isinstance(name, str) else None)  # a damaged file's task reads as the default
+    return task_view(summary.get("task") or config.get("task"))
 
 
 def metrics_since(path: Path | None, offset: int) -> dict:

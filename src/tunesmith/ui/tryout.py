@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..rundir.folder import config_section
 from ..decoding.rules import checked_sampling
 from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
+from ..rundir.folder import config_section
 from ..tasks.trained import Classifier
 
 MAX_NEW_TOKENS = 512
