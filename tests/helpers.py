@@ -248,3 +248,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# "Billion laughs": ten lines of YAML whose aliases name 10**9 values, a section `train` among them.
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")) + "train: *i\n"

@@ -8,7 +8,7 @@ from tunesmith.config.reference import reference_markdown, starter_yaml
 from tunesmith.tasks import task_summaries
 from tunesmith.errors import ConfigError
 
-from helpers import make_corpus, write_jsonl
+from helpers import BILLION_LAUGHS, make_corpus, write_jsonl
 
 
 def test_starter_config_loads_to_the_defaults(tmp_path):
@@ -59,6 +59,9 @@ def test_bad_yaml_and_missing_file_are_user_errors(tmp_path, capsys):
         assert "a value is not what its YAML tag says" in capsys.readouterr().err
     assert main(["prepare", "--set", "train.lr=!!float abc"]) == 2  # read as the text itself, which train.lr refuses
     assert "train.lr" in capsys.readouterr().err
+    bad.write_text(BILLION_LAUGHS)
+    assert main(["prepare", str(bad)]) == 2
+    assert "its YAML aliases (*name) expand to more than 100,000 values, or it nests deeper" in capsys.readouterr().err
 
 
 def test_init_writes_a_commented_starter(tmp_path, capsys):

@@ -265,6 +265,19 @@ def test_malformed_csv_and_json(tmp_path, prep):
         prep(json_path)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    """Excel's "CSV UTF-8" and Notepad start the file with a BOM; the header's first name is still `text`."""
+    from tunesmith.data.formats import DecodeStats, read_records
+    for name, content in (("d.csv", 'text,label\n"a row",1\n'), ("d.jsonl", '{"text": "a row", "label": 1}\n')):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+        (record,) = read_records(path, False, DecodeStats())
+        assert record.value == {"text": "a row", "label": "1" if name.endswith(".csv") else 1}
+    path = tmp_path / "d.txt"
+    path.write_bytes(b"\xef\xbb\xbfa line of text\n")
+    assert [r.value for r in read_records(path, False, DecodeStats())] == ["a line of text\n"]
+
+
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, prep):
     path = tmp_path / "latin.txt"
     path.write_bytes("caf\u00e9 ok\n\n".encode() + b"na\xefve bytes\n")
@@ -296,13 +309,18 @@ def test_empty_result_names_the_step_that_removed_everything(tmp_path, prep):
 def test_empty_and_missing_files(tmp_path, prep):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(UserError, match=r"holds no documents \(.*empty.jsonl is empty\); give files with text"):
+    with pytest.raises(UserError, match=r"holds no documents \(.*empty.jsonl has none\); give files with text"):
         prep(empty)
     many = [tmp_path / f"e{i}.txt" for i in range(5)]
     for path in many:
         path.write_text("")
-    with pytest.raises(UserError, match=r"e0.txt, .*e1.txt, .*e2.txt and 2 more are empty\)"):
+    with pytest.raises(UserError, match=r"e0.txt, .*e1.txt, .*e2.txt and 2 more have none\)"):
         prep(many)
+    blank = {"blank.txt": "\n  \n\t\n", "header.csv": "text,label\n", "blank.jsonl": "\n\n"}
+    for name, content in blank.items():
+        (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=r"blank.txt, .*header.csv, .*blank.jsonl have none\)"):
+        prep([tmp_path / name for name in blank])
     with pytest.raises(UserError, match="no file matches"):
         prep(tmp_path / "absent.jsonl")
 

@@ -8,7 +8,7 @@ import pytest
 from tunesmith.cli import main
 from tunesmith.diagnose.rules import RunFacts, diagnose, diagnose_run
 
-from helpers import WORDS, run_config, write_jsonl
+from helpers import BILLION_LAUGHS, WORDS, run_config, write_jsonl
 
 
 
@@ -88,7 +88,8 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     damaged_configs = (b"train: [lr: \xff", b"train: [lr: 1", b"- a list, not a mapping\n", b"train:\nmodel: gpt2\ngrpo: 3\n",
                        b"train: {lr: !!float abc}\n", b"train: {x: !!timestamp notadate}\n",
-                       b"train: {x: !!bool maybe, y: !!int ''}\n")
+                       b"train: {x: !!bool maybe, y: !!int ''}\n", BILLION_LAUGHS.encode(),
+                       b"train: " + b"[" * 900 + b"]" * 900 + b"\n")
     for damaged in damaged_configs:  # a damaged saved config, or a section of it, is read as nothing
         (tmp_path / "run" / "config.yaml").write_bytes(damaged)
         (tmp_path / "run" / "summary.json").write_text("{torn")
@@ -96,6 +97,11 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
         assert main(["report", str(tmp_path / "run")]) == 0
     (tmp_path / "run" / "summary.json").write_text('{"steps": "abc", "epochs": "x", "data_dir": 5, "task": ["x"]}')  # wrong kinds
     (tmp_path / "run" / "data_report.json").unlink()
+    assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
+    assert main(["report", str(tmp_path / "run")]) == 0
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as metrics:  # rows added by hand: no step, values of other kinds
+        metrics.write('{"val_loss": 1.0}\n{"step": "9", "train_loss": 1}\n{"step": true}\n{"step": 11, "val_loss": "low", "lr": [1]}\n')
+    (tmp_path / "run" / "samples.jsonl").write_text('{"prompt": "a"}\n{"step": 0, "prompt": ["a"], "text": "b"}\n')
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     assert main(["report", str(tmp_path / "run")]) == 0
 

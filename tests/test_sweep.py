@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import free_port
+from helpers import BILLION_LAUGHS, free_port
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import UserError
@@ -223,6 +223,10 @@ def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
         load_config(tmp_path / "run.yaml")
     with pytest.raises(ConfigError, match="the key 'keep_layers' is given twice"):
         parse_override("distill.student={from_teacher: {keep_layers: 2, keep_layers: 9}}")
+    for bad in ("train.lr: !!float abc\n", BILLION_LAUGHS.replace("train:", "train.lr:")):
+        (tmp_path / "space.yaml").write_text(bad)
+        with pytest.raises(UserError, match="--space .*space.yaml: "):
+            read_space(tmp_path / "space.yaml")
 
 
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):

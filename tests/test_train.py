@@ -128,6 +128,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_llama, corpus_file, tmp_p
     assert state["step"] == max(losses(run_dir))
 
 
+def test_sigterm_before_the_first_checkpoint_says_to_start_again(tiny_llama, corpus_file, tmp_path, monkeypatch, capsys):
+    """Stopped during the base evaluation: no checkpoint to resume from, one line saying so, and the same command runs."""
+    from tunesmith.cli import main
+    from tunesmith.training.evaluator import Evaluator
+
+    evaluate = Evaluator.evaluate
+
+    def terminated(self, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs between bytecodes, inside this call
+        return evaluate(self, state)
+
+    monkeypatch.setattr(Evaluator, "evaluate", terminated)
+    command = [str(a) for a in _train_args(tiny_llama, corpus_file, tmp_path / "run", 6)]
+    assert main(command) == 130
+    output = capsys.readouterr()
+    assert "stopped before the first checkpoint, so there is nothing to resume" in output.out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    assert main(command) == 0
+
+
 def test_the_last_steps_tokens_per_second_counts_its_training_time_only(tiny_llama, corpus_file, tmp_path, monkeypatch, capsys):
     """Evaluation, samples and checkpoints at the last step are timed apart, not charged to its tokens/s."""
     import time

@@ -94,6 +94,8 @@ def test_metrics_are_read_from_an_offset_and_redrawn_after_a_rewrite(tmp_path):
     path.write_text('{"step": 0, "val_loss": 5.0}\n')  # a resume dropped the rows past its checkpoint
     third = metrics_since(path, second["offset"])
     assert third["reset"] and [row["step"] for row in third["rows"]] == [0]
+    path.write_text('{"val_loss": 5.0}\n{"step": "1", "val_loss": 4.0}\n{"step": 2, "val_loss": "low", "lr": 0.1}\n')  # by hand
+    assert metrics_since(path, 0)["rows"] == [{"step": 2, "lr": 0.1}]
 
 
 def test_the_form_makes_the_same_config_as_the_command_line(runs_root):
@@ -120,6 +122,16 @@ def test_compare_lists_only_the_keys_that_differ(runs_root):
     assert comparison["differing"] == [("train.lr", [0.003, 0.001])]
     with pytest.raises(UserError):
         RunsFolder(runs_root).compare(["lr-high"])
+
+
+def test_compare_reads_configs_damaged_into_other_kinds_of_keys(runs_root, tmp_path):
+    import shutil
+
+    for name, config in (("a", "1: x\ntrain: {lr: 0.1, 2: y}\n"), ("b", "train: {lr: 0.2, x: {1: a, b: c}}\n")):
+        shutil.copytree(runs_root / "lr-high", tmp_path / name, ignore=shutil.ignore_patterns("checkpoints", "final"))
+        (tmp_path / name / "config.yaml").write_text(config)
+    differing = dict(RunsFolder(tmp_path).compare(["a", "b"])["differing"])
+    assert differing == {"1": ["x", None], "train.2": ["y", None], "train.lr": [0.1, 0.2], "train.x": [None, {1: "a", "b": "c"}]}
 
 
 def test_the_guard_refuses_other_hosts_origins_forms_and_missing_tokens(runs_root):

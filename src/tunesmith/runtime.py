@@ -14,6 +14,26 @@ from .errors import ConfigError, is_out_of_memory
 T = TypeVar("T")
 
 
+@contextlib.contextmanager
+def term_as_interrupt():
+    """SIGTERM ends what runs inside as Ctrl-C does (a KeyboardInterrupt, so `finally` blocks and the CLI's one line run),
+    where Python's default would end the process at once, silently; a no-op off the main thread."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def usable_cores() -> int:
     """The cores this process may run on (a container's or `taskset`'s share, not the machine's)."""
     import os

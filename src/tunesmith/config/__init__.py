@@ -5,7 +5,7 @@ page's form are generated from these classes (`config.reference`), so documentat
 """
 
 from .run import (SECTIONS, UNBUILDABLE, RepeatedKey, RunConfig, apply_override, build_config, check_block_size,
-                  load_config, load_yaml, parse_override, raw_config, read_config_file)
+                  expands_past, load_config, load_yaml, parse_override, raw_config, read_config_file)
 from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfig, ClassifyConfig, CleanConfig,
                        DataConfig, DataSource, DistillConfig, GrpoConfig, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec,
                        TrainConfig, benchmark_is_path)
@@ -13,4 +13,4 @@ from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfi
 __all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "ChatConfig", "ClassifyConfig",
            "CleanConfig", "DataConfig", "DataSource", "DistillConfig", "GrpoConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",
            "RepeatedKey", "RewardSpec", "UNBUILDABLE", "RunConfig", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
-           "load_config", "load_yaml", "parse_override", "raw_config", "read_config_file"]
+           "expands_past", "load_config", "load_yaml", "parse_override", "raw_config", "read_config_file"]

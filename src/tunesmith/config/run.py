@@ -133,6 +133,28 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
 UNBUILDABLE = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
 
 
+LARGEST_CONFIG = 100_000  # values in a config, counted as its readers walk it; a real one holds a few hundred
+DEEPEST_CONFIG = 100  # levels of nesting; a real config has three
+
+
+def expands_past(value: Any, limit: int = LARGEST_CONFIG, depth: int = DEEPEST_CONFIG) -> bool:
+    """Whether walking `value` meets more than `limit` values, or nesting deeper than `depth`. YAML aliases let a file
+    of a few lines name one list a billion times over ("billion laughs"): it loads at once, as shared references, and
+    then every reader that walks it (validation, JSON, the page) runs for ever; and the C loader reads nesting thousands
+    deep that a recursive reader (JSON again) cannot. The walk stops at `limit`, so the check costs at most that."""
+    pending, seen = [(value, 0)], 0
+    while pending:
+        item, level = pending.pop()
+        seen += 1
+        if seen > limit or level > depth:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, level + 1) for pair in item.items() for child in pair)
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, level + 1) for child in item)
+    return False
+
+
 class RepeatedKey(yaml.YAMLError):
     def __init__(self, key: Any, line: int):
         super().__init__(f"the key {key!r} is given twice (line {line})")
@@ -184,6 +206,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                            "plain values"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"config file {path}: must be a mapping with sections {', '.join(SECTIONS)}"])
+    if expands_past(raw):
+        raise ConfigError([f"config file {path}: its YAML aliases (*name) expand to more than {LARGEST_CONFIG:,} values, or "
+                           f"it nests deeper than {DEEPEST_CONFIG} levels; write the values out plainly"])
     return raw
 
 

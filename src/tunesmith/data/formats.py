@@ -5,6 +5,7 @@ Line formats stream; a JSON array and an HTML page are read whole, as their form
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import json
@@ -127,13 +128,14 @@ def _decode(raw: bytes, stats: DecodeStats) -> str:
 
 
 def _lines(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[str | Oversized]:
-    """Decoded lines, and an `Oversized` for each line past `max_bytes`; invalid UTF-8 is replaced (and counted)."""
+    """Decoded lines, and an `Oversized` for each line past `max_bytes`; invalid UTF-8 is replaced (and counted), and the
+    byte-order mark that Excel and Notepad put before a file's first line is dropped (else it joins the first field's name)."""
     with _damage_as_user_error(path), _open_binary(path) as handle:
         for number, raw in enumerate(_raw_lines(handle, max_bytes), 1):
             if isinstance(raw, tuple):
                 yield Oversized(str(path), number, raw[0], raw[1].decode("utf-8", errors="replace"))
             else:
-                yield _decode(raw, stats)
+                yield _decode(raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw, stats)
 
 
 def _whole(path: Path, stats: DecodeStats, max_bytes: int | None) -> str | Oversized:

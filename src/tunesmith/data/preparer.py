@@ -203,7 +203,7 @@ def _empty(paths: list[str]) -> str:
     if not paths:
         return "empty files?"
     named = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    return f"{named} {'is' if len(paths) == 1 else 'are'} empty"
+    return f"{named} {'has' if len(paths) == 1 else 'have'} none"
 
 
 def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:

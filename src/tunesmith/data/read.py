@@ -110,13 +110,9 @@ class DocumentReader:
         """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""
         for path in files:
             check_not_binary(path)
-            if path.stat().st_size == 0:
-                self.report.empty_files.append(str(path))
-                self.report.warnings.append(f"{path} is empty")
-                continue
             self.report.files += 1
-            stats = DecodeStats()
-            for item in read_records(path, self.per_file_text, stats, self.max_bytes):
+            stats, read_before = DecodeStats(), self.report.read
+            for item in read_records(path, self.per_file_text, stats, self.max_bytes) if path.stat().st_size else ():
                 self.report.read += 1
                 if isinstance(item, Oversized):
                     self.report.remove("too_long_chars", item.describe())
@@ -128,6 +124,9 @@ class DocumentReader:
                     continue
                 yield item
             self.report.lines_with_bad_bytes += stats.lines_with_bad_bytes
+            if self.report.read == read_before:  # no bytes, only blank lines, or a header with no rows under it
+                self.report.empty_files.append(str(path))
+                self.report.warnings.append(f"{path} holds no documents")
 
     def text(self, record: Record) -> str | None:
         """The record's text by data.text_field or data.template; None (counted as a missing field) when absent."""

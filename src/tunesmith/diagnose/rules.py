@@ -12,7 +12,7 @@ from statistics import median
 
 from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
-from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_lines, read_json_object, read_yaml_object
+from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_object, read_metric_rows, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
 from .findings import Advice, Finding, RunFacts, method_advice, round3
 from .distill import distill_facts, gap_stalled
@@ -290,5 +290,5 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
     metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
-    history, _ = read_json_lines(metrics)  # a line torn by a killed run is left out
+    history = read_metric_rows(metrics)  # a line torn by a killed run is left out
     return diagnose(history, run_facts(run_dir))

@@ -12,13 +12,10 @@ from ..data.report import source_line
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
-                             SUMMARY_FILE, read_data_report, read_json_lines, read_json_object)
+                             SUMMARY_FILE, read_data_report, read_json_object, read_metric_rows,
+                             read_sample_rows)
 from ..tasks import task_view
 from .benchmarks import benchmark_curves, benchmark_rows, draw_benchmarks
-
-
-def _rows(run_dir: Path, name: str) -> list[dict]:
-    return read_json_lines(run_dir / name)[0]  # a line torn by a killed run is left out
 
 
 def _figure_png(draw) -> bytes:
@@ -159,7 +156,7 @@ def samples_before_after(samples: list[dict], best_step: int | None) -> list[tup
 
 def report_sections(run_dir: Path) -> dict:
     """Everything the report shows, gathered once for both formats."""
-    metrics = _rows(run_dir, METRICS_FILE)
+    metrics = read_metric_rows(run_dir / METRICS_FILE)  # a line torn by a killed run is left out
     if not metrics:
         raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
     summary = read_json_object(run_dir / SUMMARY_FILE)
@@ -184,7 +181,7 @@ def report_sections(run_dir: Path) -> dict:
         "forgetting": _forgetting_line(summary.get("forgetting")),
         "distill": distill_rows(summary.get("distill")),
         "classes": classification_tables(summary),
-        "samples": samples_before_after(_rows(run_dir, SAMPLES_FILE), summary.get("best_step")),
+        "samples": samples_before_after(read_sample_rows(run_dir / SAMPLES_FILE), summary.get("best_step")),
         "generation": read_json_object(run_dir / GENERATION_EVAL),
         "data": data_report,
         "config": (run_dir / CONFIG_FILE).read_text(encoding="utf-8", errors="replace") if (run_dir / CONFIG_FILE).is_file() else "",

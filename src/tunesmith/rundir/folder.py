@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import PROBE_WORDS, UNBUILDABLE, RunConfig, benchmark_is_path
+from ..config import PROBE_WORDS, UNBUILDABLE, RunConfig, benchmark_is_path, expands_past
 from ..errors import UserError, first_line
 
 MARKER = ".tunesmith-run"
@@ -105,7 +105,7 @@ def read_yaml_object(path: Path) -> dict:
         value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except (OSError, yaml.YAMLError, *UNBUILDABLE):  # unreadable, not YAML, bytes that do not decode, a tag it cannot build
         return {}
-    return value if isinstance(value, dict) else {}
+    return value if isinstance(value, dict) and not expands_past(value) else {}
 
 
 def config_section(config: dict, name: str) -> dict:
@@ -144,6 +144,23 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
         else:
             torn += 1
     return rows, torn
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metric_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows as its readers rely on them: each with a whole-number step and only numbers (NaN kept: a
+    diverged loss is a finding); a row without a step, or a value of another kind, written by hand, is left out."""
+    return [{key: value for key, value in row.items() if _is_number(value)}
+            for row in read_json_lines(path)[0] if isinstance(row.get("step"), int) and not isinstance(row["step"], bool)]
+
+
+def read_sample_rows(path: Path) -> list[dict]:
+    """samples.jsonl's rows that hold a whole-number step and a prompt and text as strings."""
+    return [row for row in read_json_lines(path)[0]
+            if isinstance(row.get("step"), int) and isinstance(row.get("prompt"), str) and isinstance(row.get("text"), str)]
 
 
 def _process_started(pid: int) -> float | None:

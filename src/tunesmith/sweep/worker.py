@@ -3,7 +3,6 @@ local processes, each with its share of the cores."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import multiprocessing
 import signal
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..runtime import usable_cores
+from ..runtime import term_as_interrupt, usable_cores
 from .plan import SweepPlan, confined
 from .results import write_results
 from .space import trial_config
@@ -50,26 +49,9 @@ def _outcome_line(outcome: TrialOutcome, objectives: list[Objective], seconds: f
     return f"trial {outcome.number}: {detail} ({seconds / 60:.1f} min; {outcome.run_dir})"
 
 
-@contextlib.contextmanager
-def _term_as_interrupt():
-    """SIGTERM between trials stops the sweep as Ctrl-C does (inside a trial the run's own handler saves a checkpoint)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def work(plan: SweepPlan, study, deadline: float | None, say=print) -> bool:
     """Run trials until the study holds `--trials` of them or the deadline passes; False when interrupted."""
-    with _term_as_interrupt():
+    with term_as_interrupt():
         return _work(plan, study, deadline, say)
 
 

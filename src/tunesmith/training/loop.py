@@ -12,7 +12,7 @@ from rich.console import Console
 from ..config import RunConfig
 from ..errors import UserError
 from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
-from ..runtime import pick_device
+from ..runtime import pick_device, term_as_interrupt
 from ..tasks import task_kind
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
@@ -65,6 +65,21 @@ def _locked(run_dir: Path, context: Distributed):
         lock.release()
 
 
+def _set_up(recipe: Recipe, saved, console: Console) -> None:
+    """The recipe's setup (data, model, the base evaluation), which a stop signal ends at once: there is no step to
+    finish and nothing new to save, so the line says what is left to continue from."""
+    run_dir = shlex.quote(str(recipe.cfg.run_dir))
+    try:
+        with term_as_interrupt():
+            recipe.setup(saved)
+    except KeyboardInterrupt:
+        if recipe.context.is_main:
+            console.print(f"stopped while resuming; continue with: tunesmith train --out {run_dir} --resume" if saved else
+                          "stopped before the first checkpoint, so there is nothing to resume; start it again with the "
+                          f"same command (tunesmith train --out {run_dir} ...)", highlight=False)
+        raise
+
+
 def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, judge=None) -> dict:
     with _locked(cfg.run_dir, context):
         return _train_locked(cfg, resume, force, console, context, judge)
@@ -93,7 +108,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         cfg, resolved = settle(cfg, console, context)
         recipe = Recipe(cfg, resolved, console, context, judge)
         try:
-            recipe.setup(saved)
+            _set_up(recipe, saved, console)
             record.begin(total_steps=recipe.parts.plan.total_steps)
             return recipe.finish(recipe.train())
         finally:

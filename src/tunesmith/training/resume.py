@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import UNBUILDABLE
+from ..config import UNBUILDABLE, expands_past
 from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
@@ -33,7 +33,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, *UNBUILDABLE):
         saved = None
-    if not isinstance(saved, dict):  # an empty file too: resuming would run on defaults the run never had
+    if not isinstance(saved, dict) or expands_past(saved):  # an empty file too: resuming would run on defaults the run never had
         raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out")
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were

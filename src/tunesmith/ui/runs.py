@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
-                             SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, is_run_dir, read_json_lines,
-                             read_json_object, read_yaml_object, run_state)
+                             SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, is_run_dir,
+                             read_json_object, read_sample_rows, read_yaml_object, run_state)
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
@@ -68,7 +68,7 @@ def flatten(config: dict) -> dict:
         if isinstance(values, dict):
             flat.update({f"{section}.{key}": value for key, value in values.items()})
         else:
-            flat[section] = values
+            flat[str(section)] = values  # a damaged config's key may be a number
     return flat
 
 
@@ -252,7 +252,7 @@ class RunsFolder:
             "row": self.row(name),
             "summary": summary,
             "findings": self.findings(name),
-            "samples": samples_before_after(read_json_lines(samples)[0] if samples else [], summary.get("best_step")),
+            "samples": samples_before_after(read_sample_rows(samples) if samples else [], summary.get("best_step")),
             "data_lines": data_lines,
             "data_warnings": report.get("warnings", []),
             "config": config_path.read_text(encoding="utf-8", errors="replace") if config_path else "",
@@ -293,8 +293,8 @@ class RunsFolder:
         dirs = [self.run_dir(name) for name in names]
         configs = [flatten(self.config(d)) for d in dirs]
         keys = sorted(set().union(*configs) - IDENTITY_KEYS)
-        differing = [(key, [config.get(key) for config in configs]) for key in keys
-                     if len({json.dumps(config.get(key), sort_keys=True, default=str) for config in configs}) > 1]
+        columns = [(key, [config.get(key) for config in configs]) for key in keys]
+        differing = [(key, values) for key, values in columns if any(value != values[0] for value in values)]
         return {"rows": [self.row(name) for name in names], "differing": differing,
                 "summaries": [self.summary(d) for d in dirs]}
 
@@ -336,7 +336,7 @@ def metrics_since(path: Path | None, offset: int) -> dict:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     return {"rows": rows, "offset": start + len(whole), "reset": reset}
 
