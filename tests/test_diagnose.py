@@ -104,6 +104,10 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
     (tmp_path / "run" / "samples.jsonl").write_text('{"prompt": "a"}\n{"step": 0, "prompt": ["a"], "text": "b"}\n')
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     assert main(["report", str(tmp_path / "run")]) == 0
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as metrics:  # as the trainer marks non-finite steps; no summary says so
+        metrics.write('{"step": 12, "train_loss": NaN, "skipped": true}\n{"step": 13, "train_loss": NaN, "skipped": true}\n')
+    unstable = {f.kind: f for f in diagnose_run(tmp_path / "run")}["instability"]
+    assert unstable.evidence["non_finite_steps"] == 2
 
 
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):

@@ -223,10 +223,12 @@ def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
         load_config(tmp_path / "run.yaml")
     with pytest.raises(ConfigError, match="the key 'keep_layers' is given twice"):
         parse_override("distill.student={from_teacher: {keep_layers: 2, keep_layers: 9}}")
-    for bad in ("train.lr: !!float abc\n", BILLION_LAUGHS.replace("train:", "train.lr:")):
+    for bad, said in (("train.lr: !!float abc\n", "not valid YAML text"), (BILLION_LAUGHS, "expand to more than 100,000 values")):
         (tmp_path / "space.yaml").write_text(bad)
-        with pytest.raises(UserError, match="--space .*space.yaml: "):
+        with pytest.raises(UserError, match=f"--space .*space.yaml: .*{said}"):
             read_space(tmp_path / "space.yaml")
+    with pytest.raises(ConfigError, match="--set data.train: its YAML aliases"):
+        parse_override("data.train=" + BILLION_LAUGHS.replace("\n", ", ").join("{}"))
 
 
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):

@@ -22,7 +22,7 @@ from tunesmith.ui import create_app
 from tunesmith.ui.launcher import Draft, Launcher
 from tunesmith.ui.runs import RunsFolder, metrics_since
 
-from helpers import (CHROMIUM, chat_config, classify_config, conversations, free_port, labelled, make_corpus,
+from helpers import (BILLION_LAUGHS, CHROMIUM, chat_config, classify_config, conversations, free_port, labelled, make_corpus,
                      run_config, write_format, write_jsonl)
 
 
@@ -127,11 +127,14 @@ def test_compare_lists_only_the_keys_that_differ(runs_root):
 def test_compare_reads_configs_damaged_into_other_kinds_of_keys(runs_root, tmp_path):
     import shutil
 
-    for name, config in (("a", "1: x\ntrain: {lr: 0.1, 2: y}\n"), ("b", "train: {lr: 0.2, x: {1: a, b: c}}\n")):
+    configs = {"a": "1: x\ntrain: {lr: 0.1, 2: y}\n", "b": "train: {lr: 0.2, x: {1: a, b: c}}\n", "c": BILLION_LAUGHS}
+    for name, config in configs.items():
         shutil.copytree(runs_root / "lr-high", tmp_path / name, ignore=shutil.ignore_patterns("checkpoints", "final"))
         (tmp_path / name / "config.yaml").write_text(config)
     differing = dict(RunsFolder(tmp_path).compare(["a", "b"])["differing"])
     assert differing == {"1": ["x", None], "train.2": ["y", None], "train.lr": [0.1, 0.2], "train.x": [None, {1: "a", "b": "c"}]}
+    client = TestClient(create_app(tmp_path, port=7860), base_url="http://127.0.0.1:7860")
+    assert client.get("/compare?run=a&run=b&run=c").status_code == 200  # c's config is read as empty, not walked
 
 
 def test_the_guard_refuses_other_hosts_origins_forms_and_missing_tokens(runs_root):

@@ -1,5 +1,5 @@
 """The ground floor every side stands on: the device, the numeric precision and its autocast context, the device's
-speed, and out-of-memory detection. It imports no other part of tunesmith but its errors."""
+speed, out-of-memory detection, and SIGTERM as an interrupt. It imports no other part of tunesmith but its errors."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ from .errors import ConfigError, is_out_of_memory
 T = TypeVar("T")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C's KeyboardInterrupt is (see `term_as_interrupt`)."""
+
+
 @contextlib.contextmanager
 def term_as_interrupt():
-    """SIGTERM ends what runs inside as Ctrl-C does (a KeyboardInterrupt, so `finally` blocks and the CLI's one line run),
-    where Python's default would end the process at once, silently; a no-op off the main thread."""
+    """SIGTERM ends what runs inside as Ctrl-C does (`Terminated`, a KeyboardInterrupt, so `finally` blocks and the CLI's
+    one line run), where Python's default would end the process at once, silently; a no-op off the main thread."""
     import signal
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)

@@ -4,13 +4,13 @@ Defaults live here and nowhere else; `tunesmith init`, the key reference in docs
 page's form are generated from these classes (`config.reference`), so documentation cannot drift from the code.
 """
 
-from .run import (SECTIONS, UNBUILDABLE, RepeatedKey, RunConfig, apply_override, build_config, check_block_size,
-                  expands_past, load_config, load_yaml, parse_override, raw_config, read_config_file)
+from .run import (SECTIONS, UNBUILDABLE, RepeatedKey, RunConfig, TooLarge, apply_override, build_config, check_block_size,
+                  load_config, load_yaml, parse_override, raw_config, read_config_file, read_yaml_leniently)
 from .sections import (DEFAULT_MODEL, PROBE_WORDS, TASK_FILE_SUFFIXES, ChatConfig, ClassifyConfig, CleanConfig,
                        DataConfig, DataSource, DistillConfig, GrpoConfig, ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec,
                        TrainConfig, benchmark_is_path)
 
 __all__ = ["DEFAULT_MODEL", "PROBE_WORDS", "SECTIONS", "TASK_FILE_SUFFIXES", "ChatConfig", "ClassifyConfig",
            "CleanConfig", "DataConfig", "DataSource", "DistillConfig", "GrpoConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "PreferenceConfig",
-           "RepeatedKey", "RewardSpec", "UNBUILDABLE", "RunConfig", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
-           "expands_past", "load_config", "load_yaml", "parse_override", "raw_config", "read_config_file"]
+           "RepeatedKey", "RewardSpec", "UNBUILDABLE", "RunConfig", "TooLarge", "TrainConfig", "apply_override", "benchmark_is_path", "build_config", "check_block_size",
+           "load_config", "load_yaml", "parse_override", "raw_config", "read_config_file", "read_yaml_leniently"]

@@ -110,6 +110,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = load_yaml(value) if value.strip() else None
     except RepeatedKey as exc:
         raise ConfigError([f"--set {text}: the key {exc.key!r} is given twice; keep the one you mean"]) from None
+    except TooLarge as exc:
+        raise ConfigError([f"--set {key.strip()}: {exc}"]) from None
     except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, or a tag it cannot build: the text itself
         parsed = value
     return key.strip(), parsed
@@ -137,11 +139,11 @@ LARGEST_CONFIG = 100_000  # values in a config, counted as its readers walk it; 
 DEEPEST_CONFIG = 100  # levels of nesting; a real config has three
 
 
-def expands_past(value: Any, limit: int = LARGEST_CONFIG, depth: int = DEEPEST_CONFIG) -> bool:
+def too_large(value: Any, limit: int = LARGEST_CONFIG, depth: int = DEEPEST_CONFIG) -> bool:
     """Whether walking `value` meets more than `limit` values, or nesting deeper than `depth`. YAML aliases let a file
     of a few lines name one list a billion times over ("billion laughs"): it loads at once, as shared references, and
-    then every reader that walks it (validation, JSON, the page) runs for ever; and the C loader reads nesting thousands
-    deep that a recursive reader (JSON again) cannot. The walk stops at `limit`, so the check costs at most that."""
+    then every reader that walks it (validation, JSON, the page) runs for ever; and libyaml's loader reads nesting
+    hundreds deep that a recursive reader cannot. The walk stops at `limit`, so the check costs at most that."""
     pending, seen = [(value, 0)], 0
     while pending:
         item, level = pending.pop()
@@ -153,6 +155,12 @@ def expands_past(value: Any, limit: int = LARGEST_CONFIG, depth: int = DEEPEST_C
         elif isinstance(item, (list, tuple)):
             pending.extend((child, level + 1) for child in item)
     return False
+
+
+class TooLarge(yaml.YAMLError):
+    def __str__(self) -> str:
+        return (f"its YAML aliases (*name) expand to more than {LARGEST_CONFIG:,} values, or it nests deeper than "
+                f"{DEEPEST_CONFIG} levels; write the values out plainly")
 
 
 class RepeatedKey(yaml.YAMLError):
@@ -180,8 +188,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str) -> Any:
-    """YAML text as Python values (safe types only), a key given twice in one mapping refused (`RepeatedKey`)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    """YAML text as Python values (safe types only); a key given twice in one mapping (`RepeatedKey`) and aliases that
+    expand past what a config holds (`TooLarge`) are refused."""
+    value = yaml.load(text, Loader=_UniqueKeyLoader)
+    if too_large(value):
+        raise TooLarge()
+    return value
+
+
+def read_yaml_leniently(text: str) -> Any:
+    """A saved config's YAML as Python values (safe types only), or None where it cannot be read as a config: not YAML, a
+    tag it cannot build, or `too_large`. What a run's own config.yaml is read with, where a damaged file must not stop
+    the reader (diagnose, report, the page) or must be named as damaged (resume)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
+    try:
+        value = yaml.load(text, Loader=loader)
+    except (yaml.YAMLError, *UNBUILDABLE):
+        return None
+    return None if too_large(value) else value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -195,6 +219,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                            "save it as UTF-8"]) from None
     except RepeatedKey as exc:
         raise ConfigError([f"config file {path}: {exc}; keep the one you mean"]) from None
+    except TooLarge as exc:
+        raise ConfigError([f"config file {path}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -206,9 +232,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                            "plain values"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"config file {path}: must be a mapping with sections {', '.join(SECTIONS)}"])
-    if expands_past(raw):
-        raise ConfigError([f"config file {path}: its YAML aliases (*name) expand to more than {LARGEST_CONFIG:,} values, or "
-                           f"it nests deeper than {DEEPEST_CONFIG} levels; write the values out plainly"])
     return raw
 
 

@@ -110,23 +110,29 @@ class DocumentReader:
         """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""
         for path in files:
             check_not_binary(path)
-            self.report.files += 1
-            stats, read_before = DecodeStats(), self.report.read
-            for item in read_records(path, self.per_file_text, stats, self.max_bytes) if path.stat().st_size else ():
-                self.report.read += 1
-                if isinstance(item, Oversized):
-                    self.report.remove("too_long_chars", item.describe())
-                    continue
-                if isinstance(item, RowError):
-                    if self.on_error == "fail":
-                        raise UserError(f"{item}; fix the row or set data.on_error=skip")
-                    self.report.remove("malformed_row", str(item))
-                    continue
-                yield item
-            self.report.lines_with_bad_bytes += stats.lines_with_bad_bytes
-            if self.report.read == read_before:  # no bytes, only blank lines, or a header with no rows under it
+            read_before = self.report.read
+            if path.stat().st_size:
+                yield from self._file_records(path)
+            if self.report.read > read_before:
+                self.report.files += 1
+            else:  # no bytes, only blank lines, or a header with no rows under it
                 self.report.empty_files.append(str(path))
                 self.report.warnings.append(f"{path} holds no documents")
+
+    def _file_records(self, path: Path) -> Iterator[Record]:
+        stats = DecodeStats()
+        for item in read_records(path, self.per_file_text, stats, self.max_bytes):
+            self.report.read += 1
+            if isinstance(item, Oversized):
+                self.report.remove("too_long_chars", item.describe())
+                continue
+            if isinstance(item, RowError):
+                if self.on_error == "fail":
+                    raise UserError(f"{item}; fix the row or set data.on_error=skip")
+                self.report.remove("malformed_row", str(item))
+                continue
+            yield item
+        self.report.lines_with_bad_bytes += stats.lines_with_bad_bytes
 
     def text(self, record: Record) -> str | None:
         """The record's text by data.text_field or data.template; None (counted as a missing field) when absent."""

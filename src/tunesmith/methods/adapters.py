@@ -4,6 +4,7 @@ for decoding on a CPU (`adapters_for_decoding`)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from typing import Iterator
 
@@ -78,7 +79,9 @@ def add_adapters(model: torch.nn.Module, cfg) -> torch.nn.Module:
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=lora_targets(model, cfg), bias="none", task_type=task_type)
     try:
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads `is_gradient_checkpointing`, which transformers now calls deprecated
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError([f"model.lora_targets: {exc}"]) from None
     _lean_adapters(model, cfg.lora_dropout)

@@ -158,7 +158,7 @@ def report_sections(run_dir: Path) -> dict:
     """Everything the report shows, gathered once for both formats."""
     metrics = read_metric_rows(run_dir / METRICS_FILE)  # a line torn by a killed run is left out
     if not metrics:
-        raise UserError(f"{run_dir}: no metrics.jsonl; is it a tunesmith run directory?")
+        raise UserError(f"{run_dir}: no metrics in metrics.jsonl (or no such file); is it a tunesmith run directory?")
     summary = read_json_object(run_dir / SUMMARY_FILE)
     data_report = read_data_report(run_dir, summary)
     base = next((r for r in metrics if r["step"] == 0 and "val_loss" in r), {})

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import PROBE_WORDS, UNBUILDABLE, RunConfig, benchmark_is_path, expands_past
+from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, read_yaml_leniently
 from ..errors import UserError, first_line
 
 MARKER = ".tunesmith-run"
@@ -98,14 +98,11 @@ def read_json_object(path: Path) -> dict:
 def read_yaml_object(path: Path) -> dict:
     """A YAML file's mapping (safe types only), or {} for a file that is missing, damaged or holds something else: what
     the readers of a run's saved config.yaml take, which show or use what they can of a run and never fail on it."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a hundred configs parse in milliseconds
     try:
-        value = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, yaml.YAMLError, *UNBUILDABLE):  # unreadable, not YAML, bytes that do not decode, a tag it cannot build
+        value = read_yaml_leniently(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
         return {}
-    return value if isinstance(value, dict) and not expands_past(value) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def config_section(config: dict, name: str) -> dict:
@@ -146,21 +143,23 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
     return rows, torn
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def has_step(row: dict) -> bool:
+    """Whether a metrics or samples row names its step as a whole number (a row edited by hand may not)."""
+    return isinstance(row.get("step"), int) and not isinstance(row["step"], bool)
 
 
 def read_metric_rows(path: Path) -> list[dict]:
-    """metrics.jsonl's rows as its readers rely on them: each with a whole-number step and only numbers (NaN kept: a
-    diverged loss is a finding); a row without a step, or a value of another kind, written by hand, is left out."""
-    return [{key: value for key, value in row.items() if _is_number(value)}
-            for row in read_json_lines(path)[0] if isinstance(row.get("step"), int) and not isinstance(row["step"], bool)]
+    """metrics.jsonl's rows that name their step, each with its numbers and flags only (NaN kept: a diverged loss is a
+    finding; `skipped: true` marks a non-finite step): what diagnose, report and sweeps read, a row edited by hand
+    into other kinds of values left without them."""
+    return [{key: value for key, value in row.items() if isinstance(value, (int, float))}
+            for row in read_json_lines(path)[0] if has_step(row)]
 
 
 def read_sample_rows(path: Path) -> list[dict]:
-    """samples.jsonl's rows that hold a whole-number step and a prompt and text as strings."""
+    """samples.jsonl's rows that name their step and hold a prompt and a text as strings."""
     return [row for row in read_json_lines(path)[0]
-            if isinstance(row.get("step"), int) and isinstance(row.get("prompt"), str) and isinstance(row.get("text"), str)]
+            if has_step(row) and isinstance(row.get("prompt"), str) and isinstance(row.get("text"), str)]
 
 
 def _process_started(pid: int) -> float | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..config import SECTIONS, UNBUILDABLE, RepeatedKey, RunConfig, build_config, expands_past, load_yaml, raw_config
+from ..config import SECTIONS, UNBUILDABLE, RepeatedKey, RunConfig, TooLarge, build_config, load_yaml, raw_config
 from ..errors import UserError
 from ..methods import read_by_another
 from ..tasks import why_unread
@@ -130,9 +130,11 @@ def read_space(path: str | Path) -> dict:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except RepeatedKey as exc:
         raise UserError(f"--space {path}: {exc}; keep the one you mean") from None
+    except TooLarge as exc:
+        raise UserError(f"--space {path}: {exc}") from None
     except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, not UTF-8, a tag it cannot build, nesting too deep
         raise UserError(f"--space {path}: not valid YAML text; write one 'section.key: range' per line") from None
-    if not isinstance(raw, dict) or not raw or expands_past(raw):
+    if not isinstance(raw, dict) or not raw:
         raise UserError(f"--space {path}: must be a mapping of config keys to ranges, e.g. 'train.lr: {{log: [1e-5, 3e-3]}}'")
     return raw
 

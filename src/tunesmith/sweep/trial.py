@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import UserError, first_line
-from ..rundir.folder import read_json_lines
+from ..rundir.folder import read_metric_rows
 from .study import Objective
 
 LOGS = "logs"
@@ -66,7 +66,7 @@ class Reporter:
 
 def best_values(run_dir: Path, summary: dict, objectives: list[Objective]) -> list[float]:
     """Each objective at the run's best step (the weights its final/ holds), from metrics.jsonl."""
-    rows, _ = read_json_lines(run_dir / "metrics.jsonl")
+    rows = read_metric_rows(run_dir / "metrics.jsonl")
     best = summary.get("best_step", 0)
     at_best = {}
     for row in rows:
@@ -99,7 +99,7 @@ def run_trial(trial, cfg, run_dir: Path, objectives: list[Objective], prunes: bo
     reporter = Reporter(trial, objectives[0], prunes)
     resumed_at = _checkpoint_step(run_dir) if run_dir.is_dir() else None
     if resumed_at is not None:
-        reporter.replay(read_json_lines(run_dir / "metrics.jsonl")[0], resumed_at)
+        reporter.replay(read_metric_rows(run_dir / "metrics.jsonl"), resumed_at)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         console = Console(file=log, highlight=False, soft_wrap=True, markup=False, width=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -12,7 +13,7 @@ from rich.console import Console
 from ..config import RunConfig
 from ..errors import UserError
 from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
-from ..runtime import pick_device, term_as_interrupt
+from ..runtime import Terminated, pick_device, term_as_interrupt
 from ..tasks import task_kind
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
@@ -65,19 +66,21 @@ def _locked(run_dir: Path, context: Distributed):
         lock.release()
 
 
-def _set_up(recipe: Recipe, saved, console: Console) -> None:
-    """The recipe's setup (data, model, the base evaluation), which a stop signal ends at once: there is no step to
-    finish and nothing new to save, so the line says what is left to continue from."""
-    run_dir = shlex.quote(str(recipe.cfg.run_dir))
+@contextmanager
+def _setting_up(run_dir: Path, resuming: bool, console: Console, is_main: bool):
+    """Loading the model, preparing the data and the base evaluation, which a stop signal (Ctrl-C, SIGTERM) ends at once:
+    there is no step to finish and nothing new to save. One line says what is left to continue from, and the process
+    exits as a stopped training does (128 + the signal)."""
     try:
         with term_as_interrupt():
-            recipe.setup(saved)
-    except KeyboardInterrupt:
-        if recipe.context.is_main:
-            console.print(f"stopped while resuming; continue with: tunesmith train --out {run_dir} --resume" if saved else
+            yield
+    except KeyboardInterrupt as exc:
+        if is_main:
+            out = shlex.quote(str(run_dir))
+            console.print(f"stopped while resuming; continue with: tunesmith train --out {out} --resume" if resuming else
                           "stopped before the first checkpoint, so there is nothing to resume; start it again with the "
-                          f"same command (tunesmith train --out {run_dir} ...)", highlight=False)
-        raise
+                          f"same command (tunesmith train --out {out} ...)", highlight=False)
+        raise SystemExit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)) from None
 
 
 def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, judge=None) -> dict:
@@ -105,11 +108,14 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
     if context.is_main:
         set_aside(damaged)
     with ProcessRecord(run_dir, enabled=context.is_main, resumed=resume) as record:
-        cfg, resolved = settle(cfg, console, context)
-        recipe = Recipe(cfg, resolved, console, context, judge)
+        recipe = None
         try:
-            _set_up(recipe, saved, console)
+            with _setting_up(run_dir, saved is not None, console, context.is_main):
+                cfg, resolved = settle(cfg, console, context)
+                recipe = Recipe(cfg, resolved, console, context, judge)
+                recipe.setup(saved)
             record.begin(total_steps=recipe.parts.plan.total_steps)
             return recipe.finish(recipe.train())
         finally:
-            recipe.cleanup()
+            if recipe is not None:
+                recipe.cleanup()

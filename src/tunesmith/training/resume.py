@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import UNBUILDABLE, expands_past
+from ..config import read_yaml_leniently
 from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
@@ -24,16 +24,14 @@ def _setting(values: dict, dotted: str):
 
 def check_resume_settings(settings: dict, run_dir: Path) -> None:
     """Refuse to resume with a setting that changes the trainable weights, naming it and the run's value."""
-    import yaml
-
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
     try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, *UNBUILDABLE):
+        saved = read_yaml_leniently(saved_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
         saved = None
-    if not isinstance(saved, dict) or expands_past(saved):  # an empty file too: resuming would run on defaults the run never had
+    if not isinstance(saved, dict):  # an empty file too: resuming would run on defaults the run never had
         raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out")
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were

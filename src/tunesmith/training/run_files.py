@@ -10,7 +10,7 @@ import torch
 
 from ..config import RunConfig
 from ..rundir.durable import write_atomically
-from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, read_json_lines
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, has_step, read_json_lines
 
 
 class MetricsLog:
@@ -28,7 +28,7 @@ class MetricsLog:
         rows, torn = read_json_lines(self.path)
         if torn:
             self.log(f"{self.path}: dropped {torn} torn line{'s' if torn > 1 else ''} (the process was stopped mid-write)")
-        kept = [row for row in rows if isinstance(row.get("step"), int) and row["step"] <= step]
+        kept = [row for row in rows if has_step(row) and row["step"] <= step]
         write_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict) -> None:

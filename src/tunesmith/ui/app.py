@@ -120,6 +120,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
     tryout = Tryout(device)
     pages = Environment(loader=PackageLoader("tunesmith.ui"), autoescape=select_autoescape(["html"]))
     pages.filters["number"] = _number
+    pages.policies["json.dumps_kwargs"] = {"sort_keys": False}  # a damaged config's mapping may mix number and text keys
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=FiniteJSON)
     app.state.launcher = launcher  # the processes it started, for whoever embeds the app
 

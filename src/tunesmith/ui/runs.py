@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
-                             SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, is_run_dir,
+                             SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, has_step, is_run_dir,
                              read_json_object, read_sample_rows, read_yaml_object, run_state)
 from ..tasks import task_view
 
@@ -294,7 +294,8 @@ class RunsFolder:
         configs = [flatten(self.config(d)) for d in dirs]
         keys = sorted(set().union(*configs) - IDENTITY_KEYS)
         columns = [(key, [config.get(key) for config in configs]) for key in keys]
-        differing = [(key, values) for key, values in columns if any(value != values[0] for value in values)]
+        differing = [(key, values) for key, values in columns  # as JSON text, so 1 and true differ; key order is the file's
+                     if len({json.dumps(value, default=str) for value in values}) > 1]
         return {"rows": [self.row(name) for name in names], "differing": differing,
                 "summaries": [self.summary(d) for d in dirs]}
 
@@ -336,7 +337,7 @@ def metrics_since(path: Path | None, offset: int) -> dict:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
+        if isinstance(row, dict) and has_step(row):
             rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     return {"rows": rows, "offset": start + len(whole), "reset": reset}
 
