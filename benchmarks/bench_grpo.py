@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from machine import cpu_name
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -158,7 +159,7 @@ def trained_as_flagged(run: Path, args) -> None:
         sys.exit(f"{run} sampled at other settings than the flags: "
                  + ", ".join(f"{name} {made} (run) against {flagged}" for name, (made, flagged) in differs.items()))
     print(f"judging {run}: train.seed {train['seed']}, lr {train['lr']}, min_lr_ratio {train['min_lr_ratio']}, "
-          f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}")
+          f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}, rewards {grpo['rewards']}")
 
 
 def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
@@ -167,8 +168,12 @@ def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
 
 
 def train_grpo(args, work: Path, classifier: Path, run: Path) -> float:
-    """GRPO on the training openings with the classifier's `positive` as the reward, at the flags' settings; its seconds."""
-    rewards = json.dumps([{"run": str(classifier), "label": "positive", "scale": args.scale}])
+    """GRPO on the training openings with the classifier's `positive` as the reward (and with --length-weight, a
+    built-in length reward at --new-tokens), at the flags' settings; its seconds."""
+    rewards = [{"run": str(classifier), "label": "positive", "scale": args.scale}]
+    if args.length_weight:
+        rewards.append({"length": args.new_tokens, "weight": args.length_weight})
+    rewards = json.dumps(rewards)
     return tunesmith("train", "--task", "grpo", "--data", str(work / "prompts.txt"), "--val-data", str(work / "val_prompts.txt"),
                      "--out", str(run), "--force", "--block-size", "64", "--max-steps", str(args.steps), "--lr", str(args.lr),
                      "--batch-size", str(args.prompts), "--set", "model.method=lora", "--set", f"grpo.rewards={rewards}",
@@ -251,6 +256,8 @@ def steer(args) -> None:
           f"{lexicon_overrules(judge, lexicon, base_default_texts)} | {lexicon_overrules(judge, lexicon, default_texts)} |")
     print(f"| distinct-2, as in training | {distinct_2(base_texts):.3f} | {distinct_2(texts):.3f} |\n"
           f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
+          f"| completion tokens, mean (generate's defaults) | {np.mean([r['tokens'] for r in base_default]):.1f} | "
+          f"{np.mean([r['tokens'] for r in tuned_default]):.1f} |\n"
           f"| drift (nats per token) | 0 | {drift} |")
     print("\ncurve (step: train reward / held-out reward):")
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -402,6 +409,8 @@ def main() -> None:
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
                      help="the reward: the classifier's probability of positive, or its log-odds")
     one.add_argument("--classifier-epochs", type=int, default=1, help="the reward classifier's epochs (trained once per --work)")
+    one.add_argument("--length-weight", type=float, default=0.0,
+                     help="add the built-in length reward (1 at --new-tokens, falling to 0 at none) with this weight (0: none)")
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)
     two = commands.add_parser("speed")
