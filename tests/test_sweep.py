@@ -292,7 +292,7 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
     pruned_run = Path(states[1e-9]["run_dir"])
     assert json.loads((pruned_run / "summary.json").read_text())["stopped_because"] == "pruned"
     assert (pruned_run / "checkpoints").is_dir() and (pruned_run / "report.html").is_file()
-    from tunesmith.rundir.folder import run_state
+    from tunesmith.rundir.process import run_state
 
     assert run_state(pruned_run) == "pruned"
     best = found["best"]

@@ -187,7 +187,7 @@ def test_a_second_trainer_in_a_live_run_folder_is_refused_naming_the_pid(tiny_ll
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    from tunesmith.rundir.folder import RunLock, lock_holder
+    from tunesmith.rundir.process import RunLock, lock_holder
 
     assert lock_holder(run_dir) is None
     with RunLock(run_dir):
@@ -199,7 +199,7 @@ def test_a_resume_from_another_folder_reads_the_runs_relative_paths_where_it_sta
     different model under the same relative name, which must not be picked up."""
     import shutil
 
-    from tunesmith.rundir.folder import read_process
+    from tunesmith.rundir.process import read_process
 
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     shutil.copytree(tiny_gpt2, start / "models" / "tiny")
@@ -228,10 +228,11 @@ def test_a_resume_from_another_folder_reads_the_runs_relative_paths_where_it_sta
 
 
 def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
-    from tunesmith.rundir.folder import LOCK, RunLock, lock_holder
+    from tunesmith.rundir.folder import LOCK
+    from tunesmith.rundir.process import RunLock, lock_holder
 
     run_dir = tmp_path / "runs" / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom tunesmith.rundir.folder import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom tunesmith.rundir.process import RunLock\n"
                                f"lock = RunLock(Path({str(run_dir)!r}))\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -252,7 +253,8 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
 
 
 def test_a_link_a_folder_or_a_pipe_in_place_of_the_lock_file_is_refused_and_left_alone(tmp_path):
-    from tunesmith.rundir.folder import LOCK, RunLock
+    from tunesmith.rundir.folder import LOCK
+    from tunesmith.rundir.process import RunLock
 
     precious = tmp_path / "precious.txt"
     precious.write_text("a user's own file\n")

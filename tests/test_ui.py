@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from tunesmith import train
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, UserError
-from tunesmith.rundir.folder import ProcessRecord, mark_run_dir, run_state
+from tunesmith.rundir.folder import mark_run_dir
+from tunesmith.rundir.process import ProcessRecord, run_state
 from tunesmith.ui import create_app
 from tunesmith.ui.launcher import Draft, Launcher
 from tunesmith.ui.runs import RunsFolder, metrics_since

@@ -1,3 +1,3 @@
-"""Files on disk: the run directory and its records (`folder`), writes that survive a crash (`durable`), and the
-fingerprints that key caches (`fingerprint`).
+"""Files on disk: the run directory and its files (`folder`), the process training in it (`process`), writes that
+survive a crash (`durable`), and the fingerprints that key caches (`fingerprint`).
 """

@@ -11,7 +11,7 @@ import socket
 import time
 
 from ..errors import UserError
-from ..rundir.folder import training_pid
+from ..rundir.process import training_pid
 from .plan import confined, plan_sweep
 from .results import write_results
 from .space import check_points

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..rundir.folder import ProcessRecord, RunLock, as_started, check_run_dir
+from ..rundir.folder import as_started, check_run_dir
+from ..rundir.process import ProcessRecord, RunLock
 from ..runtime import Terminated, pick_device, term_as_interrupt
 from ..tasks import task_kind
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside

@@ -25,7 +25,8 @@ from ..config import RunConfig, load_config, parse_override
 from ..config.reference import ConfigKey, config_keys
 from ..errors import ConfigError, UserError
 from ..rundir.folder import (CONFIG_FILE, LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object,
-                             run_start_dir, run_state, training_pid)
+                             run_start_dir)
+from ..rundir.process import run_state, training_pid
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
                              SAMPLES_FILE, SUMMARY_FILE, config_section, has_checkpoint, has_step, is_run_dir,
-                             read_json_object, read_sample_rows, read_yaml_object, run_state)
+                             read_json_object, read_sample_rows, read_yaml_object)
+from ..rundir.process import run_state
 from ..tasks import task_view
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
