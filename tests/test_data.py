@@ -316,11 +316,16 @@ def test_empty_and_missing_files(tmp_path, prep):
         path.write_text("")
     with pytest.raises(UserError, match=r"e0.txt, .*e1.txt, .*e2.txt and 2 more have none\)"):
         prep(many)
-    blank = {"blank.txt": "\n  \n\t\n", "header.csv": "text,label\n", "blank.jsonl": "\n\n"}
+    blank = {"blank.txt": "\n  \n\t\n", "header.csv": "text,label\n", "blank.jsonl": "\n\n", "blank.csv": "\n\n  \n",
+             "spaces.tsv": " \n\t\n"}
     for name, content in blank.items():
         (tmp_path / name).write_text(content)
-    with pytest.raises(UserError, match=r"blank.txt, .*header.csv, .*blank.jsonl have none\)"):
+    with pytest.raises(UserError, match=r"blank.txt, .*header.csv, .*blank.jsonl and 2 more have none\)"):
         prep([tmp_path / name for name in blank])
+    (tmp_path / "late.csv").write_text('\n \ntext,label\n"a row of text after blank lines",1\n\n')
+    from tunesmith.data.formats import DecodeStats, read_records
+    assert [r.value for r in read_records(tmp_path / "late.csv", False, DecodeStats())] == [
+        {"text": "a row of text after blank lines", "label": "1"}]
     with pytest.raises(UserError, match="no file matches"):
         prep(tmp_path / "absent.jsonl")
 

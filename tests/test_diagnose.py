@@ -108,6 +108,9 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
         metrics.write('{"step": 12, "train_loss": NaN, "skipped": true}\n{"step": 13, "train_loss": NaN, "skipped": true}\n')
     unstable = {f.kind: f for f in diagnose_run(tmp_path / "run")}["instability"]
     assert unstable.evidence["non_finite_steps"] == 2
+    (tmp_path / "run" / "summary.json").write_text('{"base_val_loss": "abc", "best_val_loss": [1], "lr": {}, "skipped_steps": "x"}')
+    assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
+    assert main(["report", str(tmp_path / "run")]) == 0
 
 
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):

@@ -134,8 +134,12 @@ def test_compare_reads_configs_damaged_into_other_kinds_of_keys(runs_root, tmp_p
         (tmp_path / name / "config.yaml").write_text(config)
     differing = dict(RunsFolder(tmp_path).compare(["a", "b"])["differing"])
     assert differing == {"1": ["x", None], "train.2": ["y", None], "train.lr": [0.1, 0.2], "train.x": [None, {1: "a", "b": "c"}]}
+    (tmp_path / "c" / "metrics.jsonl").unlink()
+    (tmp_path / "c" / "metrics.jsonl").mkdir()  # a folder where a file belongs: that run shows no curves, the rest stand
     client = TestClient(create_app(tmp_path, port=7860), base_url="http://127.0.0.1:7860")
     assert client.get("/compare?run=a&run=b&run=c").status_code == 200  # c's config is read as empty, not walked
+    for page in ("/", "/api/runs", "/runs/c"):
+        assert client.get(page).status_code == 200, page
 
 
 def test_the_guard_refuses_other_hosts_origins_forms_and_missing_tokens(runs_root):

@@ -229,12 +229,14 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
 
     csv.field_size_limit(max_bytes or 2**31 - 1)
     reader = csv.reader(lines(), delimiter=delimiter)
+    header: list[str] = []
     try:
-        header = next(reader)
+        while not _has_cells(header):  # blank lines before the header are not the header
+            header = next(reader)
     except StopIteration:
         return
     except csv.Error as exc:
-        raise UserError(f"{path}:1: cannot read the header row ({exc})") from None
+        raise UserError(f"{path}:{reader.line_num}: cannot read the header row ({exc})") from None
     while True:
         try:
             row = next(reader)
@@ -249,12 +251,16 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
             continue
         yield from skipped
         skipped.clear()
-        if not row:
+        if not _has_cells(row):  # a blank or whitespace-only line
             continue
         if len(row) != len(header):
             yield RowError(f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; check quoting")
             continue
         yield Record(str(path), reader.line_num, dict(zip(header, row)))
+
+
+def _has_cells(row: list[str]) -> bool:
+    return any(cell.strip() for cell in row)
 
 
 def read_parquet(path: Path) -> Iterator[Record]:

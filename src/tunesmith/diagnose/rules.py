@@ -247,8 +247,13 @@ def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
     return [finding for check in CHECKS if (finding := check(history, facts)) is not None]
 
 
+def _number(value) -> float | int | None:
+    """A figure from a run's files, or None where a hand edit left something else (text, a list, true)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return _number(value) is not None and value > 0
 
 
 def run_facts(run_dir: Path) -> RunFacts:
@@ -260,28 +265,28 @@ def run_facts(run_dir: Path) -> RunFacts:
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(
         steps_per_epoch=steps / epochs if _positive(steps) and _positive(epochs) else None,
-        train_tokens=summary.get("train_tokens"),
-        trainable_parameters=summary.get("trainable_parameters"),
+        train_tokens=_number(summary.get("train_tokens")),
+        trainable_parameters=_number(summary.get("trainable_parameters")),
         method=model_cfg.get("method", "full"),
-        lr=train_cfg.get("lr"),
-        dropout=model_cfg.get("dropout"),
-        weight_decay=train_cfg.get("weight_decay"),
-        skipped_steps=summary.get("skipped_steps", 0),
-        base_val_loss=summary.get("base_val_loss"),
-        best_val_loss=summary.get("best_val_loss"),
-        val_tokens=summary.get("val_tokens"),
-        val_loss_std=summary.get("val_loss_std"),
-        micro_batch_size=summary.get("micro_batch_size"),
-        memory_before_training_mb=summary.get("memory_before_training_mb"),
-        device_memory_mb=summary.get("device_memory_mb"),
-        preference_beta=preference.get("beta"),
+        lr=_number(train_cfg.get("lr")),
+        dropout=_number(model_cfg.get("dropout")),
+        weight_decay=_number(train_cfg.get("weight_decay")),
+        skipped_steps=_number(summary.get("skipped_steps")) or 0,
+        base_val_loss=_number(summary.get("base_val_loss")),
+        best_val_loss=_number(summary.get("best_val_loss")),
+        val_tokens=_number(summary.get("val_tokens")),
+        val_loss_std=_number(summary.get("val_loss_std")),
+        micro_batch_size=_number(summary.get("micro_batch_size")),
+        memory_before_training_mb=_number(summary.get("memory_before_training_mb")),
+        device_memory_mb=_number(summary.get("device_memory_mb")),
+        preference_beta=_number(preference.get("beta")),
         preference_method=preference.get("method"),
-        orpo_lambda=preference.get("orpo_lambda"),
-        replay=config_section(config, "data").get("replay", 0.0),
-        grpo_beta=grpo.get("beta"),
-        grpo_temperature=grpo.get("temperature"),
-        grpo_group_size=grpo.get("group_size"),
-        grpo_target_kl=grpo.get("target_kl"),
+        orpo_lambda=_number(preference.get("orpo_lambda")),
+        replay=_number(config_section(config, "data").get("replay")) or 0.0,
+        grpo_beta=_number(grpo.get("beta")),
+        grpo_temperature=_number(grpo.get("temperature")),
+        grpo_group_size=_number(grpo.get("group_size")),
+        grpo_target_kl=_number(grpo.get("target_kl")),
         **distill_facts(config_section(config, "distill")),
     )
 

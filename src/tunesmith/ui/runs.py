@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRICS_FILE, PREPARED_META, PROCESS, REPORT_HTML,
@@ -55,11 +56,12 @@ class RunRow:
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
+    """A file's size and time, or None where there is no readable file (a folder in its place, say)."""
     try:
-        stat = path.stat()
+        found = path.stat()
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return (found.st_size, found.st_mtime_ns) if S_ISREG(found.st_mode) else None
 
 
 def flatten(config: dict) -> dict:
