@@ -322,6 +322,8 @@ def test_empty_and_missing_files(tmp_path, prep):
         (tmp_path / name).write_text(content)
     with pytest.raises(UserError, match=r"blank.txt, .*header.csv, .*blank.jsonl and 2 more have none\)"):
         prep([tmp_path / name for name in blank])
+    with pytest.raises(UserError, match=r"no validation documents in data.val \(.*header.csv: empty"):
+        prep(write_jsonl(tmp_path / "d.jsonl", make_corpus(20)), val=[str(tmp_path / "header.csv")])
     (tmp_path / "late.csv").write_text('\n \ntext,label\n"a row of text after blank lines",1\n\n')
     from tunesmith.data.formats import DecodeStats, read_records
     assert [r.value for r in read_records(tmp_path / "late.csv", False, DecodeStats())] == [

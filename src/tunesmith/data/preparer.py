@@ -155,6 +155,9 @@ class Preparer:
             elif val_files:
                 self.split(sources, 0.0)
                 self.report.leakage = self.user_val(val_files)
+                if not self.val.written:
+                    raise UserError(f"no validation documents in data.val ({_named(list(map(str, val_files)))}: empty, or none "
+                                    "left after cleaning); give validation files with text (--val-data)")
             else:
                 splitter = self.split(sources, self.data.val_fraction)
                 self.balance()
@@ -199,11 +202,14 @@ class Preparer:
                 for name, side, writer in (("train", False, self.train), ("val", True, self.val))}
 
 
+def _named(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
 def _empty(paths: list[str]) -> str:
     if not paths:
         return "empty files?"
-    named = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    return f"{named} {'has' if len(paths) == 1 else 'have'} none"
+    return f"{_named(paths)} {'has' if len(paths) == 1 else 'have'} none"
 
 
 def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
