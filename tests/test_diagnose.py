@@ -189,3 +189,15 @@ def test_a_real_run_made_to_overfit_is_caught_stopped_early_and_keeps_its_best_s
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     measured = validation_loss(final, prepared.split("val"), 4, torch.device("cpu"), "fp32")
     assert measured.loss == pytest.approx(evals[summary["best_step"]], abs=1e-4)  # final/ is the best step, not the last
+
+
+def test_run_files_an_editor_saved_with_a_byte_order_mark_still_read(tmp_path):
+    from tunesmith.rundir.folder import read_json_object, read_metric_rows, read_yaml_object
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "summary.json").write_bytes(bom + b'{"best_step": 4}')
+    (tmp_path / "metrics.jsonl").write_bytes(bom + b'{"step": 0, "val_loss": 5.7}\n{"step": 4, "val_loss": 5.1}\n')
+    (tmp_path / "config.yaml").write_bytes(bom + b"train:\n  lr: 0.001\n")
+    assert read_json_object(tmp_path / "summary.json") == {"best_step": 4}
+    assert [row["step"] for row in read_metric_rows(tmp_path / "metrics.jsonl")] == [0, 4]
+    assert read_yaml_object(tmp_path / "config.yaml") == {"train": {"lr": 0.001}}

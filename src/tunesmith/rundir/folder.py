@@ -83,9 +83,10 @@ def keep_data_report(data_dir: Path, run_dir: Path) -> None:
 
 
 def read_json_object(path: Path) -> dict:
-    """A JSON file's object, or {} for a file that is missing, damaged or holds something else."""
+    """A JSON file's object, or {} for a file that is missing, damaged or holds something else (a byte-order mark that an
+    editor added is read past)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -95,7 +96,7 @@ def read_yaml_object(path: Path) -> dict:
     """A YAML file's mapping (safe types only), or {} for a file that is missing, damaged or holds something else: what
     the readers of a run's saved config.yaml take, which show or use what they can of a run and never fail on it."""
     try:
-        value = read_yaml_leniently(path.read_text(encoding="utf-8"))
+        value = read_yaml_leniently(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -124,7 +125,7 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
     rows, torn = [], 0
     if not path.is_file():
         return rows, torn
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
