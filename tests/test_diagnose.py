@@ -116,6 +116,9 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
 def test_diagnose_needs_a_run_directory(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text('{"step": "x"}\nnot json\n')
+    assert main(["diagnose", str(tmp_path)]) == 0
+    assert "nothing to report" in capsys.readouterr().out
 
 
 def test_validation_too_small_gives_the_uncertainty_and_the_tokens_needed():
