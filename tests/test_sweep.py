@@ -227,8 +227,9 @@ def test_a_key_given_twice_is_refused_in_a_space_and_in_a_config(tmp_path):
         (tmp_path / "space.yaml").write_text(bad)
         with pytest.raises(UserError, match=f"--space .*space.yaml: .*{said}"):
             read_space(tmp_path / "space.yaml")
-    with pytest.raises(ConfigError, match="--set data.train: its YAML aliases"):
-        parse_override("data.train=" + BILLION_LAUGHS.replace("\n", ", ").join("{}"))
+    for deep in (BILLION_LAUGHS.replace("\n", ", ").join("{}"), "[" * 900 + "]" * 900):
+        with pytest.raises(ConfigError, match="--set data.train: its YAML aliases .* or it nests deeper than 100 levels"):
+            parse_override("data.train=" + deep)
 
 
 def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, tiny_gpt2, corpus_file, capsys):

@@ -95,7 +95,8 @@ def test_metrics_are_read_from_an_offset_and_redrawn_after_a_rewrite(tmp_path):
     path.write_text('{"step": 0, "val_loss": 5.0}\n')  # a resume dropped the rows past its checkpoint
     third = metrics_since(path, second["offset"])
     assert third["reset"] and [row["step"] for row in third["rows"]] == [0]
-    path.write_text('{"val_loss": 5.0}\n{"step": "1", "val_loss": 4.0}\n{"step": 2, "val_loss": "low", "lr": 0.1}\n')  # by hand
+    path.write_text('{"val_loss": 5.0}\n{"step": "1", "val_loss": 4.0}\n{"step": 2, "val_loss": "low", "lr": 0.1, "x": true}\n'
+                    '{"step": -5, "lr": 0.1}\n{"step": 99999999999999999999, "lr": 0.1}\n')  # rows edited by hand
     assert metrics_since(path, 0)["rows"] == [{"step": 2, "lr": 0.1}]
 
 

@@ -190,7 +190,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(text: str) -> Any:
     """YAML text as Python values (safe types only); a key given twice in one mapping (`RepeatedKey`) and aliases that
     expand past what a config holds (`TooLarge`) are refused."""
-    value = yaml.load(text, Loader=_UniqueKeyLoader)
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:  # nesting deeper than Python's recursion limit lets the loader build
+        raise TooLarge() from None
     if too_large(value):
         raise TooLarge()
     return value
@@ -225,8 +228,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError([f"config file {path}: not valid YAML{where}; check indentation and colons"]) from None
-    except RecursionError:
-        raise ConfigError([f"config file {path}: nested too deeply to read; flatten it"]) from None
     except UNBUILDABLE:
         raise ConfigError([f"config file {path}: a value is not what its YAML tag says (such as `!!float abc`); write "
                            "plain values"]) from None

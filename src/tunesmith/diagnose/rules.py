@@ -139,7 +139,8 @@ def instability(history: list[dict], facts: RunFacts) -> Finding | None:
               Advice("train.warmup_steps", None, "a longer warmup"),
               Advice("train.grad_clip", 1.0, "clip the gradient norm")]
     return Finding("instability", "error" if skipped else "warning",
-                   f"{len(spikes)} loss spikes above {SPIKE_FACTOR:g}x the recent median and {skipped} non-finite steps",
+                   f"{_count(len(spikes), 'loss spike')} above {SPIKE_FACTOR:g}x the recent median and "
+                   f"{_count(skipped, 'non-finite step')}",
                    {"spikes": spikes[:5], "spike_count": len(spikes), "non_finite_steps": skipped}, advice)
 
 
@@ -245,6 +246,10 @@ CHECKS = (overfitting, underfitting, learning_rate_too_low, instability, too_lit
 
 def diagnose(history: list[dict], facts: RunFacts) -> list[Finding]:
     return [finding for check in CHECKS if (finding := check(history, facts)) is not None]
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def _number(value) -> float | int | None:

@@ -70,7 +70,9 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     if summary["resumed_rows"]:
         lines.append(f"resumed: {summary['resumed_rows']:,} rows were finished by an interrupted run with the same settings")
-    lines.append(f"wrote {summary['samples']:,} completions for {summary['rows']:,} rows to {summary['output']} ({reasons}; "
+    samples, rows = summary["samples"], summary["rows"]
+    lines.append(f"wrote {samples:,} completion{'s' if samples != 1 else ''} for {rows:,} row{'s' if rows != 1 else ''} "
+                 f"to {summary['output']} ({reasons}; "
                  f"{summary['generated_tokens']:,} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_second'] or 0:,.0f} tokens/s)")
     if summary["metrics"]:
         metrics = summary["metrics"]

@@ -141,8 +141,9 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
 
 
 def has_step(row: dict) -> bool:
-    """Whether a metrics or samples row names its step as a whole number (a row edited by hand may not)."""
-    return isinstance(row.get("step"), int) and not isinstance(row["step"], bool)
+    """Whether a metrics or samples row names its step as a whole number a run can reach (a row edited by hand may not)."""
+    step = row.get("step")
+    return isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 10**12
 
 
 def read_metric_rows(path: Path) -> list[dict]:

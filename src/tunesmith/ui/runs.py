@@ -341,7 +341,7 @@ def metrics_since(path: Path | None, offset: int) -> dict:
         except ValueError:
             continue
         if isinstance(row, dict) and has_step(row):
-            rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+            rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
     return {"rows": rows, "offset": start + len(whole), "reset": reset}
 
 
