@@ -328,6 +328,9 @@ def test_empty_and_missing_files(tmp_path, prep):
     from tunesmith.data.formats import DecodeStats, read_records
     assert [r.value for r in read_records(tmp_path / "late.csv", False, DecodeStats())] == [
         {"text": "a row of text after blank lines", "label": "1"}]
+    (tmp_path / "wide.csv").write_text("text," + "x" * 100 + "\na,b\n")  # a header past the byte limit
+    with pytest.raises(UserError, match="wide.csv:1: the header row is too long"):
+        list(read_records(tmp_path / "wide.csv", False, DecodeStats(), max_bytes=50))
     with pytest.raises(UserError, match="no file matches"):
         prep(tmp_path / "absent.jsonl")
 

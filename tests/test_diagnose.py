@@ -109,6 +109,7 @@ def test_diagnose_reads_a_run_directory(tiny_gpt2, corpus_file, tmp_path, capsys
     unstable = {f.kind: f for f in diagnose_run(tmp_path / "run")}["instability"]
     assert unstable.evidence["non_finite_steps"] == 2
     (tmp_path / "run" / "summary.json").write_text('{"base_val_loss": "abc", "best_val_loss": [1], "lr": {}, "skipped_steps": "x"}')
+    (tmp_path / "run" / "config.yaml").write_text("model: {method: [lora]}\ndistill: {teacher: t, alpha: x, student: [1]}\n")
     assert "transfer_gain" in [f.kind for f in diagnose_run(tmp_path / "run")]
     assert main(["report", str(tmp_path / "run")]) == 0
 
@@ -118,7 +119,7 @@ def test_diagnose_needs_a_run_directory(tmp_path, capsys):
     assert "no metrics.jsonl" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text('{"step": "x"}\nnot json\n')
     assert main(["diagnose", str(tmp_path)]) == 0
-    assert "nothing to report" in capsys.readouterr().out
+    assert "no findings" in capsys.readouterr().out
 
 
 def test_validation_too_small_gives_the_uncertainty_and_the_tokens_needed():

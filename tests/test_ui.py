@@ -92,7 +92,7 @@ def test_metrics_are_read_from_an_offset_and_redrawn_after_a_rewrite(tmp_path):
         handle.write('loss": 3.5}\n')
     second = metrics_since(path, first["offset"])
     assert second["rows"] == [{"step": 2, "train_loss": 3.5}]
-    path.write_text('{"step": 0, "val_loss": 5.0}\n')  # a resume dropped the rows past its checkpoint
+    path.write_bytes(b'\xef\xbb\xbf{"step": 0, "val_loss": 5.0}\n')  # a resume dropped the rows past its checkpoint (an editor's BOM)
     third = metrics_since(path, second["offset"])
     assert third["reset"] and [row["step"] for row in third["rows"]] == [0]
     path.write_text('{"val_loss": 5.0}\n{"step": "1", "val_loss": 4.0}\n{"step": 2, "val_loss": "low", "lr": 0.1, "x": true}\n'

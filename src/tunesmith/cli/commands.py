@@ -312,7 +312,7 @@ def _run_diagnose(args) -> int:
         print(json.dumps({"run": args.run, "findings": [f.as_dict() for f in findings]}))
         return 0
     if not findings:
-        print(f"{args.run}: nothing to report (its metrics hold no evaluation to judge it by yet)")
+        print(f"{args.run}: no findings")
     for finding in findings:
         print(f"[{finding.severity}] {finding.kind}: {finding.message}")
         for advice in finding.advice:

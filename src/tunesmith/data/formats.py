@@ -237,6 +237,8 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
         return
     except csv.Error as exc:
         raise UserError(f"{path}:{reader.line_num}: cannot read the header row ({exc})") from None
+    if skipped:  # the header itself was past the size limit: a data row must not stand in for it
+        raise UserError(f"{path}:{skipped[0].line}: the header row is too long to read; check the file's line endings")
     while True:
         try:
             row = next(reader)

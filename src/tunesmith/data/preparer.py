@@ -155,7 +155,7 @@ class Preparer:
             elif val_files:
                 self.split(sources, 0.0)
                 self.report.leakage = self.user_val(val_files)
-                if not self.val.written:
+                if self.train.written and not self.val.written:
                     raise UserError(f"no validation documents in data.val ({_named(list(map(str, val_files)))}: empty, or none "
                                     "left after cleaning); give validation files with text (--val-data)")
             else:

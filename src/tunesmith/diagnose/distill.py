@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .findings import Advice, Finding, RunFacts, round3
+from .findings import Advice, Finding, RunFacts, figure, round3
 
 STALL_EVALS = 3  # evaluations in a row that must not narrow the gap
 NARROWING = 0.02  # of the best gap before them: what the recent evaluations must take off it to count as progress
@@ -19,9 +19,12 @@ def distill_facts(distill: dict) -> dict:
     """RunFacts' distillation fields from the config's distill section (as a dict); none without a teacher."""
     if not distill.get("teacher"):
         return {}
-    keep = ((distill.get("student") or {}).get("from_teacher") or {}).get("keep_layers")
-    return {"distill_alpha": distill.get("alpha"), "distill_temperature": distill.get("temperature"),
-            "distill_keep": len(keep) if isinstance(keep, list) else keep}
+    student = distill.get("student") if isinstance(distill.get("student"), dict) else {}
+    cut = student.get("from_teacher") if isinstance(student.get("from_teacher"), dict) else {}
+    keep = cut.get("keep_layers")
+    return {"distill_alpha": figure(distill.get("alpha")), "distill_temperature": figure(distill.get("temperature")),
+            "distill_keep": len(keep) if isinstance(keep, list) else figure(keep)}
+
 
 
 def gap_stalled(history: list[dict], facts: RunFacts) -> Finding | None:

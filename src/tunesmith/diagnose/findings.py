@@ -56,6 +56,11 @@ class RunFacts:
     distill_keep: int | None = None  # blocks a student made from its teacher keeps (as a count)
 
 
+def figure(value) -> float | int | None:
+    """A figure from a run's files, or None where a hand edit left something else (text, a list, true)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def round3(value: float) -> float:
     """Three significant digits: advice reads 0.009, not 0.009000000000000001."""
     return float(f"{value:.3g}")

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_object, read_metric_rows, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
-from .findings import Advice, Finding, RunFacts, method_advice, round3
+from .findings import Advice, Finding, RunFacts, figure, method_advice, round3
 from .distill import distill_facts, gap_stalled
 from .grpo import grpo_rows, kl_blowup, no_signal, reward_hacking
 from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
@@ -252,13 +252,8 @@ def _count(number: int, thing: str) -> str:
     return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
-def _number(value) -> float | int | None:
-    """A figure from a run's files, or None where a hand edit left something else (text, a list, true)."""
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _positive(value) -> bool:
-    return _number(value) is not None and value > 0
+    return figure(value) is not None and value > 0
 
 
 def run_facts(run_dir: Path) -> RunFacts:
@@ -270,28 +265,28 @@ def run_facts(run_dir: Path) -> RunFacts:
     steps, epochs = summary.get("steps"), summary.get("epochs")
     return RunFacts(
         steps_per_epoch=steps / epochs if _positive(steps) and _positive(epochs) else None,
-        train_tokens=_number(summary.get("train_tokens")),
-        trainable_parameters=_number(summary.get("trainable_parameters")),
-        method=model_cfg.get("method", "full"),
-        lr=_number(train_cfg.get("lr")),
-        dropout=_number(model_cfg.get("dropout")),
-        weight_decay=_number(train_cfg.get("weight_decay")),
-        skipped_steps=_number(summary.get("skipped_steps")) or 0,
-        base_val_loss=_number(summary.get("base_val_loss")),
-        best_val_loss=_number(summary.get("best_val_loss")),
-        val_tokens=_number(summary.get("val_tokens")),
-        val_loss_std=_number(summary.get("val_loss_std")),
-        micro_batch_size=_number(summary.get("micro_batch_size")),
-        memory_before_training_mb=_number(summary.get("memory_before_training_mb")),
-        device_memory_mb=_number(summary.get("device_memory_mb")),
-        preference_beta=_number(preference.get("beta")),
+        train_tokens=figure(summary.get("train_tokens")),
+        trainable_parameters=figure(summary.get("trainable_parameters")),
+        method=model_cfg.get("method") if isinstance(model_cfg.get("method"), str) else "full",
+        lr=figure(train_cfg.get("lr")),
+        dropout=figure(model_cfg.get("dropout")),
+        weight_decay=figure(train_cfg.get("weight_decay")),
+        skipped_steps=figure(summary.get("skipped_steps")) or 0,
+        base_val_loss=figure(summary.get("base_val_loss")),
+        best_val_loss=figure(summary.get("best_val_loss")),
+        val_tokens=figure(summary.get("val_tokens")),
+        val_loss_std=figure(summary.get("val_loss_std")),
+        micro_batch_size=figure(summary.get("micro_batch_size")),
+        memory_before_training_mb=figure(summary.get("memory_before_training_mb")),
+        device_memory_mb=figure(summary.get("device_memory_mb")),
+        preference_beta=figure(preference.get("beta")),
         preference_method=preference.get("method"),
-        orpo_lambda=_number(preference.get("orpo_lambda")),
-        replay=_number(config_section(config, "data").get("replay")) or 0.0,
-        grpo_beta=_number(grpo.get("beta")),
-        grpo_temperature=_number(grpo.get("temperature")),
-        grpo_group_size=_number(grpo.get("group_size")),
-        grpo_target_kl=_number(grpo.get("target_kl")),
+        orpo_lambda=figure(preference.get("orpo_lambda")),
+        replay=figure(config_section(config, "data").get("replay")) or 0.0,
+        grpo_beta=figure(grpo.get("beta")),
+        grpo_temperature=figure(grpo.get("temperature")),
+        grpo_group_size=figure(grpo.get("group_size")),
+        grpo_target_kl=figure(grpo.get("target_kl")),
         **distill_facts(config_section(config, "distill")),
     )
 

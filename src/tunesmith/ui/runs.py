@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from codecs import BOM_UTF8
 from stat import S_ISREG
 
 from ..errors import UserError
@@ -334,6 +335,7 @@ def metrics_since(path: Path | None, offset: int) -> dict:
         handle.seek(start)
         chunk = handle.read(size - start)
     whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
+    whole = whole.removeprefix(BOM_UTF8) if start == 0 else whole
     rows = []
     for line in whole.decode("utf-8", errors="replace").splitlines():
         try:
