@@ -132,7 +132,7 @@ def read_space(path: str | Path) -> dict:
         raise UserError(f"--space {path}: {exc}; keep the one you mean") from None
     except TooLarge as exc:
         raise UserError(f"--space {path}: {exc}") from None
-    except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, not UTF-8, a tag it cannot build, nesting too deep
+    except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, not UTF-8, a tag it cannot build
         raise UserError(f"--space {path}: not valid YAML text; write one 'section.key: range' per line") from None
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"--space {path}: must be a mapping of config keys to ranges, e.g. 'train.lr: {{log: [1e-5, 3e-3]}}'")
