@@ -167,10 +167,10 @@ def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
     return float(judge.predict(texts).mean()), texts
 
 
-def train_grpo(args, work: Path, classifier: Path, run: Path) -> float:
-    """GRPO on the training openings with the classifier's `positive` as the reward (and with --length-weight, a
+def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
+    """GRPO on the training openings with the classifiers' mean `positive` as the reward (and with --length-weight, a
     built-in length reward at --new-tokens), at the flags' settings; its seconds."""
-    rewards = [{"run": str(classifier), "label": "positive", "scale": args.scale}]
+    rewards = [{"run": str(c), "label": "positive", "scale": args.scale, "weight": 1 / len(classifiers)} for c in classifiers]
     if args.length_weight:
         rewards.append({"length": args.new_tokens, "weight": args.length_weight})
     rewards = json.dumps(rewards)
@@ -186,6 +186,26 @@ def train_grpo(args, work: Path, classifier: Path, run: Path) -> float:
                        if args.target_kl else []))
 
 
+def reward_classifier(args, work: Path, mine: list[dict], member: int) -> Path:
+    """The ensemble's `member`-th sentiment classifier on the first half (train.seed 42 + member: its head, its order and
+    its validation split), trained once per --work; a folder trained for other epochs is refused."""
+    classifier = work / ("sentiment" if member == 0 else f"sentiment-{member}")
+    if (classifier / "config.yaml").is_file():
+        import yaml
+
+        trained = yaml.safe_load((classifier / "config.yaml").read_text())["train"]["epochs"]
+        if trained != args.classifier_epochs:
+            sys.exit(f"{classifier} trained for {trained} epochs, not --classifier-epochs {args.classifier_epochs}: pick another --work")
+    if not (classifier / "final").is_dir():
+        seconds = tunesmith("train", "--task", "classify", "--data", str(write_jsonl(work / "reviews.jsonl", mine)), "--out", str(classifier),
+                            "--force", "--block-size", "64", "--epochs", str(args.classifier_epochs), "--lr", "5e-5", "--batch-size", "16",
+                            "--set", "train.eval_every=1000", "--set", "train.patience=null", "--set", "clean.dedup_near=false",
+                            "--set", f"train.seed={42 + member}")
+        accuracy = json.loads((classifier / "summary.json").read_text())["accuracy"]
+        print(f"classifier {classifier.name}: held-out accuracy {accuracy:.1%} ({seconds / 60:.1f} min)")
+    return classifier
+
+
 def steer(args) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-grpo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -198,19 +218,7 @@ def steer(args) -> None:
     print(f"{len(rows)} review sentences: {half} for the classifier and the training prompts, {len(theirs)} for the judge and the "
           f"held-out prompts; on the classifier's half the judge is {judge.score([r['text'] for r in mine], mine_positive):.1%} "
           f"accurate, the lexicon judge (VADER) {lexicon_accuracy:.1%}")
-    classifier = work / "sentiment"
-    if (classifier / "config.yaml").is_file():
-        import yaml
-
-        trained = yaml.safe_load((classifier / "config.yaml").read_text())["train"]["epochs"]
-        if trained != args.classifier_epochs:
-            sys.exit(f"{classifier} trained for {trained} epochs, not --classifier-epochs {args.classifier_epochs}: pick another --work")
-    if not (classifier / "final").is_dir():
-        seconds = tunesmith("train", "--task", "classify", "--data", str(write_jsonl(work / "reviews.jsonl", mine)), "--out", str(classifier),
-                            "--force", "--block-size", "64", "--epochs", str(args.classifier_epochs), "--lr", "5e-5", "--batch-size", "16",
-                            "--set", "train.eval_every=1000", "--set", "train.patience=null", "--set", "clean.dedup_near=false")
-        accuracy = json.loads((classifier / "summary.json").read_text())["accuracy"]
-        print(f"classifier: held-out accuracy {accuracy:.1%} ({seconds / 60:.1f} min)")
+    classifiers = [reward_classifier(args, work, mine, member) for member in range(args.classifiers)]
     train_prompts = openings(mine)
     held_out = openings(theirs)[: args.held_out]
     (work / "prompts.txt").write_text("\n".join(train_prompts) + "\n", encoding="utf-8")
@@ -230,7 +238,7 @@ def steer(args) -> None:
     elif args.reuse and run.exists():
         sys.exit(f"{run} holds no finished run: move it aside, or leave out --reuse to train into it")
     else:
-        seconds = train_grpo(args, work, classifier, run)
+        seconds = train_grpo(args, work, classifiers, run)
     summary = json.loads((run / "summary.json").read_text())
     tuned = completions(str(run), held, work / f"{args.run}.tuned.jsonl", args.new_tokens, args.temperature, reused)
     tuned_share, texts = judged(judge, tuned)
@@ -409,6 +417,8 @@ def main() -> None:
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
                      help="the reward: the classifier's probability of positive, or its log-odds")
     one.add_argument("--classifier-epochs", type=int, default=1, help="the reward classifier's epochs (trained once per --work)")
+    one.add_argument("--classifiers", type=int, default=1,
+                     help="the reward is the mean of this many classifiers, each trained on the same half with its own seed")
     one.add_argument("--length-weight", type=float, default=0.0,
                      help="add the built-in length reward (1 at --new-tokens, falling to 0 at none) with this weight (0: none)")
     one.add_argument("--held-out", type=int, default=200)
@@ -417,8 +427,10 @@ def main() -> None:
     two.add_argument("--steps", type=int, default=10)
     two.add_argument("--work")
     args = parser.parse_args()
-    if args.part == "steer" and (Path(args.run).name != args.run or args.run in ("", ".", "..", "sentiment")):
-        parser.error(f"--run {args.run!r}: give a plain folder name other than 'sentiment' (the classifier's run)")
+    if args.part == "steer" and (Path(args.run).name != args.run or args.run in ("", ".", "..") or args.run.startswith("sentiment")):
+        parser.error(f"--run {args.run!r}: give a plain folder name not starting with 'sentiment' (the classifiers' runs)")
+    if args.part == "steer" and args.classifiers < 1:
+        parser.error("--classifiers: give 1 or more")
     {"steer": steer, "speed": speed}[args.part](args)
 
 

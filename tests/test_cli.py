@@ -53,6 +53,9 @@ def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys)
     (tmp_path / "run" / "config.yaml").write_text("")  # emptied: resuming would run on defaults the run never had
     assert main(["train", *run_args, "--max-steps", "6", "--resume"]) == 2
     assert "config.yaml is damaged" in capsys.readouterr().err
+    (tmp_path / "run" / "config.yaml").write_text("model: [unclosed\n")
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "the run's saved settings" in capsys.readouterr().err
 
 
 def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
@@ -133,7 +136,8 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
         (tmp_path / "run" / "config.yaml").write_bytes(b"train: [lr: \xff")
         (tmp_path / "run" / "summary.json").write_text("{torn")
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
-        assert "no readable summary.json in the run" in (tmp_path / "again" / "README.md").read_text()
+        card = (tmp_path / "again" / "README.md").read_text()
+        assert "no readable summary.json in the run" in card and "config.yaml is missing or could not be read" in card
         (tmp_path / "run" / "data_report.json").write_text('{"documents_read": "abc"}')  # the wrong kind: refused, nothing left
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "third")]) == 2
         assert not (tmp_path / "third").exists()

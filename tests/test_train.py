@@ -148,6 +148,8 @@ def test_sigterm_before_the_first_checkpoint_says_to_start_again(tiny_llama, cor
     output = capsys.readouterr()
     assert "stopped before the first checkpoint, so there is nothing to resume" in output.out and not output.err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2  # the hint printed at set-up, followed
+    assert "no checkpoint in" in capsys.readouterr().err
     monkeypatch.setattr(Evaluator, "evaluate", evaluate)
     assert main(command) == 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, parse_override
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..rundir.folder import CONFIG_FILE
 from ..sweep.study import DEFAULT_PRUNER, PRUNERS
 
@@ -200,6 +200,21 @@ def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return pairs + [parse_override(text) for text in args.overrides]
 
 
+def _saved_config(run_dir: Path) -> Path:
+    """The run's own config.yaml, which --resume continues from, checked alone: a damaged one is the run's, not a
+    user's config file or flag."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: {path} not found; is {run_dir} a tunesmith run directory?")
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        problem = "; ".join(line.removeprefix(f"config file {path}: ") for line in exc.lines())
+        raise UserError(f"--resume: the run's saved settings {path} are damaged ({problem}); restore the file, or start "
+                        "a new run with another --out") from None
+    return path
+
+
 def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
     """Config file (or, for --resume, the run's saved config), then flags, then --set, in that order."""
     path = getattr(args, "config", None)
@@ -208,9 +223,7 @@ def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
         out = dict(overrides).get("output.dir")
         if not out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        path = Path(out) / CONFIG_FILE
-        if not path.is_file():
-            raise UserError(f"--resume: {path} not found; is {out} a tunesmith run directory?")
+        path = _saved_config(Path(out))
     base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
     cfg = load_config(path, base_pairs + overrides)
     from ..tasks import task_kind  # the task registry imports torch: only once a command has a config to run

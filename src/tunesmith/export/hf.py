@@ -41,13 +41,15 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
                   f"and de-duplication; {splits.get('train', {}).get('tokens', 0):,} training and "
                   f"{splits.get('val', {}).get('tokens', 0):,} validation tokens"] if data else ["- no data report in the run"]
     data_lines += [f"- warning: {w}" for w in data.get("warnings", [])]
+    config_lines = ["```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```"] if config else [
+        "- the run's config.yaml is missing or could not be read"]
     return "\n".join([
         "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
         f"# Fine-tuned {base}", "",
         f"{task_view(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
         "## Data", "", *data_lines, "",
         "## Results", "", *_metric_lines(summary), "",
-        "## Training config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
+        "## Training config", "", *config_lines, "",
         "## Intended use and limits", "",
         "Use it for text like the training data, in the same domain and style. It inherits the base model's "
         "knowledge, biases and errors, and a small fine-tuning set can make it repeat that set's phrasing. "
