@@ -16,7 +16,10 @@ second judge that learned nothing from this data reads the same texts: VADER's g
 sentences still count. `--run NAME --reuse` judges the finished run in that folder again. `steer`'s
 defaults are the settings of the latest runs in RESULTS.md (LoRA, lr 1.5e-3, a KL target of 0.7, 48 new tokens, 110
 steps: about 25 minutes on 2 cores). The classifier is trained once per --work, for `--classifier-epochs` epochs (1 by
-default; a folder whose classifier trained otherwise is refused).
+default; a folder whose classifier trained otherwise is refused). `--classifiers N` makes the reward the mean of N
+classifiers trained alike with their own seeds (an ensemble, against a policy that exploits one classifier's quirks);
+`--warm-start E` first fine-tunes the policy on the classifier's half as plain text for E epochs (TRL's sentiment
+example starts from a GPT-2 fine-tuned on reviews), so GRPO steers a model that already writes reviews.
 
 `speed` runs TRL's GRPOTrainer and tunesmith at the same settings (LoRA r 8, G = 8, 4 prompts per step, 32 new
 tokens, bf16, the same length reward, beta 0.04, one iteration) for `--steps` steps each, in this process's
@@ -153,7 +156,9 @@ def trained_as_flagged(run: Path, args) -> None:
     config = yaml.safe_load((run / "config.yaml").read_text())
     grpo, train = config["grpo"], config["train"]
     differs = {name: (made, flagged) for name, made, flagged in (("--new-tokens", grpo["max_new_tokens"], args.new_tokens),
-                                                                 ("--temperature", grpo["temperature"], args.temperature))
+                                                                 ("--temperature", grpo["temperature"], args.temperature),
+                                                                 ("--warm-start", Path(config["model"]["name"]).name,
+                                                                  f"warm-e{args.warm_start:g}" if args.warm_start else "smollm2-135m"))
                if made != flagged}
     if differs:
         sys.exit(f"{run} sampled at other settings than the flags: "
@@ -165,6 +170,19 @@ def trained_as_flagged(run: Path, args) -> None:
 def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
     texts = [row["prompt"] + row["generated"] for row in rows]
     return float(judge.predict(texts).mean()), texts
+
+
+def warm_start(args, work: Path) -> Path:
+    """The policy's start with --warm-start: the embedded default fine-tuned on the classifier's half as plain text (the
+    review sentences, labels unused) for that many epochs, as TRL's sentiment example starts from a GPT-2 fine-tuned on
+    reviews; trained once per --work and epochs. Its run folder."""
+    run = work / f"warm-e{args.warm_start:g}"
+    if not (run / "summary.json").is_file():
+        seconds = tunesmith("train", "--task", "lm", "--data", str(work / "reviews.jsonl"), "--out", str(run), "--force",
+                            "--block-size", "64", "--epochs", str(args.warm_start), "--lr", "5e-5", "--batch-size", "16",
+                            "--set", "train.patience=null", "--set", "clean.dedup_near=false")
+        print(f"warm start: {run} ({seconds / 60:.1f} min)")
+    return run
 
 
 def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
@@ -182,6 +200,7 @@ def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
                      "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"train.min_lr_ratio={args.min_lr_ratio}",
                      "--set", f"grpo.beta={args.beta}",
                      "--set", f"train.seed={args.seed}",
+                     *(["--model", str(warm_start(args, work))] if args.warm_start else []),
                      *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                        if args.target_kl else []))
 
@@ -230,6 +249,14 @@ def steer(args) -> None:
     base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
+    if args.warm_start:
+        warm = str(warm_start(args, work))
+        name = Path(warm).name
+        warm_trained, _ = judged(judge, completions(warm, held, work / f"{name}.jsonl", args.new_tokens, args.temperature, args.reuse))
+        warm_rows = completions(warm, held, work / f"{name}_default.jsonl", args.new_tokens, None, args.reuse)
+        warm_share, warm_default_texts = judged(judge, warm_rows)
+        print(f"warm start ({name}): the judge calls {warm_trained:.1%} positive as in training, {warm_share:.1%} at generate's defaults; distinct-2 "
+              f"{distinct_2(warm_default_texts):.3f}; completion tokens {np.mean([r['tokens'] for r in warm_rows]):.1f}")
     run = work / args.run
     reused = args.reuse and (run / "summary.json").is_file()
     if reused:
@@ -417,6 +444,8 @@ def main() -> None:
     one.add_argument("--scale", choices=["probability", "log_odds"], default="log_odds",
                      help="the reward: the classifier's probability of positive, or its log-odds")
     one.add_argument("--classifier-epochs", type=int, default=1, help="the reward classifier's epochs (trained once per --work)")
+    one.add_argument("--warm-start", type=float, default=0,
+                     help="first fine-tune the policy on the classifier's half as plain text for this many epochs (0: none)")
     one.add_argument("--classifiers", type=int, default=1,
                      help="the reward is the mean of this many classifiers, each trained on the same half with its own seed")
     one.add_argument("--length-weight", type=float, default=0.0,

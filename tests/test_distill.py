@@ -288,7 +288,13 @@ def test_config_checks(tiny_llama, corpus_file, tmp_path):
         check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": 0}}))
     with pytest.raises(ConfigError, match="pick: similar chooses the blocks itself"):
         check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": [0], "pick": "similar"}}))
+    with pytest.raises(ConfigError, match="pick: bottom chooses the blocks itself"):
+        check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": [0], "pick": "bottom"}}))
     check(("distill.teacher", str(tiny_llama)))
+    from tunesmith.config.sections import FromTeacher
+
+    assert FromTeacher(keep_layers=3, pick="bottom").blocks == [0, 1, 2]  # the first three, by number
+    assert FromTeacher(keep_layers=3).blocks == 3 and FromTeacher(keep_layers=[4, 1]).blocks == [4, 1]
 
 
 def test_teacher_with_another_tokenizer_is_refused(tiny_llama, tiny_gpt2, corpus_file, tmp_path, capsys):
@@ -388,7 +394,7 @@ def test_a_student_trained_further_pairs_its_blocks_with_those_it_was_cut_from(l
     spaced pairs would be 0<-0, 1<-3."""
     teacher_run, data = lm_teacher
     short = {"max_steps": 2, "eval_every": 2}
-    first = train(distill_config(teacher_run, data, tmp_path / "cut", student={"from_teacher": {"keep_layers": [0, 1]}},
+    first = train(distill_config(teacher_run, data, tmp_path / "cut", student={"from_teacher": {"keep_layers": 2, "pick": "bottom"}},
                                  train_settings=short))
     assert json.loads((tmp_path / "cut" / "final" / "tunesmith_student.json").read_text())["kept"] == [0, 1]
     assert first["distill"]["student_from"]["this_teacher"] is True

@@ -34,7 +34,7 @@ def trained_model_config(cfg: RunConfig, resolved):
 
     config = load_model_config(resolved)
     if cfg.distill.student is not None:
-        return student_config(config, cfg.distill.student.from_teacher.keep_layers)
+        return student_config(config, cfg.distill.student.from_teacher.blocks)
     return config
 
 

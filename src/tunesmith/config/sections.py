@@ -311,7 +311,7 @@ class FromTeacher(_Section):
     """A student made from the teacher: a copy with some of its blocks kept."""
 
     keep_layers: int | list[int] = Field(description="how many of the teacher's blocks the student keeps (see pick), or which ones, counted from 0")
-    pick: Literal["spaced", "similar"] = Field("spaced", description="with a number of blocks: spaced keeps them evenly spaced, the first and last among them; similar removes the run of consecutive blocks whose input and output differ least on the training data (Gromov et al.'s angular distance), measured by the teacher before training")
+    pick: Literal["spaced", "similar", "bottom"] = Field("spaced", description="with a number of blocks: spaced keeps them evenly spaced, the first and last among them; similar removes the run of consecutive blocks whose input and output differ least on the training data (Gromov et al.'s angular distance), measured by the teacher before training; bottom keeps the first N, dropping the top of the stack (Sajjad et al.), for a classifier student")
 
     @field_validator("keep_layers", mode="before")
     @classmethod
@@ -340,6 +340,12 @@ class FromTeacher(_Section):
         if isinstance(self.keep_layers, list) and self.pick != "spaced":
             raise ValueError(f"pick: {self.pick} chooses the blocks itself; give keep_layers as a number of blocks, or drop pick")
         return self
+
+    @property
+    def blocks(self) -> int | list[int]:
+        """What the student keeps as `kept_blocks` takes it: the blocks named, a count to space evenly (or to measure,
+        with pick: similar), or for pick: bottom the first keep_layers blocks by number."""
+        return list(range(self.keep_layers)) if self.pick == "bottom" else self.keep_layers
 
 
 class StudentConfig(_Section):

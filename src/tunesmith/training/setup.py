@@ -61,7 +61,7 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
             teacher = checked_teacher(cfg, log=console.print)
             resolved = teacher if measures_student(cfg) else \
-                make_student(teacher, cfg.distill.student.from_teacher.keep_layers, tunesmith_home(), console.print)
+                make_student(teacher, cfg.distill.student.from_teacher.blocks, tunesmith_home(), console.print)
         else:
             resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
