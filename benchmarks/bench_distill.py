@@ -6,8 +6,7 @@
 `sentiment`: the UCI review sentences, two thirds to train on and one third held out (never seen in training). The
 teacher is a classifier fine-tuned from the embedded default (a head, 30 blocks); the student keeps a third of its
 blocks (the first 10: `--pick bottom`, its default here) and is distilled from it on the same training sentences for 8
-epochs at lr 3e-4; the ablation is the same student,
-from the same weights, trained on the labels alone. `tunesmith eval STUDENT --compare TEACHER` measures each one's
+epochs at lr 3e-4; the ablation is the same student, from the same weights, trained on the labels alone. `tunesmith eval STUDENT --compare TEACHER` measures each one's
 accuracy on the held-out sentences and its `predict` rows per second on this machine.
 
 `language`: the KJV's Genesis and Exodus. The teacher is the embedded default fine-tuned on it; the student keeps half
@@ -135,8 +134,6 @@ def general_text(source: Path, work: Path) -> Path:
 
 def cut(args) -> str:
     """distill.student for a copy of the teacher with --keep of its blocks, chosen as --pick says."""
-    if args.pick == "bottom":
-        return f"{{from_teacher: {{keep_layers: {list(range(args.keep))}}}}}"
     return f"{{from_teacher: {{keep_layers: {args.keep}, pick: {args.pick}}}}}"
 
 
@@ -387,7 +384,7 @@ def main() -> None:
         sub.add_argument("--heal-epochs", type=float, default=1.0, help="with --heal: passes over its text")
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar", "bottom"], default="spaced",
-                         help="distill.student.from_teacher.pick; bottom: the teacher's first --keep blocks, as an explicit list")
+                         help="distill.student.from_teacher.pick (bottom: the teacher's first --keep blocks)")
     one.set_defaults(pick="bottom")
     args = parser.parse_args()
     if args.part == "language" and not args.beside and not args.topk:

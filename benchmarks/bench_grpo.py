@@ -149,7 +149,7 @@ def completions(model: str, prompts: Path, out: Path, new_tokens: int, temperatu
     return read_jsonl(out)
 
 
-def trained_as_flagged(run: Path, args) -> None:
+def trained_as_flagged(run: Path, work: Path, args) -> None:
     """A reused run must have sampled as the flags say, or "as in training" would judge it at other settings."""
     import yaml
 
@@ -157,11 +157,12 @@ def trained_as_flagged(run: Path, args) -> None:
     grpo, train = config["grpo"], config["train"]
     differs = {name: (made, flagged) for name, made, flagged in (("--new-tokens", grpo["max_new_tokens"], args.new_tokens),
                                                                  ("--temperature", grpo["temperature"], args.temperature),
-                                                                 ("--warm-start", Path(config["model"]["name"]).name,
-                                                                  f"warm-e{args.warm_start:g}" if args.warm_start else "smollm2-135m"))
+                                                                 ("--warm-start (the policy's start)", config["model"]["name"],
+                                                                  str(work / f"warm-e{args.warm_start:g}") if args.warm_start else "smollm2-135m"),
+                                                                 ("--classifiers", sum("run" in r for r in grpo["rewards"]), args.classifiers))
                if made != flagged}
     if differs:
-        sys.exit(f"{run} sampled at other settings than the flags: "
+        sys.exit(f"{run} was trained at other settings than the flags: "
                  + ", ".join(f"{name} {made} (run) against {flagged}" for name, (made, flagged) in differs.items()))
     print(f"judging {run}: train.seed {train['seed']}, lr {train['lr']}, min_lr_ratio {train['min_lr_ratio']}, "
           f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}, rewards {grpo['rewards']}")
@@ -206,8 +207,9 @@ def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
 
 
 def reward_classifier(args, work: Path, mine: list[dict], member: int) -> Path:
-    """The ensemble's `member`-th sentiment classifier on the first half (train.seed 42 + member: its head, its order and
-    its validation split), trained once per --work; a folder trained for other epochs is refused."""
+    """The ensemble's `member`-th sentiment classifier on the first half (train.seed 42 + member: its head's start and the
+    order it reads the rows in; the validation split is the same), trained once per --work; a folder trained for other
+    epochs is refused."""
     classifier = work / ("sentiment" if member == 0 else f"sentiment-{member}")
     if (classifier / "config.yaml").is_file():
         import yaml
@@ -260,7 +262,7 @@ def steer(args) -> None:
     run = work / args.run
     reused = args.reuse and (run / "summary.json").is_file()
     if reused:
-        trained_as_flagged(run, args)
+        trained_as_flagged(run, work, args)
         seconds = json.loads((run / "summary.json").read_text())["train_seconds"]
     elif args.reuse and run.exists():
         sys.exit(f"{run} holds no finished run: move it aside, or leave out --reuse to train into it")
@@ -275,7 +277,7 @@ def steer(args) -> None:
     print(f"\nmachine: {cpu_name()}")
     print(f"GRPO: {summary['steps']} steps in {seconds / 60:.1f} min ({summary['train_seconds'] / 60:.1f} min training); "
           f"held-out reward {summary['base_reward']:.3f} -> {summary['reward']:.3f} (best step {summary['best_step']})")
-    print(f"| | base | GRPO (best step) |\n| --- | --- | --- |\n"
+    print(f"| | base (the embedded default{', not the warm start' if args.warm_start else ''}) | GRPO (best step) |\n| --- | --- | --- |\n"
           f"| judge: share positive, sampled as in training (temperature {args.temperature}, no cut) | {base_share:.1%} | {tuned_share:.1%} |\n"
           f"| judge: share positive, generate's defaults (temperature 0.7, top-p 0.95, top-k 50) | {base_default_share:.1%} | {default_share:.1%} |")
     alone = {name: float(judge.predict([row["generated"] for row in rows_]).mean())
@@ -460,6 +462,8 @@ def main() -> None:
         parser.error(f"--run {args.run!r}: give a plain folder name not starting with 'sentiment' (the classifiers' runs)")
     if args.part == "steer" and args.classifiers < 1:
         parser.error("--classifiers: give 1 or more")
+    if args.part == "steer" and (args.warm_start < 0 or args.run.startswith("warm-")):
+        parser.error("--warm-start must be 0 or more, and --run not start with 'warm-' (the warm start's runs)")
     {"steer": steer, "speed": speed}[args.part](args)
 
 

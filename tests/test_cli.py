@@ -52,10 +52,14 @@ def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys)
     assert "resumed from" in capsys.readouterr().out
     (tmp_path / "run" / "config.yaml").write_text("")  # emptied: resuming would run on defaults the run never had
     assert main(["train", *run_args, "--max-steps", "6", "--resume"]) == 2
-    assert "config.yaml is damaged" in capsys.readouterr().err
+    assert "config.yaml are damaged (empty)" in capsys.readouterr().err
     (tmp_path / "run" / "config.yaml").write_text("model: [unclosed\n")
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     assert "the run's saved settings" in capsys.readouterr().err
+    (tmp_path / "run" / "config.yaml").unlink()
+    (tmp_path / "run" / "config.yaml").mkdir()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "are damaged (not a regular file)" in capsys.readouterr().err
 
 
 def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):

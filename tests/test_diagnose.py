@@ -205,3 +205,14 @@ def test_run_files_an_editor_saved_with_a_byte_order_mark_still_read(tmp_path):
     assert read_json_object(tmp_path / "summary.json") == {"best_step": 4}
     assert [row["step"] for row in read_metric_rows(tmp_path / "metrics.jsonl")] == [0, 4]
     assert read_yaml_object(tmp_path / "config.yaml") == {"train": {"lr": 0.001}}
+
+
+def test_run_files_that_are_not_regular_files_read_as_absent(tmp_path):
+    """A FIFO would block a reader for ever, and a link to /dev/zero never ends."""
+    import os
+
+    from tunesmith.rundir.folder import read_json_object, read_yaml_object
+
+    os.mkfifo(tmp_path / "config.yaml")
+    (tmp_path / "summary.json").symlink_to("/dev/zero")
+    assert read_yaml_object(tmp_path / "config.yaml") == {} and read_json_object(tmp_path / "summary.json") == {}

@@ -170,6 +170,11 @@ def test_kept_blocks():
     assert kept_blocks(4, 2) == [0, 3]
     assert kept_blocks(4, 1) == [3]
     assert kept_blocks(6, [4, 1]) == [1, 4]
+    assert kept_blocks(30, 10, "bottom") == list(range(10))
+    with pytest.raises(ConfigError, match="the teacher has only 4 blocks"):
+        kept_blocks(4, 5, "bottom")
+    with pytest.raises(ConfigError, match="keeping all 4"):
+        kept_blocks(4, 4, "bottom")
     with pytest.raises(ConfigError, match="keeping all 4 of the teacher's blocks copies the teacher"):
         kept_blocks(4, 4)
     with pytest.raises(ConfigError, match="keeping all 4"):
@@ -291,10 +296,6 @@ def test_config_checks(tiny_llama, corpus_file, tmp_path):
     with pytest.raises(ConfigError, match="pick: bottom chooses the blocks itself"):
         check(("distill.teacher", str(tiny_llama)), ("distill.student", {"from_teacher": {"keep_layers": [0], "pick": "bottom"}}))
     check(("distill.teacher", str(tiny_llama)))
-    from tunesmith.config.sections import FromTeacher
-
-    assert FromTeacher(keep_layers=3, pick="bottom").blocks == [0, 1, 2]  # the first three, by number
-    assert FromTeacher(keep_layers=3).blocks == 3 and FromTeacher(keep_layers=[4, 1]).blocks == [4, 1]
 
 
 def test_teacher_with_another_tokenizer_is_refused(tiny_llama, tiny_gpt2, corpus_file, tmp_path, capsys):

@@ -277,6 +277,9 @@ def test_page_resume_checks_what_the_run_reads_where_it_was_started(runs_root, t
         (cut / "process.json").write_text(json.dumps({**record, "cwd": str(outside)}))  # started there
         with pytest.raises(UserError, match=f"^cut: {key}: .*{refused}.*resume this one from the command line"):
             launcher.resume("cut")
+    (cut / "config.yaml").write_text("train: [unclosed\n")  # the run's own settings, named as such
+    with pytest.raises(UserError, match=r"^cut: the run's saved settings .*config.yaml are damaged \(not valid YAML at line 2\)"):
+        launcher.resume("cut")
     assert not fake_trainer
     (cut / "config.yaml").write_text(yaml.safe_dump(settings))
     (cut / "process.json").write_text(json.dumps({**record, "cwd": "outside"}))  # a relative folder is not one a run records

@@ -34,7 +34,8 @@ def trained_model_config(cfg: RunConfig, resolved):
 
     config = load_model_config(resolved)
     if cfg.distill.student is not None:
-        return student_config(config, cfg.distill.student.from_teacher.blocks)
+        cut = cfg.distill.student.from_teacher
+        return student_config(config, cut.keep_layers, cut.pick)
     return config
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, parse_override
-from ..errors import ConfigError, UserError
-from ..rundir.folder import CONFIG_FILE
+from ..errors import UserError
+from ..rundir.folder import CONFIG_FILE, check_saved_config
 from ..sweep.study import DEFAULT_PRUNER, PRUNERS
 
 # flag -> config key; every command takes these
@@ -201,17 +201,11 @@ def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
 
 def _saved_config(run_dir: Path) -> Path:
-    """The run's own config.yaml, which --resume continues from, checked alone: a damaged one is the run's, not a
-    user's config file or flag."""
+    """The run's own config.yaml, which --resume continues from."""
     path = run_dir / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"--resume: {path} not found; is {run_dir} a tunesmith run directory?")
-    try:
-        load_config(path)
-    except ConfigError as exc:
-        problem = "; ".join(line.removeprefix(f"config file {path}: ") for line in exc.lines())
-        raise UserError(f"--resume: the run's saved settings {path} are damaged ({problem}); restore the file, or start "
-                        "a new run with another --out") from None
+    check_saved_config(run_dir, "--resume")
     return path
 
 

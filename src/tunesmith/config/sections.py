@@ -341,12 +341,6 @@ class FromTeacher(_Section):
             raise ValueError(f"pick: {self.pick} chooses the blocks itself; give keep_layers as a number of blocks, or drop pick")
         return self
 
-    @property
-    def blocks(self) -> int | list[int]:
-        """What the student keeps as `kept_blocks` takes it: the blocks named, a count to space evenly (or to measure,
-        with pick: similar), or for pick: bottom the first keep_layers blocks by number."""
-        return list(range(self.keep_layers)) if self.pick == "bottom" else self.keep_layers
-
 
 class StudentConfig(_Section):
     from_teacher: FromTeacher = Field(description="{keep_layers: N}: the student is the teacher with N of its blocks kept (then model.name is not used)")

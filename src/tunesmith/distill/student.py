@@ -58,9 +58,9 @@ def _record_problem(record) -> str | None:
     return None
 
 
-def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
-    """The teacher's blocks the student keeps: `keep` of `total`, evenly spaced with the first and the last among them,
-    or the ones named."""
+def kept_blocks(total: int, keep: int | list[int], pick: str = "spaced") -> list[int]:
+    """The teacher's blocks the student keeps: the ones named, or `keep` of `total`, the first ones with pick "bottom",
+    else evenly spaced with the first and the last among them (the shape of a student whose blocks "similar" measures)."""
     key = "distill.student.from_teacher.keep_layers"
     if isinstance(keep, list):
         outside = [i for i in keep if i >= total]
@@ -70,6 +70,8 @@ def kept_blocks(total: int, keep: int | list[int]) -> list[int]:
         chosen = sorted(keep)
     elif keep > total:
         raise ConfigError([f"{key}: the teacher has only {total} blocks; keep fewer (half is {max(1, total // 2)})"])
+    elif pick == "bottom":
+        chosen = list(range(keep))
     else:
         chosen = [total - 1] if keep == 1 else sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
     if len(chosen) == total:
@@ -125,16 +127,17 @@ def _kept_config(config, kept: list[int]):
     return config
 
 
-def student_config(teacher_config, keep: int | list[int]):
+def student_config(teacher_config, keep: int | list[int], pick: str = "spaced"):
     """The student's model config: the teacher's, with the kept blocks only (planning reads it before the student exists)."""
-    return _kept_config(teacher_config, kept_blocks(teacher_config.num_hidden_layers, keep))
+    return _kept_config(teacher_config, kept_blocks(teacher_config.num_hidden_layers, keep, pick))
 
 
-def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log: Callable[[str], None] = print) -> ResolvedModel:
+def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log: Callable[[str], None] = print,
+                 pick: str = "spaced") -> ResolvedModel:
     """The student for `teacher` keeping `keep` of its blocks, made on first use and reused after (by any run that keeps
     the same blocks, however it chose them)."""
     total = load_model_config(teacher).num_hidden_layers
-    kept = kept_blocks(total, keep)
+    kept = kept_blocks(total, keep, pick)
     target = student_dir(teacher, kept, home)
     if (target / "config.json").is_file():
         return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)

@@ -82,7 +82,8 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
         teacher = load_model_config(resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=log))
         teacher_bytes = count_parameters(teacher) * (2 if pick_precision(cfg.train.precision, torch.device("cpu")) != "fp32" else 4)
     if cfg.distill.student is not None and cfg.distill.teacher:  # without a teacher the task's check refuses the config
-        config = student_config(teacher, cfg.distill.student.from_teacher.blocks)
+        cut = cfg.distill.student.from_teacher
+        config = student_config(teacher, cut.keep_layers, cut.pick)
     else:
         config = load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log))
     check_plan_fits(cfg, config, log, teacher_bytes)

@@ -9,8 +9,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, read_yaml_leniently
-from ..errors import UserError
+from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, read_config_file, read_yaml_leniently
+from ..errors import ConfigError, UserError
 
 MARKER = ".tunesmith-run"
 CONFIG_FILE = "config.yaml"
@@ -85,6 +85,8 @@ def keep_data_report(data_dir: Path, run_dir: Path) -> None:
 def read_json_object(path: Path) -> dict:
     """A JSON file's object, or {} for a file that is missing, damaged or holds something else (a byte-order mark that an
     editor added is read past)."""
+    if not path.is_file():  # a FIFO or a device would block or never end
+        return {}
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, RecursionError):
@@ -92,9 +94,27 @@ def read_json_object(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def check_saved_config(run_dir: Path, who: str) -> None:
+    """Refuse, in one line that starts with `who`, a run's own config.yaml that cannot be read as its settings (not UTF-8
+    or YAML, too large, empty, not a mapping): resuming continues from it, so it is named as the run's, not as a user's
+    config file. Whether its values are valid is left to the config they make with any overrides."""
+    path = run_dir / CONFIG_FILE
+    try:
+        problem = None if read_config_file(path) else "empty"
+    except ConfigError as exc:
+        problem = exc.problems[0].removeprefix(f"config file {path}: ").split("; ")[0]
+    if not path.is_file():  # a folder, a device or a link to nothing: read_config_file calls it missing
+        problem = "not a regular file"
+    if problem:
+        raise UserError(f"{who}: the run's saved settings {path} are damaged ({problem}); restore the file, or start a new "
+                        "run in another folder")
+
+
 def read_yaml_object(path: Path) -> dict:
     """A YAML file's mapping (safe types only), or {} for a file that is missing, damaged or holds something else: what
     the readers of a run's saved config.yaml take, which show or use what they can of a run and never fail on it."""
+    if not path.is_file():  # a FIFO or a device would block or never end
+        return {}
     try:
         value = read_yaml_leniently(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError):

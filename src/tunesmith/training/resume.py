@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import read_yaml_leniently
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..rundir.folder import CONFIG_FILE, resolve_run_paths, run_start_dir
+from ..rundir.folder import CONFIG_FILE, check_saved_config, resolve_run_paths, run_start_dir
 
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
@@ -27,12 +27,8 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
-    try:
-        saved = read_yaml_leniently(saved_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        saved = None
-    if not isinstance(saved, dict):  # an empty file too: resuming would run on defaults the run never had
-        raise UserError(f"--resume: {saved_path} is damaged; restore it, or start a new run with another --out")
+    check_saved_config(run_dir, "--resume")  # an empty file too: resuming would run on defaults the run never had
+    saved = read_yaml_leniently(saved_path.read_text(encoding="utf-8"))
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method"))):

@@ -59,9 +59,9 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
     data.packing of auto becomes what this model's architecture allows, see `TaskKind.settle`)."""
     with context.main_first():  # the embedded default is converted once, by the first process
         if cfg.distill.student is not None:  # the student is made from the teacher: model.name is not used
-            teacher = checked_teacher(cfg, log=console.print)
+            teacher, cut = checked_teacher(cfg, log=console.print), cfg.distill.student.from_teacher
             resolved = teacher if measures_student(cfg) else \
-                make_student(teacher, cfg.distill.student.from_teacher.blocks, tunesmith_home(), console.print)
+                make_student(teacher, cut.keep_layers, tunesmith_home(), console.print, cut.pick)
         else:
             resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)

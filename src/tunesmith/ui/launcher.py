@@ -24,8 +24,8 @@ import yaml
 from ..config import RunConfig, load_config, parse_override
 from ..config.reference import ConfigKey, config_keys
 from ..errors import ConfigError, UserError
-from ..rundir.folder import (CONFIG_FILE, LOCK, as_started, has_checkpoint, is_run_dir, mark_run_dir, read_json_object,
-                             run_start_dir)
+from ..rundir.folder import (CONFIG_FILE, LOCK, as_started, check_saved_config, has_checkpoint, is_run_dir, mark_run_dir,
+                             read_json_object, run_start_dir)
 from ..rundir.process import run_state, training_pid
 from .config_paths import confine_paths
 from .runs import CONSOLE_LOG, LAUNCH_CONFIG, RunsFolder
@@ -124,6 +124,7 @@ class Launcher:
             if not has_checkpoint(run_dir):
                 raise UserError(f"{name} stopped before its first checkpoint, so there is nothing to resume; start it again as a new run")
             self._check_wholly_inside(name, run_dir)
+            check_saved_config(run_dir, name)
             self._check_reads_inside(name, run_dir)
             self._check_room()
             self._spawn(name, ["train", "--out", str(run_dir), "--resume"], self._started_in(run_dir))
