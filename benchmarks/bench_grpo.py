@@ -186,9 +186,10 @@ def warm_start(args, work: Path) -> Path:
     return run
 
 
-def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
-    """GRPO on the training openings with the classifiers' mean `positive` as the reward (and with --length-weight, a
-    built-in length reward at --new-tokens), at the flags' settings; its seconds."""
+def train_grpo(args, work: Path, classifiers: list[Path], start: Path | None, run: Path) -> float:
+    """GRPO from `start` (the embedded default when None) on the training openings with the classifiers' mean `positive`
+    as the reward (and with --length-weight, a built-in length reward at --new-tokens), at the flags' settings; its
+    seconds."""
     rewards = [{"run": str(c), "label": "positive", "scale": args.scale, "weight": 1 / len(classifiers)} for c in classifiers]
     if args.length_weight:
         rewards.append({"length": args.new_tokens, "weight": args.length_weight})
@@ -201,7 +202,7 @@ def train_grpo(args, work: Path, classifiers: list[Path], run: Path) -> float:
                      "--set", "train.patience=null", "--set", "train.warmup_steps=5", "--set", f"train.min_lr_ratio={args.min_lr_ratio}",
                      "--set", f"grpo.beta={args.beta}",
                      "--set", f"train.seed={args.seed}",
-                     *(["--model", str(warm_start(args, work))] if args.warm_start else []),
+                     *(["--model", str(start)] if start else []),
                      *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                        if args.target_kl else []))
 
@@ -251,9 +252,9 @@ def steer(args) -> None:
     base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
-    if args.warm_start:
-        warm = str(warm_start(args, work))
-        name = Path(warm).name
+    start = warm_start(args, work) if args.warm_start else None
+    if start:
+        warm, name = str(start), start.name
         warm_trained, _ = judged(judge, completions(warm, held, work / f"{name}.jsonl", args.new_tokens, args.temperature, args.reuse))
         warm_rows = completions(warm, held, work / f"{name}_default.jsonl", args.new_tokens, None, args.reuse)
         warm_share, warm_default_texts = judged(judge, warm_rows)
@@ -267,7 +268,7 @@ def steer(args) -> None:
     elif args.reuse and run.exists():
         sys.exit(f"{run} holds no finished run: move it aside, or leave out --reuse to train into it")
     else:
-        seconds = train_grpo(args, work, classifiers, run)
+        seconds = train_grpo(args, work, classifiers, start, run)
     summary = json.loads((run / "summary.json").read_text())
     tuned = completions(str(run), held, work / f"{args.run}.tuned.jsonl", args.new_tokens, args.temperature, reused)
     tuned_share, texts = judged(judge, tuned)

@@ -99,12 +99,12 @@ def check_saved_config(run_dir: Path, who: str) -> None:
     or YAML, too large, empty, not a mapping): resuming continues from it, so it is named as the run's, not as a user's
     config file. Whether its values are valid is left to the config they make with any overrides."""
     path = run_dir / CONFIG_FILE
-    try:
-        problem = None if read_config_file(path) else "empty"
-    except ConfigError as exc:
-        problem = exc.problems[0].removeprefix(f"config file {path}: ").split("; ")[0]
-    if not path.is_file():  # a folder, a device or a link to nothing: read_config_file calls it missing
-        problem = "not a regular file"
+    problem = None if path.is_file() else "not a regular file"  # a folder, a device or a link to nothing
+    if problem is None:
+        try:
+            problem = None if read_config_file(path) else "empty"
+        except ConfigError as exc:
+            problem = exc.problems[0].removeprefix(f"config file {path}: ").split("; ")[0]
     if problem:
         raise UserError(f"{who}: the run's saved settings {path} are damaged ({problem}); restore the file, or start a new "
                         "run in another folder")
