@@ -159,13 +159,40 @@ def trained_as_flagged(run: Path, work: Path, args) -> None:
                                                                  ("--temperature", grpo["temperature"], args.temperature),
                                                                  ("--warm-start (the policy's start)", config["model"]["name"],
                                                                   str(work / f"warm-e{args.warm_start:g}") if args.warm_start else "smollm2-135m"),
-                                                                 ("--classifiers", sum("run" in r for r in grpo["rewards"]), args.classifiers))
+                                                                 ("--classifiers", sum("run" in r for r in grpo["rewards"]), args.classifiers),
+                                                                 ("--max-drift", config["monitor"].get("max_drift"), args.max_drift),
+                                                                 ("--probe-tokens", config["monitor"].get("probe_tokens"), args.probe_tokens))
                if made != flagged}
     if differs:
         sys.exit(f"{run} was trained at other settings than the flags: "
                  + ", ".join(f"{name} {made} (run) against {flagged}" for name, (made, flagged) in differs.items()))
     print(f"judging {run}: train.seed {train['seed']}, lr {train['lr']}, min_lr_ratio {train['min_lr_ratio']}, "
           f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}, rewards {grpo['rewards']}")
+
+
+def drift_from_default(model_dirs: list[Path], tokens: int) -> list[float]:
+    """Each model's drift from the embedded default, the way training's probe measures it (its mean NLL on texts the
+    embedded default sampled, minus the embedded default's own), on `tokens` tokens: with a warm start, the GRPO run's
+    own probe measures the drift from the warm model instead."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import MonitorConfig
+    from tunesmith.evaluation.forgetting import BaseSampler, build_probe
+    from tunesmith.models import resolve_model
+
+    device, precision = torch.device("cpu"), "bf16"
+    base = resolve_model("smollm2-135m")
+    sampler = BaseSampler(base, device, precision)
+    probe = build_probe(MonitorConfig(probe_tokens=tokens), sampler, sampler.tokenizer, 0)
+
+    def nll(path: str) -> float:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+        with torch.no_grad():
+            return probe.measure(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, 16, device, precision)["samples"]
+
+    base_nll = nll(base.path)
+    return [nll(str(path)) - base_nll for path in model_dirs]
 
 
 def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
@@ -203,6 +230,8 @@ def train_grpo(args, work: Path, classifiers: list[Path], start: Path | None, ru
                      "--set", f"grpo.beta={args.beta}",
                      "--set", f"train.seed={args.seed}",
                      *(["--model", str(start)] if start else []),
+                     *(["--set", f"monitor.max_drift={args.max_drift}"] if args.max_drift is not None else []),
+                     "--set", f"monitor.probe_tokens={args.probe_tokens}",
                      *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                        if args.target_kl else []))
 
@@ -297,11 +326,16 @@ def steer(args) -> None:
           f"| completion tokens, mean (generate's defaults) | {np.mean([r['tokens'] for r in base_default]):.1f} | "
           f"{np.mean([r['tokens'] for r in tuned_default]):.1f} |\n"
           f"| drift (nats per token) | 0 | {drift} |")
-    print("\ncurve (step: train reward / held-out reward):")
+    if start:
+        from_default = drift_from_default([start / "final", run / "final"], args.probe_tokens)
+        print(f"| drift from the embedded default, warm start / after GRPO ({args.probe_tokens} probe tokens) | 0 | "
+              f"{from_default[0]:.3f} / {from_default[1]:.3f} |")
+    print("\ncurve (step: train reward / held-out reward, drift at each evaluation):")
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "val_reward" in row or row.get("step", 0) % 10 == 0:
-            print(f"  {row['step']}: {row.get('reward', float('nan')):.3f} / {row.get('val_reward', float('nan')):.3f}")
+            drifted = f", drift {row['drift_nats']:.3f}" if "drift_nats" in row else ""
+            print(f"  {row['step']}: {row.get('reward', float('nan')):.3f} / {row.get('val_reward', float('nan')):.3f}{drifted}")
     print("\nsamples at generate's defaults (base | GRPO):")
     for b, t in list(zip(base_default, tuned_default))[:6]:
         print(f"- {b['prompt']!r}: {b['generated']!r} | {t['generated']!r}")
@@ -453,6 +487,11 @@ def main() -> None:
                      help="the reward is the mean of this many classifiers, each trained on the same half with its own seed")
     one.add_argument("--length-weight", type=float, default=0.0,
                      help="add the built-in length reward (1 at --new-tokens, falling to 0 at none) with this weight (0: none)")
+    one.add_argument("--max-drift", type=float, default=None,
+                     help="monitor.max_drift: the best step is chosen among evaluations that drifted at most this far (default: any)")
+    one.add_argument("--probe-tokens", type=int, default=4096,
+                     help="monitor.probe_tokens: the tokens the drift is measured on at each evaluation (GRPO's own default "
+                          "follows its few validation tokens, 256)")
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)
     two = commands.add_parser("speed")

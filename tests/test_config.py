@@ -24,6 +24,18 @@ def test_flags_override_the_file_and_set_reads_yaml_values(tmp_path):
     assert cfg.train.lr == 0.01 and cfg.train.epochs == 2 and cfg.train.grad_accum == 4 and cfg.train.max_steps is None
 
 
+def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("distill:\n  teacher: runs/t\n  student:\n    from_teacher:\n      keep_layers: 10\n")
+    cfg = load_config(path, [parse_override("distill.student.from_teacher.pick=bottom"), parse_override("chat.roles.Agent=assistant")])
+    assert cfg.distill.student.from_teacher.keep_layers == 10 and cfg.distill.student.from_teacher.pick == "bottom"
+    assert cfg.chat.roles == {"Agent": "assistant"}
+    made = load_config(None, [parse_override("distill.student.from_teacher.keep_layers=4")])
+    assert made.distill.student.from_teacher.keep_layers == 4
+    with pytest.raises(ConfigError, match="distill.teacher: must be a mapping of keys to set distill.teacher.x"):
+        load_config(path, [parse_override("distill.teacher.x=1")])
+
+
 def test_every_problem_is_reported_with_its_key():
     with pytest.raises(ConfigError) as err:
         load_config(None, [("train.lr", -1), ("train.nope", 1), ("data.block_size", "big"), ("train.precision", "fp8")])

@@ -67,6 +67,35 @@ def test_a_classifier_head_is_probed_through_its_tied_embeddings_or_skipped(tiny
     assert "Not measured: the classifier's model has no language-model head" in markdown.read_text()
 
 
+def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_llama, corpus_file, tmp_path):
+    free = train(run_config(tiny_llama, corpus_file, tmp_path / "free", max_steps=8, eval_every=2))
+    drifts = {row["step"]: row["drift_nats"] for row in metric_rows(tmp_path / "free") if "val_loss" in row}
+    assert free["best_step"] > 0 and drifts[free["best_step"]] > 0
+    budget = drifts[free["best_step"]] * 0.99
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "held", max_steps=8, eval_every=2)
+    held = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_drift": budget})}))
+    evals = [row for row in metric_rows(tmp_path / "held") if "val_loss" in row]
+    inside = [row for row in evals if row["drift_nats"] <= budget]
+    assert held["best_step"] == min(inside, key=lambda row: row["val_loss"])["step"] != free["best_step"]
+    forgetting = held["forgetting"]
+    assert forgetting["max_drift"] == budget and forgetting["best_drift_nats"] <= budget
+    assert forgetting["over_drift_steps"] == [row["step"] for row in evals if row["drift_nats"] > budget] != []
+    markdown, _ = write_report(tmp_path / "held")
+    assert f"held to a drift of {budget} (monitor.max_drift); passed over for drifting further: step" in markdown.read_text()
+
+
+def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match="max_drift holds the best step to the drift that monitor.general_probe measures"):
+        MonitorConfig(max_drift=0.5, general_probe="none")
+    with pytest.raises(ValueError, match="not true or false"):
+        MonitorConfig(max_drift=True)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(60)))
+    cfg = classify_config(tiny_llama, path, tmp_path / "llama", "head", epochs=1)
+    with pytest.raises(ConfigError, match="monitor.max_drift: this run has no drift .*language-model head.*drop max_drift"):
+        train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_drift": 0.5})}))
+
+
 def history(drifts: list[float], general: list[float] | None = None) -> list[dict]:
     rows = []
     for i, drift in enumerate(drifts):

@@ -118,15 +118,22 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """`section.key=value`, or deeper (`distill.student.from_teacher.keep_layers=10`): each level a mapping, made where
+    it is absent or null."""
     if key == "task":
         raw["task"] = value
         return
-    section, _, field = key.partition(".")
+    section, *path, field = key.split(".")
     if section not in SECTIONS:
         raise ConfigError([f"{key}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"])
-    target = raw.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise ConfigError([f"{section}: must be a mapping of keys"])
+    target, where = raw, []
+    for part in (section, *path):
+        where.append(part)
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
+        if not isinstance(target, dict):
+            raise ConfigError([f"{'.'.join(where)}: must be a mapping of keys to set {key}"])
     target[field] = value
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..errors import UserError
+from ..config import build_config
+from ..errors import ConfigError, UserError
 from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, config_section, read_data_report, read_json_object, read_yaml_object
 from ..tasks import TASK_FILE, read_task, task_view
 
@@ -33,6 +34,18 @@ def _metric_lines(summary: dict) -> list[str]:
     return lines or ["- no readable summary.json in the run"]
 
 
+def _config_lines(config: dict) -> list[str]:
+    """The run's settings as saved, with a warning where they no longer make a config (edited or damaged since)."""
+    if not config:
+        return ["- the run's config.yaml is missing or could not be read"]
+    lines = ["```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```"]
+    try:
+        build_config(config)
+    except ConfigError as exc:
+        lines.append(f"- warning: the run's config.yaml no longer validates ({exc.problems[0]}); it was changed after the run")
+    return lines
+
+
 def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None) -> str:
     base = config_section(config, "model").get("name", summary.get("model", "unknown"))
     method = config_section(config, "model").get("method", summary.get("method", "full"))
@@ -41,8 +54,7 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
                   f"and de-duplication; {splits.get('train', {}).get('tokens', 0):,} training and "
                   f"{splits.get('val', {}).get('tokens', 0):,} validation tokens"] if data else ["- no data report in the run"]
     data_lines += [f"- warning: {w}" for w in data.get("warnings", [])]
-    config_lines = ["```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```"] if config else [
-        "- the run's config.yaml is missing or could not be read"]
+    config_lines = _config_lines(config)
     return "\n".join([
         "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
         f"# Fine-tuned {base}", "",

@@ -214,8 +214,14 @@ def _forgetting_line(forgetting: dict | None) -> str:
     source = forgetting.get("samples_from", "the base model")
     where = "from the base on the base model's own text" if source == "the base model" else \
         f"from where it started, on text sampled from {source}"
-    return (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
+    line = (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
             f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token {where}.")
+    if forgetting.get("max_drift") is not None:
+        over = forgetting.get("over_drift_steps") or []
+        passed = f"; passed over for drifting further: step{'s' if len(over) > 1 else ''} {', '.join(map(str, over))}" if over else \
+            "; no evaluation drifted past it"
+        line += f" The best step was held to a drift of {forgetting['max_drift']} (monitor.max_drift){passed}."
+    return line
 
 
 def _made_from(distill: dict) -> str:

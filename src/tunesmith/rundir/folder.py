@@ -9,7 +9,7 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, read_config_file, read_yaml_leniently
+from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, build_config, read_config_file, read_yaml_leniently
 from ..errors import ConfigError, UserError
 
 MARKER = ".tunesmith-run"
@@ -96,18 +96,30 @@ def read_json_object(path: Path) -> dict:
 
 def check_saved_config(run_dir: Path, who: str) -> None:
     """Refuse, in one line that starts with `who`, a run's own config.yaml that cannot be read as its settings (not UTF-8
-    or YAML, too large, empty, not a mapping): resuming continues from it, so it is named as the run's, not as a user's
-    config file. Whether its values are valid is left to the config they make with any overrides."""
+    or YAML, too large, empty, not a mapping, no model.name, a value no config takes): resuming continues from it, so
+    it is named as the run's, not as a user's config file."""
     path = run_dir / CONFIG_FILE
     problem = None if path.is_file() else "not a regular file"  # a folder, a device or a link to nothing
     if problem is None:
         try:
-            problem = None if read_config_file(path) else "empty"
+            problem = _saved_settings_problem(read_config_file(path))
         except ConfigError as exc:
             problem = exc.problems[0].removeprefix(f"config file {path}: ").split("; ")[0]
     if problem:
         raise UserError(f"{who}: the run's saved settings {path} are damaged ({problem}); restore the file, or start a new "
                         "run in another folder")
+
+
+def _saved_settings_problem(saved: dict) -> str | None:
+    """What makes a run's saved settings unusable, or None. Every run saves its model.name; without it a resumed run
+    would start from the default model."""
+    if not saved:
+        return "empty"
+    model = saved.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return "no model.name"
+    build_config(saved)  # a value no config takes raises ConfigError, naming its key
+    return None
 
 
 def read_yaml_object(path: Path) -> dict:

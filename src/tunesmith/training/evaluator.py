@@ -46,6 +46,11 @@ class Evaluator:
             state.probe_base = nll
         return probe_row(nll, state.probe_base)
 
+    @staticmethod
+    def within_budget(probed: dict, max_drift: float | None) -> bool:
+        """Whether an evaluation may be the best step under the forgetting budget (always, without one)."""
+        return max_drift is None or not probed or probed["drift_nats"] <= max_drift
+
     def start(self, result: Validation, state: LoopState) -> None:
         """The base model's evaluation: the starting point every later one is compared with."""
         state.base_val_loss = state.best_val_loss = result.loss
@@ -53,10 +58,10 @@ class Evaluator:
         state.base_metrics = state.best_metrics = result.metrics
         state.val_loss_std = result.loss_std
 
-    def update_best(self, result: Validation, state: LoopState) -> bool:
-        """Record a new best evaluation; False when this one is not better."""
+    def update_best(self, result: Validation, state: LoopState, within_budget: bool = True) -> bool:
+        """Record a new best evaluation; False when this one is not better, or drifted past monitor.max_drift."""
         score = self.task.score(result)
-        if score >= state.best_score:
+        if score >= state.best_score or not within_budget:
             state.evals_since_best += 1
             return False
         state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = score, result.loss, state.step, 0

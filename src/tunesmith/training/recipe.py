@@ -165,7 +165,12 @@ class Recipe:
         result = self.evaluator.evaluate(self.state)
         probed = self.evaluator.probe(self.state)
         progress.evaluated(self.parts.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
-        improved = self.evaluator.update_best(result, self.state)
+        within_budget = self.evaluator.within_budget(probed, self.cfg.monitor.max_drift)
+        if not within_budget:
+            self.state.over_drift_steps.append(self.state.step)
+            progress.message(f"step {self.state.step}: drift {probed['drift_nats']:.3f} nats is over monitor.max_drift "
+                             f"{self.cfg.monitor.max_drift}, so it cannot be the best step")
+        improved = self.evaluator.update_best(result, self.state, within_budget)
         if improved:
             self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
@@ -362,6 +367,8 @@ class Recipe:
             "base_nll": state.probe_base,
             "best_step": state.best_step,
             **{f"best_{key}": value for key, value in state.probe_best.items()},
+            **({"max_drift": self.cfg.monitor.max_drift, "over_drift_steps": state.over_drift_steps}
+               if self.cfg.monitor.max_drift is not None else {}),
             "probe_seconds": round(state.probe_seconds, 3),
             "validation_seconds": round(state.validation_seconds, 3),
             "share_of_evaluation": state.probe_seconds / (state.probe_seconds + state.validation_seconds) if state.probe_seconds else None,

@@ -82,6 +82,8 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
     tokenizer = kind.tokenizer(resolved, log=console.print)
     check_general_probe(cfg.monitor)
     skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else kind.probe_skip_reason(cfg, model_config)
+    if skip and cfg.monitor.max_drift is not None:
+        raise ConfigError([f"monitor.max_drift: this run has no drift to hold the best step to ({skip}); drop max_drift"])
     sampler = None
     if cfg.data.replay or not skip:
         sampled, name = language_source(cfg, resolved)
