@@ -62,7 +62,8 @@ def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys)
     (tmp_path / "run" / "config.yaml").write_text(f"model:\n  name: {run_args[1]}\ntrain:\n  lr: abc\n")
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "the run's saved settings" in err and "are damaged (train.lr:" in err and len(err.strip().splitlines()) == 1
+    assert "the run's saved settings" in err and "hold what this tunesmith does not take: train.lr:" in err
+    assert "correct it in that file" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "run" / "config.yaml").unlink()
     (tmp_path / "run" / "config.yaml").mkdir()
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
@@ -152,7 +153,7 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
         (tmp_path / "run" / "config.yaml").write_text(f"model:\n  name: {tiny_gpt2}\ntrain:\n  lr: abc\n")
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "edited")]) == 0
         card = (tmp_path / "edited" / "README.md").read_text()
-        assert "lr: abc" in card and "- warning: the run's config.yaml no longer validates (train.lr:" in card
+        assert "lr: abc" in card and "- warning: this tunesmith does not take the run's config.yaml as it is (train.lr:" in card
         (tmp_path / "run" / "data_report.json").write_text('{"documents_read": "abc"}')  # the wrong kind: refused, nothing left
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "third")]) == 2
         assert not (tmp_path / "third").exists()

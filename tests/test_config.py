@@ -34,6 +34,9 @@ def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
     assert made.distill.student.from_teacher.keep_layers == 4
     with pytest.raises(ConfigError, match="distill.teacher: must be a mapping of keys to set distill.teacher.x"):
         load_config(path, [parse_override("distill.teacher.x=1")])
+    for key in ("train..lr", "train.lr.", ".lr"):
+        with pytest.raises(ConfigError, match=f"{key}: a part of the key is empty"):
+            load_config(None, [parse_override(f"{key}=1")])
 
 
 def test_every_problem_is_reported_with_its_key():

@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tunesmith import load_config, train
+from tunesmith.cli import main
 from tunesmith.config import CleanConfig, DataConfig, MonitorConfig
 from tunesmith.data import prepare_data
 from tunesmith.diagnose.rules import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
@@ -67,7 +68,7 @@ def test_a_classifier_head_is_probed_through_its_tied_embeddings_or_skipped(tiny
     assert "Not measured: the classifier's model has no language-model head" in markdown.read_text()
 
 
-def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_llama, corpus_file, tmp_path):
+def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_llama, corpus_file, tmp_path, capsys):
     free = train(run_config(tiny_llama, corpus_file, tmp_path / "free", max_steps=8, eval_every=2))
     drifts = {row["step"]: row["drift_nats"] for row in metric_rows(tmp_path / "free") if "val_loss" in row}
     assert free["best_step"] > 0 and drifts[free["best_step"]] > 0
@@ -81,7 +82,18 @@ def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_lla
     assert forgetting["max_drift"] == budget and forgetting["best_drift_nats"] <= budget
     assert forgetting["over_drift_steps"] == [row["step"] for row in evals if row["drift_nats"] > budget] != []
     markdown, _ = write_report(tmp_path / "held")
-    assert f"held to a drift of {budget} (monitor.max_drift); passed over for drifting further: step" in markdown.read_text()
+    over = len(forgetting["over_drift_steps"])
+    assert f"held to a drift of {budget:.3f} (monitor.max_drift); {over} evaluation" in markdown.read_text()
+    assert main(["train", "--out", str(tmp_path / "held"), "--resume", "--set", "monitor.max_drift=9"]) == 2
+    assert "monitor.max_drift is 9.0 here but" in capsys.readouterr().err
+
+
+def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus_file, tmp_path, capsys):
+    cfg = run_config(tiny_llama, corpus_file, tmp_path / "run", max_steps=8, eval_every=2, patience=2)
+    summary = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_drift": 1e-9})}))
+    assert summary["stopped_because"] == "early_stop" and summary["steps"] == 4 and summary["best_step"] == 0
+    assert summary["forgetting"]["over_drift_steps"] == [2, 4]
+    assert "early stop: no improvement in 2 evaluations (2 of them over monitor.max_drift); best step 0" in capsys.readouterr().out
 
 
 def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_path):

@@ -123,7 +123,9 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
     if key == "task":
         raw["task"] = value
         return
-    section, *path, field = key.split(".")
+    section, *path, field = parts = key.split(".")
+    if not all(parts):
+        raise ConfigError([f"{key}: a part of the key is empty; write section.key=value, e.g. train.lr=1e-4"])
     if section not in SECTIONS:
         raise ConfigError([f"{key}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"])
     target, where = raw, []

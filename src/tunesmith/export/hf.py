@@ -42,7 +42,8 @@ def _config_lines(config: dict) -> list[str]:
     try:
         build_config(config)
     except ConfigError as exc:
-        lines.append(f"- warning: the run's config.yaml no longer validates ({exc.problems[0]}); it was changed after the run")
+        lines.append(f"- warning: this tunesmith does not take the run's config.yaml as it is ({'; '.join(exc.problems)}): it was "
+                     "edited since the run, or written by another version")
     return lines
 
 

@@ -217,11 +217,16 @@ def _forgetting_line(forgetting: dict | None) -> str:
     line = (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
             f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token {where}.")
     if forgetting.get("max_drift") is not None:
-        over = forgetting.get("over_drift_steps") or []
-        passed = f"; passed over for drifting further: step{'s' if len(over) > 1 else ''} {', '.join(map(str, over))}" if over else \
-            "; no evaluation drifted past it"
-        line += f" The best step was held to a drift of {forgetting['max_drift']} (monitor.max_drift){passed}."
+        line += f" The best step was held to a drift of {forgetting['max_drift']:.3f} (monitor.max_drift); {_over_budget(forgetting)}."
     return line
+
+
+def _over_budget(forgetting: dict) -> str:
+    over = forgetting.get("over_drift_steps") or []
+    if not over:
+        return "no evaluation drifted past it"
+    steps = ", ".join(map(str, over)) if len(over) <= 6 else f"{over[0]}, {over[1]}, ..., {over[-1]}"
+    return f"{len(over)} evaluation{'s' if len(over) > 1 else ''} drifted past it and could not be the best step (step{'s' if len(over) > 1 else ''} {steps})"
 
 
 def _made_from(distill: dict) -> str:

@@ -99,26 +99,31 @@ def check_saved_config(run_dir: Path, who: str) -> None:
     or YAML, too large, empty, not a mapping, no model.name, a value no config takes): resuming continues from it, so
     it is named as the run's, not as a user's config file."""
     path = run_dir / CONFIG_FILE
-    problem = None if path.is_file() else "not a regular file"  # a folder, a device or a link to nothing
+    problem, saved = None if path.is_file() else "not a regular file", {}  # a folder, a device or a link to nothing
     if problem is None:
         try:
-            problem = _saved_settings_problem(read_config_file(path))
+            saved = read_config_file(path)
         except ConfigError as exc:
             problem = exc.problems[0].removeprefix(f"config file {path}: ").split("; ")[0]
+    problem = problem or _damage(saved)
     if problem:
         raise UserError(f"{who}: the run's saved settings {path} are damaged ({problem}); restore the file, or start a new "
                         "run in another folder")
+    try:
+        build_config(saved)
+    except ConfigError as exc:
+        raise UserError(f"{who}: the run's saved settings {path} hold what this tunesmith does not take: "
+                        f"{'; '.join(exc.problems)}; correct it in that file, or start a new run in another folder") from None
 
 
-def _saved_settings_problem(saved: dict) -> str | None:
-    """What makes a run's saved settings unusable, or None. Every run saves its model.name; without it a resumed run
-    would start from the default model."""
+def _damage(saved: dict) -> str | None:
+    """What makes a run's saved settings unreadable as a run's, or None. Every run saves its model.name; without it a
+    resumed run would start from the default model."""
     if not saved:
         return "empty"
     model = saved.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return "no model.name"
-    build_config(saved)  # a value no config takes raises ConfigError, naming its key
     return None
 
 

@@ -12,9 +12,9 @@ from .state import LoopState
 
 
 class Evaluator:
-    def __init__(self, parts, batch_size: int, max_blocks: int | None, context: Distributed, log):
+    def __init__(self, parts, batch_size: int, max_blocks: int | None, max_drift: float | None, context: Distributed, log):
         self.task, self.parts, self.context, self.log = parts.task, parts, context, log
-        self.batch_size, self.max_blocks = batch_size, max_blocks
+        self.batch_size, self.max_blocks, self.max_drift = batch_size, max_blocks, max_drift
 
     def evaluate(self, state: LoopState) -> Validation:
         """On rank 0, the other ranks waiting for its result; a sharded model needs every rank in its forward."""
@@ -46,10 +46,9 @@ class Evaluator:
             state.probe_base = nll
         return probe_row(nll, state.probe_base)
 
-    @staticmethod
-    def within_budget(probed: dict, max_drift: float | None) -> bool:
-        """Whether an evaluation may be the best step under the forgetting budget (always, without one)."""
-        return max_drift is None or not probed or probed["drift_nats"] <= max_drift
+    def over_budget(self, probed: dict) -> bool:
+        """Whether an evaluation drifted past monitor.max_drift, so that it may not be the best step (a NaN drift too)."""
+        return self.max_drift is not None and bool(probed) and not probed["drift_nats"] <= self.max_drift
 
     def start(self, result: Validation, state: LoopState) -> None:
         """The base model's evaluation: the starting point every later one is compared with."""
@@ -58,10 +57,10 @@ class Evaluator:
         state.base_metrics = state.best_metrics = result.metrics
         state.val_loss_std = result.loss_std
 
-    def update_best(self, result: Validation, state: LoopState, within_budget: bool = True) -> bool:
+    def update_best(self, result: Validation, state: LoopState, over_budget: bool = False) -> bool:
         """Record a new best evaluation; False when this one is not better, or drifted past monitor.max_drift."""
         score = self.task.score(result)
-        if score >= state.best_score or not within_budget:
+        if score >= state.best_score or over_budget:
             state.evals_since_best += 1
             return False
         state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = score, result.loss, state.step, 0

@@ -120,7 +120,8 @@ class Recipe:
         cfg, state = self.cfg, self.state
         parts = self.parts = setup(cfg, self.resolved, self.console, self.context)
         task = parts.task
-        self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, self.context, self.console.print)
+        self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, cfg.monitor.max_drift, self.context,
+                                   self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
         self.benchmarks = RunBenchmarks(cfg, parts, self.context, self.console.print)
         self.teacher = TeacherRecord(parts, cfg.run_dir, cfg.train.eval_batch_size or parts.runner.micro_batch_size,
@@ -165,12 +166,12 @@ class Recipe:
         result = self.evaluator.evaluate(self.state)
         probed = self.evaluator.probe(self.state)
         progress.evaluated(self.parts.task.progress_text(result) + (f", drift {probed['drift_nats']:.3f} nats" if probed else ""))
-        within_budget = self.evaluator.within_budget(probed, self.cfg.monitor.max_drift)
-        if not within_budget:
+        over_budget = self.evaluator.over_budget(probed)
+        if over_budget:
             self.state.over_drift_steps.append(self.state.step)
             progress.message(f"step {self.state.step}: drift {probed['drift_nats']:.3f} nats is over monitor.max_drift "
                              f"{self.cfg.monitor.max_drift}, so it cannot be the best step")
-        improved = self.evaluator.update_best(result, self.state, within_budget)
+        improved = self.evaluator.update_best(result, self.state, over_budget)
         if improved:
             self.state.probe_best = probed
             self.checkpointer.keep_best(self.state)
@@ -239,7 +240,9 @@ class Recipe:
                         break
                     if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
                         stopped_because = "early_stop"
-                        progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations; best step {state.best_step}")
+                        over = sum(step > state.best_step for step in state.over_drift_steps)
+                        budget = f" ({over} of them over monitor.max_drift)" if over else ""
+                        progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations{budget}; best step {state.best_step}")
                         break
                     stopping = context.any(stop.received is not None)
                     if stopping or saving:

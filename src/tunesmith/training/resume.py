@@ -14,6 +14,7 @@ from ..rundir.folder import CONFIG_FILE, check_saved_config, resolve_run_paths, 
 WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method", "distill.teacher", "distill.student",
                    "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
                    "grpo.target_kl")
+BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
 
 
 def _setting(values: dict, dotted: str):
@@ -23,7 +24,8 @@ def _setting(values: dict, dotted: str):
 
 
 def check_resume_settings(settings: dict, run_dir: Path) -> None:
-    """Refuse to resume with a setting that changes the trainable weights, naming it and the run's value."""
+    """Refuse to resume with a setting that changes the trainable weights or how the best step is chosen, naming it and
+    the run's value."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
@@ -31,8 +33,9 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     saved = read_yaml_leniently(saved_path.read_text(encoding="utf-8"))
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
-    for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method"))):
+    decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
+    for key, what in decided + [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
-            raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides which weights train, "
+            raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides {what}, "
                             "so a run cannot change it midway: drop that setting, or start a new run with another --out")
