@@ -19,7 +19,10 @@ steps: about 25 minutes on 2 cores). The classifier is trained once per --work, 
 default; a folder whose classifier trained otherwise is refused). `--classifiers N` makes the reward the mean of N
 classifiers trained alike with their own seeds (an ensemble, against a policy that exploits one classifier's quirks);
 `--warm-start E` first fine-tunes the policy on the classifier's half as plain text for E epochs (TRL's sentiment
-example starts from a GPT-2 fine-tuned on reviews), so GRPO steers a model that already writes reviews.
+example starts from a GPT-2 fine-tuned on reviews), so GRPO steers a model that already writes reviews; the run's
+own drift is then measured from the warm model, and the benchmark also measures the drift of the warm model and of
+the GRPO model from the embedded default. `--max-drift D` holds the GRPO run's best step to evaluations that
+drifted at most D (`monitor.max_drift`); the drift is measured on `--probe-tokens` tokens (4096) at each evaluation.
 
 `speed` runs TRL's GRPOTrainer and tunesmith at the same settings (LoRA r 8, G = 8, 4 prompts per step, 32 new
 tokens, bf16, the same length reward, beta 0.04, one iteration) for `--steps` steps each, in this process's

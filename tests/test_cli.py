@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from tunesmith.cli import main
 
@@ -56,9 +57,10 @@ def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys)
     (tmp_path / "run" / "config.yaml").write_text("model: [unclosed\n")
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     assert "the run's saved settings" in capsys.readouterr().err
-    (tmp_path / "run" / "config.yaml").write_text("train:\n  lr: 0.001\n")  # every run saves the model it trains
-    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
-    assert "config.yaml are damaged (no model.name)" in capsys.readouterr().err
+    for damaged in ("train:\n  lr: 0.001\n", "model:\n  name: '  '\n"):  # every run saves the model it trains
+        (tmp_path / "run" / "config.yaml").write_text(damaged)
+        assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+        assert "config.yaml are damaged (no model.name)" in capsys.readouterr().err
     (tmp_path / "run" / "config.yaml").write_text(f"model:\n  name: {run_args[1]}\ntrain:\n  lr: abc\n")
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     err = capsys.readouterr().err
@@ -154,6 +156,10 @@ def test_export_writes_a_plain_transformers_directory_with_a_model_card(dtype, t
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "edited")]) == 0
         card = (tmp_path / "edited" / "README.md").read_text()
         assert "lr: abc" in card and "- warning: this tunesmith does not take the run's config.yaml as it is (train.lr:" in card
+        (tmp_path / "run" / "config.yaml").write_text("model:\n  name: \"x\\nbase_model: evil\\n---\"\n")
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "named")]) == 0
+        front = (tmp_path / "named" / "README.md").read_text().split("\n---\n")[0]
+        assert yaml.safe_load(front.removeprefix("---\n"))["base_model"] == "x\nbase_model: evil\n---"
         (tmp_path / "run" / "data_report.json").write_text('{"documents_read": "abc"}')  # the wrong kind: refused, nothing left
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "third")]) == 2
         assert not (tmp_path / "third").exists()

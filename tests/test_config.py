@@ -34,6 +34,10 @@ def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
     assert made.distill.student.from_teacher.keep_layers == 4
     with pytest.raises(ConfigError, match="distill.teacher: must be a mapping of keys to set distill.teacher.x"):
         load_config(path, [parse_override("distill.teacher.x=1")])
+    aliased = tmp_path / "aliased.yaml"
+    aliased.write_text("chat:\n  roles: &r {Customer: user}\n  fields: *r\n")
+    cfg = load_config(aliased, [parse_override("chat.roles.Agent=assistant")])
+    assert cfg.chat.roles == {"Customer": "user", "Agent": "assistant"} and cfg.chat.fields == {"Customer": "user"}
     for key in ("train..lr", "train.lr.", ".lr"):
         with pytest.raises(ConfigError, match=f"{key}: a part of the key is empty"):
             load_config(None, [parse_override(f"{key}=1")])

@@ -83,9 +83,11 @@ def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_lla
     assert forgetting["over_drift_steps"] == [row["step"] for row in evals if row["drift_nats"] > budget] != []
     markdown, _ = write_report(tmp_path / "held")
     over = len(forgetting["over_drift_steps"])
-    assert f"held to a drift of {budget:.3f} (monitor.max_drift); {over} evaluation" in markdown.read_text()
+    assert f"held to a drift of {budget:g} (monitor.max_drift); {over} evaluation" in markdown.read_text()
     assert main(["train", "--out", str(tmp_path / "held"), "--resume", "--set", "monitor.max_drift=9"]) == 2
     assert "monitor.max_drift is 9.0 here but" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "held"), "--resume", "--set", f"monitor.general_probe={corpus_file}"]) == 2
+    assert "it decides the text the drift is measured on" in capsys.readouterr().err
 
 
 def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus_file, tmp_path, capsys):
@@ -101,6 +103,8 @@ def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_p
         MonitorConfig(max_drift=0.5, general_probe="none")
     with pytest.raises(ValueError, match="not true or false"):
         MonitorConfig(max_drift=True)
+    with pytest.raises(ValueError, match="finite number"):
+        MonitorConfig(max_drift=float("inf"))
     path = tmp_path / "reviews.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in labelled(60)))
     cfg = classify_config(tiny_llama, path, tmp_path / "llama", "head", epochs=1)
@@ -125,11 +129,19 @@ def test_the_forgetting_finding_fires_on_a_drifting_history_and_stays_silent_on_
     assert finding.severity == "warning" and finding.evidence["drift_nats"] == 0.35 and finding.evidence["step"] == 30
     assert "0.350 more nats per token" in finding.message and "30.00 -> 36.00" in finding.message
     assert [(a.key, a.value) for a in finding.advice] == [("train.lr", 0.000167), ("model.method", "lora"), ("model.method", "freeze"),
-                                                           ("data.replay", 0.1)]
+                                                           ("data.replay", 0.1), ("monitor.max_drift", FORGETTING_NATS)]
     assert "forgetting" not in {f.kind for f in diagnose(history([0.0, 0.01, 0.03, FORGETTING_NATS * 0.9]), facts)}
     assert "forgetting" not in {f.kind for f in diagnose(history([0.0]), facts)}
     with_lora_and_replay = {f.kind: f for f in diagnose(history([0.0, 0.5]), RunFacts(lr=1e-3, method="lora", replay=0.1))}
-    assert [a.key for a in with_lora_and_replay["forgetting"].advice] == ["train.lr"]
+    assert [a.key for a in with_lora_and_replay["forgetting"].advice] == ["train.lr", "monitor.max_drift"]
+
+
+def test_the_forgetting_finding_judges_the_model_a_drift_budget_keeps():
+    budget = RunFacts(lr=5e-4, method="full", max_drift=0.3)
+    kept = {f.kind: f for f in diagnose(history([0.0, 0.08, 0.25, 0.35]), budget)}["forgetting"]
+    assert kept.evidence == {**kept.evidence, "step": 20, "drift_nats": 0.25}  # step 30 scores better but is over the budget
+    assert "monitor.max_drift" not in [a.key for a in kept.advice]
+    assert "forgetting" not in {f.kind for f in diagnose(history([0.0, 0.4, 0.5]), budget)}  # the base is kept
 
 
 def sources_of(directory, tokenizer) -> dict[str, int]:

@@ -133,9 +133,10 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
         where.append(part)
         if target.get(part) is None:
             target[part] = {}
-        target = target[part]
-        if not isinstance(target, dict):
+        if not isinstance(target[part], dict):
             raise ConfigError([f"{'.'.join(where)}: must be a mapping of keys to set {key}"])
+        target[part] = dict(target[part])  # a YAML alias shares one mapping between keys: set this key's own copy
+        target = target[part]
     target[field] = value
 
 

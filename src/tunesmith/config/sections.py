@@ -151,6 +151,13 @@ def benchmark_is_path(spec: str, base: Path) -> bool:
     return spec.endswith(TASK_FILE_SUFFIXES) or "/" in spec or spec.startswith((".", "~")) or os.path.lexists(base / spec)
 
 
+def not_a_switch(value: Any, meaning: str) -> Any:
+    """A number setting that YAML's true or false would pass as 1 or 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{meaning}, or null; not true or false")
+    return value
+
+
 class MonitorConfig(_Section):
     tensorboard: bool = Field(True, description="write TensorBoard event files to <run>/tb")
     mlflow: bool = Field(False, description="log to MLflow (needs the mlflow package)")
@@ -162,7 +169,7 @@ class MonitorConfig(_Section):
     sample_count: int = Field(3, ge=0, description="how many validation beginnings to use when sample_prompts is null (0: no samples)")
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
     general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (the teacher, for a student cut from it; cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
-    max_drift: float | None = Field(None, gt=0, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, e.g. 0.5); one over it counts as no improvement for train.patience; null: any drift")
+    max_drift: float | None = Field(None, gt=0, allow_inf_nan=False, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, e.g. 0.5); one over it counts as no improvement for train.patience; null: any drift")
     probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
     benchmarks: list[str] = Field(default_factory=list, description="standard benchmarks scored through lm-evaluation-harness, e.g. [piqa, lambada_openai]: lm-eval task or group names, or task YAML files; into metrics.jsonl as bench/<task>/<metric>, summary.json (base and final), the report and diagnose's benchmark_regression")
     benchmark_limit: int = Field(300, ge=1, description="the first N items of each benchmark scored each time (a few hundred keep the cost small; the standard error says how precise the score is)")
@@ -171,9 +178,7 @@ class MonitorConfig(_Section):
     @field_validator("max_drift", mode="before")
     @classmethod
     def _drift_not_a_switch(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("a drift in nats per token, e.g. 0.5, or null; not true or false")
-        return value
+        return not_a_switch(value, "a drift in nats per token, e.g. 0.5")
 
     @model_validator(mode="after")
     def _budget_needs_the_probe(self) -> "MonitorConfig":
@@ -309,10 +314,8 @@ class GrpoConfig(_Section):
 
     @field_validator("target_kl", mode="before")
     @classmethod
-    def _not_a_switch(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("a KL in nats per token, e.g. 0.25, or null; not true or false")
-        return value
+    def _kl_not_a_switch(cls, value: Any) -> Any:
+        return not_a_switch(value, "a KL in nats per token, e.g. 0.25")
 
     @model_validator(mode="after")
     def _target_needs_a_penalty(self) -> "GrpoConfig":

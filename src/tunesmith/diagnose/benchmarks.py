@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ..harness.scores import ROW_PREFIX, Score, beyond_two_stderr, scores_from_row
-from .findings import Advice, Finding, RunFacts, method_advice, round3
+from .findings import FORGETTING_NATS, Advice, Finding, RunFacts, method_advice, round3
 
 LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")  # lm-eval's own
 
@@ -20,6 +20,8 @@ def forgetting_advice(facts: RunFacts) -> list[Advice]:
     advice += method_advice(facts.method, "forgetting")
     if not facts.replay:
         advice.append(Advice("data.replay", 0.1, "rehearse general text while learning the domain"))
+    if facts.max_drift is None:
+        advice.append(Advice("monitor.max_drift", FORGETTING_NATS, "keep as the best step only a model that drifted at most this far"))
     return advice
 
 

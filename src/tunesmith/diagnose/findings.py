@@ -47,6 +47,7 @@ class RunFacts:
     preference_method: str | None = None
     orpo_lambda: float | None = None
     replay: float = 0.0
+    max_drift: float | None = None  # monitor.max_drift: evaluations over it cannot be the model kept
     grpo_beta: float | None = None  # the GRPO settings, which its findings advise on
     grpo_temperature: float | None = None
     grpo_group_size: int | None = None
@@ -54,6 +55,9 @@ class RunFacts:
     distill_alpha: float | None = None  # the distillation settings, which its finding advises on
     distill_temperature: float | None = None
     distill_keep: int | None = None  # blocks a student made from its teacher keeps (as a count)
+
+
+FORGETTING_NATS = 0.2  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)
 
 
 def figure(value) -> float | int | None:

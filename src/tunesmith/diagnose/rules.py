@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_object, read_metric_rows, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
-from .findings import Advice, Finding, RunFacts, figure, method_advice, round3
+from .findings import FORGETTING_NATS, Advice, Finding, RunFacts, figure, method_advice, round3
 from .distill import distill_facts, gap_stalled
 from .grpo import grpo_rows, kl_blowup, no_signal, reward_hacking
 from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
@@ -215,7 +215,6 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
 
 
-FORGETTING_NATS = 0.2  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)
 
 
 def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
@@ -223,7 +222,10 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     rows = [row for row in history if math.isfinite(row.get("drift_nats", math.nan)) and ("val_loss" in row or "val_reward" in row)]
     if len(rows) < 2:
         return None
-    kept = min(rows[1:], key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"])
+    candidates = [row for row in rows[1:] if facts.max_drift is None or row["drift_nats"] <= facts.max_drift]
+    if not candidates:  # every evaluation over monitor.max_drift: the model kept is the base
+        return None
+    kept = min(candidates, key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"])
     drift = kept["drift_nats"]
     if drift < FORGETTING_NATS:
         return None
@@ -283,6 +285,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         preference_method=preference.get("method"),
         orpo_lambda=figure(preference.get("orpo_lambda")),
         replay=figure(config_section(config, "data").get("replay")) or 0.0,
+        max_drift=figure(config_section(config, "monitor").get("max_drift")),
         grpo_beta=figure(grpo.get("beta")),
         grpo_temperature=figure(grpo.get("temperature")),
         grpo_group_size=figure(grpo.get("group_size")),

@@ -56,9 +56,11 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
                   f"{splits.get('val', {}).get('tokens', 0):,} validation tokens"] if data else ["- no data report in the run"]
     data_lines += [f"- warning: {w}" for w in data.get("warnings", [])]
     config_lines = _config_lines(config)
+    header = yaml.safe_dump({"base_model": str(base), "library_name": "transformers", "tags": ["tunesmith", "fine-tuned"]},
+                            sort_keys=False, width=float("inf")).rstrip()  # a hand-edited name cannot add keys of its own
     return "\n".join([
-        "---", f"base_model: {base}", "library_name: transformers", "tags: [tunesmith, fine-tuned]", "---", "",
-        f"# Fine-tuned {base}", "",
+        "---", header, "---", "",
+        f"# Fine-tuned {' '.join(str(base).split())}", "",
         f"{task_view(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
         "## Data", "", *data_lines, "",
         "## Results", "", *_metric_lines(summary), "",

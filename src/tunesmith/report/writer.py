@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 
 from ..data.report import source_line
+from ..diagnose.findings import figure
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
@@ -209,20 +210,23 @@ def _forgetting_line(forgetting: dict | None) -> str:
         return ""
     if "skipped" in forgetting:
         return f"Not measured: {forgetting['skipped']}."
-    share = forgetting.get("share_of_evaluation")
+    share = figure(forgetting.get("share_of_evaluation"))
     cost = f", {share:.0%} of the evaluation time" if share is not None else ""
     source = forgetting.get("samples_from", "the base model")
     where = "from the base on the base model's own text" if source == "the base model" else \
         f"from where it started, on text sampled from {source}"
-    line = (f"Probe: {forgetting['probe']}{cost}. At the best step (step {forgetting['best_step']}) the model is "
-            f"{forgetting.get('best_drift_nats', 0.0):.3f} nats per token {where}.")
-    if forgetting.get("max_drift") is not None:
-        line += f" The best step was held to a drift of {forgetting['max_drift']:.3f} (monitor.max_drift); {_over_budget(forgetting)}."
+    drift = figure(forgetting.get("best_drift_nats"))
+    line = (f"Probe: {forgetting.get('probe', 'unrecorded')}{cost}. At the best step (step {forgetting.get('best_step', '?')}) "
+            f"the model is {'an unrecorded number of' if drift is None else f'{drift:.3f}'} nats per token {where}.")
+    budget = figure(forgetting.get("max_drift"))
+    if budget is not None:
+        line += f" The best step was held to a drift of {budget:g} (monitor.max_drift); {_over_budget(forgetting)}."
     return line
 
 
 def _over_budget(forgetting: dict) -> str:
-    over = forgetting.get("over_drift_steps") or []
+    over = forgetting.get("over_drift_steps")
+    over = [step for step in over if figure(step) is not None] if isinstance(over, list) else []
     if not over:
         return "no evaluation drifted past it"
     steps = ", ".join(map(str, over)) if len(over) <= 6 else f"{over[0]}, {over[1]}, ..., {over[-1]}"

@@ -122,7 +122,7 @@ def _damage(saved: dict) -> str | None:
     if not saved:
         return "empty"
     model = saved.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not model["name"].strip():
         return "no model.name"
     return None
 

@@ -242,7 +242,7 @@ class Recipe:
                         stopped_because = "early_stop"
                         over = sum(step > state.best_step for step in state.over_drift_steps)
                         budget = f" ({over} of them over monitor.max_drift)" if over else ""
-                        progress.message(f"early stop: no improvement in {cfg.train.patience} evaluations{budget}; best step {state.best_step}")
+                        progress.message(f"early stop: no improvement in {state.evals_since_best} evaluations{budget}; best step {state.best_step}")
                         break
                     stopping = context.any(stop.received is not None)
                     if stopping or saving:
@@ -275,7 +275,7 @@ class Recipe:
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
-            replay=cfg.data.replay, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
+            replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
             grpo_target_kl=cfg.grpo.target_kl,
             **distill_facts(cfg.distill.model_dump()),
         )

@@ -15,6 +15,7 @@ WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "pre
                    "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
                    "grpo.target_kl")
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
+PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens")  # the checkpoint's zero point of the drift was measured on them
 
 
 def _setting(values: dict, dotted: str):
@@ -34,7 +35,8 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
-    for key, what in decided + [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]:
+    decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
+    for key, what in decided + [(key, "the text the drift is measured on") for key in PROBE_SETTINGS]:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides {what}, "
