@@ -201,9 +201,9 @@ def test_resume_with_another_preference_objective_is_refused(tmp_path):
     from tunesmith.errors import UserError
     from tunesmith.training.resume import check_resume_settings
 
-    (tmp_path / "config.yaml").write_text("task: preference\npreference:\n  method: dpo\n")
+    (tmp_path / "config.yaml").write_text("task: preference\nmodel:\n  name: smollm2-135m\npreference:\n  method: dpo\n")
     with pytest.raises(UserError, match="preference.method is 'orpo' here but 'dpo'"):
-        check_resume_settings({"task": "preference", "preference": {"method": "orpo"}}, tmp_path)
+        check_resume_settings({"task": "preference", "model": {"name": "smollm2-135m"}, "preference": {"method": "orpo"}}, tmp_path)
 
 
 # --- code that must not run -----------------------------------------------------------------------------------------
