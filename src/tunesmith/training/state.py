@@ -30,7 +30,7 @@ class LoopState:
     best_metrics: dict = field(default_factory=dict)  # ... and at the best step
     probe_base: dict = field(default_factory=dict)  # the base model's mean NLL on the forgetting probe's parts
     probe_best: dict = field(default_factory=dict)  # the probe's metrics at the best step
-    over_drift_steps: list = field(default_factory=list)  # evaluations passed over as the best step: drift past monitor.max_drift
+    over_drift_steps: list[int] = field(default_factory=list)  # evaluations whose drift was over monitor.max_drift
     probe_seconds: float = 0.0
     validation_seconds: float = 0.0  # the validation passes alone, which the probe's cost is measured against
     bench_base: dict = field(default_factory=dict)  # monitor.benchmarks: the base model's scores, as metrics-row keys
