@@ -22,7 +22,9 @@ classifiers trained alike with their own seeds (an ensemble, against a policy th
 example starts from a GPT-2 fine-tuned on reviews), so GRPO steers a model that already writes reviews; the run's
 own drift is then measured from the warm model, and the benchmark also measures the drift of the warm model and of
 the GRPO model from the embedded default. `--max-drift D` holds the GRPO run's best step to evaluations that
-drifted at most D (`monitor.max_drift`); the drift is measured on `--probe-tokens` tokens (4096) at each evaluation.
+drifted at most D (`monitor.max_drift`); the drift is measured on `--probe-tokens` tokens (4096) at each evaluation,
+from the warm model, or with `--drift-from-default` from the embedded default (`monitor.drift_from`), so that the
+budget holds the warm start and GRPO together.
 
 `speed` runs TRL's GRPOTrainer and tunesmith at the same settings (LoRA r 8, G = 8, 4 prompts per step, 32 new
 tokens, bf16, the same length reward, beta 0.04, one iteration) for `--steps` steps each, in this process's
@@ -49,6 +51,7 @@ from machine import cpu_name
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_usecases import review_rows  # noqa: E402
 
+EMBEDDED = "smollm2-135m"  # the embedded default: the base model, and with --drift-from-default the drift's zero
 OPENING_WORDS = 4
 
 
@@ -161,10 +164,12 @@ def trained_as_flagged(run: Path, work: Path, args) -> None:
     differs = {name: (made, flagged) for name, made, flagged in (("--new-tokens", grpo["max_new_tokens"], args.new_tokens),
                                                                  ("--temperature", grpo["temperature"], args.temperature),
                                                                  ("--warm-start (the policy's start)", config["model"]["name"],
-                                                                  str(work / f"warm-e{args.warm_start:g}") if args.warm_start else "smollm2-135m"),
+                                                                  str(work / f"warm-e{args.warm_start:g}") if args.warm_start else EMBEDDED),
                                                                  ("--classifiers", sum("run" in r for r in grpo["rewards"]), args.classifiers),
                                                                  ("--max-drift", config["monitor"].get("max_drift"), args.max_drift),
-                                                                 ("--probe-tokens", config["monitor"].get("probe_tokens"), args.probe_tokens))
+                                                                 ("--probe-tokens", config["monitor"].get("probe_tokens"), args.probe_tokens),
+                                                                 ("--drift-from-default", config["monitor"].get("drift_from") == EMBEDDED,
+                                                                  args.drift_from_default))
                if made != flagged}
     if differs:
         sys.exit(f"{run} was trained at other settings than the flags: "
@@ -185,7 +190,7 @@ def drift_from_default(model_dirs: list[Path], tokens: int) -> list[float]:
     from tunesmith.models import resolve_model
 
     device, precision = torch.device("cpu"), "bf16"
-    base = resolve_model("smollm2-135m")
+    base = resolve_model(EMBEDDED)
     sampler = BaseSampler(base, device, precision)
     probe = build_probe(MonitorConfig(probe_tokens=tokens), sampler, sampler.tokenizer, 0)
 
@@ -234,6 +239,7 @@ def train_grpo(args, work: Path, classifiers: list[Path], start: Path | None, ru
                      "--set", f"train.seed={args.seed}",
                      *(["--model", str(start)] if start else []),
                      *(["--set", f"monitor.max_drift={args.max_drift}"] if args.max_drift is not None else []),
+                     *(["--set", f"monitor.drift_from={EMBEDDED}"] if args.drift_from_default else []),
                      "--set", f"monitor.probe_tokens={args.probe_tokens}",
                      *(["--set", f"grpo.target_kl={args.target_kl}", "--set", f"grpo.kl_horizon={args.kl_horizon}"]
                        if args.target_kl else []))
@@ -261,6 +267,8 @@ def reward_classifier(args, work: Path, mine: list[dict], member: int) -> Path:
 
 
 def steer(args) -> None:
+    if args.drift_from_default and not args.warm_start:
+        sys.exit("--drift-from-default counts the drift from the embedded default across a warm start: add --warm-start")
     work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-grpo-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = review_rows(Path(args.data))
@@ -278,10 +286,10 @@ def steer(args) -> None:
     (work / "prompts.txt").write_text("\n".join(train_prompts) + "\n", encoding="utf-8")
     (work / "val_prompts.txt").write_text("\n".join(held_out[: args.val_prompts]) + "\n", encoding="utf-8")
     held = write_jsonl(work / "held_out.jsonl", [{"prompt": p} for p in held_out])
-    base = completions("smollm2-135m", held, work / "base.jsonl", args.new_tokens, args.temperature, args.reuse)
+    base = completions(EMBEDDED, held, work / "base.jsonl", args.new_tokens, args.temperature, args.reuse)
     base_share, base_texts = judged(judge, base)
     print(f"base model: the judge calls {base_share:.1%} of {len(base)} held-out completions positive; distinct-2 {distinct_2(base_texts):.3f}")
-    base_default = completions("smollm2-135m", held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
+    base_default = completions(EMBEDDED, held, work / "base_default.jsonl", args.new_tokens, None, args.reuse)
     base_default_share, base_default_texts = judged(judge, base_default)
     print(f"base model at generate's defaults: {base_default_share:.1%} positive; distinct-2 {distinct_2(base_default_texts):.3f}")
     start = warm_start(args, work) if args.warm_start else None
@@ -328,7 +336,7 @@ def steer(args) -> None:
           f"| distinct-2, generate's defaults | {distinct_2(base_default_texts):.3f} | {distinct_2(default_texts):.3f} |\n"
           f"| completion tokens, mean (generate's defaults) | {np.mean([r['tokens'] for r in base_default]):.1f} | "
           f"{np.mean([r['tokens'] for r in tuned_default]):.1f} |\n"
-          f"| drift (nats per token) | 0 | {drift} |")
+          f"| drift (nats per token{', from the embedded default' if args.drift_from_default else ''}) | 0 | {drift} |")
     if start:
         from_default = drift_from_default([start / "final", run / "final"], args.probe_tokens)
         print(f"| drift from the embedded default, warm start / after GRPO ({args.probe_tokens} probe tokens) | 0 | "
@@ -413,7 +421,7 @@ def speed(args) -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tunesmith-grpo-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model("smollm2-135m", log=lambda _m: None).path
+    model_dir = resolve_model(EMBEDDED, log=lambda _m: None).path
     ours = tunesmith_speed(args.steps, work)
     theirs = trl_speed(model_dir, args.steps, work)
     print(f"\nmachine: {cpu_name()}; {args.steps} steps of 4 prompts x 8 completions, 32 new tokens, LoRA r 8, bf16, beta 0.04")
@@ -495,6 +503,9 @@ def main() -> None:
     one.add_argument("--probe-tokens", type=int, default=4096,
                      help="monitor.probe_tokens: the tokens the drift is measured on at each evaluation (GRPO's own default "
                           "follows its few validation tokens, 256)")
+    one.add_argument("--drift-from-default", action="store_true",
+                     help="with --warm-start: monitor.drift_from the embedded default, so the run's drift (and --max-drift) counts "
+                          "the warm start too")
     one.add_argument("--held-out", type=int, default=200)
     one.add_argument("--val-prompts", type=int, default=32)
     two = commands.add_parser("speed")

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -10,12 +11,13 @@ from tunesmith.cli import main
 from tunesmith.config import CleanConfig, DataConfig, MonitorConfig
 from tunesmith.data import prepare_data
 from tunesmith.diagnose.rules import FORGETTING_NATS, RunFacts, diagnose, diagnose_run
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, UserError
 from tunesmith.evaluation.forgetting import REPLAY_KEYS, BaseSampler, build_probe, rehearsal_file, split_general_file
 from tunesmith.models import resolve_model
 from tunesmith.report.writer import write_report
+from tunesmith.tasks import TASK_FILE
 
-from helpers import classify_config, labelled, make_corpus, run_config, write_jsonl
+from helpers import chat_config, classify_config, conversations, labelled, make_corpus, run_config, write_format, write_jsonl
 
 
 
@@ -88,6 +90,14 @@ def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_lla
     assert "monitor.max_drift is 9.0 here but" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "held"), "--resume", "--set", f"monitor.general_probe={corpus_file}"]) == 2
     assert "it decides the text the drift is measured on" in capsys.readouterr().err
+    saved = tmp_path / "held" / "config.yaml"
+    text = saved.read_text()
+    saved.write_text(text.replace(f"max_drift: {budget}", f"max_drift: '{budget}'"))  # compared as the number it is
+    assert main(["train", "--out", str(tmp_path / "held"), "--resume"]) == 0
+    capsys.readouterr()
+    saved.write_text(text.replace(f"max_drift: {budget}", "max_drift: null"))  # the checkpoint remembers the budget
+    assert main(["train", "--out", str(tmp_path / "held"), "--resume"]) == 2
+    assert f"monitor.max_drift is null in the run's config.yaml but was {budget} when" in capsys.readouterr().err
 
 
 def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus_file, tmp_path, capsys):
@@ -95,7 +105,9 @@ def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus
     summary = train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_drift": 1e-9})}))
     assert summary["stopped_because"] == "early_stop" and summary["steps"] == 4 and summary["best_step"] == 0
     assert summary["forgetting"]["over_drift_steps"] == [2, 4]
-    assert "early stop: no improvement in 2 evaluations (2 of them over monitor.max_drift); best step 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "early stop: no improvement in 2 evaluations (2 of them over monitor.max_drift); best step 0" in out
+    assert "final/ is the model the run started from: no evaluation within monitor.max_drift 1e-09 bettered it (2 went past" in out
 
 
 def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_path):
@@ -110,6 +122,65 @@ def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_p
     cfg = classify_config(tiny_llama, path, tmp_path / "llama", "head", epochs=1)
     with pytest.raises(ConfigError, match="monitor.max_drift: this run has no drift .*language-model head.*drop max_drift"):
         train(cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_drift": 0.5})}))
+
+
+def with_monitor(cfg, **settings):
+    return cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update=settings)})
+
+
+def test_drift_from_counts_the_drift_from_the_model_an_earlier_run_started_from(tiny_llama, tiny_gpt2, corpus_file, tmp_path, capsys):
+    first = train(run_config(tiny_llama, corpus_file, tmp_path / "first", max_steps=8, eval_every=4))
+    first_drift = {row["step"]: row["drift_nats"] for row in metric_rows(tmp_path / "first") if "val_loss" in row}
+    assert first_drift[first["best_step"]] > 0
+    cfg = run_config(tmp_path / "first", corpus_file, tmp_path / "second", max_steps=4, eval_every=4)
+    second = train(with_monitor(cfg, drift_from=str(tiny_llama), max_drift=10.0))
+    evals = [row for row in metric_rows(tmp_path / "second") if "val_loss" in row]
+    assert evals[0]["drift_nats"] == pytest.approx(first_drift[first["best_step"]], abs=1e-5)  # where the first run left it
+    assert second["forgetting"]["drift_from"] == str(tiny_llama) and second["forgetting"]["samples_from"] == str(tiny_llama)
+    assert second["forgetting"]["base_nll"]["samples"] == pytest.approx(first["forgetting"]["base_nll"]["samples"], abs=1e-6)
+    markdown, _ = write_report(tmp_path / "second")
+    assert f"drift from {tiny_llama} (nats per token)" in markdown.read_text()
+    assert main(["train", "--out", str(tmp_path / "second"), "--resume", "--set", "monitor.drift_from=null"]) == 2
+    assert "monitor.drift_from is None here but" in capsys.readouterr().err
+    itself = train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "third", max_steps=2, eval_every=2), drift_from=str(tiny_llama)))
+    assert abs([row for row in metric_rows(tmp_path / "third") if "val_loss" in row][0]["drift_nats"]) < 1e-6
+    assert itself["forgetting"]["drift_from"] == str(tiny_llama)
+    with pytest.raises(ConfigError, match="monitor.drift_from: .* has another tokenizer than the model trained"):
+        train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "fourth", max_steps=2), drift_from=str(tiny_gpt2)))
+
+
+def test_a_start_over_the_budget_counted_from_another_model_is_kept_only_until_an_evaluation_within_it(
+        tiny_llama, corpus_file, tmp_path, capsys):
+    first = train(run_config(tiny_llama, corpus_file, tmp_path / "first", max_steps=8, eval_every=4))
+    budget = first["forgetting"]["best_drift_nats"] * 0.999  # where the second run starts, counted from tiny_llama
+    cfg = run_config(tmp_path / "first", corpus_file, tmp_path / "second", max_steps=8, eval_every=2, lr=1e-3)
+    second = train(with_monitor(cfg, drift_from=str(tiny_llama), max_drift=budget))
+    out = capsys.readouterr().out
+    evals = [row for row in metric_rows(tmp_path / "second") if "val_loss" in row]
+    assert evals[0]["drift_nats"] > budget and second["forgetting"]["over_drift_steps"][0] == 0
+    assert f"step 0: the model starts {evals[0]['drift_nats']:.3f} nats from {tiny_llama}, over monitor.max_drift" in out
+    inside = [row for row in evals[1:] if row["drift_nats"] <= budget]
+    assert second["best_step"] == (min(inside, key=lambda row: row["val_loss"])["step"] if inside else 0)
+    assert ("itself over the budget" in out) == (not inside)
+
+
+def test_drift_from_takes_a_chat_run_whose_tokenizer_adds_the_template_tokens(tiny_llama, tmp_path):
+    data = write_format("messages", tmp_path, conversations(24))
+    summary = train(with_monitor(chat_config(tiny_llama, data, tmp_path / "chat", max_steps=2, eval_every=2), drift_from=str(tiny_llama)))
+    assert summary["forgetting"]["drift_from"] == str(tiny_llama)
+    assert all(math.isfinite(row["drift_nats"]) for row in metric_rows(tmp_path / "chat") if "val_loss" in row)
+
+
+def test_drift_from_is_refused_where_it_counts_nothing(tiny_llama, corpus_file, tmp_path):
+    with pytest.raises(ValueError, match="drift_from names the model the drift is counted from, but monitor.general_probe is none"):
+        MonitorConfig(drift_from="smollm2-135m", general_probe="none")
+    with pytest.raises(UserError, match="monitor.drift_from .*nowhere: no such directory; give a model name"):
+        train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "a", max_steps=2), drift_from=str(tmp_path / "nowhere")))
+    head = tmp_path / "head"
+    shutil.copytree(tiny_llama, head)
+    (head / TASK_FILE).write_text(json.dumps({"task": "classify", "method": "head", "labels": ["a", "b"]}))
+    with pytest.raises(UserError, match="monitor.drift_from .*: a classifier.s or reward model.s head writes no text"):
+        train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "b", max_steps=2), drift_from=str(head)))
 
 
 def history(drifts: list[float], general: list[float] | None = None) -> list[dict]:
@@ -134,6 +205,16 @@ def test_the_forgetting_finding_fires_on_a_drifting_history_and_stays_silent_on_
     assert "forgetting" not in {f.kind for f in diagnose(history([0.0]), facts)}
     with_lora_and_replay = {f.kind: f for f in diagnose(history([0.0, 0.5]), RunFacts(lr=1e-3, method="lora", replay=0.1))}
     assert [a.key for a in with_lora_and_replay["forgetting"].advice] == ["train.lr", "monitor.max_drift"]
+
+
+def test_transfer_gain_of_a_run_without_its_summary_counts_only_evaluations_within_the_budget():
+    rows = history([0.0, 0.1, 0.4, 0.9])  # the loss falls at each evaluation; the last drifted past a budget of 0.5
+
+    def best_ppl(facts):
+        return {f.kind: f for f in diagnose(rows, facts)}["transfer_gain"].evidence["best_val_ppl"]
+
+    assert best_ppl(RunFacts(max_drift=0.5)) == pytest.approx(math.exp(2.8))
+    assert best_ppl(RunFacts()) == pytest.approx(math.exp(2.7))
 
 
 def test_the_forgetting_finding_judges_the_model_a_drift_budget_keeps():

@@ -198,12 +198,14 @@ def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, ca
 
 def test_resume_with_another_preference_objective_is_refused(tmp_path):
     """DPO resumed as ORPO would pick its best step across losses on two scales."""
+    from tunesmith.config import build_config
     from tunesmith.errors import UserError
     from tunesmith.training.resume import check_resume_settings
 
     (tmp_path / "config.yaml").write_text("task: preference\nmodel:\n  name: smollm2-135m\npreference:\n  method: dpo\n")
+    resumed = build_config({"task": "preference", "model": {"name": "smollm2-135m"}, "preference": {"method": "orpo"}})
     with pytest.raises(UserError, match="preference.method is 'orpo' here but 'dpo'"):
-        check_resume_settings({"task": "preference", "model": {"name": "smollm2-135m"}, "preference": {"method": "orpo"}}, tmp_path)
+        check_resume_settings(resumed.model_dump(mode="json"), tmp_path)
 
 
 # --- code that must not run -----------------------------------------------------------------------------------------

@@ -117,6 +117,10 @@ def test_the_form_makes_the_same_config_as_the_command_line(runs_root):
         launcher.config(Draft.from_form({**FORM_RUN, "run_name": "../escape"}))
     assert launcher.config(Draft.from_form({**FORM_RUN, "model.name": "HuggingFaceTB/SmolLM2-135M"})).model.name == \
         "HuggingFaceTB/SmolLM2-135M"  # a hub id is a name, not a path
+    assert launcher.config(Draft.from_form({**FORM_RUN, "monitor.drift_from": "models/gpt2"})).monitor.drift_from == \
+        str(runs_root / "models" / "gpt2")
+    with pytest.raises(ConfigError, match="monitor.drift_from: .*outside the runs folder"):
+        launcher.config(Draft.from_form({**FORM_RUN, "monitor.drift_from": "/etc"}))
 
 
 def test_compare_lists_only_the_keys_that_differ(runs_root):

@@ -52,7 +52,7 @@ class DataConfig(_Section):
     block_size: int = Field(256, ge=8, description="tokens per training sequence (at most the model's context length); chat and classify: the longest example, and the length of a packed row")
     label_field: str = Field("label", description="task classify: field or column that holds the label (a string or an integer)")
     packing: Literal["auto", "joined", "documents", "padded"] = Field("auto", description="joined: documents joined with EOS into full blocks (lm); documents: packed into blocks with attention and positions confined to each document or example; padded: one example per row (chat, classify); auto: joined for lm, documents for chat and classify")
-    replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (the teacher, for a student cut from it; apart from the probe's samples); 0: off")
+    replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (monitor.drift_from's model when set; the teacher, for a student cut from it; apart from the probe's samples); 0: off")
 
     @field_validator("train", "val", mode="before")
     @classmethod
@@ -168,8 +168,9 @@ class MonitorConfig(_Section):
     sample_prompts: list[str] | None = Field(None, description="prompts generated at each evaluation (null: beginnings of validation documents)")
     sample_count: int = Field(3, ge=0, description="how many validation beginnings to use when sample_prompts is null (0: no samples)")
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
-    general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (the teacher, for a student cut from it; cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
-    max_drift: float | None = Field(None, gt=0, allow_inf_nan=False, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, e.g. 0.5); one over it counts as no improvement for train.patience; null: any drift")
+    general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (monitor.drift_from's model when set; the teacher, for a student cut from it; cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
+    drift_from: str | None = Field(None, min_length=1, description="the model drift_nats is counted from (a model name, folder, .gguf file or finished run that shares the tokenizer): the probe (and data.replay) samples its text, and its own NLL on the probe is the zero, so a run that starts from an earlier run (a warm start) can hold monitor.max_drift to the original model; null: the model this run starts from")
+    max_drift: float | None = Field(None, gt=0, allow_inf_nan=False, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, or from monitor.drift_from's model, e.g. 0.5); one over it counts as no improvement for train.patience; null: any drift")
     probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
     benchmarks: list[str] = Field(default_factory=list, description="standard benchmarks scored through lm-evaluation-harness, e.g. [piqa, lambada_openai]: lm-eval task or group names, or task YAML files; into metrics.jsonl as bench/<task>/<metric>, summary.json (base and final), the report and diagnose's benchmark_regression")
     benchmark_limit: int = Field(300, ge=1, description="the first N items of each benchmark scored each time (a few hundred keep the cost small; the standard error says how precise the score is)")
@@ -181,10 +182,13 @@ class MonitorConfig(_Section):
         return not_a_switch(value, "a drift in nats per token, e.g. 0.5")
 
     @model_validator(mode="after")
-    def _budget_needs_the_probe(self) -> "MonitorConfig":
+    def _drift_settings_need_the_probe(self) -> "MonitorConfig":
         if self.max_drift is not None and self.general_probe == "none":
             raise ValueError("max_drift holds the best step to the drift that monitor.general_probe measures, which is none; "
                              "set general_probe to auto or a file, or drop max_drift")
+        if self.drift_from is not None and self.general_probe == "none":
+            raise ValueError("drift_from names the model the drift is counted from, but monitor.general_probe is none, so no drift "
+                             "is measured; set general_probe to auto or a file, or drop drift_from")
         return self
 
 

@@ -48,6 +48,7 @@ class RunFacts:
     orpo_lambda: float | None = None
     replay: float = 0.0
     max_drift: float | None = None  # monitor.max_drift: evaluations over it cannot be the model kept
+    drift_from: str = "the base model"  # what the drift is counted from: monitor.drift_from's model, or the run's start
     grpo_beta: float | None = None  # the GRPO settings, which its findings advise on
     grpo_temperature: float | None = None
     grpo_group_size: int | None = None
@@ -76,3 +77,10 @@ def method_advice(name: str | None, finding: str) -> list[Advice]:
 
     method = METHODS.get(name or "")
     return [Advice(*item) for item in method.advice.get(finding, ())] if method else []
+
+
+def drift_origin(record) -> str:
+    """What a run's drift is counted from, given its monitor settings or its summary's forgetting record: monitor.drift_from's
+    model, or the model the run started from."""
+    origin = record.get("drift_from") if isinstance(record, dict) else None
+    return origin if isinstance(origin, str) else "the base model"

@@ -46,8 +46,9 @@ def reward_hacking(history: list[dict], facts: RunFacts) -> Finding | None:
     signs = []
     if kl is not None and kl > KL_LIMIT:
         signs.append(f"KL to the base {kl:.2f} nats per token")
-    if math.isfinite(last.get("drift_nats", math.nan)) and last["drift_nats"] > DRIFT_LIMIT:
-        signs.append(f"drift {last['drift_nats']:.2f} nats on the base model's own text")
+    drift = last.get("drift_nats", math.nan) - base.get("drift_nats", 0.0)  # this run's own (monitor.drift_from counts earlier runs')
+    if math.isfinite(drift) and drift > DRIFT_LIMIT:
+        signs.append(f"drift {drift:.2f} nats per token from where it started")
     if _collapsed(base, last, "val_distinct_2"):
         signs.append(f"distinct-2 {base['val_distinct_2']:.3f} -> {last['val_distinct_2']:.3f} (the completions repeat each other)")
     if _collapsed(base, last, "val_completion_length"):

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..measures import perplexity, perplexity_ratio
 from ..rundir.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, config_section, read_json_object, read_metric_rows, read_yaml_object
 from .benchmarks import benchmark_regression, forgetting_advice
-from .findings import FORGETTING_NATS, Advice, Finding, RunFacts, figure, method_advice, round3
+from .findings import FORGETTING_NATS, Advice, Finding, RunFacts, drift_origin, figure, method_advice, round3
 from .distill import distill_facts, gap_stalled
 from .grpo import grpo_rows, kl_blowup, no_signal, reward_hacking
 from .preference import likelihood_displacement, margin_flat, preference_rows, rejected_collapse
@@ -206,7 +206,7 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
     if preference_rows(history) or grpo_rows(history) or pair_rows(history):
         return None  # a preference loss is not a perplexity's, and GRPO has none: their gains are their own metrics
     base = facts.base_val_loss if facts.base_val_loss is not None else (evals[0][1] if evals else None)
-    best = facts.best_val_loss if facts.best_val_loss is not None else (min(loss for _, loss in evals) if evals else None)
+    best = facts.best_val_loss if facts.best_val_loss is not None else _best_within_budget(history, facts.max_drift)
     if base is None or best is None:
         return None
     base_ppl, best_ppl = perplexity(base), perplexity(best)
@@ -215,6 +215,19 @@ def transfer_gain(history: list[dict], facts: RunFacts) -> Finding | None:
                    {"base_val_ppl": base_ppl, "best_val_ppl": best_ppl, "relative_change": best_ppl / base_ppl - 1})
 
 
+def _best_within_budget(history: list[dict], max_drift: float | None) -> float | None:
+    """The lowest validation loss a run without its summary (still running, or killed) could keep: the base's, or one at
+    an evaluation within monitor.max_drift."""
+    rows = [row for row in history if "val_loss" in row and math.isfinite(row["val_loss"])]
+    kept = [row["val_loss"] for row in rows[:1] + [row for row in rows[1:] if within_budget(row, max_drift)]]
+    return min(kept) if kept else None
+
+
+def within_budget(row: dict, max_drift: float | None) -> bool:
+    """Whether an evaluation may be the model kept under monitor.max_drift: a NaN drift is over it, as in training; a
+    row without a drift (no probe) is not."""
+    drift = row.get("drift_nats")
+    return max_drift is None or not isinstance(drift, (int, float)) or drift <= max_drift
 
 
 def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
@@ -222,7 +235,7 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     rows = [row for row in history if math.isfinite(row.get("drift_nats", math.nan)) and ("val_loss" in row or "val_reward" in row)]
     if len(rows) < 2:
         return None
-    candidates = [row for row in rows[1:] if facts.max_drift is None or row["drift_nats"] <= facts.max_drift]
+    candidates = [row for row in rows[1:] if within_budget(row, facts.max_drift)]
     if not candidates:  # every evaluation over monitor.max_drift: the model kept is the base
         return None
     kept = min(candidates, key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"])
@@ -234,8 +247,8 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
         general = f"; on your general text the perplexity went {rows[0]['general_ppl']:.2f} -> {kept['general_ppl']:.2f}"
     advice = forgetting_advice(facts)
     return Finding("forgetting", "warning",
-                   f"at step {kept['step']} (the best so far) the model needs {drift:.3f} more nats per token than the base model on "
-                   f"the base model's own text (its perplexity there x{perplexity_ratio(drift):.2f}){general}: it is losing general language "
+                   f"at step {kept['step']} (the best so far) the model needs {drift:.3f} more nats per token than {facts.drift_from} on "
+                   f"its own text (its perplexity there x{perplexity_ratio(drift):.2f}){general}: it is losing general language "
                    "while it learns the domain", {"step": kept["step"], "drift_nats": drift, "threshold_nats": FORGETTING_NATS,
                                                    "general_ppl_base": rows[0].get("general_ppl"), "general_ppl": kept.get("general_ppl")},
                    advice)
@@ -286,6 +299,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         orpo_lambda=figure(preference.get("orpo_lambda")),
         replay=figure(config_section(config, "data").get("replay")) or 0.0,
         max_drift=figure(config_section(config, "monitor").get("max_drift")),
+        drift_from=drift_origin(config_section(config, "monitor")),
         grpo_beta=figure(grpo.get("beta")),
         grpo_temperature=figure(grpo.get("temperature")),
         grpo_group_size=figure(grpo.get("group_size")),

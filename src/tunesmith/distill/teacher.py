@@ -55,22 +55,31 @@ def hub_commit(repo_id: str) -> str | None:
 def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> ResolvedModel:
     """The teacher's files: a finished run's final/, a model directory, a .gguf file or a hub id; refused in one line
     naming distill.teacher (a run that has not finished, with how to finish it)."""
+    return resolve_named_model("distill.teacher", spec, trust_remote_code, log, "name its teacher another way",
+                               "a finished tunesmith run, a model directory, a .gguf file or a hub id that shares the student's tokenizer")
+
+
+def resolve_named_model(key: str, spec: str, trust_remote_code: bool, log, unfinished: str, alternatives: str) -> ResolvedModel:
+    """The files of a model a setting other than model.name names, refused in one line naming the setting: a run that has
+    not finished (with how to finish it, or `unfinished`), or anything `resolve_model` does not find (give `alternatives`)."""
     local = Path(spec).expanduser()
     if local.is_dir() and (local / "checkpoints").is_dir() and not (local / "final" / "config.json").is_file():
-        raise UserError(f"distill.teacher {spec}: this run has not finished (no final/ model yet); finish it with "
-                        f"`tunesmith train --out {shlex.quote(spec)} --resume`, or name its teacher another way")
+        raise UserError(f"{key} {spec}: this run has not finished (no final/ model yet); finish it with "
+                        f"`tunesmith train --out {shlex.quote(spec)} --resume`, or {unfinished}")
     try:
         return resolve_model(spec, trust_remote_code, log=log)
     except UserError as exc:
         reason = str(exc).removeprefix(f"model {spec}: ").split("; use ")[0]
-        raise UserError(f"distill.teacher {spec}: {reason}; give a finished tunesmith run, a model directory, a .gguf file "
-                        "or a hub id that shares the student's tokenizer") from None
+        raise UserError(f"{key} {spec}: {reason}; give {alternatives}") from None
 
 
 def language_source(cfg: RunConfig, resolved: ResolvedModel) -> tuple[ResolvedModel, str]:
     """The model whose own samples stand for the general language a run keeps (the forgetting probe's texts, data.replay's),
-    and what to call it: the model trained; or for a student cut from its teacher, the teacher, whose language the cut
-    model has yet to regain (for a model cut in an earlier run, the teacher its record names, while that is still here)."""
+    and what to call it: monitor.drift_from when set; the model trained; or for a student cut from its teacher, the teacher,
+    whose language the cut model has yet to regain (for a model cut in an earlier run, the teacher its record names, while
+    that is still here)."""
+    if cfg.monitor.drift_from is not None:
+        return resolve_drift_source(cfg.monitor.drift_from, cfg.model.trust_remote_code), cfg.monitor.drift_from
     if cfg.distill.student is not None:
         return resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=lambda _: None), "the teacher"
     record = read_record(resolved.path)
@@ -80,6 +89,19 @@ def language_source(cfg: RunConfig, resolved: ResolvedModel) -> tuple[ResolvedMo
         except UserError:
             pass
     return resolved, "the base model"
+
+
+def resolve_drift_source(spec: str, trust_remote_code: bool = False) -> ResolvedModel:
+    """monitor.drift_from's files, found as a teacher's are; a run whose head gives no text is refused."""
+    resolved = resolve_named_model("monitor.drift_from", spec, trust_remote_code, lambda _: None, "name the model it started from",
+                                   "a model name, a model directory, a .gguf file or a finished run that shares the trained "
+                                   "model's tokenizer")
+    saved = read_task(Path(resolved.path))
+    if saved.get("task") == "reward" or (saved.get("task") == "classify" and saved.get("method") == "head") or \
+            scores_with_head(load_model_config(resolved)):
+        raise UserError(f"monitor.drift_from {spec}: a classifier's or reward model's head writes no text to count a drift "
+                        "from; name a language model (the one the run's model started from)")
+    return resolved
 
 
 def check_teacher_labels(cfg: RunConfig, labels: list[str] | None, log=print) -> ResolvedModel:

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..inference.generation import SamplingOptions, default_stop_ids, encode_prompt, generate_many
 from ..models import ResolvedModel, load_model, load_tokenizer, tunesmith_home
 from ..rundir.durable import write_atomically
-from ..runtime import autocast
+from ..runtime import autocast, low_precision_dtype
 from ..measures import perplexity, perplexity_ratio
 from ..tasks.loss import term_losses
 
@@ -152,6 +152,17 @@ def check_general_probe(cfg: MonitorConfig) -> None:
         _probe_files(cfg.general_probe)
 
 
+def check_drift_tokenizer(spec: str, trained, other) -> None:
+    """monitor.drift_from's tokenizer must give each of its tokens the trained model's id for it, or their likelihoods of
+    one text do not compare; the trained model may have tokens of its own (a chat template's, added for a chat run)."""
+    ours = trained.get_vocab()
+    token = next((t for t, i in sorted(other.get_vocab().items()) if ours.get(t) != i), None)
+    if token is not None:
+        raise ConfigError([f"monitor.drift_from: {spec} has another tokenizer than the model trained (token {token!r} is "
+                           f"{other.get_vocab()[token]} there and {ours.get(token)} here), so their likelihoods of one text do "
+                           "not compare; name the model this run's model started from"])
+
+
 def _probe_files(path: str) -> list[Path]:
     """The probe's files, each checked for text here so that a binary one is named under its own key."""
     files = expand_paths([path], "monitor.general_probe")
@@ -220,6 +231,7 @@ class Probe:
     general: list[ProbeText]
     general_source: str | None = None
     samples_source: str = "the base model"
+    zero_from: ResolvedModel | None = None  # monitor.drift_from: its NLL is the zero; None: the run's model at its first evaluation
 
     @property
     def tokens(self) -> int:
@@ -261,7 +273,22 @@ def build_probe(cfg: MonitorConfig, sampler: BaseSampler, tokenizer, val_tokens:
     general, source = [], None
     if cfg.general_probe != "auto":
         general, source = file_texts(split_general_file(cfg.general_probe)[0], tokenizer, budget, context), cfg.general_probe
-    return Probe(samples, general, source, sampler.source)
+    return Probe(samples, general, source, sampler.source, sampler.resolved if cfg.drift_from is not None else None)
+
+
+def zero_point(probe: Probe, batch_size: int, device: torch.device, precision: str) -> dict[str, float]:
+    """The NLL of monitor.drift_from's model on the probe, which its drift is counted from: loaded once (frozen, so in
+    the run's low precision, like a teacher), then let go."""
+    nll = _measure_model(probe, load_model(probe.zero_from, dtype=low_precision_dtype(precision)).to(device).eval(), batch_size,
+                         device, precision)
+    if device.type == "cuda":  # the model is let go on return
+        torch.cuda.empty_cache()
+    return nll
+
+
+def _measure_model(probe: Probe, model: torch.nn.Module, batch_size: int, device: torch.device, precision: str) -> dict[str, float]:
+    return probe.measure(lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits, batch_size, device,
+                         precision)
 
 
 def rehearsal_file(cfg: MonitorConfig, sampler: BaseSampler, texts_wanted: int) -> Path:

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 
 from ..data.report import source_line
-from ..diagnose.findings import figure
+from ..diagnose.findings import drift_origin, figure
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
 from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
@@ -35,7 +35,7 @@ def _figure_png(draw) -> bytes:
     return buffer.getvalue()
 
 
-def plots(metrics: list[dict]) -> dict[str, bytes]:
+def plots(metrics: list[dict], origin: str = "the base model") -> dict[str, bytes]:
     """Loss, perplexity and learning-rate curves as PNG bytes."""
     train = [(r["step"], r["train_loss"]) for r in metrics if "train_loss" in r and r["train_loss"] == r["train_loss"]]
     evals = [(r["step"], r["val_loss"], r.get("val_ppl")) for r in metrics if "val_loss" in r]
@@ -91,7 +91,7 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.plot([d for _, d, _ in drift], [p for _, _, p in drift], "o-", color="#dd8452")
         for step, d, p in drift:
             axis.annotate(str(step), (d, p), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axis.set_xlabel("drift from the base model (nats per token; step by each point)")
+        axis.set_xlabel(f"drift from {origin} (nats per token; step by each point)")
         axis.set_ylabel("validation perplexity")
 
     rewards = [(r["step"], r["reward"]) for r in metrics if "reward" in r and r["reward"] == r["reward"]]
@@ -110,7 +110,7 @@ def plots(metrics: list[dict]) -> dict[str, bytes]:
         axis.plot([d for d, _, _ in points], [v for _, v, _ in points], "o-", color="#dd8452")
         for d, v, step in points:
             axis.annotate(str(step), (d, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axis.set_xlabel("drift from the base model (nats per token; step by each point)")
+        axis.set_xlabel(f"drift from {origin} (nats per token; step by each point)")
         axis.set_ylabel("held-out mean reward")
 
     figures = {"loss": _figure_png(losses)}
@@ -166,17 +166,18 @@ def report_sections(run_dir: Path) -> dict:
     best = next((r for r in metrics if r["step"] == summary.get("best_step") and "val_loss" in r), base)
     view = task_view(summary.get("task"))
     task_rows = view.comparison_rows(summary)
+    origin = drift_origin(summary.get("forgetting"))
     scope = view.loss_scope
     return {
         "run": run_dir.name,
         "summary": summary,
         "findings": diagnose_run(run_dir),
-        "plots": plots(metrics),
+        "plots": plots(metrics, origin),
         "comparison": [row for row in task_rows + [
             (f"{scope}validation loss", base.get("val_loss"), best.get("val_loss")),
             (f"{scope}validation perplexity", base.get("val_ppl"), best.get("val_ppl")),
             ("next-token accuracy" if not task_rows else "label-token accuracy", base.get("val_accuracy"), best.get("val_accuracy")),
-            ("drift from the base model (nats per token)", base.get("drift_nats"), best.get("drift_nats")),
+            (f"drift from {origin} (nats per token)", base.get("drift_nats"), best.get("drift_nats")),
             ("general text perplexity", base.get("general_ppl"), best.get("general_ppl"))] + benchmark_rows(summary)
             if row[1] is not None or row[2] is not None],
         "forgetting": _forgetting_line(summary.get("forgetting")),
@@ -214,6 +215,7 @@ def _forgetting_line(forgetting: dict | None) -> str:
     cost = f", {share:.0%} of the evaluation time" if share is not None else ""
     source = forgetting.get("samples_from", "the base model")
     where = "from the base on the base model's own text" if source == "the base model" else \
+        f"from {source} (monitor.drift_from), on its own text" if forgetting.get("drift_from") else \
         f"from where it started, on text sampled from {source}"
     drift = figure(forgetting.get("best_drift_nats"))
     line = (f"Probe: {forgetting.get('probe', 'unrecorded')}{cost}. At the best step (step {forgetting.get('best_step', '?')}) "

@@ -94,10 +94,10 @@ def read_json_object(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def check_saved_config(run_dir: Path, who: str) -> None:
-    """Refuse, in one line that starts with `who`, a run's own config.yaml that cannot be read as its settings (not UTF-8
-    or YAML, too large, empty, not a mapping, no model.name, a value no config takes): resuming continues from it, so
-    it is named as the run's, not as a user's config file."""
+def check_saved_config(run_dir: Path, who: str) -> RunConfig:
+    """A run's own config.yaml as its settings; refused, in one line that starts with `who`, where it cannot be read as
+    them (not UTF-8 or YAML, too large, empty, not a mapping, no model.name, a value no config takes): resuming continues
+    from it, so it is named as the run's, not as a user's config file."""
     path = run_dir / CONFIG_FILE
     problem, saved = None if path.is_file() else "not a regular file", {}  # a folder, a device or a link to nothing
     if problem is None:
@@ -110,7 +110,7 @@ def check_saved_config(run_dir: Path, who: str) -> None:
         raise UserError(f"{who}: the run's saved settings {path} are damaged ({problem}); restore the file, or start a new "
                         "run in another folder")
     try:
-        build_config(saved)
+        return build_config(saved)
     except ConfigError as exc:
         raise UserError(f"{who}: the run's saved settings {path} hold what this tunesmith does not take: "
                         f"{'; '.join(exc.problems)}; correct it in that file, or start a new run in another folder") from None
@@ -218,8 +218,8 @@ def _store_against(start: Path, uri: str) -> str:
 def resolve_run_paths(settings: dict, start: Path) -> dict:
     """`settings` (a config as a dict) with each relative path made absolute against `start`, the run's start folder.
 
-    Data paths and a probe file always are, so that a path missing there is named where it was meant; `model.name`
-    only when it names something that exists there, since it may also be a hub id or the embedded model's name.
+    Data paths and a probe file always are, so that a path missing there is named where it was meant; `model.name` and
+    `monitor.drift_from` only when they name something that exists there, since it may also be a hub id or the embedded model's name.
     """
     resolved = json.loads(json.dumps(settings))
     data, model, monitor = (resolved.get(key) or {} for key in ("data", "model", "monitor"))
@@ -237,9 +237,10 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
                                  for b in monitor["benchmarks"]]
     if isinstance(monitor.get("mlflow_uri"), str):
         monitor["mlflow_uri"] = _store_against(start, monitor["mlflow_uri"])
-    name = model.get("name")
-    if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
-        model["name"] = str(start / name)
+    for section, key in ((model, "name"), (monitor, "drift_from")):
+        name = section.get(key)
+        if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
+            section[key] = str(start / name)
     for reward in (resolved.get("grpo") or {}).get("rewards") or []:
         if isinstance(reward, dict) and isinstance(reward.get("run"), str):
             reward["run"] = _against(start, reward["run"])

@@ -20,7 +20,7 @@ from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .monitor import check_trackers
 from .recipe import Recipe, StopSignal, account
-from .resume import check_resume_settings
+from .resume import check_checkpoint_settings, check_resume_settings
 from .setup import settle
 from .state import LoopState
 
@@ -103,6 +103,7 @@ def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, c
         if saved is None:
             raise UserError(f"--resume: every checkpoint in {run_dir} is damaged ({len(damaged)} found); "
                             "start the run anew with another --out")
+        check_checkpoint_settings(cfg.model_dump(mode="json"), saved.state, saved.path)
     check_trackers(cfg.monitor)
     task_kind(cfg).check(cfg)  # a setting the task cannot take fails here, before anything loads
     context.barrier()  # every rank has seen the run directory as it was before rank 0 writes to it

@@ -36,6 +36,7 @@ from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
 from .recorder import Recorder
+from .resume import recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
@@ -110,7 +111,7 @@ class Recipe:
         """`cfg` settled (`setup.settle`), `resolved` its model's files; `judge` see `train_run`."""
         self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
         self.judge = judge
-        self.state = LoopState()
+        self.state = LoopState(settings=recorded_settings(cfg.model_dump(mode="json"), Path.cwd()))  # a resume loads the checkpoint's
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
         self.memory_before_training_mb: float | None = None
@@ -144,9 +145,15 @@ class Recipe:
             return
         self.teacher.start()
         result = self.evaluator.evaluate(state)
-        self.evaluator.start(result, state)
         probed = self.evaluator.probe(state)
+        over_budget = cfg.monitor.drift_from is not None and self.evaluator.over_budget(probed)  # earlier runs drifted
+        self.evaluator.start(result, state, over_budget)
         state.probe_best = probed
+        if over_budget:
+            state.over_drift_steps.append(0)
+            self.console.print(f"step 0: the model starts {probed['drift_nats']:.3f} nats from {cfg.monitor.drift_from}, over "
+                               f"monitor.max_drift {cfg.monitor.max_drift}: the first evaluation back within it becomes the best "
+                               "step", highlight=False, markup=False)
         probed = {**probed, **self.benchmarks.at_start(state)}
         for line in task.base_lines(result, parts.val):
             self.console.print(line, highlight=False)
@@ -275,7 +282,7 @@ class Recipe:
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
-            replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
+            replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, drift_from=cfg.monitor.drift_from or "the base model", grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
             grpo_target_kl=cfg.grpo.target_kl,
             **distill_facts(cfg.distill.model_dump()),
         )
@@ -291,6 +298,7 @@ class Recipe:
             write_task(run_dir / "final", task.spec(parts.tokenizer))
             self._keep_student_record(run_dir / "final")
             self._benchmark_final()
+            self._say_if_the_budget_kept_the_start()
         summary = {
             "model": parts.resolved.spec,  # model.name, or the student made from the teacher
             "method": cfg.model.method,
@@ -330,6 +338,16 @@ class Recipe:
         self.context.barrier()
         return summary
 
+    def _say_if_the_budget_kept_the_start(self) -> None:
+        state, budget = self.state, self.cfg.monitor.max_drift
+        past = [step for step in state.over_drift_steps if step > 0]
+        if budget is None or state.best_step != 0 or not state.over_drift_steps:
+            return
+        start = ", itself over the budget," if 0 in state.over_drift_steps else ""
+        self.console.print(f"[warning] final/ is the model the run started from{start}: no evaluation within monitor.max_drift "
+                           f"{budget:g} bettered it ({len(past)} went past the budget); raise monitor.max_drift, or train more "
+                           "gently", highlight=False, markup=False)
+
     def _best_row(self) -> dict:
         """The best evaluation's loss and the task's headline figures, for the summary's teacher-student comparison."""
         state = self.state
@@ -367,6 +385,7 @@ class Recipe:
             "probe_tokens": probe.tokens,
             "general_probe": probe.general_source,
             "samples_from": probe.samples_source,
+            **({"drift_from": self.cfg.monitor.drift_from} if self.cfg.monitor.drift_from is not None else {}),
             "base_nll": state.probe_base,
             "best_step": state.best_step,
             **{f"best_{key}": value for key, value in state.probe_best.items()},

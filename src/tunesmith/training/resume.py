@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import read_yaml_leniently
 from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, check_saved_config, resolve_run_paths, run_start_dir
@@ -15,7 +14,7 @@ WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "pre
                    "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
                    "grpo.target_kl")
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
-PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens")  # the checkpoint's zero point of the drift was measured on them
+PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
 
 
 def _setting(values: dict, dotted: str):
@@ -30,8 +29,8 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
-    check_saved_config(run_dir, "--resume")  # an empty file too: resuming would run on defaults the run never had
-    saved = read_yaml_leniently(saved_path.read_text(encoding="utf-8"))
+    # an empty file is refused too: resuming would run on defaults the run never had; values compare as validated ('0.5' is 0.5)
+    saved = check_saved_config(run_dir, "--resume").model_dump(mode="json")
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
@@ -41,3 +40,29 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides {what}, "
                             "so a run cannot change it midway: drop that setting, or start a new run with another --out")
+
+
+def recorded_settings(settings: dict, start: Path) -> dict:
+    """What a checkpoint records of the settings that decide the best step and the drift (its paths made absolute against
+    `start`, where the run is started), so that a resume is held to them even where the run's config.yaml was edited."""
+    absolute = resolve_run_paths(settings, start)
+    return {key: _setting(absolute, key) for key in (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)}
+
+
+def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Path) -> None:
+    """Refuse to resume from `checkpoint` with one of the settings it recorded changed (a checkpoint from before they were
+    recorded is held to config.yaml alone)."""
+    recorded = saved_state.get("settings")
+    if not isinstance(recorded, dict):
+        return
+    for key, before in recorded.items():
+        now = _setting(settings, key)
+        if key in (*BEST_STEP_SETTINGS, *PROBE_SETTINGS) and before != now:
+            what = "which evaluation is the best step" if key in BEST_STEP_SETTINGS else "the text the drift is measured on"
+            raise UserError(f"--resume: {key} is {_yaml(now)} in the run's config.yaml but was {_yaml(before)} when {checkpoint} "
+                            f"was saved; it decides {what}, so a run cannot change it midway: set it back to {_yaml(before)} "
+                            "in that file, or start a new run with another --out")
+
+
+def _yaml(value) -> str:
+    return "null" if value is None else str(value)

@@ -14,7 +14,7 @@ from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, 
                        make_student, measure_pick, read_record, student_config)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
 from ..errors import ConfigError, UserError
-from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_general_probe, replay_files
+from ..evaluation.forgetting import BaseSampler, Probe, build_probe, check_drift_tokenizer, check_general_probe, replay_files
 from ..methods import method_of
 from ..models import ResolvedModel, context_length, count_parameters, load_model_config, resolve_model, tunesmith_home
 from ..models.weights import architecture_keeps_packed_apart, parameter_counts, short_count
@@ -82,12 +82,15 @@ def _prepare(cfg: RunConfig, resolved: ResolvedModel, console: Console, device: 
     tokenizer = kind.tokenizer(resolved, log=console.print)
     check_general_probe(cfg.monitor)
     skip = "monitor.general_probe is none" if cfg.monitor.general_probe == "none" else kind.probe_skip_reason(cfg, model_config)
-    if skip and cfg.monitor.max_drift is not None:
-        raise ConfigError([f"monitor.max_drift: this run has no drift to hold the best step to ({skip}); drop max_drift"])
+    for key, what in (("max_drift", "hold the best step to"), ("drift_from", "count from another model")):
+        if skip and getattr(cfg.monitor, key) is not None:
+            raise ConfigError([f"monitor.{key}: this run has no drift to {what} ({skip}); drop {key}"])
     sampler = None
     if cfg.data.replay or not skip:
         sampled, name = language_source(cfg, resolved)
         sampler = BaseSampler(sampled, device, precision, console.print, source=name)
+        if cfg.monitor.drift_from is not None:
+            check_drift_tokenizer(cfg.monitor.drift_from, tokenizer, sampler.tokenizer)
     trained = student_config(model_config, cfg.distill.student.from_teacher.keep_layers) if measures_student(cfg) else model_config
     data = prepare_data(cfg.data, cfg.clean, tokenizer, tunesmith_home(), model_params=count_parameters(trained),
                         task=kind.preparer(cfg), replay_files=replay_files(cfg, sampler))

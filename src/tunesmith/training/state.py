@@ -37,17 +37,20 @@ class LoopState:
     bench_best: dict = field(default_factory=dict)  # ... and the final model's (the best step's)
     bench_seconds: float = 0.0
     rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
+    settings: dict = field(default_factory=dict)  # what a resume may not change, as the run started (resume.recorded_settings)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def load(self, values: dict) -> None:
-        """Take a checkpoint's values in place, so every holder of this state sees them; rollbacks are never undone."""
-        rollbacks = self.rollbacks
+        """Take a checkpoint's values in place, so every holder of this state sees them; rollbacks are never undone, and
+        the settings of a checkpoint from before they were recorded are this run's, recorded from now on."""
+        rollbacks, settings = self.rollbacks, self.settings
         known = {f.name for f in fields(self)}
         fresh = LoopState(**{key: value for key, value in values.items() if key in known})
         self.__dict__.update(fresh.__dict__)
         self.rollbacks = max(self.rollbacks, rollbacks)
+        self.settings = self.settings or settings
 
     @contextlib.contextmanager
     def timed(self):

@@ -53,7 +53,7 @@ class ConfinedPaths:
             return {"path": paths if isinstance(item.path, list) else paths[0], "weight": item.weight}
         return self.files([item], "data.train")[0]
 
-    def model(self, name: str) -> str:
+    def model(self, name: str, key: str = "model.name") -> str:
         """A local model (a folder, a run, a .gguf file) inside the folder, with every file in it; a hub id or the
         embedded model's name stays a name, as `resolve_model` would read it."""
         from ..models.embedded import EMBEDDED_NAME
@@ -63,11 +63,11 @@ class ConfinedPaths:
         if name == EMBEDDED_NAME or not local:
             return name
         known = len(self.problems)
-        resolved = self.path(name, "model.name")
+        resolved = self.path(name, key)
         if len(self.problems) == known and Path(resolved).is_dir():
             leaving = self.folder.first_leaving(Path(resolved))
             if leaving is not None:
-                self.problems.append(f"model.name: {leaving} leads outside the runs folder (a symbolic link); "
+                self.problems.append(f"{key}: {leaving} leads outside the runs folder (a symbolic link); "
                                      "copy the model's files themselves into the folder")
         return resolved
 
@@ -125,6 +125,8 @@ def confine_paths(cfg: RunConfig, folder: RunsFolder) -> RunConfig:
     raw["data"]["val"] = paths.files(cfg.data.val, "data.val")
     raw["model"]["name"] = paths.model(cfg.model.name)
     raw["monitor"]["general_probe"] = paths.probe(cfg.monitor.general_probe)
+    if cfg.monitor.drift_from is not None:
+        raw["monitor"]["drift_from"] = paths.model(cfg.monitor.drift_from, "monitor.drift_from")
     raw["monitor"]["mlflow_uri"] = paths.tracking(cfg.monitor.mlflow_uri)
     raw["monitor"]["benchmarks"] = paths.benchmarks(cfg.monitor.benchmarks)
     raw["model"]["trust_remote_code"] = paths.remote_code(cfg.model.trust_remote_code)
