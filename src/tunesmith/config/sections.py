@@ -385,6 +385,16 @@ class DistillConfig(_Section):
             raise ValueError("empty; name a finished run or a model, or leave distill.teacher out for no distillation")
         return value
 
+    @model_validator(mode="after")
+    def _teacher_named(self) -> "DistillConfig":
+        """Settings that mean nothing without a teacher fail with the config, before any model is fetched."""
+        if self.teacher is None and self.student is not None:
+            raise ValueError("a student made from the teacher (distill.student) needs distill.teacher; name the teacher")
+        if self.teacher is None and self.hidden:
+            raise ValueError("hidden-state distillation (distill.hidden) needs distill.teacher; name the teacher, or set "
+                             "distill.hidden to 0")
+        return self
+
 
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="run directory (default: runs/<name>)")

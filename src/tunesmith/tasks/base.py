@@ -54,12 +54,7 @@ class TaskKind:
 
     def check_distill(self, cfg: RunConfig) -> None:
         settings = cfg.distill
-        if settings.teacher is None:
-            if settings.student is not None:
-                raise ConfigError(["distill.student: a student made from the teacher needs distill.teacher; name the teacher"])
-            if settings.hidden:
-                raise ConfigError(["distill.hidden: hidden-state distillation needs distill.teacher; name the teacher, or set "
-                                   "distill.hidden to 0"])
+        if settings.teacher is None:  # a student or hidden term without one is refused with the config
             return
         if not self.distills:
             raise ConfigError([f"distill.teacher: distillation applies to tasks lm, chat and classify, not {self.name}; "
