@@ -97,7 +97,12 @@ def test_max_drift_holds_the_best_step_to_evaluations_inside_the_budget(tiny_lla
     capsys.readouterr()
     saved.write_text(text.replace(f"max_drift: {budget}", "max_drift: null"))  # the checkpoint remembers the budget
     assert main(["train", "--out", str(tmp_path / "held"), "--resume"]) == 2
-    assert f"monitor.max_drift is null in the run's config.yaml but was {budget} when" in capsys.readouterr().err
+    assert f"monitor.max_drift is null here but was {budget} when" in capsys.readouterr().err
+    saved.write_text(text)
+    state = sorted((tmp_path / "held" / "checkpoints").glob("step-*"))[-1] / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "settings": [1, 2]}))
+    assert main(["train", "--out", str(tmp_path / "held"), "--resume"]) == 2
+    assert "state.json is damaged (its record of the settings the run started with is not one)" in capsys.readouterr().err
 
 
 def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus_file, tmp_path, capsys):
@@ -107,7 +112,7 @@ def test_an_evaluation_over_the_budget_counts_toward_patience(tiny_llama, corpus
     assert summary["forgetting"]["over_drift_steps"] == [2, 4]
     out = capsys.readouterr().out
     assert "early stop: no improvement in 2 evaluations (2 of them over monitor.max_drift); best step 0" in out
-    assert "final/ is the model the run started from: no evaluation within monitor.max_drift 1e-09 bettered it (2 went past" in out
+    assert "final/ is the model the run started from: no evaluation within monitor.max_drift 1e-09 improved on it (2 went past" in out
 
 
 def test_max_drift_is_refused_where_nothing_measures_the_drift(tiny_llama, tmp_path):
@@ -161,7 +166,7 @@ def test_a_start_over_the_budget_counted_from_another_model_is_kept_only_until_a
     assert f"step 0: the model starts {evals[0]['drift_nats']:.3f} nats from {tiny_llama}, over monitor.max_drift" in out
     inside = [row for row in evals[1:] if row["drift_nats"] <= budget]
     assert second["best_step"] == (min(inside, key=lambda row: row["val_loss"])["step"] if inside else 0)
-    assert ("itself over the budget" in out) == (not inside)
+    assert ("it is itself over monitor.max_drift" in out) == (not inside)
 
 
 def test_drift_from_takes_a_chat_run_whose_tokenizer_adds_the_template_tokens(tiny_llama, tmp_path):
@@ -174,6 +179,8 @@ def test_drift_from_takes_a_chat_run_whose_tokenizer_adds_the_template_tokens(ti
 def test_drift_from_is_refused_where_it_counts_nothing(tiny_llama, corpus_file, tmp_path):
     with pytest.raises(ValueError, match="drift_from names the model the drift is counted from, but monitor.general_probe is none"):
         MonitorConfig(drift_from="smollm2-135m", general_probe="none")
+    with pytest.raises(ValueError, match="empty; name the model the drift is counted from"):
+        MonitorConfig(drift_from="  ")
     with pytest.raises(UserError, match="monitor.drift_from .*nowhere: no such directory; give a model name"):
         train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "a", max_steps=2), drift_from=str(tmp_path / "nowhere")))
     head = tmp_path / "head"
@@ -223,6 +230,9 @@ def test_the_forgetting_finding_judges_the_model_a_drift_budget_keeps():
     assert kept.evidence == {**kept.evidence, "step": 20, "drift_nats": 0.25}  # step 30 scores better but is over the budget
     assert "monitor.max_drift" not in [a.key for a in kept.advice]
     assert "forgetting" not in {f.kind for f in diagnose(history([0.0, 0.4, 0.5]), budget)}  # the base is kept
+    counted = RunFacts(lr=5e-4, method="full", max_drift=0.3, drift_from="smollm2-135m")  # a start already far from it is kept
+    start = {f.kind: f for f in diagnose(history([0.6, 0.9, 0.8]), counted)}["forgetting"]
+    assert start.evidence["step"] == 0 and "0.600 more nats per token than smollm2-135m on its own text" in start.message
 
 
 def sources_of(directory, tokenizer) -> dict[str, int]:

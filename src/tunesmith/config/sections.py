@@ -181,6 +181,13 @@ class MonitorConfig(_Section):
     def _drift_not_a_switch(cls, value: Any) -> Any:
         return not_a_switch(value, "a drift in nats per token, e.g. 0.5")
 
+    @field_validator("drift_from")
+    @classmethod
+    def _drift_from_named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty; name the model the drift is counted from, or leave drift_from out")
+        return value
+
     @model_validator(mode="after")
     def _drift_settings_need_the_probe(self) -> "MonitorConfig":
         if self.max_drift is not None and self.general_probe == "none":

@@ -236,9 +236,8 @@ def forgetting(history: list[dict], facts: RunFacts) -> Finding | None:
     if len(rows) < 2:
         return None
     candidates = [row for row in rows[1:] if within_budget(row, facts.max_drift)]
-    if not candidates:  # every evaluation over monitor.max_drift: the model kept is the base
-        return None
-    kept = min(candidates, key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"])
+    # every evaluation over monitor.max_drift: the model kept is the start, drifted only when counted from monitor.drift_from
+    kept = min(candidates, key=lambda row: row["val_loss"] if "val_loss" in row else -row["val_reward"]) if candidates else rows[0]
     drift = kept["drift_nats"]
     if drift < FORGETTING_NATS:
         return None

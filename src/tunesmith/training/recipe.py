@@ -343,10 +343,10 @@ class Recipe:
         past = [step for step in state.over_drift_steps if step > 0]
         if budget is None or state.best_step != 0 or not state.over_drift_steps:
             return
-        start = ", itself over the budget," if 0 in state.over_drift_steps else ""
-        self.console.print(f"[warning] final/ is the model the run started from{start}: no evaluation within monitor.max_drift "
-                           f"{budget:g} bettered it ({len(past)} went past the budget); raise monitor.max_drift, or train more "
-                           "gently", highlight=False, markup=False)
+        why = f"it is itself over monitor.max_drift {budget}, and no evaluation came back within it" if 0 in state.over_drift_steps \
+            else f"no evaluation within monitor.max_drift {budget} improved on it"
+        self.console.print(f"[warning] final/ is the model the run started from: {why} ({len(past)} went past the budget); raise "
+                           "monitor.max_drift, or train more gently", highlight=False, markup=False)
 
     def _best_row(self) -> dict:
         """The best evaluation's loss and the task's headline figures, for the summary's teacher-student comparison."""

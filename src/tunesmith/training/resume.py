@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import MonitorConfig
 from ..errors import UserError
 from ..methods import fixed_settings
 from ..rundir.folder import CONFIG_FILE, check_saved_config, resolve_run_paths, run_start_dir
@@ -15,6 +16,7 @@ WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "pre
                    "grpo.target_kl")
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
+RECORDED = (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)  # what each checkpoint records of them, as the run started
 
 
 def _setting(values: dict, dotted: str):
@@ -46,22 +48,36 @@ def recorded_settings(settings: dict, start: Path) -> dict:
     """What a checkpoint records of the settings that decide the best step and the drift (its paths made absolute against
     `start`, where the run is started), so that a resume is held to them even where the run's config.yaml was edited."""
     absolute = resolve_run_paths(settings, start)
-    return {key: _setting(absolute, key) for key in (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)}
+    return {key: _setting(absolute, key) for key in RECORDED}
 
 
 def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Path) -> None:
-    """Refuse to resume from `checkpoint` with one of the settings it recorded changed (a checkpoint from before they were
-    recorded is held to config.yaml alone)."""
-    recorded = saved_state.get("settings")
-    if not isinstance(recorded, dict):
+    """Refuse to resume from `checkpoint` with one of the settings it recorded changed; a record that is not one
+    (hand-edited) is named as damage. A checkpoint from before they were recorded is held to config.yaml alone."""
+    if "settings" not in saved_state:
         return
-    for key, before in recorded.items():
-        now = _setting(settings, key)
-        if key in (*BEST_STEP_SETTINGS, *PROBE_SETTINGS) and before != now:
+    recorded = _valid_record(saved_state["settings"])
+    if recorded is None:
+        raise UserError(f"--resume: {checkpoint / 'state.json'} is damaged (its record of the settings the run started with is "
+                        "not one); move that checkpoint aside to resume from the one before, or start a new run with another --out")
+    now = _valid_record({key: _setting(settings, key) for key in RECORDED})
+    for key in RECORDED:
+        if recorded[key] != now[key]:
             what = "which evaluation is the best step" if key in BEST_STEP_SETTINGS else "the text the drift is measured on"
-            raise UserError(f"--resume: {key} is {_yaml(now)} in the run's config.yaml but was {_yaml(before)} when {checkpoint} "
-                            f"was saved; it decides {what}, so a run cannot change it midway: set it back to {_yaml(before)} "
-                            "in that file, or start a new run with another --out")
+            raise UserError(f"--resume: {key} is {_yaml(now[key])} here but was {_yaml(recorded[key])} when {checkpoint} was "
+                            f"saved; it decides {what}, so a run cannot change it midway: set it back to {_yaml(recorded[key])} "
+                            "in the config this resume reads (the run's config.yaml), or start a new run with another --out")
+
+
+def _valid_record(record) -> dict | None:
+    """The recorded settings as the config validates them ('0.5' is 0.5), or None when they are not all there and valid."""
+    if not isinstance(record, dict) or set(record) != set(RECORDED):
+        return None
+    try:
+        monitor = MonitorConfig(**{key.removeprefix("monitor."): value for key, value in record.items()})
+    except (ValueError, TypeError):
+        return None
+    return {key: getattr(monitor, key.removeprefix("monitor.")) for key in RECORDED}
 
 
 def _yaml(value) -> str:
