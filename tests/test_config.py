@@ -30,7 +30,7 @@ def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
     cfg = load_config(path, [parse_override("distill.student.from_teacher.pick=bottom"), parse_override("chat.roles.Agent=assistant")])
     assert cfg.distill.student.from_teacher.keep_layers == 10 and cfg.distill.student.from_teacher.pick == "bottom"
     assert cfg.chat.roles == {"Agent": "assistant"}
-    made = load_config(None, [parse_override("distill.student.from_teacher.keep_layers=4")])
+    made = load_config(None, [parse_override("distill.teacher=runs/t"), parse_override("distill.student.from_teacher.keep_layers=4")])
     assert made.distill.student.from_teacher.keep_layers == 4
     with pytest.raises(ConfigError, match="distill.teacher: must be a mapping of keys to set distill.teacher.x"):
         load_config(path, [parse_override("distill.teacher.x=1")])
