@@ -151,6 +151,13 @@ def benchmark_is_path(spec: str, base: Path) -> bool:
     return spec.endswith(TASK_FILE_SUFFIXES) or "/" in spec or spec.startswith((".", "~")) or os.path.lexists(base / spec)
 
 
+def not_blank(value: str | None, fix: str) -> str | None:
+    """A model named by a setting other than model.name: null leaves it out, blank is refused with `fix`."""
+    if value is not None and not value.strip():
+        raise ValueError(f"empty; {fix}")
+    return value
+
+
 def not_a_switch(value: Any, meaning: str) -> Any:
     """A number setting that YAML's true or false would pass as 1 or 0."""
     if isinstance(value, bool):
@@ -184,9 +191,7 @@ class MonitorConfig(_Section):
     @field_validator("drift_from")
     @classmethod
     def _drift_from_named(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("empty; name the model the drift is counted from, or leave drift_from out")
-        return value
+        return not_blank(value, "name the model the drift is counted from, or leave drift_from out")
 
     @model_validator(mode="after")
     def _drift_settings_need_the_probe(self) -> "MonitorConfig":
@@ -388,9 +393,7 @@ class DistillConfig(_Section):
     @field_validator("teacher")
     @classmethod
     def _named(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("empty; name a finished run or a model, or leave distill.teacher out for no distillation")
-        return value
+        return not_blank(value, "name a finished run or a model, or leave distill.teacher out for no distillation")
 
     @model_validator(mode="after")
     def _teacher_named(self) -> "DistillConfig":

@@ -19,6 +19,7 @@ from rich.console import Console
 from ..config import RunConfig
 from ..diagnose.distill import distill_facts
 from ..distill.student import STUDENT_FILE, teacher_name
+from ..diagnose.findings import drift_origin
 from ..diagnose.rules import RunFacts
 from ..errors import UserError
 from ..models import ResolvedModel
@@ -282,7 +283,7 @@ class Recipe:
             val_tokens=parts.val.num_tokens, val_loss_std=state.val_loss_std, micro_batch_size=parts.runner.micro_batch_size,
             memory_before_training_mb=self.memory_before_training_mb, device_memory_mb=device_memory_mb(parts.device),
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
-            replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, drift_from=cfg.monitor.drift_from or "the base model", grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
+            replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, drift_from=drift_origin(cfg.monitor.model_dump()), grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
             grpo_target_kl=cfg.grpo.target_kl,
             **distill_facts(cfg.distill.model_dump()),
         )
