@@ -21,7 +21,8 @@ classifiers trained alike with their own seeds (an ensemble, against a policy th
 `--warm-start E` first fine-tunes the policy on the classifier's half as plain text for E epochs (TRL's sentiment
 example starts from a GPT-2 fine-tuned on reviews), so GRPO steers a model that already writes reviews; the run's
 own drift is then measured from the warm model, and the benchmark also measures the drift of the warm model and of
-the GRPO model from the embedded default. `--max-drift D` holds the GRPO run's best step to evaluations that
+the GRPO model from the embedded default, each saved model loaded in bf16 and in fp32 (bf16 rounds away part of a
+small full fine-tuning change, which the run's frozen weights do too). `--max-drift D` holds the GRPO run's best step to evaluations that
 drifted at most D (`monitor.max_drift`); the drift is measured on `--probe-tokens` tokens (4096) at each evaluation,
 from the warm model, or with `--drift-from-default` from the embedded default (`monitor.drift_from`), so that the
 budget holds the warm start and GRPO together.
@@ -164,7 +165,7 @@ def trained_as_flagged(run: Path, work: Path, args) -> None:
     differs = {name: (made, flagged) for name, made, flagged in (("--new-tokens", grpo["max_new_tokens"], args.new_tokens),
                                                                  ("--temperature", grpo["temperature"], args.temperature),
                                                                  ("--warm-start (the policy's start)", config["model"]["name"],
-                                                                  str(work / f"warm-e{args.warm_start:g}") if args.warm_start else EMBEDDED),
+                                                                  str(warm_folder(args, work)) if args.warm_start else EMBEDDED),
                                                                  ("--classifiers", sum("run" in r for r in grpo["rewards"]), args.classifiers),
                                                                  ("--max-drift", config["monitor"].get("max_drift"), args.max_drift),
                                                                  ("--probe-tokens", config["monitor"].get("probe_tokens"), args.probe_tokens),
@@ -178,10 +179,11 @@ def trained_as_flagged(run: Path, work: Path, args) -> None:
           f"{train['max_steps']} steps, grpo.target_kl {grpo['target_kl']}, rewards {grpo['rewards']}")
 
 
-def drift_from_default(model_dirs: list[Path], tokens: int) -> list[float]:
-    """Each model's drift from the embedded default, the way training's probe measures it (its mean NLL on texts the
-    embedded default sampled, minus the embedded default's own), on `tokens` tokens: with a warm start, the GRPO run's
-    own probe measures the drift from the warm model instead."""
+def drift_from_default(model_dirs: list[Path], tokens: int, precision: str) -> list[float]:
+    """Each saved model's drift from the embedded default, the way training's probe measures it (its mean NLL on texts
+    the embedded default sampled, minus the embedded default's own), on `tokens` tokens, every model loaded in
+    `precision` (bf16: weights and arithmetic in bf16, as the run's frozen weights; fp32: full precision, which keeps
+    what bf16 rounds away of a small fine-tuning change)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -189,13 +191,13 @@ def drift_from_default(model_dirs: list[Path], tokens: int) -> list[float]:
     from tunesmith.evaluation.forgetting import BaseSampler, build_probe
     from tunesmith.models import resolve_model
 
-    device, precision = torch.device("cpu"), "bf16"
+    device, dtype = torch.device("cpu"), {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     base = resolve_model(EMBEDDED)
-    sampler = BaseSampler(base, device, precision)
+    sampler = BaseSampler(base, device, "bf16")  # the texts the run's probe scores (sampled once, cached)
     probe = build_probe(MonitorConfig(probe_tokens=tokens), sampler, sampler.tokenizer, 0)
 
     def nll(path: str) -> float:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
         with torch.no_grad():
             return probe.measure(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, 16, device, precision)["samples"]
 
@@ -208,15 +210,21 @@ def judged(judge, rows: list[dict]) -> tuple[float, list[str]]:
     return float(judge.predict(texts).mean()), texts
 
 
+def warm_folder(args, work: Path) -> Path:
+    return work / (f"warm-e{args.warm_start:g}" + (f"-r{args.warm_replay:g}" if args.warm_replay else ""))
+
+
 def warm_start(args, work: Path) -> Path:
     """The policy's start with --warm-start: the embedded default fine-tuned on the classifier's half as plain text (the
     review sentences, labels unused) for that many epochs, as TRL's sentiment example starts from a GPT-2 fine-tuned on
-    reviews; trained once per --work and epochs. Its run folder."""
-    run = work / f"warm-e{args.warm_start:g}"
+    reviews, with --warm-replay that share of its tokens the embedded default's own text (`data.replay`), which keeps
+    its general language; trained once per --work, epochs and replay. Its run folder."""
+    run = warm_folder(args, work)
     if not (run / "summary.json").is_file():
         seconds = tunesmith("train", "--task", "lm", "--data", str(work / "reviews.jsonl"), "--out", str(run), "--force",
                             "--block-size", "64", "--epochs", str(args.warm_start), "--lr", "5e-5", "--batch-size", "16",
-                            "--set", "train.patience=null", "--set", "clean.dedup_near=false")
+                            "--set", "train.patience=null", "--set", "clean.dedup_near=false",
+                            "--set", f"data.replay={args.warm_replay}")
         print(f"warm start: {run} ({seconds / 60:.1f} min)")
     return run
 
@@ -338,9 +346,10 @@ def steer(args) -> None:
           f"{np.mean([r['tokens'] for r in tuned_default]):.1f} |\n"
           f"| drift (nats per token{', from the embedded default' if args.drift_from_default else ''}) | 0 | {drift} |")
     if start:
-        from_default = drift_from_default([start / "final", run / "final"], args.probe_tokens)
-        print(f"| drift from the embedded default, warm start / after GRPO ({args.probe_tokens} probe tokens) | 0 | "
-              f"{from_default[0]:.3f} / {from_default[1]:.3f} |")
+        for precision in ("bf16", "fp32"):
+            from_default = drift_from_default([start / "final", run / "final"], args.probe_tokens, precision)
+            print(f"| drift of the saved models from the embedded default, warm start / after GRPO, loaded in {precision} "
+                  f"({args.probe_tokens} probe tokens) | 0 | {from_default[0]:.3f} / {from_default[1]:.3f} |")
     print("\ncurve (step: train reward / held-out reward, drift at each evaluation):")
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -494,6 +503,9 @@ def main() -> None:
     one.add_argument("--classifier-epochs", type=int, default=1, help="the reward classifier's epochs (trained once per --work)")
     one.add_argument("--warm-start", type=float, default=0,
                      help="first fine-tune the policy on the classifier's half as plain text for this many epochs (0: none)")
+    one.add_argument("--warm-replay", type=float, default=0.0,
+                     help="with --warm-start: data.replay of the warm start, the share of its tokens that rehearse the embedded "
+                          "default's own text (0: none)")
     one.add_argument("--classifiers", type=int, default=1,
                      help="the reward is the mean of this many classifiers, each trained on the same half with its own seed")
     one.add_argument("--length-weight", type=float, default=0.0,
@@ -516,6 +528,8 @@ def main() -> None:
         parser.error(f"--run {args.run!r}: give a plain folder name not starting with 'sentiment' (the classifiers' runs)")
     if args.part == "steer" and args.classifiers < 1:
         parser.error("--classifiers: give 1 or more")
+    if args.part == "steer" and args.warm_replay and not args.warm_start:
+        parser.error("--warm-replay is the warm start's data.replay: add --warm-start")
     if args.part == "steer" and (args.warm_start < 0 or args.run.startswith("warm-")):
         parser.error("--warm-start must be 0 or more, and --run not start with 'warm-' (the warm start's runs)")
     {"steer": steer, "speed": speed}[args.part](args)

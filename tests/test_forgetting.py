@@ -17,7 +17,7 @@ from tunesmith.models import resolve_model
 from tunesmith.report.writer import write_report
 from tunesmith.tasks import TASK_FILE
 
-from helpers import chat_config, classify_config, conversations, labelled, make_corpus, run_config, write_format, write_jsonl
+from helpers import chat_config, classify_config, conversations, cut_run, labelled, make_corpus, run_config, write_format, write_jsonl
 
 
 
@@ -147,6 +147,7 @@ def test_drift_from_counts_the_drift_from_the_model_an_earlier_run_started_from(
     assert f"drift from {tiny_llama} (nats per token)" in markdown.read_text()
     assert main(["train", "--out", str(tmp_path / "second"), "--resume", "--set", "monitor.drift_from=null"]) == 2
     assert "monitor.drift_from is None here but" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "second"), "--resume", "--set", f"monitor.drift_from={tiny_llama}/"]) == 0
     itself = train(with_monitor(run_config(tiny_llama, corpus_file, tmp_path / "third", max_steps=2, eval_every=2), drift_from=str(tiny_llama)))
     assert abs([row for row in metric_rows(tmp_path / "third") if "val_loss" in row][0]["drift_nats"]) < 1e-6
     assert itself["forgetting"]["drift_from"] == str(tiny_llama)
@@ -167,6 +168,52 @@ def test_a_start_over_the_budget_counted_from_another_model_is_kept_only_until_a
     inside = [row for row in evals[1:] if row["drift_nats"] <= budget]
     assert second["best_step"] == (min(inside, key=lambda row: row["val_loss"])["step"] if inside else 0)
     assert ("it is itself over monitor.max_drift" in out) == (not inside)
+
+
+def test_patience_waits_for_an_evaluation_within_the_budget_when_the_start_is_over_it(tiny_llama, corpus_file, tmp_path):
+    train(run_config(tiny_llama, corpus_file, tmp_path / "first", max_steps=4, eval_every=4))
+    cfg = run_config(tmp_path / "first", corpus_file, tmp_path / "second", max_steps=6, eval_every=2, patience=1)
+    second = train(with_monitor(cfg, drift_from=str(tiny_llama), max_drift=1e-9))  # no evaluation comes within it
+    assert second["steps"] == 6 and second["stopped_because"] != "early_stop" and second["best_step"] == 0
+    assert second["forgetting"]["over_drift_steps"] == [0, 2, 4, 6]
+
+
+def test_a_model_path_is_one_setting_with_or_without_its_trailing_slash(tiny_llama):
+    cfg = load_config(None, [("model.name", f"{tiny_llama}/./"), ("monitor.drift_from", f"{tiny_llama}/"),
+                             ("monitor.general_probe", "texts/general.txt/")])
+    assert cfg.model.name == cfg.monitor.drift_from == str(tiny_llama) and cfg.monitor.general_probe == "texts/general.txt"
+    assert MonitorConfig(drift_from="runs/warm//").drift_from == "runs/warm" and MonitorConfig().general_probe == "auto"
+
+
+def test_a_resume_scores_the_probe_texts_its_checkpoint_kept(tiny_llama, corpus_file, tmp_path, isolated_home, capsys):
+    general = write_jsonl(tmp_path / "general.jsonl", [f"Hello world number {i}, plain English text." for i in range(30)])
+
+    def config(out):
+        return with_monitor(run_config(tiny_llama, corpus_file, out, max_steps=8, eval_every=2, keep_last=10), general_probe=str(general))
+
+    train(config(tmp_path / "whole"))
+    write_jsonl(general, [f"Other words entirely, line {i} of a new file." for i in range(30)])
+    shutil.rmtree(isolated_home / "probes")  # the base model's texts are sampled anew
+    cut = cut_run(tmp_path / "whole", tmp_path / "cut", last_step=4)
+    train(config(cut), resume=True)
+    whole, resumed = ([(row["step"], row["drift_nats"], row["general_ppl"]) for row in metric_rows(run) if "val_loss" in row]
+                      for run in (tmp_path / "whole", cut))
+    assert [row[0] for row in resumed] == [0, 2, 4, 6, 8] and whole[-1][1] != 0.0
+    assert np.allclose(resumed, whole, rtol=0, atol=1e-6)
+    kept = json.loads((max((cut / "checkpoints").glob("step-*")) / "state.json").read_text())["probe_texts"]
+    damage = {"null": (None, "not a mapping of samples and general texts"),
+              "empty": ({"samples": [[[1], []]], "general": kept["general"]}, "a text with no scored tokens"),
+              "parts": ({"samples": kept["samples"], "general": []}, "they are not texts for the parts the drift's zero was measured on"),
+              "ids": ({"samples": [[[1], [1.5]]], "general": kept["general"]}, "a text that is not a list of token ids below")}
+    for name, (probe_texts, problem) in [*damage.items(), ("older", (..., ""))]:  # older: a checkpoint from before they were kept
+        run = cut_run(tmp_path / "whole", tmp_path / name, last_step=4)
+        state = max((run / "checkpoints").glob("step-*")) / "state.json"
+        saved = {key: value for key, value in json.loads(state.read_text()).items() if key != "probe_texts"}
+        state.write_text(json.dumps(saved if probe_texts is ... else {**saved, "probe_texts": probe_texts}))
+        assert main(["train", "--out", str(run), "--resume"]) == (0 if probe_texts is ... else 2)
+        assert (f"state.json is damaged (its forgetting probe texts: {problem}" in capsys.readouterr().err) == (probe_texts is not ...)
+    older = json.loads((max((tmp_path / "older" / "checkpoints").glob("step-*")) / "state.json").read_text())["probe_texts"]
+    assert older["general"] != kept["general"]  # the texts built at that resume, kept from then on
 
 
 def test_drift_from_takes_a_chat_run_whose_tokenizer_adds_the_template_tokens(tiny_llama, tmp_path):

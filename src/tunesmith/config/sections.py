@@ -16,6 +16,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def one_spelling(name: str | None) -> str | None:
+    """A path without a trailing slash (nor '.' parts, when absolute), so that a resume compares the same folder as the
+    same; names that are not paths have neither."""
+    if name is None:
+        return None
+    return str(Path(name)) if os.path.isabs(name) else name.rstrip("/") or name
+
+
 class ModelConfig(_Section):
     name: str = Field(DEFAULT_MODEL, description="smollm2-135m (embedded), a hub id, a local HF directory or a .gguf file")
     method: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="full: all weights; freeze: the top blocks only; lora: low-rank adapters; qlora: adapters on a 4-bit base (CUDA)")
@@ -28,6 +36,11 @@ class ModelConfig(_Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (GPT-2: residual, embedding, attention; Llama: attention); null keeps it")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, about 30% slower")
     trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run (off unless you trust it)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_spelled_once(cls, value: str) -> str:
+        return one_spelling(value)
 
 
 class DataSource(_Section):
@@ -152,10 +165,11 @@ def benchmark_is_path(spec: str, base: Path) -> bool:
 
 
 def not_blank(value: str | None, fix: str) -> str | None:
-    """A model named by a setting other than model.name: null leaves it out, blank is refused with `fix`."""
+    """A model named by a setting other than model.name: null leaves it out, blank is refused with `fix`; a path comes
+    back in `one_spelling`."""
     if value is not None and not value.strip():
         raise ValueError(f"empty; {fix}")
-    return value
+    return one_spelling(value)
 
 
 def not_a_switch(value: Any, meaning: str) -> Any:
@@ -177,7 +191,7 @@ class MonitorConfig(_Section):
     sample_tokens: int = Field(40, ge=1, description="tokens generated for each sample (greedy, so runs compare)")
     general_probe: str = Field("auto", description="what the model may forget, measured at each evaluation: auto: texts sampled once from the base model (monitor.drift_from's model when set; the teacher, for a student cut from it; cached per model), scored as drift_nats, the tuned model's extra nats per token on them (an estimate of its KL divergence from the base); a file of your general text: also scored as general_ppl; none: off")
     drift_from: str | None = Field(None, min_length=1, description="the model drift_nats is counted from (a model name, folder, .gguf file or finished run that shares the tokenizer): the probe (and data.replay) samples its text, and its own NLL on the probe is the zero, so a run that starts from an earlier run (a warm start) can hold monitor.max_drift to the original model; null: the model this run starts from")
-    max_drift: float | None = Field(None, gt=0, allow_inf_nan=False, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, or from monitor.drift_from's model, e.g. 0.5); one over it counts as no improvement for train.patience; null: any drift")
+    max_drift: float | None = Field(None, gt=0, allow_inf_nan=False, description="a forgetting budget: the best step is chosen only among evaluations whose drift_nats is at most this (nats per token from the base, or from monitor.drift_from's model, e.g. 0.5); one over it counts as no improvement for train.patience (none counts while no evaluation has been within it, as when the run starts over it); null: any drift")
     probe_tokens: int | None = Field(None, ge=64, description="tokens each part of the probe runs through the model at each evaluation, openings included (null: a tenth of the validation tokens, 256 to 32768, so it costs about a tenth of an evaluation)")
     benchmarks: list[str] = Field(default_factory=list, description="standard benchmarks scored through lm-evaluation-harness, e.g. [piqa, lambada_openai]: lm-eval task or group names, or task YAML files; into metrics.jsonl as bench/<task>/<metric>, summary.json (base and final), the report and diagnose's benchmark_regression")
     benchmark_limit: int = Field(300, ge=1, description="the first N items of each benchmark scored each time (a few hundred keep the cost small; the standard error says how precise the score is)")
@@ -192,6 +206,11 @@ class MonitorConfig(_Section):
     @classmethod
     def _drift_from_named(cls, value: str | None) -> str | None:
         return not_blank(value, "name the model the drift is counted from, or leave drift_from out")
+
+    @field_validator("general_probe")
+    @classmethod
+    def _general_probe_spelled_once(cls, value: str) -> str:
+        return one_spelling(value)
 
     @model_validator(mode="after")
     def _drift_settings_need_the_probe(self) -> "MonitorConfig":

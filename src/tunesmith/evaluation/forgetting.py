@@ -243,12 +243,43 @@ class Probe:
             parts.append(f"{sum(len(t.ids) for t in self.general):,} tokens of {self.general_source}")
         return "probe: " + " and ".join(parts)
 
+    def texts_record(self) -> dict:
+        """The texts as a checkpoint keeps them: a resume scores these, whatever the sampler's cache or the general file
+        hold by then, since the drift's zero was measured on them."""
+        return {part: [[t.prompt, t.ids] for t in texts] for part, texts in (("samples", self.samples), ("general", self.general))}
+
+    def take_texts(self, record, measured: set[str], vocab: int, context: int | None) -> None:
+        """Score the texts of a checkpoint's `texts_record`, which must hold texts for exactly the parts its zero was
+        `measured` on; ValueError when it is not such a record (hand-edited, say)."""
+        if not isinstance(record, dict) or set(record) != {"samples", "general"}:
+            raise ValueError("not a mapping of samples and general texts")
+        parts = {part: _recorded_texts(record[part], vocab, context) for part in ("samples", "general")}
+        if {part for part, texts in parts.items() if texts} != measured:
+            raise ValueError(f"they are not texts for the parts the drift's zero was measured on ({', '.join(sorted(measured))})")
+        self.samples, self.general = parts["samples"], parts["general"]
+
     def measure(self, logits_of: Logits, batch_size: int, device: torch.device, precision: str) -> dict[str, float]:
         """Mean NLL per token on each part: {"samples": ..., "general": ...}."""
         nll = {"samples": mean_nll(logits_of, self.samples, batch_size, device, precision)}
         if self.general:
             nll["general"] = mean_nll(logits_of, self.general, batch_size, device, precision)
         return nll
+
+
+def _recorded_texts(texts, vocab: int, context: int | None) -> list[ProbeText]:
+    """One part of a checkpoint's probe texts, each [prompt ids, scored ids]: ids of the tokenizer, some scored, all
+    within the model's context; ValueError otherwise."""
+    def ids(values) -> list[int]:
+        if not isinstance(values, list) or not all(type(i) is int and 0 <= i < vocab for i in values):
+            raise ValueError(f"a text that is not a list of token ids below {vocab}")
+        return values
+
+    if not isinstance(texts, list) or not all(isinstance(text, list) and len(text) == 2 for text in texts):
+        raise ValueError("not a list of [prompt, scored] texts")
+    made = [ProbeText(ids(prompt), ids(scored)) for prompt, scored in texts]
+    if any(not text.ids or (context and len(text.prompt) + len(text.ids) > context) for text in made):
+        raise ValueError("a text with no scored tokens, or longer than the model's context")
+    return made
 
 
 def probe_row(nll: dict[str, float], base: dict[str, float]) -> dict[str, float]:

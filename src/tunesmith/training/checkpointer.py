@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..models.load import context_length
 from .checkpoint import SavedCheckpoint, apply_checkpoint, gather_trainable, newest_intact_checkpoint, save_checkpoint, set_aside, \
     write_tensors
 from .distributed import Distributed
@@ -39,10 +40,28 @@ class Checkpointer:
 
     def restore(self, saved: SavedCheckpoint, state: LoopState) -> None:
         runner = self.parts.runner
-        state.load(apply_checkpoint(saved, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler))
+        values = apply_checkpoint(saved, self.parts.model, runner.optimizer, runner.scheduler, runner.scaler)
+        state.load(values)
+        self._take_probe_texts(values, state, saved)
         runner.micro_batch_size = state.micro_batch_size or runner.micro_batch_size
         if self.parts.rollouts is not None:
             self.parts.rollouts.load(state.rollout)
+
+    def _take_probe_texts(self, values: dict, state: LoopState, saved: SavedCheckpoint) -> None:
+        """The probe scores the texts the checkpoint kept, which its zero was measured on, whatever the probe cache, the
+        general file or the sampled model hold now; a checkpoint from before they were kept takes the texts built now."""
+        probe = self.parts.probe
+        if probe is None:
+            return
+        if "probe_texts" not in values:
+            state.probe_texts = probe.texts_record()
+            return
+        try:
+            probe.take_texts(values["probe_texts"], set(state.probe_base), len(self.parts.tokenizer),
+                             context_length(getattr(self.parts.model, "config", None)))
+        except ValueError as exc:
+            raise UserError(f"--resume: {saved.path / 'state.json'} is damaged (its forgetting probe texts: {exc}); move that "
+                            "checkpoint aside to resume from the one before, or start a new run with another --out") from None
 
     def roll_back(self, state: LoopState) -> None:
         """Back to the last intact checkpoint with the learning rate halved."""

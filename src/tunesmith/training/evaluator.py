@@ -38,6 +38,7 @@ class Evaluator:
                                                                  parts.precision))
         if not state.probe_base:
             state.probe_base = nll if parts.probe.zero_from is None else self._zero(state)
+            state.probe_texts = parts.probe.texts_record()
         return probe_row(nll, state.probe_base)
 
     def _zero(self, state: LoopState) -> dict:
@@ -82,7 +83,8 @@ class Evaluator:
         """Record a new best evaluation; False when this one is not better, or drifted past monitor.max_drift."""
         score = self.task.score(result)
         if score >= state.best_score or over_budget:
-            state.evals_since_best += 1
+            if not (state.best_step == 0 and 0 in state.over_drift_steps):  # no evaluation within monitor.max_drift yet
+                state.evals_since_best += 1
             return False
         state.best_score, state.best_val_loss, state.best_step, state.evals_since_best = score, result.loss, state.step, 0
         state.best_metrics = result.metrics

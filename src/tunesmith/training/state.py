@@ -30,6 +30,7 @@ class LoopState:
     best_metrics: dict = field(default_factory=dict)  # ... and at the best step
     probe_base: dict = field(default_factory=dict)  # the base model's mean NLL on the forgetting probe's parts
     probe_best: dict = field(default_factory=dict)  # the probe's metrics at the best step
+    probe_texts: dict = field(default_factory=dict)  # the texts probe_base was measured on (Probe.texts_record), which a resume scores
     over_drift_steps: list[int] = field(default_factory=list)  # evaluations whose drift was over monitor.max_drift
     probe_seconds: float = 0.0
     validation_seconds: float = 0.0  # the validation passes alone, which the probe's cost is measured against
