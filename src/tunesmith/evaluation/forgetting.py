@@ -254,7 +254,7 @@ class Probe:
         if not isinstance(record, dict) or set(record) != {"samples", "general"}:
             raise ValueError("not a mapping of samples and general texts")
         parts = {part: _recorded_texts(record[part], vocab, context) for part in ("samples", "general")}
-        if {part for part, texts in parts.items() if texts} != measured:
+        if bool(parts["general"]) != ("general" in measured):
             raise ValueError(f"they are not texts for the parts the drift's zero was measured on ({', '.join(sorted(measured))})")
         self.samples, self.general = parts["samples"], parts["general"]
 

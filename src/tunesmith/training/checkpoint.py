@@ -112,7 +112,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scale
             save_file(tensors, str(partial / "trainable.safetensors"))
             save_plain({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None}, partial / "training_state.pt")
-            (partial / "state.json").write_text(json.dumps(state, indent=2))
+            (partial / "state.json").write_text(json.dumps(state, separators=(",", ":")))  # one line: it holds the probe's token ids
             replace_dir(partial, target)
             for stale in list_checkpoints(run_dir)[:-keep_last]:
                 shutil.rmtree(stale, ignore_errors=True)

@@ -51,17 +51,26 @@ class Checkpointer:
         """The probe scores the texts the checkpoint kept, which its zero was measured on, whatever the probe cache, the
         general file or the sampled model hold now; a checkpoint from before they were kept takes the texts built now."""
         probe = self.parts.probe
-        if probe is None:
+        if probe is None or not state.probe_base:  # no zero yet: the next evaluation measures it, and keeps its texts
+            state.probe_texts = {}
             return
         if "probe_texts" not in values:
             state.probe_texts = probe.texts_record()
+            if self.context.is_main:
+                self.log(f"probe: {saved.path} is from before checkpoints kept the probe's texts, so the texts built now are "
+                         "scored; they match the run's zero only if the probe cache and monitor.general_probe's file are as they were")
             return
+        if values["probe_texts"] == probe.texts_record():
+            return
+        config = getattr(self.parts.model, "config", None)
         try:
-            probe.take_texts(values["probe_texts"], set(state.probe_base), len(self.parts.tokenizer),
-                             context_length(getattr(self.parts.model, "config", None)))
+            probe.take_texts(values["probe_texts"], set(state.probe_base),
+                             max(len(self.parts.tokenizer), getattr(config, "vocab_size", 0) or 0), context_length(config))
         except ValueError as exc:
-            raise UserError(f"--resume: {saved.path / 'state.json'} is damaged (its forgetting probe texts: {exc}); move that "
-                            "checkpoint aside to resume from the one before, or start a new run with another --out") from None
+            raise UserError(f"{saved.path / 'state.json'} is damaged (its forgetting probe texts: {exc}); move that checkpoint "
+                            "aside to resume from the one before, or start a new run with another --out") from None
+        if self.context.is_main:
+            self.log(f"{probe.describe()}, as {saved.path} kept them", highlight=False)
 
     def roll_back(self, state: LoopState) -> None:
         """Back to the last intact checkpoint with the learning rate halved."""
