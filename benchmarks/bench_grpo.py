@@ -444,7 +444,7 @@ def speed(args) -> None:
     objective(theirs["trainer"])
 
 
-def objective(trainer=None) -> None:
+def objective(trainer) -> None:
     """tunesmith's GRPO loss against TRL's `_compute_loss`, on fixed log-probs, old and reference log-probs and advantages."""
     import torch
 
@@ -464,7 +464,9 @@ def objective(trainer=None) -> None:
               "completion_ids": torch.zeros(n, width, dtype=torch.long), "completion_mask": mask, "advantages": advantages,
               "old_per_token_logps": old, "ref_per_token_logps": ref, "num_items_in_batch": mask.sum()}
     # TRL 1.x weights the KL term by the importance ratio by default (use_bias_correction_kl); with one iteration per batch
-    # (grpo.iterations 1, the default of both) the ratio is exactly 1 and the two agree. Compared both ways:
+    # (grpo.iterations 1, the default of both) the ratio is exactly 1 and the two agree. Compared both ways; without the
+    # correction (the DeepSeekMath objective) they must agree to 1e-6 whatever the ratio:
+    unequal = []
     for correction in (False, True):
         trainer.args.use_bias_correction_kl = correction
         for kind in ("grpo", "dr_grpo"):
@@ -474,6 +476,10 @@ def objective(trainer=None) -> None:
                                    trainer.max_completion_length)[0])
             print(f"objective {kind} (TRL use_bias_correction_kl={correction}): tunesmith {ours:.9f}, TRL {theirs:.9f}, "
                   f"difference {abs(ours - theirs):.2e}")
+            if not correction and abs(ours - theirs) > 1e-6:
+                unequal.append(kind)
+    if unequal:
+        raise SystemExit(f"tunesmith's {' and '.join(unequal)} loss differs from TRL's by more than 1e-6")
 
 
 def main() -> None:

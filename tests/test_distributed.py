@@ -102,8 +102,17 @@ def test_grpo_under_ddp_matches_one_process(tiny_models, tmp_path):
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
     betas = lambda run: [row["beta"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "beta" in row]  # noqa: E731
     assert len(betas(tmp_path / "ddp")) == 4 and betas(tmp_path / "ddp") == pytest.approx(betas(tmp_path / "single"), rel=1e-5)
+    rounds = lambda run: [{k: row[k] for k in ROUND_METRICS} for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                          if "reward" in row]
+    ddp, single = rounds(tmp_path / "ddp"), rounds(tmp_path / "single")
+    assert len(ddp) == len(single) == 4
+    for two, one in zip(ddp, single):
+        assert two == pytest.approx(one, rel=1e-6)  # both ranks' groups, not rank 0's
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["task"] == "grpo" and summary["processes"] == 2
+
+
+ROUND_METRICS = ("reward", "reward/regex", "reward/length", "reward_std", "equal_groups", "completion_length")
 
 
 def test_distillation_under_ddp_matches_one_process(tiny_models, tmp_path):

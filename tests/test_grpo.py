@@ -123,6 +123,9 @@ def test_a_python_reward_that_fails_names_the_function_and_the_row(tmp_path):
     (tmp_path / "quits.py").write_text("import sys\ndef stop(prompts, completions):\n    sys.exit(3)\n")
     with pytest.raises(UserError, match=r"quits.py:stop failed on row 0 .*SystemExit"):
         Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/quits.py:stop"}])).score(["a"], ["x"], [1])
+    (tmp_path / "broken.py").write_text("import no_such_module_here\ndef f(prompts, completions):\n    return [0.0]\n")
+    with pytest.raises(UserError, match=r"importing .*broken.py failed: ModuleNotFoundError: No module named 'no_such_module_here'; fix the file"):
+        Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/broken.py:f"}]))
     with pytest.raises(ConfigError, match="has no function missing"):
         Rewards(GrpoConfig(rewards=[{"python": f"{tmp_path}/rw.py:missing"}]))
     with pytest.raises(ConfigError, match="does not exist"):
@@ -221,7 +224,8 @@ def test_a_tiny_model_learns_a_rule_reward(tiny_llama, tmp_path):
     history = rows(tmp_path / "run")
     step = history[3]
     assert {"reward", "reward/vowels", "reward_std", "equal_groups", "completion_length", "gen_tokens_per_s", "clipped_share",
-            "kl", "train_loss"} <= set(step)
+            "kl", "train_loss", "train_tokens_per_s"} <= set(step)
+    assert step["train_tokens_per_s"] > step["tokens_per_s"] > 0  # the step's training alone, without its sampling
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and {"prompt", "text", "reward", "reward/vowels"} <= set(samples[0])
     assert json.loads((tmp_path / "run" / "final" / "tunesmith_task.json").read_text())["task"] == "grpo"
@@ -313,6 +317,18 @@ def test_the_page_shows_a_grpo_runs_rewards_and_its_try_it_scores_a_completion(t
     body = tried.json()
     assert tried.status_code == 200 and set(body["rewards"]) == {"total", "regex"} and body["not_scored"] == ["vowels (Python, not run from the page)"]
     assert body["rewards"]["regex"] == float("e" in body["text"])
+    refused = client.post("/api/run/steer/score", json={"prompt": "the lamp", "answer": "glows"})
+    assert refused.status_code == 400 and "is not a reward model (trained with task grpo)" in refused.json()["error"]
+
+
+def test_the_pages_length_reward_counts_the_stop_token_as_training_does(tmp_path):
+    from tunesmith.inference.generation import Completion
+    from tunesmith.ui.tryout import Tryout
+
+    config = {"grpo": {"rewards": [{"length": 4}]}}
+    for stop_id, expected in ((2, 1.0), (None, 0.75)):  # 3 tokens, and the stop token that ended them
+        completion = Completion(text="abc", finish_reason="length" if stop_id is None else "stop", tokens=3, ids=[5, 6, 7], stop_id=stop_id)
+        assert Tryout().rewards(config, lambda path: path, "p", completion)["rewards"]["length"] == expected
 
 
 def test_completion_log_probs_line_up_with_a_full_forward(tiny_llama):
@@ -365,6 +381,28 @@ def test_iterations_take_several_steps_on_one_batch_of_completions(tiny_llama, t
     steps = [row for row in rows(tmp_path / "run") if "sample_seconds" in row]
     assert [row["reward"] for row in steps][0::2] == [row["reward"] for row in steps][1::2]  # the round's completions, twice
     assert steps[0]["sample_seconds"] == steps[1]["sample_seconds"] and steps[1]["clipped_share"] >= 0
+
+
+def test_beta_zero_takes_no_reference_pass_and_holds_no_copy(tiny_llama, tmp_path, capsys):
+    data = prompt_file(tmp_path / "p.txt")
+    train(grpo_config(tiny_llama, data, tmp_path / "run", [{"regex": "e"}], beta=0.0, train={"max_steps": 2, "eval_every": 2}))
+    steps = [row for row in rows(tmp_path / "run") if "sample_seconds" in row]
+    assert len(steps) == 2 and not any("reference_seconds" in row or "kl" in row for row in steps)
+    assert "frozen copy" not in capsys.readouterr().out
+    train(grpo_config(tiny_llama, data, tmp_path / "kl", [{"regex": "e"}], train={"max_steps": 2, "eval_every": 2}))
+    assert all("reference_seconds" in row and "kl" in row for row in rows(tmp_path / "kl") if "sample_seconds" in row)
+    assert "holding a frozen copy of the model as the KL reference" in capsys.readouterr().out
+
+
+def test_eval_gives_a_grpo_runs_mean_reward_on_a_prompt_file(tiny_llama, tmp_path, capsys):
+    data = prompt_file(tmp_path / "p.txt")
+    train(grpo_config(tiny_llama, data, tmp_path / "run", [{"regex": "e"}, {"length": 6}], train={"max_steps": 2, "eval_every": 2}))
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("the lamp glows\nthe button is\nwhen the app\n")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(held_out)]) == 0
+    line = capsys.readouterr().out
+    assert "mean reward" in line and "(regex " in line and "length " in line and "over 3 prompts" in line and "distinct-2" in line
 
 
 def test_short_rows_on_a_cpu_attend_through_the_math_kernel():

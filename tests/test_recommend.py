@@ -230,6 +230,23 @@ def test_a_cpu_run_that_fits_passes_the_memory_check_and_the_check_can_be_turned
     preflight.check_memory_fits(cfg)
 
 
+def test_a_grpo_run_is_checked_for_its_whole_group_and_a_frozen_reference(tiny_llama, corpus_file, tmp_path, monkeypatch):
+    """Each prompt puts grpo.group_size completions in a batch, and without LoRA a KL reference is a copy of the model."""
+    from tunesmith.models import count_parameters
+    from tunesmith.planning import preflight
+
+    seen, check = {}, preflight.check_plan_fits
+    monkeypatch.setattr(preflight, "peak_bound", lambda config, shape, rows: seen.update(rows=rows) or 0)
+    monkeypatch.setattr(preflight, "check_plan_fits", lambda cfg, config, log, held: seen.update(held=held) or check(cfg, config, log, held))
+    weights = count_parameters(AutoConfig.from_pretrained(tiny_llama)) * 4
+    for method, beta, held in (("full", 0.04, weights), ("lora", 0.04, 0), ("full", 0.0, 0)):
+        cfg = load_config(None, [("task", "grpo"), ("model.name", str(tiny_llama)), ("model.method", method), ("data.train", [str(corpus_file)]),
+                                 ("data.block_size", 64), ("grpo.max_new_tokens", 8), ("grpo.group_size", 16), ("grpo.beta", beta),
+                                 ("grpo.rewards", [{"length": 4}]), ("train.micro_batch_size", 2), ("train.device", "cpu")])
+        preflight.check_memory_fits(cfg)
+        assert seen == {"rows": 32, "held": held}, method
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_the_demo_passes_the_memory_check_with_6_gib_available(precision, corpus_file, monkeypatch):
     """The embedded default as the demo trains it (full, 4 x 256), on a machine with 6 GiB free: its process peaks at

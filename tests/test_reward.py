@@ -207,8 +207,35 @@ def test_eval_prints_pairwise_accuracy_and_other_models_are_refused(reward_run, 
     assert "is not a trained reward model" in capsys.readouterr().err
 
 
-def test_the_page_shows_a_reward_run_by_its_pairwise_accuracy(reward_run):
+def test_a_reward_model_run_is_a_grpo_reward_scoring_as_the_reward_model_does(reward_run, tmp_path):
+    from tunesmith.config import GrpoConfig
+    from tunesmith.errors import ConfigError
+    from tunesmith.tasks.grpo.rewards import Rewards
+    from tunesmith.tasks.reward import RewardModel
+
+    run, _ = reward_run
+    pairs = rule_pairs(2, seed=11)
+    prompts, answers = [p["prompt"] for p in pairs], [pairs[0]["chosen"], pairs[1]["rejected"]]
+    rewards = Rewards(GrpoConfig(rewards=[{"run": str(run), "weight": 2.0}]), "cpu")
+    total, each = rewards.score(prompts, answers, [5, 5])
+    scored = RewardModel(str(run), "cpu").rewards(prompts, answers)
+    assert rewards.names == [run.name] and each[run.name] == pytest.approx(scored, abs=1e-5) and total == pytest.approx(2 * scored, abs=1e-5)
+    alone = Rewards(GrpoConfig(rewards=[{"run": str(run), "text": "completion"}]), "cpu").score(prompts, answers, [5, 5])[0]
+    assert alone == pytest.approx(RewardModel(str(run), "cpu").rewards(["", ""], answers), abs=1e-5)
+    for extra, message in (({"label": "positive"}, "is a reward model, which gives one score and no probability; remove label"),
+                           ({"scale": "log_odds"}, "is a reward model, which gives one score and no probability; remove scale")):
+        with pytest.raises(ConfigError, match=message):
+            Rewards(GrpoConfig(rewards=[{"run": str(run), **extra}]))
+    (tmp_path / "lm" / "final").mkdir(parents=True)
+    (tmp_path / "lm" / "final" / "tunesmith_task.json").write_text(json.dumps({"task": "lm"}))
+    with pytest.raises(ConfigError, match="was trained for task lm, which gives no reward; use a classifier run"):
+        Rewards(GrpoConfig(rewards=[{"run": str(tmp_path / "lm")}]))
+
+
+def test_the_page_shows_a_reward_run_by_its_pairwise_accuracy_and_scores_answers(reward_run):
     from fastapi.testclient import TestClient
+
+    from tunesmith.tasks.reward import RewardModel
 
     from tunesmith.ui import create_app
 
@@ -217,7 +244,21 @@ def test_the_page_shows_a_reward_run_by_its_pairwise_accuracy(reward_run):
     row = next(r for r in client.get("/api/runs").json()["runs"] if r["name"] == run.name)
     assert row["task"] == "reward" and row["metric"] == "pairwise accuracy" and row["higher_is_better"]
     assert row["best"] == summary_of(run)["pairwise_accuracy"] and row["base"] == summary_of(run)["base_pairwise_accuracy"]
-    assert client.get(f"/runs/{run.name}").status_code == 200
+    page = client.get(f"/runs/{run.name}")
+    assert page.status_code == 200 and 'data-kind="score"' in page.text and "score-form" in page.text
+    pairs = rule_pairs(8, seed=5)
+    scored = {answer: [client.post(f"/api/run/{run.name}/score", json={"prompt": pair["prompt"], "answer": pair[answer]})
+                       for pair in pairs] for answer in ("chosen", "rejected")}
+    assert all(response.status_code == 200 for responses in scored.values() for response in responses)
+    rewards = {answer: np.array([response.json()["reward"] for response in responses]) for answer, responses in scored.items()}
+    assert rewards["chosen"] == pytest.approx(RewardModel(str(run)).rewards([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]), abs=1e-3)
+    assert (rewards["chosen"] - rewards["rejected"]).mean() > 0
+    assert client.post(f"/api/run/{run.name}/score", json={"prompt": "", "answer": pairs[0]["chosen"]}).status_code == 200
+    for body, message in (({"prompt": "p", "answer": " "}, "type an answer first"), ({"prompt": "p", "answer": 3}, "answer: send text, not int"),
+                          ({"answer": "x", "settings": {"temperature": 1}}, "settings: a reward model takes none")):
+        refused = client.post(f"/api/run/{run.name}/score", json=body)
+        assert refused.status_code == 400 and message in refused.json()["error"]
+    assert client.post(f"/api/run/{run.name}/score", json=["x"]).status_code == 400
     refused = client.post(f"/api/run/{run.name}/classify", json={"text": "the lamp"})
     assert refused.status_code == 400 and "is not a classifier (trained with task reward)" in refused.json()["error"]
 

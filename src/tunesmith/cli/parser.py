@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", default="auto")
     chat.add_argument("--seed", type=int, default=0)
 
-    predict = commands.add_parser("predict", help="label each row of a CSV/TSV/JSONL file with a trained classifier")
+    predict = commands.add_parser("predict", help="label each row of a CSV/TSV/JSONL file with a trained classifier, or score it with a reward model")
     predict.add_argument("model_or_run")
-    predict.add_argument("--input", required=True, help="CSV, TSV or JSONL with a text column")
-    predict.add_argument("--output", required=True, help="CSV, TSV or JSONL: the input columns plus prediction and p_<label>")
-    predict.add_argument("--text-field", help="the column that holds the text (default: the one the run was trained on)")
+    predict.add_argument("--input", required=True, help="CSV, TSV or JSONL with a text column (for a reward model: prompt and completion columns, or a text column)")
+    predict.add_argument("--output", required=True, help="CSV, TSV or JSONL: the input columns plus prediction and p_<label> (a classifier) or reward (a reward model)")
+    predict.add_argument("--text-field", help="the column that holds the text (default: the one a classifier was trained on; a "
+                                               "reward model scores prompt + completion, or else the text column; with this "
+                                               "flag it scores this column as it stands)")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto")
 

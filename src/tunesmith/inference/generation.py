@@ -58,6 +58,7 @@ class Completion:
     tokens: int = 0
     error: str = ""
     ids: list[int] = field(default_factory=list)  # the generated token ids, without the stop token
+    stop_id: int | None = None  # the stop token that ended it; None when a stop string or the length did
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Collector:
                 self.on_text(event[2])
         elif event[0] == "end":
             completion = self.completions[event[1]]
-            completion.finish_reason, completion.tokens, completion.ids = event[2], event[3], event[4]
+            completion.finish_reason, completion.tokens, completion.ids, completion.stop_id = event[2:6]
         elif event[0] == "error":
             for completion in self.completions:
                 completion.finish_reason, completion.error = "error", event[2]

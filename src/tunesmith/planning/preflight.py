@@ -72,26 +72,29 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
     from ..distill.teacher import resolve_teacher
     from ..models import count_parameters, load_model_config, resolve_model
     from ..runtime import pick_device, pick_precision
+    from ..tasks import task_kind
 
     if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or not method_of(cfg.model.method).runs_on("cpu"):
         return  # processes under torchrun share the memory in ways not modelled here; qlora stops on a CPU anyway
     if pick_device(cfg.train.device).type != "cpu":
         return
-    teacher_bytes = 0
+    held_bytes = 0
     if cfg.distill.teacher:  # the frozen teacher's weights stay beside the student's, in the compute dtype
         teacher = load_model_config(resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=log))
-        teacher_bytes = count_parameters(teacher) * (2 if pick_precision(cfg.train.precision, torch.device("cpu")) != "fp32" else 4)
+        held_bytes = count_parameters(teacher) * (2 if pick_precision(cfg.train.precision, torch.device("cpu")) != "fp32" else 4)
     if cfg.distill.student is not None and cfg.distill.teacher:  # without a teacher the task's check refuses the config
         cut = cfg.distill.student.from_teacher
         config = student_config(teacher, cut.keep_layers, cut.pick)
     else:
         config = load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log))
-    check_plan_fits(cfg, config, log, teacher_bytes)
+    copies = task_kind(cfg).frozen_copies(cfg)  # a reference copied from the model, its weights as the model keeps them
+    held_bytes += copies * count_parameters(config) * (4 if cfg.train.weights == "fp32" else 2)
+    check_plan_fits(cfg, config, log, held_bytes)
 
 
 def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda _m: None, resident_bytes: int = 0) -> None:
     """`check_memory_fits` for a CPU run of the model whose config is `config`, beside `resident_bytes` held already
-    (a distillation teacher's weights)."""
+    (a distillation teacher's weights, a frozen reference)."""
     import torch
 
     from ..models.weights import short_count
@@ -103,7 +106,7 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
         precision = pick_precision(cfg.train.precision, torch.device("cpu"))
     kind = task_kind(cfg)
     micro = cfg.train.micro_batch_size if isinstance(cfg.train.micro_batch_size, int) else 1  # auto starts from 1
-    rows = kind.rows_per_example
+    rows = kind.example_rows(cfg)
     shape = StepShape(cfg.model.method, cfg.data.block_size, precision, kind.head_classes(cfg, 2), cfg.model.gradient_checkpointing,
                       cfg.model.lora_rank, cfg.train.weights, method_of(cfg.model.method).trained_layers(cfg.model, config))
     available = available_memory() - resident_bytes

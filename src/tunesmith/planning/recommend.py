@@ -166,7 +166,7 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
 
     methods = [method for method in METHODS.values() if method.runs_on(device.type)]
     limit = TARGET_BATCH if device.type == "cuda" else 4  # more than 4 sequences buys no speed on CPU
-    rows = task_kind(cfg).rows_per_example
+    rows = task_kind(cfg).example_rows(cfg)
     options = []
     for candidate in candidates:
         log(f"estimating {candidate.label} ...")
@@ -183,10 +183,18 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
             fitted[method.name] = memory
             speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method.name, cfg.data.block_size, rate)
             note = too_long or _availability(candidate, hub)
-            fits = memory.largest_micro_batch(budget * HEADROOM, limit * rows)
+            held = _frozen_copies(cfg, method.name) * memory.params * (4 if cfg.train.weights == "fp32" else 2)
+            fits = memory.largest_micro_batch(budget * HEADROOM - held, limit * rows)
             options.append(Option(candidate, method.name, memory, fits // rows, speed,
                                   data.tokens / speed / 3600, note))
     return options
+
+
+def _frozen_copies(cfg: RunConfig, method: str) -> int:
+    """Copies of the model a run of `method` would hold beside it (a KL reference without adapters to switch off)."""
+    from ..tasks import task_kind
+
+    return task_kind(cfg).frozen_copies(cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method})}))
 
 
 def planned_epochs(data: DataSize, sequences: int, batch: int) -> float:

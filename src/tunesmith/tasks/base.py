@@ -42,6 +42,14 @@ class TaskKind:
     needs_saved_spec: ClassVar[bool] = False  # evaluation needs a model trained for this task (a classifier's labels)
     distills: ClassVar[bool] = False  # whether a teacher can guide it (distill.teacher): the loss is cross-entropy on fixed targets
 
+    def example_rows(self, cfg: RunConfig) -> int:
+        """Sequences a training example puts in a batch under this config, for the memory estimates."""
+        return self.rows_per_example
+
+    def frozen_copies(self, cfg: RunConfig) -> int:
+        """Frozen copies of the model a run holds beside it (a reference without LoRA adapters to switch off)."""
+        return 0
+
     def check(self, cfg: RunConfig) -> None:
         """Refuse, with every key named, settings this task cannot take."""
         self.packing_of(cfg)

@@ -284,6 +284,10 @@ class PreferenceKind(TaskKind):
     packings = ("padded",)
     rows_per_example = 2  # chosen and rejected; for KTO the answer and its KL row
 
+    def frozen_copies(self, cfg: RunConfig) -> int:
+        held = Objective(cfg.preference).needs_reference and not cfg.preference.precompute_reference
+        return int(held and cfg.model.method not in ("lora", "qlora"))
+
     def for_saved(self, spec: dict, cfg: RunConfig) -> RunConfig:
         method = spec.get("method", cfg.preference.method)
         return cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": method})})

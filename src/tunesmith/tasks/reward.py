@@ -285,7 +285,7 @@ class RewardView(TaskView):
 
     name = "reward"
     headline = ("pairwise_accuracy", "pairwise accuracy", True)
-    try_it = "classify"  # the page has no form to score with yet; its classify form answers that this is no classifier
+    try_it = "score"
     loss_scope = "Bradley-Terry "
     description = "A reward model (Bradley-Terry: one score per prompt and answer)"
 

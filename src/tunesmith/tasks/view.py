@@ -12,7 +12,7 @@ class TaskView:
 
     name = "lm"
     headline = ("val_ppl", "val perplexity", False)  # metrics.jsonl key, its name, higher is better
-    try_it = "generate"  # how the web page tries a finished model: generate, chat or classify
+    try_it = "generate"  # how the web page tries a finished model: generate, chat, classify or score (a reward model)
     description = "A causal language model"  # the model card's first words
     loss_scope = ""  # how a printed loss or perplexity is qualified ("assistant-token ")
     rewarded = False  # try-it scores a generation with the run's rewards (GRPO)

@@ -282,12 +282,21 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
 
         body = await _body(request)
         prompt, model = _text(body, "prompt"), final_model(name)
-        text = await run_in_threadpool(tryout.generate, model, prompt, _settings(body))
+        completion = await run_in_threadpool(tryout.generate, model, prompt, _settings(body))
         run_dir = folder.run_dir(name)
         config = folder.config(run_dir) or {}
         if view_of(folder.summary(run_dir) or {}, config).rewarded:
-            return {"text": text, **await run_in_threadpool(tryout.rewards, model, config, reward_run, prompt, text)}
-        return {"text": text}
+            return {"text": completion.text, **await run_in_threadpool(tryout.rewards, config, reward_run, prompt, completion)}
+        return {"text": completion.text}
+
+    @app.post("/api/run/{name:path}/score")
+    async def score(name: str, request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _body(request)
+        if body.get("settings") not in (None, {}):
+            raise UserError("settings: a reward model takes none; send only the prompt and the answer")
+        return await run_in_threadpool(tryout.score, final_model(name), _text(body, "prompt"), _text(body, "answer"))
 
     @app.post("/api/run/{name:path}/classify")
     async def classify(name: str, request: Request):

@@ -1,5 +1,5 @@
-"""Trying a finished run's model from the page: chat, generate or classify, through the same code as `tunesmith
-chat`, `generate` and `predict`. One model is held at a time (the last one tried) and used by one request at a time.
+"""Trying a finished run's model from the page: chat, generate, classify or score an answer, through the same code as
+`tunesmith chat`, `generate` and `predict`. One model is held at a time (the last one tried) and used by one request at a time.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..decoding.rules import checked_sampling
-from ..inference.generation import ChatSession, SamplingOptions, generate_completions, load_generator
+from ..inference.generation import ChatSession, Completion, SamplingOptions, generate_completions, load_generator
 from ..rundir.folder import config_section
+from ..tasks.reward import RewardModel
 from ..tasks.trained import Classifier
 
 MAX_NEW_TOKENS = 512
@@ -54,9 +55,7 @@ class Tryout:
         key = (str(model_dir), kind, (model_dir / "config.json").stat().st_mtime_ns)
         if self.held is None or self.held[0] != key:
             self.held = None  # the previous model goes before the next loads
-            loaded = Classifier(str(model_dir), self.device, log=lambda _m: None) if kind == "classify" else \
-                load_generator(str(model_dir), self.device, log=lambda _m: None)
-            self.held = (key, loaded)
+            self.held = (key, LOADERS[kind](str(model_dir), self.device, log=lambda _m: None))
         return self.held[1]
 
     def chat(self, model_dir: Path, history: list[dict], text: str, settings: dict) -> str:
@@ -73,18 +72,20 @@ class Tryout:
             session.turn = len(turns) // 2
             return session.reply(text.strip())
 
-    def generate(self, model_dir: Path, prompt: str, settings: dict) -> str:
+    def generate(self, model_dir: Path, prompt: str, settings: dict) -> Completion:
         if not prompt:
             raise UserError("type a prompt first")
         options = sampling(settings)
         with self.lock:
             model, tokenizer = self._load(model_dir, "generate")
-            return generate_completions(model, tokenizer, prompt, options)[0].text
+            return generate_completions(model, tokenizer, prompt, options)[0]
 
-    def rewards(self, model_dir: Path, config: dict, confined, prompt: str, text: str) -> dict:
+    def rewards(self, config: dict, confined, prompt: str, completion: Completion) -> dict:
         """A generation's rewards under the run's own: its classifier and reward-model runs (each wholly inside the runs
         folder: `confined` checks, links included) and the built-ins. A Python reward is never run from the page, and a
-        reward that cannot be built here is named in `not_scored` with the reason, rather than failing the generation."""
+        reward that cannot be built here is named in `not_scored` with the reason, rather than failing the generation.
+        The length counts the stop token that ended the completion, as GRPO's training does (the page stops at the end
+        of text, training also at a chat model's end of turn)."""
         from ..config import GrpoConfig
 
         try:
@@ -92,9 +93,8 @@ class Tryout:
         except ValueError:
             return {"rewards": {}, "not_scored": ["this run's grpo.rewards in its config.yaml cannot be read"]}
         scored, skipped, weighted = {}, [], 0.0
+        text, length = completion.text, len(completion.ids) + (completion.stop_id is not None)
         with self.lock:
-            _, tokenizer = self._load(model_dir, "generate")
-            length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
             for spec in saved:
                 if spec.kind == "python":
                     skipped.append(f"{spec.label_name} (Python, not run from the page)")
@@ -118,6 +118,14 @@ class Tryout:
             self.rewards_held[key] = Rewards(GrpoConfig(rewards=[spec]), self.device)
         return self.rewards_held[key]
 
+    def score(self, model_dir: Path, prompt: str, answer: str) -> dict:
+        """A reward model's score of an answer to a prompt (which may be empty, as a GRPO reward of the completion alone
+        scores it), read as `predict` reads a prompt and its completion."""
+        if not answer.strip():
+            raise UserError("type an answer first")
+        with self.lock:
+            return {"reward": round(float(self._load(model_dir, "score").rewards([prompt], [answer])[0]), 4)}
+
     def classify(self, model_dir: Path, text: str) -> dict:
         if not text.strip():
             raise UserError("type a text first")
@@ -129,5 +137,7 @@ class Tryout:
         ranked = sorted(zip(classifier.labels, probabilities.tolist()), key=lambda pair: -pair[1])
         return {"label": ranked[0][0], "probabilities": [{"label": label, "p": round(p, 4)} for label, p in ranked]}
 
+
+LOADERS = {"generate": load_generator, "classify": Classifier, "score": RewardModel}
 
 __all__ = ["Tryout"]

@@ -199,6 +199,7 @@ class Rollouts:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.current: Round | None = None
         self.stats = StepStats()
+        self.training: tuple[list[int], float] = ([], time.perf_counter())  # the step's prompts, and when its training began
         self.block_size = prompts.examples.block_size + cfg.max_new_tokens  # the longest row a step trains on
 
     # the dataset interface the step runner reads
@@ -244,14 +245,22 @@ class Rollouts:
         if self.current is None or self.current.number != number or sorted(self.current.indices) != sorted(indices):
             self.current = self._sample(number, indices)
         self.stats = StepStats()
-        return dict(self.current.metrics)
+        metrics = across_processes(self.current.metrics, self.device)  # waits for every rank's round
+        self.training = (indices, time.perf_counter())
+        return metrics
 
     def end_step(self) -> dict:
-        """The step's KL and clipped share over every process; with grpo.target_kl, the penalty's weight moved for the next
-        step, and logged."""
+        """The step's KL and clipped share over every process, and its training's tokens per second (the loss's passes and
+        the update, without sampling, rewards or the reference); with grpo.target_kl, the penalty's weight moved for the
+        next step, and logged."""
+        indices, started = self.training
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        trained = sum(map(self.length, indices)) / max(time.perf_counter() - started, 1e-9)
         stats = self.stats.summed(self.device)
         self.penalty.update(stats.mean_kl, int(stats.completions))
-        return {**stats.row(self.cfg.beta), **({"beta": self.penalty.value} if self.penalty.adapts else {})}
+        return {**stats.row(self.cfg.beta), **across_processes({"train_tokens_per_s": trained}, self.device),
+                **({"beta": self.penalty.value} if self.penalty.adapts else {})}
 
     def state(self) -> dict:
         """The current round, for a checkpoint: a run resumed inside a round trains on the same completions."""
@@ -269,6 +278,7 @@ class Rollouts:
     def restart_step(self) -> None:
         """The step is tried again (with smaller micro-batches, after running out of memory): what it reported is forgotten."""
         self.stats = StepStats()
+        self.training = (self.training[0], time.perf_counter())
 
     def _sample(self, number: int, indices: list[int]) -> Round:
         started = time.perf_counter()
@@ -316,6 +326,23 @@ class Rollouts:
                 "equal_groups": float((groups.max(axis=1) - groups.min(axis=1) < 1e-9).mean()),
                 "completion_length": tokens / max(1, len(sampled)), "gen_tokens_per_s": tokens / max(seconds["sample_seconds"], 1e-9),
                 **seconds}
+
+
+SLOWEST = ("sample_seconds", "reward_seconds", "reference_seconds")  # a round takes as long as its slowest rank
+
+
+def across_processes(metrics: dict, device: torch.device) -> dict:
+    """A round's metrics over every process of a distributed run: each rank samples as many groups, so the mean of the
+    ranks' means is the run's mean (and a rate is one process's, as the loop's tokens_per_s); times are the slowest's."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(metrics)
+    names = sorted(metrics)
+    values = torch.tensor([metrics[name] for name in names], dtype=torch.float64, device=device)
+    slowest = values.clone()
+    dist.all_reduce(values)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    return {name: slowest[i].item() if name in SLOWEST else values[i].item() / world for i, name in enumerate(names)}
 
 
 def reference_logps(model, temperature: float, frozen=None, rows: int | None = None):

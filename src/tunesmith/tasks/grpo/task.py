@@ -178,6 +178,12 @@ class GrpoKind(TaskKind):
     packings = ("padded",)
     rows_per_example = 8  # a prompt's group of completions, at the default group size
 
+    def example_rows(self, cfg: RunConfig) -> int:
+        return cfg.grpo.group_size
+
+    def frozen_copies(self, cfg: RunConfig) -> int:
+        return int(bool(cfg.grpo.beta) and cfg.model.method not in ("lora", "qlora"))
+
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         if cfg.grpo.max_new_tokens >= cfg.data.block_size:

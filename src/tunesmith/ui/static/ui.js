@@ -158,6 +158,12 @@ const tunesmith = (() => {
         document.getElementById("classify-result").textContent =
           `${data.label}  (` + data.probabilities.map(p => `${p.label} ${(100 * p.p).toFixed(1)}%`).join(", ") + ")";
       });
+    } else if (kind === "score") {
+      wrap(document.getElementById("score-form"), async () => {
+        const data = await call(url("score"), {prompt: document.getElementById("score-prompt").value,
+                                               answer: document.getElementById("score-answer").value});
+        document.getElementById("score-result").textContent = `reward ${data.reward.toFixed(3)}`;
+      });
     } else {
       wrap(document.getElementById("generate-form"), async () => {
         const prompt = document.getElementById("generate-input").value;
@@ -166,7 +172,7 @@ const tunesmith = (() => {
         if (data.rewards) {
           const each = Object.entries(data.rewards).map(([name, value]) => `${name} ${value.toFixed(3)}`).join(", ");
           shown += `\n\nrewards: ${each || "none scored here"}`;
-          if (data.not_scored.length) shown += `\nnot run from the page (Python): ${data.not_scored.join(", ")}`;
+          if (data.not_scored.length) shown += `\nnot scored here: ${data.not_scored.join(", ")}`;
         }
         show(document.getElementById("generate-output"), shown);
       });
