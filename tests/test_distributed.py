@@ -26,6 +26,7 @@ def _launch(processes: int, model, data, out, micro: int, steps: int, *extra: st
     env = dict(os.environ, TUNESMITH_HOME=str((Path(out).parent if out is not None else cwd) / "home"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("(report.html, summary.json)") == 1  # one process speaks for the run
 
 
 @pytest.fixture(scope="module")

@@ -403,6 +403,9 @@ def test_eval_gives_a_grpo_runs_mean_reward_on_a_prompt_file(tiny_llama, tmp_pat
     assert main(["eval", str(tmp_path / "run"), "--data", str(held_out)]) == 0
     line = capsys.readouterr().out
     assert "mean reward" in line and "(regex " in line and "length " in line and "over 3 prompts" in line and "distinct-2" in line
+    assert main(["eval", str(tmp_path / "run"), "--data", str(held_out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # strict JSON: a figure the task has not is null, not NaN
+    assert result["metrics"]["prompts"] == 3 and result["perplexity"] is None
 
 
 def test_short_rows_on_a_cpu_attend_through_the_math_kernel():

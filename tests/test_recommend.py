@@ -247,6 +247,27 @@ def test_a_grpo_run_is_checked_for_its_whole_group_and_a_frozen_reference(tiny_l
         assert seen == {"rows": 32, "held": held}, method
 
 
+def test_a_grpo_group_too_large_names_a_group_that_fits_and_a_reference_past_the_memory_names_lora(tiny_llama, corpus_file, monkeypatch):
+    from tunesmith.planning import preflight
+
+    def grpo(method, beta):
+        return load_config(None, [("task", "grpo"), ("model.name", str(tiny_llama)), ("model.method", method), ("data.train", [str(corpus_file)]),
+                                  ("data.block_size", 64), ("grpo.max_new_tokens", 8), ("grpo.group_size", 16), ("grpo.beta", beta),
+                                  ("grpo.rewards", [{"length": 4}]), ("train.micro_batch_size", 1), ("train.device", "cpu")])
+    fitted, resident = [], preflight.as_resident
+    monkeypatch.setattr(preflight, "as_resident", lambda memory: fitted.append(resident(memory)) or fitted[-1])
+    monkeypatch.setattr(preflight, "available_memory", lambda: 1)
+    with pytest.raises(UserError):
+        preflight.check_memory_fits(grpo("lora", 0.04))
+    memory = fitted[0]
+    monkeypatch.setattr(preflight, "available_memory", lambda: (memory.estimate(4).total + memory.estimate(8).total) // 2)
+    with pytest.raises(UserError, match=r"micro-batch 1 x 16 rows of 64 tokens.* what fits: grpo.group_size=4 at micro-batch 1"):
+        preflight.check_memory_fits(grpo("lora", 0.04))
+    monkeypatch.setattr(preflight, "available_memory", lambda: 1000)  # less than the frozen copy of a full run's weights
+    with pytest.raises(UserError, match=r"0.00 GiB is available beside the .* GiB of weights held with it .* what fits: model.method=lora"):
+        preflight.check_memory_fits(grpo("full", 0.04))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_the_demo_passes_the_memory_check_with_6_gib_available(precision, corpus_file, monkeypatch):
     """The embedded default as the demo trains it (full, 4 x 256), on a machine with 6 GiB free: its process peaks at

@@ -183,6 +183,9 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     assert out[0]["reward"] > out[3]["reward"]
     code = main(["predict", str(run), "--input", str(write_rows(tmp_path / "none.jsonl", [{"x": 1}])), "--output", str(tmp_path / "o.csv")])
     assert code == 2
+    assert main(["predict", str(run), "--input", str(source), "--output", str(tmp_path / "o2.jsonl"), "--batch-size", "0"]) == 2
+    with pytest.raises(UserError, match="no row has a 'nope' field \\(fields: id, prompt, completion\\); name one of them with --text-field"):
+        predict_file(str(run), source, tmp_path / "o3.jsonl", text_field="nope")
     bad = tmp_path / "bad.jsonl"  # each bad row is named by its line in the file, blank lines counted
     for rows_in, line, message in (([rows[0], {"prompt": 7, "completion": "x"}], 3, "a prompt to score is int"),
                                    ([{"text": {"a": 1}}, {"prompt": 7, "completion": "x"}], 1, "the text: a message's content is an object"),
@@ -259,8 +262,26 @@ def test_the_page_shows_a_reward_run_by_its_pairwise_accuracy_and_scores_answers
         refused = client.post(f"/api/run/{run.name}/score", json=body)
         assert refused.status_code == 400 and message in refused.json()["error"]
     assert client.post(f"/api/run/{run.name}/score", json=["x"]).status_code == 400
+    lone = client.post(f"/api/run/{run.name}/score", content=b'{"prompt": "q", "answer": "\\ud800"}', headers={"content-type": "application/json"})
+    assert lone.status_code == 400 and "not valid Unicode (a lone surrogate)" in lone.json()["error"]
     refused = client.post(f"/api/run/{run.name}/classify", json={"text": "the lamp"})
     assert refused.status_code == 400 and "is not a classifier (trained with task reward)" in refused.json()["error"]
+
+
+def test_the_page_loads_a_model_again_when_its_files_change(reward_run, tmp_path):
+    import os
+    import shutil
+
+    from tunesmith.ui.tryout import Tryout
+
+    final = tmp_path / "final"
+    shutil.copytree(reward_run[0] / "final", final)
+    tryout = Tryout("cpu")
+    held = tryout._load(final, "score")
+    assert tryout._load(final, "score") is held
+    weights = final / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # a new file copied over it
+    assert tryout._load(final, "score") is not held
 
 
 def test_the_readme_commands_train_lora_and_export_the_head_merged(tiny_llama, tmp_path, capsys):

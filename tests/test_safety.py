@@ -370,3 +370,22 @@ def test_a_head_on_an_architecture_without_one_is_one_line(tmp_path):
         load_model(resolve_model(str(tmp_path / "mamba")), classifier=True, num_labels=2)
     assert "no classification head" in str(raised.value) and "classify.method=generative" in str(raised.value)
     assert "\n" not in str(raised.value) and len(str(raised.value)) < 300
+
+
+LOAD_THEN_OVERWRITE = """
+import sys
+from pathlib import Path
+from tunesmith.models import load_model, resolve_model
+model = load_model(resolve_model(sys.argv[1]))
+weights = Path(sys.argv[1]) / "model.safetensors"
+weights.write_bytes(weights.read_bytes()[:100])  # truncated in place, as `cp` over it begins
+print(sum(float(p.double().sum()) for p in model.parameters()))
+"""
+
+
+def test_a_loaded_model_outlives_its_weights_file_overwritten_in_place(tiny_llama, tmp_path):
+    """A page or a run holding a model must not die (SIGBUS) when the file it was read from is rewritten."""
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_llama, copy)
+    done = subprocess.run([sys.executable, "-c", LOAD_THEN_OVERWRITE, str(copy)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

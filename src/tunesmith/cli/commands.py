@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def _run_train(args) -> int:
     summary = train(config_of(args), resume=args.resume, console=_console(), force=args.force)
     from ..tasks import task_view
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process speaks for the run
+        return 0
     for line in task_view(summary.get("task")).result_lines(summary):
         print(line)
     print(f"run: {summary['run_dir']} (report.html, summary.json); model: {summary['final_dir']}")
@@ -69,7 +72,7 @@ def _run_benchmarks(args) -> int:
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     done = benchmark_models([spec for spec in [args.model_or_run, args.compare] if spec], request, log)
     if args.json:
-        print(json.dumps({"models": [{"model": d, "scores": [s.as_dict() for s in run.scores]} for d, run in done]}))
+        print(_json({"models": [{"model": d, "scores": [s.as_dict() for s in run.scores]} for d, run in done]}))
         return 0
     print("\n".join(result_lines(done)).rstrip())
     if args.output:
@@ -112,7 +115,7 @@ def _run_eval(args) -> int:
         record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train_paths)
     if args.json:
         payload = results[0].as_dict() if len(results) == 1 else {"results": [r.as_dict() for r in results]}
-        print(json.dumps(payload))
+        print(_json(payload))
         return 0
     for result in results:
         for line in task_view(result.task).eval_lines(result):
@@ -196,9 +199,24 @@ def _run_chat(args) -> int:
                 print(f"\nerror: {exc}")
 
 
+def _json(payload) -> str:
+    """`--json` output as strict JSON: a figure a task does not have (NaN, such as a GRPO run's perplexity) is null."""
+    def plain(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+    return json.dumps(plain(payload), allow_nan=False)
+
+
 def _run_predict(args) -> int:
     from ..inference.predict import predict_file
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: rows scored together must be at least 1; use 16, or 1 for one at a time")
     count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
     print(f"wrote {count:,} rows with predictions to {args.output}")
     return 0
@@ -263,7 +281,7 @@ def _run_doctor(args) -> int:
 
     report = run_checks()
     if args.json:
-        print(json.dumps(report.as_dict()))
+        print(_json(report.as_dict()))
         return 0
     width = max(len(check.name) for check in report.checks)
     for check in report.checks:
@@ -292,7 +310,7 @@ def _run_recommend(args) -> int:
     raw = recommended_config(plan, cfg)
     write.write_text(yaml.safe_dump(raw, sort_keys=False))
     if args.json:
-        print(json.dumps({**plan_dict(plan), "config": str(write)}))
+        print(_json({**plan_dict(plan), "config": str(write)}))
         return 0
     print("\n".join(summary_lines(plan) + [""] + table_lines(plan) + [""]))
     chosen = plan.chosen
@@ -309,7 +327,7 @@ def _run_diagnose(args) -> int:
 
     findings = diagnose_run(Path(args.run))
     if args.json:
-        print(json.dumps({"run": args.run, "findings": [f.as_dict() for f in findings]}))
+        print(_json({"run": args.run, "findings": [f.as_dict() for f in findings]}))
         return 0
     if not findings:
         print(f"{args.run}: no findings")

@@ -70,7 +70,10 @@ class RewardColumns:
         paired = [i for i, pair in enumerate(pairs) if pair]
         plain = [i for i, text in enumerate(texts) if text not in (None, "")]
         if rows and not paired and not plain:
-            raise UserError(f"--input {source}: no row has a '{text_field or 'text'}' field, nor prompt and completion fields "
+            if text_field:
+                raise UserError(f"--input {source}: no row has a '{text_field}' field (fields: {', '.join(rows[0])}); name "
+                                "one of them with --text-field, or leave it out to score prompt and completion fields")
+            raise UserError(f"--input {source}: no row has a 'text' field, nor prompt and completion fields "
                             f"(fields: {', '.join(rows[0])}); pass --text-field")
         token_rows = {}
         for i in sorted(paired + plain):

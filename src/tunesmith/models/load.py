@@ -76,8 +76,19 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved, **kwargs)
+    in_own_memory(model)
     contiguous_output_input(model)
     return model
+
+
+def in_own_memory(model) -> None:
+    """Copy the weights out of the files they were read from. Tensors loaded at their stored dtype stay views of the
+    memory-mapped safetensors file, and a file truncated or copied over in place (`cp other.safetensors final/...`)
+    would then kill the process with SIGBUS at its next read: a page serving the model, or a run training it. One tensor
+    at a time; tied weights stay one parameter."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
 
 
 def _contiguous(module, args):

@@ -45,14 +45,20 @@ def _gib(size: float) -> str:
     return f"{size / 2**30:.2f} GiB"
 
 
-def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: int, accum: int, available: int) -> str:
-    """The run's own method at a smaller micro-batch (the batch kept by accumulating), else a cheaper method, else a smaller model."""
+def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: int, accum: int, available: int,
+               fewer_rows=lambda _rows: None) -> str:
+    """The run's own method at a smaller micro-batch (the batch kept by accumulating), else fewer rows per example where
+    the task has a setting for it (`fewer_rows`: the setting for a count, or None), else a cheaper method, else a smaller
+    model."""
     fits = memory.largest_micro_batch(available, micro * rows) // rows
     batch = accum * micro
     fits = max((size for size in range(1, fits + 1) if batch % size == 0), default=0)  # the batch kept exactly
     if fits:
         return (f"train.micro_batch_size={fits} with train.grad_accum={batch // fits} "
                 f"({_gib(memory.estimate(fits * rows).total)})")
+    setting = fewer_rows(memory.largest_micro_batch(available, rows)) if rows > 1 else None
+    if setting:
+        return f"{setting} at micro-batch 1 ({_gib(memory.estimate(memory.largest_micro_batch(available, rows)).total)})"
     from dataclasses import replace
 
     for method in [m.name for m in METHODS.values() if m.fallback and m.name != shape.method]:
@@ -121,8 +127,12 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     needed = memory.estimate(micro * rows).total
     if needed <= available:
         return
+    batch = f"micro-batch {micro} x {rows} rows of {cfg.data.block_size} tokens" if rows > 1 else \
+        f"micro-batch {micro} x {cfg.data.block_size} tokens"
+    free = f"{_gib(available)} is available" if not resident_bytes else \
+        f"{_gib(max(available, 0))} is available beside the {_gib(resident_bytes)} of weights held with it (a teacher or a frozen reference)"
+    fits = _what_fits(config, shape, memory, micro, rows, cfg.train.grad_accum, available, kind.fewer_rows) if available > 0 else \
+        "model.method=lora where the weights held are a frozen reference (LoRA holds none), else a smaller model"
     raise UserError(f"this run needs about {_gib(needed)} of memory ({cfg.model.method}, {short_count(memory.params)} parameters, "
-                    f"micro-batch {micro} x {cfg.data.block_size} tokens, {precision}) and {_gib(available)} is available: "
-                    f"on a CPU the kernel would kill it; what fits: "
-                    f"{_what_fits(config, shape, memory, micro, rows, cfg.train.grad_accum, available)}; "
+                    f"{batch}, {precision}) and {free}: on a CPU the kernel would kill it; what fits: {fits}; "
                     f"or --set {OVERRIDE} to start anyway")

@@ -46,6 +46,10 @@ class TaskKind:
         """Sequences a training example puts in a batch under this config, for the memory estimates."""
         return self.rows_per_example
 
+    def fewer_rows(self, rows: int) -> str | None:
+        """The setting that puts `rows` sequences per example in a batch, where the task has one (None: it has not)."""
+        return None
+
     def frozen_copies(self, cfg: RunConfig) -> int:
         """Frozen copies of the model a run holds beside it (a reference without LoRA adapters to switch off)."""
         return 0

@@ -207,6 +207,10 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
             raise UserError("send the request as a JSON object") from None
         if not isinstance(body, dict):
             raise UserError("send the request as a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer or file takes
+            raise UserError("the request holds text that is not valid Unicode (a lone surrogate); send text as UTF-8") from None
         return body
 
     def _text(body: dict, key: str) -> str:
@@ -284,8 +288,8 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         prompt, model = _text(body, "prompt"), final_model(name)
         completion = await run_in_threadpool(tryout.generate, model, prompt, _settings(body))
         run_dir = folder.run_dir(name)
-        config = folder.config(run_dir) or {}
-        if view_of(folder.summary(run_dir) or {}, config).rewarded:
+        config = folder.config(run_dir)
+        if view_of(folder.summary(run_dir) or {}, config or {}).rewarded:
             return {"text": completion.text, **await run_in_threadpool(tryout.rewards, config, reward_run, prompt, completion)}
         return {"text": completion.text}
 

@@ -47,12 +47,12 @@ class Tryout:
         self.device = device
         self.lock = threading.Lock()
         self.held: tuple[tuple, object] | None = None
-        self.rewards_held: dict[str, object] = {}
+        self.rewards_held: dict[tuple, object] = {}
 
     def _load(self, model_dir: Path, kind: str):
         if not (model_dir / "config.json").is_file():
             raise UserError(f"{model_dir.parent.name} has no final model yet; try it once the run has finished")
-        key = (str(model_dir), kind, (model_dir / "config.json").stat().st_mtime_ns)
+        key = (str(model_dir), kind, files_signature(model_dir))
         if self.held is None or self.held[0] != key:
             self.held = None  # the previous model goes before the next loads
             self.held = (key, LOADERS[kind](str(model_dir), self.device, log=lambda _m: None))
@@ -80,7 +80,7 @@ class Tryout:
             model, tokenizer = self._load(model_dir, "generate")
             return generate_completions(model, tokenizer, prompt, options)[0]
 
-    def rewards(self, config: dict, confined, prompt: str, completion: Completion) -> dict:
+    def rewards(self, config: dict | None, confined, prompt: str, completion: Completion) -> dict:
         """A generation's rewards under the run's own: its classifier and reward-model runs (each wholly inside the runs
         folder: `confined` checks, links included) and the built-ins. A Python reward is never run from the page, and a
         reward that cannot be built here is named in `not_scored` with the reason, rather than failing the generation.
@@ -88,35 +88,39 @@ class Tryout:
         of text, training also at a chat model's end of turn)."""
         from ..config import GrpoConfig
 
+        if not config:
+            return {"rewards": {}, "not_scored": ["this run's config.yaml cannot be read (missing, not YAML, or leading outside "
+                                                  "the runs folder), so its rewards are unknown"]}
         try:
             saved = GrpoConfig.model_validate({"rewards": config_section(config, "grpo").get("rewards") or []}).rewards
         except ValueError:
             return {"rewards": {}, "not_scored": ["this run's grpo.rewards in its config.yaml cannot be read"]}
         scored, skipped, weighted = {}, [], 0.0
-        text, length = completion.text, len(completion.ids) + (completion.stop_id is not None)
+        text, length, kept = completion.text, len(completion.ids) + (completion.stop_id is not None), {}
         with self.lock:
             for spec in saved:
                 if spec.kind == "python":
                     skipped.append(f"{spec.label_name} (Python, not run from the page)")
                     continue
                 try:
-                    reward = self._reward(spec.model_copy(update={"run": str(confined(spec.run))}) if spec.run else spec)
+                    reward = self._reward(spec.model_copy(update={"run": str(confined(spec.run))}) if spec.run else spec, kept)
                 except UserError as exc:
                     skipped.append(f"{spec.label_name} ({exc})")
                     continue
                 value = float(reward.score([prompt], [text], [length])[0][0])
                 scored[spec.label_name], weighted = round(value, 4), weighted + spec.weight * value
+            self.rewards_held = kept  # only the rewards of the run tried last stay loaded
         return {"rewards": {"total": round(weighted, 4), **scored} if scored else {}, "not_scored": skipped}
 
-    def _reward(self, spec):
-        """One reward, built once and kept while the page asks for it (a classifier or reward model loads once)."""
+    def _reward(self, spec, kept: dict):
+        """One reward, built once and kept while the page asks for the same run's rewards (a classifier or reward model
+        loads once, and again when its files change); `kept` collects what this request used."""
         from ..config import GrpoConfig
-        from ..tasks.grpo.rewards import Rewards
+        from ..tasks.grpo.rewards import Rewards, model_folder
 
-        key = repr(spec.model_dump())
-        if key not in self.rewards_held:
-            self.rewards_held[key] = Rewards(GrpoConfig(rewards=[spec]), self.device)
-        return self.rewards_held[key]
+        key = (repr(spec.model_dump()), files_signature(model_folder(spec.run)) if spec.run else ())
+        kept[key] = self.rewards_held[key] if key in self.rewards_held else Rewards(GrpoConfig(rewards=[spec]), self.device)
+        return kept[key]
 
     def score(self, model_dir: Path, prompt: str, answer: str) -> dict:
         """A reward model's score of an answer to a prompt (which may be empty, as a GRPO reward of the completion alone
@@ -136,6 +140,16 @@ class Tryout:
             raise UserError("the text is empty once tokenized")
         ranked = sorted(zip(classifier.labels, probabilities.tolist()), key=lambda pair: -pair[1])
         return {"label": ranked[0][0], "probabilities": [{"label": label, "p": round(p, 4)} for label, p in ranked]}
+
+
+def files_signature(folder: Path) -> tuple:
+    """What a held model was loaded from: each file's name, inode, size and change time, so that a model replaced in its
+    folder (a new export, a file copied over) is loaded again."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_ino, entry.stat().st_size, entry.stat().st_mtime_ns)
+                            for entry in folder.iterdir() if entry.is_file()))
+    except OSError:
+        return ()
 
 
 LOADERS = {"generate": load_generator, "classify": Classifier, "score": RewardModel}

@@ -184,6 +184,9 @@ class GrpoKind(TaskKind):
     def frozen_copies(self, cfg: RunConfig) -> int:
         return int(bool(cfg.grpo.beta) and cfg.model.method not in ("lora", "qlora"))
 
+    def fewer_rows(self, rows: int) -> str | None:
+        return f"grpo.group_size={rows}" if rows >= 2 else None
+
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         if cfg.grpo.max_new_tokens >= cfg.data.block_size:
