@@ -293,3 +293,14 @@ def as_qlora(lora: MemoryModel) -> MemoryModel:
     weights = int(lora.matrices * NF4_BYTES + (lora.params - lora.matrices) * 2)
     fixed = lora.fixed - lora.weights + weights
     return MemoryModel(lora.params, lora.trainable, lora.matrices, weights, fixed, lora.per_sequence, lora.gradient_bytes, lora.resident)
+
+
+def frozen_copy_bytes(cfg, params: int, method: str | None = None) -> int:
+    """The weights of the frozen copies of the model a run of `method` (the config's own by default) holds beside it (a
+    KL reference without adapters to switch off), stored as the model's own weights are."""
+    from ..tasks import task_kind
+
+    if method is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method})})
+    return task_kind(cfg).frozen_copies(cfg) * params * (4 if cfg.train.weights == "fp32" else 2)
+

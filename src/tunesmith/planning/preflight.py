@@ -16,7 +16,7 @@ from typing import Callable
 from ..config import RunConfig
 from ..errors import UserError
 from ..methods import METHODS, method_of
-from .memory import MemoryModel, StepShape, as_resident, fit_memory
+from .memory import MemoryModel, StepShape, as_resident, fit_memory, frozen_copy_bytes
 
 OVERRIDE = "train.memory_check=false"
 
@@ -56,9 +56,9 @@ def _what_fits(config, shape: StepShape, memory: MemoryModel, micro: int, rows: 
     if fits:
         return (f"train.micro_batch_size={fits} with train.grad_accum={batch // fits} "
                 f"({_gib(memory.estimate(fits * rows).total)})")
-    setting = fewer_rows(memory.largest_micro_batch(available, rows)) if rows > 1 else None
-    if setting:
-        return f"{setting} at micro-batch 1 ({_gib(memory.estimate(memory.largest_micro_batch(available, rows)).total)})"
+    group = memory.largest_micro_batch(available, rows) if rows > 1 else 0
+    if group and fewer_rows(group):
+        return f"{fewer_rows(group)} at micro-batch 1 ({_gib(memory.estimate(group).total)})"
     from dataclasses import replace
 
     for method in [m.name for m in METHODS.values() if m.fallback and m.name != shape.method]:
@@ -78,7 +78,6 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
     from ..distill.teacher import resolve_teacher
     from ..models import count_parameters, load_model_config, resolve_model
     from ..runtime import pick_device, pick_precision
-    from ..tasks import task_kind
 
     if not cfg.train.memory_check or os.environ.get("WORLD_SIZE", "1") != "1" or not method_of(cfg.model.method).runs_on("cpu"):
         return  # processes under torchrun share the memory in ways not modelled here; qlora stops on a CPU anyway
@@ -93,8 +92,7 @@ def check_memory_fits(cfg: RunConfig, log: Callable[[str], None] = lambda _m: No
         config = student_config(teacher, cut.keep_layers, cut.pick)
     else:
         config = load_model_config(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=log))
-    copies = task_kind(cfg).frozen_copies(cfg)  # a reference copied from the model, its weights as the model keeps them
-    held_bytes += copies * count_parameters(config) * (4 if cfg.train.weights == "fp32" else 2)
+    held_bytes += frozen_copy_bytes(cfg, count_parameters(config))
     check_plan_fits(cfg, config, log, held_bytes)
 
 

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..methods import METHODS, method_of
 from ..models.weights import short_count
 from .candidates import Candidate
-from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, as_resident, fit_memory
+from .memory import MemoryEstimate, MemoryModel, StepShape, as_qlora, as_resident, fit_memory, frozen_copy_bytes
 from .throughput import DeviceRate, tokens_per_second
 
 CHARS_PER_TOKEN = 4.0  # English text under GPT-2-style BPE vocabularies; the data is not tokenized to plan
@@ -183,18 +183,11 @@ def _options(cfg: RunConfig, candidates: list[Candidate], device: torch.device, 
             fitted[method.name] = memory
             speed = tokens_per_second(candidate.config, memory.params, memory.trainable, method.name, cfg.data.block_size, rate)
             note = too_long or _availability(candidate, hub)
-            held = _frozen_copies(cfg, method.name) * memory.params * (4 if cfg.train.weights == "fp32" else 2)
+            held = frozen_copy_bytes(cfg, memory.params, method.name)
             fits = memory.largest_micro_batch(budget * HEADROOM - held, limit * rows)
             options.append(Option(candidate, method.name, memory, fits // rows, speed,
                                   data.tokens / speed / 3600, note))
     return options
-
-
-def _frozen_copies(cfg: RunConfig, method: str) -> int:
-    """Copies of the model a run of `method` would hold beside it (a KL reference without adapters to switch off)."""
-    from ..tasks import task_kind
-
-    return task_kind(cfg).frozen_copies(cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method})}))
 
 
 def planned_epochs(data: DataSize, sequences: int, batch: int) -> float:
