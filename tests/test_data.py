@@ -259,6 +259,9 @@ def test_malformed_csv_and_json(tmp_path, prep):
     with pytest.raises(UserError, match=r"d.csv:3: 3 fields where the header has 2"):
         prep(csv_path)
     assert prep(csv_path, on_error="skip").report["documents_kept"] == 2
+    csv_path.write_text('text,label\n"a row whose text\nruns over\nthree lines",1\n"too",many,fields\n')
+    with pytest.raises(UserError, match=r"d.csv:5: 3 fields"):  # a row is named by the line it begins on
+        prep(csv_path)
     json_path = tmp_path / "d.json"
     json_path.write_text('[{"text": "a"},\n {"text": "b"')
     with pytest.raises(UserError, match=r"d.json:2: not valid JSON"):

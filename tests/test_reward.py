@@ -173,14 +173,30 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     rendered = AutoTokenizer.from_pretrained(run / "final").apply_chat_template(
         [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": pair["chosen"]}], tokenize=False)
     rows = [{"id": 1, "prompt": pair["prompt"], "completion": pair["chosen"]}, {"id": 2, "text": rendered, "extra": {"k": 1}},
-            {"id": 3, "note": "no text"}, {"id": 4, "prompt": pair["prompt"], "chosen": pair["rejected"], "rejected": pair["chosen"]}]
+            {"id": 3, "note": "no text", "reward": "mine"},
+            {"id": 4, "prompt": pair["prompt"], "chosen": pair["rejected"], "rejected": pair["chosen"]}]
     source = write_rows(tmp_path / "in.jsonl", rows)
-    assert predict_file(str(run), source, tmp_path / "out.jsonl") == 4
+    said = []
+    assert predict_file(str(run), source, tmp_path / "out.jsonl", log=said.append) == 4
+    assert any("1 of 4 rows had nothing to score (line 3 of" in line for line in said), said
+    assert any("has the column(s) reward, which the output replaces" in line for line in said), said
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == [1, 2, 3, 4] and out[1]["extra"] == {"k": 1} and out[2]["note"] == "no text"
     assert out[2]["reward"] is None and all(isinstance(out[i]["reward"], float) for i in (0, 1, 3))
     assert out[0]["reward"] == pytest.approx(out[1]["reward"], abs=1e-4)  # the rendered text scores as its prompt and answer
     assert out[0]["reward"] > out[3]["reward"]
+    blanks = tmp_path / "blanks.csv"  # an empty cell is no answer: not scored, as the page refuses one; a blank completion
+    blanks.write_text(f"id,prompt,completion,chosen\n1,,,\n2,{pair['prompt']},,\n3,{pair['prompt']},,{pair['chosen']}\n"
+                      f"4,,{pair['chosen']},\n")  # does not hide the chosen answer; an empty prompt is scored
+    said = []
+    predict_file(str(run), blanks, tmp_path / "blanks_out.jsonl", log=said.append)
+    scored = [json.loads(line)["reward"] for line in (tmp_path / "blanks_out.jsonl").read_text().splitlines()]
+    assert scored[:2] == [None, None] and scored[2] == pytest.approx(out[0]["reward"], abs=1e-4) and isinstance(scored[3], float)
+    assert any("2 of 4 rows had nothing to score (lines 2, 3 of" in line for line in said), said
+    empty_parts = write_rows(tmp_path / "parts.jsonl", [{"text": []}, {"text": [{"type": "text", "text": " "}]}, rows[1]])
+    said.clear()
+    predict_file(str(run), empty_parts, tmp_path / "parts_out.jsonl", log=said.append)
+    assert any("2 of 3 rows had nothing to score" in line for line in said), said
     code = main(["predict", str(run), "--input", str(write_rows(tmp_path / "none.jsonl", [{"x": 1}])), "--output", str(tmp_path / "o.csv")])
     assert code == 2
     assert main(["predict", str(run), "--input", str(source), "--output", str(tmp_path / "o2.jsonl"), "--batch-size", "0"]) == 2

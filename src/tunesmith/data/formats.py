@@ -240,6 +240,7 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
     if skipped:  # the header itself was past the size limit: a data row must not stand in for it
         raise UserError(f"{path}:{skipped[0].line}: the header row is too long to read; check the file's line endings")
     while True:
+        begins = reader.line_num + 1  # a quoted field may run over several lines: a row is named by its first
         try:
             row = next(reader)
         except StopIteration:
@@ -247,18 +248,18 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
             return
         except csv.Error as exc:
             if "field larger than field limit" in str(exc):
-                yield Oversized(str(path), reader.line_num, max_bytes or 0, "")
+                yield Oversized(str(path), begins, max_bytes or 0, "")
             else:
-                yield RowError(f"{path}:{reader.line_num}: malformed row ({exc})")
+                yield RowError(f"{path}:{begins}: malformed row ({exc})")
             continue
         yield from skipped
         skipped.clear()
         if not _has_cells(row):  # a blank or whitespace-only line
             continue
         if len(row) != len(header):
-            yield RowError(f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; check quoting")
+            yield RowError(f"{path}:{begins}: {len(row)} fields where the header has {len(header)}; check quoting")
             continue
-        yield Record(str(path), reader.line_num, dict(zip(header, row)))
+        yield Record(str(path), begins, dict(zip(header, row)))
 
 
 def _has_cells(row: list[str]) -> bool:

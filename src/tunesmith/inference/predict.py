@@ -15,10 +15,11 @@ from ..tasks.trained import Classifier
 from .row_files import TABLE_FORMATS, check_output, read_numbered_rows, write_rows
 
 
-def _text(value, source: Path, line: int) -> str:
-    """A row's value as text, or one line naming the row where it is an object, a list or true/false."""
+def _text(value, source: Path, line: int, what: str = "the text") -> str:
+    """A row's value as text ("" where it is missing), or one line naming the row where it is an object, a list or
+    true/false."""
     try:
-        return message_text(value, "the text")
+        return message_text(value, what)
     except UserError as exc:
         raise UserError(f"--input {source}:{line}: {exc}") from None
 
@@ -47,38 +48,43 @@ class LabelColumns:
 
 class RewardColumns:
     """A reward model's `reward` for each row: a prompt and its answer (`completion`, or `chosen`) rendered as training
-    rendered a pair, or else a text column scored as it is (`text`, or --text-field)."""
+    rendered a pair, or else a text column scored as it is (`text`, or --text-field). A blank answer or text is not
+    scored (an empty cell of a CSV file is blank, not an empty answer), as the page refuses one."""
 
     def __init__(self, spec: str, device_name: str, log):
         self.model = RewardModel(spec, device_name, log)
 
-    def _pair(self, row: dict) -> tuple | None:
-        """The row's (prompt, answer), under the field names the model was trained with; None without both."""
-        field = lambda name: self.model.fields.get(name, name)
-        prompt = lookup(row, field("prompt"))
-        answer = next((value for name in ("completion", "chosen") if (value := lookup(row, field(name))) is not None), None)
+    def _field(self, name: str) -> str:
+        return self.model.fields.get(name, name)
+
+    def _pair(self, row: dict, source: Path, line: int) -> tuple | None:
+        """The row's (prompt, answer), under the field names the model was trained with; None without a prompt field
+        or a non-blank answer."""
+        prompt = lookup(row, self._field("prompt"))
+        answers = (_text(lookup(row, self._field(name)), source, line, "the completion") for name in ("completion", "chosen"))
+        answer = next((text for text in answers if text.strip()), None)
         return None if prompt is None or answer is None else (prompt, answer)
 
-    def _token_row(self, pair: tuple | None, text) -> list[int]:
-        if pair is None:
-            return self.model.text_row(message_text(text, "the text"))
-        return self.model.pair_row(pair[0], message_text(pair[1], "the completion"))
+    def _token_row(self, pair: tuple | None, text: str) -> list[int]:
+        return self.model.text_row(text) if pair is None else self.model.pair_row(pair[0], pair[1])
 
     def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path, lines: list[int]) -> list[dict]:
-        pairs = [None if text_field else self._pair(row) for row in rows]
-        texts = [None if pair else lookup(row, text_field or "text") for row, pair in zip(rows, pairs)]
-        paired = [i for i, pair in enumerate(pairs) if pair]
-        plain = [i for i, text in enumerate(texts) if text not in (None, "")]
-        if rows and not paired and not plain:
+        fields = [text_field] if text_field else ["text", self._field("prompt"), self._field("completion"), self._field("chosen")]
+        if rows and not any(lookup(row, field) is not None for row in rows for field in fields):
             if text_field:
                 raise UserError(f"--input {source}: no row has a '{text_field}' field (fields: {', '.join(rows[0])}); name "
                                 "one of them with --text-field, or leave it out to score prompt and completion fields")
             raise UserError(f"--input {source}: no row has a 'text' field, nor prompt and completion fields "
                             f"(fields: {', '.join(rows[0])}); pass --text-field")
+        pairs = [None if text_field else self._pair(row, source, line) for row, line in zip(rows, lines)]
+        texts = [None if pair else _text(lookup(row, text_field or "text"), source, line)
+                 for row, pair, line in zip(rows, pairs, lines)]
         token_rows = {}
-        for i in sorted(paired + plain):
+        for i, (pair, text) in enumerate(zip(pairs, texts)):
+            if pair is None and not text.strip():
+                continue
             try:
-                token_rows[i] = self._token_row(pairs[i], texts[i])
+                token_rows[i] = self._token_row(pair, text)
             except UserError as exc:
                 raise UserError(f"--input {source}:{lines[i]}: {exc}") from None
         rewards: list[float | None] = [None] * len(rows)
@@ -100,6 +106,21 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     rows, lines = read_numbered_rows(input_path, TABLE_FORMATS)
     if not rows:
         raise UserError(f"--input {input_path}: no rows to score (an empty file, or a header alone); give a file with rows")
-    out = [{**row, **added} for row, added in zip(rows, predictor.columns(rows, text_field, batch_size, input_path, lines))]
+    added = predictor.columns(rows, text_field, batch_size, input_path, lines)
+    _warn_unscored(added, lines, input_path, log)
+    replaced = sorted({name for row in rows for name in row} & {name for columns in added for name in columns})
+    if replaced:
+        log(f"warning: --input {input_path} has the column(s) {', '.join(replaced)}, which the output replaces with the "
+            "model's; rename them in the input to keep both")
+    out = [{**row, **columns} for row, columns in zip(rows, added)]
     write_rows(output_path, out)
     return len(out)
+
+
+def _warn_unscored(added: list[dict], lines: list[int], source: Path, log) -> None:
+    """One line naming the rows the model could not score (no text, or no answer to score), whose columns stay empty."""
+    empty = [line for columns, line in zip(added, lines) if all(value is None for value in columns.values())]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        log(f"warning: {len(empty):,} of {len(added):,} rows had nothing to score ({'line' if len(empty) == 1 else 'lines'} "
+            f"{shown} of {source}); their columns are left empty")

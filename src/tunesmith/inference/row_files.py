@@ -43,8 +43,11 @@ def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "
 def check_output(path: Path, formats: tuple[str, ...] = TABLE_FORMATS) -> None:
     if file_format(path) not in formats:
         raise UserError(f"--output {path}: this command writes {', '.join(formats)} files")
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise UserError(f"--output {path} exists; name a new file (it is never overwritten)")
+    folder = next((parent for parent in path.parents if parent.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"--output {path}: {folder} is a file, not a folder; name a file in a folder")
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
