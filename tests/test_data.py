@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from tunesmith.config import CleanConfig, DataConfig
 from tunesmith.data import prepare_data
+from tunesmith.data.formats import DecodeStats, read_records
 from tunesmith.data.clean import mask_pii, normalize_text
 from tunesmith.errors import UserError
 
@@ -259,9 +260,11 @@ def test_malformed_csv_and_json(tmp_path, prep):
     with pytest.raises(UserError, match=r"d.csv:3: 3 fields where the header has 2"):
         prep(csv_path)
     assert prep(csv_path, on_error="skip").report["documents_kept"] == 2
-    csv_path.write_text('text,label\n"a row whose text\nruns over\nthree lines",1\n"too",many,fields\n')
-    with pytest.raises(UserError, match=r"d.csv:5: 3 fields"):  # a row is named by the line it begins on
+    csv_path.write_text('text,label\n"a row whose text\nruns over\nthree lines",1\n"too\nmany",many,fields\n')
+    with pytest.raises(UserError, match=r"d.csv:5: 3 fields"):  # a row is named by the line it begins on, not the one it ends on
         prep(csv_path)
+    records = list(read_records(csv_path, False, DecodeStats()))
+    assert records[0].line == 2 and records[0].value["text"] == "a row whose text\nruns over\nthree lines"
     json_path = tmp_path / "d.json"
     json_path.write_text('[{"text": "a"},\n {"text": "b"')
     with pytest.raises(UserError, match=r"d.json:2: not valid JSON"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -186,8 +187,9 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     assert out[0]["reward"] == pytest.approx(out[1]["reward"], abs=1e-4)  # the rendered text scores as its prompt and answer
     assert out[0]["reward"] > out[3]["reward"]
     blanks = tmp_path / "blanks.csv"  # an empty cell is no answer: not scored, as the page refuses one; a blank completion
-    blanks.write_text(f"id,prompt,completion,chosen\n1,,,\n2,{pair['prompt']},,\n3,{pair['prompt']},,{pair['chosen']}\n"
-                      f"4,,{pair['chosen']},\n")  # does not hide the chosen answer; an empty prompt is scored
+    with blanks.open("w", newline="") as f:  # does not hide the chosen answer; an empty prompt is scored
+        csv.writer(f).writerows([["id", "prompt", "completion", "chosen"], [1, "", "", ""], [2, pair["prompt"], "", ""],
+                                 [3, pair["prompt"], "", pair["chosen"]], [4, "", pair["chosen"], ""]])
     said = []
     predict_file(str(run), blanks, tmp_path / "blanks_out.jsonl", log=said.append)
     scored = [json.loads(line)["reward"] for line in (tmp_path / "blanks_out.jsonl").read_text().splitlines()]
@@ -197,6 +199,19 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     said.clear()
     predict_file(str(run), empty_parts, tmp_path / "parts_out.jsonl", log=said.append)
     assert any("2 of 3 rows had nothing to score" in line for line in said), said
+    prompts_only = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "p"}])  # no answer column: nothing could be scored
+    with pytest.raises(UserError, match="no row has a 'text' field, nor prompt and completion fields"):
+        predict_file(str(run), prompts_only, tmp_path / "prompts_out.jsonl")
+    transcripts = write_rows(tmp_path / "transcripts.jsonl", [{"chosen": [{"role": "user", "content": "x"}], "text": rows[1]["text"]}])
+    predict_file(str(run), transcripts, tmp_path / "transcripts_out.jsonl")  # no prompt: scored by its text, chosen not read
+    assert json.loads((tmp_path / "transcripts_out.jsonl").read_text())["reward"] == pytest.approx(out[1]["reward"], abs=1e-4)
+    (tmp_path / "a_file").write_text("")
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "nowhere.jsonl")
+    for output, message in ((tmp_path / "a_file" / "o.jsonl", "a_file is a file, not a folder"), (dangling, "exists")):
+        with pytest.raises(UserError, match=message):
+            predict_file(str(run), source, output)
+    assert dangling.is_symlink() and not (tmp_path / "nowhere.jsonl").exists()
     code = main(["predict", str(run), "--input", str(write_rows(tmp_path / "none.jsonl", [{"x": 1}])), "--output", str(tmp_path / "o.csv")])
     assert code == 2
     assert main(["predict", str(run), "--input", str(source), "--output", str(tmp_path / "o2.jsonl"), "--batch-size", "0"]) == 2

@@ -36,6 +36,7 @@ class LabelColumns:
         if rows and all(text is None for text in found):
             raise UserError(f"--input {source}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
         texts = [None if text is None else _text(text, source, line) for text, line in zip(found, lines)]
+        texts = [text if text and text.strip() else None for text in texts]  # a blank cell is not scored, as on the page
         labels = self.classifier.labels
         out = []
         for p in self.classifier.probabilities(texts, batch_size):
@@ -61,16 +62,23 @@ class RewardColumns:
         """The row's (prompt, answer), under the field names the model was trained with; None without a prompt field
         or a non-blank answer."""
         prompt = lookup(row, self._field("prompt"))
-        answers = (_text(lookup(row, self._field(name)), source, line, "the completion") for name in ("completion", "chosen"))
-        answer = next((text for text in answers if text.strip()), None)
-        return None if prompt is None or answer is None else (prompt, answer)
+        if prompt is None:
+            return None
+        answers = (_text(lookup(row, self._field(name)), source, line, f"the {name}") for name in ("completion", "chosen"))
+        return next(((prompt, text) for text in answers if text.strip()), None)
+
+    def _has_fields(self, row: dict, text_field: str | None) -> bool:
+        """Whether the row has a column to score: --text-field's, else `text` or a prompt with an answer column."""
+        if text_field or lookup(row, "text") is not None:
+            return lookup(row, text_field or "text") is not None
+        answer = (lookup(row, self._field(name)) is not None for name in ("completion", "chosen"))
+        return lookup(row, self._field("prompt")) is not None and any(answer)
 
     def _token_row(self, pair: tuple | None, text: str) -> list[int]:
         return self.model.text_row(text) if pair is None else self.model.pair_row(pair[0], pair[1])
 
     def columns(self, rows: list[dict], text_field: str | None, batch_size: int, source: Path, lines: list[int]) -> list[dict]:
-        fields = [text_field] if text_field else ["text", self._field("prompt"), self._field("completion"), self._field("chosen")]
-        if rows and not any(lookup(row, field) is not None for row in rows for field in fields):
+        if rows and not any(self._has_fields(row, text_field) for row in rows):
             if text_field:
                 raise UserError(f"--input {source}: no row has a '{text_field}' field (fields: {', '.join(rows[0])}); name "
                                 "one of them with --text-field, or leave it out to score prompt and completion fields")
