@@ -251,30 +251,53 @@ def teacher_documents(teacher: Path, work: Path) -> tuple[Path, Path]:
     return files
 
 
+SAMPLE_PART = 400  # texts sampled by one `generate` call, each part with its own seed, so a larger --samples reuses parts
+
+
 def teacher_samples(teacher: Path, documents: Path, work: Path, count: int, new_tokens: int) -> Path:
     """`count` texts sampled from the teacher (temperature 1, no top-k or top-p cut: its own distribution), each begun
-    by the first words of a training verse: in-domain text for sequence-level distillation (Kim and Rush, 2016)."""
+    by the first words of a training verse: in-domain text for sequence-level distillation (Kim and Rush, 2016).
+
+    They are sampled in parts of SAMPLE_PART prompts, part i with seed 42 + its first index, so the same count always
+    gives the same texts, and a larger count reuses the parts a smaller one made (a seeded draw of the verses begins
+    with a smaller draw's verses; a part whose prompts differ is refused rather than reused)."""
     out = work / f"teacher_samples_{count}x{new_tokens}.jsonl"
     if out.is_file():
         return out
     texts = [json.loads(line)["text"] for line in documents.read_text(encoding="utf-8").splitlines()]
     verses = [line.strip() for text in texts for line in text.splitlines() if len(line.split()) > 8]
-    prompts = work / "sample_prompts.jsonl"
     if count > len(verses):
         sys.exit(f"--samples {count}: the teacher's training documents have only {len(verses)} verse lines to begin samples with")
-    chosen = random.Random(0).sample(verses, count)
-    prompts.write_text("".join(json.dumps({"prompt": " ".join(verse.split()[:6])}) + "\n" for verse in chosen))
-    generated = work / f"teacher_generated_{count}x{new_tokens}.jsonl"
-    if not generated.is_file():  # an interrupted generate resumes from its own journal
-        tunesmith("generate", str(teacher), "--input", str(prompts), "--output", str(generated), "--temperature", "1",
-                  "--top-k", "0", "--top-p", "1", "--max-new-tokens", str(new_tokens), "--max-batch", "32")
-    rows = [row for row in map(json.loads, generated.read_text(encoding="utf-8").splitlines()) if row["finish_reason"] != "error"]
+    prompts = [" ".join(verse.split()[:6]) for verse in random.Random(0).sample(verses, count)]
+    parts = [_generated(teacher, work, prompts, first, min(first + SAMPLE_PART, count), new_tokens)
+             for first in range(0, count, SAMPLE_PART)]
+    rows = [row for path, _ in parts for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+            if row["finish_reason"] != "error"]
     write_atomically(out, "".join(json.dumps({"text": r["prompt"] + r["generated"]}) + "\n" for r in rows))
-    made = json.loads(generated.with_name(generated.stem + ".summary.json").read_text())
-    resumed = f"; {made['resumed_rows']} rows from an interrupted run, not timed" if made["resumed_rows"] else ""
-    print(f"teacher samples: {len(rows)} texts, {made['generated_tokens']:,} new tokens; {made['seconds'] / 60:.1f} min at "
-          f"{made['tokens_per_second']:.0f} tokens/s{resumed}; ended at the token limit: {made['finish_reasons'].get('length', 0)}")
+    print(f"teacher samples: {len(rows)} texts")
+    for path, reused in parts:
+        made = json.loads(path.with_name(path.stem + ".summary.json").read_text())
+        timed = "made by an earlier run" if reused else (f"{made['seconds'] / 60:.1f} min at {made['tokens_per_second']:.0f} "
+                                                         "tokens/s")
+        resumed = f"; {made['resumed_rows']} rows from an interrupted run, not timed" if made["resumed_rows"] else ""
+        print(f"  {path.name}: {made['rows']} rows, {made['generated_tokens']:,} new tokens, {timed}{resumed}; "
+              f"ended at the token limit: {made['finish_reasons'].get('length', 0)}")
     return out
+
+
+def _generated(teacher: Path, work: Path, prompts: list[str], first: int, end: int, new_tokens: int) -> tuple[Path, bool]:
+    """The teacher's continuations of prompts[first:end], one row each, from `tunesmith generate` (resumed from its
+    own journal when interrupted), and whether an earlier run made them."""
+    generated = work / f"teacher_generated_{f'{first}-' if first else ''}{end}x{new_tokens}.jsonl"
+    if generated.is_file():
+        if [json.loads(line)["prompt"] for line in generated.read_text(encoding="utf-8").splitlines()] != prompts[first:end]:
+            sys.exit(f"{generated}: its prompts are not this draw's {first} to {end}; move it aside to sample them again")
+        return generated, True
+    asked = work / f"sample_prompts_{generated.stem.removeprefix('teacher_generated_')}.jsonl"
+    asked.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[first:end]))
+    tunesmith("generate", str(teacher), "--input", str(asked), "--output", str(generated), "--temperature", "1", "--top-k", "0",
+              "--top-p", "1", "--max-new-tokens", str(new_tokens), "--max-batch", "32", "--seed", str(42 + first))
+    return generated, False
 
 
 def more_text(args, teacher: Path, work: Path) -> tuple[list[str], list[str], str]:

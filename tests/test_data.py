@@ -265,6 +265,15 @@ def test_malformed_csv_and_json(tmp_path, prep):
         prep(csv_path)
     records = list(read_records(csv_path, False, DecodeStats()))
     assert records[0].line == 2 and records[0].value["text"] == "a row whose text\nruns over\nthree lines"
+    csv_path.write_text('text,label\n"a fine row",1\n\n  \n,\n"",""\n,,\n"the last row",0\n')
+    assert [r.line for r in read_records(csv_path, False, DecodeStats())] == [2, 8]  # nothing in a row: not a document
+    kept = list(read_records(csv_path, False, DecodeStats(), empty_rows=True))  # as predict reads it, one output row per
+    assert [r.line for r in kept] == [2, 5, 6, 7, 8]  # input row, whatever its number of cells; a blank line is no row
+    assert [r.value for r in kept[1:4]] == [{"text": "", "label": ""}] * 3
+    assert prep(csv_path).report["documents_kept"] == 2
+    single = tmp_path / "one.csv"
+    single.write_text('text\r\na\r\n""\r\n\r\nb\r\n')  # csv.writer's empty cell of a one-column table
+    assert [r.line for r in read_records(single, False, DecodeStats(), empty_rows=True)] == [2, 3, 5]
     json_path = tmp_path / "d.json"
     json_path.write_text('[{"text": "a"},\n {"text": "b"')
     with pytest.raises(UserError, match=r"d.json:2: not valid JSON"):

@@ -241,6 +241,20 @@ def test_an_output_in_a_folder_not_made_yet_is_written_there(tiny_llama, tmp_pat
     assert len(read_jsonl(out)) == 4 and (out.parent / "o.summary.json").is_file()
 
 
+def test_rows_that_are_not_utf8_are_read_with_a_warning_naming_how_many(tmp_path):
+    from tunesmith.inference.row_files import read_numbered_rows
+
+    source = tmp_path / "latin1.csv"
+    source.write_bytes("prompt\ncaf\u00e9\nplain\nna\u00efve\n".encode("latin-1"))
+    said = []
+    rows, lines = read_numbered_rows(source, (".csv",), log=said.append)
+    assert [r["prompt"] for r in rows] == ["caf\ufffd", "plain", "na\ufffdve"] and lines == [2, 3, 4]
+    assert len(said) == 1 and "2 lines are not valid UTF-8, read with replacement characters" in said[0] and str(source) in said[0], said
+    source.write_text("prompt\ncaf\u00e9\n", encoding="utf-8")
+    said.clear()
+    assert read_numbered_rows(source, (".csv",), log=said.append)[0] == [{"prompt": "caf\u00e9"}] and not said
+
+
 def test_an_empty_prompt_is_refused_as_serve_refuses_it(tiny_llama, capsys):
     assert main(["generate", str(tiny_llama), "--prompt", "", "--max-new-tokens", "3"]) == 2
     assert "the prompt is empty once tokenized" in capsys.readouterr().err

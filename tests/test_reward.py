@@ -195,6 +195,12 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     scored = [json.loads(line)["reward"] for line in (tmp_path / "blanks_out.jsonl").read_text().splitlines()]
     assert scored[:2] == [None, None] and scored[2] == pytest.approx(out[0]["reward"], abs=1e-4) and isinstance(scored[3], float)
     assert any("2 of 4 rows had nothing to score (lines 2, 3 of" in line for line in said), said
+    latin = tmp_path / "latin.csv"  # a row of empty cells stays a row, so the output lines up with the input
+    latin.write_bytes(b"id,prompt,completion\n1,caf\xe9,an answer\n,,\n3,a prompt,an answer\n")
+    said = []
+    assert predict_file(str(run), latin, tmp_path / "latin_out.csv", log=said.append) == 3
+    assert any("1 line is not valid UTF-8" in line for line in said) and any("1 of 3 rows had nothing to score (line 3 of" in line
+                                                                             for line in said), said
     empty_parts = write_rows(tmp_path / "parts.jsonl", [{"text": []}, {"text": [{"type": "text", "text": " "}]}, rows[1]])
     said.clear()
     predict_file(str(run), empty_parts, tmp_path / "parts_out.jsonl", log=said.append)

@@ -214,9 +214,11 @@ def read_json(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
             yield RowError(f"{path}: item {index + 1} is a {type(item).__name__}, not an object")
 
 
-def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
-                   max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
-    """Rows of a CSV/TSV file; a line or a (multi-line) field past `max_bytes` drops its row as oversized."""
+def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: int | None = None,
+                   empty_rows: bool = False) -> Iterator[Record | RowError | Oversized]:
+    """Rows of a CSV/TSV file; a line or a (multi-line) field past `max_bytes` drops its row as oversized. A row of only
+    empty or blank cells is skipped, or with `empty_rows` read as a row whose every field is empty, whatever its number
+    of cells (a reader that writes one output row per input row keeps it); a blank line is never a row."""
     skipped: list[Oversized] = []
 
     def lines() -> Iterator[str]:
@@ -254,7 +256,9 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats,
             continue
         yield from skipped
         skipped.clear()
-        if not _has_cells(row):  # a blank or whitespace-only line
+        if not _has_cells(row):  # a blank line, or a row with nothing in it
+            if empty_rows and (len(row) > 1 or row == [""]):  # cells, even one quoted empty cell: not a blank line
+                yield Record(str(path), begins, dict.fromkeys(header, ""))
             continue
         if len(row) != len(header):
             yield RowError(f"{path}:{begins}: {len(row)} fields where the header has {len(header)}; check quoting")
@@ -287,9 +291,10 @@ def read_html(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> I
     yield page if isinstance(page, Oversized) else Record(str(path), 1, html_to_text(page))
 
 
-def read_records(path: Path, per_file_text: bool, stats: DecodeStats,
-                 max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
-    """Every record of one file; those past `max_bytes` come as `Oversized`, never read whole."""
+def read_records(path: Path, per_file_text: bool, stats: DecodeStats, max_bytes: int | None = None,
+                 empty_rows: bool = False) -> Iterator[Record | RowError | Oversized]:
+    """Every record of one file; those past `max_bytes` come as `Oversized`, never read whole. `empty_rows`: a CSV or
+    TSV row of empty cells is a record too."""
     fmt = file_format(path)
     if fmt in (".txt", ".md"):
         return read_text(path, per_file_text, stats, max_bytes)
@@ -298,7 +303,7 @@ def read_records(path: Path, per_file_text: bool, stats: DecodeStats,
     if fmt == ".json":
         return read_json(path, stats)
     if fmt in (".csv", ".tsv"):
-        return read_delimited(path, "\t" if fmt == ".tsv" else ",", stats, max_bytes)
+        return read_delimited(path, "\t" if fmt == ".tsv" else ",", stats, max_bytes, empty_rows)
     if fmt == ".parquet":
         return read_parquet(path)
     return read_html(path, stats, max_bytes)

@@ -128,7 +128,8 @@ def _score(out: list[dict], reference_field: str) -> dict:
 
 
 def generate_file(model, tokenizer, input_path: Path, output_path: Path, options: SamplingOptions, prompt_field: str = "prompt",
-                  reference_field: str | None = None, max_batch: int = 16, show_progress: bool = True, model_name: str = "") -> dict:
+                  reference_field: str | None = None, max_batch: int = 16, show_progress: bool = True, model_name: str = "",
+                  log=print) -> dict:
     """Write the completions of every row of `input_path` to `output_path`; returns the summary, also written beside it.
 
     Rows finished by an interrupted run with the same `model_name`, input file and settings are taken from its journal.
@@ -138,7 +139,7 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
 
     options.check()
     check_paths(input_path, output_path)
-    rows = read_rows(input_path, TABLE_FORMATS + (".txt",), prompt_field)
+    rows = read_rows(input_path, TABLE_FORMATS + (".txt",), prompt_field, log)
     if not rows:
         raise UserError(f"--input {input_path}: no rows")
     prompts = _prompts(rows, prompt_field, input_path)

@@ -111,7 +111,7 @@ def predict_file(spec: str, input_path: Path, output_path: Path, text_field: str
     task = read_task(Path(resolve_model(spec, log=log).path))["task"]
     predictor = PREDICTORS.get(task, LabelColumns)(spec, device_name, log)
     check_output(output_path)
-    rows, lines = read_numbered_rows(input_path, TABLE_FORMATS)
+    rows, lines = read_numbered_rows(input_path, TABLE_FORMATS, log=log)
     if not rows:
         raise UserError(f"--input {input_path}: no rows to score (an empty file, or a header alone); give a file with rows")
     added = predictor.columns(rows, text_field, batch_size, input_path, lines)

@@ -15,19 +15,22 @@ from ..rundir.durable import write_atomically
 TABLE_FORMATS = (".csv", ".tsv", ".jsonl")
 
 
-def read_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") -> list[dict]:
+def read_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt", log=None) -> list[dict]:
     """Every row as a dict; a text file's blank-line-separated passages become rows of one field, `text_field`."""
-    return read_numbered_rows(path, formats, text_field)[0]
+    return read_numbered_rows(path, formats, text_field, log)[0]
 
 
-def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt") -> tuple[list[dict], list[int]]:
-    """The rows, and the line of the file where each begins (what an error about one row names)."""
+def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "prompt",
+                       log=None) -> tuple[list[dict], list[int]]:
+    """The rows, and the line of the file where each begins (what an error about one row names). A CSV or TSV row of
+    empty cells is a row, so the output lines up with the input; bytes that are not UTF-8 are read as replacement
+    characters, and `log` is told how many lines had them."""
     if file_format(path) not in formats:
         raise UserError(f"--input {path}: this command reads {', '.join(formats)} files")
     if not path.is_file():
         raise UserError(f"--input {path}: not found")
-    rows, lines = [], []
-    for record in read_records(path, False, DecodeStats()):
+    rows, lines, stats = [], [], DecodeStats()
+    for record in read_records(path, False, stats, empty_rows=True):
         if isinstance(record, RowError):
             raise UserError(f"{record}; fix the row and run again")
         value = record.value
@@ -37,6 +40,10 @@ def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "
             raise UserError(f"{path}: every line must be a JSON object")
         rows.append(value)
         lines.append(record.line)
+    bad = stats.lines_with_bad_bytes
+    if bad and log is not None:
+        log(f"warning: --input {path}: {bad:,} {'line is' if bad == 1 else 'lines are'} not valid UTF-8, read with "
+            "replacement characters; save the file as UTF-8 to keep those characters")
     return rows, lines
 
 
