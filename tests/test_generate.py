@@ -242,6 +242,7 @@ def test_an_output_in_a_folder_not_made_yet_is_written_there(tiny_llama, tmp_pat
 
 
 def test_rows_that_are_not_utf8_are_read_with_a_warning_naming_how_many(tmp_path):
+    from tunesmith.errors import UserError
     from tunesmith.inference.row_files import read_numbered_rows
 
     source = tmp_path / "latin1.csv"
@@ -253,6 +254,12 @@ def test_rows_that_are_not_utf8_are_read_with_a_warning_naming_how_many(tmp_path
     source.write_text("prompt\ncaf\u00e9\n", encoding="utf-8")
     said.clear()
     assert read_numbered_rows(source, (".csv",), log=said.append)[0] == [{"prompt": "caf\u00e9"}] and not said
+    source.write_text("prompt\ncaf\u00e9\n", encoding="utf-16")  # with its byte-order mark, as Excel saves it
+    with pytest.raises(UserError, match="UTF-16 text .*; save it as UTF-8"):
+        read_numbered_rows(source, (".csv",))
+    source.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match="looks like a binary file, not text; remove it from --input"):
+        read_numbered_rows(source, (".csv",))
 
 
 def test_an_empty_prompt_is_refused_as_serve_refuses_it(tiny_llama, capsys):

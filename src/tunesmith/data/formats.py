@@ -86,6 +86,8 @@ def check_not_binary(path: Path, key: str = "data.train") -> None:
         raise UserError(f"{path}: cannot be read ({exc})") from None
     if not head:
         return
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"{path}: UTF-16 text (as Excel's \"Unicode Text\" saves it); save it as UTF-8 and give it again")
     controls = sum(1 for byte in head if byte < 9 or 13 < byte < 32)
     if b"\x00" in head or controls / len(head) > 0.1:
         raise UserError(f"{path}: looks like a binary file, not text; remove it from {key} or convert it")
@@ -97,8 +99,8 @@ def _damage_as_user_error(path: Path):
     try:
         yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise UserError(f"{path}: the compressed file is damaged or cut short ({exc}); re-create it or remove it "
-                        "from data.train") from None
+        raise UserError(f"{path}: the compressed file is damaged or cut short ({exc}); compress the original again, "
+                        "or name another file") from None
 
 
 def _raw_lines(handle: IO[bytes], max_bytes: int | None) -> Iterator[bytes | tuple[int, bytes]]:
