@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from tunesmith.config import CleanConfig, DataConfig
 from tunesmith.data import prepare_data
-from tunesmith.data.formats import DecodeStats, read_records
+from tunesmith.data.formats import DecodeStats, check_text_file, read_records
 from tunesmith.data.clean import mask_pii, normalize_text
 from tunesmith.errors import UserError
 
@@ -278,6 +278,50 @@ def test_malformed_csv_and_json(tmp_path, prep):
     json_path.write_text('[{"text": "a"},\n {"text": "b"')
     with pytest.raises(UserError, match=r"d.json:2: not valid JSON"):
         prep(json_path)
+
+
+def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, prep):
+    """A repeated column name, a quote never closed and lines that end in a lone carriage return would each lose text
+    without a word (the last column of a name wins; the rest of the file becomes one field; the file is one line)."""
+    path = tmp_path / "d.csv"
+    path.write_text('text,label,text\n"a row",1,"another"\n')
+    with pytest.raises(UserError, match=r"d.csv:1: the header names 'text' more than once \(only the last"):
+        prep(path)
+    path.write_text('text,label,,\n"a row of text",1,note,\n')  # unnamed columns, as spreadsheets save them, are kept apart
+    assert [r.value for r in read_records(path, False, DecodeStats())] == [
+        {"text": "a row of text", "label": "1", "Unnamed: 2": "note", "Unnamed: 3": ""}]
+    path.write_text('text,label\n"a fine row of text",1\n"a quote never closed,0\na row it would swallow,1\n')
+    with pytest.raises(UserError, match=r"d.csv:3: malformed row \(a quote opened in it is never closed"):
+        prep(path)
+    path.write_text('text,label\n"a quote never closed,0\n"a row of text",1\n"the last row of text",1\n')
+    with pytest.raises(UserError, match=r"d.csv:2: malformed row \(text follows the quote .* a quote left open on an earlier line"):
+        prep(path)
+    path.write_text('text,label\n"a fine row of text",1\n"quoted" then not,0\n"the last row of text",1\n')
+    with pytest.raises(UserError, match=r"d.csv:3: malformed row \(text follows the quote that closes a quoted cell: in CSV a cell that"):
+        prep(path)
+    assert prep(path, on_error="skip").report["documents_kept"] == 2
+    for lines in (b'text,label\r"a fine row of text",1\r"another row of text",0\r',
+                  b'text,label\r"a cell with a line\nbreak",1\r"another row of text",0\r'):  # Excel for Mac's rows
+        path.write_bytes(lines)
+        with pytest.raises(UserError, match=r"d.csv:1: cannot read the header row \(a carriage return alone .*line endings"):
+            prep(path)
+    path.write_bytes(b'text,label\r\n"a fine row of text",1\r\n"a row\rwith a stray return in it",0\r\n'
+                     + b'"paragraphs\rin\rone\rcell\rof\ra\rfile\rof\rlines",0\n')  # returns inside quotes are text
+    assert len(list(read_records(path, False, DecodeStats()))) == 3
+    text = tmp_path / "d.txt"
+    text.write_bytes(b"one document of text\r\rand another one\r")
+    with pytest.raises(UserError, match=r"d.txt: its lines end with a carriage return alone"):
+        prep(text)
+    whole = tmp_path / "d.json"
+    whole.write_bytes(b'[{"text": "a record"},\r{"text": "another"}]\r')  # read whole: its line endings do not matter
+    check_text_file(whole)
+    assert len(list(read_records(whole, False, DecodeStats()))) == 2
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text('text\tlabel\n"Hello," she said.\t1\n"a fine row of text"\t0\n')
+    with pytest.raises(UserError, match=r"d.tsv:2: malformed row \(text follows .*: in TSV a cell that begins with a quote"):
+        prep(tsv)
+    tsv.write_text('text\tlabel\n"""Hello,"" she said."\t1\n"a fine row of text"\t0\n')
+    assert [r.value["text"] for r in read_records(tsv, False, DecodeStats())] == ['"Hello," she said.', "a fine row of text"]
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):

@@ -208,6 +208,44 @@ def test_resume_with_another_preference_objective_is_refused(tmp_path):
         check_resume_settings(resumed.model_dump(mode="json"), tmp_path)
 
 
+def test_a_path_under_home_is_one_setting_written_either_way(tmp_path, monkeypatch):
+    """A run started with `model.name: ~/m` resumes with the path spelled out, and the other way round."""
+    from tunesmith.rundir.folder import resolve_run_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "m").mkdir(parents=True)
+    spelled = {"model": {"name": str(tmp_path / "home" / "m")}, "data": {"train": [str(tmp_path / "home" / "d.txt")]}}
+    short = {"model": {"name": "~/m"}, "data": {"train": ["~/d.txt"]}}
+    start = tmp_path / "elsewhere"
+    assert resolve_run_paths(short, start)["model"] == resolve_run_paths(spelled, start)["model"] == spelled["model"]
+    assert resolve_run_paths(short, start)["data"]["train"] == spelled["data"]["train"]
+    assert resolve_run_paths({"model": {"name": "~/not-there"}}, start)["model"]["name"] == "~/not-there"  # a hub id stays
+    from tunesmith.config import build_config
+    assert build_config({"output": {"dir": "~/runs/x"}}).run_dir == tmp_path / "home" / "runs" / "x"  # not ./~/runs/x
+
+
+def test_a_run_reading_only_home_paths_resumes_when_its_start_folder_is_gone(tmp_path, monkeypatch):
+    import json
+
+    from tunesmith.config import build_config
+    from tunesmith.rundir.folder import as_started
+    from tunesmith.training.resume import RECORDED, check_checkpoint_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "process.json").write_text(json.dumps({"cwd": str(tmp_path / "gone")}))
+    home = build_config({"data": {"train": ["~/d.txt"]}, "monitor": {"general_probe": "~/p.txt"}, "output": {"dir": str(run)}})
+    resumed = as_started(home)
+    assert resumed.data.train == [str(tmp_path / "home" / "d.txt")]
+    # a checkpoint saved when `~` was recorded as written is the same setting as its expansion
+    recorded = {key: None for key in RECORDED} | {"monitor.general_probe": "~/p.txt"}
+    check_checkpoint_settings(resumed.model_dump(mode="json"), {"settings": recorded}, run / "checkpoints" / "step-1")
+    relative = build_config({"data": {"train": ["d.txt"]}, "output": {"dir": str(run)}})
+    with pytest.raises(UserError, match="that folder is gone"):
+        as_started(relative)
+
+
 # --- code that must not run -----------------------------------------------------------------------------------------
 
 class Payload:

@@ -218,7 +218,7 @@ def _run_predict(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: rows scored together must be at least 1; use 16, or 1 for one at a time")
     count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
-    print(f"wrote {count:,} rows with predictions to {args.output}")
+    print(f"wrote {count:,} row{'s' if count != 1 else ''} with predictions to {args.output}")
     return 0
 
 

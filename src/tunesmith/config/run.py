@@ -11,11 +11,11 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..errors import ConfigError
-from .sections import (ChatConfig, ClassifyConfig, CleanConfig, DataConfig, DataSource, DistillConfig, FromTeacher, GrpoConfig,
-                       ModelConfig, MonitorConfig, OutputConfig, PreferenceConfig, RewardSpec, StudentConfig, TrainConfig, _Section)
+from .sections import CleanConfig, DataConfig, DataSource, ModelConfig, MonitorConfig, OutputConfig, Section, TrainConfig
+from .use_cases import ChatConfig, ClassifyConfig, DistillConfig, FromTeacher, GrpoConfig, PreferenceConfig, RewardSpec, StudentConfig
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     task: str = Field("lm", description="what the run learns from")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -50,7 +50,7 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig,
     "data": DataConfig,
     "clean": CleanConfig,

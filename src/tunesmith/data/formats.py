@@ -9,7 +9,9 @@ import codecs
 import csv
 import gzip
 import json
+import re
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import IO, Iterator
 
 from ..errors import UserError
 
-LINE_FORMATS = {".txt", ".md", ".jsonl", ".csv", ".tsv"}
+DELIMITED = {".csv", ".tsv"}
+LINE_FORMATS = {".txt", ".md", ".jsonl", *DELIMITED}
 WHOLE_FORMATS = {".json", ".parquet", ".html", ".htm"}
 SUFFIXES = LINE_FORMATS | WHOLE_FORMATS | {f"{s}.gz" for s in LINE_FORMATS}
 _SNIFF_BYTES = 8192
@@ -75,8 +78,10 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
-def check_not_binary(path: Path, key: str = "data.train") -> None:
-    """Refuse a file that is mostly binary (NUL bytes or many control bytes), naming it and the key that named it."""
+def check_text_file(path: Path, key: str = "data.train") -> None:
+    """Refuse a file the readers would misread, naming it and the fix: mostly binary (NUL bytes or many control bytes),
+    UTF-16, or text or JSONL lines that end with a carriage return alone (the file would be one line; the CSV reader,
+    which sees quotes, names such lines itself)."""
     if file_format(path) == ".parquet":
         return
     try:
@@ -88,6 +93,10 @@ def check_not_binary(path: Path, key: str = "data.train") -> None:
         return
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UserError(f"{path}: UTF-16 text (as Excel's \"Unicode Text\" saves it); save it as UTF-8 and give it again")
+    lone_returns = len(re.findall(rb"\r(?!\n)", head.rstrip(b"\r")))
+    if file_format(path) in LINE_FORMATS - DELIMITED and lone_returns > head.count(b"\n"):  # the csv reader sees quotes
+        raise UserError(f"{path}: its lines end with a carriage return alone (as old Mac programs save text); save it with "
+                        "Unix (\\n) or Windows (\\r\\n) line endings and give it again")
     controls = sum(1 for byte in head if byte < 9 or 13 < byte < 32)
     if b"\x00" in head or controls / len(head) > 0.1:
         raise UserError(f"{path}: looks like a binary file, not text; remove it from {key} or convert it")
@@ -232,7 +241,7 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
                 yield line
 
     csv.field_size_limit(max_bytes or 2**31 - 1)
-    reader = csv.reader(lines(), delimiter=delimiter)
+    reader = csv.reader(lines(), delimiter=delimiter, strict=True)
     header: list[str] = []
     try:
         while not _has_cells(header):  # blank lines before the header are not the header
@@ -240,9 +249,14 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
     except StopIteration:
         return
     except csv.Error as exc:
-        raise UserError(f"{path}:{reader.line_num}: cannot read the header row ({exc})") from None
+        raise UserError(f"{path}:{reader.line_num}: cannot read the header row ({_csv_problem(str(exc), delimiter)})") from None
     if skipped:  # the header itself was past the size limit: a data row must not stand in for it
         raise UserError(f"{path}:{skipped[0].line}: the header row is too long to read; check the file's line endings")
+    header = [name if name.strip() else f"Unnamed: {index}" for index, name in enumerate(header)]  # as pandas names them
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        raise UserError(f"{path}:{reader.line_num}: the header names {', '.join(map(repr, repeated))} more than once (only "
+                        "the last such column would be read); give each column its own name")
     while True:
         begins = reader.line_num + 1  # a quoted field may run over several lines: a row is named by its first
         try:
@@ -254,7 +268,7 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
             if "field larger than field limit" in str(exc):
                 yield Oversized(str(path), begins, max_bytes or 0, "")
             else:
-                yield RowError(f"{path}:{begins}: malformed row ({exc})")
+                yield RowError(f"{path}:{begins}: malformed row ({_csv_problem(str(exc), delimiter)})")
             continue
         yield from skipped
         skipped.clear()
@@ -266,6 +280,20 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
             yield RowError(f"{path}:{begins}: {len(row)} fields where the header has {len(header)}; check quoting")
             continue
         yield Record(str(path), begins, dict(zip(header, row)))
+
+
+def _csv_problem(message: str, delimiter: str) -> str:
+    """Python's csv message in the words of the file's author."""
+    if "unexpected end of data" in message:
+        return "a quote opened in it is never closed, so the rest of the file would be read as one field"
+    if "new-line character seen in unquoted field" in message:
+        return ("a carriage return alone outside quotes: the file's lines end with one (as old Mac programs save text), or "
+                "a cell holds one; save the file with Unix (\\n) or Windows (\\r\\n) line endings")
+    if "expected after" in message:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        return (f"text follows the quote that closes a quoted cell: in {kind} a cell that begins with a quote must end "
+                "with one, its own quotes written twice (\"\"), and a quote left open on an earlier line ends here")
+    return message
 
 
 def _has_cells(row: list[str]) -> bool:

@@ -23,7 +23,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import glob
 import string
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError
 from ..config import CleanConfig, DataConfig
-from .formats import SUFFIXES, DecodeStats, Oversized, Record, RowError, check_not_binary, file_format, read_records, record_byte_limit
+from .formats import SUFFIXES, DecodeStats, Oversized, Record, RowError, check_text_file, file_format, read_records, record_byte_limit
 from .report import DataReport
 
 _SUPPORTED = ", ".join(sorted(SUFFIXES - {s for s in SUFFIXES if s.endswith(".gz")})) + " (and .gz of the line formats)"
@@ -29,7 +30,7 @@ def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) 
     """
     files: list[Path] = []
     for pattern in patterns:
-        path = Path(pattern).expanduser()
+        path = Path(os.path.expanduser(pattern))
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
             if not found:
@@ -109,7 +110,7 @@ class DocumentReader:
     def records(self, files: list[Path]) -> Iterator[Record]:
         """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""
         for path in files:
-            check_not_binary(path)
+            check_text_file(path)
             read_before = self.report.read
             if path.stat().st_size:
                 yield from self._file_records(path)

@@ -3,6 +3,7 @@ distributions the student learns; measured once on the validation set so that th
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def resolve_teacher(spec: str, trust_remote_code: bool = False, log=print) -> Re
 def resolve_named_model(key: str, spec: str, trust_remote_code: bool, log, unfinished: str, alternatives: str) -> ResolvedModel:
     """The files of a model a setting other than model.name names, refused in one line naming the setting: a run that has
     not finished (with how to finish it, or `unfinished`), or anything `resolve_model` does not find (give `alternatives`)."""
-    local = Path(spec).expanduser()
+    local = Path(os.path.expanduser(spec))
     if local.is_dir() and (local / "checkpoints").is_dir() and not (local / "final" / "config.json").is_file():
         raise UserError(f"{key} {spec}: this run has not finished (no final/ model yet); finish it with "
                         f"`tunesmith train --out {shlex.quote(spec)} --resume`, or {unfinished}")

@@ -27,7 +27,7 @@ from ..batch import Batch
 from ..config import PROBE_WORDS, CleanConfig, DataConfig, MonitorConfig, RunConfig
 from ..data.clean import text_digest
 from ..data.examples import padded_rows
-from ..data.formats import check_not_binary
+from ..data.formats import check_text_file
 from ..data.read import DocumentReader, expand_paths
 from ..data.report import DataReport
 from ..data.split import hash_bucket
@@ -167,7 +167,7 @@ def _probe_files(path: str) -> list[Path]:
     """The probe's files, each checked for text here so that a binary one is named under its own key."""
     files = expand_paths([path], "monitor.general_probe")
     for file in files:
-        check_not_binary(file, "monitor.general_probe")
+        check_text_file(file, "monitor.general_probe")
     return files
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ def benchmark_models(specs: list[str], request: BenchmarkRequest, log=print) -> 
     quiet_harness()
     manager = selection.task_manager()
     for spec in specs[1:]:  # the model to compare with, found before the first one's benchmarks run
-        if not Path(spec).expanduser().is_dir():
+        if not Path(os.path.expanduser(spec)).is_dir():
             resolve_model(spec, request.trust_remote_code, log=lambda _message: None)
     tasks = load_tasks(selection, manager)
     done = []

@@ -4,6 +4,7 @@ adapters on its base, unmerged), a .gguf file or the embedded default; handed to
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _unmerged_adapter(run: Path, settings: dict, trust_remote_code: bool, log):
 def load_for_benchmarks(spec: str, device: str = "auto", precision: str | None = None, trust_remote_code: bool = False,
                         log=print) -> BenchmarkModel:
     """The model of `spec` ready for lm-eval; `precision` None means the run's own (train.precision), or auto for a model."""
-    local = Path(spec).expanduser()
+    local = Path(os.path.expanduser(spec))
     run = local if local.is_dir() and (is_run_dir(local) or (local / CONFIG_FILE).is_file()) else None
     settings = _run_settings(run) if run else {}
     place = pick_device(device)

@@ -6,6 +6,7 @@ Only names need lm-eval's own index of its tasks, which takes seconds to build; 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def read_task_file(path: Path, yaml):
 
 def _file_spec(spec: str) -> tuple[list[str], list[str]]:
     """(specs, folders) for one path: a YAML file is loaded by its path, a folder is indexed and its tasks named."""
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))
     if not path.exists():
         raise UserError(f"--benchmarks {spec}: no such task file or folder; give an lm-eval task name ({FIND_NAMES})")
     if path.is_dir():

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from ..data.formats import DecodeStats, RowError, check_not_binary, file_format, read_records
+from ..data.formats import DecodeStats, RowError, check_text_file, file_format, read_records
 from ..errors import UserError
 from ..rundir.durable import write_atomically
 
@@ -29,7 +29,7 @@ def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "
         raise UserError(f"--input {path}: this command reads {', '.join(formats)} files")
     if not path.is_file():
         raise UserError(f"--input {path}: not found")
-    check_not_binary(path, "--input")
+    check_text_file(path, "--input")
     rows, lines, stats = [], [], DecodeStats()
     for record in read_records(path, False, stats, empty_rows=True):
         if isinstance(record, RowError):

@@ -63,7 +63,7 @@ def resolve_model(spec: str, trust_remote_code: bool = False, log: Callable[[str
     if spec == EMBEDDED_NAME:
         path = convert_gguf(embedded_gguf_path(), tunesmith_home(), log)
         return ResolvedModel(spec, str(path), True, trust_remote_code)
-    local = Path(spec).expanduser()
+    local = Path(os.path.expanduser(spec))
     if spec.endswith(".gguf"):
         if not local.is_file():
             raise UserError(f"model {spec}: no such .gguf file; {ALTERNATIVES}")

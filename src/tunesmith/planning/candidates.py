@@ -5,6 +5,7 @@ Only configs are read, never weights, so a candidate costs nothing to consider.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def candidate(spec: str) -> Candidate:
     if name in BUILT_IN:
         label, shape = BUILT_IN[name]
         return Candidate(name, label, shape())
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))
     config = _local_config(spec, path) if path.exists() else _hub_config(spec)
     if not getattr(config, "num_hidden_layers", None):
         raise UserError(f"--candidate {spec}: its config names no number of layers; is it a decoder-only language model?")

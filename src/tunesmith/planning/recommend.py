@@ -8,6 +8,7 @@ full fine-tuning preferred over LoRA, LoRA over freezing, and QLoRA last (it tra
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def _availability(candidate: Candidate, hub: bool) -> str:
     from ..models.embedded import EMBEDDED_NAME
     from ..models.resolve import _in_hub_cache
 
-    if candidate.name == EMBEDDED_NAME or Path(candidate.name).expanduser().exists() or hub or _in_hub_cache(candidate.name):
+    if candidate.name == EMBEDDED_NAME or Path(os.path.expanduser(candidate.name)).exists() or hub or _in_hub_cache(candidate.name):
         return ""
     return "needs a download (hub not reachable)"
 

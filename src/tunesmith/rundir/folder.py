@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 
 from ..config import PROBE_WORDS, RunConfig, benchmark_is_path, build_config, read_config_file, read_yaml_leniently
@@ -204,7 +205,11 @@ def run_start_dir(run_dir: Path) -> Path | None:
 
 
 def _against(start: Path, path: str) -> str:
-    return path if path.startswith("~") or Path(path).is_absolute() else str(start / path)
+    """`path` made absolute: against the home folder when it begins with `~` (so `~/m` and its expansion are one
+    setting), else against `start`."""
+    if path.startswith("~"):
+        return os.path.expanduser(path)
+    return path if Path(path).is_absolute() else str(start / path)
 
 
 def _store_against(start: Path, uri: str) -> str:
@@ -239,8 +244,8 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
         monitor["mlflow_uri"] = _store_against(start, monitor["mlflow_uri"])
     for section, key in ((model, "name"), (monitor, "drift_from")):
         name = section.get(key)
-        if isinstance(name, str) and not Path(name).is_absolute() and (start / name).exists():
-            section[key] = str(start / name)
+        if isinstance(name, str) and Path(_against(start, name)).exists():
+            section[key] = _against(start, name)
     for reward in (resolved.get("grpo") or {}).get("rewards") or []:
         if isinstance(reward, dict) and isinstance(reward.get("run"), str):
             reward["run"] = _against(start, reward["run"])
@@ -258,7 +263,8 @@ def as_started(cfg: RunConfig) -> RunConfig:
         return cfg
     settings = cfg.model_dump(mode="json")
     resolved = resolve_run_paths(settings, start)
-    if resolved != settings and not start.is_dir():
+    reads_from_start = resolved != resolve_run_paths(settings, start / "elsewhere")  # a relative path: `~` reads the same
+    if reads_from_start and not start.is_dir():
         raise UserError(f"--resume: the run was started in {start} (as {cfg.run_dir / PROCESS} records) and its relative "
                         "paths are read from there, but that folder is gone; name the files where they are now, by absolute "
                         "path (--data /path/to/data, and --val or --model as needed), or put the folder back")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import MonitorConfig
@@ -77,7 +78,9 @@ def _valid_record(record) -> dict | None:
         monitor = MonitorConfig(**{key.removeprefix("monitor."): value for key, value in record.items()})
     except (ValueError, TypeError):
         return None
-    return {key: getattr(monitor, key.removeprefix("monitor.")) for key in RECORDED}
+    values = {key: getattr(monitor, key.removeprefix("monitor.")) for key in RECORDED}
+    return {key: os.path.expanduser(value) if isinstance(value, str) else value  # as `resolve_run_paths` reads them now
+            for key, value in values.items()}
 
 
 def _yaml(value) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def prompt_text(prompt: Prompt) -> str:
 
 def model_folder(run: str) -> Path:
     """A run folder's final model, or a model folder itself; one line when it is neither."""
-    path = Path(run).expanduser()
+    path = Path(os.path.expanduser(run))
     for candidate in (path / "final", path):
         if (candidate / "tunesmith_task.json").is_file():
             return candidate
@@ -77,7 +78,7 @@ def check_run_reward(spec: RewardSpec) -> str:
 
 
 def check_python_reward(spec: RewardSpec) -> Path:
-    file = Path(spec.python.rpartition(":")[0]).expanduser()
+    file = Path(os.path.expanduser(spec.python.rpartition(":")[0]))
     if not file.is_file():
         raise ConfigError([f"grpo.rewards: {file} does not exist (python: {spec.python}); name your file as file.py:function"])
     return file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from copy import deepcopy
 from pathlib import Path
 from dataclasses import dataclass
@@ -251,10 +252,10 @@ def absolute_rewards(grpo: dict) -> dict:
     """GRPO settings with each reward's run and file as absolute paths, so a saved model is scored the same from anywhere."""
     for reward in grpo["rewards"]:
         if reward.get("run"):
-            reward["run"] = str(Path(reward["run"]).expanduser().resolve())
+            reward["run"] = str(Path(os.path.expanduser(reward["run"])).resolve())
         if reward.get("python"):
             file, _, function = reward["python"].rpartition(":")
-            reward["python"] = f"{Path(file).expanduser().resolve()}:{function}"
+            reward["python"] = f"{Path(os.path.expanduser(file)).resolve()}:{function}"
     return grpo
 
 
