@@ -290,6 +290,8 @@ def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, pr
     path.write_text('text,label,,\n"a row of text",1,note,\n')  # unnamed columns, as spreadsheets save them, are kept apart
     assert [r.value for r in read_records(path, False, DecodeStats())] == [
         {"text": "a row of text", "label": "1", "Unnamed: 2": "note", "Unnamed: 3": ""}]
+    path.write_text(',Unnamed: 0,text\n0,0,"a row of text"\n')  # pandas' index column, saved twice
+    assert list(read_records(path, False, DecodeStats()))[0].value == {"Unnamed: 0.1": "0", "Unnamed: 0": "0", "text": "a row of text"}
     path.write_text('text,label\n"a fine row of text",1\n"a quote never closed,0\na row it would swallow,1\n')
     with pytest.raises(UserError, match=r"d.csv:3: malformed row \(a quote opened in it is never closed"):
         prep(path)
@@ -312,6 +314,13 @@ def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, pr
     text.write_bytes(b"one document of text\r\rand another one\r")
     with pytest.raises(UserError, match=r"d.txt: its lines end with a carriage return alone"):
         prep(text)
+    check_text_file(text, whole=True)  # one document per file: its line endings do not matter
+    text.write_bytes(b"\x00\x01\r\x02\r\x03" * 100)
+    with pytest.raises(UserError, match=r"d.txt: looks like a binary file"):
+        check_text_file(text)
+    path.write_bytes(b'text,label\r"a fine row of text",1\r' * 20)
+    with pytest.raises(UserError, match=r"d.csv:1: the header row is too long to read; check the file's line endings"):
+        list(read_records(path, False, DecodeStats(), max_bytes=100))
     whole = tmp_path / "d.json"
     whole.write_bytes(b'[{"text": "a record"},\r{"text": "another"}]\r')  # read whole: its line endings do not matter
     check_text_file(whole)

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .sections import Section, not_a_switch, not_blank
 
+
 class ChatConfig(Section):
     format: Literal["auto", "messages", "sharegpt", "transcript", "table", "prompt_completion", "alpaca"] = Field("auto", description="messages (OpenAI), sharegpt, transcript (\"Name: text\" lines, blank line between conversations), table (one row per turn), prompt_completion ({prompt, completion}; the prompt may be a list of messages) or alpaca ({instruction, input, output}); auto: detected")
     fields: dict[str, str] = Field(default_factory=dict, description="field names of instruction and preference records when they differ, e.g. {prompt: question, completion: answer}; the names: prompt, completion, instruction, input, output, chosen, rejected, label")

@@ -9,7 +9,6 @@ import codecs
 import csv
 import gzip
 import json
-import re
 import zlib
 from collections import Counter
 from contextlib import contextmanager
@@ -78,10 +77,10 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
-def check_text_file(path: Path, key: str = "data.train") -> None:
+def check_text_file(path: Path, key: str = "data.train", whole: bool = False) -> None:
     """Refuse a file the readers would misread, naming it and the fix: mostly binary (NUL bytes or many control bytes),
-    UTF-16, or text or JSONL lines that end with a carriage return alone (the file would be one line; the CSV reader,
-    which sees quotes, names such lines itself)."""
+    UTF-16, or text or JSONL lines that end with a carriage return alone, unless the file is read `whole` as one
+    document (split in lines, it would be one line; the CSV reader, which sees quotes, names such lines itself)."""
     if file_format(path) == ".parquet":
         return
     try:
@@ -93,13 +92,13 @@ def check_text_file(path: Path, key: str = "data.train") -> None:
         return
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UserError(f"{path}: UTF-16 text (as Excel's \"Unicode Text\" saves it); save it as UTF-8 and give it again")
-    lone_returns = len(re.findall(rb"\r(?!\n)", head.rstrip(b"\r")))
-    if file_format(path) in LINE_FORMATS - DELIMITED and lone_returns > head.count(b"\n"):  # the csv reader sees quotes
-        raise UserError(f"{path}: its lines end with a carriage return alone (as old Mac programs save text); save it with "
-                        "Unix (\\n) or Windows (\\r\\n) line endings and give it again")
     controls = sum(1 for byte in head if byte < 9 or 13 < byte < 32)
     if b"\x00" in head or controls / len(head) > 0.1:
         raise UserError(f"{path}: looks like a binary file, not text; remove it from {key} or convert it")
+    split_in_lines = file_format(path) in LINE_FORMATS - DELIMITED and not whole  # the csv reader sees quotes itself
+    if split_in_lines and b"\n" not in head and b"\r" in head.rstrip(b"\r"):
+        raise UserError(f"{path}: its lines end with a carriage return alone (as old Mac programs save text); save it with "
+                        "Unix (\\n) or Windows (\\r\\n) line endings and give it again")
 
 
 @contextmanager
@@ -247,16 +246,18 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
         while not _has_cells(header):  # blank lines before the header are not the header
             header = next(reader)
     except StopIteration:
+        if skipped:  # one line past the size limit and nothing else: lines that end in something the file does not use
+            raise UserError(f"{path}:1: the header row is too long to read; check the file's line endings") from None
         return
     except csv.Error as exc:
         raise UserError(f"{path}:{reader.line_num}: cannot read the header row ({_csv_problem(str(exc), delimiter)})") from None
     if skipped:  # the header itself was past the size limit: a data row must not stand in for it
         raise UserError(f"{path}:{skipped[0].line}: the header row is too long to read; check the file's line endings")
-    header = [name if name.strip() else f"Unnamed: {index}" for index, name in enumerate(header)]  # as pandas names them
-    repeated = [name for name, count in Counter(header).items() if count > 1]
+    repeated = [name for name, count in Counter(header).items() if count > 1 and name.strip()]
     if repeated:
         raise UserError(f"{path}:{reader.line_num}: the header names {', '.join(map(repr, repeated))} more than once (only "
                         "the last such column would be read); give each column its own name")
+    header = _named(header)
     while True:
         begins = reader.line_num + 1  # a quoted field may run over several lines: a row is named by its first
         try:
@@ -280,6 +281,22 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
             yield RowError(f"{path}:{begins}: {len(row)} fields where the header has {len(header)}; check quoting")
             continue
         yield Record(str(path), begins, dict(zip(header, row)))
+
+
+def _named(header: list[str]) -> list[str]:
+    """The header with each blank name made `Unnamed: N` by its position, as pandas names them, and `.1`, `.2`... added
+    where that name is taken (a file pandas saved with its index, read and saved again, has `Unnamed: 0` already)."""
+    names, taken = [], set(header)
+    for index, name in enumerate(header):
+        if not name.strip():
+            name = base = f"Unnamed: {index}"
+            copy = 0
+            while name in taken:
+                copy += 1
+                name = f"{base}.{copy}"
+            taken.add(name)
+        names.append(name)
+    return names
 
 
 def _csv_problem(message: str, delimiter: str) -> str:

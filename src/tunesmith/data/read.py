@@ -110,7 +110,7 @@ class DocumentReader:
     def records(self, files: list[Path]) -> Iterator[Record]:
         """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""
         for path in files:
-            check_text_file(path)
+            check_text_file(path, whole=self.per_file_text)
             read_before = self.report.read
             if path.stat().st_size:
                 yield from self._file_records(path)
