@@ -17,7 +17,7 @@ its top k on the training positions, and the perplexity and training time agains
 
 `sentiment --augment N` adds N variants of each training sentence (an n-gram, or words dropped and swapped), labelled by
 the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `--heal FILE`
-(either part) first distills the student, as a language model, from the base model on that general text (its
+(either part, repeatable) first distills the student, as a language model, from the base model on that general text (its
 distributions and block outputs: general distillation, then the task's), and every student starts from it. `language
 --no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one. `language --samples N` gives
 every student more text than the teacher was fine-tuned on: N texts sampled from the teacher, each begun by a training
@@ -156,16 +156,17 @@ def healed_student(args, work: Path) -> tuple[Path, str]:
     language model, the base model's distributions and block outputs on general text, so it regains what the removed
     blocks did before it learns the task. The healed student and its run-name part."""
     work.mkdir(parents=True, exist_ok=True)
-    text = general_text(Path(args.heal), work)
-    source = f"{Path(args.heal).stem}-{file_sha256(Path(args.heal))[:8]}"
+    files = [Path(f) for f in args.heal]
+    data = [flag for f in files for flag in ("--data", str(general_text(f, work)))]
+    source = "-".join(f"{f.stem}-{file_sha256(f)[:8]}" for f in files) + (f"-lr{args.heal_lr:g}" if args.heal_lr != 3e-4 else "")
     run = work / f"heal-{args.keep}{picked(args)}-{source}-e{args.heal_epochs:g}"
-    summary = train_once(run, "--task", "lm", "--data", str(text), "--block-size", "128", "--batch-size", "16",
+    summary = train_once(run, "--task", "lm", *data, "--block-size", "128", "--batch-size", "16",
                          "--set", "train.patience=null", "--set", "train.eval_every=50", "--epochs", str(args.heal_epochs),
-                         "--lr", "3e-4", "--set", f"distill.teacher={DEFAULT_MODEL}", "--set", "distill.alpha=0.5",
+                         "--lr", str(args.heal_lr), "--set", f"distill.teacher={DEFAULT_MODEL}", "--set", "distill.alpha=0.5",
                          "--set", "distill.hidden=1.0",
                          "--set", f"distill.student={cut(args)}")
-    print(f"healed student: {summary['train_seconds'] / 60:.1f} min on {summary['tokens_seen']:,} tokens of {args.heal}; "
-          f"validation perplexity {summary['base_val_ppl']:.1f} -> {summary['best_val_ppl']:.2f} "
+    print(f"healed student: {summary['train_seconds'] / 60:.1f} min on {summary['tokens_seen']:,} tokens of "
+          f"{', '.join(args.heal)}; validation perplexity {summary['base_val_ppl']:.1f} -> {summary['best_val_ppl']:.2f} "
           f"(the base model's {summary['distill']['teacher_val']['val_ppl']:.2f})")
     return run / "final", f"-heal{args.heal_epochs:g}-{source}"
 
@@ -402,9 +403,11 @@ def main() -> None:
     two.add_argument("--transfer", action="append", default=[], metavar="FILE",
                      help="more text for every student (the teacher labels it for the distilled ones; repeatable)")
     for sub in (one, two):
-        sub.add_argument("--heal", metavar="FILE", help="general text on which the student first learns the base model as a "
-                         "language model (general distillation) before it learns the task")
+        sub.add_argument("--heal", metavar="FILE", action="append", default=[],
+                         help="general text on which the student first learns the base model as a language model (general "
+                         "distillation) before it learns the task; repeatable")
         sub.add_argument("--heal-epochs", type=float, default=1.0, help="with --heal: passes over its text")
+        sub.add_argument("--heal-lr", type=float, default=3e-4, help="with --heal: its learning rate")
         sub.add_argument("--work", default="/tmp/tunesmith-bench-distill")
         sub.add_argument("--pick", choices=["spaced", "similar", "bottom"], default="spaced",
                          help="distill.student.from_teacher.pick (bottom: the teacher's first --keep blocks)")
@@ -414,14 +417,16 @@ def main() -> None:
         parser.error("--no-beside needs the top-k cache (--topk above 0)")
     if args.part == "language" and (args.samples < 0 or args.sample_tokens < 1):
         parser.error("--samples must be 0 or more and --sample-tokens at least 1")
-    missing = [f"--{flag} {f}" for flag, files in (("transfer", getattr(args, "transfer", [])), ("heal", [args.heal] if args.heal else []))
+    missing = [f"--{flag} {f}" for flag, files in (("transfer", getattr(args, "transfer", [])), ("heal", args.heal))
                for f in files if not Path(f).is_file()]
     if missing:
         parser.error(f"{missing[0]}: no such file")
     if args.heal_epochs <= 0:
         parser.error("--heal-epochs must be above 0")
-    if args.heal_epochs != 1.0 and not args.heal:
-        parser.error("--heal-epochs needs --heal FILE")
+    if (args.heal_epochs != 1.0 or args.heal_lr != 3e-4) and not args.heal:
+        parser.error("--heal-epochs and --heal-lr need --heal FILE")
+    if args.heal_lr <= 0:
+        parser.error("--heal-lr must be above 0")
     if args.part == "language" and not args.beside and args.hidden:
         parser.error("--hidden applies to the student with the teacher beside it, which --no-beside skips")
     {"sentiment": sentiment, "language": language}[args.part](args)

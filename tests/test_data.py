@@ -88,6 +88,20 @@ def test_template_with_nested_fields(tmp_path, prep, tokenizer):
     assert texts_of(nested, tokenizer) == ["Hold ten seconds.", "Press twice."]
 
 
+def test_template_names_any_column_and_keeps_doubled_braces(tmp_path, prep, tokenizer):
+    path = tmp_path / "u.csv"
+    path.write_text("text,,code\nfirst row,a note,x1\nsecond row,b note,x2\n")  # a blank header becomes Unnamed: 1
+    prepared = prep(path, template="{text} | {Unnamed: 1} {{{code}}}")
+    assert texts_of(prepared, tokenizer) == ["first row | a note {x1}", "second row | b note {x2}"]
+
+
+@pytest.mark.parametrize("template, words", [("{title", "never closed"), ("{title}}", "closes no field"),
+                                              ("{ }", "names no field"), ("no fields", "names no field")])
+def test_a_template_with_a_brace_out_of_place_is_refused_with_the_fix(template, words):
+    with pytest.raises(ValueError, match=words):
+        DataConfig(train=["x.txt"], template=template)
+
+
 def test_text_files_split_on_blank_lines_or_per_file(tmp_path, prep):
     folder = tmp_path / "notes"
     folder.mkdir()

@@ -1,6 +1,6 @@
 """The `tunesmith` command: parse arguments, build the config, call the library, turn user errors into exit code 2.
 
-`parser.py` defines the flags and builds the config; `commands.py` holds one function per command.
+`parser.py` defines the flags and builds the config; `commands.py` holds one function per command, `use.py` those that use a trained model.
 """
 
 from __future__ import annotations

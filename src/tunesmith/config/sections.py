@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .template import template_parts
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -67,6 +69,13 @@ class DataConfig(Section):
     label_field: str = Field("label", description="task classify: field or column that holds the label (a string or an integer)")
     packing: Literal["auto", "joined", "documents", "padded"] = Field("auto", description="joined: documents joined with EOS into full blocks (lm); documents: packed into blocks with attention and positions confined to each document or example; padded: one example per row (chat, classify); auto: joined for lm, documents for chat and classify")
     replay: float = Field(0.0, ge=0, le=0.5, description="task lm: this share of the training tokens is rehearsal of general text, from monitor.general_probe's file when it names one (documents apart from the probe's), else texts sampled from the base model (monitor.drift_from's model when set; the teacher, for a student cut from it; apart from the probe's samples); 0: off")
+
+    @field_validator("template")
+    @classmethod
+    def _template_names_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_parts(value)
+        return value
 
     @field_validator("train", "val", mode="before")
     @classmethod

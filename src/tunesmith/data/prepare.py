@@ -23,7 +23,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 
 @dataclass

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import glob
-import string
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
 from ..config import CleanConfig, DataConfig
+from ..config.template import template_parts
 from .formats import SUFFIXES, DecodeStats, Oversized, Record, RowError, check_text_file, file_format, read_records, record_byte_limit
 from .report import DataReport
 
@@ -61,18 +61,17 @@ def lookup(record: dict, dotted: str) -> Any:
     return value
 
 
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
-def render(record: dict, template: str, fields: list[str]) -> str | None:
-    values = {name: lookup(record, name) for name in fields}
-    if any(value is None for value in values.values()):
-        return None
-    text = template
-    for name, value in values.items():
-        text = text.replace("{" + name + "}", str(value))
-    return text
+def render(record: dict, parts: list[tuple[str, str | None]]) -> str | None:
+    """A parsed template with each {field} replaced by the record's value; None when the record lacks one of them."""
+    text = []
+    for literal, name in parts:
+        text.append(literal)
+        if name is not None:
+            value = lookup(record, name)
+            if value is None:
+                return None
+            text.append(str(value))
+    return "".join(text)
 
 
 class DocumentReader:
@@ -82,14 +81,21 @@ class DocumentReader:
                  max_chars: int | None = None):
         self.max_bytes = record_byte_limit(max_chars)
         self.text_field = text_field
-        self.template = template.replace("\\n", "\n").replace("\\t", "\t") if template else None  # escapes typed on a command line
-        self.fields = template_fields(self.template) if self.template else [text_field]
+        self.template = self._parsed(template.replace("\\n", "\n").replace("\\t", "\t")) if template else None  # escapes typed on a command line
+        self.fields = list(dict.fromkeys(name for _, name in self.template if name)) if self.template else [text_field]
         self.per_file_text = per_file_text
         self.on_error = on_error
         self.report = report
         self.seen_fields: set[str] = set()
         self.structured_records = 0
         self.structured_hits = 0
+
+    @staticmethod
+    def _parsed(template: str) -> list[tuple[str, str | None]]:
+        try:
+            return template_parts(template)
+        except ValueError as exc:
+            raise UserError(f"data.template: {exc}") from None
 
     @classmethod
     def for_data(cls, data: DataConfig, clean: CleanConfig, report: DataReport, on_error: str | None = None) -> DocumentReader:
@@ -101,7 +107,7 @@ class DocumentReader:
         self.structured_records += 1
         if len(self.seen_fields) < 50:
             self.seen_fields.update(record.value)
-        text = render(record.value, self.template, self.fields) if self.template else lookup(record.value, self.text_field)
+        text = render(record.value, self.template) if self.template else lookup(record.value, self.text_field)
         if text is None:
             return None
         self.structured_hits += 1

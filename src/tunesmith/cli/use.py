@@ -1,0 +1,147 @@
+"""The commands that use a trained model: generate, chat, predict, export, serve and the web page."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from .parser import config_of
+
+
+def _run_generate(args) -> int:
+    from ..inference.generate_file import check_paths, generate_file, summary_lines
+    from ..inference.generation import SamplingOptions, check_max_batch, generate_completions, load_generator
+
+    cfg = config_of(args)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, cfg.train.seed, args.chat, args.n,
+                              tuple(args.stop), args.repetition_penalty, args.no_repeat_ngram)
+    options.check()
+    check_max_batch(args.max_batch)
+    if args.input:
+        if not args.output:
+            raise UserError("--input needs --output, a new .jsonl, .csv or .tsv file for the completions")
+        check_paths(Path(args.input), Path(args.output))
+    model, tokenizer = load_generator(args.model_or_run, cfg.train.device, cfg.model.trust_remote_code)
+    if not args.input:
+        completions = generate_completions(model, tokenizer, args.prompt, options)
+        for index, completion in enumerate(completions):
+            print(completion.text if len(completions) == 1 else f"--- sample {index} ({completion.finish_reason})\n{completion.text}")
+        return 0
+    summary = generate_file(model, tokenizer, Path(args.input), Path(args.output), options, args.prompt_field, args.reference_field,
+                            args.max_batch, show_progress=sys.stderr.isatty(), model_name=args.model_or_run)
+    print("\n".join(summary_lines(summary)))
+    return 0
+
+
+def _run_chat(args) -> int:
+    from ..inference.generation import ChatSession, SamplingOptions, load_generator
+
+    model, tokenizer = load_generator(args.model_or_run, args.device)
+    options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    session = ChatSession(model, tokenizer, options, args.system)
+    if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
+        for line in sys.stdin:
+            if line.strip():
+                try:
+                    print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+                except UserError as exc:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 0
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    print("chat: type a message; /reset clears the history, /system TEXT sets the system prompt, /exit quits")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)")
+        elif line.startswith("/system"):
+            session.system = line.removeprefix("/system").strip() or None
+            session.reset()
+            print(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)")
+        elif line:
+            print("bot> ", end="", flush=True)
+            try:
+                session.reply(line, show)
+                print()
+            except UserError as exc:
+                print(f"\nerror: {exc}")
+
+
+def _run_predict(args) -> int:
+    from ..inference.predict import predict_file
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: rows scored together must be at least 1; use 16, or 1 for one at a time")
+    count = predict_file(args.model_or_run, Path(args.input), Path(args.output), args.text_field, args.batch_size, args.device)
+    print(f"wrote {count:,} row{'s' if count != 1 else ''} with predictions to {args.output}")
+    return 0
+
+
+def _run_export(args) -> int:
+    from ..export.hf import export_line, export_run
+    from ..export.hub import export_and_push
+
+    if args.push_to_hub:
+        url = export_and_push(Path(args.run), args.push_to_hub, Path(args.out) if args.out else None, args.dtype, args.gguf,
+                              args.private, args.hub_endpoint)
+        print(f"pushed to {args.push_to_hub}{' (private)' if args.private else ''}: {url}")
+        return 0
+    if not args.out:
+        raise UserError("export needs --out (a new, empty folder) or --push-to-hub OWNER/NAME")
+    written = export_run(Path(args.run), Path(args.out), args.dtype, gguf=args.gguf)
+    print(export_line(written, args.dtype, args.gguf, Path(args.out)))
+    return 0
+
+
+def _run_serve(args) -> int:
+    from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
+
+    if args.max_batch < args.max_n:
+        raise UserError(f"--max-batch {args.max_batch} is below --max-n {args.max_n}: a request's choices must fit one batch")
+    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes, args.max_n, args.max_batch, args.queue_size,
+                    args.request_timeout)
+    served = load_for_serving(args.model_or_run, args.device)
+    key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+    print(f"serving {served.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'}; "
+          f"up to {limits.max_batch} sequences decoded together)", flush=True)
+    run_server(create_app(served, limits, key), args.host, args.port)
+    return 0
+
+
+def _run_ui(args) -> int:
+    from ..ui import TOKEN_VARIABLE, check_address, create_app, run_ui
+
+    root = Path(args.runs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--runs {root} is a file; name the folder that holds your runs")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UserError(f"--max-runs {args.max_runs}: the page needs to train at least 1 run at once; pass 1 or more")
+    check_address(args.host, args.port)
+    root.mkdir(parents=True, exist_ok=True)
+    token = args.token or os.environ.get(TOKEN_VARIABLE)
+    address = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"tunesmith ui: {address}  (runs folder {root.resolve()}; Ctrl-C stops the page, not the runs it started)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"warning: --host {args.host} without --token: anyone who can reach this machine can start runs here", flush=True)
+    run_ui(create_app(root, args.host, args.port, token, args.device, args.max_runs), args.host, args.port)
+    return 0
+
+
+USE_HANDLERS = {
+    "generate": _run_generate,
+    "chat": _run_chat,
+    "predict": _run_predict,
+    "export": _run_export,
+    "serve": _run_serve,
+    "ui": _run_ui,
+}
