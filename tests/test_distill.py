@@ -547,13 +547,17 @@ def test_gap_stalled_finding():
     from tunesmith.diagnose.findings import RunFacts
     from tunesmith.diagnose.rules import diagnose
 
-    facts = RunFacts(lr=1e-4, distill_alpha=0.5, distill_temperature=1.0, distill_keep=10)
+    facts = RunFacts(lr=1e-4, distill_hidden=0.0, distill_keep=10)
     stalled = [{"step": 10 * i, "val_loss": 3.0, "teacher_gap": gap} for i, gap in enumerate([1.0, 0.6, 0.45, 0.45, 0.46, 0.45])]
     found = {f.kind: f for f in diagnose(stalled, facts)}["gap_stalled"]
     assert found.evidence["gap"] == 0.45 and found.evidence["start_gap"] == 1.0
     advice = {a.key: a.value for a in found.advice}
-    assert advice["distill.alpha"] == 0.75 and advice["distill.temperature"] == 2.0
-    assert advice["distill.student.from_teacher.keep_layers"] == 15
+    assert advice == {"": None, "train.lr": 4e-4, "distill.hidden": 1.0, "distill.student.from_teacher.keep_layers": 15}
+    assert "tunesmith generate" in found.advice[0].why
+    fast_hidden = {f.kind: f for f in diagnose(stalled, RunFacts(lr=2e-3, distill_hidden=1.0, distill_keep=10))}["gap_stalled"]
+    assert [a.key for a in fast_hidden.advice] == ["", "distill.student.from_teacher.keep_layers"]
+    own_student = {f.kind: f for f in diagnose(stalled, RunFacts(lr=1e-4))}["gap_stalled"]
+    assert [a.key for a in own_student.advice] == [""]  # a student given as model.name: only the advice that applies to it
     narrowing = [{**row, "teacher_gap": 1.0 - 0.15 * i} for i, row in enumerate(stalled)]
     closed = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.1, 0.01, 0.011, 0.01, 0.012])]
     cut_from_teacher = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [4.9, 0.64, 0.51, 0.46, 0.43, 0.42])]

@@ -53,8 +53,7 @@ class RunFacts:
     grpo_temperature: float | None = None
     grpo_group_size: int | None = None
     grpo_target_kl: float | None = None
-    distill_alpha: float | None = None  # the distillation settings, which its finding advises on
-    distill_temperature: float | None = None
+    distill_hidden: float | None = None  # the distillation settings, which its finding advises on
     distill_keep: int | None = None  # blocks a student made from its teacher keeps (as a count)
 
 
