@@ -17,8 +17,9 @@ its top k on the training positions, and the perplexity and training time agains
 
 `sentiment --augment N` adds N variants of each training sentence (an n-gram, or words dropped and swapped), labelled by
 the teacher, to the distilled student's data, with a tenth of the sentences held out for its validation. `--heal FILE`
-(either part, repeatable) first distills the student, as a language model, from the base model on that general text (its
-distributions and block outputs: general distillation, then the task's), and every student starts from it. `language
+(either part, repeatable; `--heal-epochs`, `--heal-lr`) first distills the student, as a language model, from the base
+model on that general text (its distributions and block outputs: general distillation, then the task's), and every
+student starts from it. `language
 --no-beside` keeps only the top-k cache's student, `--no-ablation` skips the text-alone one. `language --samples N` gives
 every student more text than the teacher was fine-tuned on: N texts sampled from the teacher, each begun by a training
 verse (sequence-level distillation); `--transfer FILE` adds any other text. The students then train on the teacher
@@ -156,7 +157,7 @@ def healed_student(args, work: Path) -> tuple[Path, str]:
     language model, the base model's distributions and block outputs on general text, so it regains what the removed
     blocks did before it learns the task. The healed student and its run-name part."""
     work.mkdir(parents=True, exist_ok=True)
-    files = [Path(f) for f in args.heal]
+    files = [Path(f) for f in dict.fromkeys(args.heal)]
     data = [flag for f in files for flag in ("--data", str(general_text(f, work)))]
     source = "-".join(f"{f.stem}-{file_sha256(f)[:8]}" for f in files) + (f"-lr{args.heal_lr:g}" if args.heal_lr != 3e-4 else "")
     run = work / f"heal-{args.keep}{picked(args)}-{source}-e{args.heal_epochs:g}"

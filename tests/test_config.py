@@ -43,6 +43,16 @@ def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
             load_config(None, [parse_override(f"{key}=1")])
 
 
+def test_set_reads_a_setting_that_is_only_text_as_typed(capsys):
+    assert parse_override("data.template={title}: {body}") == ("data.template", "{title}: {body}")  # not a YAML mapping
+    assert parse_override("model.name=[x]") == ("model.name", "[x]")
+    assert parse_override("data.train=[a.txt, b.txt]") == ("data.train", ["a.txt", "b.txt"])  # a list is allowed there
+    assert parse_override("chat.roles={Agent: assistant}") == ("chat.roles", {"Agent": "assistant"})
+    assert main(["prepare", "--data", "x.jsonl", "--set", "data.template={title"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: data.template: the '{' at character 1 is never closed; write '{{'")
+
+
 def test_every_problem_is_reported_with_its_key():
     with pytest.raises(ConfigError) as err:
         load_config(None, [("train.lr", -1), ("train.nope", 1), ("data.block_size", "big"), ("train.precision", "fp8")])

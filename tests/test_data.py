@@ -90,12 +90,14 @@ def test_template_with_nested_fields(tmp_path, prep, tokenizer):
 
 def test_template_names_any_column_and_keeps_doubled_braces(tmp_path, prep, tokenizer):
     path = tmp_path / "u.csv"
-    path.write_text("text,,code\nfirst row,a note,x1\nsecond row,b note,x2\n")  # a blank header becomes Unnamed: 1
+    path.write_text("text,,code\nfirst row,a {code} note,x1\nsecond row,b note,x2\n")  # a blank header becomes Unnamed: 1
     prepared = prep(path, template="{text} | {Unnamed: 1} {{{code}}}")
-    assert texts_of(prepared, tokenizer) == ["first row | a note {x1}", "second row | b note {x2}"]
+    assert texts_of(prepared, tokenizer) == ["first row | a {code} note {x1}", "second row | b note {x2}"]  # values kept as they are
+    assert texts_of(prep(path, template="  "), tokenizer) == ["first row", "second row"]  # a blank template is none
 
 
 @pytest.mark.parametrize("template, words", [("{title", "never closed"), ("{title}}", "closes no field"),
+                                              ("{ti{tle}", "inside the field opened at character 1"),
                                               ("{ }", "names no field"), ("no fields", "names no field")])
 def test_a_template_with_a_brace_out_of_place_is_refused_with_the_fix(template, words):
     with pytest.raises(ValueError, match=words):

@@ -551,13 +551,19 @@ def test_gap_stalled_finding():
     stalled = [{"step": 10 * i, "val_loss": 3.0, "teacher_gap": gap} for i, gap in enumerate([1.0, 0.6, 0.45, 0.45, 0.46, 0.45])]
     found = {f.kind: f for f in diagnose(stalled, facts)}["gap_stalled"]
     assert found.evidence["gap"] == 0.45 and found.evidence["start_gap"] == 1.0
-    advice = {a.key: a.value for a in found.advice}
-    assert advice == {"": None, "train.lr": 4e-4, "distill.hidden": 1.0, "distill.student.from_teacher.keep_layers": 15}
-    assert "tunesmith generate" in found.advice[0].why
-    fast_hidden = {f.kind: f for f in diagnose(stalled, RunFacts(lr=2e-3, distill_hidden=1.0, distill_keep=10))}["gap_stalled"]
-    assert [a.key for a in fast_hidden.advice] == ["", "distill.student.from_teacher.keep_layers"]
-    own_student = {f.kind: f for f in diagnose(stalled, RunFacts(lr=1e-4))}["gap_stalled"]
-    assert [a.key for a in own_student.advice] == [""]  # a student given as model.name: only the advice that applies to it
+
+    def advised(facts):
+        return [(a.key, a.value) for a in {f.kind: f for f in diagnose(stalled, facts)}["gap_stalled"].advice]
+
+    keep = ("distill.student.from_teacher.keep_layers", 15)
+    assert advised(facts) == [("", None), ("train.lr", 2e-3), keep]  # more text, a cut student's rate, more blocks
+    assert "More text than the teacher read" in found.advice[0].why
+    assert advised(RunFacts(lr=2e-3, distill_keep=10)) == [("", None), keep]
+    own_student = {f.kind: f for f in diagnose(stalled, RunFacts(lr=1e-4))}["gap_stalled"].advice
+    assert [a.key for a in own_student] == ["", ""] and "larger student model" in own_student[1].why
+    classifier = RunFacts(lr=3e-4, distill_hidden=0.0, distill_keep=10, student_writes_text=False)
+    assert advised(classifier) == [("", None), ("distill.hidden", 1.0), keep]  # general distillation first, hidden states
+    assert advised(RunFacts(lr=3e-4, distill_hidden=1.0, distill_keep=10, student_writes_text=False)) == [("", None), keep]
     narrowing = [{**row, "teacher_gap": 1.0 - 0.15 * i} for i, row in enumerate(stalled)]
     closed = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [0.5, 0.1, 0.01, 0.011, 0.01, 0.012])]
     cut_from_teacher = [{**row, "teacher_gap": gap} for row, gap in zip(stalled, [4.9, 0.64, 0.51, 0.46, 0.43, 0.42])]

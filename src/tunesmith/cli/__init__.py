@@ -1,6 +1,7 @@
 """The `tunesmith` command: parse arguments, build the config, call the library, turn user errors into exit code 2.
 
-`parser.py` defines the flags and builds the config; `commands.py` holds one function per command, `use.py` those that use a trained model.
+`parser.py` defines the flags and builds the config; `commands.py` holds one function per command, and `use.py` those
+that put models to use.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What each `tunesmith` command does: build the config, call the library, print the outcome.
 
-The commands that use a trained model (generate, chat, predict, export, serve, ui) are in `use.py`.
+The commands that put models to use (generate, chat, predict, export, serve, ui) are in `use.py`.
 """
 
 from __future__ import annotations
@@ -136,10 +136,6 @@ def _run_eval(args) -> int:
     return 0
 
 
-
-
-
-
 def _json(payload) -> str:
     """`--json` output as strict JSON: a figure a task does not have (NaN, such as a GRPO run's perplexity) is null."""
     def plain(value):
@@ -151,14 +147,6 @@ def _json(payload) -> str:
             return [plain(item) for item in value]
         return value
     return json.dumps(plain(payload), allow_nan=False)
-
-
-
-
-
-
-
-
 
 
 def _run_doctor(args) -> int:

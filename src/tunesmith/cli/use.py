@@ -1,4 +1,4 @@
-"""The commands that use a trained model: generate, chat, predict, export, serve and the web page."""
+"""The commands that put models to use: generate, chat, predict, export, serve, and the web page that starts and tries runs."""
 
 from __future__ import annotations
 

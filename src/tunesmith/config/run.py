@@ -114,7 +114,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError([f"--set {key.strip()}: {exc}"]) from None
     except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, or a tag it cannot build: the text itself
         parsed = value
+    if isinstance(parsed, (dict, list)) and _takes_text(key.strip()):
+        parsed = value  # `data.template={title}` is text, not the YAML mapping it reads as
     return key.strip(), parsed
+
+
+def _takes_text(key: str) -> bool:
+    """Whether the setting is a string and nothing else (data.template, model.name), walking the config's sections."""
+    section: Any = RunConfig
+    *path, name = key.split(".")
+    for part in path:
+        field = section.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Section)):
+            return False
+        section = field.annotation
+    field = section.model_fields.get(name)
+    return field is not None and field.annotation in (str, str | None)
 
 
 def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:

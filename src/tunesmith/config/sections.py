@@ -73,8 +73,9 @@ class DataConfig(Section):
     @field_validator("template")
     @classmethod
     def _template_names_fields(cls, value: str | None) -> str | None:
-        if value is not None:
-            template_parts(value)
+        if value is None or not value.strip():
+            return None  # a blank template is none: the text is data.text_field's
+        template_parts(value)
         return value
 
     @field_validator("train", "val", mode="before")

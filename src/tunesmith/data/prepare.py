@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CleanConfig, DataConfig
+from ..config.template import GRAMMAR_VERSION
 from ..errors import UserError
 from ..rundir.fingerprint import file_sha256
 from ..rundir.folder import DATA_REPORT, PREPARED_META
@@ -23,7 +24,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 5
 
 
 @dataclass
@@ -110,7 +111,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     sources = training_sources(cfg, list(replay_files), eval_only)
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
     settings = {**cfg.model_dump(mode="json", exclude={"train", "val", "label_field", "packing"}), "clean": clean.model_dump(mode="json"),
-                "eval_only": eval_only, **task.cache_settings()}
+                "eval_only": eval_only, **task.cache_settings(), **({"template_grammar": GRAMMAR_VERSION} if cfg.template else {})}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / PREPARED_META).is_file():

@@ -81,7 +81,7 @@ class DocumentReader:
                  max_chars: int | None = None):
         self.max_bytes = record_byte_limit(max_chars)
         self.text_field = text_field
-        self.template = self._parsed(template.replace("\\n", "\n").replace("\\t", "\t")) if template else None  # escapes typed on a command line
+        self.template = template_parts(template) if template else None
         self.fields = list(dict.fromkeys(name for _, name in self.template if name)) if self.template else [text_field]
         self.per_file_text = per_file_text
         self.on_error = on_error
@@ -89,13 +89,6 @@ class DocumentReader:
         self.seen_fields: set[str] = set()
         self.structured_records = 0
         self.structured_hits = 0
-
-    @staticmethod
-    def _parsed(template: str) -> list[tuple[str, str | None]]:
-        try:
-            return template_parts(template)
-        except ValueError as exc:
-            raise UserError(f"data.template: {exc}") from None
 
     @classmethod
     def for_data(cls, data: DataConfig, clean: CleanConfig, report: DataReport, on_error: str | None = None) -> DocumentReader:

@@ -55,6 +55,7 @@ class RunFacts:
     grpo_target_kl: float | None = None
     distill_hidden: float | None = None  # the distillation settings, which its finding advises on
     distill_keep: int | None = None  # blocks a student made from its teacher keeps (as a count)
+    student_writes_text: bool = True  # a distilled language model, not a classifier: the advice differs
 
 
 FORGETTING_NATS = 0.2  # drift from the base model, in nats per token, that counts as forgetting (see benchmarks/RESULTS.md)

@@ -303,7 +303,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         grpo_temperature=figure(grpo.get("temperature")),
         grpo_group_size=figure(grpo.get("group_size")),
         grpo_target_kl=figure(grpo.get("target_kl")),
-        **distill_facts(config_section(config, "distill")),
+        **distill_facts(config_section(config, "distill"), config.get("task")),
     )
 
 

@@ -365,6 +365,7 @@ class ClassifyView(TaskView):
     loss_scope = "label-token "
     headline = ("accuracy", "accuracy", True)
     try_it = "classify"
+    writes_text = False
 
     def result_lines(self, summary: dict) -> list[str]:
         return super().result_lines(summary) + [

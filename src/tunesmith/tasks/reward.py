@@ -286,6 +286,7 @@ class RewardView(TaskView):
     name = "reward"
     headline = ("pairwise_accuracy", "pairwise accuracy", True)
     try_it = "score"
+    writes_text = False
     loss_scope = "Bradley-Terry "
     description = "A reward model (Bradley-Terry: one score per prompt and answer)"
 

@@ -16,6 +16,7 @@ class TaskView:
     description = "A causal language model"  # the model card's first words
     loss_scope = ""  # how a printed loss or perplexity is qualified ("assistant-token ")
     rewarded = False  # try-it scores a generation with the run's rewards (GRPO)
+    writes_text = True  # the model's output is text, not a class or a score
 
     def result_lines(self, summary: dict) -> list[str]:
         """The run's outcome in a few lines, from its summary.json."""

@@ -285,7 +285,7 @@ class Recipe:
             preference_beta=cfg.preference.beta, preference_method=cfg.preference.method, orpo_lambda=cfg.preference.orpo_lambda,
             replay=cfg.data.replay, max_drift=cfg.monitor.max_drift, drift_from=drift_origin(cfg.monitor.model_dump()), grpo_beta=cfg.grpo.beta, grpo_temperature=cfg.grpo.temperature, grpo_group_size=cfg.grpo.group_size,
             grpo_target_kl=cfg.grpo.target_kl,
-            **distill_facts(cfg.distill.model_dump()),
+            **distill_facts(cfg.distill.model_dump(), cfg.task),
         )
 
     def finish(self, stopped_because: str) -> dict:
