@@ -77,6 +77,21 @@ def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
     assert "no chat template" in capsys.readouterr().err
 
 
+def test_text_typed_or_piped_with_bytes_that_are_not_utf8_is_read_with_them_replaced(tiny_gpt2, capsys, monkeypatch):
+    import io
+
+    from tunesmith.cli.parser import typed_text
+    from tunesmith.cli.use import _piped_lines
+
+    typed = "the \udcff lamp"  # how Python hands over the byte 0xff from a command line
+    assert typed_text(typed) == "the \ufffd lamp" and typed_text("\ud800 plain") == "? plain" and typed_text("ok") == "ok"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"the \xff lamp\nnext\n"), encoding="ascii"))
+    assert list(_piped_lines()) == ["the \ufffd lamp\n", "next\n"]  # UTF-8 whatever the locale's encoding
+    assert main(["generate", str(tiny_gpt2), "--prompt", typed, "--max-new-tokens", "3"]) == 0
+    assert main(["prepare", "--model", str(tiny_gpt2), "--data", "x.jsonl", "--set", "data.template={a} \udcff {b}"]) == 2
+    assert "no file matches" in capsys.readouterr().err  # the template was read; the missing file is what stops it
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

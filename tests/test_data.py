@@ -88,6 +88,20 @@ def test_template_with_nested_fields(tmp_path, prep, tokenizer):
     assert texts_of(nested, tokenizer) == ["Hold ten seconds.", "Press twice."]
 
 
+def test_a_field_name_with_a_dot_is_read_whole_before_as_a_path_and_values_read_as_json(tmp_path, prep, tokenizer):
+    from tunesmith.data.read import lookup
+
+    assert lookup({"a.b": 1, "a": {"b": 2}}, "a.b") == 1 and lookup({"a": {"b.c": 3}}, "a.b.c") == 3
+    assert lookup({"a": {"b": None}, "a.b": None}, "a.b") is None and lookup({"a": "x"}, "a.b") is None
+    path = tmp_path / "d.csv"
+    path.write_text("text,text.1\nalpha one,beta one\nalpha two,beta two\n")  # the name a repeated blank header is given
+    assert texts_of(prep(path, template="{text} {text.1}"), tokenizer) == ["alpha one beta one", "alpha two beta two"]
+    rows = tmp_path / "t.jsonl"
+    rows.write_text("".join(json.dumps({"title": t, "tags": ["a", "b"], "meta": {"x": 1}, "ok": True}) + "\n" for t in "LM"))
+    assert texts_of(prep(rows, template="{title} {tags} {meta} {ok}"), tokenizer) == [
+        'L ["a", "b"] {"x": 1} true', 'M ["a", "b"] {"x": 1} true']
+
+
 def test_template_names_any_column_and_keeps_doubled_braces(tmp_path, prep, tokenizer):
     path = tmp_path / "u.csv"
     path.write_text("text,,code\nfirst row,a {code} note,x1\nsecond row,b note,x2\n")  # a blank header becomes Unnamed: 1

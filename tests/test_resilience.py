@@ -172,3 +172,5 @@ def test_out_of_memory_is_recognized_in_each_form_it_takes():
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("MPS backend out of memory")) and not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                                         "you tried to allocate 6710886400 bytes. Error code 12 (Cannot allocate memory)"))

@@ -196,6 +196,16 @@ def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, ca
     one_error_line(capsys, "model.method is 'lora' here but 'full'", "config.yaml")
 
 
+def test_resume_on_other_validation_text_is_refused_before_the_run_is_touched(finished_run, tmp_path, capsys):
+    """A data setting changed on resume would score the later evaluations on other text than the earlier ones."""
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    report = (cut / "data_report.json").read_bytes()
+    assert main([*resume_args(cut), "--set", "data.val_fraction=0.3"]) == 2
+    one_error_line(capsys, "the validation text is not the one", "set the data back")
+    assert (cut / "data_report.json").read_bytes() == report
+
+
 def test_resume_with_another_preference_objective_is_refused(tmp_path):
     """DPO resumed as ORPO would pick its best step across losses on two scales."""
     from tunesmith.config import build_config

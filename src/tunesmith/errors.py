@@ -12,9 +12,11 @@ class UserError(Exception):
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation that failed: torch's OutOfMemoryError (CUDA, MPS), a CPU's MemoryError, or a backend's RuntimeError
-    saying so. Read by name, so that a caller need not import torch to ask."""
+    saying so (torch's CPU allocator: "can't allocate memory"). Read by name, so that a caller need not import torch to
+    ask."""
+    message = str(exc).lower() if isinstance(exc, RuntimeError) else ""
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+            or "out of memory" in message or "can't allocate memory" in message)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -27,6 +27,15 @@ COMMON_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
+def typed_text(value: str) -> str:
+    """Text typed on the command line or piped in, its bytes that are not UTF-8 (which Python keeps as lone surrogates, and
+    a tokenizer refuses) replaced by U+FFFD, as --input files are read."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
     if with_config:
         parser.add_argument("config", nargs="?", help="YAML run config (optional: flags alone make a run)")
@@ -34,7 +43,7 @@ def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> No
     for flag, (key, kind) in COMMON_FLAGS.items():
         many = flag in ("--data", "--val-data")
         group.add_argument(flag, dest=key, type=kind, action="append" if many else "store", help=f"sets {key}")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", type=typed_text,
                        help="set any config key, e.g. --set train.grad_accum=4")
 
 
@@ -79,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="continue a prompt, or every prompt of a file, with a model or run")
     generate.add_argument("model_or_run")
     source = generate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt")
+    source.add_argument("--prompt", type=typed_text)
     source.add_argument("--input", help="a .jsonl, .csv or .tsv file of prompts, or .txt with prompts separated by blank lines")
     generate.add_argument("--output", help="a new .jsonl, .csv or .tsv file: every input row with its completions")
     generate.add_argument("--prompt-field", default="prompt", help="the input's column that holds the prompt")
     generate.add_argument("--reference-field", help="a column to score the completions against (ROUGE-L, chrF)")
     generate.add_argument("--n", type=int, default=1, help="samples per prompt")
-    generate.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
+    generate.add_argument("--stop", action="append", default=[], type=typed_text, help="end the text before this string (repeatable)")
     generate.add_argument("--max-new-tokens", type=int, default=100)
     generate.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
     generate.add_argument("--top-k", type=int, default=50)
@@ -98,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="talk with a chat model or run in the terminal (/reset, /system TEXT, /exit)")
     chat.add_argument("model_or_run")
-    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--system", type=typed_text, help="system prompt")
     chat.add_argument("--max-new-tokens", type=int, default=200)
     chat.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
     chat.add_argument("--top-k", type=int, default=50)
@@ -164,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--write", default="recommended.yaml", metavar="PATH", help="where to write the config")
     recommend.add_argument("--force", action="store_true", help="overwrite --write if it exists")
     recommend.add_argument("--json", action="store_true", help="print one JSON object")
-    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", type=typed_text)
 
     diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
     diagnose.add_argument("run")

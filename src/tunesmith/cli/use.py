@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .parser import config_of
+from .parser import config_of, typed_text
 
 
 def _run_generate(args) -> int:
@@ -35,6 +36,12 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _piped_lines():
+    """stdin's lines as UTF-8 whatever the locale, bytes that are not UTF-8 replaced by U+FFFD."""
+    raw = getattr(sys.stdin, "buffer", None)
+    return map(typed_text, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin)
+
+
 def _run_chat(args) -> int:
     from ..inference.generation import ChatSession, SamplingOptions, load_generator
 
@@ -42,7 +49,7 @@ def _run_chat(args) -> int:
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     session = ChatSession(model, tokenizer, options, args.system)
     if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
-        for line in sys.stdin:
+        for line in _piped_lines():
             if line.strip():
                 try:
                     print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
@@ -55,10 +62,13 @@ def _run_chat(args) -> int:
     print("chat: type a message; /reset clears the history, /system TEXT sets the system prompt, /exit quits")
     while True:
         try:
-            line = input("you> ").strip()
+            line = typed_text(input("you> ")).strip()
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
+        except UnicodeDecodeError:  # a terminal whose locale is not UTF-8's
+            print("(that line is not UTF-8 text; type it again)")
+            continue
         if line in ("/exit", "/quit"):
             return 0
         if line == "/reset":

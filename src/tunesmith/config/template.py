@@ -9,7 +9,6 @@ its braces.
 from __future__ import annotations
 
 EXAMPLE = '"{title}\\n\\n{body}"'
-GRAMMAR_VERSION = 2  # 1 was str.format's; part of the prepared data's cache key where a template is set
 
 
 def template_parts(template: str) -> list[tuple[str, str | None]]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CleanConfig, DataConfig
-from ..config.template import GRAMMAR_VERSION
 from ..errors import UserError
 from ..rundir.fingerprint import file_sha256
 from ..rundir.folder import DATA_REPORT, PREPARED_META
@@ -24,7 +23,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 
 @dataclass
@@ -56,6 +55,19 @@ class PreparedData:
         if self.from_cache:
             lines.append(f"cached: {self.directory} (unchanged inputs, tokenizer and settings)")
         return lines
+
+
+def validation_fingerprint(directory: Path, block_size: int) -> str:
+    """What a run's evaluations are scored on: the prepared validation split's files (its tokens, and for whole examples
+    their masks, offsets and classes) and the block length that cuts them. Two runs, or a run and its resume, whose
+    fingerprints differ have evaluations that do not compare."""
+    digest = hashlib.sha256(f"block {block_size}".encode())
+    for path in sorted(p for p in directory.iterdir() if p.name.startswith("val.")):
+        digest.update(f"|{path.name}|".encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:20]
 
 
 def _cache_key(sources: list[Source], val_files: list[Path], tokenizer_id: str, settings: dict) -> str:
@@ -111,7 +123,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     sources = training_sources(cfg, list(replay_files), eval_only)
     val_files = expand_paths(cfg.val, "data.val") if cfg.val and not eval_only else []
     settings = {**cfg.model_dump(mode="json", exclude={"train", "val", "label_field", "packing"}), "clean": clean.model_dump(mode="json"),
-                "eval_only": eval_only, **task.cache_settings(), **({"template_grammar": GRAMMAR_VERSION} if cfg.template else {})}
+                "eval_only": eval_only, **task.cache_settings()}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / PREPARED_META).is_file():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import glob
+import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,14 +52,25 @@ def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) 
     return list(dict.fromkeys(files))
 
 
-def lookup(record: dict, dotted: str) -> Any:
-    """`meta.text` reads record["meta"]["text"]; None when any part is missing."""
-    value: Any = record
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
+def lookup(record: Any, dotted: str) -> Any:
+    """The field named `dotted`: a key of that whole name (a column `price.usd`, or `text.1` that a repeated blank header
+    is given), else a nested path (`meta.text` reads record["meta"]["text"]); None when there is neither."""
+    if not isinstance(record, dict):
+        return None
+    if dotted in record:
+        return record[dotted]
+    for index, char in enumerate(dotted):
+        if char == "." and dotted[:index] in record:
+            found = lookup(record[dotted[:index]], dotted[index + 1:])
+            if found is not None:
+                return found
+    return None
+
+
+def as_text(value: Any) -> str:
+    """A field's value as document text: a string as it is; a number, a boolean, a list or a mapping as JSON writes it, not
+    as Python's repr (`["a", "b"]`, not `['a', 'b']`)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def render(record: dict, parts: list[tuple[str, str | None]]) -> str | None:
@@ -70,7 +82,7 @@ def render(record: dict, parts: list[tuple[str, str | None]]) -> str | None:
             value = lookup(record, name)
             if value is None:
                 return None
-            text.append(str(value))
+            text.append(as_text(value))
     return "".join(text)
 
 
@@ -104,7 +116,7 @@ class DocumentReader:
         if text is None:
             return None
         self.structured_hits += 1
-        return text if isinstance(text, str) else str(text)
+        return as_text(text)
 
     def records(self, files: list[Path]) -> Iterator[Record]:
         """Every well-formed record of every file; malformed rows stop the run or are counted (data.on_error)."""

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data.read import lookup
+from ..data.read import as_text, lookup
 from ..errors import UserError
 from ..rundir.durable import write_atomically
 from ..rundir.fingerprint import file_sha256
@@ -94,7 +94,7 @@ def _prompts(rows: list[dict], field: str, path: Path) -> list[str | None]:
     prompts = [lookup(row, field) for row in rows]
     if all(prompt is None for prompt in prompts):
         raise UserError(f"--input {path}: no row has the field '{field}' (fields: {', '.join(rows[0])}); pass --prompt-field")
-    return [None if prompt is None else str(prompt) for prompt in prompts]
+    return [None if prompt is None else as_text(prompt) for prompt in prompts]
 
 
 def _check_columns(rows: list[dict], reference_field: str | None, path: Path) -> None:

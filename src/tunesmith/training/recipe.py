@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
+from ..data.prepare import validation_fingerprint
 from ..diagnose.distill import distill_facts
 from ..distill.student import STUDENT_FILE, teacher_name
 from ..diagnose.findings import drift_origin
@@ -37,7 +38,7 @@ from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
 from .recorder import Recorder
-from .resume import recorded_settings
+from .resume import check_validation_text, recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
@@ -122,6 +123,9 @@ class Recipe:
         cfg, state = self.cfg, self.state
         parts = self.parts = setup(cfg, self.resolved, self.console, self.context)
         task = parts.task
+        validation = validation_fingerprint(parts.data_dir, cfg.data.block_size)
+        if checkpoint is not None:  # before anything is written to the run directory
+            check_validation_text(checkpoint.state.get("validation"), validation, checkpoint.path)
         self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, cfg.monitor.max_drift, self.context,
                                    self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
@@ -139,6 +143,7 @@ class Recipe:
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)
             self.console.print(f"resumed from {checkpoint.path} at step {state.step}", highlight=False)
+        state.validation = validation
         prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []
         self.recorder.open(state.step if checkpoint else None, prompts, task.sample_stops(parts.tokenizer), task.prompts_rendered)
         if checkpoint is not None:

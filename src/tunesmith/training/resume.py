@@ -70,6 +70,15 @@ def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Pat
                             "in the config this resume reads (the run's config.yaml), or start a new run with another --out")
 
 
+def check_validation_text(recorded, now: str, checkpoint: Path) -> None:
+    """Refuse to resume on validation text other than the one the checkpoint's evaluations were scored on: the best step
+    would be chosen across scores that do not compare. A checkpoint from before it was recorded is taken as it is."""
+    if recorded and recorded != now:
+        raise UserError(f"--resume: the validation text is not the one {checkpoint} was scored on (a data or clean setting, "
+                        "or a data file, changed since the run started), so its evaluations and best step would not compare with "
+                        "new ones: set the data back as the run's config.yaml has it, or start a new run with another --out")
+
+
 def _valid_record(record) -> dict | None:
     """The recorded settings as the config validates them ('0.5' is 0.5), or None when they are not all there and valid."""
     if not isinstance(record, dict) or set(record) != set(RECORDED):

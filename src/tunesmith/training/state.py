@@ -39,6 +39,7 @@ class LoopState:
     bench_seconds: float = 0.0
     rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
     settings: dict = field(default_factory=dict)  # what a resume may not change, as the run started (resume.recorded_settings)
+    validation: str = ""  # the fingerprint of the text every evaluation is scored on (data.prepare.validation_fingerprint)
 
     def as_dict(self) -> dict:
         return asdict(self)
