@@ -72,6 +72,27 @@ def test_resume_a_finished_run_from_its_saved_config(run_args, tmp_path, capsys)
     assert "are damaged (not a regular file)" in capsys.readouterr().err
 
 
+def test_eval_compare_of_models_with_other_tokenizers_compares_the_whole_text_s_loss():
+    from tunesmith.evaluation.scoring import EvalResult
+    from tunesmith.tasks import task_view
+
+    first, same = (EvalResult("a", 2.0, 7.389, 1000, 32, 0.4), EvalResult("b", 1.9, 6.686, 1000, 32, 0.4))
+    assert task_view("lm").eval_change(first, same) == "perplexity change from a to b: -9.5%"
+    other = EvalResult("c", 1.9, 6.686, 1200, 32, 0.4)  # 1,200 tokens of the same text: 2,280 nats against 2,000
+    assert task_view("lm").eval_change(first, other) == (
+        "a and c split the text into different numbers of tokens (1,000 and 1,200), so their perplexities do not compare; "
+        "their loss over the whole text does: 2,000 and 2,280 nats (+14.0%)")
+
+
+def test_eval_compare_of_two_tasks_is_refused_before_either_model_loads(tmp_path, capsys):
+    for name, task in (("lm", "lm"), ("cls", "classify")):  # no weights: nothing may load
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "tunesmith_task.json").write_text(json.dumps({"task": task}))
+    assert main(["eval", str(tmp_path / "lm"), "--data", "x.jsonl", "--compare", str(tmp_path / "cls")]) == 2
+    assert "does task lm and" in capsys.readouterr().err
+
+
 def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
     assert main(["generate", str(tiny_gpt2), "--prompt", "hi", "--chat"]) == 2
     assert "no chat template" in capsys.readouterr().err
@@ -115,6 +136,18 @@ def test_user_errors_are_one_line_and_exit_2(args, message, tiny_gpt2, corpus_fi
     err = printed.err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("error: ")
     assert "--resume" not in printed.out  # a run that failed before training is not offered a resume
+
+
+def test_a_folder_for_an_input_a_missing_run_and_a_negative_budget_are_named(tiny_gpt2, corpus_file, tmp_path, capsys):
+    for args, message in [(["generate", str(tiny_gpt2), "--input", str(tmp_path), "--output", str(tmp_path / "o.jsonl")],
+                           "a folder; name a file"),
+                          (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "no such run directory"),
+                          (["recommend", "--data", str(corpus_file), "--hours", "-1", "--write", str(tmp_path / "r.yaml")],
+                           "--hours -1: the time budget must be a positive number")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r.yaml").exists()
 
 
 def test_quickstart_runs_end_to_end_on_a_small_model(tiny_llama, tmp_path, capsys):

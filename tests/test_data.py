@@ -108,6 +108,11 @@ def test_template_names_any_column_and_keeps_doubled_braces(tmp_path, prep, toke
     prepared = prep(path, template="{text} | {Unnamed: 1} {{{code}}}")
     assert texts_of(prepared, tokenizer) == ["first row | a {code} note {x1}", "second row | b note {x2}"]  # values kept as they are
     assert texts_of(prep(path, template="  "), tokenizer) == ["first row", "second row"]  # a blank template is none
+    mixed = tmp_path / "m.jsonl"
+    mixed.write_text('"a plain line"\n' + "".join(json.dumps({"text": f"row {n}", "code": n}) + "\n" for n in range(3)))
+    warned = prep(mixed, template="{text} {code}")
+    assert "row 0 0" in texts_of(warned, tokenizer) and "a plain line" in texts_of(warned, tokenizer)
+    assert any(w.startswith("data.template applies to records with fields") and w.endswith(": 1 here") for w in warned.report["warnings"])
 
 
 @pytest.mark.parametrize("template, words", [("{title", "never closed"), ("{title}}", "closes no field"),
@@ -444,8 +449,11 @@ def test_a_100mb_line_is_dropped_with_a_reason_not_a_crash(tmp_path, prep):
 
 
 def test_too_little_training_data_is_a_clear_error(tmp_path, prep):
-    with pytest.raises(UserError, match="fewer than one block"):
+    with pytest.raises(UserError, match="fewer than one block") as caught:
         prep(write_jsonl(tmp_path / "d.jsonl", ["tiny", "text"]), block_size=64)
+    assert caught.value.lines()[0].endswith("; add more text")  # no block size would do: 8 is the least
+    with pytest.raises(UserError, match=r"add more text or lower data.block_size to at most \d+$"):
+        prep(write_jsonl(tmp_path / "e.jsonl", make_corpus(12, words_per_doc=3)), block_size=100_000)
 
 
 # -- report ----------------------------------------------------------------------------------------

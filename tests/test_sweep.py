@@ -160,6 +160,8 @@ def test_space_reads_ranges_and_choices():
     ({"train.epochs": {"between": [1, 3]}}, "write a range as"),
     ({"train.lr": "1e-4"}, "expected a list of choices or a range"),
     ({"output.dir": ["a", "b"]}, "own folder"),
+    ({"data.template": ["{title}", "{body}"]}, "decides the validation text"),
+    ({"clean.dedup_near": [True, False]}, "decides the validation text"),
     ({"train.warmup_steps": {"int": [0, 10], "step": 0.5}}, "whole for an int range"),
     ({"train.warmup_steps": {"int": [1, 1e30]}}, "whole bounds"),
     ({"model.lora_dropout": {"float": [0, 0.2], "step": 0.03}}, "does not divide"),

@@ -97,6 +97,21 @@ def _check_eval_flags(args) -> None:
         raise UserError(f"{flag} scores your own data, not benchmarks: run eval with {flag} and --benchmarks separately")
 
 
+def _saved_task(spec: str) -> str | None:
+    """The task a local model that tunesmith trained was trained for, read before anything loads; None for any other model
+    (a base model is measured the way the other one's task measures it)."""
+    from ..tasks import TASK_FILE, read_task
+
+    folder = Path(spec) / "final" if is_run_dir(Path(spec)) else Path(spec)
+    return read_task(folder)["task"] if (folder / TASK_FILE).is_file() else None
+
+
+def _check_compared_tasks(first: str, second: str, tasks: list[str | None]) -> None:
+    if None not in tasks and tasks[0] != tasks[1]:
+        raise UserError(f"--compare: {first} does task {tasks[0]} and {second} task {tasks[1]}; their figures do not compare: "
+                        "compare two models of the same task")
+
+
 def _run_eval(args) -> int:
     from ..evaluation.scoring import evaluate_model, record_generation
     from ..tasks import task_view
@@ -104,6 +119,8 @@ def _run_eval(args) -> int:
     _check_eval_flags(args)
     if args.benchmarks is not None:
         return _run_benchmarks(args)
+    if args.compare:  # before anything loads, where both are local folders
+        _check_compared_tasks(args.model_or_run, args.compare, [_saved_task(args.model_or_run), _saved_task(args.compare)])
     run_config = Path(args.model_or_run) / CONFIG_FILE
     own_split = not any(key == "data.train" for key, _ in overrides_of(args)) and run_config.is_file()
     cfg = load_config(run_config, overrides_of(args)) if own_split else config_of(args)
@@ -112,9 +129,8 @@ def _run_eval(args) -> int:
     log = (lambda _msg: None) if args.json else print
     results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens,
                               speed=bool(args.compare)) for spec in [args.model_or_run, args.compare] if spec]
-    if len(results) == 2 and results[0].task != results[1].task:
-        raise UserError(f"--compare: {args.model_or_run} does task {results[0].task} and {args.compare} task {results[1].task}; "
-                        "their figures do not compare: compare two models of the same task")
+    if len(results) == 2:
+        _check_compared_tasks(args.model_or_run, args.compare, [result.task for result in results])
     if args.generate and is_run_dir(Path(args.model_or_run)):
         record_generation(Path(args.model_or_run), results[0], "the run's validation split" if own_split else cfg.data.train_paths)
     if args.json:
@@ -176,6 +192,8 @@ def _run_recommend(args) -> int:
         raise UserError(f"{write} exists; pass --force to overwrite it or --write another path")
     if args.only and not args.candidate:
         raise UserError("--only needs at least one --candidate MODEL")
+    if not (args.hours > 0 and math.isfinite(args.hours)):
+        raise UserError(f"--hours {args.hours:g}: the time budget must be a positive number of hours, e.g. --hours 2")
     cfg = config_of(args)
     candidates = ([] if args.only else default_candidates()) + [candidate(spec) for spec in args.candidate]
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))

@@ -101,6 +101,7 @@ class DocumentReader:
         self.seen_fields: set[str] = set()
         self.structured_records = 0
         self.structured_hits = 0
+        self.plain_texts = 0  # texts without fields (a .txt file's, a JSONL line that is a string): no template applies
 
     @classmethod
     def for_data(cls, data: DataConfig, clean: CleanConfig, report: DataReport, on_error: str | None = None) -> DocumentReader:
@@ -108,6 +109,7 @@ class DocumentReader:
 
     def _text(self, record: Record) -> str | None:
         if isinstance(record.value, str):
+            self.plain_texts += 1
             return record.value
         self.structured_records += 1
         if len(self.seen_fields) < 50:
@@ -154,6 +156,10 @@ class DocumentReader:
         return text
 
     def check_fields_found(self) -> None:
+        if self.template and self.plain_texts:
+            self.report.warnings.append(f"data.template applies to records with fields; texts without fields (from .txt, .md "
+                                        f"or .html files, or JSON lines that are plain strings) are read as they are: "
+                                        f"{self.plain_texts:,} here")
         if self.structured_records and not self.structured_hits:
             wanted = ", ".join(self.fields)
             existing = ", ".join(sorted(self.seen_fields)) or "none"

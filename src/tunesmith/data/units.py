@@ -108,7 +108,8 @@ class TextUnits:
             raise UserError(f"the validation split has {val.tokens} tokens (one document left after cleaning?); "
                             "add documents or pass a validation file with --val-data")
         if not eval_only and train.tokens < block_size:
+            lower = f" or lower data.block_size to at most {train.tokens}" if train.tokens >= 8 else ""  # 8 is its least
             raise UserError(f"the training split has {train.tokens} tokens, fewer than one block of {block_size}; "
-                            f"add more text or lower data.block_size to at most {max(8, train.tokens)}")
+                            f"add more text{lower}")
         return {}
 

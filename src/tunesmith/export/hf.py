@@ -17,6 +17,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _run_files(run_dir: Path) -> tuple[dict, dict, dict]:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory; export takes a finished tunesmith run directory")
     if not (run_dir / "final" / "config.json").is_file():
         raise UserError(f"{run_dir}: no final/ model; export takes a finished tunesmith run directory")
     summary = read_json_object(run_dir / SUMMARY_FILE)

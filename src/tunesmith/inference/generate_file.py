@@ -84,7 +84,7 @@ def summary_lines(summary: dict) -> list[str]:
 def check_paths(input_path: Path, output_path: Path) -> None:
     """The input exists and the output and its summary do not: checked before the model is loaded."""
     if not input_path.is_file():
-        raise UserError(f"--input {input_path}: not found")
+        raise UserError(f"--input {input_path}: " + ("a folder; name a file" if input_path.is_dir() else "not found"))
     check_output(output_path)
     if summary_path(output_path).exists():
         raise UserError(f"{summary_path(output_path)} exists; name a new --output (nothing is overwritten)")

@@ -28,7 +28,7 @@ def read_numbered_rows(path: Path, formats: tuple[str, ...], text_field: str = "
     if file_format(path) not in formats:
         raise UserError(f"--input {path}: this command reads {', '.join(formats)} files")
     if not path.is_file():
-        raise UserError(f"--input {path}: not found")
+        raise UserError(f"--input {path}: " + ("a folder; name a file" if path.is_dir() else "not found"))
     check_text_file(path, "--input")
     rows, lines, stats = [], [], DecodeStats()
     for record in read_records(path, False, stats, empty_rows=True):

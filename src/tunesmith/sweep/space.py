@@ -143,11 +143,19 @@ def _known_keys() -> list[str]:
     return [f"{name}.{key}" for name, section in SECTIONS.items() for key in section.model_fields]
 
 
+# what decides the validation text: trials that differ in them are scored on different text, and their scores do not rank
+VALIDATION_TEXT_KEYS = ("data.train", "data.val", "data.val_fraction", "data.text_field", "data.template", "data.txt_documents",
+                        "data.label_field")
+
+
 def _check_key(key: Any) -> str:
     known = _known_keys()
     if isinstance(key, str) and key in known:
         if key.startswith("output."):
             raise UserError(f"space: {key} names where a run is written; a sweep writes each trial to its own folder")
+        if key in VALIDATION_TEXT_KEYS or key.startswith("clean."):
+            raise UserError(f"space: {key} decides the validation text, so trials would be scored on different text and could "
+                            "not be ranked; set it in the config, and sweep each value as its own study")
         return key
     close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; keys are section.key, e.g. train.lr (see docs/configuration.md)"

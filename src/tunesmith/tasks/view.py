@@ -29,7 +29,13 @@ class TaskView:
                 f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)"]
 
     def eval_change(self, first, second) -> str:
-        """`tunesmith eval --compare`'s verdict on two models' results."""
+        """`tunesmith eval --compare`'s verdict on two models' results. Models that split the text into different tokens
+        (another tokenizer) have perplexities per different units; the loss summed over the whole text compares."""
+        if first.tokens != second.tokens:
+            total = [result.loss * result.tokens for result in (first, second)]
+            return (f"{first.model} and {second.model} split the text into different numbers of tokens ({first.tokens:,} and "
+                    f"{second.tokens:,}), so their perplexities do not compare; their loss over the whole text does: "
+                    f"{total[0]:,.0f} and {total[1]:,.0f} nats ({total[1] / total[0] - 1:+.1%})")
         return f"perplexity change from {first.model} to {second.model}: {second.perplexity / first.perplexity - 1:+.1%}"
 
     def comparison_rows(self, summary: dict) -> list[tuple[str, float, float]]:
