@@ -93,6 +93,19 @@ def test_eval_compare_of_two_tasks_is_refused_before_either_model_loads(tmp_path
     assert "does task lm and" in capsys.readouterr().err
 
 
+def test_chat_commands_act_the_same_typed_or_piped():
+    from types import SimpleNamespace
+
+    from tunesmith.cli.use import _chat_command
+
+    resets = []
+    session = SimpleNamespace(system=None, reset=lambda: resets.append(1))
+    assert _chat_command(session, "/system be brief") == "(system prompt set; history cleared)" and session.system == "be brief"
+    assert _chat_command(session, "/reset") == "(history cleared)" and len(resets) == 2
+    assert _chat_command(session, "/system") == "(system prompt cleared; history cleared)" and session.system is None
+    assert _chat_command(session, "/systematic doubt") is None and _chat_command(session, "hello") is None
+
+
 def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
     assert main(["generate", str(tiny_gpt2), "--prompt", "hi", "--chat"]) == 2
     assert "no chat template" in capsys.readouterr().err

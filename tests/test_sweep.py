@@ -256,10 +256,13 @@ def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, ti
     (["--trials", "2", "--objectives", "headline,drift", "--pruner", "hyperband"], "prunes single-objective studies only"),
     (["--trials", "2", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study's database"),
     (["--trials", "2", "--storage", "nonsense://x"], "--storage"),
+    (["--trials", "2", "--storage", "sqlite:///TMP/damaged.db"], "move it aside to start the study anew"),
 ])
 def test_bad_sweep_input_is_one_line(tmp_path, tiny_gpt2, corpus_file, capsys, args, words):
     base = write_base(tmp_path, tiny_gpt2, corpus_file)
+    (tmp_path / "damaged.db").write_text("not a database")
     space = write_space(tmp_path, "train.lr: {log: [1e-4, 1e-2]}\n")
+    args = [arg.replace("TMP", str(tmp_path)) for arg in args]
     code = main(["sweep", str(base), "--space", str(space), "--sweeps", str(tmp_path / "sweeps"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err

@@ -42,17 +42,34 @@ def _piped_lines():
     return map(typed_text, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin)
 
 
+def _chat_command(session, line: str) -> str | None:
+    """Carry out /reset or /system TEXT and say what it did; None for a line that is a message, not a command."""
+    if line == "/reset":
+        session.reset()
+        return "(history cleared)"
+    if line == "/system" or line.startswith("/system "):
+        session.system = line.removeprefix("/system").strip() or None
+        session.reset()
+        return f"(system prompt {'set' if session.system else 'cleared'}; history cleared)"
+    return None
+
+
 def _run_chat(args) -> int:
     from ..inference.generation import ChatSession, SamplingOptions, load_generator
 
     model, tokenizer = load_generator(args.model_or_run, args.device)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     session = ChatSession(model, tokenizer, options, args.system)
-    if not sys.stdin.isatty():  # a pipe: one user message per line in, one reply per line out
-        for line in _piped_lines():
-            if line.strip():
+    if not sys.stdin.isatty():  # a pipe: one reply per message line out; the commands act, and say so on stderr
+        for line in (line.strip() for line in _piped_lines()):
+            if line in ("/exit", "/quit"):
+                return 0
+            done = _chat_command(session, line) if line else None
+            if done:
+                print(done, file=sys.stderr, flush=True)
+            elif line:
                 try:
-                    print(" ".join(session.reply(line.strip()).split("\n")), flush=True)
+                    print(" ".join(session.reply(line).split("\n")), flush=True)
                 except UserError as exc:
                     print(f"error: {exc}", file=sys.stderr, flush=True)
         return 0
@@ -71,13 +88,9 @@ def _run_chat(args) -> int:
             continue
         if line in ("/exit", "/quit"):
             return 0
-        if line == "/reset":
-            session.reset()
-            print("(history cleared)")
-        elif line.startswith("/system"):
-            session.system = line.removeprefix("/system").strip() or None
-            session.reset()
-            print(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)")
+        done = _chat_command(session, line)
+        if done:
+            print(done)
         elif line:
             print("bot> ", end="", flush=True)
             try:

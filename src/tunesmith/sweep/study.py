@@ -110,8 +110,11 @@ def open_storage(url: str):
     except ImportError:  # SQLAlchemy's driver for the URL's database (for postgresql:// it is psycopg 3)
         raise UserError(f"--storage {shown}: the driver for this database is not installed (for PostgreSQL: "
                         "pip install 'psycopg[binary]')") from None
-    except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password
+    except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password, a damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if url.startswith("sqlite"):
+            raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); the file is damaged or not a "
+                            "study's: move it aside to start the study anew, or name another --study") from None
         raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "
                         "runs and accepts this user, or leave --storage out for a SQLite file in the sweep folder") from None
 
