@@ -206,6 +206,16 @@ def test_resume_on_other_validation_text_is_refused_before_the_run_is_touched(fi
     assert (cut / "data_report.json").read_bytes() == report
 
 
+def test_a_resume_that_changes_the_schedule_records_it_for_the_next_resume(finished_run, tmp_path, capsys):
+    import yaml
+
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    assert main([*resume_args(cut), "--max-steps", "14"]) == 0
+    assert yaml.safe_load((cut / "config.yaml").read_text())["train"]["max_steps"] == 14
+    assert json.loads((cut / "summary.json").read_text())["steps"] == 14
+
+
 def test_resume_with_another_preference_objective_is_refused(tmp_path):
     """DPO resumed as ORPO would pick its best step across losses on two scales."""
     from tunesmith.config import build_config

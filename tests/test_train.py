@@ -178,11 +178,11 @@ def test_the_last_steps_tokens_per_second_counts_its_training_time_only(tiny_lla
 def test_a_second_trainer_in_a_live_run_folder_is_refused_naming_the_pid(tiny_llama, corpus_file, tmp_path):
     """Two trainers would write the same checkpoints and metrics.jsonl; a killed holder leaves the folder free."""
     run_dir = tmp_path / "run"
-    first = subprocess.Popen(_cli(*_train_args(tiny_llama, corpus_file, run_dir, 100000)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endless = [*_train_args(tiny_llama, corpus_file, run_dir, 100000), "--epochs", 10000]  # still training when the second starts
+    first = subprocess.Popen(_cli(*endless), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for_checkpoint(first, run_dir)
-        second = subprocess.run(_cli(*_train_args(tiny_llama, corpus_file, run_dir, 100000), "--resume"), capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(_cli(*endless, "--resume"), capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"training process {first.pid}" in lines[0], second.stderr

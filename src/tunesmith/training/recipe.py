@@ -135,8 +135,9 @@ class Recipe:
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
-            if checkpoint is None:  # before the hint below, so that following it finds the run's settings
-                write_config(cfg.run_dir, cfg)
+            # before the hint below, so that following it finds the run's settings; on a resume, with what it changed
+            # (more steps, another rate), which a later plain --resume then keeps
+            write_config(cfg.run_dir, cfg)
             self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
                                f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
