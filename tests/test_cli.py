@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from tunesmith.cli import main
+from tunesmith.errors import UserError
 
 from helpers import run_config
 
@@ -76,21 +77,27 @@ def test_eval_compare_of_models_with_other_tokenizers_compares_the_whole_text_s_
     from tunesmith.evaluation.scoring import EvalResult
     from tunesmith.tasks import task_view
 
-    first, same = (EvalResult("a", 2.0, 7.389, 1000, 32, 0.4), EvalResult("b", 1.9, 6.686, 1000, 32, 0.4))
+    first, same = (EvalResult("a", 2.0, 7.389, 1000, 32, 0.4, tokenizer="t1"), EvalResult("b", 1.9, 6.686, 1000, 32, 0.4, tokenizer="t1"))
     assert task_view("lm").eval_change(first, same) == "perplexity change from a to b: -9.5%"
-    other = EvalResult("c", 1.9, 6.686, 1200, 32, 0.4)  # 1,200 tokens of the same text: 2,280 nats against 2,000
+    other = EvalResult("c", 1.9, 6.686, 1200, 32, 0.4, tokenizer="t2")  # 1,200 tokens of the same text: 2,280 nats against 2,000
     assert task_view("lm").eval_change(first, other) == (
-        "a and c split the text into different numbers of tokens (1,000 and 1,200), so their perplexities do not compare; "
-        "their loss over the whole text does: 2,000 and 2,280 nats (+14.0%)")
+        "a and c have different tokenizers (1,000 and 1,200 tokens scored), so their perplexities do not compare; their loss "
+        "summed over the text each scored is the nearer measure: 2,000 and 2,280 nats (+14.0%)")
 
 
 def test_eval_compare_of_two_tasks_is_refused_before_either_model_loads(tmp_path, capsys):
+    from tunesmith.cli.commands import _check_compared_tasks
+
     for name, task in (("lm", "lm"), ("cls", "classify")):  # no weights: nothing may load
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
         (tmp_path / name / "tunesmith_task.json").write_text(json.dumps({"task": task}))
     assert main(["eval", str(tmp_path / "lm"), "--data", "x.jsonl", "--compare", str(tmp_path / "cls")]) == 2
     assert "does task lm and" in capsys.readouterr().err
+    _check_compared_tasks("a", "b", ["lm", "chat"])  # a language model is measured as the chat model is
+    _check_compared_tasks("a", "b", [None, "classify"])  # a base model, as the classifier is
+    with pytest.raises(UserError, match="does task chat and b task preference"):
+        _check_compared_tasks("a", "b", ["chat", "preference"])
 
 
 def test_chat_commands_act_the_same_typed_or_piped():
@@ -114,7 +121,7 @@ def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
 def test_text_typed_or_piped_with_bytes_that_are_not_utf8_is_read_with_them_replaced(tiny_gpt2, capsys, monkeypatch):
     import io
 
-    from tunesmith.cli.parser import typed_text
+    from tunesmith.config.run import typed_text
     from tunesmith.cli.use import _piped_lines
 
     typed = "the \udcff lamp"  # how Python hands over the byte 0xff from a command line
@@ -122,8 +129,11 @@ def test_text_typed_or_piped_with_bytes_that_are_not_utf8_is_read_with_them_repl
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"the \xff lamp\nnext\n"), encoding="ascii"))
     assert list(_piped_lines()) == ["the \ufffd lamp\n", "next\n"]  # UTF-8 whatever the locale's encoding
     assert main(["generate", str(tiny_gpt2), "--prompt", typed, "--max-new-tokens", "3"]) == 0
-    assert main(["prepare", "--model", str(tiny_gpt2), "--data", "x.jsonl", "--set", "data.template={a} \udcff {b}"]) == 2
-    assert "no file matches" in capsys.readouterr().err  # the template was read; the missing file is what stops it
+    capsys.readouterr()
+    for args in (["--set", "data.template={a} \udcff {b}"], ["--out", "run-\udcff"], ["--data", "caf\udce9.jsonl"]):
+        assert main(["train", "--model", str(tiny_gpt2), "--data", "x.jsonl", *args]) == 2  # no file, tokenizer or log takes them
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds bytes that are not UTF-8" in err[0] and "\ufffd" in err[0], err
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,11 @@ def test_set_reaches_nested_keys_and_keeps_the_file_s_other_keys(tmp_path):
 def test_set_reads_a_setting_that_is_only_text_as_typed(capsys):
     assert parse_override("data.template={title}: {body}") == ("data.template", "{title}: {body}")  # not a YAML mapping
     assert parse_override("model.name=[x]") == ("model.name", "[x]")
+    assert parse_override("data.text_field=2020") == ("data.text_field", "2020")  # a column named by a year
+    assert parse_override("data.template=null") == ("data.template", None)
+    assert parse_override("chat.system_prompt=Be brief # no lists") == ("chat.system_prompt", "Be brief # no lists")
+    assert parse_override("chat.system_prompt=#1 rule: be brief") == ("chat.system_prompt", "#1 rule: be brief")
+    assert parse_override('data.template="{a}: {b}"') == ("data.template", "{a}: {b}")  # quoted as YAML, as before
     assert parse_override("data.train=[a.txt, b.txt]") == ("data.train", ["a.txt", "b.txt"])  # a list is allowed there
     assert parse_override("chat.roles={Agent: assistant}") == ("chat.roles", {"Agent": "assistant"})
     assert main(["prepare", "--data", "x.jsonl", "--set", "data.template={title"]) == 2

@@ -92,7 +92,15 @@ def test_a_field_name_with_a_dot_is_read_whole_before_as_a_path_and_values_read_
     from tunesmith.data.read import lookup
 
     assert lookup({"a.b": 1, "a": {"b": 2}}, "a.b") == 1 and lookup({"a": {"b.c": 3}}, "a.b.c") == 3
+    assert lookup({"a.b": None, "a": {"b": 2}}, "a.b") == 2
     assert lookup({"a": {"b": None}, "a.b": None}, "a.b") is None and lookup({"a": "x"}, "a.b") is None
+    from datetime import date
+    from decimal import Decimal
+
+    from tunesmith.data.read import as_text
+
+    assert [as_text(v) for v in (date(2024, 1, 2), Decimal("1.50"), b"caf\xc3\xa9", 1e-05, 3, False, {"k": [date(2024, 1, 2)]})] == [
+        "2024-01-02", "1.50", "café", "1e-05", "3", "false", '{"k": ["2024-01-02"]}']
     path = tmp_path / "d.csv"
     path.write_text("text,text.1\nalpha one,beta one\nalpha two,beta two\n")  # the name a repeated blank header is given
     assert texts_of(prep(path, template="{text} {text.1}"), tokenizer) == ["alpha one beta one", "alpha two beta two"]

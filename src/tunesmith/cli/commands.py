@@ -98,8 +98,7 @@ def _check_eval_flags(args) -> None:
 
 
 def _saved_task(spec: str) -> str | None:
-    """The task a local model that tunesmith trained was trained for, read before anything loads; None for any other model
-    (a base model is measured the way the other one's task measures it)."""
+    """The task a local model that tunesmith trained was trained for, read before anything loads; None for any other."""
     from ..tasks import TASK_FILE, read_task
 
     folder = Path(spec) / "final" if is_run_dir(Path(spec)) else Path(spec)
@@ -107,9 +106,16 @@ def _saved_task(spec: str) -> str | None:
 
 
 def _check_compared_tasks(first: str, second: str, tasks: list[str | None]) -> None:
-    if None not in tasks and tasks[0] != tasks[1]:
-        raise UserError(f"--compare: {first} does task {tasks[0]} and {second} task {tasks[1]}; their figures do not compare: "
-                        "compare two models of the same task")
+    """Two tasks' figures do not compare; a language model is measured the way the other model's task measures it,
+    when that task's output is text too (a chat run against the lm run it started from)."""
+    from ..tasks import task_view
+
+    if None in tasks or tasks[0] == tasks[1]:
+        return
+    if "lm" in tasks and all(task_view(task).writes_text for task in tasks):
+        return
+    raise UserError(f"--compare: {first} does task {tasks[0]} and {second} task {tasks[1]}; their figures do not compare: "
+                    "compare two models of the same task")
 
 
 def _run_eval(args) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, parse_override
+from ..config.run import typed_text
 from ..errors import UserError
 from ..rundir.folder import CONFIG_FILE, check_saved_config
 from ..sweep.study import DEFAULT_PRUNER, PRUNERS
@@ -27,15 +28,6 @@ COMMON_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
-def typed_text(value: str) -> str:
-    """Text typed on the command line or piped in, its bytes that are not UTF-8 (which Python keeps as lone surrogates, and
-    a tokenizer refuses) replaced by U+FFFD, as --input files are read."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        return value.encode("utf-8", "replace").decode("utf-8")
-
-
 def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
     if with_config:
         parser.add_argument("config", nargs="?", help="YAML run config (optional: flags alone make a run)")
@@ -43,7 +35,7 @@ def _add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> No
     for flag, (key, kind) in COMMON_FLAGS.items():
         many = flag in ("--data", "--val-data")
         group.add_argument(flag, dest=key, type=kind, action="append" if many else "store", help=f"sets {key}")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", type=typed_text,
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="set any config key, e.g. --set train.grad_accum=4")
 
 
@@ -173,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--write", default="recommended.yaml", metavar="PATH", help="where to write the config")
     recommend.add_argument("--force", action="store_true", help="overwrite --write if it exists")
     recommend.add_argument("--json", action="store_true", help="print one JSON object")
-    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", type=typed_text)
+    recommend.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
     diagnose = commands.add_parser("diagnose", help="findings about a run: overfitting, underfitting, instability, ...")
     diagnose.add_argument("run")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .parser import config_of, typed_text
+from ..config.run import typed_text
+from .parser import config_of
 
 
 def _run_generate(args) -> int:

@@ -3,6 +3,7 @@ every problem reported at once."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,40 @@ def _describe_error(err: dict) -> str:
 
 def build_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a nested dict into a RunConfig, reporting every problem at once."""
+    not_utf8 = list(_not_utf8(raw))
+    if not_utf8:
+        raise ConfigError([f"{key}: {shown!r} holds bytes that are not UTF-8 (as typed, or in a file's name); write it in "
+                           "UTF-8, or rename the file" for key, shown in not_utf8])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))]  # a source's own error says more
         raise ConfigError([_describe_error(e) for e in errors or exc.errors()]) from None
+
+
+def _not_utf8(value: Any, key: str = ""):
+    """(key, the value with its undecodable bytes shown as U+FFFD) for each string that holds bytes Python could not
+    decode as UTF-8 (a command line's, kept as lone surrogates), which no file, tokenizer or log can take."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _not_utf8(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _not_utf8(item, key)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield key, typed_text(value)
+
+
+def typed_text(value: str) -> str:
+    """Text typed on the command line or piped in, its bytes that are not UTF-8 (which Python keeps as lone surrogates, and
+    a tokenizer refuses) replaced by U+FFFD, as --input files are read."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -106,6 +136,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or ("." not in name and name != "task"):
         raise ConfigError([f"--set {text}: expected section.key=value, e.g. train.lr=1e-4"])
     key, value = text.split("=", 1)
+    if _takes_text(key.strip()):
+        return key.strip(), _as_typed(value)
     try:
         parsed = load_yaml(value) if value.strip() else None
     except RepeatedKey as exc:
@@ -114,9 +146,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError([f"--set {key.strip()}: {exc}"]) from None
     except (yaml.YAMLError, *UNBUILDABLE):  # not YAML, or a tag it cannot build: the text itself
         parsed = value
-    if isinstance(parsed, (dict, list)) and _takes_text(key.strip()):
-        parsed = value  # `data.template={title}` is text, not the YAML mapping it reads as
     return key.strip(), parsed
+
+
+def _as_typed(value: str) -> str | None:
+    """A setting that is only text, as typed: `data.template={title}`, `data.text_field=2020` and `chat.system_prompt=Be
+    brief # no lists` are that text, not the mapping, number and comment YAML would read; a quoted value is YAML's
+    string; nothing, `null` or `~` is none."""
+    stripped = value.strip()
+    if stripped in ("", "null", "Null", "NULL", "~"):
+        return None
+    if stripped[:1] in ("'", '"'):
+        with contextlib.suppress(yaml.YAMLError):
+            quoted = yaml.safe_load(stripped)
+            if isinstance(quoted, str):
+                return quoted
+    return stripped
 
 
 def _takes_text(key: str) -> bool:

@@ -24,6 +24,7 @@ from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
 FORMAT_VERSION = 6
+VALIDATION_FINGERPRINT = "v2"  # the form of validation_fingerprint's; a checkpoint's record of another form is not compared
 
 
 @dataclass
@@ -57,17 +58,17 @@ class PreparedData:
         return lines
 
 
-def validation_fingerprint(directory: Path, block_size: int) -> str:
+def validation_fingerprint(directory: Path, **scoring) -> str:
     """What a run's evaluations are scored on: the prepared validation split's files (its tokens, and for whole examples
-    their masks, offsets and classes) and the block length that cuts them. Two runs, or a run and its resume, whose
-    fingerprints differ have evaluations that do not compare."""
-    digest = hashlib.sha256(f"block {block_size}".encode())
+    their masks, offsets and classes) and the settings that cut and score them (`scoring`: the block size, the packing,
+    how many blocks). Two runs, or a run and its resume, whose fingerprints differ have evaluations that do not compare."""
+    digest = hashlib.sha256(json.dumps(scoring, sort_keys=True).encode())
     for path in sorted(p for p in directory.iterdir() if p.name.startswith("val.")):
         digest.update(f"|{path.name}|".encode())
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:20]
+    return f"{VALIDATION_FINGERPRINT}:{digest.hexdigest()[:20]}"
 
 
 def _cache_key(sources: list[Source], val_files: list[Path], tokenizer_id: str, settings: dict) -> str:

@@ -57,7 +57,7 @@ def lookup(record: Any, dotted: str) -> Any:
     is given), else a nested path (`meta.text` reads record["meta"]["text"]); None when there is neither."""
     if not isinstance(record, dict):
         return None
-    if dotted in record:
+    if record.get(dotted) is not None:
         return record[dotted]
     for index, char in enumerate(dotted):
         if char == "." and dotted[:index] in record:
@@ -68,9 +68,13 @@ def lookup(record: Any, dotted: str) -> Any:
 
 
 def as_text(value: Any) -> str:
-    """A field's value as document text: a string as it is; a number, a boolean, a list or a mapping as JSON writes it, not
-    as Python's repr (`["a", "b"]`, not `['a', 'b']`)."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    """A field's value as document text: a boolean, a list or a mapping as JSON writes it, not as Python's repr (`true`,
+    `["a", "b"]`, not `True`, `['a', 'b']`); bytes as UTF-8; anything else (a number, a date, a decimal) as it prints."""
+    if isinstance(value, (bool, list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def render(record: dict, parts: list[tuple[str, str | None]]) -> str | None:

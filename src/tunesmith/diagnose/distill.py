@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-from ..tasks import task_view
 from .findings import Advice, Finding, RunFacts, figure
 
 STALL_EVALS = 3  # evaluations in a row that must not narrow the gap
@@ -20,6 +19,7 @@ def distill_facts(distill: dict, task: object) -> dict:
     """RunFacts' distillation fields from the config's distill section (as a dict) and task; none without a teacher."""
     if not distill.get("teacher"):
         return {}
+    from ..tasks import task_view  # the registry, with torch, only for a distilled run
     student = distill.get("student") if isinstance(distill.get("student"), dict) else {}
     cut = student.get("from_teacher") if isinstance(student.get("from_teacher"), dict) else {}
     keep = cut.get("keep_layers")

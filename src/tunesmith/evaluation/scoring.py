@@ -10,6 +10,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import prepare_data, prepare_eval_data
+from ..data.tokens import tokenizer_fingerprint
 from ..errors import UserError
 from ..models import context_length, fit_embeddings, load_model, resolve_model, tunesmith_home
 from ..runtime import pick_device, pick_precision
@@ -35,6 +36,7 @@ class EvalResult:
     metrics: dict | None = None  # the task's: classify's accuracy, macro-F1, per class, confusion; preference's accuracy, log-probs
     generation: dict | None = None  # with --generate: ROUGE-L and chrF of greedy generations against the data's own text
     speed: dict | None = None  # with --compare: how fast it does its task here (`Task.throughput`)
+    tokenizer: str = ""  # its tokenizer's fingerprint: perplexities of models whose tokenizers differ do not compare
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +115,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     timed = task.throughput(model.eval(), examples, tokenizer, device, precision, batch_size, greedy_decoder(model, tokenizer)) \
         if speed else None
     return EvalResult(spec, result.loss, result.perplexity, result.tokens, block_size, result.accuracy, task.name, result.metrics or None,
-                      generation, timed or None)
+                      generation, timed or None, tokenizer_fingerprint(tokenizer))
 
 
 def record_generation(run_dir: Path, result: EvalResult, data) -> None:

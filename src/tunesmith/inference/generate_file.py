@@ -121,7 +121,7 @@ def _score(out: list[dict], reference_field: str) -> dict:
     from .text_metrics import corpus_scores, sentence_scores
 
     scored = [row for row in out if lookup(row, reference_field) is not None and row["finish_reason"] != "error"]
-    references = [str(lookup(row, reference_field)) for row in scored]
+    references = [as_text(lookup(row, reference_field)) for row in scored]
     for row, scores in zip(scored, sentence_scores([row["generated"] for row in scored], references)):
         row.update(scores)
     return corpus_scores([row["generated"] for row in scored], references)

@@ -143,9 +143,12 @@ def _known_keys() -> list[str]:
     return [f"{name}.{key}" for name, section in SECTIONS.items() for key in section.model_fields]
 
 
-# what decides the validation text: trials that differ in them are scored on different text, and their scores do not rank
+# what decides the validation text or how it is cut and scored (as a resume's check, data.prepare.validation_fingerprint):
+# trials that differ in them are scored on different text, and their scores do not rank
 VALIDATION_TEXT_KEYS = ("data.train", "data.val", "data.val_fraction", "data.text_field", "data.template", "data.txt_documents",
-                        "data.label_field")
+                        "data.label_field", "data.block_size", "data.packing", "train.eval_max_blocks", "classify.prompt",
+                        "classify.verbalizers")
+VALIDATION_TEXT_SECTIONS = ("clean.",)
 
 
 def _check_key(key: Any) -> str:
@@ -153,7 +156,7 @@ def _check_key(key: Any) -> str:
     if isinstance(key, str) and key in known:
         if key.startswith("output."):
             raise UserError(f"space: {key} names where a run is written; a sweep writes each trial to its own folder")
-        if key in VALIDATION_TEXT_KEYS or key.startswith("clean."):
+        if key in VALIDATION_TEXT_KEYS or key.startswith(VALIDATION_TEXT_SECTIONS):
             raise UserError(f"space: {key} decides the validation text, so trials would be scored on different text and could "
                             "not be ranked; set it in the config, and sweep each value as its own study")
         return key

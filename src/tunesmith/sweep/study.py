@@ -112,7 +112,7 @@ def open_storage(url: str):
                         "pip install 'psycopg[binary]')") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL, a refused connection, a wrong password, a damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        if url.startswith("sqlite"):
+        if url.startswith("sqlite") and ("not a database" in reason or "malformed" in reason):
             raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); the file is damaged or not a "
                             "study's: move it aside to start the study anew, or name another --study") from None
         raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "

@@ -29,13 +29,13 @@ class TaskView:
                 f"accuracy {result.accuracy:.1%}  ({result.tokens:,} tokens)"]
 
     def eval_change(self, first, second) -> str:
-        """`tunesmith eval --compare`'s verdict on two models' results. Models that split the text into different tokens
-        (another tokenizer) have perplexities per different units; the loss summed over the whole text compares."""
-        if first.tokens != second.tokens:
+        """`tunesmith eval --compare`'s verdict on two models' results. Models with different tokenizers have perplexities
+        per different units; the loss summed over the whole text compares."""
+        if first.tokenizer != second.tokenizer:
             total = [result.loss * result.tokens for result in (first, second)]
-            return (f"{first.model} and {second.model} split the text into different numbers of tokens ({first.tokens:,} and "
-                    f"{second.tokens:,}), so their perplexities do not compare; their loss over the whole text does: "
-                    f"{total[0]:,.0f} and {total[1]:,.0f} nats ({total[1] / total[0] - 1:+.1%})")
+            return (f"{first.model} and {second.model} have different tokenizers ({first.tokens:,} and {second.tokens:,} tokens "
+                    f"scored), so their perplexities do not compare; their loss summed over the text each scored is the nearer "
+                    f"measure: {total[0]:,.0f} and {total[1]:,.0f} nats ({total[1] / total[0] - 1:+.1%})")
         return f"perplexity change from {first.model} to {second.model}: {second.perplexity / first.perplexity - 1:+.1%}"
 
     def comparison_rows(self, summary: dict) -> list[tuple[str, float, float]]:

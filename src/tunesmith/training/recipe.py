@@ -17,7 +17,6 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..data.prepare import validation_fingerprint
 from ..diagnose.distill import distill_facts
 from ..distill.student import STUDENT_FILE, teacher_name
 from ..diagnose.findings import drift_origin
@@ -38,7 +37,7 @@ from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
 from .recorder import Recorder
-from .resume import check_validation_text, recorded_settings
+from .resume import recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
@@ -121,11 +120,8 @@ class Recipe:
     def setup(self, checkpoint: SavedCheckpoint | None) -> None:
         """Build the parts; resume from `checkpoint`, or measure the base model: the transfer-learning starting point."""
         cfg, state = self.cfg, self.state
-        parts = self.parts = setup(cfg, self.resolved, self.console, self.context)
+        parts = self.parts = setup(cfg, self.resolved, self.console, self.context, checkpoint)
         task = parts.task
-        validation = validation_fingerprint(parts.data_dir, cfg.data.block_size)
-        if checkpoint is not None:  # before anything is written to the run directory
-            check_validation_text(checkpoint.state.get("validation"), validation, checkpoint.path)
         self.evaluator = Evaluator(parts, cfg.train.eval_batch_size, cfg.train.eval_max_blocks, cfg.monitor.max_drift, self.context,
                                    self.console.print)
         self.checkpointer = Checkpointer(cfg.run_dir, parts, cfg.train.keep_last, self.context, self.console.print)
@@ -135,16 +131,15 @@ class Recipe:
         if self.context.is_main:
             mark_run_dir(cfg.run_dir)
             keep_data_report(parts.data_dir, cfg.run_dir)
-            # before the hint below, so that following it finds the run's settings; on a resume, with what it changed
-            # (more steps, another rate), which a later plain --resume then keeps
-            write_config(cfg.run_dir, cfg)
+            if checkpoint is None:  # before the hint below, so that following it finds the run's settings
+                write_config(cfg.run_dir, cfg)
             self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
                                f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)
             self.console.print(f"resumed from {checkpoint.path} at step {state.step}", highlight=False)
-        state.validation = validation
+        state.validation = parts.validation
         prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []
         self.recorder.open(state.step if checkpoint else None, prompts, task.sample_stops(parts.tokenizer), task.prompts_rendered)
         if checkpoint is not None:

@@ -16,6 +16,7 @@ WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "pre
                    "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
                    "grpo.target_kl")
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
+SCHEDULE_SETTINGS = ("train.lr",)  # restored with the optimizer and the scheduler: a new value would be silently ignored
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
 RECORDED = (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)  # what each checkpoint records of them, as the run started
 
@@ -38,6 +39,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
     decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
+    decided += [(key, "the learning-rate schedule, which the checkpoint restores") for key in SCHEDULE_SETTINGS]
     for key, what in decided + [(key, "the text the drift is measured on") for key in PROBE_SETTINGS]:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
@@ -72,11 +74,13 @@ def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Pat
 
 def check_validation_text(recorded, now: str, checkpoint: Path) -> None:
     """Refuse to resume on validation text other than the one the checkpoint's evaluations were scored on: the best step
-    would be chosen across scores that do not compare. A checkpoint from before it was recorded is taken as it is."""
-    if recorded and recorded != now:
-        raise UserError(f"--resume: the validation text is not the one {checkpoint} was scored on (a data or clean setting, "
-                        "or a data file, changed since the run started), so its evaluations and best step would not compare with "
-                        "new ones: set the data back as the run's config.yaml has it, or start a new run with another --out")
+    would be chosen across scores that do not compare. A checkpoint from before it was recorded, or that recorded it in
+    another form, is taken as it is."""
+    if isinstance(recorded, str) and recorded.split(":")[0] == now.split(":")[0] and recorded != now:
+        raise UserError(f"--resume: the validation text is not the one {checkpoint} was scored on (a setting that shapes it, "
+                        "such as data.*, clean.*, chat.*, the block size or train.eval_max_blocks, or a data file, changed since "
+                        "the run started), so its evaluations and best step would not compare with new ones: set them back as "
+                        "the run's config.yaml has them, or start a new run with another --out")
 
 
 def _valid_record(record) -> dict | None:

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig, check_block_size
 from ..data import prepare_data
+from ..data.prepare import validation_fingerprint
 from ..distill import (DistillLoss, HiddenMatch, Teacher, check_teacher_labels, checked_teacher, kept_blocks, language_source, load_teacher,
                        make_student, measure_pick, read_record, student_config)
 from ..distill.cache import WithTeacherTopk, cache_key, teacher_topk
@@ -21,12 +22,14 @@ from ..models.weights import architecture_keeps_packed_apart, parameter_counts, 
 from ..runtime import enable_tf32, flops_per_token, pick_device, pick_precision
 from ..tasks import Task, build_task, task_kind
 from .build import build_model
+from .checkpoint import SavedCheckpoint
 from .compiling import use_cache_under
 from .distributed import Distributed, wrap_ddp, wrap_fsdp
 from .fused_loss import training_loss
 from .neftune import add_embedding_noise
 from .optim import build_optimizer, build_scheduler
 from .plan import StepPlan
+from .resume import check_validation_text
 from .step import StepRunner, largest_micro_batch
 
 
@@ -47,6 +50,7 @@ class RunParts:
     trainable: int
     data_dir: Path
     flops_per_token: float
+    validation: str  # what its evaluations are scored on (data.prepare.validation_fingerprint)
     probe: Probe | None = None
     probe_note: str | None = None  # why there is no probe
     rollouts: object = None  # with a task that samples its training examples (GRPO): the training dataset, which makes them
@@ -172,8 +176,10 @@ def check_weights(cfg: RunConfig, precision: str, context: Distributed) -> None:
         raise ConfigError(["train.weights: bf16 runs with train.distributed: ddp, not fsdp; use ddp or train.weights: fp32"])
 
 
-def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed) -> RunParts:
-    """Prepare the data, load the model, and build the task, the plan, the optimizer and the step runner (`cfg` settled)."""
+def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Distributed,
+          resumed_from: SavedCheckpoint | None = None) -> RunParts:
+    """Prepare the data, load the model, and build the task, the plan, the optimizer and the step runner (`cfg` settled).
+    A resume on validation text other than `resumed_from`'s is refused as soon as the data is prepared."""
     torch.manual_seed(cfg.train.seed + context.rank)
     device = context.device(pick_device(cfg.train.device))
     precision = pick_precision(cfg.train.precision, device)
@@ -181,6 +187,10 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     check_weights(cfg, precision, context)
     with context.main_first():
         tokenizer, data, probe, probe_note = _prepare(cfg, resolved, console, device, precision)
+    validation = validation_fingerprint(data.directory, block_size=cfg.data.block_size, packing=cfg.data.packing,
+                                        eval_max_blocks=cfg.train.eval_max_blocks)
+    if resumed_from is not None:
+        check_validation_text(resumed_from.state.get("validation"), validation, resumed_from.path)
     kind = task_kind(cfg)
     labels = kind.head_labels(cfg, data.meta)
     if measures_student(cfg):
@@ -229,5 +239,5 @@ def setup(cfg: RunConfig, resolved: ResolvedModel, console: Console, context: Di
     runner = _runner(cfg, task, model, task.training_module(model) if sharded else module, fuse, device, precision, micro,
                      plan.total_steps, sharded, console, context, teacher, vocab, hidden)
     return RunParts(task, labels, device, precision, resolved, tokenizer, model, runner, plan, train, val, sharded, trainable, data.directory,
-                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), probe, probe_note,
+                    flops_per_token(load_model_config(resolved), total_params, cfg.data.block_size), validation, probe, probe_note,
                     rollouts, teacher, student_record)
