@@ -157,7 +157,7 @@ def _check_key(key: Any) -> str:
         if key.startswith("output."):
             raise UserError(f"space: {key} names where a run is written; a sweep writes each trial to its own folder")
         if key in VALIDATION_TEXT_KEYS or key.startswith(VALIDATION_TEXT_SECTIONS):
-            raise UserError(f"space: {key} decides the validation text, so trials would be scored on different text and could "
+            raise UserError(f"space: {key} decides the validation text or how it is scored, so trials would be scored apart and could "
                             "not be ranked; set it in the config, and sweep each value as its own study")
         return key
     close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
