@@ -353,6 +353,12 @@ def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, pr
     path.write_bytes(b'text,label\r\n"a fine row of text",1\r\n"a row\rwith a stray return in it",0\r\n'
                      + b'"paragraphs\rin\rone\rcell\rof\ra\rfile\rof\rlines",0\n')  # returns inside quotes are text
     assert len(list(read_records(path, False, DecodeStats()))) == 3
+    path.write_text('label, text\n1, "hello, there"\n0,  bye now\n')  # hand-typed: a space after each comma
+    assert [r.value for r in read_records(path, False, DecodeStats())] == [{"label": "1", "text": "hello, there"},
+                                                                          {"label": "0", "text": "bye now"}]
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text('label\ttext\n1\t    indented code\n')  # a tab-separated cell keeps its leading spaces
+    assert list(read_records(tsv, False, DecodeStats()))[0].value["text"] == "    indented code"
     text = tmp_path / "d.txt"
     text.write_bytes(b"one document of text\r\rand another one\r")
     with pytest.raises(UserError, match=r"d.txt: its lines end with a carriage return alone"):

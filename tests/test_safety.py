@@ -203,10 +203,29 @@ def test_resume_on_other_validation_text_is_refused_before_the_run_is_touched(fi
     """A setting changed on resume that shapes the validation text would score the later evaluations on other text."""
     run, _, _ = finished_run
     cut = cut_run(run, tmp_path / "cut", last_step=8)
-    report = (cut / "data_report.json").read_bytes()
+    report, record = (cut / "data_report.json").read_bytes(), (cut / "process.json").read_bytes()
     assert main([*resume_args(cut), "--set", changed]) == 2
     one_error_line(capsys, "the validation text is not the one", "set them back")
     assert (cut / "data_report.json").read_bytes() == report
+    assert (cut / "process.json").read_bytes() == record  # refused, not crashed: the run is as it was
+
+
+def test_a_longer_run_asked_for_on_resume_is_kept_by_the_next_resume(finished_run, tmp_path, capsys):
+    """--max-steps raised on resume goes into config.yaml: a crash after it, then a plain --resume, still ends there."""
+    import yaml
+
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    before = yaml.safe_load((cut / "config.yaml").read_text())
+    assert main([*resume_args(cut), "--max-steps", "16"]) == 0
+    assert "resume: train.max_steps changed since the run started" in capsys.readouterr().out
+    after = yaml.safe_load((cut / "config.yaml").read_text())
+    assert after["train"]["max_steps"] == 16
+    after["train"]["max_steps"] = before["train"]["max_steps"]
+    assert after == before  # nothing else rewritten
+    again = cut_run(cut, tmp_path / "again", last_step=12)
+    assert main(resume_args(again)) == 0
+    assert json.loads((again / "summary.json").read_text())["steps"] == 16
 
 
 def test_resume_with_another_preference_objective_is_refused(tmp_path):

@@ -246,6 +246,23 @@ def test_a_value_the_config_refuses_ends_the_sweep_before_any_trial(tmp_path, ti
     assert not list((tmp_path / "sweeps").glob("*/trial-*"))
 
 
+def test_a_space_over_models_that_tokenize_apart_is_refused_before_any_trial(tmp_path, tiny_models, corpus_file, capsys):
+    """Perplexities over different tokens do not rank models; the same tokenizer in two folders does."""
+    import shutil
+
+    from tunesmith.sweep.run import check_tokenizers
+
+    base = write_base(tmp_path, tiny_models["gpt2"], corpus_file)
+    write_space(tmp_path, f"model.name: [{tiny_models['gpt2']}, {tiny_models['llama']}]\n")
+    code = main(["sweep", str(base), "--space", str(tmp_path / "space.yaml"), "--trials", "2", "--sweeps", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "have different tokenizers" in err[0] and "eval RUN --compare" in err[0]
+    assert not list((tmp_path / "sweeps").glob("*/trial-*"))
+    copy = shutil.copytree(tiny_models["gpt2"], tmp_path / "copy")
+    space = write_space(tmp_path, f"model.name: [{tiny_models['gpt2']}, {copy}]\n")
+    check_tokenizers(plan_sweep(settings_for(tmp_path, base, space, 2)))
+
+
 @pytest.mark.parametrize("args, words", [
     (["--trials", "0"], "--trials must be at least 1"),
     (["--trials", "2", "--workers", "0"], "--workers must be at least 1"),

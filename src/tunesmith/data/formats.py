@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import itertools
 import json
 import zlib
 from collections import Counter
@@ -228,7 +229,8 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
                    empty_rows: bool = False) -> Iterator[Record | RowError | Oversized]:
     """Rows of a CSV/TSV file; a line or a (multi-line) field past `max_bytes` drops its row as oversized. A row of only
     empty or blank cells is skipped, or with `empty_rows` read as a row whose every field is empty, whatever its number
-    of cells (a reader that writes one output row per input row keeps it); a blank line is never a row."""
+    of cells (a reader that writes one output row per input row keeps it); a blank line is never a row. In a CSV whose header
+    has a space after its commas, the spaces after a comma are not part of the cell."""
     skipped: list[Oversized] = []
 
     def lines() -> Iterator[str]:
@@ -240,7 +242,14 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
                 yield line
 
     csv.field_size_limit(max_bytes or 2**31 - 1)
-    reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+    source, ahead = lines(), []
+    for line in source:  # up to the header
+        ahead.append(line)
+        if line.strip():
+            break
+    # a header typed with a space after each comma (`label, text`) marks a hand-typed CSV, whose `1, "a, b"` is two cells
+    spaced = delimiter == "," and bool(ahead) and ", " in ahead[-1]
+    reader = csv.reader(itertools.chain(ahead, source), delimiter=delimiter, strict=True, skipinitialspace=spaced)
     header: list[str] = []
     try:
         while not _has_cells(header):  # blank lines before the header are not the header

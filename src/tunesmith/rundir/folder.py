@@ -269,3 +269,36 @@ def as_started(cfg: RunConfig) -> RunConfig:
                         "paths are read from there, but that folder is gone; name the files where they are now, by absolute "
                         "path (--data /path/to/data, and --val or --model as needed), or put the folder back")
     return RunConfig.model_validate(resolved)
+
+
+def record_resumed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """Write into the run's config.yaml the settings a resume changed (`--max-steps`, `--epochs`, ...; those that may
+    not change were refused before), so that a later resume, the report and the page go on with them; every other value
+    stays as written, relative paths included. Returns the changed keys ("train.max_steps"), none where the run has
+    no config.yaml of its own."""
+    import yaml
+
+    from .durable import write_atomically
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return []
+    saved = check_saved_config(run_dir, "--resume").model_dump(mode="json")
+    start = run_start_dir(run_dir)
+    before = resolve_run_paths(saved, start) if start else saved
+    now = cfg.model_dump(mode="json")
+    leaves = [(section, key) for section, values in now.items() if section != "output"
+              for key in (values if isinstance(values, dict) else [None])]  # `task` is a setting of its own
+    changed = [(section, key) for section, key in leaves if _leaf(before, section, key) != _leaf(now, section, key)]
+    for section, key in changed:
+        if key is None:
+            saved[section] = now[section]
+        else:
+            saved[section][key] = now[section][key]
+    if changed:
+        write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False))
+    return [section if key is None else f"{section}.{key}" for section, key in changed]
+
+
+def _leaf(settings: dict, section: str, key: str | None):
+    value = settings.get(section)
+    return value if key is None else (value or {}).get(key)

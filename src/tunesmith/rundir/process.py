@@ -30,11 +30,13 @@ class ProcessRecord:
     `begin` once training has marked the folder, so a refused config leaves no folder behind. A stop signal
     (exit 128 + SIGINT or SIGTERM) or Ctrl-C ends it `stopped`; any other exception `crashed`, with its first
     line. A process killed outright leaves it without an end, which `run_state` reads as crashed once the pid
-    is gone or belongs to a later process.
+    is gone or belongs to a later process. A resume refused before training began (a UserError) puts back the record it
+    found: the run is as it was, not crashed.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True, resumed: bool = False):
         self.run_dir, self.enabled, self.resumed, self.record = run_dir, enabled, resumed, None
+        self.found, self.training = None, False
 
     def begin(self, **facts) -> None:
         """Write the record, with `facts` added (the run's total steps, once they are known).
@@ -50,6 +52,7 @@ class ProcessRecord:
             self.record = {"pid": os.getpid(), "process_started": _process_started(os.getpid()), "started": time.time(),
                            START_CWD: self._start_dir()}
         self.record.update(facts)
+        self.training = self.training or bool(facts)
         write_atomically(self.run_dir / PROCESS, json.dumps(self.record) + "\n")
 
     def _start_dir(self) -> str:
@@ -57,6 +60,8 @@ class ProcessRecord:
         return str(kept) if kept else os.getcwd()
 
     def __enter__(self) -> "ProcessRecord":
+        if self.enabled and self.resumed:
+            self.found = read_process(self.run_dir) or None
         if is_run_dir(self.run_dir):
             self.begin()
         return self
@@ -65,6 +70,10 @@ class ProcessRecord:
         from .durable import write_atomically
 
         if self.record is None:
+            return
+        if isinstance(exc, UserError) and self.found and not self.training:
+            with contextlib.suppress(OSError):
+                write_atomically(self.run_dir / PROCESS, json.dumps(self.found) + "\n")
             return
         outcome, detail = "finished", ""
         if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):

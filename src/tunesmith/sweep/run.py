@@ -12,9 +12,9 @@ import time
 
 from ..errors import UserError
 from ..rundir.process import training_pid
-from .plan import confined, plan_sweep
+from .plan import SweepPlan, confined, plan_sweep
 from .results import write_results
-from .space import check_points
+from .space import check_points, trial_config
 from .study import SweepSettings, is_interrupted, study_pruner
 from .worker import run_workers, work
 
@@ -49,6 +49,28 @@ def reclaim(study) -> int:
     return queued
 
 
+def check_tokenizers(plan: SweepPlan, say=print) -> None:
+    """A space whose model.name candidates tokenize differently is refused before any trial trains, where an objective is
+    measured per token: a perplexity over other tokens does not rank models (`eval --compare` sums the loss instead)."""
+    from ..data.tokens import tokenizer_fingerprint
+    from ..models import resolve_model
+    from ..tasks import task_kind
+
+    names = next((d.choices for d in plan.space.dimensions if d.key == "model.name"), ())
+    if len(names) < 2 or not any(o.per_token for o in plan.objectives):
+        return
+    settings, seen = plan.settings, {}
+    for name in names:
+        cfg = trial_config(settings.config, list(settings.overrides), {"model.name": name})
+        tokenizer = task_kind(cfg).tokenizer(resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=say), log=say)
+        seen.setdefault(tokenizer_fingerprint(tokenizer), name)
+    if len(seen) > 1:
+        first, other = list(seen.values())[:2]
+        raise UserError(f"space: model.name {first} and {other} have different tokenizers, so their "
+                        f"{' and '.join(o.label for o in plan.objectives if o.per_token)} count other tokens and do not rank; "
+                        "sweep each model as its own study, then compare the best runs with tunesmith eval RUN --compare OTHER")
+
+
 def run_sweep(settings: SweepSettings, say=print) -> dict:
     """Check everything, prepare the data once, run the trials; returns the results (sweep.json's contents)."""
     from ..preparation import prepare
@@ -58,6 +80,7 @@ def run_sweep(settings: SweepSettings, say=print) -> dict:
         raise UserError("tunesmith sweep runs its trials itself; start it without torchrun (--workers K for several processes)")
     plan = plan_sweep(settings)
     checked = check_points(plan.space, settings.config, list(settings.overrides), lambda cfg: task_kind(cfg).check(cfg))
+    check_tokenizers(plan, say)
     settings.folder.mkdir(parents=True, exist_ok=True)
     with _folder_lock(settings):
         study = plan.study(create=True)

@@ -41,6 +41,11 @@ class Objective:
     def direction(self) -> str:
         return "maximize" if self.maximize else "minimize"
 
+    @property
+    def per_token(self) -> bool:
+        """Measured per token, so that models with different tokenizers score apart (a perplexity, the drift)."""
+        return self.key in ("val_ppl", DRIFT_KEY)
+
 
 def objectives_for(names: tuple[str, ...], headline: tuple[str, str, bool]) -> list[Objective]:
     """The objectives `--objectives` names: the task's headline metric (`TaskView.headline`), and the forgetting drift."""

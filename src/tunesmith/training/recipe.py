@@ -37,7 +37,7 @@ from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
 from .recorder import Recorder
-from .resume import recorded_settings
+from .resume import record_resume, recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
@@ -133,6 +133,8 @@ class Recipe:
             keep_data_report(parts.data_dir, cfg.run_dir)
             if checkpoint is None:  # before the hint below, so that following it finds the run's settings
                 write_config(cfg.run_dir, cfg)
+            else:
+                record_resume(cfg, self.console.print)
             self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
                                f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import MonitorConfig
+from ..config import MonitorConfig, RunConfig
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..rundir.folder import CONFIG_FILE, check_saved_config, resolve_run_paths, run_start_dir
+from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_settings, resolve_run_paths, run_start_dir
 
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
@@ -45,6 +45,17 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides {what}, "
                             "so a run cannot change it midway: drop that setting, or start a new run with another --out")
+
+
+def record_resume(cfg: RunConfig, log) -> None:
+    """Write the settings this resume changed into the run's config.yaml, so that a resume after the next crash keeps
+    them (a longer `--max-steps` would otherwise end the run where it was first to end), and say so."""
+    changed = record_resumed_settings(cfg.run_dir, cfg)
+    if changed:
+        longer = {"train.max_steps", "train.epochs"} & set(changed)
+        schedule = "; the learning-rate schedule now runs to the new end" if longer else ""
+        log(f"resume: {', '.join(changed)} changed since the run started, written to {cfg.run_dir / CONFIG_FILE}{schedule}",
+            highlight=False, markup=False)
 
 
 def recorded_settings(settings: dict, start: Path) -> dict:
