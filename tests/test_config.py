@@ -69,6 +69,21 @@ def test_every_problem_is_reported_with_its_key():
     assert any(p.startswith("train.precision:") and "'bf16'" in p for p in problems)
 
 
+def test_a_yaml_tag_that_builds_python_objects_is_named_and_init_dash_writes_to_stdout(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text('model: !!python/object/apply:os.system ["echo hi"]\n')
+    with pytest.raises(ConfigError, match="a YAML tag at line 1 that builds something other than plain values"):
+        load_config(path)
+    capsys.readouterr()
+    assert main(["init", "-"]) == 0
+    assert "train:" in capsys.readouterr().out and not (Path.cwd() / "-").exists()
+    with pytest.raises(ConfigError, match=r"train.betas.1: must be less than 1"):
+        load_config(None, [("train.betas", [0.9, 1.5])])
+    with pytest.raises(ConfigError, match=r"train.warmup_steps: a number is needed, not true or false"):
+        load_config(None, [("train.warmup_steps", True)])  # pydantic alone would take it as 1
+    assert load_config(None, [("monitor.tensorboard", True)]).monitor.tensorboard is True
+
+
 def test_cli_config_errors_exit_2_with_one_line_each(tmp_path, capsys):
     code = main(["train", "--data", "x.jsonl", "--lr", "-1", "--set", "train.bogus=1"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -288,6 +288,48 @@ def test_a_data_summary_prepared_before_format_4_still_reads(tmp_path, prep):
 
 # -- bad input -------------------------------------------------------------------------------------
 
+def test_json_nested_past_reading_is_a_malformed_row_and_nan_is_no_text(tmp_path, prep):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + '}\n{"text": NaN}\n{"text": "a document"}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:1: not valid JSON \(nested too deeply to read\)"):
+        prep(path)
+    assert [r.value for r in read_records(path, False, DecodeStats()) if hasattr(r, "value")] == [{"text": None}, {"text": "a document"}]
+    whole = tmp_path / "d.json"
+    whole.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match=r"d.json: not valid JSON \(nested too deeply"):
+        prep(whole)
+
+
+def test_links_that_loop_are_followed_once_and_special_files_are_named(tmp_path, prep):
+    """A recursive glob does not descend into linked folders (a link to a parent would match without end); a file
+    reached by two names is read once; a FIFO or a device is named as what it is."""
+    import os
+
+    from tunesmith.data.read import expand_paths
+
+    (tmp_path / "loop" / "sub").mkdir(parents=True)
+    write_jsonl(tmp_path / "loop" / "d.jsonl", make_corpus(20))
+    (tmp_path / "loop" / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (tmp_path / "loop" / "self").symlink_to(tmp_path / "loop", target_is_directory=True)
+    assert expand_paths([str(tmp_path / "loop" / "**" / "*")], "data.train") == [tmp_path / "loop" / "d.jsonl"]
+    assert expand_paths([str(tmp_path / "loop"), str(tmp_path / "loop" / "self" / "d.jsonl")], "data.train") == \
+        [tmp_path / "loop" / "d.jsonl"]
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    for special in (tmp_path / "fifo.jsonl", "/dev/zero"):
+        with pytest.raises(UserError, match="is not a regular file"):
+            expand_paths([str(special)], "data.train")
+
+
+def test_a_special_tokens_text_in_a_document_is_text(tmp_path, prep, tokenizer):
+    """`<|endoftext|>` written in a document is encoded as the characters it is: documents end where tunesmith says."""
+    from tunesmith.data.pipeline import encode_batch
+
+    text = f"one document {tokenizer.eos_token} that names the end"
+    assert tokenizer.eos_token_id not in encode_batch(tokenizer, [text])[0]
+    assert tokenizer.decode(encode_batch(tokenizer, [text])[0]) == text
+    assert tokenizer.eos_token_id in tokenizer(text, add_special_tokens=False)["input_ids"]  # as it is read by default
+
+
 def test_malformed_jsonl_names_the_line_or_is_skipped(tmp_path, prep):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "the first line is fine"}\nnot json\n{"text": "the third line is fine too"}\n')

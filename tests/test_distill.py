@@ -223,6 +223,12 @@ def test_student_forward_is_the_teachers_kept_blocks(teacher_dir, tmp_path):
     teacher = ResolvedModel(str(teacher_dir), str(teacher_dir), True)
     student_path = Path(make_student(teacher, [0, 2], tmp_path, log=lambda _: None).path)
     assert make_student(teacher, [0, 2], tmp_path, log=lambda _: None).path == str(student_path)  # made once, reused
+    weights = student_path / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # a cut-short cache entry is made again, not loaded
+    said = []
+    assert make_student(teacher, [0, 2], tmp_path, log=said.append).path == str(student_path)
+    assert any("is damaged" in line for line in said) and weights.read_bytes() == whole
     student = AutoModelForCausalLM.from_pretrained(student_path).eval()
     assert student.config.num_hidden_layers == 2
     reference = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
@@ -449,6 +455,12 @@ def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
 
     with pytest.raises(UserError, match="--resume: distill.hidden is 1.0 here but 0.0"):
         train_run(distill_config(teacher_run, data, resumed, alpha=0.5, hidden=1.0), resume=True)
+    swapped = cut_run(resumed, tmp_path / "swapped", last_step=8)  # as if the teacher's folder now held other weights
+    record = json.loads((swapped / "teacher.json").read_text())
+    record["identity"], record["val"]["val_loss"] = ["elsewhere"], record["val"]["val_loss"] + 0.5
+    (swapped / "teacher.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="the teacher .* is not the one this run started with"):
+        train_run(distill_config(teacher_run, data, swapped, alpha=0.5), resume=True)
     train_run(cfg, resume=True)
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
 

@@ -223,6 +223,7 @@ def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama
     (["--seed", str(2**64)], "--seed: Input should be less than or equal to"),
     (["--max-batch", "0"], "--max-batch 0: sequences decoded together must be at least 1"),
     (["--max-batch", "-3"], "--max-batch -3:"),
+    (["--n", "1001"], "--n: Input should be less than or equal to 1000"),
 ])
 def test_bad_settings_end_with_one_line_before_any_decoding(tiny_llama, tmp_path, capsys, flags, words):
     source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)

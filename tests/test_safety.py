@@ -4,6 +4,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from tunesmith.errors import UserError
 from tunesmith.rundir.folder import MARKER
 from tunesmith.training.checkpoint import list_checkpoints
 
-from helpers import cut_run, losses, make_corpus, run_config
+from helpers import cut_run, losses, make_corpus, run_config, write_jsonl
 
 
 
@@ -74,6 +75,17 @@ def test_out_holding_the_users_own_files_is_refused_unless_forced(tiny_gpt2, cor
     assert (mine / "config.yaml").read_text() == "my own notes\n" and not (mine / MARKER).exists()
     assert main([*args, "--force"]) == 0
     assert (mine / MARKER).is_file() and (mine / "summary.json").is_file()
+
+
+def test_out_overlapping_the_data_folder_is_refused_even_when_forced(tiny_gpt2, tmp_path, capsys):
+    """The run's metrics and samples would be read as training text the next time the data folder is."""
+    data = tmp_path / "notes"
+    data.mkdir()
+    write_jsonl(data / "corpus.jsonl", make_corpus(40))
+    for out in (data, data / "run"):
+        assert main(["train", *cli_args(tiny_gpt2, data, "--max-steps", "2", "--out", str(out), "--force")]) == 2
+        one_error_line(capsys, "and the data", "overlap", "pick an --out outside the data")
+    assert sorted(p.name for p in data.iterdir()) == ["corpus.jsonl"]
 
 
 def test_out_naming_a_file_is_refused_before_anything_loads(tiny_gpt2, corpus_file, tmp_path, monkeypatch, capsys):
@@ -170,6 +182,55 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(damaged, finis
     assert (cut / "checkpoints" / "step-0000008.damaged").is_dir()
 
 
+@pytest.mark.parametrize("damage", ["state_types", "shape", "rng"])
+def test_a_checkpoint_not_as_tunesmith_writes_it_is_named(damage, finished_run, tmp_path, capsys):
+    """Readable files that hold the wrong things: a state of other types, a tensor of another shape, a missing RNG state."""
+    from safetensors.torch import load_file, save_file
+
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    newest = cut / "checkpoints" / "step-0000008"
+    if damage == "state_types":
+        (newest / "state.json").write_text('{"step": "twenty", "foo": [1, 2]}')
+    elif damage == "rng":
+        (newest / "rng-rank0.pt").unlink()
+    else:
+        tensors = load_file(str(newest / "trainable.safetensors"))
+        name = next(iter(tensors))
+        save_file({**tensors, name: tensors[name].reshape(-1)[:3].clone()}, str(newest / "trainable.safetensors"))
+        assert main(resume_args(cut)) == 2
+        one_error_line(capsys, "does not fit this model", f"{name} has shape (3,)", "move that checkpoint aside")
+        return
+    assert main(resume_args(cut)) == 0
+    out = capsys.readouterr().out
+    assert "step-0000008 is damaged" in out and "step-0000004 at step 4" in out
+    assert losses(cut) == pytest.approx(losses(run), abs=1e-6)
+
+
+def test_a_saved_config_never_switches_on_a_models_own_code(finished_run, tmp_path, capsys):
+    """A run folder may come from anyone: its config.yaml's trust_remote_code needs the command's own --set."""
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    saved = cut / "config.yaml"
+    saved.write_text(saved.read_text().replace("trust_remote_code: false", "trust_remote_code: true"))
+    assert main(["eval", str(cut)]) == 2
+    one_error_line(capsys, "sets model.trust_remote_code: true", "--set model.trust_remote_code=true")
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, "never run a model's own code")
+
+
+def test_an_edited_learning_rate_in_the_runs_config_is_refused(finished_run, tmp_path, capsys):
+    """The checkpoint restores the schedule: a rate changed in config.yaml would be ignored while the file showed it."""
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    saved = cut / "config.yaml"
+    text = saved.read_text()
+    lr = re.search(r"\n  lr: (\S+)\n", text).group(1)
+    saved.write_text(text.replace(f"\n  lr: {lr}\n", "\n  lr: 0.5\n"))
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, "train.lr is 0.5 here but", "was trained at", "in the run's config.yaml")
+
+
 def test_with_every_checkpoint_damaged_resume_is_one_line(finished_run, tmp_path, capsys):
     run, _, _ = finished_run
     cut = cut_run(run, tmp_path / "cut", last_step=8)
@@ -238,6 +299,24 @@ def test_resume_with_another_preference_objective_is_refused(tmp_path):
     resumed = build_config({"task": "preference", "model": {"name": "smollm2-135m"}, "preference": {"method": "orpo"}})
     with pytest.raises(UserError, match="preference.method is 'orpo' here but 'dpo'"):
         check_resume_settings(resumed.model_dump(mode="json"), tmp_path)
+
+
+def test_resume_with_another_distillation_cache_is_refused_as_another_loss(tmp_path):
+    from tunesmith.config import build_config
+    from tunesmith.training.resume import check_resume_settings
+
+    (tmp_path / "config.yaml").write_text("model:\n  name: smollm2-135m\ndistill:\n  teacher: t\n  cache: topk\n  topk: 8\n")
+    resumed = build_config({"model": {"name": "smollm2-135m"}, "distill": {"teacher": "t", "cache": "topk", "topk": 4}})
+    with pytest.raises(UserError, match="distill.topk is 4 here but 8 .* it decides what the loss is"):
+        check_resume_settings(resumed.model_dump(mode="json"), tmp_path)
+
+
+def test_a_run_that_has_not_finished_is_named_with_how_to_finish_it(finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    for command in (["eval", str(cut)], ["generate", str(cut), "--prompt", "the lamp"]):
+        assert main(command) == 2
+        one_error_line(capsys, "this tunesmith run has not finished", f"tunesmith train --out {cut} --resume")
 
 
 def test_a_path_under_home_is_one_setting_written_either_way(tmp_path, monkeypatch):

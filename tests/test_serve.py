@@ -424,3 +424,36 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(served, mon
             time.sleep(0.02)
         assert app.worker.health()["queued"] == 0 and app.worker.health()["running"] == 1
         assert running.result().status_code == 200
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--port", "-1"], "--port -1: a port is a number from 0 to 65535"),
+    (["--port", "99999"], "--port 99999"),
+    (["--host", "999.1.1.1"], "--host 999.1.1.1"),
+    (["--max-tokens", "-1"], "--max-tokens -1: every request would be refused"),
+    (["--queue-size", "0"], "--queue-size 0"),
+    (["--max-n", "0"], "--max-n 0"),
+    (["--request-timeout", "nan"], "--request-timeout nan: every request would time out"),
+    (["--request-timeout", "0"], "--request-timeout 0.0"),
+])
+def test_limits_that_would_refuse_every_request_and_addresses_it_cannot_listen_on_end_in_one_line(tiny_llama, capsys, flags, words):
+    from tunesmith.cli import main
+
+    assert main(["serve", str(tiny_llama), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_a_port_in_use_is_named_before_the_model_loads(tiny_llama, capsys):
+    import socket
+
+    from tunesmith.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_llama), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--port {port}" in err and "pass another --port" in err, err
+

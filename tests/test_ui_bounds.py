@@ -5,6 +5,7 @@ within the machine's share (a cap, one process per Resume however many presses, 
 where it was started)."""
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -72,7 +73,8 @@ def test_every_local_path_of_a_form_is_checked_on_the_validated_config(form_root
                        ("monitor.benchmarks", f"[{outside / 'task.yaml'}]"), ("monitor.benchmarks", "[data/task.yaml]"),
                        ("monitor.benchmarks", "[data]"), ("model.trust_remote_code", "true"),
                        ("grpo.rewards", f"[{{run: {outside / 'runs' / 'sentiment'}, label: positive}}]"),
-                       ("grpo.rewards", "[{python: data/rewards.py:score}]")]:
+                       ("grpo.rewards", "[{python: data/rewards.py:score}]"),
+                       ("distill.teacher", str(outside / "runs" / "teacher"))]:
         with pytest.raises(ConfigError, match=f"^{key}: .*(outside|not taken from the page)") as refused:
             launcher.config(Draft.from_form({**FORM_RUN, key: value}))
         assert len(refused.value.problems) == 1, (key, value)
@@ -127,6 +129,9 @@ def test_a_runs_own_files_that_lead_outside_are_never_read(runs_root, tmp_path):
         detail = folder.detail("linked-files")
         assert detail["config"] == "" and detail["samples"] == [] and detail["data_warnings"] == [] and detail["findings"] == []
         assert folder.log_tail("linked-files") == "" and folder.metrics(run) == []
+        (run / "console.log").unlink()
+        os.mkfifo(run / "console.log")  # read, it would hold the request's thread until something writes to it
+        assert folder.log_tail("linked-files") == ""
         for path in ("/", "/api/runs", "/fragments/runs", "/runs/linked-files", "/api/run/linked-files/metrics",
                      "/fragments/run/linked-files/findings", "/compare?run=linked-files&run=lr-high",
                      "/api/compare/metrics?run=linked-files&run=lr-high", "/files/linked-files/config.yaml"):

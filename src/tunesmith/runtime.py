@@ -1,5 +1,5 @@
 """The ground floor every side stands on: the device, the numeric precision and its autocast context, the device's
-speed, out-of-memory detection, and SIGTERM as an interrupt. It imports no other part of tunesmith but its errors."""
+speed, out-of-memory detection, SIGTERM as an interrupt, and the address a server listens on. It imports no other part of tunesmith but its errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from .errors import ConfigError, is_out_of_memory
+from .errors import ConfigError, UserError, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -172,3 +172,18 @@ def with_oom_backoff(attempt: Callable[[int], T], size: int, device: torch.devic
                 raise on_floor() from None
             size = max(1, size // 2)
             on_retry(size)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on (`serve`, `ui`), before uvicorn would log its own
+    error and exit with code 3."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is a number from 0 to 65535; pass another --port")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except (OSError, OverflowError, UnicodeError) as exc:
+        raise UserError(f"--host {host} --port {port}: {getattr(exc, 'strerror', None) or exc}; pass another --port (or --host)") from None

@@ -11,11 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import load_config
 from ..config.reference import starter_yaml
 from ..errors import UserError
 from ..rundir.folder import CONFIG_FILE, is_run_dir
-from .parser import config_of, overrides_of
+from .parser import config_of, overrides_of, saved_run_config
 from .use import USE_HANDLERS
 
 
@@ -28,6 +27,9 @@ def _console():
 def _run_init(args) -> int:
     from ..tasks import task_summaries
 
+    if args.path == "-":  # as other tools read it: the standard output
+        sys.stdout.write(starter_yaml(task_summaries()))
+        return 0
     path = Path(args.path)
     if path.exists() and not args.force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
@@ -129,7 +131,7 @@ def _run_eval(args) -> int:
         _check_compared_tasks(args.model_or_run, args.compare, [_saved_task(args.model_or_run), _saved_task(args.compare)])
     run_config = Path(args.model_or_run) / CONFIG_FILE
     own_split = not any(key == "data.train" for key, _ in overrides_of(args)) and run_config.is_file()
-    cfg = load_config(run_config, overrides_of(args)) if own_split else config_of(args)
+    cfg = saved_run_config(run_config, overrides_of(args)) if own_split else config_of(args)
     if not cfg.data.train:
         raise UserError("eval needs --data FILE (or a run directory, whose own validation split it then uses)")
     log = (lambda _msg: None) if args.json else print

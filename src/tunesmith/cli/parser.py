@@ -212,17 +212,28 @@ def _saved_config(run_dir: Path) -> Path:
     return path
 
 
+def saved_run_config(path: Path, overrides: list[tuple[str, Any]]):
+    """A run's saved config.yaml with the command's flags. A run folder may come from anyone: its own
+    `model.trust_remote_code: true` never runs a model's code unless this command's --set says so too."""
+    cfg = load_config(path, overrides)
+    if cfg.model.trust_remote_code and not any(key == "model.trust_remote_code" for key, _ in overrides):
+        raise UserError(f"{path} sets model.trust_remote_code: true, and a run's saved settings never run a model's own "
+                        f"code; if you trust {cfg.model.name}, add --set model.trust_remote_code=true to this command")
+    return cfg
+
+
 def config_of(args: argparse.Namespace, base: dict[str, Any] | None = None):
     """Config file (or, for --resume, the run's saved config), then flags, then --set, in that order."""
     path = getattr(args, "config", None)
     overrides = overrides_of(args)
+    base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
     if getattr(args, "resume", False) and not path:
         out = dict(overrides).get("output.dir")
         if not out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        path = _saved_config(Path(out))
-    base_pairs = [(f"{section}.{key}", value) for section, values in (base or {}).items() for key, value in values.items()]
-    cfg = load_config(path, base_pairs + overrides)
+        cfg = saved_run_config(_saved_config(Path(out)), base_pairs + overrides)
+    else:
+        cfg = load_config(path, base_pairs + overrides)
     from ..tasks import task_kind  # the task registry imports torch: only once a command has a config to run
 
     task_kind(cfg)  # a task the registry does not hold is refused with the others' names, before anything runs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -128,10 +129,17 @@ def _run_export(args) -> int:
 
 
 def _run_serve(args) -> int:
+    from ..runtime import check_address
     from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
 
+    for flag in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_n", "max_batch", "queue_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: every request would be refused; pass 1 or more")
+    if not math.isfinite(args.request_timeout) or args.request_timeout <= 0:
+        raise UserError(f"--request-timeout {args.request_timeout}: every request would time out; pass a number of seconds above 0")
     if args.max_batch < args.max_n:
         raise UserError(f"--max-batch {args.max_batch} is below --max-n {args.max_n}: a request's choices must fit one batch")
+    check_address(args.host, args.port)
     limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes, args.max_n, args.max_batch, args.queue_size,
                     args.request_timeout)
     served = load_for_serving(args.model_or_run, args.device)
@@ -143,7 +151,8 @@ def _run_serve(args) -> int:
 
 
 def _run_ui(args) -> int:
-    from ..ui import TOKEN_VARIABLE, check_address, create_app, run_ui
+    from ..runtime import check_address
+    from ..ui import TOKEN_VARIABLE, create_app, run_ui
 
     root = Path(args.runs)
     if root.exists() and not root.is_dir():

@@ -294,6 +294,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path}: {exc}; keep the one you mean"]) from None
     except TooLarge as exc:
         raise ConfigError([f"config file {path}: {exc}"]) from None
+    except yaml.constructor.ConstructorError as exc:  # safe_load refuses tags that build Python objects (!!python/...)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"config file {path}: a YAML tag{where} that builds something other than plain values "
+                           f"({str(exc.problem or '').split(' ')[-1][:60]}); a config holds text, numbers, lists and mappings only"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,6 +17,22 @@ DEFAULT_MODEL = "smollm2-135m"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        """`warmup_steps: true` is a mistake, not the number 1 that pydantic would make of it."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _takes(annotation, (int, float)) and not _takes(annotation, (bool,)):
+            raise ValueError("a number is needed, not true or false")
+        return value
+
+
+def _takes(annotation, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type, or a type in its union, is one of `kinds` (a list's items do not count)."""
+    if annotation in kinds or annotation is Any:
+        return True
+    return get_origin(annotation) is not list and any(_takes(arg, kinds) for arg in get_args(annotation))
 
 
 def one_spelling(name: str | None) -> str | None:
@@ -129,7 +145,8 @@ class CleanConfig(Section):
 class TrainConfig(Section):
     lr: float = Field(5e-5, gt=0, le=1, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms)")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.95), description="AdamW betas, each in [0, 1)")
     warmup_steps: int = Field(10, ge=0, description="linear warmup steps before the cosine decay")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decay ends at lr * min_lr_ratio")
     epochs: float = Field(3.0, gt=0, description="passes over the training blocks")

@@ -88,7 +88,8 @@ def check_text_file(path: Path, key: str = "data.train", whole: bool = False) ->
         with _open_binary(path) as handle:
             head = handle.read(_SNIFF_BYTES)
     except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot be read ({exc})") from None
+        fix = "compress it again, or give the file uncompressed" if path.suffix.lower() == ".gz" else "check the file and its permissions"
+        raise UserError(f"{path}: cannot be read ({exc}); {fix}") from None
     if not head:
         return
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -189,6 +190,19 @@ def _document(path: Path, start: int, buffer: list[str], size: int, max_bytes: i
     return Record(str(path), start, "".join(buffer))
 
 
+def _json_value(text: str):
+    """JSON, with NaN and Infinity (not JSON, but what Python's writer puts for a missing float) read as null, never as the
+    text "nan"; nesting too deep to read is a ValueError like any other malformed JSON."""
+    try:
+        return json.loads(text, parse_constant=lambda _name: None)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
+def _json_problem(exc: ValueError) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
 def read_jsonl(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[Record | RowError | Oversized]:
     for number, line in enumerate(_lines(path, stats, max_bytes), 1):
         if isinstance(line, Oversized):
@@ -197,9 +211,9 @@ def read_jsonl(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> 
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield RowError(f"{path}:{number}: not valid JSON ({exc.msg}); each line of a .jsonl file must be one JSON object")
+            value = _json_value(line)
+        except ValueError as exc:
+            yield RowError(f"{path}:{number}: not valid JSON ({_json_problem(exc)}); each line of a .jsonl file must be one JSON object")
             continue
         if not isinstance(value, (dict, str)):
             yield RowError(f"{path}:{number}: expected a JSON object or string, got {type(value).__name__}")
@@ -211,9 +225,10 @@ def read_json(path: Path, stats: DecodeStats) -> Iterator[Record | RowError]:
     """An array of records: read whole, as the format requires (so no per-record byte limit applies)."""
     text = "".join(_lines(path, stats))
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a .json file must hold an array of objects") from None
+        value = _json_value(text)
+    except ValueError as exc:
+        where = f"{path}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(path)
+        raise UserError(f"{where}: not valid JSON ({_json_problem(exc)}); a .json file must hold an array of objects") from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]} style wrappers
     if not isinstance(value, list):

@@ -181,11 +181,18 @@ class TokenWriter:
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The Rust tokenizer's batch encoder on all cores; `encode_batch_fast` skips offsets nobody here needs."""
+    """The Rust tokenizer's batch encoder on all cores; `encode_batch_fast` skips offsets nobody here needs. A special
+    token's text inside a document (`<|endoftext|>` in a scraped page) is encoded as the text it is, never as the control
+    token: documents end where tunesmith puts the end-of-text id, not where a document says so."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        before = getattr(backend, "encode_special_tokens", False)
+        backend.encode_special_tokens = True
+        try:
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = before
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 class Splitter:

@@ -39,8 +39,10 @@ def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) 
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise UserError(f"{key}: {pattern} is not a regular file (a FIFO, a device or a socket); name a file of text")
         else:
-            matched = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            matched = _glob(path)
             if not matched:
                 raise UserError(f"{key}: no file matches {pattern}; check the path")
             files.extend(matched)
@@ -49,7 +51,21 @@ def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) 
             raise UserError(f"{key}: {file} has an unsupported type; supported: {_SUPPORTED}")
         if confine_to is not None and confine_to.resolve() not in file.resolve().parents:
             raise UserError(f"{key}: {file} leads outside {confine_to} (a symbolic link); keep the data itself inside that folder")
-    return list(dict.fromkeys(files))
+    unique: dict[Path, Path] = {}
+    for file in files:
+        unique.setdefault(file.resolve(), file)  # a file reached by two names (a link, a folder and a glob) is read once
+    return list(unique.values())
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """The files a glob matches, `**` included. pathlib's glob does not descend into linked folders, where glob.glob
+    would: a link to a parent folder would make it match without end."""
+    parts = pattern.parts
+    first = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    if first == len(parts):
+        return []
+    base = Path(*parts[:first]) if first else Path(".")
+    return sorted(p for p in base.glob(str(Path(*parts[first:]))) if p.is_file())
 
 
 def lookup(record: Any, dotted: str) -> Any:

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 
 SEED_MAX = 2**63 - 1  # seed + choice index stays within the 64 bits a torch.Generator takes
 NGRAM_MAX = 1024
+N_MAX = 1000  # choices per prompt: each is a sequence held in memory until its prompt is done; more, with another seed
 
 
 def _not_a_bool(value):
@@ -44,7 +45,7 @@ ALLOWED = {
     "no_repeat_ngram": f"a whole number from 0 to {NGRAM_MAX:,}",
     "seed": f"a whole number from 0 to 2**63-1 ({SEED_MAX})",
     "max_new_tokens": "a whole number >= 1",
-    "n": "a whole number >= 1",
+    "n": f"a whole number from 1 to {N_MAX:,} (for more, run again with another --seed)",
     "frequency_penalty": "a number from -2 to 2",
     "presence_penalty": "a number from -2 to 2",
 }
@@ -60,7 +61,7 @@ class SamplingRules(BaseModel):
     top_k: TopK = 0
     top_p: TopP = 1.0
     seed: Seed = 0
-    n: Positive = 1
+    n: Annotated[int, Field(ge=1, le=N_MAX), NotBool] = 1
     repetition_penalty: RepetitionPenalty = 1.0
     no_repeat_ngram: NoRepeatNgram = 0
 

@@ -139,8 +139,11 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
     total = load_model_config(teacher).num_hidden_layers
     kept = kept_blocks(total, keep, pick)
     target = student_dir(teacher, kept, home)
-    if (target / "config.json").is_file():
+    if _whole(target):
         return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
+    if target.exists():
+        log(f"student: {target} is damaged (a file missing or cut short); making it again")
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
     log(f"student: the teacher's blocks {', '.join(map(str, kept))} of {total}, written once to {target}")
     classifier = scores_with_head(load_model_config(teacher))
     model = load_model(teacher, classifier=classifier)
@@ -158,6 +161,27 @@ def make_student(teacher: ResolvedModel, keep: int | list[int], home: Path, log:
                         f"({', '.join((unexpected or sorted(set(missing) - tied))[:3])}); give a student with model.name instead")
     _write(student, teacher, {"teacher": teacher_name(teacher), "teacher_blocks": total, "kept": kept}, target)
     return ResolvedModel(str(target), str(target), True, teacher.trust_remote_code)
+
+
+def _whole(folder: Path) -> bool:
+    """Whether a student made earlier is all there: its record, config, and weight files as long as their headers say.
+    Read by hand: safetensors checks a file's length only once a tensor is loaded."""
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not weights or not (folder / "config.json").is_file() or not (folder / STUDENT_FILE).is_file():
+        return False
+    for path in weights:
+        try:
+            with path.open("rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                if length > path.stat().st_size:
+                    return False
+                header = json.loads(handle.read(length))
+            ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+            if path.stat().st_size != 8 + length + max(ends, default=0):
+                return False
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return False
+    return True
 
 
 def _write(student: torch.nn.Module, teacher: ResolvedModel, record: dict, target: Path) -> None:

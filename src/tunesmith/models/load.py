@@ -122,10 +122,12 @@ def context_length(config: Any) -> int | None:
 
 
 def count_parameters(config) -> int:
-    """Parameters of the architecture, counted on the meta device: no weights are loaded or allocated."""
+    """Parameters of the architecture, counted on the meta device: no weights are loaded or allocated. A config whose
+    class is a model's own code was loaded with model.trust_remote_code, so its model class is taken from there too."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    own_code = type(config).__module__.startswith("transformers_modules")
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=own_code)
     return sum(p.numel() for p in model.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,10 @@ def resolve_model(spec: str, trust_remote_code: bool = False, log: Callable[[str
         return ResolvedModel(spec, str(convert_gguf(local.resolve(), tunesmith_home(), log)), True, trust_remote_code)
     if local.exists():
         directory = _hf_directory(local) if local.is_dir() else None
+        if directory is None and (local / "checkpoints").is_dir():
+            raise UserError(f"model {spec}: this tunesmith run has not finished (no final/ model yet); finish it with "
+                            f"`tunesmith train --out {shlex.quote(spec)} --resume`" + (
+                                f", or name its best model so far, {local / 'best'}" if (local / "best" / "config.json").is_file() else ""))
         if directory is None:
             raise UserError(f"model {spec}: not a Hugging Face model directory (no config.json) nor a tunesmith run; {ALTERNATIVES}")
         return ResolvedModel(spec, str(directory), True, trust_remote_code)

@@ -99,6 +99,10 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
     unknown = [name for name in state if name not in params]
     if missing or unknown:
         raise ValueError(f"checkpoint does not match the model (missing {missing[:3]}, unknown {unknown[:3]})")
+    reshaped = [name for name, tensor in state.items() if tuple(tensor.shape) != tuple(params[name].shape)]
+    if reshaped:
+        name = reshaped[0]
+        raise ValueError(f"{name} has shape {tuple(state[name].shape)} there and {tuple(params[name].shape)} in the model")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)

@@ -57,6 +57,22 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool = False) -> None:
                         "or pass --force to write the run into it (its files of the same names would be replaced)")
 
 
+def check_apart_from_data(run_dir: Path, data_paths: list[str]) -> None:
+    """Refuse, even with --force, a run folder that is a data folder, lies inside one or holds the data: its files
+    (metrics.jsonl, samples.jsonl, checkpoints) would be read as training text the next time that folder is."""
+    import glob
+
+    run = run_dir.expanduser().resolve()
+    for given in data_paths:
+        path = Path(os.path.expanduser(given))
+        if glob.has_magic(given) or not path.exists():
+            continue
+        data = path.resolve()
+        if data == run or data in run.parents or run in data.parents:
+            raise UserError(f"--out {run_dir} and the data {given} overlap: the run's own files would be read as training "
+                            "text the next time that folder is; pick an --out outside the data")
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     checkpoints = run_dir / "checkpoints"
     return checkpoints.is_dir() and any(p.name.startswith("step-") and "." not in p.name for p in checkpoints.iterdir())

@@ -3,6 +3,7 @@ local processes, each with its share of the cores."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import multiprocessing
 import signal
@@ -25,6 +26,14 @@ def _budget_left(study, total: int) -> bool:
 
     trials = study.get_trials(deepcopy=False)
     return any(t.state == TrialState.WAITING for t in trials) or sum(not is_interrupted(t) for t in trials) < total
+
+
+def _next_trial(settings, study):
+    """The next trial, or None once the budget is spent. Local workers take turns here (a lock file in the sweep folder),
+    so that two starting together do not both pass the budget check before either's trial exists."""
+    with confined(settings.folder, settings.folder / ".ask-lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return study.ask() if _budget_left(study, settings.trials) else None
 
 
 def _tell(study, trial, outcome: TrialOutcome) -> None:
@@ -80,8 +89,10 @@ def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
 
     settings = plan.settings
     me = psutil.Process()
-    while (deadline is None or time.time() < deadline) and _budget_left(study, settings.trials):
-        trial = study.ask()
+    while deadline is None or time.time() < deadline:
+        trial = _next_trial(settings, study)
+        if trial is None:
+            break
         point, cfg = _trial_settings(plan, study, trial, me)
         continued = trial.user_attrs.get("run_dir")
         run_dir = Path(continued) if continued else trial_folder(settings.folder, trial.number)
@@ -135,7 +146,7 @@ def run_workers(plan: SweepPlan, deadline: float | None) -> bool:
 
     Ctrl-C reaches every worker itself (one process group); a signal sent to this process alone is passed on. A worker
     that stops on an error stops the others; one that crashes is named with its exit code."""
-    count = plan.settings.workers
+    count = min(plan.settings.workers, plan.settings.trials)  # a worker past the trials would only start and stop
     threads = max(1, usable_cores() // count)
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()

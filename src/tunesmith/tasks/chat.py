@@ -28,6 +28,13 @@ CHATML_TEMPLATE = (
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
+def control_texts(tokenizer) -> list[str]:
+    """The texts of the tokenizer's special tokens (`<|im_start|>`, `<|endoftext|>`), longest first."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    texts = {token.content for token in added.values() if getattr(token, "special", False)} | set(tokenizer.all_special_tokens)
+    return sorted((text for text in texts if text), key=len, reverse=True)
+
+
 def ensure_chat_template(tokenizer) -> bool:
     """Give the tokenizer a ChatML template (and its markers as special tokens) when it has none; True when added."""
     if getattr(tokenizer, "chat_template", None):
@@ -183,7 +190,7 @@ class ChatUnits:
     fields_hint = FIELDS_HINT
 
     def __init__(self, cfg: RunConfig):
-        self.cfg, self.truncated = cfg, 0
+        self.cfg, self.truncated, self.holding_markers = cfg, 0, {}
 
     def cache_settings(self) -> dict:
         return {"task": "chat", "chat": self.cfg.chat.model_dump(mode="json")}
@@ -195,8 +202,12 @@ class ChatUnits:
         return conversation_units(reader(report), files, self.cfg.chat, data, report, transforms(clean))
 
     def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
-        encoded = []
+        encoded, markers = [], control_texts(tokenizer)
         for unit in units:
+            held = next((m for m in markers for message in unit.value if m in message["content"]), None)
+            if held is not None:  # the template would read it as a real turn boundary or end of text
+                self.holding_markers[held] = self.holding_markers.get(held, 0) + 1
+                continue
             pieces = []
             for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size, self.cfg.chat.train_on_prompt):
                 self.truncated += truncated
@@ -211,6 +222,12 @@ class ChatUnits:
             raise UserError("the validation conversations have no assistant tokens; check chat.roles")
         meta = {"task": "chat", "targets": {"train": train.targets, "val": val.targets},
                 "examples_are": " (conversations or their pieces)"}
+        if self.holding_markers:
+            count, first = sum(self.holding_markers.values()), next(iter(self.holding_markers))
+            meta["holding_markers"] = count
+            report.warnings.append(f"{count} conversations were left out: a message holds the text of one of the tokenizer's "
+                                   f"control tokens ({first!r}), which the chat template would read as a real turn boundary "
+                                   "or end of text; remove it from the data to keep them")
         if self.truncated:
             meta["truncated"] = self.truncated
             report.warnings.append(f"{self.truncated} examples were longer than data.block_size={data.block_size} "

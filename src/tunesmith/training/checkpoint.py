@@ -8,6 +8,7 @@ and loads tensors and plain values only: `torch.load(weights_only=True)` and saf
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 import shutil
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..models.weights import load_trainable_state, trainable_state
 from ..rundir.durable import as_os_error, fresh_partial, fsync_path, replace_dir
 from .distributed import Distributed, is_sharded
+from .state import LoopState
 
 CHECKPOINTS = "checkpoints"
 
@@ -182,7 +184,12 @@ def read_checkpoint(path: Path, rank: int = 0) -> SavedCheckpoint:
     training = _load_plain(path / "training_state.pt")
     if not isinstance(state, dict) or not isinstance(training, dict) or "optimizer" not in training:
         raise DamagedCheckpoint("its state is not what tunesmith writes")
+    problem = LoopState.problem_in(state)
+    if problem:
+        raise DamagedCheckpoint(f"state.json is not what tunesmith writes ({problem})")
     rng = path / f"rng-rank{rank}.pt"
+    if rank == 0 and not rng.is_file():  # every run had a first process; a later rank may be new to the run
+        raise DamagedCheckpoint(f"{rng.name} is missing")
     return SavedCheckpoint(path, state, tensors, training, _load_plain(rng) if rng.is_file() else None)
 
 
@@ -213,19 +220,33 @@ def apply_checkpoint(saved: SavedCheckpoint, model, optimizer, scheduler, scaler
     try:
         load_trainable(model, saved.tensors)
     except ValueError as exc:
-        raise UserError(f"{saved.path} does not fit this model ({exc}); resume with the run's own config.yaml") from None
+        raise UserError(f"{saved.path} does not fit this model ({exc}); resume with the run's own config.yaml, or move that "
+                        "checkpoint aside to resume from the one before") from None
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         set_optimizer_state_dict(model, optimizer, saved.training["optimizer"], options=_full_state_options())
     else:
         optimizer.load_state_dict(saved.training["optimizer"])
+    _check_learning_rates(saved, scheduler)
     scheduler.load_state_dict(saved.training["scheduler"])
     if scaler is not None and saved.training["scaler"] is not None:
         scaler.load_state_dict(saved.training["scaler"])
     if saved.rng is not None:  # absent when resuming with more processes than the run had
         restore_rng_states(saved.rng)
     return saved.state
+
+
+def _check_learning_rates(saved: SavedCheckpoint, scheduler) -> None:
+    """The checkpoint's schedule keeps the rates the run started with: another train.lr (an edited config.yaml) would be
+    silently ignored, so it is refused."""
+    before = saved.training["scheduler"].get("base_lrs") if isinstance(saved.training.get("scheduler"), dict) else None
+    now = list(scheduler.base_lrs)
+    if isinstance(before, list) and len(before) == len(now) and not all(
+            isinstance(b, (int, float)) and math.isclose(b, n, rel_tol=1e-6) for b, n in zip(before, now)):
+        raise UserError(f"--resume: train.lr is {now[0]:g} here but {saved.path} was trained at {before[0]:g}; the "
+                        "checkpoint restores the learning-rate schedule, so a run cannot change it midway: set train.lr "
+                        f"back to {before[0]:g} in the run's config.yaml, or start a new run with another --out")
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..rundir.folder import as_started, check_run_dir
+from ..rundir.folder import as_started, check_apart_from_data, check_run_dir
 from ..rundir.process import ProcessRecord, RunLock
 from ..runtime import Terminated, pick_device, term_as_interrupt
 from ..tasks import task_kind
@@ -92,6 +92,8 @@ def _train(cfg: RunConfig, resume: bool, force: bool, console: Console, context:
 def _train_locked(cfg: RunConfig, resume: bool, force: bool, console: Console, context: Distributed, judge=None) -> dict:
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, force)
+    if not resume:
+        check_apart_from_data(run_dir, [*cfg.data.train_paths, *cfg.data.val])
     saved, damaged = None, []
     if resume:
         if not list_checkpoints(run_dir):

@@ -133,19 +133,19 @@ class Recipe:
             keep_data_report(parts.data_dir, cfg.run_dir)
             if checkpoint is None:  # before the hint below, so that following it finds the run's settings
                 write_config(cfg.run_dir, cfg)
-            else:
-                record_resume(cfg, self.console.print)
             self.console.print(f"run directory: {cfg.run_dir} (continue it after a crash with: tunesmith train --out "
                                f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
             self.checkpointer.restore(checkpoint, state)
+            self.teacher.start(resumed=True)  # a resume refused here leaves the run's files as they were
+            if self.context.is_main:
+                record_resume(cfg, self.console.print)
             self.console.print(f"resumed from {checkpoint.path} at step {state.step}", highlight=False)
         state.validation = parts.validation
         prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []
         self.recorder.open(state.step if checkpoint else None, prompts, task.sample_stops(parts.tokenizer), task.prompts_rendered)
         if checkpoint is not None:
-            self.teacher.start()
             return
         self.teacher.start()
         result = self.evaluator.evaluate(state)

@@ -12,9 +12,9 @@ from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_sett
 
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
-WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method", "distill.teacher", "distill.student",
-                   "distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "grpo.rewards",
-                   "grpo.target_kl")
+WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method", "distill.teacher", "distill.student")
+LOSS_SETTINGS = ("distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "distill.cache", "distill.topk",
+                 "grpo.rewards", "grpo.target_kl")  # the best score so far was measured on the loss they make
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
 SCHEDULE_SETTINGS = ("train.lr",)  # restored with the optimizer and the scheduler: a new value would be silently ignored
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
@@ -38,6 +38,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     start = run_start_dir(run_dir)
     saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
     decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
+    decided += [(key, "what the loss is") for key in LOSS_SETTINGS]
     decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
     decided += [(key, "the learning-rate schedule, which the checkpoint restores") for key in SCHEDULE_SETTINGS]
     for key, what in decided + [(key, "the text the drift is measured on") for key in PROBE_SETTINGS]:

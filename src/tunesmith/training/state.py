@@ -8,6 +8,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 
+_KINDS = {"int": (int,), "float": (int, float), "dict": (dict,), "list": (list,), "str": (str,)}
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -40,6 +43,21 @@ class LoopState:
     rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
     settings: dict = field(default_factory=dict)  # what a resume may not change, as the run started (resume.recorded_settings)
     validation: str = ""  # the fingerprint of the text every evaluation is scored on (data.prepare.validation_fingerprint)
+
+    @staticmethod
+    def problem_in(values: dict) -> str | None:
+        """What in a checkpoint's state.json is not of the type the loop keeps there (a hand-edited or foreign file), or
+        None; the step must be there."""
+        if "step" not in values:
+            return "it holds no step"
+        for known in fields(LoopState):
+            value = values.get(known.name)
+            if known.name not in values or (value is None and "None" in known.type):
+                continue
+            kind = _KINDS.get(known.type.split("[")[0].split(" |")[0])
+            if kind is not None and (not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind)):
+                return f"its {known.name} is {str(value)[:40]!r}"
+        return None if values["step"] >= 0 else "its step is negative"
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError
 from ..evaluation.scoring import evaluate
 from ..rundir.durable import write_atomically
 from ..tasks.loss import Validation
 
 TEACHER_FILE = "teacher.json"
+TEACHER_TOLERANCE = 0.01  # nats: the same weights measured in another precision or on another machine stay within it
 
 
 class TeacherRecord:
@@ -19,15 +21,19 @@ class TeacherRecord:
         self.batch_size, self.max_blocks, self.is_main = batch_size, max_blocks, is_main
         self.measured: dict | None = None
 
-    def start(self) -> None:
-        """The teacher's validation row: measured now (rank 0), or read back on resume."""
+    def start(self, resumed: bool = False) -> None:
+        """The teacher's validation row: measured now (rank 0), or read back on resume. A resumed run whose teacher's files
+        changed (copied, or trained again) measures it again, and is refused where it no longer scores as it did: the
+        student would learn from two teachers."""
         teacher = self.parts.teacher
         if teacher is None or not self.is_main:
             return
         identity = teacher.identity
+        before = None
         try:
             kept = json.loads(self.path.read_text())
-            if kept["identity"] == json.loads(json.dumps(identity)) and "val_loss" in kept["val"]:
+            before = float(kept["val"]["val_loss"])
+            if kept["identity"] == json.loads(json.dumps(identity)):
                 self.measured = kept
                 return
         except (OSError, ValueError, KeyError, TypeError):
@@ -35,6 +41,10 @@ class TeacherRecord:
         parts = self.parts
         result = evaluate(parts.task, teacher.model, parts.val, parts.tokenizer, self.batch_size, parts.device, parts.precision,
                           self.max_blocks, self.log)
+        if resumed and before is not None and abs(result.loss - before) > TEACHER_TOLERANCE:
+            raise UserError(f"--resume: the teacher {teacher.spec} is not the one this run started with (its validation loss "
+                            f"is {result.loss:.4f} here, {before:.4f} in {self.path}); put that teacher back, or start a new "
+                            "run with another --out")
         self.measured = {"teacher": teacher.spec, "identity": identity, "parameters": teacher.parameters,
                          "val": parts.task.eval_row(result)}
         self.log(f"teacher {teacher.spec}: {parts.task.progress_text(result)} on the validation set", highlight=False)

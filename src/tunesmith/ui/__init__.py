@@ -9,6 +9,6 @@ and `app` is the HTTP side with its guard.
 
 from __future__ import annotations
 
-from .app import TOKEN_VARIABLE, check_address, create_app, run_ui
+from .app import TOKEN_VARIABLE, create_app, run_ui
 
-__all__ = ["TOKEN_VARIABLE", "check_address", "create_app", "run_ui"]
+__all__ = ["TOKEN_VARIABLE", "create_app", "run_ui"]

@@ -353,22 +353,10 @@ def _number(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def check_address(host: str, port: int) -> None:
-    """Refuse, in one line, an address this machine cannot listen on, before uvicorn would log its own error."""
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        raise UserError(f"--host {host} --port {port}: {exc.strerror or exc}; pass another --port (or --host)") from None
-
-
 def run_ui(app, host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-__all__ = ["TOKEN_VARIABLE", "check_address", "create_app", "run_ui"]
+__all__ = ["TOKEN_VARIABLE", "create_app", "run_ui"]

@@ -127,6 +127,8 @@ def confine_paths(cfg: RunConfig, folder: RunsFolder) -> RunConfig:
     raw["monitor"]["general_probe"] = paths.probe(cfg.monitor.general_probe)
     if cfg.monitor.drift_from is not None:
         raw["monitor"]["drift_from"] = paths.model(cfg.monitor.drift_from, "monitor.drift_from")
+    if cfg.distill.teacher is not None:
+        raw["distill"]["teacher"] = paths.model(cfg.distill.teacher, "distill.teacher")
     raw["monitor"]["mlflow_uri"] = paths.tracking(cfg.monitor.mlflow_uri)
     raw["monitor"]["benchmarks"] = paths.benchmarks(cfg.monitor.benchmarks)
     raw["model"]["trust_remote_code"] = paths.remote_code(cfg.model.trust_remote_code)

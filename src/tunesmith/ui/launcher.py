@@ -64,8 +64,9 @@ class Draft:
 
     @classmethod
     def from_form(cls, values: dict[str, str]) -> "Draft":
-        name = str(values.get("run_name", "")).strip()
+        name = str(values.get("run_name") or "").strip()
         defaults = {key.key: key.default_text for key in form_keys()}
+        values = {key: "" if text is None else text for key, text in values.items()}  # a JSON null is a field left blank
         changed = {key: _parsed(key, str(text)) for key, text in values.items()
                    if key in defaults and str(text).strip() != defaults[key]}
         return cls(name, changed)

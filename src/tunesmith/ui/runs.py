@@ -305,7 +305,7 @@ class RunsFolder:
 
     def log_tail(self, name: str, limit: int = 8000) -> str:
         path = self.own(self.run_dir(name), CONSOLE_LOG)
-        if path is None:
+        if path is None or not path.is_file():  # a FIFO would hold the request's thread for good
             return ""
         try:
             with path.open("rb") as handle:
