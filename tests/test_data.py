@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,10 +315,25 @@ def test_links_that_loop_are_followed_once_and_special_files_are_named(tmp_path,
     assert expand_paths([str(tmp_path / "loop" / "**" / "*")], "data.train") == [tmp_path / "loop" / "d.jsonl"]
     assert expand_paths([str(tmp_path / "loop"), str(tmp_path / "loop" / "self" / "d.jsonl")], "data.train") == \
         [tmp_path / "loop" / "d.jsonl"]
+    (tmp_path / "loop" / ".hidden").mkdir()
+    write_jsonl(tmp_path / "loop" / ".hidden" / "h.jsonl", make_corpus(5))  # as glob.glob reads globs: hidden only when named
+    (tmp_path / "loop" / ".DS_Store").write_text("")
+    matched = {pattern: expand_paths([str(tmp_path / "loop" / pattern)], "data.train")
+               for pattern in ("**", "**.jsonl", "d**", "*", "**/*.jsonl", ".hidden/*")}
+    assert matched == {**dict.fromkeys(("**", "**.jsonl", "d**", "*", "**/*.jsonl"), [tmp_path / "loop" / "d.jsonl"]),
+                       ".hidden/*": [tmp_path / "loop" / ".hidden" / "h.jsonl"]}
     os.mkfifo(tmp_path / "fifo.jsonl")
     for special in (tmp_path / "fifo.jsonl", "/dev/zero"):
         with pytest.raises(UserError, match="is not a regular file"):
             expand_paths([str(special)], "data.train")
+
+
+def test_a_full_disk_while_writing_tokens_names_the_file():
+    from tunesmith.data.tokens import write_array
+
+    with open("/dev/full", "wb") as handle, pytest.raises(OSError) as failed:
+        write_array(handle, np.zeros(1 << 20, dtype=np.uint16), Path("/cache/train.bin"))
+    assert failed.value.filename == "/cache/train.bin" and failed.value.errno == 28
 
 
 def test_a_special_tokens_text_in_a_document_is_text(tmp_path, prep, tokenizer):
@@ -398,6 +414,8 @@ def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, pr
     path.write_text('label, text\n1, "hello, there"\n0,  bye now\n')  # hand-typed: a space after each comma
     assert [r.value for r in read_records(path, False, DecodeStats())] == [{"label": "1", "text": "hello, there"},
                                                                           {"label": "0", "text": "bye now"}]
+    path.write_text('"name, full",text\n"Ann Lee",  an indented quote\n')  # a machine-written header, its cells as they are
+    assert list(read_records(path, False, DecodeStats()))[0].value["text"] == "  an indented quote"
     tsv = tmp_path / "d.tsv"
     tsv.write_text('label\ttext\n1\t    indented code\n')  # a tab-separated cell keeps its leading spaces
     assert list(read_records(tsv, False, DecodeStats()))[0].value["text"] == "    indented code"
@@ -416,6 +434,8 @@ def test_csv_that_a_spreadsheet_would_misread_is_named_with_its_fix(tmp_path, pr
     whole.write_bytes(b'[{"text": "a record"},\r{"text": "another"}]\r')  # read whole: its line endings do not matter
     check_text_file(whole)
     assert len(list(read_records(whole, False, DecodeStats()))) == 2
+    path.write_text('"name, full",text\n"Ann Lee",  an indented quote\n')  # a machine-written header, its cells as they are
+    assert list(read_records(path, False, DecodeStats()))[0].value["text"] == "  an indented quote"
     tsv = tmp_path / "d.tsv"
     tsv.write_text('text\tlabel\n"Hello," she said.\t1\n"a fine row of text"\t0\n')
     with pytest.raises(UserError, match=r"d.tsv:2: malformed row \(text follows .*: in TSV a cell that begins with a quote"):

@@ -140,6 +140,10 @@ def test_memory_near_the_limit_and_room_for_a_larger_batch():
     roomy = next(f for f in diagnose(rows, RunFacts(micro_batch_size=4, memory_before_training_mb=2_000, device_memory_mb=80_000))
                  if f.kind == "memory")
     assert roomy.severity == "info" and roomy.evidence["micro_batch_that_fits"] == int((0.85 * 80_000 - 2_000) // 1_400)
+    accumulating = RunFacts(micro_batch_size=4, grad_accum=8, memory_before_training_mb=2_000, device_memory_mb=80_000)
+    assert next(f for f in diagnose(rows, accumulating) if f.kind == "memory").advice[0].value == 32  # the batch, not past it
+    whole_batch = RunFacts(micro_batch_size=4, grad_accum=1, memory_before_training_mb=2_000, device_memory_mb=80_000)
+    assert not [f for f in diagnose(rows, whole_batch) if f.kind == "memory"]  # a larger micro-batch would be a larger batch
 
 
 def test_memory_figures_damaged_in_a_runs_files_say_nothing_rather_than_crash():

@@ -184,6 +184,25 @@ def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_pat
     assert "no validation text to generate against" in capsys.readouterr().err
 
 
+def test_a_second_generate_into_the_same_output_is_refused_and_other_settings_say_what_they_drop(tiny_llama, tmp_path, capsys):
+    """Two processes would share one journal, and the second would lose its work at the end."""
+    import fcntl
+
+    source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.progress.jsonl"
+    args = ["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--max-new-tokens", "2"]
+    with journal.open("a") as held:  # as a live generate holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "another generate is writing it now" in err
+    journal.write_text(json.dumps({"identity": "another run"}) + "\n" + json.dumps({"row": 0, "completions": []}) + "\n")
+    assert main(args) == 0
+    assert "1 rows of an interrupted run with another model, input or settings; they are dropped" in capsys.readouterr().out
+    assert not journal.exists()
+
+
 def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama, tmp_path, monkeypatch, capsys):
     """Stopped after two rows (Ctrl-C, or a kill), a rerun skips them and ends with the uninterrupted run's output."""
     source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)

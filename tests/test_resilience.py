@@ -12,7 +12,7 @@ from tunesmith import train
 from tunesmith.errors import UserError
 from tunesmith.training.checkpoint import list_checkpoints
 
-from helpers import losses, run_config
+from helpers import cut_run, losses, run_config
 
 
 
@@ -57,6 +57,12 @@ def test_bad_steps_in_a_row_roll_back_with_half_the_learning_rate(tiny_gpt2, cor
     train(run_config(tiny_gpt2, corpus_file, plain, max_steps=10, eval_every=4, warmup_steps=0))
     reference = {r["step"]: r["lr"] for r in rows(plain) if "lr" in r}
     assert before[5] == pytest.approx(reference[5] / 2) and before[3] == pytest.approx(reference[3])
+    from tunesmith.training import train_run
+
+    cut = cut_run(tmp_path / "run", tmp_path / "cut", last_step=8)  # its schedule holds the halved rate
+    resumed = train_run(run_config(tiny_gpt2, corpus_file, cut, max_steps=10, eval_every=4, max_bad_steps=3, warmup_steps=0),
+                        resume=True)
+    assert resumed["steps"] == 10 and resumed["rollbacks"] == 1
 
 
 def test_a_run_that_keeps_diverging_stops_after_its_roll_backs(tiny_gpt2, corpus_file, tmp_path, monkeypatch):

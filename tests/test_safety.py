@@ -82,8 +82,8 @@ def test_out_overlapping_the_data_folder_is_refused_even_when_forced(tiny_gpt2, 
     data = tmp_path / "notes"
     data.mkdir()
     write_jsonl(data / "corpus.jsonl", make_corpus(40))
-    for out in (data, data / "run"):
-        assert main(["train", *cli_args(tiny_gpt2, data, "--max-steps", "2", "--out", str(out), "--force")]) == 2
+    for given, out in ((data, data), (data, data / "run"), (data / "**" / "*.jsonl", data / "run")):
+        assert main(["train", *cli_args(tiny_gpt2, given, "--max-steps", "2", "--out", str(out), "--force")]) == 2
         one_error_line(capsys, "and the data", "overlap", "pick an --out outside the data")
     assert sorted(p.name for p in data.iterdir()) == ["corpus.jsonl"]
 
@@ -228,7 +228,7 @@ def test_an_edited_learning_rate_in_the_runs_config_is_refused(finished_run, tmp
     lr = re.search(r"\n  lr: (\S+)\n", text).group(1)
     saved.write_text(text.replace(f"\n  lr: {lr}\n", "\n  lr: 0.5\n"))
     assert main(resume_args(cut)) == 2
-    one_error_line(capsys, "train.lr is 0.5 here but", "was trained at", "in the run's config.yaml")
+    one_error_line(capsys, "train.lr is 0.5 here but the run that saved", f"started at {float(lr):g}", "in the run's config.yaml")
 
 
 def test_with_every_checkpoint_damaged_resume_is_one_line(finished_run, tmp_path, capsys):

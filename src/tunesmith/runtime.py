@@ -1,5 +1,6 @@
 """The ground floor every side stands on: the device, the numeric precision and its autocast context, the device's
-speed, out-of-memory detection, SIGTERM as an interrupt, and the address a server listens on. It imports no other part of tunesmith but its errors."""
+speed, out-of-memory detection, SIGTERM as an interrupt, and the address a server listens on. It imports no other part
+of tunesmith but its errors."""
 
 from __future__ import annotations
 

@@ -129,6 +129,7 @@ def _run_export(args) -> int:
 
 
 def _run_serve(args) -> int:
+    from ..decoding.rules import N_MAX
     from ..runtime import check_address
     from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
 
@@ -136,7 +137,9 @@ def _run_serve(args) -> int:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: every request would be refused; pass 1 or more")
     if not math.isfinite(args.request_timeout) or args.request_timeout <= 0:
-        raise UserError(f"--request-timeout {args.request_timeout}: every request would time out; pass a number of seconds above 0")
+        raise UserError(f"--request-timeout {args.request_timeout}: pass a finite number of seconds above 0")
+    if args.max_n > N_MAX:
+        raise UserError(f"--max-n {args.max_n}: a request may ask for at most {N_MAX:,} choices; pass at most that")
     if args.max_batch < args.max_n:
         raise UserError(f"--max-batch {args.max_batch} is below --max-n {args.max_n}: a request's choices must fit one batch")
     check_address(args.host, args.port)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..batch import IGNORE, Batch
+from .tokens import write_array
 
 class ExampleWriter:
     """Streams examples to `<split>.bin` (tokens) and `<split>.mask.bin` (1 where the loss falls); offsets and classes at close.
@@ -42,8 +43,8 @@ class ExampleWriter:
         self.unit_starts.append(len(self.ends))
 
     def write(self, ids: np.ndarray, mask: np.ndarray, label: int = -1) -> None:
-        np.asarray(ids).astype(self.dtype).tofile(self.ids_handle)
-        np.asarray(mask, dtype=np.uint8).tofile(self.mask_handle)
+        write_array(self.ids_handle, np.asarray(ids).astype(self.dtype), self.ids_path)
+        write_array(self.mask_handle, np.asarray(mask, dtype=np.uint8), self.mask_path)
         self.tokens += len(ids)
         self.ends.append(self.tokens)
         self.classes.append(label)

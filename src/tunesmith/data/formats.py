@@ -262,8 +262,7 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
         ahead.append(line)
         if line.strip():
             break
-    # a header typed with a space after each comma (`label, text`) marks a hand-typed CSV, whose `1, "a, b"` is two cells
-    spaced = delimiter == "," and bool(ahead) and ", " in ahead[-1]
+    spaced = delimiter == "," and bool(ahead) and _typed_by_hand(ahead[-1])
     reader = csv.reader(itertools.chain(ahead, source), delimiter=delimiter, strict=True, skipinitialspace=spaced)
     header: list[str] = []
     try:
@@ -305,6 +304,16 @@ def read_delimited(path: Path, delimiter: str, stats: DecodeStats, max_bytes: in
             yield RowError(f"{path}:{begins}: {len(row)} fields where the header has {len(header)}; check quoting")
             continue
         yield Record(str(path), begins, dict(zip(header, row)))
+
+
+def _typed_by_hand(header_line: str) -> bool:
+    """A header with a space after each of its commas (`label, text`) marks a hand-typed CSV, whose `1, "a, b"` is two
+    cells; a quoted name holding a comma and a space (`"name, full",text`) is not that."""
+    try:
+        cells = next(csv.reader([header_line]))
+    except (csv.Error, StopIteration):
+        return False
+    return len(cells) > 1 and all(cell.startswith(" ") for cell in cells[1:])
 
 
 def _named(header: list[str]) -> list[str]:

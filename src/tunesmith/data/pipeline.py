@@ -17,6 +17,7 @@ from .clean import transforms
 from .dedup import NearDuplicateIndex
 from .report import DataReport
 from .split import hash_bucket
+from .tokens import write_array
 
 BATCH_DOCUMENTS = 1024
 
@@ -137,7 +138,7 @@ class TokenWriter:
 
     def flush(self) -> None:
         if self.buffer:
-            np.concatenate(self.buffer).astype(self.dtype).tofile(self.handle)
+            write_array(self.handle, np.concatenate(self.buffer).astype(self.dtype), self.path)
             self.buffer, self.buffered = [], 0
 
     def start_unit(self) -> None:

@@ -58,14 +58,19 @@ def expand_paths(patterns: list[str], key: str, confine_to: Path | None = None) 
 
 
 def _glob(pattern: Path) -> list[Path]:
-    """The files a glob matches, `**` included. pathlib's glob does not descend into linked folders, where glob.glob
-    would: a link to a parent folder would make it match without end."""
-    parts = pattern.parts
-    first = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    if first == len(parts):
-        return []
-    base = Path(*parts[:first]) if first else Path(".")
-    return sorted(p for p in base.glob(str(Path(*parts[first:]))) if p.is_file())
+    """The files a glob matches, as glob.glob matches them (hidden files only where the pattern names a dot). A `**`
+    walks with pathlib, which does not descend into linked folders where glob.glob would: a link to a parent folder
+    would make it match without end."""
+    if "**" not in str(pattern):
+        return sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
+    parts = [part if part == "**" else part.replace("**", "*") for part in pattern.parts]  # `a**b` is `a*b`, as glob.glob reads it
+    if parts[-1] == "**":
+        parts.append("*")  # `notes/**`: every file below
+    first = next(index for index, part in enumerate(parts) if glob.has_magic(part))
+    base, rest = (Path(*parts[:first]) if first else Path(".")), parts[first:]
+    dotted = any(part.startswith(".") for part in rest)
+    return sorted(p for p in base.glob(str(Path(*rest)))
+                  if p.is_file() and (dotted or not any(q.startswith(".") for q in p.relative_to(base).parts)))
 
 
 def lookup(record: Any, dotted: str) -> Any:

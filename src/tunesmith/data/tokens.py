@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -18,3 +19,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256(body.encode("utf-8"))
     digest.update(f"eos={tokenizer.eos_token_id};len={len(tokenizer)}".encode())
     return digest.hexdigest()[:16]
+
+
+def write_array(handle, values: np.ndarray, path: Path) -> None:
+    """`values` appended to `handle` as raw bytes; a failed write (a full disk) names the file, which numpy's tofile
+    does not ("1048662 requested and 0 written")."""
+    try:
+        handle.write(values.tobytes())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+

@@ -41,6 +41,7 @@ class RunFacts:
     val_tokens: int | None = None
     val_loss_std: float | None = None
     micro_batch_size: int | None = None
+    grad_accum: int | None = None  # micro-batches per step: a larger micro-batch keeps the batch only up to their product
     memory_before_training_mb: float | None = None
     device_memory_mb: float | None = None
     preference_beta: float | None = None  # the preference settings, which the preference findings advise on

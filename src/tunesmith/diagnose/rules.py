@@ -194,10 +194,12 @@ def memory(history: list[dict], facts: RunFacts) -> Finding | None:
                        "close to running out", evidence,
                        [Advice("train.micro_batch_size", max(1, fits), "a micro-batch that leaves headroom (raise train.grad_accum to keep the batch)"),
                         Advice("model.gradient_checkpointing", True, "recompute activations instead of storing them")])
-    if fits >= 2 * micro:
-        return Finding("memory", "info", f"peak memory {peak:,.0f} MB of {total:,.0f} MB: a micro-batch of about {fits} would fit "
+    batch = micro * facts.grad_accum if isinstance(facts.grad_accum, int) and facts.grad_accum > 0 else None
+    larger = min(fits, batch) if batch else fits  # past the batch, a larger micro-batch would change what a step learns from
+    if larger >= 2 * micro:
+        return Finding("memory", "info", f"peak memory {peak:,.0f} MB of {total:,.0f} MB: a micro-batch of about {larger} would fit "
                        f"(now {micro}), for more tokens per second", evidence,
-                       [Advice("train.micro_batch_size", fits, "use the memory that is there (lower train.grad_accum to keep the batch)")])
+                       [Advice("train.micro_batch_size", larger, "use the memory that is there (lower train.grad_accum to keep the batch)")])
     return None
 
 
@@ -291,6 +293,7 @@ def run_facts(run_dir: Path) -> RunFacts:
         val_tokens=figure(summary.get("val_tokens")),
         val_loss_std=figure(summary.get("val_loss_std")),
         micro_batch_size=figure(summary.get("micro_batch_size")),
+        grad_accum=figure(train_cfg.get("grad_accum")),
         memory_before_training_mb=figure(summary.get("memory_before_training_mb")),
         device_memory_mb=figure(summary.get("device_memory_mb")),
         preference_beta=figure(preference.get("beta")),

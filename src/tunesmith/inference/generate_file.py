@@ -42,17 +42,35 @@ class Journal:
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         self.handle = None
 
-    def finished(self) -> dict[int, list[Completion]]:
-        """The rows an earlier run with the same identity finished; none when there is no journal or it is another run's."""
+    def take(self, output_path: Path) -> None:
+        """Hold the journal for this process (an OS lock, dropped however it ends): a second `generate` into the same
+        --output is refused before it reads or truncates anything."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # as write_rows makes the output's folder
+        self.handle = self.path.open("a", encoding="utf-8")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise UserError(f"--output {output_path}: another generate is writing it now ({self.path} is in use); "
+                            "wait for it, or name another --output") from None
+
+    def finished(self, log) -> dict[int, list[Completion]]:
+        """The rows an earlier run with the same identity finished; none when there is no journal or it is another run's
+        (whose rows are then said to be dropped)."""
         lines, _ = read_json_lines(self.path)  # a line torn by a kill is left out, and its row runs again
+        if lines and lines[0].get("identity") != self.identity and len(lines) > 1:
+            log(f"{self.path}: {len(lines) - 1} rows of an interrupted run with another model, input or settings; "
+                "they are dropped and this run starts over")
         if not lines or lines[0].get("identity") != self.identity:
             return {}
         return {line["row"]: [Completion(**c) for c in line["completions"]] for line in lines[1:] if "row" in line}
 
     def open(self, resuming: bool) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # as write_rows makes the output's folder
-        self.handle = self.path.open("a" if resuming else "w", encoding="utf-8")
         if not resuming:
+            self.handle.seek(0)
+            self.handle.truncate()
             self.handle.write(json.dumps({"identity": self.identity}) + "\n")
             self.handle.flush()
 
@@ -61,8 +79,13 @@ class Journal:
         self.handle.flush()
 
     def remove(self) -> None:
-        self.handle.close()
         self.path.unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -148,35 +171,39 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
                                     "prompt_field": prompt_field, "settings": asdict(options)})
     missing = [Completion(finish_reason="error", error=f"the row has no '{prompt_field}' field") for _ in range(options.n)]
     results: list[list[Completion] | None] = [None if prompt is not None else missing for prompt in prompts]
-    resumed = journal.finished()
-    for row, completions in resumed.items():
-        results[row] = completions
-    todo = [row for row, result in enumerate(results) if result is None]
-    encoded = [encode_prompt(tokenizer, prompts[row], options.chat) for row in todo]
-    journal.open(resuming=bool(resumed))
-    started = time.perf_counter()
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress,
-                  console=Console(stderr=True), transient=True) as progress:
-        bar = progress.add_task("rows", total=len(todo))
+    journal.take(output_path)
+    try:
+        resumed = journal.finished(log)
+        for row, completions in resumed.items():
+            results[row] = completions
+        todo = [row for row, result in enumerate(results) if result is None]
+        encoded = [encode_prompt(tokenizer, prompts[row], options.chat) for row in todo]
+        journal.open(resuming=bool(resumed))
+        started = time.perf_counter()
+        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress,
+                      console=Console(stderr=True), transient=True) as progress:
+            bar = progress.add_task("rows", total=len(todo))
 
-        def finished(position: int, completions: list[Completion]) -> None:
-            journal.add(todo[position], completions)
-            progress.advance(bar)
+            def finished(position: int, completions: list[Completion]) -> None:
+                journal.add(todo[position], completions)
+                progress.advance(bar)
 
-        done = generate_many(model, tokenizer, encoded, options, default_stop_ids(model, tokenizer, options.chat), max_batch,
-                             on_done=finished, keys=todo)
-    seconds = time.perf_counter() - started
-    for row, completions in zip(todo, done):
-        results[row] = completions
-    out = _output_rows(rows, results)
-    metrics = _score(out, reference_field) if reference_field else {}
-    tokens = sum(row["tokens"] for row in out)
-    new_tokens = sum(c.tokens for completions in done for c in completions)
-    summary = {"input": str(input_path), "output": str(output_path), "rows": len(rows), "resumed_rows": len(resumed), "samples": len(out),
-               "finish_reasons": dict(Counter(row["finish_reason"] for row in out)), "generated_tokens": tokens,
-               "seconds": round(seconds, 2), "tokens_per_second": round(new_tokens / seconds, 1) if seconds else None,
-               "metrics": metrics, "reference_field": reference_field, "settings": asdict(options)}
-    write_rows(output_path, out)
-    write_atomically(summary_path(output_path), json.dumps(summary, indent=2) + "\n")
-    journal.remove()
+            done = generate_many(model, tokenizer, encoded, options, default_stop_ids(model, tokenizer, options.chat), max_batch,
+                                 on_done=finished, keys=todo)
+        seconds = time.perf_counter() - started
+        for row, completions in zip(todo, done):
+            results[row] = completions
+        out = _output_rows(rows, results)
+        metrics = _score(out, reference_field) if reference_field else {}
+        tokens = sum(row["tokens"] for row in out)
+        new_tokens = sum(c.tokens for completions in done for c in completions)
+        summary = {"input": str(input_path), "output": str(output_path), "rows": len(rows), "resumed_rows": len(resumed), "samples": len(out),
+                   "finish_reasons": dict(Counter(row["finish_reason"] for row in out)), "generated_tokens": tokens,
+                   "seconds": round(seconds, 2), "tokens_per_second": round(new_tokens / seconds, 1) if seconds else None,
+                   "metrics": metrics, "reference_field": reference_field, "settings": asdict(options)}
+        write_rows(output_path, out)
+        write_atomically(summary_path(output_path), json.dumps(summary, indent=2) + "\n")
+        journal.remove()
+    finally:
+        journal.close()  # an interrupted run keeps its journal for the next
     return summary

@@ -64,8 +64,12 @@ def check_apart_from_data(run_dir: Path, data_paths: list[str]) -> None:
 
     run = run_dir.expanduser().resolve()
     for given in data_paths:
-        path = Path(os.path.expanduser(given))
-        if glob.has_magic(given) or not path.exists():
+        parts = Path(os.path.expanduser(given)).parts
+        plain = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+        if plain < len(parts) and "**" not in given:
+            continue  # a glob of one level reads no run folder's files
+        path = Path(*parts[:plain]) if plain else Path(".")  # a `**` glob's folder: what it reads lies anywhere under it
+        if not path.exists():
             continue
         data = path.resolve()
         if data == run or data in run.parents or run in data.parents:
@@ -287,6 +291,11 @@ def as_started(cfg: RunConfig) -> RunConfig:
     return RunConfig.model_validate(resolved)
 
 
+# what one command says about this machine or this command's trust, not about the run: a resume does not write them down
+PER_COMMAND = ("model.trust_remote_code", "train.device", "train.precision", "train.compile", "train.memory_check",
+               "train.peak_tflops", "train.distributed", "train.eval_batch_size")
+
+
 def record_resumed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
     """Write into the run's config.yaml the settings a resume changed (`--max-steps`, `--epochs`, ...; those that may
     not change were refused before), so that a later resume, the report and the page go on with them; every other value
@@ -299,12 +308,12 @@ def record_resumed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
     if not (run_dir / CONFIG_FILE).is_file():
         return []
     saved = check_saved_config(run_dir, "--resume").model_dump(mode="json")
-    start = run_start_dir(run_dir)
-    before = resolve_run_paths(saved, start) if start else saved
+    before = saved_as_started(run_dir, saved)
     now = cfg.model_dump(mode="json")
     leaves = [(section, key) for section, values in now.items() if section != "output"
               for key in (values if isinstance(values, dict) else [None])]  # `task` is a setting of its own
-    changed = [(section, key) for section, key in leaves if _leaf(before, section, key) != _leaf(now, section, key)]
+    changed = [(section, key) for section, key in leaves if _leaf(before, section, key) != _leaf(now, section, key)
+               and f"{section}.{key}" not in PER_COMMAND]
     for section, key in changed:
         if key is None:
             saved[section] = now[section]
@@ -313,6 +322,12 @@ def record_resumed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
     if changed:
         write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False))
     return [section if key is None else f"{section}.{key}" for section, key in changed]
+
+
+def saved_as_started(run_dir: Path, saved: dict) -> dict:
+    """A run's saved settings with their relative paths read from where the run was started, as a resume reads its own."""
+    start = run_start_dir(run_dir)
+    return resolve_run_paths(saved, start) if start else saved
 
 
 def _leaf(settings: dict, section: str, key: str | None):

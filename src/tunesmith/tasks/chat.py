@@ -29,10 +29,13 @@ CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 def control_texts(tokenizer) -> list[str]:
-    """The texts of the tokenizer's special tokens (`<|im_start|>`, `<|endoftext|>`), longest first."""
+    """The special tokens' texts that shape a conversation, longest first: those the chat template writes (`<|im_start|>`),
+    and the start and end of text. Others (`<filename>` in a code model's vocabulary) are left to mean what they say."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    texts = {token.content for token in added.values() if getattr(token, "special", False)} | set(tokenizer.all_special_tokens)
-    return sorted((text for text in texts if text), key=len, reverse=True)
+    specials = {token.content for token in added.values() if getattr(token, "special", False)} | set(tokenizer.all_special_tokens)
+    written = render(tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}])
+    used = {text for text in specials if text and text in written} | {tokenizer.eos_token, tokenizer.bos_token}
+    return sorted((text for text in used if text), key=len, reverse=True)
 
 
 def ensure_chat_template(tokenizer) -> bool:
@@ -207,6 +210,7 @@ class ChatUnits:
             held = next((m for m in markers for message in unit.value if m in message["content"]), None)
             if held is not None:  # the template would read it as a real turn boundary or end of text
                 self.holding_markers[held] = self.holding_markers.get(held, 0) + 1
+                report.remove("control_token_text", unit.key)
                 continue
             pieces = []
             for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size, self.cfg.chat.train_on_prompt):
@@ -219,7 +223,10 @@ class ChatUnits:
     def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
         check_both_sides(train, val, "examples (conversation pieces)", eval_only)
         if not val.targets:
-            raise UserError("the validation conversations have no assistant tokens; check chat.roles")
+            held = sum(self.holding_markers.values())
+            raise UserError("the validation conversations have no assistant tokens; " + (
+                f"{held} conversations were left out for holding a control token's text, see data_report.json" if held else
+                "check chat.roles"))
         meta = {"task": "chat", "targets": {"train": train.targets, "val": val.targets},
                 "examples_are": " (conversations or their pieces)"}
         if self.holding_markers:

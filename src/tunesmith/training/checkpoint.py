@@ -187,9 +187,9 @@ def read_checkpoint(path: Path, rank: int = 0) -> SavedCheckpoint:
     problem = LoopState.problem_in(state)
     if problem:
         raise DamagedCheckpoint(f"state.json is not what tunesmith writes ({problem})")
+    if not (path / "rng-rank0.pt").is_file():  # every run had a first process (a later rank may be new to the run); every
+        raise DamagedCheckpoint("rng-rank0.pt is missing")  # rank looks at the same file, so all fall back to the same checkpoint
     rng = path / f"rng-rank{rank}.pt"
-    if rank == 0 and not rng.is_file():  # every run had a first process; a later rank may be new to the run
-        raise DamagedCheckpoint(f"{rng.name} is missing")
     return SavedCheckpoint(path, state, tensors, training, _load_plain(rng) if rng.is_file() else None)
 
 
@@ -228,7 +228,6 @@ def apply_checkpoint(saved: SavedCheckpoint, model, optimizer, scheduler, scaler
         set_optimizer_state_dict(model, optimizer, saved.training["optimizer"], options=_full_state_options())
     else:
         optimizer.load_state_dict(saved.training["optimizer"])
-    _check_learning_rates(saved, scheduler)
     scheduler.load_state_dict(saved.training["scheduler"])
     if scaler is not None and saved.training["scaler"] is not None:
         scaler.load_state_dict(saved.training["scaler"])
@@ -237,16 +236,19 @@ def apply_checkpoint(saved: SavedCheckpoint, model, optimizer, scheduler, scaler
     return saved.state
 
 
-def _check_learning_rates(saved: SavedCheckpoint, scheduler) -> None:
-    """The checkpoint's schedule keeps the rates the run started with: another train.lr (an edited config.yaml) would be
-    silently ignored, so it is refused."""
+def check_learning_rates(saved: SavedCheckpoint, scheduler) -> None:
+    """On resume: the checkpoint's schedule keeps the rates the run started with (halved once per roll-back), so another
+    train.lr (an edited config.yaml) would be silently ignored; it is refused."""
     before = saved.training["scheduler"].get("base_lrs") if isinstance(saved.training.get("scheduler"), dict) else None
     now = list(scheduler.base_lrs)
-    if isinstance(before, list) and len(before) == len(now) and not all(
-            isinstance(b, (int, float)) and math.isclose(b, n, rel_tol=1e-6) for b, n in zip(before, now)):
-        raise UserError(f"--resume: train.lr is {now[0]:g} here but {saved.path} was trained at {before[0]:g}; the "
-                        "checkpoint restores the learning-rate schedule, so a run cannot change it midway: set train.lr "
-                        f"back to {before[0]:g} in the run's config.yaml, or start a new run with another --out")
+    halvings = range(int(saved.state.get("rollbacks") or 0) + 1)
+    if isinstance(before, list) and len(before) == len(now) and not any(
+            all(isinstance(b, (int, float)) and math.isclose(b, n * 0.5**k, rel_tol=1e-6) for b, n in zip(before, now))
+            for k in halvings):
+        started = before[0] * 2 ** (len(halvings) - 1)
+        raise UserError(f"--resume: train.lr is {now[0]:g} here but the run that saved {saved.path} started at {started:g}; "
+                        "the checkpoint restores the learning-rate schedule, so a run cannot change it midway: set train.lr "
+                        f"back to {started:g} in the run's config.yaml, or start a new run with another --out")
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

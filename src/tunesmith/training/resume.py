@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import MonitorConfig, RunConfig
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_settings, resolve_run_paths, run_start_dir
+from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_settings, resolve_run_paths, saved_as_started
 
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
@@ -34,9 +34,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
     # an empty file is refused too: resuming would run on defaults the run never had; values compare as validated ('0.5' is 0.5)
-    saved = check_saved_config(run_dir, "--resume").model_dump(mode="json")
-    start = run_start_dir(run_dir)
-    saved = resolve_run_paths(saved, start) if start else saved  # as the resumed config's own paths were
+    saved = saved_as_started(run_dir, check_saved_config(run_dir, "--resume").model_dump(mode="json"))
     decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
     decided += [(key, "what the loss is") for key in LOSS_SETTINGS]
     decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
@@ -91,7 +89,7 @@ def check_validation_text(recorded, now: str, checkpoint: Path) -> None:
     if isinstance(recorded, str) and recorded.split(":")[0] == now.split(":")[0] and recorded != now:
         raise UserError(f"--resume: the validation text is not the one {checkpoint} was scored on (a setting that shapes it, "
                         "such as data.*, clean.*, chat.*, the block size or train.eval_max_blocks, or a data file, changed since "
-                        "the run started), so its evaluations and best step would not compare with new ones: set them back as "
+                        "the run started, or a newer tunesmith reads the data differently), so its evaluations and best step would not compare with new ones: set them back as "
                         "the run's config.yaml has them, or start a new run with another --out")
 
 

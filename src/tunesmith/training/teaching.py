@@ -12,7 +12,7 @@ from ..rundir.durable import write_atomically
 from ..tasks.loss import Validation
 
 TEACHER_FILE = "teacher.json"
-TEACHER_TOLERANCE = 0.01  # nats: the same weights measured in another precision or on another machine stay within it
+TEACHER_TOLERANCE = 0.05  # nats: the same weights measured in another precision (bf16, fp32) or on another machine stay within it
 
 
 class TeacherRecord:
