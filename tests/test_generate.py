@@ -184,7 +184,7 @@ def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_pat
     assert "no validation text to generate against" in capsys.readouterr().err
 
 
-def test_a_second_generate_into_the_same_output_is_refused_and_other_settings_say_what_they_drop(tiny_llama, tmp_path, capsys):
+def test_a_second_generate_into_the_same_output_and_a_journal_not_its_own_are_refused(tiny_llama, tmp_path, capsys):
     """Two processes would share one journal, and the second would lose its work at the end."""
     import fcntl
 
@@ -198,9 +198,18 @@ def test_a_second_generate_into_the_same_output_is_refused_and_other_settings_sa
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "another generate is writing it now" in err
     journal.write_text(json.dumps({"identity": "another run"}) + "\n" + json.dumps({"row": 0, "completions": []}) + "\n")
-    assert main(args) == 0
-    assert "1 rows of an interrupted run with another model, input or settings; they are dropped" in capsys.readouterr().out
-    assert not journal.exists()
+    assert main(args) == 2  # a changed flag must not drop what an interrupted run finished
+    assert "holds 1 rows of an interrupted generate with another model" in capsys.readouterr().err
+    for other in ("my own notes\n", None):
+        journal.unlink()
+        if other is None:
+            (tmp_path / "mine.txt").write_text("mine\n")
+            journal.symlink_to(tmp_path / "mine.txt")
+        else:
+            journal.write_text(other)
+        assert main(args) == 2
+        assert "not a generate journal" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "mine\n"
 
 
 def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama, tmp_path, monkeypatch, capsys):
@@ -227,8 +236,11 @@ def test_an_interrupted_file_run_resumes_and_draws_what_it_would_have(tiny_llama
     assert main([*args, "--output", str(out)]) == 0
     assert "resumed: 2 rows" in capsys.readouterr().out
     assert read_jsonl(out) == read_jsonl(tmp_path / "whole.jsonl") and not journal.exists()
-    other = tmp_path / "fresh.jsonl.progress.jsonl"  # another run's journal (other settings) is not resumed
+    other = tmp_path / "fresh.jsonl.progress.jsonl"  # another run's journal (other settings) is not resumed, nor dropped
     other.write_text(json.dumps({"identity": "another run"}) + "\n" + json.dumps({"row": 0, "completions": []}) + "\n")
+    assert main([*args, "--output", str(tmp_path / "fresh.jsonl")]) == 2
+    assert "delete the file to start over" in capsys.readouterr().err
+    other.unlink()
     assert main([*args, "--output", str(tmp_path / "fresh.jsonl")]) == 0
     assert "resumed" not in capsys.readouterr().out
     assert read_jsonl(tmp_path / "fresh.jsonl") == read_jsonl(tmp_path / "whole.jsonl")

@@ -82,10 +82,15 @@ def test_out_overlapping_the_data_folder_is_refused_even_when_forced(tiny_gpt2, 
     data = tmp_path / "notes"
     data.mkdir()
     write_jsonl(data / "corpus.jsonl", make_corpus(40))
-    for given, out in ((data, data), (data, data / "run"), (data / "**" / "*.jsonl", data / "run")):
+    for given, out in ((data, data), (data, data / "run"), (data / "**" / "*.jsonl", data / "run"),
+                       (data / "*" / "*.jsonl", data / "run"), (data / "*.jsonl", data)):
         assert main(["train", *cli_args(tiny_gpt2, given, "--max-steps", "2", "--out", str(out), "--force")]) == 2
         one_error_line(capsys, "and the data", "overlap", "pick an --out outside the data")
     assert sorted(p.name for p in data.iterdir()) == ["corpus.jsonl"]
+    from tunesmith.rundir.folder import check_apart_from_data
+
+    check_apart_from_data(data / "run", [str(data / "*.jsonl")])  # a glob of one level in the folder above reads none of it
+    check_apart_from_data(tmp_path / "runs" / "x", ["*.jsonl", str(data / "corpus.jsonl")])
 
 
 def test_out_naming_a_file_is_refused_before_anything_loads(tiny_gpt2, corpus_file, tmp_path, monkeypatch, capsys):
@@ -229,6 +234,10 @@ def test_an_edited_learning_rate_in_the_runs_config_is_refused(finished_run, tmp
     saved.write_text(text.replace(f"\n  lr: {lr}\n", "\n  lr: 0.5\n"))
     assert main(resume_args(cut)) == 2
     one_error_line(capsys, "train.lr is 0.5 here but the run that saved", f"started at {float(lr):g}", "in the run's config.yaml")
+    decay = re.search(r"\n  weight_decay: (\S+)\n", text).group(1)
+    saved.write_text(text.replace(f"\n  weight_decay: {decay}\n", "\n  weight_decay: 0.9\n"))
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, "train.weight_decay is 0.9 here but", "in the optimizer state")
 
 
 def test_with_every_checkpoint_damaged_resume_is_one_line(finished_run, tmp_path, capsys):
@@ -257,6 +266,8 @@ def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, ca
     one_error_line(capsys, "model.method is 'lora' here but 'full'", "config.yaml")
     assert main([*resume_args(cut), "--lr", "0.5"]) == 2  # the checkpoint's schedule would keep the old rate unsaid
     one_error_line(capsys, "train.lr is 0.5 here", "the learning-rate schedule")
+    assert main([*resume_args(cut), "--set", "train.betas=[0.5, 0.6]"]) == 2  # the optimizer's state would keep the old ones
+    one_error_line(capsys, "train.betas is [0.5, 0.6] here", "how AdamW steps")
 
 
 @pytest.mark.parametrize("changed", ["data.val_fraction=0.3", "train.eval_max_blocks=1"])

@@ -436,6 +436,8 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(served, mon
     (["--request-timeout", "nan"], "--request-timeout nan: pass a finite number of seconds above 0"),
     (["--max-n", "1001", "--max-batch", "2000"], "--max-n 1001: a request may ask for at most 1,000"),
     (["--request-timeout", "0"], "--request-timeout 0.0"),
+    (["--api-key", ""], "--api-key is empty"),
+    (["--host", ""], "--host is empty"),
 ])
 def test_limits_that_would_refuse_every_request_and_addresses_it_cannot_listen_on_end_in_one_line(tiny_llama, capsys, flags, words):
     from tunesmith.cli import main

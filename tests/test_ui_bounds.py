@@ -101,7 +101,7 @@ def test_data_folders_and_globs_holding_a_link_out_are_refused(form_root):
     write_jsonl(form_root / "nested" / "deep" / "good.jsonl", make_corpus(20))
     (form_root / "nested" / "out").symlink_to(outside, target_is_directory=True)
     launcher, client = Launcher(RunsFolder(form_root)), client_of(form_root)
-    for value in ("mixed", "mixed/", "mixed/*.jsonl", "mixed/**/*", "{path: mixed, weight: 1}", "nested/**/*.jsonl", "[data/corpus.jsonl, mixed]"):
+    for value in ("mixed", "mixed/", "mixed/*.jsonl", "mixed/**/*", "{path: mixed, weight: 1}", "nested/*/*.jsonl", "[data/corpus.jsonl, mixed]"):
         with pytest.raises(ConfigError, match="leads outside"):
             launcher.config(Draft.from_form({**FORM_RUN, "data.train": value}))
         preview = client.post("/api/new/preview", json={**FORM_RUN, "data.train": value})
@@ -109,6 +109,9 @@ def test_data_folders_and_globs_holding_a_link_out_are_refused(form_root):
     with pytest.raises(ConfigError, match="leads outside"):
         launcher.config(Draft.from_form({**FORM_RUN, "monitor.general_probe": "mixed"}))
     assert launcher.config(Draft.from_form({**FORM_RUN, "data.train": "nested/deep"})).data.train == [str(form_root / "nested" / "deep")]
+    from tunesmith.data.read import expand_paths  # `**` does not descend into the linked folder, so reads nothing outside
+
+    assert expand_paths([str(form_root / "nested" / "**" / "*.jsonl")], "data.train") == [form_root / "nested" / "deep" / "good.jsonl"]
 
 
 def test_a_runs_own_files_that_lead_outside_are_never_read(runs_root, tmp_path):

@@ -133,6 +133,11 @@ def _run_serve(args) -> int:
     from ..runtime import check_address
     from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
 
+    if args.api_key is not None and not args.api_key.strip():
+        raise UserError("--api-key is empty (an unset variable?): the server would take every request; give the key, or leave "
+                        "the flag out to serve without one")
+    if not args.host.strip():
+        raise UserError("--host is empty, which would listen on every address of this machine; name one, e.g. 127.0.0.1")
     for flag in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_n", "max_batch", "queue_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: every request would be refused; pass 1 or more")

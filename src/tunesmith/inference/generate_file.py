@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -48,7 +49,11 @@ class Journal:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)  # as write_rows makes the output's folder
-        self.handle = self.path.open("a", encoding="utf-8")
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            raise UserError(f"{self.path} is a link, a folder or a special file, not a generate journal; move it, or name "
+                            "another --output")
+        self.handle = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a",
+                                encoding="utf-8")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -56,15 +61,17 @@ class Journal:
             raise UserError(f"--output {output_path}: another generate is writing it now ({self.path} is in use); "
                             "wait for it, or name another --output") from None
 
-    def finished(self, log) -> dict[int, list[Completion]]:
-        """The rows an earlier run with the same identity finished; none when there is no journal or it is another run's
-        (whose rows are then said to be dropped)."""
+    def finished(self) -> dict[int, list[Completion]]:
+        """The rows an earlier run with the same identity finished; none when there is no journal. Another run's journal,
+        or a file that is none, is refused: its rows are hours of work a changed flag must not drop."""
         lines, _ = read_json_lines(self.path)  # a line torn by a kill is left out, and its row runs again
-        if lines and lines[0].get("identity") != self.identity and len(lines) > 1:
-            log(f"{self.path}: {len(lines) - 1} rows of an interrupted run with another model, input or settings; "
-                "they are dropped and this run starts over")
-        if not lines or lines[0].get("identity") != self.identity:
+        if self.path.stat().st_size and (not lines or "identity" not in lines[0]):
+            raise UserError(f"{self.path} is not a generate journal; move it, or name another --output")
+        if not lines:
             return {}
+        if lines[0]["identity"] != self.identity:
+            raise UserError(f"{self.path} holds {len(lines) - 1} rows of an interrupted generate with another model, input or "
+                            "settings; rerun with those to continue it, delete the file to start over, or name another --output")
         return {line["row"]: [Completion(**c) for c in line["completions"]] for line in lines[1:] if "row" in line}
 
     def open(self, resuming: bool) -> None:
@@ -173,7 +180,7 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
     results: list[list[Completion] | None] = [None if prompt is not None else missing for prompt in prompts]
     journal.take(output_path)
     try:
-        resumed = journal.finished(log)
+        resumed = journal.finished()
         for row, completions in resumed.items():
             results[row] = completions
         todo = [row for row, result in enumerate(results) if result is None]

@@ -58,23 +58,33 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool = False) -> None:
 
 
 def check_apart_from_data(run_dir: Path, data_paths: list[str]) -> None:
-    """Refuse, even with --force, a run folder that is a data folder, lies inside one or holds the data: its files
-    (metrics.jsonl, samples.jsonl, checkpoints) would be read as training text the next time that folder is."""
-    import glob
-
+    """Refuse, even with --force, a run folder that is a data folder, lies inside one, holds the data, or whose files a
+    data glob would match: its files (metrics.jsonl, samples.jsonl, report.md) would be read as training text the next
+    time, and a resume would then find other validation text."""
     run = run_dir.expanduser().resolve()
     for given in data_paths:
-        parts = Path(os.path.expanduser(given)).parts
-        plain = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-        if plain < len(parts) and "**" not in given:
-            continue  # a glob of one level reads no run folder's files
-        path = Path(*parts[:plain]) if plain else Path(".")  # a `**` glob's folder: what it reads lies anywhere under it
-        if not path.exists():
-            continue
-        data = path.resolve()
-        if data == run or data in run.parents or run in data.parents:
+        if _reads_into(given, run):
             raise UserError(f"--out {run_dir} and the data {given} overlap: the run's own files would be read as training "
-                            "text the next time that folder is; pick an --out outside the data")
+                            "text the next time that data is; pick an --out outside the data")
+
+
+def _reads_into(given: str, run: Path) -> bool:
+    """Whether the data named by `given` (a file, a folder or a glob) overlaps the run folder `run`."""
+    import fnmatch
+    import glob
+
+    parts = Path(os.path.expanduser(given)).parts
+    plain = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:plain]) if plain else Path(".")
+    if not base.exists():
+        return False
+    base = base.resolve()
+    if plain == len(parts) or "**" in given:  # a file or folder, or a glob that reads anything under its folder
+        return base == run or base in run.parents or run in base.parents
+    if run != base and base not in run.parents:
+        return False
+    inside, pattern = run.relative_to(base).parts, parts[plain:]  # a glob of fixed depth reaches the run's files when the
+    return len(inside) < len(pattern) and all(fnmatch.fnmatch(p, q) for p, q in zip(inside, pattern))  # run's folders fit it
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -236,9 +236,31 @@ def apply_checkpoint(saved: SavedCheckpoint, model, optimizer, scheduler, scaler
     return saved.state
 
 
-def check_learning_rates(saved: SavedCheckpoint, scheduler) -> None:
-    """On resume: the checkpoint's schedule keeps the rates the run started with (halved once per roll-back), so another
-    train.lr (an edited config.yaml) would be silently ignored; it is refused."""
+def check_restored_settings(saved: SavedCheckpoint, optimizer, scheduler) -> None:
+    """On resume: the checkpoint's optimizer and schedule keep the settings the run started with, so another train.lr,
+    weight_decay or betas (an edited config.yaml) would be silently ignored; they are refused."""
+    groups = saved.training["optimizer"].get("param_groups") if isinstance(saved.training.get("optimizer"), dict) else None
+    for before_group, group in zip(groups if isinstance(groups, list) else [], optimizer.param_groups):
+        for key in ("weight_decay", "betas"):
+            before, now = before_group.get(key) if isinstance(before_group, dict) else None, group.get(key)
+            if before is not None and now is not None and not _close(before, now):
+                raise UserError(f"--resume: train.{key} is {_shown(now)} here but {_shown(before)} in the optimizer state "
+                                f"{saved.path} restores, so a new value would be ignored: set it back to {_shown(before)} "
+                                "in the run's config.yaml, or start a new run with another --out")
+    _check_learning_rates(saved, scheduler)
+
+
+def _close(before, now) -> bool:
+    pairs = list(zip(before, now)) if isinstance(before, (list, tuple)) and isinstance(now, (list, tuple)) else [(before, now)]
+    return all(isinstance(b, (int, float)) and math.isclose(b, float(n), rel_tol=1e-6, abs_tol=1e-12) for b, n in pairs)
+
+
+def _shown(value) -> str:
+    return f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, (list, tuple)) else f"{value:g}"
+
+
+def _check_learning_rates(saved: SavedCheckpoint, scheduler) -> None:
+    """The schedule keeps the rates the run started with, halved once per roll-back."""
     before = saved.training["scheduler"].get("base_lrs") if isinstance(saved.training.get("scheduler"), dict) else None
     now = list(scheduler.base_lrs)
     halvings = range(int(saved.state.get("rollbacks") or 0) + 1)

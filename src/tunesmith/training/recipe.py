@@ -30,7 +30,7 @@ from ..tasks import write_task
 from ..measures import perplexity
 from .benchmarking import RunBenchmarks
 from .build import build_model, export_final
-from .checkpoint import SavedCheckpoint, check_learning_rates
+from .checkpoint import SavedCheckpoint, check_restored_settings
 from .checkpointer import Checkpointer
 from .compiling import CompileWhenItRepays, cpu_compiler_available
 from .distributed import Distributed
@@ -137,7 +137,7 @@ class Recipe:
                                f"{shlex.quote(str(cfg.run_dir))} --resume)", highlight=False)
         self.memory_before_training_mb = max(memory_use().values())
         if checkpoint is not None:
-            check_learning_rates(checkpoint, parts.runner.scheduler)
+            check_restored_settings(checkpoint, parts.runner.optimizer, parts.runner.scheduler)
             self.checkpointer.restore(checkpoint, state)
             self.teacher.start(resumed=True)  # a resume refused here leaves the run's files as they were
             if self.context.is_main:

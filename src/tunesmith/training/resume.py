@@ -17,6 +17,7 @@ LOSS_SETTINGS = ("distill.alpha", "distill.temperature", "distill.loss", "distil
                  "grpo.rewards", "grpo.target_kl")  # the best score so far was measured on the loss they make
 BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
 SCHEDULE_SETTINGS = ("train.lr",)  # restored with the optimizer and the scheduler: a new value would be silently ignored
+OPTIMIZER_SETTINGS = ("train.weight_decay", "train.betas")  # restored with the optimizer's state, as the rate is
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
 RECORDED = (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)  # what each checkpoint records of them, as the run started
 
@@ -39,6 +40,7 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
     decided += [(key, "what the loss is") for key in LOSS_SETTINGS]
     decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
     decided += [(key, "the learning-rate schedule, which the checkpoint restores") for key in SCHEDULE_SETTINGS]
+    decided += [(key, "how AdamW steps, which the checkpoint's optimizer state restores") for key in OPTIMIZER_SETTINGS]
     for key, what in decided + [(key, "the text the drift is measured on") for key in PROBE_SETTINGS]:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
