@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from ..errors import UserError
 from ..config import CleanConfig, DataConfig
 from ..config.template import template_parts
+from ..rundir.folder import split_glob
 from .formats import SUFFIXES, DecodeStats, Oversized, Record, RowError, check_text_file, file_format, read_records, record_byte_limit
 from .report import DataReport
 
@@ -66,8 +67,7 @@ def _glob(pattern: Path) -> list[Path]:
     parts = [part if part == "**" else part.replace("**", "*") for part in pattern.parts]  # `a**b` is `a*b`, as glob.glob reads it
     if parts[-1] == "**":
         parts.append("*")  # `notes/**`: every file below
-    first = next(index for index, part in enumerate(parts) if glob.has_magic(part))
-    base, rest = (Path(*parts[:first]) if first else Path(".")), parts[first:]
+    base, rest = split_glob(parts)
     dotted = any(part.startswith(".") for part in rest)
     return sorted(p for p in base.glob(str(Path(*rest)))
                   if p.is_file() and (dotted or not any(q.startswith(".") for q in p.relative_to(base).parts)))

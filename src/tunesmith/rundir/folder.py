@@ -6,6 +6,7 @@ killed process or a hand edit left them. The process training in it is `process`
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 from pathlib import Path
@@ -68,23 +69,27 @@ def check_apart_from_data(run_dir: Path, data_paths: list[str]) -> None:
                             "text the next time that data is; pick an --out outside the data")
 
 
+def split_glob(parts: list[str] | tuple[str, ...]) -> tuple[Path, list[str]]:
+    """A path's parts as a glob's folder (the parts before the first wildcard, or '.') and the pattern after it (empty
+    for a plain path)."""
+    first = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return (Path(*parts[:first]) if first else Path(".")), list(parts[first:])
+
+
 def _reads_into(given: str, run: Path) -> bool:
     """Whether the data named by `given` (a file, a folder or a glob) overlaps the run folder `run`."""
     import fnmatch
-    import glob
 
-    parts = Path(os.path.expanduser(given)).parts
-    plain = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    base = Path(*parts[:plain]) if plain else Path(".")
+    base, pattern = split_glob(Path(os.path.expanduser(given)).parts)
     if not base.exists():
         return False
     base = base.resolve()
-    if plain == len(parts) or "**" in given:  # a file or folder, or a glob that reads anything under its folder
+    if not pattern or "**" in given:  # a file or folder, or a glob that reads anything under its folder
         return base == run or base in run.parents or run in base.parents
     if run != base and base not in run.parents:
         return False
-    inside, pattern = run.relative_to(base).parts, parts[plain:]  # a glob of fixed depth reaches the run's files when the
-    return len(inside) < len(pattern) and all(fnmatch.fnmatch(p, q) for p, q in zip(inside, pattern))  # run's folders fit it
+    inside = run.relative_to(base).parts  # a glob of fixed depth reaches the run's files when the run's folders fit it
+    return len(inside) < len(pattern) and all(fnmatch.fnmatch(p, q) for p, q in zip(inside, pattern))
 
 
 def has_checkpoint(run_dir: Path) -> bool:
