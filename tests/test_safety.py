@@ -300,6 +300,41 @@ def test_a_longer_run_asked_for_on_resume_is_kept_by_the_next_resume(finished_ru
     assert json.loads((again / "summary.json").read_text())["steps"] == 16
 
 
+def test_a_finished_run_trained_on_keeps_its_earlier_end_apart(finished_run, tmp_path, capsys):
+    """Once a resume trains past the end a run reached, the old final/ and summary are not the run's: left in place,
+    eval would score the old model (before and after a crash) as the run's; they are moved aside, not lost."""
+    import shutil
+
+    run, _, _ = finished_run
+    whole = tmp_path / "whole"
+    shutil.copytree(run, whole)
+    old_weights = (whole / "final" / "model.safetensors").read_bytes()
+    assert main(resume_args(whole)) == 0  # nothing left to train: the end is written again where it was
+    assert not list(whole.glob("ended-at-step-*"))
+    assert main([*resume_args(whole), "--max-steps", "16"]) == 0
+    kept = whole / "ended-at-step-12"
+    assert f"resume: the run's earlier end (its final model, summary and report) moved to {kept}" in capsys.readouterr().out
+    assert (kept / "final" / "model.safetensors").read_bytes() == old_weights
+    assert json.loads((kept / "summary.json").read_text())["steps"] == 12 and (kept / "report.html").is_file()
+    assert json.loads((whole / "summary.json").read_text())["steps"] == 16 and (whole / "final" / "config.json").is_file()
+
+
+def test_an_earlier_end_moved_aside_in_part_is_finished_and_never_overwritten(tmp_path):
+    from tunesmith.rundir.folder import set_aside_end
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "summary.json").write_text('{"steps": 7}')
+    (run / "ended-at-step-7").mkdir()  # a move cut short after the summary went
+    (run / "ended-at-step-7" / "summary.json").write_text('{"steps": 7, "first": true}')
+    assert set_aside_end(run, step=5) == run / "ended-at-step-7-2"
+    assert json.loads((run / "ended-at-step-7" / "summary.json").read_text())["first"]
+    assert sorted(p.name for p in (run / "ended-at-step-7-2").iterdir()) == ["final", "summary.json"]
+    (run / "final").mkdir()
+    assert set_aside_end(run, step=5) == run / "ended-at-step-5"  # no summary: the checkpoint's step names it
+    assert set_aside_end(run, step=5) is None
+
+
 def test_resume_with_another_preference_objective_is_refused(tmp_path):
     """DPO resumed as ORPO would pick its best step across losses on two scales."""
     from tunesmith.config import build_config

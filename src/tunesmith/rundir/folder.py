@@ -101,6 +101,30 @@ def _has_saved_work(run_dir: Path) -> bool:
     return has_checkpoint(run_dir) or (run_dir / "final").exists()
 
 
+# an end's files: the summary first, so that a move cut short leaves the run unfinished rather than finished without its model
+END_FILES = (SUMMARY_FILE, REPORT_MD, REPORT_HTML, "report_files", GENERATION_EVAL, "final-adapter", "final")
+
+
+def set_aside_end(run_dir: Path, step: int) -> Path | None:
+    """Move the files an earlier end wrote (final/, summary.json, the report) into `ended-at-step-N/` (N the step its
+    summary gives, else `step`), for a resume that trains on: left in place, `eval`, `generate` and `export` would take
+    the old model for the run's while it trains and after a crash; deleted, the user's finished model would be lost.
+    Returns where they went, or None."""
+    present = [name for name in END_FILES if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    if not present:
+        return None
+    ended = read_json_object(run_dir / SUMMARY_FILE).get("steps") if SUMMARY_FILE in present else None
+    step = ended if isinstance(ended, int) and not isinstance(ended, bool) and 0 <= ended < 10**12 else step
+    kept, n = run_dir / f"ended-at-step-{step}", 1
+    while any((kept / name).exists() for name in present):  # an earlier move there, cut short: keep both
+        n += 1
+        kept = run_dir / f"ended-at-step-{step}-{n}"
+    kept.mkdir(exist_ok=True)
+    for name in present:
+        os.replace(run_dir / name, kept / name)
+    return kept
+
+
 def mark_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / MARKER

@@ -37,7 +37,7 @@ from .distributed import Distributed
 from .evaluator import Evaluator
 from .progress import TrainProgress
 from .recorder import Recorder
-from .resume import record_resume, recorded_settings
+from .resume import keep_earlier_end, record_resume, recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
@@ -142,6 +142,7 @@ class Recipe:
             self.teacher.start(resumed=True)  # a resume refused here leaves the run's files as they were
             if self.context.is_main:
                 record_resume(cfg, self.console.print)
+                keep_earlier_end(cfg.run_dir, state.step, parts.plan.total_steps, self.console.print)
             self.console.print(f"resumed from {checkpoint.path} at step {state.step}", highlight=False)
         state.validation = parts.validation
         prompts = task.sample_prompts(cfg.monitor, parts.val, parts.tokenizer) if self.context.is_main else []

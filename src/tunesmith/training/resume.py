@@ -8,7 +8,8 @@ from pathlib import Path
 from ..config import MonitorConfig, RunConfig
 from ..errors import UserError
 from ..methods import fixed_settings
-from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_settings, resolve_run_paths, saved_as_started
+from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_settings, resolve_run_paths, saved_as_started, \
+    set_aside_end
 
 # settings that decide which weights train and what they mean, or what the loss is (a checkpoint's tensors and its best
 # score fit only the same ones), and the method's own (`Method.settings`)
@@ -57,6 +58,17 @@ def record_resume(cfg: RunConfig, log) -> None:
         schedule = "; the learning-rate schedule now runs to the new end" if longer else ""
         log(f"resume: {', '.join(changed)} changed since the run started, written to {cfg.run_dir / CONFIG_FILE}{schedule}",
             highlight=False, markup=False)
+
+
+def keep_earlier_end(run_dir: Path, step: int, total_steps: int, log) -> None:
+    """A resume that trains on from a run that had ended moves that end's model, summary and report aside
+    (`set_aside_end`), so that nothing takes them for the run's until it ends again, and says where they are."""
+    if step >= total_steps:
+        return  # nothing left to train: the end is written again as it was
+    kept = set_aside_end(run_dir, step)
+    if kept is not None:
+        log(f"resume: the run's earlier end (its final model, summary and report) moved to {kept}; the run's own are "
+            "written when it ends again", highlight=False, markup=False)
 
 
 def recorded_settings(settings: dict, start: Path) -> dict:
