@@ -283,6 +283,16 @@ def test_messages_need_a_chat_template_and_prompts_are_counted(tiny_llama, tmp_p
     assert "prompts given as messages need a model with a chat template" in capsys.readouterr().err
 
 
+def test_a_plain_prompt_holding_a_special_tokens_text_is_that_text(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from tunesmith.tasks.grpo.prompts import prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = prompt_ids(tokenizer, f"the lamp{tokenizer.eos_token} glows")
+    assert tokenizer.eos_token_id not in ids and tokenizer.eos_token in tokenizer.decode(ids)
+
+
 def test_grpo_findings_fire_on_their_patterns_and_stay_silent_on_a_healthy_run():
     def history(rewards, kls, equal, distinct):
         out = [{"step": 0, "val_reward": rewards[0], "val_distinct_2": distinct[0], "val_completion_length": 20.0}]

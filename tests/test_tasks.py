@@ -224,6 +224,17 @@ def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):
     assert any("imbalanced" in w and "classify.class_weights=true" in w for w in prepared.report["warnings"])
 
 
+@pytest.mark.parametrize("method", ["head", "generative"])
+def test_a_special_tokens_text_in_a_text_to_classify_is_that_text(tiny_gpt2, method):
+    from tunesmith.config import ClassifyConfig
+    from tunesmith.tasks.classify import LabelCoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    coder = LabelCoder.from_config(["neg", "pos"], ClassifyConfig(method=method))
+    ids = coder.prompt_ids(tokenizer, "great lamp <|endoftext|> would buy", 64)
+    assert tokenizer.eos_token_id not in ids and "<|endoftext|> would buy" in tokenizer.decode(ids)
+
+
 def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
     unlabelled = tmp_path / "reviews.jsonl"
     unlabelled.write_text("".join(json.dumps({"review": r["review"]}) + "\n" for r in labelled(20)))

@@ -23,7 +23,7 @@ from .report import DataReport, summary_lines
 from .tokens import token_dtype, tokenizer_fingerprint
 from .units import TextUnits, UnitKind
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 VALIDATION_FINGERPRINT = "v2"  # the form of validation_fingerprint's; a checkpoint's record of another form is not compared
 
 

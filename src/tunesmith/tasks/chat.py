@@ -38,6 +38,36 @@ def control_texts(tokenizer) -> list[str]:
     return sorted((text for text in used if text), key=len, reverse=True)
 
 
+class ControlTextGuard:
+    """Leaves out an example whose messages hold the text of a control token its template writes (`control_texts`):
+    rendered, it would be read as a real turn boundary or end of text. Counts them, and warns in the data report."""
+
+    def __init__(self):
+        self.markers: list[str] | None = None
+        self.held: dict[str, int] = {}
+
+    def holds(self, tokenizer, messages: list[Message], key: str, report: DataReport) -> bool:
+        if self.markers is None:
+            self.markers = control_texts(tokenizer)
+        held = next((m for m in self.markers for message in messages if m in str(message["content"])), None)
+        if held is None:
+            return False
+        self.held[held] = self.held.get(held, 0) + 1
+        report.remove("control_token_text", key)
+        return True
+
+    @property
+    def count(self) -> int:
+        return sum(self.held.values())
+
+    def finish(self, meta: dict, report: DataReport, what: str) -> None:
+        if self.held:
+            meta["holding_markers"] = self.count
+            report.warnings.append(f"{self.count} {what} were left out: a message holds the text of one of the tokenizer's "
+                                   f"control tokens ({next(iter(self.held))!r}), which the chat template would read as a real "
+                                   "turn boundary or end of text; remove it from the data to keep them")
+
+
 def ensure_chat_template(tokenizer) -> bool:
     """Give the tokenizer a ChatML template (and its markers as special tokens) when it has none; True when added."""
     if getattr(tokenizer, "chat_template", None):
@@ -193,7 +223,7 @@ class ChatUnits:
     fields_hint = FIELDS_HINT
 
     def __init__(self, cfg: RunConfig):
-        self.cfg, self.truncated, self.holding_markers = cfg, 0, {}
+        self.cfg, self.truncated, self.control = cfg, 0, ControlTextGuard()
 
     def cache_settings(self) -> dict:
         return {"task": "chat", "chat": self.cfg.chat.model_dump(mode="json")}
@@ -205,12 +235,9 @@ class ChatUnits:
         return conversation_units(reader(report), files, self.cfg.chat, data, report, transforms(clean))
 
     def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
-        encoded, markers = [], control_texts(tokenizer)
+        encoded = []
         for unit in units:
-            held = next((m for m in markers for message in unit.value if m in message["content"]), None)
-            if held is not None:  # the template would read it as a real turn boundary or end of text
-                self.holding_markers[held] = self.holding_markers.get(held, 0) + 1
-                report.remove("control_token_text", unit.key)
+            if self.control.holds(tokenizer, unit.value, unit.key, report):
                 continue
             pieces = []
             for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size, self.cfg.chat.train_on_prompt):
@@ -223,18 +250,13 @@ class ChatUnits:
     def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
         check_both_sides(train, val, "examples (conversation pieces)", eval_only)
         if not val.targets:
-            held = sum(self.holding_markers.values())
+            held = self.control.count
             raise UserError("the validation conversations have no assistant tokens; " + (
                 f"{held} conversations were left out for holding a control token's text, see data_report.json" if held else
                 "check chat.roles"))
         meta = {"task": "chat", "targets": {"train": train.targets, "val": val.targets},
                 "examples_are": " (conversations or their pieces)"}
-        if self.holding_markers:
-            count, first = sum(self.holding_markers.values()), next(iter(self.holding_markers))
-            meta["holding_markers"] = count
-            report.warnings.append(f"{count} conversations were left out: a message holds the text of one of the tokenizer's "
-                                   f"control tokens ({first!r}), which the chat template would read as a real turn boundary "
-                                   "or end of text; remove it from the data to keep them")
+        self.control.finish(meta, report, "conversations")
         if self.truncated:
             meta["truncated"] = self.truncated
             report.warnings.append(f"{self.truncated} examples were longer than data.block_size={data.block_size} "

@@ -56,13 +56,15 @@ class LabelCoder:
         return [tokenizer(" " + self.verbalizers[label].strip(), add_special_tokens=False)["input_ids"] for label in self.labels]
 
     def prompt_ids(self, tokenizer, text: str, room: int) -> list[int]:
-        """The prompt's tokens, the text cut so that the whole prompt fits in `room` tokens."""
+        """The prompt's tokens, the text cut so that the whole prompt fits in `room` tokens. A special token's text in
+        the text (`<|endoftext|>` in a review) is text, not the control token."""
         if self.method == "head":
-            return tokenizer(text, add_special_tokens=False)["input_ids"][:room]
+            return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][:room]
         head, _, tail = self.prompt.partition("{text}")
         fixed = len(tokenizer(head + tail, add_special_tokens=False)["input_ids"])
-        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max(1, room - fixed)]
-        return tokenizer(head + tokenizer.decode(text_ids) + tail, add_special_tokens=False)["input_ids"][:room]
+        text_ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][: max(1, room - fixed)]
+        return tokenizer(head + tokenizer.decode(text_ids) + tail, add_special_tokens=False,
+                         split_special_tokens=True)["input_ids"][:room]
 
     def encode(self, tokenizer, text: str, label: str, block_size: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Ids, loss mask and class index; the generative method's targets are the label word and EOS."""

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..rundir.fingerprint import folder_identity
 from ..runtime import autocast
 from .base import Task, TaskKind, check_both_sides
-from .chat import chat_reference_pairs, chat_sample_prompts, chat_tokenizer, encode_answer, end_of_turn, stop_token_ids
+from .chat import ControlTextGuard, chat_reference_pairs, chat_sample_prompts, chat_tokenizer, encode_answer, end_of_turn, stop_token_ids
 from .loss import Validation
 from .objectives import Objective, PreferenceLoss, SequenceLogps, preference_metrics, without_dropout
 from .view import TaskView
@@ -127,7 +127,7 @@ class PreferenceUnits:
                    "completion and label for kto); map other names with chat.fields")
 
     def __init__(self, cfg: RunConfig):
-        self.cfg, self.objective, self.truncated = cfg, Objective(cfg.preference), 0
+        self.cfg, self.objective, self.truncated, self.control = cfg, Objective(cfg.preference), 0, ControlTextGuard()
 
     def cache_settings(self) -> dict:
         return {"task": "preference", "chat": self.cfg.chat.model_dump(mode="json"), "pairs_only": self.objective.paired}
@@ -142,6 +142,9 @@ class PreferenceUnits:
     def encode(self, units: list[Unit], tokenizer, data: DataConfig, clean: CleanConfig, report: DataReport) -> list[Encoded]:
         encoded = []
         for unit in units:
+            answers = [{"role": "assistant", "content": answer} for answer, _ in unit.value.answers]
+            if self.control.holds(tokenizer, unit.value.prompt + answers, unit.key, report):
+                continue
             pieces, cut = [], 0
             for answer, code in unit.value.answers:
                 ids, mask = encode_answer(tokenizer, unit.value.prompt, answer)
@@ -170,6 +173,7 @@ class PreferenceUnits:
             raise UserError(f"the validation split holds no pairs; {self.objective.method} needs chosen and rejected answers")
         meta = {"task": "preference", "targets": {"train": train.targets, "val": val.targets}, "counts": counts,
                 "examples_are": " (answers)"}
+        self.control.finish(meta, report, "judged prompts")
         if self.truncated:
             meta["truncated"] = self.truncated
             report.warnings.append(f"{self.truncated} answers were cut at data.block_size={data.block_size}; raise it to keep them whole")

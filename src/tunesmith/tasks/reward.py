@@ -175,6 +175,7 @@ class RewardUnits(PreferenceUnits):
             raise UserError("the validation split holds no pairs; a reward model is measured on chosen and rejected answers")
         meta = {"task": self.name, "targets": {"train": train.targets, "val": val.targets}, "pairs": pairs,
                 "examples_are": " (answers)", "loss_falls_on": "each answer's reward, read at its last token"}
+        self.control.finish(meta, report, "judged prompts")
         if self.truncated:
             meta["truncated"] = self.truncated
             report.warnings.append(f"{self.truncated} answers were cut at data.block_size={data.block_size}; raise it to keep them whole")

@@ -26,7 +26,7 @@ from ...data.report import DataReport
 from ...data.units import Encoded, Unit
 from ...errors import UserError
 from ..base import check_both_sides
-from ..chat import render
+from ..chat import ControlTextGuard, render
 
 PROMPTS_FILE = "prompts.json"  # each stored prompt's own form, indexed by the example's class
 TEXT_FORMATS = (".txt", ".md")
@@ -93,10 +93,10 @@ def prompt_units(reader, files: list[Path], cfg: RunConfig, clean: CleanConfig, 
 
 
 def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
-    """The tokens the model continues: a string as it stands (with the tokenizer's start token), messages through the
-    chat template with the assistant's turn opened."""
+    """The tokens the model continues: a string as it stands (with the tokenizer's start token; a special token's text in
+    it is text), messages through the chat template with the assistant's turn opened."""
     if isinstance(prompt, str):
-        return tokenizer(prompt)["input_ids"]
+        return tokenizer(prompt, split_special_tokens=True)["input_ids"]
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("prompts given as messages need a model with a chat template, and this one has none; "
                         "give plain-text prompts (a prompt field holding a string, or a .txt file) or use a chat model")
@@ -113,7 +113,7 @@ class PromptUnits:
 
     def __init__(self, cfg: RunConfig, room: int):
         """`room`: the longest prompt kept, so that grpo.max_new_tokens still fit in data.block_size."""
-        self.cfg, self.room = cfg, room
+        self.cfg, self.room, self.control = cfg, room, ControlTextGuard()
         self.forms: list[Prompt] = []
 
     def cache_settings(self) -> dict:
@@ -129,6 +129,8 @@ class PromptUnits:
         encoded = []
         for unit in units:
             ids = np.asarray(prompt_ids(tokenizer, unit.value), dtype=np.int64)
+            if not isinstance(unit.value, str) and self.control.holds(tokenizer, unit.value, unit.key[:200], report):
+                continue
             if len(ids) == 0:
                 report.remove("empty_prompt", unit.key[:200])
                 continue
@@ -142,7 +144,9 @@ class PromptUnits:
     def finish(self, train, val, data: DataConfig, report: DataReport, eval_only: bool) -> dict:
         check_both_sides(train, val, "prompts", eval_only)
         (Path(train.directory) / PROMPTS_FILE).write_text(json.dumps(self.forms, ensure_ascii=False))
-        return {"task": "grpo", "prompts": {"train": train.written, "val": val.written}, "examples_are": " (prompts)"}
+        meta = {"task": "grpo", "prompts": {"train": train.written, "val": val.written}, "examples_are": " (prompts)"}
+        self.control.finish(meta, report, "prompts")
+        return meta
 
 
 class Prompts:
