@@ -270,6 +270,30 @@ def test_resume_with_another_method_names_the_setting(finished_run, tmp_path, ca
     one_error_line(capsys, "train.betas is [0.5, 0.6] here", "how AdamW steps")
 
 
+def test_a_setting_of_the_loss_or_the_best_step_is_refused_on_resume_even_edited_into_config_yaml(finished_run, tmp_path,
+                                                                                                capsys):
+    """classify.metric changed midway compares scores on two scales (the trained model lost to the base model's best),
+    preference.beta rescales the loss the best step is chosen by; each checkpoint records them as the run started."""
+    import yaml
+
+    from tunesmith.training.resume import check_checkpoint_settings
+
+    run, _, _ = finished_run
+    cut = cut_run(run, tmp_path / "cut", last_step=8)
+    assert main([*resume_args(cut), "--set", "classify.metric=val_loss"]) == 2
+    one_error_line(capsys, "classify.metric is 'val_loss' here but 'macro_f1'", "which evaluation is the best step")
+    assert main([*resume_args(cut), "--set", "preference.beta=5"]) == 2
+    one_error_line(capsys, "preference.beta is 5.0 here but 0.1", "what the loss is")
+    saved = yaml.safe_load((cut / "config.yaml").read_text())
+    saved["preference"]["method"] = "orpo"
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(resume_args(cut)) == 2
+    one_error_line(capsys, "preference.method is orpo here but was dpo when", "set it back to dpo")
+    state = json.loads((cut / "checkpoints" / "step-0000008" / "state.json").read_text())
+    with pytest.raises(UserError, match="state.json is damaged"):
+        check_checkpoint_settings(saved, {**state, "decided": ["dpo"]}, cut / "checkpoints" / "step-0000008")
+
+
 @pytest.mark.parametrize("changed", ["data.val_fraction=0.3", "train.eval_max_blocks=1"])
 def test_resume_on_other_validation_text_is_refused_before_the_run_is_touched(finished_run, tmp_path, capsys, changed):
     """A setting changed on resume that shapes the validation text would score the later evaluations on other text."""

@@ -112,7 +112,7 @@ class Recipe:
         """`cfg` settled (`setup.settle`), `resolved` its model's files; `judge` see `train_run`."""
         self.cfg, self.resolved, self.console, self.context = cfg, resolved, console, context
         self.judge = judge
-        self.state = LoopState(settings=recorded_settings(cfg.model_dump(mode="json"), Path.cwd()))  # a resume loads the checkpoint's
+        self.state = LoopState(**recorded_settings(cfg.model_dump(mode="json"), Path.cwd()))  # a resume loads the checkpoint's
         self.recorder = Recorder(cfg, console, context.is_main)
         self.parts: RunParts | None = None
         self.memory_before_training_mb: float | None = None

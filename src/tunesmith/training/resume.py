@@ -15,12 +15,21 @@ from ..rundir.folder import CONFIG_FILE, check_saved_config, record_resumed_sett
 # score fit only the same ones), and the method's own (`Method.settings`)
 WEIGHT_SETTINGS = ("task", "model.name", "model.method", "classify.method", "preference.method", "distill.teacher", "distill.student")
 LOSS_SETTINGS = ("distill.alpha", "distill.temperature", "distill.loss", "distill.hidden", "distill.cache", "distill.topk",
-                 "grpo.rewards", "grpo.target_kl")  # the best score so far was measured on the loss they make
-BEST_STEP_SETTINGS = ("monitor.max_drift",)  # the best step so far was chosen under them, and is never chosen again
+                 "grpo.rewards", "grpo.target_kl", "preference.beta", "preference.orpo_lambda", "preference.desirable_weight",
+                 "preference.undesirable_weight")  # the best score so far was measured on the loss they make
+BEST_STEP_SETTINGS = ("monitor.max_drift", "classify.metric")  # the best step so far was chosen under them, and is never chosen again
 SCHEDULE_SETTINGS = ("train.lr",)  # restored with the optimizer and the scheduler: a new value would be silently ignored
 OPTIMIZER_SETTINGS = ("train.weight_decay", "train.betas")  # restored with the optimizer's state, as the rate is
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
-RECORDED = (*BEST_STEP_SETTINGS, *PROBE_SETTINGS)  # what each checkpoint records of them, as the run started
+RECORDED = ("monitor.max_drift", *PROBE_SETTINGS)  # what each checkpoint records of the monitor's, as the run started
+
+
+def decided_settings(method: str | None) -> dict[str, str]:
+    """Each setting a run cannot change midway (the optimizer's aside: its state checks them), and what it decides."""
+    decided = {key: "which weights train" for key in (*WEIGHT_SETTINGS, *fixed_settings(method))}
+    decided |= {key: "what the loss is" for key in LOSS_SETTINGS}
+    decided |= {key: "which evaluation is the best step" for key in BEST_STEP_SETTINGS}
+    return decided | {key: "the text the drift is measured on" for key in PROBE_SETTINGS}
 
 
 def _setting(values: dict, dotted: str):
@@ -37,12 +46,10 @@ def check_resume_settings(settings: dict, run_dir: Path) -> None:
         return
     # an empty file is refused too: resuming would run on defaults the run never had; values compare as validated ('0.5' is 0.5)
     saved = saved_as_started(run_dir, check_saved_config(run_dir, "--resume").model_dump(mode="json"))
-    decided = [(key, "which weights train") for key in (*WEIGHT_SETTINGS, *fixed_settings(_setting(saved, "model.method")))]
-    decided += [(key, "what the loss is") for key in LOSS_SETTINGS]
-    decided += [(key, "which evaluation is the best step") for key in BEST_STEP_SETTINGS]
+    decided = list(decided_settings(_setting(saved, "model.method")).items())
     decided += [(key, "the learning-rate schedule, which the checkpoint restores") for key in SCHEDULE_SETTINGS]
     decided += [(key, "how AdamW steps, which the checkpoint's optimizer state restores") for key in OPTIMIZER_SETTINGS]
-    for key, what in decided + [(key, "the text the drift is measured on") for key in PROBE_SETTINGS]:
+    for key, what in decided:
         before, now = _setting(saved, key), _setting(settings, key)
         if before != now:
             raise UserError(f"--resume: {key} is {now!r} here but {before!r} in {saved_path}; it decides {what}, "
@@ -72,10 +79,13 @@ def keep_earlier_end(run_dir: Path, step: int, total_steps: int, log) -> None:
 
 
 def recorded_settings(settings: dict, start: Path) -> dict:
-    """What a checkpoint records of the settings that decide the best step and the drift (its paths made absolute against
-    `start`, where the run is started), so that a resume is held to them even where the run's config.yaml was edited."""
+    """What a checkpoint records of the settings a run cannot change midway (its paths made absolute against `start`,
+    where the run is started), so that a resume is held to them even where the run's config.yaml was edited: `settings`,
+    the monitor's (checked as such), and `decided`, the others (`decided_settings`), as LoopState keeps them."""
     absolute = resolve_run_paths(settings, start)
-    return {key: _setting(absolute, key) for key in RECORDED}
+    decided = [key for key in decided_settings(_setting(settings, "model.method")) if key not in RECORDED]
+    return {"settings": {key: _setting(absolute, key) for key in RECORDED},
+            "decided": {key: _setting(absolute, key) for key in decided}}
 
 
 def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Path) -> None:
@@ -88,11 +98,17 @@ def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Pat
         raise UserError(f"--resume: {checkpoint / 'state.json'} is damaged (its record of the settings the run started with is "
                         "not one); move that checkpoint aside to resume from the one before, or start a new run with another --out")
     now = _valid_record({key: _setting(settings, key) for key in RECORDED})
-    for key in RECORDED:
-        if recorded[key] != now[key]:
-            what = "which evaluation is the best step" if key in BEST_STEP_SETTINGS else "the text the drift is measured on"
-            raise UserError(f"--resume: {key} is {_yaml(now[key])} here but was {_yaml(recorded[key])} when {checkpoint} was "
-                            f"saved; it decides {what}, so a run cannot change it midway: set it back to {_yaml(recorded[key])} "
+    decided = saved_state.get("decided", {})  # none in a checkpoint from before they were recorded
+    if not isinstance(decided, dict):
+        raise UserError(f"--resume: {checkpoint / 'state.json'} is damaged (its record of the settings the run started with is "
+                        "not one); move that checkpoint aside to resume from the one before, or start a new run with another --out")
+    what = decided_settings(_setting(settings, "model.method"))
+    pairs = [(key, recorded[key], now[key]) for key in RECORDED]
+    pairs += [(key, before, _setting(settings, key)) for key, before in decided.items() if key in what and key not in RECORDED]
+    for key, before, value in pairs:
+        if before != value:
+            raise UserError(f"--resume: {key} is {_yaml(value)} here but was {_yaml(before)} when {checkpoint} was "
+                            f"saved; it decides {what[key]}, so a run cannot change it midway: set it back to {_yaml(before)} "
                             "in the config this resume reads (the run's config.yaml), or start a new run with another --out")
 
 

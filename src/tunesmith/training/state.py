@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 
 _KINDS = {"int": (int,), "float": (int, float), "dict": (dict,), "list": (list,), "str": (str,)}
-CHECKED_APART = ("settings", "probe_texts")  # records whose damage their own checks name, with the fix (resume, Checkpointer)
+CHECKED_APART = ("settings", "decided", "probe_texts")  # records whose damage their own checks name, with the fix (resume, Checkpointer)
 
 
 @dataclass
@@ -42,7 +42,8 @@ class LoopState:
     bench_best: dict = field(default_factory=dict)  # ... and the final model's (the best step's)
     bench_seconds: float = 0.0
     rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
-    settings: dict = field(default_factory=dict)  # what a resume may not change, as the run started (resume.recorded_settings)
+    settings: dict = field(default_factory=dict)  # the monitor's settings a resume may not change, as the run started
+    decided: dict = field(default_factory=dict)  # ... and the others (resume.recorded_settings)
     validation: str = ""  # the fingerprint of the text every evaluation is scored on (data.prepare.validation_fingerprint)
 
     @staticmethod
@@ -66,12 +67,12 @@ class LoopState:
     def load(self, values: dict) -> None:
         """Take a checkpoint's values in place, so every holder of this state sees them; rollbacks are never undone, and
         the settings of a checkpoint from before they were recorded are this run's, recorded from now on."""
-        rollbacks, settings = self.rollbacks, self.settings
+        rollbacks, settings, decided = self.rollbacks, self.settings, self.decided
         known = {f.name for f in fields(self)}
         fresh = LoopState(**{key: value for key, value in values.items() if key in known})
         self.__dict__.update(fresh.__dict__)
         self.rollbacks = max(self.rollbacks, rollbacks)
-        self.settings = self.settings or settings
+        self.settings, self.decided = self.settings or settings, self.decided or decided
 
     @contextlib.contextmanager
     def timed(self):
