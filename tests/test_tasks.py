@@ -246,6 +246,19 @@ def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
         prepare(classify_config(tiny_gpt2, plain, tmp_path / "run", "head"))
 
 
+def test_a_label_that_is_a_list_or_a_mapping_is_a_malformed_row_never_a_class(tiny_gpt2, tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    odd = [{"review": "both ways", "sentiment": ["positive", "negative"]}, {"review": "nested", "sentiment": {"s": "negative"}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(20) + odd))
+    with pytest.raises(UserError, match="reviews.jsonl:21: the label in 'sentiment' is a list or a mapping.*data.on_error=skip"):
+        prepare(classify_config(tiny_gpt2, path, tmp_path / "run", "head"))
+    cfg = classify_config(tiny_gpt2, path, tmp_path / "run", "head")
+    cfg.data.on_error = "skip"
+    prepared = prepare(cfg)
+    assert prepared.meta["task"]["labels"] == ["negative", "positive"]
+    assert {row["step"]: row["removed"] for row in prepared.report["steps"]}["malformed_row"] == 2
+
+
 def test_conversations_that_all_overflow_the_block_end_in_one_line(tiny_gpt2, tmp_path):
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..config import CleanConfig, DataConfig
 from ..errors import UserError
+from .conversations import skip_row
 from .pipeline import clean_one
 from .read import DocumentReader, lookup
 from .report import DataReport
@@ -35,12 +36,17 @@ def _label(record, data: DataConfig) -> str | None:
         raise UserError(f"{record.source}: classification needs a table or JSON lines with a text and a label "
                         f"(data.text_field, data.label_field); plain text has no labels")
     label = lookup(record.value, data.label_field)
+    if isinstance(label, (list, dict)):
+        return NESTED
     return None if label is None or str(label).strip() == "" else label_key(label)
+
+
+NESTED = "\0nested"  # a label that is a list or a mapping: a malformed row, never a class
 
 
 def label_set(reader: DocumentReader, files: list[Path], data: DataConfig) -> list[str]:
     """Every label in the files, in sorted order: a first pass that reads the label column only."""
-    return sorted_labels(label for record in reader.records(files) if (label := _label(record, data)) is not None)
+    return sorted_labels(label for record in reader.records(files) if (label := _label(record, data)) not in (None, NESTED))
 
 
 def labelled_units(reader: DocumentReader, files: list[Path], data: DataConfig, clean: CleanConfig, report: DataReport,
@@ -53,6 +59,10 @@ def labelled_units(reader: DocumentReader, files: list[Path], data: DataConfig, 
             continue
         if label is None:
             report.remove("missing_field", str(record.value)[:200])
+            continue
+        if label == NESTED:
+            skip_row(UserError(f"{record.source}:{record.line}: the label in '{data.label_field}' is a list or a mapping, "
+                               "not text or a number"), reader.on_error, report)
             continue
         text = clean_one(text, steps, report)
         if not text:
