@@ -306,12 +306,19 @@ def test_a_few_pairs_swinging_loss_is_not_instability():
 
 
 def test_a_damaged_reference_file_is_computed_again(tiny_llama, tmp_path):
+    """A file that is not one, or one that reads but holds arrays of other lengths (another data's), is computed again."""
     data = write_rows(tmp_path / "pairs.jsonl", ordered_pairs(40))
     first = train(preference_config(tiny_llama, data, tmp_path / "a", max_steps=2, eval_every=2))
     stored = next(prepare(preference_config(tiny_llama, data, tmp_path / "a")).directory.glob("reference-*.npz"))
     stored.write_bytes(b"not a zip file")
     second = train(preference_config(tiny_llama, data, tmp_path / "b", max_steps=2, eval_every=2))
     assert second["reward_margin"] == pytest.approx(first["reward_margin"]) and stored.stat().st_size > 100
+    short = np.zeros(2)
+    np.savez(stored, train_rows=short, train_kl=short, val_rows=short, val_kl=short)
+    third = train(preference_config(tiny_llama, data, tmp_path / "c", max_steps=2, eval_every=2))
+    assert third["reward_margin"] == pytest.approx(first["reward_margin"])
+    with np.load(stored) as saved:
+        assert len(saved["train_rows"]) > 2
 
 
 def _with_data(cfg, **changes):

@@ -312,18 +312,29 @@ class PreferenceKind(TaskKind):
         if not cfg.preference.precompute_reference:
             return Reference(per_batch=_reference_model(model, log))
         path = Path(prepared.directory) / f"reference-{_reference_key(cfg, resolved, precision)}.npz"
-        return Reference(precomputed=_read_references(path, log) or
+        shapes = {split: _reference_shape(PreferenceExamples(prepared.split(split), objective.paired, None))
+                  for split in ("train", "val")}
+        return Reference(precomputed=_read_references(path, shapes, log) or
                          _computed_references(objective, model, prepared, device, precision, batch_size, path, log))
 
 
-def _read_references(path: Path, log) -> dict | None:
-    """Reference log-probs stored by an earlier run; None when there are none, or the file is damaged."""
+def _reference_shape(dataset: PreferenceExamples) -> dict[str, tuple[int]]:
+    """The arrays `score_rows` gives for `dataset`: one log-prob per stored example, and one per row for KL."""
+    return {"rows": (len(dataset.examples),), "kl": (len(dataset),)}
+
+
+def _read_references(path: Path, shapes: dict, log) -> dict | None:
+    """Reference log-probs stored by an earlier run; None when there are none, or the file is damaged (unreadable, or
+    arrays that are not one float per answer of the prepared data)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as saved:
             references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        references = None
+    if references is None or any(array.shape != shapes[split][key] or array.dtype.kind != "f"
+                                 for split, arrays in references.items() for key, array in arrays.items()):
         log(f"reference log-probabilities: {path} is damaged; computing them again")
         return None
     log(f"reference log-probabilities: {path} (computed before)")
