@@ -263,5 +263,5 @@ def test_conversations_that_all_overflow_the_block_end_in_one_line(tiny_gpt2, tm
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
     cfg = load_config(None, [("task", "chat"), ("model.name", str(tiny_gpt2)), ("data.train", str(path)), ("data.block_size", 16)])
-    with pytest.raises(UserError, match="none made an example whose targets fit in data.block_size; raise data.block_size"):
+    with pytest.raises(UserError, match="1 read, 1 removed as answer beyond block size; raise data.block_size"):
         prepare(cfg)

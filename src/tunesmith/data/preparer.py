@@ -220,6 +220,7 @@ def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
         return UserError(f"no documents left: {report.read} read, and none made an example whose targets fit in "
                          "data.block_size; raise data.block_size")
     worst = max(report.removed.items(), key=lambda item: item[1])
+    hint = "raise data.block_size" if worst[0] == "answer_beyond_block_size" else hint
     return UserError(
         f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; {hint}"
     )
