@@ -323,6 +323,8 @@ def test_the_page_shows_a_grpo_runs_rewards_and_its_try_it_scores_a_completion(t
     client = TestClient(create_app(tmp_path / "runs", port=7860), base_url="http://127.0.0.1:7860")
     row = next(r for r in client.get("/api/runs").json()["runs"] if r["name"] == "steer")
     assert row["metric"] == "mean reward" and row["higher_is_better"]
+    summary = json.loads((tmp_path / "runs" / "steer" / "summary.json").read_text())
+    assert (row["base"], row["best"]) == (summary["base_reward"], summary["reward"]) and row["best"] is not None
     tried = client.post("/api/run/steer/generate", json={"prompt": "the lamp", "settings": {"temperature": 0, "max_new_tokens": 6}})
     body = tried.json()
     assert tried.status_code == 200 and set(body["rewards"]) == {"total", "regex"} and body["not_scored"] == ["vowels (Python, not run from the page)"]

@@ -12,6 +12,7 @@ class TaskView:
 
     name = "lm"
     headline = ("val_ppl", "val perplexity", False)  # metrics.jsonl key, its name, higher is better
+    summary_headline = None  # the headline's key in summary.json (its base value under base_<key>) where not the same
     try_it = "generate"  # how the web page tries a finished model: generate, chat, classify or score (a reward model)
     description = "A causal language model"  # the model card's first words
     loss_scope = ""  # how a printed loss or perplexity is qualified ("assistant-token ")

@@ -193,12 +193,14 @@ class RunsFolder:
             self._metrics[path] = (stat.st_ino, offset, rows)
         return rows
 
-    def progress(self, run_dir: Path, summary: dict, key: str, higher: bool) -> tuple[int, float | None, float | None, float | None]:
+    def progress(self, run_dir: Path, summary: dict, view) -> tuple[int, float | None, float | None, float | None]:
         """Steps, the headline metric at the base and at the best step, and tokens/s: from summary.json once the run
         has finished (a long metrics.jsonl is not read for the table), else from the metrics so far."""
+        key, _, higher = view.headline
         if summary:
-            best = summary.get(f"best_{key}", summary.get(key))
-            return summary.get("steps", 0), summary.get(f"base_{key}"), best, summary.get("tokens_per_s")
+            named = view.summary_headline or key
+            best = summary.get(f"best_{named}", summary.get(named))
+            return summary.get("steps", 0), summary.get(f"base_{named}"), best, summary.get("tokens_per_s")
         metrics = self.metrics(run_dir)
         evaluations = [(row["step"], row[key]) for row in metrics if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
         base = next((value for step, value in evaluations if step == 0), None)
@@ -212,7 +214,7 @@ class RunsFolder:
         config, summary, record = self.config(run_dir), self.summary(run_dir), self.process(run_dir)
         view = view_of(summary, config)
         key, label, higher = view.headline
-        steps, base, best, speed = self.progress(run_dir, summary, key, higher)
+        steps, base, best, speed = self.progress(run_dir, summary, view)
         started = record.get("started") or self._cached(self.own(run_dir, MARKER), read_json_object).get("created")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds")

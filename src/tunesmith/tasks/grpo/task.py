@@ -264,6 +264,7 @@ class GrpoView(TaskView):
 
     name = "grpo"
     headline = ("val_reward", "mean reward", True)
+    summary_headline = "reward"
     rewarded = True
     description = "A language model tuned by rewards (GRPO)"
 
