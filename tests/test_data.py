@@ -262,6 +262,27 @@ def test_cache_hits_and_changes_with_data_tokenizer_and_settings(tmp_path, token
     assert len(keys) == 5 and not other_data.from_cache
 
 
+def test_a_cache_folder_a_killed_prepare_left_half_written_is_removed_by_the_next(tmp_path, tokenizer):
+    """Only this machine's, and only once its process is gone: a cache shared over the network keeps another's."""
+    import subprocess
+
+    from tunesmith.rundir.durable import own_partial
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cache = tmp_path / "cache" / "data"
+    ours = own_partial(cache / "0123").name
+    mark = ours.rpartition("-")[0]
+    left, alive = cache / f"{mark}-{gone.pid}", cache / f"{mark}-1"  # pid 1 runs
+    elsewhere = cache / f"0123.partial-another-host-{gone.pid}"
+    for folder in (left, alive, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "train.bin").write_bytes(b"\0" * 64)
+    path = write_jsonl(tmp_path / "d.jsonl", make_corpus(40))
+    prepare_data(DataConfig(train=[str(path)], block_size=16), NO_FILTERS, tokenizer, tmp_path / "cache")
+    assert not left.exists() and alive.is_dir() and elsewhere.is_dir()
+
+
 def test_packing_uses_uint16_and_eos_separators(tmp_path, prep, tokenizer):
     prepared = prep(write_jsonl(tmp_path / "d.jsonl", ["first doc", "second doc", "third doc"]))
     assert prepared.dtype == np.uint16

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..config import CleanConfig, DataConfig
 from ..errors import UserError
+from ..rundir.durable import own_partial
 from ..rundir.fingerprint import file_sha256
 from ..rundir.folder import DATA_REPORT, PREPARED_META
 from .blocks import TokenBlocks
@@ -130,8 +130,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     if (directory / PREPARED_META).is_file():
         return PreparedData(directory, json.loads((directory / PREPARED_META).read_text()), from_cache=True)
 
-    partial = directory.with_name(f"{key}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = own_partial(directory)
     partial.mkdir(parents=True)
     try:
         meta = _prepare_into(partial, cfg, clean, task, tokenizer, sources, val_files, eval_only, model_params, settings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..rundir.durable import fsync_tree
+from ..rundir.durable import fsync_tree, own_partial
 from ..rundir.fingerprint import file_sha256
 from ..runtime import autocast
 from ..tasks.loss import scored
@@ -98,8 +97,7 @@ def _compute(teacher_logits, dataset, k: int, vocab: int, temperature: float, de
 def _store(arrays: dict[str, np.ndarray], rows: int, k: int, folder: Path) -> None:
     """The arrays and their meta.json in a folder of this process's, renamed into place whole; a damaged cache it
     replaces is removed first, and one another process put there meanwhile is kept."""
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = own_partial(folder)
     try:
         partial.mkdir(parents=True)
         for name, array in arrays.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError, UserError
-from ..rundir.durable import as_os_error
+from ..rundir.durable import as_os_error, own_partial
 from ..tasks import TASK_FILE
 from ..models import ResolvedModel, load_model, load_model_config, load_tokenizer
 from ..models.weights import is_classifier, scores_with_head, transformer_blocks
@@ -186,8 +185,7 @@ def _whole(folder: Path) -> bool:
 
 def _write(student: torch.nn.Module, teacher: ResolvedModel, record: dict, target: Path) -> None:
     """The student's folder, written whole under a name of this process's and then renamed into place."""
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = own_partial(target)
     try:
         student.save_pretrained(partial)
         load_tokenizer(teacher).save_pretrained(partial)

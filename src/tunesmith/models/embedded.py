@@ -7,12 +7,12 @@ such a model, so the weights are copied into a model built from the same config 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..rundir.durable import own_partial
 from ..rundir.fingerprint import file_sha256
 
 EMBEDDED_NAME = "smollm2-135m"
@@ -79,8 +79,7 @@ def convert_gguf(gguf: Path, cache_root: Path, log: Callable[[str], None]) -> Pa
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = GenerationConfig.from_model_config(quantized.config)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = own_partial(target)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,31 @@ def write_atomically(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def own_partial(target: Path) -> Path:
+    """`<target>.partial-<host>-<pid>`, this process's name for the folder it writes `target` into before renaming it into
+    place, removed if there. Those beside it that a process of this machine left when it was killed (its pid gone) are
+    removed first: a kill costs no disk for good. Another machine's (a cache shared over the network) are never touched."""
+    import glob
+
+    import psutil
+
+    mark = f".partial-{_host()}-"
+    if target.parent.is_dir():
+        for left in target.parent.glob(f"*{glob.escape(mark)}*"):
+            pid = left.name.rpartition(mark)[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(left, ignore_errors=True)
+    partial = target.with_name(f"{target.name}{mark}{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
 def fresh_partial(target: Path) -> Path:
     """An empty `<target>.partial` folder to write into before `replace_dir`."""
     partial = target.with_name(target.name + ".partial")
