@@ -493,6 +493,67 @@ def test_export_to_an_existing_file(finished_run, tmp_path, capsys):
     assert target.read_text() == "keep me"
 
 
+def _with_own_code(model: Path, marker: Path) -> None:
+    """`model`'s config names a module of its own (auto_map), which would write `marker` when imported."""
+    (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                                   "from transformers import GPT2Config\nclass Cfg(GPT2Config):\n    model_type = 'evilgpt'\n")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "evilgpt", "auto_map": {"AutoConfig": "evil.Cfg"}}))
+
+
+def test_export_and_recommend_never_run_a_models_own_code_nor_ask(finished_run, tmp_path, capsys, monkeypatch):
+    """transformers asks on stdin when trust_remote_code is not given; an answer of y would run the folder's code."""
+    import io
+
+    run, data, _ = finished_run
+    copy, marker = tmp_path / "copy", tmp_path / "code-ran"
+    shutil.copytree(run, copy)
+    _with_own_code(copy / "final", marker)
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\ny\n"))
+    assert main(["export", str(copy), "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "needs its own code")
+    assert main(["recommend", "--data", str(data), "--candidate", str(copy / "final")]) == 2
+    one_error_line(capsys, "--candidate", "its own code")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["cut_weights", "config_of_other_shapes", "config_field_of_another_type"])
+def test_a_damaged_final_model_is_named_by_export_and_generate(damage, finished_run, tmp_path, capsys):
+    run, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    final = copy / "final"
+    config = json.loads((final / "config.json").read_text())
+    if damage == "cut_weights":
+        os.truncate(final / "model.safetensors", 1000)
+    else:
+        config["n_embd"] = 16 if damage == "config_of_other_shapes" else "big"
+        (final / "config.json").write_text(json.dumps(config))
+    for command in (["export", str(copy), "--out", str(tmp_path / "out")], ["generate", str(copy), "--prompt", "the lamp"]):
+        assert main(command) == 2
+        one_error_line(capsys, f"model {final}" if command[0] == "export" else f"model {copy}", "again")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):
+    """Two exports into one --out: the one that ends second is refused, and removes only what it wrote itself."""
+    from tunesmith.export import hf
+
+    run, _, _ = finished_run
+    out = tmp_path / "out"
+    save = hf._save_hf
+
+    def racing(final, partial, *args):
+        save(final, partial, *args)
+        out.mkdir()
+        (out / "model.safetensors").write_text("the other export's")
+
+    monkeypatch.setattr(hf, "_save_hf", racing)
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    one_error_line(capsys, f"--out {out}: something was written there while this export ran", "kept")
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_an_os_error_anywhere_is_one_line_with_the_path(tmp_path, capsys):
     folder = tmp_path / "a-folder"
     folder.mkdir()

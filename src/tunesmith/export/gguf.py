@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models import ResolvedModel, load_model, load_model_config, load_tokenizer
 
 # --dtype -> (tensor type, file type) names in the gguf package
 GGUF_TYPES = {"fp32": ("F32", "ALL_F32"), "f32": ("F32", "ALL_F32"), "fp16": ("F16", "MOSTLY_F16"), "f16": ("F16", "MOSTLY_F16"),
@@ -60,8 +61,11 @@ def _source_pre_tokenizer(base: str) -> str | None:
     path = embedded_gguf_path() if base == EMBEDDED_NAME else Path(base) if base.endswith(".gguf") else None
     if path is None or not path.is_file():
         return None
-    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.pre")
-    return field.contents() if field is not None else None
+    try:
+        field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.pre")
+        return str(field.contents()) if field is not None else None
+    except (ValueError, OSError, KeyError, IndexError, TypeError):  # replaced or damaged since: the layout's own is kept
+        return None
 
 
 def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
@@ -211,16 +215,16 @@ def _tensors(model, config, layout):
 def export_gguf(final: Path, out: Path, dtype: str, base: str, name: str) -> Path:
     """Write `out` (a .gguf file) from the HF model in `final`, matrices in `dtype` (see GGUF_TYPES)."""
     import gguf
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(final)
+    resolved = ResolvedModel(str(final), str(final), local_files_only=True)
+    config = load_model_config(resolved)
     layout = LAYOUTS.get(config.model_type)
     if layout is None:
         raise UserError(f"GGUF export supports {', '.join(LAYOUTS)} models, the architectures both llama.cpp and transformers' GGUF "
                         f"reader share with tunesmith; this run's model is {config.model_type}: use the Hugging Face export (without --gguf)")
     layout.check(config)
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = load_model(resolved)
+    tokenizer = load_tokenizer(resolved)
     writer = gguf.GGUFWriter(str(out), layout.arch)
     writer.add_name(name)
     layout.hyperparameters(writer, config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,10 @@ import yaml
 
 from ..config import build_config
 from ..errors import ConfigError, UserError
-from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, config_section, read_data_report, read_json_object, read_yaml_object
+from ..models import ResolvedModel, load_model, load_tokenizer
+from ..rundir.durable import own_partial
+from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, config_section, read_data_report, read_json_object, read_yaml_object, \
+    resolve_run_paths, run_start_dir
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -99,8 +104,11 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     if dtype not in (GGUF_TYPES if gguf else DTYPES):
         extra = "; the quantized types need --gguf" if dtype in GGUF_TYPES else ""
         raise UserError(f"--dtype {dtype}: use one of {', '.join(GGUF_TYPES if gguf else DTYPES)}{extra}")
+    if out.is_symlink() and not out.is_dir():
+        raise UserError(f"--out {out} is a link to no folder; name a new folder for the export")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a new folder for the export")
+    out = out.resolve() if out.is_symlink() else out  # a link to an empty folder: the export goes there, as before
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; pick a new folder")
     summary, config, data = _run_files(run_dir)
@@ -111,35 +119,44 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     gguf_name = f"model-{file_suffix(dtype)}.gguf" if gguf else None
     card = _card(run_dir, summary, config, data, task, gguf_name)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=not created)  # made here by this export, or found empty above
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = own_partial(out)  # this export's alone until it is whole: another into the same --out cannot mix with it
+    partial.mkdir()
     try:
         if gguf:
             from .gguf import export_gguf
 
-            base = config_section(config, "model").get("name", "")
-            written = export_gguf(final, out / gguf_name, dtype, base, f"{run_dir.name} ({base})")
+            base = _base_model(run_dir, config)
+            export_gguf(final, partial / gguf_name, dtype, base, f"{run_dir.name} ({base})")
         else:
-            written = out
-            _save_hf(final, out, dtype, head)
-        (out / "README.md").write_text(card)
+            _save_hf(final, partial, dtype, head)
+        (partial / "README.md").write_text(card)
+        _put_in_place(partial, out)
     except BaseException:
-        _remove_export(out, created)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
-    return written
+    return out / gguf_name if gguf else out
 
 
-def _remove_export(out: Path, created: bool) -> None:
-    """An export that failed or was interrupted: `out` was empty or absent before it, so all it holds is this export's,
-    half-written, which would otherwise block a rerun into the same folder."""
-    if created:
-        shutil.rmtree(out)
-        return
-    for path in out.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def _put_in_place(partial: Path, out: Path) -> None:
+    """Rename the finished export onto `--out` (absent, or an empty folder); refused where another export or a user's
+    file got there first, which stays as it is."""
+    try:
+        os.rename(partial, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise UserError(f"--out {out}: something was written there while this export ran (another export?), and it is "
+                            "kept; export again into a new folder") from None
+        raise
+
+
+def _base_model(run_dir: Path, config: dict) -> str:
+    """The run's model.name as the run read it: a relative path against the folder the run was started from."""
+    start = run_start_dir(run_dir)
+    name = config_section(config, "model").get("name", "")
+    if not isinstance(name, str):
+        return ""
+    return config_section(resolve_run_paths({"model": {"name": name}}, start), "model")["name"] if start else name
 
 
 def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None) -> str:
@@ -152,10 +169,8 @@ def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gg
 
 
 def _save_hf(final: Path, out: Path, dtype: str, head: bool) -> None:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    factory = AutoModelForSequenceClassification if head else AutoModelForCausalLM
-    factory.from_pretrained(final, dtype=DTYPES[dtype]).save_pretrained(out)
-    AutoTokenizer.from_pretrained(final).save_pretrained(out)
+    resolved = ResolvedModel(str(final), str(final), local_files_only=True)
+    load_model(resolved, dtype=DTYPES[dtype], classifier=head).save_pretrained(out)
+    load_tokenizer(resolved).save_pretrained(out)
     if (final / TASK_FILE).is_file():
         shutil.copy(final / TASK_FILE, out / TASK_FILE)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..models import fit_embeddings, load_model, load_tokenizer, resolve_model
+from ..errors import UserError, first_line
+from ..models import damaged_model_errors, fit_embeddings, load_model, load_tokenizer, resolve_model
 from ..rundir.folder import CONFIG_FILE, config_section, is_run_dir, read_yaml_object
 from ..runtime import pick_device, pick_precision
 from ..tasks import read_task, task_view
@@ -65,7 +65,13 @@ def _unmerged_adapter(run: Path, settings: dict, trust_remote_code: bool, log):
     tokenizer = load_tokenizer(resolve_model(str(run), trust_remote_code, log=log) if (run / "final").is_dir() else base)
     model = load_model(base)
     fit_embeddings(model, tokenizer)  # as the run did before adding the adapters, so that saved embeddings fit
-    return PeftModel.from_pretrained(model, str(run / ADAPTER_DIR)), tokenizer, base_spec
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, str(run / ADAPTER_DIR)), tokenizer, base_spec
+    except (SafetensorError, OSError, ValueError, *damaged_model_errors()) as exc:
+        raise UserError(f"{run / ADAPTER_DIR}: the adapter is damaged or does not fit {base_spec} ({first_line(exc, 200)}); "
+                        f"restore it from the run, or benchmark {run}/final instead") from None
 
 
 def load_for_benchmarks(spec: str, device: str = "auto", precision: str | None = None, trust_remote_code: bool = False,

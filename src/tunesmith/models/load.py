@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, first_line, is_out_of_memory
 from .resolve import ResolvedModel
+
+
+def damaged_model_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises on a model folder whose files are damaged or do not fit one another: a config field of
+    the wrong type, weights of other shapes than the config's, a `.bin` that is not a pickle, an index naming a file that
+    is not one."""
+    import pickle
+
+    from huggingface_hub.errors import StrictDataclassError
+
+    return TypeError, KeyError, IndexError, RuntimeError, EOFError, pickle.UnpicklingError, StrictDataclassError
 
 
 def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> Any:
@@ -35,6 +46,11 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
     except SafetensorError as exc:
         raise UserError(f"model {resolved.spec}: a weights file is damaged or cut short ({exc}); copy or download it again") from None
+    except damaged_model_errors() as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise UserError(f"model {resolved.spec}: its files are damaged or do not fit one another ({first_line(exc, 200)}); "
+                        "copy or download the model again") from None
 
 
 def load_model_config(resolved: ResolvedModel):

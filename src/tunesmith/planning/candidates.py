@@ -50,11 +50,16 @@ def _local_config(spec: str, path: Path):
 
     from ..models.resolve import _hf_directory
 
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
         if spec.endswith(".gguf"):
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        return AutoConfig.from_pretrained(_hf_directory(path) or path, local_files_only=True)
-    except (OSError, ValueError) as exc:
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        return AutoConfig.from_pretrained(_hf_directory(path) or path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, StrictDataclassError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"--candidate {spec}: the model needs its own code, which recommend never runs; "
+                            "estimate a model transformers knows") from None
         raise UserError(f"--candidate {spec}: cannot read its config ({str(exc).splitlines()[0]}); "
                         "give a model directory, a tunesmith run, a .gguf file or a hub id") from None
 
@@ -65,7 +70,7 @@ def _hub_config(spec: str):
     from ..models.resolve import _hub_reachable
 
     try:
-        return AutoConfig.from_pretrained(spec, local_files_only=not _hub_reachable())
+        return AutoConfig.from_pretrained(spec, local_files_only=not _hub_reachable(), trust_remote_code=False)
     except (OSError, ValueError):
         raise UserError(f"--candidate {spec}: no such local path, and its config is neither in the hub cache nor "
                         "reachable; give a model directory, a tunesmith run or a .gguf file") from None
