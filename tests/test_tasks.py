@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -244,6 +245,21 @@ def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
     plain.write_text("a note\n\nanother note\n")
     with pytest.raises(UserError, match="plain text has no labels"):
         prepare(classify_config(tiny_gpt2, plain, tmp_path / "run", "head"))
+
+
+@pytest.mark.parametrize("change, named", [({"labels": []}, "its labels is '[]'"), ({"labels": ["a", "b", "c"]}, "no label word for 'a'"),
+                                           ({"block_size": "x"}, "its block_size is 'x'"), ({"text_field": 5}, "its text_field is '5'"),
+                                           ({"method": "vote"}, "its method is 'vote'")])
+def test_a_task_file_holding_values_of_another_kind_is_named_damaged(change, named, tmp_path):
+    from tunesmith.tasks import read_task
+
+    spec = {"task": "classify", "labels": ["negative", "positive"], "method": "head", "prompt": "{text}",
+            "verbalizers": {"negative": "negative", "positive": "positive"}, "block_size": 64, "text_field": "review"}
+    (tmp_path / "tunesmith_task.json").write_text(json.dumps(spec))
+    assert read_task(tmp_path) == spec
+    (tmp_path / "tunesmith_task.json").write_text(json.dumps({**spec, **change}))
+    with pytest.raises(UserError, match=re.escape(f"tunesmith_task.json: damaged ({named}); ") + ".*restore it from the run"):
+        read_task(tmp_path)
 
 
 def test_a_label_that_is_a_list_or_a_mapping_is_a_malformed_row_never_a_class(tiny_gpt2, tmp_path):

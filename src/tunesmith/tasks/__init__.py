@@ -84,7 +84,40 @@ def read_task(directory: Path) -> dict:
     if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
         raise UserError(f"{path}: damaged (not an object naming its task); it says which task the model was trained for: "
                         "restore it from the run, or train the run again")
+    problem = next((f"its {key} is {str(spec[key])[:40]!r}" for key, fits in SPEC_FIELDS.items()
+                    if key in spec and not fits(spec[key])), None) or _classifier_problem(spec)
+    if problem:
+        raise UserError(f"{path}: damaged ({problem}); it says how the model was trained: restore it from the run, or train "
+                        "the run again")
     return spec
+
+
+def _texts(value, keys=False) -> bool:
+    items = value.items() if keys else enumerate(value)
+    return all(isinstance(v, str) and (not keys or isinstance(k, str)) for k, v in items)
+
+
+SPEC_FIELDS = {  # what a key of a task file holds where a task writes it (`Task.spec`)
+    "labels": lambda v: isinstance(v, list) and len(v) >= 2 and _texts(v) and len(set(v)) == len(v),
+    "verbalizers": lambda v: isinstance(v, dict) and _texts(v, keys=True),
+    "fields": lambda v: isinstance(v, dict) and _texts(v, keys=True),
+    "block_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 10**7,
+    **{key: lambda v: isinstance(v, str) for key in ("method", "prompt", "text_field", "label_field", "end_of_turn", "label")},
+    "system_prompt": lambda v: v is None or isinstance(v, str),
+    "grpo": lambda v: isinstance(v, dict),
+}
+
+
+def _classifier_problem(spec: dict) -> str | None:
+    if "verbalizers" not in spec:
+        return None
+    missing = [key for key in ("labels", "method", "prompt") if key not in spec]
+    if missing:
+        return f"no {missing[0]}"
+    if spec["method"] not in ("head", "generative"):
+        return f"its method is {spec['method'][:40]!r}"
+    absent = [label for label in spec["labels"] if label not in spec["verbalizers"]]
+    return f"no label word for {absent[0][:40]!r}" if absent else None
 
 
 def saved_task(model_dir: Path | None, cfg: RunConfig, spec_name: str) -> tuple[TaskKind, RunConfig, dict | None]:

@@ -12,7 +12,7 @@ from ..batch import Batch, pad_rows
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, resolve_model
 from ..runtime import pick_device, pick_precision
-from . import read_task
+from . import TASK_FILE, read_task
 from .classify import LabelCoder, label_probabilities
 
 
@@ -23,6 +23,9 @@ def load_classifier(spec: str, device: torch.device, log=print):
         raise UserError(f"{spec} is not a classifier (trained with task {task.get('task', 'lm')}); train one with --task classify")
     coder = LabelCoder(task["labels"], task["method"], task["prompt"], task["verbalizers"])
     model = load_model(resolved, classifier=coder.has_head).to(device).eval()
+    if coder.has_head and getattr(model.config, "num_labels", len(coder.labels)) != len(coder.labels):
+        raise UserError(f"{Path(resolved.path) / TASK_FILE}: damaged (it names {len(coder.labels)} labels for a head of "
+                        f"{model.config.num_labels}); restore it from the run, or train the run again")
     return model, load_tokenizer(resolved), coder, task
 
 
@@ -36,6 +39,9 @@ class Classifier:
         self.labels = self.coder.labels
         self.words = self.coder.word_ids(self.tokenizer)
         self.room = self.task.get("block_size", 256) - max(map(len, self.words)) - 1
+        if self.room < 1:
+            raise UserError(f"{spec}: its block size ({self.task.get('block_size', 256)}) leaves no room for a text before "
+                            "its longest label word; restore its task file from the run, or train the run again")
         self.text_field = self.task.get("text_field", "text")
 
     @torch.no_grad()
