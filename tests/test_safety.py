@@ -535,6 +535,20 @@ def test_a_damaged_final_model_is_named_by_export_and_generate(damage, finished_
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
 
 
+@pytest.mark.parametrize("damage", ["no_tokenizer_files", "torn_tokenizer_json"])
+def test_a_model_folder_without_a_whole_tokenizer_is_named(damage, tiny_gpt2, tmp_path, capsys):
+    """transformers makes a one-token tokenizer where the files are missing: every text would be empty."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_gpt2, copy)
+    if damage == "no_tokenizer_files":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (copy / name).unlink()
+    else:
+        (copy / "tokenizer.json").write_text("{{{")
+    assert main(["generate", str(copy), "--prompt", "the lamp"]) == 2
+    one_error_line(capsys, f"model {copy}", "its tokenizer holds 1 tokens" if damage == "no_tokenizer_files" else "JSON files")
+
+
 def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):
     """Two exports into one --out: the one that ends second is refused, and removes only what it wrote itself."""
     from tunesmith.export import hf

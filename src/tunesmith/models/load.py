@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..errors import UserError, first_line, is_out_of_memory
@@ -41,6 +42,9 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             if "CausalLM" in factory.__name__:
                 raise UserError(f"model {resolved.spec}: transformers cannot load this architecture as a causal language model") from None
             raise UserError(f"model {resolved.spec}: {str(exc).split('. Model type should be')[0]}") from None
+        if isinstance(exc, json.JSONDecodeError):
+            raise UserError(f"model {resolved.spec}: one of its JSON files (its config, tokenizer or generation config) is "
+                            f"damaged ({exc}); copy or download the model again") from None
         raise UserError(f"model {resolved.spec}: {exc}") from None
     except OSError as exc:
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
@@ -51,6 +55,9 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             raise
         raise UserError(f"model {resolved.spec}: its files are damaged or do not fit one another ({first_line(exc, 200)}); "
                         "copy or download the model again") from None
+
+
+MIN_VOCABULARY = 16
 
 
 def load_model_config(resolved: ResolvedModel):
@@ -64,6 +71,9 @@ def load_tokenizer(resolved: ResolvedModel):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, resolved)
+    if len(tokenizer) < MIN_VOCABULARY:  # transformers makes one of the special tokens alone where the files are missing
+        raise UserError(f"model {resolved.spec}: its tokenizer holds {len(tokenizer)} tokens, no language model's (are its "
+                        "tokenizer files, such as tokenizer.json, missing?); copy them from the model it was made from")
     if tokenizer.eos_token_id is None:
         raise UserError(f"model {resolved.spec}: its tokenizer has no end-of-sequence token to separate documents")
     if tokenizer.pad_token_id is None:
