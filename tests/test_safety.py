@@ -484,6 +484,15 @@ def test_generate_past_the_context_says_how_long_it_is(prompt_words, new_tokens,
     one_error_line(capsys, "context of 128 tokens")
 
 
+@pytest.mark.parametrize("flags, named", [(["--generate", "-3"], "--generate takes a number of at least 1"),
+                                          (["--generate", "0"], "--generate takes a number of at least 1"),
+                                          (["--generate", "2", "--max-new-tokens", "100000"], "context of 128 tokens")])
+def test_eval_generate_counts_that_mean_nothing_are_refused(flags, named, finished_run, capsys):
+    run, data, _ = finished_run
+    assert main(["eval", str(run), "--data", str(data), *flags]) == 2
+    one_error_line(capsys, named)
+
+
 def test_export_to_an_existing_file(finished_run, tmp_path, capsys):
     run, _, _ = finished_run
     target = tmp_path / "model.bin"

@@ -90,7 +90,11 @@ def _check_eval_flags(args) -> None:
     """eval scores either benchmarks or data: a flag of the other kind would be ignored, so it is refused instead."""
     benchmark_only = {"--limit": args.limit is not None, "--num-fewshot": args.num_fewshot is not None,
                       "--output": args.output is not None, "--chat-template": args.chat_template}
-    data_only = {"--data": any(key == "data.train" for key, _ in overrides_of(args)), "--generate": bool(args.generate)}
+    if args.generate is not None and args.generate < 1 or args.max_new_tokens < 1:
+        flag = "--generate" if args.max_new_tokens >= 1 else "--max-new-tokens"
+        raise UserError(f"{flag} takes a number of at least 1 (how many {'prompts' if flag == '--generate' else 'tokens'}); "
+                        "leave --generate out to score the data alone")
+    data_only = {"--data": any(key == "data.train" for key, _ in overrides_of(args)), "--generate": args.generate is not None}
     if args.benchmarks is None and any(benchmark_only.values()):
         flag = next(flag for flag, given in benchmark_only.items() if given)
         raise UserError(f"{flag} applies to benchmarks: add --benchmarks NAMES, or leave {flag} out")
@@ -135,7 +139,7 @@ def _run_eval(args) -> int:
     if not cfg.data.train:
         raise UserError("eval needs --data FILE (or a run directory, whose own validation split it then uses)")
     log = (lambda _msg: None) if args.json else print
-    results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate, args.max_new_tokens,
+    results = [evaluate_model(spec, None if own_split else cfg.data.train_paths, cfg, log, args.generate or 0, args.max_new_tokens,
                               speed=bool(args.compare)) for spec in [args.model_or_run, args.compare] if spec]
     if len(results) == 2:
         _check_compared_tasks(args.model_or_run, args.compare, [result.task for result in results])

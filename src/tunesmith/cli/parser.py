@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_or_run")
     evaluate.add_argument("--compare", metavar="OTHER", help="a second model or run to put side by side")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--generate", type=int, nargs="?", const=64, default=0, metavar="N",
+    evaluate.add_argument("--generate", type=int, nargs="?", const=64, default=None, metavar="N",
                           help="also continue N validation prompts (64) greedily and score them against the data (ROUGE-L, chrF); "
                                "for a run, its report shows the figures")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="with --generate: tokens per continuation")

@@ -60,6 +60,10 @@ def generation_scores(task: Task, model, tokenizer, examples, count: int, new_to
     from ..inference.text_metrics import corpus_scores
     from ..runtime import autocast
 
+    context = context_length(model.config)
+    if context and new_tokens >= context:
+        raise UserError(f"--max-new-tokens {new_tokens}: this model's context of {context} tokens holds the prompt and its "
+                        "continuation together; ask for fewer new tokens")
     pairs = task.reference_pairs(examples, tokenizer, count, new_tokens)
     if not pairs:
         raise UserError(f"--generate: the {task.name} task has no validation text to generate against "
