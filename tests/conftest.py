@@ -83,3 +83,12 @@ def embedded_run(tmp_path_factory, embedded_home):
         prepare(cfg)  # the one-time conversion and the tokenizing stay outside the measured run
         _, peak = peak_tensor_bytes(lambda: train_run(cfg), pick_device("auto"))
     return SimpleNamespace(run=root / "run", corpus=corpus, peak=peak, micro_batch=2, block_size=128)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_models, tmp_path_factory):
+    """A 12-step run with checkpoints at 4, 8 and 12, which each test copies (and cuts back) rather than changes."""
+    from helpers import finished_run as train_once
+
+    run, data = train_once(tiny_models["gpt2"], tmp_path_factory.mktemp("safety"), max_steps=12, eval_every=4, keep_last=5)
+    return run, data, tiny_models["gpt2"]

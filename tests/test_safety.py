@@ -19,30 +19,13 @@ from tunesmith.errors import UserError
 from tunesmith.rundir.folder import MARKER
 from tunesmith.training.checkpoint import list_checkpoints
 
-from helpers import cut_run, losses, make_corpus, run_config, write_jsonl
+from helpers import cut_run, losses, make_corpus, one_error_line, run_config, write_jsonl
 
 
 
 def cli_args(model, data, *extra):
     return ["--model", str(model), "--data", str(data), "--block-size", "32", "--lr", "3e-3", "--set", "train.precision=fp32",
             "--set", "monitor.sample_count=0", "--set", "monitor.tensorboard=false", *extra]
-
-
-def one_error_line(capsys, *expected):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    for text in expected:
-        assert text in err[0], err[0]
-    return err[0]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_models, tmp_path_factory):
-    """A 12-step run with checkpoints at 4, 8 and 12, which each test copies and cuts back."""
-    from helpers import finished_run as train_once
-
-    run, data = train_once(tiny_models["gpt2"], tmp_path_factory.mktemp("safety"), max_steps=12, eval_every=4, keep_last=5)
-    return run, data, tiny_models["gpt2"]
 
 
 def resume_args(run_dir):
@@ -484,97 +467,13 @@ def test_generate_past_the_context_says_how_long_it_is(prompt_words, new_tokens,
     one_error_line(capsys, "context of 128 tokens")
 
 
-@pytest.mark.parametrize("flags, named", [(["--generate", "-3"], "--generate takes a number of at least 1"),
-                                          (["--generate", "0"], "--generate takes a number of at least 1"),
+@pytest.mark.parametrize("flags, named", [(["--generate", "-3"], "--generate takes a number of prompts of at least 1"),
+                                          (["--generate", "0"], "--generate takes a number of prompts of at least 1"),
                                           (["--generate", "2", "--max-new-tokens", "100000"], "context of 128 tokens")])
 def test_eval_generate_counts_that_mean_nothing_are_refused(flags, named, finished_run, capsys):
     run, data, _ = finished_run
     assert main(["eval", str(run), "--data", str(data), *flags]) == 2
     one_error_line(capsys, named)
-
-
-def test_export_to_an_existing_file(finished_run, tmp_path, capsys):
-    run, _, _ = finished_run
-    target = tmp_path / "model.bin"
-    target.write_text("keep me")
-    assert main(["export", str(run), "--out", str(target)]) == 2
-    one_error_line(capsys, str(target), "is a file")
-    assert target.read_text() == "keep me"
-
-
-def _with_own_code(model: Path, marker: Path) -> None:
-    """`model`'s config names a module of its own (auto_map), which would write `marker` when imported."""
-    (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-                                   "from transformers import GPT2Config\nclass Cfg(GPT2Config):\n    model_type = 'evilgpt'\n")
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "model_type": "evilgpt", "auto_map": {"AutoConfig": "evil.Cfg"}}))
-
-
-def test_export_and_recommend_never_run_a_models_own_code_nor_ask(finished_run, tmp_path, capsys, monkeypatch):
-    """transformers asks on stdin when trust_remote_code is not given; an answer of y would run the folder's code."""
-    import io
-
-    run, data, _ = finished_run
-    copy, marker = tmp_path / "copy", tmp_path / "code-ran"
-    shutil.copytree(run, copy)
-    _with_own_code(copy / "final", marker)
-    monkeypatch.setattr("sys.stdin", io.StringIO("y\ny\n"))
-    assert main(["export", str(copy), "--out", str(tmp_path / "out")]) == 2
-    one_error_line(capsys, "needs its own code")
-    assert main(["recommend", "--data", str(data), "--candidate", str(copy / "final")]) == 2
-    one_error_line(capsys, "--candidate", "its own code")
-    assert not marker.exists() and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("damage", ["cut_weights", "config_of_other_shapes", "config_field_of_another_type"])
-def test_a_damaged_final_model_is_named_by_export_and_generate(damage, finished_run, tmp_path, capsys):
-    run, _, _ = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    final = copy / "final"
-    config = json.loads((final / "config.json").read_text())
-    if damage == "cut_weights":
-        os.truncate(final / "model.safetensors", 1000)
-    else:
-        config["n_embd"] = 16 if damage == "config_of_other_shapes" else "big"
-        (final / "config.json").write_text(json.dumps(config))
-    for command in (["export", str(copy), "--out", str(tmp_path / "out")], ["generate", str(copy), "--prompt", "the lamp"]):
-        assert main(command) == 2
-        one_error_line(capsys, f"model {final}" if command[0] == "export" else f"model {copy}", "again")
-    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
-
-
-@pytest.mark.parametrize("damage", ["no_tokenizer_files", "torn_tokenizer_json"])
-def test_a_model_folder_without_a_whole_tokenizer_is_named(damage, tiny_gpt2, tmp_path, capsys):
-    """transformers makes a one-token tokenizer where the files are missing: every text would be empty."""
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_gpt2, copy)
-    if damage == "no_tokenizer_files":
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            (copy / name).unlink()
-    else:
-        (copy / "tokenizer.json").write_text("{{{")
-    assert main(["generate", str(copy), "--prompt", "the lamp"]) == 2
-    one_error_line(capsys, f"model {copy}", "its tokenizer holds 1 tokens" if damage == "no_tokenizer_files" else "JSON files")
-
-
-def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):
-    """Two exports into one --out: the one that ends second is refused, and removes only what it wrote itself."""
-    from tunesmith.export import hf
-
-    run, _, _ = finished_run
-    out = tmp_path / "out"
-    save = hf._save_hf
-
-    def racing(final, partial, *args):
-        save(final, partial, *args)
-        out.mkdir()
-        (out / "model.safetensors").write_text("the other export's")
-
-    monkeypatch.setattr(hf, "_save_hf", racing)
-    assert main(["export", str(run), "--out", str(out)]) == 2
-    one_error_line(capsys, f"--out {out}: something was written there while this export ran", "kept")
-    assert [p.name for p in out.iterdir()] == ["model.safetensors"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_an_os_error_anywhere_is_one_line_with_the_path(tmp_path, capsys):

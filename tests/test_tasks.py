@@ -234,6 +234,11 @@ def test_a_special_tokens_text_in_a_text_to_classify_is_that_text(tiny_gpt2, met
     coder = LabelCoder.from_config(["neg", "pos"], ClassifyConfig(method=method))
     ids = coder.prompt_ids(tokenizer, "great lamp <|endoftext|> would buy", 64)
     assert tokenizer.eos_token_id not in ids and "<|endoftext|> would buy" in tokenizer.decode(ids)
+    if method == "generative":  # the prompt's own control token stays one
+        coder = LabelCoder.from_config(["neg", "pos"], ClassifyConfig(method=method, prompt="<|endoftext|>{text}\nmood:"))
+        ids = coder.prompt_ids(tokenizer, "great lamp <|endoftext|> would buy", 64)
+        assert ids.count(tokenizer.eos_token_id) == 1 and ids[0] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids).endswith("would buy\nmood:")
 
 
 def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
@@ -247,9 +252,9 @@ def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
         prepare(classify_config(tiny_gpt2, plain, tmp_path / "run", "head"))
 
 
-@pytest.mark.parametrize("change, named", [({"labels": []}, "its labels is '[]'"), ({"labels": ["a", "b", "c"]}, "no label word for 'a'"),
-                                           ({"block_size": "x"}, "its block_size is 'x'"), ({"text_field": 5}, "its text_field is '5'"),
-                                           ({"method": "vote"}, "its method is 'vote'")])
+@pytest.mark.parametrize("change, named", [({"labels": []}, "its labels holds '[]'"), ({"labels": ["a", "b", "c"]}, "no label word for 'a'"),
+                                           ({"block_size": "x"}, "its block_size holds 'x'"), ({"text_field": 5}, "its text_field holds '5'"),
+                                           ({"method": "vote"}, "its method is 'vote'"), ({"verbalizers": None}, "no verbalizers")])
 def test_a_task_file_holding_values_of_another_kind_is_named_damaged(change, named, tmp_path):
     from tunesmith.tasks import read_task
 
@@ -257,7 +262,8 @@ def test_a_task_file_holding_values_of_another_kind_is_named_damaged(change, nam
             "verbalizers": {"negative": "negative", "positive": "positive"}, "block_size": 64, "text_field": "review"}
     (tmp_path / "tunesmith_task.json").write_text(json.dumps(spec))
     assert read_task(tmp_path) == spec
-    (tmp_path / "tunesmith_task.json").write_text(json.dumps({**spec, **change}))
+    changed = {key: value for key, value in {**spec, **change}.items() if value is not None}
+    (tmp_path / "tunesmith_task.json").write_text(json.dumps(changed))
     with pytest.raises(UserError, match=re.escape(f"tunesmith_task.json: damaged ({named}); ") + ".*restore it from the run"):
         read_task(tmp_path)
 

@@ -90,10 +90,10 @@ def _check_eval_flags(args) -> None:
     """eval scores either benchmarks or data: a flag of the other kind would be ignored, so it is refused instead."""
     benchmark_only = {"--limit": args.limit is not None, "--num-fewshot": args.num_fewshot is not None,
                       "--output": args.output is not None, "--chat-template": args.chat_template}
-    if args.generate is not None and args.generate < 1 or args.max_new_tokens < 1:
-        flag = "--generate" if args.max_new_tokens >= 1 else "--max-new-tokens"
-        raise UserError(f"{flag} takes a number of at least 1 (how many {'prompts' if flag == '--generate' else 'tokens'}); "
-                        "leave --generate out to score the data alone")
+    if args.generate is not None and args.generate < 1:
+        raise UserError("--generate takes a number of prompts of at least 1; leave it out to score the data alone")
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens takes a number of tokens of at least 1")
     data_only = {"--data": any(key == "data.train" for key, _ in overrides_of(args)), "--generate": args.generate is not None}
     if args.benchmarks is None and any(benchmark_only.values()):
         flag = next(flag for flag, given in benchmark_only.items() if given)

@@ -31,6 +31,9 @@ def sorted_labels(labels) -> list[str]:
     return sorted(set(labels), key=order)
 
 
+NESTED = "\0nested"  # `_label`'s answer for a label that is a list or a mapping: a malformed row, never a class
+
+
 def _label(record, data: DataConfig) -> str | None:
     if isinstance(record.value, str):
         raise UserError(f"{record.source}: classification needs a table or JSON lines with a text and a label "
@@ -39,9 +42,6 @@ def _label(record, data: DataConfig) -> str | None:
     if isinstance(label, (list, dict)):
         return NESTED
     return None if label is None or str(label).strip() == "" else label_key(label)
-
-
-NESTED = "\0nested"  # a label that is a list or a mapping: a malformed row, never a class
 
 
 def label_set(reader: DocumentReader, files: list[Path], data: DataConfig) -> list[str]:

@@ -60,10 +60,6 @@ def generation_scores(task: Task, model, tokenizer, examples, count: int, new_to
     from ..inference.text_metrics import corpus_scores
     from ..runtime import autocast
 
-    context = context_length(model.config)
-    if context and new_tokens >= context:
-        raise UserError(f"--max-new-tokens {new_tokens}: this model's context of {context} tokens holds the prompt and its "
-                        "continuation together; ask for fewer new tokens")
     pairs = task.reference_pairs(examples, tokenizer, count, new_tokens)
     if not pairs:
         raise UserError(f"--generate: the {task.name} task has no validation text to generate against "
@@ -102,7 +98,11 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     tokenizer = kind.tokenizer(resolved, log=log)
     model = load_model(resolved, classifier=kind.has_head(cfg))
     fit_embeddings(model, tokenizer)
-    block_size = min(cfg.data.block_size, context_length(model.config) or cfg.data.block_size)
+    context = context_length(model.config)
+    if generate and context and new_tokens >= context:  # refused before the data is scored
+        raise UserError(f"--max-new-tokens {new_tokens}: this model's context of {context} tokens holds the prompt and its "
+                        "continuation together; ask for fewer new tokens")
+    block_size = min(cfg.data.block_size, context or cfg.data.block_size)
     data_cfg = cfg.data.model_copy(update={"block_size": block_size, "replay": 0.0})  # rehearsal text never reaches validation
     if data:
         prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))

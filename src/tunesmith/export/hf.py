@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -13,9 +14,9 @@ import yaml
 from ..config import build_config
 from ..errors import ConfigError, UserError
 from ..models import ResolvedModel, load_model, load_tokenizer
-from ..rundir.durable import own_partial
+from ..rundir.durable import own_partial, sweep_partials
 from ..rundir.folder import CONFIG_FILE, SUMMARY_FILE, config_section, read_data_report, read_json_object, read_yaml_object, \
-    resolve_run_paths, run_start_dir
+    saved_as_started
 from ..tasks import TASK_FILE, read_task, task_view
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -109,18 +110,24 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a new folder for the export")
     out = out.resolve() if out.is_symlink() else out  # a link to an empty folder: the export goes there, as before
+    sweep_partials(out)  # what a killed export into it left
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; pick a new folder")
     summary, config, data = _run_files(run_dir)
     final = run_dir / "final"
+    if "auto_map" in read_json_object(final / "config.json"):
+        raise UserError(f"{final}: the model needs its own code (its config.json names auto_map), which export never runs; "
+                        "export a model transformers knows")
     task = read_task(final)
     head = task_view(task.get("task")).saved_with_head(task)
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     gguf_name = f"model-{file_suffix(dtype)}.gguf" if gguf else None
     card = _card(run_dir, summary, config, data, task, gguf_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = own_partial(out)  # this export's alone until it is whole: another into the same --out cannot mix with it
+    found = out.is_dir()  # an empty folder (a mount point, the working folder): built inside it, the folder itself kept
+    target = Path(os.path.abspath(out))  # `.` has a name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = own_partial(target / "export" if found else target)  # this export's alone until it is whole
     partial.mkdir()
     try:
         if gguf:
@@ -131,32 +138,45 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         else:
             _save_hf(final, partial, dtype, head)
         (partial / "README.md").write_text(card)
-        _put_in_place(partial, out)
+        _put_in_place(partial, target, found)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out / gguf_name if gguf else out
 
 
-def _put_in_place(partial: Path, out: Path) -> None:
-    """Rename the finished export onto `--out` (absent, or an empty folder); refused where another export or a user's
-    file got there first, which stays as it is."""
+def _put_in_place(partial: Path, out: Path, inside: bool) -> None:
+    """Rename the finished export onto `--out`, or, built `inside` the empty folder it was given, its files into it
+    (holding the folder's lock, so that two exports never mix); refused where another export or a user's file got there
+    first, which stays as it is."""
+    taken = UserError(f"--out {out}: something was written there while this export ran (another export?), and it is "
+                      "kept; export again into a new folder")
+    if not inside:
+        try:
+            os.rename(partial, out)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise taken from None
+            raise
+        return
+    handle = os.open(out, os.O_RDONLY)
     try:
-        os.rename(partial, out)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise UserError(f"--out {out}: something was written there while this export ran (another export?), and it is "
-                            "kept; export again into a new folder") from None
-        raise
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if any(entry != partial and ".partial-" not in entry.name for entry in out.iterdir()):
+            raise taken
+        for entry in partial.iterdir():
+            os.rename(entry, out / entry.name)
+        partial.rmdir()
+    finally:
+        os.close(handle)  # the lock goes with it
 
 
 def _base_model(run_dir: Path, config: dict) -> str:
     """The run's model.name as the run read it: a relative path against the folder the run was started from."""
-    start = run_start_dir(run_dir)
     name = config_section(config, "model").get("name", "")
     if not isinstance(name, str):
         return ""
-    return config_section(resolve_run_paths({"model": {"name": name}}, start), "model")["name"] if start else name
+    return saved_as_started(run_dir, {"model": {"name": name}})["model"]["name"]
 
 
 def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None) -> str:

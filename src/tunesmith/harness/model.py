@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, first_line
-from ..models import damaged_model_errors, fit_embeddings, load_model, load_tokenizer, resolve_model
+from ..models import damaged_model_error, fit_embeddings, load_model, load_tokenizer, resolve_model
 from ..rundir.folder import CONFIG_FILE, config_section, is_run_dir, read_yaml_object
 from ..runtime import pick_device, pick_precision
 from ..tasks import read_task, task_view
@@ -69,7 +69,9 @@ def _unmerged_adapter(run: Path, settings: dict, trust_remote_code: bool, log):
 
     try:
         return PeftModel.from_pretrained(model, str(run / ADAPTER_DIR)), tokenizer, base_spec
-    except (SafetensorError, OSError, ValueError, *damaged_model_errors()) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (SafetensorError, OSError, ValueError)) and damaged_model_error(exc, "") is None:
+            raise
         raise UserError(f"{run / ADAPTER_DIR}: the adapter is damaged or does not fit {base_spec} ({first_line(exc, 200)}); "
                         f"restore it from the run, or benchmark {run}/final instead") from None
 

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..errors import UserError, first_line, is_out_of_memory
 from .resolve import ResolvedModel
 
+MIN_VOCABULARY = 16  # fewer tokens than a language model's: transformers made the tokenizer up where its files are missing
 
-def damaged_model_errors() -> tuple[type[BaseException], ...]:
-    """What transformers raises on a model folder whose files are damaged or do not fit one another: a config field of
-    the wrong type, weights of other shapes than the config's, a `.bin` that is not a pickle, an index naming a file that
-    is not one."""
+
+def damaged_model_error(exc: BaseException, what: str) -> UserError | None:
+    """The one line for what transformers or peft raises on files that are damaged or do not fit one another (a config
+    field of the wrong type, weights of other shapes than the config's, a `.bin` that is not a pickle, an index naming a
+    file that is not one); None for anything else (out of memory, a device or its driver, a missing feature), which is
+    raised as it is."""
     import pickle
 
     from huggingface_hub.errors import StrictDataclassError
 
-    return TypeError, KeyError, IndexError, RuntimeError, EOFError, pickle.UnpicklingError, StrictDataclassError
+    kinds = (TypeError, KeyError, IndexError, RuntimeError, EOFError, pickle.UnpicklingError, StrictDataclassError)
+    if not isinstance(exc, kinds) or isinstance(exc, NotImplementedError) or is_out_of_memory(exc) or \
+            re.search(r"cuda|cudnn|cublas|nccl|driver|bitsandbytes", str(exc), re.IGNORECASE):
+        return None
+    return UserError(f"{what}: its files are damaged or do not fit one another ({type(exc).__name__}: {first_line(exc, 200)}); "
+                     "copy or download it again")
 
 
 def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> Any:
@@ -50,14 +59,11 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
     except SafetensorError as exc:
         raise UserError(f"model {resolved.spec}: a weights file is damaged or cut short ({exc}); copy or download it again") from None
-    except damaged_model_errors() as exc:
-        if is_out_of_memory(exc):
+    except Exception as exc:
+        damaged = damaged_model_error(exc, f"model {resolved.spec}")
+        if damaged is None:
             raise
-        raise UserError(f"model {resolved.spec}: its files are damaged or do not fit one another ({first_line(exc, 200)}); "
-                        "copy or download the model again") from None
-
-
-MIN_VOCABULARY = 16
+        raise damaged from None
 
 
 def load_model_config(resolved: ResolvedModel):
@@ -71,7 +77,7 @@ def load_tokenizer(resolved: ResolvedModel):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, resolved)
-    if len(tokenizer) < MIN_VOCABULARY:  # transformers makes one of the special tokens alone where the files are missing
+    if len(tokenizer) < MIN_VOCABULARY:
         raise UserError(f"model {resolved.spec}: its tokenizer holds {len(tokenizer)} tokens, no language model's (are its "
                         "tokenizer files, such as tokenizer.json, missing?); copy them from the model it was made from")
     if tokenizer.eos_token_id is None:

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..models.embedded import EMBEDDED_NAME
 
 
@@ -46,22 +46,25 @@ ALIASES = {name.removeprefix("openai-community/"): name for name in BUILT_IN if 
 
 
 def _local_config(spec: str, path: Path):
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     from ..models.resolve import _hf_directory
-
-    from huggingface_hub.errors import StrictDataclassError
 
     try:
         if spec.endswith(".gguf"):
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         return AutoConfig.from_pretrained(_hf_directory(path) or path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, StrictDataclassError) as exc:
-        if "trust_remote_code" in str(exc):
-            raise UserError(f"--candidate {spec}: the model needs its own code, which recommend never runs; "
-                            "estimate a model transformers knows") from None
-        raise UserError(f"--candidate {spec}: cannot read its config ({str(exc).splitlines()[0]}); "
+        _refuse_own_code(spec, exc)
+        raise UserError(f"--candidate {spec}: cannot read its config ({first_line(exc)}); "
                         "give a model directory, a tunesmith run, a .gguf file or a hub id") from None
+
+
+def _refuse_own_code(spec: str, exc: BaseException) -> None:
+    if "trust_remote_code" in str(exc):
+        raise UserError(f"--candidate {spec}: the model needs its own code, which recommend never runs; "
+                        "estimate a model transformers knows") from None
 
 
 def _hub_config(spec: str):
@@ -71,7 +74,8 @@ def _hub_config(spec: str):
 
     try:
         return AutoConfig.from_pretrained(spec, local_files_only=not _hub_reachable(), trust_remote_code=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        _refuse_own_code(spec, exc)
         raise UserError(f"--candidate {spec}: no such local path, and its config is neither in the hub cache nor "
                         "reachable; give a model directory, a tunesmith run or a .gguf file") from None
 

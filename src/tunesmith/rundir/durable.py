@@ -61,22 +61,29 @@ def _host() -> str:
 
 
 def own_partial(target: Path) -> Path:
-    """`<target>.partial-<host>-<pid>`, this process's name for the folder it writes `target` into before renaming it into
-    place, removed if there. Those beside it that a process of this machine left when it was killed (its pid gone) are
-    removed first: a kill costs no disk for good. Another machine's (a cache shared over the network) are never touched."""
+    """`<target>.partial-<host>-<pid>`, this process's name for the folder it writes `target` into before putting it in
+    place, removed if there; what killed processes left beside it goes first (`sweep_partials`)."""
+    sweep_partials(target.parent)
+    partial = target.with_name(f"{target.name}.partial-{_host()}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+def sweep_partials(folder: Path) -> None:
+    """Remove the partial folders in `folder` that a process of this machine left when it was killed (its pid gone): a
+    kill costs no disk for good. Another machine's (a cache shared over the network) are never touched; processes that
+    share a cache on one machine are taken to share its pids (one container, or the host's)."""
     import glob
 
     import psutil
 
     mark = f".partial-{_host()}-"
-    if target.parent.is_dir():
-        for left in target.parent.glob(f"*{glob.escape(mark)}*"):
-            pid = left.name.rpartition(mark)[2]
-            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
-                shutil.rmtree(left, ignore_errors=True)
-    partial = target.with_name(f"{target.name}{mark}{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    return partial
+    if not folder.is_dir():
+        return
+    for left in folder.glob(f"*{glob.escape(mark)}*"):
+        pid = left.name.rpartition(mark)[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def fresh_partial(target: Path) -> Path:

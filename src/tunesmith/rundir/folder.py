@@ -111,7 +111,7 @@ def set_aside_end(run_dir: Path, step: int) -> Path | None:
     the old model for the run's while it trains and after a crash; deleted, the user's finished model would be lost.
     Returns where they went, or None."""
     present = [name for name in END_FILES if (run_dir / name).exists() or (run_dir / name).is_symlink()]
-    if not present:
+    if SUMMARY_FILE not in present and "final" not in present:  # never ended (a report made of a crashed run is rewritten)
         return None
     ended = read_json_object(run_dir / SUMMARY_FILE).get("steps") if SUMMARY_FILE in present else None
     step = ended if isinstance(ended, int) and not isinstance(ended, bool) and 0 <= ended < 10**12 else step

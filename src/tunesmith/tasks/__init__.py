@@ -84,7 +84,7 @@ def read_task(directory: Path) -> dict:
     if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
         raise UserError(f"{path}: damaged (not an object naming its task); it says which task the model was trained for: "
                         "restore it from the run, or train the run again")
-    problem = next((f"its {key} is {str(spec[key])[:40]!r}" for key, fits in SPEC_FIELDS.items()
+    problem = next((f"its {key} holds {str(spec[key])[:40]!r}" for key, fits in SPEC_FIELDS.items()
                     if key in spec and not fits(spec[key])), None) or _classifier_problem(spec)
     if problem:
         raise UserError(f"{path}: damaged ({problem}); it says how the model was trained: restore it from the run, or train "
@@ -98,7 +98,7 @@ def _texts(value, keys=False) -> bool:
 
 
 SPEC_FIELDS = {  # what a key of a task file holds where a task writes it (`Task.spec`)
-    "labels": lambda v: isinstance(v, list) and len(v) >= 2 and _texts(v) and len(set(v)) == len(v),
+    "labels": lambda v: isinstance(v, list) and len(v) >= 1 and _texts(v) and len(set(v)) == len(v),
     "verbalizers": lambda v: isinstance(v, dict) and _texts(v, keys=True),
     "fields": lambda v: isinstance(v, dict) and _texts(v, keys=True),
     "block_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 10**7,
@@ -109,9 +109,9 @@ SPEC_FIELDS = {  # what a key of a task file holds where a task writes it (`Task
 
 
 def _classifier_problem(spec: dict) -> str | None:
-    if "verbalizers" not in spec:
+    if spec["task"] != "classify":
         return None
-    missing = [key for key in ("labels", "method", "prompt") if key not in spec]
+    missing = [key for key in ("labels", "method", "prompt", "verbalizers") if key not in spec]
     if missing:
         return f"no {missing[0]}"
     if spec["method"] not in ("head", "generative"):

@@ -243,7 +243,7 @@ class ChatUnits:
             for ids, mask, truncated in split_turns(tokenizer, unit.value, data.block_size, self.cfg.chat.train_on_prompt):
                 self.truncated += truncated
                 pieces.append((ids, mask, -1))
-            if not pieces:  # its first exchange leaves no room for the answer in a block
+            if not pieces:  # no exchange of it leaves room for its answer in a block
                 report.remove("answer_beyond_block_size", unit.key)
                 continue
             encoded.append(Encoded(unit, np.concatenate([ids for ids, _, _ in pieces]), pieces, [len(p[0]) for p in pieces]))

@@ -57,14 +57,17 @@ class LabelCoder:
 
     def prompt_ids(self, tokenizer, text: str, room: int) -> list[int]:
         """The prompt's tokens, the text cut so that the whole prompt fits in `room` tokens. A special token's text in
-        the text (`<|endoftext|>` in a review) is text, not the control token."""
+        the text (`<|endoftext|>` in a review) is text, not the control token; the prompt's own are tokens."""
+        literal = {"add_special_tokens": False, "split_special_tokens": True}
         if self.method == "head":
-            return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][:room]
+            return tokenizer(text, **literal)["input_ids"][:room]
         head, _, tail = self.prompt.partition("{text}")
         fixed = len(tokenizer(head + tail, add_special_tokens=False)["input_ids"])
-        text_ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][: max(1, room - fixed)]
-        return tokenizer(head + tokenizer.decode(text_ids) + tail, add_special_tokens=False,
-                         split_special_tokens=True)["input_ids"][:room]
+        text_ids = tokenizer(text, **literal)["input_ids"][: max(1, room - fixed)]
+        if any(special and special in text for special in tokenizer.all_special_tokens):  # kept apart from the prompt's
+            pieces = [tokenizer(part, add_special_tokens=False)["input_ids"] for part in (head, tail)]
+            return (pieces[0] + text_ids + pieces[1])[:room]
+        return tokenizer(head + tokenizer.decode(text_ids) + tail, add_special_tokens=False)["input_ids"][:room]
 
     def encode(self, tokenizer, text: str, label: str, block_size: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Ids, loss mask and class index; the generative method's targets are the label word and EOS."""

@@ -312,9 +312,9 @@ class PreferenceKind(TaskKind):
         if not cfg.preference.precompute_reference:
             return Reference(per_batch=_reference_model(model, log))
         path = Path(prepared.directory) / f"reference-{_reference_key(cfg, resolved, precision)}.npz"
-        shapes = {split: _reference_shape(PreferenceExamples(prepared.split(split), objective.paired, None))
-                  for split in ("train", "val")}
-        return Reference(precomputed=_read_references(path, shapes, log) or
+        stored = _read_references(path, {split: _reference_shape(PreferenceExamples(prepared.split(split), objective.paired, None))
+                                         for split in ("train", "val")}, log) if path.is_file() else None
+        return Reference(precomputed=stored or
                          _computed_references(objective, model, prepared, device, precision, batch_size, path, log))
 
 
@@ -324,10 +324,8 @@ def _reference_shape(dataset: PreferenceExamples) -> dict[str, tuple[int]]:
 
 
 def _read_references(path: Path, shapes: dict, log) -> dict | None:
-    """Reference log-probs stored by an earlier run; None when there are none, or the file is damaged (unreadable, or
+    """Reference log-probs stored by an earlier run; None when the file is damaged (unreadable, or
     arrays that are not one float per answer of the prepared data)."""
-    if not path.is_file():
-        return None
     try:
         with np.load(path) as saved:
             references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}

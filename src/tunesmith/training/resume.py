@@ -1,4 +1,5 @@
-"""What a resume must keep: the settings that decide which weights train, as the run was started with them."""
+"""What a resume must keep (the settings that decide which weights train, the loss, the best step and the drift, as the
+run was started with them), what it writes down of those it may change, and the earlier end it trains on from."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ RECORDED = ("monitor.max_drift", *PROBE_SETTINGS)  # what each checkpoint record
 
 
 def decided_settings(method: str | None) -> dict[str, str]:
-    """Each setting a run cannot change midway (the optimizer's aside: its state checks them), and what it decides."""
+    """Each setting a run cannot change midway, and what it decides (the optimizer's settings are not here: its saved
+    state is compared with them, `checkpoint.check_restored_settings`)."""
     decided = {key: "which weights train" for key in (*WEIGHT_SETTINGS, *fixed_settings(method))}
     decided |= {key: "what the loss is" for key in LOSS_SETTINGS}
     decided |= {key: "which evaluation is the best step" for key in BEST_STEP_SETTINGS}
@@ -39,8 +41,8 @@ def _setting(values: dict, dotted: str):
 
 
 def check_resume_settings(settings: dict, run_dir: Path) -> None:
-    """Refuse to resume with a setting that changes the trainable weights or how the best step is chosen, naming it and
-    the run's value."""
+    """Refuse to resume with a setting a run cannot change midway (`decided_settings`, the schedule, the optimizer's),
+    naming it and the run's value."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():  # resumed from a config file given with --resume: that file's settings are the run's
         return
@@ -94,14 +96,11 @@ def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Pat
     if "settings" not in saved_state:
         return
     recorded = _valid_record(saved_state["settings"])
-    if recorded is None:
+    decided = saved_state.get("decided", {})  # none in a checkpoint from before they were recorded
+    if recorded is None or not isinstance(decided, dict):
         raise UserError(f"--resume: {checkpoint / 'state.json'} is damaged (its record of the settings the run started with is "
                         "not one); move that checkpoint aside to resume from the one before, or start a new run with another --out")
     now = _valid_record({key: _setting(settings, key) for key in RECORDED})
-    decided = saved_state.get("decided", {})  # none in a checkpoint from before they were recorded
-    if not isinstance(decided, dict):
-        raise UserError(f"--resume: {checkpoint / 'state.json'} is damaged (its record of the settings the run started with is "
-                        "not one); move that checkpoint aside to resume from the one before, or start a new run with another --out")
     what = decided_settings(_setting(settings, "model.method"))
     pairs = [(key, recorded[key], now[key]) for key in RECORDED]
     pairs += [(key, before, _setting(settings, key)) for key, before in decided.items() if key in what and key not in RECORDED]

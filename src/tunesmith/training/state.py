@@ -42,8 +42,10 @@ class LoopState:
     bench_best: dict = field(default_factory=dict)  # ... and the final model's (the best step's)
     bench_seconds: float = 0.0
     rollout: dict = field(default_factory=dict)  # GRPO: the completions of the round in progress (see tasks.grpo.rollout)
-    settings: dict = field(default_factory=dict)  # the monitor's settings a resume may not change, as the run started
-    decided: dict = field(default_factory=dict)  # ... and the others (resume.recorded_settings)
+    # what a resume may not change, as the run started (resume.recorded_settings): the monitor's settings, validated as
+    # such, under the name checkpoints have always kept them by; and the others, recorded since
+    settings: dict = field(default_factory=dict)
+    decided: dict = field(default_factory=dict)
     validation: str = ""  # the fingerprint of the text every evaluation is scored on (data.prepare.validation_fingerprint)
 
     @staticmethod

@@ -20,6 +20,7 @@ from ..rundir.folder import (CONFIG_FILE, DATA_META, DATA_REPORT, MARKER, METRIC
                              read_json_object, read_sample_rows, read_yaml_object)
 from ..rundir.process import run_state
 from ..tasks import task_view
+from ..tasks.view import TaskView
 
 LAUNCH_CONFIG = "launch.yaml"  # the config a run started from the page was launched with, before config.yaml exists
 CONSOLE_LOG = "console.log"  # the output of a run the page launched
@@ -193,7 +194,7 @@ class RunsFolder:
             self._metrics[path] = (stat.st_ino, offset, rows)
         return rows
 
-    def progress(self, run_dir: Path, summary: dict, view) -> tuple[int, float | None, float | None, float | None]:
+    def progress(self, run_dir: Path, summary: dict, view: TaskView) -> tuple[int, float | None, float | None, float | None]:
         """Steps, the headline metric at the base and at the best step, and tokens/s: from summary.json once the run
         has finished (a long metrics.jsonl is not read for the table), else from the metrics so far."""
         key, _, higher = view.headline
