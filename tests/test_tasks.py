@@ -254,7 +254,7 @@ def test_classification_input_without_labels_names_the_fix(tiny_gpt2, tmp_path):
 
 @pytest.mark.parametrize("change, named", [({"labels": []}, "its labels holds '[]'"), ({"labels": ["a", "b", "c"]}, "no label word for 'a'"),
                                            ({"block_size": "x"}, "its block_size holds 'x'"), ({"text_field": 5}, "its text_field holds '5'"),
-                                           ({"method": "vote"}, "its method is 'vote'"), ({"verbalizers": None}, "no verbalizers")])
+                                           ({"method": "vote"}, "its method is 'vote'"), ({"labels": None}, "no labels")])
 def test_a_task_file_holding_values_of_another_kind_is_named_damaged(change, named, tmp_path):
     from tunesmith.tasks import read_task
 
