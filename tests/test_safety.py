@@ -273,6 +273,7 @@ def test_a_setting_of_the_loss_or_the_best_step_is_refused_on_resume_even_edited
     assert main(resume_args(cut)) == 2
     one_error_line(capsys, "preference.method is orpo here but was dpo when", "set it back to dpo")
     state = json.loads((cut / "checkpoints" / "step-0000008" / "state.json").read_text())
+    assert "model.name" not in state["decided"]  # a moved project names its model anew in config.yaml
     with pytest.raises(UserError, match="state.json is damaged"):
         check_checkpoint_settings(saved, {**state, "decided": ["dpo"]}, cut / "checkpoints" / "step-0000008")
 

@@ -21,7 +21,8 @@ def damaged_model_error(exc: BaseException, what: str) -> UserError | None:
 
     from huggingface_hub.errors import StrictDataclassError
 
-    kinds = (TypeError, KeyError, IndexError, RuntimeError, EOFError, pickle.UnpicklingError, StrictDataclassError)
+    kinds = (TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RuntimeError, EOFError, pickle.UnpicklingError,
+             StrictDataclassError)
     if not isinstance(exc, kinds) or isinstance(exc, NotImplementedError) or is_out_of_memory(exc) or \
             re.search(r"cuda|cudnn|cublas|nccl|driver|bitsandbytes", str(exc), re.IGNORECASE):
         return None
@@ -54,7 +55,7 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
         if isinstance(exc, json.JSONDecodeError):
             raise UserError(f"model {resolved.spec}: one of its JSON files (its config, tokenizer or generation config) is "
                             f"damaged ({exc}); copy or download the model again") from None
-        raise UserError(f"model {resolved.spec}: {exc}") from None
+        raise UserError(f"model {resolved.spec}: {first_line(exc)}") from None
     except OSError as exc:
         raise UserError(f"model {resolved.spec}: cannot load ({str(exc).splitlines()[0]})") from None
     except SafetensorError as exc:

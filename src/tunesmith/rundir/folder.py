@@ -116,7 +116,8 @@ def set_aside_end(run_dir: Path, step: int) -> Path | None:
     ended = read_json_object(run_dir / SUMMARY_FILE).get("steps") if SUMMARY_FILE in present else None
     step = ended if isinstance(ended, int) and not isinstance(ended, bool) and 0 <= ended < 10**12 else step
     kept, n = run_dir / f"ended-at-step-{step}", 1
-    while any((kept / name).exists() for name in present):  # an earlier move there, cut short: keep both
+    while kept.is_symlink() or (kept.exists() and not kept.is_dir()) or \
+            any((kept / name).exists() for name in present):  # a name taken, or an earlier move there cut short: keep both
         n += 1
         kept = run_dir / f"ended-at-step-{step}-{n}"
     kept.mkdir(exist_ok=True)

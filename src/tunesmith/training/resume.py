@@ -23,6 +23,7 @@ SCHEDULE_SETTINGS = ("train.lr",)  # restored with the optimizer and the schedul
 OPTIMIZER_SETTINGS = ("train.weight_decay", "train.betas")  # restored with the optimizer's state, as the rate is
 PROBE_SETTINGS = ("monitor.general_probe", "monitor.probe_tokens", "monitor.drift_from")  # the checkpoint's zero point of the drift was measured on them
 RECORDED = ("monitor.max_drift", *PROBE_SETTINGS)  # what each checkpoint records of the monitor's, as the run started
+MOVABLE = ("model.name", "distill.teacher")  # paths a moved project names anew in config.yaml: held to it alone, not recorded
 
 
 def decided_settings(method: str | None) -> dict[str, str]:
@@ -85,7 +86,7 @@ def recorded_settings(settings: dict, start: Path) -> dict:
     where the run is started), so that a resume is held to them even where the run's config.yaml was edited: `settings`,
     the monitor's (checked as such), and `decided`, the others (`decided_settings`), as LoopState keeps them."""
     absolute = resolve_run_paths(settings, start)
-    decided = [key for key in decided_settings(_setting(settings, "model.method")) if key not in RECORDED]
+    decided = [key for key in decided_settings(_setting(settings, "model.method")) if key not in (*RECORDED, *MOVABLE)]
     return {"settings": {key: _setting(absolute, key) for key in RECORDED},
             "decided": {key: _setting(absolute, key) for key in decided}}
 
