@@ -104,7 +104,7 @@ def check_checkpoint_settings(settings: dict, saved_state: dict, checkpoint: Pat
     now = _valid_record({key: _setting(settings, key) for key in RECORDED})
     what = decided_settings(_setting(settings, "model.method"))
     pairs = [(key, recorded[key], now[key]) for key in RECORDED]
-    pairs += [(key, before, _setting(settings, key)) for key, before in decided.items() if key in what and key not in RECORDED]
+    pairs += [(key, before, _setting(settings, key)) for key, before in decided.items() if key in what and key not in (*RECORDED, *MOVABLE)]
     for key, before, value in pairs:
         if before != value:
             raise UserError(f"--resume: {key} is {_yaml(value)} here but was {_yaml(before)} when {checkpoint} was "
