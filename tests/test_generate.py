@@ -45,7 +45,7 @@ def test_every_row_keeps_its_columns_and_order_with_n_samples(tiny_llama, tmp_pa
     assert [(r["id"], r["sample"]) for r in rows] == [(f"row-{i}", s) for i in range(4) for s in range(3)]
     assert all(r["topic"] == "abcd"[int(r["id"][-1])] and r["prompt"] == PROMPTS[int(r["id"][-1])] for r in rows)
     assert all(r["finish_reason"] in ("stop", "length") and 1 <= r["tokens"] <= 6 for r in rows)
-    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["samples"] == 12 and summary["generated_tokens"] == sum(r["tokens"] for r in rows)
 
 
@@ -130,8 +130,11 @@ def test_csv_and_text_inputs_with_reference_scores(tiny_llama, tmp_path, capsys)
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["question"] for r in rows] == ["the lamp", "battery"] and all("rouge_l" in r and "chrf" in r for r in rows)
-    metrics = json.loads((tmp_path / "out.summary.json").read_text())["metrics"]
+    metrics = json.loads((tmp_path / "out.csv.summary.json").read_text())["metrics"]
     assert metrics["scored"] == 2 and 0 <= metrics["rouge_l"] <= 100 and 0 <= metrics["chrf"] <= 100
+    assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(tmp_path / "out.jsonl"), "--prompt-field",
+                 "question", "--max-new-tokens", "2"]) == 0  # an output of the same stem has its own summary
+    assert (tmp_path / "out.jsonl.summary.json").is_file() and (tmp_path / "out.csv.summary.json").is_file()
 
     text = tmp_path / "prompts.txt"
     text.write_text("the lamp\nis on\n\nbattery\n")
@@ -270,7 +273,7 @@ def test_an_output_in_a_folder_not_made_yet_is_written_there(tiny_llama, tmp_pat
     source = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
     out = tmp_path / "nodir" / "sub" / "o.jsonl"
     assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--max-new-tokens", "2"]) == 0
-    assert len(read_jsonl(out)) == 4 and (out.parent / "o.summary.json").is_file()
+    assert len(read_jsonl(out)) == 4 and (out.parent / (out.name + ".summary.json")).is_file()
 
 
 def test_rows_that_are_not_utf8_are_read_with_a_warning_naming_how_many(tmp_path):

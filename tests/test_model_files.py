@@ -83,7 +83,8 @@ def test_an_export_into_an_empty_folder_keeps_the_folder_and_clears_a_killed_exp
     assert not [path for path in out.iterdir() if ".partial-" in path.name]
 
 
-@pytest.mark.parametrize("damage", ["no_tokenizer_files", "torn_tokenizer_json"])
+@pytest.mark.parametrize("damage", ["no_tokenizer_files", "no_tokenizer_json", "torn_tokenizer_json",
+                                    "model_max_length_of_text"])
 def test_a_model_folder_without_a_whole_tokenizer_is_named(damage, tiny_gpt2, tmp_path, capsys):
     """transformers makes a one-token tokenizer where the files are missing: every text would be empty."""
     copy = tmp_path / "copy"
@@ -91,10 +92,28 @@ def test_a_model_folder_without_a_whole_tokenizer_is_named(damage, tiny_gpt2, tm
     if damage == "no_tokenizer_files":
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (copy / name).unlink()
-    else:
+    elif damage == "no_tokenizer_json":
+        (copy / "tokenizer.json").unlink()
+    elif damage == "torn_tokenizer_json":
         (copy / "tokenizer.json").write_text("{{{")
+    else:
+        config = json.loads((copy / "tokenizer_config.json").read_text())
+        (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": "lots"}))
     assert main(["generate", str(copy), "--prompt", "the lamp"]) == 2
-    one_error_line(capsys, f"model {copy}", "its tokenizer holds 1 tokens" if damage == "no_tokenizer_files" else "JSON files")
+    expected = {"no_tokenizer_files": "its tokenizer holds 1 tokens", "no_tokenizer_json": "is tokenizer.json missing?",
+                "torn_tokenizer_json": "JSON files",
+                "model_max_length_of_text": "model_max_length in its tokenizer_config.json is 'lots'"}
+    one_error_line(capsys, f"model {copy}", expected[damage])
+
+
+def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tiny_gpt2, tmp_path, capsys):
+    """transformers would start the missing blocks random and say so only in its log."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_gpt2, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "n_layer": config["n_layer"] + 2}))
+    assert main(["generate", str(copy), "--prompt", "the lamp"]) == 2
+    one_error_line(capsys, f"model {copy}", "lack 24 of the tensors", "transformer.h.")
 
 
 def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):

@@ -385,6 +385,10 @@ def test_a_path_under_home_is_one_setting_written_either_way(tmp_path, monkeypat
     assert resolve_run_paths(short, start)["model"] == resolve_run_paths(spelled, start)["model"] == spelled["model"]
     assert resolve_run_paths(short, start)["data"]["train"] == spelled["data"]["train"]
     assert resolve_run_paths({"model": {"name": "~/not-there"}}, start)["model"]["name"] == "~/not-there"  # a hub id stays
+    (start / "teacher-run").mkdir(parents=True)
+    relative = {"distill": {"teacher": "teacher-run"}, "model": {"name": "org/hub-model"}}
+    assert resolve_run_paths(relative, start)["distill"]["teacher"] == str(start / "teacher-run")  # read where it started
+    assert resolve_run_paths(relative, start)["model"]["name"] == "org/hub-model"
     from tunesmith.config import build_config
     assert build_config({"output": {"dir": "~/runs/x"}}).run_dir == tmp_path / "home" / "runs" / "x"  # not ./~/runs/x
 

@@ -3,7 +3,7 @@
 Each output row is its input row, every column kept, with the sample index, the generated text, why it
 ended (`stop` or `length`, or `error` with the reason) and its token count; `n` rows per prompt, in the
 input's order. With a reference column, ROUGE-L and chrF score each row, and the summary (beside the
-output, `<name>.summary.json`) holds the corpus figures with the run's speed and settings.
+output, `<output>.summary.json`) holds the corpus figures with the run's speed and settings.
 
 Rows are journaled as they finish (`<output>.progress.jsonl`), so an interrupted run, rerun with the same
 model, input and settings, skips the rows it finished; the output itself appears whole, at the end.
@@ -32,7 +32,7 @@ SCORE_COLUMNS = ("rouge_l", "chrf")
 
 
 def summary_path(output: Path) -> Path:
-    return output.with_name(f"{output.stem}.summary.json")
+    return output.with_name(f"{output.name}.summary.json")  # out.jsonl and out.csv are two outputs, each its own summary
 
 
 class Journal:

@@ -52,6 +52,9 @@ def _from_pretrained(factory: Any, resolved: ResolvedModel, **kwargs: Any) -> An
             if "CausalLM" in factory.__name__:
                 raise UserError(f"model {resolved.spec}: transformers cannot load this architecture as a causal language model") from None
             raise UserError(f"model {resolved.spec}: {str(exc).split('. Model type should be')[0]}") from None
+        if "instantiate the backend tokenizer" in str(exc):
+            raise UserError(f"model {resolved.spec}: its tokenizer cannot be built from its files (is tokenizer.json missing?); "
+                            "copy the tokenizer files from the model it was made from") from None
         if isinstance(exc, json.JSONDecodeError):
             raise UserError(f"model {resolved.spec}: one of its JSON files (its config, tokenizer or generation config) is "
                             f"damaged ({exc}); copy or download the model again") from None
@@ -81,6 +84,10 @@ def load_tokenizer(resolved: ResolvedModel):
     if len(tokenizer) < MIN_VOCABULARY:
         raise UserError(f"model {resolved.spec}: its tokenizer holds {len(tokenizer)} tokens, no language model's (are its "
                         "tokenizer files, such as tokenizer.json, missing?); copy them from the model it was made from")
+    limit = tokenizer.model_max_length
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != limit:
+        raise UserError(f"model {resolved.spec}: model_max_length in its tokenizer_config.json is {limit!r}, not a number; "
+                        "copy the file from the model it was made from, or remove the field")
     if tokenizer.eos_token_id is None:
         raise UserError(f"model {resolved.spec}: its tokenizer has no end-of-sequence token to separate documents")
     if tokenizer.pad_token_id is None:
@@ -108,10 +115,25 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
         )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved, **kwargs)
+    model, loading = _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved,
+                                      output_loading_info=True, **kwargs)
+    _refuse_missing_weights(model, loading["missing_keys"], resolved.spec, classifier)
     in_own_memory(model)
     contiguous_output_input(model)
     return model
+
+
+def _refuse_missing_weights(model, missing: Any, spec: str, classifier: bool) -> None:
+    """transformers fills weights its files lack with random ones and says so only in its log: a config.json asking for
+    more layers than the weights hold would train and serve a model with random blocks. A classifier's new head is
+    the one part expected to be missing."""
+    backbone = f"{model.base_model_prefix}."
+    lacking = sorted(name for name in missing if not classifier or name.startswith(backbone))
+    if lacking:
+        shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+        raise UserError(f"model {spec}: its weights files lack {len(lacking)} of the tensors its config.json describes "
+                        f"({shown}), so they would start random; copy or download the model again, or set its config "
+                        "back to the one its weights were saved with")
 
 
 def in_own_memory(model) -> None:

@@ -283,11 +283,12 @@ def _store_against(start: Path, uri: str) -> str:
 def resolve_run_paths(settings: dict, start: Path) -> dict:
     """`settings` (a config as a dict) with each relative path made absolute against `start`, the run's start folder.
 
-    Data paths and a probe file always are, so that a path missing there is named where it was meant; `model.name` and
-    `monitor.drift_from` only when they name something that exists there, since it may also be a hub id or the embedded model's name.
+    Data paths and a probe file always are, so that a path missing there is named where it was meant; `model.name`,
+    `monitor.drift_from` and `distill.teacher` only when they name something that exists there, since each may also be
+    a hub id or the embedded model's name.
     """
     resolved = json.loads(json.dumps(settings))
-    data, model, monitor = (resolved.get(key) or {} for key in ("data", "model", "monitor"))
+    data, model, monitor, distill = (resolved.get(key) or {} for key in ("data", "model", "monitor", "distill"))
     for source in data.get("train") or []:
         if isinstance(source, dict):
             paths = source.get("path")
@@ -302,7 +303,7 @@ def resolve_run_paths(settings: dict, start: Path) -> dict:
                                  for b in monitor["benchmarks"]]
     if isinstance(monitor.get("mlflow_uri"), str):
         monitor["mlflow_uri"] = _store_against(start, monitor["mlflow_uri"])
-    for section, key in ((model, "name"), (monitor, "drift_from")):
+    for section, key in ((model, "name"), (monitor, "drift_from"), (distill, "teacher")):
         name = section.get(key)
         if isinstance(name, str) and Path(_against(start, name)).exists():
             section[key] = _against(start, name)
