@@ -103,8 +103,9 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
         return tokenizer(prompt).input_ids
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("this model's tokenizer has no chat template; drop --chat to continue plain text")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    from ..tasks.chat import conversation_ids
+
+    return conversation_ids(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def default_stop_ids(model, tokenizer, chat: bool) -> list[int]:
@@ -212,12 +213,11 @@ class ChatSession:
 
     def _prompt_ids(self) -> list[int]:
         """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
-        from ..tasks.chat import render
+        from ..tasks.chat import conversation_ids
 
         context = context_length(self.model.config)
         while True:
-            prompt = render(self.tokenizer, self.messages(), add_generation_prompt=True)
-            input_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            input_ids = conversation_ids(self.tokenizer, self.messages())
             if not context or len(input_ids) + self.options.max_new_tokens <= context or len(self.history) <= 1:
                 break
             del self.history[:2]

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from ..decoding import Job, SamplingSettings
+from ..errors import UserError
 from .body import BodyTooLarge, ClientLeft, read_body, replay
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from .worker import GenerationWorker, QueueFull, ShuttingDown
@@ -48,8 +49,11 @@ class ServedModel:
         # every token spells at most this many characters, so a longer prompt is refused before it is tokenized
         self.longest_token = max(map(len, tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))) or 1
 
-    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
+    def encode(self, text: str, messages: list[dict] | None) -> list[int]:
+        """A completion's prompt as the tokenizer reads it; a chat's messages through the template, their contents as text."""
+        from ..tasks.chat import conversation_ids
+
+        return self.tokenizer(text).input_ids if messages is None else conversation_ids(self.tokenizer, messages)
 
 
 def _authorized(header: str, key: str) -> bool:
@@ -188,8 +192,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
     async def models():
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "tunesmith"}]}
 
-    async def start_job(body: Sampling, text: str, add_special_tokens: bool, wanted: int | None, request) -> tuple[Job, Relay]:
-        """Check every limit, tokenize, and queue the job: all before any byte of the answer is sent."""
+    async def start_job(body: Sampling, text: str, messages: list[dict] | None, wanted: int | None, request) -> tuple[Job, Relay]:
+        """Check every limit, tokenize (`text`, or the chat `messages` it renders), and queue the job: all before any byte
+        of the answer is sent."""
         if body.n > limits.max_n:
             raise RequestError(400, f"n is {body.n}; this server returns at most {limits.max_n} choices")
         if len(text) > limits.max_prompt_tokens * served.longest_token:
@@ -197,7 +202,10 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
                                     "can spell; shorten it")
         if _unpaired_surrogate(text):
             raise RequestError(400, "the prompt holds an unpaired UTF-16 surrogate, which is not text; send valid Unicode")
-        prompt = await run_in_threadpool(served.encode, text, add_special_tokens)
+        try:
+            prompt = await run_in_threadpool(served.encode, text, messages)
+        except UserError as exc:
+            raise RequestError(400, str(exc)) from None
         if not prompt:
             raise RequestError(400, "prompt: empty once tokenized, and this model's tokenizer adds no start token; send some "
                                     "text to continue (tunesmith generate refuses it too)")
@@ -283,7 +291,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        job, relay = await start_job(body, body.prompt, True, body.max_tokens, request)
+        job, relay = await start_job(body, body.prompt, None, body.max_tokens, request)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):
@@ -301,7 +309,6 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        from ..errors import UserError
         from ..tasks.chat import render
 
         if not getattr(served.tokenizer, "chat_template", None):
@@ -310,7 +317,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             prompt = render(served.tokenizer, [m.as_dict() for m in body.messages], add_generation_prompt=True)
         except UserError as exc:
             raise RequestError(400, f"this model's chat template refused the messages: {exc}") from None
-        job, relay = await start_job(body, prompt, False, body.wanted_tokens, request)
+        job, relay = await start_job(body, prompt, [m.as_dict() for m in body.messages], body.wanted_tokens, request)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):

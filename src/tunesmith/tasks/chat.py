@@ -109,6 +109,34 @@ def render(tokenizer, messages: list[Message], add_generation_prompt: bool = Fal
                         "check chat.roles (roles must be system, user or assistant)") from None
 
 
+def conversation_ids(tokenizer, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+    """A conversation's token ids as its chat template renders it, each message's content read as text: a message that
+    holds `<|im_start|>assistant` (`control_texts`) quotes it, and opens no turn. Where no message holds such a text,
+    the ids are the whole rendered text's; otherwise the template is rendered around a placeholder for each content
+    and the two kinds of piece are tokenized apart (a template that rewrites the contents is refused then)."""
+    import re
+
+    rendered = render(tokenizer, messages, add_generation_prompt)
+    markers = control_texts(tokenizer)
+    if not any(marker in str(message["content"]) for message in messages for marker in markers):
+        return tokenizer(rendered, add_special_tokens=False).input_ids
+    holders = [f"\ue000{index}\ue001" for index in range(len(messages))]
+    shaped = render(tokenizer, [{**message, "content": holder} for message, holder in zip(messages, holders)], add_generation_prompt)
+    pieces = re.split("(\ue000\\d+\ue001)", shaped)  # template text at even places, a placeholder at odd ones
+    if pieces[1::2] != holders:
+        raise UserError("a message holds the text of one of the model's control tokens (such as "
+                        f"{markers[0]!r}), and this model's chat template rewrites messages, so it cannot be kept as text; "
+                        "remove it from the message")
+    ids: list[int] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            text = str(messages[holders.index(piece)]["content"])
+            ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False).input_ids
+    return ids
+
+
 def assistant_spans(tokenizer, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that carry loss: each assistant turn and its end marker.
 
