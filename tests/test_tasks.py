@@ -205,6 +205,17 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     source.write_text("\n")
     with pytest.raises(UserError, match=r"--input .*in.jsonl: no rows to score"):
         predict_file(str(tmp_path / "run"), source, tmp_path / "bad.jsonl", "review")
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    headless = tmp_path / "headless"  # a trained classifier whose head is gone would label at random
+    shutil.copytree(tmp_path / "run" / "final", headless)
+    weights = load_file(headless / "model.safetensors")
+    save_file({name: tensor for name, tensor in weights.items() if not name.startswith("score.")}, headless / "model.safetensors")
+    source.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(UserError, match=r"lack 1 of the tensors its config.json describes \(score.weight\)"):
+        predict_file(str(headless), source, tmp_path / "headless.jsonl", "review")
     assert not (tmp_path / "bad.jsonl").exists()
 
     from tunesmith.evaluation.scoring import evaluate_model

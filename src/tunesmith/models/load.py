@@ -96,11 +96,12 @@ def load_tokenizer(resolved: ResolvedModel):
 
 
 def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool = False, classifier: bool = False,
-               **config_overrides: Any):
+               new_head: bool = False, **config_overrides: Any):
     """Load weights in float32 by default: autocast does the low-precision math and keeps fp32 master weights.
 
     `quantize_4bit` loads an NF4 base through bitsandbytes (CUDA only) for QLoRA; `classifier` loads
-    the backbone with a sequence-classification head (new, sized by `num_labels`, or a trained one);
+    the backbone with a sequence-classification head (a trained one, or with `new_head` one sized by `num_labels` where
+    the files hold none);
     `config_overrides` change config fields such as dropout rates.
     """
     import torch
@@ -117,18 +118,18 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model, loading = _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved,
                                       output_loading_info=True, **kwargs)
-    _refuse_missing_weights(model, loading["missing_keys"], resolved.spec, classifier)
+    _refuse_missing_weights(model, loading["missing_keys"], resolved.spec, new_head)
     in_own_memory(model)
     contiguous_output_input(model)
     return model
 
 
-def _refuse_missing_weights(model, missing: Any, spec: str, classifier: bool) -> None:
+def _refuse_missing_weights(model, missing: Any, spec: str, new_head: bool) -> None:
     """transformers fills weights its files lack with random ones and says so only in its log: a config.json asking for
-    more layers than the weights hold would train and serve a model with random blocks. A classifier's new head is
-    the one part expected to be missing."""
+    more layers than the weights hold would train and serve a model with random blocks, a trained classifier without
+    its head would label at random. A new classification head is the one part expected to be missing."""
     backbone = f"{model.base_model_prefix}."
-    lacking = sorted(name for name in missing if not classifier or name.startswith(backbone))
+    lacking = sorted(name for name in missing if not new_head or name.startswith(backbone))
     if lacking:
         shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
         raise UserError(f"model {spec}: its weights files lack {len(lacking)} of the tensors its config.json describes "

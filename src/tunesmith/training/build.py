@@ -20,7 +20,7 @@ def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels
     if labels:
         overrides.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
                          pad_token_id=tokenizer.pad_token_id)
-    model = load_model(resolved, quantize_4bit=quantize_4bit, classifier=bool(labels), **overrides)
+    model = load_model(resolved, quantize_4bit=quantize_4bit, classifier=bool(labels), new_head=bool(labels), **overrides)
     if tokenizer is not None:
         fit_embeddings(model, tokenizer)
     return model
