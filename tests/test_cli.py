@@ -113,6 +113,24 @@ def test_chat_commands_act_the_same_typed_or_piped():
     assert _chat_command(session, "/systematic doubt") is None and _chat_command(session, "hello") is None
 
 
+def test_piped_chat_answers_each_message_on_its_own_line_and_fails_when_one_got_no_reply(capsys, monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from tunesmith.cli.use import _chat_piped
+
+    def reply(text):
+        if len(text) > 10:
+            raise UserError("the prompt is past the model's context")
+        return f"re: {text}\nmore"
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"first\n" + b"long " * 20 + b"\nthird\n"), encoding="utf-8"))
+    assert _chat_piped(SimpleNamespace(system=None, reply=reply)) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["re: first more", "", "re: third more"]
+    assert "past the model's context" in err and "1 message got no reply" in err
+
+
 def test_generate_chat_needs_a_template(run_args, tiny_gpt2, capsys):
     assert main(["generate", str(tiny_gpt2), "--prompt", "hi", "--chat"]) == 2
     assert "no chat template" in capsys.readouterr().err

@@ -70,6 +70,25 @@ def test_a_stop_string_ends_the_text_before_it(loaded):
     assert stopped.tokens < greedy.tokens
 
 
+@pytest.mark.parametrize(("text", "stop", "sent"), [("ab\u3002cd", "\u3002", "ab"), ("ab\u3002cd", "b\u3002", "a"),
+                                                  ("h\u00e9llo w\u00f6rld", "\u00f6", "h\u00e9llo w"), ("x\U0001f600y", "\U0001f600", "x")])
+def test_a_stop_ending_in_a_character_of_several_tokens_is_found(loaded, text, stop, sent):
+    """A byte-level tokenizer spells such a character in pieces: its last piece ends the stop where the text was a
+    placeholder before, and no part of the stop is sent before it is known not to be one."""
+    from tunesmith.decoding.text import ChoiceText
+
+    _, tokenizer = loaded
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) > len(text)  # some character came in more than one token
+    choice = ChoiceText(tokenizer, [stop])
+    pieces = []
+    for token in ids:
+        pieces.append(choice.add(token))
+        if choice.stopped:
+            break
+    assert choice.stopped and "".join(pieces) + choice.rest() == sent
+
+
 def test_a_seeded_run_repeats_and_each_prompt_has_its_own_draws(loaded):
     model, tokenizer = loaded
     ids = [tokenizer(p).input_ids for p in PROMPTS]

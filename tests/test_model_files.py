@@ -116,6 +116,18 @@ def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tiny_g
     one_error_line(capsys, f"model {copy}", "lack 24 of the tensors", "transformer.h.")
 
 
+def test_a_tokenizer_with_more_tokens_than_the_embeddings_is_refused_for_generation(tiny_gpt2, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_gpt2, copy)
+    tokenizer = json.loads((copy / "tokenizer.json").read_text())
+    rows = json.loads((copy / "config.json").read_text())["vocab_size"]
+    tokenizer["added_tokens"].append({"id": rows + 5, "content": "<|zap|>", "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": True})
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert main(["generate", str(copy), "--prompt", "the lamp <|zap|>"]) == 2
+    one_error_line(capsys, f"model {copy}", "some tokens have none")
+
+
 def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):
     """Two exports into one --out: the one that ends second is refused, and removes only what it wrote itself."""
     from tunesmith.export import hf

@@ -443,7 +443,9 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(served, mon
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--port", "-1"], "--port -1: a port is a number from 0 to 65535"),
+    (["--port", "-1"], "--port -1: a port is a number from 1 to 65535"),
+    (["--port", "0"], "--port 0: a port is a number from 1 to 65535"),
+    (["--api-key", "\u043a\u043b\u044e\u0447"], "the API key holds a character an HTTP header cannot carry"),
     (["--port", "99999"], "--port 99999"),
     (["--host", "999.1.1.1"], "--host 999.1.1.1"),
     (["--max-tokens", "-1"], "--max-tokens -1: every request would be refused"),

@@ -342,6 +342,11 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
     listed = page.get("/sweeps")
     assert listed.status_code == 200 and "sweep.json is damaged" in listed.text and 'href="/sweeps/s"' in listed.text
     assert page.get("/sweeps/bad").status_code == 404 and page.get("/api/sweep/bad").status_code == 404
+    import os
+
+    (settings.folder / "figures.json").unlink()
+    os.mkfifo(settings.folder / "figures.json")  # read, it would hold the request's thread until something writes to it
+    assert page.get("/api/sweep/s").json()["figures"] == {}
 
 
 def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, tiny_gpt2, corpus_file, monkeypatch):

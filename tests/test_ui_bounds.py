@@ -351,6 +351,11 @@ def test_the_token_address_leads_only_to_this_site(runs_root):
         assert opened.status_code == 303 and opened.headers["location"] == target, path
 
 
+def test_a_query_value_of_another_kind_is_answered_in_the_pages_own_shape(runs_root):
+    answer = client_of(runs_root).get("/api/run/lr-high/metrics?offset=abc")
+    assert answer.status_code == 400 and "query.offset" in answer.json()["error"]
+
+
 def test_a_path_too_long_for_the_file_system_is_not_found(runs_root):
     client = TestClient(create_app(runs_root, port=7860), base_url="http://127.0.0.1:7860", raise_server_exceptions=False)
     for path in ("/files/" + "a/" * 3000, "/files/" + "b" * 300, "/runs/" + "a/" * 3000, "/api/run/" + "c" * 300 + "/metrics"):
@@ -406,6 +411,8 @@ def test_the_page_refuses_what_the_task_refuses_before_a_run_folder_is_made(form
     launcher = Launcher(RunsFolder(form_root))
     with pytest.raises(ConfigError, match="data.packing: padded does not apply to task lm"):
         launcher.config(Draft.from_form({**FORM_RUN, "data.packing": "padded"}))
+    with pytest.raises(ConfigError, match="data.block_size: 100000 is above the model's context of 128 tokens"):
+        launcher.start(Draft.from_form({**FORM_RUN, "data.block_size": "100000"}))
     assert not (form_root / "from-form").exists()
 
 

@@ -27,12 +27,14 @@ def tokenizer_model(cfg: RunConfig):
 
 def trained_model_config(cfg: RunConfig, resolved):
     """The config of the model the run trains, from `resolved` as `tokenizer_model` gives it: its own, or for a student
-    cut from its teacher the teacher's with the kept blocks only (refusing more blocks than the teacher has, as training
-    would)."""
+    cut from its teacher the teacher's with the kept blocks only (refusing more blocks than the teacher has, or a block
+    size past the model's context, as training would)."""
+    from .config import check_block_size
     from .distill import student_config
-    from .models import load_model_config
+    from .models import context_length, load_model_config
 
     config = load_model_config(resolved)
+    check_block_size(cfg.data.block_size, context_length(config))  # what a run of this model refuses before it starts
     if cfg.distill.student is not None:
         cut = cfg.distill.student.from_teacher
         return student_config(config, cut.keep_layers, cut.pick)

@@ -46,7 +46,8 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def pick_device(spec: str = "auto") -> torch.device:
+def pick_device(spec: str = "auto", setting: str = "train.device") -> torch.device:
+    """The device `spec` names; an unknown or missing one is refused naming `setting`, as the user gave it."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -56,9 +57,9 @@ def pick_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError([f"train.device: unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps"]) from None
+        raise ConfigError([f"{setting}: unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps"]) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([f"train.device: {spec} requested but no CUDA GPU is visible; use auto or cpu"])
+        raise ConfigError([f"{setting}: {spec} requested but no CUDA GPU is visible; use auto or cpu"])
     return device
 
 
@@ -175,13 +176,18 @@ def with_oom_backoff(attempt: Callable[[int], T], size: int, device: torch.devic
             on_retry(size)
 
 
+def http_address(host: str, port: int) -> str:
+    """The address a browser or client takes: an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def check_address(host: str, port: int) -> None:
     """Refuse, in one line, an address this machine cannot listen on (`serve`, `ui`), before uvicorn would log its own
     error and exit with code 3."""
     import socket
 
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port {port}: a port is a number from 0 to 65535; pass another --port")
+    if not 1 <= port <= 65535:  # 0 would be a port the system picks, which no printed address or Host check could name
+        raise UserError(f"--port {port}: a port is a number from 1 to 65535; pass another --port")
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -62,19 +62,8 @@ def _run_chat(args) -> int:
     model, tokenizer = load_generator(args.model_or_run, args.device)
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     session = ChatSession(model, tokenizer, options, args.system)
-    if not sys.stdin.isatty():  # a pipe: one reply per message line out; the commands act, and say so on stderr
-        for line in (line.strip() for line in _piped_lines()):
-            if line in ("/exit", "/quit"):
-                return 0
-            done = _chat_command(session, line) if line else None
-            if done:
-                print(done, file=sys.stderr, flush=True)
-            elif line:
-                try:
-                    print(" ".join(session.reply(line).split("\n")), flush=True)
-                except UserError as exc:
-                    print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 0
+    if not sys.stdin.isatty():
+        return _chat_piped(session)
     def show(piece: str) -> None:
         print(piece, end="", flush=True)
 
@@ -100,6 +89,28 @@ def _run_chat(args) -> int:
                 print()
             except UserError as exc:
                 print(f"\nerror: {exc}")
+
+
+def _chat_piped(session) -> int:
+    """One line out per message line in, an empty one where a message failed (its error on stderr), so that line N
+    answers message N; the commands act, and say so on stderr. Exit code 2 when any message failed."""
+    failed = 0
+    for line in (line.strip() for line in _piped_lines()):
+        if line in ("/exit", "/quit"):
+            break
+        done = _chat_command(session, line) if line else None
+        if done:
+            print(done, file=sys.stderr, flush=True)
+        elif line:
+            try:
+                print(" ".join(session.reply(line).split("\n")), flush=True)
+            except UserError as exc:
+                failed += 1
+                print(flush=True)
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"error: {failed} message{'s' if failed != 1 else ''} got no reply (an empty line in its place)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _run_predict(args) -> int:
@@ -130,12 +141,16 @@ def _run_export(args) -> int:
 
 def _run_serve(args) -> int:
     from ..decoding.rules import N_MAX
-    from ..runtime import check_address
+    from ..runtime import check_address, http_address
     from ..serve import API_KEY_VARIABLE, Limits, create_app, load_for_serving, run_server
 
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key is empty (an unset variable?): the server would take every request; give the key, or leave "
                         "the flag out to serve without one")
+    key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+    if key and not (key.isascii() and key.isprintable()):
+        raise UserError("the API key holds a character an HTTP header cannot carry (letters beyond ASCII, a control character), "
+                        "so no client could send it; use printable ASCII, such as the output of `openssl rand -hex 24`")
     if not args.host.strip():
         raise UserError("--host is empty, which would listen on every address of this machine; name one, e.g. 127.0.0.1")
     for flag in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_n", "max_batch", "queue_size"):
@@ -151,15 +166,14 @@ def _run_serve(args) -> int:
     limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_bytes, args.max_n, args.max_batch, args.queue_size,
                     args.request_timeout)
     served = load_for_serving(args.model_or_run, args.device)
-    key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-    print(f"serving {served.name} on http://{args.host}:{args.port}/v1 ({'API key required' if key else 'no API key'}; "
+    print(f"serving {served.name} on {http_address(args.host, args.port)}/v1 ({'API key required' if key else 'no API key'}; "
           f"up to {limits.max_batch} sequences decoded together)", flush=True)
     run_server(create_app(served, limits, key), args.host, args.port)
     return 0
 
 
 def _run_ui(args) -> int:
-    from ..runtime import check_address
+    from ..runtime import check_address, http_address
     from ..ui import TOKEN_VARIABLE, create_app, run_ui
 
     root = Path(args.runs)
@@ -170,7 +184,7 @@ def _run_ui(args) -> int:
     check_address(args.host, args.port)
     root.mkdir(parents=True, exist_ok=True)
     token = args.token or os.environ.get(TOKEN_VARIABLE)
-    address = f"http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+    address = f"{http_address(args.host, args.port)}/" + (f"?token={token}" if token else "")
     print(f"tunesmith ui: {address}  (runs folder {root.resolve()}; Ctrl-C stops the page, not the runs it started)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: --host {args.host} without --token: anyone who can reach this machine can start runs here", flush=True)

@@ -7,6 +7,8 @@ string, or half of a UTF-8 character, is held back until it is clear.
 
 from __future__ import annotations
 
+import os
+
 
 class ChoiceText:
     def __init__(self, tokenizer, stops: list[str]):
@@ -22,17 +24,15 @@ class ChoiceText:
         """Take one generated token; returns the new text that is safe to send (possibly empty)."""
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if self.stops:
-            start = max(0, len(self.text) - self.hold)
+        if self.stops:  # from where the text changed: a token that completes a character replaces its placeholder
+            start = max(0, len(os.path.commonprefix([self.text, text])) - self.hold)
             found = [i for i in (text.find(stop, start) for stop in self.stops) if i != -1]
             if found:
                 self.text, self.stopped = text[: min(found)], True
                 return self.rest()
         self.text = text
-        safe = len(text) - self.hold
-        if text.endswith("\ufffd"):  # the first bytes of a character whose last bytes are still to come
-            safe = min(safe, len(text) - 1)
-        return self._send_to(safe)
+        complete = len(text.rstrip("\ufffd"))  # past it: the first bytes of characters whose last bytes are still to come
+        return self._send_to(complete - self.hold)
 
     def rest(self) -> str:
         """Everything not sent yet: called when the choice ends."""

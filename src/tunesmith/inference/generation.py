@@ -92,8 +92,13 @@ def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = Fa
     if scores_with_head(load_model_config(resolved)):
         raise UserError(f"{spec} scores text with a head (a classifier or reward model); it does not generate text: "
                         f"score texts with `tunesmith predict {spec} --input FILE --output OUT.csv`, or give a language model")
+    place = pick_device(device, "--device")
     tokenizer = load_tokenizer(resolved)
-    model = load_model(resolved).to(pick_device(device)).eval()
+    model = load_model(resolved).to(place).eval()
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # a prompt holding one of the others would end in an index error mid-generation
+        raise UserError(f"model {spec}: its tokenizer has {len(tokenizer):,} tokens and its embeddings {rows:,} rows, so some "
+                        "tokens have none; its files do not fit one another: copy the model again, or export the run again")
     return model, tokenizer
 
 
@@ -188,6 +193,10 @@ class ChatSession:
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError("this model has no chat template; fine-tune it with --task chat, or use `tunesmith generate`")
         self.options.check()
+        context = context_length(self.model.config)
+        if context and self.options.max_new_tokens >= context:  # no message would leave room for an answer
+            raise UserError(f"--max-new-tokens {self.options.max_new_tokens:,}: this model's context of {context:,} tokens "
+                            "holds the conversation and the answer together; ask for fewer new tokens")
         self.stop_ids = default_stop_ids(self.model, self.tokenizer, chat=True)
         self.turn = 0
 

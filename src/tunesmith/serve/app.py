@@ -192,7 +192,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
     async def models():
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "tunesmith"}]}
 
-    async def start_job(body: Sampling, text: str, messages: list[dict] | None, wanted: int | None, request) -> tuple[Job, Relay]:
+    async def start_job(body: CompletionRequest | ChatRequest, text: str, messages: list[dict] | None, request) -> tuple[Job, Relay]:
         """Check every limit, tokenize (`text`, or the chat `messages` it renders), and queue the job: all before any byte
         of the answer is sent."""
         if body.n > limits.max_n:
@@ -211,8 +211,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
                                     "text to continue (tunesmith generate refuses it too)")
         if len(prompt) > limits.max_prompt_tokens:
             raise RequestError(400, f"the prompt has {len(prompt):,} tokens; this server takes at most {limits.max_prompt_tokens:,}")
+        wanted = body.wanted_tokens
         if wanted is not None and wanted > limits.max_tokens:
-            raise RequestError(400, f"max_tokens is {wanted:,}; this server allows at most {limits.max_tokens:,}")
+            raise RequestError(400, f"{body.wanted_field} is {wanted:,}; this server allows at most {limits.max_tokens:,}")
         room = served.context - len(prompt) if served.context else limits.max_tokens
         max_tokens = wanted or min(limits.max_tokens, room)
         if room < 1:
@@ -291,7 +292,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        job, relay = await start_job(body, body.prompt, None, body.max_tokens, request)
+        job, relay = await start_job(body, body.prompt, None, request)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):
@@ -313,11 +314,12 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
 
         if not getattr(served.tokenizer, "chat_template", None):
             raise RequestError(400, "this model has no chat template; use /v1/completions")
-        try:
-            prompt = render(served.tokenizer, [m.as_dict() for m in body.messages], add_generation_prompt=True)
+        messages = [m.as_dict() for m in body.messages]
+        try:  # off the event loop, as tokenizing is: a long conversation takes a while
+            prompt = await run_in_threadpool(render, served.tokenizer, messages, True)
         except UserError as exc:
             raise RequestError(400, f"this model's chat template refused the messages: {exc}") from None
-        job, relay = await start_job(body, prompt, [m.as_dict() for m in body.messages], body.wanted_tokens, request)
+        job, relay = await start_job(body, prompt, messages, request)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from ..decoding.rules import ALLOWED, OpenAIPenalty, Positive, RepetitionPenalty, Seed, Temperature, TopK, TopP
 
 MAX_STOPS = 4
+MAX_MESSAGES = 1000  # past any conversation a served context holds; each one costs the server time before it is refused
 SERVED_RANGES = {**ALLOWED, "temperature": "a number from 0 to 2 (0 is greedy)", "repetition_penalty": "a number above 0, at most 2",
                  "max_tokens": "a whole number >= 1", "max_completion_tokens": "a whole number >= 1"}
 
@@ -75,6 +76,14 @@ class Sampling(BaseModel):
 class CompletionRequest(Sampling):
     prompt: str
 
+    @property
+    def wanted_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def wanted_field(self) -> str:
+        return "max_tokens"
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -95,12 +104,22 @@ class Message(BaseModel):
 
 
 class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Positive | None = Field(None, description="OpenAI's newer name for max_tokens")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens differ; send one of them")
+        return self
 
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def wanted_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
 
 def describe_validation(errors: list[dict]) -> str:

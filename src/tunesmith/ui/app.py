@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -143,6 +144,11 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         if request.url.path.startswith("/api/") or request.method != "GET":
             return JSONResponse({"error": " ".join(exc.lines()), "problems": exc.lines()}, status_code=status)
         return HTMLResponse(pages.get_template("error.html").render(message=str(exc), root=str(folder.root)), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        where = ", ".join(".".join(str(part) for part in error["loc"]) + f": {error['msg']}" for error in exc.errors())
+        return await user_error(request, UserError(f"{where}; correct it and ask again"))
 
     @app.get("/", response_class=HTMLResponse)
     def runs_page():
@@ -276,7 +282,7 @@ def create_app(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
-        reply = await run_in_threadpool(tryout.chat, final_model(name), body.get("history") or [],
+        reply = await run_in_threadpool(tryout.chat, final_model(name), body.get("history", []),
                                         _text(body, "text"), _settings(body))
         return {"reply": reply}
 

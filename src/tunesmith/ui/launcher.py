@@ -91,8 +91,11 @@ class Launcher:
             raise ConfigError(["data.train: name the training data, a file or folder inside the runs folder, e.g. data/notes.jsonl"])
         from ..tasks import task_kind
 
+        from ..preparation import tokenizer_model, trained_model_config
+
         confined = confine_paths(cfg, self.folder)  # before the task's checks, which read the files a config names
         task_kind(confined).check(confined)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
+        trained_model_config(confined, tokenizer_model(confined))
         return confined
 
     def preview(self, draft: Draft, count: int = 3) -> dict:

@@ -4,7 +4,6 @@ after every trial), its table of trials, its best trial and Optuna's plots. Noth
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..rundir.folder import SWEEP_FIGURES, SWEEP_RESULTS, read_json_object
@@ -69,10 +68,7 @@ def sweep_detail(folder: RunsFolder, name: str) -> dict:
         run = Path(trial.get("run_dir") or "")
         trial["page_run"] = f"{name}/{run.name}" if run.name and (path / run.name).is_dir() else None
     figures_path = folder.own(path, SWEEP_FIGURES)
-    try:
-        figures = json.loads(figures_path.read_text(encoding="utf-8")) if figures_path else {}
-    except (OSError, ValueError):
-        figures = {}
-    figures = {k: v for k, v in figures.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(figures, dict) else {}
+    figures = read_json_object(figures_path) if figures_path else {}  # a FIFO there would hold the request for good
+    figures = {k: v for k, v in figures.items() if isinstance(k, str) and isinstance(v, str)}
     keys = sorted({key for trial in results["trials"] for key in trial["params"]})
     return {"results": results, "figures": figures, "params": keys}
