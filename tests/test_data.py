@@ -79,6 +79,29 @@ def test_every_format_in_one_mixed_folder(tmp_path, prep, tokenizer):
     assert "color" not in html and "var x" not in html and "Home" not in html and "legal footer" not in html
 
 
+def test_a_parquet_file_of_latin1_text_is_read_with_replacements_and_a_damaged_page_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunesmith.data.formats import DecodeStats, read_parquet
+
+    latin1 = tmp_path / "latin1.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"caf\xe9 %d" % i for i in range(3)], pa.binary()).view(pa.string()),
+                             "raw": pa.array([b"\x00"] * 3, pa.binary())}), latin1)
+    stats = DecodeStats()
+    rows = [record.value for record in read_parquet(latin1, stats)]
+    assert [row["text"] for row in rows] == [f"caf\ufffd {i}" for i in range(3)] and rows[0]["raw"] == b"\x00"
+    assert stats.lines_with_bad_bytes == 3
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"text": [f"hello world document number {i} with text" for i in range(300)]}), plain, compression="none",
+                   use_dictionary=False)
+    damaged = bytearray(plain.read_bytes())
+    damaged[122:126] = b"\xff\xff\xff\x7f"  # a data page's length, past the footer that opens the file
+    plain.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match=r"plain.parquet: not a readable Parquet file, damaged or cut short"):
+        list(read_parquet(plain, DecodeStats()))
+
+
 def test_template_with_nested_fields(tmp_path, prep, tokenizer):
     path = tmp_path / "n.jsonl"
     path.write_text(json.dumps({"title": "Lamp", "meta": {"body": "Press twice."}}) + "\n"

@@ -40,6 +40,25 @@ def test_report_command_rewrites_the_report(finished_run, capsys):
     assert (finished_run / "report.html").is_file() and "wrote" in capsys.readouterr().out
 
 
+def test_a_report_replaces_links_in_the_run_folder_and_never_writes_through_them(finished_run, tmp_path):
+    """A run folder from someone else may hold `report.html -> ~/notes.txt`."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    notes, pictures = tmp_path / "notes.txt", tmp_path / "pictures"
+    notes.write_text("my notes")
+    pictures.mkdir()
+    for name in ("report.html", "report.html.partial", "report.md"):
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(notes)
+    shutil.rmtree(run / "report_files")
+    (run / "report_files").symlink_to(pictures)
+    assert main(["report", str(run)]) == 0
+    assert notes.read_text() == "my notes" and not any(pictures.iterdir())
+    assert not (run / "report.html").is_symlink() and (run / "report_files" / "loss.png").is_file()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 def test_report_renders_in_chromium(finished_run, tmp_path):
     from PIL import Image

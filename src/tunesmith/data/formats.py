@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 DELIMITED = {".csv", ".tsv"}
 LINE_FORMATS = {".txt", ".md", ".jsonl", *DELIMITED}
@@ -350,18 +350,51 @@ def _has_cells(row: list[str]) -> bool:
     return any(cell.strip() for cell in row)
 
 
-def read_parquet(path: Path) -> Iterator[Record]:
+def read_parquet(path: Path, stats: DecodeStats) -> Iterator[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    def damaged(exc: Exception) -> UserError:
+        return UserError(f"{path}: not a readable Parquet file, damaged or cut short ({first_line(exc, 200)}); "
+                         "write or copy it again")
 
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: not a readable Parquet file ({exc})") from None
-    number = 0
-    for batch in parquet.iter_batches(batch_size=2048):
-        for row in batch.to_pylist():
+        raise damaged(exc) from None
+    number, batches = 0, parquet.iter_batches(batch_size=2048)
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = None if batch is None else _parquet_rows(batch, stats)
+        except (pa.ArrowException, OSError) as exc:  # a data page damaged past the footer
+            raise damaged(exc) from None
+        if rows is None:
+            return
+        for row in rows:
             number += 1
             yield Record(str(path), number, row)
+
+
+def _parquet_rows(batch, stats: DecodeStats) -> list[dict]:
+    """A batch's rows; a string column holding bytes that are not UTF-8 (a careless writer's Latin-1) is read as the
+    text readers read such bytes, with replacement characters, and counted."""
+    import pyarrow as pa
+
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    texts = [name for name, column in zip(batch.schema.names, batch.columns)
+             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)]
+    rows = pa.RecordBatch.from_pydict({name: column.cast(pa.binary()) if name in texts else column
+                                       for name, column in zip(batch.schema.names, batch.columns)}).to_pylist()
+    for row in rows:
+        for name in texts:
+            if row[name] is not None:
+                row[name] = row[name].decode("utf-8", errors="replace")
+                stats.lines_with_bad_bytes += "\ufffd" in row[name]
+    return rows
 
 
 def read_html(path: Path, stats: DecodeStats, max_bytes: int | None = None) -> Iterator[Record | Oversized]:
@@ -385,5 +418,5 @@ def read_records(path: Path, per_file_text: bool, stats: DecodeStats, max_bytes:
     if fmt in (".csv", ".tsv"):
         return read_delimited(path, "\t" if fmt == ".tsv" else ",", stats, max_bytes, empty_rows)
     if fmt == ".parquet":
-        return read_parquet(path)
+        return read_parquet(path, stats)
     return read_html(path, stats, max_bytes)

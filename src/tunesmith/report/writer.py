@@ -12,6 +12,7 @@ from ..data.report import source_line
 from ..diagnose.findings import drift_origin, figure
 from ..diagnose.rules import Finding, diagnose_run
 from ..errors import UserError
+from ..rundir.durable import write_atomically
 from ..rundir.folder import (CONFIG_FILE, GENERATION_EVAL, METRICS_FILE, REPORT_HTML, REPORT_MD, SAMPLES_FILE,
                              SUMMARY_FILE, read_data_report, read_json_object, read_metric_rows,
                              read_sample_rows)
@@ -266,6 +267,8 @@ def _timing(summary: dict) -> list[tuple[str, str]]:
 
 
 def render_markdown(sections: dict, image_dir: Path) -> str:
+    if image_dir.is_symlink() or (image_dir.exists() and not image_dir.is_dir()):
+        image_dir.unlink()  # the run's own name: a link there would have the plots written wherever it leads
     image_dir.mkdir(exist_ok=True)
     lines = [f"# tunesmith run report: {sections['run']}", "", "## Base against fine-tuned", "",
              "| metric | base | fine-tuned |", "| --- | --- | --- |"]
@@ -276,7 +279,7 @@ def render_markdown(sections: dict, image_dir: Path) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     lines += ["", "## Curves", ""]
     for name, png in sections["plots"].items():
-        (image_dir / f"{name}.png").write_bytes(png)
+        write_atomically(image_dir / f"{name}.png", png)
         lines.append(f"![{name}]({image_dir.name}/{name}.png)")
     if sections["distill"]:
         lines += ["", "## Teacher and student", "", "| | teacher | student |", "| --- | --- | --- |"]
@@ -367,7 +370,7 @@ def render_html(sections: dict) -> str:
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     sections = report_sections(run_dir)
     markdown = run_dir / REPORT_MD
-    markdown.write_text(render_markdown(sections, run_dir / "report_files"))
+    write_atomically(markdown, render_markdown(sections, run_dir / "report_files"))
     page = run_dir / REPORT_HTML
-    page.write_text(render_html(sections))
+    write_atomically(page, render_html(sections))
     return markdown, page

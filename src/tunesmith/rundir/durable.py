@@ -40,11 +40,16 @@ def fsync_tree(root: Path) -> None:
         fsync_path(folder)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """`content` (text as UTF-8) in place of `path`. A link at `path` or at the partial file's name is replaced, never
+    written through: a folder from someone else may hold `report.html -> ~/notes.txt`."""
     partial = path.with_name(path.name + ".partial")
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        with partial.open("w", encoding="utf-8") as handle:
-            handle.write(text)
+        partial.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(partial, flags, 0o644), "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         partial.replace(path)
