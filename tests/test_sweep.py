@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -274,15 +275,23 @@ def test_a_space_over_models_that_tokenize_apart_is_refused_before_any_trial(tmp
     (["--trials", "2", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study's database"),
     (["--trials", "2", "--storage", "nonsense://x"], "--storage"),
     (["--trials", "2", "--storage", "sqlite:///TMP/damaged.db"], "move it aside to start the study anew"),
+    (["--trials", "2", "--storage", "sqlite:///TMP/app.db"], "holds tables of something other than an Optuna study (orders)"),
 ])
 def test_bad_sweep_input_is_one_line(tmp_path, tiny_gpt2, corpus_file, capsys, args, words):
+    import sqlite3
+
     base = write_base(tmp_path, tiny_gpt2, corpus_file)
     (tmp_path / "damaged.db").write_text("not a database")
+    with closing(sqlite3.connect(tmp_path / "app.db")) as app:  # another program's: left as it was
+        app.execute("CREATE TABLE orders (id INTEGER)")
+        app.commit()
     space = write_space(tmp_path, "train.lr: {log: [1e-4, 1e-2]}\n")
     args = [arg.replace("TMP", str(tmp_path)) for arg in args]
     code = main(["sweep", str(base), "--space", str(space), "--sweeps", str(tmp_path / "sweeps"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
+    with closing(sqlite3.connect(tmp_path / "app.db")) as app:
+        assert [row[0] for row in app.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["orders"]
 
 
 # --- trials ----------------------------------------------------------------------------------------------------
@@ -342,8 +351,6 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
     listed = page.get("/sweeps")
     assert listed.status_code == 200 and "sweep.json is damaged" in listed.text and 'href="/sweeps/s"' in listed.text
     assert page.get("/sweeps/bad").status_code == 404 and page.get("/api/sweep/bad").status_code == 404
-    import os
-
     (settings.folder / "figures.json").unlink()
     os.mkfifo(settings.folder / "figures.json")  # read, it would hold the request's thread until something writes to it
     assert page.get("/api/sweep/s").json()["figures"] == {}

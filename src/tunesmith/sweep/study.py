@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import warnings
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,11 @@ def open_storage(url: str):
     if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
         raise UserError(f"--storage {shown}: a study in memory is lost when the sweep ends; name a file, or leave --storage out")
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    foreign = _foreign_tables(url)
+    if foreign:
+        raise UserError(f"--storage {shown}: this database holds tables of something other than an Optuna study "
+                        f"({', '.join(foreign[:3])}), which the sweep would add its own to; name another --storage (or move "
+                        "the file aside, or name another --study)")
     try:
         return RDBStorage(url, engine_kwargs=kwargs)
     except ImportError:  # SQLAlchemy's driver for the URL's database (for postgresql:// it is psycopg 3)
@@ -122,6 +128,24 @@ def open_storage(url: str):
                             "study's: move it aside to start the study anew, or name another --study") from None
         raise UserError(f"--storage {shown}: cannot open the study's database ({reason}); check the URL, that the server "
                         "runs and accepts this user, or leave --storage out for a SQLite file in the sweep folder") from None
+
+
+def _foreign_tables(url: str) -> list[str]:
+    """The tables of a SQLite file at `url` where it holds some and none of them is Optuna's record of its own schema
+    (`alembic_version`): another program's database, read without changing it. Empty for anything else."""
+    import sqlite3
+
+    if not url.startswith("sqlite:///"):
+        return []
+    path = Path(url[len("sqlite:///"):].split("?")[0])
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)) as database:
+            tables = [row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error:
+        return []  # damaged or not a database: RDBStorage names it
+    return [] if not tables or "alembic_version" in tables else sorted(tables)
 
 
 def fingerprint(settings: SweepSettings, space_raw: dict) -> str:
