@@ -358,7 +358,9 @@ def test_trials_are_runs_a_crash_is_recorded_and_a_bad_trial_is_pruned(tmp_path,
 
 def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, tiny_gpt2, corpus_file, monkeypatch):
     """Ctrl-C at the first trial's first evaluation: the run saves its checkpoint and the sweep stops; the same sweep
-    again continues that trial in its own folder and completes the study."""
+    again, its folder moved meanwhile, continues that trial in its own folder and completes the study."""
+    from dataclasses import replace
+
     from tunesmith.sweep import trial as trial_module
 
     base = write_base(tmp_path, tiny_gpt2, corpus_file, max_steps=8)
@@ -377,8 +379,10 @@ def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, 
         run_sweep(settings, say=lambda line: None)
     first = results(settings.folder)["trials"]
     assert [t["state"] for t in first] == ["interrupted"]
-    run_dir = Path(first[0]["run_dir"])
-    assert list((run_dir / "checkpoints").glob("step-*"))
+    assert list((Path(first[0]["run_dir"]) / "checkpoints").glob("step-*"))
+    shutil.move(tmp_path / "sweeps", tmp_path / "moved")
+    settings = replace(settings, folder=tmp_path / "moved" / settings.name)
+    run_dir = settings.folder / Path(first[0]["run_dir"]).name
     found = run_sweep(settings, say=lambda line: None)
     trials = found["trials"]
     assert trials[0]["state"] == "interrupted" and trials[0]["continued_by"] == 1

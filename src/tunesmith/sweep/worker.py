@@ -95,7 +95,8 @@ def _work(plan: SweepPlan, study, deadline: float | None, say) -> bool:
             break
         point, cfg = _trial_settings(plan, study, trial, me)
         continued = trial.user_attrs.get("run_dir")
-        run_dir = Path(continued) if continued else trial_folder(settings.folder, trial.number)
+        # a trial's folder is the sweep folder's child of that name, wherever the folder has moved since it was recorded
+        run_dir = settings.folder / Path(continued).name if continued else trial_folder(settings.folder, trial.number)
         trial.set_user_attr("run_dir", str(run_dir))
         try:
             log_path = confined(settings.folder, settings.folder / LOGS / f"{run_dir.name}.log")
