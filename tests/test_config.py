@@ -119,6 +119,11 @@ def test_init_writes_a_commented_starter(tmp_path, capsys):
     text = target.read_text()
     assert "# peak learning rate of AdamW" in text and "block_size: 256" in text
     assert main(["init", str(target)]) == 2  # refuses to overwrite
+    elsewhere = tmp_path / "elsewhere.yaml"
+    (tmp_path / "linked.yaml").symlink_to(elsewhere)  # a link that leads nowhere yet is a name taken too
+    assert main(["init", str(tmp_path / "linked.yaml")]) == 2 and not elsewhere.exists()
+    assert main(["init", str(tmp_path / "linked.yaml"), "--force"]) == 0  # the link is replaced, not written through
+    assert not elsewhere.exists() and not (tmp_path / "linked.yaml").is_symlink()
 
 
 def test_docs_document_every_config_key():

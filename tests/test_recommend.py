@@ -141,8 +141,9 @@ def test_recommend_shows_but_never_chooses_a_model_it_cannot_load(corpus_file, t
 def test_memory_sizes_parse():
     assert parse_size("24GB") == parse_size("24 GiB") == parse_size("24g") == 24 * 2**30
     assert parse_size("512MB") == 512 * 2**20
-    with pytest.raises(Exception, match="give a size"):
-        parse_size("lots")
+    for text in ("lots", "nanGB", "infGB", "1e400GB", "1e-30GB", "0GB"):
+        with pytest.raises(UserError, match="give a size"):
+            parse_size(text)
 
 
 def test_qlora_is_lora_with_a_4_bit_base():

@@ -31,9 +31,7 @@ def _run_init(args) -> int:
         sys.stdout.write(starter_yaml(task_summaries()))
         return 0
     path = Path(args.path)
-    if path.exists() and not args.force:
-        raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.write_text(starter_yaml(task_summaries()))
+    _write_config_file(path, starter_yaml(task_summaries()), args.force, "")
     print(f"wrote {path}; edit it, then run: tunesmith train {path}")
     return 0
 
@@ -200,8 +198,7 @@ def _run_recommend(args) -> int:
     from ..planning.recommend import make_plan, parse_size, plan_dict, recommended_config, summary_lines, table_lines
 
     write = Path(args.write)
-    if write.exists() and not args.force:
-        raise UserError(f"{write} exists; pass --force to overwrite it or --write another path")
+    _refuse_taken(write, args.force, " or --write another path")
     if args.only and not args.candidate:
         raise UserError("--only needs at least one --candidate MODEL")
     if not (args.hours > 0 and math.isfinite(args.hours)):
@@ -211,7 +208,7 @@ def _run_recommend(args) -> int:
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     plan = make_plan(cfg, candidates, parse_size(args.memory) if args.memory else None, args.hours, log)
     raw = recommended_config(plan, cfg)
-    write.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _write_config_file(write, yaml.safe_dump(raw, sort_keys=False), args.force, " or --write another path")
     if args.json:
         print(_json({**plan_dict(plan), "config": str(write)}))
         return 0
@@ -323,3 +320,19 @@ HANDLERS = {
     "quickstart": _run_quickstart,
     "sweep": _run_sweep,
 }
+
+
+def _refuse_taken(path: Path, force: bool, other: str) -> None:
+    """A name that is taken (a file, a folder, a link, even one that leads nowhere) is written over only with --force."""
+    if (path.exists() or path.is_symlink()) and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it{other}")
+
+
+def _write_config_file(path: Path, text: str, force: bool, other: str) -> None:
+    """`text` as the file `path`, whole or not at all; a link there is replaced, never written through."""
+    from ..rundir.durable import write_atomically
+
+    _refuse_taken(path, force, other)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"{path} is a folder; name a file{other}")
+    write_atomically(path, text)
