@@ -2,19 +2,23 @@
 
 import gzip
 import json
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from tunesmith import load_config
 from tunesmith.config import CleanConfig, DataConfig
 from tunesmith.data import prepare_data
 from tunesmith.data.formats import DecodeStats, check_text_file, read_records
 from tunesmith.data.clean import mask_pii, normalize_text
 from tunesmith.errors import UserError
 
-from helpers import make_corpus, write_jsonl
+from tunesmith.tasks import task_kind
+
+from helpers import conversations, make_corpus, write_format, write_jsonl
 
 
 NO_FILTERS = CleanConfig(boilerplate=False, dedup_near=False)
@@ -283,6 +287,38 @@ def test_cache_hits_and_changes_with_data_tokenizer_and_settings(tmp_path, token
     other_data = run()
     keys = {first.directory, other_settings.directory, other_clean.directory, other_tokenizer.directory, other_data.directory}
     assert len(keys) == 5 and not other_data.from_cache
+
+
+@pytest.mark.parametrize("damage", ["tokens_cut_short", "meta_cut_short", "offsets_missing"])
+def test_a_damaged_cache_is_prepared_again(tmp_path, tokenizer, damage):
+    from tunesmith.tasks.chat import ensure_chat_template
+
+    cache = tmp_path / "cache"
+    if damage == "offsets_missing":  # the examples' layout: tokens, their mask and where each example ends
+        chat_tokenizer = deepcopy(tokenizer)
+        ensure_chat_template(chat_tokenizer)
+        path = write_format("messages", tmp_path, conversations(30))
+        cfg = load_config(None, [("task", "chat"), ("data.train", [str(path)]), ("data.block_size", 64)])
+
+        def run():
+            return prepare_data(cfg.data, NO_FILTERS, chat_tokenizer, cache, task=task_kind(cfg).preparer(cfg))
+    else:
+        path = write_jsonl(tmp_path / "d.jsonl", make_corpus(40))
+
+        def run():
+            return prepare_data(DataConfig(train=[str(path)], block_size=16), NO_FILTERS, tokenizer, cache)
+
+    first = run()
+    written = (first.directory / "train.bin").read_bytes()
+    if damage == "tokens_cut_short":
+        (first.directory / "train.bin").write_bytes(written[: len(written) // 2 + 1])
+    elif damage == "meta_cut_short":
+        (first.directory / "meta.json").write_text((first.directory / "meta.json").read_text()[:100])
+    else:
+        (first.directory / "val.offsets.npy").unlink()
+    again = run()
+    assert not again.from_cache and again.directory == first.directory and again.meta == first.meta
+    assert (again.directory / "train.bin").read_bytes() == written and run().from_cache
 
 
 def test_a_cache_folder_a_killed_prepare_left_half_written_is_removed_by_the_next(tmp_path, tokenizer):

@@ -128,7 +128,15 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
     if (directory / PREPARED_META).is_file():
-        return PreparedData(directory, json.loads((directory / PREPARED_META).read_text()), from_cache=True)
+        meta = _whole_cache(directory)
+        if meta is not None:
+            return PreparedData(directory, meta, from_cache=True)
+        aside = own_partial(directory)  # damaged (a disk that filled, a file cut short): prepared again
+        try:
+            directory.rename(aside)
+        except OSError:
+            pass  # another process moved it aside first
+        shutil.rmtree(aside, ignore_errors=True)
 
     partial = own_partial(directory)
     partial.mkdir(parents=True)
@@ -142,6 +150,27 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
     except OSError:  # the same data was prepared concurrently
         shutil.rmtree(partial, ignore_errors=True)
     return PreparedData(directory, meta, from_cache=False)
+
+
+def _whole_cache(directory: Path) -> dict | None:
+    """The cached data's meta where its files are as it records them (each split's tokens, and an example layout's mask
+    and offsets), else None."""
+    try:
+        meta = json.loads((directory / PREPARED_META).read_text(encoding="utf-8"))
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "val"):
+            tokens = meta[split]["tokens"]
+            if (directory / f"{split}.bin").stat().st_size != tokens * itemsize:
+                return None
+            if meta["layout"] == "examples":
+                offsets = np.load(directory / f"{split}.offsets.npy")
+                if (directory / f"{split}.mask.bin").stat().st_size != tokens or len(offsets) != meta[split]["examples"] + 1 \
+                        or int(offsets[-1]) != tokens:
+                    return None
+        json.loads((directory / DATA_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return meta
 
 
 def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: UnitKind, tokenizer, sources: list[Source],
