@@ -4,6 +4,7 @@ write rows back in the input's column order, atomically, never over an existing 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 from pathlib import Path
@@ -62,11 +63,13 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if file_format(path) == ".jsonl":
-        write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, columns, delimiter="\t" if file_format(path) == ".tsv" else ",")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(path, text.getvalue())
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    else:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, columns, delimiter="\t" if file_format(path) == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = table.getvalue()
+    # `out.csv.gz` is written gzipped, as the readers read such a name
+    write_atomically(path, gzip.compress(text.encode("utf-8"), mtime=0) if path.suffix.lower() == ".gz" else text)

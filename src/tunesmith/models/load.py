@@ -169,6 +169,17 @@ def fit_embeddings(model, tokenizer) -> None:
         contiguous_output_input(model)
 
 
+def longest_token(tokenizer) -> int:
+    """The most characters one token spells (its vocabulary's longest entry), read once per tokenizer: n tokens of
+    text reach at most n times this far, so a text can be cut to the reach of the tokens it may keep before it is
+    tokenized (a row of a hundred megabytes would otherwise take gigabytes to tokenize whole)."""
+    known = getattr(tokenizer, "_tunesmith_longest_token", None)
+    if known is None:
+        known = max(len(token or "") for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))) or 1
+        tokenizer._tunesmith_longest_token = known
+    return known
+
+
 def context_length(config: Any) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, name, None)

@@ -42,12 +42,11 @@ class ServedModel:
     """The model and tokenizer, with what the limits need to know about them, read once."""
 
     def __init__(self, model, tokenizer, name: str, stop_ids: list[int]):
-        from ..models import context_length
+        from ..models import context_length, longest_token
 
         self.model, self.tokenizer, self.name, self.stop_ids = model, tokenizer, name, stop_ids
         self.context = context_length(model.config)
-        # every token spells at most this many characters, so a longer prompt is refused before it is tokenized
-        self.longest_token = max(map(len, tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))) or 1
+        self.longest_token = longest_token(tokenizer)  # a prompt longer than the limit's tokens can spell is refused untokenized
 
     def encode(self, text: str, messages: list[dict] | None) -> list[int]:
         """A completion's prompt as the tokenizer reads it; a chat's messages through the template, their contents as text."""

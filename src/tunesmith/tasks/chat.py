@@ -192,27 +192,38 @@ def split_turns(tokenizer, messages: list[Message], block_size: int,
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
-    ids, mask = encode_conversation(tokenizer, messages, train_on_prompt)
-    if len(ids) <= block_size:
-        yield ids, mask, False
+
+    def fits(piece: list[Message]) -> bool:  # counted on the text alone: locating the answers costs a render per turn
+        return len(tokenizer(render(tokenizer, piece), add_special_tokens=False).input_ids) <= block_size
+
+    if fits(messages):
+        yield (*encode_conversation(tokenizer, messages, train_on_prompt), False)
         return
     cuts = [i for i, m in enumerate(turns) if m["role"] != "assistant" and i > 0] + [len(turns)]
     start = 0
     while start < len(turns):
-        best = None
-        for end in cuts:
-            if end <= start:
-                continue
-            piece = encode_conversation(tokenizer, system + turns[start:end], train_on_prompt)
-            if len(piece[0]) > block_size and best is not None:
-                break
-            best = (end, piece)
-            if len(piece[0]) > block_size:
-                break
-        end, (ids, mask) = best
+        ends = [end for end in cuts if end > start]
+        end = ends[_last_true(len(ends), lambda i: fits(system + turns[start:ends[i]]))]
+        ids, mask = encode_conversation(tokenizer, system + turns[start:end], train_on_prompt)
         if (mask[:block_size] == 1).any():  # a piece whose answer was cut off entirely teaches nothing
             yield ids[:block_size], mask[:block_size], len(ids) > block_size
         start = end
+
+
+def _last_true(count: int, holds) -> int:
+    """The last index below `count` where `holds`, for a condition that holds up to some index and not after; 0 where it
+    holds nowhere. Found by doubling then halving, so a long conversation's pieces cost a few renders each, not one per
+    exchange."""
+    if count == 1 or not holds(0):
+        return 0
+    good, step = 0, 1
+    while good + step < count and holds(good + step):
+        good, step = good + step, step * 2
+    bad = min(good + step, count)  # the first index known not to hold, or past the end
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if holds(middle) else (good, middle)
+    return good
 
 
 def chat_tokenizer(resolved, log=print):
