@@ -90,12 +90,12 @@ def test_a_parquet_file_of_latin1_text_is_read_with_replacements_and_a_damaged_p
     from tunesmith.data.formats import DecodeStats, read_parquet
 
     latin1 = tmp_path / "latin1.parquet"
-    pq.write_table(pa.table({"text": pa.array([b"caf\xe9 %d" % i for i in range(3)], pa.binary()).view(pa.string()),
-                             "raw": pa.array([b"\x00"] * 3, pa.binary())}), latin1)
+    text = pa.array([b"caf\xe9 %d" % i for i in range(3)], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": text, "title": text.dictionary_encode(), "raw": pa.array([b"\x00"] * 3, pa.binary())}), latin1)
     stats = DecodeStats()
     rows = [record.value for record in read_parquet(latin1, stats)]
-    assert [row["text"] for row in rows] == [f"caf\ufffd {i}" for i in range(3)] and rows[0]["raw"] == b"\x00"
-    assert stats.lines_with_bad_bytes == 3
+    assert [row["text"] for row in rows] == [row["title"] for row in rows] == [f"caf\ufffd {i}" for i in range(3)]
+    assert rows[0]["raw"] == b"\x00" and stats.lines_with_bad_bytes == 3  # rows, not cells
     plain = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"text": [f"hello world document number {i} with text" for i in range(300)]}), plain, compression="none",
                    use_dictionary=False)

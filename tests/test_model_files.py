@@ -116,7 +116,7 @@ def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tiny_g
     one_error_line(capsys, f"model {copy}", "lack 24 of the tensors", "transformer.h.")
 
 
-def test_a_tokenizer_with_more_tokens_than_the_embeddings_is_refused_for_generation(tiny_gpt2, tmp_path, capsys):
+def test_a_prompt_holding_a_token_beyond_the_embeddings_is_refused_and_others_generate(tiny_gpt2, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_gpt2, copy)
     tokenizer = json.loads((copy / "tokenizer.json").read_text())
@@ -125,7 +125,8 @@ def test_a_tokenizer_with_more_tokens_than_the_embeddings_is_refused_for_generat
                                       "rstrip": False, "normalized": False, "special": True})
     (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
     assert main(["generate", str(copy), "--prompt", "the lamp <|zap|>"]) == 2
-    one_error_line(capsys, f"model {copy}", "some tokens have none")
+    one_error_line(capsys, "the prompt holds token", f"beyond its {rows:,} embedding rows")
+    assert main(["generate", str(copy), "--prompt", "the lamp", "--max-new-tokens", "2"]) == 0
 
 
 def test_an_export_that_finds_its_out_taken_meanwhile_leaves_the_other_whole(finished_run, tmp_path, capsys, monkeypatch):

@@ -49,7 +49,7 @@ def test_a_report_replaces_links_in_the_run_folder_and_never_writes_through_them
     notes, pictures = tmp_path / "notes.txt", tmp_path / "pictures"
     notes.write_text("my notes")
     pictures.mkdir()
-    for name in ("report.html", "report.html.partial", "report.md"):
+    for name in ("report.html", "report.md"):
         (run / name).unlink(missing_ok=True)
         (run / name).symlink_to(notes)
     shutil.rmtree(run / "report_files")

@@ -25,16 +25,23 @@ def tokenizer_model(cfg: RunConfig):
     return resolve_model(cfg.model.name, cfg.model.trust_remote_code)
 
 
-def trained_model_config(cfg: RunConfig, resolved):
-    """The config of the model the run trains, from `resolved` as `tokenizer_model` gives it: its own, or for a student
-    cut from its teacher the teacher's with the kept blocks only (refusing more blocks than the teacher has, or a block
-    size past the model's context, as training would)."""
+def check_block_fits(cfg: RunConfig, resolved) -> None:
+    """Refuse a block size past the context of the model `resolved` (as `tokenizer_model` gives it), as a run of it
+    does before it starts."""
     from .config import check_block_size
-    from .distill import student_config
     from .models import context_length, load_model_config
 
+    check_block_size(cfg.data.block_size, context_length(load_model_config(resolved)))
+
+
+def trained_model_config(cfg: RunConfig, resolved):
+    """The config of the model the run trains, from `resolved` as `tokenizer_model` gives it: its own, or for a student
+    cut from its teacher the teacher's with the kept blocks only (refusing more blocks than the teacher has, as training
+    would)."""
+    from .distill import student_config
+    from .models import load_model_config
+
     config = load_model_config(resolved)
-    check_block_size(cfg.data.block_size, context_length(config))  # what a run of this model refuses before it starts
     if cfg.distill.student is not None:
         cut = cfg.distill.student.from_teacher
         return student_config(config, cut.keep_layers, cut.pick)
@@ -54,6 +61,7 @@ def prepare(config: RunConfig | str | Path | None = None):
     kind = task_kind(cfg)
     kind.check(cfg)
     resolved = tokenizer_model(cfg)
+    check_block_fits(cfg, resolved)
     params = count_parameters(trained_model_config(cfg, resolved))
     device = pick_device(cfg.train.device)
     sampler = None

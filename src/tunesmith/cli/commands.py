@@ -199,6 +199,8 @@ def _run_recommend(args) -> int:
 
     write = Path(args.write)
     _refuse_taken(write, args.force, " or --write another path")
+    if write.is_dir() and not write.is_symlink():
+        raise UserError(f"{write} is a folder; name a file or --write another path")
     if args.only and not args.candidate:
         raise UserError("--only needs at least one --candidate MODEL")
     if not (args.hours > 0 and math.isfinite(args.hours)):
@@ -322,17 +324,17 @@ HANDLERS = {
 }
 
 
-def _refuse_taken(path: Path, force: bool, other: str) -> None:
+def _refuse_taken(path: Path, force: bool, alternative: str) -> None:
     """A name that is taken (a file, a folder, a link, even one that leads nowhere) is written over only with --force."""
     if (path.exists() or path.is_symlink()) and not force:
-        raise UserError(f"{path} exists; pass --force to overwrite it{other}")
+        raise UserError(f"{path} exists; pass --force to overwrite it{alternative}")
 
 
-def _write_config_file(path: Path, text: str, force: bool, other: str) -> None:
+def _write_config_file(path: Path, text: str, force: bool, alternative: str) -> None:
     """`text` as the file `path`, whole or not at all; a link there is replaced, never written through."""
     from ..rundir.durable import write_atomically
 
-    _refuse_taken(path, force, other)
+    _refuse_taken(path, force, alternative)
     if path.is_dir() and not path.is_symlink():
-        raise UserError(f"{path} is a folder; name a file{other}")
+        raise UserError(f"{path} is a folder; name a file{alternative}")
     write_atomically(path, text)

@@ -59,7 +59,7 @@ def _chat_command(session, line: str) -> str | None:
 def _run_chat(args) -> int:
     from ..inference.generation import ChatSession, SamplingOptions, load_generator
 
-    model, tokenizer = load_generator(args.model_or_run, args.device)
+    model, tokenizer = load_generator(args.model_or_run, args.device, device_setting="--device")
     options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     session = ChatSession(model, tokenizer, options, args.system)
     if not sys.stdin.isatty():
@@ -148,8 +148,9 @@ def _run_serve(args) -> int:
         raise UserError("--api-key is empty (an unset variable?): the server would take every request; give the key, or leave "
                         "the flag out to serve without one")
     key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-    if key and not (key.isascii() and key.isprintable()):
-        raise UserError("the API key holds a character an HTTP header cannot carry (letters beyond ASCII, a control character), "
+    if key and not (key.isascii() and key.isprintable() and key == key.strip()):
+        raise UserError("the API key holds a character an HTTP header cannot carry (letters beyond ASCII, a control character, "
+                        "a space at either end), "
                         "so no client could send it; use printable ASCII, such as the output of `openssl rand -hex 24`")
     if not args.host.strip():
         raise UserError("--host is empty, which would listen on every address of this machine; name one, e.g. 127.0.0.1")

@@ -366,7 +366,7 @@ def read_parquet(path: Path, stats: DecodeStats) -> Iterator[Record]:
     while True:
         try:
             batch = next(batches, None)
-            rows = None if batch is None else _parquet_rows(batch, stats)
+            rows = None if batch is None else _parquet_rows(batch, stats, path)
         except (pa.ArrowException, OSError) as exc:  # a data page damaged past the footer
             raise damaged(exc) from None
         if rows is None:
@@ -376,24 +376,29 @@ def read_parquet(path: Path, stats: DecodeStats) -> Iterator[Record]:
             yield Record(str(path), number, row)
 
 
-def _parquet_rows(batch, stats: DecodeStats) -> list[dict]:
-    """A batch's rows; a string column holding bytes that are not UTF-8 (a careless writer's Latin-1) is read as the
-    text readers read such bytes, with replacement characters, and counted."""
+def _parquet_rows(batch, stats: DecodeStats, path: Path) -> list[dict]:
+    """A batch's rows; a string column holding bytes that are not UTF-8 (a careless writer's Latin-1, as plain or
+    dictionary-encoded strings) is read as the text readers read such bytes, with replacement characters, and each row
+    holding some is counted. Such bytes inside a list or a mapping are refused."""
     import pyarrow as pa
 
     try:
         return batch.to_pylist()
     except UnicodeDecodeError:
         pass
-    texts = [name for name, column in zip(batch.schema.names, batch.columns)
-             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)]
-    rows = pa.RecordBatch.from_pydict({name: column.cast(pa.binary()) if name in texts else column
-                                       for name, column in zip(batch.schema.names, batch.columns)}).to_pylist()
+    columns = {name: column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+               for name, column in zip(batch.schema.names, batch.columns)}
+    texts = [name for name, column in columns.items() if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)]
+    try:
+        rows = pa.RecordBatch.from_pydict({name: column.cast(pa.binary()) if name in texts else column
+                                           for name, column in columns.items()}).to_pylist()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: a list or a mapping in it holds text that is not UTF-8; write the file with UTF-8 "
+                        "text") from None
     for row in rows:
-        for name in texts:
-            if row[name] is not None:
-                row[name] = row[name].decode("utf-8", errors="replace")
-                stats.lines_with_bad_bytes += "\ufffd" in row[name]
+        decoded = {name: row[name].decode("utf-8", errors="replace") for name in texts if row[name] is not None}
+        stats.lines_with_bad_bytes += any("\ufffd" in text for text in decoded.values())
+        row.update(decoded)
     return rows
 
 

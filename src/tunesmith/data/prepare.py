@@ -127,7 +127,7 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
                 "eval_only": eval_only, **task.cache_settings()}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
-    if (directory / PREPARED_META).is_file():
+    if directory.exists():  # put in place whole, by a rename: anything amiss there is damage
         meta = _whole_cache(directory)
         if meta is not None:
             return PreparedData(directory, meta, from_cache=True)
@@ -153,8 +153,8 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
 
 
 def _whole_cache(directory: Path) -> dict | None:
-    """The cached data's meta where its files are as it records them (each split's tokens, and an example layout's mask
-    and offsets), else None."""
+    """The cached data's meta where its files are as it records them (each split's tokens, and an example layout's mask,
+    offsets and classes), else None."""
     try:
         meta = json.loads((directory / PREPARED_META).read_text(encoding="utf-8"))
         itemsize = np.dtype(meta["dtype"]).itemsize
@@ -164,8 +164,9 @@ def _whole_cache(directory: Path) -> dict | None:
                 return None
             if meta["layout"] == "examples":
                 offsets = np.load(directory / f"{split}.offsets.npy")
+                classes = np.load(directory / f"{split}.classes.npy")
                 if (directory / f"{split}.mask.bin").stat().st_size != tokens or len(offsets) != meta[split]["examples"] + 1 \
-                        or int(offsets[-1]) != tokens:
+                        or int(offsets[-1]) != tokens or len(classes) != meta[split]["examples"]:
                     return None
         json.loads((directory / DATA_REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError, IndexError):

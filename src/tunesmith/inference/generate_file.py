@@ -31,6 +31,13 @@ OUTPUT_COLUMNS = ("sample", "generated", "finish_reason", "tokens", "error")
 SCORE_COLUMNS = ("rouge_l", "chrf")
 
 
+def _encoded(tokenizer, prompt: str, chat: bool, input_path: Path, row: int) -> list[int]:
+    try:
+        return encode_prompt(tokenizer, prompt, chat)
+    except UserError as exc:
+        raise UserError(f"--input {input_path}: row {row + 1}: {exc}") from None
+
+
 def summary_path(output: Path) -> Path:
     return output.with_name(f"{output.name}.summary.json")  # out.jsonl and out.csv are two outputs, each its own summary
 
@@ -184,7 +191,7 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
         for row, completions in resumed.items():
             results[row] = completions
         todo = [row for row, result in enumerate(results) if result is None]
-        encoded = [encode_prompt(tokenizer, prompts[row], options.chat) for row in todo]
+        encoded = [_encoded(tokenizer, prompts[row], options.chat, input_path, row) for row in todo]
         journal.open(resuming=bool(resumed))
         started = time.perf_counter()
         with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress,

@@ -85,21 +85,29 @@ class _Collector:
 EMPTY_PROMPT = "the prompt is empty once tokenized (this tokenizer adds no start token); give some text to continue"
 
 
-def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = False, log=print):
+def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = False, log=print,
+                   device_setting: str = "train.device"):
     """A model and tokenizer to generate text with; a classifier or reward model (a scoring head, no token
-    distributions) is refused in one line."""
+    distributions) is refused in one line, as is a device that is not one, naming `device_setting`."""
     resolved = resolve_model(spec, trust_remote_code, log=log)
     if scores_with_head(load_model_config(resolved)):
         raise UserError(f"{spec} scores text with a head (a classifier or reward model); it does not generate text: "
                         f"score texts with `tunesmith predict {spec} --input FILE --output OUT.csv`, or give a language model")
-    place = pick_device(device, "--device")
+    place = pick_device(device, device_setting)
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved).to(place).eval()
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:  # a prompt holding one of the others would end in an index error mid-generation
-        raise UserError(f"model {spec}: its tokenizer has {len(tokenizer):,} tokens and its embeddings {rows:,} rows, so some "
-                        "tokens have none; its files do not fit one another: copy the model again, or export the run again")
     return model, tokenizer
+
+
+def beyond_embeddings(model, ids: list[int]) -> str | None:
+    """Why a prompt cannot be read where it holds a token the model's embeddings have no row for (a tokenizer given
+    tokens after the model was saved); None where every token has one."""
+    rows = model.get_input_embeddings().num_embeddings
+    unknown = [token for token in ids if token >= rows]
+    if not unknown:
+        return None
+    return (f"the prompt holds token {unknown[0]}, one of those this model's tokenizer has beyond its {rows:,} embedding "
+            "rows (tokens added to the tokenizer after the model was saved); leave it out of the prompt")
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
@@ -149,9 +157,10 @@ def generate_many(model, tokenizer, prompts: list[list[int]], options: SamplingO
     for index in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
         prompt = prompts[index]
         room = context - len(prompt) if context else options.max_new_tokens
-        if room < 1 or not prompt:
-            reason = (f"the prompt is {len(prompt):,} tokens, which fills the model's context of {context:,}" if prompt
-                      else EMPTY_PROMPT)
+        unknown = beyond_embeddings(model, prompt)
+        if room < 1 or not prompt or unknown:
+            reason = unknown or (f"the prompt is {len(prompt):,} tokens, which fills the model's context of {context:,}"
+                                 if prompt else EMPTY_PROMPT)
             for completion in results[index]:
                 completion.finish_reason, completion.error = "error", reason
             if on_done:

@@ -173,10 +173,11 @@ def longest_token(tokenizer) -> int:
     """The most characters one token spells (its vocabulary's longest entry), read once per tokenizer: n tokens of
     text reach at most n times this far, so a text can be cut to the reach of the tokens it may keep before it is
     tokenized (a row of a hundred megabytes would otherwise take gigabytes to tokenize whole)."""
-    known = getattr(tokenizer, "_tunesmith_longest_token", None)
-    if known is None:
-        known = max(len(token or "") for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))) or 1
-        tokenizer._tunesmith_longest_token = known
+    size, known = getattr(tokenizer, "_tunesmith_longest_token", (None, None))
+    if size != len(tokenizer):  # read again once tokens are added
+        size = len(tokenizer)
+        known = max(len(token or "") for token in tokenizer.convert_ids_to_tokens(list(range(size)))) or 1
+        tokenizer._tunesmith_longest_token = (size, known)
     return known
 
 

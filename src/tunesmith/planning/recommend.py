@@ -138,8 +138,8 @@ def parse_size(text: str) -> int:
         value = float(number) * units[unit]
     except ValueError:
         raise UserError(f"--memory {text}: give a size such as 24GB or 512MB") from None
-    if not math.isfinite(value) or value < 2**20:
-        raise UserError(f"--memory {text}: give a size from 1MB up, such as 24GB or 512MB")
+    if not math.isfinite(value) or value < 1:
+        raise UserError(f"--memory {text}: give a size of at least one byte, such as 24GB or 512MB")
     return int(value)
 
 

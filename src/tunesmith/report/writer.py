@@ -267,9 +267,6 @@ def _timing(summary: dict) -> list[tuple[str, str]]:
 
 
 def render_markdown(sections: dict, image_dir: Path) -> str:
-    if image_dir.is_symlink() or (image_dir.exists() and not image_dir.is_dir()):
-        image_dir.unlink()  # the run's own name: a link there would have the plots written wherever it leads
-    image_dir.mkdir(exist_ok=True)
     lines = [f"# tunesmith run report: {sections['run']}", "", "## Base against fine-tuned", "",
              "| metric | base | fine-tuned |", "| --- | --- | --- |"]
     lines += [f"| {name} | {_number(a)} | {_number(b)} |" for name, a, b in sections["comparison"]]
@@ -370,7 +367,11 @@ def render_html(sections: dict) -> str:
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     sections = report_sections(run_dir)
     markdown = run_dir / REPORT_MD
-    write_atomically(markdown, render_markdown(sections, run_dir / "report_files"))
+    images = run_dir / "report_files"
+    if images.is_symlink() or (images.exists() and not images.is_dir()):
+        images.unlink()  # the run's own name: a link there would have the plots written wherever it leads
+    images.mkdir(exist_ok=True)
+    write_atomically(markdown, render_markdown(sections, images))
     page = run_dir / REPORT_HTML
     write_atomically(page, render_html(sections))
     return markdown, page

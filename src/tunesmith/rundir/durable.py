@@ -41,20 +41,25 @@ def fsync_tree(root: Path) -> None:
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
-    """`content` (text as UTF-8) in place of `path`. A link at `path` or at the partial file's name is replaced, never
-    written through: a folder from someone else may hold `report.html -> ~/notes.txt`."""
-    partial = path.with_name(path.name + ".partial")
+    """`content` (text as UTF-8) in place of `path`, from a partial file of this writer's own (a new name, never a
+    link followed), so that two processes writing one file each put a whole one in place, and a link at `path` is
+    replaced, never written through: a folder from someone else may hold `report.html -> ~/notes.txt`. An error is
+    raised naming `path`."""
+    import secrets
+
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
     data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        partial.unlink(missing_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        with os.fdopen(os.open(partial, flags, 0o644), "wb") as handle:
+        with os.fdopen(os.open(partial, flags, 0o666), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         partial.replace(path)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     fsync_path(path.parent)
 

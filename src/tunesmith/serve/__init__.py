@@ -17,7 +17,7 @@ def load_for_serving(spec: str, device: str = "auto") -> ServedModel:
     from ..inference.generation import load_generator
     from ..tasks.chat import stop_token_ids
 
-    model, tokenizer = load_generator(spec, device)
+    model, tokenizer = load_generator(spec, device, device_setting="--device")
     return ServedModel(model, tokenizer, Path(spec).name or spec, stop_token_ids(tokenizer, getattr(model, "name_or_path", None)))
 
 

@@ -19,6 +19,7 @@ from fastapi import Request
 
 from ..decoding import Job, SamplingSettings
 from ..errors import UserError
+from ..inference.generation import beyond_embeddings
 from .body import BodyTooLarge, ClientLeft, read_body, replay
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from .worker import GenerationWorker, QueueFull, ShuttingDown
@@ -48,11 +49,15 @@ class ServedModel:
         self.context = context_length(model.config)
         self.longest_token = longest_token(tokenizer)  # a prompt longer than the limit's tokens can spell is refused untokenized
 
-    def encode(self, text: str, messages: list[dict] | None) -> list[int]:
-        """A completion's prompt as the tokenizer reads it; a chat's messages through the template, their contents as text."""
+    def encode_completion(self, prompt: str) -> list[int]:
+        """A completion's prompt as the tokenizer reads it, control tokens included: the model's raw input."""
+        return self.tokenizer(prompt).input_ids
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A chat's messages through the template, their contents read as text."""
         from ..tasks.chat import conversation_ids
 
-        return self.tokenizer(text).input_ids if messages is None else conversation_ids(self.tokenizer, messages)
+        return conversation_ids(self.tokenizer, messages)
 
 
 def _authorized(header: str, key: str) -> bool:
@@ -191,9 +196,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
     async def models():
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0, "owned_by": "tunesmith"}]}
 
-    async def start_job(body: CompletionRequest | ChatRequest, text: str, messages: list[dict] | None, request) -> tuple[Job, Relay]:
-        """Check every limit, tokenize (`text`, or the chat `messages` it renders), and queue the job: all before any byte
-        of the answer is sent."""
+    async def start_job(body: CompletionRequest | ChatRequest, text: str, encode, request) -> tuple[Job, Relay]:
+        """Check every limit, tokenize the prompt (`encode()`, off the event loop; `text` is the prompt as the model will
+        read it, checked before), and queue the job: all before any byte of the answer is sent."""
         if body.n > limits.max_n:
             raise RequestError(400, f"n is {body.n}; this server returns at most {limits.max_n} choices")
         if len(text) > limits.max_prompt_tokens * served.longest_token:
@@ -202,9 +207,12 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
         if _unpaired_surrogate(text):
             raise RequestError(400, "the prompt holds an unpaired UTF-16 surrogate, which is not text; send valid Unicode")
         try:
-            prompt = await run_in_threadpool(served.encode, text, messages)
+            prompt = await run_in_threadpool(encode)
         except UserError as exc:
             raise RequestError(400, str(exc)) from None
+        unknown = beyond_embeddings(served.model, prompt)
+        if unknown:
+            raise RequestError(400, unknown)
         if not prompt:
             raise RequestError(400, "prompt: empty once tokenized, and this model's tokenizer adds no start token; send some "
                                     "text to continue (tunesmith generate refuses it too)")
@@ -291,7 +299,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        job, relay = await start_job(body, body.prompt, None, request)
+        job, relay = await start_job(body, body.prompt, lambda: served.encode_completion(body.prompt), request)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):
@@ -318,7 +326,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             prompt = await run_in_threadpool(render, served.tokenizer, messages, True)
         except UserError as exc:
             raise RequestError(400, f"this model's chat template refused the messages: {exc}") from None
-        job, relay = await start_job(body, prompt, messages, request)
+        job, relay = await start_job(body, prompt, lambda: served.encode_chat(messages), request)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index, text, finish, opening, usage=None):

@@ -72,17 +72,18 @@ class Sampling(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-
-class CompletionRequest(Sampling):
-    prompt: str
-
     @property
     def wanted_tokens(self) -> int | None:
         return self.max_tokens
 
     @property
     def wanted_field(self) -> str:
+        """The field the client set the answer's length with, as an error names it."""
         return "max_tokens"
+
+
+class CompletionRequest(Sampling):
+    prompt: str
 
 
 class TextPart(BaseModel):

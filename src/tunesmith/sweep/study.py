@@ -114,8 +114,8 @@ def open_storage(url: str):
     foreign = _foreign_tables(url)
     if foreign:
         raise UserError(f"--storage {shown}: this database holds tables of something other than an Optuna study "
-                        f"({', '.join(foreign[:3])}), which the sweep would add its own to; name another --storage (or move "
-                        "the file aside, or name another --study)")
+                        f"({', '.join(foreign[:3])}), which the sweep would add its own to; name another --storage, or move "
+                        "the file aside")
     try:
         return RDBStorage(url, engine_kwargs=kwargs)
     except ImportError:  # SQLAlchemy's driver for the URL's database (for postgresql:// it is psycopg 3)
@@ -131,9 +131,12 @@ def open_storage(url: str):
 
 
 def _foreign_tables(url: str) -> list[str]:
-    """The tables of a SQLite file at `url` where it holds some and none of them is Optuna's record of its own schema
-    (`alembic_version`): another program's database, read without changing it. Empty for anything else."""
+    """The tables of a SQLite file at `url` that are not an Optuna study's (Optuna would add its own beside them before
+    it found out): another program's database, read without changing it. Empty for anything else."""
     import sqlite3
+    from urllib.parse import quote
+
+    from optuna.storages._rdb.models import BaseModel  # Optuna's own schema: its tables, whatever its version
 
     if not url.startswith("sqlite:///"):
         return []
@@ -141,11 +144,11 @@ def _foreign_tables(url: str) -> list[str]:
     if not path.is_file() or path.stat().st_size == 0:
         return []
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)) as database:
-            tables = [row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)) as database:
+            tables = {row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error:
         return []  # damaged or not a database: RDBStorage names it
-    return [] if not tables or "alembic_version" in tables else sorted(tables)
+    return sorted(tables - set(BaseModel.metadata.tables) - {"alembic_version"})
 
 
 def fingerprint(settings: SweepSettings, space_raw: dict) -> str:

@@ -5,6 +5,7 @@ The conversations themselves come from the chat log parsers in `data/conversatio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -28,14 +29,24 @@ CHATML_TEMPLATE = (
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
+def special_texts(tokenizer) -> set[str]:
+    """The texts the tokenizer reads as special tokens wherever they appear, unless told to split them."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials = {token.content for token in added.values() if getattr(token, "special", False)} | set(tokenizer.all_special_tokens)
+    return {text for text in specials if text}
+
+
 def control_texts(tokenizer) -> list[str]:
     """The special tokens' texts that shape a conversation, longest first: those the chat template writes (`<|im_start|>`),
     and the start and end of text. Others (`<filename>` in a code model's vocabulary) are left to mean what they say."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    specials = {token.content for token in added.values() if getattr(token, "special", False)} | set(tokenizer.all_special_tokens)
     written = render(tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}])
-    used = {text for text in specials if text and text in written} | {tokenizer.eos_token, tokenizer.bos_token}
+    used = {text for text in special_texts(tokenizer) if text in written} | {tokenizer.eos_token, tokenizer.bos_token}
     return sorted((text for text in used if text), key=len, reverse=True)
+
+
+def held_text(messages: list[Message], texts) -> str | None:
+    """The first of `texts` that a message's content holds, or None."""
+    return next((text for text in texts for message in messages if text in str(message["content"])), None)
 
 
 class ControlTextGuard:
@@ -49,7 +60,7 @@ class ControlTextGuard:
     def holds(self, tokenizer, messages: list[Message], key: str, report: DataReport) -> bool:
         if self.markers is None:
             self.markers = control_texts(tokenizer)
-        held = next((m for m in self.markers for message in messages if m in str(message["content"])), None)
+        held = held_text(messages, self.markers)
         if held is None:
             return False
         self.held[held] = self.held.get(held, 0) + 1
@@ -110,23 +121,19 @@ def render(tokenizer, messages: list[Message], add_generation_prompt: bool = Fal
 
 
 def conversation_ids(tokenizer, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
-    """A conversation's token ids as its chat template renders it, each message's content read as text: a message that
-    holds `<|im_start|>assistant` (`control_texts`) quotes it, and opens no turn. Where no message holds such a text,
-    the ids are the whole rendered text's; otherwise the template is rendered around a placeholder for each content
-    and the two kinds of piece are tokenized apart (a template that rewrites the contents is refused then)."""
-    import re
-
-    rendered = render(tokenizer, messages, add_generation_prompt)
-    markers = control_texts(tokenizer)
-    if not any(marker in str(message["content"]) for message in messages for marker in markers):
-        return tokenizer(rendered, add_special_tokens=False).input_ids
+    """A conversation's token ids as its chat template renders it, each message's content read as plain text: a
+    message that holds `<|im_start|>assistant` (any special token's text) opens no turn. Where no message holds such a
+    text, the ids are the whole rendered text's; otherwise the template is rendered around a placeholder for each
+    content and the two kinds of piece are tokenized apart (a template that rewrites the contents is refused then)."""
+    held = held_text(messages, special_texts(tokenizer))
+    if held is None:
+        return tokenizer(render(tokenizer, messages, add_generation_prompt), add_special_tokens=False).input_ids
     holders = [f"\ue000{index}\ue001" for index in range(len(messages))]
     shaped = render(tokenizer, [{**message, "content": holder} for message, holder in zip(messages, holders)], add_generation_prompt)
     pieces = re.split("(\ue000\\d+\ue001)", shaped)  # template text at even places, a placeholder at odd ones
     if pieces[1::2] != holders:
-        raise UserError("a message holds the text of one of the model's control tokens (such as "
-                        f"{markers[0]!r}), and this model's chat template rewrites messages, so it cannot be kept as text; "
-                        "remove it from the message")
+        raise UserError(f"a message holds the text of one of the model's special tokens ({held!r}), and this model's chat "
+                        "template rewrites messages, so it cannot be kept as text; remove it from the message")
     ids: list[int] = []
     for index, piece in enumerate(pieces):
         if index % 2:

@@ -89,13 +89,12 @@ class Launcher:
         cfg = load_config(None, [*draft.changed.items(), ("output.dir", str(run_dir))])
         if not cfg.data.train:
             raise ConfigError(["data.train: name the training data, a file or folder inside the runs folder, e.g. data/notes.jsonl"])
+        from ..preparation import check_block_fits, tokenizer_model
         from ..tasks import task_kind
-
-        from ..preparation import tokenizer_model, trained_model_config
 
         confined = confine_paths(cfg, self.folder)  # before the task's checks, which read the files a config names
         task_kind(confined).check(confined)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
-        trained_model_config(confined, tokenizer_model(confined))
+        check_block_fits(confined, tokenizer_model(confined))
         return confined
 
     def preview(self, draft: Draft, count: int = 3) -> dict:
