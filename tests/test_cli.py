@@ -122,12 +122,12 @@ def test_piped_chat_answers_each_message_on_its_own_line_and_fails_when_one_got_
     def reply(text):
         if len(text) > 10:
             raise UserError("the prompt is past the model's context")
-        return f"re: {text}\nmore"
+        return f"re: {text}\nmore\r\u2028end"
 
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"first\n" + b"long " * 20 + b"\nthird\n"), encoding="utf-8"))
     assert _chat_piped(SimpleNamespace(system=None, reply=reply)) == 2
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["re: first more", "", "re: third more"]
+    assert out.splitlines() == ["re: first more  end", "", "re: third more  end"]
     assert "past the model's context" in err and "1 message got no reply" in err
 
 

@@ -9,6 +9,7 @@ import torch
 from tunesmith.cli import main
 from tunesmith.decoding import Decoder, Job, SamplingSettings, decode_all
 from tunesmith.inference.generation import SamplingOptions, generate_many
+from tunesmith.errors import UserError
 
 from helpers import finished_run
 
@@ -190,6 +191,10 @@ def test_chat_uses_the_same_engine_and_streams(tiny_models):
     assert answer == "".join(pieces).strip() and session.history[-1] == {"role": "assistant", "content": answer}
     with torch.no_grad():
         assert session.reply("hello again")
+    before = list(session.history)
+    with pytest.raises(UserError, match="past the model's context"):
+        session.reply("lamp " * 400)  # too long even alone: refused, and the conversation before it kept
+    assert session.history == before
 
 
 def test_eval_generate_scores_a_runs_validation_continuations(tiny_gpt2, tmp_path, capsys):
@@ -296,7 +301,6 @@ def test_an_output_in_a_folder_not_made_yet_is_written_there(tiny_llama, tmp_pat
 
 
 def test_rows_that_are_not_utf8_are_read_with_a_warning_naming_how_many(tmp_path):
-    from tunesmith.errors import UserError
     from tunesmith.inference.row_files import read_numbered_rows
 
     source = tmp_path / "latin1.csv"

@@ -276,6 +276,7 @@ def test_a_space_over_models_that_tokenize_apart_is_refused_before_any_trial(tmp
     (["--trials", "2", "--storage", "nonsense://x"], "--storage"),
     (["--trials", "2", "--storage", "sqlite:///TMP/damaged.db"], "move it aside to start the study anew"),
     (["--trials", "2", "--storage", "sqlite:///TMP/app.db"], "holds tables of something other than an Optuna study (orders)"),
+    (["--trials", "2", "--storage", "sqlite+pysqlite:///TMP/app.db"], "other than an Optuna study (orders)"),
 ])
 def test_bad_sweep_input_is_one_line(tmp_path, tiny_gpt2, corpus_file, capsys, args, words):
     import sqlite3

@@ -103,7 +103,7 @@ def _chat_piped(session) -> int:
             print(done, file=sys.stderr, flush=True)
         elif line:
             try:
-                print(" ".join(session.reply(line).split("\n")), flush=True)
+                print(" ".join(session.reply(line).splitlines()), flush=True)  # \r, U+2028 and the like end lines too
             except UserError as exc:
                 failed += 1
                 print(flush=True)

@@ -230,19 +230,21 @@ class ChatSession:
         return answer
 
     def _prompt_ids(self) -> list[int]:
-        """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context."""
+        """The conversation as token ids; the oldest exchanges are dropped while it would not fit the context. A message
+        that does not fit even alone is refused, and the conversation before it kept."""
         from ..tasks.chat import conversation_ids
 
         context = context_length(self.model.config)
-        while True:
-            input_ids = conversation_ids(self.tokenizer, self.messages())
-            if not context or len(input_ids) + self.options.max_new_tokens <= context or len(self.history) <= 1:
-                break
-            del self.history[:2]
+        kept = list(self.history)
         try:
+            while True:
+                input_ids = conversation_ids(self.tokenizer, self.messages())
+                if not context or len(input_ids) + self.options.max_new_tokens <= context or len(self.history) <= 1:
+                    break
+                del self.history[:2]
             check_fits_context(self.model, len(input_ids), self.options.max_new_tokens)
         except UserError:
-            self.history.pop()
+            self.history = kept[:-1]
             raise
         return input_ids
 

@@ -227,8 +227,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), api_key: str | No
             raise RequestError(400, f"the prompt ({len(prompt):,} tokens) fills the model's context of {served.context:,} tokens "
                                     "and leaves no room to answer; shorten the prompt")
         if max_tokens > room:
-            raise RequestError(400, f"the prompt ({len(prompt):,} tokens) and max_tokens ({max_tokens:,}) do not fit the "
-                                    f"model's context of {served.context:,} tokens; shorten the prompt or lower max_tokens")
+            raise RequestError(400, f"the prompt ({len(prompt):,} tokens) and {body.wanted_field} ({max_tokens:,}) do not fit "
+                                    f"the model's context of {served.context:,} tokens; shorten the prompt or lower "
+                                    f"{body.wanted_field}")
         relay = Relay(request)
         settings = SamplingSettings(body.temperature, body.top_p, body.top_k, body.frequency_penalty, body.presence_penalty,
                                     body.repetition_penalty)

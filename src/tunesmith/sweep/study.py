@@ -138,9 +138,10 @@ def _foreign_tables(url: str) -> list[str]:
 
     from optuna.storages._rdb.models import BaseModel  # Optuna's own schema: its tables, whatever its version
 
-    if not url.startswith("sqlite:///"):
+    scheme, _, rest = url.partition(":///")
+    if scheme.split("+")[0] != "sqlite" or not rest:  # sqlite+pysqlite:/// is SQLite too
         return []
-    path = Path(url[len("sqlite:///"):].split("?")[0])
+    path = Path(rest.split("?")[0])
     if not path.is_file() or path.stat().st_size == 0:
         return []
     try:
