@@ -181,7 +181,7 @@ def test_eval_generate_and_serve_take_a_quantized_file(llama_run, corpus_file, t
     assert json.loads(capsys.readouterr().out)["tokens"] > 0
     assert main(["generate", str(path), "--prompt", "the lamp", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     served = load_for_serving(str(path), "cpu")
-    assert served.name == path.name and served.encode("the lamp", True)
+    assert served.name == path.name and served.encode_completion("the lamp")
 
 
 def test_a_qwen3_whose_heads_transformers_would_misread_is_refused():

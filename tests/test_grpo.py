@@ -279,7 +279,7 @@ def test_messages_need_a_chat_template_and_prompts_are_counted(tiny_llama, tmp_p
     data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"hello {i}"}]}) + "\n" for i in range(20)))
     (tmp_path / "c.yaml").write_text(json.dumps({"task": "grpo", "model": {"name": str(tiny_llama)}, "data": {"train": str(data)},
                                                   "grpo": {"rewards": [{"regex": "a"}]}}))
-    assert main(["prepare", str(tmp_path / "c.yaml")]) == 2
+    assert main(["prepare", str(tmp_path / "c.yaml"), "--block-size", "128"]) == 2
     assert "prompts given as messages need a model with a chat template" in capsys.readouterr().err
 
 

@@ -94,7 +94,11 @@ class Launcher:
 
         confined = confine_paths(cfg, self.folder)  # before the task's checks, which read the files a config names
         task_kind(confined).check(confined)  # what `tunesmith train` refuses before it makes a folder, the page refuses too
-        check_block_fits(confined, tokenizer_model(confined))
+        try:
+            resolved = tokenizer_model(confined)
+        except UserError:  # a model not found from here is named by the run, as the command line's train names it
+            return confined
+        check_block_fits(confined, resolved)
         return confined
 
     def preview(self, draft: Draft, count: int = 3) -> dict:
