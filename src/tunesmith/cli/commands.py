@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config.reference import starter_yaml
 from ..errors import UserError
+from ..rundir.durable import write_atomically
 from ..rundir.folder import CONFIG_FILE, is_run_dir
 from .parser import config_of, overrides_of, saved_run_config
 from .use import USE_HANDLERS
@@ -31,7 +32,8 @@ def _run_init(args) -> int:
         sys.stdout.write(starter_yaml(task_summaries()))
         return 0
     path = Path(args.path)
-    _write_config_file(path, starter_yaml(task_summaries()), args.force, "")
+    _check_config_target(path, args.force, "")
+    write_atomically(path, starter_yaml(task_summaries()))
     print(f"wrote {path}; edit it, then run: tunesmith train {path}")
     return 0
 
@@ -198,9 +200,7 @@ def _run_recommend(args) -> int:
     from ..planning.recommend import make_plan, parse_size, plan_dict, recommended_config, summary_lines, table_lines
 
     write = Path(args.write)
-    _refuse_taken(write, args.force, " or --write another path")
-    if write.is_dir() and not write.is_symlink():
-        raise UserError(f"{write} is a folder; name a file or --write another path")
+    _check_config_target(write, args.force, " or --write another path")
     if args.only and not args.candidate:
         raise UserError("--only needs at least one --candidate MODEL")
     if not (args.hours > 0 and math.isfinite(args.hours)):
@@ -210,7 +210,7 @@ def _run_recommend(args) -> int:
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     plan = make_plan(cfg, candidates, parse_size(args.memory) if args.memory else None, args.hours, log)
     raw = recommended_config(plan, cfg)
-    _write_config_file(write, yaml.safe_dump(raw, sort_keys=False), args.force, " or --write another path")
+    write_atomically(write, yaml.safe_dump(raw, sort_keys=False))  # a link there is replaced, never written through
     if args.json:
         print(_json({**plan_dict(plan), "config": str(write)}))
         return 0
@@ -324,17 +324,10 @@ HANDLERS = {
 }
 
 
-def _refuse_taken(path: Path, force: bool, alternative: str) -> None:
-    """A name that is taken (a file, a folder, a link, even one that leads nowhere) is written over only with --force."""
+def _check_config_target(path: Path, force: bool, alternative: str) -> None:
+    """A name that is taken (a file, a folder, a link, even one that leads nowhere) is written over only with --force,
+    and a folder never."""
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it{alternative}")
-
-
-def _write_config_file(path: Path, text: str, force: bool, alternative: str) -> None:
-    """`text` as the file `path`, whole or not at all; a link there is replaced, never written through."""
-    from ..rundir.durable import write_atomically
-
-    _refuse_taken(path, force, alternative)
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"{path} is a folder; name a file{alternative}")
-    write_atomically(path, text)
