@@ -289,12 +289,13 @@ def test_cache_hits_and_changes_with_data_tokenizer_and_settings(tmp_path, token
     assert len(keys) == 5 and not other_data.from_cache
 
 
-@pytest.mark.parametrize("damage", ["tokens_cut_short", "meta_cut_short", "offsets_missing"])
+@pytest.mark.parametrize("damage", ["tokens_cut_short", "tokens_overwritten", "meta_cut_short", "offsets_missing",
+                                    "classes_overwritten"])
 def test_a_damaged_cache_is_prepared_again(tmp_path, tokenizer, damage):
     from tunesmith.tasks.chat import ensure_chat_template
 
     cache = tmp_path / "cache"
-    if damage == "offsets_missing":  # the examples' layout: tokens, their mask and where each example ends
+    if damage in ("offsets_missing", "classes_overwritten"):  # the examples' layout: tokens, their mask and where each example ends
         chat_tokenizer = deepcopy(tokenizer)
         ensure_chat_template(chat_tokenizer)
         path = write_format("messages", tmp_path, conversations(30))
@@ -312,6 +313,11 @@ def test_a_damaged_cache_is_prepared_again(tmp_path, tokenizer, damage):
     written = (first.directory / "train.bin").read_bytes()
     if damage == "tokens_cut_short":
         (first.directory / "train.bin").write_bytes(written[: len(written) // 2 + 1])
+    elif damage == "tokens_overwritten":  # the same size, other bytes: ids past the vocabulary
+        (first.directory / "train.bin").write_bytes(b"\xff" * len(written))
+    elif damage == "classes_overwritten":
+        classes = np.load(first.directory / "train.classes.npy")
+        np.save(first.directory / "train.classes.npy", np.full_like(classes, 7))
     elif damage == "meta_cut_short":
         (first.directory / "meta.json").write_text((first.directory / "meta.json").read_text()[:100])
     else:

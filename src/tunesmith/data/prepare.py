@@ -153,25 +153,25 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
 
 
 def _whole_cache(directory: Path) -> dict | None:
-    """The cached data's meta where its files are as it records them (each split's tokens, and an example layout's mask,
-    offsets and classes), else None."""
+    """The cached data's meta where each file it needs (each split's tokens, and an example layout's mask, offsets and
+    classes) holds the bytes it was written with, else None."""
     try:
         meta = json.loads((directory / PREPARED_META).read_text(encoding="utf-8"))
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        for split in ("train", "val"):
-            tokens = meta[split]["tokens"]
-            if (directory / f"{split}.bin").stat().st_size != tokens * itemsize:
-                return None
-            if meta["layout"] == "examples":
-                offsets = np.load(directory / f"{split}.offsets.npy")
-                classes = np.load(directory / f"{split}.classes.npy")
-                if (directory / f"{split}.mask.bin").stat().st_size != tokens or len(offsets) != meta[split]["examples"] + 1 \
-                        or int(offsets[-1]) != tokens or len(classes) != meta[split]["examples"]:
-                    return None
+        checksums = meta["checksums"]
+        if not set(_token_files(meta["layout"])) <= set(checksums):
+            return None
+        if any(file_sha256(directory / name) != digest for name, digest in checksums.items()):
+            return None
         json.loads((directory / DATA_REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta
+
+
+def _token_files(layout: str) -> list[str]:
+    """The files a prepared layout's splits are read from."""
+    kinds = ["bin", "mask.bin", "offsets.npy", "classes.npy"] if layout == "examples" else ["bin"]
+    return [f"{split}.{kind}" for split in ("train", "val") for kind in kinds]
 
 
 def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: UnitKind, tokenizer, sources: list[Source],
@@ -198,6 +198,7 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: Un
         "units": task.unit_words,
         "task": task_meta,
         **splits,
+        "checksums": {name: file_sha256(directory / name) for name in _token_files(task.layout)},
     }
     _warn(job.report, meta, cfg.block_size, model_params)
     job.report.task = {k: v for k, v in task_meta.items() if k != "coder"}
