@@ -8,7 +8,7 @@ import torch
 
 from tunesmith.cli import main
 from tunesmith.decoding import Decoder, Job, SamplingSettings, decode_all
-from tunesmith.inference.generation import SamplingOptions, generate_many
+from tunesmith.inference.generation import SamplingOptions, encode_prompt, generate_many
 from tunesmith.errors import UserError
 
 from helpers import finished_run
@@ -127,14 +127,25 @@ def _generated_ids(model, tokenizer, prompt, settings):
     return [t for t in captured if t != tokenizer.eos_token_id]
 
 
-def test_an_over_long_prompt_is_reported_on_its_row(tiny_llama, tmp_path):
-    source = write_prompts(tmp_path / "prompts.jsonl", ["the lamp", "word " * 400, "battery"])
+def test_an_over_long_prompt_is_reported_on_its_row(tiny_llama, tmp_path, monkeypatch):
+    """One past the context once tokenized, and one past what the context's tokens can spell, refused untokenized."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import longest_token
+
+    huge = "w" * (128 * longest_token(AutoTokenizer.from_pretrained(tiny_llama)) + 1)
+    source = write_prompts(tmp_path / "prompts.jsonl", ["the lamp", "word " * 150, "battery", huge])
     out = tmp_path / "out.jsonl"
+    tokenized = []
+    monkeypatch.setattr("tunesmith.inference.generate_file.encode_prompt",
+                        lambda tokenizer, prompt, chat, real=encode_prompt: tokenized.append(prompt) or real(tokenizer, prompt, chat))
     assert main(["generate", str(tiny_llama), "--input", str(source), "--output", str(out), "--max-new-tokens", "4",
                  "--temperature", "0"]) == 0
     rows = read_jsonl(out)
-    assert [r["finish_reason"] for r in rows][1] == "error" and "context of 128" in rows[1]["error"]
+    assert [r["finish_reason"] for r in rows][1::2] == ["error", "error"] and "context of 128" in rows[1]["error"]
+    assert f"{len(huge):,} characters, more than the model's context of 128 tokens can spell" in rows[3]["error"]
     assert rows[0]["finish_reason"] != "error" and rows[2]["finish_reason"] != "error" and rows[0]["generated"]
+    assert huge not in tokenized and len(tokenized) == 3
 
 
 def test_csv_and_text_inputs_with_reference_scores(tiny_llama, tmp_path, capsys):

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -208,6 +209,15 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     prompts_only = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "p"}])  # no answer column: nothing could be scored
     with pytest.raises(UserError, match="no row has a 'text' field, nor prompt and completion fields"):
         predict_file(str(run), prompts_only, tmp_path / "prompts_out.jsonl")
+    zapped = tmp_path / "zapped"  # a tokenizer given a token after the model was saved: no embedding row for it
+    shutil.copytree(run / "final", zapped)
+    vocab = json.loads((zapped / "tokenizer.json").read_text())
+    vocab["added_tokens"].append({"id": len(vocab["model"]["vocab"]) + 50, "content": "zapword", "single_word": False,
+                                  "lstrip": False, "rstrip": False, "normalized": False, "special": False})
+    (zapped / "tokenizer.json").write_text(json.dumps(vocab))
+    zaps = write_rows(tmp_path / "zaps.jsonl", [rows[0], {"text": "a zapword answer"}])
+    with pytest.raises(UserError, match=r"--input .*zaps.jsonl:2: the text to score holds token \d+, .* embedding rows"):
+        predict_file(str(zapped), zaps, tmp_path / "zaps_out.jsonl")
     transcripts = write_rows(tmp_path / "transcripts.jsonl", [{"chosen": [{"role": "user", "content": "x"}], "text": rows[1]["text"]}])
     predict_file(str(run), transcripts, tmp_path / "transcripts_out.jsonl")  # no prompt: scored by its text, chosen not read
     assert json.loads((tmp_path / "transcripts_out.jsonl").read_text())["reward"] == pytest.approx(out[1]["reward"], abs=1e-4)

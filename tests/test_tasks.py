@@ -246,6 +246,19 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
         predict_file(str(headless), source, tmp_path / "headless.jsonl", "review")
     assert not (tmp_path / "bad.jsonl").exists()
 
+    zapped = tmp_path / "zapped"  # a tokenizer given a token after the model was saved: no embedding row for it
+    shutil.copytree(tmp_path / "run" / "final", zapped)
+    vocab = json.loads((zapped / "tokenizer.json").read_text())
+    rows_there = json.loads((zapped / "config.json").read_text())["vocab_size"]
+    vocab["added_tokens"].append({"id": rows_there + 3, "content": "zapword", "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": False, "special": False})
+    (zapped / "tokenizer.json").write_text(json.dumps(vocab))
+    source.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"review": "great zapword lamp"}) + "\n")
+    with pytest.raises(UserError, match=rf"--input .*in.jsonl:2: the text holds token \d+, .* beyond its {rows_there:,} embedding rows"):
+        predict_file(str(zapped), source, tmp_path / "zapped.jsonl", "review")
+    source.write_text(json.dumps(rows[0]) + "\n")
+    assert predict_file(str(zapped), source, tmp_path / "zapped.jsonl", "review") == 1
+
     from tunesmith.evaluation.scoring import evaluate_model
 
     scored = evaluate_model(str(tmp_path / "run"), [str(path)], classify_config(tiny_reviewer, path, tmp_path / "x", "head"), log=lambda _: None)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..data.read import as_text, lookup
 from ..errors import UserError
+from ..models import context_length, longest_token
 from ..rundir.durable import write_atomically
 from ..rundir.fingerprint import file_sha256
 from ..rundir.folder import read_json_lines
@@ -36,6 +37,20 @@ def _encoded(tokenizer, prompt: str, chat: bool, input_path: Path, row: int) -> 
         return encode_prompt(tokenizer, prompt, chat)
     except UserError as exc:
         raise UserError(f"--input {input_path}: row {row + 1}: {exc}") from None
+
+
+def _refused(prompt: str | None, prompt_field: str, model, tokenizer, n: int) -> list[Completion] | None:
+    """A row's error completions where it has no prompt, or one longer than the model's context can spell (refused
+    before it is tokenized: a row of megabytes would take gigabytes to tokenize); None for a row to generate."""
+    context = context_length(model.config)
+    if prompt is None:
+        error = f"the row has no '{prompt_field}' field"
+    elif context and len(prompt) > context * longest_token(tokenizer):
+        error = (f"the prompt is {len(prompt):,} characters, more than the model's context of {context:,} tokens can spell; "
+                 "shorten it")
+    else:
+        return None
+    return [Completion(finish_reason="error", error=error) for _ in range(n)]
 
 
 def summary_path(output: Path) -> Path:
@@ -183,8 +198,7 @@ def generate_file(model, tokenizer, input_path: Path, output_path: Path, options
     _check_columns(rows, reference_field, input_path)
     journal = Journal(output_path, {"model": model_name or getattr(model, "name_or_path", ""), "input": file_sha256(input_path),
                                     "prompt_field": prompt_field, "settings": asdict(options)})
-    missing = [Completion(finish_reason="error", error=f"the row has no '{prompt_field}' field") for _ in range(options.n)]
-    results: list[list[Completion] | None] = [None if prompt is not None else missing for prompt in prompts]
+    results = [_refused(prompt, prompt_field, model, tokenizer, options.n) for prompt in prompts]
     journal.take(output_path)
     try:
         resumed = journal.finished()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UserError
-from ..models import context_length, load_model, load_model_config, load_tokenizer, resolve_model
+from ..models import beyond_embeddings, context_length, load_model, load_model_config, load_tokenizer, resolve_model
 from ..models.weights import scores_with_head
 from ..runtime import pick_device
 from ..decoding import Decoder, Job, SamplingSettings, decode_all
@@ -97,17 +97,6 @@ def load_generator(spec: str, device: str = "auto", trust_remote_code: bool = Fa
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved).to(place).eval()
     return model, tokenizer
-
-
-def beyond_embeddings(model, ids: list[int]) -> str | None:
-    """Why a prompt cannot be read where it holds a token the model's embeddings have no row for (a tokenizer given
-    tokens after the model was saved); None where every token has one."""
-    rows = model.get_input_embeddings().num_embeddings
-    unknown = [token for token in ids if token >= rows]
-    if not unknown:
-        return None
-    return (f"the prompt holds token {unknown[0]}, one of those this model's tokenizer has beyond its {rows:,} embedding "
-            "rows (tokens added to the tokenizer after the model was saved); leave it out of the prompt")
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:

@@ -37,14 +37,22 @@ class LabelColumns:
             raise UserError(f"--input {source}: no row has the field '{text_field}' (fields: {', '.join(rows[0])}); pass --text-field")
         texts = [None if text is None else _text(text, source, line) for text, line in zip(found, lines)]
         texts = [text if text and text.strip() else None for text in texts]  # a blank cell is not scored, as on the page
+        encoded = [None if text is None else self._encoded(text, source, line) for text, line in zip(texts, lines)]
         labels = self.classifier.labels
         out = []
-        for p in self.classifier.probabilities(texts, batch_size):
+        for p in self.classifier.probabilities_of(encoded, batch_size):
             added = {"prediction": None, **{f"p_{label}": None for label in labels}}
             if p is not None:
                 added = {"prediction": labels[int(p.argmax())], **{f"p_{label}": round(float(v), 6) for label, v in zip(labels, p)}}
             out.append(added)
         return out
+
+
+    def _encoded(self, text: str, source: Path, line: int) -> list[int]:
+        try:
+            return self.classifier.encode(text)
+        except UserError as exc:
+            raise UserError(f"--input {source}:{line}: {exc}") from None
 
 
 class RewardColumns:

@@ -169,6 +169,17 @@ def fit_embeddings(model, tokenizer) -> None:
         contiguous_output_input(model)
 
 
+def beyond_embeddings(model, ids: list[int], what: str = "the prompt") -> str | None:
+    """Why `what` cannot be read where it holds a token the model's embeddings have no row for (a tokenizer given
+    tokens after the model was saved); None where every token has one."""
+    rows = model.get_input_embeddings().num_embeddings
+    unknown = next((token for token in ids if token >= rows), None)
+    if unknown is None:
+        return None
+    return (f"{what} holds token {unknown}, one of those this model's tokenizer has beyond its {rows:,} embedding "
+            f"rows (tokens added to the tokenizer after the model was saved); leave it out of {what}")
+
+
 def longest_token(tokenizer) -> int:
     """The most characters one token spells (its vocabulary's longest entry), read once per tokenizer: n tokens of
     text reach at most n times this far, so a text can be cut to the reach of the tokens it may keep before it is

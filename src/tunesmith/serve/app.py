@@ -19,7 +19,7 @@ from fastapi import Request
 
 from ..decoding import Job, SamplingSettings
 from ..errors import UserError
-from ..inference.generation import beyond_embeddings
+from ..models import beyond_embeddings
 from .body import BodyTooLarge, ClientLeft, read_body, replay
 from .schema import ChatRequest, CompletionRequest, RequestError, Sampling, describe_validation
 from .worker import GenerationWorker, QueueFull, ShuttingDown

@@ -26,7 +26,7 @@ from ..data.preferences import CHOSEN, REJECTED, judged_units
 from ..data.report import DataReport
 from ..data.units import Unit
 from ..errors import UserError
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import beyond_embeddings, load_model, load_tokenizer, longest_token, resolve_model
 from ..runtime import autocast, pick_device, pick_precision
 from .base import HEAD_BEFORE_TRAINING, Task, TaskKind, check_both_sides
 from .chat import chat_tokenizer, encode_answer, end_of_turn
@@ -351,13 +351,20 @@ class RewardModel:
 
     def pair_row(self, prompt: str | list[dict], answer: str) -> list[int]:
         """A prompt and its answer as the token row training scored."""
-        return pair_ids(self.tokenizer, prompt, answer, self.system_prompt, self.block_size)
+        return self._readable(pair_ids(self.tokenizer, prompt, answer, self.system_prompt, self.block_size))
 
     def text_row(self, text: str) -> list[int]:
         """A text scored as it is (already rendered), cut at the block size as training's rows were."""
-        row = self.tokenizer(str(text), add_special_tokens=False)["input_ids"][: self.block_size]
+        text = str(text)[: 2 * self.block_size * longest_token(self.tokenizer) + 64]  # past what the kept tokens reach, twice over
+        row = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.block_size]
         if not row:
             raise UserError("a text to score is empty once tokenized")
+        return self._readable(row)
+
+    def _readable(self, row: list[int]) -> list[int]:
+        unknown = beyond_embeddings(self.module.model, row, "the text to score")
+        if unknown:
+            raise UserError(unknown)
         return row
 
     def score(self, rows: list[list[int]], batch_size: int = 16) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch
 
 from ..batch import Batch, pad_rows
 from ..errors import UserError
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import beyond_embeddings, load_model, load_tokenizer, resolve_model
 from ..runtime import pick_device, pick_precision
 from . import TASK_FILE, read_task
 from .classify import LabelCoder, label_probabilities
@@ -44,12 +44,23 @@ class Classifier:
                             "its longest label word; restore its task file from the run, or train the run again")
         self.text_field = self.task.get("text_field", "text")
 
-    @torch.no_grad()
+    def encode(self, text: str) -> list[int]:
+        """The text's prompt tokens, as training encoded it; one line where it holds a token the model cannot read."""
+        ids = self.coder.prompt_ids(self.tokenizer, str(text), self.room)
+        unknown = beyond_embeddings(self.model, ids, "the text")
+        if unknown:
+            raise UserError(unknown)
+        return ids
+
     def probabilities(self, texts: list[str | None], batch_size: int = 16) -> list[np.ndarray | None]:
-        """Each text's label probabilities (in `labels` order), shortest texts batched together; None for a missing text."""
-        encoded = [self.coder.prompt_ids(self.tokenizer, str(text), self.room) if text is not None else None for text in texts]
+        """Each text's label probabilities (in `labels` order); None for a missing text."""
+        return self.probabilities_of([None if text is None else self.encode(text) for text in texts], batch_size)
+
+    @torch.no_grad()
+    def probabilities_of(self, encoded: list[list[int] | None], batch_size: int = 16) -> list[np.ndarray | None]:
+        """The label probabilities of texts already encoded (`encode`), shortest batched together; None for None."""
         order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-        probabilities: list[np.ndarray | None] = [None] * len(texts)
+        probabilities: list[np.ndarray | None] = [None] * len(encoded)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             ids, attention = pad_rows([encoded[i] for i in chunk], self.tokenizer.pad_token_id)
