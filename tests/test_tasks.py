@@ -267,6 +267,17 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     assert plain.task == "classify" and plain.tokens == 60 and plain.metrics["accuracy"] == scored.metrics["accuracy"]
 
 
+def test_a_trained_classifier_starts_a_classifier_of_another_label_count_with_a_new_head(tiny_reviewer, tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labelled(40)))
+    train(classify_config(tiny_reviewer, path, tmp_path / "two", "head", epochs=1))
+    three = [{**r, "sentiment": "mixed" if r["id"] % 3 == 0 else r["sentiment"]} for r in labelled(60, seed=3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in three))
+    summary = train(classify_config(tmp_path / "two" / "final", path, tmp_path / "three", "head", epochs=1))
+    assert summary["labels"] == ["mixed", "negative", "positive"]
+    assert len(json.loads((tmp_path / "three" / "final" / "config.json").read_text())["id2label"]) == 3
+
+
 def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):
     rows = [r for r in labelled(200) if r["sentiment"] == "positive" or r["id"] % 10 == 0]
     path = tmp_path / "reviews.jsonl"

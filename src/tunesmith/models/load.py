@@ -101,7 +101,7 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
 
     `quantize_4bit` loads an NF4 base through bitsandbytes (CUDA only) for QLoRA; `classifier` loads
     the backbone with a sequence-classification head (a trained one, or with `new_head` one sized by `num_labels` where
-    the files hold none);
+    the files hold none or one for another number of labels);
     `config_overrides` change config fields such as dropout rates.
     """
     import torch
@@ -116,9 +116,12 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, quantize_4bit: bool =
         )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if new_head:
+        kwargs["ignore_mismatched_sizes"] = True  # a trained classifier's head for another number of labels starts anew
     model, loading = _from_pretrained(AutoModelForSequenceClassification if classifier else AutoModelForCausalLM, resolved,
                                       output_loading_info=True, **kwargs)
-    _refuse_missing_weights(model, loading["missing_keys"], resolved.spec, new_head)
+    missing = {*loading["missing_keys"], *(name for name, *_ in loading.get("mismatched_keys") or ())}
+    _refuse_missing_weights(model, missing, resolved.spec, new_head)
     in_own_memory(model)
     contiguous_output_input(model)
     return model
