@@ -386,7 +386,7 @@ def test_an_interrupted_study_continues_its_trial_from_the_checkpoint(tmp_path, 
     run_dir = settings.folder / Path(first[0]["run_dir"]).name
     found = run_sweep(settings, say=lambda line: None)
     trials = found["trials"]
-    assert trials[0]["state"] == "interrupted" and trials[0]["continued_by"] == 1
+    assert trials[0]["state"] == "interrupted" and trials[0]["continued_by"] == 1 and trials[0]["run_dir"] == str(run_dir)
     assert trials[1]["continues"] == 0 and trials[1]["run_dir"] == str(run_dir) and trials[1]["state"] == "complete"
     assert trials[1]["params"] == trials[0]["params"]
     assert found["counts"]["complete"] == 2

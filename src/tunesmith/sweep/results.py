@@ -36,7 +36,7 @@ def _state(trial) -> str:
     return name
 
 
-def trial_rows(study, objectives) -> list[dict]:
+def trial_rows(study, objectives, folder: Path) -> list[dict]:
     rows = []
     trials = study.get_trials(deepcopy=False)
     continued = {t.user_attrs["continues"]: t.number for t in trials if "continues" in t.user_attrs}
@@ -45,12 +45,20 @@ def trial_rows(study, objectives) -> list[dict]:
         rows.append({"number": trial.number, "state": _state(trial), "params": trial.params,
                      **{o.name: (values[i] if i < len(values) else None) for i, o in enumerate(objectives)},
                      "steps": trial.user_attrs.get("steps"), "best_step": trial.user_attrs.get("best_step"),
-                     "run_dir": trial.user_attrs.get("run_dir"),
+                     "run_dir": _run_dir_now(trial.user_attrs.get("run_dir"), folder),
                      "error": trial.user_attrs.get("error", ""), "continues": trial.user_attrs.get("continues"),
                      "continued_by": continued.get(trial.number),
                      "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
                      if trial.datetime_complete and trial.datetime_start else None})
     return rows
+
+
+def _run_dir_now(recorded: str | None, folder: Path) -> str | None:
+    """Where a trial's run is now: the folder of its name in the sweep folder (which may have been moved since the trial
+    ran), or where it was recorded (another machine's, in a study shared through a database)."""
+    if recorded and (folder / Path(recorded).name).is_dir():
+        return str(folder / Path(recorded).name)
+    return recorded
 
 
 def knee(front: list[dict], objectives) -> dict | None:
@@ -176,7 +184,7 @@ def write_results(study, plan) -> dict:
     settings, objectives = plan.settings, plan.objectives
     folder = settings.folder
     folder.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(study, objectives)
+    rows = trial_rows(study, objectives, folder)
     best, front, headline_best = _best_rows(study, rows, objectives)
     keys = plan.space.keys
     results = {
