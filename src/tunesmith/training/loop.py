@@ -19,10 +19,11 @@ from ..tasks import task_kind
 from .checkpoint import list_checkpoints, newest_intact_checkpoint, set_aside
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .monitor import check_trackers
-from .recipe import Recipe, StopSignal, account
+from .recipe import Recipe, account
 from .resume import check_checkpoint_settings, check_resume_settings
 from .setup import settle
 from .state import LoopState
+from .stop import StopSignal
 
 __all__ = ["LoopState", "StopSignal", "account", "train_run"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import signal
 from pathlib import Path
 
 import torch
@@ -41,32 +40,10 @@ from .resume import keep_earlier_end, record_resume, recorded_settings
 from .run_files import PendingSteps, memory_use, write_config
 from .setup import RunParts, setup
 from .state import LoopState
+from .stop import StopSignal
 from .teaching import TeacherRecord
 
 WATCHDOG_STEPS = 20
-
-
-class StopSignal:
-    """SIGINT/SIGTERM finish the current step, then the loop saves a checkpoint and exits."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _watch_loss(state: LoopState, loss: float, factor: float | None) -> None:
@@ -273,7 +250,7 @@ class Recipe:
         if stopping:
             self.console.print(f"interrupted at step {state.step}; checkpoint saved. "
                                f"Resume with: tunesmith train --out {shlex.quote(str(cfg.run_dir))} --resume", highlight=False)
-            raise SystemExit(128 + (stop.received or signal.SIGTERM))
+            raise SystemExit(stop.exit_code)
         return stopped_because
 
     def save_checkpoint(self) -> None:
