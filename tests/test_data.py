@@ -340,12 +340,13 @@ def test_a_cache_folder_a_killed_prepare_left_half_written_is_removed_by_the_nex
     mark = ours.rpartition("-")[0]
     left, alive = cache / f"{mark}-{gone.pid}", cache / f"{mark}-1"  # pid 1 runs
     elsewhere = cache / f"0123.partial-another-host-{gone.pid}"
-    for folder in (left, alive, elsewhere):
+    other_pids = cache / f"{mark.rpartition('.')[0]}.1234-{gone.pid}"  # this hostname, another container's pid namespace
+    for folder in (left, alive, elsewhere, other_pids):
         folder.mkdir(parents=True)
         (folder / "train.bin").write_bytes(b"\0" * 64)
     path = write_jsonl(tmp_path / "d.jsonl", make_corpus(40))
     prepare_data(DataConfig(train=[str(path)], block_size=16), NO_FILTERS, tokenizer, tmp_path / "cache")
-    assert not left.exists() and alive.is_dir() and elsewhere.is_dir()
+    assert not left.exists() and alive.is_dir() and elsewhere.is_dir() and other_pids.is_dir()
 
 
 def test_packing_uses_uint16_and_eos_separators(tmp_path, prep, tokenizer):

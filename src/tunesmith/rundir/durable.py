@@ -65,9 +65,15 @@ def write_atomically(path: Path, content: str | bytes) -> None:
 
 
 def _host() -> str:
+    """This machine's name and, where the system says, its pid namespace's number: two containers sharing a hostname
+    and a cache folder do not share pids, so neither may take the other's pids for its own."""
     import socket
 
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    name = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    try:
+        return f"{name}.{re.sub(r'[^0-9]', '', os.readlink('/proc/self/ns/pid'))}"
+    except OSError:  # not Linux
+        return name
 
 
 def own_partial(target: Path) -> Path:
@@ -81,8 +87,8 @@ def own_partial(target: Path) -> Path:
 
 def sweep_partials(folder: Path) -> None:
     """Remove the partial folders in `folder` that a process of this machine left when it was killed (its pid gone): a
-    kill costs no disk for good. Another machine's (a cache shared over the network) are never touched; processes that
-    share a cache on one machine are taken to share its pids (one container, or the host's)."""
+    kill costs no disk for good. Another machine's or container's (a cache shared over the network or mounted into
+    several containers) are never touched."""
     import glob
 
     import psutil
