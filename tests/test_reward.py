@@ -209,6 +209,13 @@ def test_predict_writes_a_reward_column_and_keeps_every_column(reward_run, tmp_p
     prompts_only = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "p"}])  # no answer column: nothing could be scored
     with pytest.raises(UserError, match="no row has a 'text' field, nor prompt and completion fields"):
         predict_file(str(run), prompts_only, tmp_path / "prompts_out.jsonl")
+    long_answer = pair["chosen"] + " and more" * 200_000  # 1.8 MB: cut to what the block keeps before tokenizing
+    longs = write_rows(tmp_path / "longs.jsonl", [{"prompt": pair["prompt"], "completion": long_answer},
+                                                 {"prompt": pair["prompt"], "completion": long_answer[:20_000]},
+                                                 {"text": rendered + " more" * 300_000}, {"text": rendered + " more" * 3000}])
+    predict_file(str(run), longs, tmp_path / "longs_out.jsonl")
+    long_scores = [json.loads(line)["reward"] for line in (tmp_path / "longs_out.jsonl").read_text().splitlines()]
+    assert long_scores[0] == pytest.approx(long_scores[1], abs=1e-5) and long_scores[2] == pytest.approx(long_scores[3], abs=1e-5)
     zapped = tmp_path / "zapped"  # a tokenizer given a token after the model was saved: no embedding row for it
     shutil.copytree(run / "final", zapped)
     vocab = json.loads((zapped / "tokenizer.json").read_text())

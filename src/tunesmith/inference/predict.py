@@ -47,7 +47,6 @@ class LabelColumns:
             out.append(added)
         return out
 
-
     def _encoded(self, text: str, source: Path, line: int) -> list[int]:
         try:
             return self.classifier.encode(text)

@@ -195,6 +195,13 @@ def longest_token(tokenizer) -> int:
     return known
 
 
+def first_tokens_text(tokenizer, text: str, tokens: int) -> str:
+    """As much of `text` as its first `tokens` tokens can come from, with room: tokenized, the cut text begins with the
+    same tokens as the whole would (tokenization is local; the cut lies twice their reach away), at a cost set by
+    `tokens`, not by the text's length."""
+    return text[: 2 * tokens * longest_token(tokenizer) + 64]
+
+
 def context_length(config: Any) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, name, None)

@@ -19,7 +19,7 @@ from ..data.read import lookup
 from ..data.report import DataReport
 from ..data.units import FIELDS_HINT, Encoded, Unit
 from ..errors import UserError
-from ..models import longest_token
+from ..models import first_tokens_text
 from ..runtime import autocast
 from .base import HEAD_BEFORE_TRAINING, SPEED_REPEATS, Task, TaskKind, check_both_sides, speed_record
 from .loss import Validation
@@ -60,7 +60,7 @@ class LabelCoder:
         """The prompt's tokens, the text cut so that the whole prompt fits in `room` tokens. A special token's text in
         the text (`<|endoftext|>` in a review) is text, not the control token; the prompt's own are tokens."""
         literal = {"add_special_tokens": False, "split_special_tokens": True}
-        text = text[: 2 * room * longest_token(tokenizer) + 64]  # past what the kept tokens reach, twice over
+        text = first_tokens_text(tokenizer, text, room)
         if self.method == "head":
             return tokenizer(text, **literal)["input_ids"][:room]
         head, _, tail = self.prompt.partition("{text}")

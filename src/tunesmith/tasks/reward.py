@@ -26,7 +26,7 @@ from ..data.preferences import CHOSEN, REJECTED, judged_units
 from ..data.report import DataReport
 from ..data.units import Unit
 from ..errors import UserError
-from ..models import beyond_embeddings, load_model, load_tokenizer, longest_token, resolve_model
+from ..models import beyond_embeddings, first_tokens_text, load_model, load_tokenizer, resolve_model
 from ..runtime import autocast, pick_device, pick_precision
 from .base import HEAD_BEFORE_TRAINING, Task, TaskKind, check_both_sides
 from .chat import chat_tokenizer, encode_answer, end_of_turn
@@ -132,7 +132,9 @@ def prompt_messages(prompt: str | list[dict], system_prompt: str | None) -> list
 
 def pair_ids(tokenizer, prompt: str | list[dict], answer: str, system_prompt: str | None, block_size: int) -> list[int]:
     """A prompt and one answer as the token row training scored: the chat template's rendering, cut at the block size."""
-    ids, _ = encode_answer(tokenizer, prompt_messages(prompt, system_prompt), str(answer))
+    if isinstance(prompt, str):  # a prompt or an answer of megabytes costs what its first block of tokens does
+        prompt = first_tokens_text(tokenizer, prompt, block_size)
+    ids, _ = encode_answer(tokenizer, prompt_messages(prompt, system_prompt), first_tokens_text(tokenizer, str(answer), block_size))
     return ids[:block_size].tolist()
 
 
@@ -355,8 +357,7 @@ class RewardModel:
 
     def text_row(self, text: str) -> list[int]:
         """A text scored as it is (already rendered), cut at the block size as training's rows were."""
-        text = str(text)[: 2 * self.block_size * longest_token(self.tokenizer) + 64]  # past what the kept tokens reach, twice over
-        row = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.block_size]
+        row = self.tokenizer(first_tokens_text(self.tokenizer, str(text), self.block_size), add_special_tokens=False)["input_ids"][: self.block_size]
         if not row:
             raise UserError("a text to score is empty once tokenized")
         return self._readable(row)
