@@ -161,6 +161,7 @@ def test_text_typed_or_piped_with_bytes_that_are_not_utf8_is_read_with_them_repl
         (["train", "--model", "no/such/dir/model", "--data", "x"], "no such directory"),
         (["prepare", "--model", "gpt2-unknown-model-id", "--data", "x"], "the Hugging Face hub cannot be reached"),
         (["train", "--block-size", "4096"], "above the model's context of 128"),
+        (["train", "--block-size", "100000000"], "above the model's context of 128"),  # before any memory it would need
         (["train", "--resume"], "--resume needs --out"),
     ],
 )

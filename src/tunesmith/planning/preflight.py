@@ -13,7 +13,7 @@ import os
 import warnings
 from typing import Callable
 
-from ..config import RunConfig
+from ..config import RunConfig, check_block_size
 from ..errors import UserError
 from ..methods import METHODS, method_of
 from .memory import MemoryModel, StepShape, as_resident, fit_memory, frozen_copy_bytes
@@ -101,10 +101,12 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     (a distillation teacher's weights, a frozen reference)."""
     import torch
 
+    from ..models import context_length
     from ..models.weights import short_count
     from ..runtime import pick_precision
     from ..tasks import task_kind
 
+    check_block_size(cfg.data.block_size, context_length(config))  # past the context, no memory would do
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training warns about the same settings itself
         precision = pick_precision(cfg.train.precision, torch.device("cpu"))
