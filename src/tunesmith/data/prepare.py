@@ -158,9 +158,7 @@ def _whole_cache(directory: Path) -> dict | None:
     try:
         meta = json.loads((directory / PREPARED_META).read_text(encoding="utf-8"))
         checksums = meta["checksums"]
-        if not set(_token_files(meta["layout"])) <= set(checksums):
-            return None
-        if any(file_sha256(directory / name) != digest for name, digest in checksums.items()):
+        if any(file_sha256(directory / name) != checksums.get(name) for name in _token_files(meta["layout"])):
             return None
         json.loads((directory / DATA_REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
