@@ -283,6 +283,22 @@ def test_messages_need_a_chat_template_and_prompts_are_counted(tiny_llama, tmp_p
     assert "prompts given as messages need a model with a chat template" in capsys.readouterr().err
 
 
+def test_an_empty_and_an_over_long_prompt_are_dropped_and_counted(tiny_llama, tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    prompts = [f"reset the hub {i}" for i in range(6)] + ["", "the hub " * 40]
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    (tmp_path / "c.yaml").write_text(json.dumps({"task": "grpo", "model": {"name": str(tiny_llama)}, "data": {"train": str(data)},
+                                                  "grpo": {"rewards": [{"regex": "a"}], "max_new_tokens": 8}}))
+    assert main(["prepare", str(tmp_path / "c.yaml"), "--block-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "empty prompt" in out and "prompt beyond block size" in out
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the hub " * 40] * 3 + [""]))
+    assert main(["prepare", str(tmp_path / "c.yaml"), "--block-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "4 read, 2 removed as exact duplicate, 1 as empty prompt, 1 as prompt beyond block size" in err or \
+        "4 read, 2 removed as exact duplicate, 1 as prompt beyond block size, 1 as empty prompt" in err, err
+
+
 def test_a_plain_prompt_holding_a_special_tokens_text_is_that_text(tiny_llama):
     from transformers import AutoTokenizer
 

@@ -219,8 +219,7 @@ def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
     if not report.removed:  # every unit was read and kept, and none made an example: all of them past the block
         return UserError(f"no documents left: {report.read} read, and none made an example whose targets fit in "
                          "data.block_size; raise data.block_size")
-    worst = max(report.removed.items(), key=lambda item: item[1])
-    hint = "raise data.block_size" if worst[0] == "answer_beyond_block_size" else hint
-    return UserError(
-        f"no documents left: {report.read} read, {worst[1]} removed as {worst[0].replace('_', ' ')}; {hint}"
-    )
+    removed = sorted(report.removed.items(), key=lambda item: -item[1])
+    hint = "raise data.block_size" if removed[0][0].endswith("_beyond_block_size") else hint
+    reasons = ", ".join(f"{count} as {step.replace('_', ' ')}" for step, count in removed)
+    return UserError(f"no documents left: {report.read} read, {reasons.replace(' as ', ' removed as ', 1)}; {hint}")

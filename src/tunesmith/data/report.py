@@ -12,11 +12,11 @@ import numpy as np
 from ..rundir.folder import DATA_REPORT
 
 EXAMPLES = 3
-STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "not_a_preference_record", "no_final_answer", "prompts_differ",
-              "empty", "no_assistant_turn", "no_prompt", "empty_answer", "identical_answers", "unpaired_for_dpo", "unpaired_for_orpo",
-              "too_short_chars", "too_long_chars", "unknown_label", "only_boilerplate",
-              "exact_duplicate", "too_short_tokens", "too_long_tokens", "answer_beyond_block_size", "identical_after_truncation", "control_token_text",
-              "near_duplicate"]
+STEP_ORDER = ["malformed_row", "missing_field", "not_a_conversation", "not_a_preference_record", "not_a_prompt_record", "no_final_answer",
+              "prompts_differ", "empty", "no_assistant_turn", "no_prompt", "empty_prompt", "empty_answer", "identical_answers",
+              "unpaired_for_dpo", "unpaired_for_orpo", "too_short_chars", "too_long_chars", "unknown_label", "only_boilerplate",
+              "exact_duplicate", "too_short_tokens", "too_long_tokens", "answer_beyond_block_size", "prompt_beyond_block_size",
+              "identical_after_truncation", "control_token_text", "near_duplicate"]
 EXAMPLE_CHARS = 160
 
 
