@@ -82,6 +82,27 @@ def assert_matches_hand(spec, reference_dir):
     return loaded, expected
 
 
+def test_the_lambada_task_writer_never_overwrites_and_names_bad_data(tmp_path, capsys):
+    from tunesmith.harness.lambada import main as lambada
+
+    data = tmp_path / "lam.jsonl"
+    data.write_text(json.dumps({"text": PASSAGES[0]}) + "\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "link.yaml").symlink_to(notes)
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (tmp_path / "number.jsonl").write_text("5\n")
+    for args, message in [([data, data], "already exists"), ([data, tmp_path / "link.yaml"], "already exists"),
+                          ([tmp_path / "latin.jsonl", tmp_path / "t.yaml"], "not a JSONL file"),
+                          ([tmp_path / "number.jsonl", tmp_path / "t.yaml"], "not a JSONL file"),
+                          ([data, tmp_path / "none" / "t.yaml"], "is not a folder")]:
+        assert lambada([str(a) for a in args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert notes.read_text() == "mine" and json.loads(data.read_text()) == {"text": PASSAGES[0]}
+    assert lambada([str(data), str(tmp_path / "t.yaml")]) == 0 and yaml.safe_load((tmp_path / "t.yaml").read_text())["task"]
+
+
 def test_a_plain_model_scores_what_a_hand_computation_scores(tiny_gpt2):
     loaded, _ = assert_matches_hand(tiny_gpt2, tiny_gpt2)
     assert loaded.description["kind"] == "model" and loaded.precision == "fp32"
@@ -197,6 +218,8 @@ def test_a_folder_of_task_files_runs_every_task_in_it(tiny_gpt2, task_files, cap
     ("{choice}", ["--limit", "0"], "--limit 0: the number of items per benchmark must be at least 1"),
     (",", [], "name at least one benchmark"),
     ("{choice}", ["--compare", "runs/missing.gguf"], "model runs/missing.gguf: no such .gguf file"),
+    ("{latin}", [], "the task file is not UTF-8 text"),
+    ("{choice}", ["--output", "{choice}"], "already exists; name a new .json file"),
 ])
 def test_benchmark_mistakes_are_one_line_and_exit_2(benchmarks, extra, message, tiny_gpt2, task_files, tmp_path, capsys, monkeypatch):
     import datasets
@@ -205,10 +228,21 @@ def test_benchmark_mistakes_are_one_line_and_exit_2(benchmarks, extra, message, 
     (tmp_path / "broken.yaml").write_text("task: broken\ndoc_to_text: [unclosed\n")
     (tmp_path / "hub.yaml").write_text(yaml.safe_dump({"task": "hub_task", "dataset_path": "EleutherAI/lambada_openai", "test_split": "test",
                                                        "output_type": "loglikelihood", "doc_to_text": "{{text}}", "doc_to_target": "x"}))
-    named = benchmarks.format(broken=tmp_path / "broken.yaml", hub=tmp_path / "hub.yaml", choice=task_files["choice"])
-    assert main(["eval", str(tiny_gpt2), "--benchmarks", named, *extra]) == 2
+    (tmp_path / "latin.yaml").write_bytes(b"task: caf\xe9\n")
+    places = {"broken": tmp_path / "broken.yaml", "hub": tmp_path / "hub.yaml", "choice": task_files["choice"],
+              "latin": tmp_path / "latin.yaml"}
+    named = benchmarks.format(**places)
+    written = task_files["choice"].read_bytes()
+    assert main(["eval", str(tiny_gpt2), "--benchmarks", named, *(part.format(**places) for part in extra)]) == 2
+    assert task_files["choice"].read_bytes() == written
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_more_examples_shown_first_than_a_benchmark_has_ends_in_one_line(tiny_gpt2, task_files, capsys):
+    assert main(["eval", str(tiny_gpt2), "--benchmarks", str(task_files["choice"]), "--num-fewshot", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-fewshot 50: a benchmark has fewer items than that" in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
 @pytest.mark.parametrize("target, message", [("", "a benchmark item has an empty target"),

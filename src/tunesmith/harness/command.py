@@ -34,7 +34,9 @@ def _check_output(output: str | None) -> None:
     if output is None:
         return
     path = Path(output)
-    if path.is_dir() or not path.parent.is_dir():
+    if path.exists() or path.is_symlink():  # never overwritten: it may be the task file, the data, or a file of the user's
+        raise UserError(f"--output {output} already exists; name a new .json file")
+    if not path.parent.is_dir():
         raise UserError(f"--output {output}: name a .json file in an existing folder")
 
 

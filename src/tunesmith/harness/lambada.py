@@ -31,22 +31,42 @@ def write_lambada_task(data: Path, target: Path, name: str = "lambada_openai") -
     """The task YAML at `target`, reading `data` (an absolute path is written, so the file works from any folder)."""
     import yaml
 
+    from ..rundir.durable import write_atomically
+
     task = {**TASK, "task": name, "dataset_kwargs": {"data_files": {"test": str(Path(data).resolve())}}}
-    target.write_text(yaml.safe_dump(task, sort_keys=False))
+    write_atomically(target, yaml.safe_dump(task, sort_keys=False))
     return target
+
+
+def _problem(data: Path, target: Path) -> str | None:
+    """What stops writing the task: data that is not {"text": passage} lines, or a target that is taken (never
+    overwritten: it may be the data itself, or a link to a file of the user's) or has no folder."""
+    try:
+        with data.open(encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        record = json.loads(first)
+    except (OSError, ValueError):  # missing, a folder, not UTF-8, not JSON
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        return f"{data}: not a JSONL file of {{\"text\": passage}} lines; give the LAMBADA passages in that form"
+    if target.exists() or target.is_symlink():
+        return f"{target} already exists; name a new file for the task"
+    if not target.parent.is_dir():
+        return f"{target.parent} is not a folder; make it first, or name a task file in an existing folder"
+    return None
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m tunesmith.harness.lambada LAMBADA.jsonl TASK.yaml", file=sys.stderr)
         return 2
-    data = Path(argv[0])
-    if not data.is_file() or "text" not in json.loads(data.open().readline() or "{}"):
-        print(f"error: {data}: not a JSONL file of {{\"text\": passage}} lines", file=sys.stderr)
-        return 2
-    print(f"wrote {write_lambada_task(data, Path(argv[1]))}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    data, target = Path(argv[0]), Path(argv[1])
+    problem = _problem(data, target)
+    if problem is None:
+        try:
+            print(f"wrote {write_lambada_task(data, target)}")
+            return 0
+        except OSError as exc:
+            problem = f"cannot write {target} ({exc.strerror}); name a file in a folder you can write to"
+    print(f"error: {problem}", file=sys.stderr)
+    return 2

@@ -85,6 +85,12 @@ def run_benchmarks(lm, tasks: list, manager, limit: int | None = None, num_fewsh
     import lm_eval
 
     seeds = {"random_seed": None, "numpy_random_seed": None, "torch_random_seed": None} if keep_rng else {}
-    output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                     apply_chat_template=chat_template, log_samples=False, bootstrap_iters=bootstrap_iters, **seeds)
+    try:
+        output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+                                         apply_chat_template=chat_template, log_samples=False, bootstrap_iters=bootstrap_iters, **seeds)
+    except ValueError as exc:
+        if num_fewshot and "Sample larger than population" in str(exc):  # lm-eval draws the examples with random.sample
+            raise UserError(f"--num-fewshot {num_fewshot}: a benchmark has fewer items than that to show before each one; "
+                            "use fewer") from None
+        raise
     return BenchmarkRun(output, scores_of(output.get("results", {})))

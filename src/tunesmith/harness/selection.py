@@ -60,6 +60,8 @@ def read_task_file(path: Path, yaml):
             return yaml.load(stream, Lenient)
     except yaml.YAMLError as exc:
         raise UserError(f"--benchmarks {path}: the task file does not parse ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--benchmarks {path}: the task file is not UTF-8 text; save it as UTF-8") from None
 
 
 def _file_spec(spec: str) -> tuple[list[str], list[str]]:
