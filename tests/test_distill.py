@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,21 @@ def test_teacher_with_another_tokenizer_is_refused(tiny_llama, tiny_gpt2, corpus
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert "distill.teacher" in err[-1] and "tokenizer is not the student's (token " in err[-1]
+
+
+def test_a_teacher_whose_context_is_shorter_than_the_block_is_refused_before_the_run_folder(tiny_llama, corpus_file, tmp_path,
+                                                                                             capsys):
+    short = tmp_path / "short"
+    shutil.copytree(tiny_llama, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    for student in ([], ["--set", "distill.student={from_teacher: {keep_layers: 1}}"]):  # a student cut from it: its context too
+        code = main(["train", "--model", str(tiny_llama), "--data", str(corpus_file), "--out", str(tmp_path / "run"),
+                     "--set", f"distill.teacher={short}", "--set", "train.max_steps=2", "--set", "data.block_size=32", *student])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert "its context is 16 tokens, shorter than data.block_size 32" in err[0] or "above the model's context of 16" in err[0]
+        assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- distilled runs

@@ -13,7 +13,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..models import ResolvedModel, load_model, load_model_config, resolve_model
+from ..models import ResolvedModel, context_length, load_model, load_model_config, resolve_model
 from ..models.weights import scores_with_head
 from ..rundir.fingerprint import folder_identity
 from ..runtime import low_precision_dtype
@@ -127,10 +127,14 @@ def tokenizer_difference(student, teacher) -> str | None:
 
 
 def checked_teacher(cfg: RunConfig, log=print) -> ResolvedModel:
-    """The teacher a student is cut from, resolved and checked as a teacher for the run's task (before anything is cut
+    """The teacher, resolved and checked as a teacher for the run's task and block size (before a student is cut
     or prepared)."""
     teacher = resolve_teacher(cfg.distill.teacher, cfg.model.trust_remote_code, log=log)
     check_teacher_kind(cfg.distill.teacher, teacher, task_kind(cfg).has_head(cfg))
+    context = context_length(load_model_config(teacher))
+    if context and cfg.data.block_size > context:  # its positions past the context have no embedding
+        raise UserError(f"distill.teacher {cfg.distill.teacher}: its context is {context:,} tokens, shorter than data.block_size "
+                        f"{cfg.data.block_size:,}; lower data.block_size to {context:,}, or give a teacher with a longer context")
     return teacher
 
 

@@ -68,6 +68,8 @@ def settle(cfg: RunConfig, console: Console, context: Distributed) -> tuple[RunC
                 make_student(teacher, cut.keep_layers, tunesmith_home(), console.print, cut.pick)
         else:
             resolved = resolve_model(cfg.model.name, cfg.model.trust_remote_code, log=console.print)
+            if cfg.distill.teacher:
+                checked_teacher(cfg, log=console.print)
     keeps_apart = architecture_keeps_packed_apart(load_model_config(resolved), cfg.model.trust_remote_code)
     return task_kind(cfg).settle(cfg, keeps_apart, console.print), resolved
 
