@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tunesmith import train
 from tunesmith.batch import IGNORE, Batch
@@ -408,8 +409,13 @@ def test_a_student_whose_blocks_are_measured_keeps_what_the_measure_picks(lm_tea
     out = capsys.readouterr().out
     kept = summary["distill"]["student_from"]["kept"]
     assert len(kept) == 2 and "whose input and output differ least" in out
-    assert json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())["kept"] == kept
+    record = json.loads((Path(summary["model"]) / "tunesmith_student.json").read_text())
+    assert record["kept"] == kept
     assert json.loads((run / "final" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0  # the card names the teacher, not model.name
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == record["teacher"]
+    assert f"cut from that teacher: 2 of its {record['teacher_blocks']} blocks (blocks {kept[0]}, {kept[1]})" in card
 
 
 def test_a_student_trained_further_pairs_its_blocks_with_those_it_was_cut_from(lm_teacher, tmp_path, capsys):

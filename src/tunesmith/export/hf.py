@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from ..config import build_config
+from ..distill.student import read_record
 from ..errors import ConfigError, UserError
 from ..models import ResolvedModel, load_model, load_tokenizer
 from ..rundir.durable import own_partial, sweep_partials
@@ -55,8 +56,10 @@ def _config_lines(config: dict) -> list[str]:
     return lines
 
 
-def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None) -> str:
-    base = config_section(config, "model").get("name", summary.get("model", "unknown"))
+def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: str | None = None, cut_from: dict | None = None) -> str:
+    """`cut_from`: the record of the teacher a distilled student was cut from (its `tunesmith_student.json`), the
+    student's base; model.name then names nothing it came from."""
+    base = cut_from["teacher"] if cut_from else config_section(config, "model").get("name", summary.get("model", "unknown"))
     method = config_section(config, "model").get("method", summary.get("method", "full"))
     splits = data.get("splits", {})
     data_lines = [f"- {data.get('documents_read', 0):,} documents read, {data.get('documents_kept', 0):,} kept after cleaning "
@@ -69,7 +72,9 @@ def model_card(summary: dict, config: dict, data: dict, task: dict, gguf_file: s
     return "\n".join([
         "---", header, "---", "",
         f"# Fine-tuned {' '.join(str(base).split())}", "",
-        f"{task_view(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).", "",
+        f"{task_view(task.get('task')).describe(task)} fine-tuned from `{base}` with tunesmith (method: {method}).",
+        *([f"It is a student cut from that teacher: {len(cut_from['kept'])} of its {cut_from['teacher_blocks']} blocks "
+           f"(blocks {', '.join(map(str, cut_from['kept']))}), then distilled."] if cut_from else []), "",
         "## Data", "", *data_lines, "",
         "## Results", "", *_metric_lines(summary), "",
         "## Training config", "", *config_lines, "",
@@ -123,7 +128,8 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
     if gguf and head:
         raise UserError("GGUF export: a classifier with a head has no GGUF form; export it without --gguf")
     gguf_name = f"model-{file_suffix(dtype)}.gguf" if gguf else None
-    card = _card(run_dir, summary, config, data, task, gguf_name)
+    cut_from = read_record(final)
+    card = _card(run_dir, summary, config, data, task, gguf_name, cut_from)
     found = out.is_dir()  # an empty folder (a mount point, the working folder): built inside it, the folder itself kept
     target = Path(os.path.abspath(out))  # `.` has a name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +139,7 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bf16", gguf: bool = False
         if gguf:
             from .gguf import export_gguf
 
-            base = _base_model(run_dir, config)
+            base = cut_from["teacher"] if cut_from else _base_model(run_dir, config)
             export_gguf(final, partial / gguf_name, dtype, base, f"{run_dir.name} ({base})")
         else:
             _save_hf(final, partial, dtype, head)
@@ -179,10 +185,10 @@ def _base_model(run_dir: Path, config: dict) -> str:
     return saved_as_started(run_dir, {"model": {"name": name}})["model"]["name"]
 
 
-def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None) -> str:
+def _card(run_dir: Path, summary: dict, config: dict, data: dict, task: dict, gguf_name: str | None, cut_from: dict | None) -> str:
     """The model card, made before anything is written, so that a run's damaged files stop the export while --out is empty."""
     try:
-        return model_card(summary, config, data, task, gguf_file=gguf_name)
+        return model_card(summary, config, data, task, gguf_file=gguf_name, cut_from=cut_from)
     except (TypeError, ValueError, AttributeError, RecursionError):
         raise UserError(f"{run_dir}: its summary.json, config.yaml or data_report.json holds a value of the wrong kind for the "
                         "model card; restore the damaged file from a copy") from None
