@@ -149,6 +149,7 @@ def test_reward_settings_are_checked_with_the_config(tiny_llama, tmp_path, capsy
     for rewards, message in (([], "a GRPO run needs at least one reward"),
                              ([{"run": str(tmp_path / "nowhere"), "label": "positive"}], "is not a finished tunesmith run"),
                              ([{"regex": "(", "weight": 1}], "not a regular expression"),
+                             ([{"avoid": ["sorry", " "]}], "an empty word is found in every completion"),
                              ([{"length": 5, "regex": "a"}], "give exactly one of")):
         (tmp_path / "c.yaml").write_text(json.dumps({"task": "grpo", "model": {"name": str(tiny_llama)}, "data": {"train": str(data)},
                                                       "grpo": {"rewards": rewards}}))

@@ -77,6 +77,13 @@ class RewardSpec(Section):
                 raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
+    @field_validator("avoid")
+    @classmethod
+    def _words(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not word.strip() for word in value):
+            raise ValueError("an empty word is found in every completion; list words that tell completions apart")
+        return value
+
     @field_validator("python")
     @classmethod
     def _file_and_name(cls, value: str | None) -> str | None:

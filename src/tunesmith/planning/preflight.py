@@ -106,7 +106,6 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     from ..runtime import pick_precision
     from ..tasks import task_kind
 
-    check_block_size(cfg.data.block_size, context_length(config))  # past the context, no memory would do
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # training warns about the same settings itself
         precision = pick_precision(cfg.train.precision, torch.device("cpu"))
@@ -119,8 +118,11 @@ def check_plan_fits(cfg: RunConfig, config, log: Callable[[str], None] = lambda 
     try:
         if peak_bound(config, shape, micro * rows) <= available:
             return
+        check_block_size(cfg.data.block_size, context_length(config))  # past the context, the memory asked for is not the problem
         log(f"memory: checking that {cfg.model.name} ({cfg.model.method}) fits in the {_gib(available)} available ...")
         memory = as_resident(fit_memory(config, shape))
+    except UserError:
+        raise
     except Exception as exc:  # an architecture the simulation cannot run must not stop a run that may well work
         log(f"memory: not checked ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return
