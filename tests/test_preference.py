@@ -319,6 +319,11 @@ def test_a_damaged_reference_file_is_computed_again(tiny_llama, tmp_path):
     assert third["reward_margin"] == pytest.approx(first["reward_margin"])
     with np.load(stored) as saved:
         assert len(saved["train_rows"]) > 2
+        arrays = dict(saved)
+    for impossible in (np.nan, 1e30):  # the right lengths, values no log-probability takes
+        np.savez(stored, **{name: np.full_like(array, impossible) for name, array in arrays.items()})
+        again = train(preference_config(tiny_llama, data, tmp_path / f"d{impossible}", max_steps=2, eval_every=2))
+        assert again["reward_margin"] == pytest.approx(first["reward_margin"])
 
 
 def _with_data(cfg, **changes):

@@ -324,19 +324,28 @@ def _reference_shape(dataset: PreferenceExamples) -> dict[str, tuple[int]]:
 
 
 def _read_references(path: Path, shapes: dict, log) -> dict | None:
-    """Reference log-probs stored by an earlier run; None when the file is damaged (unreadable, or
-    arrays that are not one float per answer of the prepared data)."""
+    """Reference log-probs stored by an earlier run; None when the file is damaged (unreadable, or arrays that are not
+    one log-probability per answer of the prepared data)."""
     try:
         with np.load(path) as saved:
             references = {split: {"rows": saved[f"{split}_rows"], "kl": saved[f"{split}_kl"]} for split in ("train", "val")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         references = None
-    if references is None or any(array.shape != shapes[split][key] or array.dtype.kind != "f"
+    if references is None or any(not _log_probs(array, shapes[split][key], unscored=(key == "kl"))
                                  for split, arrays in references.items() for key, array in arrays.items()):
         log(f"reference log-probabilities: {path} is damaged; computing them again")
         return None
     log(f"reference log-probabilities: {path} (computed before)")
     return references
+
+
+def _log_probs(array: np.ndarray, shape: tuple, unscored: bool) -> bool:
+    """Whether `array` can be summed log-probabilities of `shape`: floats, none above zero, none infinite, and none
+    missing (NaN) unless `unscored` rows may be (the KL rows of a task that has none)."""
+    if array.shape != shape or array.dtype.kind != "f":
+        return False
+    known = array[~np.isnan(array)] if unscored else array
+    return bool(np.all(np.isfinite(known)) and np.all(known <= 1e-4))
 
 
 def _adapters_off(model, module: SequenceLogps, batch) -> torch.Tensor:
