@@ -483,6 +483,9 @@ def test_distilled_run_resumes_exactly(lm_teacher, tmp_path):
     (swapped / "teacher.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="the teacher .* is not the one this run started with"):
         train_run(distill_config(teacher_run, data, swapped, alpha=0.5), resume=True)
+    (swapped / "teacher.json").write_text("")  # the record gone, a changed teacher could not be told
+    with pytest.raises(UserError, match="teacher.json is missing or damaged, so the teacher cannot be checked"):
+        train_run(distill_config(teacher_run, data, swapped, alpha=0.5), resume=True)
     train_run(cfg, resume=True)
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
 

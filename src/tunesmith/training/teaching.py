@@ -36,8 +36,11 @@ class TeacherRecord:
             if kept["identity"] == json.loads(json.dumps(identity)):
                 self.measured = kept
                 return
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # not measured yet, damaged, or another teacher's: measure again
+        except (OSError, ValueError, KeyError, TypeError):  # not measured yet, or damaged
+            if resumed:  # a checkpoint follows the measurement: the record that would tell a changed teacher is gone
+                raise UserError(f"--resume: {self.path} is missing or damaged, so the teacher cannot be checked against "
+                                "the one this run started with; restore the file from a copy of the run, or start a new run "
+                                "with another --out") from None
         parts = self.parts
         result = evaluate(parts.task, teacher.model, parts.val, parts.tokenizer, self.batch_size, parts.device, parts.precision,
                           self.max_blocks, self.log)
