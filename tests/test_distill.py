@@ -542,6 +542,12 @@ def test_topk_cache_is_written_once_reused_and_recomputed_when_damaged(lm_teache
     train(fresh_student_config(teacher_run, data, tmp_path / "c", fresh_student, cache="topk", topk=16))
     assert "computing the teacher's top-16" in capsys.readouterr().out
     assert losses(tmp_path / "c") == losses(tmp_path / "a")
+    shutil.rmtree(folders[0])
+    (tmp_path / "mine").mkdir()
+    folders[0].symlink_to(tmp_path / "mine")  # a link in its place: replaced, nothing written into the folder it names
+    train(fresh_student_config(teacher_run, data, tmp_path / "d", fresh_student, cache="topk", topk=16))
+    assert losses(tmp_path / "d") == losses(tmp_path / "a") and not folders[0].is_symlink()
+    assert not list((tmp_path / "mine").iterdir())
     gaps = [row["teacher_gap"] for row in rows_of(tmp_path / "a") if "teacher_gap" in row]
     assert gaps[-1] < gaps[0] / 2
 

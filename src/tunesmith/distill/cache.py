@@ -106,7 +106,9 @@ def _store(arrays: dict[str, np.ndarray], rows: int, k: int, folder: Path) -> No
                 "sha256": {name: file_sha256(partial / f"{name}.npy") for name in ARRAYS}}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2))
         fsync_tree(partial)
-        if folder.exists() and not _valid(folder, rows):
+        if folder.is_symlink():  # a link put in its place is replaced, never written through
+            folder.unlink()
+        elif folder.exists() and not _valid(folder, rows):
             shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
             partial.rename(folder)
