@@ -265,6 +265,12 @@ def test_predict_jsonl_keeps_every_row_in_order(tiny_reviewer, tmp_path):
     assert scored.task == "classify" and 0 <= scored.metrics["accuracy"] <= 1 and scored.tokens == 60
     plain = evaluate_model(str(tmp_path / "run"), [str(path)], load_config(None, []), log=lambda _: None)  # the run's own fields
     assert plain.task == "classify" and plain.tokens == 60 and plain.metrics["accuracy"] == scored.metrics["accuracy"]
+    repeated = tmp_path / "repeated.jsonl"  # a test set is scored as given: its repeats count, a label the model lacks is named
+    rows = labelled(10)
+    repeated.write_text("".join(json.dumps(r) + "\n" for r in rows * 3 + [{**rows[0], "id": 99, "sentiment": "mixed"}]))
+    said = []
+    again = evaluate_model(str(tmp_path / "run"), [str(repeated)], load_config(None, []), log=said.append)
+    assert again.tokens == 30 and "data: 31 read; left out: 1 as unknown label; the figures are on the other 30" in said, said
 
 
 def test_a_trained_classifier_starts_a_classifier_of_another_label_count_with_a_new_head(tiny_reviewer, tmp_path):

@@ -207,5 +207,8 @@ def _prepare_into(directory: Path, cfg: DataConfig, clean: CleanConfig, task: Un
 
 def prepare_eval_data(paths: list[str], cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Path,
                       task: UnitKind | None = None) -> PreparedData:
+    """Every unit of `paths` as the validation split: cleaned as for training, but none removed as a duplicate or as
+    boilerplate, so that the file is scored as it was given (a test set's repeats count as often as they occur)."""
     eval_cfg = cfg.model_copy(update={"train": paths, "val": []})
-    return prepare_data(eval_cfg, clean, tokenizer, cache_root, eval_only=True, task=task)
+    kept = clean.model_copy(update={"dedup_exact": False, "dedup_near": False, "boilerplate": False})
+    return prepare_data(eval_cfg, kept, tokenizer, cache_root, eval_only=True, task=task)

@@ -220,6 +220,9 @@ def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
         return UserError(f"no documents left: {report.read} read, and none made an example whose targets fit in "
                          "data.block_size; raise data.block_size")
     removed = sorted(report.removed.items(), key=lambda item: -item[1])
-    hint = "raise data.block_size" if removed[0][0].endswith("_beyond_block_size") else hint
+    if removed[0][0].endswith("_beyond_block_size"):
+        hint = "raise data.block_size"
+    elif removed[0][0] == "unknown_label":
+        hint = "their labels are none of those the model was trained with; check data.label_field and the labels"
     reasons = ", ".join(f"{count} as {step.replace('_', ' ')}" for step, count in removed)
     return UserError(f"no documents left: {report.read} read, {reasons.replace(' as ', ' removed as ', 1)}; {hint}")

@@ -18,6 +18,15 @@ from ..tasks import Task, saved_task
 from ..tasks.loss import Validation
 
 
+def _say_removed(report: dict, log) -> None:
+    """One line naming what the data's cleaning left out of the evaluation (rows of labels the model has not, or that
+    are no conversation, too short ...), so a figure is never read as the whole file's."""
+    removed = [f"{row['removed']:,} as {row['step'].replace('_', ' ')}" for row in report.get("steps", []) if row.get("removed")]
+    if removed:
+        log(f"data: {report.get('documents_read', 0):,} read; left out: {', '.join(removed)}; the figures are on the other "
+            f"{report.get('documents_kept', 0):,}")
+
+
 def evaluate(task: Task, model, dataset, tokenizer, batch_size: int, device: torch.device, precision: str,
              max_blocks: int | None = None, log=print) -> Validation:
     """The task's validation: its loss and metrics."""
@@ -106,6 +115,7 @@ def evaluate_model(spec: str, data: list[str] | None, cfg: RunConfig, log=print,
     data_cfg = cfg.data.model_copy(update={"block_size": block_size, "replay": 0.0})  # rehearsal text never reaches validation
     if data:
         prepared = prepare_eval_data(data, data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
+        _say_removed(prepared.report, log)
     else:
         prepared = prepare_data(data_cfg, cfg.clean, tokenizer, tunesmith_home(), task=kind.preparer(cfg, saved))
     task = kind.build(cfg, prepared.meta)
