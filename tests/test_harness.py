@@ -109,13 +109,17 @@ def test_a_plain_model_scores_what_a_hand_computation_scores(tiny_gpt2):
 
 
 def test_scoring_only_the_continuation_gives_lm_evals_own_figures(tiny_llama):
-    """Mixed lengths in one batch, a request longer than the context (truncated from the left), one-token continuations
-    sharing a context (lm-eval's cache): the same log-likelihoods and exact-match flags as lm-eval's HFLM, from a tail."""
+    """Mixed lengths in one batch, a request longer than the context (truncated from the left; past what the context's
+    tokens can spell, its text is cut before it is tokenized), one-token continuations sharing a context (lm-eval's
+    cache): the same log-likelihoods and exact-match flags as lm-eval's HFLM, from a tail."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     loaded = load_for_benchmarks(str(tiny_llama), "cpu", "fp32", log=lambda _msg: None)
-    long_context = " ".join(PASSAGES * 6)
+    long_context = " ".join(PASSAGES * 60)
+    from tunesmith.models import token_reach
+
+    assert len(long_context) > token_reach(loaded.tokenizer, 128)  # cut before it is tokenized
     pairs = [*PAIRS, (long_context, " the end"), ("the lamp", " glows"), ("the lamp", " hub"), ("the lamp", " zebra"),
              ("battery lasts about six months and the", " charger uses a standard cable")]
     requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]

@@ -18,6 +18,7 @@ from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..models import token_reach
 
 
 def keeps_logits(model: torch.nn.Module) -> bool:
@@ -37,6 +38,13 @@ def _shared_context(request) -> list[int]:
 
 class ContinuationLM(HFLM):
     """HFLM whose log-likelihoods are computed from the continuation's positions only; the same figures as HFLM's."""
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval keeps a context's last tokens only; one longer than the model's context can spell is cut from the left
+        before it is tokenized (`token_reach`): its last tokens stay the same, and a context of megabytes costs what one
+        of the model's context does."""
+        reach = token_reach(self.tokenizer, self.max_length)
+        return super()._encode_pair(context[-reach:] if len(context) > reach else context, continuation)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         for _, _, continuation in requests:  # lm-eval would stop on an assert: the task file is the user's to fix

@@ -195,11 +195,15 @@ def longest_token(tokenizer) -> int:
     return known
 
 
+def token_reach(tokenizer, tokens: int) -> int:
+    """Characters within which a text's first (or last) `tokens` tokens lie, twice over: a text cut there tokenizes to
+    the same first (last) tokens as the whole, since tokenization is local, at a cost set by `tokens`, not by the text."""
+    return 2 * tokens * longest_token(tokenizer) + 64
+
+
 def first_tokens_text(tokenizer, text: str, tokens: int) -> str:
-    """As much of `text` as its first `tokens` tokens can come from, with room: tokenized, the cut text begins with the
-    same tokens as the whole would (tokenization is local; the cut lies twice their reach away), at a cost set by
-    `tokens`, not by the text's length."""
-    return text[: 2 * tokens * longest_token(tokenizer) + 64]
+    """As much of `text` as its first `tokens` tokens can come from (`token_reach`)."""
+    return text[: token_reach(tokenizer, tokens)]
 
 
 def context_length(config: Any) -> int | None:
