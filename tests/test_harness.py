@@ -100,7 +100,9 @@ def test_the_lambada_task_writer_never_overwrites_and_names_bad_data(tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert notes.read_text() == "mine" and json.loads(data.read_text()) == {"text": PASSAGES[0]}
-    assert lambada([str(data), str(tmp_path / "t.yaml")]) == 0 and yaml.safe_load((tmp_path / "t.yaml").read_text())["task"]
+    done = subprocess.run([sys.executable, "-m", "tunesmith.harness.lambada", str(data), str(tmp_path / "t.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and yaml.safe_load((tmp_path / "t.yaml").read_text())["task"] == "lambada_openai"
 
 
 def test_a_plain_model_scores_what_a_hand_computation_scores(tiny_gpt2):

@@ -70,3 +70,7 @@ def main(argv: list[str]) -> int:
             problem = f"cannot write {target} ({exc.strerror}); name a file in a folder you can write to"
     print(f"error: {problem}", file=sys.stderr)
     return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
