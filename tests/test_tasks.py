@@ -9,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith import load_config, prepare, train
@@ -282,6 +283,18 @@ def test_a_trained_classifier_starts_a_classifier_of_another_label_count_with_a_
     summary = train(classify_config(tmp_path / "two" / "final", path, tmp_path / "three", "head", epochs=1))
     assert summary["labels"] == ["mixed", "negative", "positive"]
     assert len(json.loads((tmp_path / "three" / "final" / "config.json").read_text())["id2label"]) == 3
+    from safetensors.torch import load_file
+
+    from tunesmith.models import resolve_model
+    from tunesmith.training.build import base_model
+
+    two = resolve_model(str(tmp_path / "two" / "final"))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "two" / "final")
+    renamed = base_model(two, load_config(None, []).model, tokenizer, labels=["bad", "good"])
+    kept = base_model(two, load_config(None, []).model, tokenizer, labels=["negative", "positive"])
+    trained = load_file(tmp_path / "two" / "final" / "model.safetensors")["score.weight"]
+    assert torch.equal(kept.score.weight.detach(), trained)  # the same labels: the trained head goes on
+    assert not torch.allclose(renamed.score.weight.detach(), trained)  # other names: row 0 no longer means "negative"
 
 
 def test_class_counts_and_imbalance_warning(tiny_gpt2, tmp_path):

@@ -223,6 +223,6 @@ def nothing_left(report: DataReport, hint: str = FIELDS_HINT) -> UserError:
     if removed[0][0].endswith("_beyond_block_size"):
         hint = "raise data.block_size"
     elif removed[0][0] == "unknown_label":
-        hint = "their labels are none of those the model was trained with; check data.label_field and the labels"
+        hint = "their labels are none this run reads (a trained model's own, or a thumbs up or down); check data.label_field and the labels"
     reasons = ", ".join(f"{count} as {step.replace('_', ' ')}" for step, count in removed)
     return UserError(f"no documents left: {report.read} read, {reasons.replace(' as ', ' removed as ', 1)}; {hint}")

@@ -60,7 +60,7 @@ class DataReport:
     def steps(self) -> list[dict]:
         """Documents in and out at each step that removed any, in pipeline order."""
         rows, remaining = [], self.read
-        for step, count in sorted(self.removed.items(), key=lambda item: STEP_ORDER.index(item[0])):
+        for step, count in sorted(self.removed.items(), key=lambda item: STEP_ORDER.index(item[0]) if item[0] in STEP_ORDER else len(STEP_ORDER)):
             rows.append({"step": step, "in": remaining, "removed": count, "out": remaining - count, "examples": self.examples.get(step, [])})
             remaining -= count
         return rows

@@ -10,6 +10,7 @@ from ..config import ModelConfig
 from ..methods import apply_method, method_of
 from ..models import ResolvedModel, fit_embeddings, load_model, load_model_config
 from ..models.weights import dropout_overrides, export_model, load_trainable_state, store_weights, trainable_state
+from ..tasks import read_task
 from .checkpoint import load_trainable, save_hf_model
 
 
@@ -21,9 +22,31 @@ def base_model(resolved: ResolvedModel, cfg: ModelConfig, tokenizer=None, labels
         overrides.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
                          pad_token_id=tokenizer.pad_token_id)
     model = load_model(resolved, quantize_4bit=quantize_4bit, classifier=bool(labels), new_head=bool(labels), **overrides)
+    if labels and _head_of_other_labels(resolved, labels):
+        _fresh_head(model)
     if tokenizer is not None:
         fit_embeddings(model, tokenizer)
     return model
+
+
+def _head_of_other_labels(resolved: ResolvedModel, labels: list[str]) -> bool:
+    """Whether the model is a trained classifier whose head scores other labels, as many as these: kept, its rows would
+    start as the old labels' by position (a head for another number of labels is never loaded)."""
+    saved = read_task(Path(resolved.path)).get("labels")
+    return isinstance(saved, list) and len(saved) == len(labels) and list(saved) != list(labels)
+
+
+def _fresh_head(model: torch.nn.Module) -> None:
+    """The classification head started anew, as transformers starts one: normal weights, zero biases."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    for name, module in model.named_children():
+        if name == model.base_model_prefix:
+            continue
+        for part in module.modules():
+            if isinstance(part, torch.nn.Linear):
+                torch.nn.init.normal_(part.weight, std=std)
+                if part.bias is not None:
+                    torch.nn.init.zeros_(part.bias)
 
 
 def build_model(resolved: ResolvedModel, cfg: ModelConfig, device: torch.device, tokenizer=None,
