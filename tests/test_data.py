@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 from copy import deepcopy
 from pathlib import Path
 
@@ -290,7 +291,7 @@ def test_cache_hits_and_changes_with_data_tokenizer_and_settings(tmp_path, token
 
 
 @pytest.mark.parametrize("damage", ["tokens_cut_short", "tokens_overwritten", "meta_cut_short", "offsets_missing",
-                                    "classes_overwritten"])
+                                    "classes_overwritten", "dtype_edited", "tokens_a_pipe", "folder_a_link"])
 def test_a_damaged_cache_is_prepared_again(tmp_path, tokenizer, damage):
     from tunesmith.tasks.chat import ensure_chat_template
 
@@ -318,12 +319,24 @@ def test_a_damaged_cache_is_prepared_again(tmp_path, tokenizer, damage):
     elif damage == "classes_overwritten":
         classes = np.load(first.directory / "train.classes.npy")
         np.save(first.directory / "train.classes.npy", np.full_like(classes, 7))
+    elif damage == "dtype_edited":  # the files as written, meta.json's record of them not
+        meta = json.loads((first.directory / "meta.json").read_text())
+        (first.directory / "meta.json").write_text(json.dumps({**meta, "dtype": "uint8"}))
+    elif damage == "tokens_a_pipe":  # read, it would wait for a writer for good
+        (first.directory / "train.bin").unlink()
+        os.mkfifo(first.directory / "train.bin")
+    elif damage == "folder_a_link":  # a link in the cache's place, to a damaged copy: replaced, the copy left alone
+        copy = tmp_path / "elsewhere"
+        first.directory.rename(copy)
+        (copy / "train.bin").write_bytes(b"")
+        first.directory.symlink_to(copy)
     elif damage == "meta_cut_short":
         (first.directory / "meta.json").write_text((first.directory / "meta.json").read_text()[:100])
     else:
         (first.directory / "val.offsets.npy").unlink()
     again = run()
     assert not again.from_cache and again.directory == first.directory and again.meta == first.meta
+    assert not again.directory.is_symlink() and (damage != "folder_a_link" or (tmp_path / "elsewhere" / "meta.json").is_file())
     assert (again.directory / "train.bin").read_bytes() == written and run().from_cache
 
 

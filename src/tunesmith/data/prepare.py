@@ -127,6 +127,8 @@ def prepare_data(cfg: DataConfig, clean: CleanConfig, tokenizer, cache_root: Pat
                 "eval_only": eval_only, **task.cache_settings()}
     key = _cache_key(sources, val_files, tokenizer_fingerprint(tokenizer), settings)
     directory = cache_root / "data" / key
+    if directory.is_symlink():  # a link put in the cache's place is replaced, never read through
+        directory.unlink(missing_ok=True)
     if directory.exists():  # put in place whole, by a rename: anything amiss there is damage
         meta = _whole_cache(directory)
         if meta is not None:
@@ -157,8 +159,14 @@ def _whole_cache(directory: Path) -> dict | None:
     classes) holds the bytes it was written with, else None."""
     try:
         meta = json.loads((directory / PREPARED_META).read_text(encoding="utf-8"))
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        if any((directory / f"{split}.bin").stat().st_size != meta[split]["tokens"] * itemsize for split in ("train", "val")):
+            return None  # meta.json's own record edited or torn: its dtype or counts no longer fit the files
+        names = _token_files(meta["layout"])
+        if not all((directory / name).is_file() for name in names):  # never read a pipe or a folder in a file's place
+            return None
         checksums = meta["checksums"]
-        if any(file_sha256(directory / name) != checksums.get(name) for name in _token_files(meta["layout"])):
+        if any(file_sha256(directory / name) != checksums.get(name) for name in names):
             return None
         json.loads((directory / DATA_REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
